@@ -1,0 +1,49 @@
+# tiergate: `make demo` runs the local stack, `make test` runs every check.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP := $(BIN)/pip --disable-pip-version-check --quiet
+
+.PHONY: venv test check lint typecheck rego pytest demo fmt bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/engine.txt requirements/opa-reference.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --require-hashes --no-deps -r requirements/engine.txt
+	$(PIP) install --require-hashes --no-deps --ignore-requires-python -r requirements/opa-reference.txt
+	$(PIP) install -e '.[dev]'
+	touch $(STAMP)
+
+test: check
+
+check: lint typecheck rego pytest
+
+lint: venv
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+rego: venv
+	$(BIN)/tiergate policies test policies
+	$(BIN)/tiergate policies test --engine opa-reference policies
+	$(BIN)/tiergate plans check plans/plans.yaml
+
+pytest: venv
+	$(BIN)/pytest -q
+
+demo: venv
+	$(BIN)/python -m tiergate.demo
+
+fmt: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: venv
+	$(BIN)/python bench/sidecar_latency.py
+
+clean:
+	rm -rf $(VENV) .state .mypy_cache .ruff_cache .pytest_cache

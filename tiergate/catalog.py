@@ -1,0 +1,186 @@
+"""The plans catalog (plans/plans.yaml): schema, loading, validation and the policy's data view."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from tiergate.errors import CatalogError
+
+Interval = Literal["day", "week", "month", "year"]
+Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Metric(_Strict):
+    """How usage events with this code add up within a billing period."""
+
+    aggregation: Literal["count", "sum"]
+    field: str | None = None
+
+    @model_validator(mode="after")
+    def _sum_needs_field(self) -> Metric:
+        if self.aggregation == "sum" and not self.field:
+            raise ValueError("aggregation 'sum' needs 'field', the event property to add up")
+        if self.aggregation == "count" and self.field:
+            raise ValueError("aggregation 'count' takes no 'field'")
+        return self
+
+
+class Quota(_Strict):
+    """`{limit: N}` allows N per billing period; `{}` is on and unlimited."""
+
+    limit: Annotated[int, Field(ge=0)] | None = None
+
+
+def _feature_value(value: object) -> object:
+    # One clear message instead of pydantic's per-union-member errors.
+    if isinstance(value, bool | Quota):
+        return value
+    if isinstance(value, dict):
+        return Quota.model_validate(value)
+    raise ValueError(f"a feature is true, false, {{limit: N}} or {{}}; got {value!r}")
+
+
+FeatureValue = Annotated[bool | Quota, BeforeValidator(_feature_value)]
+
+
+class Price(_Strict):
+    lookup_key: Annotated[str, Field(min_length=1, max_length=200)]
+    unit_amount: Annotated[int, Field(ge=0)]  # integer minor units (cents): never floats for money
+    currency: Annotated[str, Field(pattern=r"^[a-z]{3}$")]
+
+
+class Tier(_Strict):
+    rank: int
+    name: str | None = None
+    prices: dict[Interval, Price] = Field(default_factory=dict)
+    trial_days: Annotated[int, Field(ge=0)] = 0
+    grace_days: Annotated[int, Field(ge=0)] = 0
+    features: dict[Identifier, FeatureValue] = Field(default_factory=dict)
+
+
+class Route(_Strict):
+    """An ingress rule: requests matching method and glob path need `feature` and consume `usage`."""
+
+    method: Annotated[str, Field(pattern=r"^(\*|[A-Z]+)$")] = "*"
+    path: Annotated[str, Field(pattern=r"^/")]
+    feature: Identifier | None = None
+    usage: Identifier | None = None
+
+    @model_validator(mode="after")
+    def _gates_something(self) -> Route:
+        if self.feature is None and self.usage is None:
+            raise ValueError("a route needs 'feature', 'usage' or both")
+        return self
+
+
+class Ingress(_Strict):
+    unmatched: Literal["allow", "deny"] = "allow"
+
+
+class Catalog(_Strict):
+    default_tier: Identifier
+    metrics: dict[Identifier, Metric] = Field(default_factory=dict)
+    tiers: dict[Identifier, Tier]
+    routes: list[Route] = Field(default_factory=list)
+    ingress: Ingress = Field(default_factory=Ingress)
+
+    @property
+    def features(self) -> set[str]:
+        return {name for tier in self.tiers.values() for name in tier.features}
+
+    def tier_for_lookup_key(self, key: str) -> tuple[str, Interval] | None:
+        for tier_name, tier in self.tiers.items():
+            for interval, price in tier.prices.items():
+                if price.lookup_key == key:
+                    return tier_name, interval
+        return None
+
+    def policy_data(self) -> dict[str, Any]:
+        """The catalog as the policies see it under `data.plans` (`{}` stays `{}`: unlimited)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def _cross_field_problems(catalog: Catalog) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    if catalog.default_tier not in catalog.tiers:
+        problems.append(("default_tier", f"{catalog.default_tier!r} is not one of the tiers"))
+    seen_ranks: dict[int, str] = {}
+    seen_keys: dict[str, str] = {}
+    for name, tier in catalog.tiers.items():
+        if tier.rank in seen_ranks:
+            problems.append(
+                (f"tiers.{name}.rank", f"{tier.rank} is also the rank of {seen_ranks[tier.rank]!r}")
+            )
+        seen_ranks[tier.rank] = name
+        for interval, price in tier.prices.items():
+            where = f"tiers.{name}.prices.{interval}.lookup_key"
+            if price.lookup_key in seen_keys:
+                problems.append((where, f"{price.lookup_key!r} is also used by {seen_keys[price.lookup_key]}"))
+            seen_keys[price.lookup_key] = where
+    known = catalog.features
+    for i, route in enumerate(catalog.routes):
+        if route.feature is not None and route.feature not in known:
+            problems.append((f"routes[{i}].feature", f"{route.feature!r} is in no tier's features"))
+        if route.usage is not None and route.usage not in catalog.metrics:
+            problems.append(
+                (f"routes[{i}].usage", f"{route.usage!r} is not a metric (known: {sorted(catalog.metrics)})")
+            )
+    return problems
+
+
+def parse_catalog(text: str, source: str = "plans.yaml") -> Catalog:
+    """Parse and validate; raises CatalogError listing every problem with its field path."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{source} is not valid YAML: {exc}", [("", str(exc))]) from exc
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{source} must be a mapping", [("", "expected a mapping at the top")])
+    try:
+        catalog = Catalog.model_validate(raw)
+    except ValidationError as exc:
+        problems = [(_dotted(err["loc"]), _plain(err["msg"])) for err in exc.errors()]
+        raise _invalid(source, problems) from None
+    problems = _cross_field_problems(catalog)
+    if problems:
+        raise _invalid(source, problems)
+    return catalog
+
+
+def _invalid(source: str, problems: list[tuple[str, str]]) -> CatalogError:
+    listing = "; ".join(f"{path or '<root>'}: {msg}" for path, msg in problems)
+    return CatalogError(f"{source} is invalid: {listing}", problems)
+
+
+def load_catalog(path: Path) -> Catalog:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CatalogError(f"cannot read catalog {path}: {exc.strerror}", [("", str(exc))]) from exc
+    return parse_catalog(text, str(path))
+
+
+def catalog_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    # pydantic reports union members ("bool", "Quota") as path parts: they are not fields.
+    parts = [p for p in loc if p not in ("bool", "Quota")]
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _plain(msg: str) -> str:
+    return msg.removeprefix("Value error, ")

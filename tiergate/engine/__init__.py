@@ -1,0 +1,40 @@
+"""The policy-engine port: load a policy bundle, evaluate a rule path against an input document."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+DECISION_PATH = "data.tiergate.entitlements.decision"
+ROUTE_PATH = "data.tiergate.ingress.route"
+
+
+@dataclass(frozen=True)
+class PolicyBundle:
+    """Everything an engine needs: Rego modules (file name -> source) and `data.plans`."""
+
+    modules: Mapping[str, str]
+    plans: Mapping[str, Any]
+    revision: str
+    sources: tuple[str, ...] = field(default_factory=tuple)
+
+
+class PolicyEngine(Protocol):
+    """Adapters: EmbeddedEngine (regorus, in process) and OpaServerEngine (a real OPA server).
+
+    `load` swaps the bundle atomically: on failure it raises PolicyError and keeps the previous
+    one. `evaluate` returns the document at `path` (e.g. DECISION_PATH) or raises PolicyError
+    (undefined document, evaluation error) / EngineUnavailableError (no engine reachable).
+    """
+
+    @property
+    def revision(self) -> str | None: ...
+
+    async def load(self, bundle: PolicyBundle) -> None: ...
+
+    async def evaluate(self, path: str, document: Mapping[str, Any]) -> Any: ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...

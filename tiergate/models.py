@@ -1,0 +1,95 @@
+"""Shared pydantic models: the account a tenant holds, check requests and decisions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+Status = Literal[
+    "trialing",
+    "active",
+    "past_due",
+    "unpaid",
+    "canceled",
+    "incomplete",
+    "incomplete_expired",
+    "paused",
+]
+
+REASONS = (
+    "ok",
+    "not_in_plan",
+    "limit_exceeded",
+    "subscription_inactive",
+    "payment_overdue",
+    "trial_expired",
+    "unknown_feature",
+    "replica_stale",
+    "policy_error",
+)
+
+TenantId = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+FeatureName = Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
+# Quantities above this are certainly a bug in the caller, not a real request.
+MAX_QUANTITY = 1_000_000_000
+Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY, strict=True)]
+
+
+class Account(BaseModel):
+    """What the replica knows about one tenant's subscription."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: TenantId
+    tier: str
+    status: Status
+    quantity: Annotated[int, Field(ge=0)] = 1
+    current_period_start: AwareDatetime | None = None
+    current_period_end: AwareDatetime | None = None
+    trial_end: AwareDatetime | None = None
+    cancel_at_period_end: bool = False
+    past_due_since: AwareDatetime | None = None
+    version: int = 0
+
+
+class UsageCounter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: TenantId
+    code: str
+    period_start: AwareDatetime
+    value: Annotated[int, Field(ge=0)]
+
+
+class CheckRequest(BaseModel):
+    """One question: may `tenant` use `feature`, `quantity` more times?"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: TenantId
+    feature: FeatureName
+    quantity: Quantity = 1
+
+
+class Decision(BaseModel):
+    """The policy's answer plus the lineage the sidecar adds."""
+
+    allow: bool
+    reason: str
+    tier: str | None
+    limit: int | None = None
+    used: int = 0
+    remaining: int | None = None
+    valid_until: datetime | None = None
+    tenant: str
+    feature: str
+    quantity: int = 1
+    decision_id: str = ""
+    policy_revision: str = ""
+    data_as_of: datetime | None = None
+    stale: bool = False
+
+    def body(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
