@@ -1,0 +1,104 @@
+"""The sidecar application: settings -> replica, engine, reloader, decisions -> HTTP routes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from sidecar.cache import DecisionCache
+from sidecar.decisions import DecisionService, RouteResolver
+from sidecar.http import error_middleware
+from sidecar.metrics import SidecarMetrics
+from sidecar.routes import add_routes
+from sidecar.settings import SidecarSettings
+from sidecar.state import DECISIONS, METRICS, POLICIES, READER, ROUTES, SETTINGS, Policies
+from tiergate.engine import PolicyEngine
+from tiergate.reload import PolicyReloader
+from tiergate.replica import ReplicaReader
+
+log = structlog.get_logger("tiergate.sidecar")
+
+
+def create_app(settings: SidecarSettings, *, engine: PolicyEngine | None = None) -> web.Application:
+    """`engine` overrides the one TIERGATE_ENGINE picks (tests pass their own)."""
+    # Each regorus eval error would otherwise capture a Rust backtrace (~0.5 ms and a page of text).
+    os.environ["RUST_BACKTRACE"] = "0"
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_replica_ctx)
+    app.cleanup_ctx.append(_engine_ctx(engine))
+    add_routes(app)
+    return app
+
+
+async def _replica_ctx(app: web.Application) -> AsyncIterator[None]:
+    reader = ReplicaReader(app[SETTINGS].replica_path)
+    app[READER] = reader
+    yield
+    reader.close()
+
+
+def _make_engine(settings: SidecarSettings) -> PolicyEngine:
+    if settings.engine == "opa":
+        from tiergate.engine.opa_server import OpaServerEngine
+
+        return OpaServerEngine(str(settings.opa_url), timeout_s=settings.engine_timeout_s)
+    from tiergate.engine.embedded import EmbeddedEngine
+
+    return EmbeddedEngine()
+
+
+def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        engine = override or _make_engine(settings)
+        metrics = SidecarMetrics(replica_age=lambda: app[DECISIONS].replica_age() or 0.0)
+        decisions = DecisionService(
+            app[READER],
+            engine,
+            metrics,
+            cache=DecisionCache(settings.decision_cache_size, settings.decision_cache_ttl_s),
+            log_sample=settings.decision_log_sample,
+            log_denies=settings.decision_log_denies,
+            staleness_budget_s=settings.staleness_budget_s if settings.daemon_url else None,
+        )
+        reloader = PolicyReloader(
+            engine,
+            settings.policies,
+            settings.plans,
+            on_reload=lambda revision: _reloaded(app, revision),
+            on_failure=lambda error: metrics.reloads.labels("failed").inc(),
+        )
+        app[METRICS] = metrics
+        app[DECISIONS] = decisions
+        app[ROUTES] = RouteResolver(engine)
+        app[POLICIES] = Policies(engine, reloader)
+        await reloader.start()
+        log.info("sidecar_ready", revision=engine.revision, engine=settings.engine)
+        try:
+            yield
+        finally:
+            await reloader.stop()
+            await engine.close()
+
+    return ctx
+
+
+def _reloaded(app: web.Application, revision: str) -> None:
+    app[METRICS].reloads.labels("ok").inc()
+    app[DECISIONS].cache.clear()  # old-revision keys would only age out; free them now
+    log.info("policy_reloaded", revision=revision)
+
+
+def run(settings: SidecarSettings) -> None:
+    web.run_app(
+        create_app(settings),
+        host=settings.sidecar_host,
+        port=settings.sidecar_port,
+        access_log=None,
+        print=None,
+        handle_signals=True,
+    )

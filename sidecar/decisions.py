@@ -1,0 +1,169 @@
+"""The decision service: replica lookup -> cache -> policy engine -> decision with lineage."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from sidecar.cache import DecisionCache
+from sidecar.metrics import SidecarMetrics
+from tiergate.decide import (
+    PolicyAnswerError,
+    account_document,
+    build_input,
+    expiry_epoch,
+    parse_answer,
+    period_for,
+    policy_error_decision,
+)
+from tiergate.engine import DECISION_PATH, ROUTE_PATH, PolicyEngine
+from tiergate.errors import PolicyError, TierError
+from tiergate.periods import rfc3339
+from tiergate.replica import ReplicaReader
+
+log = structlog.get_logger("tiergate.sidecar")
+
+
+class DecisionService:
+    """Answers (tenant, feature, quantity) from the local replica; never raises for a policy fault."""
+
+    def __init__(
+        self,
+        reader: ReplicaReader,
+        engine: PolicyEngine,
+        metrics: SidecarMetrics,
+        *,
+        cache: DecisionCache,
+        log_sample: float = 0.01,
+        log_denies: bool = True,
+        staleness_budget_s: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.reader = reader
+        self.engine = engine
+        self.metrics = metrics
+        self.cache = cache
+        self.log_sample = log_sample
+        self.log_denies = log_denies
+        self.staleness_budget_s = staleness_budget_s
+        self.clock = clock
+        self._ids = itertools.count(1)
+        self._id_prefix = os.urandom(4).hex()
+        self._now_second = -1
+        self._now_text = ""
+
+    def replica_age(self, now: float | None = None) -> float | None:
+        as_of = self.reader.meta.data_as_of
+        if as_of is None:
+            return None
+        return max(0.0, (self.clock() if now is None else now) - as_of.timestamp())
+
+    async def decide(self, tenant: str, feature: str, quantity: int = 1) -> dict[str, Any]:
+        started = time.perf_counter()
+        now = self.clock()
+        now_text = self._now_rfc3339(now)
+        self.reader.refresh()
+        row = self.reader.account(tenant)
+        period = period_for(row, datetime.fromtimestamp(now, UTC), now_text)
+        usage = self.reader.usage(tenant, period[0])
+        age = self.replica_age(now)
+        stale = self.staleness_budget_s is not None and (age is None or age > self.staleness_budget_s)
+        revision = self.engine.revision or ""
+        key = (tenant, feature, quantity, row, tuple(sorted(usage.items())), period[0], revision, stale)
+        answer = self.cache.get(key, now)
+        if answer is not None:
+            self.metrics.cache_hit.inc()
+        else:
+            self.metrics.cache_miss.inc()
+            document = build_input(
+                tenant=tenant,
+                feature=feature,
+                quantity=quantity,
+                now_text=now_text,
+                account=account_document(row),
+                usage=usage,
+                period=period,
+                replica_age_s=age,
+            )
+            answer = await self._evaluate(document, row.tier if row else None)
+            if answer["reason"] != "policy_error":
+                self.cache.put(key, answer, now, expiry_epoch(answer["valid_until"]))
+        decision = {
+            **answer,
+            "tenant": tenant,
+            "feature": feature,
+            "quantity": quantity,
+            "decision_id": f"{self._id_prefix}-{next(self._ids)}",
+            "policy_revision": revision,
+            "data_as_of": rfc3339(self.reader.meta.data_as_of),
+            "stale": stale,
+        }
+        self.metrics.count_decision(decision["reason"], decision["allow"])
+        self.metrics.decision_seconds.observe(time.perf_counter() - started)
+        self._log(decision)
+        return decision
+
+    async def _evaluate(self, document: dict[str, Any], tier: str | None) -> dict[str, Any]:
+        try:
+            return parse_answer(await self.engine.evaluate(DECISION_PATH, document))
+        except (TierError, PolicyAnswerError) as exc:
+            kind = getattr(exc, "code", "bad_answer")
+            self.metrics.engine_errors.labels(kind).inc()
+            log.error("policy_evaluation_failed", kind=kind, error=str(exc), tenant=document["tenant"])
+            return policy_error_decision(tier)
+
+    def _now_rfc3339(self, now: float) -> str:
+        second = int(now)
+        if second != self._now_second:
+            self._now_second = second
+            self._now_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return self._now_text
+
+    def _log(self, decision: dict[str, Any]) -> None:
+        if not (decision["allow"] is False and self.log_denies) and (
+            self.log_sample <= 0 or random.random() >= self.log_sample
+        ):
+            return
+        log.info(
+            "decision",
+            decision_id=decision["decision_id"],
+            tenant=decision["tenant"],
+            feature=decision["feature"],
+            quantity=decision["quantity"],
+            allow=decision["allow"],
+            reason=decision["reason"],
+            tier=decision["tier"],
+            policy_revision=decision["policy_revision"],
+            data_as_of=decision["data_as_of"],
+            stale=decision["stale"],
+        )
+
+
+class RouteResolver:
+    """Maps (method, path) to the route the ingress policy picks, cached per policy revision."""
+
+    def __init__(self, engine: PolicyEngine, max_entries: int = 10_000) -> None:
+        self.engine = engine
+        self.max_entries = max_entries
+        self._cache: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+    async def resolve(self, method: str, path: str) -> dict[str, Any]:
+        """Raises TierError when the ingress policy cannot answer."""
+        key = (method, path, self.engine.revision or "")
+        route = self._cache.get(key)
+        if route is None:
+            answer = await self.engine.evaluate(ROUTE_PATH, {"method": method, "path": path})
+            if not isinstance(answer, dict) or not isinstance(answer.get("matched"), bool):
+                raise PolicyError(f"{ROUTE_PATH} must be an object with 'matched', got {answer!r}")
+            route = answer
+            if len(self._cache) >= self.max_entries:
+                self._cache.clear()  # paths are attacker-chosen: bound the memory bluntly
+            self._cache[key] = route
+        return route

@@ -1,0 +1,56 @@
+"""The sidecar's Prometheus metrics, on a registry of its own (one per app, so tests don't collide)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class SidecarMetrics:
+    def __init__(self, replica_age: Callable[[], float]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.decisions = Counter(
+            "tiergate_decisions",
+            "Decisions answered, by reason and outcome.",
+            ["reason", "allow"],
+            registry=self.registry,
+        )
+        self.decision_seconds = Histogram(
+            "tiergate_decision_seconds",
+            "Time to produce one decision inside the sidecar (replica lookup, cache, engine).",
+            buckets=(25e-6, 50e-6, 100e-6, 200e-6, 400e-6, 800e-6, 1.6e-3, 3.2e-3, 6.4e-3, 0.0128, 0.05),
+            registry=self.registry,
+        )
+        self.cache = Counter(
+            "tiergate_decision_cache", "Decision cache lookups.", ["result"], registry=self.registry
+        )
+        self.engine_errors = Counter(
+            "tiergate_engine_errors",
+            "Policy evaluations that failed (answered as a policy_error deny).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "tiergate_policy_reloads",
+            "Policy and catalog reloads, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.replica_age = Gauge(
+            "tiergate_replica_age_seconds",
+            "Seconds since the replica's data was current (data_as_of).",
+            registry=self.registry,
+        )
+        self.replica_age.set_function(replica_age)
+        # Children resolved once: label lookups on the hot path cost more than the increment.
+        self.cache_hit = self.cache.labels("hit")
+        self.cache_miss = self.cache.labels("miss")
+        self._decision_children: dict[tuple[str, bool], Counter] = {}
+
+    def count_decision(self, reason: str, allow: bool) -> None:
+        child = self._decision_children.get((reason, allow))
+        if child is None:
+            child = self.decisions.labels(reason, "true" if allow else "false")
+            self._decision_children[(reason, allow)] = child
+        child.inc()

@@ -1,0 +1,35 @@
+"""The sidecar's settings: environment variables prefixed TIERGATE_ (and an optional .env file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AnyHttpUrl, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SidecarSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TIERGATE_", frozen=True, extra="ignore")
+
+    sidecar_host: str = "127.0.0.1"
+    sidecar_port: Annotated[int, Field(ge=0, le=65535)] = 9191
+    replica_path: Path = Path(".state/replica.db")
+    plans: Path = Path("plans/plans.yaml")
+    policies: Path = Path("policies")
+    engine: Literal["embedded", "opa"] = "embedded"
+    opa_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8181")
+    engine_timeout_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    tenant_header: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9-]+$")] = "X-Tenant-Id"
+    decision_cache_size: Annotated[int, Field(ge=0)] = 100_000
+    decision_cache_ttl_s: Annotated[float, Field(ge=0)] = 2.0
+    decision_log_sample: Annotated[float, Field(ge=0, le=1)] = 0.01
+    decision_log_denies: bool = True
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
+    max_batch: Annotated[int, Field(ge=1, le=10_000)] = 1000
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_json: bool = True
+    # Following a sync daemon (issue 3): unset means a static replica (import/export only).
+    daemon_url: AnyHttpUrl | None = None
+    feed_token: SecretStr | None = None
+    staleness_budget_s: Annotated[float, Field(gt=0)] = 300.0

@@ -1,0 +1,40 @@
+"""Typed application keys and the policy facade the handlers use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from sidecar.decisions import DecisionService, RouteResolver
+from sidecar.metrics import SidecarMetrics
+from sidecar.settings import SidecarSettings
+from tiergate.engine import PolicyEngine
+from tiergate.reload import PolicyReloader
+from tiergate.replica import ReplicaReader
+
+
+class Policies:
+    """The engine plus the reloader that feeds it: what is loaded, and how the last reload went."""
+
+    def __init__(self, engine: PolicyEngine, reloader: PolicyReloader) -> None:
+        self.engine = engine
+        self.reloader = reloader
+
+    def features(self) -> set[str]:
+        bundle = self.reloader.bundle
+        if bundle is None:
+            return set()
+        tiers: dict[str, Any] = bundle.plans.get("tiers", {})
+        return {name for tier in tiers.values() for name in tier.get("features", {})}
+
+    def status(self) -> dict[str, Any]:
+        return self.reloader.status()
+
+
+SETTINGS = web.AppKey("settings", SidecarSettings)
+READER = web.AppKey("reader", ReplicaReader)
+POLICIES = web.AppKey("policies", Policies)
+DECISIONS = web.AppKey("decisions", DecisionService)
+ROUTES = web.AppKey("routes", RouteResolver)
+METRICS = web.AppKey("metrics", SidecarMetrics)

@@ -1,0 +1,156 @@
+"""The `tiergate` command line: plans, policies, replica, and the two servers.
+
+This is the composition root: the one module of the core that imports the server packages
+(lazily, per command), so `tiergate plans check` never loads aiohttp.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import click
+from pydantic import ValidationError
+
+from tiergate.catalog import load_catalog
+from tiergate.errors import CatalogError, TierError
+from tiergate.settings_errors import describe_settings_error
+
+if TYPE_CHECKING:
+    from sidecar.settings import SidecarSettings
+
+
+@click.group()
+@click.version_option(package_name="tiergate")
+def main() -> None:
+    """tiergate: Stripe billing turned into fast, local allow/deny answers."""
+
+
+# -- plans ---------------------------------------------------------------------------------
+
+
+@main.group()
+def plans() -> None:
+    """The tier catalog (plans/plans.yaml)."""
+
+
+@plans.command("check")
+@click.argument("path", type=click.Path(path_type=Path), default=Path("plans/plans.yaml"))
+def plans_check(path: Path) -> None:
+    """Validate a catalog; print each problem with its field path."""
+    try:
+        catalog = load_catalog(path)
+    except CatalogError as exc:
+        click.echo(f"{path}: invalid", err=True)
+        for field, message in exc.problems or [("", exc.message)]:
+            click.echo(f"  {field or '<root>'}: {message}", err=True)
+        sys.exit(1)
+    click.echo(
+        f"{path}: ok ({len(catalog.tiers)} tiers, {len(catalog.features)} features, "
+        f"{len(catalog.metrics)} metrics, {len(catalog.routes)} routes; default tier {catalog.default_tier!r})"
+    )
+
+
+# -- policies ------------------------------------------------------------------------------
+
+
+@main.group()
+def policies() -> None:
+    """The Rego tier policies (policies/)."""
+
+
+@policies.command("test")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False), default=Path("policies"))
+@click.option(
+    "--engine",
+    type=click.Choice(["embedded", "opa-reference"]),
+    default="embedded",
+    show_default=True,
+    help="embedded: the sidecar's regorus engine; opa-reference: the real OPA Go library (dev tool).",
+)
+def policies_test(directory: Path, engine: Literal["embedded", "opa-reference"]) -> None:
+    """Run every test_ rule in DIRECTORY's *.rego files."""
+    from tiergate.policy_tests import render_report, run_policy_tests
+
+    text, code = render_report(run_policy_tests(directory, engine))
+    click.echo(f"[{engine}]")
+    click.echo(text)
+    sys.exit(code)
+
+
+# -- replica -------------------------------------------------------------------------------
+
+
+@main.group()
+def replica() -> None:
+    """The sidecar's local replica (TIERGATE_REPLICA_PATH): import, export."""
+
+
+@replica.command("import")
+@click.argument("file", type=click.File("rb"))
+def replica_import(file: click.utils.LazyFile) -> None:
+    """Replace the replica's content with FILE (JSON; '-' reads stdin), atomically."""
+    from tiergate.replica import ReplicaWriter, open_replica, parse_replica_document
+
+    settings = _sidecar_settings()
+    try:
+        document = parse_replica_document(file.read(), source=file.name)
+        db = open_replica(settings.replica_path)
+        as_of = document.data_as_of or datetime.now(UTC)
+        n_accounts, n_usage = ReplicaWriter(db).replace_all(
+            document.accounts, document.usage, data_as_of=as_of
+        )
+        db.close()
+    except TierError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
+    click.echo(f"imported {n_accounts} accounts and {n_usage} usage counters into {settings.replica_path}")
+
+
+@replica.command("export")
+@click.argument("file", type=click.File("w"), default="-")
+def replica_export(file: click.utils.LazyFile) -> None:
+    """Write the replica's content to FILE as JSON ('-' for stdout)."""
+    import json
+
+    from tiergate.replica import ReplicaWriter, open_replica
+
+    settings = _sidecar_settings()
+    db = open_replica(settings.replica_path)
+    json.dump(ReplicaWriter(db).export(), file, indent=1)
+    file.write("\n")
+    db.close()
+
+
+# -- servers -------------------------------------------------------------------------------
+
+
+@main.command("sidecar")
+def sidecar_command() -> None:
+    """Run the sidecar (settings from TIERGATE_* variables)."""
+    from sidecar.app import run
+    from tiergate.log import configure_logging
+
+    settings = _sidecar_settings()
+    configure_logging(json=settings.log_json, level=settings.log_level)
+    try:
+        run(settings)
+    except TierError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
+
+
+def _sidecar_settings() -> SidecarSettings:
+    from sidecar.settings import SidecarSettings
+
+    try:
+        return SidecarSettings()
+    except ValidationError as exc:
+        click.echo(describe_settings_error(exc), err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

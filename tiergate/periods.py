@@ -1,0 +1,64 @@
+"""Billing-period arithmetic (pure): which period a usage counter belongs to at a given instant."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from tiergate.models import Account
+
+# A subscription in these states no longer has a billing period of its own: the tenant is on the
+# default tier, whose usage resets each calendar month.
+_PERIODLESS = frozenset({"canceled", "incomplete_expired"})
+
+
+def calendar_month(now: datetime) -> tuple[datetime, datetime]:
+    start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+    return start, end
+
+
+def usage_period(account: Account | None, now: datetime) -> tuple[datetime, datetime]:
+    """The subscription's current period, or the calendar month on the default tier.
+
+    When the replica still holds a period that has already ended (the renewal has not reached
+    us yet), the period rolls forward by its own length so counters reset on time.
+    """
+    if (
+        account is None
+        or account.status in _PERIODLESS
+        or account.current_period_start is None
+        or account.current_period_end is None
+        or account.current_period_end <= account.current_period_start
+    ):
+        return calendar_month(now)
+    start, end = account.current_period_start, account.current_period_end
+    if now < start:
+        return calendar_month(now)
+    length = end - start
+    if now >= end:
+        skipped = (now - start) // length
+        start = start + skipped * length
+        end = start + length
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+def rfc3339(moment: datetime | None) -> str | None:
+    """UTC with a `Z`, second precision: the form the policies parse."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"timestamp {text!r} has no UTC offset; expected RFC 3339 like 2026-01-31T00:00:00Z")
+    return moment.astimezone(UTC)
+
+
+def seconds_until(moment: datetime | None, now: datetime) -> int | None:
+    if moment is None:
+        return None
+    return max(0, int((moment - now) / timedelta(seconds=1)))
