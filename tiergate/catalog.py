@@ -165,7 +165,8 @@ def load_catalog(path: Path) -> Catalog:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise CatalogError(f"cannot read catalog {path}: {exc.strerror}", [("", str(exc))]) from exc
+        message = f"cannot read catalog {path}: {exc.strerror}"
+        raise CatalogError(message, [("", message)]) from exc
     return parse_catalog(text, str(path))
 
 
@@ -175,7 +176,7 @@ def catalog_digest(text: str) -> str:
 
 def _dotted(loc: tuple[int | str, ...]) -> str:
     # pydantic reports union members ("bool", "Quota") as path parts: they are not fields.
-    parts = [p for p in loc if p not in ("bool", "Quota")]
+    parts = [p for p in loc if p not in ("bool", "Quota", "[key]")]
     out = ""
     for part in parts:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
