@@ -36,7 +36,7 @@ pytest: venv
 	$(BIN)/pytest -q
 
 demo: venv
-	$(BIN)/python -m tiergate.demo
+	$(BIN)/python -m demo
 
 fmt: venv
 	$(BIN)/ruff format .

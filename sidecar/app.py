@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
+from tiergate.reload import PolicyReloader
 
 from sidecar.cache import DecisionCache
 from sidecar.decisions import DecisionService, RouteResolver
@@ -16,7 +17,6 @@ from sidecar.routes import add_routes
 from sidecar.settings import SidecarSettings
 from sidecar.state import DECISIONS, METRICS, POLICIES, READER, ROUTES, SETTINGS, Policies
 from tiergate.engine import PolicyEngine
-from tiergate.reload import PolicyReloader
 from tiergate.replica import ReplicaReader
 
 log = structlog.get_logger("tiergate.sidecar")

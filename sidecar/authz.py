@@ -24,13 +24,15 @@ def original_request(headers: Mapping[str, str], method: str, path: str) -> tupl
     return method.upper(), tail or "/"
 
 
-def authz_answer(decisions: Sequence[Mapping[str, Any]], retry_after_s: int | None) -> tuple[int, dict[str, str]]:
+def authz_answer(
+    decisions: Sequence[Mapping[str, Any]], retry_after_s: int | None
+) -> tuple[int, dict[str, str]]:
     """Status and headers for the proxy: the first deny decides; 429 only for an exhausted quota."""
     for decision in decisions:
         if not decision["allow"]:
             if decision["reason"] == "limit_exceeded":
-                headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else {}
-                return 429, headers
+                retry = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else {}
+                return 429, retry
             return 403, {}
     headers: dict[str, str] = {}
     if decisions:

@@ -76,7 +76,16 @@ class DecisionService:
         age = self.replica_age(now)
         stale = self.staleness_budget_s is not None and (age is None or age > self.staleness_budget_s)
         revision = self.engine.revision or ""
-        key = (tenant, feature, quantity, row, tuple(sorted(usage.items())), period[0], revision, stale)
+        key = (
+            tenant,
+            feature,
+            quantity,
+            row,
+            tuple(sorted(usage.items())),
+            period[0],
+            revision,
+            stale,
+        )
         answer = self.cache.get(key, now)
         if answer is not None:
             self.metrics.cache_hit.inc()

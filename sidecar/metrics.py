@@ -19,7 +19,19 @@ class SidecarMetrics:
         self.decision_seconds = Histogram(
             "tiergate_decision_seconds",
             "Time to produce one decision inside the sidecar (replica lookup, cache, engine).",
-            buckets=(25e-6, 50e-6, 100e-6, 200e-6, 400e-6, 800e-6, 1.6e-3, 3.2e-3, 6.4e-3, 0.0128, 0.05),
+            buckets=(
+                25e-6,
+                50e-6,
+                100e-6,
+                200e-6,
+                400e-6,
+                800e-6,
+                1.6e-3,
+                3.2e-3,
+                6.4e-3,
+                0.0128,
+                0.05,
+            ),
             registry=self.registry,
         )
         self.cache = Counter(

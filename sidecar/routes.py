@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sidecar.authz import AUTHZ_PREFIX, authz_answer, original_request
 from sidecar.http import error_body, json_response, read_json_object, validate
-from sidecar.state import DECISIONS, METRICS, READER, POLICIES, ROUTES, SETTINGS
+from sidecar.state import DECISIONS, METRICS, POLICIES, READER, ROUTES, SETTINGS
 from tiergate.errors import BadRequestError, TierError
 from tiergate.models import CheckRequest
 from tiergate.periods import parse_rfc3339, seconds_until
@@ -44,7 +44,8 @@ async def check_batch(request: web.Request) -> web.Response:
     batch = validate(CheckBatch, body)
     if len(batch.checks) > settings.max_batch:
         raise BadRequestError(
-            f"batch of {len(batch.checks)} checks exceeds the limit of {settings.max_batch}", field="checks"
+            f"batch of {len(batch.checks)} checks exceeds the limit of {settings.max_batch}",
+            field="checks",
         )
     checks = [validate(CheckRequest, raw, prefix=f"checks[{i}].") for i, raw in enumerate(batch.checks)]
     decide = request.app[DECISIONS].decide
@@ -99,7 +100,13 @@ async def authz(request: web.Request) -> web.Response:
     status, headers = authz_answer(decisions, retry)
     if denied is None:
         return web.Response(status=status, headers=headers)
-    body = {"allow": False, "reason": denied["reason"], "method": method, "path": path, "decision": denied}
+    body = {
+        "allow": False,
+        "reason": denied["reason"],
+        "method": method,
+        "path": path,
+        "decision": denied,
+    }
     return json_response(body, status, headers)
 
 

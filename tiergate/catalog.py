@@ -124,7 +124,9 @@ def _cross_field_problems(catalog: Catalog) -> list[tuple[str, str]]:
         for interval, price in tier.prices.items():
             where = f"tiers.{name}.prices.{interval}.lookup_key"
             if price.lookup_key in seen_keys:
-                problems.append((where, f"{price.lookup_key!r} is also used by {seen_keys[price.lookup_key]}"))
+                problems.append(
+                    (where, f"{price.lookup_key!r} is also used by {seen_keys[price.lookup_key]}")
+                )
             seen_keys[price.lookup_key] = where
     known = catalog.features
     for i, route in enumerate(catalog.routes):
@@ -132,7 +134,10 @@ def _cross_field_problems(catalog: Catalog) -> list[tuple[str, str]]:
             problems.append((f"routes[{i}].feature", f"{route.feature!r} is in no tier's features"))
         if route.usage is not None and route.usage not in catalog.metrics:
             problems.append(
-                (f"routes[{i}].usage", f"{route.usage!r} is not a metric (known: {sorted(catalog.metrics)})")
+                (
+                    f"routes[{i}].usage",
+                    f"{route.usage!r} is not a metric (known: {sorted(catalog.metrics)})",
+                )
             )
     return problems
 

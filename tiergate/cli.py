@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal, TextIO
 
 import click
 from pydantic import ValidationError
@@ -90,7 +90,7 @@ def replica() -> None:
 
 @replica.command("import")
 @click.argument("file", type=click.File("rb"))
-def replica_import(file: click.utils.LazyFile) -> None:
+def replica_import(file: BinaryIO) -> None:
     """Replace the replica's content with FILE (JSON; '-' reads stdin), atomically."""
     from tiergate.replica import ReplicaWriter, open_replica, parse_replica_document
 
@@ -111,7 +111,7 @@ def replica_import(file: click.utils.LazyFile) -> None:
 
 @replica.command("export")
 @click.argument("file", type=click.File("w"), default="-")
-def replica_export(file: click.utils.LazyFile) -> None:
+def replica_export(file: TextIO) -> None:
     """Write the replica's content to FILE as JSON ('-' for stdout)."""
     import json
 

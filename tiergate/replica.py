@@ -268,9 +268,7 @@ def parse_replica_document(text: str | bytes, source: str = "document") -> Repli
     try:
         document = ReplicaDocument.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{_dotted(err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
-        )
+        problems = "; ".join(f"{_dotted(err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False))
         raise ReplicaError(f"{source} is invalid: {problems}") from None
     duplicates = _duplicates(a.tenant for a in document.accounts)
     if duplicates:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -12,7 +13,7 @@ from tiergate.cli import main
 
 ROOT = Path(__file__).parents[2]
 
-DOCUMENT = {
+DOCUMENT: dict[str, Any] = {
     "accounts": [
         {
             "tenant": "acme",
@@ -25,9 +26,21 @@ DOCUMENT = {
             "cancel_at_period_end": False,
             "past_due_since": None,
         },
-        {"tenant": "globex", "tier": "starter", "status": "trialing", "trial_end": "2026-12-01T00:00:00Z"},
+        {
+            "tenant": "globex",
+            "tier": "starter",
+            "status": "trialing",
+            "trial_end": "2026-12-01T00:00:00Z",
+        },
     ],
-    "usage": [{"tenant": "acme", "code": "api_calls", "period_start": "2026-11-01T00:00:00Z", "value": 1234}],
+    "usage": [
+        {
+            "tenant": "acme",
+            "code": "api_calls",
+            "period_start": "2026-11-01T00:00:00Z",
+            "value": 1234,
+        }
+    ],
 }
 
 
@@ -87,10 +100,45 @@ def test_import_replaces_everything(tmp_path: Path, replica_env: Path) -> None:
     ("document", "fragment"),
     [
         ("{not json", "is not JSON"),
-        (json.dumps({"accounts": [{"tenant": "x", "tier": "pro", "status": "sleeping"}]}), "accounts[0].status"),
-        (json.dumps({"accounts": [{"tenant": "x", "tier": "pro", "status": "active", "trial_end": "2026-01-01"}]}), "accounts[0].trial_end"),
-        (json.dumps({"accounts": [DOCUMENT["accounts"][1], DOCUMENT["accounts"][1]]}), "tenants listed twice"),
-        (json.dumps({"accounts": [], "usage": [{"tenant": "x", "code": "c", "period_start": "2026-11-01T00:00:00Z", "value": -1}]}), "usage[0].value"),
+        (
+            json.dumps({"accounts": [{"tenant": "x", "tier": "pro", "status": "sleeping"}]}),
+            "accounts[0].status",
+        ),
+        (
+            json.dumps(
+                {
+                    "accounts": [
+                        {
+                            "tenant": "x",
+                            "tier": "pro",
+                            "status": "active",
+                            "trial_end": "2026-01-01",
+                        }
+                    ]
+                }
+            ),
+            "accounts[0].trial_end",
+        ),
+        (
+            json.dumps({"accounts": [DOCUMENT["accounts"][1], DOCUMENT["accounts"][1]]}),
+            "tenants listed twice",
+        ),
+        (
+            json.dumps(
+                {
+                    "accounts": [],
+                    "usage": [
+                        {
+                            "tenant": "x",
+                            "code": "c",
+                            "period_start": "2026-11-01T00:00:00Z",
+                            "value": -1,
+                        }
+                    ],
+                }
+            ),
+            "usage[0].value",
+        ),
     ],
 )
 def test_bad_import_names_the_problem_and_changes_nothing(

@@ -12,8 +12,18 @@ from sidecar.authz import authz_answer, original_request
 @pytest.mark.parametrize(
     ("headers", "method", "path", "expected"),
     [
-        ({"X-Original-URI": "/api/v1/reports/7?x=1", "X-Original-Method": "post"}, "GET", "/v1/authz", ("POST", "/api/v1/reports/7")),
-        ({"X-Forwarded-Uri": "/sso/login", "X-Forwarded-Method": "GET"}, "GET", "/v1/authz", ("GET", "/sso/login")),
+        (
+            {"X-Original-URI": "/api/v1/reports/7?x=1", "X-Original-Method": "post"},
+            "GET",
+            "/v1/authz",
+            ("POST", "/api/v1/reports/7"),
+        ),
+        (
+            {"X-Forwarded-Uri": "/sso/login", "X-Forwarded-Method": "GET"},
+            "GET",
+            "/v1/authz",
+            ("GET", "/sso/login"),
+        ),
         ({}, "DELETE", "/v1/authz/api/v1/audit/3", ("DELETE", "/api/v1/audit/3")),
         ({}, "GET", "/v1/authz", ("GET", "/")),
         ({"X-Original-URI": "/x"}, "GET", "/v1/authz", ("GET", "/x")),
@@ -23,8 +33,17 @@ def test_original_request(headers: dict[str, str], method: str, path: str, expec
     assert original_request(headers, method, path) == expected
 
 
-def decision(allow: bool, reason: str = "ok", limit: int | None = None, remaining: int | None = None) -> dict[str, Any]:
-    return {"allow": allow, "reason": reason, "tier": "pro", "limit": limit, "remaining": remaining, "decision_id": "d1"}
+def decision(
+    allow: bool, reason: str = "ok", limit: int | None = None, remaining: int | None = None
+) -> dict[str, Any]:
+    return {
+        "allow": allow,
+        "reason": reason,
+        "tier": "pro",
+        "limit": limit,
+        "remaining": remaining,
+        "decision_id": "d1",
+    }
 
 
 def test_allowed_request_reports_tier_and_tightest_remaining() -> None:
@@ -40,7 +59,12 @@ def test_unlimited_remaining_is_spelled_out() -> None:
 
 @pytest.mark.parametrize(
     ("reason", "status"),
-    [("not_in_plan", 403), ("subscription_inactive", 403), ("payment_overdue", 403), ("limit_exceeded", 429)],
+    [
+        ("not_in_plan", 403),
+        ("subscription_inactive", 403),
+        ("payment_overdue", 403),
+        ("limit_exceeded", 429),
+    ],
 )
 def test_denials_map_to_status(reason: str, status: int) -> None:
     got, headers = authz_answer([decision(True), decision(False, reason)], 3600)

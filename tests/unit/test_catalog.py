@@ -42,7 +42,11 @@ def test_feature_values_keep_their_meaning_in_policy_data() -> None:
     [
         (("default_tier: free", "default_tier: gold"), "default_tier", "not one of the tiers"),
         (("rank: 10", "rank: 0"), "tiers.pro.rank", "also the rank"),
-        (("{limit: 10}", "{limit: -1}"), "tiers.free.features.api_calls.limit", "greater than or equal"),
+        (
+            ("{limit: 10}", "{limit: -1}"),
+            "tiers.free.features.api_calls.limit",
+            "greater than or equal",
+        ),
         (("sso: false", "sso: maybe"), "tiers.free.features.sso", "true, false, {limit: N} or {}"),
         (("{aggregation: count}", "{aggregation: sum}"), "metrics.api_calls", "needs 'field'"),
         (("currency: usd", "currency: USD"), "tiers.pro.prices.month.currency", "pattern"),
@@ -53,7 +57,9 @@ def test_feature_values_keep_their_meaning_in_policy_data() -> None:
 def test_each_problem_names_its_field(edit: tuple[str, str], field: str, fragment: str) -> None:
     with pytest.raises(CatalogError) as caught:
         parse_catalog(MINIMAL.replace(*edit, 1))
-    assert any(path == field and fragment in msg for path, msg in caught.value.problems), caught.value.problems
+    assert any(path == field and fragment in msg for path, msg in caught.value.problems), (
+        caught.value.problems
+    )
 
 
 def test_routes_must_name_known_features_and_metrics() -> None:
@@ -72,7 +78,10 @@ def test_not_yaml_and_not_a_mapping_are_errors() -> None:
 
 
 def test_duplicate_lookup_keys_are_rejected() -> None:
-    text = MINIMAL.replace("rank: 0,", "rank: 0, prices: {month: {lookup_key: pro_month, unit_amount: 0, currency: usd}},")
+    text = MINIMAL.replace(
+        "rank: 0,",
+        "rank: 0, prices: {month: {lookup_key: pro_month, unit_amount: 0, currency: usd}},",
+    )
     with pytest.raises(CatalogError) as caught:
         parse_catalog(text)
     assert any("pro_month" in msg for _, msg in caught.value.problems)

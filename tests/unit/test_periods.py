@@ -18,7 +18,13 @@ def at(text: str) -> datetime:
 
 def account(status: str = "active", start: str | None = None, end: str | None = None) -> Account:
     return Account.model_validate(
-        {"tenant": "t", "tier": "pro", "status": status, "current_period_start": start, "current_period_end": end}
+        {
+            "tenant": "t",
+            "tier": "pro",
+            "status": status,
+            "current_period_start": start,
+            "current_period_end": end,
+        }
     )
 
 

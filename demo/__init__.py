@@ -1,0 +1,1 @@
+"""The scripted walk-through behind `make demo`."""

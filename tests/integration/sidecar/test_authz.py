@@ -1,0 +1,80 @@
+"""The ingress hook as NGINX, Traefik and Envoy call it, routed by policies/ingress.rego."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.sidecar.conftest import SidecarClient
+
+
+def nginx(uri: str, method: str = "GET", tenant: str | None = "pro-active") -> dict[str, str]:
+    headers = {"X-Original-URI": uri, "X-Original-Method": method}
+    return headers | ({"X-Tenant-Id": tenant} if tenant is not None else {})
+
+
+async def test_allowed_route_reports_tier_and_remaining(client: SidecarClient) -> None:
+    response = await client.get("/v1/authz", headers=nginx("/api/v1/reports/42", "POST"))
+    assert response.status == 200
+    assert response.headers["X-Tiergate-Tier"] == "pro"
+    assert response.headers["X-Tiergate-Remaining"] == "1"  # api_calls: 99,999 of 100,000 used
+
+
+async def test_feature_not_in_plan_is_403_with_a_reason(client: SidecarClient) -> None:
+    response = await client.get("/v1/authz", headers=nginx("/api/v1/audit/events", tenant="starter-active"))
+    assert response.status == 403
+    body = await response.json()
+    assert (body["reason"], body["path"]) == ("not_in_plan", "/api/v1/audit/events")
+
+
+async def test_exhausted_quota_is_429_with_retry_after(client: SidecarClient) -> None:
+    response = await client.get("/v1/authz", headers=nginx("/api/v1/things", tenant="free-heavy"))
+    assert response.status == 429
+    assert int(response.headers["Retry-After"]) > 0
+    assert (await response.json())["reason"] == "limit_exceeded"
+
+
+async def test_inactive_subscription_is_403(client: SidecarClient) -> None:
+    response = await client.get("/v1/authz", headers=nginx("/sso/login", tenant="pro-unpaid"))
+    assert response.status == 403
+    assert (await response.json())["reason"] == "subscription_inactive"
+
+
+async def test_missing_tenant_is_401(client: SidecarClient) -> None:
+    response = await client.get("/v1/authz", headers=nginx("/api/v1/reports/1", tenant=None))
+    assert response.status == 401
+    assert (await response.json())["error"]["field"] == "X-Tenant-Id"
+
+
+async def test_traefik_forward_auth_headers(client: SidecarClient) -> None:
+    headers = {
+        "X-Forwarded-Uri": "/sso/callback?code=1",
+        "X-Forwarded-Method": "GET",
+        "X-Tenant-Id": "nobody",
+    }
+    response = await client.get("/v1/authz", headers=headers)
+    assert response.status == 403
+    assert (await response.json())["reason"] == "not_in_plan"
+
+
+@pytest.mark.parametrize(("method", "status"), [("POST", 200), ("DELETE", 403)])
+async def test_envoy_ext_authz_path_prefix(client: SidecarClient, method: str, status: int) -> None:
+    # Envoy appends the original path to the prefix and keeps the method.
+    response = await client.request(
+        method,
+        "/v1/authz/api/v1/audit/x",
+        headers={"X-Tenant-Id": "ent-active" if status == 200 else "pro-active"},
+    )
+    assert response.status == status
+
+
+async def test_unmatched_route_is_allowed_by_default(client: SidecarClient) -> None:
+    response = await client.get("/v1/authz", headers=nginx("/static/app.js", tenant="nobody"))
+    assert response.status == 200
+
+
+async def test_first_matching_route_wins(client: SidecarClient) -> None:
+    # GET /api/v1/reports/x matches the reports route (feature only) before the /api/** usage route,
+    # so a free tenant is refused for the feature, not for its quota.
+    response = await client.get("/v1/authz", headers=nginx("/api/v1/reports/x", "GET", tenant="free-heavy"))
+    assert response.status == 403
+    assert (await response.json())["reason"] == "not_in_plan"
