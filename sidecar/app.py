@@ -11,11 +11,12 @@ from tiergate.reload import PolicyReloader
 
 from sidecar.cache import DecisionCache
 from sidecar.decisions import DecisionService, RouteResolver
+from sidecar.follower import Follower
 from sidecar.http import error_middleware
 from sidecar.metrics import SidecarMetrics
 from sidecar.routes import add_routes
 from sidecar.settings import SidecarSettings
-from sidecar.state import DECISIONS, METRICS, POLICIES, READER, ROUTES, SETTINGS, Policies
+from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS, Policies
 from tiergate.engine import PolicyEngine
 from tiergate.replica import ReplicaReader
 
@@ -29,6 +30,8 @@ def create_app(settings: SidecarSettings, *, engine: PolicyEngine | None = None)
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_replica_ctx)
+    if settings.daemon_url is not None:
+        app.cleanup_ctx.append(_follower_ctx)
     app.cleanup_ctx.append(_engine_ctx(engine))
     add_routes(app)
     return app
@@ -39,6 +42,16 @@ async def _replica_ctx(app: web.Application) -> AsyncIterator[None]:
     app[READER] = reader
     yield
     reader.close()
+
+
+async def _follower_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    token = settings.feed_token.get_secret_value() if settings.feed_token else None
+    follower = Follower(str(settings.daemon_url), token, settings.replica_path)
+    app[FOLLOWER] = follower
+    await follower.start()
+    yield
+    await follower.stop()
 
 
 def _make_engine(settings: SidecarSettings) -> PolicyEngine:

@@ -65,6 +65,12 @@ class DecisionService:
             return None
         return max(0.0, (self.clock() if now is None else now) - as_of.timestamp())
 
+    def is_stale(self, age: float | None = None) -> bool:
+        if self.staleness_budget_s is None:
+            return False
+        age = self.replica_age() if age is None else age
+        return age is None or age > self.staleness_budget_s
+
     async def decide(self, tenant: str, feature: str, quantity: int = 1) -> dict[str, Any]:
         started = time.perf_counter()
         now = self.clock()
@@ -74,7 +80,7 @@ class DecisionService:
         period = period_for(row, datetime.fromtimestamp(now, UTC), now_text)
         usage = self.reader.usage(tenant, period[0])
         age = self.replica_age(now)
-        stale = self.staleness_budget_s is not None and (age is None or age > self.staleness_budget_s)
+        stale = self.is_stale(age)
         revision = self.engine.revision or ""
         key = (
             tenant,

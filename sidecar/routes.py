@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from sidecar.authz import AUTHZ_PREFIX, authz_answer, original_request
 from sidecar.http import error_body, json_response, read_json_object, validate
-from sidecar.state import DECISIONS, METRICS, POLICIES, READER, ROUTES, SETTINGS
+from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS
 from tiergate.errors import BadRequestError, TierError
 from tiergate.models import CheckRequest
 from tiergate.periods import parse_rfc3339, seconds_until
@@ -128,8 +131,12 @@ async def readyz(request: web.Request) -> web.Response:
     else:
         failing["policy"] = policy.get("last_error") or "no policy loaded"
     try:
-        request.app[READER].refresh()
-        ok.append("replica")
+        reader = request.app[READER]
+        reader.refresh()
+        if FOLLOWER in request.app and reader.meta.data_as_of is None:
+            failing["replica"] = "waiting for the first snapshot from the sync daemon"
+        else:
+            ok.append("replica")
     except Exception as exc:  # any sqlite failure means we cannot answer
         failing["replica"] = str(exc)
     try:
@@ -164,6 +171,8 @@ async def status(request: web.Request) -> web.Response:
                 "accounts": reader.count_accounts(),
             },
             "policy": request.app[POLICIES].status(),
+            "daemon": request.app[FOLLOWER].status.as_dict() if FOLLOWER in request.app else None,
+            "stale": decisions.is_stale(),
             "engine": request.app[SETTINGS].engine,
             "decision_cache": {"entries": len(decisions.cache)},
         }
@@ -177,6 +186,19 @@ def _query_int(value: str, field: str) -> int:
         raise BadRequestError(f"{field}: {value!r} is not an integer", field=field) from None
 
 
+_OPENAPI = Path(__file__).with_name("openapi.yaml")
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(load_openapi())
+
+
+@functools.cache
+def load_openapi() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(_OPENAPI.read_text(encoding="utf-8"))
+    return document
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/check", check_get)
     app.router.add_post("/v1/check", check_post)
@@ -188,3 +210,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/status", status)
+    app.router.add_get("/openapi.json", openapi)

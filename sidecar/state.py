@@ -8,6 +8,7 @@ from aiohttp import web
 from tiergate.reload import PolicyReloader
 
 from sidecar.decisions import DecisionService, RouteResolver
+from sidecar.follower import Follower
 from sidecar.metrics import SidecarMetrics
 from sidecar.settings import SidecarSettings
 from tiergate.engine import PolicyEngine
@@ -38,3 +39,4 @@ POLICIES = web.AppKey("policies", Policies)
 DECISIONS = web.AppKey("decisions", DecisionService)
 ROUTES = web.AppKey("routes", RouteResolver)
 METRICS = web.AppKey("metrics", SidecarMetrics)
+FOLLOWER = web.AppKey("follower", Follower)

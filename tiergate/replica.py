@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import sqlite_utils
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -134,14 +134,20 @@ class ReplicaWriter:
         data_as_of: datetime,
         position: int | None = None,
         source: str = "import",
+        expect_accounts: int | None = None,
     ) -> tuple[int, int]:
-        """Swap the whole content atomically; returns (accounts, usage counters) written."""
+        """Swap the whole content atomically; returns (accounts, usage counters) written.
+
+        With `expect_accounts`, a different count rolls everything back (a truncated snapshot).
+        """
         conn = self.db.conn
         with self.db.atomic():
             conn.execute("DELETE FROM accounts")
             conn.execute("DELETE FROM usage")
             n_accounts = _insert_accounts(conn, (account_row(a) for a in accounts))
             n_usage = _insert_usage(conn, usage)
+            if expect_accounts is not None and n_accounts != expect_accounts:
+                raise ReplicaError(f"expected {expect_accounts} accounts, got {n_accounts}; nothing replaced")
             generation = self._read_meta(conn).generation + 1
             self._write_meta(
                 conn,
@@ -151,6 +157,30 @@ class ReplicaWriter:
                 source=source,
             )
         return n_accounts, n_usage
+
+    def apply_changes(
+        self, changes: Iterable[FeedChange], *, position: int, data_as_of: datetime
+    ) -> set[str]:
+        """Apply one feed batch and the new position in one transaction; returns touched tenants."""
+        conn = self.db.conn
+        touched: set[str] = set()
+        with self.db.atomic():
+            for change in changes:
+                touched.add(change.tenant)
+                if change.kind == "account" and change.op == "upsert" and change.account is not None:
+                    conn.execute(_UPSERT_ACCOUNT, account_row(change.account))
+                elif change.kind == "account" and change.op == "delete":
+                    conn.execute("DELETE FROM accounts WHERE tenant = ?", (change.tenant,))
+                elif change.kind == "usage" and change.usage is not None:
+                    u = change.usage
+                    conn.execute(_UPSERT_USAGE, (u.tenant, u.code, rfc3339(u.period_start), u.value))
+            self._write_meta(conn, position=str(position), data_as_of=rfc3339(data_as_of), source="feed")
+        return touched
+
+    def mark_current(self, data_as_of: datetime) -> None:
+        """Record that the daemon confirmed nothing changed up to `data_as_of`."""
+        with self.db.atomic():
+            self._write_meta(self.db.conn, data_as_of=rfc3339(data_as_of))
 
     def export(self) -> dict[str, Any]:
         conn = self.db.conn
@@ -181,6 +211,11 @@ class ReplicaWriter:
 
 
 _SELECT_ACCOUNTS = "SELECT " + ", ".join(ACCOUNT_COLUMNS) + " FROM accounts"
+_UPSERT_ACCOUNT = (
+    f"INSERT OR REPLACE INTO accounts ({', '.join(ACCOUNT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(ACCOUNT_COLUMNS))})"
+)
+_UPSERT_USAGE = "INSERT OR REPLACE INTO usage (tenant, code, period_start, value) VALUES (?, ?, ?, ?)"
 
 
 def _insert_accounts(conn: sqlite3.Connection, rows: Iterable[AccountRow]) -> int:
@@ -248,6 +283,19 @@ class ReplicaReader:
 
     def close(self) -> None:
         self._conn.close()
+
+
+class FeedChange(BaseModel):
+    """One entry of the daemon's change feed (`GET /v1/feed/changes`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    seq: int
+    kind: Literal["account", "usage"]
+    op: Literal["upsert", "delete"] = "upsert"
+    tenant: str
+    account: Account | None = None
+    usage: UsageCounter | None = None
 
 
 class ReplicaDocument(BaseModel):

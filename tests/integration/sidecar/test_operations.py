@@ -20,7 +20,7 @@ async def decision(client: SidecarClient, tenant: str, feature: str) -> dict[str
 async def eventually(predicate: Any) -> None:
     """Poll until predicate() is true; the deadline is generous, we never assert durations."""
     async with asyncio.timeout(RELOAD_TIMEOUT_S):
-        while not await predicate():
+        while not await predicate():  # noqa: ASYNC110 - polling an HTTP answer, no event to wait on
             await asyncio.sleep(0.05)
 
 

@@ -1,0 +1,895 @@
+"""Sidecar latency and throughput against a bare aiohttp baseline, in one run (prints figures).
+
+    .venv/bin/python bench/sidecar_latency.py            # make bench; ~2.5 min on 2 cores
+    .venv/bin/python bench/sidecar_latency.py --quick    # smoke run: 2,000 tenants, 1 s a run
+
+What it does:
+1. generates a replica of N tenants (default 100,000) over the tiers of plans/plans.yaml and
+   every subscription status, with usage counters for the current period, and imports it with
+   `tiergate replica import` into a temporary directory;
+2. starts the sidecar (`tiergate sidecar`) and bench/baseline_server.py (a bare aiohttp app that
+   answers the same paths with a fixed JSON body) on free loopback ports;
+3. for each scenario (check over a hot set of tenants, check over all tenants so the decision
+   cache misses, batch of 100 checks, ingress authz) measures, on both servers in turn,
+   p50/p90/p99 at 1 connection and requests/s at 32 connections, with wrk when it is on PATH
+   (else bench/loadgen.py, a Python load generator, and says so);
+4. times the decision service in process (cache hit, cache miss, engine eval alone, and the
+   pieces of the hit path);
+5. prints a table with the ratios to the baseline and the targets of issue 2, and writes the
+   same figures to bench/results/sidecar_latency.json.
+
+Nothing here asserts on wall-clock time: it prints figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO, get_args
+
+from tiergate.catalog import Catalog, Quota, load_catalog
+from tiergate.models import Status
+from tiergate.periods import calendar_month, rfc3339
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+RESULTS = BENCH / "results" / "sidecar_latency.json"
+WRK_SCRIPT = BENCH / "wrk_requests.lua"
+LOADGEN = BENCH / "loadgen.py"
+BASELINE = BENCH / "baseline_server.py"
+
+# Targets of issue 2 (for the single check): printed next to the figures, never asserted.
+TARGET_P50_RATIO = 1.3
+TARGET_RPS_RATIO = 0.8
+TARGET_P99_US = 1000
+
+# A plausible SaaS mix of Stripe subscription states (weights; unknown states get 1).
+STATUS_WEIGHTS = {
+    "active": 70,
+    "trialing": 10,
+    "past_due": 5,
+    "canceled": 7,
+    "unpaid": 2,
+    "incomplete": 2,
+    "incomplete_expired": 1,
+    "paused": 3,
+}
+# Features an app typically asks about, in order of preference (those in the catalog are used).
+CHECK_FEATURES = ("api_calls", "reports", "sso", "exports", "dashboards")
+
+FIGURE_KEYS = ("p50_us", "p90_us", "p99_us")
+
+
+# -- the replica -----------------------------------------------------------------------------
+
+
+def ts(moment: datetime) -> str:
+    return rfc3339(moment) or ""
+
+
+def make_replica(catalog: Catalog, n: int, rng: random.Random, now: datetime) -> dict[str, Any]:
+    """An import document (tiergate/replica.py ReplicaDocument) of n tenants `t_000000`..."""
+    tiers = sorted(catalog.tiers.items(), key=lambda item: item[1].rank)
+    names = [name for name, _ in tiers]
+    tier_weights = [len(names) - i for i in range(len(names))]  # more tenants on lower tiers
+    statuses = list(get_args(Status))
+    status_weights = [STATUS_WEIGHTS.get(status, 1) for status in statuses]
+    month_start = calendar_month(now)[0]
+    accounts: list[dict[str, Any]] = []
+    usage: list[dict[str, Any]] = []
+    for i in range(n):
+        tenant = f"t_{i:06d}"
+        name = rng.choices(names, tier_weights)[0]
+        tier = catalog.tiers[name]
+        paid = bool(tier.prices)
+        status = rng.choices(statuses, status_weights)[0] if paid else "active"
+        account: dict[str, Any] = {
+            "tenant": tenant,
+            "tier": name,
+            "status": status,
+            "quantity": rng.randint(1, 30),
+            "current_period_start": None,
+            "current_period_end": None,
+            "trial_end": None,
+            "cancel_at_period_end": False,
+            "past_due_since": None,
+        }
+        period_start = month_start  # the default tier's usage period: the calendar month
+        if paid:
+            yearly = "year" in tier.prices and rng.random() < 0.2
+            length = timedelta(days=365 if yearly else 30)
+            start = (now - length * rng.uniform(0.01, 0.97)).replace(microsecond=0)
+            account["current_period_start"] = ts(start)
+            account["current_period_end"] = ts(start + length)
+            if status not in ("canceled", "incomplete_expired"):
+                period_start = start
+            if status == "trialing":  # about one trial in eight has already ended
+                account["trial_end"] = ts(now + timedelta(hours=rng.uniform(-48, 14 * 24)))
+            elif status == "past_due":  # some within the tier's grace days, some beyond
+                account["past_due_since"] = ts(now - timedelta(days=rng.uniform(0, 20)))
+            elif status == "active":
+                account["cancel_at_period_end"] = rng.random() < 0.05
+        accounts.append(account)
+        if rng.random() < 0.8:  # one tenant in five has not used anything this period
+            for code in catalog.metrics:
+                value = tier.features.get(code)
+                if not isinstance(value, Quota):
+                    continue
+                used = (
+                    rng.randint(0, 50_000) if value.limit is None else int(value.limit * rng.uniform(0, 1.1))
+                )
+                usage.append(
+                    {"tenant": tenant, "code": code, "period_start": ts(period_start), "value": used}
+                )
+    return {"data_as_of": ts(now), "accounts": accounts, "usage": usage}
+
+
+# -- request files (one request a line: METHOD, PATH, BODY, header name/value pairs) ----------
+
+
+def request_line(method: str, path: str, body: str = "", headers: dict[str, str] | None = None) -> str:
+    fields = [method, path, body]
+    for name, value in (headers or {}).items():
+        fields += [name, value]
+    return "\t".join(fields)
+
+
+def check_lines(tenants: list[str], features: list[str], count: int, rng: random.Random) -> list[str]:
+    return [
+        request_line("GET", f"/v1/check?tenant={rng.choice(tenants)}&feature={rng.choice(features)}")
+        for _ in range(count)
+    ]
+
+
+def cold_lines(tenants: list[str], features: list[str], rng: random.Random) -> list[str]:
+    order = list(tenants)
+    rng.shuffle(order)
+    return [request_line("GET", f"/v1/check?tenant={t}&feature={rng.choice(features)}") for t in order]
+
+
+def batch_lines(
+    tenants: list[str], features: list[str], size: int, count: int, rng: random.Random
+) -> list[str]:
+    lines = []
+    for _ in range(count):
+        checks = [{"tenant": rng.choice(tenants), "feature": rng.choice(features)} for _ in range(size)]
+        lines.append(
+            request_line("POST", "/v1/check/batch", json.dumps({"checks": checks}, separators=(",", ":")))
+        )
+    return lines
+
+
+def route_examples(catalog: Catalog) -> list[tuple[str, str]]:
+    """A concrete (method, path) for each ingress route of the catalog."""
+    examples = []
+    for route in catalog.routes:
+        segments = ["2026/q3" if s == "**" else "item42" if s == "*" else s for s in route.path.split("/")]
+        examples.append(("GET" if route.method == "*" else route.method, "/".join(segments)))
+    return examples
+
+
+def authz_lines(
+    tenants: list[str], routes: list[tuple[str, str]], header: str, count: int, rng: random.Random
+) -> list[str]:
+    lines = []
+    for _ in range(count):
+        method, path = rng.choice(routes)
+        headers = {"X-Original-URI": path, "X-Original-Method": method, header: rng.choice(tenants)}
+        lines.append(request_line("GET", "/v1/authz", "", headers))
+    return lines
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status), bytes(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            raise SystemExit(
+                f"{url}: the server exited with {process.returncode}; its log ends with:\n{tail}"
+            )
+        try:
+            if http_get(url, timeout=1.0)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{url}: no 200 within {timeout_s:.0f} s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)  # aiohttp's run_app shuts down cleanly on SIGINT
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def rss_kib(pid: int) -> dict[str, int]:
+    """VmRSS (now) and VmHWM (peak) from /proc/<pid>/status, in KiB."""
+    figures = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            figures[key] = int(value.split()[0])
+    return figures
+
+
+def scrape(base_url: str) -> dict[str, float]:
+    """The sidecar's Prometheus samples, keyed `name{labels}`."""
+    status, body = http_get(base_url + "/metrics")
+    if status != 200:
+        return {}
+    samples = {}
+    for line in body.decode().splitlines():
+        match = re.match(r"^([a-zA-Z_:][\w:]*(?:\{[^}]*\})?)\s+(\S+)$", line)
+        if match and not line.startswith("#"):
+            samples[match.group(1)] = float(match.group(2))
+    return samples
+
+
+def delta(before: dict[str, float], after: dict[str, float], prefix: str) -> dict[str, float]:
+    return {
+        key: after[key] - before.get(key, 0.0)
+        for key in after
+        if key.startswith(prefix) and after[key] - before.get(key, 0.0) > 0
+    }
+
+
+# -- load ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Generator:
+    name: str  # "wrk" or "loadgen.py"
+    wrk: str | None
+
+    def run(
+        self, url: str, requests: Path, connections: int, duration_s: float, offset: int
+    ) -> dict[str, Any]:
+        if self.wrk is not None:
+            threads = min(connections, 2)  # two cores: one wrk thread a core at most
+            command = [
+                self.wrk,
+                f"-t{threads}",
+                f"-c{connections}",
+                f"-d{max(1, round(duration_s))}s",  # wrk takes whole seconds
+                "--timeout",
+                "5s",
+                "--latency",
+                "-s",
+                str(WRK_SCRIPT),
+                url,
+                "--",
+                str(requests),
+                str(offset),
+            ]
+        else:
+            command = [
+                sys.executable,
+                str(LOADGEN),
+                "--url",
+                url,
+                "--requests",
+                str(requests),
+                "-c",
+                str(connections),
+                "-d",
+                str(duration_s),
+                "--offset",
+                str(offset),
+            ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 120, check=False)
+        for line in done.stdout.splitlines():
+            if line.startswith("BENCH_JSON "):
+                figures: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
+                seconds = figures["duration_us"] / 1e6
+                figures["rps"] = round(figures["requests"] / seconds, 1) if seconds else 0.0
+                return figures
+        raise SystemExit(
+            f"{self.name} printed no figures (exit {done.returncode}):\n{done.stdout}\n{done.stderr}"
+        )
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    label: str
+    requests: Path
+    lines: int
+    decisions_per_request: float
+    targets_apply: bool
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    url: str
+    is_sidecar: bool
+
+
+def measure(
+    generator: Generator, scenario: Scenario, target: Target, duration_s: float, warmup_s: float
+) -> dict[str, Any]:
+    """Warm-up at 1 connection, then 1 connection, then 32; each run starts at its own place in
+    the request file, so the cold scenario never meets a key an earlier run left in the cache."""
+    n = scenario.lines
+    samples = [scrape(target.url)] if target.is_sidecar else []
+    generator.run(target.url, scenario.requests, 1, warmup_s, offset=0)
+    result: dict[str, Any] = {}
+    for label, connections, offset in (("c1", 1, n // 8), ("c32", 32, n // 2)):
+        if target.is_sidecar:
+            samples.append(scrape(target.url))
+        result[label] = generator.run(target.url, scenario.requests, connections, duration_s, offset)
+        if target.is_sidecar:
+            after = scrape(target.url)
+            cache = delta(samples[-1], after, "tiergate_decision_cache_total")
+            hits = cache.get('tiergate_decision_cache_total{result="hit"}', 0.0)
+            lookups = hits + cache.get('tiergate_decision_cache_total{result="miss"}', 0.0)
+            result[label]["cache_hit_ratio"] = round(hits / lookups, 3) if lookups else None
+            reasons: dict[str, float] = {}
+            for key, value in delta(samples[-1], after, "tiergate_decisions_total").items():
+                reason = re.search(r'reason="([^"]*)"', key)
+                name = reason.group(1) if reason else key
+                reasons[name] = reasons.get(name, 0.0) + value
+            total = sum(reasons.values())
+            result[label]["decisions"] = int(total)
+            result[label]["deny_ratio"] = round(1 - reasons.get("ok", 0.0) / total, 3) if total else None
+            result[label]["reasons"] = {k: int(v) for k, v in sorted(reasons.items())}
+    return result
+
+
+# -- in process ------------------------------------------------------------------------------
+
+
+def per_call_us(samples_ns: list[int]) -> dict[str, float]:
+    ordered = sorted(samples_ns)
+    return {
+        "p50_us": round(ordered[len(ordered) // 2] / 1000, 2),
+        "p99_us": round(ordered[int(len(ordered) * 0.99)] / 1000, 2),
+        "mean_us": round(sum(ordered) / len(ordered) / 1000, 2),
+        "calls": len(ordered),
+    }
+
+
+async def time_async(call: Callable[[], Awaitable[object]], n: int) -> dict[str, float]:
+    for _ in range(min(n, 200)):
+        await call()
+    samples = []
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        began = clock()
+        await call()
+        samples.append(clock() - began)
+    return per_call_us(samples)
+
+
+def time_sync(call: Callable[[], object], n: int) -> float:
+    """Mean µs per call, loop overhead included (~0.03 µs)."""
+    for _ in range(min(n, 200)):
+        call()
+    began = time.perf_counter_ns()
+    for _ in range(n):
+        call()
+    return round((time.perf_counter_ns() - began) / n / 1000, 2)
+
+
+async def in_process(
+    env: dict[str, str],
+    hot: list[str],
+    features: list[str],
+    routes: list[tuple[str, str]],
+    n: int,
+    log_file: TextIO,
+) -> dict[str, Any]:
+    """Time DecisionService.decide and its parts on the app the sidecar builds, without HTTP."""
+    import orjson
+    import structlog
+    from aiohttp import web
+
+    from sidecar.app import create_app
+    from sidecar.cache import DecisionCache
+    from sidecar.decisions import DecisionService
+    from sidecar.http import validate
+    from sidecar.metrics import SidecarMetrics
+    from sidecar.settings import SidecarSettings
+    from sidecar.state import DECISIONS, POLICIES, READER, ROUTES
+    from tiergate.decide import account_document, build_input, period_for
+    from tiergate.engine import DECISION_PATH
+    from tiergate.log import configure_logging
+    from tiergate.models import CheckRequest
+
+    os.environ.update({k: v for k, v in env.items() if k != "TIERGATE_SIDECAR_PORT"})
+    settings = SidecarSettings()
+    configure_logging(json=settings.log_json, level=settings.log_level)
+    # Deny lines are still rendered and written, as in the sidecar, but to /dev/null.
+    structlog.configure(logger_factory=structlog.WriteLoggerFactory(file=log_file))
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()  # runs the sidecar's start-up: replica, engine, policies, decision service
+    try:
+        app = runner.app
+        service, reader, engine = app[DECISIONS], app[READER], app[POLICIES].engine
+        # An allowed (tenant, feature) for the hit path, and a sample of keys for the miss path.
+        tenant, feature = hot[0], features[0]
+        for candidate in hot:
+            if (await service.decide(candidate, "api_calls"))["reason"] == "ok":
+                tenant, feature = candidate, "api_calls"
+                break
+        keys = [(t, f) for t in hot[:400] for f in features]
+        uncached = DecisionService(
+            reader,
+            engine,
+            SidecarMetrics(replica_age=lambda: 0.0),
+            cache=DecisionCache(0, 0.0),
+            log_sample=settings.decision_log_sample,
+            log_denies=settings.decision_log_denies,
+        )
+        cursor = iter(range(10**12))
+
+        async def miss_mixed() -> object:
+            t, f = keys[next(cursor) % len(keys)]
+            return await uncached.decide(t, f)
+
+        registry = service.metrics.registry
+        hits_before = registry.get_sample_value("tiergate_decision_cache_total", {"result": "hit"}) or 0.0
+        figures: dict[str, Any] = {
+            "tenant": tenant,
+            "feature": feature,
+            "decide_cache_hit": await time_async(lambda: service.decide(tenant, feature), n),
+        }
+        hits = (
+            registry.get_sample_value("tiergate_decision_cache_total", {"result": "hit"}) or 0.0
+        ) - hits_before
+        figures["decide_cache_hit"]["hit_ratio"] = round(hits / (n + min(n, 200)), 3)
+        figures["decide_cache_miss_same_key"] = await time_async(
+            lambda: uncached.decide(tenant, feature), n // 4
+        )
+        figures["decide_cache_miss_mixed"] = await time_async(miss_mixed, n // 4)
+
+        now = time.time()
+        now_text = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        row = reader.account(tenant)
+        period = period_for(row, datetime.fromtimestamp(now, UTC), now_text)
+        usage = reader.usage(tenant, period[0])
+        document = build_input(
+            tenant=tenant,
+            feature=feature,
+            quantity=1,
+            now_text=now_text,
+            account=account_document(row),
+            usage=usage,
+            period=period,
+            replica_age_s=service.replica_age(now),
+        )
+        figures["engine_eval"] = await time_async(lambda: engine.evaluate(DECISION_PATH, document), n // 4)
+        route = routes[0] if routes else ("GET", "/api/v1/things")
+        figures["route_resolve_cached"] = await time_async(lambda: app[ROUTES].resolve(*route), n)
+
+        # The hit path, piece by piece (mean µs a call).
+        canceled = next((r for r in map(reader.account, hot) if r and r.status == "canceled"), None)
+        when = datetime.fromtimestamp(now, UTC)
+        revision = engine.revision or ""
+        decision = await service.decide(tenant, feature)
+        metrics = service.metrics
+
+        def count_metrics() -> None:
+            metrics.cache_hit.inc()
+            metrics.count_decision("ok", True)
+            metrics.decision_seconds.observe(3e-5)
+
+        pieces: dict[str, float] = {
+            "validate CheckRequest (pydantic)": time_sync(
+                lambda: validate(CheckRequest, {"tenant": tenant, "feature": feature}), n
+            ),
+            "reader.refresh (PRAGMA data_version)": time_sync(reader.refresh, n),
+            "reader.account (SQLite point read)": time_sync(lambda: reader.account(tenant), n),
+            "reader.usage (SQLite range read)": time_sync(lambda: reader.usage(tenant, period[0]), n),
+            "period_for (in-period row)": time_sync(lambda: period_for(row, when, now_text), n),
+            "cache key + get": time_sync(
+                lambda: service.cache.get(
+                    (tenant, feature, 1, row, tuple(sorted(usage.items())), period[0], revision, False), now
+                ),
+                n,
+            ),
+            "metrics (hit counter, decision counter, histogram)": time_sync(count_metrics, n),
+            "decision dict + lineage": time_sync(
+                lambda: {
+                    **decision,
+                    "tenant": tenant,
+                    "feature": feature,
+                    "quantity": 1,
+                    "decision_id": f"abcd-{n}",
+                    "policy_revision": revision,
+                    "data_as_of": rfc3339(reader.meta.data_as_of),
+                    "stale": False,
+                },
+                n,
+            ),
+            "orjson.dumps(decision)": time_sync(lambda: orjson.dumps(decision), n),
+            "datetime.fromtimestamp + replica_age": time_sync(
+                lambda: (datetime.fromtimestamp(now, UTC), service.replica_age(now)), n
+            ),
+        }
+        if canceled is not None:
+            pieces["period_for (canceled row: Account.model_validate)"] = time_sync(
+                lambda: period_for(canceled, when, now_text), n // 4
+            )
+        figures["hit_path_pieces_us"] = pieces
+        return figures
+    finally:
+        await runner.cleanup()
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "MISSED")
+
+
+def summarise(scenarios: list[Scenario], figures: dict[str, Any]) -> None:
+    """Add ratios and target verdicts to each scenario's figures (in place)."""
+    for scenario in scenarios:
+        entry = figures[scenario.key]
+        side, base = entry["sidecar"], entry["baseline"]
+        p50 = ratio(side["c1"]["p50_us"], base["c1"]["p50_us"])
+        rps = ratio(side["c32"]["rps"], base["c32"]["rps"])
+        entry["ratios"] = {"p50_c1": p50, "rps_c32": rps}
+        entry["per_decision_us_c1"] = round(side["c1"]["p50_us"] / scenario.decisions_per_request, 1)
+        if scenario.targets_apply:
+            entry["targets"] = {
+                f"p50 <= {TARGET_P50_RATIO}x baseline": verdict(p50 is not None and p50 <= TARGET_P50_RATIO),
+                f"rps >= {TARGET_RPS_RATIO}x baseline": verdict(rps is not None and rps >= TARGET_RPS_RATIO),
+                f"p99 < {TARGET_P99_US} us at 1 connection": verdict(side["c1"]["p99_us"] < TARGET_P99_US),
+            }
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%"
+
+
+def print_table(scenarios: list[Scenario], results: dict[str, Any]) -> None:
+    figures = results["scenarios"]
+    header = (
+        f"{'scenario':<22} {'server':<9} {'p50':>6} {'p90':>6} {'p99':>6} {'rps@1':>7} {'rps@32':>7} "
+        f"{'hit@1':>6} {'hit@32':>6} {'deny':>5} {'p50 x':>6} {'rps x':>6}"
+    )
+    print()
+    print("latency in µs at 1 connection; requests/s at 1 and 32 connections; x = sidecar / baseline")
+    print(header)
+    print("-" * len(header))
+    for scenario in scenarios:
+        entry = figures[scenario.key]
+        for server in ("sidecar", "baseline"):
+            c1, c32 = entry[server]["c1"], entry[server]["c32"]
+            label = scenario.label if server == "sidecar" else ""
+            line = (
+                f"{label:<22} {server:<9} {c1['p50_us']:>6} {c1['p90_us']:>6} {c1['p99_us']:>6} "
+                f"{c1['rps']:>7.0f} {c32['rps']:>7.0f}"
+            )
+            if server == "sidecar":
+                line += (
+                    f" {pct(c1.get('cache_hit_ratio')):>6} {pct(c32.get('cache_hit_ratio')):>6}"
+                    f" {pct(c32.get('deny_ratio')):>5}"
+                    f" {entry['ratios']['p50_c1'] or 0:>6.2f} {entry['ratios']['rps_c32'] or 0:>6.2f}"
+                )
+            print(line)
+    print()
+    for scenario in scenarios:
+        targets = figures[scenario.key].get("targets")
+        if targets:
+            print(f"targets, {scenario.label}: " + "; ".join(f"{k}: {v}" for k, v in targets.items()))
+    errors = {
+        f"{key}/{server}/{run}": {k: v for k, v in figs.items() if k.startswith("errors") and v}
+        for key, entry in figures.items()
+        for server in ("sidecar", "baseline")
+        for run, figs in entry[server].items()
+    }
+    errors = {k: v for k, v in errors.items() if v}
+    if errors:
+        print(f"transport errors: {errors}")
+    inproc = results.get("in_process_us")
+    if inproc:
+        print()
+        print(f"in process (µs a call; tenant {inproc['tenant']}, feature {inproc['feature']}):")
+        for name in (
+            "decide_cache_hit",
+            "decide_cache_miss_same_key",
+            "decide_cache_miss_mixed",
+            "engine_eval",
+            "route_resolve_cached",
+        ):
+            f = inproc[name]
+            print(f"  {name:<28} p50 {f['p50_us']:>7.2f}  p99 {f['p99_us']:>7.2f}  mean {f['mean_us']:>7.2f}")
+        print("  hit path, piece by piece (mean):")
+        for name, value in inproc["hit_path_pieces_us"].items():
+            print(f"    {name:<52} {value:>6.2f}")
+    rss = results["rss_kib"]
+    print()
+    print(
+        f"RSS after the load: sidecar {rss['sidecar']['VmRSS'] / 1024:.0f} MiB "
+        f"(peak {rss['sidecar']['VmHWM'] / 1024:.0f}), baseline {rss['baseline']['VmRSS'] / 1024:.0f} MiB; "
+        f"sidecar at start {rss['sidecar_at_start']['VmRSS'] / 1024:.0f} MiB"
+    )
+    meta = results["meta"]
+    print(
+        f"generator: {meta['generator']}; {meta['tenants']} tenants, hot set {meta['hot_tenants']}; "
+        f"{meta['duration_s']} s a run; decision log sample {meta['sidecar_env'].get('TIERGATE_DECISION_LOG_SAMPLE')}"
+        f", deny lines logged {meta['decision_log_lines']}"
+    )
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Sidecar latency and throughput against a bare aiohttp baseline."
+    )
+    parser.add_argument("--tenants", type=int, default=100_000, help="tenants in the replica")
+    parser.add_argument("--hot-tenants", type=int, default=1000, help="tenants the hot scenarios draw from")
+    parser.add_argument(
+        "--duration", type=float, default=5.0, help="seconds a measured run (two per scenario)"
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2,000 tenants, 1 s a run")
+    parser.add_argument(
+        "--generator", choices=("auto", "wrk", "python"), default="auto", help="auto: wrk when on PATH"
+    )
+    parser.add_argument(
+        "--install-wrk", action="store_true", help="apt-get install -y wrk when it is missing"
+    )
+    parser.add_argument(
+        "--sidecar-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra TIERGATE_* setting for the sidecar (repeatable), e.g. TIERGATE_DECISION_CACHE_TTL_S=30",
+    )
+    parser.add_argument("--no-in-process", action="store_true", help="skip the in-process timings")
+    parser.add_argument("--seed", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.quick:
+        args.tenants, args.duration = min(args.tenants, 2000), 1.0
+    args.hot_tenants = min(args.hot_tenants, args.tenants)
+    return args
+
+
+def pick_generator(choice: str, install: bool) -> Generator:
+    wrk = shutil.which("wrk")
+    if wrk is None and install and choice != "python":
+        print("wrk is not installed: running apt-get install -y wrk (--install-wrk)", flush=True)
+        subprocess.run(["apt-get", "install", "-y", "wrk"], check=False)
+        wrk = shutil.which("wrk")
+    if choice == "python":
+        return Generator("loadgen.py (Python, --generator python)", None)
+    if wrk is None:
+        if choice == "wrk":
+            raise SystemExit("wrk is not on PATH (apt-get install wrk, or pass --install-wrk)")
+        print(
+            "wrk not found on PATH: falling back to bench/loadgen.py, a Python load generator that "
+            "shares the 2 cores with the servers (apt-get install wrk, or --install-wrk, for wrk)",
+            flush=True,
+        )
+        return Generator("loadgen.py (Python fallback: wrk not found)", None)
+    version = subprocess.run([wrk, "--version"], capture_output=True, text=True, check=False)
+    return Generator(f"wrk ({(version.stdout or version.stderr).splitlines()[0].strip()})", wrk)
+
+
+def main() -> None:
+    args = parse_args()
+    started = time.monotonic()
+    generator = pick_generator(args.generator, args.install_wrk)
+    bin_dir = Path(sys.executable).parent
+    tiergate = str(bin_dir / "tiergate")
+    rng = random.Random(args.seed)
+    catalog = load_catalog(REPO / "plans" / "plans.yaml")
+    features = [f for f in CHECK_FEATURES if f in catalog.features] or sorted(catalog.features)[:5]
+    routes = route_examples(catalog)
+
+    with tempfile.TemporaryDirectory(prefix="tiergate-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        now = datetime.now(UTC)
+        began = time.monotonic()
+        document = make_replica(catalog, args.tenants, rng, now)
+        (tmp / "replica.json").write_text(json.dumps(document))
+        tenants = [a["tenant"] for a in document["accounts"]]
+        n_usage = len(document["usage"])
+        del document
+        sidecar_port, baseline_port = free_port(), free_port()
+        env = {
+            "TIERGATE_SIDECAR_HOST": "127.0.0.1",
+            "TIERGATE_SIDECAR_PORT": str(sidecar_port),
+            "TIERGATE_REPLICA_PATH": str(tmp / "replica.db"),
+            "TIERGATE_PLANS": str(REPO / "plans" / "plans.yaml"),
+            "TIERGATE_POLICIES": str(REPO / "policies"),
+            "TIERGATE_LOG_JSON": "true",
+            "TIERGATE_DECISION_LOG_SAMPLE": "0",
+        }
+        for item in args.sidecar_env:
+            key, sep, value = item.partition("=")
+            if not sep or not key.startswith("TIERGATE_"):
+                raise SystemExit(f"--sidecar-env {item!r}: expected TIERGATE_NAME=VALUE")
+            env[key] = value
+        process_env = {k: v for k, v in os.environ.items() if not k.startswith("TIERGATE_")} | env
+        imported = subprocess.run(
+            [tiergate, "replica", "import", str(tmp / "replica.json")],
+            env=process_env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if imported.returncode != 0:
+            raise SystemExit(f"tiergate replica import failed:\n{imported.stderr}")
+        print(imported.stdout.strip(), f"({time.monotonic() - began:.1f} s with generation)", flush=True)
+
+        hot = rng.sample(tenants, args.hot_tenants)
+        header = env.get("TIERGATE_TENANT_HEADER", "X-Tenant-Id")
+        files = {
+            "check_hot": check_lines(hot, features, 20_000, rng),
+            "check_cold": cold_lines(tenants, features, rng),
+            "batch_100": batch_lines(hot, features, 100, 500, rng),
+            "authz": authz_lines(hot, routes, header, 20_000, rng),
+        }
+        for key, lines in files.items():
+            (tmp / f"{key}.txt").write_text("\n".join(lines) + "\n")
+        scenarios = [
+            Scenario("check_hot", "check, hot set", tmp / "check_hot.txt", len(files["check_hot"]), 1, True),
+            Scenario(
+                "check_cold", "check, cold (all)", tmp / "check_cold.txt", len(files["check_cold"]), 1, True
+            ),
+            Scenario("batch_100", "batch of 100", tmp / "batch_100.txt", len(files["batch_100"]), 100, False),
+            # A route with a feature and a usage code asks for two decisions; the average is ~1.3.
+            Scenario("authz", "authz (ingress)", tmp / "authz.txt", len(files["authz"]), 1, False),
+        ]
+
+        sidecar_log, baseline_log = tmp / "sidecar.log", tmp / "baseline.log"
+        with sidecar_log.open("wb") as slog, baseline_log.open("wb") as blog:
+            sidecar = subprocess.Popen(
+                [tiergate, "sidecar"], env=process_env, cwd=REPO, stdout=slog, stderr=subprocess.STDOUT
+            )
+            baseline = subprocess.Popen(
+                [sys.executable, str(BASELINE), "--port", str(baseline_port)],
+                cwd=REPO,
+                stdout=blog,
+                stderr=subprocess.STDOUT,
+            )
+        results: dict[str, Any] = {}
+        try:
+            sidecar_url, baseline_url = (
+                f"http://127.0.0.1:{sidecar_port}",
+                f"http://127.0.0.1:{baseline_port}",
+            )
+            wait_ready(sidecar_url + "/healthz", sidecar, sidecar_log)
+            wait_ready(baseline_url + "/healthz", baseline, baseline_log)
+            ready_status, ready_body = http_get(sidecar_url + "/readyz")
+            if ready_status != 200:
+                print(f"warning: sidecar /readyz is {ready_status}: {ready_body.decode()[:500]}", flush=True)
+            rss_start = rss_kib(sidecar.pid)
+            targets = [Target("sidecar", sidecar_url, True), Target("baseline", baseline_url, False)]
+            figures: dict[str, Any] = {}
+            warmup = 1.0
+            for scenario in scenarios:
+                figures[scenario.key] = {}
+                for target in targets:
+                    print(f"  {scenario.label:<20} {target.name:<9} ...", end="", flush=True)
+                    figures[scenario.key][target.name] = measure(
+                        generator, scenario, target, args.duration, warmup
+                    )
+                    c1, c32 = (
+                        figures[scenario.key][target.name]["c1"],
+                        figures[scenario.key][target.name]["c32"],
+                    )
+                    print(
+                        f" p50 {c1['p50_us']} µs, p99 {c1['p99_us']} µs, {c32['rps']:.0f} req/s @32",
+                        flush=True,
+                    )
+            rss = {
+                "sidecar": rss_kib(sidecar.pid),
+                "baseline": rss_kib(baseline.pid),
+                "sidecar_at_start": rss_start,
+            }
+        finally:
+            stop(sidecar)
+            stop(baseline)
+        log_text = sidecar_log.read_text(errors="replace")
+        decision_lines = sum('"event": "decision"' in line for line in log_text.splitlines())
+        summarise(scenarios, figures)
+
+        inproc: dict[str, Any] | None = None
+        if not args.no_in_process:
+            print("  in-process decision timings ...", flush=True)
+            with open(os.devnull, "w") as devnull:
+                calls = 4_000 if args.quick else 20_000
+                inproc = asyncio.run(in_process(env, hot, features, routes, calls, devnull))
+
+    results = {
+        "meta": {
+            "when": now.isoformat(timespec="seconds"),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "cpu": _cpu_model(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+            },
+            "generator": generator.name,
+            "tenants": args.tenants,
+            "usage_counters": n_usage,
+            "hot_tenants": args.hot_tenants,
+            "features": features,
+            "duration_s": args.duration,
+            "warmup_s": warmup,
+            "connections": [1, 32],
+            "sidecar_env": {k: v for k, v in env.items() if k not in ("TIERGATE_SIDECAR_PORT",)},
+            "decision_log_lines": decision_lines,
+            "elapsed_s": None,
+        },
+        "targets": {
+            "check_p50_ratio_max": TARGET_P50_RATIO,
+            "check_rps_ratio_min": TARGET_RPS_RATIO,
+            "check_p99_us_max_c1": TARGET_P99_US,
+        },
+        "scenarios": figures,
+        "in_process_us": inproc,
+        "rss_kib": rss,
+    }
+    results["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
+    print_table(scenarios, results)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"figures written to {args.output} ({results['meta']['elapsed_s']} s)")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    main()

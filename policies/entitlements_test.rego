@@ -1,0 +1,428 @@
+# Unit tests for entitlements.rego: `tiergate policies test policies` (add --engine opa-reference to
+# check OPA agrees). They use the small catalog below, not plans/plans.yaml, so editing the real
+# catalog never breaks them.
+package tiergate.entitlements_test
+
+import rego.v1
+
+import data.tiergate.entitlements
+
+# -- fixtures ------------------------------------------------------------------------------------
+
+fixture_plans := {
+	"default_tier": "free",
+	"metrics": {"api_calls": {"aggregation": "count"}},
+	"tiers": {
+		"free": {"rank": 0, "features": {
+			"api_calls": {"limit": 100},
+			"dashboards": true,
+			"reports": false,
+		}},
+		"pro": {"rank": 10, "trial_days": 14, "grace_days": 7, "features": {
+			"api_calls": {"limit": 1000},
+			"dashboards": true,
+			"reports": true,
+			"exports": {},
+		}},
+		"enterprise": {"rank": 20, "grace_days": 14, "features": {
+			"api_calls": {},
+			"dashboards": true,
+			"reports": true,
+			"exports": {},
+			"sso": true,
+		}},
+	},
+	"routes": [],
+	"ingress": {"unmatched": "allow"},
+}
+
+now := "2026-11-24T10:00:00Z"
+
+period_end := "2026-12-01T00:00:00Z"
+
+# An input for `feature` with no account, nothing used yet.
+request(feature) := {
+	"tenant": "t_1",
+	"feature": feature,
+	"quantity": 1,
+	"now": now,
+	"account": null,
+	"usage": {},
+	"period": {"start": "2026-11-01T00:00:00Z", "end": period_end},
+	"replica": {"age_seconds": 0.4},
+}
+
+# A request with extra or replaced top-level fields.
+request_with(feature, fields) := object.union(request(feature), fields)
+
+# A request from a tenant whose subscription is `tier`/`status`, with account fields in `extra`.
+subscribed(feature, tier, status, extra) := request_with(feature, {"account": object.union(
+	{
+		"tier": tier,
+		"status": status,
+		"quantity": 1,
+		"current_period_start": "2026-11-01T00:00:00Z",
+		"current_period_end": period_end,
+		"trial_end": null,
+		"cancel_at_period_end": false,
+		"past_due_since": null,
+	},
+	extra,
+)})
+
+decide(doc) := d if {
+	d := entitlements.decision with input as doc with data.plans as fixture_plans
+}
+
+# -- tenants without a subscription --------------------------------------------------------------
+
+test_no_account_gets_default_tier if {
+	d := decide(request("dashboards"))
+	d.allow == true
+	d.reason == "ok"
+	d.tier == "free"
+}
+
+test_decision_is_the_full_document if {
+	decide(request_with("api_calls", {"usage": {"api_calls": 10}})) == {
+		"allow": true,
+		"reason": "ok",
+		"tier": "free",
+		"limit": 100,
+		"used": 10,
+		"remaining": 90,
+		"valid_until": period_end,
+	}
+}
+
+test_feature_false_is_not_in_plan if {
+	d := decide(request("reports"))
+	d.allow == false
+	d.reason == "not_in_plan"
+}
+
+test_feature_absent_from_tier_is_not_in_plan if {
+	d := decide(subscribed("sso", "pro", "active", {}))
+	d.allow == false
+	d.reason == "not_in_plan"
+	d.tier == "pro"
+}
+
+test_unknown_feature_is_a_deny_not_an_error if {
+	d := decide(request("teleport"))
+	d.allow == false
+	d.reason == "unknown_feature"
+	d.limit == null
+}
+
+test_unknown_feature_while_restricted if {
+	d := decide(subscribed("teleport", "pro", "unpaid", {}))
+	d.reason == "unknown_feature"
+}
+
+# -- metered features ----------------------------------------------------------------------------
+
+test_usage_absent_counts_as_zero if {
+	d := decide(request("api_calls"))
+	d.allow == true
+	d.used == 0
+	d.remaining == 100
+}
+
+test_metered_up_to_the_limit_is_allowed if {
+	d := decide(request_with("api_calls", {"usage": {"api_calls": 99}}))
+	d.allow == true
+	d.reason == "ok"
+	d.remaining == 1
+}
+
+test_metered_at_the_limit_is_exceeded if {
+	d := decide(request_with("api_calls", {"usage": {"api_calls": 100}}))
+	d.allow == false
+	d.reason == "limit_exceeded"
+	d.limit == 100
+	d.used == 100
+	d.remaining == 0
+}
+
+test_quantity_that_fits_is_allowed if {
+	d := decide(request_with("api_calls", {"quantity": 5, "usage": {"api_calls": 95}}))
+	d.allow == true
+	d.remaining == 5
+}
+
+test_quantity_that_does_not_fit_is_denied if {
+	d := decide(request_with("api_calls", {"quantity": 5, "usage": {"api_calls": 96}}))
+	d.allow == false
+	d.reason == "limit_exceeded"
+	d.remaining == 4 # what is left before this request, even though the request does not fit
+}
+
+test_overshoot_leaves_zero_remaining if {
+	d := decide(request_with("api_calls", {"usage": {"api_calls": 150}}))
+	d.remaining == 0
+	d.used == 150
+}
+
+test_unlimited_feature if {
+	d := decide(object.union(
+		subscribed("api_calls", "enterprise", "active", {}),
+		{"usage": {"api_calls": 1000000000}},
+	))
+	d.allow == true
+	d.reason == "ok"
+	d.limit == null
+	d.remaining == null
+	d.used == 1000000000
+}
+
+test_unlimited_feature_on_a_paid_tier if {
+	d := decide(subscribed("exports", "pro", "active", {}))
+	d.allow == true
+	d.limit == null
+}
+
+# -- subscription statuses -----------------------------------------------------------------------
+
+test_active_gets_the_subscribed_tier if {
+	d := decide(subscribed("reports", "pro", "active", {}))
+	d.allow == true
+	d.tier == "pro"
+}
+
+test_active_uses_the_subscribed_limit if {
+	d := decide(object.union(subscribed("api_calls", "pro", "active", {}), {"usage": {"api_calls": 500}}))
+	d.allow == true
+	d.limit == 1000
+	d.remaining == 500
+}
+
+test_unknown_tier_falls_back_to_the_default_tier if {
+	d := decide(subscribed("reports", "platinum", "active", {}))
+	d.tier == "free"
+	d.reason == "not_in_plan"
+}
+
+test_canceled_is_the_default_tier_without_restriction if {
+	d := decide(subscribed("reports", "pro", "canceled", {}))
+	d.tier == "free"
+	d.reason == "not_in_plan"
+}
+
+test_incomplete_expired_is_the_default_tier_without_restriction if {
+	d := decide(subscribed("reports", "pro", "incomplete_expired", {}))
+	d.tier == "free"
+	d.reason == "not_in_plan"
+}
+
+test_unpaid_is_inactive if {
+	d := decide(subscribed("reports", "pro", "unpaid", {}))
+	d.allow == false
+	d.reason == "subscription_inactive"
+	d.tier == "free"
+}
+
+test_paused_is_inactive if {
+	d := decide(subscribed("reports", "pro", "paused", {}))
+	d.allow == false
+	d.reason == "subscription_inactive"
+}
+
+test_incomplete_is_inactive if {
+	d := decide(subscribed("reports", "pro", "incomplete", {}))
+	d.allow == false
+	d.reason == "subscription_inactive"
+}
+
+test_inactive_keeps_what_the_default_tier_allows if {
+	d := decide(subscribed("dashboards", "pro", "unpaid", {}))
+	d.allow == true
+	d.reason == "ok"
+	d.tier == "free"
+}
+
+# -- trials --------------------------------------------------------------------------------------
+
+test_trialing_before_trial_end_gets_the_tier if {
+	d := decide(subscribed("reports", "pro", "trialing", {"trial_end": "2026-11-30T12:00:00Z"}))
+	d.allow == true
+	d.tier == "pro"
+	d.valid_until == "2026-11-30T12:00:00Z"
+}
+
+test_trialing_without_trial_end_is_like_active if {
+	d := decide(subscribed("reports", "pro", "trialing", {}))
+	d.allow == true
+	d.tier == "pro"
+	d.valid_until == period_end
+}
+
+test_trial_expired_paid_feature if {
+	d := decide(subscribed("reports", "pro", "trialing", {"trial_end": "2026-11-20T00:00:00Z"}))
+	d.allow == false
+	d.reason == "trial_expired"
+	d.tier == "free"
+}
+
+test_trial_expired_keeps_free_features if {
+	d := decide(subscribed("dashboards", "pro", "trialing", {"trial_end": "2026-11-20T00:00:00Z"}))
+	d.allow == true
+	d.reason == "ok"
+}
+
+test_trial_expired_over_the_free_limit if {
+	doc := object.union(
+		subscribed("api_calls", "pro", "trialing", {"trial_end": "2026-11-20T00:00:00Z"}),
+		{"usage": {"api_calls": 500}},
+	)
+	d := decide(doc)
+	d.allow == false
+	d.reason == "trial_expired" # the paid tier would allow 500 + 1 of 1000
+	d.limit == 100
+	d.remaining == 0
+}
+
+test_trial_ends_exactly_now if {
+	d := decide(subscribed("reports", "pro", "trialing", {"trial_end": now}))
+	d.reason == "trial_expired"
+}
+
+# -- cancel at period end ------------------------------------------------------------------------
+
+test_cancel_at_period_end_keeps_the_tier_until_then if {
+	doc := object.union(
+		subscribed("reports", "pro", "active", {
+			"cancel_at_period_end": true,
+			"current_period_end": "2026-11-28T00:00:00Z",
+		}),
+		{"period": {"start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z"}},
+	)
+	d := decide(doc)
+	d.allow == true
+	d.tier == "pro"
+	d.valid_until == "2026-11-28T00:00:00Z"
+}
+
+test_cancel_at_period_end_after_the_end_is_inactive if {
+	d := decide(subscribed("reports", "pro", "active", {
+		"cancel_at_period_end": true,
+		"current_period_end": "2026-11-20T00:00:00Z",
+	}))
+	d.allow == false
+	d.reason == "subscription_inactive"
+	d.tier == "free"
+}
+
+test_cancel_at_period_end_after_the_end_keeps_free_features if {
+	d := decide(subscribed("dashboards", "pro", "active", {
+		"cancel_at_period_end": true,
+		"current_period_end": "2026-11-20T00:00:00Z",
+	}))
+	d.allow == true
+	d.tier == "free"
+}
+
+test_cancel_at_period_end_without_a_period_end_keeps_the_tier if {
+	d := decide(subscribed("reports", "pro", "active", {
+		"cancel_at_period_end": true,
+		"current_period_end": null,
+	}))
+	d.allow == true
+	d.tier == "pro"
+}
+
+# -- past due and grace --------------------------------------------------------------------------
+
+test_past_due_in_grace_keeps_the_tier if {
+	d := decide(subscribed("reports", "pro", "past_due", {"past_due_since": "2026-11-20T00:00:00Z"}))
+	d.allow == true
+	d.tier == "pro"
+	d.valid_until == "2026-11-27T00:00:00Z" # pro has 7 grace days
+}
+
+test_past_due_without_a_start_is_in_grace if {
+	d := decide(subscribed("reports", "pro", "past_due", {}))
+	d.allow == true
+	d.tier == "pro"
+}
+
+test_past_due_after_grace_is_payment_overdue if {
+	d := decide(subscribed("reports", "pro", "past_due", {"past_due_since": "2026-11-10T00:00:00Z"}))
+	d.allow == false
+	d.reason == "payment_overdue"
+	d.tier == "free"
+}
+
+test_past_due_grace_ends_exactly_now if {
+	d := decide(subscribed("reports", "pro", "past_due", {"past_due_since": "2026-11-17T10:00:00Z"}))
+	d.reason == "payment_overdue"
+}
+
+test_past_due_after_grace_keeps_free_features if {
+	d := decide(subscribed("dashboards", "pro", "past_due", {"past_due_since": "2026-11-10T00:00:00Z"}))
+	d.allow == true
+	d.reason == "ok"
+}
+
+test_past_due_after_grace_feature_in_neither_tier if {
+	d := decide(subscribed("sso", "pro", "past_due", {"past_due_since": "2026-11-10T00:00:00Z"}))
+	d.reason == "not_in_plan"
+}
+
+test_grace_days_come_from_the_subscribed_tier if {
+	# 12 days past due: beyond pro's 7 grace days, within enterprise's 14
+	d := decide(subscribed("sso", "enterprise", "past_due", {"past_due_since": "2026-11-12T10:00:00Z"}))
+	d.allow == true
+	d.tier == "enterprise"
+	d.valid_until == "2026-11-26T10:00:00Z"
+}
+
+# -- valid_until ---------------------------------------------------------------------------------
+
+test_valid_until_is_the_period_end if {
+	decide(request("dashboards")).valid_until == period_end
+}
+
+test_valid_until_is_null_without_anything_scheduled if {
+	d := decide(request_with("dashboards", {"period": {"start": null, "end": null}}))
+	d.valid_until == null
+}
+
+test_valid_until_ignores_past_instants if {
+	d := decide(request_with("dashboards", {"period": {"start": "2026-10-01T00:00:00Z", "end": "2026-11-01T00:00:00Z"}}))
+	d.valid_until == null
+}
+
+test_valid_until_is_whole_seconds if {
+	d := decide(request_with("dashboards", {"period": {"start": null, "end": "2026-12-01T00:00:00.500Z"}}))
+	d.valid_until == "2026-12-01T00:00:00Z"
+}
+
+# -- replica staleness ---------------------------------------------------------------------------
+
+test_stale_replica_is_ignored_by_default if {
+	d := decide(request_with("dashboards", {"replica": {"age_seconds": 86400}}))
+	d.allow == true
+}
+
+test_stale_replica_denies_when_configured if {
+	d := entitlements.decision with input as request_with("dashboards", {"replica": {"age_seconds": 120}})
+		with data.plans as fixture_plans
+		with data.tiergate.entitlements.max_replica_age_seconds as 60
+	d.allow == false
+	d.reason == "replica_stale"
+}
+
+test_fresh_replica_allowed_when_configured if {
+	d := entitlements.decision with input as request_with("dashboards", {"replica": {"age_seconds": 10}})
+		with data.plans as fixture_plans
+		with data.tiergate.entitlements.max_replica_age_seconds as 60
+	d.allow == true
+}
+
+test_unknown_replica_age_is_not_stale if {
+	d := entitlements.decision with input as request_with("dashboards", {"replica": {"age_seconds": null}})
+		with data.plans as fixture_plans
+		with data.tiergate.entitlements.max_replica_age_seconds as 60
+	d.allow == true
+}

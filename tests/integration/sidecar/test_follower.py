@@ -1,0 +1,223 @@
+"""The sidecar follows a daemon's feed: snapshot, changes, gaps, outages and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from sidecar.app import create_app
+from sidecar.settings import SidecarSettings
+from tests.fake_feed import TOKEN, FakeFeed
+from tests.integration.sidecar.conftest import PERIOD, ClientFactory, SidecarClient
+
+ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+
+
+def pro(tenant: str, status: str = "active") -> dict[str, Any]:
+    return {"tenant": tenant, "tier": "pro", "status": status, "quantity": 1, **PERIOD, "version": 1}
+
+
+async def eventually(predicate: Callable[[], Awaitable[bool]]) -> None:
+    """Poll until true; a generous deadline, never a latency assertion."""
+    async with asyncio.timeout(10.0):
+        while not await predicate():  # noqa: ASYNC110 - polling HTTP answers, no event to wait on
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def feed() -> FakeFeed:
+    return FakeFeed()
+
+
+@pytest.fixture
+async def feed_server(aiohttp_server: ServerFactory, feed: FakeFeed) -> TestServer:
+    return await aiohttp_server(feed.app())
+
+
+def follower_settings(base: SidecarSettings, tmp_path: Path, url: str, **extra: Any) -> SidecarSettings:
+    return SidecarSettings(
+        replica_path=tmp_path / "followed.db",
+        plans=base.plans,
+        policies=base.policies,
+        daemon_url=url,
+        feed_token=TOKEN,
+        decision_log_sample=0.0,
+        **extra,
+    )
+
+
+async def sso(client: SidecarClient, tenant: str) -> dict[str, Any]:
+    response = await client.get("/v1/check", params={"tenant": tenant, "feature": "sso"})
+    body: dict[str, Any] = await response.json()
+    return body
+
+
+async def test_bootstraps_from_the_snapshot_then_follows_changes(
+    aiohttp_client: ClientFactory,
+    settings: SidecarSettings,
+    tmp_path: Path,
+    feed: FakeFeed,
+    feed_server: TestServer,
+) -> None:
+    feed.upsert(pro("acme"))
+    client = await aiohttp_client(
+        create_app(follower_settings(settings, tmp_path, str(feed_server.make_url("/"))))
+    )
+
+    async def acme_allowed() -> bool:
+        return bool((await sso(client, "acme"))["allow"])
+
+    await eventually(acme_allowed)
+    assert (await client.get("/readyz")).status == 200
+    feed.upsert(pro("acme", status="unpaid"))
+
+    async def acme_inactive() -> bool:
+        return (await sso(client, "acme"))["reason"] == "subscription_inactive"
+
+    await eventually(acme_inactive)
+    feed.delete("acme")
+
+    async def acme_gone() -> bool:
+        return (await sso(client, "acme"))["tier"] == "free"
+
+    await eventually(acme_gone)
+    assert feed.snapshots_served == 1
+    status = await (await client.get("/v1/status")).json()
+    assert status["daemon"]["connected"] is True
+    assert status["daemon"]["position"] == feed.seq
+
+
+async def test_not_ready_until_the_first_snapshot(
+    aiohttp_client: ClientFactory,
+    settings: SidecarSettings,
+    tmp_path: Path,
+    feed: FakeFeed,
+    feed_server: TestServer,
+) -> None:
+    feed.fail_with = 503
+    client = await aiohttp_client(
+        create_app(follower_settings(settings, tmp_path, str(feed_server.make_url("/"))))
+    )
+    ready = await client.get("/readyz")
+    assert ready.status == 503
+    assert "snapshot" in (await ready.json())["failing"]["replica"]
+    feed.fail_with = None
+
+    async def ready_now() -> bool:
+        return (await client.get("/readyz")).status == 200
+
+    await eventually(ready_now)
+
+
+async def test_a_gap_in_the_feed_triggers_a_new_snapshot(
+    aiohttp_client: ClientFactory,
+    settings: SidecarSettings,
+    tmp_path: Path,
+    feed: FakeFeed,
+    feed_server: TestServer,
+) -> None:
+    feed.upsert(pro("acme"))
+    client = await aiohttp_client(
+        create_app(follower_settings(settings, tmp_path, str(feed_server.make_url("/"))))
+    )
+
+    async def snapshotted() -> bool:
+        return bool((await sso(client, "acme"))["allow"])
+
+    await eventually(snapshotted)
+    feed.fail_with = 503  # the daemon goes away while its log is trimmed past our position
+    feed.upsert(pro("globex"))
+    feed.trim()
+    feed.fail_with = None
+
+    async def caught_up() -> bool:
+        return bool((await sso(client, "globex"))["allow"])
+
+    await eventually(caught_up)
+    assert feed.snapshots_served == 2
+
+
+async def test_keeps_answering_while_the_daemon_is_down_and_reports_staleness(
+    aiohttp_client: ClientFactory,
+    settings: SidecarSettings,
+    tmp_path: Path,
+    feed: FakeFeed,
+    feed_server: TestServer,
+) -> None:
+    feed.upsert(pro("acme"))
+    url = str(feed_server.make_url("/"))
+    client = await aiohttp_client(
+        create_app(follower_settings(settings, tmp_path, url, staleness_budget_s=0.5))
+    )
+
+    async def loaded() -> bool:
+        return bool((await sso(client, "acme"))["allow"])
+
+    await eventually(loaded)
+    await feed_server.close()
+
+    async def stale() -> bool:
+        decision = await sso(client, "acme")
+        return bool(decision["stale"]) and bool(decision["allow"])
+
+    await eventually(stale)
+    status = await (await client.get("/v1/status")).json()
+    assert status["daemon"]["connected"] is False
+    assert status["daemon"]["last_error"]
+    assert status["stale"] is True
+
+
+async def test_restart_resumes_from_the_local_replica_without_a_snapshot(
+    aiohttp_client: ClientFactory,
+    settings: SidecarSettings,
+    tmp_path: Path,
+    feed: FakeFeed,
+    feed_server: TestServer,
+) -> None:
+    feed.upsert(pro("acme"))
+    url = str(feed_server.make_url("/"))
+    first = await aiohttp_client(create_app(follower_settings(settings, tmp_path, url)))
+
+    async def loaded() -> bool:
+        return bool((await sso(first, "acme"))["allow"])
+
+    await eventually(loaded)
+    await first.close()
+    feed.upsert(pro("globex"))
+    second = await aiohttp_client(create_app(follower_settings(settings, tmp_path, url)))
+    assert (await second.get("/readyz")).status == 200  # ready at once from its own replica
+    assert (await sso(second, "acme"))["allow"] is True
+
+    async def caught_up() -> bool:
+        return bool((await sso(second, "globex"))["allow"])
+
+    await eventually(caught_up)
+    assert feed.snapshots_served == 1
+
+
+async def test_restart_while_the_daemon_is_down_answers_from_the_replica(
+    aiohttp_client: ClientFactory,
+    settings: SidecarSettings,
+    tmp_path: Path,
+    feed: FakeFeed,
+    feed_server: TestServer,
+) -> None:
+    feed.upsert(pro("acme"))
+    url = str(feed_server.make_url("/"))
+    first = await aiohttp_client(create_app(follower_settings(settings, tmp_path, url)))
+
+    async def loaded() -> bool:
+        return bool((await sso(first, "acme"))["allow"])
+
+    await eventually(loaded)
+    await first.close()
+    await feed_server.close()
+    second = await aiohttp_client(create_app(follower_settings(settings, tmp_path, url)))
+    assert (await second.get("/readyz")).status == 200
+    assert (await sso(second, "acme"))["allow"] is True
