@@ -183,45 +183,41 @@ else := data.plans.default_tier
 
 # The answer on the effective tier, except that a restricted tenant who is denied something their
 # paid tier would allow hears why ("payment_overdue"), not "not_in_plan" or "limit_exceeded".
-final_answer := object.union(answer(effective_tier), {"reason": restriction}) if {
+final_answer := object.union(effective_answer, {"reason": restriction}) if {
 	restriction
-	on_effective := answer(effective_tier)
-	on_effective.allow == false
-	on_subscribed := answer(subscribed_tier)
-	on_subscribed.allow == true
-} else := answer(effective_tier)
+	effective_answer.allow == false
+	subscribed_answer := answer(subscribed_tier)
+	subscribed_answer.allow == true
+} else := effective_answer
 
-# The feature's value on a tier: true, false, {limit: N} or {} (unlimited); undefined when absent.
-feature_value(tier) := data.plans.tiers[tier].features[input.feature]
+# A rule, not a function call, so that it is evaluated once per decision.
+effective_answer := answer(effective_tier)
 
-answer(tier) := allowed(null) if feature_value(tier) == true
+# What `tier` alone says about the requested feature.
+answer(tier) := verdict(feature_value(tier))
 
-# `not feature_value(tier)` holds for `false` and for a feature the tier does not list.
-answer(tier) := denied("not_in_plan", null, null) if not feature_value(tier)
+# The feature's value on a tier: true, false, {limit: N} or {} (unlimited); a tier that does not
+# list the feature does not have it.
+feature_value(tier) := object.get(data.plans.tiers[tier].features, input.feature, false)
 
-answer(tier) := allowed(null) if {
-	value := feature_value(tier)
+verdict(true) := allowed(null)
+
+verdict(false) := denied("not_in_plan", null, null)
+
+verdict(value) := allowed(null) if {
 	is_object(value)
 	object.get(value, "limit", null) == null
 }
 
-# Metered: `quantity` more must fit in what is left of the limit this period.
-answer(tier) := allowed(limit) if {
-	limit := feature_limit(tier)
-	used + quantity <= limit
-}
-
-answer(tier) := denied("limit_exceeded", limit, remaining(limit)) if {
-	limit := feature_limit(tier)
-	used + quantity > limit
-}
-
-feature_limit(tier) := limit if {
-	value := feature_value(tier)
+verdict(value) := metered(value.limit) if {
 	is_object(value)
-	limit := object.get(value, "limit", null)
-	limit != null
+	value.limit != null
 }
+
+# Metered: `quantity` more must fit in what is left of the limit this period.
+metered(limit) := allowed(limit) if used + quantity <= limit
+
+metered(limit) := denied("limit_exceeded", limit, remaining(limit)) if used + quantity > limit
 
 allowed(limit) := {"allow": true, "reason": "ok", "limit": limit, "remaining": remaining(limit)}
 
