@@ -275,10 +275,26 @@ def delta(before: dict[str, float], after: dict[str, float], prefix: str) -> dic
 # -- load ------------------------------------------------------------------------------------
 
 
+def pinned(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A preexec_fn that pins the child to `cpus` (None: let the scheduler place it)."""
+    if cpus is None:
+        return None
+
+    def pin() -> None:
+        os.sched_setaffinity(0, cpus)
+
+    return pin
+
+
+def load_average() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
 @dataclass(frozen=True)
 class Generator:
     name: str  # "wrk" or "loadgen.py"
     wrk: str | None
+    cpus: set[int] | None = None
 
     def run(
         self, url: str, requests: Path, connections: int, duration_s: float, offset: int
@@ -315,7 +331,14 @@ class Generator:
                 "--offset",
                 str(offset),
             ]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 120, check=False)
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=duration_s + 120,
+            check=False,
+            preexec_fn=pinned(self.cpus),
+        )
         for line in done.stdout.splitlines():
             if line.startswith("BENCH_JSON "):
                 figures: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
@@ -446,11 +469,26 @@ async def in_process(
         app = runner.app
         service, reader, engine = app[DECISIONS], app[READER], app[POLICIES].engine
         # An allowed (tenant, feature) for the hit path, and a sample of keys for the miss path.
-        tenant, feature = hot[0], features[0]
+        # Representative keys: an allowed check on a paid tier within its billing period (the
+        # common case), an allowed check on a row without a period (a free-tier row imported as
+        # static entitlements), and a deny (logged: TIERGATE_DECISION_LOG_DENIES is on by default).
+        rows = {t: reader.account(t) for t in hot}
+        paid: tuple[str, str] | None = None
+        periodless: tuple[str, str] | None = None
+        denied: tuple[str, str] | None = None
         for candidate in hot:
-            if (await service.decide(candidate, "api_calls"))["reason"] == "ok":
-                tenant, feature = candidate, "api_calls"
+            row = rows[candidate]
+            for name in features:
+                decision = await service.decide(candidate, name)
+                if decision["allow"] and row is not None and row.current_period_start is not None:
+                    paid = paid or (candidate, name)
+                elif decision["allow"] and row is not None:
+                    periodless = periodless or (candidate, name)
+                elif not decision["allow"]:
+                    denied = denied or (candidate, name)
+            if paid and periodless and denied:
                 break
+        tenant, feature = paid or (hot[0], features[0])
         keys = [(t, f) for t in hot[:400] for f in features]
         uncached = DecisionService(
             reader,
@@ -477,6 +515,12 @@ async def in_process(
             registry.get_sample_value("tiergate_decision_cache_total", {"result": "hit"}) or 0.0
         ) - hits_before
         figures["decide_cache_hit"]["hit_ratio"] = round(hits / (n + min(n, 200)), 3)
+        if periodless:
+            figures["decide_cache_hit_periodless_row"] = await time_async(
+                lambda: service.decide(*periodless), n
+            )
+        if denied:
+            figures["decide_cache_hit_deny_logged"] = await time_async(lambda: service.decide(*denied), n)
         figures["decide_cache_miss_same_key"] = await time_async(
             lambda: uncached.decide(tenant, feature), n // 4
         )
@@ -502,7 +546,7 @@ async def in_process(
         figures["route_resolve_cached"] = await time_async(lambda: app[ROUTES].resolve(*route), n)
 
         # The hit path, piece by piece (mean µs a call).
-        canceled = next((r for r in map(reader.account, hot) if r and r.status == "canceled"), None)
+        no_period = rows[periodless[0]] if periodless else None
         when = datetime.fromtimestamp(now, UTC)
         revision = engine.revision or ""
         decision = await service.decide(tenant, feature)
@@ -546,9 +590,9 @@ async def in_process(
                 lambda: (datetime.fromtimestamp(now, UTC), service.replica_age(now)), n
             ),
         }
-        if canceled is not None:
-            pieces["period_for (canceled row: Account.model_validate)"] = time_sync(
-                lambda: period_for(canceled, when, now_text), n // 4
+        if no_period is not None:
+            pieces["period_for (row without a period: Account.model_validate)"] = time_sync(
+                lambda: period_for(no_period, when, now_text), n // 4
             )
         figures["hit_path_pieces_us"] = pieces
         return figures
@@ -634,13 +678,17 @@ def print_table(scenarios: list[Scenario], results: dict[str, Any]) -> None:
         print(f"in process (µs a call; tenant {inproc['tenant']}, feature {inproc['feature']}):")
         for name in (
             "decide_cache_hit",
+            "decide_cache_hit_periodless_row",
+            "decide_cache_hit_deny_logged",
             "decide_cache_miss_same_key",
             "decide_cache_miss_mixed",
             "engine_eval",
             "route_resolve_cached",
         ):
-            f = inproc[name]
-            print(f"  {name:<28} p50 {f['p50_us']:>7.2f}  p99 {f['p99_us']:>7.2f}  mean {f['mean_us']:>7.2f}")
+            f = inproc.get(name)
+            if f is None:
+                continue
+            print(f"  {name:<32} p50 {f['p50_us']:>7.2f}  p99 {f['p99_us']:>7.2f}  mean {f['mean_us']:>7.2f}")
         print("  hit path, piece by piece (mean):")
         for name, value in inproc["hit_path_pieces_us"].items():
             print(f"    {name:<52} {value:>6.2f}")
@@ -685,6 +733,9 @@ def parse_args() -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="extra TIERGATE_* setting for the sidecar (repeatable), e.g. TIERGATE_DECISION_CACHE_TTL_S=30",
     )
+    parser.add_argument(
+        "--pin", action="store_true", help="pin the servers to CPU 0 and the load generator to CPU 1"
+    )
     parser.add_argument("--no-in-process", action="store_true", help="skip the in-process timings")
     parser.add_argument("--seed", type=int, default=2)
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -695,14 +746,14 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def pick_generator(choice: str, install: bool) -> Generator:
+def pick_generator(choice: str, install: bool, cpus: set[int] | None) -> Generator:
     wrk = shutil.which("wrk")
     if wrk is None and install and choice != "python":
         print("wrk is not installed: running apt-get install -y wrk (--install-wrk)", flush=True)
         subprocess.run(["apt-get", "install", "-y", "wrk"], check=False)
         wrk = shutil.which("wrk")
     if choice == "python":
-        return Generator("loadgen.py (Python, --generator python)", None)
+        return Generator("loadgen.py (Python, --generator python)", None, cpus)
     if wrk is None:
         if choice == "wrk":
             raise SystemExit("wrk is not on PATH (apt-get install wrk, or pass --install-wrk)")
@@ -711,15 +762,24 @@ def pick_generator(choice: str, install: bool) -> Generator:
             "shares the 2 cores with the servers (apt-get install wrk, or --install-wrk, for wrk)",
             flush=True,
         )
-        return Generator("loadgen.py (Python fallback: wrk not found)", None)
+        return Generator("loadgen.py (Python fallback: wrk not found)", None, cpus)
     version = subprocess.run([wrk, "--version"], capture_output=True, text=True, check=False)
-    return Generator(f"wrk ({(version.stdout or version.stderr).splitlines()[0].strip()})", wrk)
+    return Generator(f"wrk ({(version.stdout or version.stderr).splitlines()[0].strip()})", wrk, cpus)
 
 
 def main() -> None:
     args = parse_args()
     started = time.monotonic()
-    generator = pick_generator(args.generator, args.install_wrk)
+    pin = args.pin and (os.cpu_count() or 1) >= 2
+    server_cpus, generator_cpus = ({0}, {1}) if pin else (None, None)
+    generator = pick_generator(args.generator, args.install_wrk, generator_cpus)
+    load_before = load_average()
+    if load_before > 0.5:
+        print(
+            f"warning: load average {load_before:.2f} before the run: something else is using the CPU, "
+            "and the figures will show it",
+            flush=True,
+        )
     bin_dir = Path(sys.executable).parent
     tiergate = str(bin_dir / "tiergate")
     rng = random.Random(args.seed)
@@ -787,13 +847,19 @@ def main() -> None:
         sidecar_log, baseline_log = tmp / "sidecar.log", tmp / "baseline.log"
         with sidecar_log.open("wb") as slog, baseline_log.open("wb") as blog:
             sidecar = subprocess.Popen(
-                [tiergate, "sidecar"], env=process_env, cwd=REPO, stdout=slog, stderr=subprocess.STDOUT
+                [tiergate, "sidecar"],
+                env=process_env,
+                cwd=REPO,
+                stdout=slog,
+                stderr=subprocess.STDOUT,
+                preexec_fn=pinned(server_cpus),
             )
             baseline = subprocess.Popen(
                 [sys.executable, str(BASELINE), "--port", str(baseline_port)],
                 cwd=REPO,
                 stdout=blog,
                 stderr=subprocess.STDOUT,
+                preexec_fn=pinned(server_cpus),
             )
         results: dict[str, Any] = {}
         try:
@@ -833,6 +899,7 @@ def main() -> None:
         finally:
             stop(sidecar)
             stop(baseline)
+        load_after = load_average()
         log_text = sidecar_log.read_text(errors="replace")
         decision_lines = sum('"event": "decision"' in line for line in log_text.splitlines())
         summarise(scenarios, figures)
@@ -861,6 +928,9 @@ def main() -> None:
             "duration_s": args.duration,
             "warmup_s": warmup,
             "connections": [1, 32],
+            "pinned": bool(server_cpus),
+            "load_average_before": load_before,
+            "load_average_after_load": load_after,
             "sidecar_env": {k: v for k, v in env.items() if k not in ("TIERGATE_SIDECAR_PORT",)},
             "decision_log_lines": decision_lines,
             "elapsed_s": None,

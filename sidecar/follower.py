@@ -90,7 +90,7 @@ class Follower:
                 retry=retry_if_exception_type(
                     (aiohttp.ClientError, TimeoutError, FeedProtocolError, OSError)
                 ),
-                wait=wait_exponential_jitter(initial=0.2, max=15),
+                wait=wait_exponential_jitter(multiplier=0.2, max=15),
                 before_sleep=lambda state: self._failed(state.outcome.exception() if state.outcome else None),
                 reraise=True,
             )
@@ -100,11 +100,14 @@ class Follower:
 
     async def _follow(self, session: aiohttp.ClientSession) -> None:
         while True:
-            if self.status.position is None:
+            fresh = self.status.position is None
+            if fresh:
                 await self._snapshot(session)
             try:
                 await self._poll(session)
-            except FeedGapError:
+            except FeedGapError as exc:
+                if fresh:  # a snapshot's own position is already gone: back off, don't spin
+                    raise FeedProtocolError("the daemon's snapshot is older than its change log") from exc
                 log.warning("feed_gap", position=self.status.position)
                 self.status.position = None
 

@@ -26,10 +26,11 @@ class FakeFeed:
         self.changes_served = 0
         self.fail_with: int | None = None
         self._changed = asyncio.Event()
+        self._seq = 0
 
     @property
     def seq(self) -> int:
-        return self.log[-1]["seq"] if self.log else 0
+        return self._seq
 
     def upsert(self, account: dict[str, Any]) -> None:
         self.accounts[account["tenant"]] = account
@@ -45,7 +46,8 @@ class FakeFeed:
         self.log.clear()
 
     def _append(self, change: dict[str, Any]) -> None:
-        self.log.append({"seq": self.seq + 1, **change})
+        self._seq += 1
+        self.log.append({"seq": self._seq, **change})
         self._changed.set()
 
     def app(self) -> web.Application:
@@ -75,16 +77,18 @@ class FakeFeed:
     async def changes(self, request: web.Request) -> web.Response:
         since = int(request.query["since"])
         wait = float(request.query.get("wait", "0"))
-        if since < self.oldest_retained - 1:
-            return web.json_response({"error": {"code": "feed_gap"}}, status=410)
-        pending = [c for c in self.log if c["seq"] > since]
-        if not pending and wait > 0:
+        if not self._pending(since) and wait > 0:
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=min(wait, 1.0))
-            pending = [c for c in self.log if c["seq"] > since]
+        if since < self.oldest_retained - 1:
+            return web.json_response({"error": {"code": "feed_gap"}}, status=410)
         self.changes_served += 1
+        pending = self._pending(since)
         return web.json_response({"changes": pending, "last_seq": max(since, self.seq), "data_as_of": _now()})
+
+    def _pending(self, since: int) -> list[dict[str, Any]]:
+        return [c for c in self.log if c["seq"] > since]
 
 
 def _now() -> str:

@@ -11,13 +11,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
+# With RUST_BACKTRACE=1 each evaluation error costs ~0.5 ms and its message carries a huge trace
+# (anyhow reads RUST_LIB_BACKTRACE first). Set before regorus first captures one; it caches the value.
+os.environ["RUST_BACKTRACE"] = "0"
+os.environ["RUST_LIB_BACKTRACE"] = "0"
+
 import regorus
 
 from tiergate.engine import DECISION_PATH, ROUTE_PATH, PolicyBundle
 from tiergate.errors import EngineUnavailableError, PolicyError
-
-# With RUST_BACKTRACE=1 each evaluation error costs ~0.5 ms and its message carries a huge trace.
-os.environ["RUST_BACKTRACE"] = "0"
 
 try:
     import orjson
@@ -86,11 +88,13 @@ class EmbeddedEngine:
         """Build a new engine for `bundle` and swap it in; on any failure keep the current one."""
         loaded = _Loaded(bundle=bundle, thread=threading.get_ident())
         loaded.data_json = _dumps({"plans": bundle.plans})
-        if self.compiled:
+        engine = _guard(partial(_interpreter, bundle), "load")
+        _check_packages(engine, self.required)
+        if self.compiled:  # the interpreter above only validated the bundle
             for path in self.required:
                 loaded.vms[path] = _guard(partial(_compile, loaded, path), f"compiling {path}")
         else:
-            loaded.engine = _guard(lambda: _interpreter(bundle), "load")
+            loaded.engine = engine
         for path in self.required:
             self._smoke(loaded, path)
         self._loaded = loaded  # the swap: one reference assignment, atomic for every caller
@@ -101,7 +105,11 @@ class EmbeddedEngine:
             raise EngineUnavailableError("no policy bundle loaded yet; see the policy reload status")
         if loaded.thread != threading.get_ident():
             raise PolicyError(f"{path}: regorus engines answer only on the thread that loaded them")
-        return self._evaluate(loaded, path, _dumps(document))
+        try:
+            input_json = _dumps(document)
+        except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
+            raise PolicyError(f"input for {path} is not JSON-serializable: {exc}") from exc
+        return self._evaluate(loaded, path, input_json)
 
     async def ping(self) -> None:
         if self._loaded is None:
@@ -117,14 +125,12 @@ class EmbeddedEngine:
         return _guard(lambda: _eval_vm(loaded, path, input_json), path)
 
     def _smoke(self, loaded: _Loaded, path: str) -> None:
-        package = path.rsplit(".", 1)[0]
-        if loaded.engine is not None and package not in _guard(loaded.engine.get_packages, "load"):
-            raise PolicyError(f"no module defines package {package} (needed for {path})")
         try:
             self._evaluate(loaded, path, "{}")
+        except _Undefined:  # undefined on an empty input is fine
+            pass
         except PolicyError as exc:
-            if not isinstance(exc, _Undefined):  # undefined on an empty input is fine
-                raise PolicyError(f"smoke evaluation of {path} on an empty input failed: {exc}") from exc
+            raise PolicyError(f"smoke evaluation of {path} on an empty input failed: {exc}") from exc
 
 
 class _Undefined(PolicyError):
@@ -154,6 +160,22 @@ def _interpreter(bundle: PolicyBundle) -> regorus.Engine:
     # a fresh engine per bundle: regorus data merges cannot change a value already present
     engine.add_data({"plans": dict(bundle.plans)})
     return engine
+
+
+def _check_packages(engine: regorus.Engine, required: Sequence[str]) -> None:
+    """Every required package is defined, and every package evaluates on an empty input.
+
+    regorus reports unknown functions and unsafe variables only when it evaluates the rule, so
+    this is what stands in for OPA's compile step: each package once, with `{}` as input.
+    """
+    packages = _guard(engine.get_packages, "listing packages")
+    for path in required:
+        package = path.rsplit(".", 1)[0]
+        if package not in packages:
+            raise PolicyError(f"no module defines package {package} (needed for {path})")
+    _guard(partial(engine.set_input_json, "{}"), "smoke input")
+    for package in packages:
+        _guard(partial(engine.eval_query, package), f"package {package} fails on an empty input")
 
 
 def _compile(loaded: _Loaded, path: str) -> regorus.Rvm:

@@ -88,9 +88,12 @@ async def test_bootstraps_from_the_snapshot_then_follows_changes(
 
     await eventually(acme_gone)
     assert feed.snapshots_served == 1
-    status = await (await client.get("/v1/status")).json()
-    assert status["daemon"]["connected"] is True
-    assert status["daemon"]["position"] == feed.seq
+
+    async def position_reported() -> bool:
+        status = await (await client.get("/v1/status")).json()
+        return bool(status["daemon"]["connected"]) and status["daemon"]["position"] == feed.seq
+
+    await eventually(position_reported)
 
 
 async def test_not_ready_until_the_first_snapshot(
