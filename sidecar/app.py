@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
-from tiergate.reload import PolicyReloader
 
 from sidecar.cache import DecisionCache
 from sidecar.decisions import DecisionService, RouteResolver
@@ -18,6 +17,7 @@ from sidecar.routes import add_routes
 from sidecar.settings import SidecarSettings
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS, Policies
 from tiergate.engine import PolicyEngine
+from tiergate.reload import PolicyReloader
 from tiergate.replica import ReplicaReader
 
 log = structlog.get_logger("tiergate.sidecar")
@@ -27,6 +27,7 @@ def create_app(settings: SidecarSettings, *, engine: PolicyEngine | None = None)
     """`engine` overrides the one TIERGATE_ENGINE picks (tests pass their own)."""
     # Each regorus eval error would otherwise capture a Rust backtrace (~0.5 ms and a page of text).
     os.environ["RUST_BACKTRACE"] = "0"
+    os.environ["RUST_LIB_BACKTRACE"] = "0"
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_replica_ctx)
@@ -61,7 +62,7 @@ def _make_engine(settings: SidecarSettings) -> PolicyEngine:
         return OpaServerEngine(str(settings.opa_url), timeout_s=settings.engine_timeout_s)
     from tiergate.engine.embedded import EmbeddedEngine
 
-    return EmbeddedEngine()
+    return EmbeddedEngine(compiled=settings.engine_vm)
 
 
 def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]

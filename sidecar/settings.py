@@ -18,6 +18,8 @@ class SidecarSettings(BaseSettings):
     plans: Path = Path("plans/plans.yaml")
     policies: Path = Path("policies")
     engine: Literal["embedded", "opa"] = "embedded"
+    # The embedded engine runs policies on regorus's compiled VM (~4x faster than its interpreter).
+    engine_vm: bool = True
     opa_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8181")
     engine_timeout_s: Annotated[float, Field(gt=0, le=60)] = 0.5
     tenant_header: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9-]+$")] = "X-Tenant-Id"

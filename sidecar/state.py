@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from tiergate.reload import PolicyReloader
 
 from sidecar.decisions import DecisionService, RouteResolver
 from sidecar.follower import Follower
 from sidecar.metrics import SidecarMetrics
 from sidecar.settings import SidecarSettings
 from tiergate.engine import PolicyEngine
+from tiergate.reload import PolicyReloader
 from tiergate.replica import ReplicaReader
 
 

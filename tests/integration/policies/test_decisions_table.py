@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 import regorus
 
+from tiergate.bundle import load_bundle
 from tiergate.catalog import load_catalog
+from tiergate.engine.embedded import EmbeddedEngine
 
 ROOT = Path(__file__).resolve().parents[3]
 NOW = "2026-11-24T10:00:00Z"
@@ -20,8 +23,26 @@ def days_ago(days: int) -> str:
     return f"2026-11-{24 - days:02d}T10:00:00Z"
 
 
-@pytest.fixture(scope="module")
-def engine() -> Any:
+class VmEvaluator:
+    """The sidecar's adapter on regorus's compiled VM, behind the same two calls as regorus.Engine."""
+
+    def __init__(self) -> None:
+        self.engine = EmbeddedEngine(compiled=True)
+        asyncio.run(self.engine.load(load_bundle(ROOT / "policies", ROOT / "plans" / "plans.yaml")))
+        self.input: Any = None
+
+    def set_input(self, document: Any) -> None:
+        self.input = document
+
+    def eval_rule(self, path: str) -> Any:
+        return asyncio.run(self.engine.evaluate(path, self.input))
+
+
+@pytest.fixture(scope="module", params=["interpreter", "vm"])
+def engine(request: pytest.FixtureRequest) -> Any:
+    """Every row runs on the interpreter and on the compiled VM the sidecar uses by default."""
+    if request.param == "vm":
+        return VmEvaluator()
     engine = regorus.Engine()
     for name in ("entitlements.rego", "ingress.rego"):
         path = ROOT / "policies" / name

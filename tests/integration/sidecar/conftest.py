@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from sidecar.app import create_app
@@ -121,7 +122,7 @@ def settings(tmp_path: Path, policy_dir: Path) -> SidecarSettings:
     )
 
 
-SidecarClient = TestClient  # type: ignore[type-arg]
+SidecarClient = TestClient[web.Request, web.Application]
 ClientFactory = Callable[..., Awaitable[SidecarClient]]
 
 

@@ -62,7 +62,9 @@ async def test_post_check_rejects_non_objects(client: SidecarClient, raw: bytes,
 
 async def test_oversized_body_is_rejected(client: SidecarClient) -> None:
     big = b'{"tenant": "' + b"x" * 2_000_000 + b'", "feature": "sso"}'
-    response = await client.post("/v1/check", data=io.BytesIO(big), headers={"Content-Type": "application/json"})
+    response = await client.post(
+        "/v1/check", data=io.BytesIO(big), headers={"Content-Type": "application/json"}
+    )
     assert response.status == 400
     assert (await response.json())["error"]["field"] == "body"
 

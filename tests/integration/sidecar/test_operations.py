@@ -85,7 +85,7 @@ async def test_policy_that_returns_garbage_is_a_policy_error_deny(
     entitlements.write_text('package tiergate.entitlements\n\ndecision := {"allow": "yes"}\n')
 
     async def policy_error() -> bool:
-        return (await decision(client, "pro-active", "sso"))["reason"] == "policy_error"
+        return bool((await decision(client, "pro-active", "sso"))["reason"] == "policy_error")
 
     await eventually(policy_error)
     body = await decision(client, "pro-active", "sso")

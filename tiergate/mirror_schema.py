@@ -1,0 +1,80 @@
+"""The sync daemon's mirror: tables and recorded migrations (the only place its table names live)."""
+
+from __future__ import annotations
+
+import sqlite_utils
+
+MIGRATIONS = sqlite_utils.Migrations("tiergate_mirror")
+
+ACCOUNTS = "accounts"
+CUSTOMERS = "customers"
+EVENTS = "processed_events"
+CHANGES = "changes"
+USAGE = "usage"
+
+
+@MIGRATIONS()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    # Times that come from Stripe's `created` stay integer seconds (they order events); times a
+    # policy reads are RFC 3339 `Z` strings, exactly as the feed carries them.
+    db.execute(
+        """CREATE TABLE accounts (
+            tenant TEXT PRIMARY KEY,
+            stripe_customer_id TEXT,
+            subscription_id TEXT,
+            tier TEXT NOT NULL,
+            interval TEXT,
+            status TEXT NOT NULL,
+            quantity INTEGER NOT NULL DEFAULT 1,
+            current_period_start TEXT,
+            current_period_end TEXT,
+            trial_end TEXT,
+            cancel_at_period_end INTEGER NOT NULL DEFAULT 0,
+            canceled_at TEXT,
+            past_due_since TEXT,
+            payment_attempts INTEGER NOT NULL DEFAULT 0,
+            payment_updated INTEGER NOT NULL DEFAULT 0,
+            stripe_updated INTEGER NOT NULL DEFAULT 0,
+            needs_reconcile INTEGER NOT NULL DEFAULT 0,
+            unmapped_price INTEGER NOT NULL DEFAULT 0,
+            version INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE INDEX accounts_by_subscription ON accounts (subscription_id)")
+    db.execute(
+        """CREATE TABLE customers (
+            customer_id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            deleted_at INTEGER
+        ) WITHOUT ROWID"""
+    )
+    db.execute(
+        """CREATE TABLE processed_events (
+            id TEXT PRIMARY KEY,
+            type TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            received_at TEXT NOT NULL
+        ) WITHOUT ROWID"""
+    )
+    # AUTOINCREMENT: a seq is never reused, even after the newest rows are trimmed, so a follower
+    # position stays meaningful across retention.
+    db.execute(
+        """CREATE TABLE changes (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            tenant TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('account', 'usage')),
+            op TEXT NOT NULL CHECK (op IN ('upsert', 'delete')),
+            body TEXT,
+            at TEXT NOT NULL
+        )"""
+    )
+    # Usage counters arrive with usage ingest (issue 5); the feed already carries their shape.
+    db.execute(
+        """CREATE TABLE usage (
+            tenant TEXT NOT NULL,
+            code TEXT NOT NULL,
+            period_start TEXT NOT NULL,
+            value INTEGER NOT NULL,
+            PRIMARY KEY (tenant, code, period_start)
+        ) WITHOUT ROWID"""
+    )
