@@ -1,0 +1,23 @@
+"""Every setting a process reads is documented in docs/operator.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic_settings import BaseSettings
+
+from sidecar.settings import SidecarSettings
+
+OPERATOR_GUIDE = Path(__file__).parents[2] / "docs" / "operator.md"
+
+
+@pytest.mark.parametrize("settings", [SidecarSettings])
+def test_every_setting_is_in_the_operator_guide(settings: type[BaseSettings]) -> None:
+    guide = OPERATOR_GUIDE.read_text(encoding="utf-8")
+    missing = [
+        f"TIERGATE_{name.upper()}"
+        for name in settings.model_fields
+        if f"`TIERGATE_{name.upper()}`" not in guide
+    ]
+    assert missing == []
