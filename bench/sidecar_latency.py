@@ -365,6 +365,13 @@ class Target:
     name: str
     url: str
     is_sidecar: bool
+    pid: int
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (from /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(
@@ -379,7 +386,12 @@ def measure(
     for label, connections, offset in (("c1", 1, n // 8), ("c32", 32, n // 2)):
         if target.is_sidecar:
             samples.append(scrape(target.url))
+        cpu_before = cpu_seconds(target.pid)
         result[label] = generator.run(target.url, scenario.requests, connections, duration_s, offset)
+        # Server CPU per request: what bounds requests/s once the server's one core is busy.
+        cpu = cpu_seconds(target.pid) - cpu_before
+        requests = result[label]["requests"]
+        result[label]["server_cpu_us_per_request"] = round(cpu * 1e6 / requests, 1) if requests else None
         if target.is_sidecar:
             after = scrape(target.url)
             cache = delta(samples[-1], after, "tiergate_decision_cache_total")
@@ -542,6 +554,16 @@ async def in_process(
             replica_age_s=service.replica_age(now),
         )
         figures["engine_eval"] = await time_async(lambda: engine.evaluate(DECISION_PATH, document), n // 4)
+        figures["engine"] = f"{settings.engine} (compiled VM: {settings.engine_vm})"
+        bundle = app[POLICIES].reloader.bundle
+        if settings.engine == "embedded" and bundle is not None:
+            from tiergate.engine.embedded import EmbeddedEngine
+
+            other = EmbeddedEngine(compiled=not settings.engine_vm)
+            await other.load(bundle)
+            name = "engine_eval_interpreter" if settings.engine_vm else "engine_eval_compiled_vm"
+            figures[name] = await time_async(lambda: other.evaluate(DECISION_PATH, document), n // 4)
+            await other.close()
         route = routes[0] if routes else ("GET", "/api/v1/things")
         figures["route_resolve_cached"] = await time_async(lambda: app[ROUTES].resolve(*route), n)
 
@@ -636,10 +658,13 @@ def print_table(scenarios: list[Scenario], results: dict[str, Any]) -> None:
     figures = results["scenarios"]
     header = (
         f"{'scenario':<22} {'server':<9} {'p50':>6} {'p90':>6} {'p99':>6} {'rps@1':>7} {'rps@32':>7} "
-        f"{'hit@1':>6} {'hit@32':>6} {'deny':>5} {'p50 x':>6} {'rps x':>6}"
+        f"{'cpu/req':>7} {'hit@1':>6} {'hit@32':>6} {'deny':>5} {'p50 x':>6} {'rps x':>6}"
     )
     print()
-    print("latency in µs at 1 connection; requests/s at 1 and 32 connections; x = sidecar / baseline")
+    print(
+        "p50/p90/p99: µs at 1 connection; rps: requests/s at 1 and 32 connections; cpu/req: server CPU µs "
+        "a request at 32; hit: decision cache hits; deny: share of denied decisions; x = sidecar / baseline"
+    )
     print(header)
     print("-" * len(header))
     for scenario in scenarios:
@@ -649,7 +674,7 @@ def print_table(scenarios: list[Scenario], results: dict[str, Any]) -> None:
             label = scenario.label if server == "sidecar" else ""
             line = (
                 f"{label:<22} {server:<9} {c1['p50_us']:>6} {c1['p90_us']:>6} {c1['p99_us']:>6} "
-                f"{c1['rps']:>7.0f} {c32['rps']:>7.0f}"
+                f"{c1['rps']:>7.0f} {c32['rps']:>7.0f} {c32.get('server_cpu_us_per_request') or 0:>7.1f}"
             )
             if server == "sidecar":
                 line += (
@@ -675,7 +700,10 @@ def print_table(scenarios: list[Scenario], results: dict[str, Any]) -> None:
     inproc = results.get("in_process_us")
     if inproc:
         print()
-        print(f"in process (µs a call; tenant {inproc['tenant']}, feature {inproc['feature']}):")
+        print(
+            f"in process (µs a call; tenant {inproc['tenant']}, feature {inproc['feature']}; "
+            f"engine {inproc['engine']}):"
+        )
         for name in (
             "decide_cache_hit",
             "decide_cache_hit_periodless_row",
@@ -683,6 +711,8 @@ def print_table(scenarios: list[Scenario], results: dict[str, Any]) -> None:
             "decide_cache_miss_same_key",
             "decide_cache_miss_mixed",
             "engine_eval",
+            "engine_eval_interpreter",
+            "engine_eval_compiled_vm",
             "route_resolve_cached",
         ):
             f = inproc.get(name)
@@ -873,7 +903,10 @@ def main() -> None:
             if ready_status != 200:
                 print(f"warning: sidecar /readyz is {ready_status}: {ready_body.decode()[:500]}", flush=True)
             rss_start = rss_kib(sidecar.pid)
-            targets = [Target("sidecar", sidecar_url, True), Target("baseline", baseline_url, False)]
+            targets = [
+                Target("sidecar", sidecar_url, True, sidecar.pid),
+                Target("baseline", baseline_url, False, baseline.pid),
+            ]
             figures: dict[str, Any] = {}
             warmup = 1.0
             for scenario in scenarios:

@@ -40,7 +40,9 @@ FEED_FIELDS = (
     "past_due_since",
     "version",
 )
-_TIMES = frozenset({"current_period_start", "current_period_end", "trial_end", "canceled_at", "past_due_since"})
+_TIMES = frozenset(
+    {"current_period_start", "current_period_end", "trial_end", "canceled_at", "past_due_since"}
+)
 _FLAGS = frozenset({"cancel_at_period_end", "needs_reconcile", "unmapped_price"})
 
 
@@ -120,7 +122,7 @@ class MirrorTxn:
         return self._db.execute(f"SELECT 1 FROM {EVENTS} WHERE id = ?", [event_id]).fetchone() is not None
 
     def record_event(self, event_id: str, event_type: str, outcome: str) -> None:
-        self._db[EVENTS].insert(
+        self._db.table(EVENTS).insert(
             {"id": event_id, "type": event_type, "outcome": outcome, "received_at": _now()}, replace=True
         )
 
@@ -137,7 +139,7 @@ class MirrorTxn:
         return CustomerLink(*found) if found else None
 
     def link_customer(self, link: CustomerLink) -> None:
-        self._db[CUSTOMERS].insert(dataclasses.asdict(link), replace=True)
+        self._db.table(CUSTOMERS).insert(dataclasses.asdict(link), replace=True)
 
     def put_account(self, account: MirrorAccount) -> MirrorAccount:
         """Store; bump the version and log a change only when what followers see changed."""
@@ -146,7 +148,7 @@ class MirrorTxn:
         if not account.feed_equal(current):
             version += 1
         stored = account.replace(version=version)
-        self._db[ACCOUNTS].insert(stored.row(), replace=True)
+        self._db.table(ACCOUNTS).insert(stored.row(), replace=True)
         if version != (current.version if current else 0):
             self._append(stored.tenant, "upsert", stored.feed())
         return stored
@@ -187,9 +189,11 @@ class Mirror:
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mirror-reader")
         self._db: sqlite_utils.Database | None = None
         self._tick = asyncio.Event()
+        self.seq = 0  # the newest seq in the change log, kept by the writer
 
     async def open(self) -> None:
-        self._db = await self._on_writer(lambda: _open_writer(self.path))
+        self._db = db = await self._on_writer(lambda: _open_writer(self.path))
+        self.seq = await self._on_writer(lambda: _last_seq(db.conn))
 
     async def close(self) -> None:
         if self._db is not None:
@@ -206,20 +210,20 @@ class Mirror:
             txn = MirrorTxn(db)
             with db.atomic():
                 result = fn(txn)
-            return result, txn.appended
+            return result, _last_seq(db.conn) if txn.appended else self.seq
 
-        result, appended = await self._on_writer(run)
-        if appended:
+        result, seq = await self._on_writer(run)
+        if seq != self.seq:
+            self.seq = seq
             self._notify()
         return result
 
-    async def wait_for_change(self, timeout: float) -> None:
-        """Return when the next transaction that logs a change commits, or after `timeout`."""
-        tick = self._tick
-        try:
-            await asyncio.wait_for(tick.wait(), timeout)
-        except TimeoutError:
-            return
+    def watch(self) -> asyncio.Event:
+        """An event set when the next transaction that logs a change commits.
+
+        Take it *before* reading the log: a commit between the read and the wait still wakes you.
+        """
+        return self._tick
 
     async def trim_changes(self, keep: int, max_age: timedelta) -> int:
         cutoff = rfc3339(datetime.now(UTC) - max_age)

@@ -1,0 +1,138 @@
+"""The sync daemon application: settings -> mirror, Stripe, applier, reconciler, scheduler -> routes."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from sync_daemon.apply import EventApplier
+from sync_daemon.billing import BillingSource
+from sync_daemon.billing.stripe_api import StripeBilling
+from sync_daemon.feed import feed_changes, feed_snapshot
+from sync_daemon.http import error_middleware
+from sync_daemon.metrics import DaemonMetrics
+from sync_daemon.ops import add_ops_routes
+from sync_daemon.reconcile import Reconciler
+from sync_daemon.settings import DaemonSettings
+from sync_daemon.state import APPLIER, BILLING, METRICS, MIRROR, RECONCILER, SETTINGS
+from sync_daemon.translate import Translator
+from sync_daemon.webhook import receive_stripe_event
+from tiergate.catalog import load_catalog
+from tiergate.mirror import Mirror
+
+log = structlog.get_logger("tiergate.daemon")
+
+TRIM_EVERY_S = 600
+
+
+@dataclass
+class Services:
+    mirror: Mirror
+    billing: BillingSource
+    metrics: DaemonMetrics
+    applier: EventApplier
+    reconciler: Reconciler
+
+
+def make_billing(settings: DaemonSettings) -> StripeBilling:
+    return StripeBilling(
+        settings.stripe_api_key.get_secret_value(),
+        settings.stripe_webhook_secret.get_secret_value(),
+        api_base=settings.stripe_base,
+        retries=settings.stripe_max_network_retries,
+        timeout_s=settings.stripe_timeout_s,
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_services(
+    settings: DaemonSettings, billing: BillingSource | None = None
+) -> AsyncIterator[Services]:
+    """Everything but HTTP: shared by the server and `tiergate sync --full`."""
+    translator = Translator(load_catalog(settings.plans), settings.tenant_metadata_key)
+    mirror = Mirror(settings.mirror_path)
+    await mirror.open()
+    source = billing or make_billing(settings)
+    try:
+        metrics = DaemonMetrics(feed_seq=lambda: mirror.seq)
+        applier = EventApplier(mirror, source, translator, metrics, refetch=settings.stripe_refetch)
+        yield Services(mirror, source, metrics, applier, Reconciler(mirror, source, translator, metrics))
+    finally:
+        if billing is None:  # a billing passed in belongs to the caller
+            await source.close()
+        await mirror.close()
+
+
+def create_app(settings: DaemonSettings, *, billing: BillingSource | None = None) -> web.Application:
+    """`billing` overrides the StripeBilling built from the settings (tests pass their own)."""
+    load_catalog(settings.plans)  # a bad catalog fails here, before the server binds
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_services_ctx(billing))
+    app.cleanup_ctx.append(_scheduler_ctx)
+    app.router.add_post("/webhooks/stripe", receive_stripe_event)
+    app.router.add_get("/v1/feed/snapshot", feed_snapshot)
+    app.router.add_get("/v1/feed/changes", feed_changes)
+    add_ops_routes(app)
+    return app
+
+
+def _services_ctx(billing: BillingSource | None) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async with open_services(app[SETTINGS], billing) as services:
+            app[MIRROR] = services.mirror
+            app[BILLING] = services.billing
+            app[METRICS] = services.metrics
+            app[APPLIER] = services.applier
+            app[RECONCILER] = services.reconciler
+            log.info("daemon_ready", mirror=str(services.mirror.path), seq=services.mirror.seq)
+            yield
+
+    return ctx
+
+
+async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    mirror = app[MIRROR]
+    scheduler = AsyncIOScheduler()
+    interval = timedelta(seconds=settings.reconcile_interval_s)
+    first = datetime.now(UTC) + (timedelta(0) if settings.reconcile_at_start else interval)
+    scheduler.add_job(
+        app[RECONCILER].run,
+        "interval",
+        seconds=settings.reconcile_interval_s,
+        id="reconcile",
+        max_instances=1,
+        coalesce=True,
+        next_run_time=first,
+    )
+    scheduler.add_job(
+        mirror.trim_changes,
+        "interval",
+        seconds=TRIM_EVERY_S,
+        args=[settings.change_retention, timedelta(days=settings.change_retention_days)],
+        id="trim_changes",
+        max_instances=1,
+        coalesce=True,
+    )
+    scheduler.start()
+    yield
+    scheduler.shutdown(wait=False)
+
+
+def run(settings: DaemonSettings) -> None:
+    """Serve until interrupted (blocking); binds TIERGATE_DAEMON_HOST:TIERGATE_DAEMON_PORT."""
+    web.run_app(
+        create_app(settings),
+        host=settings.daemon_host,
+        port=settings.daemon_port,
+        access_log=None,
+        print=None,
+        handle_signals=True,
+    )

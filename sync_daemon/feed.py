@@ -1,0 +1,82 @@
+"""The replica feed: GET /v1/feed/snapshot (NDJSON, one read transaction) and /v1/feed/changes (long-poll)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import orjson
+from aiohttp import web
+
+from sync_daemon.http import FeedGapError, json_response, require_bearer
+from sync_daemon.state import MIRROR, SETTINGS
+from tiergate.errors import BadRequestError
+
+MAX_CHANGES = 1000
+N = TypeVar("N", int, float)
+_FLUSH_BYTES = 1 << 16
+
+
+def _authorize(request: web.Request) -> None:
+    require_bearer(request, request.app[SETTINGS].feed_token.get_secret_value())
+
+
+async def feed_snapshot(request: web.Request) -> web.StreamResponse:
+    _authorize(request)
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    buffer = bytearray()
+    # Past this point an error can only cut the stream short: the follower sees no "end" line.
+    async for record in request.app[MIRROR].snapshot():
+        buffer += orjson.dumps(record) + b"\n"
+        if len(buffer) >= _FLUSH_BYTES:
+            await response.write(bytes(buffer))
+            buffer.clear()
+    await response.write(bytes(buffer))
+    await response.write_eof()
+    return response
+
+
+async def feed_changes(request: web.Request) -> web.Response:
+    _authorize(request)
+    since = _number(request, "since", int, None)
+    wait = min(_number(request, "wait", float, 0.0), request.app[SETTINGS].feed_max_wait_s)
+    mirror = request.app[MIRROR]
+    deadline = time.monotonic() + wait
+    while True:
+        tick = mirror.watch()  # before the read: a commit in between still wakes us
+        batch = await mirror.changes_since(since, MAX_CHANGES)
+        if since < batch.oldest_seq - 1 or since > batch.last_seq:
+            raise FeedGapError(
+                f"since={since} is outside the retained change log (seq {batch.oldest_seq}..{batch.last_seq}); "
+                "take a new snapshot"
+            )
+        remaining = deadline - time.monotonic()
+        if batch.changes or remaining <= 0:
+            break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(tick.wait(), remaining)
+    body = {"changes": batch.changes, "last_seq": batch.last_seq, "data_as_of": _now()}
+    return json_response(body)
+
+
+def _number(request: web.Request, name: str, kind: type[N], default: N | None) -> N:
+    text = request.query.get(name)
+    if text is None:
+        if default is None:
+            raise BadRequestError(f"query parameter {name!r} is required", field=name)
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise BadRequestError(f"{name}={text!r} is not a {kind.__name__}", field=name) from None
+    if value < 0:
+        raise BadRequestError(f"{name}={text!r} must not be negative", field=name)
+    return value
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,51 @@
+"""The sync daemon's settings: environment variables prefixed TIERGATE_ (and an optional .env file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tiergate.errors import SettingsError
+from tiergate.settings_errors import describe_settings_error
+
+
+class DaemonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TIERGATE_", frozen=True, extra="ignore")
+
+    stripe_api_key: SecretStr
+    stripe_api_base: AnyHttpUrl = AnyHttpUrl("https://api.stripe.com")
+    stripe_webhook_secret: SecretStr
+    stripe_refetch: bool = True
+    stripe_max_network_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    stripe_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    tenant_metadata_key: Annotated[str, Field(min_length=1, max_length=40)] = "tenant_id"
+    daemon_host: str = "127.0.0.1"
+    daemon_port: Annotated[int, Field(ge=0, le=65535)] = 9190
+    mirror_path: Path = Path(".state/mirror.db")
+    feed_token: SecretStr
+    reconcile_interval_s: Annotated[float, Field(gt=0)] = 300.0
+    reconcile_at_start: bool = True
+    plans: Path = Path("plans/plans.yaml")
+    # The change log keeps the newest CHANGE_RETENTION entries, none older than the days below;
+    # a follower further behind re-snapshots (410).
+    change_retention: Annotated[int, Field(ge=1)] = 100_000
+    change_retention_days: Annotated[float, Field(gt=0)] = 7.0
+    feed_max_wait_s: Annotated[float, Field(gt=0, le=30)] = 30.0
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_json: bool = True
+
+    @property
+    def stripe_base(self) -> str:
+        return str(self.stripe_api_base).rstrip("/")
+
+
+def load_settings() -> DaemonSettings:
+    """Read the environment once; a bad or missing variable is a SettingsError naming it."""
+    try:
+        return DaemonSettings()
+    except ValidationError as exc:
+        raise SettingsError(describe_settings_error(exc)) from None

@@ -1,0 +1,19 @@
+"""Typed application keys: every resource the daemon's handlers share, opened by a cleanup context."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from sync_daemon.apply import EventApplier
+from sync_daemon.billing import BillingSource
+from sync_daemon.metrics import DaemonMetrics
+from sync_daemon.reconcile import Reconciler
+from sync_daemon.settings import DaemonSettings
+from tiergate.mirror import Mirror
+
+SETTINGS = web.AppKey("settings", DaemonSettings)
+MIRROR = web.AppKey("mirror", Mirror)
+BILLING = web.AppKey("billing", BillingSource)
+APPLIER = web.AppKey("applier", EventApplier)
+METRICS = web.AppKey("metrics", DaemonMetrics)
+RECONCILER = web.AppKey("reconciler", Reconciler)

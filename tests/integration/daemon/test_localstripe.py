@@ -1,0 +1,140 @@
+"""Against localstripe (a real separate process): a lifecycle, real signed deliveries, reconciliation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import stripe
+
+from sync_daemon.app import create_app
+from sync_daemon.reconcile import run_full_sync
+from sync_daemon.state import METRICS, MIRROR, RECONCILER
+from tests.integration.daemon.conftest import make_settings, register_webhook
+from tiergate.mirror import MirrorAccount
+
+PLANS = {"starter_month": 1900, "pro_month": 4900, "pro_year": 49000}
+
+
+@pytest.fixture
+async def stripe_api(localstripe: str) -> AsyncIterator[stripe.StripeClient]:
+    http = stripe.AIOHTTPClient()
+    client = stripe.StripeClient(
+        "sk_test_localstripe", base_addresses={"api": localstripe}, http_client=http, max_network_retries=0
+    )
+    product = await client.v1.products.create_async({"name": "tiergate"})
+    for plan_id, amount in PLANS.items():
+        interval = plan_id.rsplit("_", 1)[1]
+        await client.v1.plans.create_async(
+            {"id": plan_id, "product": product.id, "amount": amount, "currency": "usd", "interval": interval}
+        )
+    yield client
+    await http.close_async()  # type: ignore[no-untyped-call]  # the library leaves it untyped
+
+
+async def _subscribe(
+    api: stripe.StripeClient, tenant: str, plan: str, quantity: int = 1, card: str = "pm_card_visa"
+) -> stripe.Subscription:
+    customer = await api.v1.customers.create_async({"metadata": {"tenant_id": tenant}})
+    method = await api.v1.payment_methods.attach_async(card, {"customer": customer.id})
+    await api.v1.customers.update_async(
+        customer.id, {"invoice_settings": {"default_payment_method": method.id}}
+    )
+    return await api.v1.subscriptions.create_async(
+        {"customer": customer.id, "items": [{"plan": plan, "quantity": quantity}]}
+    )
+
+
+async def _stripe_state(api: stripe.StripeClient) -> dict[str, dict[str, Any]]:
+    listing = await api.v1.subscriptions.list_async({"status": "all", "expand": ["data.customer"]})
+    subs = [sub.to_dict() async for sub in listing.auto_paging_iter()]
+    return {sub["customer"]["metadata"]["tenant_id"]: sub for sub in subs}
+
+
+def _matches(account: MirrorAccount, sub: dict[str, Any]) -> None:
+    assert account.subscription_id == sub["id"]
+    assert (
+        account.tier == {"starter_month": "starter", "pro_month": "pro", "pro_year": "pro"}[sub["plan"]["id"]]
+    )
+    assert account.status == sub["status"]
+    assert account.quantity == sub["quantity"]
+    assert account.cancel_at_period_end == sub["cancel_at_period_end"]
+    assert account.current_period_end is not None
+    assert int(account.current_period_end.timestamp()) == sub["current_period_end"]
+    assert account.unmapped_price is False and account.needs_reconcile is False
+
+
+async def test_lifecycle_then_reconcile_matches_stripe(
+    aiohttp_client: Any, tmp_path: Path, localstripe: str, stripe_api: stripe.StripeClient
+) -> None:
+    client = await aiohttp_client(create_app(make_settings(tmp_path / "mirror.db", localstripe)))
+    register_webhook(localstripe, str(client.server.make_url("/webhooks/stripe")))
+
+    alice = await _subscribe(stripe_api, "t_alice", "starter_month")
+    item = alice["items"].data[0]
+    await stripe_api.v1.subscriptions.update_async(  # plan change and seats
+        alice.id,
+        {"items": [{"id": item.id, "plan": "pro_year", "quantity": 5}]},
+    )
+    bob = await _subscribe(stripe_api, "t_bob", "pro_month", quantity=2)
+    await stripe_api.v1.subscriptions.update_async(bob.id, {"cancel_at_period_end": True})
+    carol = await _subscribe(stripe_api, "t_carol", "pro_month")
+    await stripe_api.v1.subscriptions.cancel_async(carol.id)
+    await _subscribe(stripe_api, "t_dave", "pro_month", card="pm_card_chargeCustomerFail")
+
+    await _deliveries_seen(client, minimum=1)  # real signed deliveries verify and apply
+    summary = await client.app[RECONCILER].run()
+    assert summary.ok and summary.subscriptions == 4 and summary.no_tenant == 0
+
+    truth = await _stripe_state(stripe_api)
+    mirror = {a.tenant: a for a in await client.app[MIRROR].accounts()}
+    assert set(mirror) == set(truth) == {"t_alice", "t_bob", "t_carol", "t_dave"}
+    for tenant, sub in truth.items():
+        _matches(mirror[tenant], sub)
+    assert (mirror["t_alice"].tier, mirror["t_alice"].interval, mirror["t_alice"].quantity) == (
+        "pro",
+        "year",
+        5,
+    )
+    assert mirror["t_bob"].cancel_at_period_end and mirror["t_carol"].status == "canceled"
+    assert mirror["t_dave"].status == "incomplete"  # the failed first payment, as localstripe reports it
+    # localstripe never sends customer.subscription.updated: the plan change came in as drift.
+    metrics = await (await client.get("/metrics")).text()
+    assert 'tiergate_mirror_drift_total{field="tier"}' in metrics
+
+    again = await client.app[RECONCILER].run()
+    assert (again.ok, again.repairs) == (True, 0)  # converged
+
+
+async def _deliveries_seen(client: Any, minimum: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        tally = client.app[METRICS].webhook_tally
+        if sum(tally.values()) >= minimum:
+            assert ("unverified", "rejected") not in tally
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("localstripe delivered no webhook within 10 s")
+
+
+async def test_full_sync_for_the_cli(
+    tmp_path: Path, localstripe: str, stripe_api: stripe.StripeClient
+) -> None:
+    await _subscribe(stripe_api, "t_erin", "pro_month", quantity=3)
+    seen: list[int] = []
+    settings = make_settings(tmp_path / "full.db", localstripe)
+    summary = await asyncio.to_thread(run_full_sync, settings, progress=seen.append)
+    assert (summary.ok, summary.subscriptions, summary.repairs, sum(seen)) == (True, 1, 1, 1)
+    assert summary.drift["tier"] == 1
+
+
+async def test_stripe_unreachable_is_a_failed_run_not_a_crash(tmp_path: Path, aiohttp_client: Any) -> None:
+    client = await aiohttp_client(create_app(make_settings(tmp_path / "m.db", "http://127.0.0.1:9")))
+    summary = await client.app[RECONCILER].run()
+    assert not summary.ok and summary.error is not None and "127.0.0.1:9" in summary.error
+    body = await (await client.get("/readyz")).json()
+    assert body["ready"] is True and "reconcile" in body["failing"]
