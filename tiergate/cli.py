@@ -20,6 +20,7 @@ from tiergate.settings_errors import describe_settings_error
 
 if TYPE_CHECKING:
     from sidecar.settings import SidecarSettings
+    from sync_daemon.settings import DaemonSettings
 
 
 @click.group()
@@ -140,6 +141,55 @@ def sidecar_command() -> None:
     except TierError as exc:
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(1)
+
+
+@main.command("sync-daemon")
+def sync_daemon_command() -> None:
+    """Run the sync daemon: Stripe webhooks, reconciliation, the replica feed."""
+    from sync_daemon.app import run
+    from tiergate.log import configure_logging
+
+    settings = _daemon_settings()
+    configure_logging(json=settings.log_json, level=settings.log_level)
+    try:
+        run(settings)
+    except TierError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
+
+
+@main.command("sync")
+@click.option(
+    "--full", is_flag=True, required=True, help="List every Stripe subscription and repair the mirror."
+)
+def sync_command(full: bool) -> None:
+    """Reconcile the mirror with Stripe once, with a progress bar and a summary."""
+    from sync_daemon.reconcile import run_full_sync
+    from tiergate.log import configure_logging
+
+    settings = _daemon_settings()
+    configure_logging(json=False, level="warning")
+    with click.progressbar(length=0, label="subscriptions", show_pos=True, show_percent=False) as bar:
+        summary = run_full_sync(settings, progress=bar.update)
+    click.echo(
+        f"{'ok' if summary.ok else 'FAILED'}: {summary.subscriptions} subscriptions listed, "
+        f"{summary.repairs} repairs, {summary.no_tenant} without a tenant"
+    )
+    for field, count in sorted(summary.drift.items()):
+        click.echo(f"  drift in {field}: {count}")
+    if not summary.ok:
+        click.echo(f"error: {summary.error}", err=True)
+        sys.exit(1)
+
+
+def _daemon_settings() -> DaemonSettings:
+    from sync_daemon.settings import load_settings
+
+    try:
+        return load_settings()
+    except TierError as exc:
+        click.echo(exc.message, err=True)
+        sys.exit(2)
 
 
 def _sidecar_settings() -> SidecarSettings:

@@ -14,6 +14,9 @@ def describe_settings_error(exc: ValidationError, prefix: str = "TIERGATE_") -> 
     for err in exc.errors(include_url=False):
         name = prefix + "_".join(str(p) for p in err["loc"]).upper()
         value = os.environ.get(name)
+        if value is None:
+            lines.append(f"missing setting {name}: {err['msg']}")
+            continue
         shown = "<hidden>" if any(h in name.lower() for h in SECRET_HINTS) else repr(value)
         lines.append(f"invalid setting {name}={shown}: {err['msg']}")
     return "\n".join(lines)

@@ -8,11 +8,12 @@ import pytest
 from pydantic_settings import BaseSettings
 
 from sidecar.settings import SidecarSettings
+from sync_daemon.settings import DaemonSettings
 
 OPERATOR_GUIDE = Path(__file__).parents[2] / "docs" / "operator.md"
 
 
-@pytest.mark.parametrize("settings", [SidecarSettings])
+@pytest.mark.parametrize("settings", [SidecarSettings, DaemonSettings])
 def test_every_setting_is_in_the_operator_guide(settings: type[BaseSettings]) -> None:
     guide = OPERATOR_GUIDE.read_text(encoding="utf-8")
     missing = [
