@@ -7,6 +7,7 @@ This is the composition root: the one module of the core that imports the server
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal, TextIO
@@ -132,27 +133,27 @@ def replica_export(file: TextIO) -> None:
 def sidecar_command() -> None:
     """Run the sidecar (settings from TIERGATE_* variables)."""
     from sidecar.app import run
-    from tiergate.log import configure_logging
 
     settings = _sidecar_settings()
-    configure_logging(json=settings.log_json, level=settings.log_level)
-    try:
-        run(settings)
-    except TierError as exc:
-        click.echo(f"error: {exc.message}", err=True)
-        sys.exit(1)
+    _serve(lambda: run(settings), json=settings.log_json, level=settings.log_level)
 
 
 @main.command("sync-daemon")
 def sync_daemon_command() -> None:
     """Run the sync daemon: Stripe webhooks, reconciliation, the replica feed."""
     from sync_daemon.app import run
-    from tiergate.log import configure_logging
 
     settings = _daemon_settings()
-    configure_logging(json=settings.log_json, level=settings.log_level)
+    _serve(lambda: run(settings), json=settings.log_json, level=settings.log_level)
+
+
+def _serve(run: Callable[[], None], *, json: bool, level: str) -> None:
+    """Run a server until interrupted; a start-up failure is one line and exit code 1."""
+    from tiergate.log import configure_logging
+
+    configure_logging(json=json, level=level)
     try:
-        run(settings)
+        run()
     except TierError as exc:
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(1)
