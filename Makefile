@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip --disable-pip-version-check --quiet
 
-.PHONY: venv test check lint typecheck rego pytest demo fmt bench clean
+.PHONY: venv test check lint typecheck rego pytest demo fmt bench chart-sync clean
 
 venv: $(STAMP)
 
@@ -44,6 +44,10 @@ fmt: venv
 
 bench: venv
 	$(BIN)/python bench/sidecar_latency.py
+
+chart-sync:
+	cp plans/plans.yaml charts/tiergate/files/plans.yaml
+	find policies -maxdepth 1 -name '*.rego' ! -name '*_test.rego' -exec cp {} charts/tiergate/files/policies/ \;
 
 clean:
 	rm -rf $(VENV) .state .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,267 @@
+# Entitlements: may tenant T use feature F, N more times, right now?
+#
+# Input (built by the sidecar, tiergate/decide.py build_input; times are RFC 3339 UTC, any may be null):
+#   {"tenant", "feature", "quantity", "now",
+#    "account": null | {"tier", "status", "quantity", "current_period_start", "current_period_end",
+#                       "trial_end", "cancel_at_period_end", "past_due_since"},
+#    "usage": {"<metric code>": used so far in `period`},
+#    "period": {"start", "end"},          # the billing period `usage` belongs to
+#    "replica": {"age_seconds"}}
+# data.plans: the catalog (plans/plans.yaml as Catalog.policy_data() gives it).
+#
+# Output, the `decision` document:
+#   {"allow", "reason", "tier", "limit", "used", "remaining", "valid_until"}
+# Reasons are a fixed vocabulary: ok, not_in_plan, limit_exceeded, subscription_inactive,
+# payment_overdue, trial_expired, unknown_feature, replica_stale.
+#
+# Portability: this policy runs on the embedded engine (regorus) and on OPA, and must answer the
+# same on both (`tiergate policies test --engine opa-reference`). Month arithmetic is done in Python
+# (input.period), because time.add_date overflow differs between the engines; see format_instant for
+# the other divergence we avoid.
+package tiergate.entitlements
+
+import rego.v1
+
+# Fail-closed switch for operators. By default the sidecar is fail-static: it keeps answering from
+# its replica however old it is (it reports the age in /v1/status). Set a number of seconds here to
+# deny every check with `replica_stale` once the replica is older than that, e.g.
+#   max_replica_age_seconds := 900
+max_replica_age_seconds := null
+
+# -- the decision --------------------------------------------------------------------------------
+
+decision := stale_decision if {
+	replica_stale
+} else := unknown_feature_decision if {
+	not known_feature
+} else := feature_decision
+
+stale_decision := {
+	"allow": false,
+	"reason": "replica_stale",
+	"tier": effective_tier,
+	"limit": null,
+	"used": used,
+	"remaining": null,
+	# Staleness ends when the replica catches up, not at a known time: never cache this answer.
+	"valid_until": format_instant(now_ns),
+}
+
+unknown_feature_decision := {
+	"allow": false,
+	"reason": "unknown_feature",
+	"tier": effective_tier,
+	"limit": null,
+	"used": used,
+	"remaining": null,
+	"valid_until": valid_until,
+}
+
+feature_decision := object.union(final_answer, {
+	"tier": effective_tier,
+	"used": used,
+	"valid_until": valid_until,
+})
+
+# -- the request ---------------------------------------------------------------------------------
+
+now_ns := time.parse_rfc3339_ns(input.now)
+
+default quantity := 1
+
+quantity := input.quantity if is_number(input.quantity)
+
+default usage_counts := {}
+
+usage_counts := input.usage if is_object(input.usage)
+
+used := object.get(usage_counts, input.feature, 0)
+
+# An unknown age (null) is not stale: the sidecar refuses to answer at all without a replica.
+replica_stale if {
+	max_replica_age_seconds != null
+	is_number(input.replica.age_seconds)
+	input.replica.age_seconds > max_replica_age_seconds
+}
+
+# A feature is known when any tier names it (even as `false`); anything else is a typo or a feature
+# the catalog does not have yet, which is a decision (deny), not an error.
+known_feature if {
+	some tier in data.plans.tiers
+	tier.features[input.feature] != null
+}
+
+# -- which tier applies --------------------------------------------------------------------------
+
+# The account, when the tenant has one (input.account is null for tenants who never subscribed).
+account := input.account if input.account != null
+
+# The tier the tenant pays for, if the catalog still has it. A tier removed from the catalog falls
+# back to the default tier rather than failing every check.
+subscribed_tier := account.tier if data.plans.tiers[account.tier]
+
+status := account.status if subscribed_tier
+
+# `granted`: the subscribed tier applies right now.
+granted if {
+	status == "active"
+	not account.cancel_at_period_end
+}
+
+# Canceled at period end: the tenant paid for this period, so it keeps the tier until it ends.
+granted if {
+	status == "active"
+	account.cancel_at_period_end == true
+	not period_end_passed
+}
+
+granted if {
+	status == "trialing"
+	account.trial_end == null # no end date known: trust Stripe's status
+}
+
+granted if {
+	status == "trialing"
+	now_ns < trial_end_ns
+}
+
+# past_due keeps the tier for the tier's grace_days while Stripe retries the payment.
+granted if {
+	status == "past_due"
+	account.past_due_since == null # the start of the grace is not known yet: in grace
+}
+
+granted if {
+	status == "past_due"
+	now_ns < grace_end_ns
+}
+
+# Every time below is checked for null first: time.parse_rfc3339_ns(null) is an evaluation error
+# (on both engines), which would turn the whole decision into a policy error.
+period_end_passed if {
+	account.current_period_end != null
+	now_ns >= time.parse_rfc3339_ns(account.current_period_end)
+}
+
+trial_end_ns := time.parse_rfc3339_ns(account.trial_end) if account.trial_end != null
+
+grace_end_ns := time.parse_rfc3339_ns(account.past_due_since) + (grace_days * ns_per_day) if {
+	account.past_due_since != null
+}
+
+grace_days := object.get(data.plans.tiers[subscribed_tier], "grace_days", 0)
+
+ns_per_day := 86400000000000
+
+# Subscriptions that are over for good put the tenant on the default tier with no restriction: its
+# answers are just the default tier's.
+ended_statuses := {"canceled", "incomplete_expired"}
+
+# Why a subscribed tier does not apply now (undefined when it applies, or when there is none).
+restriction := "trial_expired" if {
+	status == "trialing"
+	not granted
+}
+
+restriction := "payment_overdue" if {
+	status == "past_due"
+	not granted
+}
+
+# active past a cancel-at-period-end, unpaid, paused, incomplete, and any status Stripe adds later.
+restriction := "subscription_inactive" if {
+	status
+	not granted
+	not status in ended_statuses
+	not status in {"trialing", "past_due"}
+}
+
+effective_tier := subscribed_tier if granted
+else := data.plans.default_tier
+
+# -- what the tier says about the feature --------------------------------------------------------
+
+# The answer on the effective tier, except that a restricted tenant who is denied something their
+# paid tier would allow hears why ("payment_overdue"), not "not_in_plan" or "limit_exceeded".
+final_answer := object.union(effective_answer, {"reason": restriction}) if {
+	restriction
+	effective_answer.allow == false
+	subscribed_answer := answer(subscribed_tier)
+	subscribed_answer.allow == true
+} else := effective_answer
+
+# A rule, not a function call, so that it is evaluated once per decision.
+effective_answer := answer(effective_tier)
+
+# What `tier` alone says about the requested feature.
+answer(tier) := verdict(feature_value(tier))
+
+# The feature's value on a tier: true, false, {limit: N} or {} (unlimited); a tier that does not
+# list the feature does not have it.
+feature_value(tier) := object.get(data.plans.tiers[tier].features, input.feature, false)
+
+verdict(true) := allowed(null)
+
+verdict(false) := denied("not_in_plan", null, null)
+
+verdict(value) := allowed(null) if {
+	is_object(value)
+	object.get(value, "limit", null) == null
+}
+
+verdict(value) := metered(value.limit) if {
+	is_object(value)
+	value.limit != null
+}
+
+# Metered: `quantity` more must fit in what is left of the limit this period.
+metered(limit) := allowed(limit) if used + quantity <= limit
+
+metered(limit) := denied("limit_exceeded", limit, remaining(limit)) if used + quantity > limit
+
+allowed(limit) := {"allow": true, "reason": "ok", "limit": limit, "remaining": remaining(limit)}
+
+denied(reason, limit, left) := {"allow": false, "reason": reason, "limit": limit, "remaining": left}
+
+# Quota left before this request, never negative (usage can overshoot: it is counted after the fact).
+remaining(limit) := null if limit == null
+
+remaining(limit) := max([limit - used, 0]) if limit != null
+
+# -- how long the answer holds -------------------------------------------------------------------
+
+# The earliest future instant at which this answer may change by time alone; the sidecar caches
+# decisions until then. null when nothing is scheduled.
+default valid_until := null
+
+valid_until := format_instant(min(upcoming_changes)) if count(upcoming_changes) > 0
+
+# Usage counters reset when the billing period ends.
+upcoming_changes contains t if {
+	input.period.end != null
+	t := time.parse_rfc3339_ns(input.period.end)
+	t > now_ns
+}
+
+upcoming_changes contains trial_end_ns if {
+	status == "trialing"
+	trial_end_ns > now_ns
+}
+
+upcoming_changes contains grace_end_ns if {
+	status == "past_due"
+	grace_end_ns > now_ns
+}
+
+upcoming_changes contains t if {
+	status == "active"
+	account.cancel_at_period_end == true
+	account.current_period_end != null
+	t := time.parse_rfc3339_ns(account.current_period_end)
+	t > now_ns
+}
+
+# RFC 3339 in UTC, whole seconds. Truncating to the second keeps both engines byte-identical:
+# time.format prints fractional seconds as ".500Z" on regorus but ".5Z" on OPA. Rounding down is
+# safe for a cache expiry (it expires at most a second early).
+format_instant(ns) := time.format(ns - (ns % 1000000000))

@@ -1,0 +1,255 @@
+{{/*
+Helpers. The public templates (tiergate.sidecar, tiergate.sidecarVolumes, tiergate.opa,
+tiergate.sidecarPodLabels) are included from YOUR chart, which has tiergate as a dependency: there
+`.Values` is your chart's values and tiergate's are under `.Values.tiergate`. Every helper
+therefore works on a dict {"v": <tiergate values>, "root": <the including chart's context>}.
+*/}}
+
+{{- define "tiergate.fullname" -}}
+{{- $v := .v -}}
+{{- if $v.fullnameOverride -}}
+{{- $v.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default "tiergate" $v.nameOverride -}}
+{{- if contains $name .root.Release.Name -}}
+{{- .root.Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .root.Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tiergate.name" -}}
+{{- default "tiergate" .v.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "tiergate.labels" -}}
+helm.sh/chart: {{ printf "tiergate-%s" .root.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "tiergate.name" . }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+{{- with .v.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "tiergate.daemonSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "tiergate.name" . }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: sync-daemon
+{{- end -}}
+
+{{- define "tiergate.image" -}}
+{{- printf "%s:%s" .v.image.repository (required "tiergate: set image.tag" .v.image.tag | toString) -}}
+{{- end -}}
+
+{{- define "tiergate.secretName" -}}
+{{- default (include "tiergate.fullname" .) .v.secrets.existingSecret -}}
+{{- end -}}
+
+{{- define "tiergate.plansConfigMap" -}}
+{{- default (printf "%s-plans" (include "tiergate.fullname" .)) .v.catalog.existingPlansConfigMap -}}
+{{- end -}}
+
+{{- define "tiergate.policiesConfigMap" -}}
+{{- default (printf "%s-policies" (include "tiergate.fullname" .)) .v.catalog.existingPoliciesConfigMap -}}
+{{- end -}}
+
+{{- define "tiergate.daemonUrl" -}}
+{{- if .v.sidecar.daemonUrl -}}
+{{- .v.sidecar.daemonUrl -}}
+{{- else if .v.daemon.enabled -}}
+{{- printf "http://%s.%s.svc:%v" (include "tiergate.fullname" .) .root.Release.Namespace (int .v.daemon.service.port) -}}
+{{- else -}}
+{{- fail "tiergate: set sidecar.daemonUrl (the sync daemon's URL) when daemon.enabled is false" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A `settings` map as env entries: key `reconcile_interval_s` -> TIERGATE_RECONCILE_INTERVAL_S.
+Numbers go through toJson so 1048576 stays 1048576 (not 1.048576e+06).
+*/}}
+{{- define "tiergate.settingsEnv" -}}
+{{- range $key, $value := . }}
+- name: {{ printf "TIERGATE_%s" (upper $key) }}
+  value: {{ if kindIs "string" $value }}{{ $value | quote }}{{ else }}{{ $value | toJson | quote }}{{ end }}
+{{- end }}
+{{- end -}}
+
+{{/* exec probe: GET http://127.0.0.1:PORT/PATH, failing on any error or non-2xx answer */}}
+{{- define "tiergate.loopbackProbe" -}}
+exec:
+  command:
+    - python
+    - -c
+    - {{ printf "import urllib.request as u; u.urlopen('http://127.0.0.1:%v%s', timeout=%v)" (int .port) .path (int .timeout) | quote }}
+{{- end -}}
+
+{{/* ============================ public templates ============================ */}}
+
+{{/*
+Labels for your pod template: the NetworkPolicy admits pods carrying them to the daemon's feed.
+  metadata:
+    labels:
+      {{- include "tiergate.sidecarPodLabels" . | nindent 8 }}
+*/}}
+{{- define "tiergate.sidecarPodLabels" -}}
+{{- $v := .Values -}}
+{{- if and (ne .Chart.Name "tiergate") (hasKey .Values "tiergate") }}{{ $v = .Values.tiergate }}{{ end -}}
+{{- $c := dict "v" $v "root" . -}}
+{{- toYaml $v.sidecarPodLabels -}}
+{{- end -}}
+
+{{/*
+The sidecar container, as one list item for your pod spec's `containers:`.
+  containers:
+    - name: app
+      ...
+    {{- include "tiergate.sidecar" . | nindent 8 }}
+*/}}
+{{- define "tiergate.sidecar" -}}
+{{- $v := .Values -}}
+{{- if and (ne .Chart.Name "tiergate") (hasKey .Values "tiergate") }}{{ $v = .Values.tiergate }}{{ end -}}
+{{- $c := dict "v" $v "root" . -}}
+{{- $s := $v.sidecar -}}
+- name: tiergate
+  image: {{ include "tiergate.image" $c | quote }}
+  imagePullPolicy: {{ $v.image.pullPolicy }}
+  args: ["sidecar"]
+  env:
+    - name: TIERGATE_SIDECAR_HOST
+      value: "127.0.0.1"
+    - name: TIERGATE_SIDECAR_PORT
+      value: {{ $s.port | toJson | quote }}
+    - name: TIERGATE_REPLICA_PATH
+      value: /var/lib/tiergate/replica.db
+    - name: TIERGATE_OUTBOX_PATH
+      value: /var/lib/tiergate/outbox/outbox.db
+    - name: TIERGATE_PLANS
+      value: /etc/tiergate/plans/plans.yaml
+    - name: TIERGATE_POLICIES
+      value: /etc/tiergate/policies
+    - name: TIERGATE_ENGINE
+      value: {{ $v.engine | quote }}
+    {{- if eq $v.engine "opa" }}
+    - name: TIERGATE_OPA_URL
+      value: {{ printf "http://127.0.0.1:%v" (int $v.opa.port) | quote }}
+    {{- end }}
+    - name: TIERGATE_DAEMON_URL
+      value: {{ include "tiergate.daemonUrl" $c | quote }}
+    - name: TIERGATE_FEED_TOKEN
+      valueFrom:
+        secretKeyRef:
+          name: {{ include "tiergate.secretName" $c }}
+          key: {{ $v.secrets.keys.feedToken }}
+    {{- with $s.settings }}
+    {{- include "tiergate.settingsEnv" . | nindent 4 }}
+    {{- end }}
+    {{- with $s.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  volumeMounts:
+    - name: tiergate-state
+      mountPath: /var/lib/tiergate
+    - name: tiergate-outbox
+      mountPath: /var/lib/tiergate/outbox
+    - name: tiergate-tmp
+      mountPath: /tmp
+    - name: tiergate-plans
+      mountPath: /etc/tiergate/plans
+      readOnly: true
+    - name: tiergate-policies
+      mountPath: /etc/tiergate/policies
+      readOnly: true
+  livenessProbe:
+    {{- include "tiergate.loopbackProbe" (dict "port" $s.port "path" "/healthz" "timeout" $s.livenessProbe.timeoutSeconds) | nindent 4 }}
+    {{- toYaml $s.livenessProbe | nindent 4 }}
+  readinessProbe:
+    {{- include "tiergate.loopbackProbe" (dict "port" $s.port "path" "/readyz" "timeout" $s.readinessProbe.timeoutSeconds) | nindent 4 }}
+    {{- toYaml $s.readinessProbe | nindent 4 }}
+  resources:
+    {{- toYaml $s.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml $s.securityContext | nindent 4 }}
+{{- end -}}
+
+{{/*
+The sidecar's volumes, as list items for your pod spec's `volumes:`: the replica on an emptyDir
+(a cache: re-downloaded from the daemon when lost), the usage outbox (sidecar.outboxVolume, an
+emptyDir by default: it survives container restarts, not the pod's deletion; `{}` leaves the
+`tiergate-outbox` volume to you, e.g. a StatefulSet volumeClaimTemplate), a /tmp emptyDir
+(read-only root filesystem), the catalog and policies ConfigMaps as directories (no subPath:
+subPath mounts never see ConfigMap updates, which would defeat hot reload).
+  volumes:
+    {{- include "tiergate.sidecarVolumes" . | nindent 8 }}
+*/}}
+{{- define "tiergate.sidecarVolumes" -}}
+{{- $v := .Values -}}
+{{- if and (ne .Chart.Name "tiergate") (hasKey .Values "tiergate") }}{{ $v = .Values.tiergate }}{{ end -}}
+{{- $c := dict "v" $v "root" . -}}
+- name: tiergate-state
+  emptyDir:
+    sizeLimit: {{ $c.v.sidecar.replicaSizeLimit }}
+{{- with $c.v.sidecar.outboxVolume }}
+- name: tiergate-outbox
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+- name: tiergate-tmp
+  emptyDir:
+    sizeLimit: 64Mi
+- name: tiergate-plans
+  configMap:
+    name: {{ include "tiergate.plansConfigMap" $c }}
+- name: tiergate-policies
+  configMap:
+    name: {{ include "tiergate.policiesConfigMap" $c }}
+{{- end -}}
+
+{{/*
+The OPA server for engine: opa (renders nothing otherwise). With opa.nativeSidecar (default) it is
+a native sidecar for `initContainers:` (Kubernetes >= 1.29): its startupProbe passes before the
+tiergate sidecar starts, so the first policy push finds it up.
+  {{- with include "tiergate.opa" . }}
+  initContainers:
+    {{- . | nindent 8 }}
+  {{- end }}
+*/}}
+{{- define "tiergate.opa" -}}
+{{- $v := .Values -}}
+{{- if and (ne .Chart.Name "tiergate") (hasKey .Values "tiergate") }}{{ $v = .Values.tiergate }}{{ end -}}
+{{- $c := dict "v" $v "root" . -}}
+{{- if eq $v.engine "opa" -}}
+{{- $o := $v.opa -}}
+- name: opa
+  image: {{ printf "%s:%s" $o.image.repository ($o.image.tag | toString) | quote }}
+  imagePullPolicy: {{ $o.image.pullPolicy }}
+  {{- if $o.nativeSidecar }}
+  restartPolicy: Always
+  {{- end }}
+  args:
+    - run
+    - --server
+    - --disable-telemetry
+    - {{ printf "--addr=127.0.0.1:%v" (int $o.port) | quote }}
+    - {{ printf "--diagnostic-addr=0.0.0.0:%v" (int $o.diagnosticPort) | quote }}
+    - {{ printf "--log-level=%s" $o.logLevel | quote }}
+  ports:
+    - name: opa-diag
+      containerPort: {{ $o.diagnosticPort }}
+  startupProbe:
+    httpGet: {path: /health, port: opa-diag}
+    periodSeconds: 1
+    failureThreshold: 30
+  livenessProbe:
+    httpGet: {path: /health, port: opa-diag}
+    periodSeconds: 15
+  readinessProbe:
+    httpGet: {path: /health, port: opa-diag}
+    periodSeconds: 10
+  resources:
+    {{- toYaml $o.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml $o.securityContext | nindent 4 }}
+{{- end -}}
+{{- end -}}
