@@ -23,8 +23,7 @@ import aiohttp
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
-from tiergate.models import Account, UsageCounter
-from tiergate.replica import FeedChange, ReplicaWriter, open_replica, read_meta
+from tiergate.replica import FeedAccount, FeedChange, FeedUsage, ReplicaWriter, open_replica, read_meta
 
 log = structlog.get_logger("tiergate.follower")
 
@@ -202,8 +201,8 @@ def _apply_snapshot(writer: ReplicaWriter, path: Path) -> dict[str, Any]:
                     yield record[kind]
 
     n_accounts, _ = writer.replace_all(
-        (Account.model_validate(a) for a in records("account")),
-        (UsageCounter.model_validate(u) for u in records("usage")),
+        (FeedAccount.model_validate(a) for a in records("account")),
+        (FeedUsage.model_validate(u) for u in records("usage")),
         data_as_of=datetime.fromisoformat(header["data_as_of"]),
         position=int(header["seq"]),
         source="snapshot",

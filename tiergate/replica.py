@@ -34,6 +34,9 @@ ACCOUNT_COLUMNS = (
     "cancel_at_period_end",
     "past_due_since",
     "version",
+    "pending_tier",
+    "pending_interval",
+    "pending_at",
 )
 
 
@@ -65,6 +68,13 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
 
 
+@MIGRATIONS()
+def m002_pending_change(db: sqlite_utils.Database) -> None:
+    # A scheduled downgrade, shown by /v1/entitlements; the policy input does not read it.
+    for column in ("pending_tier", "pending_interval", "pending_at"):
+        db.execute(f"ALTER TABLE accounts ADD COLUMN {column} TEXT")
+
+
 class AccountRow(NamedTuple):
     """An accounts row as stored: times are RFC 3339 `Z` strings, booleans 0/1."""
 
@@ -78,6 +88,9 @@ class AccountRow(NamedTuple):
     cancel_at_period_end: int
     past_due_since: str | None
     version: int
+    pending_tier: str | None
+    pending_interval: str | None
+    pending_at: str | None
 
     def to_account(self) -> Account:
         return Account.model_validate(
@@ -117,6 +130,9 @@ def account_row(account: Account) -> AccountRow:
         cancel_at_period_end=int(account.cancel_at_period_end),
         past_due_since=rfc3339(account.past_due_since),
         version=account.version,
+        pending_tier=account.pending_tier,
+        pending_interval=account.pending_interval,
+        pending_at=rfc3339(account.pending_at),
     )
 
 
@@ -185,7 +201,7 @@ class ReplicaWriter:
     def export(self) -> dict[str, Any]:
         conn = self.db.conn
         accounts = [
-            {**row.to_account().model_dump(mode="json", exclude={"version"})}
+            _exported(row.to_account())
             for row in (AccountRow(*r) for r in conn.execute(_SELECT_ACCOUNTS + " ORDER BY tenant"))
         ]
         usage = [
@@ -208,6 +224,12 @@ class ReplicaWriter:
                 conn.execute("DELETE FROM meta WHERE key = ?", (key,))
             else:
                 conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+def _exported(account: Account) -> dict[str, Any]:
+    # No pending change leaves the fields out: documents written before they existed round-trip.
+    body = account.model_dump(mode="json", exclude={"version"})
+    return {k: v for k, v in body.items() if v is not None or not k.startswith("pending_")}
 
 
 _SELECT_ACCOUNTS = "SELECT " + ", ".join(ACCOUNT_COLUMNS) + " FROM accounts"
@@ -285,6 +307,17 @@ class ReplicaReader:
         self._conn.close()
 
 
+class FeedAccount(Account):
+    """An account as the feed carries it: fields a newer daemon adds are ignored, so daemons can
+    be upgraded before sidecars (documents people write, like imports, stay strict)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class FeedUsage(UsageCounter):
+    model_config = ConfigDict(extra="ignore")
+
+
 class FeedChange(BaseModel):
     """One entry of the daemon's change feed (`GET /v1/feed/changes`)."""
 
@@ -294,8 +327,8 @@ class FeedChange(BaseModel):
     kind: Literal["account", "usage"]
     op: Literal["upsert", "delete"] = "upsert"
     tenant: str
-    account: Account | None = None
-    usage: UsageCounter | None = None
+    account: FeedAccount | None = None
+    usage: FeedUsage | None = None
 
 
 class ReplicaDocument(BaseModel):
