@@ -16,6 +16,7 @@ from sidecar.metrics import SidecarMetrics
 from sidecar.routes import add_routes
 from sidecar.settings import SidecarSettings
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS, Policies
+from sidecar.usage_routes import add_usage_routes
 from tiergate.engine import PolicyEngine
 from tiergate.reload import PolicyReloader
 from tiergate.replica import ReplicaReader
@@ -35,6 +36,7 @@ def create_app(settings: SidecarSettings, *, engine: PolicyEngine | None = None)
         app.cleanup_ctx.append(_follower_ctx)
     app.cleanup_ctx.append(_engine_ctx(engine))
     add_routes(app)
+    add_usage_routes(app)  # its cleanup context needs the engine's: it comes after
     return app
 
 

@@ -14,6 +14,7 @@ import structlog
 
 from sidecar.cache import DecisionCache
 from sidecar.metrics import SidecarMetrics
+from sidecar.pending import PendingUsage
 from tiergate.decide import (
     PolicyAnswerError,
     account_document,
@@ -29,6 +30,9 @@ from tiergate.periods import rfc3339
 from tiergate.replica import ReplicaReader
 
 log = structlog.get_logger("tiergate.sidecar")
+
+# Longest a decision waits for a usage delivery's answer when the replica may already hold it.
+FLIGHT_WAIT_S = 0.5
 
 
 class DecisionService:
@@ -58,6 +62,7 @@ class DecisionService:
         self._id_prefix = os.urandom(4).hex()
         self._now_second = -1
         self._now_text = ""
+        self.pending: PendingUsage | None = None  # usage accepted here, not in the replica yet
 
     def replica_age(self, now: float | None = None) -> float | None:
         as_of = self.reader.meta.data_as_of
@@ -79,6 +84,18 @@ class DecisionService:
         row = self.reader.account(tenant)
         period = period_for(row, datetime.fromtimestamp(now, UTC), now_text)
         usage = self.reader.usage(tenant, period[0])
+        if self.pending is not None:
+            while (
+                self.reader.refresh()
+            ):  # a commit landed after the first read: position and usage must agree
+                usage = self.reader.usage(tenant, period[0])
+            if self.pending.ambiguous(tenant, period[0], self.reader.meta.position):
+                await self.pending.flight_answered(FLIGHT_WAIT_S)  # else over-count, never under
+                self.reader.refresh()
+                usage = self.reader.usage(tenant, period[0])
+                while self.reader.refresh():
+                    usage = self.reader.usage(tenant, period[0])
+            usage = self.pending.overlay(tenant, period[0], usage, self.reader.meta.position)
         age = self.replica_age(now)
         stale = self.is_stale(age)
         revision = self.engine.revision or ""

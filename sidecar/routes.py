@@ -15,9 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from sidecar.authz import AUTHZ_PREFIX, authz_answer, original_request
 from sidecar.http import error_body, json_response, read_json_object, validate
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS
+from sidecar.usage_routes import check_and_reserve, usage_status
 from tiergate.errors import BadRequestError, TierError
 from tiergate.models import CheckRequest
 from tiergate.periods import parse_rfc3339, seconds_until
+from tiergate.replica import AccountRow
 
 
 class CheckBatch(BaseModel):
@@ -37,6 +39,8 @@ async def check_get(request: web.Request) -> web.Response:
 
 async def check_post(request: web.Request) -> web.Response:
     body = await read_json_object(request, request.app[SETTINGS].max_body_bytes)
+    if "reserve" in body:
+        return await check_and_reserve(request, body)
     check = validate(CheckRequest, body)
     return json_response(await request.app[DECISIONS].decide(check.tenant, check.feature, check.quantity))
 
@@ -67,6 +71,8 @@ async def entitlements(request: web.Request) -> web.Response:
             "tenant": tenant,
             "tier": first["tier"] if first else None,
             "account": row.to_account().model_dump(mode="json", exclude={"version"}) if row else None,
+            # A downgrade scheduled at the period end: the UI can say "Starter from <date>".
+            "pending_change": _pending_change(row),
             "features": {
                 name: {k: d[k] for k in ("allow", "reason", "limit", "used", "remaining", "valid_until")}
                 for name, d in decisions.items()
@@ -111,6 +117,12 @@ async def authz(request: web.Request) -> web.Response:
         "decision": denied,
     }
     return json_response(body, status, headers)
+
+
+def _pending_change(row: AccountRow | None) -> dict[str, Any] | None:
+    if row is None or row.pending_tier is None:
+        return None
+    return {"tier": row.pending_tier, "interval": row.pending_interval, "at": row.pending_at}
 
 
 def _denial(reason: str, message: str, method: str, path: str) -> dict[str, Any]:
@@ -175,6 +187,7 @@ async def status(request: web.Request) -> web.Response:
             "stale": decisions.is_stale(),
             "engine": request.app[SETTINGS].engine,
             "decision_cache": {"entries": len(decisions.cache)},
+            "usage": usage_status(request.app),
         }
     )
 

@@ -35,3 +35,9 @@ class SidecarSettings(BaseSettings):
     daemon_url: AnyHttpUrl | None = None
     feed_token: SecretStr | None = None
     staleness_budget_s: Annotated[float, Field(gt=0)] = 300.0
+    # Usage (issue 5): the outbox defaults to outbox.db beside the replica; unlike the replica it
+    # holds data found nowhere else until delivered, so it needs the same volume's durability.
+    outbox_path: Path | None = None
+    outbox_retention_s: Annotated[float, Field(ge=0)] = 3600.0
+    delivery_batch_size: Annotated[int, Field(ge=1, le=1000)] = 500
+    delivery_backoff_max_s: Annotated[float, Field(gt=0, le=300)] = 10.0

@@ -13,7 +13,9 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from sync_daemon.apply import EventApplier
 from sync_daemon.billing import BillingSource
+from sync_daemon.billing.actions import BillingActions
 from sync_daemon.billing.stripe_api import StripeBilling
+from sync_daemon.billing_api import add_billing_routes, billing_actions_ctx
 from sync_daemon.feed import feed_changes, feed_snapshot
 from sync_daemon.http import error_middleware
 from sync_daemon.metrics import DaemonMetrics
@@ -22,6 +24,7 @@ from sync_daemon.reconcile import Reconciler
 from sync_daemon.settings import DaemonSettings
 from sync_daemon.state import APPLIER, BILLING, METRICS, MIRROR, RECONCILER, SETTINGS
 from sync_daemon.translate import Translator
+from sync_daemon.usage import add_usage_routes
 from sync_daemon.webhook import receive_stripe_event
 from tiergate.catalog import load_catalog
 from tiergate.mirror import Mirror
@@ -69,17 +72,22 @@ async def open_services(
         await mirror.close()
 
 
-def create_app(settings: DaemonSettings, *, billing: BillingSource | None = None) -> web.Application:
-    """`billing` overrides the StripeBilling built from the settings (tests pass their own)."""
-    load_catalog(settings.plans)  # a bad catalog fails here, before the server binds
+def create_app(
+    settings: DaemonSettings, *, billing: BillingSource | None = None, actions: BillingActions | None = None
+) -> web.Application:
+    """`billing` and `actions` override the Stripe adapters built from the settings (tests pass their own)."""
+    catalog = load_catalog(settings.plans)  # a bad catalog fails here, before the server binds
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_services_ctx(billing))
     app.cleanup_ctx.append(_scheduler_ctx)
+    app.cleanup_ctx.append(billing_actions_ctx(actions))
     app.router.add_post("/webhooks/stripe", receive_stripe_event)
     app.router.add_get("/v1/feed/snapshot", feed_snapshot)
     app.router.add_get("/v1/feed/changes", feed_changes)
     add_ops_routes(app)
+    add_billing_routes(app)
+    add_usage_routes(app, catalog)
     return app
 
 

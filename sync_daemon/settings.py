@@ -26,6 +26,9 @@ class DaemonSettings(BaseSettings):
     daemon_port: Annotated[int, Field(ge=0, le=65535)] = 9190
     mirror_path: Path = Path(".state/mirror.db")
     feed_token: SecretStr
+    # The billing API (/v1/checkout/sessions, /v1/subscriptions/...) answers 503 until this is set.
+    api_token: SecretStr | None = None
+    proration_behavior: Literal["create_prorations", "always_invoice", "none"] = "create_prorations"
     reconcile_interval_s: Annotated[float, Field(gt=0)] = 300.0
     reconcile_at_start: bool = True
     plans: Path = Path("plans/plans.yaml")

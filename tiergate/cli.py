@@ -55,6 +55,29 @@ def plans_check(path: Path) -> None:
     )
 
 
+@plans.command("push")
+@click.argument("path", type=click.Path(path_type=Path), default=Path("plans/plans.yaml"))
+@click.option("--dry-run", is_flag=True, help="Print the plan of changes; change nothing in Stripe.")
+def plans_push(path: Path, dry_run: bool) -> None:
+    """Create or update the Stripe products and prices of PATH (idempotent, by lookup key)."""
+    from sync_daemon.billing.stripe_catalog import run_push
+
+    settings = _daemon_settings()
+    try:
+        changes, result, legacy = run_push(settings, load_catalog(path), dry_run=dry_run)
+    except TierError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
+    if legacy:
+        click.echo(f"note: {settings.stripe_base} has no Prices API; using Plans whose id is the lookup key")
+    for change in changes:
+        click.echo(("would " if dry_run else "") + change.describe())
+    if not changes:
+        click.echo("nothing to change: Stripe already holds the catalog")
+    elif not dry_run:
+        click.echo(f"{len(result.done)} changes made, {len(result.skipped)} skipped")
+
+
 # -- policies ------------------------------------------------------------------------------
 
 

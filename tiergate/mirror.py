@@ -39,10 +39,15 @@ FEED_FIELDS = (
     "cancel_at_period_end",
     "past_due_since",
     "version",
+    "pending_tier",
+    "pending_interval",
+    "pending_at",
 )
 _TIMES = frozenset(
-    {"current_period_start", "current_period_end", "trial_end", "canceled_at", "past_due_since"}
+    {"current_period_start", "current_period_end", "trial_end", "canceled_at", "past_due_since", "pending_at"}
 )
+# A subscription in one of these states has no future: a pending change on it is void.
+_ENDED = frozenset({"canceled", "incomplete_expired"})
 _FLAGS = frozenset({"cancel_at_period_end", "needs_reconcile", "unmapped_price"})
 
 
@@ -74,9 +79,26 @@ class MirrorAccount:
     needs_reconcile: bool = False
     unmapped_price: bool = False
     version: int = 0
+    pending_tier: str | None = None  # a scheduled downgrade (billing actions), until it takes effect
+    pending_interval: str | None = None
+    pending_at: datetime | None = None
 
     def replace(self, **changes: Any) -> MirrorAccount:
         return dataclasses.replace(self, **changes)
+
+    def settled(self) -> MirrorAccount:
+        """Drop a pending change that took effect or can no longer happen.
+
+        Webhooks and reconciliation rewrite the subscription's fields but know nothing of
+        schedules; this is where a downgrade that has started (or a subscription that ended)
+        stops being shown as pending.
+        """
+        if self.pending_tier is None:
+            return self
+        arrived = self.tier == self.pending_tier and self.pending_interval in (None, self.interval)
+        if arrived or self.status in _ENDED:
+            return self.replace(pending_tier=None, pending_interval=None, pending_at=None)
+        return self
 
     def feed(self) -> dict[str, Any]:
         """The Account document followers receive (exactly tiergate.models.Account's fields)."""
@@ -138,11 +160,19 @@ class MirrorTxn:
         ).fetchone()
         return CustomerLink(*found) if found else None
 
+    def customer_of(self, tenant: str) -> str | None:
+        """The tenant's Stripe customer, live ones only (a deleted customer cannot buy again)."""
+        found = self._db.execute(
+            f"SELECT customer_id FROM {CUSTOMERS} WHERE tenant = ? AND deleted_at IS NULL LIMIT 1", [tenant]
+        ).fetchone()
+        return str(found[0]) if found else None
+
     def link_customer(self, link: CustomerLink) -> None:
         self._db.table(CUSTOMERS).insert(dataclasses.asdict(link), replace=True)
 
     def put_account(self, account: MirrorAccount) -> MirrorAccount:
         """Store; bump the version and log a change only when what followers see changed."""
+        account = account.settled()
         current = self.account(account.tenant)
         version = current.version if current else 0
         if not account.feed_equal(current):

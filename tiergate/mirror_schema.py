@@ -78,3 +78,43 @@ def m001_initial(db: sqlite_utils.Database) -> None:
             PRIMARY KEY (tenant, code, period_start)
         ) WITHOUT ROWID"""
     )
+
+
+@MIGRATIONS()
+def m002_pending_change(db: sqlite_utils.Database) -> None:
+    # A downgrade scheduled for the period end (billing actions); NULL when nothing is pending.
+    for column in ("pending_tier", "pending_interval", "pending_at"):
+        db.execute(f"ALTER TABLE {ACCOUNTS} ADD COLUMN {column} TEXT")
+
+
+USAGE_EVENTS = "usage_events"
+USAGE_PERIODS = "usage_periods"
+
+
+@MIGRATIONS()
+def m003_usage_events(db: sqlite_utils.Database) -> None:
+    # One row per ingested event: the idempotency key (Lago's rule: unique per customer) and the
+    # answer to GET /v1/usage/events/{transaction_id}.
+    db.execute(
+        """CREATE TABLE usage_events (
+            tenant TEXT NOT NULL,
+            transaction_id TEXT NOT NULL,
+            code TEXT NOT NULL,
+            timestamp TEXT NOT NULL,
+            period_start TEXT NOT NULL,
+            value INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            PRIMARY KEY (tenant, transaction_id)
+        ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE INDEX usage_events_by_transaction ON usage_events (transaction_id)")
+    # The subscription periods counters were kept in, so a late event finds its own period.
+    db.execute(
+        """CREATE TABLE usage_periods (
+            tenant TEXT NOT NULL,
+            period_start TEXT NOT NULL,
+            period_end TEXT NOT NULL,
+            PRIMARY KEY (tenant, period_start)
+        ) WITHOUT ROWID"""
+    )

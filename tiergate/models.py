@@ -52,6 +52,10 @@ class Account(BaseModel):
     cancel_at_period_end: bool = False
     past_due_since: AwareDatetime | None = None
     version: int = 0
+    # A change scheduled for `pending_at` (a downgrade waits for the period end); None when none.
+    pending_tier: str | None = None
+    pending_interval: str | None = None
+    pending_at: AwareDatetime | None = None
 
 
 class UsageCounter(BaseModel):

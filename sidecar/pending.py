@@ -1,0 +1,115 @@
+"""Read-your-writes: usage this sidecar accepted that its replica's counters do not include yet.
+
+Every event committed to the outbox adds its value here. It stays counted until the replica
+provably includes it: the daemon's answer to a delivery names the change-log seq S at which the
+event's counter was committed (`confirm`), and once the replica's position reaches S (`settle`)
+the replica's counter holds it, so the pending value is dropped in the same step that the
+authoritative one becomes visible. A decision adds `overlay` to the replica's counters, read at
+one position. See docs/adr/0004-usage-read-your-writes.md for the orderings this covers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+from collections.abc import Iterable, Mapping
+
+Key = tuple[str, str, str]  # (tenant, code, period_start)
+
+
+class PendingUsage:
+    """In-memory totals per (tenant, period_start) and code; owned by the event-loop thread."""
+
+    def __init__(self) -> None:
+        self._totals: dict[tuple[str, str], dict[str, int]] = {}
+        # (seq, tie-breaker, deltas): confirmed by the daemon, waiting for the replica to reach seq.
+        self._confirmed: list[tuple[int, int, dict[Key, int]]] = []
+        self._ties = itertools.count()
+        # The delivery in flight: its (tenant, period_start)s, and the highest position that
+        # certainly does not include it (the replica's when it left, or the previous answer's seq).
+        self._flight: set[tuple[str, str]] = set()
+        self._flight_floor: int | None = None
+        self._flight_done: asyncio.Event | None = None
+
+    def begin_flight(self, keys: Iterable[Key], floor: int | None) -> None:
+        self._flight = {(tenant, period_start) for tenant, _, period_start in keys}
+        self._flight_floor = floor
+        self._flight_done = None
+
+    def end_flight(self) -> None:
+        self._flight = set()
+        if self._flight_done is not None:
+            self._flight_done.set()
+
+    def ambiguous(self, tenant: str, period_start: str, position: int | None) -> bool:
+        """The replica moved past the flight's floor before its answer came: it may include it."""
+        return (
+            (tenant, period_start) in self._flight
+            and position is not None
+            and (self._flight_floor is None or position > self._flight_floor)
+        )
+
+    async def flight_answered(self, wait_s: float) -> bool:
+        """Wait for the delivery in flight to be answered; False on timeout (then we over-count)."""
+        if not self._flight:
+            return True
+        if self._flight_done is None:
+            self._flight_done = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._flight_done.wait(), wait_s)
+        return not self._flight
+
+    def add(self, key: Key, value: int) -> None:
+        tenant, code, period_start = key
+        codes = self._totals.setdefault((tenant, period_start), {})
+        total = codes.get(code, 0) + value
+        if total:
+            codes[code] = total
+        else:
+            codes.pop(code, None)
+            if not codes:
+                del self._totals[(tenant, period_start)]
+
+    def remove(self, key: Key, value: int) -> None:
+        self.add(key, -value)
+
+    def add_all(self, deltas: Iterable[tuple[Key, int]]) -> None:
+        for key, value in deltas:
+            self.add(key, value)
+
+    def confirm(self, seq: int, deltas: Mapping[Key, int]) -> None:
+        """The daemon counted these at or below `seq`: keep them until the replica gets there."""
+        if deltas:
+            heapq.heappush(self._confirmed, (seq, next(self._ties), dict(deltas)))
+
+    def settle(self, position: int | None) -> int:
+        """Drop what the replica at `position` already includes; returns the batches dropped."""
+        dropped = 0
+        while self._confirmed and position is not None and self._confirmed[0][0] <= position:
+            _, _, deltas = heapq.heappop(self._confirmed)
+            for key, value in deltas.items():
+                self.remove(key, value)
+            dropped += 1
+        return dropped
+
+    def overlay(
+        self, tenant: str, period_start: str, usage: dict[str, int], position: int | None
+    ) -> dict[str, int]:
+        """The replica's counters (read at `position`) plus what it does not include yet."""
+        if self._confirmed and position is not None and self._confirmed[0][0] <= position:
+            self.settle(position)
+        extra = self._totals.get((tenant, period_start))
+        if not extra:
+            return usage
+        merged = dict(usage)
+        for code, value in extra.items():
+            merged[code] = merged.get(code, 0) + value
+        return merged
+
+    def total(self, tenant: str, code: str, period_start: str) -> int:
+        return self._totals.get((tenant, period_start), {}).get(code, 0)
+
+    def stats(self) -> dict[str, int]:
+        return {"counters": sum(len(c) for c in self._totals.values()), "awaiting_feed": len(self._confirmed)}

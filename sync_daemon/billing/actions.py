@@ -1,0 +1,106 @@
+"""The BillingActions port: the Stripe calls behind the daemon's billing API, and their errors.
+
+Kept apart from BillingSource (what the mirror reads): reading Stripe and changing it are two
+concerns with two different fakes in tests. Every method returns Stripe's object as a plain dict
+in Stripe's shape, so the mirror is updated through the same translation webhooks use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tiergate.errors import TierError
+
+
+class StripeActionError(TierError):
+    """Stripe refused or failed a billing action: 502 with Stripe's own message and request id."""
+
+    code = "stripe_error"
+    status = 502
+
+    def __init__(
+        self, message: str, *, request_id: str | None = None, stripe_code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+        self.stripe_code = stripe_code
+
+    def to_json(self) -> dict[str, object]:
+        body = super().to_json()
+        error = body["error"]
+        assert isinstance(error, dict)
+        error.update(request_id=self.request_id, stripe_code=self.stripe_code)
+        return body
+
+
+class UnsupportedByStripeError(TierError):
+    """The Stripe API at TIERGATE_STRIPE_API_BASE lacks what this action needs (an emulator)."""
+
+    code = "unsupported_by_stripe_api"
+    status = 501
+
+
+@dataclass(frozen=True)
+class ItemChange:
+    """Replace the subscription's item `item_id` with `price` (an id, or a Plan id on an emulator)."""
+
+    subscription_id: str
+    item_id: str
+    price: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class ScheduledChange:
+    """From the end of the current phase, bill `price` x `quantity` instead of the current item."""
+
+    subscription_id: str
+    current_price: str
+    current_quantity: int
+    price: str
+    quantity: int
+    interval: str  # the new price's billing interval: the new phase lasts one of them, then runs on
+    starts_at: int  # epoch seconds: the current period's end
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A subscription as Stripe returned it, and when (Stripe's clock), to order it among webhooks."""
+
+    subscription: dict[str, Any]
+    as_of: int
+
+
+class CheckoutActions(Protocol):
+    """Starting and managing a purchase: what a tenant without a subscription needs."""
+
+    async def price_for(self, lookup_key: str) -> str: ...
+
+    async def create_customer(self, tenant: str, metadata_key: str) -> dict[str, Any]: ...
+
+    async def create_checkout_session(
+        self, params: dict[str, Any], idempotency_key: str
+    ) -> dict[str, Any]: ...
+
+    async def create_portal_session(self, customer_id: str, return_url: str) -> dict[str, Any]: ...
+
+
+class SubscriptionActions(Protocol):
+    """Changing a live subscription: now, at the period end, or not at all any more."""
+
+    async def subscription(self, subscription_id: str) -> dict[str, Any]: ...
+
+    async def change_now(self, change: ItemChange, proration_behavior: str) -> Answer: ...
+
+    async def schedule_change(self, change: ScheduledChange, idempotency_key: str) -> dict[str, Any]: ...
+
+    async def release_schedule(self, schedule_id: str) -> None: ...
+
+    async def set_cancel_at_period_end(self, subscription_id: str, cancel: bool) -> Answer: ...
+
+    async def cancel_now(self, subscription_id: str) -> Answer: ...
+
+
+class BillingActions(CheckoutActions, SubscriptionActions, Protocol):
+    """Both halves, as one Stripe adapter implements them."""

@@ -1,0 +1,176 @@
+"""StripeCatalogStore: the CatalogStore adapter for `tiergate plans push` (Prices, or legacy Plans)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import stripe
+
+from sync_daemon.billing.stripe_actions import has_prices, make_client, stripe_failure
+from sync_daemon.settings import DaemonSettings
+from tiergate.catalog import Catalog
+from tiergate.plans_push import (
+    Change,
+    CreatePrice,
+    CreateProduct,
+    PushResult,
+    RemoteCatalog,
+    RemotePrice,
+    RemoteProduct,
+    SetPriceActive,
+    UpdateProduct,
+    apply_push,
+    plan_push,
+)
+
+TIER_KEY = "tier"  # product metadata naming the catalog tier: how a product is recognised as ours
+
+
+class StripeCatalogStore:
+    def __init__(self, api_key: str, *, api_base: str, http: stripe.HTTPClient, retries: int = 2) -> None:
+        self._base = api_base
+        self._client = make_client(api_key, api_base, http, retries)
+        self._legacy = False
+
+    @property
+    def legacy(self) -> bool:
+        """True after `read` found no Prices API (an emulator): Plans stand in for prices."""
+        return self._legacy
+
+    def __repr__(self) -> str:  # never the key
+        return f"StripeCatalogStore(api_base={self._base!r})"
+
+    async def read(self) -> RemoteCatalog:
+        self._legacy = not await has_prices(self._client, self._base)
+        try:
+            products = [p.to_dict() async for p in await self._list(self._client.v1.products, {"limit": 100})]
+            ours = {p["id"]: _product(p) for p in products if (p.get("metadata") or {}).get(TIER_KEY)}
+            service = self._client.v1.plans if self._legacy else self._client.v1.prices
+            listed = [p.to_dict() async for p in await self._list(service, {"limit": 100})]
+        except stripe.StripeError as exc:
+            raise stripe_failure("list the catalog's products and prices", exc, self._base) from exc
+        read = _plan if self._legacy else _price
+        prices = [read(p) for p in listed if _product_id(p) in ours]
+        return RemoteCatalog(tuple(ours.values()), tuple(prices), legacy_plans=self._legacy)
+
+    async def create_product(self, change: CreateProduct) -> str:
+        params: dict[str, Any] = {"name": change.name, "metadata": {TIER_KEY: change.tier}}
+        options: stripe.RequestOptions = {"idempotency_key": f"tiergate-product-{change.tier}"}
+        try:
+            product = await self._client.v1.products.create_async(params, options)  # type: ignore[arg-type]  # plain dict params
+        except stripe.StripeError as exc:
+            raise stripe_failure(f"create the product for tier {change.tier!r}", exc, self._base) from exc
+        return product.id
+
+    async def update_product(self, change: UpdateProduct) -> None:
+        try:
+            await self._client.v1.products.update_async(
+                change.product_id, {"name": change.name, "active": True}
+            )
+        except stripe.StripeError as exc:
+            raise stripe_failure(f"update product {change.product_id}", exc, self._base) from exc
+
+    async def create_price(self, change: CreatePrice, product_id: str) -> str:
+        options: stripe.RequestOptions = {"idempotency_key": change.idempotency_key()}
+        common: dict[str, Any] = {
+            "product": product_id,
+            "currency": change.currency,
+            "metadata": {TIER_KEY: change.tier},
+        }
+        try:
+            if self._legacy:  # a Plan whose id is the lookup key: what the daemon maps back to the tier
+                plan = {
+                    **common,
+                    "id": change.lookup_key,
+                    "amount": change.unit_amount,
+                    "interval": change.interval,
+                }
+                created = await self._client.v1.plans.create_async(plan, options)  # type: ignore[arg-type]  # plain dict params
+                return str(created.id)
+            price: dict[str, Any] = {
+                **common,
+                "unit_amount": change.unit_amount,
+                "recurring": {"interval": change.interval},
+                "lookup_key": change.lookup_key,
+            }
+            if change.replaces:
+                price["transfer_lookup_key"] = True  # atomically take the key from the old price
+            made = await self._client.v1.prices.create_async(price, options)  # type: ignore[arg-type]  # plain dict params
+            return str(made.id)
+        except stripe.StripeError as exc:
+            raise stripe_failure(f"create the price {change.lookup_key!r}", exc, self._base) from exc
+
+    async def set_price_active(self, change: SetPriceActive) -> None:
+        try:
+            if self._legacy:
+                await self._client.v1.plans.update_async(change.price_id, {"active": change.active})
+            else:
+                await self._client.v1.prices.update_async(change.price_id, {"active": change.active})
+        except stripe.StripeError as exc:
+            raise stripe_failure(f"update price {change.price_id}", exc, self._base) from exc
+
+    async def _list(self, service: Any, params: dict[str, Any]) -> Any:
+        page = await service.list_async(params)
+        return page.auto_paging_iter()
+
+
+def _product_id(obj: dict[str, Any]) -> str:
+    product = obj.get("product")
+    return str(product["id"] if isinstance(product, dict) else product)
+
+
+def _product(p: dict[str, Any]) -> RemoteProduct:
+    return RemoteProduct(p["id"], p["metadata"][TIER_KEY], p.get("name") or "", bool(p.get("active", True)))
+
+
+def _price(p: dict[str, Any]) -> RemotePrice:
+    interval = (p.get("recurring") or {}).get("interval")
+    return RemotePrice(
+        p["id"],
+        _product_id(p),
+        p.get("lookup_key"),
+        p.get("unit_amount"),
+        p["currency"],
+        interval,
+        bool(p["active"]),
+    )
+
+
+def _plan(p: dict[str, Any]) -> RemotePrice:
+    return RemotePrice(
+        p["id"], _product_id(p), p["id"], p.get("amount"), p["currency"], p.get("interval"), bool(p["active"])
+    )
+
+
+async def push_catalog(
+    catalog: Catalog, store: StripeCatalogStore, *, dry_run: bool
+) -> tuple[list[Change], PushResult]:
+    """Read Stripe, plan, and (unless `dry_run`) apply: what `tiergate plans push` runs."""
+    remote = await store.read()
+    changes = plan_push(catalog, remote)
+    if dry_run:
+        return changes, PushResult()
+    return changes, await apply_push(store, remote, changes)
+
+
+def run_push(
+    settings: DaemonSettings, catalog: Catalog, *, dry_run: bool
+) -> tuple[list[Change], PushResult, bool]:
+    """Blocking, for the CLI: (changes, what was done, whether legacy Plans stood in for Prices)."""
+
+    async def once() -> tuple[list[Change], PushResult, bool]:
+        http = stripe.AIOHTTPClient(timeout=settings.stripe_timeout_s)
+        store = StripeCatalogStore(
+            settings.stripe_api_key.get_secret_value(),
+            api_base=settings.stripe_base,
+            http=http,
+            retries=settings.stripe_max_network_retries,
+        )
+        try:
+            changes, result = await push_catalog(catalog, store, dry_run=dry_run)
+        finally:
+            await http.close_async()  # type: ignore[no-untyped-call]  # the library leaves it untyped
+        return changes, result, store.legacy
+
+    return asyncio.run(once())

@@ -1,0 +1,79 @@
+"""The billing API's request bodies, bearer check and parsing (TIERGATE_API_TOKEN)."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sync_daemon.http import UnauthorizedError
+from sync_daemon.state import SETTINGS
+from tiergate.errors import BadRequestError, TierError
+from tiergate.models import TenantId
+
+M = TypeVar("M", bound=BaseModel)
+Url = Annotated[str, Field(pattern=r"^https?://", max_length=2000)]
+
+
+class BillingDisabledError(TierError):
+    code = "billing_api_disabled"
+    status = 503
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CheckoutRequest(_Body):
+    tenant: TenantId
+    tier: str
+    interval: str = "month"
+    quantity: Annotated[int, Field(ge=1, le=100_000)] = 1
+    success_url: Url
+    cancel_url: Url
+
+
+class PortalRequest(_Body):
+    tenant: TenantId
+    return_url: Url
+
+
+class ChangeRequest(_Body):
+    tier: str | None = None
+    interval: str | None = None
+    quantity: Annotated[int, Field(ge=1, le=100_000)] | None = None
+
+
+class CancelRequest(_Body):
+    at_period_end: bool = True
+
+
+def authorize(request: web.Request) -> None:
+    token = request.app[SETTINGS].api_token
+    if token is None:
+        raise BillingDisabledError("the billing API is off: set TIERGATE_API_TOKEN to enable it")
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    # compare_digest: the time taken must not tell an attacker how much of the token matched.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        value.strip().encode(), token.get_secret_value().encode()
+    ):
+        raise UnauthorizedError("missing or wrong bearer token (Authorization: Bearer <TIERGATE_API_TOKEN>)")
+
+
+def path_tenant(request: web.Request) -> str:
+    tenant = request.match_info["tenant"].strip()
+    if not tenant or len(tenant) > 200:
+        raise BadRequestError("the tenant in the path must be 1 to 200 characters", field="tenant")
+    return tenant
+
+
+async def parse_body(request: web.Request, model: type[M], *, empty_ok: bool = False) -> M:
+    raw = await request.read()
+    try:
+        return model.model_validate_json(raw or (b"{}" if empty_ok else b""))
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in err["loc"]) or "body"
+        raise BadRequestError(f"{field}: {err['msg']}", field=field) from None

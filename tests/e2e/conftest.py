@@ -1,0 +1,339 @@
+"""The whole stack as real processes on 127.0.0.1: localstripe, `tiergate sync-daemon`, `tiergate sidecar`.
+
+Each process logs to a file under the test's tmp directory; a failing test prints every log's
+tail, and teardown always stops every process it started (SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import stripe
+
+from tests.stripe_payloads import SECRET
+
+ROOT = Path(__file__).resolve().parents[2]
+FEED_TOKEN = "feed-token-for-e2e"
+STRIPE_KEY = "sk_test_e2e"
+STALENESS_BUDGET_S = 2
+RECONCILE_INTERVAL_S = 2
+PLANS = {"starter_month": 1900, "pro_month": 4900, "pro_year": 49000}
+DEADLINE_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tiergate_command(*args: str) -> list[str]:
+    """The installed `tiergate` console script next to this interpreter (else `python -m`)."""
+    script = Path(sys.executable).with_name("tiergate")
+    if script.exists():
+        return [str(script), *args]
+    return [sys.executable, "-m", "tiergate.cli", *args]
+
+
+def http_status(url: str, timeout: float = 1.0) -> int | None:
+    """The status `url` answers with, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return int(exc.code)
+    except OSError:
+        return None
+
+
+@dataclass
+class Process:
+    """One server process, its stderr+stdout in `log`."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    cwd: Path
+    popen: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def start(self) -> None:
+        assert not self.running, f"{self.name} is already running"
+        self.starts += 1
+        with self.log.open("ab") as out:
+            out.write(f"\n----- {self.name}: start #{self.starts} -----\n".encode())
+            out.flush()
+            self.popen = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handlers run, exactly like a crash."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def wait_http(self, url: str, ok: Callable[[int], bool], timeout_s: float = DEADLINE_S) -> int:
+        """Poll `url` until its status satisfies `ok`; fail at once if the process exits."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.popen is not None and self.popen.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.popen.returncode}\n{self.tail()}")
+            status = http_status(url)
+            if status is not None and ok(status):
+                return status
+            time.sleep(0.05)
+        raise AssertionError(f"{self.name}: {url} not ready within {timeout_s:.0f} s\n{self.tail()}")
+
+    def tail(self, chars: int = 6000) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return f"===== {self.name} log ({self.log}) =====\n{text[-chars:]}"
+
+
+# -- localstripe: one process per module, emptied per test --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def localstripe_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    tmp = tmp_path_factory.mktemp("localstripe")
+    port = free_port()
+    process = Process(
+        "localstripe",
+        [sys.executable, str(ROOT / "tests" / "localstripe_server.py"), str(port)],
+        {**os.environ, "PYTHONUNBUFFERED": "1"},
+        tmp / "localstripe.log",
+        tmp,
+    )
+    process.start()
+    try:
+        process.wait_http(f"http://127.0.0.1:{port}/", lambda status: True)  # 401 without a key: up
+        process.env["URL"] = f"http://127.0.0.1:{port}"
+        yield process
+    finally:
+        process.stop()
+
+
+@dataclass
+class Stack:
+    """localstripe (shared), plus this test's daemon and sidecar, their ports and files."""
+
+    tmp: Path
+    localstripe: Process
+    daemon: Process
+    sidecar: Process
+    daemon_port: int
+    sidecar_port: int
+    extra_logs: list[Process] = field(default_factory=list)
+
+    @property
+    def stripe_url(self) -> str:
+        return self.localstripe.env["URL"]
+
+    @property
+    def daemon_url(self) -> str:
+        return f"http://127.0.0.1:{self.daemon_port}"
+
+    @property
+    def sidecar_url(self) -> str:
+        return f"http://127.0.0.1:{self.sidecar_port}"
+
+    def start_daemon(self) -> None:
+        self.daemon.start()
+        self.daemon.wait_http(self.daemon_url + "/healthz", lambda status: status == 200)
+
+    def start_sidecar(self, *, wait_ready: bool = True) -> None:
+        self.sidecar.start()
+        if wait_ready:
+            self.sidecar.wait_http(self.sidecar_url + "/readyz", lambda status: status == 200)
+
+    def logs(self) -> str:
+        return "\n".join(p.tail() for p in (self.daemon, self.sidecar, self.localstripe))
+
+
+def register_webhook(stripe_url: str, target: str, secret: str = SECRET) -> None:
+    """localstripe's own endpoint registration (it has no /v1/webhook_endpoints)."""
+    request = urllib.request.Request(
+        stripe_url + "/_config/webhooks/tiergate",
+        data=json.dumps({"url": target, "secret": secret}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(request, timeout=5).close()
+
+
+def reset_localstripe(stripe_url: str) -> None:
+    request = urllib.request.Request(stripe_url + "/_config/data", method="DELETE")
+    urllib.request.urlopen(request, timeout=5).close()
+
+
+FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    report = yield
+    item.stash.setdefault(FAILED, False)
+    if report.failed:
+        item.stash[FAILED] = True
+    return report
+
+
+@pytest.fixture
+def stack(localstripe_process: Process, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    stripe_url = localstripe_process.env["URL"]
+    reset_localstripe(stripe_url)
+    daemon_port, sidecar_port = free_port(), free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TIERGATE_")}
+    common = {**base, "PYTHONUNBUFFERED": "1", "TIERGATE_LOG_JSON": "false", "TIERGATE_LOG_LEVEL": "info"}
+    daemon_env = {
+        **common,
+        "TIERGATE_STRIPE_API_KEY": STRIPE_KEY,
+        "TIERGATE_STRIPE_API_BASE": stripe_url,
+        "TIERGATE_STRIPE_WEBHOOK_SECRET": SECRET,
+        "TIERGATE_STRIPE_MAX_NETWORK_RETRIES": "0",
+        "TIERGATE_STRIPE_TIMEOUT_S": "5",
+        "TIERGATE_FEED_TOKEN": FEED_TOKEN,
+        "TIERGATE_MIRROR_PATH": str(tmp_path / "mirror.db"),
+        "TIERGATE_DAEMON_HOST": "127.0.0.1",
+        "TIERGATE_DAEMON_PORT": str(daemon_port),
+        "TIERGATE_PLANS": str(ROOT / "plans" / "plans.yaml"),
+        "TIERGATE_RECONCILE_INTERVAL_S": str(RECONCILE_INTERVAL_S),
+    }
+    sidecar_env = {
+        **common,
+        "TIERGATE_DAEMON_URL": f"http://127.0.0.1:{daemon_port}",
+        "TIERGATE_FEED_TOKEN": FEED_TOKEN,
+        "TIERGATE_REPLICA_PATH": str(tmp_path / "replica.db"),
+        "TIERGATE_STALENESS_BUDGET_S": str(STALENESS_BUDGET_S),
+        "TIERGATE_SIDECAR_HOST": "127.0.0.1",
+        "TIERGATE_SIDECAR_PORT": str(sidecar_port),
+        "TIERGATE_PLANS": str(ROOT / "plans" / "plans.yaml"),
+        "TIERGATE_POLICIES": str(ROOT / "policies"),
+        "TIERGATE_DECISION_LOG_SAMPLE": "0",
+        "TIERGATE_DECISION_LOG_DENIES": "false",
+        # Decisions must reflect the replica as soon as it changes: no cached answers.
+        "TIERGATE_DECISION_CACHE_SIZE": "0",
+    }
+    the_stack = Stack(
+        tmp=tmp_path,
+        localstripe=localstripe_process,
+        daemon=Process(
+            "sync-daemon", tiergate_command("sync-daemon"), daemon_env, tmp_path / "daemon.log", tmp_path
+        ),
+        sidecar=Process(
+            "sidecar", tiergate_command("sidecar"), sidecar_env, tmp_path / "sidecar.log", tmp_path
+        ),
+        daemon_port=daemon_port,
+        sidecar_port=sidecar_port,
+    )
+    register_webhook(stripe_url, the_stack.daemon_url + "/webhooks/stripe")
+    try:
+        yield the_stack
+    finally:
+        the_stack.sidecar.stop()
+        the_stack.daemon.stop()
+        if request.node.stash.get(FAILED, False):
+            print(the_stack.logs())  # shown in the failure report's captured stdout
+
+
+# -- clients ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def stripe_api(stack: Stack) -> AsyncIterator[stripe.StripeClient]:
+    """An async Stripe client on localstripe, with one Product and a Plan per catalog lookup key."""
+    http = stripe.AIOHTTPClient()
+    client = stripe.StripeClient(
+        STRIPE_KEY, base_addresses={"api": stack.stripe_url}, http_client=http, max_network_retries=0
+    )
+    product = await client.v1.products.create_async({"name": "tiergate-e2e"})
+    for plan_id, amount in PLANS.items():
+        interval = plan_id.rsplit("_", 1)[1]
+        await client.v1.plans.create_async(
+            {"id": plan_id, "product": product.id, "amount": amount, "currency": "usd", "interval": interval}
+        )
+    yield client
+    await http.close_async()  # type: ignore[no-untyped-call]  # the library leaves it untyped
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        yield session
+
+
+async def subscribe(
+    api: stripe.StripeClient, tenant: str, plan: str, quantity: int = 1
+) -> stripe.Subscription:
+    """customer (metadata tenant_id) -> pm_card_visa as default -> subscription on a Plan."""
+    customer = await api.v1.customers.create_async({"metadata": {"tenant_id": tenant}})
+    method = await api.v1.payment_methods.attach_async("pm_card_visa", {"customer": customer.id})
+    await api.v1.customers.update_async(
+        customer.id, {"invoice_settings": {"default_payment_method": method.id}}
+    )
+    return await api.v1.subscriptions.create_async(
+        {"customer": customer.id, "items": [{"plan": plan, "quantity": quantity}]}
+    )
+
+
+async def get_json(session: aiohttp.ClientSession, url: str, **params: str) -> dict[str, Any]:
+    async with session.get(url, params=params) as response:
+        body: dict[str, Any] = await response.json()
+        body["_status"] = response.status
+        return body
+
+
+async def eventually(
+    predicate: Callable[[], Awaitable[bool]], what: str, stack: Stack, timeout_s: float = DEADLINE_S
+) -> None:
+    """Poll until true; a generous deadline, never a latency assertion. A timeout shows the logs."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if await predicate():
+                return
+        except (aiohttp.ClientError, TimeoutError):
+            pass  # a process between lives: keep polling
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not within {timeout_s:.0f} s: {what}\n{stack.logs()}")

@@ -1,0 +1,110 @@
+"""`plans push` against the recording fake (real Prices API): lookup keys, transfer, deactivation; the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from sync_daemon.billing.stripe_catalog import StripeCatalogStore, push_catalog
+from tests.fake_stripe import RecordingStripeHTTP, fixture
+from tiergate.catalog import parse_catalog
+from tiergate.cli import main
+
+CATALOG = parse_catalog(
+    """
+default_tier: free
+tiers:
+  free: {rank: 0}
+  pro:
+    rank: 10
+    name: Pro
+    prices: {month: {lookup_key: pro_month, unit_amount: 4900, currency: usd}}
+"""
+)
+
+
+def price(price_id: str, lookup_key: str | None, amount: int, product: str = "prod_pro") -> dict[str, Any]:
+    body = fixture(
+        "price", id=price_id, lookup_key=lookup_key, unit_amount=amount, currency="usd", product=product
+    )
+    body["recurring"]["interval"] = "month"
+    return body
+
+
+def store(fake: RecordingStripeHTTP) -> StripeCatalogStore:
+    return StripeCatalogStore("sk_test_push", api_base="https://api.stripe.com", http=fake, retries=0)
+
+
+async def test_first_push_creates_a_product_with_its_tier_and_a_price_with_its_lookup_key() -> None:
+    fake = RecordingStripeHTTP(lists={"prices": [], "products": []})
+    fake.answer("POST", "/v1/products", {"id": "prod_new"})
+    changes, result = await push_catalog(CATALOG, store(fake), dry_run=False)
+    assert len(changes) == len(result.done) == 2
+    product = fake.only("POST", "/v1/products")
+    assert product.params == {"name": "Pro", "metadata[tier]": "pro"}
+    assert product.idempotency_key == "tiergate-product-pro"
+    created = fake.only("POST", "/v1/prices")
+    assert created.params == {
+        "product": "prod_new",
+        "currency": "usd",
+        "metadata[tier]": "pro",
+        "unit_amount": "4900",
+        "recurring[interval]": "month",
+        "lookup_key": "pro_month",
+    }
+    assert created.idempotency_key and created.idempotency_key.startswith("tiergate-price-")
+
+
+async def test_a_new_amount_moves_the_key_and_deactivates_old_and_stray_prices() -> None:
+    products = [fixture("product", id="prod_pro", name="Pro", active=True, metadata={"tier": "pro"})]
+    held = [price("price_old", "pro_month", 3900), price("price_stray", "pro_week", 100)]
+    foreign = price("price_other_app", None, 5, product="prod_not_ours")
+    fake = RecordingStripeHTTP(lists={"prices": [*held, foreign], "products": products})
+    _, result = await push_catalog(CATALOG, store(fake), dry_run=False)
+    assert len(result.done) == 3
+    created = fake.only("POST", "/v1/prices")
+    assert created.params["transfer_lookup_key"] == "true" and created.params["unit_amount"] == "4900"
+    assert fake.only("POST", "/v1/prices/price_old").params == {"active": "false"}
+    assert fake.only("POST", "/v1/prices/price_stray").params == {"active": "false"}
+    assert fake.sent("POST", "/v1/prices/price_other_app") == []  # not ours: untouched
+    assert [c.method for c in fake.calls if c.method == "DELETE"] == []  # never deleted
+
+
+async def test_dry_run_reads_only() -> None:
+    fake = RecordingStripeHTTP(lists={"prices": [], "products": []})
+    changes, result = await push_catalog(CATALOG, store(fake), dry_run=True)
+    assert len(changes) == 2 and result.done == []
+    assert {c.method for c in fake.calls} == {"GET"}
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_cli_prints_the_plan(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dry_run: bool) -> None:
+    from sync_daemon.billing import stripe_catalog
+
+    def fake_run(settings: Any, catalog: Any, *, dry_run: bool) -> Any:
+        from tiergate.plans_push import PushResult, RemoteCatalog, plan_push
+
+        changes = plan_push(catalog, RemoteCatalog(legacy_plans=True))
+        done = PushResult() if dry_run else PushResult(done=[c.describe() for c in changes])
+        return changes, done, True
+
+    monkeypatch.setattr(stripe_catalog, "run_push", fake_run)
+    for name, value in {
+        "STRIPE_API_KEY": "sk_test_x",
+        "STRIPE_WEBHOOK_SECRET": "whsec_x",
+        "FEED_TOKEN": "f",
+    }.items():
+        monkeypatch.setenv(f"TIERGATE_{name}", value)
+    plans = tmp_path / "plans.yaml"
+    plans.write_text(
+        "default_tier: free\ntiers:\n  free: {rank: 0}\n  pro: {rank: 1, prices: {month: {lookup_key: pm, unit_amount: 1, currency: usd}}}\n"
+    )
+    args = ["plans", "push", str(plans), *(["--dry-run"] if dry_run else [])]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "using Plans whose id is the lookup key" in result.output
+    assert ("would create price 'pm'" in result.output) is dry_run
+    assert ("2 changes made" in result.output) is not dry_run

@@ -1,0 +1,156 @@
+"""plan_push (pure) and apply_push against a recording store: idempotent, moves keys, never deletes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tiergate.catalog import Catalog, load_catalog, parse_catalog
+from tiergate.plans_push import (
+    CreatePrice,
+    CreateProduct,
+    RemoteCatalog,
+    RemotePrice,
+    RemoteProduct,
+    SetPriceActive,
+    Unchangeable,
+    UpdateProduct,
+    apply_push,
+    plan_push,
+)
+
+ROOT = Path(__file__).parents[2]
+SMALL = """
+default_tier: free
+tiers:
+  free: {rank: 0}
+  pro:
+    rank: 10
+    name: Pro
+    prices:
+      month: {lookup_key: pro_month, unit_amount: 4900, currency: usd}
+      year: {lookup_key: pro_year, unit_amount: 49000, currency: usd}
+"""
+
+
+@pytest.fixture
+def small() -> Catalog:
+    return parse_catalog(SMALL)
+
+
+def in_stripe(catalog: Catalog, legacy: bool = False) -> RemoteCatalog:
+    """What Stripe holds after a successful push of `catalog`."""
+    products = [
+        RemoteProduct(f"prod_{t}", t, tier.name or t) for t, tier in catalog.tiers.items() if tier.prices
+    ]
+    prices = [
+        RemotePrice(f"price_{p.lookup_key}", f"prod_{t}", p.lookup_key, p.unit_amount, p.currency, interval)
+        for t, tier in catalog.tiers.items()
+        for interval, p in tier.prices.items()
+    ]
+    return RemoteCatalog(tuple(products), tuple(prices), legacy_plans=legacy)
+
+
+def test_an_empty_account_gets_one_product_per_sold_tier_and_a_price_per_interval() -> None:
+    catalog = load_catalog(ROOT / "plans" / "plans.yaml")
+    changes = plan_push(catalog, RemoteCatalog())
+    products = [c for c in changes if isinstance(c, CreateProduct)]
+    prices = [c for c in changes if isinstance(c, CreatePrice)]
+    assert [p.tier for p in products] == ["starter", "pro", "enterprise"]  # free has no prices
+    assert {p.lookup_key for p in prices} == {
+        f"{t}_{i}" for t in ("starter", "pro", "enterprise") for i in ("month", "year")
+    }
+    assert all(p.replaces is None for p in prices) and len(changes) == 9
+
+
+def test_a_second_run_changes_nothing() -> None:
+    catalog = load_catalog(ROOT / "plans" / "plans.yaml")
+    assert plan_push(catalog, in_stripe(catalog)) == []
+    assert plan_push(catalog, in_stripe(catalog, legacy=True)) == []
+
+
+def test_a_new_amount_creates_a_price_that_takes_the_key_then_retires_the_old(small: Catalog) -> None:
+    remote = in_stripe(small)
+    cheaper = RemotePrice("price_pro_month", "prod_pro", "pro_month", 3900, "usd", "month")
+    changes = plan_push(small, RemoteCatalog(remote.products, (cheaper, remote.prices[1])))
+    assert changes == [
+        CreatePrice("pro", "month", "pro_month", 4900, "usd", replaces="price_pro_month"),
+        SetPriceActive("price_pro_month", "pro_month", False, "replaced by a new amount"),
+    ]
+    assert "moving the lookup key from price_pro_month" in changes[0].describe()
+
+
+def test_prices_that_left_the_catalog_are_deactivated_never_deleted(small: Catalog) -> None:
+    remote = in_stripe(small)
+    old = RemotePrice("price_pro_week", "prod_pro", "pro_week", 1500, "usd", "week")
+    keyless = RemotePrice("price_adhoc", "prod_pro", None, 100, "usd", "month")
+    gone = RemotePrice("price_done", "prod_pro", "pro_old", 1, "usd", "month", active=False)
+    changes = plan_push(small, RemoteCatalog(remote.products, (*remote.prices, old, keyless, gone)))
+    assert changes == [
+        SetPriceActive("price_pro_week", "pro_week", False, "no longer in the catalog"),
+        SetPriceActive("price_adhoc", None, False, "no longer in the catalog"),
+    ]
+
+
+def test_renamed_or_archived_products_are_updated_and_inactive_prices_come_back(small: Catalog) -> None:
+    remote = in_stripe(small)
+    archived = RemoteProduct("prod_pro", "pro", "Old name", active=False)
+    inactive = RemotePrice("price_pro_year", "prod_pro", "pro_year", 49000, "usd", "year", active=False)
+    changes = plan_push(small, RemoteCatalog((archived,), (remote.prices[0], inactive)))
+    assert changes == [
+        UpdateProduct("prod_pro", "pro", "Pro"),
+        SetPriceActive("price_pro_year", "pro_year", True, "back in the catalog"),
+    ]
+
+
+def test_legacy_plans_cannot_change_their_amount(small: Catalog) -> None:
+    remote = in_stripe(small, legacy=True)
+    cheaper = RemotePrice("pro_month", "prod_pro", "pro_month", 3900, "usd", "month")
+    changes = plan_push(small, RemoteCatalog(remote.products, (cheaper, remote.prices[1]), legacy_plans=True))
+    assert len(changes) == 1 and isinstance(changes[0], Unchangeable)
+
+
+def test_idempotency_keys_differ_per_change_and_repeat_per_retry() -> None:
+    a = CreatePrice("pro", "month", "pro_month", 4900, "usd")
+    assert a.idempotency_key() == CreatePrice("pro", "month", "pro_month", 4900, "usd").idempotency_key()
+    assert a.idempotency_key() != CreatePrice("pro", "month", "pro_month", 3900, "usd").idempotency_key()
+
+
+class RecordingStore:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    async def read(self) -> RemoteCatalog:
+        return RemoteCatalog()
+
+    async def create_product(self, change: CreateProduct) -> str:
+        self.calls.append(("product", change.tier))
+        return f"prod_new_{change.tier}"
+
+    async def update_product(self, change: UpdateProduct) -> None:
+        self.calls.append(("update", change.product_id))
+
+    async def create_price(self, change: CreatePrice, product_id: str) -> str:
+        self.calls.append(("price", f"{change.lookup_key}@{product_id}"))
+        return "price_new"
+
+    async def set_price_active(self, change: SetPriceActive) -> None:
+        self.calls.append(("active" if change.active else "inactive", change.price_id))
+
+
+async def test_apply_creates_products_before_their_prices_and_new_prices_before_retiring(
+    small: Catalog,
+) -> None:
+    store = RecordingStore()
+    stale = RemotePrice("price_old", "prod_x", "gone", 1, "usd", "month")
+    remote = RemoteCatalog((), (stale,))
+    changes = [*plan_push(small, remote), Unchangeable("k", "why")]
+    result = await apply_push(store, remote, changes)
+    assert store.calls == [
+        ("product", "pro"),
+        ("price", "pro_month@prod_new_pro"),
+        ("price", "pro_year@prod_new_pro"),
+        ("inactive", "price_old"),
+    ]
+    assert len(result.done) == 4 and result.skipped == ["skip 'k': why"]

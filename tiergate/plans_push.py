@@ -1,0 +1,204 @@
+"""`tiergate plans push`: the catalog -> Stripe products and prices, as a pure plan of changes.
+
+`plan_push` compares the catalog with what Stripe holds and returns the changes, nothing else;
+`apply_push` carries them out through a small `CatalogStore` port (the Stripe adapter lives in
+sync_daemon/billing/stripe_catalog.py). Prices are never deleted: Stripe keeps them for old
+invoices and subscriptions, so a price that left the catalog is only deactivated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tiergate.catalog import Catalog
+
+
+@dataclass(frozen=True)
+class RemoteProduct:
+    id: str
+    tier: str  # metadata.tier: how tiergate recognises its own products
+    name: str
+    active: bool = True
+
+
+@dataclass(frozen=True)
+class RemotePrice:
+    id: str
+    product: str
+    lookup_key: str | None
+    unit_amount: int | None
+    currency: str
+    interval: str | None
+    active: bool = True
+
+
+@dataclass(frozen=True)
+class RemoteCatalog:
+    products: Sequence[RemoteProduct] = ()
+    prices: Sequence[RemotePrice] = ()
+    # An emulator without Prices (localstripe): a Plan whose id is the lookup key stands in.
+    legacy_plans: bool = False
+
+
+@dataclass(frozen=True)
+class CreateProduct:
+    tier: str
+    name: str
+
+    def describe(self) -> str:
+        return f"create product for tier {self.tier!r} ({self.name})"
+
+
+@dataclass(frozen=True)
+class UpdateProduct:
+    product_id: str
+    tier: str
+    name: str
+
+    def describe(self) -> str:
+        return f"update product {self.product_id} (tier {self.tier!r}): name {self.name!r}, active"
+
+
+@dataclass(frozen=True)
+class CreatePrice:
+    tier: str
+    interval: str
+    lookup_key: str
+    unit_amount: int
+    currency: str
+    replaces: str | None = None  # the price that holds the lookup key now: it moves to the new one
+
+    def describe(self) -> str:
+        amount = f"{self.unit_amount} {self.currency}/{self.interval}"
+        moved = f", moving the lookup key from {self.replaces}" if self.replaces else ""
+        return f"create price {self.lookup_key!r} for tier {self.tier!r}: {amount}{moved}"
+
+    def idempotency_key(self) -> str:
+        # A retry of the same push reuses the price; a different change gets a different key.
+        parts = f"{self.lookup_key}|{self.unit_amount}|{self.currency}|{self.interval}|{self.replaces}"
+        return "tiergate-price-" + hashlib.sha256(parts.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class SetPriceActive:
+    price_id: str
+    lookup_key: str | None
+    active: bool
+    why: str
+
+    def describe(self) -> str:
+        verb = "reactivate" if self.active else "deactivate"
+        return f"{verb} price {self.price_id} ({self.lookup_key or 'no lookup key'}): {self.why}"
+
+
+@dataclass(frozen=True)
+class Unchangeable:
+    """A change an emulator's Plans cannot express (a Plan's amount is fixed): reported, not done."""
+
+    lookup_key: str
+    why: str
+
+    def describe(self) -> str:
+        return f"skip {self.lookup_key!r}: {self.why}"
+
+
+Change = CreateProduct | UpdateProduct | CreatePrice | SetPriceActive | Unchangeable
+
+
+def plan_push(catalog: Catalog, remote: RemoteCatalog) -> list[Change]:
+    """The changes that make Stripe hold the catalog's products and prices; [] when it already does."""
+    changes: list[Change] = []
+    ours = {p.tier: p for p in remote.products}
+    for tier_name, tier in catalog.tiers.items():
+        if not tier.prices:
+            continue  # a tier without prices (the free default) is not sold
+        name = tier.name or tier_name
+        product = ours.get(tier_name)
+        if product is None:
+            changes.append(CreateProduct(tier_name, name))
+        elif product.name != name or not product.active:
+            changes.append(UpdateProduct(product.id, tier_name, name))
+    wanted: set[str] = set()
+    for tier_name, tier in catalog.tiers.items():
+        for interval, price in tier.prices.items():
+            wanted.add(price.lookup_key)
+            holder = next((p for p in remote.prices if p.lookup_key == price.lookup_key), None)
+            product = ours.get(tier_name)
+            same = holder is not None and (
+                (holder.unit_amount, holder.currency, holder.interval)
+                == (price.unit_amount, price.currency, interval)
+                and product is not None
+                and holder.product == product.id
+            )
+            if holder is not None and same:
+                if not holder.active:
+                    changes.append(SetPriceActive(holder.id, holder.lookup_key, True, "back in the catalog"))
+                continue
+            if holder is not None and remote.legacy_plans:
+                changes.append(
+                    Unchangeable(
+                        price.lookup_key, "a Plan's amount cannot change; recreate the emulator's data"
+                    )
+                )
+                continue
+            replaces = holder.id if holder is not None else None
+            changes.append(
+                CreatePrice(
+                    tier_name, interval, price.lookup_key, price.unit_amount, price.currency, replaces
+                )
+            )
+            if holder is not None and holder.active:
+                changes.append(
+                    SetPriceActive(holder.id, holder.lookup_key, False, "replaced by a new amount")
+                )
+    for old in remote.prices:
+        if old.active and (old.lookup_key is None or old.lookup_key not in wanted):
+            changes.append(SetPriceActive(old.id, old.lookup_key, False, "no longer in the catalog"))
+    return changes
+
+
+class CatalogStore(Protocol):
+    """What the push needs from Stripe; the adapter decides between Prices and legacy Plans."""
+
+    async def read(self) -> RemoteCatalog: ...
+
+    async def create_product(self, change: CreateProduct) -> str: ...
+
+    async def update_product(self, change: UpdateProduct) -> None: ...
+
+    async def create_price(self, change: CreatePrice, product_id: str) -> str: ...
+
+    async def set_price_active(self, change: SetPriceActive) -> None: ...
+
+
+@dataclass
+class PushResult:
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+async def apply_push(store: CatalogStore, remote: RemoteCatalog, changes: Sequence[Change]) -> PushResult:
+    """Carry out `changes` in order: products before the prices that need them.
+
+    A new price is created before the old one is deactivated, so the lookup key always names
+    an active price for Checkout.
+    """
+    result = PushResult()
+    products = {p.tier: p.id for p in remote.products}
+    for change in changes:
+        if isinstance(change, CreateProduct):
+            products[change.tier] = await store.create_product(change)
+        elif isinstance(change, UpdateProduct):
+            await store.update_product(change)
+        elif isinstance(change, CreatePrice):
+            await store.create_price(change, products[change.tier])
+        elif isinstance(change, SetPriceActive):
+            await store.set_price_active(change)
+        else:
+            result.skipped.append(change.describe())
+            continue
+        result.done.append(change.describe())
+    return result
