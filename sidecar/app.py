@@ -10,7 +10,7 @@ from aiohttp import web
 
 from sidecar.cache import DecisionCache
 from sidecar.decisions import DecisionService, RouteResolver
-from sidecar.follower import Follower
+from sidecar.follower import LONG_POLL_S, Follower
 from sidecar.http import error_middleware
 from sidecar.metrics import SidecarMetrics
 from sidecar.routes import add_routes
@@ -50,7 +50,8 @@ async def _replica_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _follower_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     token = settings.feed_token.get_secret_value() if settings.feed_token else None
-    follower = Follower(str(settings.daemon_url), token, settings.replica_path)
+    poll_wait_s = max(0.5, min(LONG_POLL_S, settings.staleness_budget_s / 2))
+    follower = Follower(str(settings.daemon_url), token, settings.replica_path, poll_wait_s=poll_wait_s)
     app[FOLLOWER] = follower
     await follower.start()
     yield

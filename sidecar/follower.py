@@ -57,6 +57,9 @@ class Follower:
     daemon_url: str
     token: str | None
     replica_path: Path
+    # Long-polls end at least this often, refreshing data_as_of on an idle feed: half the
+    # staleness budget keeps a connected sidecar from ever looking stale.
+    poll_wait_s: float = LONG_POLL_S
     status: FollowerStatus = field(default_factory=FollowerStatus)
 
     def __post_init__(self) -> None:
@@ -83,35 +86,37 @@ class Follower:
 
     async def _run(self) -> None:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=LONG_POLL_S + 10)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=self.poll_wait_s + 10)
         async with aiohttp.ClientSession(self.daemon_url, headers=headers, timeout=timeout) as session:
-            retrying = AsyncRetrying(
-                retry=retry_if_exception_type(
-                    (aiohttp.ClientError, TimeoutError, FeedProtocolError, OSError)
-                ),
-                wait=wait_exponential_jitter(multiplier=0.2, max=15),
-                before_sleep=lambda state: self._failed(state.outcome.exception() if state.outcome else None),
-                reraise=True,
-            )
-            async for attempt in retrying:
-                with attempt:
-                    await self._follow(session)
+            while True:
+                # A fresh retry state per step: each outage starts its backoff from the beginning.
+                async for attempt in self._retrying():
+                    with attempt:
+                        await self._step(session)
 
-    async def _follow(self, session: aiohttp.ClientSession) -> None:
-        while True:
-            fresh = self.status.position is None
-            if fresh:
-                await self._snapshot(session)
-            try:
-                await self._poll(session)
-            except FeedGapError as exc:
-                if fresh:  # a snapshot's own position is already gone: back off, don't spin
-                    raise FeedProtocolError("the daemon's snapshot is older than its change log") from exc
-                log.warning("feed_gap", position=self.status.position)
-                self.status.position = None
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            retry=retry_if_exception_type((aiohttp.ClientError, TimeoutError, FeedProtocolError, OSError)),
+            wait=wait_exponential_jitter(multiplier=0.2, max=15),
+            before_sleep=lambda state: self._failed(state.outcome.exception() if state.outcome else None),
+            reraise=True,
+        )
+
+    async def _step(self, session: aiohttp.ClientSession) -> None:
+        """One snapshot when there is no position, then one long-poll."""
+        fresh = self.status.position is None
+        if fresh:
+            await self._snapshot(session)
+        try:
+            await self._poll(session)
+        except FeedGapError as exc:
+            if fresh:  # a snapshot's own position is already gone: back off, don't spin
+                raise FeedProtocolError("the daemon's snapshot is older than its change log") from exc
+            log.warning("feed_gap", position=self.status.position)
+            self.status.position = None
 
     async def _poll(self, session: aiohttp.ClientSession) -> None:
-        params = {"since": str(self.status.position), "wait": str(LONG_POLL_S)}
+        params = {"since": str(self.status.position), "wait": f"{self.poll_wait_s:g}"}
         async with session.get("/v1/feed/changes", params=params) as response:
             if response.status == 410:
                 raise FeedGapError()

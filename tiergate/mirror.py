@@ -109,7 +109,8 @@ class MirrorAccount:
         return other is not None and {**self.feed(), "version": 0} == {**other.feed(), "version": 0}
 
     def row(self) -> dict[str, Any]:
-        row = dataclasses.asdict(self)
+        # A shallow copy: every field is immutable, and asdict's deep copy dominated snapshots.
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for name in _TIMES:
             row[name] = rfc3339(row[name])
         for name in _FLAGS:
