@@ -290,6 +290,19 @@ def load_average() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+def cpu_busy(seconds: float = 1.0) -> float:
+    """Share of the machine's CPU time that was not idle over `seconds` (from /proc/stat)."""
+
+    def sample() -> tuple[int, int]:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return round(1 - (idle1 - idle0) / max(total1 - total0, 1), 3)
+
+
 @dataclass(frozen=True)
 class Generator:
     name: str  # "wrk" or "loadgen.py"
@@ -803,11 +816,11 @@ def main() -> None:
     pin = args.pin and (os.cpu_count() or 1) >= 2
     server_cpus, generator_cpus = ({0}, {1}) if pin else (None, None)
     generator = pick_generator(args.generator, args.install_wrk, generator_cpus)
-    load_before = load_average()
-    if load_before > 0.5:
+    load_before, busy_before = load_average(), cpu_busy()
+    if busy_before > 0.05:
         print(
-            f"warning: load average {load_before:.2f} before the run: something else is using the CPU, "
-            "and the figures will show it",
+            f"warning: {busy_before:.0%} of the CPU was busy before the run started (load average "
+            f"{load_before:.2f}): something else is running, and the figures will show it",
             flush=True,
         )
     bin_dir = Path(sys.executable).parent
@@ -963,6 +976,7 @@ def main() -> None:
             "connections": [1, 32],
             "pinned": bool(server_cpus),
             "load_average_before": load_before,
+            "cpu_busy_before": busy_before,
             "load_average_after_load": load_after,
             "sidecar_env": {k: v for k, v in env.items() if k not in ("TIERGATE_SIDECAR_PORT",)},
             "decision_log_lines": decision_lines,

@@ -87,8 +87,11 @@ class _Append:
 
 
 class Outbox:
-    def __init__(self, path: Path, pending: PendingUsage, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, path: Path, pending: PendingUsage, clock: Callable[[], float], *, sync: str = "full"
+    ) -> None:
         self.path = path
+        self.sync = sync
         self.pending = pending
         self.clock = clock
         self.watermark = 0  # the highest row id whose pending accounting is done
@@ -101,7 +104,7 @@ class Outbox:
 
     async def open(self, position: int | None) -> None:
         """Open the file and rebuild the pending totals for what the replica at `position` lacks."""
-        self._conn = await self._run(lambda: _connect(self.path))
+        self._conn = await self._run(lambda: _connect(self.path, self.sync))
         conn = self._conn
         unconfirmed, confirmed, top, backlog = await self._run(lambda: _load(conn, position))
         self.pending.add_all(unconfirmed)
@@ -214,7 +217,7 @@ class Outbox:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, sync: str) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         db = sqlite_utils.Database(path)
@@ -222,7 +225,9 @@ def _connect(path: Path) -> sqlite3.Connection:
         MIGRATIONS.apply(db)
         db.close()
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA synchronous=FULL")  # a 202 is a promise: the commit must reach the disk
+        # FULL: a 202 is a promise that survives a power cut (an fsync per commit). NORMAL in WAL
+        # mode survives the process being killed, not the machine losing power.
+        conn.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
     except sqlite3.DatabaseError as exc:
         raise OutboxError(f"usage outbox {path} is not a usable SQLite file: {exc}") from exc
     return conn

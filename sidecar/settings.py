@@ -39,5 +39,6 @@ class SidecarSettings(BaseSettings):
     # holds data found nowhere else until delivered, so it needs the same volume's durability.
     outbox_path: Path | None = None
     outbox_retention_s: Annotated[float, Field(ge=0)] = 3600.0
+    outbox_sync: Literal["full", "normal"] = "full"
     delivery_batch_size: Annotated[int, Field(ge=1, le=1000)] = 500
     delivery_backoff_max_s: Annotated[float, Field(gt=0, le=300)] = 10.0

@@ -92,7 +92,7 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
     """After the engine context: the outbox, the pending totals in decisions, and delivery."""
     settings, decisions, reader = app[SETTINGS], app[DECISIONS], app[READER]
     pending = PendingUsage()
-    outbox = Outbox(outbox_path(settings), pending, time.time)
+    outbox = Outbox(outbox_path(settings), pending, time.time, sync=settings.outbox_sync)
     reader.refresh()
     await outbox.open(reader.meta.position)
     decisions.pending = pending

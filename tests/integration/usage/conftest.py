@@ -28,12 +28,12 @@ ROOT = Path(__file__).parents[3]
 SidecarClient = TestClient[web.Request, web.Application]
 
 
-async def eventually(probe: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    """Poll until `probe` holds; fails the test after `timeout` (a bound, not a measured time)."""
-    deadline = time.monotonic() + timeout
+async def eventually(probe: Callable[[], Awaitable[bool]], within: float = 15.0) -> None:
+    """Poll until `probe` holds; fails the test after `within` s (a bound, not a measured time)."""
+    deadline = time.monotonic() + within
     while not await probe():
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached within {timeout} s")
+            raise AssertionError(f"condition not reached within {within} s")
         await asyncio.sleep(0.02)
 
 
@@ -142,4 +142,4 @@ async def usage_status(client: SidecarClient) -> dict[str, Any]:
 async def settled(client: SidecarClient) -> bool:
     """Everything accepted was delivered and the replica includes it: nothing pending."""
     status = await usage_status(client)
-    return status["backlog"] == 0 and status["pending"] == {"counters": 0, "awaiting_feed": 0}
+    return bool(status["backlog"] == 0 and status["pending"] == {"counters": 0, "awaiting_feed": 0})

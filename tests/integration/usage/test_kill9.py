@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from tests.integration.daemon.conftest import FEED_TOKEN
-from tests.integration.usage.conftest import ROOT, DaemonServer, eventually, events
+from tests.integration.usage.conftest import ROOT, DaemonServer, events, eventually
 
 TIERGATE = Path(sys.executable).with_name("tiergate")
 
@@ -52,11 +52,11 @@ async def test_kill_9_mid_delivery_loses_nothing(
 
             async def ready() -> bool:
                 try:
-                    return (await get_json(session, base + "/readyz"))[0] == 200
+                    return bool((await get_json(session, base + "/readyz"))[0] == 200)
                 except aiohttp.ClientError:
                     return False
 
-            await eventually(ready, timeout=30)
+            await eventually(ready, within=30)
             for n in range(20):
                 batch = events("t_kill", 100, prefix=f"k{n}")
                 async with session.post(base + "/v1/usage/batch", json={"events": batch}) as response:
@@ -66,19 +66,19 @@ async def test_kill_9_mid_delivery_loses_nothing(
             at_kill = await daemon.used("t_kill")
 
             process = start_sidecar(tmp_path, unused_tcp_port, daemon.url)
-            await eventually(ready, timeout=30)
+            await eventually(ready, within=30)
 
             async def all_delivered() -> bool:
                 return await daemon.used("t_kill") == 2000
 
-            await eventually(all_delivered, timeout=30)
+            await eventually(all_delivered, within=30)
 
             async def settled() -> bool:
                 _, status = await get_json(session, base + "/v1/status")
                 usage = status["usage"]
                 return bool(usage["backlog"] == 0 and usage["pending"]["counters"] == 0)
 
-            await eventually(settled, timeout=30)
+            await eventually(settled, within=30)
             _, decision = await get_json(session, base + "/v1/check?tenant=t_kill&feature=api_calls")
             assert decision["used"] == 2000 and await daemon.used("t_kill") == 2000
             print(f"daemon had {at_kill} of 2000 events when the sidecar was killed")
