@@ -12,7 +12,8 @@ import aiohttp
 import pytest
 import stripe
 
-from tests.e2e.conftest import Stack, eventually, get_json, http_status, subscribe
+from demo.processes import http_status
+from tests.e2e.conftest import Stack, eventually, get_json, subscribe
 
 pytestmark = pytest.mark.slow
 
