@@ -1,7 +1,13 @@
-"""Operations routes: /healthz (alive), /readyz (mirror usable; reconcile state), /metrics, /v1/status."""
+"""Operations routes: /healthz (alive), /readyz (mirror usable; reconcile state), /metrics, /v1/status,
+and /openapi.json."""
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+from typing import Any
+
+import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -53,3 +59,17 @@ def add_ops_routes(app: web.Application) -> None:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/status", status)
+    app.router.add_get("/openapi.json", openapi)
+
+
+_OPENAPI = Path(__file__).with_name("openapi.yaml")
+
+
+@functools.cache
+def load_openapi() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(_OPENAPI.read_text(encoding="utf-8"))
+    return document
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(load_openapi())
