@@ -144,9 +144,11 @@ class Story:
             async with self.http.get(url) as response:
                 account = (await response.json())["account"] or {}
             if account.get("status") == status:
-                break
+                took_ms = (time.monotonic() - since) * 1000
+                print(f"   account status: {status}   (visible after {took_ms:.0f} ms)")
+                return
             await asyncio.sleep(0.02)
-        print(f"   account status: {status}   (visible after {(time.monotonic() - since) * 1000:.0f} ms)")
+        print(f"   account status is still {account.get('status')!r}, not {status!r}: see {STATE}/daemon.log")
 
     async def daemon(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -235,7 +237,8 @@ class Story:
         say(f"7. {TENANT} cancels now: back to the free tier")
         started = time.monotonic()
         await self.daemon(f"/v1/subscriptions/{TENANT}/cancel", {"at_period_end": False})
-        await self.until("sso", lambda d: d["tier"] == "free", started)
+        await self.until_status("canceled", started)
+        show(await self.check("sso"))
 
     def _subscription(self, status: str, now: datetime) -> dict[str, Any]:
         start, end = int(now.timestamp()) - 86400, int(now.timestamp()) + 29 * 86400
