@@ -261,6 +261,17 @@ upcoming_changes contains t if {
 	t > now_ns
 }
 
+# With the fail-closed switch on, a fresh answer turns into replica_stale once the replica ages
+# past the limit: the cache must not outlive that.
+upcoming_changes contains t if {
+	max_replica_age_seconds != null
+	is_number(input.replica.age_seconds)
+	# to_number: the constant is typed null by default, which OPA's type checker refuses here.
+	left_s := to_number(max_replica_age_seconds) - input.replica.age_seconds
+	t := now_ns + floor(left_s * 1000000000)
+	t > now_ns
+}
+
 # RFC 3339 in UTC, whole seconds. Truncating to the second keeps both engines byte-identical:
 # time.format prints fractional seconds as ".500Z" on regorus but ".5Z" on OPA. Rounding down is
 # safe for a cache expiry (it expires at most a second early).

@@ -420,6 +420,14 @@ test_fresh_replica_allowed_when_configured if {
 	d.allow == true
 }
 
+# The cache must not keep a fresh answer past the moment the replica becomes too old.
+test_fresh_answer_is_valid_until_the_replica_would_be_too_old if {
+	d := entitlements.decision with input as request_with("dashboards", {"replica": {"age_seconds": 10}})
+		with data.plans as fixture_plans
+		with data.tiergate.entitlements.max_replica_age_seconds as 60
+	d.valid_until == time.format(time.parse_rfc3339_ns(request_with("dashboards", {}).now) + (50 * 1000000000))
+}
+
 test_unknown_replica_age_is_not_stale if {
 	d := entitlements.decision with input as request_with("dashboards", {"replica": {"age_seconds": null}})
 		with data.plans as fixture_plans

@@ -1,45 +1,90 @@
-"""A bounded decision cache: entries expire at the decision's valid_until or after a TTL."""
+"""The decision cache: answers per tenant, dropped when that tenant's data changes.
+
+A hit costs two dict lookups and no SQLite read. Correctness rests on invalidation, not on the
+key: the follower drops a tenant when a feed batch touches it, a snapshot, an import or a policy
+reload clears everything, and tenants with usage in flight are not cached at all (the sidecar
+bypasses the cache for them). Entries also expire at the decision's `valid_until` (the policy's
+own "this may change by time alone" instant: period end, trial end, grace end) and after a TTL.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from typing import Any
+from collections import OrderedDict
+from typing import Any, NamedTuple
+
+Answer = dict[str, Any]
+
+
+class _Entry(NamedTuple):
+    expires: float
+    stale: bool
+    answer: Answer
 
 
 class DecisionCache:
-    """FIFO-bounded dict; the key holds every input the answer depends on, so no invalidation
-    is needed beyond time: a changed account row, usage value, period or policy revision is a
-    different key, and stale keys age out."""
-
     def __init__(self, max_entries: int, ttl_s: float) -> None:
         self.max_entries = max_entries
         self.ttl_s = ttl_s
-        self._entries: dict[Hashable, tuple[float, dict[str, Any]]] = {}
+        self._tenants: OrderedDict[str, dict[tuple[str, int], _Entry]] = OrderedDict()
+        self._size = 0
+        # Bumped by every invalidation: an answer computed across one (an await in the engine)
+        # is not stored, since it may predate the change.
+        self.epoch = 0
 
-    def get(self, key: Hashable, now: float) -> dict[str, Any] | None:
-        entry = self._entries.get(key)
-        if entry is None:
+    def get(self, tenant: str, feature: str, quantity: int, now: float, stale: bool) -> Answer | None:
+        entries = self._tenants.get(tenant)
+        if entries is None:
             return None
-        if entry[0] <= now:
-            del self._entries[key]
+        entry = entries.get((feature, quantity))
+        if entry is None or entry.stale is not stale:
             return None
-        return entry[1]
+        if entry.expires <= now:
+            del entries[(feature, quantity)]
+            self._size -= 1
+            return None
+        return entry.answer
 
-    def put(self, key: Hashable, answer: dict[str, Any], now: float, valid_until: float | None) -> None:
-        if self.max_entries == 0 or self.ttl_s == 0:
+    def put(
+        self,
+        tenant: str,
+        feature: str,
+        quantity: int,
+        answer: Answer,
+        *,
+        now: float,
+        valid_until: float | None,
+        stale: bool,
+        epoch: int,
+    ) -> None:
+        if self.max_entries == 0 or self.ttl_s == 0 or epoch != self.epoch:
             return
         expires = now + self.ttl_s
         if valid_until is not None and valid_until < expires:
             expires = valid_until
         if expires <= now:
             return
-        if len(self._entries) >= self.max_entries:
-            # Dicts keep insertion order: drop the oldest entry.
-            del self._entries[next(iter(self._entries))]
-        self._entries[key] = (expires, answer)
+        entries = self._tenants.get(tenant)
+        if entries is None:
+            entries = self._tenants[tenant] = {}
+        else:
+            self._tenants.move_to_end(tenant)
+        if (feature, quantity) not in entries:
+            self._size += 1
+        entries[(feature, quantity)] = _Entry(expires, stale, answer)
+        while self._size > self.max_entries:
+            _, evicted = self._tenants.popitem(last=False)  # the least recently written tenant
+            self._size -= len(evicted)
+
+    def invalidate(self, tenant: str) -> None:
+        self.epoch += 1
+        entries = self._tenants.pop(tenant, None)
+        if entries is not None:
+            self._size -= len(entries)
 
     def clear(self) -> None:
-        self._entries.clear()
+        self.epoch += 1
+        self._tenants.clear()
+        self._size = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._size

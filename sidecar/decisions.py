@@ -1,4 +1,4 @@
-"""The decision service: replica lookup -> cache -> policy engine -> decision with lineage."""
+"""The decision service: cache, else replica lookup + pending usage -> policy engine; plus lineage."""
 
 from __future__ import annotations
 
@@ -63,12 +63,16 @@ class DecisionService:
         self._now_second = -1
         self._now_text = ""
         self.pending: PendingUsage | None = None  # usage accepted here, not in the replica yet
+        self._generation = -1
+        self._as_of_epoch: float | None = None
+        self._as_of_text: str | None = None
+        self._adopt_meta()
 
     def replica_age(self, now: float | None = None) -> float | None:
-        as_of = self.reader.meta.data_as_of
+        as_of = self._as_of_epoch
         if as_of is None:
             return None
-        return max(0.0, (self.clock() if now is None else now) - as_of.timestamp())
+        return max(0.0, (self.clock() if now is None else now) - as_of)
 
     def is_stale(self, age: float | None = None) -> bool:
         if self.staleness_budget_s is None:
@@ -76,71 +80,101 @@ class DecisionService:
         age = self.replica_age() if age is None else age
         return age is None or age > self.staleness_budget_s
 
+    def refresh(self) -> bool:
+        """Notice commits by other connections (~3 µs); a new generation (an import, a snapshot)
+        replaces every answer. Incremental feed batches invalidate their tenants themselves."""
+        if not self.reader.refresh():
+            return False
+        self._adopt_meta()
+        return True
+
+    def _adopt_meta(self) -> None:
+        meta = self.reader.meta
+        if meta.generation != self._generation:
+            self._generation = meta.generation
+            self.cache.clear()
+        self._as_of_epoch = meta.data_as_of.timestamp() if meta.data_as_of else None
+        self._as_of_text = rfc3339(meta.data_as_of)
+
+    def replica_changed(self, tenants: set[str] | None) -> None:
+        """The follower applied a batch touching `tenants` (None: everything, e.g. a snapshot)."""
+        if tenants is None:
+            self.cache.clear()
+        else:
+            for tenant in tenants:
+                self.cache.invalidate(tenant)
+
     async def decide(self, tenant: str, feature: str, quantity: int = 1) -> dict[str, Any]:
         started = time.perf_counter()
         now = self.clock()
-        now_text = self._now_rfc3339(now)
-        self.reader.refresh()
-        row = self.reader.account(tenant)
-        period = period_for(row, datetime.fromtimestamp(now, UTC), now_text)
-        usage = self.reader.usage(tenant, period[0])
-        if self.pending is not None:
-            while (
-                self.reader.refresh()
-            ):  # a commit landed after the first read: position and usage must agree
-                usage = self.reader.usage(tenant, period[0])
-            if self.pending.ambiguous(tenant, period[0], self.reader.meta.position):
-                await self.pending.flight_answered(FLIGHT_WAIT_S)  # else over-count, never under
-                self.reader.refresh()
-                usage = self.reader.usage(tenant, period[0])
-                while self.reader.refresh():
-                    usage = self.reader.usage(tenant, period[0])
-            usage = self.pending.overlay(tenant, period[0], usage, self.reader.meta.position)
+        self.refresh()
         age = self.replica_age(now)
         stale = self.is_stale(age)
-        revision = self.engine.revision or ""
-        key = (
-            tenant,
-            feature,
-            quantity,
-            row,
-            tuple(sorted(usage.items())),
-            period[0],
-            revision,
-            stale,
-        )
-        answer = self.cache.get(key, now)
+        # Tenants with usage not yet in the replica are decided fresh each time (read-your-writes).
+        cacheable = self.pending is None or not self.pending.touches(tenant)
+        answer = self.cache.get(tenant, feature, quantity, now, stale) if cacheable else None
         if answer is not None:
             self.metrics.cache_hit.inc()
         else:
             self.metrics.cache_miss.inc()
-            document = build_input(
-                tenant=tenant,
-                feature=feature,
-                quantity=quantity,
-                now_text=now_text,
-                account=account_document(row),
-                usage=usage,
-                period=period,
-                replica_age_s=age,
-            )
-            answer = await self._evaluate(document, row.tier if row else None)
-            if answer["reason"] != "policy_error":
-                self.cache.put(key, answer, now, expiry_epoch(answer["valid_until"]))
+            epoch = self.cache.epoch
+            answer = await self._decide_fresh(tenant, feature, quantity, now, age)
+            if cacheable and answer["reason"] != "policy_error":
+                valid_until = expiry_epoch(answer["valid_until"])
+                self.cache.put(
+                    tenant,
+                    feature,
+                    quantity,
+                    answer,
+                    now=now,
+                    valid_until=valid_until,
+                    stale=stale,
+                    epoch=epoch,
+                )
         decision = {
             **answer,
             "tenant": tenant,
             "feature": feature,
             "quantity": quantity,
             "decision_id": f"{self._id_prefix}-{next(self._ids)}",
-            "policy_revision": revision,
-            "data_as_of": rfc3339(self.reader.meta.data_as_of),
+            "policy_revision": self.engine.revision or "",
+            "data_as_of": self._as_of_text,
             "stale": stale,
         }
         self.metrics.count_decision(decision["reason"], decision["allow"])
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         self._log(decision)
         return decision
+
+    async def _decide_fresh(
+        self, tenant: str, feature: str, quantity: int, now: float, age: float | None
+    ) -> dict[str, Any]:
+        """Replica lookups plus pending usage, then the policy."""
+        now_text = self._now_rfc3339(now)
+        row = self.reader.account(tenant)
+        period = period_for(row, datetime.fromtimestamp(now, UTC), now_text)
+        usage = self.reader.usage(tenant, period[0])
+        if self.pending is not None:
+            while self.refresh():  # a commit landed after the first read: position and usage must agree
+                usage = self.reader.usage(tenant, period[0])
+            if self.pending.ambiguous(tenant, period[0], self.reader.meta.position):
+                await self.pending.flight_answered(FLIGHT_WAIT_S)  # else over-count, never under
+                self.refresh()
+                usage = self.reader.usage(tenant, period[0])
+                while self.refresh():
+                    usage = self.reader.usage(tenant, period[0])
+            usage = self.pending.overlay(tenant, period[0], usage, self.reader.meta.position)
+        document = build_input(
+            tenant=tenant,
+            feature=feature,
+            quantity=quantity,
+            now_text=now_text,
+            account=account_document(row),
+            usage=usage,
+            period=period,
+            replica_age_s=age,
+        )
+        return await self._evaluate(document, row.tier if row else None)
 
     async def _evaluate(self, document: dict[str, Any], tier: str | None) -> dict[str, Any]:
         try:

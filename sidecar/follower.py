@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,6 +61,8 @@ class Follower:
     # staleness budget keeps a connected sidecar from ever looking stale.
     poll_wait_s: float = LONG_POLL_S
     status: FollowerStatus = field(default_factory=FollowerStatus)
+    # Told which tenants a batch touched (None: all of them), so cached decisions are dropped.
+    on_applied: Callable[[set[str] | None], None] | None = None
 
     def __post_init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replica-writer")
@@ -125,7 +127,11 @@ class Follower:
         changes, last_seq, as_of = _parse_changes(body)
         writer = self._require_writer()
         if changes:
-            await self._on_writer(lambda: writer.apply_changes(changes, position=last_seq, data_as_of=as_of))
+            touched = await self._on_writer(
+                lambda: writer.apply_changes(changes, position=last_seq, data_as_of=as_of)
+            )
+            if self.on_applied is not None:
+                self.on_applied(touched)
             self.status.batches += 1
             self.status.last_change_at = _now()
         else:
@@ -142,6 +148,8 @@ class Follower:
                     async for chunk in response.content.iter_chunked(1 << 16):
                         out.write(chunk)
             header = await self._on_writer(lambda: _apply_snapshot(self._require_writer(), path))
+        if self.on_applied is not None:
+            self.on_applied(None)
         self.status.position = header["seq"]
         self.status.snapshots += 1
         self.status.last_change_at = _now()

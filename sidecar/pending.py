@@ -24,24 +24,32 @@ class PendingUsage:
 
     def __init__(self) -> None:
         self._totals: dict[tuple[str, str], dict[str, int]] = {}
+        self._periods: dict[str, int] = {}  # tenant -> how many of its (tenant, period) keys hold totals
         # (seq, tie-breaker, deltas): confirmed by the daemon, waiting for the replica to reach seq.
         self._confirmed: list[tuple[int, int, dict[Key, int]]] = []
         self._ties = itertools.count()
         # The delivery in flight: its (tenant, period_start)s, and the highest position that
         # certainly does not include it (the replica's when it left, or the previous answer's seq).
         self._flight: set[tuple[str, str]] = set()
+        self._flight_tenants: set[str] = set()
         self._flight_floor: int | None = None
         self._flight_done: asyncio.Event | None = None
 
     def begin_flight(self, keys: Iterable[Key], floor: int | None) -> None:
         self._flight = {(tenant, period_start) for tenant, _, period_start in keys}
+        self._flight_tenants = {tenant for tenant, _ in self._flight}
         self._flight_floor = floor
         self._flight_done = None
 
     def end_flight(self) -> None:
         self._flight = set()
+        self._flight_tenants = set()
         if self._flight_done is not None:
             self._flight_done.set()
+
+    def touches(self, tenant: str) -> bool:
+        """Usage of `tenant` is counted here but not (provably) in the replica, or is in flight."""
+        return tenant in self._periods or tenant in self._flight_tenants
 
     def ambiguous(self, tenant: str, period_start: str, position: int | None) -> bool:
         """The replica moved past the flight's floor before its answer came: it may include it."""
@@ -63,7 +71,10 @@ class PendingUsage:
 
     def add(self, key: Key, value: int) -> None:
         tenant, code, period_start = key
-        codes = self._totals.setdefault((tenant, period_start), {})
+        codes = self._totals.get((tenant, period_start))
+        if codes is None:
+            codes = self._totals[(tenant, period_start)] = {}
+            self._periods[tenant] = self._periods.get(tenant, 0) + 1
         total = codes.get(code, 0) + value
         if total:
             codes[code] = total
@@ -71,6 +82,10 @@ class PendingUsage:
             codes.pop(code, None)
             if not codes:
                 del self._totals[(tenant, period_start)]
+                if self._periods[tenant] == 1:
+                    del self._periods[tenant]
+                else:
+                    self._periods[tenant] -= 1
 
     def remove(self, key: Key, value: int) -> None:
         self.add(key, -value)

@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from tiergate.models import REASONS, Account
-from tiergate.periods import rfc3339, usage_period
+from tiergate.models import REASONS
+from tiergate.periods import PERIODLESS_STATUSES, calendar_month, rfc3339, usage_period
 from tiergate.replica import AccountRow
 
 
 def period_for(row: AccountRow | None, now: datetime, now_text: str) -> tuple[str, str]:
-    """The usage period as RFC 3339 strings; the common case is string comparisons only."""
+    """The usage period as RFC 3339 strings; the common cases need no parsing at all."""
     if (
-        row is not None
-        and row.current_period_start is not None
-        and row.current_period_end is not None
-        and row.status not in ("canceled", "incomplete_expired")
-        and row.current_period_start <= now_text < row.current_period_end
+        row is None
+        or row.status in PERIODLESS_STATUSES
+        or row.current_period_start is None
+        or row.current_period_end is None
     ):
+        utc = now.astimezone(UTC)
+        return _calendar_month_text(utc.year, utc.month)
+    if row.current_period_start <= now_text < row.current_period_end:
         return row.current_period_start, row.current_period_end
-    account: Account | None = row.to_account() if row is not None else None
-    start, end = usage_period(account, now)
+    start, end = usage_period(row.to_account(), now)  # ended (roll forward) or not started yet
+    return rfc3339(start) or "", rfc3339(end) or ""
+
+
+@functools.cache
+def _calendar_month_text(year: int, month: int) -> tuple[str, str]:
+    start, end = calendar_month(datetime(year, month, 1, tzinfo=UTC))
     return rfc3339(start) or "", rfc3339(end) or ""
 
 

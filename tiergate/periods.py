@@ -8,7 +8,7 @@ from tiergate.models import Account
 
 # A subscription in these states no longer has a billing period of its own: the tenant is on the
 # default tier, whose usage resets each calendar month.
-_PERIODLESS = frozenset({"canceled", "incomplete_expired"})
+PERIODLESS_STATUSES = frozenset({"canceled", "incomplete_expired"})
 
 
 def calendar_month(now: datetime) -> tuple[datetime, datetime]:
@@ -29,7 +29,7 @@ def usage_period(account: Account | None, now: datetime) -> tuple[datetime, date
     """
     if (
         account is None
-        or account.status in _PERIODLESS
+        or account.status in PERIODLESS_STATUSES
         or account.current_period_start is None
         or account.current_period_end is None
         or account.current_period_end <= account.current_period_start
