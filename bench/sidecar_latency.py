@@ -43,7 +43,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO, get_args
+from typing import Any, BinaryIO, get_args
 
 from tiergate.catalog import Catalog, Quota, load_catalog
 from tiergate.models import Status
@@ -464,7 +464,7 @@ async def in_process(
     features: list[str],
     routes: list[tuple[str, str]],
     n: int,
-    log_file: TextIO,
+    log_file: BinaryIO,
 ) -> dict[str, Any]:
     """Time DecisionService.decide and its parts on the app the sidecar builds, without HTTP."""
     import orjson
@@ -487,7 +487,7 @@ async def in_process(
     settings = SidecarSettings()
     configure_logging(json=settings.log_json, level=settings.log_level)
     # Deny lines are still rendered and written, as in the sidecar, but to /dev/null.
-    structlog.configure(logger_factory=structlog.WriteLoggerFactory(file=log_file))
+    structlog.configure(logger_factory=structlog.BytesLoggerFactory(file=log_file))
     runner = web.AppRunner(create_app(settings))
     await runner.setup()  # runs the sidecar's start-up: replica, engine, policies, decision service
     try:
@@ -948,7 +948,7 @@ def main() -> None:
         inproc: dict[str, Any] | None = None
         if not args.no_in_process:
             print("  in-process decision timings ...", flush=True)
-            with open(os.devnull, "w") as devnull:
+            with open(os.devnull, "wb") as devnull:
                 calls = 4_000 if args.quick else 20_000
                 inproc = asyncio.run(in_process(env, hot, features, routes, calls, devnull))
 

@@ -31,6 +31,10 @@ from tiergate.replica import ReplicaReader
 
 log = structlog.get_logger("tiergate.sidecar")
 
+# How often a decision checks for commits by other connections (an import, or the follower's
+# data_as_of). The follower's batches invalidate their tenants at once, without waiting for this.
+REFRESH_EVERY_S = 0.05
+
 # Longest a decision waits for a usage delivery's answer when the replica may already hold it.
 FLIGHT_WAIT_S = 0.5
 
@@ -66,6 +70,7 @@ class DecisionService:
         self._generation = -1
         self._as_of_epoch: float | None = None
         self._as_of_text: str | None = None
+        self._refreshed_at = 0.0
         self._adopt_meta()
 
     def replica_age(self, now: float | None = None) -> float | None:
@@ -107,7 +112,9 @@ class DecisionService:
     async def decide(self, tenant: str, feature: str, quantity: int = 1) -> dict[str, Any]:
         started = time.perf_counter()
         now = self.clock()
-        self.refresh()
+        if now - self._refreshed_at >= REFRESH_EVERY_S:
+            self._refreshed_at = now
+            self.refresh()
         age = self.replica_age(now)
         stale = self.is_stale(age)
         # Tenants with usage not yet in the replica are decided fresh each time (read-your-writes).
