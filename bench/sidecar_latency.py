@@ -942,7 +942,7 @@ def main() -> None:
             stop(baseline)
         load_after = load_average()
         log_text = sidecar_log.read_text(errors="replace")
-        decision_lines = sum('"event": "decision"' in line for line in log_text.splitlines())
+        decision_lines = sum(bool(re.search(r'"event": ?"decision"', line)) for line in log_text.splitlines())
         summarise(scenarios, figures)
 
         inproc: dict[str, Any] | None = None
