@@ -58,6 +58,7 @@ class Delivery:
         token: str | None,
         position: Callable[[], int | None],
         batch_size: int = 500,
+        linger_s: float = 0.0,
         backoff_max_s: float = 10.0,
         retention_s: float = 3600.0,
     ) -> None:
@@ -67,6 +68,7 @@ class Delivery:
         self.token = token
         self.position = position
         self.batch_size = batch_size
+        self.linger_s = linger_s
         self.backoff_max_s = backoff_max_s
         self.retention_s = retention_s
         self.status = DeliveryStatus()
@@ -102,6 +104,11 @@ class Delivery:
                 if not rows:
                     await self._idle()
                     continue
+                if len(rows) < self.batch_size and self.linger_s > 0:
+                    # Let the burst gather: fewer deliveries, and a tenant spends less of its
+                    # time inside an unanswered flight (where its reserves must wait).
+                    await asyncio.sleep(self.linger_s)
+                    rows = await self.outbox.next_batch(self.batch_size)
                 floor = _highest(self.position(), self._last_seq)
                 self.pending.begin_flight((row.key for row in rows), floor)
                 try:

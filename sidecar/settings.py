@@ -41,4 +41,7 @@ class SidecarSettings(BaseSettings):
     outbox_retention_s: Annotated[float, Field(ge=0)] = 3600.0
     outbox_sync: Literal["full", "normal"] = "full"
     delivery_batch_size: Annotated[int, Field(ge=1, le=1000)] = 500
+    # Let a burst gather before a delivery: fewer, larger batches, and short in-flight windows
+    # (a reserve for a tenant in flight waits for the answer, see docs/adr/0004).
+    delivery_linger_s: Annotated[float, Field(ge=0, le=5)] = 0.05
     delivery_backoff_max_s: Annotated[float, Field(gt=0, le=300)] = 10.0

@@ -106,6 +106,7 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
             token=settings.feed_token.get_secret_value() if settings.feed_token else None,
             position=lambda: _position(app),
             batch_size=settings.delivery_batch_size,
+            linger_s=settings.delivery_linger_s,
             backoff_max_s=settings.delivery_backoff_max_s,
             retention_s=settings.outbox_retention_s,
         )
