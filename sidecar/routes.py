@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sidecar.authz import AUTHZ_PREFIX, authz_answer, original_request
 from sidecar.http import error_body, json_response, read_json_object, validate
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS
-from sidecar.usage_routes import check_and_reserve, usage_status
+from sidecar.usage_routes import RECORDER, check_and_reserve, usage_status
 from tiergate.errors import BadRequestError, TierError
 from tiergate.models import CheckRequest
 from tiergate.periods import parse_rfc3339, seconds_until
@@ -102,8 +102,8 @@ async def authz(request: web.Request) -> web.Response:
         return web.Response(status=200)
     decide = request.app[DECISIONS].decide
     decisions = [await decide(tenant, route["feature"], 1)] if route.get("feature") else []
-    if route.get("usage"):
-        decisions.append(await decide(tenant, route["usage"], 1))
+    if route.get("usage") and all(d["allow"] for d in decisions):
+        decisions.append(await _consume(request, tenant, route["usage"]))
     denied = next((d for d in decisions if not d["allow"]), None)
     retry = seconds_until(parse_rfc3339(denied["valid_until"]), datetime.now(UTC)) if denied else None
     status, headers = authz_answer(decisions, retry)
@@ -123,6 +123,17 @@ def _pending_change(row: AccountRow | None) -> dict[str, Any] | None:
     if row is None or row.pending_tier is None:
         return None
     return {"tier": row.pending_tier, "interval": row.pending_interval, "at": row.pending_at}
+
+
+async def _consume(request: web.Request, tenant: str, metric: str) -> dict[str, Any]:
+    """The route's usage: checked and, when allowed, recorded in one step (a reserve), so the
+    ingress enforces a metered quota by itself. A proxy's retry with the same X-Request-Id is
+    counted once."""
+    if not request.app[SETTINGS].authz_record_usage or RECORDER not in request.app:
+        return await request.app[DECISIONS].decide(tenant, metric, 1)
+    request_id = request.headers.get("X-Request-Id") or None
+    transaction_id = f"authz:{request_id}" if request_id else None
+    return await request.app[RECORDER].reserve(tenant, metric, 1, transaction_id)
 
 
 def _denial(reason: str, message: str, method: str, path: str) -> dict[str, Any]:

@@ -22,6 +22,8 @@ class SidecarSettings(BaseSettings):
     engine_vm: bool = True
     opa_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8181")
     engine_timeout_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    # /v1/authz records one unit of a route's `usage` metric for each request it lets through.
+    authz_record_usage: bool = True
     tenant_header: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9-]+$")] = "X-Tenant-Id"
     decision_cache_size: Annotated[int, Field(ge=0)] = 100_000
     decision_cache_ttl_s: Annotated[float, Field(ge=0)] = 30.0

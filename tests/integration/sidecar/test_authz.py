@@ -78,3 +78,31 @@ async def test_first_matching_route_wins(client: SidecarClient) -> None:
     response = await client.get("/v1/authz", headers=nginx("/api/v1/reports/x", "GET", tenant="free-heavy"))
     assert response.status == 403
     assert (await response.json())["reason"] == "not_in_plan"
+
+
+async def used_api_calls(client: SidecarClient, tenant: str) -> int:
+    response = await client.get("/v1/check", params={"tenant": tenant, "feature": "api_calls"})
+    return int((await response.json())["used"])
+
+
+async def test_requests_let_through_consume_the_routes_usage(client: SidecarClient) -> None:
+    before = await used_api_calls(client, "free-light")
+    for _ in range(3):
+        response = await client.get("/v1/authz", headers=nginx("/api/v1/things", tenant="free-light"))
+        assert response.status == 200
+    assert await used_api_calls(client, "free-light") == before + 3
+
+
+async def test_a_proxy_retry_with_the_same_request_id_counts_once(client: SidecarClient) -> None:
+    before = await used_api_calls(client, "free-light")
+    headers = nginx("/api/v1/things", tenant="free-light") | {"X-Request-Id": "req-7"}
+    for _ in range(2):
+        assert (await client.get("/v1/authz", headers=headers)).status == 200
+    assert await used_api_calls(client, "free-light") == before + 1
+
+
+async def test_a_refused_feature_consumes_nothing(client: SidecarClient) -> None:
+    before = await used_api_calls(client, "free-light")
+    response = await client.post("/v1/authz", headers=nginx("/api/v1/reports/1", "POST", tenant="free-light"))
+    assert response.status == 403  # reports is not in the free tier
+    assert await used_api_calls(client, "free-light") == before
