@@ -1,9 +1,9 @@
 """The decision cache: answers per tenant, dropped when that tenant's data changes.
 
 A hit costs two dict lookups and no SQLite read. Correctness rests on invalidation, not on the
-key: the follower drops a tenant when a feed batch touches it, a snapshot, an import or a policy
-reload clears everything, and tenants with usage in flight are not cached at all (the sidecar
-bypasses the cache for them). Entries also expire at the decision's `valid_until` (the policy's
+key: the follower drops a tenant when a feed batch touches it, usage recorded or settled here
+drops its tenant, a snapshot, an import or a policy reload clears everything, and tenants whose
+usage is in a delivery awaiting its answer are not cached at all. Entries also expire at the decision's `valid_until` (the policy's
 own "this may change by time alone" instant: period end, trial end, grace end) and after a TTL.
 """
 

@@ -117,8 +117,9 @@ class DecisionService:
             self.refresh()
         age = self.replica_age(now)
         stale = self.is_stale(age)
-        # Tenants with usage not yet in the replica are decided fresh each time (read-your-writes).
-        cacheable = self.pending is None or not self.pending.touches(tenant)
+        # Pending usage invalidates its tenant when it changes (read-your-writes); while a delivery
+        # of the tenant's usage awaits its answer, the overlay may have to wait: decide fresh.
+        cacheable = self.pending is None or not self.pending.in_flight(tenant)
         answer = self.cache.get(tenant, feature, quantity, now, stale) if cacheable else None
         if answer is not None:
             self.metrics.cache_hit.inc()

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 Key = tuple[str, str, str]  # (tenant, code, period_start)
 
@@ -22,7 +22,9 @@ Key = tuple[str, str, str]  # (tenant, code, period_start)
 class PendingUsage:
     """In-memory totals per (tenant, period_start) and code; owned by the event-loop thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_change: Callable[[str], None] | None = None) -> None:
+        # Told of every tenant whose totals change, so answers cached for it are dropped.
+        self.on_change = on_change
         self._totals: dict[tuple[str, str], dict[str, int]] = {}
         self._periods: dict[str, int] = {}  # tenant -> how many of its (tenant, period) keys hold totals
         # (seq, tie-breaker, deltas): confirmed by the daemon, waiting for the replica to reach seq.
@@ -47,9 +49,9 @@ class PendingUsage:
         if self._flight_done is not None:
             self._flight_done.set()
 
-    def touches(self, tenant: str) -> bool:
-        """Usage of `tenant` is counted here but not (provably) in the replica, or is in flight."""
-        return tenant in self._periods or tenant in self._flight_tenants
+    def in_flight(self, tenant: str) -> bool:
+        """A delivery carrying `tenant`'s usage awaits the daemon's answer."""
+        return tenant in self._flight_tenants
 
     def ambiguous(self, tenant: str, period_start: str, position: int | None) -> bool:
         """The replica moved past the flight's floor before its answer came: it may include it."""
@@ -71,6 +73,8 @@ class PendingUsage:
 
     def add(self, key: Key, value: int) -> None:
         tenant, code, period_start = key
+        if self.on_change is not None:
+            self.on_change(tenant)
         codes = self._totals.get((tenant, period_start))
         if codes is None:
             codes = self._totals[(tenant, period_start)] = {}

@@ -91,7 +91,7 @@ def outbox_path(settings: SidecarSettings) -> Path:
 async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
     """After the engine context: the outbox, the pending totals in decisions, and delivery."""
     settings, decisions, reader = app[SETTINGS], app[DECISIONS], app[READER]
-    pending = PendingUsage()
+    pending = PendingUsage(on_change=decisions.cache.invalidate)
     outbox = Outbox(outbox_path(settings), pending, time.time, sync=settings.outbox_sync)
     reader.refresh()
     await outbox.open(reader.meta.position)
