@@ -31,7 +31,6 @@ import platform
 import pstats
 import random
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -52,6 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `tests.stripe_payloads` builds the signed events
     sys.path.insert(0, str(REPO))
 
+from demo.processes import free_port, http_status, tiergate_command  # noqa: E402
 from tests.stripe_payloads import SECRET, signed, subscription_event  # noqa: E402
 from tiergate.mirror import Mirror, MirrorAccount  # noqa: E402
 from tiergate.periods import rfc3339  # noqa: E402
@@ -65,28 +65,6 @@ RSS_TARGET_MB = 300.0
 
 
 # -- processes -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def http_status(url: str, timeout: float = 1.0) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        return int(exc.code)
-    except OSError:
-        return None
-
-
-def tiergate(*args: str) -> list[str]:
-    script = Path(sys.executable).with_name("tiergate")
-    return [str(script), *args] if script.exists() else [sys.executable, "-m", "tiergate.cli", *args]
 
 
 @dataclass
@@ -157,7 +135,7 @@ def start_daemon(tmp: Path, mirror: Path) -> Server:
         "TIERGATE_RECONCILE_AT_START": "false",
         "TIERGATE_RECONCILE_INTERVAL_S": "86400",
     }
-    server = _spawn("daemon", tiergate("sync-daemon"), env, tmp, f"http://127.0.0.1:{port}")
+    server = _spawn("daemon", tiergate_command("sync-daemon"), env, tmp, f"http://127.0.0.1:{port}")
     server.wait("/healthz")
     return server
 
@@ -175,7 +153,7 @@ def start_sidecar(tmp: Path, daemon: Server, replica: Path, **extra: str) -> Ser
         "TIERGATE_DECISION_LOG_DENIES": "false",
         **extra,
     }
-    return _spawn("sidecar", tiergate("sidecar"), env, tmp, f"http://127.0.0.1:{port}")
+    return _spawn("sidecar", tiergate_command("sidecar"), env, tmp, f"http://127.0.0.1:{port}")
 
 
 # -- figures ---------------------------------------------------------------------------------

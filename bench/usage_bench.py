@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,17 +29,12 @@ from typing import Any
 
 import aiohttp
 
+from demo.processes import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "usage_bench_full.json"
 TIERGATE = Path(sys.executable).with_name("tiergate")
 TOKEN = "bench-feed-token"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def start(role: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

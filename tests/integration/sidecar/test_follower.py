@@ -52,6 +52,15 @@ def follower_settings(base: SidecarSettings, tmp_path: Path, url: str, **extra: 
     )
 
 
+async def until_allowed(client: SidecarClient, tenant: str) -> None:
+    """Wait until the sidecar lets `tenant` use sso: its account has reached the replica."""
+
+    async def allowed() -> bool:
+        return bool((await sso(client, tenant))["allow"])
+
+    await eventually(allowed)
+
+
 async def sso(client: SidecarClient, tenant: str) -> dict[str, Any]:
     response = await client.get("/v1/check", params={"tenant": tenant, "feature": "sso"})
     body: dict[str, Any] = await response.json()
@@ -70,10 +79,7 @@ async def test_bootstraps_from_the_snapshot_then_follows_changes(
         create_app(follower_settings(settings, tmp_path, str(feed_server.make_url("/"))))
     )
 
-    async def acme_allowed() -> bool:
-        return bool((await sso(client, "acme"))["allow"])
-
-    await eventually(acme_allowed)
+    await until_allowed(client, "acme")
     assert (await client.get("/readyz")).status == 200
     feed.upsert(pro("acme", status="unpaid"))
 
@@ -130,19 +136,13 @@ async def test_a_gap_in_the_feed_triggers_a_new_snapshot(
         create_app(follower_settings(settings, tmp_path, str(feed_server.make_url("/"))))
     )
 
-    async def snapshotted() -> bool:
-        return bool((await sso(client, "acme"))["allow"])
-
-    await eventually(snapshotted)
+    await until_allowed(client, "acme")
     feed.fail_with = 503  # the daemon goes away while its log is trimmed past our position
     feed.upsert(pro("globex"))
     feed.trim()
     feed.fail_with = None
 
-    async def caught_up() -> bool:
-        return bool((await sso(client, "globex"))["allow"])
-
-    await eventually(caught_up)
+    await until_allowed(client, "globex")
     assert feed.snapshots_served == 2
 
 
@@ -159,10 +159,7 @@ async def test_keeps_answering_while_the_daemon_is_down_and_reports_staleness(
         create_app(follower_settings(settings, tmp_path, url, staleness_budget_s=0.5))
     )
 
-    async def loaded() -> bool:
-        return bool((await sso(client, "acme"))["allow"])
-
-    await eventually(loaded)
+    await until_allowed(client, "acme")
     await feed_server.close()
 
     async def disconnected_and_stale() -> bool:
@@ -187,20 +184,14 @@ async def test_restart_resumes_from_the_local_replica_without_a_snapshot(
     url = str(feed_server.make_url("/"))
     first = await aiohttp_client(create_app(follower_settings(settings, tmp_path, url)))
 
-    async def loaded() -> bool:
-        return bool((await sso(first, "acme"))["allow"])
-
-    await eventually(loaded)
+    await until_allowed(first, "acme")
     await first.close()
     feed.upsert(pro("globex"))
     second = await aiohttp_client(create_app(follower_settings(settings, tmp_path, url)))
     assert (await second.get("/readyz")).status == 200  # ready at once from its own replica
     assert (await sso(second, "acme"))["allow"] is True
 
-    async def caught_up() -> bool:
-        return bool((await sso(second, "globex"))["allow"])
-
-    await eventually(caught_up)
+    await until_allowed(second, "globex")
     assert feed.snapshots_served == 1
 
 
@@ -215,10 +206,7 @@ async def test_restart_while_the_daemon_is_down_answers_from_the_replica(
     url = str(feed_server.make_url("/"))
     first = await aiohttp_client(create_app(follower_settings(settings, tmp_path, url)))
 
-    async def loaded() -> bool:
-        return bool((await sso(first, "acme"))["allow"])
-
-    await eventually(loaded)
+    await until_allowed(first, "acme")
     await first.close()
     await feed_server.close()
     second = await aiohttp_client(create_app(follower_settings(settings, tmp_path, url)))
