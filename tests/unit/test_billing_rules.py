@@ -1,0 +1,125 @@
+"""The billing API's pure rules: prices, live subscriptions, now or at period end, Checkout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sync_daemon.billing_rules import (
+    NoSubscriptionError,
+    change_target,
+    change_timing,
+    checkout_params,
+    idempotency_key,
+    live_subscription,
+    main_item,
+    sold_price,
+)
+from tiergate.catalog import load_catalog
+from tiergate.errors import BadRequestError
+from tiergate.mirror import MirrorAccount
+
+CATALOG = load_catalog(Path(__file__).parents[2] / "plans" / "plans.yaml")
+
+
+def account(tier: str = "pro", status: str = "active", quantity: int = 1) -> MirrorAccount:
+    return MirrorAccount(
+        tenant="acme", tier=tier, status=status, subscription_id="sub_1", interval="month", quantity=quantity
+    )
+
+
+def test_sold_price_names_the_allowed_values() -> None:
+    assert sold_price(CATALOG, "pro", "year").lookup_key == "pro_year"
+    with pytest.raises(BadRequestError, match=r"allowed tiers: \['enterprise', 'pro', 'starter'\]"):
+        sold_price(CATALOG, "free", "month")  # the default tier has no price
+    with pytest.raises(BadRequestError, match=r"allowed intervals: \['month', 'year'\]"):
+        sold_price(CATALOG, "pro", "week")
+
+
+@pytest.mark.parametrize("status", ["canceled", "incomplete", "incomplete_expired"])
+def test_only_live_subscriptions_can_change(status: str) -> None:
+    with pytest.raises(NoSubscriptionError, match="checkout"):
+        live_subscription(account(status=status), "acme")
+    with pytest.raises(NoSubscriptionError, match="no account"):
+        live_subscription(None, "acme")
+    assert live_subscription(account(status="past_due"), "acme").status == "past_due"
+
+
+@pytest.mark.parametrize(
+    ("tier", "interval", "quantity", "timing"),
+    [
+        ("enterprise", None, None, "now"),  # a higher rank applies now, prorated
+        ("starter", None, None, "period_end"),  # a lower rank waits for the period end
+        (None, None, 5, "now"),  # more seats now
+        (None, "year", None, "now"),  # a new interval now
+        (None, None, None, None),  # nothing to change
+    ],
+)
+def test_upgrades_apply_now_and_downgrades_at_period_end(
+    tier: str | None, interval: str | None, quantity: int | None, timing: str | None
+) -> None:
+    current = account()
+    target = change_target(CATALOG, current, tier, interval, quantity)
+    assert change_timing(CATALOG, current, target) == timing
+
+
+def test_change_target_keeps_what_the_request_leaves_out() -> None:
+    target = change_target(CATALOG, account(quantity=3), None, "year", None)
+    assert (target.tier, target.interval, target.quantity, target.lookup_key) == (
+        "pro",
+        "year",
+        3,
+        "pro_year",
+    )
+
+
+def test_checkout_carries_the_tenant_everywhere_a_webhook_may_look() -> None:
+    params = checkout_params(
+        tenant="acme",
+        customer_id="cus_1",
+        price_id="price_1",
+        quantity=2,
+        trial_days=14,
+        success_url="https://app/ok",
+        cancel_url="https://app/no",
+        metadata_key="tenant_id",
+        tier="pro",
+        interval="month",
+    )
+    assert params["mode"] == "subscription"
+    assert params["client_reference_id"] == "acme"
+    assert params["subscription_data"] == {"metadata": {"tenant_id": "acme"}, "trial_period_days": 14}
+    assert params["line_items"] == [{"price": "price_1", "quantity": 2}]
+
+
+def test_no_trial_days_sends_no_trial() -> None:
+    params = checkout_params(
+        tenant="acme",
+        customer_id="cus_1",
+        price_id="price_1",
+        quantity=1,
+        trial_days=0,
+        success_url="https://app/ok",
+        cancel_url="https://app/no",
+        metadata_key="tenant_id",
+        tier="enterprise",
+        interval="month",
+    )
+    assert "trial_period_days" not in params["subscription_data"]
+
+
+def test_idempotency_keys_are_stable_per_request_and_scoped() -> None:
+    body = {"tier": "pro"}
+    assert idempotency_key("change", "acme", None, body) == idempotency_key(
+        "change", "acme", None, dict(body)
+    )
+    assert idempotency_key("change", "acme", None, body) != idempotency_key("change", "globex", None, body)
+    assert idempotency_key("change", "acme", "k1", body) != idempotency_key("change", "acme", "k2", body)
+
+
+def test_main_item_reads_both_api_shapes() -> None:
+    current = {"id": "sub_1", "items": {"data": [{"id": "si_1", "price": {"id": "price_9"}, "quantity": 4}]}}
+    legacy = {"id": "sub_2", "quantity": 3, "items": {"data": [{"id": "si_2", "plan": {"id": "pro_month"}}]}}
+    assert main_item(current) == ("si_1", "price_9", 4)
+    assert main_item(legacy) == ("si_2", "pro_month", 3)
