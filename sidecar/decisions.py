@@ -71,6 +71,7 @@ class DecisionService:
         self._as_of_epoch: float | None = None
         self._as_of_text: str | None = None
         self._refreshed_at = 0.0
+        self._meta = self.reader.meta
         self._adopt_meta()
 
     def replica_age(self, now: float | None = None) -> float | None:
@@ -87,14 +88,18 @@ class DecisionService:
 
     def refresh(self) -> bool:
         """Notice commits by other connections (~3 µs); a new generation (an import, a snapshot)
-        replaces every answer. Incremental feed batches invalidate their tenants themselves."""
-        if not self.reader.refresh():
+        replaces every answer. Incremental feed batches invalidate their tenants themselves.
+
+        Other readers of the replica (readiness, status, usage delivery) refresh it too, so what
+        counts is whether the reader holds a meta this service has not adopted yet."""
+        self.reader.refresh()
+        if self.reader.meta is self._meta:
             return False
         self._adopt_meta()
         return True
 
     def _adopt_meta(self) -> None:
-        meta = self.reader.meta
+        meta = self._meta = self.reader.meta
         if meta.generation != self._generation:
             self._generation = meta.generation
             self.cache.clear()

@@ -140,3 +140,19 @@ async def test_import_while_running_replaces_cached_answers(client: SidecarClien
         while (decision := await check(client, "newcomer", "sso"))["tier"] != "enterprise":  # noqa: ASYNC110
             await asyncio.sleep(0.01)
     assert decision["allow"] is True
+
+
+async def test_an_import_seen_first_by_another_endpoint_still_replaces_cached_answers(
+    client: SidecarClient, settings: Any
+) -> None:
+    from tests.integration.sidecar.conftest import PERIOD, write_replica
+
+    assert (await check(client, "latecomer", "sso"))["reason"] == "not_in_plan"  # now cached
+    write_replica(
+        settings.replica_path, [{"tenant": "latecomer", "tier": "pro", "status": "active", **PERIOD}], []
+    )
+    assert (await client.get("/v1/status")).status == 200  # reads the replica's new state first
+    async with asyncio.timeout(5):
+        while (decision := await check(client, "latecomer", "sso"))["tier"] != "pro":  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert decision["allow"] is True
