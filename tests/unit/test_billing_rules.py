@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,19 +75,23 @@ def test_change_target_keeps_what_the_request_leaves_out() -> None:
     )
 
 
-def test_checkout_carries_the_tenant_everywhere_a_webhook_may_look() -> None:
-    params = checkout_params(
+def checkout(trial_days: int) -> dict[str, Any]:
+    return checkout_params(
         tenant="acme",
         customer_id="cus_1",
         price_id="price_1",
         quantity=2,
-        trial_days=14,
+        trial_days=trial_days,
         success_url="https://app/ok",
         cancel_url="https://app/no",
         metadata_key="tenant_id",
         tier="pro",
         interval="month",
     )
+
+
+def test_checkout_carries_the_tenant_everywhere_a_webhook_may_look() -> None:
+    params = checkout(trial_days=14)
     assert params["mode"] == "subscription"
     assert params["client_reference_id"] == "acme"
     assert params["subscription_data"] == {"metadata": {"tenant_id": "acme"}, "trial_period_days": 14}
@@ -94,19 +99,7 @@ def test_checkout_carries_the_tenant_everywhere_a_webhook_may_look() -> None:
 
 
 def test_no_trial_days_sends_no_trial() -> None:
-    params = checkout_params(
-        tenant="acme",
-        customer_id="cus_1",
-        price_id="price_1",
-        quantity=1,
-        trial_days=0,
-        success_url="https://app/ok",
-        cancel_url="https://app/no",
-        metadata_key="tenant_id",
-        tier="enterprise",
-        interval="month",
-    )
-    assert "trial_period_days" not in params["subscription_data"]
+    assert "trial_period_days" not in checkout(trial_days=0)["subscription_data"]
 
 
 def test_idempotency_keys_are_stable_per_request_and_scoped() -> None:
