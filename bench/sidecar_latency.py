@@ -86,7 +86,7 @@ def ts(moment: datetime) -> str:
 
 
 def make_replica(catalog: Catalog, n: int, rng: random.Random, now: datetime) -> dict[str, Any]:
-    """An import document (tiergate/replica.py ReplicaDocument) of n tenants `t_000000`..."""
+    """An import document (sidecar/replica/store.py ReplicaDocument) of n tenants `t_000000`..."""
     tiers = sorted(catalog.tiers.items(), key=lambda item: item[1].rank)
     names = [name for name, _ in tiers]
     tier_weights = [len(names) - i for i in range(len(names))]  # more tenants on lower tiers
@@ -466,14 +466,14 @@ async def in_process(
     from aiohttp import web
 
     from sidecar.app import create_app
-    from sidecar.cache import DecisionCache
-    from sidecar.decisions import DecisionService
+    from sidecar.decisions.cache import DecisionCache
+    from sidecar.decisions.policy_io import account_document, build_input, period_for
+    from sidecar.decisions.service import DecisionService
     from sidecar.http import validate
     from sidecar.metrics import SidecarMetrics
+    from sidecar.policy.engine import DECISION_PATH
     from sidecar.settings import SidecarSettings
     from sidecar.state import DECISIONS, POLICIES, READER, ROUTES
-    from tiergate.decide import account_document, build_input, period_for
-    from tiergate.engine import DECISION_PATH
     from tiergate.log import configure_logging
     from tiergate.models import CheckRequest
 
@@ -564,7 +564,7 @@ async def in_process(
         figures["engine"] = f"{settings.engine} (compiled VM: {settings.engine_vm})"
         bundle = app[POLICIES].reloader.bundle
         if settings.engine == "embedded" and bundle is not None:
-            from tiergate.engine.embedded import EmbeddedEngine
+            from sidecar.policy.embedded import EmbeddedEngine
 
             other = EmbeddedEngine(compiled=not settings.engine_vm)
             await other.load(bundle)

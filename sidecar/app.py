@@ -9,18 +9,18 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from sidecar.cache import DecisionCache
-from sidecar.decisions import DecisionService, RouteResolver
-from sidecar.follower import LONG_POLL_S, Follower
+from sidecar.api.check import add_routes
+from sidecar.api.usage import add_usage_routes
+from sidecar.decisions.cache import DecisionCache
+from sidecar.decisions.service import DecisionService, RouteResolver
 from sidecar.http import error_middleware
 from sidecar.metrics import SidecarMetrics
-from sidecar.routes import add_routes
+from sidecar.policy.engine import PolicyEngine
+from sidecar.policy.reload import PolicyReloader
+from sidecar.replica.follower import LONG_POLL_S, Follower
+from sidecar.replica.store import ReplicaReader
 from sidecar.settings import SidecarSettings
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS, Policies
-from sidecar.usage_routes import add_usage_routes
-from tiergate.engine import PolicyEngine
-from tiergate.reload import PolicyReloader
-from tiergate.replica import ReplicaReader
 
 log = structlog.get_logger("tiergate.sidecar")
 
@@ -69,10 +69,10 @@ async def _follower_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def _make_engine(settings: SidecarSettings) -> PolicyEngine:
     if settings.engine == "opa":
-        from tiergate.engine.opa_server import OpaServerEngine
+        from sidecar.policy.opa_server import OpaServerEngine
 
         return OpaServerEngine(str(settings.opa_url), timeout_s=settings.engine_timeout_s)
-    from tiergate.engine.embedded import EmbeddedEngine
+    from sidecar.policy.embedded import EmbeddedEngine
 
     return EmbeddedEngine(compiled=settings.engine_vm)
 

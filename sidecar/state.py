@@ -6,13 +6,13 @@ from typing import Any
 
 from aiohttp import web
 
-from sidecar.decisions import DecisionService, RouteResolver
-from sidecar.follower import Follower
+from sidecar.decisions.service import DecisionService, RouteResolver
 from sidecar.metrics import SidecarMetrics
+from sidecar.policy.engine import PolicyEngine
+from sidecar.policy.reload import PolicyReloader
+from sidecar.replica.follower import Follower
+from sidecar.replica.store import ReplicaReader
 from sidecar.settings import SidecarSettings
-from tiergate.engine import PolicyEngine
-from tiergate.reload import PolicyReloader
-from tiergate.replica import ReplicaReader
 
 
 class Policies:

@@ -11,23 +11,23 @@ import structlog
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from sync_daemon.apply import EventApplier
-from sync_daemon.billing import BillingSource
 from sync_daemon.billing.actions import BillingActions
-from sync_daemon.billing.stripe_api import StripeBilling
-from sync_daemon.billing_api import add_billing_routes, billing_actions_ctx
-from sync_daemon.feed import feed_changes, feed_snapshot
+from sync_daemon.billing.api import add_billing_routes, billing_actions_ctx
 from sync_daemon.http import error_middleware
 from sync_daemon.metrics import DaemonMetrics
+from sync_daemon.mirror.feed import feed_changes, feed_snapshot
+from sync_daemon.mirror.store import Mirror
 from sync_daemon.ops import add_ops_routes
-from sync_daemon.reconcile import Reconciler
 from sync_daemon.settings import DaemonSettings
 from sync_daemon.state import APPLIER, BILLING, METRICS, MIRROR, RECONCILER, SETTINGS
-from sync_daemon.translate import Translator
+from sync_daemon.stripe_sync.apply import EventApplier
+from sync_daemon.stripe_sync.reconcile import Reconciler
+from sync_daemon.stripe_sync.source import BillingSource
+from sync_daemon.stripe_sync.stripe_source import StripeBilling
+from sync_daemon.stripe_sync.translate import Translator
+from sync_daemon.stripe_sync.webhook import receive_stripe_event
 from sync_daemon.usage import add_usage_routes
-from sync_daemon.webhook import receive_stripe_event
 from tiergate.catalog import load_catalog
-from tiergate.mirror import Mirror
 
 log = structlog.get_logger("tiergate.daemon")
 

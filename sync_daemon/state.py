@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from sync_daemon.apply import EventApplier
-from sync_daemon.billing import BillingSource
 from sync_daemon.metrics import DaemonMetrics
-from sync_daemon.reconcile import Reconciler
+from sync_daemon.mirror.store import Mirror
 from sync_daemon.settings import DaemonSettings
-from tiergate.mirror import Mirror
+from sync_daemon.stripe_sync.apply import EventApplier
+from sync_daemon.stripe_sync.reconcile import Reconciler
+from sync_daemon.stripe_sync.source import BillingSource
 
 SETTINGS = web.AppKey("settings", DaemonSettings)
 MIRROR = web.AppKey("mirror", Mirror)

@@ -10,11 +10,11 @@ import structlog
 from aiohttp import web
 
 from sync_daemon.http import json_response, require_bearer
+from sync_daemon.mirror.usage import IngestResult, find_event, ingest_events, tenant_usage
 from sync_daemon.state import MIRROR, SETTINGS
 from tiergate.catalog import Catalog
 from tiergate.errors import BadRequestError, TierError
-from tiergate.mirror_usage import IngestResult, find_event, ingest_events, tenant_usage
-from tiergate.usage import EventError, ValidEvent, parse_event
+from tiergate.usage_events import EventError, ValidEvent, parse_event
 
 log = structlog.get_logger("tiergate.daemon.usage")
 

@@ -28,7 +28,7 @@ Body = dict[str, Any]
 
 @cache
 def _resources() -> dict[str, Body]:
-    loaded: dict[str, Body] = json.loads((FIXTURES / "openapi" / "fixtures3.json").read_text())["resources"]
+    loaded: dict[str, Body] = json.loads((FIXTURES / "fixtures3.json").read_text())["resources"]
     return loaded
 
 

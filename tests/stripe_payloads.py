@@ -1,4 +1,4 @@
-"""Signed Stripe webhook payloads built from ../shared/stripe-fixtures, for the daemon's tests."""
+"""Signed Stripe webhook payloads built from tests/fixtures/stripe, for the daemon's tests."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import stripe
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "stripe-fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "stripe"
 SECRET = "whsec_test_tiergate"
 
 

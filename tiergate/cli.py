@@ -97,7 +97,7 @@ def policies() -> None:
 )
 def policies_test(directory: Path, engine: Literal["embedded", "opa-reference"]) -> None:
     """Run every test_ rule in DIRECTORY's *.rego files."""
-    from tiergate.policy_tests import render_report, run_policy_tests
+    from sidecar.policy.rego_tests import render_report, run_policy_tests
 
     text, code = render_report(run_policy_tests(directory, engine))
     click.echo(f"[{engine}]")
@@ -117,7 +117,7 @@ def replica() -> None:
 @click.argument("file", type=click.File("rb"))
 def replica_import(file: BinaryIO) -> None:
     """Replace the replica's content with FILE (JSON; '-' reads stdin), atomically."""
-    from tiergate.replica import ReplicaWriter, open_replica, parse_replica_document
+    from sidecar.replica.store import ReplicaWriter, open_replica, parse_replica_document
 
     settings = _sidecar_settings()
     try:
@@ -140,7 +140,7 @@ def replica_export(file: TextIO) -> None:
     """Write the replica's content to FILE as JSON ('-' for stdout)."""
     import json
 
-    from tiergate.replica import ReplicaWriter, open_replica
+    from sidecar.replica.store import ReplicaWriter, open_replica
 
     settings = _sidecar_settings()
     db = open_replica(settings.replica_path)
@@ -188,7 +188,7 @@ def _serve(run: Callable[[], None], *, json: bool, level: str) -> None:
 )
 def sync_command(full: bool) -> None:
     """Reconcile the mirror with Stripe once, with a progress bar and a summary."""
-    from sync_daemon.reconcile import run_full_sync
+    from sync_daemon.stripe_sync.reconcile import run_full_sync
     from tiergate.log import configure_logging
 
     settings = _daemon_settings()

@@ -7,10 +7,7 @@ from typing import Any
 
 import stripe
 
-from sync_daemon.billing.stripe_actions import has_prices, make_client, stripe_failure
-from sync_daemon.settings import DaemonSettings
-from tiergate.catalog import Catalog
-from tiergate.plans_push import (
+from sync_daemon.billing.push import (
     Change,
     CreatePrice,
     CreateProduct,
@@ -23,6 +20,9 @@ from tiergate.plans_push import (
     apply_push,
     plan_push,
 )
+from sync_daemon.billing.stripe_actions import has_prices, make_client, stripe_failure
+from sync_daemon.settings import DaemonSettings
+from tiergate.catalog import Catalog
 
 TIER_KEY = "tier"  # product metadata naming the catalog tier: how a product is recognised as ours
 

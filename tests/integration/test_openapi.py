@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
+from sidecar.api.check import load_openapi as sidecar_openapi
 from sidecar.app import create_app as create_sidecar
-from sidecar.routes import load_openapi as sidecar_openapi
 from sidecar.settings import SidecarSettings
 from sync_daemon.app import create_app as create_daemon
 from sync_daemon.ops import load_openapi as daemon_openapi

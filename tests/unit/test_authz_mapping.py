@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.authz import authz_answer, original_request
+from sidecar.api.authz import authz_answer, original_request
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sync_daemon.billing_rules import (
+from sync_daemon.billing.rules import (
     NoSubscriptionError,
     change_target,
     change_timing,
@@ -17,9 +17,9 @@ from sync_daemon.billing_rules import (
     main_item,
     sold_price,
 )
+from sync_daemon.mirror.store import MirrorAccount
 from tiergate.catalog import load_catalog
 from tiergate.errors import BadRequestError
-from tiergate.mirror import MirrorAccount
 
 CATALOG = load_catalog(Path(__file__).parents[2] / "plans" / "plans.yaml")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tiergate.bundle import bundle_revision, load_bundle
+from sidecar.policy.bundle import bundle_revision, load_bundle
 from tiergate.errors import CatalogError, PolicyError
 
 PLANS = "default_tier: free\ntiers:\n  free: {rank: 0, features: {sso: false}}\n"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sidecar.cache import DecisionCache
+from sidecar.decisions.cache import DecisionCache
 
 ANSWER = {"allow": True, "reason": "ok"}
 

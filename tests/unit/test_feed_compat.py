@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from tiergate.feed import FeedChange
 from tiergate.models import Account
-from tiergate.replica import FeedChange
 
 ACCOUNT = {"tenant": "acme", "tier": "pro", "status": "active", "loyalty_points": 7}
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tiergate.mirror import Mirror, MirrorAccount, MirrorTxn
+from sync_daemon.mirror.store import Mirror, MirrorAccount, MirrorTxn
 from tiergate.models import Account
 
 ALICE = MirrorAccount(

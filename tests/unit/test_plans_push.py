@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tiergate.catalog import Catalog, load_catalog, parse_catalog
-from tiergate.plans_push import (
+from sync_daemon.billing.push import (
     CreatePrice,
     CreateProduct,
     RemoteCatalog,
@@ -19,6 +18,7 @@ from tiergate.plans_push import (
     apply_push,
     plan_push,
 )
+from tiergate.catalog import Catalog, load_catalog, parse_catalog
 
 ROOT = Path(__file__).parents[2]
 SMALL = """

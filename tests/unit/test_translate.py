@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from sync_daemon.reconcile import diff_subscriptions
-from sync_daemon.translate import (
+from sync_daemon.mirror.store import MirrorAccount
+from sync_daemon.stripe_sync.reconcile import diff_subscriptions
+from sync_daemon.stripe_sync.translate import (
     CheckoutCompleted,
     CustomerSeen,
     Ignored,
@@ -22,7 +23,6 @@ from sync_daemon.translate import (
 )
 from tests.stripe_payloads import invoice_event, load_event, recorded, subscription_event
 from tiergate.catalog import load_catalog
-from tiergate.mirror import MirrorAccount
 
 ROOT = Path(__file__).parents[2]
 T = Translator(load_catalog(ROOT / "plans" / "plans.yaml"))

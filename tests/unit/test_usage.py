@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tiergate.models import Account
-from tiergate.usage import EventError, ValidEvent, aggregate, event_period, parse_event
+from tiergate.usage_events import EventError, ValidEvent, aggregate, event_period, parse_event
 
 NOW = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)
 METRICS: dict[str, Any] = {

@@ -18,6 +18,7 @@ from sidecar.app import create_app as create_sidecar
 from sidecar.settings import SidecarSettings
 from sync_daemon.app import create_app
 from sync_daemon.billing.stripe_actions import StripeBillingActions
+from sync_daemon.mirror.store import CustomerLink, MirrorAccount
 from sync_daemon.state import MIRROR
 from tests.fake_stripe import RecordingStripeHTTP, fixture
 from tests.integration.daemon.conftest import (  # noqa: F401 - fixtures shared with the daemon's tests
@@ -28,7 +29,6 @@ from tests.integration.daemon.conftest import (  # noqa: F401 - fixtures shared 
     localstripe_server,
     make_settings,
 )
-from tiergate.mirror import CustomerLink, MirrorAccount
 
 API_TOKEN = "api-token-for-billing-tests"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}

@@ -85,7 +85,7 @@ def test_cli_prints_the_plan(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dr
     from sync_daemon.billing import stripe_catalog
 
     def fake_run(settings: Any, catalog: Any, *, dry_run: bool) -> Any:
-        from tiergate.plans_push import PushResult, RemoteCatalog, plan_push
+        from sync_daemon.billing.push import PushResult, RemoteCatalog, plan_push
 
         changes = plan_push(catalog, RemoteCatalog(legacy_plans=True))
         done = PushResult() if dry_run else PushResult(done=[c.describe() for c in changes])

@@ -20,10 +20,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from sync_daemon.app import create_app
+from sync_daemon.mirror.store import Mirror, MirrorAccount
 from sync_daemon.settings import DaemonSettings
 from sync_daemon.state import MIRROR
 from tests.stripe_payloads import SECRET, signed
-from tiergate.mirror import Mirror, MirrorAccount
 
 ROOT = Path(__file__).parents[3]
 FEED_TOKEN = "feed-token-for-daemon-tests"

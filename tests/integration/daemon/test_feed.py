@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.follower import _parse_changes
+from sidecar.replica.follower import _parse_changes
 from tests.integration.daemon.conftest import AUTH, Daemon
 from tests.stripe_payloads import subscription_event
 from tiergate.models import Account

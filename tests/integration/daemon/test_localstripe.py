@@ -12,10 +12,10 @@ import pytest
 import stripe
 
 from sync_daemon.app import create_app
-from sync_daemon.reconcile import run_full_sync
+from sync_daemon.mirror.store import MirrorAccount
 from sync_daemon.state import METRICS, MIRROR, RECONCILER
+from sync_daemon.stripe_sync.reconcile import run_full_sync
 from tests.integration.daemon.conftest import make_settings, register_webhook
-from tiergate.mirror import MirrorAccount
 
 PLANS = {"starter_month": 1900, "pro_month": 4900, "pro_year": 49000}
 

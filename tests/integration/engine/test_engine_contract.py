@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from sidecar.policy.engine import DECISION_PATH, PolicyEngine
 from tests.integration.engine.conftest import PLANS_YAML, TIER_REGO, make_bundle, tier_input
-from tiergate.engine import DECISION_PATH, PolicyEngine
 from tiergate.errors import EngineUnavailableError, PolicyError
 
 EXTRA_REGO = 'package tiergate.extra\n\nhello := "world"\n'

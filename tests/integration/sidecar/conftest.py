@@ -13,9 +13,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from sidecar.app import create_app
+from sidecar.replica.store import ReplicaWriter, open_replica, parse_replica_document
 from sidecar.settings import SidecarSettings
 from tiergate.periods import calendar_month, rfc3339
-from tiergate.replica import ReplicaWriter, open_replica, parse_replica_document
 
 ROOT = Path(__file__).parents[3]
 NOW = datetime.now(UTC)

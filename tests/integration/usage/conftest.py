@@ -20,9 +20,9 @@ from pydantic import SecretStr
 from sidecar.app import create_app as create_sidecar
 from sidecar.settings import SidecarSettings
 from sync_daemon.app import create_app as create_daemon
+from sync_daemon.mirror.store import Mirror, MirrorAccount
 from sync_daemon.state import MIRROR
 from tests.integration.daemon.conftest import AUTH, FEED_TOKEN, make_settings
-from tiergate.mirror import Mirror, MirrorAccount
 
 ROOT = Path(__file__).parents[3]
 SidecarClient = TestClient[web.Request, web.Application]

@@ -7,9 +7,9 @@ from typing import Any
 
 import aiohttp
 
+from sync_daemon.mirror.store import MirrorAccount
 from tests.integration.daemon.conftest import AUTH
 from tests.integration.usage.conftest import DaemonServer
-from tiergate.mirror import MirrorAccount
 from tiergate.periods import calendar_month, rfc3339
 
 NOW = datetime.now(UTC).replace(microsecond=0)

@@ -1,0 +1,237 @@
+"""The sidecar's HTTP handlers: parse, fetch, decide, render."""
+
+from __future__ import annotations
+
+import functools
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from sidecar.api.authz import AUTHZ_PREFIX, authz_answer, original_request
+from sidecar.api.usage import RECORDER, check_and_reserve, usage_status
+from sidecar.http import error_body, json_response, read_json_object, validate
+from sidecar.replica.store import AccountRow
+from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS
+from tiergate.errors import BadRequestError, TierError
+from tiergate.models import CheckRequest
+from tiergate.periods import parse_rfc3339, seconds_until
+
+
+class CheckBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checks: list[Any] = Field(min_length=1)
+
+
+async def check_get(request: web.Request) -> web.Response:
+    query = request.query
+    raw: dict[str, Any] = {"tenant": query.get("tenant"), "feature": query.get("feature")}
+    if "quantity" in query:
+        raw["quantity"] = _query_int(query["quantity"], "quantity")
+    check = validate(CheckRequest, {k: v for k, v in raw.items() if v is not None})
+    return json_response(await request.app[DECISIONS].decide(check.tenant, check.feature, check.quantity))
+
+
+async def check_post(request: web.Request) -> web.Response:
+    body = await read_json_object(request, request.app[SETTINGS].max_body_bytes)
+    if "reserve" in body:
+        return await check_and_reserve(request, body)
+    check = validate(CheckRequest, body)
+    return json_response(await request.app[DECISIONS].decide(check.tenant, check.feature, check.quantity))
+
+
+async def check_batch(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    body = await read_json_object(request, settings.max_body_bytes)
+    batch = validate(CheckBatch, body)
+    if len(batch.checks) > settings.max_batch:
+        raise BadRequestError(
+            f"batch of {len(batch.checks)} checks exceeds the limit of {settings.max_batch}",
+            field="checks",
+        )
+    checks = [validate(CheckRequest, raw, prefix=f"checks[{i}].") for i, raw in enumerate(batch.checks)]
+    decide = request.app[DECISIONS].decide
+    return json_response({"decisions": [await decide(c.tenant, c.feature, c.quantity) for c in checks]})
+
+
+async def entitlements(request: web.Request) -> web.Response:
+    tenant = validate(CheckRequest, {"tenant": request.match_info["tenant"], "feature": "-"}).tenant
+    decide = request.app[DECISIONS].decide
+    features = request.app[POLICIES].features()
+    decisions = {feature: await decide(tenant, feature, 1) for feature in sorted(features)}
+    row = request.app[READER].account(tenant)
+    first = next(iter(decisions.values()), None)
+    return json_response(
+        {
+            "tenant": tenant,
+            "tier": first["tier"] if first else None,
+            "account": row.to_account().model_dump(mode="json", exclude={"version"}) if row else None,
+            # A downgrade scheduled at the period end: the UI can say "Starter from <date>".
+            "pending_change": _pending_change(row),
+            "features": {
+                name: {k: d[k] for k in ("allow", "reason", "limit", "used", "remaining", "valid_until")}
+                for name, d in decisions.items()
+            },
+            "policy_revision": first["policy_revision"] if first else None,
+            "data_as_of": first["data_as_of"] if first else None,
+            "stale": first["stale"] if first else False,
+        }
+    )
+
+
+async def authz(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    tenant = (request.headers.get(settings.tenant_header) or "").strip()
+    if not tenant:
+        message = f"no tenant: the {settings.tenant_header} header is missing or empty"
+        return json_response(error_body("missing_tenant", message, settings.tenant_header), 401)
+    method, path = original_request(request.headers, request.method, request.path)
+    try:
+        route = await request.app[ROUTES].resolve(method, path)
+    except TierError as exc:
+        request.app[METRICS].engine_errors.labels("ingress").inc()
+        return json_response(_denial("policy_error", str(exc), method, path), 403)
+    if not route["matched"]:
+        if route.get("action") == "deny":
+            return json_response(_denial("unmatched_route", "no route matches", method, path), 403)
+        return web.Response(status=200)
+    decide = request.app[DECISIONS].decide
+    decisions = [await decide(tenant, route["feature"], 1)] if route.get("feature") else []
+    if route.get("usage") and all(d["allow"] for d in decisions):
+        decisions.append(await _consume(request, tenant, route["usage"]))
+    denied = next((d for d in decisions if not d["allow"]), None)
+    retry = seconds_until(parse_rfc3339(denied["valid_until"]), datetime.now(UTC)) if denied else None
+    status, headers = authz_answer(decisions, retry)
+    if denied is None:
+        return web.Response(status=status, headers=headers)
+    body = {
+        "allow": False,
+        "reason": denied["reason"],
+        "method": method,
+        "path": path,
+        "decision": denied,
+    }
+    return json_response(body, status, headers)
+
+
+def _pending_change(row: AccountRow | None) -> dict[str, Any] | None:
+    if row is None or row.pending_tier is None:
+        return None
+    return {"tier": row.pending_tier, "interval": row.pending_interval, "at": row.pending_at}
+
+
+async def _consume(request: web.Request, tenant: str, metric: str) -> dict[str, Any]:
+    """The route's usage: checked and, when allowed, recorded in one step (a reserve), so the
+    ingress enforces a metered quota by itself. A proxy's retry with the same X-Request-Id is
+    counted once."""
+    if not request.app[SETTINGS].authz_record_usage or RECORDER not in request.app:
+        return await request.app[DECISIONS].decide(tenant, metric, 1)
+    request_id = request.headers.get("X-Request-Id") or None
+    transaction_id = f"authz:{request_id}" if request_id else None
+    return await request.app[RECORDER].reserve(tenant, metric, 1, transaction_id)
+
+
+def _denial(reason: str, message: str, method: str, path: str) -> dict[str, Any]:
+    return {"allow": False, "reason": reason, "message": message, "method": method, "path": path}
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    reloader = request.app[POLICIES]
+    policy = reloader.status()
+    ok: list[str] = []
+    failing: dict[str, str] = {}
+    if reloader.engine.revision:
+        ok.append("policy")
+    else:
+        failing["policy"] = policy.get("last_error") or "no policy loaded"
+    try:
+        reader = request.app[READER]
+        reader.refresh()
+        if FOLLOWER in request.app and reader.meta.data_as_of is None:
+            failing["replica"] = "waiting for the first snapshot from the sync daemon"
+        else:
+            ok.append("replica")
+    except Exception as exc:  # any sqlite failure means we cannot answer
+        failing["replica"] = str(exc)
+    try:
+        await reloader.engine.ping()
+        ok.append("engine")
+    except TierError as exc:
+        failing["engine"] = exc.message
+    # A bad policy push keeps the last good one serving: it shows here but does not fail readiness.
+    warnings = {"policy_reload": policy["last_error"]} if policy.get("last_error") else {}
+    ready = not failing
+    body = {"ready": ready, "ok": ok, "failing": failing, "warnings": warnings, "policy": policy}
+    return json_response(body, 200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    output = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=output, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def status(request: web.Request) -> web.Response:
+    reader = request.app[READER]
+    reader.refresh()
+    decisions = request.app[DECISIONS]
+    return json_response(
+        {
+            "replica": {
+                "path": str(reader.path),
+                "data_as_of": reader.meta.data_as_of.isoformat() if reader.meta.data_as_of else None,
+                "age_seconds": decisions.replica_age(),
+                "position": reader.meta.position,
+                "source": reader.meta.source,
+                "accounts": reader.count_accounts(),
+            },
+            "policy": request.app[POLICIES].status(),
+            "daemon": request.app[FOLLOWER].status.as_dict() if FOLLOWER in request.app else None,
+            "stale": decisions.is_stale(),
+            "engine": request.app[SETTINGS].engine,
+            "decision_cache": {"entries": len(decisions.cache)},
+            "usage": usage_status(request.app),
+        }
+    )
+
+
+def _query_int(value: str, field: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise BadRequestError(f"{field}: {value!r} is not an integer", field=field) from None
+
+
+_OPENAPI = Path(__file__).parents[1] / "openapi.yaml"
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(load_openapi())
+
+
+@functools.cache
+def load_openapi() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(_OPENAPI.read_text(encoding="utf-8"))
+    return document
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/check", check_get)
+    app.router.add_post("/v1/check", check_post)
+    app.router.add_post("/v1/check/batch", check_batch)
+    app.router.add_get("/v1/entitlements/{tenant}", entitlements)
+    app.router.add_route("*", AUTHZ_PREFIX, authz)
+    app.router.add_route("*", AUTHZ_PREFIX + "/{tail:.*}", authz)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/openapi.json", openapi)

@@ -1,0 +1,140 @@
+"""POST /v1/usage and /v1/usage/batch, check-and-reserve, and the usage cleanup context."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from sidecar.http import json_response, read_json_object, validate
+from sidecar.settings import SidecarSettings
+from sidecar.state import DECISIONS, POLICIES, READER, SETTINGS
+from sidecar.usage.delivery import Delivery
+from sidecar.usage.ledger import PendingUsage
+from sidecar.usage.outbox import Outbox
+from sidecar.usage.recorder import UsageRecorder
+from tiergate.errors import EngineUnavailableError
+from tiergate.models import FeatureName, Quantity, TenantId
+from tiergate.usage_events import MAX_EVENTS
+
+RECORDER = web.AppKey("usage_recorder", UsageRecorder)
+OUTBOX = web.AppKey("usage_outbox", Outbox)
+DELIVERY = web.AppKey("usage_delivery", Delivery)
+
+
+class OneEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event: dict[str, Any]
+
+
+class EventBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: Annotated[list[Any], Field(min_length=1, max_length=MAX_EVENTS)]
+
+
+class ReserveRequest(BaseModel):
+    """POST /v1/check with `"reserve": true`: a check that records the quantity when allowed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: TenantId
+    feature: FeatureName
+    quantity: Quantity = 1
+    reserve: Annotated[bool, Field(strict=True)]
+    transaction_id: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+
+
+async def record_one(request: web.Request) -> web.Response:
+    body = validate(OneEvent, await read_json_object(request, request.app[SETTINGS].max_body_bytes))
+    results = await request.app[RECORDER].record([body.event], "event")
+    return json_response({"event": results[0]}, 202)
+
+
+async def record_batch(request: web.Request) -> web.Response:
+    body = validate(EventBatch, await read_json_object(request, request.app[SETTINGS].max_body_bytes))
+    results = await request.app[RECORDER].record(body.events, "events[{}]")
+    return json_response({"events": results}, 202)
+
+
+async def check_and_reserve(request: web.Request, body: dict[str, Any]) -> web.Response:
+    """Called by POST /v1/check when the body has `"reserve"` (false is a plain check)."""
+    check = validate(ReserveRequest, body)
+    if not check.reserve:
+        return json_response(await request.app[DECISIONS].decide(check.tenant, check.feature, check.quantity))
+    recorder = request.app[RECORDER]
+    decision = await recorder.reserve(check.tenant, check.feature, check.quantity, check.transaction_id)
+    return json_response(decision)
+
+
+def usage_status(app: web.Application) -> dict[str, Any] | None:
+    if OUTBOX not in app:
+        return None
+    outbox = app[OUTBOX]
+    return {
+        "outbox": str(outbox.path),
+        "backlog": outbox.backlog,
+        "pending": app[RECORDER].pending.stats(),
+        "delivery": app[DELIVERY].status.as_dict() if DELIVERY in app else None,
+    }
+
+
+def outbox_path(settings: SidecarSettings) -> Path:
+    return settings.outbox_path or settings.replica_path.with_name("outbox.db")
+
+
+async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
+    """After the engine context: the outbox, the pending totals in decisions, and delivery."""
+    settings, decisions, reader = app[SETTINGS], app[DECISIONS], app[READER]
+    pending = PendingUsage(on_change=decisions.cache.invalidate)
+    outbox = Outbox(outbox_path(settings), pending, time.time, sync=settings.outbox_sync)
+    reader.refresh()
+    await outbox.open(reader.meta.position)
+    decisions.pending = pending
+    app[OUTBOX] = outbox
+    app[RECORDER] = UsageRecorder(outbox, pending, decisions, reader, lambda: _metrics(app))
+    if settings.daemon_url is not None:
+        delivery = Delivery(
+            outbox,
+            pending,
+            daemon_url=str(settings.daemon_url),
+            token=settings.feed_token.get_secret_value() if settings.feed_token else None,
+            position=lambda: _position(app),
+            batch_size=settings.delivery_batch_size,
+            linger_s=settings.delivery_linger_s,
+            backoff_max_s=settings.delivery_backoff_max_s,
+            retention_s=settings.outbox_retention_s,
+        )
+        app[DELIVERY] = delivery
+        delivery.start()
+    try:
+        yield
+    finally:
+        if DELIVERY in app:
+            await app[DELIVERY].stop()
+        await outbox.close()
+
+
+def _position(app: web.Application) -> int | None:
+    reader = app[READER]
+    reader.refresh()
+    return reader.meta.position
+
+
+def _metrics(app: web.Application) -> Mapping[str, Any]:
+    bundle = app[POLICIES].reloader.bundle
+    if bundle is None:
+        raise EngineUnavailableError("no catalog loaded yet: usage codes cannot be checked")
+    metrics: Mapping[str, Any] = bundle.plans.get("metrics", {})
+    return metrics
+
+
+def add_usage_routes(app: web.Application) -> None:
+    app.cleanup_ctx.append(usage_ctx)
+    app.router.add_post("/v1/usage", record_one)
+    app.router.add_post("/v1/usage/batch", record_batch)

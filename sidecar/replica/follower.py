@@ -1,0 +1,242 @@
+"""Keeps the replica true: bootstrap from the daemon's snapshot, then follow its change feed.
+
+Writes happen on one worker thread with its own connection (the event loop keeps answering),
+each batch in one transaction together with the new position, so a restart resumes from the
+replica on disk and a reader never sees a half-applied change. While the daemon is away the
+replica keeps serving (fail-static) and its age grows; retries back off with jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import tempfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from sidecar.replica.store import ReplicaWriter, open_replica, read_meta
+from tiergate.feed import FeedAccount, FeedChange, FeedUsage
+
+log = structlog.get_logger("tiergate.follower")
+
+LONG_POLL_S = 10
+
+
+class FeedGapError(Exception):
+    """The daemon no longer retains changes since our position: re-snapshot."""
+
+
+class FeedProtocolError(Exception):
+    """The daemon answered something we cannot apply."""
+
+
+@dataclass
+class FollowerStatus:
+    connected: bool = False
+    position: int | None = None
+    last_error: str | None = None
+    last_error_at: str | None = None
+    last_change_at: str | None = None
+    snapshots: int = 0
+    batches: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Follower:
+    daemon_url: str
+    token: str | None
+    replica_path: Path
+    # Long-polls end at least this often, refreshing data_as_of on an idle feed: half the
+    # staleness budget keeps a connected sidecar from ever looking stale.
+    poll_wait_s: float = LONG_POLL_S
+    status: FollowerStatus = field(default_factory=FollowerStatus)
+    # Told which tenants a batch touched (None: all of them), so cached decisions are dropped.
+    on_applied: Callable[[set[str] | None], None] | None = None
+
+    def __post_init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replica-writer")
+        self._writer: ReplicaWriter | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._writer = await self._on_writer(lambda: ReplicaWriter(open_replica(self.replica_path)))
+        self.status.position = await self._on_writer(lambda: read_meta(self._db()).position)
+        self._task = asyncio.create_task(self._run(), name="replica-follower")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._writer is not None:
+            writer = self._writer
+            await self._on_writer(writer.db.close)
+        self._executor.shutdown(wait=True)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=self.poll_wait_s + 10)
+        async with aiohttp.ClientSession(self.daemon_url, headers=headers, timeout=timeout) as session:
+            while True:
+                # A fresh retry state per step: each outage starts its backoff from the beginning.
+                async for attempt in self._retrying():
+                    with attempt:
+                        await self._step(session)
+
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            retry=retry_if_exception_type((aiohttp.ClientError, TimeoutError, FeedProtocolError, OSError)),
+            wait=wait_exponential_jitter(multiplier=0.2, max=15),
+            before_sleep=lambda state: self._failed(state.outcome.exception() if state.outcome else None),
+            reraise=True,
+        )
+
+    async def _step(self, session: aiohttp.ClientSession) -> None:
+        """One snapshot when there is no position, then one long-poll."""
+        fresh = self.status.position is None
+        if fresh:
+            await self._snapshot(session)
+        try:
+            await self._poll(session)
+        except FeedGapError as exc:
+            if fresh:  # a snapshot's own position is already gone: back off, don't spin
+                raise FeedProtocolError("the daemon's snapshot is older than its change log") from exc
+            log.warning("feed_gap", position=self.status.position)
+            self.status.position = None
+
+    async def _poll(self, session: aiohttp.ClientSession) -> None:
+        params = {"since": str(self.status.position), "wait": f"{self.poll_wait_s:g}"}
+        async with session.get("/v1/feed/changes", params=params) as response:
+            if response.status == 410:
+                raise FeedGapError()
+            await _expect_ok(response)
+            body = await response.json()
+        changes, last_seq, as_of = _parse_changes(body)
+        writer = self._require_writer()
+        if changes:
+            touched = await self._on_writer(
+                lambda: writer.apply_changes(changes, position=last_seq, data_as_of=as_of)
+            )
+            if self.on_applied is not None:
+                self.on_applied(touched)
+            self.status.batches += 1
+            self.status.last_change_at = _now()
+        else:
+            await self._on_writer(lambda: writer.mark_current(as_of))
+        self.status.position = max(last_seq, self.status.position or 0)
+        self._connected()
+
+    async def _snapshot(self, session: aiohttp.ClientSession) -> None:
+        with tempfile.TemporaryDirectory(prefix="tiergate-snapshot-") as tmp:
+            path = Path(tmp) / "snapshot.ndjson"
+            async with session.get("/v1/feed/snapshot") as response:
+                await _expect_ok(response)
+                with path.open("wb") as out:
+                    async for chunk in response.content.iter_chunked(1 << 16):
+                        out.write(chunk)
+            header = await self._on_writer(lambda: _apply_snapshot(self._require_writer(), path))
+        if self.on_applied is not None:
+            self.on_applied(None)
+        self.status.position = header["seq"]
+        self.status.snapshots += 1
+        self.status.last_change_at = _now()
+        log.info("replica_snapshot_loaded", position=header["seq"], accounts=header["accounts"])
+        self._connected()
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _connected(self) -> None:
+        if not self.status.connected:
+            log.info("daemon_connected", position=self.status.position)
+        self.status.connected = True
+
+    def _failed(self, exc: BaseException | None) -> None:
+        self.status.connected = False
+        self.status.last_error = f"{type(exc).__name__}: {exc}" if exc else "unknown error"
+        self.status.last_error_at = _now()
+        log.warning("daemon_unreachable", error=self.status.last_error, position=self.status.position)
+
+    def _require_writer(self) -> ReplicaWriter:
+        assert self._writer is not None, "start() opens the writer"
+        return self._writer
+
+    def _db(self) -> Any:
+        return self._require_writer().db.conn
+
+    async def _on_writer(self, fn: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+
+async def _expect_ok(response: aiohttp.ClientResponse) -> None:
+    if response.status != 200:
+        text = (await response.text())[:300]
+        raise FeedProtocolError(f"daemon answered {response.status} to {response.url.path}: {text}")
+
+
+def _parse_changes(body: Any) -> tuple[list[FeedChange], int, datetime]:
+    try:
+        changes = [FeedChange.model_validate(c) for c in body["changes"]]
+        return changes, int(body["last_seq"]), datetime.fromisoformat(body["data_as_of"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FeedProtocolError(f"malformed change batch: {exc}") from exc
+
+
+def _apply_snapshot(writer: ReplicaWriter, path: Path) -> dict[str, Any]:
+    """Replace the replica with the snapshot file's content in one transaction.
+
+    The trailer line carries the counts: a truncated download is refused before anything is
+    replaced, and a count mismatch rolls the transaction back.
+    """
+    with path.open("rb") as lines:
+        header = json.loads(lines.readline())
+    trailer = _last_line(path)
+    if header.get("type") != "snapshot" or trailer.get("type") != "end":
+        raise FeedProtocolError("snapshot lacks its header or trailer line: truncated download")
+
+    def records(kind: str) -> Iterator[dict[str, Any]]:
+        with path.open("rb") as lines:
+            for line in lines:
+                record = json.loads(line)
+                if record["type"] == kind:
+                    yield record[kind]
+
+    n_accounts, _ = writer.replace_all(
+        (FeedAccount.model_validate(a) for a in records("account")),
+        (FeedUsage.model_validate(u) for u in records("usage")),
+        data_as_of=datetime.fromisoformat(header["data_as_of"]),
+        position=int(header["seq"]),
+        source="snapshot",
+        expect_accounts=trailer.get("accounts"),
+    )
+    return {"seq": int(header["seq"]), "accounts": n_accounts}
+
+
+def _last_line(path: Path) -> dict[str, Any]:
+    with path.open("rb") as handle:
+        handle.seek(0, 2)
+        size = handle.tell()
+        handle.seek(max(0, size - 4096))
+        tail = handle.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    try:
+        record: dict[str, Any] = json.loads(tail)
+    except ValueError:
+        return {}
+    return record
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,349 @@
+"""The sidecar's replica: schema and migrations, the import/export document, reader and writer.
+
+The replica is a SQLite file per pod. The sidecar's hot path reads it through `ReplicaReader`
+(one plain sqlite3 connection, prepared point lookups); all writes go through `ReplicaWriter`,
+each in one transaction, so a reader never sees a half-applied change.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import sqlite_utils
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from tiergate.errors import ReplicaError
+from tiergate.feed import FeedChange
+from tiergate.models import Account, UsageCounter
+from tiergate.periods import rfc3339
+
+MIGRATIONS = sqlite_utils.Migrations("tiergate_replica")
+
+ACCOUNT_COLUMNS = (
+    "tenant",
+    "tier",
+    "status",
+    "quantity",
+    "current_period_start",
+    "current_period_end",
+    "trial_end",
+    "cancel_at_period_end",
+    "past_due_since",
+    "version",
+    "pending_tier",
+    "pending_interval",
+    "pending_at",
+)
+
+
+@MIGRATIONS()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE accounts (
+            tenant TEXT PRIMARY KEY,
+            tier TEXT NOT NULL,
+            status TEXT NOT NULL,
+            quantity INTEGER NOT NULL DEFAULT 1,
+            current_period_start TEXT,
+            current_period_end TEXT,
+            trial_end TEXT,
+            cancel_at_period_end INTEGER NOT NULL DEFAULT 0,
+            past_due_since TEXT,
+            version INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID"""
+    )
+    db.execute(
+        """CREATE TABLE usage (
+            tenant TEXT NOT NULL,
+            code TEXT NOT NULL,
+            period_start TEXT NOT NULL,
+            value INTEGER NOT NULL,
+            PRIMARY KEY (tenant, period_start, code)
+        ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
+
+
+@MIGRATIONS()
+def m002_pending_change(db: sqlite_utils.Database) -> None:
+    # A scheduled downgrade, shown by /v1/entitlements; the policy input does not read it.
+    for column in ("pending_tier", "pending_interval", "pending_at"):
+        db.execute(f"ALTER TABLE accounts ADD COLUMN {column} TEXT")
+
+
+class AccountRow(NamedTuple):
+    """An accounts row as stored: times are RFC 3339 `Z` strings, booleans 0/1."""
+
+    tenant: str
+    tier: str
+    status: str
+    quantity: int
+    current_period_start: str | None
+    current_period_end: str | None
+    trial_end: str | None
+    cancel_at_period_end: int
+    past_due_since: str | None
+    version: int
+    pending_tier: str | None
+    pending_interval: str | None
+    pending_at: str | None
+
+    def to_account(self) -> Account:
+        return Account.model_validate(
+            {**self._asdict(), "cancel_at_period_end": bool(self.cancel_at_period_end)}
+        )
+
+
+class ReplicaMeta(NamedTuple):
+    data_as_of: datetime | None
+    position: int | None
+    generation: int
+    source: str | None
+
+
+def open_replica(path: Path) -> sqlite_utils.Database:
+    """Open (creating if needed) and migrate a replica file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        db = sqlite_utils.Database(path)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # the replica can always be re-fetched
+        MIGRATIONS.apply(db)
+    except sqlite3.DatabaseError as exc:
+        raise ReplicaError(f"replica {path} is not a usable SQLite file: {exc}") from exc
+    return db
+
+
+def account_row(account: Account) -> AccountRow:
+    return AccountRow(
+        tenant=account.tenant,
+        tier=account.tier,
+        status=account.status,
+        quantity=account.quantity,
+        current_period_start=rfc3339(account.current_period_start),
+        current_period_end=rfc3339(account.current_period_end),
+        trial_end=rfc3339(account.trial_end),
+        cancel_at_period_end=int(account.cancel_at_period_end),
+        past_due_since=rfc3339(account.past_due_since),
+        version=account.version,
+        pending_tier=account.pending_tier,
+        pending_interval=account.pending_interval,
+        pending_at=rfc3339(account.pending_at),
+    )
+
+
+class ReplicaWriter:
+    """The only writer of a replica file; every method is one transaction."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def replace_all(
+        self,
+        accounts: Iterable[Account],
+        usage: Iterable[UsageCounter],
+        *,
+        data_as_of: datetime,
+        position: int | None = None,
+        source: str = "import",
+        expect_accounts: int | None = None,
+    ) -> tuple[int, int]:
+        """Swap the whole content atomically; returns (accounts, usage counters) written.
+
+        With `expect_accounts`, a different count rolls everything back (a truncated snapshot).
+        """
+        conn = self.db.conn
+        with self.db.atomic():
+            conn.execute("DELETE FROM accounts")
+            conn.execute("DELETE FROM usage")
+            n_accounts = _insert_accounts(conn, (account_row(a) for a in accounts))
+            n_usage = _insert_usage(conn, usage)
+            if expect_accounts is not None and n_accounts != expect_accounts:
+                raise ReplicaError(f"expected {expect_accounts} accounts, got {n_accounts}; nothing replaced")
+            generation = self._read_meta(conn).generation + 1
+            self._write_meta(
+                conn,
+                data_as_of=rfc3339(data_as_of),
+                position=None if position is None else str(position),
+                generation=str(generation),
+                source=source,
+            )
+        return n_accounts, n_usage
+
+    def apply_changes(
+        self, changes: Iterable[FeedChange], *, position: int, data_as_of: datetime
+    ) -> set[str]:
+        """Apply one feed batch and the new position in one transaction; returns touched tenants."""
+        conn = self.db.conn
+        touched: set[str] = set()
+        with self.db.atomic():
+            for change in changes:
+                touched.add(change.tenant)
+                if change.kind == "account" and change.op == "upsert" and change.account is not None:
+                    conn.execute(_UPSERT_ACCOUNT, account_row(change.account))
+                elif change.kind == "account" and change.op == "delete":
+                    conn.execute("DELETE FROM accounts WHERE tenant = ?", (change.tenant,))
+                elif change.kind == "usage" and change.usage is not None:
+                    u = change.usage
+                    conn.execute(_UPSERT_USAGE, (u.tenant, u.code, rfc3339(u.period_start), u.value))
+            self._write_meta(conn, position=str(position), data_as_of=rfc3339(data_as_of), source="feed")
+        return touched
+
+    def mark_current(self, data_as_of: datetime) -> None:
+        """Record that the daemon confirmed nothing changed up to `data_as_of`."""
+        with self.db.atomic():
+            self._write_meta(self.db.conn, data_as_of=rfc3339(data_as_of))
+
+    def export(self) -> dict[str, Any]:
+        conn = self.db.conn
+        accounts = [
+            _exported(row.to_account())
+            for row in (AccountRow(*r) for r in conn.execute(_SELECT_ACCOUNTS + " ORDER BY tenant"))
+        ]
+        usage = [
+            {"tenant": t, "code": c, "period_start": p, "value": v}
+            for t, c, p, v in conn.execute(
+                "SELECT tenant, code, period_start, value FROM usage ORDER BY tenant, code, period_start"
+            )
+        ]
+        meta = self._read_meta(conn)
+        return {"data_as_of": rfc3339(meta.data_as_of), "accounts": accounts, "usage": usage}
+
+    @staticmethod
+    def _read_meta(conn: sqlite3.Connection) -> ReplicaMeta:
+        return read_meta(conn)
+
+    @staticmethod
+    def _write_meta(conn: sqlite3.Connection, **values: str | None) -> None:
+        for key, value in values.items():
+            if value is None:
+                conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+def _exported(account: Account) -> dict[str, Any]:
+    # No pending change leaves the fields out: documents written before they existed round-trip.
+    body = account.model_dump(mode="json", exclude={"version"})
+    return {k: v for k, v in body.items() if v is not None or not k.startswith("pending_")}
+
+
+_SELECT_ACCOUNTS = "SELECT " + ", ".join(ACCOUNT_COLUMNS) + " FROM accounts"
+_UPSERT_ACCOUNT = (
+    f"INSERT OR REPLACE INTO accounts ({', '.join(ACCOUNT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(ACCOUNT_COLUMNS))})"
+)
+_UPSERT_USAGE = "INSERT OR REPLACE INTO usage (tenant, code, period_start, value) VALUES (?, ?, ?, ?)"
+
+
+def _insert_accounts(conn: sqlite3.Connection, rows: Iterable[AccountRow]) -> int:
+    placeholders = ", ".join("?" * len(ACCOUNT_COLUMNS))
+    cursor = conn.executemany(
+        f"INSERT INTO accounts ({', '.join(ACCOUNT_COLUMNS)}) VALUES ({placeholders})", rows
+    )
+    return cursor.rowcount
+
+
+def _insert_usage(conn: sqlite3.Connection, counters: Iterable[UsageCounter]) -> int:
+    cursor = conn.executemany(
+        "INSERT INTO usage (tenant, code, period_start, value) VALUES (?, ?, ?, ?)",
+        ((u.tenant, u.code, rfc3339(u.period_start), u.value) for u in counters),
+    )
+    return cursor.rowcount
+
+
+def read_meta(conn: sqlite3.Connection) -> ReplicaMeta:
+    values = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    as_of = values.get("data_as_of")
+    position = values.get("position")
+    return ReplicaMeta(
+        data_as_of=datetime.fromisoformat(as_of).astimezone(UTC) if as_of else None,
+        position=int(position) if position is not None else None,
+        generation=int(values.get("generation", 0)),
+        source=values.get("source"),
+    )
+
+
+class ReplicaReader:
+    """Point lookups for the decision hot path, on one connection owned by the event loop thread."""
+
+    def __init__(self, path: Path) -> None:
+        open_replica(path).close()  # create and migrate once, then read through a plain connection
+        self.path = path
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA query_only=ON")
+        self._data_version = -1
+        self.meta = ReplicaMeta(None, None, 0, None)
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Re-read the meta row if another connection committed since; True when it did."""
+        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._data_version:
+            return False
+        self._data_version = version
+        self.meta = read_meta(self._conn)
+        return True
+
+    def account(self, tenant: str) -> AccountRow | None:
+        row = self._conn.execute(_SELECT_ACCOUNTS + " WHERE tenant = ?", (tenant,)).fetchone()
+        return AccountRow(*row) if row is not None else None
+
+    def usage(self, tenant: str, period_start: str) -> dict[str, int]:
+        rows = self._conn.execute(
+            "SELECT code, value FROM usage WHERE tenant = ? AND period_start = ?",
+            (tenant, period_start),
+        ).fetchall()
+        return dict(rows)
+
+    def count_accounts(self) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM accounts").fetchone()[0])
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class ReplicaDocument(BaseModel):
+    """The import/export JSON: the backup format and the "static entitlements" path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_as_of: datetime | None = None
+    accounts: list[Account]
+    usage: list[UsageCounter] = []
+
+
+def parse_replica_document(text: str | bytes, source: str = "document") -> ReplicaDocument:
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise ReplicaError(f"{source} is not JSON: {exc}") from exc
+    try:
+        document = ReplicaDocument.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{_dotted(err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False))
+        raise ReplicaError(f"{source} is invalid: {problems}") from None
+    duplicates = _duplicates(a.tenant for a in document.accounts)
+    if duplicates:
+        raise ReplicaError(f"{source} is invalid: tenants listed twice: {sorted(duplicates)[:10]}")
+    return document
+
+
+def _duplicates(items: Iterator[str]) -> set[str]:
+    seen: set[str] = set()
+    twice: set[str] = set()
+    for item in items:
+        (twice if item in seen else seen).add(item)
+    return twice
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out

@@ -1,0 +1,312 @@
+"""The usage outbox: accepted events on local disk until the daemon has counted them.
+
+One SQLite file (`TIERGATE_OUTBOX_PATH`, WAL, `synchronous=FULL`: a 202 promises the event
+survives a crash or power cut) written by one thread. Appends from concurrent requests are
+group-committed: while one transaction is being written and fsynced, the next requests queue up
+and share the following commit. The in-memory read-your-writes totals (`PendingUsage`) are
+updated in the same loop step that learns of the commit, before any caller is answered and
+before delivery can read the rows (it only reads up to `watermark`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+import structlog
+
+from sidecar.usage.ledger import Key, PendingUsage
+from tiergate.errors import TierError
+from tiergate.usage_events import ValidEvent
+
+log = structlog.get_logger("tiergate.outbox")
+
+T = TypeVar("T")
+MIGRATIONS = sqlite_utils.Migrations("tiergate_outbox")
+REJECTED = -1  # confirmed_seq of an event the daemon refused: kept for the operator, never counted
+
+
+@MIGRATIONS()
+def m001_outbox(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            transaction_id TEXT NOT NULL,
+            code TEXT NOT NULL,
+            period_start TEXT NOT NULL,
+            value INTEGER NOT NULL,
+            event TEXT NOT NULL,
+            accepted_at REAL NOT NULL,
+            confirmed_seq INTEGER,
+            UNIQUE (tenant, transaction_id)
+        )"""
+    )
+    db.execute("CREATE INDEX outbox_undelivered ON outbox (id) WHERE confirmed_seq IS NULL")
+
+
+class OutboxError(TierError):
+    code = "outbox_unavailable"
+    status = 503
+
+
+@dataclass(frozen=True)
+class Entry:
+    """An event and the period this sidecar counts it in."""
+
+    event: ValidEvent
+    period_start: str
+
+    @property
+    def key(self) -> Key:
+        return (self.event.tenant, self.event.code, self.period_start)
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    key: Key
+    value: int
+    event: dict[str, Any]
+
+
+@dataclass
+class _Append:
+    entries: Sequence[Entry]
+    reserved: bool  # already counted in PendingUsage by the caller (check-and-reserve)
+    future: asyncio.Future[list[bool]]
+
+
+class Outbox:
+    def __init__(
+        self, path: Path, pending: PendingUsage, clock: Callable[[], float], *, sync: str = "full"
+    ) -> None:
+        self.path = path
+        self.sync = sync
+        self.pending = pending
+        self.clock = clock
+        self.watermark = 0  # the highest row id whose pending accounting is done
+        self.backlog = 0  # rows not yet confirmed by the daemon
+        self.ready = asyncio.Event()  # set when rows were appended: delivery wakes up
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-writer")
+        self._conn: sqlite3.Connection | None = None
+        self._queue: list[_Append] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def open(self, position: int | None) -> None:
+        """Open the file and rebuild the pending totals for what the replica at `position` lacks."""
+        self._conn = await self._run(lambda: _connect(self.path, self.sync))
+        conn = self._conn
+        unconfirmed, confirmed, top, backlog = await self._run(lambda: _load(conn, position))
+        self.pending.add_all(unconfirmed)
+        for seq, deltas in confirmed.items():
+            self.pending.add_all(deltas.items())
+            self.pending.confirm(seq, deltas)
+        self.watermark, self.backlog = top, backlog
+        log.info("outbox_opened", path=str(self.path), backlog=backlog, awaiting_feed=len(confirmed))
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await self._flusher
+        if self._conn is not None:
+            await self._run(self._conn.close)
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+    async def append(self, entries: Sequence[Entry], *, reserved: bool = False) -> list[bool]:
+        """Commit durably; per entry True when new, False for a transaction id already in the outbox."""
+        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Append(entries, reserved, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="outbox-flush")
+        return await asyncio.shield(future)
+
+    async def contains(self, tenant: str, transaction_id: str) -> bool:
+        conn = self._require()
+        sql = "SELECT 1 FROM outbox WHERE tenant = ? AND transaction_id = ?"
+        return await self._run(lambda: conn.execute(sql, (tenant, transaction_id)).fetchone() is not None)
+
+    async def next_batch(self, limit: int) -> list[OutboxRow]:
+        conn, top = self._require(), self.watermark
+        return await self._run(lambda: _undelivered(conn, top, limit))
+
+    def confirm(self, rows: Sequence[OutboxRow], seq: int, rejected: set[int]) -> None:
+        """The daemon counted the rows at or below `seq` (or refused them): tell the pending totals.
+
+        Call it in the loop step that read the answer, then `persist_answer`: the replica reaching
+        `seq` can never find the rows still unconfirmed. A crash before `persist_answer` re-sends
+        them and the daemon answers "duplicate" (they over-count locally until then, never under).
+        """
+        deltas: dict[Key, int] = {}
+        for row in rows:
+            if row.id in rejected:
+                self.pending.remove(row.key, row.value)
+            else:
+                deltas[row.key] = deltas.get(row.key, 0) + row.value
+        self.pending.confirm(seq, deltas)
+        self.backlog -= len(rows)
+
+    async def persist_answer(self, rows: Sequence[OutboxRow], seq: int, rejected: set[int]) -> None:
+        conn = self._require()
+        await self._run(lambda: _mark(conn, rows, seq, rejected))
+
+    async def prune(self, position: int | None, retention_s: float) -> int:
+        """Forget rows the replica includes, once older than the retention (kept for deduplication)."""
+        if position is None:
+            return 0
+        conn, cutoff = self._require(), self.clock() - retention_s
+        sql = "DELETE FROM outbox WHERE confirmed_seq BETWEEN 0 AND ? AND accepted_at < ?"
+        return await self._run(lambda: _commit(conn, sql, (position, cutoff)))
+
+    # -- group commit ------------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            entries = [entry for item in batch for entry in item.entries]
+            conn, now = self._require(), self.clock()
+            try:
+                ids = await self._run(functools.partial(_insert, conn, entries, now))
+            except Exception as exc:  # the disk failed us: nobody gets a 202
+                log.error("outbox_write_failed", error=str(exc), path=str(self.path))
+                self._fail(batch, OutboxError(f"usage outbox {self.path} could not commit: {exc}"))
+                continue
+            self._committed(batch, iter(ids))
+
+    def _committed(self, batch: list[_Append], ids: Any) -> None:
+        for item in batch:
+            flags = []
+            for entry in item.entries:
+                row_id = next(ids)
+                if row_id is not None:
+                    self.watermark = max(self.watermark, row_id)
+                    self.backlog += 1
+                    if not item.reserved:
+                        self.pending.add(entry.key, entry.event.value)
+                elif item.reserved:  # a replayed reservation: the first one is the one that counts
+                    self.pending.remove(entry.key, entry.event.value)
+                flags.append(row_id is not None)
+            if not item.future.done():
+                item.future.set_result(flags)
+        self.ready.set()
+
+    def _fail(self, batch: list[_Append], error: OutboxError) -> None:
+        for item in batch:
+            if item.reserved:
+                for entry in item.entries:
+                    self.pending.remove(entry.key, entry.event.value)
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    def _require(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise OutboxError(f"usage outbox {self.path} is not open")
+        return self._conn
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+
+def _connect(path: Path, sync: str) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        db = sqlite_utils.Database(path)
+        db.execute("PRAGMA journal_mode=WAL")
+        MIGRATIONS.apply(db)
+        db.close()
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # FULL: a 202 is a promise that survives a power cut (an fsync per commit). NORMAL in WAL
+        # mode survives the process being killed, not the machine losing power.
+        conn.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+    except sqlite3.DatabaseError as exc:
+        raise OutboxError(f"usage outbox {path} is not a usable SQLite file: {exc}") from exc
+    return conn
+
+
+_INSERT = (
+    "INSERT OR IGNORE INTO outbox (tenant, transaction_id, code, period_start, value, event, accepted_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _insert(conn: sqlite3.Connection, entries: Sequence[Entry], now: float) -> list[int | None]:
+    ids: list[int | None] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for entry in entries:
+            event = entry.event
+            cursor = conn.execute(
+                _INSERT,
+                (
+                    event.tenant,
+                    event.transaction_id,
+                    event.code,
+                    entry.period_start,
+                    event.value,
+                    json.dumps(event.wire(), separators=(",", ":")),
+                    now,
+                ),
+            )
+            ids.append(cursor.lastrowid if cursor.rowcount == 1 else None)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return ids
+
+
+def _load(
+    conn: sqlite3.Connection, position: int | None
+) -> tuple[list[tuple[Key, int]], dict[int, dict[Key, int]], int, int]:
+    unconfirmed: list[tuple[Key, int]] = []
+    confirmed: dict[int, dict[Key, int]] = {}
+    rows = conn.execute(
+        "SELECT tenant, code, period_start, confirmed_seq, sum(value), count(*) FROM outbox "
+        "WHERE confirmed_seq IS NULL OR confirmed_seq > ? GROUP BY 1, 2, 3, 4",
+        (REJECTED if position is None else max(position, REJECTED),),
+    ).fetchall()
+    backlog = 0
+    for tenant, code, period_start, seq, value, count in rows:
+        if seq is None:
+            unconfirmed.append(((tenant, code, period_start), value))
+            backlog += count
+        else:
+            confirmed.setdefault(seq, {})[(tenant, code, period_start)] = value
+    top = conn.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
+    return unconfirmed, confirmed, int(top), backlog
+
+
+def _undelivered(conn: sqlite3.Connection, top: int, limit: int) -> list[OutboxRow]:
+    rows = conn.execute(
+        "SELECT id, tenant, code, period_start, value, event FROM outbox "
+        "WHERE confirmed_seq IS NULL AND id <= ? ORDER BY id LIMIT ?",
+        (top, limit),
+    ).fetchall()
+    return [OutboxRow(i, (t, c, p), v, json.loads(e)) for i, t, c, p, v, e in rows]
+
+
+def _mark(conn: sqlite3.Connection, rows: Sequence[OutboxRow], seq: int, rejected: set[int]) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany(
+            "UPDATE outbox SET confirmed_seq = ? WHERE id = ?",
+            [(REJECTED if row.id in rejected else seq, row.id) for row in rows],
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _commit(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> int:
+    return int(conn.execute(sql, params).rowcount)

@@ -1,0 +1,117 @@
+"""Recording usage at the sidecar: validated events into the outbox, and check-and-reserve."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sidecar.decisions.policy_io import period_for
+from sidecar.decisions.service import DecisionService
+from sidecar.replica.store import AccountRow, ReplicaReader
+from sidecar.usage.ledger import PendingUsage
+from sidecar.usage.outbox import Entry, Outbox
+from tiergate.errors import BadRequestError
+from tiergate.periods import rfc3339
+from tiergate.usage_events import MAX_EVENTS, EventError, ValidEvent, parse_event
+
+LOCK_STRIPES = 64
+
+
+class UsageRecorder:
+    """`record` for POST /v1/usage; `reserve` for POST /v1/check with `"reserve": true`."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        pending: PendingUsage,
+        decisions: DecisionService,
+        reader: ReplicaReader,
+        metrics: Callable[[], Mapping[str, Any]],
+    ) -> None:
+        self.outbox = outbox
+        self.pending = pending
+        self.decisions = decisions
+        self.reader = reader
+        self.metrics = metrics  # the live catalog's metrics (hot-reloaded with the policy bundle)
+        self._locks = [asyncio.Lock() for _ in range(LOCK_STRIPES)]
+
+    async def record(self, raws: Sequence[object], where: str) -> list[dict[str, Any]]:
+        """Validate all, then commit all (202 semantics); `where` names the field in errors."""
+        now = datetime.fromtimestamp(self.decisions.clock(), UTC)
+        metrics = self.metrics()
+        events = [self._parse(raw, metrics, now, where.format(i)) for i, raw in enumerate(raws)]
+        rows: dict[str, AccountRow | None] = {}
+        entries = [Entry(event, self._period(event, rows)) for event in events]
+        inserted = await self.outbox.append(entries)
+        return [
+            {
+                "transaction_id": e.transaction_id,
+                "external_customer_id": e.tenant,
+                "code": e.code,
+                "status": "accepted" if new else "duplicate",
+            }
+            for e, new in zip(events, inserted, strict=True)
+        ]
+
+    async def reserve(
+        self, tenant: str, feature: str, quantity: int, transaction_id: str | None
+    ) -> dict[str, Any]:
+        """Decide and, when allowed, count `quantity` before any other reserve of this tenant decides."""
+        metric = self.metrics().get(feature)
+        if not isinstance(metric, Mapping):
+            known = sorted(self.metrics())
+            raise BadRequestError(
+                f"reserve: {feature!r} is not a metered feature (metrics: {known})", field="feature"
+            )
+        counted = metric.get("aggregation") != "sum"
+        if counted and quantity > MAX_EVENTS:
+            raise BadRequestError(
+                f"reserve: quantity {quantity} of a count metric exceeds {MAX_EVENTS} (one event each)",
+                field="quantity",
+            )
+        tid = transaction_id or uuid.uuid4().hex
+        if transaction_id is not None and await self.outbox.contains(tenant, tid):
+            decision = await self.decisions.decide(tenant, feature, quantity)
+            return {**decision, "allow": True, "reason": "ok", "reservation": _reservation(tid, True, True)}
+        async with self._locks[zlib.crc32(tenant.encode()) % LOCK_STRIPES]:
+            decision = await self.decisions.decide(tenant, feature, quantity)
+            if not decision["allow"]:
+                return {**decision, "reservation": _reservation(tid, False, False)}
+            entries = self._reservation_entries(tenant, feature, quantity, tid, counted, metric)
+            for entry in entries:  # counted now, under the lock: the next reserve sees it
+                self.pending.add(entry.key, entry.event.value)
+        inserted = await self.outbox.append(entries, reserved=True)
+        return {**decision, "reservation": _reservation(tid, True, not inserted[0])}
+
+    def _reservation_entries(
+        self, tenant: str, code: str, quantity: int, tid: str, counted: bool, metric: Mapping[str, Any]
+    ) -> list[Entry]:
+        at = datetime.fromtimestamp(self.decisions.clock(), UTC)
+        period_start = period_for(self.reader.account(tenant), at, rfc3339(at) or "")[0]
+        if not counted:
+            props = {str(metric["field"]): quantity}
+            return [Entry(ValidEvent(tenant, tid, code, at, quantity, props), period_start)]
+        # A count metric counts events: N units are N events, the first with the caller's id.
+        ids = [tid, *(f"{tid}/{n}" for n in range(2, quantity + 1))]
+        return [Entry(ValidEvent(tenant, i, code, at, 1, {}), period_start) for i in ids]
+
+    def _period(self, event: ValidEvent, rows: dict[str, AccountRow | None]) -> str:
+        if event.tenant not in rows:
+            rows[event.tenant] = self.reader.account(event.tenant)
+        return period_for(rows[event.tenant], event.at, rfc3339(event.at) or "")[0]
+
+    @staticmethod
+    def _parse(raw: object, metrics: Mapping[str, Any], now: datetime, where: str) -> ValidEvent:
+        try:
+            return parse_event(raw, metrics, now)
+        except EventError as exc:
+            field = f"{where}.{exc.field}"
+            raise BadRequestError(f"{field}: {exc.message}", field=field) from None
+
+
+def _reservation(transaction_id: str, reserved: bool, replayed: bool) -> dict[str, Any]:
+    return {"transaction_id": transaction_id, "reserved": reserved, "replayed": replayed}

@@ -1,0 +1,211 @@
+"""Usage in the daemon's mirror: idempotent ingest into per-period counters, and the usage reads.
+
+`ingest_events` runs inside `Mirror.transact`: the events, the counters they change and one
+change-log entry per changed counter commit together, so a follower sees a counter exactly when
+the events behind it are recorded (and a replayed transaction id changes nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sync_daemon.mirror.schema import ACCOUNTS, CHANGES, USAGE, USAGE_EVENTS, USAGE_PERIODS
+from sync_daemon.mirror.store import MirrorTxn
+from tiergate.models import Account
+from tiergate.periods import parse_rfc3339, rfc3339
+from tiergate.usage_events import ValidEvent, aggregate, event_period
+
+Key = tuple[str, str, str]  # (tenant, code, period_start)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    inserted: list[bool]  # per event, in order: False = a transaction id already ingested
+    seq: int  # the change log's last seq at commit: every counted event is included at or below it
+    counters: dict[Key, int]  # the new value of each counter this batch changed
+
+
+def ingest_events(txn: MirrorTxn, events: Sequence[ValidEvent], received_at: datetime) -> IngestResult:
+    # The transaction's connection: MirrorTxn exposes no raw SQL, and usage lives in this module.
+    conn: sqlite3.Connection = txn._db.conn
+    periods = _Periods(txn, conn)
+    inserted: list[bool] = []
+    deltas: list[tuple[Key, int]] = []
+    received = _iso(received_at)
+    for event in events:
+        start, _ = periods.of(event)
+        period_start = rfc3339(start) or ""
+        cursor = conn.execute(
+            f"INSERT OR IGNORE INTO {USAGE_EVENTS} (tenant, transaction_id, code, timestamp, "
+            "period_start, value, body, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event.tenant,
+                event.transaction_id,
+                event.code,
+                _iso(event.at),
+                period_start,
+                event.value,
+                json.dumps(event.properties, separators=(",", ":")),
+                received,
+            ),
+        )
+        inserted.append(cursor.rowcount == 1)
+        if cursor.rowcount == 1:
+            deltas.append(((event.tenant, event.code, period_start), event.value))
+            periods.remember(event)
+    counters = {key: _add(txn, conn, key, delta) for key, delta in aggregate(deltas).items() if delta}
+    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", [CHANGES]).fetchone()
+    return IngestResult(inserted, int(seq[0]) if seq else 0, counters)
+
+
+def _add(txn: MirrorTxn, conn: sqlite3.Connection, key: Key, delta: int) -> int:
+    tenant, code, period_start = key
+    value = int(
+        conn.execute(
+            f"INSERT INTO {USAGE} (tenant, code, period_start, value) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (tenant, code, period_start) DO UPDATE SET value = value + excluded.value "
+            "RETURNING value",
+            (tenant, code, period_start, delta),
+        ).fetchone()[0]
+    )
+    body = {"tenant": tenant, "code": code, "period_start": period_start, "value": value}
+    conn.execute(
+        f"INSERT INTO {CHANGES} (tenant, kind, op, body, at) VALUES (?, 'usage', 'upsert', ?, ?)",
+        (tenant, json.dumps(body), rfc3339(datetime.now(UTC))),
+    )
+    txn.appended += 1  # so Mirror.transact wakes the followers' long polls
+    return value
+
+
+class _Periods:
+    """Per-batch cache: each tenant's account, and its recorded periods when a late event needs them."""
+
+    def __init__(self, txn: MirrorTxn, conn: sqlite3.Connection) -> None:
+        self._txn = txn
+        self._conn = conn
+        self._accounts: dict[str, Account | None] = {}
+        self._recorded: dict[str, list[tuple[datetime, datetime]]] = {}
+        self._remembered: set[tuple[str, datetime]] = set()
+
+    def of(self, event: ValidEvent) -> tuple[datetime, datetime]:
+        account = self.account(event.tenant)
+        start = account.current_period_start if account else None
+        recorded = self._load(event.tenant) if start is None or event.at < start else ()
+        return event_period(account, event.at, recorded)
+
+    def account(self, tenant: str) -> Account | None:
+        if tenant not in self._accounts:
+            found = self._txn.account(tenant)
+            self._accounts[tenant] = (
+                Account(
+                    tenant=tenant,
+                    tier=found.tier,
+                    status=found.status,
+                    current_period_start=found.current_period_start,
+                    current_period_end=found.current_period_end,
+                )
+                if found is not None
+                else None
+            )
+        return self._accounts[tenant]
+
+    def remember(self, event: ValidEvent) -> None:
+        """Record the subscription period the event counted in (calendar months need no record)."""
+        account = self.account(event.tenant)
+        if account is None or account.current_period_start is None or event.at < account.current_period_start:
+            return
+        start, end = event_period(account, event.at)
+        if (event.tenant, start) in self._remembered:
+            return
+        self._remembered.add((event.tenant, start))
+        self._conn.execute(
+            f"INSERT OR IGNORE INTO {USAGE_PERIODS} (tenant, period_start, period_end) VALUES (?, ?, ?)",
+            (event.tenant, rfc3339(start), rfc3339(end)),
+        )
+        self._recorded.pop(event.tenant, None)
+
+    def _load(self, tenant: str) -> list[tuple[datetime, datetime]]:
+        if tenant not in self._recorded:
+            rows = self._conn.execute(
+                f"SELECT period_start, period_end FROM {USAGE_PERIODS} WHERE tenant = ? "
+                "ORDER BY period_start DESC",
+                (tenant,),
+            ).fetchall()
+            self._recorded[tenant] = [(_time(s), _time(e)) for s, e in rows]
+        return self._recorded[tenant]
+
+
+# -- reads (on Mirror.read connections) -----------------------------------------------------------
+
+
+def tenant_usage(conn: sqlite3.Connection, tenant: str, now: datetime) -> dict[str, Any]:
+    """The tenant's current period and its counters, plus every counter the mirror keeps."""
+    found = conn.execute(
+        f"SELECT tier, status, current_period_start, current_period_end FROM {ACCOUNTS} WHERE tenant = ?",
+        (tenant,),
+    ).fetchone()
+    account = (
+        Account(
+            tenant=tenant,
+            tier=found[0],
+            status=found[1],
+            current_period_start=parse_rfc3339(found[2]),
+            current_period_end=parse_rfc3339(found[3]),
+        )
+        if found
+        else None
+    )
+    start, end = event_period(account, now)
+    period_start = rfc3339(start)
+    rows = conn.execute(
+        f"SELECT code, period_start, value FROM {USAGE} WHERE tenant = ? ORDER BY period_start DESC, code",
+        (tenant,),
+    ).fetchall()
+    return {
+        "tenant": tenant,
+        "tier": account.tier if account else None,
+        "period": {"start": period_start, "end": rfc3339(end)},
+        "usage": {code: value for code, p, value in rows if p == period_start},
+        "counters": [{"code": c, "period_start": p, "value": v} for c, p, v in rows],
+    }
+
+
+def find_event(conn: sqlite3.Connection, transaction_id: str, tenant: str | None) -> dict[str, Any] | None:
+    """The newest ingested event with this transaction id (of `tenant` when given), Lago-shaped."""
+    sql = (
+        f"SELECT tenant, transaction_id, code, timestamp, period_start, value, body, received_at "
+        f"FROM {USAGE_EVENTS} WHERE transaction_id = ?"
+    )
+    params: list[str] = [transaction_id]
+    if tenant is not None:
+        sql += " AND tenant = ?"
+        params.append(tenant)
+    row = conn.execute(sql + " ORDER BY received_at DESC LIMIT 1", params).fetchone()
+    if row is None:
+        return None
+    tenant_id, tid, code, timestamp, period_start, value, body, received_at = row
+    return {
+        "transaction_id": tid,
+        "external_customer_id": tenant_id,
+        "code": code,
+        "timestamp": timestamp,
+        "properties": json.loads(body),
+        "period_start": period_start,
+        "value": value,
+        "received_at": received_at,
+    }
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _time(text: str) -> datetime:
+    moment = parse_rfc3339(text)
+    assert moment is not None
+    return moment

@@ -1,0 +1,197 @@
+"""Applies one verified Stripe event to the mirror: resolve the tenant, settle ordering, commit.
+
+The decisions themselves are pure (translate.py); this module does the I/O around them: reads
+the mirror, re-fetches from Stripe on a same-second tie, and commits the result together with
+the event id in one transaction, so a replay or a concurrent duplicate changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from sync_daemon.metrics import DaemonMetrics
+from sync_daemon.mirror.store import CustomerLink, Mirror, MirrorAccount, MirrorTxn
+from sync_daemon.stripe_sync.source import BillingSource, BillingUnavailableError
+from sync_daemon.stripe_sync.translate import (
+    CheckoutCompleted,
+    CustomerSeen,
+    Ignored,
+    PaymentOutcome,
+    SubscriptionState,
+    Translator,
+    decide_payment,
+    decide_subscription,
+)
+
+log = structlog.get_logger("tiergate.webhook")
+
+
+@dataclass(frozen=True)
+class EventMeta:
+    id: str
+    type: str
+    created: int
+
+
+def _tenant_in(txn: MirrorTxn, tenant: str | None, customer_id: str | None) -> str | None:
+    if tenant is not None or customer_id is None:
+        return tenant
+    link = txn.customer(customer_id)
+    return link.tenant if link else None
+
+
+class EventApplier:
+    def __init__(
+        self,
+        mirror: Mirror,
+        billing: BillingSource,
+        translator: Translator,
+        metrics: DaemonMetrics,
+        *,
+        refetch: bool,
+    ) -> None:
+        self.mirror = mirror
+        self.billing = billing
+        self.translator = translator
+        self.metrics = metrics
+        self.refetch = refetch
+
+    async def handle(self, event: dict[str, Any]) -> str:
+        meta = EventMeta(str(event["id"]), str(event.get("type", "")), int(event.get("created") or 0))
+        intent = self.translator.event(event)
+        if isinstance(intent, SubscriptionState):
+            return await self._subscription(meta, intent)
+        if isinstance(intent, CustomerSeen):
+            return await self._record(meta, lambda txn: self._customer(txn, meta, intent))
+        if isinstance(intent, PaymentOutcome):
+            return await self._record(meta, lambda txn: self._payment(txn, meta, intent))
+        if isinstance(intent, CheckoutCompleted):
+            return await self._checkout(meta, intent)
+        assert isinstance(intent, Ignored)
+        return await self._record(meta, lambda txn: "ignored")
+
+    async def _record(self, meta: EventMeta, step: Callable[[MirrorTxn], str]) -> str:
+        """Run `step` and remember the event id in the same transaction; a seen id is a no-op."""
+
+        def run(txn: MirrorTxn) -> str:
+            if txn.seen(meta.id):
+                return "duplicate"
+            outcome = step(txn)
+            txn.record_event(meta.id, meta.type, outcome)
+            return outcome
+
+        return await self.mirror.transact(run)
+
+    # -- subscriptions -------------------------------------------------------------------
+
+    async def _subscription(self, meta: EventMeta, state: SubscriptionState, *, fetched: bool = False) -> str:
+        seen, tenant, current = await self.mirror.transact(
+            lambda txn: _lookup(txn, meta.id, state.tenant, state.customer_id)
+        )
+        if seen:
+            return "duplicate"
+        if tenant is None:
+            tenant = await self._tenant_from_stripe(state.customer_id)
+        if tenant is None:
+            log.warning("webhook_no_tenant", event_id=meta.id, customer=state.customer_id)
+            return await self._record(meta, lambda txn: "no_tenant")
+        if not fetched and current is not None and meta.created == current.stripe_updated and self.refetch:
+            fresh = await self._fetch(state.subscription_id)
+            if fresh is not None:
+                state, fetched = fresh, True
+        outcome = await self._record(
+            meta, lambda txn: self._put_subscription(txn, meta, tenant, state, fetched)
+        )
+        if outcome in ("applied", "refetched", "tie_unresolved") and state.unmapped_price:
+            self.metrics.unmapped_prices.inc()
+            log.warning(
+                "unmapped_price", tenant=tenant, price=state.price_id, subscription=state.subscription_id
+            )
+        return outcome
+
+    def _put_subscription(
+        self, txn: MirrorTxn, meta: EventMeta, tenant: str, state: SubscriptionState, fetched: bool
+    ) -> str:
+        link = txn.customer(state.customer_id) if state.customer_id else None
+        if link is not None and link.deleted_at is not None and meta.created <= link.deleted_at:
+            return "customer_deleted"
+        account, outcome = decide_subscription(
+            txn.account(tenant), state, tenant, meta.created, fetched=fetched
+        )
+        if account is not None:
+            txn.put_account(account)
+            if state.customer_id and link is None:
+                txn.link_customer(CustomerLink(state.customer_id, tenant))
+        return outcome
+
+    async def _fetch(self, subscription_id: str) -> SubscriptionState | None:
+        try:
+            return self.translator.subscription(await self.billing.fetch_subscription(subscription_id))
+        except BillingUnavailableError as exc:
+            log.warning("refetch_failed", subscription=subscription_id, error=exc.message)
+            return None
+
+    async def _tenant_from_stripe(self, customer_id: str | None) -> str | None:
+        """An event naming only a customer we have not linked yet: ask Stripe for its metadata."""
+        if customer_id is None or not self.refetch:
+            return None
+        try:
+            customer = await self.billing.fetch_customer(customer_id)
+        except BillingUnavailableError as exc:
+            log.warning("customer_lookup_failed", customer=customer_id, error=exc.message)
+            return None
+        found: str | None = (customer.get("metadata") or {}).get(self.translator.metadata_key) or None
+        return found
+
+    # -- customers, payments, checkout ---------------------------------------------------------
+
+    def _customer(self, txn: MirrorTxn, meta: EventMeta, seen: CustomerSeen) -> str:
+        link = txn.customer(seen.customer_id)
+        tenant = seen.tenant or (link.tenant if link else None)
+        if tenant is None:
+            return "no_tenant"
+        if seen.deleted:
+            txn.link_customer(CustomerLink(seen.customer_id, tenant, deleted_at=meta.created))
+            return "deleted" if txn.delete_account(tenant) else "applied"
+        if link is not None and link.deleted_at is not None and meta.created <= link.deleted_at:
+            return "customer_deleted"
+        txn.link_customer(CustomerLink(seen.customer_id, tenant))
+        return "applied"
+
+    def _payment(self, txn: MirrorTxn, meta: EventMeta, payment: PaymentOutcome) -> str:
+        tenant = _tenant_in(txn, payment.tenant, payment.customer_id)
+        if tenant is None:
+            return "no_tenant"
+        account, outcome = decide_payment(txn.account(tenant), payment, meta.created)
+        if account is not None:
+            txn.put_account(account)
+        return outcome
+
+    async def _checkout(self, meta: EventMeta, checkout: CheckoutCompleted) -> str:
+        tenant, customer = checkout.tenant, checkout.customer_id
+        if tenant is None or customer is None:
+            return await self._record(meta, lambda txn: "no_tenant")
+        _, _, current = await self.mirror.transact(lambda txn: _lookup(txn, meta.id, tenant, customer))
+        state = None
+        if current is None and checkout.subscription_id and self.refetch:
+            # The subscription's own events may have come first, without a tenant: fetch it now.
+            state = await self._fetch(checkout.subscription_id)
+
+        def link(txn: MirrorTxn) -> str:
+            txn.link_customer(CustomerLink(customer, tenant))
+            if state is not None:
+                return self._put_subscription(txn, meta, tenant, state, True)
+            return "linked"
+
+        return await self._record(meta, link)
+
+
+def _lookup(
+    txn: MirrorTxn, event_id: str, tenant: str | None, customer_id: str | None
+) -> tuple[bool, str | None, MirrorAccount | None]:
+    resolved = _tenant_in(txn, tenant, customer_id)
+    return txn.seen(event_id), resolved, txn.account(resolved) if resolved else None
