@@ -52,7 +52,8 @@ if str(REPO) not in sys.path:  # `tests.stripe_payloads` builds the signed event
     sys.path.insert(0, str(REPO))
 
 from demo.processes import free_port, http_status, tiergate_command  # noqa: E402
-from sync_daemon.mirror.store import Mirror, MirrorAccount  # noqa: E402
+from sync_daemon.mirror.sqlite import SqliteMirror as Mirror  # noqa: E402
+from sync_daemon.mirror.store import MirrorAccount  # noqa: E402
 from tests.stripe_payloads import SECRET, signed, subscription_event  # noqa: E402
 from tiergate.periods import rfc3339  # noqa: E402
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -14,12 +16,15 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sync_daemon.billing.actions import BillingActions
 from sync_daemon.billing.api import add_billing_routes, billing_actions_ctx
 from sync_daemon.http import error_middleware
+from sync_daemon.leader import Leader, PostgresLeader, SoleLeader, when_leading
 from sync_daemon.metrics import DaemonMetrics
+from sync_daemon.mirror.backends import mirror_for
 from sync_daemon.mirror.feed import feed_changes, feed_snapshot
+from sync_daemon.mirror.postgres_schema import LEADER_LOCK
 from sync_daemon.mirror.store import Mirror
 from sync_daemon.ops import add_ops_routes
 from sync_daemon.settings import DaemonSettings
-from sync_daemon.state import APPLIER, BILLING, METRICS, MIRROR, RECONCILER, SETTINGS
+from sync_daemon.state import APPLIER, BILLING, LEADER, METRICS, MIRROR, RECONCILER, SETTINGS
 from sync_daemon.stripe_sync.apply import EventApplier
 from sync_daemon.stripe_sync.reconcile import Reconciler
 from sync_daemon.stripe_sync.source import BillingSource
@@ -59,7 +64,7 @@ async def open_services(
 ) -> AsyncIterator[Services]:
     """Everything but HTTP: shared by the server and `tiergate sync --full`."""
     translator = Translator(load_catalog(settings.plans), settings.tenant_metadata_key)
-    mirror = Mirror(settings.mirror_path)
+    mirror = mirror_for(settings.mirror_location, pool_size=settings.mirror_pool_size)
     await mirror.open()
     source = billing or make_billing(settings)
     try:
@@ -99,39 +104,65 @@ def _services_ctx(billing: BillingSource | None) -> Callable[[web.Application], 
             app[METRICS] = services.metrics
             app[APPLIER] = services.applier
             app[RECONCILER] = services.reconciler
-            log.info("daemon_ready", mirror=str(services.mirror.path), seq=services.mirror.seq)
+            log.info("daemon_ready", mirror=services.mirror.where, seq=services.mirror.seq)
             yield
 
     return ctx
 
 
+def make_leader(settings: DaemonSettings) -> Leader:
+    if settings.mirror_url is None:
+        return SoleLeader()
+    return PostgresLeader(settings.mirror_url.get_secret_value(), LEADER_LOCK, settings.leader_check_s)
+
+
 async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The scheduled jobs, on every daemon, each doing its work only on the leader."""
     settings = app[SETTINGS]
     mirror = app[MIRROR]
+    leader = app[LEADER] = make_leader(settings)
+    app[METRICS].leader.set_function(lambda: float(leader.is_leader))
+    await leader.start()
     scheduler = AsyncIOScheduler()
     interval = timedelta(seconds=settings.reconcile_interval_s)
     first = datetime.now(UTC) + (timedelta(0) if settings.reconcile_at_start else interval)
-    scheduler.add_job(
-        app[RECONCILER].run,
-        "interval",
-        seconds=settings.reconcile_interval_s,
-        id="reconcile",
-        max_instances=1,
-        coalesce=True,
-        next_run_time=first,
-    )
-    scheduler.add_job(
-        mirror.trim_changes,
-        "interval",
-        seconds=TRIM_EVERY_S,
-        args=[settings.change_retention, timedelta(days=settings.change_retention_days)],
-        id="trim_changes",
-        max_instances=1,
-        coalesce=True,
-    )
+    if settings.mirror_url is not None and settings.reconcile_at_start:
+        first += timedelta(seconds=settings.leader_check_s)  # an election first, then the first run
+    jobs: list[tuple[str, Callable[..., Awaitable[Any]], float, list[Any], datetime | None]] = [
+        ("reconcile", app[RECONCILER].run, settings.reconcile_interval_s, [], first),
+        (
+            "trim_changes",
+            mirror.trim_changes,
+            TRIM_EVERY_S,
+            [settings.change_retention, timedelta(days=settings.change_retention_days)],
+            None,
+        ),
+        ("retention", functools.partial(run_retention, app), settings.retention_interval_s, [], None),
+    ]
+    for name, job, every_s, args, first_run in jobs:
+        scheduler.add_job(
+            when_leading(leader, job),
+            "interval",
+            seconds=every_s,
+            args=args,
+            id=name,
+            max_instances=1,
+            coalesce=True,
+            **({"next_run_time": first_run} if first_run else {}),
+        )
     scheduler.start()
     yield
     scheduler.shutdown(wait=False)
+    await leader.stop()
+
+
+async def run_retention(app: web.Application) -> dict[str, int]:
+    """Delete old webhook ids, usage events and counters of long-ended periods (leader only)."""
+    deleted = await app[MIRROR].prune(app[SETTINGS].retention())
+    for table, n in deleted.items():
+        app[METRICS].retention_deleted.labels(table).inc(n)
+    log.info("retention", **deleted)
+    return deleted
 
 
 def run(settings: DaemonSettings) -> None:

@@ -35,6 +35,17 @@ class DaemonMetrics:
             "tiergate_feed_seq", "The newest sequence number in the change log.", registry=self.registry
         )
         self.feed_seq.set_function(feed_seq)
+        self.leader = Gauge(
+            "tiergate_leader",
+            "1 on the daemon that runs the scheduled jobs (reconcile, trims, retention), 0 on the others.",
+            registry=self.registry,
+        )
+        self.retention_deleted = Counter(
+            "tiergate_retention_deleted",
+            "Rows the retention job deleted, by table.",
+            ["table"],
+            registry=self.registry,
+        )
         # The same counts as data for /v1/status (prometheus counters are awkward to read back).
         self.webhook_tally: Tally[tuple[str, str]] = Tally()
 

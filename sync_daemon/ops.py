@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sync_daemon.http import json_response, require_bearer
-from sync_daemon.state import METRICS, MIRROR, RECONCILER, SETTINGS
+from sync_daemon.state import LEADER, METRICS, MIRROR, RECONCILER, SETTINGS
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -50,6 +50,8 @@ async def status(request: web.Request) -> web.Response:
             "webhooks": request.app[METRICS].webhook_summary(),
             "reconcile": last.as_dict() if last else None,
             "feed": {"seq": request.app[MIRROR].seq},
+            "mirror": {"backend": request.app[MIRROR].backend, "where": request.app[MIRROR].where},
+            "leader": request.app[LEADER].status(),
         }
     )
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sync_daemon.mirror.store import Retention
 from tiergate.errors import SettingsError
 from tiergate.settings_errors import describe_settings_error
 
@@ -25,6 +27,13 @@ class DaemonSettings(BaseSettings):
     daemon_host: str = "127.0.0.1"
     daemon_port: Annotated[int, Field(ge=0, le=65535)] = 9190
     mirror_path: Path = Path(".state/mirror.db")
+    # postgresql://user:password@host:5432/db?sslmode=verify-full selects PostgreSQL (schema
+    # `tiergate`) instead of the SQLite file; libpq's PG* variables fill in what the URL leaves out.
+    mirror_url: SecretStr | None = None
+    mirror_pool_size: Annotated[int, Field(ge=1, le=100)] = 8
+    # With PostgreSQL one daemon (an advisory lock's holder) runs the scheduled jobs; the others
+    # try to take over this often.
+    leader_check_s: Annotated[float, Field(gt=0, le=60)] = 2.0
     feed_token: SecretStr
     # The billing API (/v1/checkout/sessions, /v1/subscriptions/...) answers 503 until this is set.
     api_token: SecretStr | None = None
@@ -36,10 +45,39 @@ class DaemonSettings(BaseSettings):
     # a follower further behind re-snapshots (410).
     change_retention: Annotated[int, Field(ge=1)] = 100_000
     change_retention_days: Annotated[float, Field(gt=0)] = 7.0
+    # Retention (run by the leader every retention_interval_s): webhook ids are kept long past
+    # Stripe's 3-day retries; usage events and counters of ended periods for the platform's SQL.
+    processed_event_retention_days: Annotated[float, Field(ge=4)] = 30.0
+    usage_event_retention_days: Annotated[float, Field(gt=0)] = 90.0
+    closed_period_retention_days: Annotated[float, Field(gt=0)] = 400.0
+    retention_interval_s: Annotated[float, Field(gt=0)] = 3600.0
     feed_max_wait_s: Annotated[float, Field(gt=0, le=30)] = 30.0
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = True
+
+    @field_validator("mirror_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None  # an empty variable (a chart value left blank) means SQLite
+        if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                "must start with postgresql:// (unset it to use the SQLite file at TIERGATE_MIRROR_PATH)"
+            )
+        return value
+
+    @property
+    def mirror_location(self) -> str:
+        """Where the mirror is: the PostgreSQL URL when set, else `sqlite:PATH`."""
+        return self.mirror_url.get_secret_value() if self.mirror_url else f"sqlite:{self.mirror_path}"
+
+    def retention(self) -> Retention:
+        return Retention(
+            processed_events=timedelta(days=self.processed_event_retention_days),
+            usage_events=timedelta(days=self.usage_event_retention_days),
+            closed_periods=timedelta(days=self.closed_period_retention_days),
+        )
 
     @property
     def stripe_base(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from sync_daemon.leader import Leader
 from sync_daemon.metrics import DaemonMetrics
 from sync_daemon.mirror.store import Mirror
 from sync_daemon.settings import DaemonSettings
@@ -17,3 +18,4 @@ BILLING = web.AppKey("billing", BillingSource)
 APPLIER = web.AppKey("applier", EventApplier)
 METRICS = web.AppKey("metrics", DaemonMetrics)
 RECONCILER = web.AppKey("reconciler", Reconciler)
+LEADER = web.AppKey("leader", Leader)

@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 
 from sync_daemon.http import json_response, require_bearer
-from sync_daemon.mirror.usage import IngestResult, find_event, ingest_events, tenant_usage
+from sync_daemon.mirror.usage import find_event, ingest_events, tenant_usage
 from sync_daemon.state import MIRROR, SETTINGS
 from tiergate.catalog import Catalog
 from tiergate.errors import BadRequestError, TierError
@@ -48,12 +48,13 @@ async def ingest_batch(request: web.Request) -> web.Response:
         results.append({"transaction_id": event.transaction_id, "external_customer_id": event.tenant})
         valid.append((index, event))
     events = [event for _, event in valid]
-    outcome: IngestResult = await request.app[MIRROR].transact(lambda txn: ingest_events(txn, events, now))
+    # The seq at commit: every counted event (also one counted earlier, on any daemon) is at or below it.
+    outcome, seq = await request.app[MIRROR].transact_seq(lambda txn: ingest_events(txn, events, now))
     for (index, _), inserted in zip(valid, outcome.inserted, strict=True):
         results[index]["status"] = "ingested" if inserted else "duplicate"
     counts = {s: sum(r["status"] == s for r in results) for s in ("ingested", "duplicate", "rejected")}
-    log.info("usage_ingested", seq=outcome.seq, counters=len(outcome.counters), **counts)
-    return json_response({"seq": outcome.seq, **counts, "results": results})
+    log.info("usage_ingested", seq=seq, counters=len(outcome.counters), **counts)
+    return json_response({"seq": seq, **counts, "results": results})
 
 
 def _events(body: bytes) -> list[Any]:

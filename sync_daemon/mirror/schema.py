@@ -1,4 +1,7 @@
-"""The sync daemon's mirror: tables and recorded migrations (the only place its table names live)."""
+"""The mirror's tables and the SQLite migrations (table names live here; PostgreSQL's twin: postgres_schema.py).
+
+A change to a table is a migration in BOTH lists: the two backends keep the same columns.
+"""
 
 from __future__ import annotations
 
@@ -118,3 +121,25 @@ def m003_usage_events(db: sqlite_utils.Database) -> None:
             PRIMARY KEY (tenant, period_start)
         ) WITHOUT ROWID"""
     )
+
+
+# The view other services query (docs/mirror-sql.md); the PostgreSQL twin is in postgres_schema.py.
+CURRENT_USAGE_SQLITE = """CREATE VIEW current_usage AS
+SELECT u.tenant, u.code, u.period_start, u.value, a.tier
+FROM usage u LEFT JOIN accounts a ON a.tenant = u.tenant
+WHERE u.period_start <= strftime('%Y-%m-%dT%H:%M:%SZ', 'now')
+  AND u.period_start >= COALESCE(a.current_period_start, strftime('%Y-%m-01T00:00:00Z', 'now'))
+  AND NOT EXISTS (
+    SELECT 1 FROM usage newer
+    WHERE newer.tenant = u.tenant AND newer.code = u.code
+      AND newer.period_start > u.period_start
+      AND newer.period_start <= strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))"""
+
+
+@MIGRATIONS()
+def m004_current_usage_and_retention(db: sqlite_utils.Database) -> None:
+    # Each tenant's counters of its current period, for SQL readers; indexes for the retention job.
+    db.execute(CURRENT_USAGE_SQLITE)
+    db.execute(f"CREATE INDEX {EVENTS}_by_received_at ON {EVENTS} (received_at)")
+    db.execute(f"CREATE INDEX {USAGE_EVENTS}_by_received_at ON {USAGE_EVENTS} (received_at)")
+    db.execute(f"CREATE INDEX {CHANGES}_by_at ON {CHANGES} (at)")

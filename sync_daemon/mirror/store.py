@@ -1,9 +1,11 @@
-"""The sync daemon's mirror store: one writer thread for every change, read connections for the feed.
+"""The mirror port: the rows it keeps (accounts, customers), one write transaction's API, and `Mirror`.
 
-All writes run on a single-thread executor that owns the only writing connection, each as one
-transaction that also appends to the `changes` log, so the event loop never blocks on SQLite and
-a follower never sees a state change without its log entry. Reads (snapshot, changes, reconcile)
-open their own connections: WAL lets them run beside the writer.
+Two adapters implement the port with the same behaviour: `SqliteMirror` (one file, one writer
+thread; the embedded default) and `PostgresMirror` (several daemons on one database). A write is
+a plain function of a `MirrorTxn`, run in one transaction by the adapter (and re-run by it when
+PostgreSQL reports a serialization failure or a deadlock), so every caller's logic is shared.
+Every change followers must see is appended through the transaction and gets its feed position
+when the transaction commits (see docs/adr/0007-gap-free-change-feed.md).
 """
 
 from __future__ import annotations
@@ -11,21 +13,39 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import sqlite3
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-import sqlite_utils
-
-from sync_daemon.mirror.schema import ACCOUNTS, CHANGES, CUSTOMERS, EVENTS, MIGRATIONS
+from sync_daemon.mirror.schema import ACCOUNTS, CUSTOMERS, EVENTS
 from tiergate.errors import TierError
 from tiergate.periods import parse_rfc3339, rfc3339
 
 T = TypeVar("T")
+
+
+class Cursor(Protocol):
+    """What both drivers' cursors offer (DB-API)."""
+
+    @property
+    def description(self) -> Any: ...
+    @property
+    def rowcount(self) -> int: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def fetchmany(self, size: int) -> list[Any]: ...
+
+
+class Sql(Protocol):
+    """A connection that runs one statement with `?` placeholders (both adapters accept this form)."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
+
+
+def column_names(cursor: Cursor) -> list[str]:
+    return [str(d[0]) for d in cursor.description]
+
 
 # The fields of tiergate.models.Account, in its order: what the feed carries for an account.
 FEED_FIELDS = (
@@ -135,41 +155,53 @@ class CustomerLink:
 
 
 class MirrorTxn:
-    """Reads and writes inside one writer transaction (used on the writer thread only)."""
+    """Reads and writes inside one write transaction (on the adapter's worker thread only).
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
-        self._db = db
-        self.appended = 0
+    Changes for the feed are buffered in `pending` and written by the adapter at commit, when
+    their positions are assigned: a position is never visible before the ones below it.
+    """
+
+    def __init__(self, sql: Sql) -> None:
+        self.sql = sql
+        self.pending: list[tuple[str, str, str, str | None]] = []  # (tenant, kind, op, body)
+
+    @property
+    def appended(self) -> int:
+        return len(self.pending)
+
+    def lock(self, kind: str, key: str) -> None:
+        """Serialize with other transactions touching the same (kind, key); a no-op on one writer."""
 
     def seen(self, event_id: str) -> bool:
-        return self._db.execute(f"SELECT 1 FROM {EVENTS} WHERE id = ?", [event_id]).fetchone() is not None
+        self.lock("event", event_id)
+        return self.sql.execute(f"SELECT 1 FROM {EVENTS} WHERE id = ?", [event_id]).fetchone() is not None
 
     def record_event(self, event_id: str, event_type: str, outcome: str) -> None:
-        self._db.table(EVENTS).insert(
-            {"id": event_id, "type": event_type, "outcome": outcome, "received_at": _now()}, replace=True
+        self.upsert(
+            EVENTS, {"id": event_id, "type": event_type, "outcome": outcome, "received_at": _now()}, "id"
         )
 
     def account(self, tenant: str) -> MirrorAccount | None:
-        cursor = self._db.execute(f"SELECT * FROM {ACCOUNTS} WHERE tenant = ?", [tenant])
-        names = [d[0] for d in cursor.description]
+        self.lock("tenant", tenant)
+        cursor = self.sql.execute(f"SELECT * FROM {ACCOUNTS} WHERE tenant = ?", [tenant])
         found = cursor.fetchone()
-        return MirrorAccount.from_row(dict(zip(names, found, strict=True))) if found else None
+        return MirrorAccount.from_row(dict(zip(column_names(cursor), found, strict=True))) if found else None
 
     def customer(self, customer_id: str) -> CustomerLink | None:
-        found = self._db.execute(
+        found = self.sql.execute(
             f"SELECT customer_id, tenant, deleted_at FROM {CUSTOMERS} WHERE customer_id = ?", [customer_id]
         ).fetchone()
         return CustomerLink(*found) if found else None
 
     def customer_of(self, tenant: str) -> str | None:
         """The tenant's Stripe customer, live ones only (a deleted customer cannot buy again)."""
-        found = self._db.execute(
+        found = self.sql.execute(
             f"SELECT customer_id FROM {CUSTOMERS} WHERE tenant = ? AND deleted_at IS NULL LIMIT 1", [tenant]
         ).fetchone()
         return str(found[0]) if found else None
 
     def link_customer(self, link: CustomerLink) -> None:
-        self._db.table(CUSTOMERS).insert(dataclasses.asdict(link), replace=True)
+        self.upsert(CUSTOMERS, dataclasses.asdict(link), "customer_id")
 
     def put_account(self, account: MirrorAccount) -> MirrorAccount:
         """Store; bump the version and log a change only when what followers see changed."""
@@ -179,29 +211,31 @@ class MirrorTxn:
         if not account.feed_equal(current):
             version += 1
         stored = account.replace(version=version)
-        self._db.table(ACCOUNTS).insert(stored.row(), replace=True)
+        self.upsert(ACCOUNTS, stored.row(), "tenant")
         if version != (current.version if current else 0):
-            self._append(stored.tenant, "upsert", stored.feed())
+            self.append(stored.tenant, "account", "upsert", stored.feed())
         return stored
 
     def delete_account(self, tenant: str) -> bool:
         if self.account(tenant) is None:
             return False
-        self._db.execute(f"DELETE FROM {ACCOUNTS} WHERE tenant = ?", [tenant])
-        self._append(tenant, "delete", None)
+        self.sql.execute(f"DELETE FROM {ACCOUNTS} WHERE tenant = ?", [tenant])
+        self.append(tenant, "account", "delete", None)
         return True
 
-    def trim_changes(self, keep: int, cutoff: str) -> int:
-        top = _last_seq(self._db.conn)
-        cursor = self._db.execute(f"DELETE FROM {CHANGES} WHERE seq <= ? OR at < ?", [top - keep, cutoff])
-        return int(cursor.rowcount)
+    def append(self, tenant: str, kind: str, op: str, body: dict[str, Any] | None) -> None:
+        """Log a change for followers; it gets its seq when the transaction commits."""
+        self.pending.append((tenant, kind, op, json.dumps(body) if body is not None else None))
 
-    def _append(self, tenant: str, op: str, body: dict[str, Any] | None) -> None:
-        self._db.execute(
-            f"INSERT INTO {CHANGES} (tenant, kind, op, body, at) VALUES (?, 'account', ?, ?, ?)",
-            [tenant, op, json.dumps(body) if body is not None else None, _now()],
+    def upsert(self, table: str, row: dict[str, Any], key: str) -> None:
+        """Insert or replace one row by its primary key (the same SQL on both backends)."""
+        names = list(row)
+        updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != key)
+        self.sql.execute(
+            f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)}) "
+            f"ON CONFLICT ({key}) DO UPDATE SET {updates}",
+            list(row.values()),
         )
-        self.appended += 1
 
 
 @dataclass(frozen=True)
@@ -211,176 +245,46 @@ class ChangeBatch:
     oldest_seq: int  # the oldest seq still retained (last_seq + 1 when the log is empty)
 
 
-class Mirror:
-    """The mirror file: the single writer plus read access for the feed and reconciliation."""
+@dataclass(frozen=True)
+class Retention:
+    """How long the mirror keeps what it no longer needs (the leader's retention job)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mirror-writer")
-        self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mirror-reader")
-        self._db: sqlite_utils.Database | None = None
-        self._tick = asyncio.Event()
-        self.seq = 0  # the newest seq in the change log, kept by the writer
+    processed_events: timedelta
+    usage_events: timedelta
+    closed_periods: timedelta
 
-    async def open(self) -> None:
-        self._db = db = await self._on_writer(lambda: _open_writer(self.path))
-        self.seq = await self._on_writer(lambda: _last_seq(db.conn))
 
-    async def close(self) -> None:
-        if self._db is not None:
-            await self._on_writer(self._db.close)
-            self._db = None
-        self._executor.shutdown(wait=True)
-        self._readers.shutdown(wait=True)
+class Mirror(Protocol):
+    """The port: what the daemon's handlers and jobs need from the mirror, whatever the backend."""
 
-    async def transact(self, fn: Callable[[MirrorTxn], T]) -> T:
-        """Run `fn` in one write transaction; followers waiting on the feed wake if it logged changes."""
-        db = self._require_db()
+    backend: str  # "sqlite" or "postgresql"
+    seq: int  # the newest seq this process knows was committed (own writes and other daemons')
 
-        def run() -> tuple[T, int]:
-            txn = MirrorTxn(db)
-            with db.atomic():
-                result = fn(txn)
-            return result, _last_seq(db.conn) if txn.appended else self.seq
+    @property
+    def where(self) -> str:
+        """Where the data lives, for logs and errors (never a password)."""
+        ...
 
-        result, seq = await self._on_writer(run)
-        if seq != self.seq:
-            self.seq = seq
-            self._notify()
-        return result
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def transact(self, fn: Callable[[MirrorTxn], T]) -> T: ...
+    async def transact_seq(self, fn: Callable[[MirrorTxn], T]) -> tuple[T, int]:
+        """`transact`, also giving the newest seq at its commit (own changes included)."""
+        ...
 
     def watch(self) -> asyncio.Event:
-        """An event set when the next transaction that logs a change commits.
+        """Set when the next change commits (on any daemon); take it *before* reading the log."""
+        ...
 
-        Take it *before* reading the log: a commit between the read and the wait still wakes you.
-        """
-        return self._tick
-
-    async def trim_changes(self, keep: int, max_age: timedelta) -> int:
-        cutoff = rfc3339(datetime.now(UTC) - max_age)
-
-        return await self.transact(lambda txn: txn.trim_changes(keep, cutoff or ""))
-
-    # -- reads (own connections, beside the writer) ----------------------------------------
-
-    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def run() -> T:
-            conn = self._reader()
-            try:
-                return fn(conn)
-            finally:
-                conn.close()
-
-        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
-
-    async def changes_since(self, since: int, limit: int) -> ChangeBatch:
-        return await self.read(lambda conn: _changes_since(conn, since, limit))
-
-    async def accounts(self) -> list[MirrorAccount]:
-        return await self.read(_all_accounts)
-
-    async def customers(self) -> dict[str, str]:
-        return await self.read(
-            lambda c: dict(c.execute(f"SELECT customer_id, tenant FROM {CUSTOMERS} WHERE deleted_at IS NULL"))
-        )
-
-    async def last_seq(self) -> int:
-        return await self.read(_last_seq)
-
-    async def snapshot(self, chunk: int = 1000) -> AsyncIterator[dict[str, Any]]:
-        """Header, accounts, usage, trailer: all from one read transaction (a consistent cut)."""
-        loop = asyncio.get_running_loop()
-        conn = await loop.run_in_executor(self._readers, self._reader)
-        try:
-            conn.execute("BEGIN")  # the first SELECT pins the snapshot for every later read
-            seq = await loop.run_in_executor(self._readers, _last_seq, conn)
-            yield {"type": "snapshot", "seq": seq, "data_as_of": _now()}
-            counts = {"accounts": 0, "usage": 0}
-            for kind, sql in (
-                ("account", f"SELECT * FROM {ACCOUNTS} ORDER BY tenant"),
-                ("usage", "SELECT tenant, code, period_start, value FROM usage ORDER BY tenant, code"),
-            ):
-                cursor = await loop.run_in_executor(self._readers, conn.execute, sql)
-                names = [d[0] for d in cursor.description]
-                while rows := await loop.run_in_executor(self._readers, cursor.fetchmany, chunk):
-                    for row in rows:
-                        record = dict(zip(names, row, strict=True))
-                        body = MirrorAccount.from_row(record).feed() if kind == "account" else record
-                        yield {"type": kind, kind: body}
-                    counts["accounts" if kind == "account" else "usage"] += len(rows)
-            yield {"type": "end", **counts}
-        finally:
-            await loop.run_in_executor(self._readers, conn.close)
-
-    async def ping(self) -> None:
-        await self.read(lambda conn: conn.execute("SELECT 1").fetchone())
-
-    # -- plumbing ------------------------------------------------------------------------
-
-    def _reader(self) -> sqlite3.Connection:
-        # check_same_thread off: a snapshot's connection moves between reader threads, but is
-        # only ever used by one at a time (each step is awaited before the next).
-        return sqlite3.connect(
-            f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
-        )
-
-    def _notify(self) -> None:
-        tick, self._tick = self._tick, asyncio.Event()
-        tick.set()
-
-    def _require_db(self) -> sqlite_utils.Database:
-        if self._db is None:
-            raise MirrorError(f"mirror {self.path} is not open")
-        return self._db
-
-    async def _on_writer(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-
-
-def _open_writer(path: Path) -> sqlite_utils.Database:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        db = sqlite_utils.Database(path)
-        db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a webhook is acknowledged after commit, so the commit must survive a power cut.
-        db.execute("PRAGMA synchronous=FULL")
-        MIGRATIONS.apply(db)
-    except sqlite3.DatabaseError as exc:
-        raise MirrorError(f"mirror {path} is not a usable SQLite file: {exc}") from exc
-    return db
-
-
-def _last_seq(conn: sqlite3.Connection) -> int:
-    found = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", [CHANGES]).fetchone()
-    return int(found[0]) if found else 0
-
-
-def _changes_since(conn: sqlite3.Connection, since: int, limit: int) -> ChangeBatch:
-    conn.execute("BEGIN")
-    try:
-        last = _last_seq(conn)
-        oldest = conn.execute(f"SELECT min(seq) FROM {CHANGES}").fetchone()[0]
-        rows = conn.execute(
-            f"SELECT seq, kind, op, tenant, body FROM {CHANGES} WHERE seq > ? ORDER BY seq LIMIT ?",
-            [since, limit],
-        ).fetchall()
-    finally:
-        conn.execute("COMMIT")
-    changes = []
-    for seq, kind, op, tenant, body in rows:
-        change: dict[str, Any] = {"seq": seq, "kind": kind, "op": op, "tenant": tenant}
-        if body is not None:
-            change[kind] = json.loads(body)
-        changes.append(change)
-    # A partial page ends at its own last seq so the follower asks again for the rest.
-    page_end = changes[-1]["seq"] if len(changes) == limit else last
-    return ChangeBatch(changes, page_end, oldest if oldest is not None else last + 1)
-
-
-def _all_accounts(conn: sqlite3.Connection) -> list[MirrorAccount]:
-    cursor = conn.execute(f"SELECT * FROM {ACCOUNTS} ORDER BY tenant")
-    names = [d[0] for d in cursor.description]
-    return [MirrorAccount.from_row(dict(zip(names, row, strict=True))) for row in cursor]
+    async def trim_changes(self, keep: int, max_age: timedelta) -> int: ...
+    async def prune(self, retention: Retention) -> dict[str, int]: ...
+    async def read(self, fn: Callable[[Sql], T]) -> T: ...
+    async def changes_since(self, since: int, limit: int) -> ChangeBatch: ...
+    async def accounts(self) -> list[MirrorAccount]: ...
+    async def customers(self) -> dict[str, str]: ...
+    async def last_seq(self) -> int: ...
+    def snapshot(self, chunk: int = 1000) -> AsyncIterator[dict[str, Any]]: ...
+    async def ping(self) -> None: ...
 
 
 def _now() -> str:

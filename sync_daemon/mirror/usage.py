@@ -8,14 +8,13 @@ the events behind it are recorded (and a replayed transaction id changes nothing
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sync_daemon.mirror.schema import ACCOUNTS, CHANGES, USAGE, USAGE_EVENTS, USAGE_PERIODS
-from sync_daemon.mirror.store import MirrorTxn
+from sync_daemon.mirror.schema import ACCOUNTS, USAGE, USAGE_EVENTS, USAGE_PERIODS
+from sync_daemon.mirror.store import MirrorTxn, Sql
 from tiergate.models import Account
 from tiergate.periods import parse_rfc3339, rfc3339
 from tiergate.usage_events import ValidEvent, aggregate, event_period
@@ -26,13 +25,11 @@ Key = tuple[str, str, str]  # (tenant, code, period_start)
 @dataclass(frozen=True)
 class IngestResult:
     inserted: list[bool]  # per event, in order: False = a transaction id already ingested
-    seq: int  # the change log's last seq at commit: every counted event is included at or below it
     counters: dict[Key, int]  # the new value of each counter this batch changed
 
 
 def ingest_events(txn: MirrorTxn, events: Sequence[ValidEvent], received_at: datetime) -> IngestResult:
-    # The transaction's connection: MirrorTxn exposes no raw SQL, and usage lives in this module.
-    conn: sqlite3.Connection = txn._db.conn
+    conn = txn.sql
     periods = _Periods(txn, conn)
     inserted: list[bool] = []
     deltas: list[tuple[Key, int]] = []
@@ -41,8 +38,8 @@ def ingest_events(txn: MirrorTxn, events: Sequence[ValidEvent], received_at: dat
         start, _ = periods.of(event)
         period_start = rfc3339(start) or ""
         cursor = conn.execute(
-            f"INSERT OR IGNORE INTO {USAGE_EVENTS} (tenant, transaction_id, code, timestamp, "
-            "period_start, value, body, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO {USAGE_EVENTS} (tenant, transaction_id, code, timestamp, "
+            "period_start, value, body, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (
                 event.tenant,
                 event.transaction_id,
@@ -59,33 +56,28 @@ def ingest_events(txn: MirrorTxn, events: Sequence[ValidEvent], received_at: dat
             deltas.append(((event.tenant, event.code, period_start), event.value))
             periods.remember(event)
     counters = {key: _add(txn, conn, key, delta) for key, delta in aggregate(deltas).items() if delta}
-    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", [CHANGES]).fetchone()
-    return IngestResult(inserted, int(seq[0]) if seq else 0, counters)
+    return IngestResult(inserted, counters)
 
 
-def _add(txn: MirrorTxn, conn: sqlite3.Connection, key: Key, delta: int) -> int:
+def _add(txn: MirrorTxn, conn: Sql, key: Key, delta: int) -> int:
     tenant, code, period_start = key
     value = int(
         conn.execute(
             f"INSERT INTO {USAGE} (tenant, code, period_start, value) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (tenant, code, period_start) DO UPDATE SET value = value + excluded.value "
+            f"ON CONFLICT (tenant, code, period_start) DO UPDATE SET value = {USAGE}.value + excluded.value "
             "RETURNING value",
             (tenant, code, period_start, delta),
         ).fetchone()[0]
     )
     body = {"tenant": tenant, "code": code, "period_start": period_start, "value": value}
-    conn.execute(
-        f"INSERT INTO {CHANGES} (tenant, kind, op, body, at) VALUES (?, 'usage', 'upsert', ?, ?)",
-        (tenant, json.dumps(body), rfc3339(datetime.now(UTC))),
-    )
-    txn.appended += 1  # so Mirror.transact wakes the followers' long polls
+    txn.append(tenant, "usage", "upsert", body)
     return value
 
 
 class _Periods:
     """Per-batch cache: each tenant's account, and its recorded periods when a late event needs them."""
 
-    def __init__(self, txn: MirrorTxn, conn: sqlite3.Connection) -> None:
+    def __init__(self, txn: MirrorTxn, conn: Sql) -> None:
         self._txn = txn
         self._conn = conn
         self._accounts: dict[str, Account | None] = {}
@@ -124,7 +116,8 @@ class _Periods:
             return
         self._remembered.add((event.tenant, start))
         self._conn.execute(
-            f"INSERT OR IGNORE INTO {USAGE_PERIODS} (tenant, period_start, period_end) VALUES (?, ?, ?)",
+            f"INSERT INTO {USAGE_PERIODS} (tenant, period_start, period_end) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
             (event.tenant, rfc3339(start), rfc3339(end)),
         )
         self._recorded.pop(event.tenant, None)
@@ -140,10 +133,10 @@ class _Periods:
         return self._recorded[tenant]
 
 
-# -- reads (on Mirror.read connections) -----------------------------------------------------------
+# -- reads (on Mirror.read connections, either backend) -----------------------------------------------------------
 
 
-def tenant_usage(conn: sqlite3.Connection, tenant: str, now: datetime) -> dict[str, Any]:
+def tenant_usage(conn: Sql, tenant: str, now: datetime) -> dict[str, Any]:
     """The tenant's current period and its counters, plus every counter the mirror keeps."""
     found = conn.execute(
         f"SELECT tier, status, current_period_start, current_period_end FROM {ACCOUNTS} WHERE tenant = ?",
@@ -175,7 +168,7 @@ def tenant_usage(conn: sqlite3.Connection, tenant: str, now: datetime) -> dict[s
     }
 
 
-def find_event(conn: sqlite3.Connection, transaction_id: str, tenant: str | None) -> dict[str, Any] | None:
+def find_event(conn: Sql, transaction_id: str, tenant: str | None) -> dict[str, Any] | None:
     """The newest ingested event with this transaction id (of `tenant` when given), Lago-shaped."""
     sql = (
         f"SELECT tenant, transaction_id, code, timestamp, period_start, value, body, received_at "

@@ -20,6 +20,7 @@ from sync_daemon.app import create_app
 from sync_daemon.billing.stripe_actions import StripeBillingActions
 from sync_daemon.mirror.store import CustomerLink, MirrorAccount
 from sync_daemon.state import MIRROR
+from tests.conftest import MirrorBackend
 from tests.fake_stripe import RecordingStripeHTTP, fixture
 from tests.integration.daemon.conftest import (  # noqa: F401 - fixtures shared with the daemon's tests
     FEED_TOKEN,
@@ -118,9 +119,16 @@ def recording() -> RecordingStripeHTTP:
 
 
 @pytest.fixture
-async def billing(aiohttp_client: Any, tmp_path: Path, recording: RecordingStripeHTTP) -> Billing:
+async def billing(
+    aiohttp_client: Any, mirror_backend: MirrorBackend, recording: RecordingStripeHTTP
+) -> Billing:
+    """The billing API on each mirror backend (SQLite, PostgreSQL)."""
     settings = make_settings(
-        tmp_path / "mirror.db", "http://127.0.0.1:9", api_token=SecretStr(API_TOKEN), stripe_refetch=False
+        mirror_backend.path,
+        "http://127.0.0.1:9",
+        api_token=SecretStr(API_TOKEN),
+        stripe_refetch=False,
+        **mirror_backend.settings(),
     )
     actions = StripeBillingActions(
         "sk_test_billing_secret", api_base="https://api.stripe.com", http=recording

@@ -110,6 +110,37 @@ def test_defaults_render_valid_objects_with_one_daemon_on_a_pvc() -> None:
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 
+def test_postgres_mirror_runs_several_daemons_without_a_pvc() -> None:
+    pg = {"mirror": {"postgres": {"enabled": True, "existingSecret": "platform-db", "urlKey": "url"}}}
+    docs = documents(render({**STRIPE, **pg}))
+    validate_objects(docs)
+    kinds = sorted(d["kind"] for d in docs)
+    assert "PersistentVolumeClaim" not in kinds and "PodDisruptionBudget" in kinds
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    container = daemon_container(docs)
+    ref = env_of(container)["TIERGATE_MIRROR_URL"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == ("platform-db", "url")
+    assert "mirror" not in {v["name"] for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert "/var/lib/tiergate" not in {m["mountPath"] for m in container["volumeMounts"]}
+
+
+def test_postgres_url_in_the_releases_secret_is_required_and_kept_by_reference() -> None:
+    lib = helm()
+    with pytest.raises(lib.HelmError, match=r"mirror\.postgres\.url"):
+        render({**STRIPE, "mirror": {"postgres": {"enabled": True}}})
+    url = "postgresql://tiergate:s3cret@db:5432/app"
+    docs = documents(render({**STRIPE, "mirror": {"postgres": {"enabled": True, "url": url}}}))
+    secret = one(docs, "Secret")
+    assert "MIRROR_URL" in secret["data"] and "s3cret" not in yaml.safe_dump(docs)
+    ref = env_of(daemon_container(docs))["TIERGATE_MIRROR_URL"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == (secret["metadata"]["name"], "MIRROR_URL")
+
+
 def test_secret_values_reach_the_daemon_by_reference_only() -> None:
     docs = documents(render(STRIPE))
     secret = one(docs, "Secret")

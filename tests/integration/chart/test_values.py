@@ -38,6 +38,7 @@ DAEMON_MANAGED = {
     "daemon_host": "fixed 0.0.0.0, behind the Service",
     "daemon_port": "daemon.port",
     "mirror_path": "fixed, on the mirror PVC",
+    "mirror_url": "mirror.postgres (a Secret's key)",
     "plans": "fixed, the plans ConfigMap's directory",
 }
 ROLES: list[tuple[str, type[BaseSettings], dict[str, str], str]] = [

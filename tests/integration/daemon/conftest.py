@@ -23,6 +23,7 @@ from sync_daemon.app import create_app
 from sync_daemon.mirror.store import Mirror, MirrorAccount
 from sync_daemon.settings import DaemonSettings
 from sync_daemon.state import MIRROR
+from tests.conftest import MirrorBackend
 from tests.stripe_payloads import SECRET, signed
 
 ROOT = Path(__file__).parents[3]
@@ -114,10 +115,14 @@ async def fake_stripe(aiohttp_server: Any) -> FakeStripe:
 
 @pytest.fixture
 async def daemon(
-    aiohttp_client: Any, tmp_path: Path, fake_stripe: FakeStripe, request: pytest.FixtureRequest
+    aiohttp_client: Any,
+    mirror_backend: MirrorBackend,
+    fake_stripe: FakeStripe,
+    request: pytest.FixtureRequest,
 ) -> Daemon:
-    overrides = getattr(request, "param", {})
-    settings = make_settings(tmp_path / "mirror.db", fake_stripe.url, **overrides)
+    """The daemon app on each mirror backend (SQLite, PostgreSQL)."""
+    overrides = {**mirror_backend.settings(), **getattr(request, "param", {})}
+    settings = make_settings(mirror_backend.path, fake_stripe.url, **overrides)
     return Daemon(await aiohttp_client(create_app(settings)), fake_stripe)
 
 

@@ -22,6 +22,7 @@ from sidecar.settings import SidecarSettings
 from sync_daemon.app import create_app as create_daemon
 from sync_daemon.mirror.store import Mirror, MirrorAccount
 from sync_daemon.state import MIRROR
+from tests.conftest import MirrorBackend
 from tests.integration.daemon.conftest import AUTH, FEED_TOKEN, make_settings
 
 ROOT = Path(__file__).parents[3]
@@ -73,9 +74,10 @@ class DaemonServer:
         await self.mirror.transact(lambda txn: txn.put_account(account))
 
 
-async def start_daemon(tmp_path: Path, port: int = 0) -> DaemonServer:
+async def start_daemon(tmp_path: Path, port: int = 0, backend: MirrorBackend | None = None) -> DaemonServer:
     mirror = tmp_path / "mirror.db"
-    settings = make_settings(mirror, "http://127.0.0.1:9", daemon_port=port)
+    on = backend.settings() if backend is not None else {}
+    settings = make_settings(mirror, "http://127.0.0.1:9", daemon_port=port, **on)
     # A short shutdown: a follower's long poll must not hold a stopping daemon for its whole wait.
     server = TestServer(create_daemon(settings), host="127.0.0.1", port=port)
     await server.start_server(shutdown_timeout=0.2)
@@ -83,8 +85,9 @@ async def start_daemon(tmp_path: Path, port: int = 0) -> DaemonServer:
 
 
 @pytest.fixture
-async def daemon(tmp_path: Path) -> Any:
-    running = await start_daemon(tmp_path)
+async def daemon(tmp_path: Path, mirror_backend: MirrorBackend) -> Any:
+    """A daemon on each mirror backend (SQLite, PostgreSQL)."""
+    running = await start_daemon(tmp_path, backend=mirror_backend)
     yield running
     await running.server.close()
 

@@ -1,4 +1,4 @@
-"""The mirror store: migrations, WAL, one writer, the change log written with each state change."""
+"""The mirror port on both backends: migrations, the change log written with each state change, reads."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 
+from sync_daemon.mirror.backends import mirror_for
+from sync_daemon.mirror.sqlite import SqliteMirror
 from sync_daemon.mirror.store import Mirror, MirrorAccount, MirrorTxn
+from tests.conftest import MirrorBackend
 from tiergate.models import Account
 
 ALICE = MirrorAccount(
@@ -25,14 +28,17 @@ ALICE = MirrorAccount(
 
 
 @pytest.fixture
-async def mirror(tmp_path: Path) -> AsyncIterator[Mirror]:
-    store = Mirror(tmp_path / "mirror.db")
+async def mirror(mirror_backend: MirrorBackend) -> AsyncIterator[Mirror]:
+    store = mirror_for(mirror_backend.location)
     await store.open()
     yield store
     await store.close()
 
 
-async def test_schema_is_migrated_and_in_wal_mode(mirror: Mirror) -> None:
+async def test_sqlite_schema_is_migrated_and_in_wal_mode(tmp_path: Path) -> None:
+    mirror = SqliteMirror(tmp_path / "mirror.db")
+    await mirror.open()
+    await mirror.close()
     conn = sqlite3.connect(mirror.path)
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"accounts", "customers", "processed_events", "changes", "usage", "_sqlite_migrations"} <= tables
@@ -115,12 +121,12 @@ async def test_snapshot_is_one_consistent_cut(mirror: Mirror) -> None:
     assert records[-1] == {"type": "end", "accounts": 3, "usage": 0}
 
 
-async def test_reopen_keeps_position(tmp_path: Path) -> None:
-    first = Mirror(tmp_path / "m.db")
+async def test_reopen_keeps_position(mirror_backend: MirrorBackend) -> None:
+    first = mirror_for(mirror_backend.location)
     await first.open()
     await first.transact(lambda txn: txn.put_account(ALICE))
     await first.close()
-    again = Mirror(tmp_path / "m.db")
+    again = mirror_for(mirror_backend.location)
     await again.open()
     try:
         assert again.seq == 1

@@ -1,0 +1,140 @@
+"""The mirror's PostgreSQL schema (`tiergate`): versioned migrations applied at start under an advisory lock.
+
+The columns are the SQLite tables' (schema.py), so both adapters share every statement: times a
+policy reads are RFC 3339 `Z` text, Stripe's `created` stays integer seconds, flags are 0/1.
+Version 1 is the SQLite history up to m004 in one step; later changes go in both lists.
+docs/mirror-sql.md documents these tables for the platform's own queries.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+SCHEMA = "tiergate"
+# pg_advisory_lock keys (one bigint space): migrations, and the scheduled jobs' leader.
+MIGRATION_LOCK = 0x7469_6572_0001
+LEADER_LOCK = 0x7469_6572_0002
+
+_NOW = "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+_MONTH = "to_char(date_trunc('month', now() AT TIME ZONE 'UTC'), 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+
+V1 = f"""
+CREATE TABLE accounts (
+    tenant text PRIMARY KEY,
+    stripe_customer_id text,
+    subscription_id text,
+    tier text NOT NULL,
+    interval text,
+    status text NOT NULL,
+    quantity bigint NOT NULL DEFAULT 1,
+    current_period_start text,
+    current_period_end text,
+    trial_end text,
+    cancel_at_period_end integer NOT NULL DEFAULT 0,
+    canceled_at text,
+    past_due_since text,
+    payment_attempts bigint NOT NULL DEFAULT 0,
+    payment_updated bigint NOT NULL DEFAULT 0,
+    stripe_updated bigint NOT NULL DEFAULT 0,
+    needs_reconcile integer NOT NULL DEFAULT 0,
+    unmapped_price integer NOT NULL DEFAULT 0,
+    version bigint NOT NULL DEFAULT 0,
+    pending_tier text,
+    pending_interval text,
+    pending_at text
+);
+CREATE INDEX accounts_by_subscription ON accounts (subscription_id);
+CREATE TABLE customers (
+    customer_id text PRIMARY KEY,
+    tenant text NOT NULL,
+    deleted_at bigint
+);
+CREATE TABLE processed_events (
+    id text PRIMARY KEY,
+    type text NOT NULL,
+    outcome text NOT NULL,
+    received_at text NOT NULL
+);
+CREATE INDEX processed_events_by_received_at ON processed_events (received_at);
+-- seq is assigned at commit while holding feed_head's row lock: seqs commit in order, no gaps
+-- between committed rows (docs/adr/0007-gap-free-change-feed.md).
+CREATE TABLE changes (
+    seq bigint PRIMARY KEY,
+    tenant text NOT NULL,
+    kind text NOT NULL CHECK (kind IN ('account', 'usage')),
+    op text NOT NULL CHECK (op IN ('upsert', 'delete')),
+    body text,
+    at text NOT NULL
+);
+CREATE INDEX changes_by_at ON changes (at);
+CREATE TABLE feed_head (
+    id integer PRIMARY KEY CHECK (id = 1),
+    seq bigint NOT NULL
+);
+INSERT INTO feed_head (id, seq) VALUES (1, 0);
+CREATE TABLE usage (
+    tenant text NOT NULL,
+    code text NOT NULL,
+    period_start text NOT NULL,
+    value bigint NOT NULL,
+    PRIMARY KEY (tenant, code, period_start)
+);
+CREATE TABLE usage_events (
+    tenant text NOT NULL,
+    transaction_id text NOT NULL,
+    code text NOT NULL,
+    timestamp text NOT NULL,
+    period_start text NOT NULL,
+    value bigint NOT NULL,
+    body text NOT NULL,
+    received_at text NOT NULL,
+    PRIMARY KEY (tenant, transaction_id)
+);
+CREATE INDEX usage_events_by_transaction ON usage_events (transaction_id);
+CREATE INDEX usage_events_by_received_at ON usage_events (received_at);
+CREATE TABLE usage_periods (
+    tenant text NOT NULL,
+    period_start text NOT NULL,
+    period_end text NOT NULL,
+    PRIMARY KEY (tenant, period_start)
+);
+CREATE VIEW current_usage AS
+SELECT u.tenant, u.code, u.period_start, u.value, a.tier
+FROM usage u LEFT JOIN accounts a ON a.tenant = u.tenant
+WHERE u.period_start <= {_NOW}
+  AND u.period_start >= COALESCE(a.current_period_start, {_MONTH})
+  AND NOT EXISTS (
+    SELECT 1 FROM usage newer
+    WHERE newer.tenant = u.tenant AND newer.code = u.code
+      AND newer.period_start > u.period_start
+      AND newer.period_start <= {_NOW});
+"""
+
+MIGRATIONS: list[tuple[int, str, str]] = [(1, "initial", V1)]
+
+
+def migrate(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
+    """Apply what is missing, in order, each in its own transaction; two daemons starting together
+    wait for each other on the lock. Returns the names applied now."""
+    applied: list[str] = []
+    conn.execute("SELECT pg_advisory_lock(%s)", [MIGRATION_LOCK])
+    try:
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations (version integer PRIMARY KEY, "
+            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row[0] for row in conn.execute(f"SELECT version FROM {SCHEMA}.schema_migrations")}
+        for version, name, ddl in MIGRATIONS:
+            if version in done:
+                continue
+            with conn.transaction():
+                conn.execute(f"SET LOCAL search_path TO {SCHEMA}")
+                conn.execute(ddl)
+                conn.execute(
+                    f"INSERT INTO {SCHEMA}.schema_migrations (version, name) VALUES (%s, %s)", [version, name]
+                )
+            applied.append(f"{version:04d}_{name}")
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", [MIGRATION_LOCK])
+    return applied
