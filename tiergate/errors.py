@@ -53,3 +53,21 @@ class ReplicaError(TierError):
 
 class SettingsError(TierError):
     code = "invalid_settings"
+
+
+class SidecarUnreachableError(TierError):
+    """The client got no answer from the sidecar (refused, reset, timed out, or a 5xx)."""
+
+    code = "sidecar_unreachable"
+    status = 503
+
+
+class SidecarRejectedError(TierError):
+    """The sidecar answered a client's call with a 4xx; `code` is the sidecar's own error code."""
+
+    status = 400
+
+    def __init__(self, message: str, *, code: str, status: int, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.code = code
+        self.status = status
