@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sync_daemon.mirror.store import Mirror, MirrorError
+from sync_daemon.mirror.store import Mirror
+from tiergate.errors import MirrorError
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 

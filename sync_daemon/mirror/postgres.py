@@ -32,7 +32,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from sync_daemon.mirror.postgres_schema import SCHEMA, migrate
 from sync_daemon.mirror.schema import CHANGES
 from sync_daemon.mirror.sql import SqlMirror
-from sync_daemon.mirror.store import Cursor, MirrorError, MirrorTxn, Sql
+from sync_daemon.mirror.store import Cursor, MirrorTxn, Sql
+from tiergate.errors import MirrorError
 
 log = structlog.get_logger("tiergate.mirror")
 

@@ -17,7 +17,8 @@ import sqlite_utils
 
 from sync_daemon.mirror.schema import CHANGES, MIGRATIONS
 from sync_daemon.mirror.sql import SqlMirror
-from sync_daemon.mirror.store import Cursor, MirrorError, MirrorTxn, Sql
+from sync_daemon.mirror.store import Cursor, MirrorTxn, Sql
+from tiergate.errors import MirrorError
 
 T = TypeVar("T")
 

@@ -19,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from sync_daemon.mirror.schema import ACCOUNTS, CUSTOMERS, EVENTS
-from tiergate.errors import TierError
 from tiergate.periods import parse_rfc3339, rfc3339
 
 T = TypeVar("T")
@@ -69,11 +68,6 @@ _TIMES = frozenset(
 # A subscription in one of these states has no future: a pending change on it is void.
 _ENDED = frozenset({"canceled", "incomplete_expired"})
 _FLAGS = frozenset({"cancel_at_period_end", "needs_reconcile", "unmapped_price"})
-
-
-class MirrorError(TierError):
-    code = "mirror_unavailable"
-    status = 503
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from sync_daemon.leader import PostgresLeader
 from sync_daemon.mirror.postgres import PostgresMirror
 from sync_daemon.mirror.postgres_schema import LEADER_LOCK
 from sync_daemon.mirror.store import MirrorAccount, MirrorTxn
-from sync_daemon.state import MIRROR
 from tests import postgres_server
 from tests.integration.daemon.conftest import AUTH, FEED_TOKEN, ROOT, make_settings
 from tests.integration.usage.conftest import eventually
@@ -62,7 +61,9 @@ async def test_a_follower_never_misses_a_change_while_two_daemons_write(
 
     async def writer(mirror: PostgresMirror, name: str) -> None:
         async def one(i: int) -> None:
-            account = MirrorAccount(tenant=f"{name}-{i % tenants}", tier="pro", status="active", quantity=i + 1)
+            account = MirrorAccount(
+                tenant=f"{name}-{i % tenants}", tier="pro", status="active", quantity=i + 1
+            )
             await mirror.transact(_slow_put(account))
 
         await asyncio.gather(*(one(i) for i in range(per_writer)))
@@ -157,9 +158,9 @@ async def test_a_webhook_storm_split_across_two_daemons_converges(daemons: list[
                 return response.status
 
         statuses = await asyncio.gather(*(deliver(i, d[0], d[2]) for i, d in enumerate(deliveries)))
-        tampered = [s for s, d in zip(statuses, deliveries, strict=True) if d[0] != d[1]]
+        refused = [s for s, d in zip(statuses, deliveries, strict=True) if d[0] != d[1]]
         genuine = [s for s, d in zip(statuses, deliveries, strict=True) if d[0] == d[1]]
-        assert set(tampered) == {400} and set(genuine) == {200}
+        assert set(refused) == {400} and set(genuine) == {200}
         for url in daemons:
             async with session.get(url + "/v1/feed/snapshot", headers=AUTH) as response:
                 lines = [line for line in (await response.text()).splitlines() if '"account"' in line]
@@ -168,7 +169,10 @@ async def test_a_webhook_storm_split_across_two_daemons_converges(daemons: list[
 
 
 async def test_usage_with_replays_sent_to_both_daemons_counts_once(daemons: list[str]) -> None:
-    events = [{"transaction_id": f"tx-{i}", "external_customer_id": "t_usage", "code": "api_calls"} for i in range(300)]
+    events = [
+        {"transaction_id": f"tx-{i}", "external_customer_id": "t_usage", "code": "api_calls"}
+        for i in range(300)
+    ]
     replays = random.Random(3).sample(events, 30)  # 10 %
     batches = [events[i : i + 20] for i in range(0, len(events), 20)] + [replays[:15], replays[15:]]
     async with aiohttp.ClientSession() as session:
@@ -239,9 +243,11 @@ async def test_the_leader_hands_over_when_it_is_killed(pg: str, tmp_path: Path) 
             return bool((await status())["leader"]["is_leader"])
 
         await eventually(first_leads, within=10)
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
-                assert "tiergate_leader 1.0" in await response.text()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/metrics") as response,
+        ):
+            assert "tiergate_leader 1.0" in await response.text()
         second = PostgresLeader(pg, LEADER_LOCK, check_s)
         await second.start()
         try:
