@@ -48,6 +48,7 @@ class PostgresLeader:
         self._key = lock_key
         self._check_s = check_s
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self.is_leader = False
         self.since: str | None = None
         self.last_error: str | None = None
@@ -66,29 +67,33 @@ class PostgresLeader:
         self._task = asyncio.create_task(self._run(), name="leader-election")
 
     async def stop(self) -> None:
+        """Close the connection (releasing the lock) from the election task itself, not by cancelling it."""
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
         self._set(False)
 
     async def _run(self) -> None:
         import psycopg  # only with PostgreSQL
 
-        while True:
+        while not self._stopping.is_set():
             try:
                 timeout = max(1, int(self._check_s * 2))
                 async with await psycopg.AsyncConnection.connect(
                     self._url, autocommit=True, connect_timeout=timeout
                 ) as conn:
-                    while True:
+                    while not self._stopping.is_set():
                         await self._hold_or_try(conn)
-                        await asyncio.sleep(self._check_s)
+                        await self._pause()
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("leader_connection_lost", error=self.last_error)
             self._set(False)
-            await asyncio.sleep(self._check_s)
+            await self._pause()
+
+    async def _pause(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), self._check_s)
 
     async def _hold_or_try(self, conn: Any) -> None:
         if self.is_leader:

@@ -39,8 +39,9 @@ log = structlog.get_logger("tiergate.mirror")
 
 T = TypeVar("T")
 CHANNEL = "tiergate_feed"
-_LOCK_CLASSES = {"event": 1, "tenant": 2}  # pg_advisory_xact_lock(class, hashtext(key))
+_LOCK_CLASSES = {"event": 1, "tenant": 2, "usage_events": 3}  # pg_advisory_xact_lock(class, hashtext(key))
 _RETRIES = 30
+_LISTEN_TICK_S = 0.1
 _RETRYABLE = (errors.SerializationFailure, errors.DeadlockDetected)
 Connection = psycopg.Connection[tuple[Any, ...]]
 
@@ -86,6 +87,7 @@ class PostgresMirror(SqlMirror):
         self._pool = _pool(url, pool_size, timeout_s, "tiergate-mirror-write")
         self._read_pool = _pool(url, 4, timeout_s, "tiergate-mirror-read")
         self._listener: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self.listening = False
 
     @property
@@ -111,9 +113,8 @@ class PostgresMirror(SqlMirror):
 
     async def close(self) -> None:
         if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            self._stopping.set()
+            await self._listener
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._writer, self._pool.close)
         await loop.run_in_executor(self._writer, self._read_pool.close)
@@ -153,22 +154,30 @@ class PostgresMirror(SqlMirror):
         return _last_seq(sql)
 
     async def _listen(self) -> None:
-        """Wake long polls on other daemons' commits; while disconnected, wake them every second."""
-        while True:
+        """Wake long polls on other daemons' commits; while disconnected, wake them every second.
+
+        Stopped by `_stopping`, never by cancelling psycopg mid-call: `notifies` returns every
+        `_LISTEN_TICK_S` to look at the flag, and the connection is closed by this task itself.
+        """
+        while not self._stopping.is_set():
             try:
-                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, connect_timeout=int(self._timeout_s)
+                ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self.listening = True
                     cursor = await conn.execute("SELECT seq FROM tiergate.feed_head")
                     found = await cursor.fetchone()
                     self.advance(int(found[0]) if found else 0)
-                    async for note in conn.notifies():
-                        self.advance(int(note.payload))
+                    while not self._stopping.is_set():
+                        async for note in conn.notifies(timeout=_LISTEN_TICK_S):
+                            self.advance(int(note.payload))
             except psycopg.Error as exc:
                 log.warning("mirror_listen_lost", error=str(exc))
             self.listening = False
             self._notify()
-            await asyncio.sleep(1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 1.0)
 
 
 def _pool(url: str, size: int, timeout_s: float, name: str) -> ConnectionPool[Connection]:

@@ -2,7 +2,7 @@
 
 The columns are the SQLite tables' (schema.py), so both adapters share every statement: times a
 policy reads are RFC 3339 `Z` text, Stripe's `created` stays integer seconds, flags are 0/1.
-Version 1 is the SQLite history up to m004 in one step; later changes go in both lists.
+Version 1 is the SQLite history up to m005 in one step; later changes go in both lists.
 docs/mirror-sql.md documents these tables for the platform's own queries.
 """
 
@@ -88,10 +88,28 @@ CREATE TABLE usage_events (
     value bigint NOT NULL,
     body text NOT NULL,
     received_at text NOT NULL,
+    external_subscription_id text,
+    document text,
+    -- orders stored events for the sinks' cursors: taken under a lock held to commit (see usage.py)
+    seq bigint,
     PRIMARY KEY (tenant, transaction_id)
 );
 CREATE INDEX usage_events_by_transaction ON usage_events (transaction_id);
 CREATE INDEX usage_events_by_received_at ON usage_events (received_at);
+CREATE UNIQUE INDEX usage_events_by_seq ON usage_events (seq);
+CREATE INDEX usage_events_by_tenant_time ON usage_events (tenant, timestamp, seq);
+CREATE TABLE sink_cursors (
+    sink text PRIMARY KEY,
+    seq bigint NOT NULL,
+    updated_at text NOT NULL
+);
+CREATE TABLE sink_failures (
+    sink text NOT NULL,
+    seq bigint NOT NULL,
+    error text NOT NULL,
+    at text NOT NULL,
+    PRIMARY KEY (sink, seq)
+);
 CREATE TABLE usage_periods (
     tenant text NOT NULL,
     period_start text NOT NULL,

@@ -14,7 +14,16 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sync_daemon.mirror.schema import ACCOUNTS, CHANGES, CUSTOMERS, EVENTS, USAGE, USAGE_EVENTS, USAGE_PERIODS
+from sync_daemon.mirror.schema import (
+    ACCOUNTS,
+    CHANGES,
+    CUSTOMERS,
+    EVENTS,
+    SINK_CURSORS,
+    USAGE,
+    USAGE_EVENTS,
+    USAGE_PERIODS,
+)
 from sync_daemon.mirror.store import ChangeBatch, MirrorAccount, MirrorTxn, Retention, Sql, column_names
 from tiergate.periods import calendar_month, rfc3339
 
@@ -23,8 +32,10 @@ T = TypeVar("T")
 # Counters of periods that have ended stay in the mirror (the platform's SQL, late events) but
 # followers only need the current ones: a counter older than its tenant's current period start
 # (the calendar month for a tenant without a subscription period) stays out of snapshots.
+# The feed's counters never go below zero (a correction may arrive before what it corrects).
 _CURRENT_USAGE = (
-    f"SELECT u.tenant, u.code, u.period_start, u.value FROM {USAGE} u "
+    "SELECT u.tenant, u.code, u.period_start, CASE WHEN u.value < 0 THEN 0 ELSE u.value END AS value "
+    f"FROM {USAGE} u "
     f"LEFT JOIN {ACCOUNTS} a ON a.tenant = u.tenant "
     "WHERE u.period_start >= COALESCE(a.current_period_start, ?) ORDER BY u.tenant, u.code, u.period_start"
 )
@@ -202,7 +213,13 @@ def prune_rows(sql: Sql, retention: Retention, now: datetime) -> dict[str, int]:
     periods_before = rfc3339(now - retention.closed_periods)
     counts = {
         "processed_events": sql.execute(f"DELETE FROM {EVENTS} WHERE received_at < ?", [events_before]),
-        "usage_events": sql.execute(f"DELETE FROM {USAGE_EVENTS} WHERE received_at < ?", [usage_before]),
+        # Never the newest event (its seq numbers the next one) nor one a sink has not delivered yet.
+        "usage_events": sql.execute(
+            f"DELETE FROM {USAGE_EVENTS} WHERE received_at < ? "
+            f"AND seq < (SELECT max(seq) FROM {USAGE_EVENTS}) "
+            f"AND seq <= COALESCE((SELECT min(seq) FROM {SINK_CURSORS}), seq)",
+            [usage_before],
+        ),
         "usage_counters": sql.execute(
             f"DELETE FROM {USAGE} WHERE period_start < ? AND period_start < COALESCE("
             f"(SELECT a.current_period_start FROM {ACCOUNTS} a WHERE a.tenant = {USAGE}.tenant), ?)",

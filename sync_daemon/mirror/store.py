@@ -61,6 +61,7 @@ FEED_FIELDS = (
     "pending_tier",
     "pending_interval",
     "pending_at",
+    "subscription_id",
 )
 _TIMES = frozenset(
     {"current_period_start", "current_period_end", "trial_end", "canceled_at", "past_due_since", "pending_at"}

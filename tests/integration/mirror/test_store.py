@@ -12,7 +12,7 @@ import pytest
 
 from sync_daemon.mirror.backends import mirror_for
 from sync_daemon.mirror.sqlite import SqliteMirror
-from sync_daemon.mirror.store import Mirror, MirrorAccount, MirrorTxn
+from sync_daemon.mirror.store import Mirror, MirrorAccount, MirrorTxn, Retention
 from tests.conftest import MirrorBackend
 from tiergate.models import Account
 
@@ -133,3 +133,61 @@ async def test_reopen_keeps_position(mirror_backend: MirrorBackend) -> None:
         assert await again.accounts() == [ALICE.replace(version=1)]
     finally:
         await again.close()
+
+
+async def test_retention_deletes_only_what_is_old_and_never_the_current_period(mirror: Mirror) -> None:
+    now = datetime.now(UTC)
+    old, recent = "2020-01-01T00:00:00Z", now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    account = ALICE.replace(current_period_start=datetime(2019, 12, 1, tzinfo=UTC))  # a long-lived period
+
+    def fill(txn: MirrorTxn) -> None:
+        txn.put_account(account)
+        for event_id, at in (("evt_old", old), ("evt_new", recent)):
+            txn.sql.execute(
+                "INSERT INTO processed_events (id, type, outcome, received_at) VALUES (?, 'x', 'applied', ?)",
+                [event_id, at],
+            )
+        for seq, (tid, at) in enumerate((("tx_old", old), ("tx_old2", old), ("tx_new", recent)), start=1):
+            txn.sql.execute(
+                "INSERT INTO usage_events (tenant, transaction_id, code, timestamp, period_start, value, "
+                "body, received_at, seq) VALUES ('t_bob', ?, 'api_calls', ?, ?, 1, '{}', ?, ?)",
+                [tid, at, at, at, seq],
+            )
+        for tenant, start in (
+            ("t_bob", "2019-01-01T00:00:00Z"),
+            ("t_bob", recent),
+            ("t_alice", "2019-12-01T00:00:00Z"),
+        ):
+            txn.sql.execute(
+                "INSERT INTO usage (tenant, code, period_start, value) VALUES (?, 'api_calls', ?, 5)",
+                [tenant, start],
+            )
+
+    await mirror.transact(fill)
+    keep = timedelta(days=30)
+    deleted = await mirror.prune(Retention(processed_events=keep, usage_events=keep, closed_periods=keep))
+    assert deleted == {"processed_events": 1, "usage_events": 2, "usage_counters": 1, "usage_periods": 0}
+    left = await mirror.read(
+        lambda sql: sql.execute("SELECT tenant, period_start FROM usage ORDER BY tenant").fetchall()
+    )
+    # t_alice's counter is old but of her current period: kept
+    assert [tuple(row) for row in left] == [("t_alice", "2019-12-01T00:00:00Z"), ("t_bob", recent)]
+    assert not await mirror.transact(lambda txn: txn.seen("evt_old"))
+    assert await mirror.transact(lambda txn: txn.seen("evt_new"))
+
+
+async def test_snapshots_carry_current_period_counters_only(mirror: Mirror) -> None:
+    await mirror.transact(lambda txn: txn.put_account(ALICE))  # period 2026-01-01 .. 2026-02-01
+
+    def fill(txn: MirrorTxn) -> None:
+        for start, value in (("2025-12-01T00:00:00Z", 7), ("2026-01-01T00:00:00Z", 3)):
+            txn.sql.execute(
+                "INSERT INTO usage (tenant, code, period_start, value) VALUES ('t_alice', 'api_calls', ?, ?)",
+                [start, value],
+            )
+
+    await mirror.transact(fill)
+    usage = [r["usage"] async for r in mirror.snapshot() if r["type"] == "usage"]
+    assert usage == [
+        {"tenant": "t_alice", "code": "api_calls", "period_start": "2026-01-01T00:00:00Z", "value": 3}
+    ]
