@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
@@ -17,6 +17,10 @@ Status = Literal[
     "incomplete_expired",
     "paused",
 ]
+
+# A subscription in these states has ended: no billing period of its own, the default tier's
+# features (policies/entitlements.rego spells the same set `ended_statuses`).
+ENDED_STATUSES = frozenset({"canceled", "incomplete_expired"})
 
 REASONS = (
     "ok",
@@ -77,8 +81,9 @@ class CheckRequest(BaseModel):
     quantity: Quantity = 1
 
 
-class Decision(BaseModel):
-    """The policy's answer plus the lineage the sidecar adds."""
+@dataclass(frozen=True, slots=True)
+class PolicyAnswer:
+    """What the policy decided, before the sidecar adds lineage; `valid_until` is RFC 3339 `Z`."""
 
     allow: bool
     reason: str
@@ -86,14 +91,62 @@ class Decision(BaseModel):
     limit: int | None = None
     used: int = 0
     remaining: int | None = None
-    valid_until: datetime | None = None
+    valid_until: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The policy's answer plus the lineage the sidecar adds: what every decision route returns.
+
+    Times are RFC 3339 strings in UTC with a `Z` (`tiergate.periods.rfc3339`), as rendered.
+    orjson serialises it as it is, fields in this order.
+    """
+
+    allow: bool
+    reason: str
+    tier: str | None
+    limit: int | None
+    used: int
+    remaining: int | None
+    valid_until: str | None
     tenant: str
     feature: str
-    quantity: int = 1
-    decision_id: str = ""
-    policy_revision: str = ""
-    data_as_of: datetime | None = None
-    stale: bool = False
+    quantity: int
+    decision_id: str
+    policy_revision: str
+    data_as_of: str | None
+    stale: bool
+
+    @classmethod
+    def of(
+        cls,
+        answer: PolicyAnswer,
+        *,
+        tenant: str,
+        feature: str,
+        quantity: int,
+        decision_id: str,
+        policy_revision: str,
+        data_as_of: str | None,
+        stale: bool,
+    ) -> Decision:
+        return cls(
+            answer.allow,
+            answer.reason,
+            answer.tier,
+            answer.limit,
+            answer.used,
+            answer.remaining,
+            answer.valid_until,
+            tenant,
+            feature,
+            quantity,
+            decision_id,
+            policy_revision,
+            data_as_of,
+            stale,
+        )
 
     def body(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """The JSON object, as a dict (for responses that add to it)."""
+        return {name: getattr(self, name) for name in self.__slots__}
