@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
 Status = Literal[
     "trialing",
@@ -85,6 +85,8 @@ class CheckRequest(BaseModel):
 class PolicyAnswer:
     """What the policy decided, before the sidecar adds lineage; `valid_until` is RFC 3339 `Z`."""
 
+    model_config = ConfigDict(frozen=True)
+
     allow: bool
     reason: str
     tier: str | None
@@ -94,9 +96,10 @@ class PolicyAnswer:
     valid_until: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Decision:
-    """The policy's answer plus the lineage the sidecar adds: what every decision route returns.
+    """The policy's answer plus the lineage the sidecar adds: what every decision route returns,
+    and what the clients parse it back into.
 
     Times are RFC 3339 strings in UTC with a `Z` (`tiergate.periods.rfc3339`), as rendered.
     orjson serialises it as it is, fields in this order.
@@ -105,17 +108,23 @@ class Decision:
     allow: bool
     reason: str
     tier: str | None
-    limit: int | None
-    used: int
-    remaining: int | None
-    valid_until: str | None
+    limit: int | None = None
+    used: int = 0
+    remaining: int | None = None
+    valid_until: str | None = None
     tenant: str
     feature: str
-    quantity: int
-    decision_id: str
-    policy_revision: str
-    data_as_of: str | None
-    stale: bool
+    quantity: int = 1
+    decision_id: str = ""
+    policy_revision: str = ""
+    data_as_of: str | None = None
+    stale: bool = False
+
+    @classmethod
+    def from_json(cls, raw: object) -> Decision:
+        """A decision as a sidecar rendered it (extra keys, e.g. `reservation`, are ignored);
+        raises pydantic's ValidationError."""
+        return _DECISION_ADAPTER.validate_python(raw)
 
     @classmethod
     def of(
@@ -131,22 +140,25 @@ class Decision:
         stale: bool,
     ) -> Decision:
         return cls(
-            answer.allow,
-            answer.reason,
-            answer.tier,
-            answer.limit,
-            answer.used,
-            answer.remaining,
-            answer.valid_until,
-            tenant,
-            feature,
-            quantity,
-            decision_id,
-            policy_revision,
-            data_as_of,
-            stale,
+            allow=answer.allow,
+            reason=answer.reason,
+            tier=answer.tier,
+            limit=answer.limit,
+            used=answer.used,
+            remaining=answer.remaining,
+            valid_until=answer.valid_until,
+            tenant=tenant,
+            feature=feature,
+            quantity=quantity,
+            decision_id=decision_id,
+            policy_revision=policy_revision,
+            data_as_of=data_as_of,
+            stale=stale,
         )
 
     def body(self) -> dict[str, Any]:
         """The JSON object, as a dict (for responses that add to it)."""
         return {name: getattr(self, name) for name in self.__slots__}
+
+
+_DECISION_ADAPTER = TypeAdapter(Decision)

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 
 from sync_daemon.mirror.schema import ACCOUNTS, CHANGES, CUSTOMERS, EVENTS, MIGRATIONS
-from tiergate.errors import TierError
+from tiergate.errors import MirrorError
 from tiergate.models import ENDED_STATUSES
 from tiergate.periods import parse_rfc3339, rfc3339, utc_now_text
 
@@ -48,11 +48,6 @@ _TIMES = frozenset(
     {"current_period_start", "current_period_end", "trial_end", "canceled_at", "past_due_since", "pending_at"}
 )
 _FLAGS = frozenset({"cancel_at_period_end", "needs_reconcile", "unmapped_price"})
-
-
-class MirrorError(TierError):
-    code = "mirror_unavailable"
-    status = 503
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,9 @@ import structlog
 
 from sync_daemon.metrics import DaemonMetrics
 from sync_daemon.mirror.store import CustomerLink, Mirror, MirrorAccount, MirrorTxn
-from sync_daemon.stripe_sync.source import BillingSource, BillingUnavailableError
+from sync_daemon.stripe_sync.source import BillingSource
 from sync_daemon.stripe_sync.translate import SubscriptionState, Translator, decide_subscription
+from tiergate.errors import BillingUnavailableError
 from tiergate.models import ENDED_STATUSES
 from tiergate.periods import utc_now_text
 
