@@ -40,6 +40,7 @@ def row(
         pending_tier="starter",
         pending_interval="month",
         pending_at="2026-12-10T00:00:00Z",
+        subscription_id="sub_1",
     )
 
 
