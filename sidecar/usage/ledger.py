@@ -125,11 +125,10 @@ class UsageLedger:
     async def usage(self, replica: ReplicaReader, tenant: str, period_start: str) -> dict[str, int]:
         """The tenant's counters for the period as a decision must see them: the replica's, read at
         one position, plus what that position does not include yet (never less than was accepted)."""
-        usage = _consistent_usage(replica, tenant, period_start)
+        # The reader's counters always belong to its position (replica/index.py): no re-reads.
         if self.ambiguous(tenant, period_start, replica.meta.position):
             await self.flight_answered(FLIGHT_WAIT_S)  # else over-count, never under
-            replica.refresh()
-            usage = _consistent_usage(replica, tenant, period_start)
+        usage = replica.usage(tenant, period_start)
         return self.overlay(tenant, period_start, usage, replica.meta.position)
 
     def overlay(
@@ -152,10 +151,3 @@ class UsageLedger:
     def stats(self) -> dict[str, int]:
         return {"counters": sum(len(c) for c in self._totals.values()), "awaiting_feed": len(self._confirmed)}
 
-
-def _consistent_usage(replica: ReplicaReader, tenant: str, period_start: str) -> dict[str, int]:
-    """Counters and position that agree: re-read while a commit lands between the two reads."""
-    usage = replica.usage(tenant, period_start)
-    while replica.refresh():
-        usage = replica.usage(tenant, period_start)
-    return usage
