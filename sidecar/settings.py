@@ -26,7 +26,7 @@ class SidecarSettings(BaseSettings):
     authz_record_usage: bool = True
     tenant_header: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9-]+$")] = "X-Tenant-Id"
     decision_cache_size: Annotated[int, Field(ge=0)] = 100_000
-    decision_cache_ttl_s: Annotated[float, Field(ge=0)] = 30.0
+    decision_cache_ttl_s: Annotated[float, Field(ge=0)] = 0.0
     decision_log_sample: Annotated[float, Field(ge=0, le=1)] = 0.01
     decision_log_denies: bool = True
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576

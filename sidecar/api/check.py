@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from sidecar.api.authz import AUTHZ_PREFIX, authz_answer, original_request
+from sidecar.api.query import check_query
 from sidecar.api.usage import RECORDER, check_and_reserve, usage_status
 from sidecar.replica.store import AccountRow
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS
@@ -28,12 +29,8 @@ class CheckBatch(BaseModel):
 
 
 async def check_get(request: web.Request) -> web.Response:
-    query = request.query
-    raw: dict[str, Any] = {"tenant": query.get("tenant"), "feature": query.get("feature")}
-    if "quantity" in query:
-        raw["quantity"] = _query_int(query["quantity"], "quantity")
-    check = validate(CheckRequest, {k: v for k, v in raw.items() if v is not None})
-    return json_response(await request.app[DECISIONS].decide(check.tenant, check.feature, check.quantity))
+    tenant, feature, quantity = check_query(request.query)
+    return json_response(await request.app[DECISIONS].decide(tenant, feature, quantity))
 
 
 async def check_post(request: web.Request) -> web.Response:
@@ -207,13 +204,6 @@ async def status(request: web.Request) -> web.Response:
             "usage": usage_status(request.app),
         }
     )
-
-
-def _query_int(value: str, field: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise BadRequestError(f"{field}: {value!r} is not an integer", field=field) from None
 
 
 _OPENAPI = Path(__file__).parents[1] / "openapi.yaml"

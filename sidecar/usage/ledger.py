@@ -150,4 +150,3 @@ class UsageLedger:
 
     def stats(self) -> dict[str, int]:
         return {"counters": sum(len(c) for c in self._totals.values()), "awaiting_feed": len(self._confirmed)}
-
