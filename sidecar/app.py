@@ -9,6 +9,7 @@ import os
 from collections.abc import AsyncIterator
 
 import structlog
+import uvloop
 from aiohttp import web
 
 from sidecar.api.check import add_routes
@@ -130,8 +131,10 @@ def _reloaded(app: web.Application, revision: str) -> None:
 
 
 def run(settings: SidecarSettings) -> None:
+    loop = uvloop.new_event_loop() if settings.event_loop == "uvloop" else None
     web.run_app(
         create_app(settings),
+        loop=loop,
         host=settings.sidecar_host,
         port=settings.sidecar_port,
         access_log=None,

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 DECISION_BUCKETS = (25e-6, 50e-6, 100e-6, 200e-6, 400e-6, 800e-6, 1.6e-3, 3.2e-3, 6.4e-3, 0.0128, 0.05)
+_BUCKET_LABELS = (*(repr(b) for b in DECISION_BUCKETS), "+Inf")  # Prometheus' `le` spelling
 
 
 class DecisionCounts(Collector):
@@ -45,9 +45,9 @@ class DecisionCounts(Collector):
         cache.add_metric(["miss"], self.misses)
         yield cache
         cumulative, total = [], 0
-        for bound, count in zip((*DECISION_BUCKETS, float("inf")), self.buckets, strict=True):
+        for label, count in zip(_BUCKET_LABELS, self.buckets, strict=True):
             total += count
-            cumulative.append((floatToGoString(bound), total))
+            cumulative.append((label, total))
         yield HistogramMetricFamily(
             "tiergate_decision_seconds",
             "Time to produce one decision inside the sidecar (replica lookup, cache, engine).",

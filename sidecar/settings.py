@@ -20,6 +20,7 @@ class SidecarSettings(BaseSettings):
     engine: Literal["embedded", "opa"] = "embedded"
     # The embedded engine runs policies on regorus's compiled VM (~4x faster than its interpreter).
     engine_vm: bool = True
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     opa_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8181")
     engine_timeout_s: Annotated[float, Field(gt=0, le=60)] = 0.5
     # /v1/authz records one unit of a route's `usage` metric for each request it lets through.

@@ -73,7 +73,7 @@ class DecisionService:
         self._as_of_text: str | None = None
         self._adopt(reader.meta)
         reader.subscribe(self._replica_changed)
-        ledger.on_change = cache.invalidate  # pending usage changes its tenant's answers
+        ledger.subscribe(cache.invalidate)  # pending usage changes its tenant's answers
 
     def replica_age(self, now: float | None = None) -> float | None:
         as_of = self._as_of_epoch

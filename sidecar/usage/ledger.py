@@ -33,7 +33,7 @@ class UsageLedger:
 
     def __init__(self) -> None:
         # Told of every tenant whose totals change, so answers cached for it are dropped.
-        self.on_change: Callable[[str], None] | None = None
+        self._listeners: list[Callable[[str], None]] = []
         self._totals: dict[tuple[str, str], dict[str, int]] = {}
         self._periods: dict[str, int] = {}  # tenant -> how many of its (tenant, period) keys hold totals
         # (seq, tie-breaker, deltas): confirmed by the daemon, waiting for the replica to reach seq.
@@ -45,6 +45,9 @@ class UsageLedger:
         self._flight_tenants: set[str] = set()
         self._flight_floor: int | None = None
         self._flight_done: asyncio.Event | None = None
+
+    def subscribe(self, listener: Callable[[str], None]) -> None:
+        self._listeners.append(listener)
 
     def begin_flight(self, keys: Iterable[Key], floor: int | None) -> None:
         self._flight = {(tenant, period_start) for tenant, _, period_start in keys}
@@ -82,8 +85,8 @@ class UsageLedger:
 
     def add(self, key: Key, value: int) -> None:
         tenant, code, period_start = key
-        if self.on_change is not None:
-            self.on_change(tenant)
+        for listener in self._listeners:
+            listener(tenant)
         codes = self._totals.get((tenant, period_start))
         if codes is None:
             codes = self._totals[(tenant, period_start)] = {}
