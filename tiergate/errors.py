@@ -53,3 +53,9 @@ class ReplicaError(TierError):
 
 class SettingsError(TierError):
     code = "invalid_settings"
+
+
+class ListenError(TierError):
+    """A server could not bind its address: the port is taken, or the host does not resolve."""
+
+    code = "cannot_listen"
