@@ -8,19 +8,13 @@ from typing import Annotated, Literal, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sync_daemon.http import UnauthorizedError
 from sync_daemon.state import SETTINGS
-from tiergate.errors import BadRequestError, TierError
+from tiergate.errors import BadRequestError, BillingDisabledError, UnauthorizedError
 from tiergate.models import TenantId
 
 M = TypeVar("M", bound=BaseModel)
 Url = Annotated[str, Field(pattern=r"^https?://", max_length=2000)]
 StripeRef = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,200}$")]  # a coupon id, a promotion code
-
-
-class BillingDisabledError(TierError):
-    code = "billing_api_disabled"
-    status = 503
 
 
 class _Body(BaseModel):
