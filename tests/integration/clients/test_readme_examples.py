@@ -29,7 +29,7 @@ APPS = [b for b in readme_blocks("python") if "\napp = " in b]
 
 
 def test_the_section_has_every_kind_of_example() -> None:
-    assert len(SCRIPTS) >= 2 and len(APPS) == 2
+    assert len(SCRIPTS) >= 2 and len(APPS) == 2 and len(readme_blocks("js")) == 1
 
 
 def in_place(code: str, sidecar: RunningSidecar) -> str:
@@ -67,3 +67,26 @@ async def test_web_app_example_gates_its_route(sidecar: RunningSidecar, index: i
         await namespace["gate"].client.close()
     assert answers[0] == (200, {"tier": "pro"})
     assert (answers[1][0], answers[1][1]["reason"]) == (403, "not_in_plan")
+
+
+DRIVE_EXPRESS = """
+const server = app.listen(0, "127.0.0.1");
+await new Promise((resolve) => server.once("listening", resolve));
+const base = `http://127.0.0.1:${server.address().port}`;
+for (const tenant of ["pro-active", "nobody"]) {
+  const response = await fetch(base + "/reports", { headers: { "X-Tenant-Id": tenant } });
+  console.log(`status ${response.status} ${JSON.stringify(await response.json())}`);
+}
+server.close();
+"""
+
+
+def test_javascript_example_runs(sidecar: RunningSidecar) -> None:
+    (block,) = readme_blocks("js")
+    package = ROOT / "clients" / "typescript"
+    script = package / "dist" / "readme-example.mjs"  # inside the package: its own name resolves
+    script.write_text(in_place(block, sidecar) + DRIVE_EXPRESS, encoding="utf-8")
+    run = subprocess.run(["node", str(script)], cwd=package, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "reports: false (not_in_plan)" in run.stdout
+    assert 'status 200 {"tier":"pro"}' in run.stdout and "status 403" in run.stdout
