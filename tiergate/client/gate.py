@@ -31,14 +31,15 @@ def denial(decision: Decision, now: datetime | None = None) -> Denial | None:
     if decision.allow:
         return None
     body = {"allow": False, "reason": decision.reason, "feature": decision.feature, "tier": decision.tier}
-    body["decision"] = decision.model_dump(mode="json")
+    body["decision"] = decision.body()
     if decision.reason == UNREACHABLE:
         return Denial(503, {}, body)
     if decision.reason != "limit_exceeded":
         return Denial(403, {}, body)
     headers: dict[str, str] = {}
     if decision.valid_until is not None:
-        wait = (decision.valid_until - (now or datetime.now(UTC))).total_seconds()
+        until = datetime.fromisoformat(decision.valid_until)
+        wait = (until - (now or datetime.now(UTC))).total_seconds()
         headers["Retry-After"] = str(max(1, math.ceil(wait)))
     return Denial(429, headers, body)
 
