@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
 
+from sidecar.api.authz import AUTHZ_LISTENER_PORTS, add_authz_routes, authz_listener_only
 from sidecar.api.check import add_routes
 from sidecar.api.usage import add_usage_routes
 from sidecar.decisions.cache import DecisionCache
@@ -30,7 +32,8 @@ def create_app(settings: SidecarSettings, *, engine: PolicyEngine | None = None)
     # Each regorus eval error would otherwise capture a Rust backtrace (~0.5 ms and a page of text).
     os.environ["RUST_BACKTRACE"] = "0"
     os.environ["RUST_LIB_BACKTRACE"] = "0"
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    middlewares = [error_middleware] + ([authz_listener_only] if settings.authz_host is not None else [])
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_replica_ctx)
     if settings.daemon_url is not None:
@@ -38,6 +41,7 @@ def create_app(settings: SidecarSettings, *, engine: PolicyEngine | None = None)
     app.cleanup_ctx.append(_engine_ctx(engine))
     add_routes(app)
     add_usage_routes(app)  # its cleanup context needs the engine's: it comes after
+    add_authz_routes(app)  # and the ingress gate's needs both
     app.on_startup.append(_freeze_startup_objects)
     return app
 
@@ -122,11 +126,20 @@ def _reloaded(app: web.Application, revision: str) -> None:
 
 
 def run(settings: SidecarSettings) -> None:
-    web.run_app(
-        create_app(settings),
-        host=settings.sidecar_host,
-        port=settings.sidecar_port,
-        access_log=None,
-        print=None,
-        handle_signals=True,
-    )
+    app = create_app(settings)
+    sockets = [_listen(settings.sidecar_host, settings.sidecar_port)]
+    if settings.authz_host is not None:
+        authz = _listen(settings.authz_host, settings.authz_port)
+        app[AUTHZ_LISTENER_PORTS] = frozenset({authz.getsockname()[1]})
+        sockets.append(authz)
+    web.run_app(app, sock=sockets, access_log=None, print=None, handle_signals=True)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock

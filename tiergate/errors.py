@@ -53,3 +53,10 @@ class ReplicaError(TierError):
 
 class SettingsError(TierError):
     code = "invalid_settings"
+
+
+class UnauthenticatedError(TierError):
+    """The ingress hook found no tenant it can trust: no header, or a token that does not verify."""
+
+    code = "unauthenticated"
+    status = 401
