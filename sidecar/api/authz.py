@@ -10,7 +10,7 @@ from aiohttp import web
 from sidecar.api.usage import RECORDER
 from sidecar.http import Handler, error_body, json_response
 from sidecar.ingress.gate import IngressGate
-from sidecar.ingress.hook import AUTHZ_PREFIX, for_auth_request
+from sidecar.ingress.hook import AUTHZ_PREFIX, error_verdict, for_auth_request, reserved_headers
 from sidecar.ingress.identity import HeaderIdentity, JwtIdentity, TenantIdentity
 from sidecar.ingress.replays import ReplayWindow
 from sidecar.settings import SidecarSettings
@@ -23,8 +23,16 @@ AUTHZ_LISTENER_PATHS = ("/healthz", "/readyz")
 
 
 async def authz(request: web.Request) -> web.Response:
-    verdict = await request.app[GATE].authorize(request.headers, request.method, request.path)
-    if request.headers.get("X-Tiergate-Proxy", "").lower() == "nginx":
+    nginx = request.headers.get("X-Tiergate-Proxy", "").lower() == "nginx"
+    gate = request.app[GATE]
+    forged = reserved_headers(request.headers.keys(), gate.proxy_headers()) if nginx else []
+    if forged:
+        message = f"client-sent {', '.join(forged)}: X-Tiergate-* names are reserved for tiergate"
+        verdict = error_verdict(400, "reserved_header", message, forged[0])
+        gate.metrics.authz.labels("400", "reserved_header").inc()
+    else:
+        verdict = await gate.authorize(request.headers, request.method, request.path)
+    if nginx:
         verdict = for_auth_request(verdict)
     if verdict.body is None:
         return web.Response(status=verdict.status, headers=verdict.headers)

@@ -43,6 +43,9 @@ class IngressGate:
         self.request_id_header = request_id_header
         self.replays = replays if request_id_header else None
 
+    def proxy_headers(self) -> tuple[str, ...]:
+        return (self.request_id_header,) if self.request_id_header else ()
+
     async def authorize(self, headers: Mapping[str, str], method: str, path: str) -> Verdict:
         """`headers` must look names up case-insensitively (aiohttp's and multidict's do)."""
         verdict = await self._authorize(headers, method, path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +19,21 @@ from tiergate.errors import BadRequestError
 
 AUTHZ_PREFIX = "/v1/authz"
 CONVENTIONS = (("X-Original-URI", "X-Original-Method"), ("X-Forwarded-Uri", "X-Forwarded-Method"))
+# The X-Tiergate-* names the shipped proxy configs overwrite before the upstream (see deploy/nginx).
+SIDECAR_HEADERS = frozenset(
+    name.lower()
+    for name in (
+        "X-Tiergate-Tenant",
+        "X-Tiergate-Tier",
+        "X-Tiergate-Remaining",
+        "X-Tiergate-Decision-Id",
+        "X-Tiergate-Status",
+        "X-Tiergate-Reason",
+        "X-Tiergate-Error",
+        "X-Tiergate-Request-Id",
+        "X-Tiergate-Proxy",
+    )
+)
 MAX_URI = 8192
 MAX_BODY_PATH = 200  # a denial's body quotes the path; the client controls it, so it is cut
 _METHOD = re.compile(r"^[A-Za-z]{1,32}$")
@@ -66,6 +81,13 @@ def original_request(headers: Mapping[str, str], method: str, path: str) -> tupl
     if path.startswith(AUTHZ_PREFIX + "/"):
         return method.upper(), path[len(AUTHZ_PREFIX) :]
     raise BadRequestError(NO_ORIGINAL_REQUEST, field="X-Original-URI")
+
+
+def reserved_headers(names: Iterable[str], proxy_headers: Iterable[str] = ()) -> list[str]:
+    """Client-sent X-Tiergate-* names a proxy cannot overwrite by name: the hook refuses the request
+    rather than let them reach the upstream (NGINX passes every client header to the subrequest)."""
+    allowed = SIDECAR_HEADERS | {name.lower() for name in proxy_headers}
+    return sorted({n for n in names if n.lower().startswith("x-tiergate-") and n.lower() not in allowed})
 
 
 def decisions_verdict(
