@@ -15,7 +15,6 @@ from sidecar.api.check import add_routes
 from sidecar.api.usage import add_usage_routes
 from sidecar.decisions.cache import DecisionCache
 from sidecar.decisions.service import DecisionService, RouteResolver
-from sidecar.http import error_middleware
 from sidecar.metrics import SidecarMetrics
 from sidecar.policy.engine import PolicyEngine
 from sidecar.policy.reload import PolicyReloader
@@ -23,6 +22,7 @@ from sidecar.replica.follower import LONG_POLL_S, Follower
 from sidecar.replica.store import ReplicaReader
 from sidecar.settings import SidecarSettings
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS, Policies
+from tiergate.web import error_middleware
 
 log = structlog.get_logger("tiergate.sidecar")
 
@@ -32,7 +32,8 @@ def create_app(settings: SidecarSettings, *, engine: PolicyEngine | None = None)
     # Each regorus eval error would otherwise capture a Rust backtrace (~0.5 ms and a page of text).
     os.environ["RUST_BACKTRACE"] = "0"
     os.environ["RUST_LIB_BACKTRACE"] = "0"
-    middlewares = [error_middleware] + ([authz_listener_only] if settings.authz_host is not None else [])
+    middlewares = [error_middleware("sidecar")]
+    middlewares += [authz_listener_only] if settings.authz_host is not None else []
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_replica_ctx)

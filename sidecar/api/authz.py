@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from sidecar.api.usage import RECORDER
-from sidecar.http import Handler, error_body, json_response
 from sidecar.ingress.gate import IngressGate
 from sidecar.ingress.hook import AUTHZ_PREFIX, error_verdict, for_auth_request, reserved_headers
 from sidecar.ingress.identity import HeaderIdentity, JwtIdentity, TenantIdentity
 from sidecar.ingress.replays import ReplayWindow
 from sidecar.settings import SidecarSettings
 from sidecar.state import DECISIONS, METRICS, ROUTES, SETTINGS
+from tiergate.web import Handler, error_body, json_response
 
 GATE = web.AppKey("ingress_gate", IngressGate)
 # Local ports of the authz-only listener's sockets (set by sidecar.app.run once they are bound).

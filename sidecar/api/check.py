@@ -12,11 +12,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from sidecar.api.usage import check_and_reserve, usage_status
-from sidecar.http import json_response, read_json_object, validate
 from sidecar.replica.store import AccountRow
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, SETTINGS
 from tiergate.errors import BadRequestError, TierError
 from tiergate.models import CheckRequest
+from tiergate.web import json_response, read_json_object, validate
 
 
 class CheckBatch(BaseModel):

@@ -10,7 +10,6 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from sidecar.http import json_response, read_json_object, validate
 from sidecar.settings import SidecarSettings
 from sidecar.state import DECISIONS, POLICIES, READER, SETTINGS
 from sidecar.usage.delivery import Delivery
@@ -20,6 +19,7 @@ from sidecar.usage.recorder import UsageRecorder
 from tiergate.errors import EngineUnavailableError
 from tiergate.models import FeatureName, Quantity, TenantId
 from tiergate.usage_events import MAX_EVENTS
+from tiergate.web import json_response, read_json_object, validate
 
 RECORDER = web.AppKey("usage_recorder", UsageRecorder)
 OUTBOX = web.AppKey("usage_outbox", Outbox)

@@ -25,7 +25,7 @@ import sqlite_utils
 import structlog
 
 from sidecar.usage.ledger import Key, PendingUsage
-from tiergate.errors import TierError
+from tiergate.errors import OutboxError
 from tiergate.usage_events import ValidEvent
 
 log = structlog.get_logger("tiergate.outbox")
@@ -52,11 +52,6 @@ def m001_outbox(db: sqlite_utils.Database) -> None:
         )"""
     )
     db.execute("CREATE INDEX outbox_undelivered ON outbox (id) WHERE confirmed_seq IS NULL")
-
-
-class OutboxError(TierError):
-    code = "outbox_unavailable"
-    status = 503
 
 
 @dataclass(frozen=True)
