@@ -73,6 +73,10 @@ class SidecarSettings(BaseSettings):
                 "TIERGATE_AUTHZ_IDENTITY=jwt needs TIERGATE_JWT_SECRET (HS256) or TIERGATE_JWT_JWKS_PATH"
                 " (RS256/ES256)"
             )
+        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value().encode()) < 32:
+            raise ValueError(
+                "TIERGATE_JWT_SECRET must be at least 32 bytes (RFC 7518: an HS256 key >= the hash)"
+            )
         if self.authz_host is not None and self.authz_port != 0 and self.authz_port == self.sidecar_port:
             raise ValueError(
                 f"TIERGATE_AUTHZ_PORT={self.authz_port} is also TIERGATE_SIDECAR_PORT; the authz-only"

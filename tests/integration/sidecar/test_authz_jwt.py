@@ -45,14 +45,14 @@ async def client(aiohttp_client: ClientFactory, settings: SidecarSettings, tmp_p
 def token(
     claims: dict[str, Any] | None = None, key: Any = SECRET, alg: str = "HS256", kid: str | None = None
 ) -> str:
-    body = {"org": "ent-active", "exp": int(time.time()) + 60} | (claims or {})
+    body = {"org": "ent-active", "exp": int(time.time()) + 3600} | (claims or {})
     return jwt.encode(body, key, algorithm=alg, headers={"kid": kid} if kid else None)
 
 
 def unsigned() -> str:
     """alg "none": a token anyone can make."""
     header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
-    claims = json.dumps({"org": "ent-active", "exp": int(time.time()) + 60}).encode()
+    claims = json.dumps({"org": "ent-active", "exp": int(time.time()) + 3600}).encode()
     return f"{header}.{base64.urlsafe_b64encode(claims).rstrip(b'=').decode()}."
 
 
@@ -115,3 +115,8 @@ async def test_a_token_that_does_not_verify_is_401(
 def test_jwt_mode_needs_a_key(settings: SidecarSettings) -> None:
     with pytest.raises(ValueError, match="TIERGATE_JWT_SECRET"):
         SidecarSettings.model_validate(settings.model_dump() | {"authz_identity": "jwt"})
+
+
+def test_a_short_shared_secret_is_refused(settings: SidecarSettings) -> None:
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        SidecarSettings.model_validate(settings.model_dump() | {"jwt_secret": "short"})
