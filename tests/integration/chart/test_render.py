@@ -352,5 +352,5 @@ def _parse(settings: Any, env: dict[str, dict[str, Any]], monkeypatch: pytest.Mo
         if name.startswith("TIERGATE_"):
             monkeypatch.delenv(name)
     for name, entry in env.items():
-        monkeypatch.setenv(name, entry.get("value", "from-a-secret"))
+        monkeypatch.setenv(name, entry.get("value", "a-value-from-a-secret-at-least-32-bytes"))
     return settings(_env_file=None)
