@@ -15,7 +15,8 @@ from sidecar.api.usage import check_and_reserve, usage_status
 from sidecar.replica.store import AccountRow
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, SETTINGS
 from tiergate.errors import BadRequestError, TierError
-from tiergate.models import CheckRequest
+from tiergate.models import CheckRequest, Decision
+from tiergate.periods import rfc3339
 from tiergate.web import json_response, read_json_object, validate
 
 
@@ -66,19 +67,27 @@ async def entitlements(request: web.Request) -> web.Response:
     return json_response(
         {
             "tenant": tenant,
-            "tier": first["tier"] if first else None,
+            "tier": first.tier if first else None,
             "account": row.to_account().model_dump(mode="json", exclude={"version"}) if row else None,
             # A downgrade scheduled at the period end: the UI can say "Starter from <date>".
             "pending_change": _pending_change(row),
-            "features": {
-                name: {k: d[k] for k in ("allow", "reason", "limit", "used", "remaining", "valid_until")}
-                for name, d in decisions.items()
-            },
-            "policy_revision": first["policy_revision"] if first else None,
-            "data_as_of": first["data_as_of"] if first else None,
-            "stale": first["stale"] if first else False,
+            "features": {name: _feature_entry(d) for name, d in decisions.items()},
+            "policy_revision": first.policy_revision if first else None,
+            "data_as_of": first.data_as_of if first else None,
+            "stale": first.stale if first else False,
         }
     )
+
+
+def _feature_entry(decision: Decision) -> dict[str, Any]:
+    return {
+        "allow": decision.allow,
+        "reason": decision.reason,
+        "limit": decision.limit,
+        "used": decision.used,
+        "remaining": decision.remaining,
+        "valid_until": decision.valid_until,
+    }
 
 
 def _pending_change(row: AccountRow | None) -> dict[str, Any] | None:
@@ -102,7 +111,6 @@ async def readyz(request: web.Request) -> web.Response:
         failing["policy"] = policy.get("last_error") or "no policy loaded"
     try:
         reader = request.app[READER]
-        reader.refresh()
         if FOLLOWER in request.app and reader.meta.data_as_of is None:
             failing["replica"] = "waiting for the first snapshot from the sync daemon"
         else:
@@ -128,13 +136,12 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     reader = request.app[READER]
-    reader.refresh()
     decisions = request.app[DECISIONS]
     return json_response(
         {
             "replica": {
                 "path": str(reader.path),
-                "data_as_of": reader.meta.data_as_of.isoformat() if reader.meta.data_as_of else None,
+                "data_as_of": rfc3339(reader.meta.data_as_of),
                 "age_seconds": decisions.replica_age(),
                 "position": reader.meta.position,
                 "source": reader.meta.source,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
 from urllib.parse import quote
 
 import structlog
@@ -15,12 +14,14 @@ from sidecar.ingress.hook import Verdict, decisions_verdict, denial_body, error_
 from sidecar.ingress.identity import TenantIdentity
 from sidecar.ingress.replays import ReplayWindow
 from sidecar.metrics import SidecarMetrics
+from sidecar.usage.recorder import Reservation
 from tiergate.errors import TierError
+from tiergate.models import Decision
 from tiergate.periods import parse_rfc3339, seconds_until
 
 log = structlog.get_logger("tiergate.ingress")
 
-Reserve = Callable[[str, str, int, str | None], Awaitable[dict[str, Any]]]
+Reserve = Callable[[str, str, int, str | None], Awaitable[tuple[Decision, Reservation]]]
 
 
 class IngressGate:
@@ -71,10 +72,10 @@ class IngressGate:
                 return Verdict(403, "unmatched_route", {}, body)
             return Verdict(200, "unmatched", {"X-Tiergate-Tenant": header_safe(tenant)})
         decisions = [await self.decisions.decide(tenant, route["feature"], 1)] if route.get("feature") else []
-        if route.get("usage") and all(d["allow"] for d in decisions):
+        if route.get("usage") and all(d.allow for d in decisions):
             decisions.append(await self._consume(headers, tenant, route["usage"], method, path))
-        denied = next((d for d in decisions if not d["allow"]), None)
-        retry = seconds_until(parse_rfc3339(denied["valid_until"]), datetime.now(UTC)) if denied else None
+        denied = next((d for d in decisions if not d.allow), None)
+        retry = seconds_until(parse_rfc3339(denied.valid_until), datetime.now(UTC)) if denied else None
         verdict = decisions_verdict(decisions, retry, method, path)
         if verdict.allow:
             verdict.headers["X-Tiergate-Tenant"] = header_safe(tenant)
@@ -82,7 +83,7 @@ class IngressGate:
 
     async def _consume(
         self, headers: Mapping[str, str], tenant: str, metric: str, method: str, path: str
-    ) -> dict[str, Any]:
+    ) -> Decision:
         """The route's usage, checked and recorded in one step (a reserve). A proxy's retry (same
         proxy-made request id, same tenant and request, within the window) is not counted again and
         passes only while the limit still holds with the original unit counted: never deny -> allow."""
@@ -91,8 +92,8 @@ class IngressGate:
         key = headers.get(self.request_id_header) if self.request_id_header else None
         if key and self.replays is not None and self.replays.counted(key, tenant, method, path):
             return await self.decisions.decide(tenant, metric, 0)
-        decision = await self.reserve(tenant, metric, 1, None)
-        if key and self.replays is not None and decision["allow"]:
+        decision, _ = await self.reserve(tenant, metric, 1, None)
+        if key and self.replays is not None and decision.allow:
             self.replays.remember(key, tenant, method, path)
         return decision
 

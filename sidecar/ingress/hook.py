@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tiergate.errors import BadRequestError
+from tiergate.models import Decision
 
 AUTHZ_PREFIX = "/v1/authz"
 CONVENTIONS = (("X-Original-URI", "X-Original-Method"), ("X-Forwarded-Uri", "X-Forwarded-Method"))
@@ -91,28 +92,27 @@ def reserved_headers(names: Iterable[str], proxy_headers: Iterable[str] = ()) ->
 
 
 def decisions_verdict(
-    decisions: Sequence[Mapping[str, Any]], retry_after_s: int | None, method: str, path: str
+    decisions: Sequence[Decision], retry_after_s: int | None, method: str, path: str
 ) -> Verdict:
     """The first deny decides: 429 for an exhausted quota (with Retry-After), else 403."""
-    denied = next((d for d in decisions if not d["allow"]), None)
+    denied = next((d for d in decisions if not d.allow), None)
     if denied is not None:
-        reason = str(denied["reason"])
+        reason = denied.reason
         status = 429 if reason == "limit_exceeded" else 403
         retry = {"Retry-After": str(retry_after_s)} if status == 429 and retry_after_s is not None else {}
-        body = denial_body(reason, f"{denied['feature']}: {reason}", method, path) | {
-            "feature": denied["feature"],
-            "limit": denied["limit"],
-            "remaining": denied["remaining"],
+        body = denial_body(reason, f"{denied.feature}: {reason}", method, path) | {
+            "feature": denied.feature,
+            "limit": denied.limit,
+            "remaining": denied.remaining,
             "decision": denied,
         }
         return Verdict(status, reason, retry, body)
     headers: dict[str, str] = {}
     if decisions:
-        headers["X-Tiergate-Tier"] = str(decisions[0]["tier"])
-        metered = [d for d in decisions if d["limit"] is not None]
-        remaining = min(d["remaining"] for d in metered) if metered else None
-        headers["X-Tiergate-Remaining"] = "unlimited" if remaining is None else str(remaining)
-        headers["X-Tiergate-Decision-Id"] = ",".join(str(d["decision_id"]) for d in decisions)
+        headers["X-Tiergate-Tier"] = str(decisions[0].tier)
+        metered = [d.remaining for d in decisions if d.limit is not None and d.remaining is not None]
+        headers["X-Tiergate-Remaining"] = str(min(metered)) if metered else "unlimited"
+        headers["X-Tiergate-Decision-Id"] = ",".join(d.decision_id for d in decisions)
     return Verdict(200, "ok", headers)
 
 

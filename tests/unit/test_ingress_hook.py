@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 
 from sidecar.ingress.hook import Verdict, decisions_verdict, for_auth_request, header_json, original_request
 from tiergate.errors import BadRequestError
+from tiergate.models import Decision
 
 
 @pytest.mark.parametrize(
@@ -53,16 +53,17 @@ def test_a_malformed_hook_call_is_refused(headers: dict[str, str], path: str, fi
 
 def decision(
     allow: bool, reason: str = "ok", limit: int | None = None, remaining: int | None = None
-) -> dict[str, Any]:
-    return {
-        "allow": allow,
-        "reason": reason,
-        "tier": "pro",
-        "feature": "api_calls",
-        "limit": limit,
-        "remaining": remaining,
-        "decision_id": "d1",
-    }
+) -> Decision:
+    return Decision(
+        allow=allow,
+        reason=reason,
+        tier="pro",
+        tenant="t",
+        feature="api_calls",
+        limit=limit,
+        remaining=remaining,
+        decision_id="d1",
+    )
 
 
 def test_allowed_request_reports_tier_and_tightest_remaining() -> None:
