@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import gc
 import os
-import socket
 from collections.abc import AsyncIterator
 
 import structlog
@@ -25,6 +24,7 @@ from sidecar.replica.store import ReplicaReader
 from sidecar.settings import SidecarSettings
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS, Policies
 from sidecar.usage.ledger import UsageLedger
+from tiergate.serve import Listener, serve
 from tiergate.web import error_middleware
 
 log = structlog.get_logger("tiergate.sidecar")
@@ -118,7 +118,6 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
         app[ROUTES] = RouteResolver(engine)
         app[POLICIES] = Policies(engine, reloader)
         await reloader.start()
-        log.info("sidecar_ready", revision=engine.revision, engine=settings.engine)
         try:
             yield
         finally:
@@ -135,20 +134,17 @@ def _reloaded(app: web.Application, revision: str) -> None:
 
 
 def run(settings: SidecarSettings) -> None:
+    """Serve until interrupted (blocking); binds TIERGATE_SIDECAR_HOST:TIERGATE_SIDECAR_PORT first,
+    then the authz-only listener when TIERGATE_AUTHZ_HOST is set."""
     app = create_app(settings)
-    sockets = [_listen(settings.sidecar_host, settings.sidecar_port)]
+    listeners = [
+        Listener(
+            settings.sidecar_host, settings.sidecar_port, "TIERGATE_SIDECAR_HOST", "TIERGATE_SIDECAR_PORT"
+        )
+    ]
     if settings.authz_host is not None:
-        authz = _listen(settings.authz_host, settings.authz_port)
-        app[AUTHZ_LISTENER_PORTS] = frozenset({authz.getsockname()[1]})
-        sockets.append(authz)
-    web.run_app(app, sock=sockets, access_log=None, print=None, handle_signals=True)
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(512)
-    sock.setblocking(False)
-    return sock
+        app[AUTHZ_LISTENER_PORTS] = frozenset({settings.authz_port})
+        listeners.append(
+            Listener(settings.authz_host, settings.authz_port, "TIERGATE_AUTHZ_HOST", "TIERGATE_AUTHZ_PORT")
+        )
+    serve(app, listeners, process="sidecar")

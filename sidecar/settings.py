@@ -51,11 +51,11 @@ class SidecarSettings(BaseSettings):
     max_batch: Annotated[int, Field(ge=1, le=10_000)] = 1000
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = True
-    # Following a sync daemon (issue 3): unset means a static replica (import/export only).
+    # Following a sync daemon: unset means static mode (a replica from import, usage not delivered).
     daemon_url: AnyHttpUrl | None = None
     feed_token: SecretStr | None = None
     staleness_budget_s: Annotated[float, Field(gt=0)] = 300.0
-    # Usage (issue 5): the outbox defaults to outbox.db beside the replica; unlike the replica it
+    # Usage: the outbox defaults to outbox.db beside the replica; unlike the replica it
     # holds data found nowhere else until delivered, so it needs the same volume's durability.
     outbox_path: Path | None = None
     outbox_retention_s: Annotated[float, Field(ge=0)] = 3600.0
@@ -77,7 +77,11 @@ class SidecarSettings(BaseSettings):
             raise ValueError(
                 "TIERGATE_JWT_SECRET must be at least 32 bytes (RFC 7518: an HS256 key >= the hash)"
             )
-        if self.authz_host is not None and self.authz_port != 0 and self.authz_port == self.sidecar_port:
+        if self.authz_host is not None and self.authz_port == 0:
+            raise ValueError(
+                "TIERGATE_AUTHZ_PORT must be a fixed port (not 0) when TIERGATE_AUTHZ_HOST is set"
+            )
+        if self.authz_host is not None and self.authz_port == self.sidecar_port:
             raise ValueError(
                 f"TIERGATE_AUTHZ_PORT={self.authz_port} is also TIERGATE_SIDECAR_PORT; the authz-only"
                 " listener needs a port of its own"

@@ -352,5 +352,6 @@ def _parse(settings: Any, env: dict[str, dict[str, Any]], monkeypatch: pytest.Mo
         if name.startswith("TIERGATE_"):
             monkeypatch.delenv(name)
     for name, entry in env.items():
-        monkeypatch.setenv(name, entry.get("value", "a-value-from-a-secret-at-least-32-bytes"))
+        # A Stripe key must look like a secret key (sk_), a JWT secret be 32 bytes; the others are any string.
+        monkeypatch.setenv(name, entry.get("value", "sk_test_from-a-secret-at-least-32-bytes"))
     return settings(_env_file=None)
