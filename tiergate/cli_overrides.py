@@ -145,10 +145,11 @@ def _call(method: str, base: str, token: str, path: str, body: dict[str, Any] | 
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        try:
-            message = json.loads(exc.read())["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = exc.reason
+        with exc:  # its body holds the connection open until closed
+            try:
+                message = json.loads(exc.read())["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = exc.reason
         click.echo(f"error: the daemon answered {exc.code}: {message}", err=True)
     except (urllib.error.URLError, OSError) as exc:
         click.echo(f"error: cannot reach the daemon at {base}: {getattr(exc, 'reason', exc)}", err=True)
