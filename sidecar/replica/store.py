@@ -431,12 +431,7 @@ class ReplicaReader:
 
     def overrides(self, tenant: str) -> dict[str, dict[str, Any]]:
         """The tenant's overrides as the policy reads them: feature -> {value, expires_at}."""
-        rows = self._conn.execute(
-            "SELECT feature, value, expires_at FROM overrides WHERE tenant = ?", (tenant,)
-        ).fetchall()
-        return {
-            feature: {"value": json.loads(value), "expires_at": expires} for feature, value, expires in rows
-        }
+        return self.index.overrides(tenant)
 
     def close(self) -> None:
         self._conn.close()
@@ -457,6 +452,7 @@ class ReplicaReader:
         self.index.replace_all(
             (_interned(AccountRow(*row)) for row in conn.execute(_SELECT_ACCOUNTS)),
             conn.execute(_SELECT_USAGE),
+            _overrides_by_tenant(conn.execute(_SELECT_OVERRIDES)),
         )
 
     def _load_tenants(self, conn: sqlite3.Connection, tenants: set[str]) -> None:
@@ -468,10 +464,21 @@ class ReplicaReader:
                 chunk,
                 [_interned(AccountRow(*row)) for row in conn.execute(_SELECT_ACCOUNTS + where, chunk)],
                 conn.execute(_SELECT_USAGE + where, chunk).fetchall(),
+                _overrides_by_tenant(conn.execute(_SELECT_OVERRIDES + where, chunk)),
             )
 
 
 _SELECT_USAGE = "SELECT tenant, period_start, code, value FROM usage"
+_SELECT_OVERRIDES = "SELECT tenant, feature, value, expires_at FROM overrides"
+
+
+def _overrides_by_tenant(rows: Iterable[tuple[str, str, str, str | None]]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for tenant, feature, value, expires_at in rows:
+        found.setdefault(tenant, {})[feature] = {"value": json.loads(value), "expires_at": expires_at}
+    return found
+
+
 _CHUNK = 500  # tenants per `IN (...)` query when a batch touches many
 
 

@@ -92,6 +92,7 @@ def test_the_replica_applies_override_entries_and_skips_kinds_it_does_not_know(t
         data_as_of=AS_OF,
     )
     assert touched == {"t_1"}
+    reader.applied(touched)  # as the follower announces its batch: the reader's index re-reads t_1
     assert reader.overrides("t_1") == {"api_calls": {"value": {"limit": 9}, "expires_at": None}}
     assert reader.overrides("t_2") == {}
     document = writer.export()
