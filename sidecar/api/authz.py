@@ -7,6 +7,7 @@ path to the authz path prefix and keeps the original method.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
@@ -41,3 +42,11 @@ def authz_answer(decisions: Sequence[Decision], retry_after_s: int | None) -> tu
         headers["X-Tiergate-Remaining"] = "unlimited" if remaining is None else str(remaining)
         headers["X-Tiergate-Decision-Id"] = ",".join(d.decision_id for d in decisions)
     return 200, headers
+
+
+def after_consuming(decision: Decision, consumed: bool) -> Decision:
+    """A reserve's decision is taken before its unit counts; once the unit is consumed the proxy
+    must hear what is left after it (0 on the request that used the last one)."""
+    if not consumed or decision.remaining is None:
+        return decision
+    return dataclasses.replace(decision, used=decision.used + 1, remaining=max(decision.remaining - 1, 0))

@@ -11,14 +11,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from sidecar.api.authz import AUTHZ_PREFIX, authz_answer, original_request
-from sidecar.api.usage import RECORDER, check_and_reserve, usage_status
+from sidecar.api.authz import AUTHZ_PREFIX, after_consuming, authz_answer, original_request
+from sidecar.api.usage import OUTBOX, RECORDER, check_and_reserve, usage_status
 from sidecar.replica.store import AccountRow
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS
+from sidecar.usage.static_mode import static_mode_warnings
 from tiergate.errors import BadRequestError, TierError
 from tiergate.models import CheckRequest, Decision
 from tiergate.periods import parse_rfc3339, rfc3339, seconds_until, utc_now
-from tiergate.web import error_body, json_response, read_json_object, validate
+from tiergate.web import error_body, json_response, query_params, read_json_object, validate
 
 
 class CheckBatch(BaseModel):
@@ -28,7 +29,7 @@ class CheckBatch(BaseModel):
 
 
 async def check_get(request: web.Request) -> web.Response:
-    query = request.query
+    query = query_params(request)
     raw: dict[str, Any] = {"tenant": query.get("tenant"), "feature": query.get("feature")}
     if "quantity" in query:
         raw["quantity"] = _query_int(query["quantity"], "quantity")
@@ -140,8 +141,8 @@ async def _consume(request: web.Request, tenant: str, metric: str) -> Decision:
         return await request.app[DECISIONS].decide(tenant, metric, 1)
     request_id = request.headers.get("X-Request-Id") or None
     transaction_id = f"authz:{request_id}" if request_id else None
-    decision, _ = await request.app[RECORDER].reserve(tenant, metric, 1, transaction_id)
-    return decision
+    decision, reservation = await request.app[RECORDER].reserve(tenant, metric, 1, transaction_id)
+    return after_consuming(decision, reservation.reserved and not reservation.replayed)
 
 
 def _denial(reason: str, message: str, method: str, path: str) -> dict[str, Any]:
@@ -189,8 +190,12 @@ async def metrics(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     reader = request.app[READER]
     decisions = request.app[DECISIONS]
+    following = FOLLOWER in request.app
+    backlog = request.app[OUTBOX].backlog if OUTBOX in request.app else 0
     return json_response(
         {
+            "mode": "following" if following else "static",
+            "warnings": [] if following else static_mode_warnings(reader.count_accounts(), backlog),
             "replica": {
                 "path": str(reader.path),
                 "data_as_of": rfc3339(reader.meta.data_as_of),
