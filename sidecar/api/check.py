@@ -17,7 +17,7 @@ from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, SETTIN
 from sidecar.usage.static_mode import static_mode_warnings
 from tiergate.errors import BadRequestError, TierError
 from tiergate.models import CheckRequest, Decision
-from tiergate.periods import rfc3339
+from tiergate.periods import rfc3339, utc_now
 from tiergate.web import json_response, query_params, read_json_object, validate
 
 
