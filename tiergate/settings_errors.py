@@ -30,17 +30,18 @@ def unknown_settings(
 ) -> list[tuple[str, str | None]]:
     """(variable, closest known setting or None) for each TIERGATE_* variable no process reads.
 
-    `own` are this process's fields, `other` the other process's (one environment often serves
-    both, so those are known, not warned about); a near tie goes to this process's setting, and
-    an exact tie to the one declared first (`PORT`: the sidecar's own port, not the authz one's).
+    `own` are this process's fields in declaration order, `other` the other process's (one
+    environment often serves both, so those are known, not warned about). A near tie goes to this
+    process's setting, an exact tie to the one declared first (`TIERGATE_PORT` starting the
+    sidecar is TIERGATE_SIDECAR_PORT, not TIERGATE_AUTHZ_PORT).
     """
     own_names = [prefix + name.upper() for name in own]
-    ordered = list(dict.fromkeys([*own_names, *(prefix + name.upper() for name in other)]))
-    known = set(ordered)
+    known = list(dict.fromkeys([*own_names, *(prefix + name.upper() for name in other)]))
     found: list[tuple[str, str | None]] = []
     for variable in sorted(environ):
         if variable.startswith(prefix) and variable not in known:
-            found.append((variable, _closest(variable.removeprefix(prefix), ordered, set(own_names), prefix)))
+            word = variable.removeprefix(prefix)
+            found.append((variable, _closest(word, known, set(own_names), prefix)))
     return found
 
 
@@ -53,7 +54,7 @@ def _closest(word: str, known: list[str], own: set[str], prefix: str) -> str | N
         ratio = max(difflib.SequenceMatcher(None, word, other).ratio(), CLOSE_ENOUGH if part else 0.0)
         return ratio + (OWN_BONUS if name in own else 0.0)
 
-    best = max(known, key=score, default=None)  # the first of equals: declaration order
+    best = max(known, key=score, default=None)  # the first of equal scores: declaration order
     return best if best is not None and score(best) >= CLOSE_ENOUGH else None
 
 
