@@ -272,7 +272,7 @@ def _impact_of(tenants: Sequence[TenantState]) -> dict[str, FeatureImpact]:
 
 def render_table(report: ImpactReport) -> str:
     lines = [
-        f"{report.tenants:,} tenants at {report.now}: policies {report.current_revision} -> "
+        f"{report.tenants:,} tenants at {report.now}: bundle {report.current_revision} -> "
         f"{report.candidate_revision} ({report.seconds:.1f} s)",
         "",
         f"{'feature':<20}{'gain':>10}{'lose':>10}{'over new limit':>16}{'limit changed':>15}",
