@@ -1,6 +1,6 @@
 """`tiergate plans diff --impact` over a synthetic replica of N tenants (prints figures; asserts nothing).
 
-The replica mixes free tenants without an account (most with usage this month) and accounts on
+The replica mixes free tenants without an account (each with usage this month) and accounts on
 every paid tier and status, with billing periods anchored at random seconds (the memo of
 identical policy inputs gets no help from shared periods). The candidate catalog lowers Pro's
 `api_calls`, drops `reports` from Starter, adds `sso` to Starter and raises Pro's monthly price.
@@ -107,6 +107,7 @@ def main() -> None:
         "features": len(report.features),
         "workers": args.workers or "cpu_count",
         "seconds": round(report.seconds, 2),
+        "cpu_seconds": round(report.cpu_seconds, 2),
         "baseline_unchanged_seconds": round(baseline.seconds, 2),
         "ratio_to_baseline": round(report.seconds / baseline.seconds, 2),
         "ratio_to_one_minute_budget": round(report.seconds / 60, 2),

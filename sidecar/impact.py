@@ -87,6 +87,7 @@ class ImpactReport:
     features: dict[str, FeatureImpact]
     prices: list[PriceChange]
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # spent evaluating, summed over the workers
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +101,7 @@ class ImpactReport:
             },
             "prices": [p.__dict__ for p in self.prices],
             "seconds": round(self.seconds, 2),
+            "cpu_seconds": round(self.cpu_seconds, 2),
         }
 
 
@@ -160,7 +162,7 @@ def run_impact(
     features = sorted(current.catalog.features | candidate.catalog.features)
     chunks = [tenants[i : i + CHUNK] for i in range(0, len(tenants), CHUNK)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(chunks)))
-    results: Iterable[dict[str, FeatureImpact]]
+    results: Iterable[tuple[dict[str, FeatureImpact], float]]
     if workers == 1:
         _init_worker(current, candidate, features, now)
         results = map(_impact_of, chunks)
@@ -170,7 +172,9 @@ def run_impact(
         with pool:
             results = list(pool.map(_impact_of, chunks))
     merged = {name: FeatureImpact() for name in features}
-    for result in results:
+    cpu_seconds = 0.0
+    for result, cpu in results:
+        cpu_seconds += cpu
         for name, impact in result.items():
             merged[name].merge(impact)
     per_tier = Counter(t.account.tier for t in tenants if t.account is not None)
@@ -182,6 +186,7 @@ def run_impact(
         features=merged,
         prices=price_changes(current.catalog, candidate.catalog, per_tier),
         seconds=time.perf_counter() - started,
+        cpu_seconds=cpu_seconds,
     )
 
 
@@ -236,8 +241,10 @@ def _init_worker(current: PolicyBundle, candidate: PolicyBundle, features: Seque
     _STATE = (_Evaluator(current), _Evaluator(candidate), features, now)
 
 
-def _impact_of(tenants: Sequence[TenantState]) -> dict[str, FeatureImpact]:
+def _impact_of(tenants: Sequence[TenantState]) -> tuple[dict[str, FeatureImpact], float]:
+    """The chunk's changes, and the CPU seconds this worker spent on them."""
     assert _STATE is not None, "worker not initialised"
+    cpu = time.process_time()
     live, trial, features, now_text = _STATE
     now = datetime.fromisoformat(now_text)
     impacts = {name: FeatureImpact() for name in features}
@@ -267,7 +274,7 @@ def _impact_of(tenants: Sequence[TenantState]) -> dict[str, FeatureImpact]:
             change = classify(before, after)
             if change is not None:
                 impacts[feature].add(change, state.tenant)
-    return impacts
+    return impacts, time.process_time() - cpu
 
 
 def render_table(report: ImpactReport) -> str:
