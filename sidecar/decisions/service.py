@@ -161,6 +161,7 @@ class DecisionService:
             usage=usage,
             period=period,
             replica_age_s=age,
+            overrides=self.reader.overrides(tenant),
         )
         answer = await self._evaluate(document, row.tier if row else None)
         if self.shadow is not None:
