@@ -47,13 +47,9 @@ def synthetic_replica(path: Path, tenants: int, seed: int = 7) -> None:
     usage: list[UsageCounter] = []
     for i in range(tenants):
         tenant = f"t{i:06d}"
-        if rng.random() < 0.55:  # free, no account
-            if rng.random() < 0.6:
-                usage.append(
-                    UsageCounter(
-                        tenant=tenant, code="api_calls", period_start=month, value=rng.randint(0, 1200)
-                    )
-                )
+        if rng.random() < 0.55:  # free, no account; usage this month (without any it is not in the replica)
+            value = rng.randint(0, 1200)
+            usage.append(UsageCounter(tenant=tenant, code="api_calls", period_start=month, value=value))
             continue
         tier = rng.choice(["starter", "starter", "pro", "pro", "enterprise"])
         status = rng.choice(STATUSES)
