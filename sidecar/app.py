@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import os
 from collections.abc import AsyncIterator
 
 import structlog
+import uvloop
 from aiohttp import web
 
+from sidecar.api.authz import AUTHZ_LISTENER_PORTS, add_authz_routes, authz_listener_only
 from sidecar.api.check import add_routes
 from sidecar.api.usage import add_usage_routes
 from sidecar.decisions.cache import DecisionCache
 from sidecar.decisions.service import DecisionService, RouteResolver
+from sidecar.decisions.shadow import ShadowPolicy
 from sidecar.metrics import SidecarMetrics
 from sidecar.policy.engine import PolicyEngine
 from sidecar.policy.reload import PolicyReloader
@@ -20,6 +25,9 @@ from sidecar.replica.follower import LONG_POLL_S, Follower
 from sidecar.replica.store import ReplicaReader
 from sidecar.settings import SidecarSettings
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS, Policies
+from sidecar.usage.ledger import UsageLedger
+from tiergate.errors import PolicyError, TierError
+from tiergate.serve import Listener, serve
 from tiergate.web import error_middleware
 
 log = structlog.get_logger("tiergate.sidecar")
@@ -30,7 +38,9 @@ def create_app(settings: SidecarSettings, *, engine: PolicyEngine | None = None)
     # Each regorus eval error would otherwise capture a Rust backtrace (~0.5 ms and a page of text).
     os.environ["RUST_BACKTRACE"] = "0"
     os.environ["RUST_LIB_BACKTRACE"] = "0"
-    app = web.Application(middlewares=[error_middleware("sidecar")], client_max_size=settings.max_body_bytes)
+    middlewares = [error_middleware("sidecar")]
+    middlewares += [authz_listener_only] if settings.authz_host is not None else []
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_replica_ctx)
     if settings.daemon_url is not None:
@@ -38,6 +48,7 @@ def create_app(settings: SidecarSettings, *, engine: PolicyEngine | None = None)
     app.cleanup_ctx.append(_engine_ctx(engine))
     add_routes(app)
     add_usage_routes(app)  # its cleanup context needs the engine's: it comes after
+    add_authz_routes(app)  # and the ingress gate's needs both
     app.on_startup.append(_freeze_startup_objects)
     return app
 
@@ -50,9 +61,14 @@ async def _freeze_startup_objects(app: web.Application) -> None:
 
 
 async def _replica_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The reader, and the one task that looks for other processes' commits (an import)."""
     reader = ReplicaReader(app[SETTINGS].replica_path)
     app[READER] = reader
+    watch = asyncio.create_task(reader.watch(), name="replica-watch")
     yield
+    watch.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watch
     reader.close()
 
 
@@ -61,6 +77,7 @@ async def _follower_ctx(app: web.Application) -> AsyncIterator[None]:
     token = settings.feed_token.get_secret_value() if settings.feed_token else None
     poll_wait_s = max(0.5, min(LONG_POLL_S, settings.staleness_budget_s / 2))
     follower = Follower(str(settings.daemon_url), token, settings.replica_path, poll_wait_s=poll_wait_s)
+    follower.on_applied = app[READER].applied  # the follower announces its batches through the reader
     app[FOLLOWER] = follower
     await follower.start()
     yield
@@ -87,6 +104,7 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
             engine,
             metrics,
             cache=DecisionCache(settings.decision_cache_size, settings.decision_cache_ttl_s),
+            ledger=UsageLedger(),
             log_sample=settings.decision_log_sample,
             log_denies=settings.decision_log_denies,
             staleness_budget_s=settings.staleness_budget_s if settings.daemon_url else None,
@@ -100,19 +118,48 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
         )
         app[METRICS] = metrics
         app[DECISIONS] = decisions
-        if FOLLOWER in app:
-            app[FOLLOWER].on_applied = decisions.replica_changed
         app[ROUTES] = RouteResolver(engine)
         app[POLICIES] = Policies(engine, reloader)
         await reloader.start()
-        log.info("sidecar_ready", revision=engine.revision, engine=settings.engine)
+        shadow: PolicyReloader | None = None
         try:
+            if settings.shadow_policies is not None:
+                shadow = await _start_shadow(settings, decisions, reloader)
             yield
         finally:
+            if shadow is not None:
+                await shadow.stop()
+                await shadow.engine.close()
             await reloader.stop()
             await engine.close()
 
     return ctx
+
+
+async def _start_shadow(
+    settings: SidecarSettings, decisions: DecisionService, live: PolicyReloader
+) -> PolicyReloader:
+    """The shadow bundle on an embedded engine of its own, hot-reloaded like the live one."""
+    from sidecar.policy.embedded import EmbeddedEngine
+
+    assert settings.shadow_policies is not None
+    engine = EmbeddedEngine(compiled=settings.engine_vm)
+    reloader = PolicyReloader(engine, settings.shadow_policies, settings.shadow_plans or settings.plans)
+
+    def features() -> set[str]:
+        bundles = (live.bundle, reloader.bundle)
+        return {f for bundle in bundles if bundle is not None for f in bundle.catalog.features}
+
+    shadow = ShadowPolicy(
+        engine, decisions.metrics.registry, sample=settings.shadow_sample, features=features
+    )
+    try:
+        await reloader.start()
+    except TierError as exc:  # a broken candidate stops the start-up, naming where it came from
+        raise PolicyError(f"TIERGATE_SHADOW_POLICIES={settings.shadow_policies}: {exc.message}") from exc
+    decisions.shadow = shadow
+    log.info("shadow_policies", directory=str(settings.shadow_policies), revision=engine.revision)
+    return reloader
 
 
 def _reloaded(app: web.Application, revision: str) -> None:
@@ -122,11 +169,18 @@ def _reloaded(app: web.Application, revision: str) -> None:
 
 
 def run(settings: SidecarSettings) -> None:
-    web.run_app(
-        create_app(settings),
-        host=settings.sidecar_host,
-        port=settings.sidecar_port,
-        access_log=None,
-        print=None,
-        handle_signals=True,
-    )
+    """Serve until interrupted (blocking); binds TIERGATE_SIDECAR_HOST:TIERGATE_SIDECAR_PORT first,
+    then the authz-only listener when TIERGATE_AUTHZ_HOST is set."""
+    app = create_app(settings)
+    listeners = [
+        Listener(
+            settings.sidecar_host, settings.sidecar_port, "TIERGATE_SIDECAR_HOST", "TIERGATE_SIDECAR_PORT"
+        )
+    ]
+    if settings.authz_host is not None:
+        app[AUTHZ_LISTENER_PORTS] = frozenset({settings.authz_port})
+        listeners.append(
+            Listener(settings.authz_host, settings.authz_port, "TIERGATE_AUTHZ_HOST", "TIERGATE_AUTHZ_PORT")
+        )
+    loop_factory = uvloop.new_event_loop if settings.event_loop == "uvloop" else None
+    serve(app, listeners, process="sidecar", loop_factory=loop_factory)

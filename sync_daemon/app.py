@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,16 +23,18 @@ from sync_daemon.mirror.feed import feed_changes, feed_snapshot
 from sync_daemon.mirror.postgres_schema import LEADER_LOCK
 from sync_daemon.mirror.store import Mirror
 from sync_daemon.ops import add_ops_routes
+from sync_daemon.overrides import add_override_routes
 from sync_daemon.settings import DaemonSettings
-from sync_daemon.state import APPLIER, BILLING, LEADER, METRICS, MIRROR, RECONCILER, SETTINGS
+from sync_daemon.state import APPLIER, BILLING, CATALOG, LEADER, METRICS, MIRROR, RECONCILER, SETTINGS
 from sync_daemon.stripe_sync.apply import EventApplier
-from sync_daemon.stripe_sync.reconcile import Reconciler
+from sync_daemon.stripe_sync.reconcile import Reconciler, ReconcileSummary
 from sync_daemon.stripe_sync.source import BillingSource
 from sync_daemon.stripe_sync.stripe_source import StripeBilling
 from sync_daemon.stripe_sync.translate import Translator
 from sync_daemon.stripe_sync.webhook import receive_stripe_event
 from sync_daemon.usage import add_usage_routes
-from tiergate.catalog import load_catalog
+from tiergate.catalog import Catalog, load_catalog
+from tiergate.serve import Listener, serve
 from tiergate.web import error_middleware
 
 log = structlog.get_logger("tiergate.daemon")
@@ -60,10 +63,10 @@ def make_billing(settings: DaemonSettings) -> StripeBilling:
 
 @contextlib.asynccontextmanager
 async def open_services(
-    settings: DaemonSettings, billing: BillingSource | None = None
+    settings: DaemonSettings, billing: BillingSource | None = None, catalog: Catalog | None = None
 ) -> AsyncIterator[Services]:
     """Everything but HTTP: shared by the server and `tiergate sync --full`."""
-    translator = Translator(load_catalog(settings.plans), settings.tenant_metadata_key)
+    translator = Translator(catalog or load_catalog(settings.plans), settings.tenant_metadata_key)
     mirror = mirror_for(settings.mirror_location, pool_size=settings.mirror_pool_size)
     await mirror.open()
     source = billing or make_billing(settings)
@@ -84,6 +87,7 @@ def create_app(
     catalog = load_catalog(settings.plans)  # a bad catalog fails here, before the server binds
     app = web.Application(middlewares=[error_middleware("daemon")], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
+    app[CATALOG] = catalog
     app.cleanup_ctx.append(_services_ctx(billing))
     app.cleanup_ctx.append(_scheduler_ctx)
     app.cleanup_ctx.append(billing_actions_ctx(actions))
@@ -92,19 +96,20 @@ def create_app(
     app.router.add_get("/v1/feed/changes", feed_changes)
     add_ops_routes(app)
     add_billing_routes(app)
+    add_override_routes(app)
     add_usage_routes(app, catalog)
     return app
 
 
 def _services_ctx(billing: BillingSource | None) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        async with open_services(app[SETTINGS], billing) as services:
+        async with open_services(app[SETTINGS], billing, app[CATALOG]) as services:
             app[MIRROR] = services.mirror
             app[BILLING] = services.billing
             app[METRICS] = services.metrics
             app[APPLIER] = services.applier
             app[RECONCILER] = services.reconciler
-            log.info("daemon_ready", mirror=services.mirror.where, seq=services.mirror.seq)
+            log.info("mirror_opened", mirror=services.mirror.where, seq=services.mirror.seq)
             yield
 
     return ctx
@@ -165,13 +170,21 @@ async def run_retention(app: web.Application) -> dict[str, int]:
     return deleted
 
 
+def run_full_sync(
+    settings: DaemonSettings, *, progress: Callable[[int], None] | None = None
+) -> ReconcileSummary:
+    """One reconciliation, for `tiergate sync --full` (blocking; opens and closes its own resources)."""
+
+    async def once() -> ReconcileSummary:
+        async with open_services(settings) as services:
+            return await services.reconciler.run(progress)
+
+    return asyncio.run(once())
+
+
 def run(settings: DaemonSettings) -> None:
-    """Serve until interrupted (blocking); binds TIERGATE_DAEMON_HOST:TIERGATE_DAEMON_PORT."""
-    web.run_app(
-        create_app(settings),
-        host=settings.daemon_host,
-        port=settings.daemon_port,
-        access_log=None,
-        print=None,
-        handle_signals=True,
+    """Serve until interrupted (blocking); binds TIERGATE_DAEMON_HOST:TIERGATE_DAEMON_PORT first."""
+    listener = Listener(
+        settings.daemon_host, settings.daemon_port, "TIERGATE_DAEMON_HOST", "TIERGATE_DAEMON_PORT"
     )
+    serve(create_app(settings), [listener], process="sync_daemon")

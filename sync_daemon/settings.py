@@ -13,6 +13,9 @@ from sync_daemon.mirror.store import Retention
 from tiergate.errors import SettingsError
 from tiergate.settings_errors import describe_settings_error
 
+# Secret and restricted keys; a publishable key (pk_) is meant for browsers and reads nothing.
+SECRET_KEY_PREFIXES = ("sk_", "rk_")
+
 
 class DaemonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TIERGATE_", frozen=True, extra="ignore")
@@ -78,6 +81,22 @@ class DaemonSettings(BaseSettings):
             usage_events=timedelta(days=self.usage_event_retention_days),
             closed_periods=timedelta(days=self.closed_period_retention_days),
         )
+
+    @field_validator("stripe_api_key")
+    @classmethod
+    def _secret_key(cls, key: SecretStr) -> SecretStr:
+        prefix = key.get_secret_value().split("_", 1)[0] + "_"
+        if prefix not in SECRET_KEY_PREFIXES:
+            kind = (
+                "a publishable key (pk_), which cannot read subscriptions"
+                if prefix == "pk_"
+                else "no Stripe secret key"
+            )
+            raise ValueError(
+                f"this is {kind}; TIERGATE_STRIPE_API_KEY takes a secret key (sk_test_…, sk_live_…) "
+                "or a restricted key (rk_…) from the Stripe dashboard's API keys page"
+            )
+        return key
 
     @property
     def stripe_base(self) -> str:

@@ -6,6 +6,7 @@ This is the composition root: the one module of the core that imports the server
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -15,9 +16,10 @@ from typing import TYPE_CHECKING, BinaryIO, Literal, TextIO
 import click
 from pydantic import ValidationError
 
-from tiergate.catalog import load_catalog
+from tiergate.catalog import Catalog, load_catalog
+from tiergate.cli_overrides import overrides
 from tiergate.errors import CatalogError, TierError
-from tiergate.settings_errors import describe_settings_error
+from tiergate.settings_errors import describe_settings_error, unknown_settings
 
 if TYPE_CHECKING:
     from sidecar.settings import SidecarSettings
@@ -39,9 +41,10 @@ def plans() -> None:
 
 
 @plans.command("check")
-@click.argument("path", type=click.Path(path_type=Path), default=Path("plans/plans.yaml"))
-def plans_check(path: Path) -> None:
-    """Validate a catalog; print each problem with its field path."""
+@click.argument("path", type=click.Path(path_type=Path), required=False)
+def plans_check(path: Path | None) -> None:
+    """Validate a catalog (default: TIERGATE_PLANS, else plans/plans.yaml); print every problem."""
+    path = path or Path(os.environ.get("TIERGATE_PLANS") or "plans/plans.yaml")
     try:
         catalog = load_catalog(path)
     except CatalogError as exc:
@@ -56,13 +59,21 @@ def plans_check(path: Path) -> None:
 
 
 @plans.command("push")
-@click.argument("path", type=click.Path(path_type=Path), default=Path("plans/plans.yaml"))
+@click.argument("path", type=click.Path(path_type=Path), required=False)
 @click.option("--dry-run", is_flag=True, help="Print the plan of changes; change nothing in Stripe.")
-def plans_push(path: Path, dry_run: bool) -> None:
-    """Create or update the Stripe products and prices of PATH (idempotent, by lookup key)."""
+def plans_push(path: Path | None, dry_run: bool) -> None:
+    """Create or update the Stripe products and prices of PATH (idempotent, by lookup key).
+
+    Without PATH, the catalog the daemon serves: TIERGATE_PLANS (default plans/plans.yaml).
+    """
     from sync_daemon.billing.stripe_catalog import run_push
 
     settings = _daemon_settings()
+    source = "argument" if path else "TIERGATE_PLANS"
+    path = path or settings.plans
+    click.echo(
+        f"{'planning' if dry_run else 'pushing'} catalog {path} (from {source}) to {settings.stripe_base}"
+    )
     try:
         changes, result, legacy = run_push(settings, load_catalog(path), dry_run=dry_run)
     except TierError as exc:
@@ -76,6 +87,74 @@ def plans_push(path: Path, dry_run: bool) -> None:
         click.echo("nothing to change: Stripe already holds the catalog")
     elif not dry_run:
         click.echo(f"{len(result.done)} changes made, {len(result.skipped)} skipped")
+
+
+@plans.command("diff")
+@click.argument("candidate", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--current",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("plans/plans.yaml"),
+    show_default=True,
+    help="The live catalog.",
+)
+@click.option(
+    "--policies",
+    "candidate_policies",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Candidate policy directory (default: the live one).",
+)
+@click.option(
+    "--current-policies",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("policies"),
+    show_default=True,
+    help="The live policy directory.",
+)
+@click.option("--impact", is_flag=True, help="Evaluate both against every tenant of the replica.")
+@click.option(
+    "--replica",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Replica to read (default: TIERGATE_REPLICA_PATH).",
+)
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes (default: one per CPU).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for CI).")
+def plans_diff(
+    candidate: Path,
+    current: Path,
+    candidate_policies: Path | None,
+    current_policies: Path,
+    impact: bool,
+    replica: Path | None,
+    workers: int | None,
+    as_json: bool,
+) -> None:
+    """What CANDIDATE (a catalog, with --policies a policy directory too) changes: prices, and
+    with --impact who gains or loses each feature and who is over a new limit at current usage."""
+    import json as json_module
+
+    from sidecar.impact import price_changes, render_table, run_impact
+    from sidecar.policy.bundle import load_bundle
+
+    try:
+        live = load_bundle(current_policies, current)
+        trial = load_bundle(candidate_policies or current_policies, candidate)
+        if impact:
+            path = replica or _sidecar_settings().replica_path
+            report = run_impact(path, live, trial, workers=workers)
+            click.echo(json_module.dumps(report.to_json(), indent=2) if as_json else render_table(report))
+            return
+    except TierError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
+    prices = price_changes(live.catalog, trial.catalog, {})
+    if as_json:
+        click.echo(json_module.dumps({"prices": [p.__dict__ for p in prices]}, indent=2))
+        return
+    for change in prices:
+        click.echo(f"price {change.tier}/{change.interval}: {change.current} -> {change.candidate}")
+    if not prices:
+        click.echo("prices: unchanged (add --impact to evaluate every tenant of the replica)")
 
 
 # -- policies ------------------------------------------------------------------------------
@@ -115,38 +194,80 @@ def replica() -> None:
 
 @replica.command("import")
 @click.argument("file", type=click.File("rb"))
-def replica_import(file: BinaryIO) -> None:
-    """Replace the replica's content with FILE (JSON; '-' reads stdin), atomically."""
+@click.option(
+    "--allow-unknown",
+    is_flag=True,
+    help="Import accounts on tiers, and counters for codes, that the catalog (TIERGATE_PLANS) lacks.",
+)
+def replica_import(file: BinaryIO, allow_unknown: bool) -> None:
+    """Replace the replica's content with FILE (JSON; '-' reads stdin), atomically.
+
+    Every tier and usage code must be in the catalog (TIERGATE_PLANS) unless --allow-unknown.
+    """
+    from sidecar.replica.import_check import unknown_to_catalog
     from sidecar.replica.store import ReplicaWriter, open_replica, parse_replica_document
 
     settings = _sidecar_settings()
     try:
         document = parse_replica_document(file.read(), source=file.name)
+        catalog = _catalog(settings.plans)
+        unknown = unknown_to_catalog(document, catalog)
+        if unknown and not allow_unknown:
+            for line in unknown.describe(catalog):
+                click.echo(f"error: {file.name}: {line}", err=True)
+            click.echo(
+                f"nothing imported: fix the document or TIERGATE_PLANS ({settings.plans}), "
+                "or pass --allow-unknown",
+                err=True,
+            )
+            sys.exit(1)
         db = open_replica(settings.replica_path)
         as_of = document.data_as_of or datetime.now(UTC)
         n_accounts, n_usage = ReplicaWriter(db).replace_all(
-            document.accounts, document.usage, data_as_of=as_of
+            document.accounts, document.usage, data_as_of=as_of, overrides=document.overrides
         )
         db.close()
     except TierError as exc:
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(1)
     click.echo(f"imported {n_accounts} accounts and {n_usage} usage counters into {settings.replica_path}")
+    for line in unknown.describe(catalog):
+        click.echo(f"warning: imported anyway (--allow-unknown): {line}", err=True)
+
+
+def _catalog(path: Path) -> Catalog:
+    try:
+        return load_catalog(path)
+    except CatalogError as exc:
+        raise CatalogError(f"TIERGATE_PLANS={str(path)!r}: {exc.message}") from None
 
 
 @replica.command("export")
 @click.argument("file", type=click.File("w"), default="-")
 def replica_export(file: TextIO) -> None:
-    """Write the replica's content to FILE as JSON ('-' for stdout)."""
+    """Write the replica's content to FILE as JSON ('-' for stdout); exit 1 when there is none."""
     import json
 
-    from sidecar.replica.store import ReplicaWriter, open_replica
+    from sidecar.replica.store import ReplicaWriter, open_replica, read_meta
 
     settings = _sidecar_settings()
-    db = open_replica(settings.replica_path)
-    json.dump(ReplicaWriter(db).export(), file, indent=1)
-    file.write("\n")
-    db.close()
+    path = settings.replica_path
+    if not path.exists():
+        click.echo(f"error: no replica at {path} (TIERGATE_REPLICA_PATH): nothing to export", err=True)
+        sys.exit(1)
+    db = open_replica(path)
+    try:
+        if read_meta(db.conn).data_as_of is None:
+            click.echo(
+                f"error: the replica at {path} (TIERGATE_REPLICA_PATH) was never imported into "
+                "nor synced from a daemon: nothing to export",
+                err=True,
+            )
+            sys.exit(1)
+        json.dump(ReplicaWriter(db).export(), file, indent=1)
+        file.write("\n")
+    finally:
+        db.close()
 
 
 # -- servers -------------------------------------------------------------------------------
@@ -157,8 +278,8 @@ def sidecar_command() -> None:
     """Run the sidecar (settings from TIERGATE_* variables)."""
     from sidecar.app import run
 
-    settings = _sidecar_settings()
-    _serve(lambda: run(settings), json=settings.log_json, level=settings.log_level)
+    settings = _sidecar_settings(warn=False)
+    _serve(lambda: run(settings), json=settings.log_json, level=settings.log_level, process="sidecar")
 
 
 @main.command("sync-daemon")
@@ -166,20 +287,46 @@ def sync_daemon_command() -> None:
     """Run the sync daemon: Stripe webhooks, reconciliation, the replica feed."""
     from sync_daemon.app import run
 
-    settings = _daemon_settings()
-    _serve(lambda: run(settings), json=settings.log_json, level=settings.log_level)
+    settings = _daemon_settings(warn=False)
+    _serve(lambda: run(settings), json=settings.log_json, level=settings.log_level, process="sync_daemon")
 
 
-def _serve(run: Callable[[], None], *, json: bool, level: str) -> None:
-    """Run a server until interrupted; a start-up failure is one line and exit code 1."""
+def _serve(run: Callable[[], None], *, json: bool, level: str, process: str) -> None:
+    """Run a server until interrupted; a start-up failure is one line and exit code 1, with a
+    traceback only at TIERGATE_LOG_LEVEL=debug."""
+    import structlog
+
     from tiergate.log import configure_logging
 
     configure_logging(json=json, level=level)
+    log = structlog.get_logger("tiergate.cli")
+    for variable, closest in _unknown_settings(process):
+        log.warning("unknown_setting", variable=variable, did_you_mean=closest)
     try:
         run()
-    except TierError as exc:
-        click.echo(f"error: {exc.message}", err=True)
+    except Exception as exc:
+        if level == "debug":
+            raise
+        if isinstance(exc, TierError):
+            click.echo(f"error: {exc.message}", err=True)
+        else:
+            click.echo(f"error: {type(exc).__name__}: {exc} (TIERGATE_LOG_LEVEL=debug shows where)", err=True)
         sys.exit(1)
+
+
+def _unknown_settings(process: str) -> list[tuple[str, str | None]]:
+    from sidecar.settings import SidecarSettings
+    from sync_daemon.settings import DaemonSettings
+
+    sidecar, daemon = list(SidecarSettings.model_fields), list(DaemonSettings.model_fields)
+    own, other = (sidecar, daemon) if process == "sidecar" else (daemon, sidecar)
+    return unknown_settings(os.environ, own, other)
+
+
+def _warn_unknown_settings(process: str) -> None:
+    for variable, closest in _unknown_settings(process):
+        hint = f"; did you mean {closest}?" if closest else ""
+        click.echo(f"warning: {variable} is not a tiergate setting and is ignored{hint}", err=True)
 
 
 @main.command("sync")
@@ -188,7 +335,7 @@ def _serve(run: Callable[[], None], *, json: bool, level: str) -> None:
 )
 def sync_command(full: bool) -> None:
     """Reconcile the mirror with Stripe once, with a progress bar and a summary."""
-    from sync_daemon.stripe_sync.reconcile import run_full_sync
+    from sync_daemon.app import run_full_sync
     from tiergate.log import configure_logging
 
     settings = _daemon_settings()
@@ -206,22 +353,33 @@ def sync_command(full: bool) -> None:
         sys.exit(1)
 
 
-def _daemon_settings() -> DaemonSettings:
+main.add_command(overrides)
+
+
+def _daemon_settings(*, warn: bool = True) -> DaemonSettings:
     from sync_daemon.settings import load_settings
 
+    if warn:
+        _warn_unknown_settings("sync_daemon")
     try:
         return load_settings()
     except TierError as exc:
+        if not warn:  # a misspelt variable is the likely cause: say so even for a server
+            _warn_unknown_settings("sync_daemon")
         click.echo(exc.message, err=True)
         sys.exit(2)
 
 
-def _sidecar_settings() -> SidecarSettings:
+def _sidecar_settings(*, warn: bool = True) -> SidecarSettings:
     from sidecar.settings import SidecarSettings
 
+    if warn:
+        _warn_unknown_settings("sidecar")
     try:
         return SidecarSettings()
     except ValidationError as exc:
+        if not warn:
+            _warn_unknown_settings("sidecar")
         click.echo(describe_settings_error(exc), err=True)
         sys.exit(2)
 

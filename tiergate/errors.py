@@ -8,6 +8,7 @@ The HTTP status is the class's `status`; the JSON body is `{"error": {"code", "m
     ├── ReplicaError             400 invalid_replica        replica file or import document unusable
     ├── WebhookRejectedError     400 webhook_rejected       signature, timestamp or body not trusted
     ├── UnauthorizedError        401 unauthorized           missing or wrong bearer token
+    ├── UnauthenticatedError     401 unauthenticated        ingress hook: no trusted tenant (header, JWT)
     ├── NotFoundError            404 not_found
     ├── NoSubscriptionError      409 no_subscription        billing action needs a subscription
     ├── ConflictError            409 conflict
@@ -22,6 +23,7 @@ The HTTP status is the class's `status`; the JSON body is `{"error": {"code", "m
     ├── CatalogError             500 invalid_catalog        plans.yaml (at start: the process exits)
     ├── PolicyError              500 policy_error           Rego failed to load or evaluate
     ├── SettingsError            500 invalid_settings       a TIERGATE_* variable (at start)
+    ├── ListenError              500 cannot_listen          a server's port is taken (at start)
     ├── SidecarUnreachableError  503 sidecar_unreachable    (client) no usable answer from the sidecar
     └── SidecarRejectedError     4xx (the sidecar's code)   (client) the sidecar refused a call
 """
@@ -165,6 +167,12 @@ class FeedGapError(TierError):
     status = 410
 
 
+class ListenError(TierError):
+    """A server could not bind its address: the port is taken, or the host does not resolve."""
+
+    code = "cannot_listen"
+
+
 class SidecarUnreachableError(TierError):
     """The client got no answer from the sidecar (refused, reset, timed out, or a 5xx)."""
 
@@ -189,3 +197,10 @@ def dotted_location(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
+
+
+class UnauthenticatedError(TierError):
+    """The ingress hook found no tenant it can trust: no header, or a token that does not verify."""
+
+    code = "unauthenticated"
+    status = 401

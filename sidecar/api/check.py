@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +11,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from sidecar.api.authz import AUTHZ_PREFIX, authz_answer, original_request
-from sidecar.api.usage import RECORDER, check_and_reserve, usage_status
+from sidecar.api.query import check_query
+from sidecar.api.usage import OUTBOX, check_and_reserve, usage_status
 from sidecar.replica.store import AccountRow
-from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS
+from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, SETTINGS
+from sidecar.usage.static_mode import static_mode_warnings
 from tiergate.errors import BadRequestError, TierError
-from tiergate.models import CheckRequest
-from tiergate.periods import parse_rfc3339, seconds_until
-from tiergate.web import error_body, json_response, read_json_object, validate
+from tiergate.models import CheckRequest, Decision
+from tiergate.periods import rfc3339, utc_now
+from tiergate.web import json_response, query_params, read_json_object, validate
 
 
 class CheckBatch(BaseModel):
@@ -29,12 +29,9 @@ class CheckBatch(BaseModel):
 
 
 async def check_get(request: web.Request) -> web.Response:
-    query = request.query
-    raw: dict[str, Any] = {"tenant": query.get("tenant"), "feature": query.get("feature")}
-    if "quantity" in query:
-        raw["quantity"] = _query_int(query["quantity"], "quantity")
-    check = validate(CheckRequest, {k: v for k, v in raw.items() if v is not None})
-    return json_response(await request.app[DECISIONS].decide(check.tenant, check.feature, check.quantity))
+    # query_params: a parameter given twice is a 400; check_query: the fields, validated by hand.
+    tenant, feature, quantity = check_query(query_params(request))
+    return json_response(await request.app[DECISIONS].decide(tenant, feature, quantity))
 
 
 async def check_post(request: web.Request) -> web.Response:
@@ -65,79 +62,53 @@ async def entitlements(request: web.Request) -> web.Response:
     features = request.app[POLICIES].features()
     decisions = {feature: await decide(tenant, feature, 1) for feature in sorted(features)}
     row = request.app[READER].account(tenant)
+    sources = value_sources(request.app[READER].overrides(tenant), rfc3339(utc_now()) or "")
     first = next(iter(decisions.values()), None)
     return json_response(
         {
             "tenant": tenant,
-            "tier": first["tier"] if first else None,
+            "tier": first.tier if first else None,
             "account": row.to_account().model_dump(mode="json", exclude={"version"}) if row else None,
             # A downgrade scheduled at the period end: the UI can say "Starter from <date>".
             "pending_change": _pending_change(row),
             "features": {
-                name: {k: d[k] for k in ("allow", "reason", "limit", "used", "remaining", "valid_until")}
+                name: {**_feature_entry(d), "source": sources.get(name, "plan")}
                 for name, d in decisions.items()
             },
-            "policy_revision": first["policy_revision"] if first else None,
-            "data_as_of": first["data_as_of"] if first else None,
-            "stale": first["stale"] if first else False,
+            "policy_revision": first.policy_revision if first else None,
+            "data_as_of": first.data_as_of if first else None,
+            "stale": first.stale if first else False,
         }
     )
 
 
-async def authz(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
-    tenant = (request.headers.get(settings.tenant_header) or "").strip()
-    if not tenant:
-        message = f"no tenant: the {settings.tenant_header} header is missing or empty"
-        return json_response(error_body("missing_tenant", message, settings.tenant_header), 401)
-    method, path = original_request(request.headers, request.method, request.path)
-    try:
-        route = await request.app[ROUTES].resolve(method, path)
-    except TierError as exc:
-        request.app[METRICS].engine_errors.labels("ingress").inc()
-        return json_response(_denial("policy_error", str(exc), method, path), 403)
-    if not route["matched"]:
-        if route.get("action") == "deny":
-            return json_response(_denial("unmatched_route", "no route matches", method, path), 403)
-        return web.Response(status=200)
-    decide = request.app[DECISIONS].decide
-    decisions = [await decide(tenant, route["feature"], 1)] if route.get("feature") else []
-    if route.get("usage") and all(d["allow"] for d in decisions):
-        decisions.append(await _consume(request, tenant, route["usage"]))
-    denied = next((d for d in decisions if not d["allow"]), None)
-    retry = seconds_until(parse_rfc3339(denied["valid_until"]), datetime.now(UTC)) if denied else None
-    status, headers = authz_answer(decisions, retry)
-    if denied is None:
-        return web.Response(status=status, headers=headers)
-    body = {
-        "allow": False,
-        "reason": denied["reason"],
-        "method": method,
-        "path": path,
-        "decision": denied,
+def _feature_entry(decision: Decision) -> dict[str, Any]:
+    return {
+        "allow": decision.allow,
+        "reason": decision.reason,
+        "limit": decision.limit,
+        "used": decision.used,
+        "remaining": decision.remaining,
+        "valid_until": decision.valid_until,
     }
-    return json_response(body, status, headers)
+
+
+def value_sources(overrides: dict[str, dict[str, Any]], now_text: str) -> dict[str, str]:
+    """Where each feature's value comes from, when not from the plan: an override in force.
+
+    RFC 3339 `Z` strings of whole seconds compare in time order, as the policy's instants do.
+    """
+    return {
+        feature: "override"
+        for feature, found in overrides.items()
+        if found.get("expires_at") is None or now_text < str(found["expires_at"])
+    }
 
 
 def _pending_change(row: AccountRow | None) -> dict[str, Any] | None:
     if row is None or row.pending_tier is None:
         return None
     return {"tier": row.pending_tier, "interval": row.pending_interval, "at": row.pending_at}
-
-
-async def _consume(request: web.Request, tenant: str, metric: str) -> dict[str, Any]:
-    """The route's usage: checked and, when allowed, recorded in one step (a reserve), so the
-    ingress enforces a metered quota by itself. A proxy's retry with the same X-Request-Id is
-    counted once."""
-    if not request.app[SETTINGS].authz_record_usage or RECORDER not in request.app:
-        return await request.app[DECISIONS].decide(tenant, metric, 1)
-    request_id = request.headers.get("X-Request-Id") or None
-    transaction_id = f"authz:{request_id}" if request_id else None
-    return await request.app[RECORDER].reserve(tenant, metric, 1, transaction_id)
-
-
-def _denial(reason: str, message: str, method: str, path: str) -> dict[str, Any]:
-    return {"allow": False, "reason": reason, "message": message, "method": method, "path": path}
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -155,7 +126,6 @@ async def readyz(request: web.Request) -> web.Response:
         failing["policy"] = policy.get("last_error") or "no policy loaded"
     try:
         reader = request.app[READER]
-        reader.refresh()
         if FOLLOWER in request.app and reader.meta.data_as_of is None:
             failing["replica"] = "waiting for the first snapshot from the sync daemon"
         else:
@@ -181,13 +151,16 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     reader = request.app[READER]
-    reader.refresh()
     decisions = request.app[DECISIONS]
+    following = FOLLOWER in request.app
+    backlog = request.app[OUTBOX].backlog if OUTBOX in request.app else 0
     return json_response(
         {
+            "mode": "following" if following else "static",
+            "warnings": [] if following else static_mode_warnings(reader.count_accounts(), backlog),
             "replica": {
                 "path": str(reader.path),
-                "data_as_of": reader.meta.data_as_of.isoformat() if reader.meta.data_as_of else None,
+                "data_as_of": rfc3339(reader.meta.data_as_of),
                 "age_seconds": decisions.replica_age(),
                 "position": reader.meta.position,
                 "source": reader.meta.source,
@@ -201,13 +174,6 @@ async def status(request: web.Request) -> web.Response:
             "usage": usage_status(request.app),
         }
     )
-
-
-def _query_int(value: str, field: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise BadRequestError(f"{field}: {value!r} is not an integer", field=field) from None
 
 
 _OPENAPI = Path(__file__).parents[1] / "openapi.yaml"
@@ -228,8 +194,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/check", check_post)
     app.router.add_post("/v1/check/batch", check_batch)
     app.router.add_get("/v1/entitlements/{tenant}", entitlements)
-    app.router.add_route("*", AUTHZ_PREFIX, authz)
-    app.router.add_route("*", AUTHZ_PREFIX + "/{tail:.*}", authz)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from sidecar.replica.store import ReplicaWriter, open_replica, read_meta
-from tiergate.feed import FeedAccount, FeedChange, FeedUsage
+from tiergate.feed import KNOWN_KINDS, FeedAccount, FeedChange, FeedOverride, FeedUsage, refused_token
+from tiergate.periods import utc_now_text
 
 log = structlog.get_logger("tiergate.follower")
 
@@ -37,6 +38,10 @@ class FeedGapError(Exception):
 
 class FeedProtocolError(Exception):
     """The daemon answered something we cannot apply."""
+
+
+class FeedAuthError(FeedProtocolError):
+    """The daemon refused our bearer token: a setting to fix, retried in case it is being rotated."""
 
 
 @dataclass
@@ -119,11 +124,11 @@ class Follower:
             self.status.position = None
 
     async def _poll(self, session: aiohttp.ClientSession) -> None:
-        params = {"since": str(self.status.position), "wait": f"{self.poll_wait_s:g}"}
+        params = {"since": str(self.status.position), "wait": f"{self.poll_wait_s:g}", "kinds": FEED_KINDS}
         async with session.get("/v1/feed/changes", params=params) as response:
             if response.status == 410:
                 raise FeedGapError()
-            await _expect_ok(response)
+            await _expect_ok(response, token_sent=self.token is not None)
             body = await response.json()
         changes, last_seq, as_of = _parse_changes(body)
         writer = self._require_writer()
@@ -134,7 +139,7 @@ class Follower:
             if self.on_applied is not None:
                 self.on_applied(touched)
             self.status.batches += 1
-            self.status.last_change_at = _now()
+            self.status.last_change_at = utc_now_text()
         else:
             await self._on_writer(lambda: writer.mark_current(as_of))
         self.status.position = max(last_seq, self.status.position or 0)
@@ -144,7 +149,7 @@ class Follower:
         with tempfile.TemporaryDirectory(prefix="tiergate-snapshot-") as tmp:
             path = Path(tmp) / "snapshot.ndjson"
             async with session.get("/v1/feed/snapshot") as response:
-                await _expect_ok(response)
+                await _expect_ok(response, token_sent=self.token is not None)
                 with path.open("wb") as out:
                     async for chunk in response.content.iter_chunked(1 << 16):
                         out.write(chunk)
@@ -153,7 +158,7 @@ class Follower:
             self.on_applied(None)
         self.status.position = header["seq"]
         self.status.snapshots += 1
-        self.status.last_change_at = _now()
+        self.status.last_change_at = utc_now_text()
         log.info("replica_snapshot_loaded", position=header["seq"], accounts=header["accounts"])
         self._connected()
 
@@ -167,8 +172,11 @@ class Follower:
     def _failed(self, exc: BaseException | None) -> None:
         self.status.connected = False
         self.status.last_error = f"{type(exc).__name__}: {exc}" if exc else "unknown error"
-        self.status.last_error_at = _now()
-        log.warning("daemon_unreachable", error=self.status.last_error, position=self.status.position)
+        self.status.last_error_at = utc_now_text()
+        if isinstance(exc, FeedAuthError):
+            log.error("daemon_auth_failed", error=str(exc), setting="TIERGATE_FEED_TOKEN")
+        else:
+            log.warning("daemon_unreachable", error=self.status.last_error, position=self.status.position)
 
     def _require_writer(self) -> ReplicaWriter:
         assert self._writer is not None, "start() opens the writer"
@@ -181,10 +189,17 @@ class Follower:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
 
-async def _expect_ok(response: aiohttp.ClientResponse) -> None:
+async def _expect_ok(response: aiohttp.ClientResponse, *, token_sent: bool) -> None:
+    refused = refused_token(response.status, response.url.path, token_sent=token_sent)
+    if refused is not None:
+        raise FeedAuthError(refused)
     if response.status != 200:
         text = (await response.text())[:300]
         raise FeedProtocolError(f"daemon answered {response.status} to {response.url.path}: {text}")
+
+
+# The entry kinds this sidecar applies; a daemon leaves out any other (see GET /v1/feed/changes).
+FEED_KINDS = ",".join(sorted(KNOWN_KINDS))
 
 
 def _parse_changes(body: Any) -> tuple[list[FeedChange], int, datetime]:
@@ -221,6 +236,7 @@ def _apply_snapshot(writer: ReplicaWriter, path: Path) -> dict[str, Any]:
         position=int(header["seq"]),
         source="snapshot",
         expect_accounts=trailer.get("accounts"),
+        overrides=(FeedOverride.model_validate(o) for o in records("override")),
     )
     return {"seq": int(header["seq"]), "accounts": n_accounts}
 
@@ -236,7 +252,3 @@ def _last_line(path: Path) -> dict[str, Any]:
     except ValueError:
         return {}
     return record
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

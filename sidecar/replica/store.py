@@ -7,18 +7,23 @@ each in one transaction, so a reader never sees a half-applied change.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import sqlite_utils
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import ErrorDetails
 
+from sidecar.replica.index import ReplicaIndex
 from tiergate.errors import ReplicaError, dotted_location
-from tiergate.feed import FeedChange
+from tiergate.feed import KNOWN_KINDS, FeedChange, FeedOverride
 from tiergate.models import Account, UsageCounter
 from tiergate.periods import rfc3339
 
@@ -84,6 +89,20 @@ def m003_subscription_id(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX accounts_by_subscription ON accounts (subscription_id)")
 
 
+@MIGRATIONS()
+def m004_overrides(db: sqlite_utils.Database) -> None:
+    # Per-tenant feature overrides from the daemon; `value` is the feature's JSON value.
+    db.execute(
+        """CREATE TABLE overrides (
+            tenant TEXT NOT NULL,
+            feature TEXT NOT NULL,
+            value TEXT NOT NULL,
+            expires_at TEXT,
+            PRIMARY KEY (tenant, feature)
+        ) WITHOUT ROWID"""
+    )
+
+
 class AccountRow(NamedTuple):
     """An accounts row as stored: times are RFC 3339 `Z` strings, booleans 0/1."""
 
@@ -117,7 +136,12 @@ class ReplicaMeta(NamedTuple):
 
 def open_replica(path: Path) -> sqlite_utils.Database:
     """Open (creating if needed) and migrate a replica file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReplicaError(
+            f"cannot create the directory of replica {path} (TIERGATE_REPLICA_PATH): {exc.strerror}"
+        ) from exc
     try:
         db = sqlite_utils.Database(path)
         db.execute("PRAGMA journal_mode=WAL")
@@ -162,6 +186,7 @@ class ReplicaWriter:
         position: int | None = None,
         source: str = "import",
         expect_accounts: int | None = None,
+        overrides: Iterable[FeedOverride] = (),
     ) -> tuple[int, int]:
         """Swap the whole content atomically; returns (accounts, usage counters) written.
 
@@ -171,8 +196,10 @@ class ReplicaWriter:
         with self.db.atomic():
             conn.execute("DELETE FROM accounts")
             conn.execute("DELETE FROM usage")
+            conn.execute("DELETE FROM overrides")
             n_accounts = _insert_accounts(conn, (account_row(a) for a in accounts))
             n_usage = _insert_usage(conn, usage)
+            conn.executemany(_UPSERT_OVERRIDE, (override_row(o) for o in overrides))
             if expect_accounts is not None and n_accounts != expect_accounts:
                 raise ReplicaError(f"expected {expect_accounts} accounts, got {n_accounts}; nothing replaced")
             generation = self._read_meta(conn).generation + 1
@@ -188,11 +215,16 @@ class ReplicaWriter:
     def apply_changes(
         self, changes: Iterable[FeedChange], *, position: int, data_as_of: datetime
     ) -> set[str]:
-        """Apply one feed batch and the new position in one transaction; returns touched tenants."""
+        """Apply one feed batch and the new position in one transaction; returns touched tenants.
+
+        Kinds this version does not know (from a newer daemon) are skipped.
+        """
         conn = self.db.conn
         touched: set[str] = set()
         with self.db.atomic():
             for change in changes:
+                if change.kind not in KNOWN_KINDS:
+                    continue
                 touched.add(change.tenant)
                 if change.kind == "account" and change.op == "upsert" and change.account is not None:
                     conn.execute(_UPSERT_ACCOUNT, account_row(change.account))
@@ -201,6 +233,13 @@ class ReplicaWriter:
                 elif change.kind == "usage" and change.usage is not None:
                     u = change.usage
                     conn.execute(_UPSERT_USAGE, (u.tenant, u.code, rfc3339(u.period_start), u.value))
+                elif change.kind == "override" and change.op == "upsert" and change.override is not None:
+                    conn.execute(_UPSERT_OVERRIDE, override_row(change.override))
+                elif change.kind == "override" and change.op == "delete":
+                    conn.execute(
+                        "DELETE FROM overrides WHERE tenant = ? AND feature = ?",
+                        (change.tenant, change.feature),
+                    )
             self._write_meta(conn, position=str(position), data_as_of=rfc3339(data_as_of), source="feed")
         return touched
 
@@ -222,7 +261,16 @@ class ReplicaWriter:
             )
         ]
         meta = self._read_meta(conn)
-        return {"data_as_of": rfc3339(meta.data_as_of), "accounts": accounts, "usage": usage}
+        document = {"data_as_of": rfc3339(meta.data_as_of), "accounts": accounts, "usage": usage}
+        overrides = [
+            {"tenant": t, "feature": f, "value": json.loads(v), "expires_at": e}
+            for t, f, v, e in conn.execute(
+                "SELECT tenant, feature, value, expires_at FROM overrides ORDER BY tenant, feature"
+            )
+        ]
+        if overrides:  # left out when empty: documents from before overrides round-trip unchanged
+            document["overrides"] = overrides
+        return document
 
     @staticmethod
     def _read_meta(conn: sqlite3.Connection) -> ReplicaMeta:
@@ -251,6 +299,14 @@ _UPSERT_ACCOUNT = (
     f"INSERT OR REPLACE INTO accounts ({', '.join(ACCOUNT_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(ACCOUNT_COLUMNS))})"
 )
+_UPSERT_OVERRIDE = "INSERT OR REPLACE INTO overrides (tenant, feature, value, expires_at) VALUES (?, ?, ?, ?)"
+
+
+def override_row(override: FeedOverride) -> tuple[str, str, str, str | None]:
+    value = json.dumps(override.value_document(), separators=(",", ":"))
+    return override.tenant, override.feature, value, rfc3339(override.expires_at)
+
+
 _UPSERT_USAGE = "INSERT OR REPLACE INTO usage (tenant, code, period_start, value) VALUES (?, ?, ?, ?)"
 
 
@@ -282,30 +338,94 @@ def read_meta(conn: sqlite3.Connection) -> ReplicaMeta:
     )
 
 
-class ReplicaReader:
-    """Point lookups for the decision hot path, on one connection owned by the event loop thread."""
+# Told of every change this process sees: the new meta, and the tenants whose rows changed
+# (None: any of them, e.g. a snapshot or an import; an empty set: only the meta).
+ReplicaListener = Callable[[ReplicaMeta, "set[str] | None"], None]
 
-    def __init__(self, path: Path) -> None:
-        open_replica(path).close()  # create and migrate once, then read through a plain connection
+# How often `watch` looks for commits by other processes (`tiergate replica import`).
+WATCH_EVERY_S = 0.05
+
+
+class ReplicaReader:
+    """The replica as the decision path sees it: an in-memory index of the file, and its meta.
+
+    The reader is the one owner of what this process knows of the replica's state (`meta`) and
+    of its in-memory copy (`index`): the follower announces each batch it commits (`applied`:
+    its tenants are re-read, then its position adopted), `watch` notices other processes' commits
+    (an import: everything is re-read), and every subscriber learns of each change once. The
+    index's counters always belong to `meta.position`, which read-your-writes relies on.
+    """
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        """`read_only`: another process owns the file (an app's LocalDecisions): never create,
+        migrate or write it."""
+        if not read_only:
+            open_replica(path).close()  # create and migrate once, then read through a plain connection
+        target = f"file:{path}?mode=ro" if read_only else str(path)
         self.path = path
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn = sqlite3.connect(target, uri=read_only, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA query_only=ON")
         self._data_version = -1
-        self.meta = ReplicaMeta(None, None, 0, None)
+        self._listeners: list[ReplicaListener] = []
+        self.index = ReplicaIndex()
+        self.meta = ReplicaMeta(None, None, -1, None)
         self.refresh()
 
+    def subscribe(self, listener: ReplicaListener) -> None:
+        self._listeners.append(listener)
+
     def refresh(self) -> bool:
-        """Re-read the meta row if another connection committed since; True when it did."""
-        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        """Notice other connections' commits; True when there were any.
+
+        A new generation (an import, a snapshot) is read whole. Otherwise only the meta's
+        data_as_of is adopted: rows and position change together, when the follower announces
+        its batch through `applied`."""
+        version = self._version()
         if version == self._data_version:
             return False
         self._data_version = version
-        self.meta = read_meta(self._conn)
+        with self._read() as conn:
+            meta = read_meta(conn)
+            if meta.generation != self.meta.generation:
+                self._load_all(conn)
+                self.meta = meta
+                self._announce(None)
+                return True
+        self.meta = meta._replace(position=self.meta.position)
+        self._announce(set())
         return True
 
+    def applied(self, tenants: set[str] | None) -> None:
+        """The follower committed a batch touching `tenants` (None: a whole snapshot)."""
+        self._data_version = self._version()
+        with self._read() as conn:
+            meta = read_meta(conn)
+            if tenants is None or meta.generation != self.meta.generation:
+                self._load_all(conn)
+                tenants = None
+            else:
+                self._load_tenants(conn, tenants)
+            self.meta = meta
+        self._announce(tenants)
+
+    async def watch(self, every_s: float = WATCH_EVERY_S) -> None:
+        """Notice other processes' commits (an import) until cancelled."""
+        while True:
+            await asyncio.sleep(every_s)
+            self.refresh()
+
+    def _announce(self, tenants: set[str] | None) -> None:
+        for listener in self._listeners:
+            listener(self.meta, tenants)
+
     def account(self, tenant: str) -> AccountRow | None:
-        row = self._conn.execute(_SELECT_ACCOUNTS + " WHERE tenant = ?", (tenant,)).fetchone()
-        return AccountRow(*row) if row is not None else None
+        return self.index.accounts.get(tenant)
+
+    def usage(self, tenant: str, period_start: str) -> dict[str, int]:
+        return self.index.usage(tenant, period_start)
+
+    def count_accounts(self) -> int:
+        return len(self.index)
 
     def tenant_of_subscription(self, subscription_id: str) -> str | None:
         """The tenant whose account holds this Stripe subscription (a Lago external_subscription_id)."""
@@ -314,18 +434,69 @@ class ReplicaReader:
         ).fetchone()
         return str(row[0]) if row is not None else None
 
-    def usage(self, tenant: str, period_start: str) -> dict[str, int]:
-        rows = self._conn.execute(
-            "SELECT code, value FROM usage WHERE tenant = ? AND period_start = ?",
-            (tenant, period_start),
-        ).fetchall()
-        return dict(rows)
-
-    def count_accounts(self) -> int:
-        return int(self._conn.execute("SELECT count(*) FROM accounts").fetchone()[0])
+    def overrides(self, tenant: str) -> dict[str, dict[str, Any]]:
+        """The tenant's overrides as the policy reads them: feature -> {value, expires_at}."""
+        return self.index.overrides(tenant)
 
     def close(self) -> None:
         self._conn.close()
+
+    def _version(self) -> int:
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: rows and meta from the same commit."""
+        self._conn.execute("BEGIN")
+        try:
+            yield self._conn
+        finally:
+            self._conn.execute("COMMIT")
+
+    def _load_all(self, conn: sqlite3.Connection) -> None:
+        self.index.replace_all(
+            (_interned(AccountRow(*row)) for row in conn.execute(_SELECT_ACCOUNTS)),
+            conn.execute(_SELECT_USAGE),
+            _overrides_by_tenant(conn.execute(_SELECT_OVERRIDES)),
+        )
+
+    def _load_tenants(self, conn: sqlite3.Connection, tenants: set[str]) -> None:
+        names = list(tenants)
+        for start in range(0, len(names), _CHUNK):
+            chunk = names[start : start + _CHUNK]
+            where = f" WHERE tenant IN ({', '.join('?' * len(chunk))})"
+            self.index.replace_tenants(
+                chunk,
+                [_interned(AccountRow(*row)) for row in conn.execute(_SELECT_ACCOUNTS + where, chunk)],
+                conn.execute(_SELECT_USAGE + where, chunk).fetchall(),
+                _overrides_by_tenant(conn.execute(_SELECT_OVERRIDES + where, chunk)),
+            )
+
+
+_SELECT_USAGE = "SELECT tenant, period_start, code, value FROM usage"
+_SELECT_OVERRIDES = "SELECT tenant, feature, value, expires_at FROM overrides"
+
+
+def _overrides_by_tenant(rows: Iterable[tuple[str, str, str, str | None]]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for tenant, feature, value, expires_at in rows:
+        found.setdefault(tenant, {})[feature] = {"value": json.loads(value), "expires_at": expires_at}
+    return found
+
+
+_CHUNK = 500  # tenants per `IN (...)` query when a batch touches many
+
+
+def _interned(row: AccountRow) -> AccountRow:
+    """Tiers, statuses and period bounds repeat across tenants: keep one string object of each."""
+    return row._replace(
+        tier=sys.intern(row.tier),
+        status=sys.intern(row.status),
+        current_period_start=None
+        if row.current_period_start is None
+        else sys.intern(row.current_period_start),
+        current_period_end=None if row.current_period_end is None else sys.intern(row.current_period_end),
+    )
 
 
 class ReplicaDocument(BaseModel):
@@ -336,6 +507,7 @@ class ReplicaDocument(BaseModel):
     data_as_of: datetime | None = None
     accounts: list[Account]
     usage: list[UsageCounter] = []
+    overrides: list[FeedOverride] = []
 
 
 def parse_replica_document(text: str | bytes, source: str = "document") -> ReplicaDocument:
@@ -343,17 +515,33 @@ def parse_replica_document(text: str | bytes, source: str = "document") -> Repli
         raw = json.loads(text)
     except ValueError as exc:
         raise ReplicaError(f"{source} is not JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ReplicaError(
+            f'{source} must be a JSON object {{"accounts": [...], "usage": [...]}}, not {_json_kind(raw)}'
+        )
     try:
         document = ReplicaDocument.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{dotted_location(err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
+            f"{dotted_location(err['loc'])}: {_plain_message(err)}" for err in exc.errors(include_url=False)
         )
         raise ReplicaError(f"{source} is invalid: {problems}") from None
     duplicates = _duplicates(a.tenant for a in document.accounts)
     if duplicates:
         raise ReplicaError(f"{source} is invalid: tenants listed twice: {sorted(duplicates)[:10]}")
     return document
+
+
+def _plain_message(err: ErrorDetails) -> str:
+    """pydantic's "instance of Account" means nothing to someone writing JSON by hand."""
+    if err["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        return f"must be a JSON object, not {_json_kind(err['input'])}"
+    return err["msg"]
+
+
+def _json_kind(value: object) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
 
 
 def _duplicates(items: Iterator[str]) -> set[str]:

@@ -2,7 +2,7 @@
 
 The columns are the SQLite tables' (schema.py), so both adapters share every statement: times a
 policy reads are RFC 3339 `Z` text, Stripe's `created` stays integer seconds, flags are 0/1.
-Version 1 is the SQLite history up to m005 in one step; later changes go in both lists.
+Version 1 is the SQLite history up to m007 in one step; later changes go in both lists.
 docs/mirror-sql.md documents these tables for the platform's own queries.
 """
 
@@ -61,7 +61,7 @@ CREATE INDEX processed_events_by_received_at ON processed_events (received_at);
 CREATE TABLE changes (
     seq bigint PRIMARY KEY,
     tenant text NOT NULL,
-    kind text NOT NULL CHECK (kind IN ('account', 'usage')),
+    kind text NOT NULL CHECK (kind IN ('account', 'usage', 'override')),
     op text NOT NULL CHECK (op IN ('upsert', 'delete')),
     body text,
     at text NOT NULL
@@ -98,6 +98,7 @@ CREATE INDEX usage_events_by_transaction ON usage_events (transaction_id);
 CREATE INDEX usage_events_by_received_at ON usage_events (received_at);
 CREATE UNIQUE INDEX usage_events_by_seq ON usage_events (seq);
 CREATE INDEX usage_events_by_tenant_time ON usage_events (tenant, timestamp, seq);
+CREATE INDEX usage_events_by_tenant_seq ON usage_events (tenant, seq);
 CREATE TABLE sink_cursors (
     sink text PRIMARY KEY,
     seq bigint NOT NULL,
@@ -116,6 +117,28 @@ CREATE TABLE usage_periods (
     period_end text NOT NULL,
     PRIMARY KEY (tenant, period_start)
 );
+CREATE TABLE overrides (
+    tenant text NOT NULL,
+    feature text NOT NULL,
+    value text NOT NULL,
+    expires_at text,
+    reason text NOT NULL,
+    actor text,
+    updated_at text NOT NULL,
+    PRIMARY KEY (tenant, feature)
+);
+CREATE TABLE override_audit (
+    id bigserial PRIMARY KEY,
+    tenant text NOT NULL,
+    feature text NOT NULL,
+    action text NOT NULL CHECK (action IN ('set', 'remove')),
+    value text,
+    expires_at text,
+    reason text NOT NULL,
+    actor text,
+    at text NOT NULL
+);
+CREATE INDEX override_audit_by_tenant ON override_audit (tenant, id);
 CREATE VIEW current_usage AS
 SELECT u.tenant, u.code, u.period_start, u.value, a.tier
 FROM usage u LEFT JOIN accounts a ON a.tenant = u.tenant

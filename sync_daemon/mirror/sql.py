@@ -19,6 +19,7 @@ from sync_daemon.mirror.schema import (
     CHANGES,
     CUSTOMERS,
     EVENTS,
+    OVERRIDES,
     SINK_CURSORS,
     USAGE,
     USAGE_EVENTS,
@@ -146,7 +147,10 @@ class SqlMirror:
         await self.read(lambda sql: sql.execute("SELECT 1").fetchone())
 
     async def snapshot(self, chunk: int = 1000) -> AsyncIterator[dict[str, Any]]:
-        """Header, accounts, current usage, trailer: all from one read transaction (a consistent cut)."""
+        """Header, accounts, current usage, overrides, trailer: one read transaction (a consistent cut).
+
+        Followers skip record types they do not know (overrides, for a sidecar older than them).
+        """
         loop = asyncio.get_running_loop()
         sql, release = await loop.run_in_executor(self._readers, self._reader)
         month_start = rfc3339(calendar_month(datetime.now(UTC))[0])
@@ -154,19 +158,23 @@ class SqlMirror:
             await loop.run_in_executor(self._readers, sql.execute, self.begin_read)
             seq = await loop.run_in_executor(self._readers, self._last_seq, sql)
             yield {"type": "snapshot", "seq": seq, "data_as_of": _now()}
-            counts = {"accounts": 0, "usage": 0}
+            counts = {"accounts": 0, "usage": 0, "overrides": 0}
             for kind, query, params in (
                 ("account", f"SELECT * FROM {ACCOUNTS} ORDER BY tenant", []),
                 ("usage", _CURRENT_USAGE, [month_start]),
+                (
+                    "override",
+                    f"SELECT tenant, feature, value, expires_at FROM {OVERRIDES} ORDER BY tenant, feature",
+                    [],
+                ),
             ):
                 cursor = await loop.run_in_executor(self._readers, sql.execute, query, params)
                 names = column_names(cursor)
                 while rows := await loop.run_in_executor(self._readers, cursor.fetchmany, chunk):
                     for row in rows:
                         record = dict(zip(names, row, strict=True))
-                        body = MirrorAccount.from_row(record).feed() if kind == "account" else record
-                        yield {"type": kind, kind: body}
-                    counts["accounts" if kind == "account" else "usage"] += len(rows)
+                        yield {"type": kind, kind: _snapshot_body(kind, record)}
+                    counts[_COUNTS[kind]] += len(rows)
             yield {"type": "end", **counts}
         finally:
             await loop.run_in_executor(self._readers, _end_read, sql, release)
@@ -185,12 +193,25 @@ class SqlMirror:
         changes = []
         for seq, kind, op, tenant, body in rows:
             change: dict[str, Any] = {"seq": seq, "kind": kind, "op": op, "tenant": tenant}
-            if body is not None:
+            if body is not None and op == "delete":
+                change.update(json.loads(body))  # a delete names its key: an override's `feature`
+            elif body is not None:
                 change[kind] = json.loads(body)
             changes.append(change)
         # A partial page ends at its own last seq so the follower asks again for the rest.
         page_end = changes[-1]["seq"] if len(changes) == limit else last
         return ChangeBatch(changes, page_end, oldest if oldest is not None else last + 1)
+
+
+_COUNTS = {"account": "accounts", "usage": "usage", "override": "overrides"}
+
+
+def _snapshot_body(kind: str, record: dict[str, Any]) -> dict[str, Any]:
+    if kind == "account":
+        return MirrorAccount.from_row(record).feed()
+    if kind == "override":
+        return {**record, "value": json.loads(record["value"])}
+    return record
 
 
 def _end_read(sql: Sql, release: Callable[[], None]) -> None:

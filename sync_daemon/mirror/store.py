@@ -15,11 +15,12 @@ import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from sync_daemon.mirror.schema import ACCOUNTS, CUSTOMERS, EVENTS
-from tiergate.periods import parse_rfc3339, rfc3339
+from tiergate.models import ENDED_STATUSES
+from tiergate.periods import parse_rfc3339, rfc3339, utc_now_text
 
 T = TypeVar("T")
 
@@ -66,8 +67,6 @@ FEED_FIELDS = (
 _TIMES = frozenset(
     {"current_period_start", "current_period_end", "trial_end", "canceled_at", "past_due_since", "pending_at"}
 )
-# A subscription in one of these states has no future: a pending change on it is void.
-_ENDED = frozenset({"canceled", "incomplete_expired"})
 _FLAGS = frozenset({"cancel_at_period_end", "needs_reconcile", "unmapped_price"})
 
 
@@ -111,7 +110,7 @@ class MirrorAccount:
         if self.pending_tier is None:
             return self
         arrived = self.tier == self.pending_tier and self.pending_interval in (None, self.interval)
-        if arrived or self.status in _ENDED:
+        if arrived or self.status in ENDED_STATUSES:  # ended: a pending change on it is void
             return self.replace(pending_tier=None, pending_interval=None, pending_at=None)
         return self
 
@@ -173,7 +172,9 @@ class MirrorTxn:
 
     def record_event(self, event_id: str, event_type: str, outcome: str) -> None:
         self.upsert(
-            EVENTS, {"id": event_id, "type": event_type, "outcome": outcome, "received_at": _now()}, "id"
+            EVENTS,
+            {"id": event_id, "type": event_type, "outcome": outcome, "received_at": utc_now_text()},
+            "id",
         )
 
     def account(self, tenant: str) -> MirrorAccount | None:
@@ -223,9 +224,10 @@ class MirrorTxn:
         self.pending.append((tenant, kind, op, json.dumps(body) if body is not None else None))
 
     def upsert(self, table: str, row: dict[str, Any], key: str) -> None:
-        """Insert or replace one row by its primary key (the same SQL on both backends)."""
+        """Insert or replace one row by its primary key, `key` (columns comma-separated), on both backends."""
         names = list(row)
-        updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != key)
+        keys = {k.strip() for k in key.split(",")}
+        updates = ", ".join(f"{n} = excluded.{n}" for n in names if n not in keys)
         self.sql.execute(
             f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)}) "
             f"ON CONFLICT ({key}) DO UPDATE SET {updates}",
@@ -280,7 +282,3 @@ class Mirror(Protocol):
     async def last_seq(self) -> int: ...
     def snapshot(self, chunk: int = 1000) -> AsyncIterator[dict[str, Any]]: ...
     async def ping(self) -> None: ...
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote
@@ -55,10 +54,9 @@ class FailPolicy:
         )
 
 
-class Reservation(BaseModel):
+@dataclass(frozen=True, slots=True)
+class Reservation:
     """A check-and-reserve: the decision, and whether the quantity was recorded."""
-
-    model_config = ConfigDict(frozen=True)
 
     decision: Decision
     transaction_id: str
@@ -78,7 +76,8 @@ class FeatureAccess(BaseModel):
     limit: int | None = None
     used: int = 0
     remaining: int | None = None
-    valid_until: datetime | None = None
+    valid_until: str | None = None
+    source: str = "plan"  # `override` when a per-tenant override decides it (older sidecars: plan)
 
 
 class PendingChange(BaseModel):
@@ -86,7 +85,7 @@ class PendingChange(BaseModel):
 
     tier: str
     interval: str | None = None
-    at: datetime | None = None
+    at: str | None = None
 
 
 class Entitlements(BaseModel):
@@ -100,7 +99,7 @@ class Entitlements(BaseModel):
     pending_change: PendingChange | None = None
     features: Mapping[str, FeatureAccess]
     policy_revision: str | None = None
-    data_as_of: datetime | None = None
+    data_as_of: str | None = None
     stale: bool = False
 
 
@@ -135,7 +134,7 @@ def check(policy: FailPolicy, tenant: str, feature: str, quantity: int = 1) -> C
         "POST",
         "/v1/check",
         orjson.dumps(body),
-        lambda raw: _model(Decision, raw),
+        lambda raw: _decision(raw),
         lambda: policy.decision(tenant, feature, quantity),
     )
 
@@ -147,7 +146,7 @@ def check_batch(policy: FailPolicy, checks: Sequence[tuple[str, str, int]]) -> C
         decisions = _field(raw, "decisions", list)
         if len(decisions) != len(checks):
             raise _malformed(f"{len(decisions)} decisions for {len(checks)} checks")
-        return tuple(_model(Decision, d) for d in decisions)
+        return tuple(_decision(d) for d in decisions)
 
     return Call(
         "POST",
@@ -173,7 +172,7 @@ def reserve(
     def parse(raw: Any) -> Reservation:
         reservation = _field(raw, "reservation", dict)
         return Reservation(
-            decision=_model(Decision, raw),
+            decision=_decision(raw),
             transaction_id=str(reservation.get("transaction_id", tid)),
             reserved=bool(reservation.get("reserved")),
             replayed=bool(reservation.get("replayed")),
@@ -254,6 +253,13 @@ def _error_of(payload: bytes) -> dict[str, Any]:
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _decision(raw: Any) -> Decision:
+    try:
+        return Decision.from_json(raw)
+    except ValidationError as exc:
+        raise _malformed(f"not a Decision: {exc.errors(include_url=False)[0]['msg']}") from None
 
 
 def _model(model: type[M], raw: Any) -> M:
