@@ -18,6 +18,7 @@ from sync_daemon.mirror.feed import feed_changes, feed_snapshot
 from sync_daemon.mirror.store import Mirror
 from sync_daemon.ops import add_ops_routes
 from sync_daemon.settings import DaemonSettings
+from sync_daemon.sinks.service import sinks_ctx
 from sync_daemon.state import APPLIER, BILLING, METRICS, MIRROR, RECONCILER, SETTINGS
 from sync_daemon.stripe_sync.apply import EventApplier
 from sync_daemon.stripe_sync.reconcile import Reconciler
@@ -82,6 +83,7 @@ def create_app(
     app.cleanup_ctx.append(_services_ctx(billing))
     app.cleanup_ctx.append(_scheduler_ctx)
     app.cleanup_ctx.append(billing_actions_ctx(actions))
+    app.cleanup_ctx.append(sinks_ctx)
     app.router.add_post("/webhooks/stripe", receive_stripe_event)
     app.router.add_get("/v1/feed/snapshot", feed_snapshot)
     app.router.add_get("/v1/feed/changes", feed_changes)
