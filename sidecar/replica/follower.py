@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_ji
 
 from sidecar.replica.store import ReplicaWriter, open_replica, read_meta
 from tiergate.feed import FeedAccount, FeedChange, FeedUsage
+from tiergate.periods import utc_now_text
 
 log = structlog.get_logger("tiergate.follower")
 
@@ -134,7 +135,7 @@ class Follower:
             if self.on_applied is not None:
                 self.on_applied(touched)
             self.status.batches += 1
-            self.status.last_change_at = _now()
+            self.status.last_change_at = utc_now_text()
         else:
             await self._on_writer(lambda: writer.mark_current(as_of))
         self.status.position = max(last_seq, self.status.position or 0)
@@ -153,7 +154,7 @@ class Follower:
             self.on_applied(None)
         self.status.position = header["seq"]
         self.status.snapshots += 1
-        self.status.last_change_at = _now()
+        self.status.last_change_at = utc_now_text()
         log.info("replica_snapshot_loaded", position=header["seq"], accounts=header["accounts"])
         self._connected()
 
@@ -167,7 +168,7 @@ class Follower:
     def _failed(self, exc: BaseException | None) -> None:
         self.status.connected = False
         self.status.last_error = f"{type(exc).__name__}: {exc}" if exc else "unknown error"
-        self.status.last_error_at = _now()
+        self.status.last_error_at = utc_now_text()
         log.warning("daemon_unreachable", error=self.status.last_error, position=self.status.position)
 
     def _require_writer(self) -> ReplicaWriter:
@@ -236,7 +237,3 @@ def _last_line(path: Path) -> dict[str, Any]:
     except ValueError:
         return {}
     return record
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
