@@ -118,7 +118,12 @@ class ReplicaMeta(NamedTuple):
 
 def open_replica(path: Path) -> sqlite_utils.Database:
     """Open (creating if needed) and migrate a replica file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReplicaError(
+            f"cannot create the directory of replica {path} (TIERGATE_REPLICA_PATH): {exc.strerror}"
+        ) from exc
     try:
         db = sqlite_utils.Database(path)
         db.execute("PRAGMA journal_mode=WAL")
