@@ -276,6 +276,8 @@ def usage_resend(sink: str, since: str) -> None:
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(1)
     click.echo(f"{sink}: cursor {before} -> {after}; {max(before - after, 0)} events will be sent again")
+
+
 main.add_command(overrides)
 
 
