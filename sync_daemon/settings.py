@@ -47,6 +47,9 @@ class DaemonSettings(BaseSettings):
     lago_api_url: AnyHttpUrl | None = None
     lago_api_key: SecretStr | None = None
     lago_batch_size: Annotated[int, Field(ge=1, le=100)] = 100
+    # The Stripe meter sink: metrics with a `meter` in the catalog go to Stripe meter events.
+    stripe_meter_sink: bool = False
+    stripe_meter_batch_size: Annotated[int, Field(ge=1, le=1000)] = 50
     sink_poll_s: Annotated[float, Field(gt=0, le=300)] = 5.0
     sink_backoff_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     sink_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0

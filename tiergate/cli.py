@@ -252,7 +252,13 @@ def usage() -> None:
 
 
 @usage.command("resend")
-@click.option("--sink", "sink", type=click.Choice(["lago"]), required=True, help="Which sink sends again.")
+@click.option(
+    "--sink",
+    "sink",
+    type=click.Choice(["lago", "stripe_meters"]),
+    required=True,
+    help="Which sink sends again.",
+)
 @click.option(
     "--since",
     required=True,

@@ -186,7 +186,11 @@ async def test_resend_sends_again_and_lago_keeps_one_of_each(
     daemon = await daemon_with_lago(tmp_path, lago)
     try:
         await ingest(daemon, [direct(f"r{i}") for i in range(5)])
-        await eventually(lambda: _has(double, 5))
+
+        async def committed() -> bool:
+            return bool((await sink_status(daemon))["delivered"] == 5)
+
+        await eventually(committed)
         calls = len(double.calls)
         for name, value in {
             "TIERGATE_MIRROR_PATH": str(daemon.mirror_path),
