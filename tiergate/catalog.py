@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from tiergate.errors import CatalogError
 
@@ -24,6 +32,11 @@ class Metric(_Strict):
 
     aggregation: Literal["count", "sum"]
     field: str | None = None
+    # The Stripe Billing Meter's `event_name` this metric's events go to (the Stripe meter sink);
+    # `tiergate plans push` creates the meter when Stripe has none with that name.
+    meter: (
+        Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")] | None
+    ) = None
 
     @model_validator(mode="after")
     def _sum_needs_field(self) -> Metric:
@@ -137,6 +150,13 @@ def _cross_field_problems(raw: Mapping[str, Any]) -> list[tuple[str, str]]:
     default = raw.get("default_tier")
     if isinstance(default, str) and default not in tiers:
         problems.append(("default_tier", f"{default!r} is not one of the tiers"))
+    meters: dict[str, str] = {}
+    for code, metric in _mapping(raw.get("metrics")).items():
+        meter = _mapping(metric).get("meter")
+        if isinstance(meter, str) and meter in meters:
+            problems.append((f"metrics.{code}.meter", f"{meter!r} is also the meter of {meters[meter]!r}"))
+        elif isinstance(meter, str):
+            meters[meter] = code
     seen_ranks: dict[int, str] = {}
     seen_keys: dict[str, str] = {}
     for name, tier in tiers.items():
