@@ -11,6 +11,7 @@ import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from sync_daemon.sinks.service import sinks_status
 from sync_daemon.state import LEADER, METRICS, MIRROR, RECONCILER, SETTINGS
 from tiergate.web import json_response, require_bearer
 
@@ -52,6 +53,7 @@ async def status(request: web.Request) -> web.Response:
             "feed": {"seq": request.app[MIRROR].seq},
             "mirror": {"backend": request.app[MIRROR].backend, "where": request.app[MIRROR].where},
             "leader": request.app[LEADER].status(),
+            "sinks": sinks_status(request.app),
         }
     )
 

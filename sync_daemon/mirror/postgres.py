@@ -7,7 +7,7 @@ across daemons comes from three locks, all released at commit:
   is applied once, the other copy sees it recorded;
 - an advisory lock per tenant (`MirrorTxn.account`): a read-decide-write of one account never
   interleaves with another, so an older event cannot overwrite a newer one;
-- `feed_head`'s row lock, taken last: seqs are assigned at commit, in commit order (ADR 0007).
+- `feed_head`'s row lock, taken last: seqs are assigned at commit, in commit order (ADR 0009).
 A deadlock or serialization failure re-runs the whole transaction. `LISTEN tiergate_feed` (on an
 async connection) wakes this daemon's long polls when another daemon commits.
 """
@@ -39,7 +39,12 @@ log = structlog.get_logger("tiergate.mirror")
 
 T = TypeVar("T")
 CHANNEL = "tiergate_feed"
-_LOCK_CLASSES = {"event": 1, "tenant": 2, "usage_events": 3}  # pg_advisory_xact_lock(class, hashtext(key))
+_LOCK_CLASSES = {
+    "event": 1,
+    "tenant": 2,
+    "usage_events": 3,
+    "sink": 4,
+}  # pg_advisory_xact_lock(class, hashtext(key))
 _RETRIES = 30
 _LISTEN_TICK_S = 0.1
 _RETRYABLE = (errors.SerializationFailure, errors.DeadlockDetected)

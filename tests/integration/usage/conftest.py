@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import stripe
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
@@ -74,12 +75,18 @@ class DaemonServer:
         await self.mirror.transact(lambda txn: txn.put_account(account))
 
 
-async def start_daemon(tmp_path: Path, port: int = 0, backend: MirrorBackend | None = None) -> DaemonServer:
+async def start_daemon(
+    tmp_path: Path,
+    port: int = 0,
+    sink_http: stripe.HTTPClient | None = None,
+    backend: MirrorBackend | None = None,
+    **overrides: Any,
+) -> DaemonServer:
     mirror = tmp_path / "mirror.db"
     on = backend.settings() if backend is not None else {}
-    settings = make_settings(mirror, "http://127.0.0.1:9", daemon_port=port, **on)
+    settings = make_settings(mirror, "http://127.0.0.1:9", daemon_port=port, **on, **overrides)
     # A short shutdown: a follower's long poll must not hold a stopping daemon for its whole wait.
-    server = TestServer(create_daemon(settings), host="127.0.0.1", port=port)
+    server = TestServer(create_daemon(settings, sink_http=sink_http), host="127.0.0.1", port=port)
     await server.start_server(shutdown_timeout=0.2)
     return DaemonServer(server, mirror)
 
