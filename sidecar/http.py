@@ -50,7 +50,9 @@ async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, An
     if request.content_length is not None and request.content_length > max_bytes:
         raise BadRequestError(f"body of {request.content_length} bytes exceeds {max_bytes}", field="body")
     try:
-        raw = await request.content.read(max_bytes + 1)
+        # Read to the end: content.read(n) returns what has arrived so far, which cut valid
+        # bodies over 64 KiB short at random ("unexpected end of data").
+        raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise BadRequestError(f"body exceeds {max_bytes} bytes", field="body") from exc
     if len(raw) > max_bytes:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from sidecar.usage.outbox import Outbox
 
 
 class SidecarMetrics:
@@ -59,6 +63,27 @@ class SidecarMetrics:
         self.cache_hit = self.cache.labels("hit")
         self.cache_miss = self.cache.labels("miss")
         self._decision_children: dict[tuple[str, bool], Counter] = {}
+
+    def watch_outbox(self, outbox: Outbox) -> None:
+        """Usage delivery's health, read from the outbox at each scrape."""
+        backlog = Gauge(
+            "tiergate_usage_backlog",
+            "Accepted usage events not yet delivered to the daemon.",
+            registry=self.registry,
+        )
+        backlog.set_function(lambda: float(outbox.backlog))
+        oldest = Gauge(
+            "tiergate_usage_oldest_undelivered_seconds",
+            "Age of the oldest accepted usage event not yet delivered (0 when none).",
+            registry=self.registry,
+        )
+        oldest.set_function(outbox.oldest_age)
+        quarantined = Gauge(
+            "tiergate_usage_quarantined",
+            "Usage events set aside because no delivery could carry them (see tiergate usage quarantine).",
+            registry=self.registry,
+        )
+        quarantined.set_function(lambda: float(outbox.quarantined))
 
     def count_decision(self, reason: str, allow: bool) -> None:
         child = self._decision_children.get((reason, allow))

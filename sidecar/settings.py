@@ -43,6 +43,8 @@ class SidecarSettings(BaseSettings):
     outbox_retention_s: Annotated[float, Field(ge=0)] = 3600.0
     outbox_sync: Literal["full", "normal"] = "full"
     delivery_batch_size: Annotated[int, Field(ge=1, le=1000)] = 500
+    # Keep it under the daemon's TIERGATE_MAX_BODY_BYTES (1 MiB by default) with room to spare.
+    delivery_max_bytes: Annotated[int, Field(ge=8192, le=64 * 1024 * 1024)] = 512 * 1024
     # Let a burst gather before a delivery: fewer, larger batches, and short in-flight windows
     # (a reserve for a tenant in flight waits for the answer, see docs/adr/0004).
     delivery_linger_s: Annotated[float, Field(ge=0, le=5)] = 0.05

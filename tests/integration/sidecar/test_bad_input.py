@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -97,3 +100,21 @@ async def test_unknown_route_and_method_use_the_error_shape(client: SidecarClien
     wrong = await client.delete("/v1/check")
     assert wrong.status == 405
     assert "error" in await wrong.json()
+
+
+async def test_a_valid_body_over_64_kib_arriving_in_pieces_is_read_whole(client: SidecarClient) -> None:
+    """A body read with content.read(n) was cut at whatever had arrived: random 400s."""
+    checks = [{"tenant": f"t_{i:04d}_" + "x" * 80, "feature": "sso"} for i in range(900)]
+    body = json.dumps({"checks": checks}).encode()
+    assert len(body) > 64 * 1024
+
+    async def slowly() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 8192):
+            yield body[start : start + 8192]
+            await asyncio.sleep(0.001)
+
+    response = await client.post(
+        "/v1/check/batch", data=slowly(), headers={"Content-Type": "application/json"}
+    )
+    assert response.status == 200, await response.text()
+    assert len((await response.json())["decisions"]) == 900

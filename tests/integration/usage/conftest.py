@@ -73,9 +73,9 @@ class DaemonServer:
         await self.mirror.transact(lambda txn: txn.put_account(account))
 
 
-async def start_daemon(tmp_path: Path, port: int = 0) -> DaemonServer:
+async def start_daemon(tmp_path: Path, port: int = 0, **overrides: Any) -> DaemonServer:
     mirror = tmp_path / "mirror.db"
-    settings = make_settings(mirror, "http://127.0.0.1:9", daemon_port=port)
+    settings = make_settings(mirror, "http://127.0.0.1:9", daemon_port=port, **overrides)
     # A short shutdown: a follower's long poll must not hold a stopping daemon for its whole wait.
     server = TestServer(create_daemon(settings), host="127.0.0.1", port=port)
     await server.start_server(shutdown_timeout=0.2)
