@@ -60,7 +60,14 @@ async def _follower_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     token = settings.feed_token.get_secret_value() if settings.feed_token else None
     poll_wait_s = max(0.5, min(LONG_POLL_S, settings.staleness_budget_s / 2))
-    follower = Follower(str(settings.daemon_url), token, settings.replica_path, poll_wait_s=poll_wait_s)
+    follower = Follower(
+        str(settings.daemon_url),
+        token,
+        settings.replica_path,
+        poll_wait_s=poll_wait_s,
+        backoff_max_s=settings.follower_backoff_max_s,
+        busy_timeout_s=settings.replica_busy_timeout_s,
+    )
     app[FOLLOWER] = follower
     await follower.start()
     yield
@@ -102,6 +109,7 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
         app[DECISIONS] = decisions
         if FOLLOWER in app:
             app[FOLLOWER].on_applied = decisions.replica_changed
+            metrics.watch_follower(app[FOLLOWER].status)
         app[ROUTES] = RouteResolver(engine)
         app[POLICIES] = Policies(engine, reloader)
         await reloader.start()

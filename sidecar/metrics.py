@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from sidecar.replica.follower import FollowerStatus
     from sidecar.usage.outbox import Outbox
 
 
@@ -64,6 +67,9 @@ class SidecarMetrics:
         self.cache_miss = self.cache.labels("miss")
         self._decision_children: dict[tuple[str, bool], Counter] = {}
 
+    def watch_follower(self, status: FollowerStatus) -> None:
+        self.registry.register(_FollowerCollector(status))
+
     def watch_outbox(self, outbox: Outbox) -> None:
         """Usage delivery's health, read from the outbox at each scrape."""
         backlog = Gauge(
@@ -91,3 +97,28 @@ class SidecarMetrics:
             child = self.decisions.labels(reason, "true" if allow else "false")
             self._decision_children[(reason, allow)] = child
         child.inc()
+
+
+class _FollowerCollector(Collector):
+    """The follower's state, read at each scrape: a dead or failing follower is never silent."""
+
+    def __init__(self, status: FollowerStatus) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        connected = GaugeMetricFamily(
+            "tiergate_follower_connected", "1 while the last exchange with the sync daemon succeeded."
+        )
+        connected.add_metric([], 1.0 if self.status.connected else 0.0)
+        failures = CounterMetricFamily(
+            "tiergate_follower_failures",
+            "Follower steps that failed, by where: daemon (unreachable, bad answer) or replica (local disk, lock).",
+            labels=["kind"],
+        )
+        for kind, count in self.status.failures.items():
+            failures.add_metric([kind], float(count))
+        failing = GaugeMetricFamily(
+            "tiergate_follower_consecutive_failures", "Failed follower steps since the last success."
+        )
+        failing.add_metric([], float(self.status.consecutive_failures))
+        yield from (connected, failures, failing)

@@ -37,6 +37,10 @@ class SidecarSettings(BaseSettings):
     daemon_url: AnyHttpUrl | None = None
     feed_token: SecretStr | None = None
     staleness_budget_s: Annotated[float, Field(gt=0)] = 300.0
+    follower_backoff_max_s: Annotated[float, Field(gt=0, le=300)] = 15.0
+    # How long a replica write waits for another writer (`tiergate replica import`) before the
+    # follower counts a failure and retries.
+    replica_busy_timeout_s: Annotated[float, Field(ge=0, le=300)] = 10.0
     # Usage (issue 5): the outbox defaults to outbox.db beside the replica; unlike the replica it
     # holds data found nowhere else until delivered, so it needs the same volume's durability.
     outbox_path: Path | None = None

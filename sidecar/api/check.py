@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sidecar.api.authz import AUTHZ_PREFIX, authz_answer, original_request
 from sidecar.api.usage import RECORDER, check_and_reserve, usage_status
 from sidecar.http import error_body, json_response, read_json_object, validate
+from sidecar.replica.follower import FollowerStatus
 from sidecar.replica.store import AccountRow
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS
 from tiergate.errors import BadRequestError, TierError
@@ -169,9 +170,20 @@ async def readyz(request: web.Request) -> web.Response:
         failing["engine"] = exc.message
     # A bad policy push keeps the last good one serving: it shows here but does not fail readiness.
     warnings = {"policy_reload": policy["last_error"]} if policy.get("last_error") else {}
+    if FOLLOWER in request.app:
+        _follower_readiness(request.app[FOLLOWER].status, failing, warnings)
     ready = not failing
     body = {"ready": ready, "ok": ok, "failing": failing, "warnings": warnings, "policy": policy}
     return json_response(body, 200 if ready else 503)
+
+
+def _follower_readiness(status: FollowerStatus, failing: dict[str, str], warnings: dict[str, str]) -> None:
+    """A replica this pod cannot write is this pod's fault: not ready. A daemon that is away is
+    everyone's: failing readiness in every pod at once would be an outage, so it is a warning."""
+    if status.failing == "replica":
+        failing["follower"] = f"cannot update the replica: {status.last_error}"
+    elif status.failing == "daemon":
+        warnings["follower"] = f"the sync daemon is unreachable: {status.last_error}"
 
 
 async def metrics(request: web.Request) -> web.Response:

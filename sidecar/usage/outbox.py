@@ -33,6 +33,7 @@ log = structlog.get_logger("tiergate.outbox")
 
 T = TypeVar("T")
 MIGRATIONS = sqlite_utils.Migrations("tiergate_outbox")
+BUSY_TIMEOUT_S = 10.0  # a CLI reading the outbox must not make a commit fail
 REJECTED = -1  # confirmed_seq of an event the daemon refused: kept for the operator, never counted
 
 
@@ -288,7 +289,7 @@ def _connect(path: Path, sync: str) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode=WAL")
         MIGRATIONS.apply(db)
         db.close()
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
         # FULL: a 202 is a promise that survives a power cut (an fsync per commit). NORMAL in WAL
         # mode survives the process being killed, not the machine losing power.
         conn.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
