@@ -469,13 +469,13 @@ async def in_process(
     from sidecar.decisions.cache import DecisionCache
     from sidecar.decisions.policy_io import account_document, build_input, period_for
     from sidecar.decisions.service import DecisionService
-    from sidecar.http import validate
     from sidecar.metrics import SidecarMetrics
     from sidecar.policy.engine import DECISION_PATH
     from sidecar.settings import SidecarSettings
     from sidecar.state import DECISIONS, POLICIES, READER, ROUTES
     from tiergate.log import configure_logging
     from tiergate.models import CheckRequest
+    from tiergate.web import validate
 
     os.environ.update({k: v for k, v in env.items() if k != "TIERGATE_SIDECAR_PORT"})
     settings = SidecarSettings()

@@ -13,7 +13,6 @@ from sidecar.api.check import add_routes
 from sidecar.api.usage import add_usage_routes
 from sidecar.decisions.cache import DecisionCache
 from sidecar.decisions.service import DecisionService, RouteResolver
-from sidecar.http import error_middleware
 from sidecar.metrics import SidecarMetrics
 from sidecar.policy.engine import PolicyEngine
 from sidecar.policy.reload import PolicyReloader
@@ -21,6 +20,7 @@ from sidecar.replica.follower import LONG_POLL_S, Follower
 from sidecar.replica.store import ReplicaReader
 from sidecar.settings import SidecarSettings
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS, Policies
+from tiergate.web import error_middleware
 
 log = structlog.get_logger("tiergate.sidecar")
 
@@ -30,7 +30,7 @@ def create_app(settings: SidecarSettings, *, engine: PolicyEngine | None = None)
     # Each regorus eval error would otherwise capture a Rust backtrace (~0.5 ms and a page of text).
     os.environ["RUST_BACKTRACE"] = "0"
     os.environ["RUST_LIB_BACKTRACE"] = "0"
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[error_middleware("sidecar")], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_replica_ctx)
     if settings.daemon_url is not None:

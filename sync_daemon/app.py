@@ -13,7 +13,6 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from sync_daemon.billing.actions import BillingActions
 from sync_daemon.billing.api import add_billing_routes, billing_actions_ctx
-from sync_daemon.http import error_middleware
 from sync_daemon.metrics import DaemonMetrics
 from sync_daemon.mirror.feed import feed_changes, feed_snapshot
 from sync_daemon.mirror.store import Mirror
@@ -28,6 +27,7 @@ from sync_daemon.stripe_sync.translate import Translator
 from sync_daemon.stripe_sync.webhook import receive_stripe_event
 from sync_daemon.usage import add_usage_routes
 from tiergate.catalog import load_catalog
+from tiergate.web import error_middleware
 
 log = structlog.get_logger("tiergate.daemon")
 
@@ -77,7 +77,7 @@ def create_app(
 ) -> web.Application:
     """`billing` and `actions` override the Stripe adapters built from the settings (tests pass their own)."""
     catalog = load_catalog(settings.plans)  # a bad catalog fails here, before the server binds
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[error_middleware("daemon")], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_services_ctx(billing))
     app.cleanup_ctx.append(_scheduler_ctx)

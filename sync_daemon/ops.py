@@ -11,8 +11,8 @@ import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sync_daemon.http import json_response, require_bearer
 from sync_daemon.state import METRICS, MIRROR, RECONCILER, SETTINGS
+from tiergate.web import json_response, require_bearer
 
 
 async def healthz(request: web.Request) -> web.Response:

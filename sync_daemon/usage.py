@@ -9,22 +9,17 @@ import orjson
 import structlog
 from aiohttp import web
 
-from sync_daemon.http import json_response, require_bearer
 from sync_daemon.mirror.usage import IngestResult, find_event, ingest_events, tenant_usage
 from sync_daemon.state import MIRROR, SETTINGS
 from tiergate.catalog import Catalog
-from tiergate.errors import BadRequestError, TierError
+from tiergate.errors import BadRequestError, NotFoundError
 from tiergate.usage_events import EventError, ValidEvent, parse_event
+from tiergate.web import json_response, require_bearer
 
 log = structlog.get_logger("tiergate.daemon.usage")
 
 MAX_DELIVERY = 1000  # events per POST from a sidecar
 METRICS = web.AppKey[dict[str, Any]]("usage_metrics")  # the catalog's metrics, in their policy-data form
-
-
-class NotFoundError(TierError):
-    code = "not_found"
-    status = 404
 
 
 def _authorize(request: web.Request) -> None:

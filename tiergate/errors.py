@@ -1,4 +1,28 @@
-"""The TierError family: every error a user can see, each with a stable machine-readable code."""
+"""The TierError family: every error a user can see, each with a stable machine-readable code.
+
+Every error class of both processes lives here, so one file answers "what can this API say?".
+The HTTP status is the class's `status`; the JSON body is `{"error": {"code", "message", "field"}}`.
+
+    TierError (500)
+    ├── BadRequestError          400 bad_request            input that names its field
+    ├── ReplicaError             400 invalid_replica        replica file or import document unusable
+    ├── WebhookRejectedError     400 webhook_rejected       signature, timestamp or body not trusted
+    ├── UnauthorizedError        401 unauthorized           missing or wrong bearer token
+    ├── NotFoundError            404 not_found
+    ├── NoSubscriptionError      409 no_subscription        billing action needs a subscription
+    ├── ConflictError            409 conflict
+    ├── FeedGapError             410 feed_gap               follower must re-snapshot
+    ├── UnsupportedByStripeError 501 unsupported_by_stripe_api
+    ├── StripeActionError        502 stripe_error           Stripe refused a billing action
+    ├── EngineUnavailableError   503 engine_unavailable     policy engine (OPA server) away
+    ├── OutboxError              503 outbox_unavailable     sidecar's usage outbox cannot commit
+    ├── MirrorError              503 mirror_unavailable     daemon's mirror cannot commit
+    ├── BillingUnavailableError  503 stripe_unavailable     Stripe gave no usable answer
+    ├── BillingDisabledError     503 billing_api_disabled   no TIERGATE_API_TOKEN / Stripe key
+    ├── CatalogError             500 invalid_catalog        plans.yaml (at start: the process exits)
+    ├── PolicyError              500 policy_error           Rego failed to load or evaluate
+    └── SettingsError            500 invalid_settings       a TIERGATE_* variable (at start)
+"""
 
 from __future__ import annotations
 
@@ -53,3 +77,95 @@ class ReplicaError(TierError):
 
 class SettingsError(TierError):
     code = "invalid_settings"
+
+
+class OutboxError(TierError):
+    code = "outbox_unavailable"
+    status = 503
+
+
+class NotFoundError(TierError):
+    code = "not_found"
+    status = 404
+
+
+class BillingDisabledError(TierError):
+    code = "billing_api_disabled"
+    status = 503
+
+
+class StripeActionError(TierError):
+    """Stripe refused or failed a billing action: 502 with Stripe's own message and request id."""
+
+    code = "stripe_error"
+    status = 502
+
+    def __init__(
+        self, message: str, *, request_id: str | None = None, stripe_code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+        self.stripe_code = stripe_code
+
+    def to_json(self) -> dict[str, object]:
+        body = super().to_json()
+        error = body["error"]
+        assert isinstance(error, dict)
+        error.update(request_id=self.request_id, stripe_code=self.stripe_code)
+        return body
+
+
+class UnsupportedByStripeError(TierError):
+    """The Stripe API at TIERGATE_STRIPE_API_BASE lacks what this action needs (an emulator)."""
+
+    code = "unsupported_by_stripe_api"
+    status = 501
+
+
+class NoSubscriptionError(TierError):
+    code = "no_subscription"
+    status = 409
+
+
+class ConflictError(TierError):
+    code = "conflict"
+    status = 409
+
+
+class MirrorError(TierError):
+    code = "mirror_unavailable"
+    status = 503
+
+
+class WebhookRejectedError(TierError):
+    """A webhook whose signature, timestamp or body we cannot trust: 400, nothing stored."""
+
+    code = "webhook_rejected"
+    status = 400
+
+
+class BillingUnavailableError(TierError):
+    """Stripe (or the emulator at TIERGATE_STRIPE_API_BASE) gave no usable answer."""
+
+    code = "stripe_unavailable"
+    status = 503
+
+
+class UnauthorizedError(TierError):
+    code = "unauthorized"
+    status = 401
+
+
+class FeedGapError(TierError):
+    """The follower's position is older than the retained change log: it must re-snapshot."""
+
+    code = "feed_gap"
+    status = 410
+
+
+def dotted_location(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as a path a person reads: `events[3].properties.gb`."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out

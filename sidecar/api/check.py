@@ -14,13 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sidecar.api.authz import AUTHZ_PREFIX, authz_answer, original_request
 from sidecar.api.usage import RECORDER, check_and_reserve, usage_status
-from sidecar.http import error_body, json_response, read_json_object, validate
 from sidecar.replica.follower import FollowerStatus
 from sidecar.replica.store import AccountRow
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS
 from tiergate.errors import BadRequestError, TierError
 from tiergate.models import CheckRequest
 from tiergate.periods import parse_rfc3339, seconds_until
+from tiergate.web import error_body, json_response, read_json_object, validate
 
 
 class CheckBatch(BaseModel):

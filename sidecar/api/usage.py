@@ -11,7 +11,6 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from sidecar.http import json_response, read_json_object, validate
 from sidecar.settings import SidecarSettings
 from sidecar.state import DECISIONS, METRICS, POLICIES, READER, SETTINGS
 from sidecar.usage.delivery import Delivery
@@ -21,6 +20,7 @@ from sidecar.usage.recorder import UsageRecorder
 from tiergate.errors import BadRequestError, EngineUnavailableError
 from tiergate.models import FeatureName, Quantity, TenantId
 from tiergate.usage_events import MAX_EVENTS
+from tiergate.web import json_response, read_json_object, validate
 
 log = structlog.get_logger("tiergate.usage")
 

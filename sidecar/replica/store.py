@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import sqlite_utils
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from tiergate.errors import ReplicaError
+from tiergate.errors import ReplicaError, dotted_location
 from tiergate.feed import FeedChange
 from tiergate.models import Account, UsageCounter
 from tiergate.periods import rfc3339
@@ -333,7 +333,9 @@ def parse_replica_document(text: str | bytes, source: str = "document") -> Repli
     try:
         document = ReplicaDocument.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{_dotted(err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False))
+        problems = "; ".join(
+            f"{dotted_location(err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
+        )
         raise ReplicaError(f"{source} is invalid: {problems}") from None
     duplicates = _duplicates(a.tenant for a in document.accounts)
     if duplicates:
@@ -347,10 +349,3 @@ def _duplicates(items: Iterator[str]) -> set[str]:
     for item in items:
         (twice if item in seen else seen).add(item)
     return twice
-
-
-def _dotted(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out

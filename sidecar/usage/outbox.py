@@ -26,7 +26,7 @@ import structlog
 
 from sidecar.usage import quarantine
 from sidecar.usage.ledger import Key, PendingUsage
-from tiergate.errors import TierError
+from tiergate.errors import OutboxError
 from tiergate.usage_events import ValidEvent
 
 log = structlog.get_logger("tiergate.outbox")
@@ -60,11 +60,6 @@ def m001_outbox(db: sqlite_utils.Database) -> None:
 def m002_quarantine(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE outbox ADD COLUMN quarantine_error TEXT")
     db.execute("ALTER TABLE outbox ADD COLUMN quarantined_at REAL")
-
-
-class OutboxError(TierError):
-    code = "outbox_unavailable"
-    status = 503
 
 
 @dataclass(frozen=True)

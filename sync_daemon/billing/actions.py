@@ -10,36 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tiergate.errors import TierError
-
-
-class StripeActionError(TierError):
-    """Stripe refused or failed a billing action: 502 with Stripe's own message and request id."""
-
-    code = "stripe_error"
-    status = 502
-
-    def __init__(
-        self, message: str, *, request_id: str | None = None, stripe_code: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.request_id = request_id
-        self.stripe_code = stripe_code
-
-    def to_json(self) -> dict[str, object]:
-        body = super().to_json()
-        error = body["error"]
-        assert isinstance(error, dict)
-        error.update(request_id=self.request_id, stripe_code=self.stripe_code)
-        return body
-
-
-class UnsupportedByStripeError(TierError):
-    """The Stripe API at TIERGATE_STRIPE_API_BASE lacks what this action needs (an emulator)."""
-
-    code = "unsupported_by_stripe_api"
-    status = 501
-
 
 @dataclass(frozen=True)
 class ItemChange:

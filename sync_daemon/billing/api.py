@@ -28,7 +28,6 @@ from sync_daemon.billing.auth import (
 )
 from sync_daemon.billing.rules import (
     HOLDS_SUBSCRIPTION,
-    ConflictError,
     Target,
     change_target,
     change_timing,
@@ -41,10 +40,10 @@ from sync_daemon.billing.rules import (
     sold_price,
 )
 from sync_daemon.billing.stripe_actions import StripeBillingActions
-from sync_daemon.http import json_response
 from sync_daemon.mirror.store import CustomerLink, MirrorAccount, MirrorTxn
 from sync_daemon.state import APPLIER, MIRROR, SETTINGS
-from tiergate.errors import BadRequestError
+from tiergate.errors import BadRequestError, ConflictError
+from tiergate.web import json_response
 
 log = structlog.get_logger("tiergate.billing")
 ACTIONS = web.AppKey("billing_actions", BillingActions)

@@ -8,18 +8,12 @@ from typing import Annotated, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sync_daemon.http import UnauthorizedError
 from sync_daemon.state import SETTINGS
-from tiergate.errors import BadRequestError, TierError
+from tiergate.errors import BadRequestError, BillingDisabledError, UnauthorizedError
 from tiergate.models import TenantId
 
 M = TypeVar("M", bound=BaseModel)
 Url = Annotated[str, Field(pattern=r"^https?://", max_length=2000)]
-
-
-class BillingDisabledError(TierError):
-    code = "billing_api_disabled"
-    status = 503
 
 
 class _Body(BaseModel):

@@ -12,21 +12,11 @@ from typing import Any, Literal
 
 from sync_daemon.mirror.store import MirrorAccount
 from tiergate.catalog import Catalog, Price
-from tiergate.errors import BadRequestError, TierError
+from tiergate.errors import BadRequestError, ConflictError, NoSubscriptionError
 
 # A subscription in one of these states is live: the tenant changes it rather than buying again.
 HOLDS_SUBSCRIPTION = frozenset({"trialing", "active", "past_due", "unpaid", "paused"})
 Timing = Literal["now", "period_end"]
-
-
-class NoSubscriptionError(TierError):
-    code = "no_subscription"
-    status = 409
-
-
-class ConflictError(TierError):
-    code = "conflict"
-    status = 409
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,8 @@ from sync_daemon.billing.actions import (
     Answer,
     ItemChange,
     ScheduledChange,
-    StripeActionError,
-    UnsupportedByStripeError,
 )
+from tiergate.errors import StripeActionError, UnsupportedByStripeError
 
 # Stripe masks keys in its messages already; this catches anything an emulator or proxy echoes.
 _SECRET = re.compile(r"\b(sk|rk|pk|whsec)_(test_|live_)?[A-Za-z0-9*]+")

@@ -11,9 +11,9 @@ from typing import TypeVar
 import orjson
 from aiohttp import web
 
-from sync_daemon.http import FeedGapError, json_response, require_bearer
 from sync_daemon.state import MIRROR, SETTINGS
-from tiergate.errors import BadRequestError
+from tiergate.errors import BadRequestError, FeedGapError
+from tiergate.web import json_response, require_bearer
 
 MAX_CHANGES = 1000
 N = TypeVar("N", int, float)

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 
 from sync_daemon.mirror.schema import ACCOUNTS, CHANGES, CUSTOMERS, EVENTS, MIGRATIONS
-from tiergate.errors import TierError
+from tiergate.errors import MirrorError
 from tiergate.periods import parse_rfc3339, rfc3339
 
 T = TypeVar("T")
@@ -49,11 +49,6 @@ _TIMES = frozenset(
 # A subscription in one of these states has no future: a pending change on it is void.
 _ENDED = frozenset({"canceled", "incomplete_expired"})
 _FLAGS = frozenset({"cancel_at_period_end", "needs_reconcile", "unmapped_price"})
-
-
-class MirrorError(TierError):
-    code = "mirror_unavailable"
-    status = 503
 
 
 @dataclass(frozen=True)

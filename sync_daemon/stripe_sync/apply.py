@@ -15,7 +15,7 @@ import structlog
 
 from sync_daemon.metrics import DaemonMetrics
 from sync_daemon.mirror.store import CustomerLink, Mirror, MirrorAccount, MirrorTxn
-from sync_daemon.stripe_sync.source import BillingSource, BillingUnavailableError
+from sync_daemon.stripe_sync.source import BillingSource
 from sync_daemon.stripe_sync.translate import (
     CheckoutCompleted,
     CustomerSeen,
@@ -26,6 +26,7 @@ from sync_daemon.stripe_sync.translate import (
     decide_payment,
     decide_subscription,
 )
+from tiergate.errors import BillingUnavailableError
 
 log = structlog.get_logger("tiergate.webhook")
 

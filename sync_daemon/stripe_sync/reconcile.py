@@ -23,8 +23,9 @@ import structlog
 from sync_daemon.metrics import DaemonMetrics
 from sync_daemon.mirror.store import CustomerLink, Mirror, MirrorAccount, MirrorTxn
 from sync_daemon.settings import DaemonSettings
-from sync_daemon.stripe_sync.source import BillingSource, BillingUnavailableError
+from sync_daemon.stripe_sync.source import BillingSource
 from sync_daemon.stripe_sync.translate import TERMINAL, SubscriptionState, Translator, decide_subscription
+from tiergate.errors import BillingUnavailableError
 
 log = structlog.get_logger("tiergate.reconcile")
 

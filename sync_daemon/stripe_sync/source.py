@@ -5,22 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from tiergate.errors import TierError
-
-
-class WebhookRejectedError(TierError):
-    """A webhook whose signature, timestamp or body we cannot trust: 400, nothing stored."""
-
-    code = "webhook_rejected"
-    status = 400
-
-
-class BillingUnavailableError(TierError):
-    """Stripe (or the emulator at TIERGATE_STRIPE_API_BASE) gave no usable answer."""
-
-    code = "stripe_unavailable"
-    status = 503
-
 
 class BillingSource(Protocol):
     def verify_event(self, payload: bytes, signature: str | None) -> dict[str, Any]: ...

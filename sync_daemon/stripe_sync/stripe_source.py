@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import stripe
 
-from sync_daemon.stripe_sync.source import BillingUnavailableError, WebhookRejectedError
+from tiergate.errors import BillingUnavailableError, WebhookRejectedError
 
 TOLERANCE_S = 300
 

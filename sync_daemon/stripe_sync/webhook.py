@@ -5,10 +5,10 @@ from __future__ import annotations
 import structlog
 from aiohttp import web
 
-from sync_daemon.http import json_response
 from sync_daemon.state import APPLIER, BILLING, METRICS
-from sync_daemon.stripe_sync.source import WebhookRejectedError
 from sync_daemon.stripe_sync.translate import HANDLED_EVENTS
+from tiergate.errors import WebhookRejectedError
+from tiergate.web import json_response
 
 log = structlog.get_logger("tiergate.webhook")
 

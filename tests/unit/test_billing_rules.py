@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from sync_daemon.billing.rules import (
-    NoSubscriptionError,
     change_target,
     change_timing,
     checkout_params,
@@ -19,7 +18,7 @@ from sync_daemon.billing.rules import (
 )
 from sync_daemon.mirror.store import MirrorAccount
 from tiergate.catalog import load_catalog
-from tiergate.errors import BadRequestError
+from tiergate.errors import BadRequestError, NoSubscriptionError
 
 CATALOG = load_catalog(Path(__file__).parents[2] / "plans" / "plans.yaml")
 

@@ -1,16 +1,23 @@
-"""HTTP plumbing shared by the sidecar's handlers: one JSON error shape, body and input parsing."""
+"""HTTP plumbing of both servers: one JSON error shape, bounded body reading, validation, bearer tokens.
+
+Handlers raise a `TierError` (or let aiohttp raise an `HTTPException`); `error_middleware` turns it
+into `{"error": {"code", "message", "field"}}` with the class's status. Anything else is a bug:
+logged with its traceback and answered 500 without details.
+"""
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from pydantic import BaseModel, ValidationError
 
-from tiergate.errors import BadRequestError, TierError
+from tiergate.errors import BadRequestError, TierError, UnauthorizedError, dotted_location
 
 log = structlog.get_logger("tiergate.http")
 
@@ -29,21 +36,28 @@ def error_body(code: str, message: str, field: str | None = None) -> dict[str, A
     return {"error": {"code": code, "message": message, "field": field}}
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure leaves as `{"error": {"code", "message", "field"}}`; a 500 is a bug."""
-    try:
-        return await handler(request)
-    except TierError as exc:
-        return json_response(exc.to_json(), status=exc.status)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = (exc.reason or "error").lower().replace(" ", "_")
-        return json_response(error_body(code, f"{exc.reason}: {request.method} {request.path}"), exc.status)
-    except Exception:
-        log.exception("unhandled_error", method=request.method, path=request.path)
-        return json_response(error_body("internal", "internal error; see the sidecar's logs"), 500)
+def error_middleware(process: str) -> Middleware:
+    """The middleware of one server; `process` ("sidecar", "daemon") names whose logs to read."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except TierError as exc:
+            if exc.status >= 500:
+                log.warning("request_failed", path=request.path, code=exc.code, error=exc.message)
+            return json_response(exc.to_json(), status=exc.status)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = (exc.reason or "error").lower().replace(" ", "_")
+            body = error_body(code, f"{exc.reason}: {request.method} {request.path}")
+            return json_response(body, exc.status)
+        except Exception:
+            log.exception("unhandled_error", method=request.method, path=request.path)
+            return json_response(error_body("internal", f"internal error; see the {process}'s logs"), 500)
+
+    return middleware
 
 
 async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
@@ -74,12 +88,13 @@ def validate(model: type[M], raw: object, prefix: str = "") -> M:
         return model.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        field = prefix + _dotted(err["loc"])
+        field = prefix + dotted_location(err["loc"])
         raise BadRequestError(f"{field or 'body'}: {err['msg']}", field=field or None) from None
 
 
-def _dotted(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
+def require_bearer(request: web.Request, token: str) -> None:
+    given = request.headers.get("Authorization", "")
+    scheme, _, value = given.partition(" ")
+    # compare_digest: the time taken must not tell an attacker how much of the token matched.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+        raise UnauthorizedError("missing or wrong bearer token (Authorization: Bearer <TIERGATE_FEED_TOKEN>)")
