@@ -21,7 +21,9 @@ The HTTP status is the class's `status`; the JSON body is `{"error": {"code", "m
     ├── BillingDisabledError     503 billing_api_disabled   no TIERGATE_API_TOKEN / Stripe key
     ├── CatalogError             500 invalid_catalog        plans.yaml (at start: the process exits)
     ├── PolicyError              500 policy_error           Rego failed to load or evaluate
-    └── SettingsError            500 invalid_settings       a TIERGATE_* variable (at start)
+    ├── SettingsError            500 invalid_settings       a TIERGATE_* variable (at start)
+    ├── SidecarUnreachableError  503 sidecar_unreachable    (client) no usable answer from the sidecar
+    └── SidecarRejectedError     4xx (the sidecar's code)   (client) the sidecar refused a call
 """
 
 from __future__ import annotations
@@ -161,6 +163,24 @@ class FeedGapError(TierError):
 
     code = "feed_gap"
     status = 410
+
+
+class SidecarUnreachableError(TierError):
+    """The client got no answer from the sidecar (refused, reset, timed out, or a 5xx)."""
+
+    code = "sidecar_unreachable"
+    status = 503
+
+
+class SidecarRejectedError(TierError):
+    """The sidecar answered a client's call with a 4xx; `code` is the sidecar's own error code."""
+
+    status = 400
+
+    def __init__(self, message: str, *, code: str, status: int, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.code = code
+        self.status = status
 
 
 def dotted_location(loc: tuple[int | str, ...]) -> str:

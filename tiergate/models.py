@@ -80,6 +80,8 @@ class CheckRequest(BaseModel):
 class Decision(BaseModel):
     """The policy's answer plus the lineage the sidecar adds."""
 
+    model_config = ConfigDict(frozen=True)
+
     allow: bool
     reason: str
     tier: str | None

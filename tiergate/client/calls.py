@@ -1,0 +1,274 @@
+"""The client's calls, without I/O: each operation as a request to send and a parser of the answer.
+
+Both transports (`sync.py`, `aio.py`) only move bytes; everything a call means lives here, so the
+two clients cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any, Generic, Literal, TypeVar
+from urllib.parse import quote
+
+import orjson
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from tiergate.errors import SidecarRejectedError, SidecarUnreachableError
+from tiergate.models import Account, Decision
+
+T = TypeVar("T")
+
+FailMode = Literal["fail_closed", "fail_open"]
+FAIL_MODES: tuple[FailMode, ...] = ("fail_closed", "fail_open")
+# The reason of a decision the client made itself because the sidecar gave no answer.
+UNREACHABLE = "sidecar_unreachable"
+MAX_USAGE_BATCH = 100  # the sidecar's own limit for POST /v1/usage/batch
+
+
+@dataclass(frozen=True)
+class FailPolicy:
+    """What a check answers when the sidecar gives none: deny (`fail_closed`, the default) or allow."""
+
+    default: FailMode = "fail_closed"
+    features: Mapping[str, FailMode] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, mode in {"default": self.default, **self.features}.items():
+            if mode not in FAIL_MODES:
+                raise ValueError(f"fail policy for {name!r} is {mode!r}; expected one of {FAIL_MODES}")
+        object.__setattr__(self, "features", MappingProxyType(dict(self.features)))
+
+    def decision(self, tenant: str, feature: str, quantity: int) -> Decision:
+        allow = self.features.get(feature, self.default) == "fail_open"
+        return Decision(
+            allow=allow,
+            reason=UNREACHABLE,
+            tier=None,
+            tenant=tenant,
+            feature=feature,
+            quantity=quantity,
+            stale=True,
+        )
+
+
+class Reservation(BaseModel):
+    """A check-and-reserve: the decision, and whether the quantity was recorded."""
+
+    model_config = ConfigDict(frozen=True)
+
+    decision: Decision
+    transaction_id: str
+    reserved: bool
+    replayed: bool = False
+
+    @property
+    def allow(self) -> bool:
+        return self.decision.allow
+
+
+class FeatureAccess(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    allow: bool
+    reason: str
+    limit: int | None = None
+    used: int = 0
+    remaining: int | None = None
+    valid_until: datetime | None = None
+
+
+class PendingChange(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    tier: str
+    interval: str | None = None
+    at: datetime | None = None
+
+
+class Entitlements(BaseModel):
+    """GET /v1/entitlements/{tenant}: the tier, the account and every feature's decision."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tenant: str
+    tier: str | None
+    account: Account | None = None
+    pending_change: PendingChange | None = None
+    features: Mapping[str, FeatureAccess]
+    policy_revision: str | None = None
+    data_as_of: datetime | None = None
+    stale: bool = False
+
+
+class UsageReceipt(BaseModel):
+    """One usage event as the sidecar took it: `accepted`, or `duplicate` (a replayed transaction id)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    transaction_id: str
+    external_customer_id: str
+    code: str
+    status: Literal["accepted", "duplicate"]
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One HTTP exchange: what to send, how to read a 2xx, and what to answer when none comes.
+
+    Every call is safe to retry: checks change nothing, and usage and reserves carry transaction
+    ids fixed here, before the first attempt, so the sidecar counts a retried one once."""
+
+    method: str
+    path: str
+    body: bytes | None
+    parse: Callable[[Any], T]
+    unreachable: Callable[[], T] | None = None  # the fail policy's answer; None: raise
+
+
+def check(policy: FailPolicy, tenant: str, feature: str, quantity: int = 1) -> Call[Decision]:
+    body = {"tenant": tenant, "feature": feature, "quantity": quantity}
+    return Call(
+        "POST",
+        "/v1/check",
+        orjson.dumps(body),
+        lambda raw: _model(Decision, raw),
+        lambda: policy.decision(tenant, feature, quantity),
+    )
+
+
+def check_batch(policy: FailPolicy, checks: Sequence[tuple[str, str, int]]) -> Call[tuple[Decision, ...]]:
+    body = {"checks": [{"tenant": t, "feature": f, "quantity": q} for t, f, q in checks]}
+
+    def parse(raw: Any) -> tuple[Decision, ...]:
+        decisions = _field(raw, "decisions", list)
+        if len(decisions) != len(checks):
+            raise _malformed(f"{len(decisions)} decisions for {len(checks)} checks")
+        return tuple(_model(Decision, d) for d in decisions)
+
+    return Call(
+        "POST",
+        "/v1/check/batch",
+        orjson.dumps(body),
+        parse,
+        lambda: tuple(policy.decision(t, f, q) for t, f, q in checks),
+    )
+
+
+def reserve(
+    policy: FailPolicy, tenant: str, feature: str, quantity: int = 1, transaction_id: str | None = None
+) -> Call[Reservation]:
+    tid = transaction_id or new_transaction_id()
+    body = {
+        "tenant": tenant,
+        "feature": feature,
+        "quantity": quantity,
+        "reserve": True,
+        "transaction_id": tid,
+    }
+
+    def parse(raw: Any) -> Reservation:
+        reservation = _field(raw, "reservation", dict)
+        return Reservation(
+            decision=_model(Decision, raw),
+            transaction_id=str(reservation.get("transaction_id", tid)),
+            reserved=bool(reservation.get("reserved")),
+            replayed=bool(reservation.get("replayed")),
+        )
+
+    def unreachable() -> Reservation:
+        return Reservation(
+            decision=policy.decision(tenant, feature, quantity), transaction_id=tid, reserved=False
+        )
+
+    return Call("POST", "/v1/check", orjson.dumps(body), parse, unreachable)
+
+
+def entitlements(tenant: str) -> Call[Entitlements]:
+    return Call(
+        "GET", "/v1/entitlements/" + quote(tenant, safe=""), None, lambda raw: _model(Entitlements, raw)
+    )
+
+
+def record_usage(events: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Call[tuple[UsageReceipt, ...]]:
+    """One event (POST /v1/usage) or a batch of up to 100 (all recorded or none)."""
+    if isinstance(events, Mapping):
+        body = {"event": with_transaction_id(events)}
+        return Call(
+            "POST",
+            "/v1/usage",
+            orjson.dumps(body),
+            lambda raw: (_model(UsageReceipt, _field(raw, "event", dict)),),
+        )
+    if not 1 <= len(events) <= MAX_USAGE_BATCH:
+        raise ValueError(f"a usage batch holds 1 to {MAX_USAGE_BATCH} events, got {len(events)}")
+    batch = {"events": [with_transaction_id(e) for e in events]}
+    return Call(
+        "POST",
+        "/v1/usage/batch",
+        orjson.dumps(batch),
+        lambda raw: tuple(_model(UsageReceipt, r) for r in _field(raw, "events", list)),
+    )
+
+
+def with_transaction_id(event: Mapping[str, Any]) -> dict[str, Any]:
+    """A Lago event with its idempotency key: the caller's, else a new one (fixed before any retry)."""
+    if not isinstance(event, Mapping):
+        raise TypeError(f"a usage event is a mapping in Lago's shape, got {type(event).__name__}")
+    return {**event, "transaction_id": event.get("transaction_id") or new_transaction_id()}
+
+
+def new_transaction_id() -> str:
+    return uuid.uuid4().hex
+
+
+def answer(call: Call[T], status: int, payload: bytes, where: str) -> T:
+    """The result of `call` given the sidecar's status and body (`where` names the sidecar)."""
+    if 200 <= status < 300:
+        try:
+            return call.parse(orjson.loads(payload))
+        except orjson.JSONDecodeError as exc:
+            raise _malformed(f"body is not JSON ({exc})") from None
+    error = _error_of(payload)
+    message = str(error.get("message") or f"HTTP {status}")
+    if status >= 500:
+        raise SidecarUnreachableError(f"{call.method} {where}{call.path} answered {status}: {message}")
+    raise SidecarRejectedError(
+        f"{call.method} {where}{call.path} refused the call ({status}): {message}",
+        code=str(error.get("code") or "bad_request"),
+        status=status,
+        field=error.get("field") if isinstance(error.get("field"), str) else None,
+    )
+
+
+def _error_of(payload: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return {}
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _model(model: type[M], raw: Any) -> M:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise _malformed(f"not a {model.__name__}: {exc.errors(include_url=False)[0]['msg']}") from None
+
+
+def _field(raw: Any, name: str, kind: type[T]) -> T:
+    value = raw.get(name) if isinstance(raw, dict) else None
+    if not isinstance(value, kind):
+        raise _malformed(f"no {name!r} {kind.__name__} in the answer")
+    return value
+
+
+def _malformed(what: str) -> SidecarUnreachableError:
+    return SidecarUnreachableError(f"the sidecar's answer is unusable: {what}")

@@ -1,0 +1,156 @@
+"""`TiergateClient`: the blocking client, over the standard library's kept-alive HTTP connections."""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import queue
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from tiergate.client import calls
+from tiergate.client.calls import Call, Entitlements, FailPolicy, Reservation, UsageReceipt
+from tiergate.errors import SidecarUnreachableError
+from tiergate.models import Decision
+
+T = TypeVar("T")
+
+log = logging.getLogger("tiergate.client")
+
+DEFAULT_URL = "http://127.0.0.1:9191"
+DEFAULT_TIMEOUT_S = 0.5
+# Errors that mean "no answer came", as opposed to an answer we did not like.
+TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
+
+
+class TiergateClient:
+    """Calls one sidecar; safe to share between threads (each call borrows a pooled connection).
+
+    `timeout_s` bounds a whole call (retries included) unless the call passes its own. A check the
+    sidecar does not answer gets the fail policy's decision, with reason `sidecar_unreachable`."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        fail_policy: FailPolicy | None = None,
+        retries: int = 1,
+        pool_size: int = 8,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(
+                f"base_url {base_url!r} must be http://host[:port] (the sidecar is on localhost)"
+            )
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.fail_policy = fail_policy or FailPolicy()
+        self.retries = retries
+        self._host = parts.hostname
+        self._port = parts.port or 80
+        self._idle: queue.LifoQueue[http.client.HTTPConnection] = queue.LifoQueue(maxsize=pool_size)
+
+    def check(
+        self, tenant: str, feature: str, quantity: int = 1, *, timeout_s: float | None = None
+    ) -> Decision:
+        return self.run(calls.check(self.fail_policy, tenant, feature, quantity), timeout_s)
+
+    def check_batch(
+        self, checks: Sequence[tuple[str, str, int]], *, timeout_s: float | None = None
+    ) -> tuple[Decision, ...]:
+        """Up to the sidecar's batch limit (1,000 by default) of (tenant, feature, quantity)."""
+        return self.run(calls.check_batch(self.fail_policy, checks), timeout_s)
+
+    def reserve(
+        self,
+        tenant: str,
+        feature: str,
+        quantity: int = 1,
+        *,
+        transaction_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Reservation:
+        """Check and, when allowed, record `quantity` of a metered feature in one step."""
+        return self.run(calls.reserve(self.fail_policy, tenant, feature, quantity, transaction_id), timeout_s)
+
+    def entitlements(self, tenant: str, *, timeout_s: float | None = None) -> Entitlements:
+        return self.run(calls.entitlements(tenant), timeout_s)
+
+    def record_usage(
+        self, events: Mapping[str, Any] | Sequence[Mapping[str, Any]], *, timeout_s: float | None = None
+    ) -> tuple[UsageReceipt, ...]:
+        """Lago-shaped events, one or up to 100; a missing `transaction_id` is generated."""
+        return self.run(calls.record_usage(events), timeout_s)
+
+    def run(self, call: Call[T], timeout_s: float | None = None) -> T:
+        try:
+            status, payload = self._exchange(call, timeout_s or self.timeout_s)
+            return calls.answer(call, status, payload, self.base_url)
+        except SidecarUnreachableError as exc:
+            if call.unreachable is None:
+                raise
+            log.warning("sidecar_unreachable path=%s error=%s", call.path, exc.message)
+            return call.unreachable()
+
+    def _exchange(self, call: Call[Any], timeout_s: float) -> tuple[int, bytes]:
+        deadline = time.monotonic() + timeout_s
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = max(deadline - time.monotonic(), 0.001)
+            conn = self._borrow(remaining)
+            try:
+                return self._send(conn, call, remaining)
+            except TRANSPORT_ERRORS as exc:
+                conn.close()
+                timed_out = isinstance(exc, socket.timeout) or time.monotonic() >= deadline
+                if timed_out or attempt > self.retries:
+                    what = "no answer within" if timed_out else "failed after"
+                    raise SidecarUnreachableError(
+                        f"{call.method} {self.base_url}{call.path}: {what} {timeout_s}s "
+                        f"({attempt} attempt(s)): {exc!r}"
+                    ) from exc
+
+    def _send(self, conn: http.client.HTTPConnection, call: Call[Any], remaining: float) -> tuple[int, bytes]:
+        conn.timeout = remaining  # for a (re)connect; a kept-alive socket gets it below
+        if conn.sock is not None:
+            conn.sock.settimeout(remaining)
+        headers = {"Content-Type": "application/json"} if call.body is not None else {}
+        conn.request(call.method, call.path, body=call.body, headers=headers)
+        response = conn.getresponse()
+        payload = response.read()
+        if response.will_close:
+            conn.close()
+        self._give_back(conn)
+        return response.status, payload
+
+    def _borrow(self, timeout_s: float) -> http.client.HTTPConnection:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            return http.client.HTTPConnection(self._host, self._port, timeout=max(timeout_s, 0.001))
+
+    def _give_back(self, conn: http.client.HTTPConnection) -> None:
+        try:
+            self._idle.put_nowait(conn)
+        except queue.Full:
+            conn.close()
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+    def __enter__(self) -> TiergateClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
