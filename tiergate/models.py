@@ -56,6 +56,8 @@ class Account(BaseModel):
     pending_tier: str | None = None
     pending_interval: str | None = None
     pending_at: AwareDatetime | None = None
+    # The Stripe subscription id: what a Lago event's `external_subscription_id` names.
+    subscription_id: str | None = None
 
 
 class UsageCounter(BaseModel):

@@ -1,22 +1,24 @@
 """Usage events (pure): Lago's event shape, validation against the catalog's metrics, periods.
 
-Both processes use this module: the sidecar validates what the app posts (and assigns the
-period it counts the event in locally), the daemon validates again what sidecars deliver and
-assigns the authoritative period.
+Both processes use this module: the sidecar validates what the app posts (resolving an
+`external_subscription_id` to its tenant through the replica) and assigns the period it counts
+the event in locally; the daemon validates again what sidecars deliver and assigns the
+authoritative period. Every field Lago defines is kept as sent, so a sink can forward it unchanged.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
-from tiergate.models import MAX_QUANTITY, Account, TenantId
+from tiergate.models import MAX_QUANTITY, Account
 from tiergate.periods import rfc3339, usage_period
 
 MAX_EVENTS = 100  # per POST /v1/usage/batch at the sidecar, like Lago
@@ -27,25 +29,32 @@ MAX_PROPERTIES_DEPTH = 32  # nesting of objects and arrays inside `properties`
 MAX_FUTURE = timedelta(days=1)  # clock skew we tolerate on a caller's timestamp
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 
-Text = Annotated[str, StringConstraints(min_length=1, max_length=255, strip_whitespace=True)]
+# Identifiers are kept exactly as sent (Lago compares them byte for byte); only emptiness is refused.
+Ident = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"\S")]
+CustomerId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"\S")]
+Code = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"\S")]
+
+# What a sidecar adds to the Lago document it delivers: the tenant it resolved the event to.
+TENANT_KEY = "tiergate_tenant"
 
 
 class UsageEvent(BaseModel):
-    """One event as Lago defines it; unknown top-level keys are ignored, as Lago does."""
+    """One event as Lago defines it (`EventInputObject`); unknown top-level keys are ignored, as Lago does."""
 
     model_config = ConfigDict(extra="ignore")
 
-    transaction_id: Text
-    external_customer_id: TenantId | None = None
-    external_subscription_id: Text | None = None
-    code: Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
+    transaction_id: Ident
+    external_customer_id: CustomerId | None = None
+    external_subscription_id: Ident | None = None
+    code: Code
     timestamp: int | float | str | None = None  # Unix seconds (Lago) or RFC 3339
-    properties: dict[str, Any] = Field(default_factory=dict)
+    precise_total_amount_cents: object = None  # Lago: a decimal string, for dynamic pricing (checked below)
+    properties: dict[str, Any] | None = None  # Lago takes null as {}
 
 
 @dataclass(frozen=True)
 class ValidEvent:
-    """A validated event: whose it is, when it happened, and what it adds to its metric."""
+    """A validated event: whose it is, when it happened, what it adds to its metric, and Lago's fields."""
 
     tenant: str
     transaction_id: str
@@ -54,9 +63,13 @@ class ValidEvent:
     value: int
     properties: dict[str, Any] = field(default_factory=dict, compare=False)
     external_subscription_id: str | None = None
+    # Lago's document as sent (timestamp fixed at acceptance when absent); None: built here.
+    document: dict[str, Any] | None = field(default=None, compare=False)
 
-    def wire(self) -> dict[str, Any]:
-        """The Lago-shaped document delivered to the daemon (the timestamp fixed at acceptance)."""
+    def lago(self) -> dict[str, Any]:
+        """The event in Lago's shape, every field as the caller sent it: what sinks forward."""
+        if self.document is not None:
+            return dict(self.document)
         body: dict[str, Any] = {
             "transaction_id": self.transaction_id,
             "external_customer_id": self.tenant,
@@ -68,6 +81,10 @@ class ValidEvent:
             body["external_subscription_id"] = self.external_subscription_id
         return body
 
+    def wire(self) -> dict[str, Any]:
+        """What a sidecar delivers to the daemon: Lago's document plus the tenant it resolved."""
+        return {**self.lago(), TENANT_KEY: self.tenant}
+
 
 class EventError(ValueError):
     """One event is unacceptable; `field` is its path inside the event (`code`, `properties.gb`)."""
@@ -78,8 +95,22 @@ class EventError(ValueError):
         self.message = message
 
 
-def parse_event(raw: object, metrics: Mapping[str, Any], now: datetime) -> ValidEvent:
-    """Validate one raw event against the catalog's `metrics` (its policy-data form); raises EventError."""
+# Resolves a Stripe subscription id (Lago's `external_subscription_id`) to its tenant, or None.
+SubscriptionResolver = Callable[[str], str | None]
+
+
+def parse_event(
+    raw: object,
+    metrics: Mapping[str, Any],
+    now: datetime,
+    resolve: SubscriptionResolver | None = None,
+) -> ValidEvent:
+    """Validate one raw event against the catalog's `metrics` (its policy-data form); raises EventError.
+
+    `resolve` finds the tenant of an `external_subscription_id` (the sidecar's replica). Without
+    it (the daemon) the tenant is the one the delivering sidecar resolved (`tiergate_tenant`), else
+    `external_customer_id`.
+    """
     if isinstance(raw, Mapping):
         check_properties(raw.get("properties"))
     try:
@@ -87,24 +118,24 @@ def parse_event(raw: object, metrics: Mapping[str, Any], now: datetime) -> Valid
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         loc = ".".join(str(part) for part in err["loc"]) or "event"
-        raise EventError(loc, err["msg"]) from None
-    if event.external_customer_id is None:
-        raise EventError(
-            "external_customer_id",
-            "required: the tenant the usage belongs to (an external_subscription_id alone "
-            "cannot be resolved to a tenant on the sidecar)",
-        )
+        raise EventError(loc, _message(err)) from None
+    assert isinstance(raw, Mapping)  # model_validate accepted it
+    tenant = _tenant(event, raw.get(TENANT_KEY) if resolve is None else None, resolve)
     metric = metrics.get(event.code)
     if not isinstance(metric, Mapping):
         raise EventError("code", f"{event.code!r} is not a metric of the catalog (known: {sorted(metrics)})")
+    properties = event.properties if event.properties is not None else {}
+    _amount(event.precise_total_amount_cents)
+    at = event_time(event.timestamp, now)
     return ValidEvent(
-        tenant=event.external_customer_id,
+        tenant=tenant,
         transaction_id=event.transaction_id,
         code=event.code,
-        at=event_time(event.timestamp, now),
-        value=metric_value(metric, event.properties),
-        properties=event.properties,
+        at=at,
+        value=metric_value(metric, properties),
+        properties=properties,
         external_subscription_id=event.external_subscription_id,
+        document=_document(event, raw, at),
     )
 
 
@@ -139,8 +170,61 @@ def _depth(value: object) -> int:
     return deepest
 
 
+def _amount(value: object) -> None:
+    where = "precise_total_amount_cents"
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise EventError(where, f"must be a decimal string such as '1234.56' (no floats), got {value!r}")
+    _decimal(value, where)
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    if err["type"] == "string_pattern_mismatch":
+        return "must not be blank (identifiers are kept exactly as sent)"
+    return str(err["msg"])
+
+
+def _tenant(event: UsageEvent, delivered: object, resolve: SubscriptionResolver | None) -> str:
+    if isinstance(delivered, str) and delivered:
+        return delivered
+    customer, subscription = event.external_customer_id, event.external_subscription_id
+    if subscription is None or resolve is None:
+        if customer is None:
+            raise EventError(
+                "external_customer_id",
+                "required: an external_subscription_id or an external_customer_id (the tenant)",
+            )
+        return customer
+    owner = resolve(subscription)
+    if owner is None:
+        if customer is not None:
+            return customer  # a subscription the replica has not seen yet: the customer decides
+        raise EventError(
+            "external_subscription_id",
+            f"{subscription!r} is not the subscription of any tenant this sidecar knows "
+            "(send external_customer_id for a tenant without a subscription)",
+        )
+    if customer is not None and customer != owner:
+        raise EventError(
+            "external_customer_id",
+            f"{customer!r} does not own external_subscription_id {subscription!r} (its tenant is {owner!r})",
+        )
+    return owner
+
+
+def _document(event: UsageEvent, raw: Mapping[str, Any], at: datetime) -> dict[str, Any]:
+    """Lago's fields as sent; a missing timestamp becomes the acceptance time, as Lago does."""
+    document = {name: raw[name] for name in UsageEvent.model_fields if name in raw}
+    if event.timestamp is None:
+        document["timestamp"] = at.timestamp()
+    elif isinstance(event.timestamp, str) and not _numeric(event.timestamp):
+        document["timestamp"] = at.timestamp()  # RFC 3339, a tiergate extension: Lago takes seconds
+    return document
+
+
 def metric_value(metric: Mapping[str, Any], properties: Mapping[str, Any]) -> int:
-    """What one event adds: 1 for `count`, the integer property `field` for `sum`."""
+    """What one event adds: 1 for `count`, the property `field` for `sum` (negative: a correction)."""
     if metric.get("aggregation") != "sum":
         return 1
     name = str(metric.get("field"))
@@ -153,15 +237,27 @@ def metric_value(metric: Mapping[str, Any], properties: Mapping[str, Any]) -> in
 def _whole_number(value: object, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise EventError(where, f"must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise EventError(where, f"must be a number, got {value!r}") from None
-    if not math.isfinite(number) or number != int(number):
-        raise EventError(where, f"must be a whole number (counters are integers), got {value!r}")
-    if not 0 <= number <= MAX_QUANTITY:
-        raise EventError(where, f"must be between 0 and {MAX_QUANTITY}, got {value!r}")
+    number = _decimal(value, where)
+    if number != number.to_integral_value():
+        raise EventError(
+            where, f"must be a whole number (counters are integers; see docs/usage.md), got {value!r}"
+        )
+    if not -MAX_QUANTITY <= number <= MAX_QUANTITY:
+        raise EventError(where, f"must be between -{MAX_QUANTITY} and {MAX_QUANTITY}, got {value!r}")
     return int(number)
+
+
+def _decimal(value: int | float | str, where: str) -> Decimal:
+    """Exact: a float is read through its shortest repr (what the JSON said), never its binary value."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise EventError(where, f"must be a finite number, got {value!r}")
+    try:
+        number = Decimal(repr(value) if isinstance(value, float) else str(value).strip())
+    except InvalidOperation:
+        raise EventError(where, f"must be a number, got {value!r}") from None
+    if not number.is_finite():
+        raise EventError(where, f"must be a finite number, got {value!r}")
+    return number
 
 
 def event_time(timestamp: int | float | str | None, now: datetime) -> datetime:

@@ -67,7 +67,8 @@ def build_input(
         "quantity": quantity,
         "now": now_text,
         "account": account,
-        "usage": dict(usage),
+        # A correction (a negative sum event) may run ahead of the usage it corrects: never below zero.
+        "usage": {code: value if value > 0 else 0 for code, value in usage.items()},
         "period": {"start": period[0], "end": period[1]},
         "replica": {"age_seconds": replica_age_s},
     }

@@ -38,6 +38,7 @@ ACCOUNT_COLUMNS = (
     "pending_tier",
     "pending_interval",
     "pending_at",
+    "subscription_id",
 )
 
 
@@ -76,6 +77,13 @@ def m002_pending_change(db: sqlite_utils.Database) -> None:
         db.execute(f"ALTER TABLE accounts ADD COLUMN {column} TEXT")
 
 
+@MIGRATIONS()
+def m003_subscription_id(db: sqlite_utils.Database) -> None:
+    # Resolves a Lago event's external_subscription_id to its tenant on the sidecar.
+    db.execute("ALTER TABLE accounts ADD COLUMN subscription_id TEXT")
+    db.execute("CREATE INDEX accounts_by_subscription ON accounts (subscription_id)")
+
+
 class AccountRow(NamedTuple):
     """An accounts row as stored: times are RFC 3339 `Z` strings, booleans 0/1."""
 
@@ -92,6 +100,7 @@ class AccountRow(NamedTuple):
     pending_tier: str | None
     pending_interval: str | None
     pending_at: str | None
+    subscription_id: str | None
 
     def to_account(self) -> Account:
         return Account.model_validate(
@@ -139,6 +148,7 @@ def account_row(account: Account) -> AccountRow:
         pending_tier=account.pending_tier,
         pending_interval=account.pending_interval,
         pending_at=rfc3339(account.pending_at),
+        subscription_id=account.subscription_id,
     )
 
 
@@ -235,7 +245,10 @@ class ReplicaWriter:
 def _exported(account: Account) -> dict[str, Any]:
     # No pending change leaves the fields out: documents written before they existed round-trip.
     body = account.model_dump(mode="json", exclude={"version"})
-    return {k: v for k, v in body.items() if v is not None or not k.startswith("pending_")}
+    return {k: v for k, v in body.items() if v is not None or k not in _OMITTED_WHEN_NULL}
+
+
+_OMITTED_WHEN_NULL = frozenset({"pending_tier", "pending_interval", "pending_at", "subscription_id"})
 
 
 _SELECT_ACCOUNTS = "SELECT " + ", ".join(ACCOUNT_COLUMNS) + " FROM accounts"
@@ -300,6 +313,13 @@ class ReplicaReader:
     def account(self, tenant: str) -> AccountRow | None:
         row = self._conn.execute(_SELECT_ACCOUNTS + " WHERE tenant = ?", (tenant,)).fetchone()
         return AccountRow(*row) if row is not None else None
+
+    def tenant_of_subscription(self, subscription_id: str) -> str | None:
+        """The tenant whose account holds this Stripe subscription (a Lago external_subscription_id)."""
+        row = self._conn.execute(
+            "SELECT tenant FROM accounts WHERE subscription_id = ? LIMIT 1", (subscription_id,)
+        ).fetchone()
+        return str(row[0]) if row is not None else None
 
     def usage(self, tenant: str, period_start: str) -> dict[str, int]:
         rows = self._conn.execute(

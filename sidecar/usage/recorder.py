@@ -16,7 +16,7 @@ from sidecar.usage.ledger import PendingUsage
 from sidecar.usage.outbox import Entry, Outbox
 from tiergate.errors import BadRequestError
 from tiergate.periods import rfc3339
-from tiergate.usage_events import MAX_EVENTS, EventError, ValidEvent, parse_event
+from tiergate.usage_events import MAX_EVENTS, EventError, SubscriptionResolver, ValidEvent, parse_event
 
 LOCK_STRIPES = 64
 
@@ -43,7 +43,8 @@ class UsageRecorder:
         """Validate all, then commit all (202 semantics); `where` names the field in errors."""
         now = datetime.fromtimestamp(self.decisions.clock(), UTC)
         metrics = self.metrics()
-        events = [self._parse(raw, metrics, now, where.format(i)) for i, raw in enumerate(raws)]
+        resolve = self.reader.tenant_of_subscription
+        events = [self._parse(raw, metrics, now, where.format(i), resolve) for i, raw in enumerate(raws)]
         rows: dict[str, AccountRow | None] = {}
         entries = [Entry(event, self._period(event, rows)) for event in events]
         inserted = await self.outbox.append(entries)
@@ -105,9 +106,11 @@ class UsageRecorder:
         return period_for(rows[event.tenant], event.at, rfc3339(event.at) or "")[0]
 
     @staticmethod
-    def _parse(raw: object, metrics: Mapping[str, Any], now: datetime, where: str) -> ValidEvent:
+    def _parse(
+        raw: object, metrics: Mapping[str, Any], now: datetime, where: str, resolve: SubscriptionResolver
+    ) -> ValidEvent:
         try:
-            return parse_event(raw, metrics, now)
+            return parse_event(raw, metrics, now, resolve)
         except EventError as exc:
             field = f"{where}.{exc.field}"
             raise BadRequestError(f"{field}: {exc.message}", field=field) from None

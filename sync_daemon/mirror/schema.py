@@ -93,8 +93,8 @@ USAGE_PERIODS = "usage_periods"
 
 @MIGRATIONS()
 def m003_usage_events(db: sqlite_utils.Database) -> None:
-    # One row per ingested event: the idempotency key (Lago's rule: unique per customer) and the
-    # answer to GET /v1/usage/events/{transaction_id}.
+    # One row per ingested event: the idempotency key (unique per tenant; Lago's is per
+    # external_subscription_id, see docs/usage.md) and the answer to GET /v1/usage/events/{transaction_id}.
     db.execute(
         """CREATE TABLE usage_events (
             tenant TEXT NOT NULL,
@@ -116,5 +116,42 @@ def m003_usage_events(db: sqlite_utils.Database) -> None:
             period_start TEXT NOT NULL,
             period_end TEXT NOT NULL,
             PRIMARY KEY (tenant, period_start)
+        ) WITHOUT ROWID"""
+    )
+
+
+@MIGRATIONS()
+def m004_usage_event_documents(db: sqlite_utils.Database) -> None:
+    # Every field of Lago's event as sent (what sinks forward), the subscription it named, and a
+    # seq that orders the stored events for the sinks' cursors and the paged listing.
+    for column in ("external_subscription_id TEXT", "document TEXT", "seq INTEGER"):
+        db.execute(f"ALTER TABLE {USAGE_EVENTS} ADD COLUMN {column}")
+    db.execute(
+        f"""UPDATE {USAGE_EVENTS} SET seq = (
+            SELECT n FROM (
+                SELECT tenant AS t, transaction_id AS x,
+                       row_number() OVER (ORDER BY received_at, tenant, transaction_id) AS n
+                FROM {USAGE_EVENTS}
+            ) WHERE t = tenant AND x = transaction_id
+        )"""
+    )
+    db.execute(f"CREATE UNIQUE INDEX usage_events_by_seq ON {USAGE_EVENTS} (seq)")
+    db.execute(f"CREATE INDEX usage_events_by_tenant_time ON {USAGE_EVENTS} (tenant, timestamp, seq)")
+    # Each sink's durable cursor: the highest event seq it has delivered (or given up on).
+    db.execute(
+        """CREATE TABLE sink_cursors (
+            sink TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL,
+            updated_at TEXT NOT NULL
+        ) WITHOUT ROWID"""
+    )
+    # Events a sink refused for good (e.g. Lago's 422 other than value_already_exist): visible, resendable.
+    db.execute(
+        """CREATE TABLE sink_failures (
+            sink TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            error TEXT NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (sink, seq)
         ) WITHOUT ROWID"""
     )

@@ -42,6 +42,7 @@ FEED_FIELDS = (
     "pending_tier",
     "pending_interval",
     "pending_at",
+    "subscription_id",
 )
 _TIMES = frozenset(
     {"current_period_start", "current_period_end", "trial_end", "canceled_at", "past_due_since", "pending_at"}
@@ -293,7 +294,11 @@ class Mirror:
             counts = {"accounts": 0, "usage": 0}
             for kind, sql in (
                 ("account", f"SELECT * FROM {ACCOUNTS} ORDER BY tenant"),
-                ("usage", "SELECT tenant, code, period_start, value FROM usage ORDER BY tenant, code"),
+                # The feed's counters never go below zero (a correction may arrive before what it corrects).
+                (
+                    "usage",
+                    "SELECT tenant, code, period_start, max(value, 0) AS value FROM usage ORDER BY tenant, code",
+                ),
             ):
                 cursor = await loop.run_in_executor(self._readers, conn.execute, sql)
                 names = [d[0] for d in cursor.description]

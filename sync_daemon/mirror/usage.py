@@ -42,7 +42,8 @@ def ingest_events(txn: MirrorTxn, events: Sequence[ValidEvent], received_at: dat
         period_start = rfc3339(start) or ""
         cursor = conn.execute(
             f"INSERT OR IGNORE INTO {USAGE_EVENTS} (tenant, transaction_id, code, timestamp, "
-            "period_start, value, body, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "period_start, value, body, received_at, external_subscription_id, document, seq) "
+            f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM {USAGE_EVENTS}))",
             (
                 event.tenant,
                 event.transaction_id,
@@ -52,6 +53,8 @@ def ingest_events(txn: MirrorTxn, events: Sequence[ValidEvent], received_at: dat
                 event.value,
                 json.dumps(event.properties, separators=(",", ":")),
                 received,
+                event.external_subscription_id,
+                json.dumps(event.lago(), separators=(",", ":")),
             ),
         )
         inserted.append(cursor.rowcount == 1)
@@ -73,7 +76,8 @@ def _add(txn: MirrorTxn, conn: sqlite3.Connection, key: Key, delta: int) -> int:
             (tenant, code, period_start, delta),
         ).fetchone()[0]
     )
-    body = {"tenant": tenant, "code": code, "period_start": period_start, "value": value}
+    # The feed never carries a counter below zero (a correction may run ahead of what it corrects).
+    body = {"tenant": tenant, "code": code, "period_start": period_start, "value": max(value, 0)}
     conn.execute(
         f"INSERT INTO {CHANGES} (tenant, kind, op, body, at) VALUES (?, 'usage', 'upsert', ?, ?)",
         (tenant, json.dumps(body), rfc3339(datetime.now(UTC))),
@@ -175,30 +179,47 @@ def tenant_usage(conn: sqlite3.Connection, tenant: str, now: datetime) -> dict[s
     }
 
 
+EVENT_COLUMNS = (
+    "seq, tenant, transaction_id, code, timestamp, period_start, value, body, received_at, "
+    "external_subscription_id, document"
+)
+
+
+def stored_event(row: Sequence[Any]) -> dict[str, Any]:
+    """A stored event: Lago's document as sent, plus what tiergate decided about it."""
+    seq, tenant, tid, code, timestamp, period_start, value, body, received_at, subscription, document = row
+    lago: dict[str, Any] = (
+        json.loads(document)
+        if document is not None
+        else {
+            "transaction_id": tid,
+            "external_customer_id": tenant,
+            "code": code,
+            "properties": json.loads(body),
+        }
+    )
+    if subscription is not None:
+        lago.setdefault("external_subscription_id", subscription)
+    return {
+        **lago,
+        "tenant": tenant,
+        "occurred_at": timestamp,
+        "period_start": period_start,
+        "value": value,
+        "received_at": received_at,
+        "seq": seq,
+    }
+
+
 def find_event(conn: sqlite3.Connection, transaction_id: str, tenant: str | None) -> dict[str, Any] | None:
     """The newest ingested event with this transaction id (of `tenant` when given), Lago-shaped."""
-    sql = (
-        f"SELECT tenant, transaction_id, code, timestamp, period_start, value, body, received_at "
-        f"FROM {USAGE_EVENTS} WHERE transaction_id = ?"
-    )
+    sql = f"SELECT {EVENT_COLUMNS} FROM {USAGE_EVENTS} WHERE transaction_id = ?"
     params: list[str] = [transaction_id]
     if tenant is not None:
         sql += " AND tenant = ?"
         params.append(tenant)
     row = conn.execute(sql + " ORDER BY received_at DESC LIMIT 1", params).fetchone()
-    if row is None:
-        return None
-    tenant_id, tid, code, timestamp, period_start, value, body, received_at = row
-    return {
-        "transaction_id": tid,
-        "external_customer_id": tenant_id,
-        "code": code,
-        "timestamp": timestamp,
-        "properties": json.loads(body),
-        "period_start": period_start,
-        "value": value,
-        "received_at": received_at,
-    }
+    return stored_event(row) if row is not None else None
 
 
 def _iso(moment: datetime) -> str:

@@ -47,7 +47,12 @@ def test_properties_at_the_limits_are_accepted() -> None:
         (event(transaction_id="x" * 256), "transaction_id"),
         (event(code="storage_gb"), "properties.gb"),
         (event(code="storage_gb", properties={"gb": 1.5}), "properties.gb"),
-        (event(code="storage_gb", properties={"gb": -1}), "properties.gb"),
+        (event(code="storage_gb", properties={"gb": -2e9}), "properties.gb"),
+        (event(code="storage_gb", properties={"gb": "1e400000000"}), "properties.gb"),
+        (event(transaction_id="   "), "transaction_id"),
+        (event(external_customer_id=" "), "external_customer_id"),
+        (event(precise_total_amount_cents="lots"), "precise_total_amount_cents"),
+        (event(precise_total_amount_cents=1.5), "precise_total_amount_cents"),
         (event(code="storage_gb", properties={"gb": "many"}), "properties.gb"),
         (event(code="storage_gb", properties={"gb": True}), "properties.gb"),
         (event(code="storage_gb", properties={"gb": float("nan")}), "properties.gb"),
@@ -80,6 +85,9 @@ def test_bad_events_name_their_field(raw: object, field: str) -> None:
         ({"code": "storage_gb", "properties": {"gb": "7"}}, 7, NOW),
         ({"code": "storage_gb", "properties": {"gb": 2.0}}, 2, NOW),
         ({"lago_extra_key": 1, "external_subscription_id": "sub_9"}, 1, NOW),
+        ({"code": "storage_gb", "properties": {"gb": -4}}, -4, NOW),  # a correction
+        ({"code": "storage_gb", "properties": {"gb": "-4"}}, -4, NOW),
+        ({"properties": None}, 1, NOW),  # Lago takes null as {}
     ],
 )
 def test_valid_events(fields: dict[str, Any], value: int, at: datetime) -> None:
@@ -91,6 +99,59 @@ def test_wire_form_round_trips_with_its_timestamp_fixed() -> None:
     parsed = parse_event(event(properties={"k": "v"}, external_subscription_id="sub_9"), METRICS, NOW)
     again = parse_event(parsed.wire(), METRICS, NOW + timedelta(hours=5))
     assert again == parsed and again.at == NOW and again.external_subscription_id == "sub_9"
+    assert again.lago() == parsed.lago()
+
+
+OWNERS = {"sub_9": "t_1", "sub_other": "t_2"}
+
+# From Lago's API reference (EventInputObject): a subscription id, no customer id.
+LAGO_DOC_EVENT: dict[str, Any] = {
+    "transaction_id": "transaction_1234567890",
+    "external_subscription_id": "sub_9",
+    "code": "storage_gb",
+    "timestamp": "1773561600.123",
+    "precise_total_amount_cents": "1234.56",
+    "properties": {"gb": 10, "region": "eu"},
+}
+
+
+def test_a_lago_event_resolves_its_subscription_and_keeps_every_field() -> None:
+    parsed = parse_event(LAGO_DOC_EVENT, METRICS, NOW, OWNERS.get)
+    assert (parsed.tenant, parsed.value, parsed.transaction_id) == ("t_1", 10, "transaction_1234567890")
+    assert parsed.lago() == LAGO_DOC_EVENT  # forwarded exactly as sent
+    assert parse_event(parsed.wire(), METRICS, NOW).tenant == "t_1"  # the daemon trusts the sidecar's tenant
+
+
+@pytest.mark.parametrize(
+    ("fields", "tenant"),
+    [
+        ({"external_customer_id": "t_1"}, "t_1"),  # both, agreeing
+        ({"external_subscription_id": "sub_unknown", "external_customer_id": "t_3"}, "t_3"),
+        ({"external_subscription_id": None, "external_customer_id": " t_1 "}, " t_1 "),  # kept as sent
+    ],
+)
+def test_customer_and_subscription_ids(fields: dict[str, Any], tenant: str) -> None:
+    assert parse_event({**LAGO_DOC_EVENT, **fields}, METRICS, NOW, OWNERS.get).tenant == tenant
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "words"),
+    [
+        ({"external_customer_id": "t_2"}, "external_customer_id", "does not own"),
+        ({"external_subscription_id": "sub_unknown"}, "external_subscription_id", "sub_unknown"),
+        ({"external_subscription_id": None}, "external_customer_id", "required"),
+    ],
+)
+def test_ids_that_disagree_or_resolve_to_nobody(fields: dict[str, Any], field: str, words: str) -> None:
+    with pytest.raises(EventError) as caught:
+        parse_event({**LAGO_DOC_EVENT, **fields}, METRICS, NOW, OWNERS.get)
+    assert caught.value.field == field and words in caught.value.message
+
+
+def test_an_rfc3339_timestamp_is_forwarded_as_unix_seconds() -> None:
+    parsed = parse_event(event(timestamp="2026-03-01T00:00:00Z"), METRICS, NOW)
+    assert parsed.lago()["timestamp"] == datetime(2026, 3, 1, tzinfo=UTC).timestamp()
+    assert parse_event(event(), METRICS, NOW).lago()["timestamp"] == NOW.timestamp()
 
 
 P_START = datetime(2026, 3, 10, tzinfo=UTC)
