@@ -1,4 +1,4 @@
-"""Usage ingest: POST /v1/usage/batch from sidecars, GET /v1/usage/{tenant} and the event lookup."""
+"""Usage ingest: POST /v1/usage/batch from sidecars; GET /v1/usage/{tenant}, the event lookup and listing."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import orjson
 import structlog
 from aiohttp import web
 
-from sync_daemon.mirror.usage import IngestResult, find_event, ingest_events, tenant_usage
+from sync_daemon.mirror.usage import IngestResult, find_event, ingest_events, list_events, tenant_usage
 from sync_daemon.state import MIRROR, SETTINGS
+from sync_daemon.usage_query import encode_cursor, parse_query
 from tiergate.catalog import Catalog
 from tiergate.errors import BadRequestError, NotFoundError
 from tiergate.usage_events import EventError, ValidEvent, parse_event
@@ -91,8 +92,17 @@ async def get_event(request: web.Request) -> web.Response:
     return json_response({"event": event})
 
 
+async def get_events(request: web.Request) -> web.Response:
+    """Stored events in ingest order, paged like Lago's list: `next_cursor` until the last page."""
+    _authorize(request)
+    query = parse_query(request.query)
+    page, after = await request.app[MIRROR].read(lambda conn: list_events(conn, query))
+    return json_response({"events": page, "next_cursor": encode_cursor(after) if after is not None else None})
+
+
 def add_usage_routes(app: web.Application, catalog: Catalog) -> None:
     app[METRICS] = dict(catalog.policy_data().get("metrics", {}))
     app.router.add_post("/v1/usage/batch", ingest_batch)
+    app.router.add_get("/v1/usage/events", get_events)  # before /v1/usage/{tenant}, which it would match
     app.router.add_get("/v1/usage/events/{transaction_id}", get_event)
     app.router.add_get("/v1/usage/{tenant}", get_tenant_usage)

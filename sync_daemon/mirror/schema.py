@@ -155,3 +155,9 @@ def m004_usage_event_documents(db: sqlite_utils.Database) -> None:
             PRIMARY KEY (sink, seq)
         ) WITHOUT ROWID"""
     )
+
+
+@MIGRATIONS()
+def m005_usage_events_by_tenant(db: sqlite_utils.Database) -> None:
+    # GET /v1/usage/events?tenant=...: one tenant's events in ingest order.
+    db.execute(f"CREATE INDEX usage_events_by_tenant_seq ON {USAGE_EVENTS} (tenant, seq)")

@@ -16,6 +16,8 @@ from typing import Any
 
 from sync_daemon.mirror.schema import ACCOUNTS, CHANGES, USAGE, USAGE_EVENTS, USAGE_PERIODS
 from sync_daemon.mirror.store import MirrorTxn
+from sync_daemon.usage_query import EventQuery
+from sync_daemon.usage_query import stored_time as _iso
 from tiergate.models import Account
 from tiergate.periods import parse_rfc3339, rfc3339
 from tiergate.usage_events import ValidEvent, aggregate, event_period
@@ -222,8 +224,22 @@ def find_event(conn: sqlite3.Connection, transaction_id: str, tenant: str | None
     return stored_event(row) if row is not None else None
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+def list_events(conn: sqlite3.Connection, query: EventQuery) -> tuple[list[dict[str, Any]], int | None]:
+    """One page of stored events in ingest order, and the seq to continue after (None: the last page)."""
+    sql = f"SELECT {EVENT_COLUMNS} FROM {USAGE_EVENTS} WHERE seq > ?"
+    params: list[str | int] = [query.after_seq]
+    for clause, value in (
+        ("tenant = ?", query.tenant),
+        ("code = ?", query.code),
+        ("timestamp >= ?", query.occurred_from),
+        ("timestamp < ?", query.occurred_to),
+    ):
+        if value is not None:
+            sql += f" AND {clause}"
+            params.append(value)
+    rows = conn.execute(sql + " ORDER BY seq LIMIT ?", [*params, query.limit + 1]).fetchall()
+    page = [stored_event(row) for row in rows[: query.limit]]
+    return page, (page[-1]["seq"] if len(rows) > query.limit else None)
 
 
 def _time(text: str) -> datetime:
