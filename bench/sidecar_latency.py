@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -473,6 +474,7 @@ async def in_process(
     from sidecar.policy.engine import DECISION_PATH
     from sidecar.settings import SidecarSettings
     from sidecar.state import DECISIONS, POLICIES, READER, ROUTES
+    from sidecar.usage.ledger import UsageLedger
     from tiergate.log import configure_logging
     from tiergate.models import CheckRequest
     from tiergate.web import validate
@@ -499,11 +501,11 @@ async def in_process(
             row = rows[candidate]
             for name in features:
                 decision = await service.decide(candidate, name)
-                if decision["allow"] and row is not None and row.current_period_start is not None:
+                if decision.allow and row is not None and row.current_period_start is not None:
                     paid = paid or (candidate, name)
-                elif decision["allow"] and row is not None:
+                elif decision.allow and row is not None:
                     periodless = periodless or (candidate, name)
-                elif not decision["allow"]:
+                elif not decision.allow:
                     denied = denied or (candidate, name)
             if paid and periodless and denied:
                 break
@@ -514,6 +516,7 @@ async def in_process(
             engine,
             SidecarMetrics(replica_age=lambda: 0.0),
             cache=DecisionCache(0, 0.0),
+            ledger=UsageLedger(),
             log_sample=settings.decision_log_sample,
             log_denies=settings.decision_log_denies,
         )
@@ -596,17 +599,17 @@ async def in_process(
             "period_for (in-period row)": time_sync(lambda: period_for(row, when, now_text), n),
             "cache get (hit path)": time_sync(lambda: service.cache.get(tenant, feature, 1, now, False), n),
             "metrics (hit counter, decision counter, histogram)": time_sync(count_metrics, n),
-            "decision dict + lineage": time_sync(
-                lambda: {
-                    **decision,
-                    "tenant": tenant,
-                    "feature": feature,
-                    "quantity": 1,
-                    "decision_id": f"abcd-{n}",
-                    "policy_revision": revision,
-                    "data_as_of": rfc3339(reader.meta.data_as_of),
-                    "stale": False,
-                },
+            "Decision + lineage": time_sync(
+                lambda: dataclasses.replace(
+                    decision,
+                    tenant=tenant,
+                    feature=feature,
+                    quantity=1,
+                    decision_id=f"abcd-{n}",
+                    policy_revision=revision,
+                    data_as_of=rfc3339(reader.meta.data_as_of),
+                    stale=False,
+                ),
                 n,
             ),
             "orjson.dumps(decision)": time_sync(lambda: orjson.dumps(decision), n),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import os
 from collections.abc import AsyncIterator
@@ -20,6 +22,7 @@ from sidecar.replica.follower import LONG_POLL_S, Follower
 from sidecar.replica.store import ReplicaReader
 from sidecar.settings import SidecarSettings
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS, Policies
+from sidecar.usage.ledger import UsageLedger
 from tiergate.web import error_middleware
 
 log = structlog.get_logger("tiergate.sidecar")
@@ -50,9 +53,14 @@ async def _freeze_startup_objects(app: web.Application) -> None:
 
 
 async def _replica_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The reader, and the one task that looks for other processes' commits (an import)."""
     reader = ReplicaReader(app[SETTINGS].replica_path)
     app[READER] = reader
+    watch = asyncio.create_task(reader.watch(), name="replica-watch")
     yield
+    watch.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watch
     reader.close()
 
 
@@ -68,6 +76,7 @@ async def _follower_ctx(app: web.Application) -> AsyncIterator[None]:
         backoff_max_s=settings.follower_backoff_max_s,
         busy_timeout_s=settings.replica_busy_timeout_s,
     )
+    follower.on_applied = app[READER].applied  # the follower announces its batches through the reader
     app[FOLLOWER] = follower
     await follower.start()
     yield
@@ -94,6 +103,7 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
             engine,
             metrics,
             cache=DecisionCache(settings.decision_cache_size, settings.decision_cache_ttl_s),
+            ledger=UsageLedger(),
             log_sample=settings.decision_log_sample,
             log_denies=settings.decision_log_denies,
             staleness_budget_s=settings.staleness_budget_s if settings.daemon_url else None,
@@ -108,7 +118,6 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
         app[METRICS] = metrics
         app[DECISIONS] = decisions
         if FOLLOWER in app:
-            app[FOLLOWER].on_applied = decisions.replica_changed
             metrics.watch_follower(app[FOLLOWER].status)
         app[ROUTES] = RouteResolver(engine)
         app[POLICIES] = Policies(engine, reloader)

@@ -24,10 +24,7 @@ class Policies:
 
     def features(self) -> set[str]:
         bundle = self.reloader.bundle
-        if bundle is None:
-            return set()
-        tiers: dict[str, Any] = bundle.plans.get("tiers", {})
-        return {name for tier in tiers.values() for name in tier.get("features", {})}
+        return set() if bundle is None else bundle.catalog.features
 
     def status(self) -> dict[str, Any]:
         return self.reloader.status()

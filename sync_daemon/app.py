@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -18,15 +19,15 @@ from sync_daemon.mirror.feed import feed_changes, feed_snapshot
 from sync_daemon.mirror.store import Mirror
 from sync_daemon.ops import add_ops_routes
 from sync_daemon.settings import DaemonSettings
-from sync_daemon.state import APPLIER, BILLING, METRICS, MIRROR, RECONCILER, SETTINGS
+from sync_daemon.state import APPLIER, BILLING, CATALOG, METRICS, MIRROR, RECONCILER, SETTINGS
 from sync_daemon.stripe_sync.apply import EventApplier
-from sync_daemon.stripe_sync.reconcile import Reconciler
+from sync_daemon.stripe_sync.reconcile import Reconciler, ReconcileSummary
 from sync_daemon.stripe_sync.source import BillingSource
 from sync_daemon.stripe_sync.stripe_source import StripeBilling
 from sync_daemon.stripe_sync.translate import Translator
 from sync_daemon.stripe_sync.webhook import receive_stripe_event
 from sync_daemon.usage import add_usage_routes
-from tiergate.catalog import load_catalog
+from tiergate.catalog import Catalog, load_catalog
 from tiergate.web import error_middleware
 
 log = structlog.get_logger("tiergate.daemon")
@@ -55,10 +56,10 @@ def make_billing(settings: DaemonSettings) -> StripeBilling:
 
 @contextlib.asynccontextmanager
 async def open_services(
-    settings: DaemonSettings, billing: BillingSource | None = None
+    settings: DaemonSettings, billing: BillingSource | None = None, catalog: Catalog | None = None
 ) -> AsyncIterator[Services]:
     """Everything but HTTP: shared by the server and `tiergate sync --full`."""
-    translator = Translator(load_catalog(settings.plans), settings.tenant_metadata_key)
+    translator = Translator(catalog or load_catalog(settings.plans), settings.tenant_metadata_key)
     mirror = Mirror(settings.mirror_path)
     await mirror.open()
     source = billing or make_billing(settings)
@@ -79,6 +80,7 @@ def create_app(
     catalog = load_catalog(settings.plans)  # a bad catalog fails here, before the server binds
     app = web.Application(middlewares=[error_middleware("daemon")], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
+    app[CATALOG] = catalog
     app.cleanup_ctx.append(_services_ctx(billing))
     app.cleanup_ctx.append(_scheduler_ctx)
     app.cleanup_ctx.append(billing_actions_ctx(actions))
@@ -93,7 +95,7 @@ def create_app(
 
 def _services_ctx(billing: BillingSource | None) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        async with open_services(app[SETTINGS], billing) as services:
+        async with open_services(app[SETTINGS], billing, app[CATALOG]) as services:
             app[MIRROR] = services.mirror
             app[BILLING] = services.billing
             app[METRICS] = services.metrics
@@ -132,6 +134,18 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     scheduler.start()
     yield
     scheduler.shutdown(wait=False)
+
+
+def run_full_sync(
+    settings: DaemonSettings, *, progress: Callable[[int], None] | None = None
+) -> ReconcileSummary:
+    """One reconciliation, for `tiergate sync --full` (blocking; opens and closes its own resources)."""
+
+    async def once() -> ReconcileSummary:
+        async with open_services(settings) as services:
+            return await services.reconciler.run(progress)
+
+    return asyncio.run(once())
 
 
 def run(settings: DaemonSettings) -> None:

@@ -10,8 +10,10 @@ from sync_daemon.settings import DaemonSettings
 from sync_daemon.stripe_sync.apply import EventApplier
 from sync_daemon.stripe_sync.reconcile import Reconciler
 from sync_daemon.stripe_sync.source import BillingSource
+from tiergate.catalog import Catalog
 
 SETTINGS = web.AppKey("settings", DaemonSettings)
+CATALOG = web.AppKey("catalog", Catalog)  # loaded once, before the server binds
 MIRROR = web.AppKey("mirror", Mirror)
 BILLING = web.AppKey("billing", BillingSource)
 APPLIER = web.AppKey("applier", EventApplier)

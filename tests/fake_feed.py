@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+
+from tiergate.periods import utc_now_text
 
 TOKEN = "feed-token-for-tests"
 
@@ -67,7 +68,7 @@ class FakeFeed:
 
     async def snapshot(self, request: web.Request) -> web.StreamResponse:
         self.snapshots_served += 1
-        lines = [{"type": "snapshot", "seq": self.seq, "data_as_of": _now()}]
+        lines = [{"type": "snapshot", "seq": self.seq, "data_as_of": utc_now_text()}]
         lines += [{"type": "account", "account": a} for a in self.accounts.values()]
         lines.append({"type": "end", "accounts": len(self.accounts), "usage": 0})
         return web.Response(
@@ -85,11 +86,9 @@ class FakeFeed:
             return web.json_response({"error": {"code": "feed_gap"}}, status=410)
         self.changes_served += 1
         pending = self._pending(since)
-        return web.json_response({"changes": pending, "last_seq": max(since, self.seq), "data_as_of": _now()})
+        return web.json_response(
+            {"changes": pending, "last_seq": max(since, self.seq), "data_as_of": utc_now_text()}
+        )
 
     def _pending(self, since: int) -> list[dict[str, Any]]:
         return [c for c in self.log if c["seq"] > since]
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

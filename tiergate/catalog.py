@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -173,10 +172,6 @@ def load_catalog(path: Path) -> Catalog:
         message = f"cannot read catalog {path}: {exc.strerror}"
         raise CatalogError(message, [("", message)]) from exc
     return parse_catalog(text, str(path))
-
-
-def catalog_digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:

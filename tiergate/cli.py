@@ -256,7 +256,7 @@ def _serve(run: Callable[[], None], *, json: bool, level: str) -> None:
 )
 def sync_command(full: bool) -> None:
     """Reconcile the mirror with Stripe once, with a progress bar and a summary."""
-    from sync_daemon.stripe_sync.reconcile import run_full_sync
+    from sync_daemon.app import run_full_sync
     from tiergate.log import configure_logging
 
     settings = _daemon_settings()

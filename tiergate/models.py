@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
 Status = Literal[
     "trialing",
@@ -17,6 +17,10 @@ Status = Literal[
     "incomplete_expired",
     "paused",
 ]
+
+# A subscription in these states has ended: no billing period of its own, the default tier's
+# features (policies/entitlements.rego spells the same set `ended_statuses`).
+ENDED_STATUSES = frozenset({"canceled", "incomplete_expired"})
 
 REASONS = (
     "ok",
@@ -79,8 +83,9 @@ class CheckRequest(BaseModel):
     quantity: Quantity = 1
 
 
-class Decision(BaseModel):
-    """The policy's answer plus the lineage the sidecar adds."""
+@dataclass(frozen=True, slots=True)
+class PolicyAnswer:
+    """What the policy decided, before the sidecar adds lineage; `valid_until` is RFC 3339 `Z`."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -90,14 +95,72 @@ class Decision(BaseModel):
     limit: int | None = None
     used: int = 0
     remaining: int | None = None
-    valid_until: datetime | None = None
+    valid_until: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """The policy's answer plus the lineage the sidecar adds: what every decision route returns,
+    and what the clients parse it back into.
+
+    Times are RFC 3339 strings in UTC with a `Z` (`tiergate.periods.rfc3339`), as rendered.
+    orjson serialises it as it is, fields in this order.
+    """
+
+    allow: bool
+    reason: str
+    tier: str | None
+    limit: int | None = None
+    used: int = 0
+    remaining: int | None = None
+    valid_until: str | None = None
     tenant: str
     feature: str
     quantity: int = 1
     decision_id: str = ""
     policy_revision: str = ""
-    data_as_of: datetime | None = None
+    data_as_of: str | None = None
     stale: bool = False
 
+    @classmethod
+    def from_json(cls, raw: object) -> Decision:
+        """A decision as a sidecar rendered it (extra keys, e.g. `reservation`, are ignored);
+        raises pydantic's ValidationError."""
+        return _DECISION_ADAPTER.validate_python(raw)
+
+    @classmethod
+    def of(
+        cls,
+        answer: PolicyAnswer,
+        *,
+        tenant: str,
+        feature: str,
+        quantity: int,
+        decision_id: str,
+        policy_revision: str,
+        data_as_of: str | None,
+        stale: bool,
+    ) -> Decision:
+        return cls(
+            allow=answer.allow,
+            reason=answer.reason,
+            tier=answer.tier,
+            limit=answer.limit,
+            used=answer.used,
+            remaining=answer.remaining,
+            valid_until=answer.valid_until,
+            tenant=tenant,
+            feature=feature,
+            quantity=quantity,
+            decision_id=decision_id,
+            policy_revision=policy_revision,
+            data_as_of=data_as_of,
+            stale=stale,
+        )
+
     def body(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """The JSON object, as a dict (for responses that add to it)."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+_DECISION_ADAPTER = TypeAdapter(Decision)

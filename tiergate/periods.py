@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from tiergate.models import Account
+from tiergate.models import ENDED_STATUSES, Account
 
-# A subscription in these states no longer has a billing period of its own: the tenant is on the
-# default tier, whose usage resets each calendar month.
-PERIODLESS_STATUSES = frozenset({"canceled", "incomplete_expired"})
+
+def utc_now() -> datetime:
+    """The one clock read of wall time in UTC (tests and benchmarks pass their own clocks instead)."""
+    return datetime.now(UTC)
+
+
+def utc_now_text() -> str:
+    """`utc_now()` rendered as every timestamp the project writes: RFC 3339, seconds, `Z`."""
+    return utc_now().strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def calendar_month(now: datetime) -> tuple[datetime, datetime]:
@@ -24,12 +30,13 @@ def calendar_month(now: datetime) -> tuple[datetime, datetime]:
 def usage_period(account: Account | None, now: datetime) -> tuple[datetime, datetime]:
     """The subscription's current period, or the calendar month on the default tier.
 
-    When the replica still holds a period that has already ended (the renewal has not reached
+    An ended subscription (ENDED_STATUSES) has no period of its own: the tenant is on the
+    default tier, whose usage resets each calendar month. When the replica still holds a period that has already ended (the renewal has not reached
     us yet), the period rolls forward by its own length so counters reset on time.
     """
     if (
         account is None
-        or account.status in PERIODLESS_STATUSES
+        or account.status in ENDED_STATUSES
         or account.current_period_start is None
         or account.current_period_end is None
         or account.current_period_end <= account.current_period_start

@@ -8,8 +8,9 @@ path to the authz path prefix and keeps the original method.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 from urllib.parse import urlsplit
+
+from tiergate.models import Decision
 
 AUTHZ_PREFIX = "/v1/authz"
 
@@ -24,21 +25,19 @@ def original_request(headers: Mapping[str, str], method: str, path: str) -> tupl
     return method.upper(), tail or "/"
 
 
-def authz_answer(
-    decisions: Sequence[Mapping[str, Any]], retry_after_s: int | None
-) -> tuple[int, dict[str, str]]:
+def authz_answer(decisions: Sequence[Decision], retry_after_s: int | None) -> tuple[int, dict[str, str]]:
     """Status and headers for the proxy: the first deny decides; 429 only for an exhausted quota."""
     for decision in decisions:
-        if not decision["allow"]:
-            if decision["reason"] == "limit_exceeded":
+        if not decision.allow:
+            if decision.reason == "limit_exceeded":
                 retry = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else {}
                 return 429, retry
             return 403, {}
     headers: dict[str, str] = {}
     if decisions:
-        headers["X-Tiergate-Tier"] = str(decisions[0]["tier"])
-        metered = [d for d in decisions if d["limit"] is not None]
-        remaining = min(d["remaining"] for d in metered) if metered else None
+        headers["X-Tiergate-Tier"] = str(decisions[0].tier)
+        metered = [d.remaining for d in decisions if d.limit is not None]
+        remaining = min((r for r in metered if r is not None), default=None) if metered else None
         headers["X-Tiergate-Remaining"] = "unlimited" if remaining is None else str(remaining)
-        headers["X-Tiergate-Decision-Id"] = ",".join(str(d["decision_id"]) for d in decisions)
+        headers["X-Tiergate-Decision-Id"] = ",".join(d.decision_id for d in decisions)
     return 200, headers

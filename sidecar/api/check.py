@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,8 @@ from sidecar.replica.follower import FollowerStatus
 from sidecar.replica.store import AccountRow
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS
 from tiergate.errors import BadRequestError, TierError
-from tiergate.models import CheckRequest
-from tiergate.periods import parse_rfc3339, seconds_until
+from tiergate.models import CheckRequest, Decision
+from tiergate.periods import parse_rfc3339, rfc3339, seconds_until, utc_now
 from tiergate.web import error_body, json_response, read_json_object, validate
 
 
@@ -70,17 +69,14 @@ async def entitlements(request: web.Request) -> web.Response:
     return json_response(
         {
             "tenant": tenant,
-            "tier": first["tier"] if first else None,
+            "tier": first.tier if first else None,
             "account": row.to_account().model_dump(mode="json", exclude={"version"}) if row else None,
             # A downgrade scheduled at the period end: the UI can say "Starter from <date>".
             "pending_change": _pending_change(row),
-            "features": {
-                name: {k: d[k] for k in ("allow", "reason", "limit", "used", "remaining", "valid_until")}
-                for name, d in decisions.items()
-            },
-            "policy_revision": first["policy_revision"] if first else None,
-            "data_as_of": first["data_as_of"] if first else None,
-            "stale": first["stale"] if first else False,
+            "features": {name: _feature_entry(d) for name, d in decisions.items()},
+            "policy_revision": first.policy_revision if first else None,
+            "data_as_of": first.data_as_of if first else None,
+            "stale": first.stale if first else False,
         }
     )
 
@@ -103,21 +99,32 @@ async def authz(request: web.Request) -> web.Response:
         return web.Response(status=200)
     decide = request.app[DECISIONS].decide
     decisions = [await decide(tenant, route["feature"], 1)] if route.get("feature") else []
-    if route.get("usage") and all(d["allow"] for d in decisions):
+    if route.get("usage") and all(d.allow for d in decisions):
         decisions.append(await _consume(request, tenant, route["usage"]))
-    denied = next((d for d in decisions if not d["allow"]), None)
-    retry = seconds_until(parse_rfc3339(denied["valid_until"]), datetime.now(UTC)) if denied else None
+    denied = next((d for d in decisions if not d.allow), None)
+    retry = seconds_until(parse_rfc3339(denied.valid_until), utc_now()) if denied else None
     status, headers = authz_answer(decisions, retry)
     if denied is None:
         return web.Response(status=status, headers=headers)
     body = {
         "allow": False,
-        "reason": denied["reason"],
+        "reason": denied.reason,
         "method": method,
         "path": path,
         "decision": denied,
     }
     return json_response(body, status, headers)
+
+
+def _feature_entry(decision: Decision) -> dict[str, Any]:
+    return {
+        "allow": decision.allow,
+        "reason": decision.reason,
+        "limit": decision.limit,
+        "used": decision.used,
+        "remaining": decision.remaining,
+        "valid_until": decision.valid_until,
+    }
 
 
 def _pending_change(row: AccountRow | None) -> dict[str, Any] | None:
@@ -126,7 +133,7 @@ def _pending_change(row: AccountRow | None) -> dict[str, Any] | None:
     return {"tier": row.pending_tier, "interval": row.pending_interval, "at": row.pending_at}
 
 
-async def _consume(request: web.Request, tenant: str, metric: str) -> dict[str, Any]:
+async def _consume(request: web.Request, tenant: str, metric: str) -> Decision:
     """The route's usage: checked and, when allowed, recorded in one step (a reserve), so the
     ingress enforces a metered quota by itself. A proxy's retry with the same X-Request-Id is
     counted once."""
@@ -134,7 +141,8 @@ async def _consume(request: web.Request, tenant: str, metric: str) -> dict[str, 
         return await request.app[DECISIONS].decide(tenant, metric, 1)
     request_id = request.headers.get("X-Request-Id") or None
     transaction_id = f"authz:{request_id}" if request_id else None
-    return await request.app[RECORDER].reserve(tenant, metric, 1, transaction_id)
+    decision, _ = await request.app[RECORDER].reserve(tenant, metric, 1, transaction_id)
+    return decision
 
 
 def _denial(reason: str, message: str, method: str, path: str) -> dict[str, Any]:
@@ -156,7 +164,6 @@ async def readyz(request: web.Request) -> web.Response:
         failing["policy"] = policy.get("last_error") or "no policy loaded"
     try:
         reader = request.app[READER]
-        reader.refresh()
         if FOLLOWER in request.app and reader.meta.data_as_of is None:
             failing["replica"] = "waiting for the first snapshot from the sync daemon"
         else:
@@ -193,13 +200,12 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     reader = request.app[READER]
-    reader.refresh()
     decisions = request.app[DECISIONS]
     return json_response(
         {
             "replica": {
                 "path": str(reader.path),
-                "data_as_of": reader.meta.data_as_of.isoformat() if reader.meta.data_as_of else None,
+                "data_as_of": rfc3339(reader.meta.data_as_of),
                 "age_seconds": decisions.replica_age(),
                 "position": reader.meta.position,
                 "source": reader.meta.source,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,12 +11,12 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from sidecar.policy.engine import PolicyBundle
 from sidecar.settings import SidecarSettings
 from sidecar.state import DECISIONS, METRICS, POLICIES, READER, SETTINGS
 from sidecar.usage.delivery import Delivery
-from sidecar.usage.ledger import PendingUsage
 from sidecar.usage.outbox import Outbox
-from sidecar.usage.recorder import UsageRecorder
+from sidecar.usage.recorder import UsageRecorder, reserved_body
 from tiergate.errors import BadRequestError, EngineUnavailableError
 from tiergate.models import FeatureName, Quantity, TenantId
 from tiergate.usage_events import MAX_EVENTS
@@ -71,8 +71,10 @@ async def check_and_reserve(request: web.Request, body: dict[str, Any]) -> web.R
     if not check.reserve:
         return json_response(await request.app[DECISIONS].decide(check.tenant, check.feature, check.quantity))
     recorder = request.app[RECORDER]
-    decision = await recorder.reserve(check.tenant, check.feature, check.quantity, check.transaction_id)
-    return json_response(decision)
+    decision, reservation = await recorder.reserve(
+        check.tenant, check.feature, check.quantity, check.transaction_id
+    )
+    return json_response(reserved_body(decision, reservation))
 
 
 def usage_status(app: web.Application) -> dict[str, Any] | None:
@@ -84,7 +86,7 @@ def usage_status(app: web.Application) -> dict[str, Any] | None:
         "backlog": outbox.backlog,
         "oldest_undelivered_age_s": round(outbox.oldest_age(), 3),
         "quarantined": outbox.quarantined,
-        "pending": app[RECORDER].pending.stats(),
+        "pending": app[RECORDER].ledger.stats(),
         "delivery": app[DELIVERY].status.as_dict() if DELIVERY in app else None,
     }
 
@@ -122,23 +124,21 @@ def outbox_path(settings: SidecarSettings) -> Path:
 
 
 async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
-    """After the engine context: the outbox, the pending totals in decisions, and delivery."""
+    """After the engine context: the outbox (feeding the decisions' usage ledger), and delivery."""
     settings, decisions, reader = app[SETTINGS], app[DECISIONS], app[READER]
-    pending = PendingUsage(on_change=decisions.cache.invalidate)
-    outbox = Outbox(outbox_path(settings), pending, time.time, sync=settings.outbox_sync)
-    reader.refresh()
+    ledger = decisions.ledger
+    outbox = Outbox(outbox_path(settings), ledger, time.time, sync=settings.outbox_sync)
     await outbox.open(reader.meta.position)
-    decisions.pending = pending
     app[METRICS].watch_outbox(outbox)
     app[OUTBOX] = outbox
-    app[RECORDER] = UsageRecorder(outbox, pending, decisions, reader, lambda: _metrics(app))
+    app[RECORDER] = UsageRecorder(outbox, ledger, decisions, reader, lambda: _bundle(app))
     if settings.daemon_url is not None:
         delivery = Delivery(
             outbox,
-            pending,
+            ledger,
             daemon_url=str(settings.daemon_url),
             token=settings.feed_token.get_secret_value() if settings.feed_token else None,
-            position=lambda: _position(app),
+            position=lambda: reader.meta.position,
             batch_size=settings.delivery_batch_size,
             max_bytes=settings.delivery_max_bytes,
             linger_s=settings.delivery_linger_s,
@@ -155,18 +155,11 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
         await outbox.close()
 
 
-def _position(app: web.Application) -> int | None:
-    reader = app[READER]
-    reader.refresh()
-    return reader.meta.position
-
-
-def _metrics(app: web.Application) -> Mapping[str, Any]:
+def _bundle(app: web.Application) -> PolicyBundle:
     bundle = app[POLICIES].reloader.bundle
     if bundle is None:
         raise EngineUnavailableError("no catalog loaded yet: usage codes cannot be checked")
-    metrics: Mapping[str, Any] = bundle.plans.get("metrics", {})
-    return metrics
+    return bundle
 
 
 def add_usage_routes(app: web.Application) -> None:

@@ -10,15 +10,15 @@ own "this may change by time alone" instant: period end, trial end, grace end) a
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-Answer = dict[str, Any]
+from tiergate.models import PolicyAnswer
 
 
 class _Entry(NamedTuple):
     expires: float
     stale: bool
-    answer: Answer
+    answer: PolicyAnswer
 
 
 class DecisionCache:
@@ -31,7 +31,7 @@ class DecisionCache:
         # is not stored, since it may predate the change.
         self.epoch = 0
 
-    def get(self, tenant: str, feature: str, quantity: int, now: float, stale: bool) -> Answer | None:
+    def get(self, tenant: str, feature: str, quantity: int, now: float, stale: bool) -> PolicyAnswer | None:
         entries = self._tenants.get(tenant)
         if entries is None:
             return None
@@ -49,7 +49,7 @@ class DecisionCache:
         tenant: str,
         feature: str,
         quantity: int,
-        answer: Answer,
+        answer: PolicyAnswer,
         *,
         now: float,
         valid_until: float | None,

@@ -8,15 +8,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sidecar.replica.store import AccountRow
-from tiergate.models import REASONS
-from tiergate.periods import PERIODLESS_STATUSES, calendar_month, rfc3339, usage_period
+from tiergate.models import ENDED_STATUSES, PolicyAnswer
+from tiergate.periods import calendar_month, rfc3339, usage_period
 
 
 def period_for(row: AccountRow | None, now: datetime, now_text: str) -> tuple[str, str]:
     """The usage period as RFC 3339 strings; the common cases need no parsing at all."""
     if (
         row is None
-        or row.status in PERIODLESS_STATUSES
+        or row.status in ENDED_STATUSES
         or row.current_period_start is None
         or row.current_period_end is None
     ):
@@ -78,7 +78,7 @@ class PolicyAnswerError(ValueError):
     """The policy returned something that is not a decision document."""
 
 
-def parse_answer(answer: object) -> dict[str, Any]:
+def parse_answer(answer: object) -> PolicyAnswer:
     """Check the policy's `decision` document and normalise it; raises PolicyAnswerError."""
     if not isinstance(answer, dict):
         raise PolicyAnswerError(f"decision must be an object, got {type(answer).__name__}")
@@ -91,15 +91,16 @@ def parse_answer(answer: object) -> dict[str, Any]:
     limit = answer.get("limit")
     remaining = answer.get("remaining")
     used = answer.get("used", 0)
-    return {
-        "allow": allow,
-        "reason": reason,
-        "tier": answer.get("tier"),
-        "limit": limit if isinstance(limit, int) else None,
-        "used": used if isinstance(used, int) else 0,
-        "remaining": remaining if isinstance(remaining, int) else None,
-        "valid_until": _time_or_none(answer.get("valid_until")),
-    }
+    tier = answer.get("tier")
+    return PolicyAnswer(
+        allow=allow,
+        reason=reason,
+        tier=tier if isinstance(tier, str) else None,
+        limit=limit if isinstance(limit, int) else None,
+        used=used if isinstance(used, int) else 0,
+        remaining=remaining if isinstance(remaining, int) else None,
+        valid_until=_time_or_none(answer.get("valid_until")),
+    )
 
 
 def _time_or_none(value: object) -> str | None:
@@ -111,17 +112,9 @@ def _time_or_none(value: object) -> str | None:
         return None
 
 
-def policy_error_decision(tier: str | None) -> dict[str, Any]:
+def policy_error_decision(tier: str | None) -> PolicyAnswer:
     """What callers get when the policy cannot answer: a deny, never an error."""
-    return {
-        "allow": False,
-        "reason": "policy_error",
-        "tier": tier,
-        "limit": None,
-        "used": 0,
-        "remaining": None,
-        "valid_until": None,
-    }
+    return PolicyAnswer(allow=False, reason="policy_error", tier=tier)
 
 
 def expiry_epoch(valid_until: str | None) -> float | None:
@@ -129,6 +122,3 @@ def expiry_epoch(valid_until: str | None) -> float | None:
         return None
     moment = datetime.fromisoformat(valid_until)
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-
-KNOWN_REASONS = frozenset(REASONS)

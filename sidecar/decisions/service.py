@@ -1,4 +1,4 @@
-"""The decision service: cache, else replica lookup + pending usage -> policy engine; plus lineage."""
+"""The decision service: cache, else replica lookup + the usage ledger -> policy engine; plus lineage."""
 
 from __future__ import annotations
 
@@ -24,23 +24,22 @@ from sidecar.decisions.policy_io import (
 )
 from sidecar.metrics import SidecarMetrics
 from sidecar.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyEngine
-from sidecar.replica.store import ReplicaReader
-from sidecar.usage.ledger import PendingUsage
+from sidecar.replica.store import ReplicaMeta, ReplicaReader
+from sidecar.usage.ledger import UsageLedger
 from tiergate.errors import PolicyError, TierError
+from tiergate.models import Decision, PolicyAnswer
 from tiergate.periods import rfc3339
 
 log = structlog.get_logger("tiergate.sidecar")
 
-# How often a decision checks for commits by other connections (an import, or the follower's
-# data_as_of). The follower's batches invalidate their tenants at once, without waiting for this.
-REFRESH_EVERY_S = 0.05
-
-# Longest a decision waits for a usage delivery's answer when the replica may already hold it.
-FLIGHT_WAIT_S = 0.5
-
 
 class DecisionService:
-    """Answers (tenant, feature, quantity) from the local replica; never raises for a policy fault."""
+    """Answers (tenant, feature, quantity) from the local replica; never raises for a policy fault.
+
+    Built from a replica reader, an engine and the usage ledger (no aiohttp app needed): it
+    learns of replica changes from the reader and of pending usage from the ledger, and drops
+    the cached answers they affect.
+    """
 
     def __init__(
         self,
@@ -49,6 +48,7 @@ class DecisionService:
         metrics: SidecarMetrics,
         *,
         cache: DecisionCache,
+        ledger: UsageLedger,
         log_sample: float = 0.01,
         log_denies: bool = True,
         staleness_budget_s: float | None = None,
@@ -58,6 +58,7 @@ class DecisionService:
         self.engine = engine
         self.metrics = metrics
         self.cache = cache
+        self.ledger = ledger
         self.log_sample = log_sample
         self.log_denies = log_denies
         self.staleness_budget_s = staleness_budget_s
@@ -66,13 +67,12 @@ class DecisionService:
         self._id_prefix = os.urandom(4).hex()
         self._now_second = -1
         self._now_text = ""
-        self.pending: PendingUsage | None = None  # usage accepted here, not in the replica yet
-        self._generation = -1
+        self._generation = reader.meta.generation
         self._as_of_epoch: float | None = None
         self._as_of_text: str | None = None
-        self._refreshed_at = 0.0
-        self._meta = self.reader.meta
-        self._adopt_meta()
+        self._adopt(reader.meta)
+        reader.subscribe(self._replica_changed)
+        ledger.on_change = cache.invalidate  # pending usage changes its tenant's answers
 
     def replica_age(self, now: float | None = None) -> float | None:
         as_of = self._as_of_epoch
@@ -86,45 +86,29 @@ class DecisionService:
         age = self.replica_age() if age is None else age
         return age is None or age > self.staleness_budget_s
 
-    def refresh(self) -> bool:
-        """Notice commits by other connections (~3 µs); a new generation (an import, a snapshot)
-        replaces every answer. Incremental feed batches invalidate their tenants themselves.
-
-        Other readers of the replica (readiness, status, usage delivery) refresh it too, so what
-        counts is whether the reader holds a meta this service has not adopted yet."""
-        self.reader.refresh()
-        if self.reader.meta is self._meta:
-            return False
-        self._adopt_meta()
-        return True
-
-    def _adopt_meta(self) -> None:
-        meta = self._meta = self.reader.meta
-        if meta.generation != self._generation:
+    def _replica_changed(self, meta: ReplicaMeta, tenants: set[str] | None) -> None:
+        """The reader saw a change: a new generation (an import, a snapshot) or `tenants` None
+        replaces every answer; a feed batch drops its tenants' answers."""
+        if tenants is None or meta.generation != self._generation:
             self._generation = meta.generation
-            self.cache.clear()
-        self._as_of_epoch = meta.data_as_of.timestamp() if meta.data_as_of else None
-        self._as_of_text = rfc3339(meta.data_as_of)
-
-    def replica_changed(self, tenants: set[str] | None) -> None:
-        """The follower applied a batch touching `tenants` (None: everything, e.g. a snapshot)."""
-        if tenants is None:
             self.cache.clear()
         else:
             for tenant in tenants:
                 self.cache.invalidate(tenant)
+        self._adopt(meta)
 
-    async def decide(self, tenant: str, feature: str, quantity: int = 1) -> dict[str, Any]:
+    def _adopt(self, meta: ReplicaMeta) -> None:
+        self._as_of_epoch = meta.data_as_of.timestamp() if meta.data_as_of else None
+        self._as_of_text = rfc3339(meta.data_as_of)
+
+    async def decide(self, tenant: str, feature: str, quantity: int = 1) -> Decision:
         started = time.perf_counter()
         now = self.clock()
-        if now - self._refreshed_at >= REFRESH_EVERY_S:
-            self._refreshed_at = now
-            self.refresh()
         age = self.replica_age(now)
         stale = self.is_stale(age)
         # Pending usage invalidates its tenant when it changes (read-your-writes); while a delivery
         # of the tenant's usage awaits its answer, the overlay may have to wait: decide fresh.
-        cacheable = self.pending is None or not self.pending.in_flight(tenant)
+        cacheable = not self.ledger.in_flight(tenant)
         answer = self.cache.get(tenant, feature, quantity, now, stale) if cacheable else None
         if answer is not None:
             self.metrics.cache_hit.inc()
@@ -132,51 +116,40 @@ class DecisionService:
             self.metrics.cache_miss.inc()
             epoch = self.cache.epoch
             answer = await self._decide_fresh(tenant, feature, quantity, now, age)
-            if cacheable and answer["reason"] != "policy_error":
-                valid_until = expiry_epoch(answer["valid_until"])
+            if cacheable and answer.reason != "policy_error":
                 self.cache.put(
                     tenant,
                     feature,
                     quantity,
                     answer,
                     now=now,
-                    valid_until=valid_until,
+                    valid_until=expiry_epoch(answer.valid_until),
                     stale=stale,
                     epoch=epoch,
                 )
-        decision = {
-            **answer,
-            "tenant": tenant,
-            "feature": feature,
-            "quantity": quantity,
-            "decision_id": f"{self._id_prefix}-{next(self._ids)}",
-            "policy_revision": self.engine.revision or "",
-            "data_as_of": self._as_of_text,
-            "stale": stale,
-        }
-        self.metrics.count_decision(decision["reason"], decision["allow"])
+        decision = Decision.of(
+            answer,
+            tenant=tenant,
+            feature=feature,
+            quantity=quantity,
+            decision_id=f"{self._id_prefix}-{next(self._ids)}",
+            policy_revision=self.engine.revision or "",
+            data_as_of=self._as_of_text,
+            stale=stale,
+        )
+        self.metrics.count_decision(decision.reason, decision.allow)
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         self._log(decision)
         return decision
 
     async def _decide_fresh(
         self, tenant: str, feature: str, quantity: int, now: float, age: float | None
-    ) -> dict[str, Any]:
-        """Replica lookups plus pending usage, then the policy."""
+    ) -> PolicyAnswer:
+        """Replica lookups plus pending usage (the ledger's read), then the policy."""
         now_text = self._now_rfc3339(now)
         row = self.reader.account(tenant)
         period = period_for(row, datetime.fromtimestamp(now, UTC), now_text)
-        usage = self.reader.usage(tenant, period[0])
-        if self.pending is not None:
-            while self.refresh():  # a commit landed after the first read: position and usage must agree
-                usage = self.reader.usage(tenant, period[0])
-            if self.pending.ambiguous(tenant, period[0], self.reader.meta.position):
-                await self.pending.flight_answered(FLIGHT_WAIT_S)  # else over-count, never under
-                self.refresh()
-                usage = self.reader.usage(tenant, period[0])
-                while self.refresh():
-                    usage = self.reader.usage(tenant, period[0])
-            usage = self.pending.overlay(tenant, period[0], usage, self.reader.meta.position)
+        usage = await self.ledger.usage(self.reader, tenant, period[0])
         document = build_input(
             tenant=tenant,
             feature=feature,
@@ -189,7 +162,7 @@ class DecisionService:
         )
         return await self._evaluate(document, row.tier if row else None)
 
-    async def _evaluate(self, document: dict[str, Any], tier: str | None) -> dict[str, Any]:
+    async def _evaluate(self, document: dict[str, Any], tier: str | None) -> PolicyAnswer:
         try:
             return parse_answer(await self.engine.evaluate(DECISION_PATH, document))
         except (TierError, PolicyAnswerError) as exc:
@@ -205,23 +178,23 @@ class DecisionService:
             self._now_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return self._now_text
 
-    def _log(self, decision: dict[str, Any]) -> None:
-        if not (decision["allow"] is False and self.log_denies) and (
+    def _log(self, decision: Decision) -> None:
+        if not (decision.allow is False and self.log_denies) and (
             self.log_sample <= 0 or random.random() >= self.log_sample
         ):
             return
         log.info(
             "decision",
-            decision_id=decision["decision_id"],
-            tenant=decision["tenant"],
-            feature=decision["feature"],
-            quantity=decision["quantity"],
-            allow=decision["allow"],
-            reason=decision["reason"],
-            tier=decision["tier"],
-            policy_revision=decision["policy_revision"],
-            data_as_of=decision["data_as_of"],
-            stale=decision["stale"],
+            decision_id=decision.decision_id,
+            tenant=decision.tenant,
+            feature=decision.feature,
+            quantity=decision.quantity,
+            allow=decision.allow,
+            reason=decision.reason,
+            tier=decision.tier,
+            policy_revision=decision.policy_revision,
+            data_as_of=decision.data_as_of,
+            stale=decision.stale,
         )
 
 

@@ -28,7 +28,7 @@ def load_bundle(policies_dir: Path, plans_path: Path) -> PolicyBundle:
     catalog = parse_catalog(catalog_text, str(plans_path))
     return PolicyBundle(
         modules=modules,
-        plans=catalog.policy_data(),
+        catalog=catalog,
         revision=bundle_revision(modules, catalog_text),
         sources=(*(str(path) for _, path in files), str(plans_path)),
     )

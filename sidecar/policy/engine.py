@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from tiergate.catalog import Catalog
 
 DECISION_PATH = "data.tiergate.entitlements.decision"
 ROUTE_PATH = "data.tiergate.ingress.route"
@@ -12,12 +15,17 @@ ROUTE_PATH = "data.tiergate.ingress.route"
 
 @dataclass(frozen=True)
 class PolicyBundle:
-    """Everything an engine needs: Rego modules (file name -> source) and `data.plans`."""
+    """Everything an engine needs: Rego modules (file name -> source) and the catalog (`data.plans`)."""
 
     modules: Mapping[str, str]
-    plans: Mapping[str, Any]
+    catalog: Catalog
     revision: str
     sources: tuple[str, ...] = field(default_factory=tuple)
+
+    @functools.cached_property
+    def plans(self) -> Mapping[str, Any]:
+        """The catalog as the policies see it under `data.plans`."""
+        return self.catalog.policy_data()
 
 
 class PolicyEngine(Protocol):

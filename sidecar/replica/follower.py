@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import structlog
 
 from sidecar.replica.store import ReplicaWriter, open_replica, read_meta
 from tiergate.feed import FeedAccount, FeedChange, FeedUsage
+from tiergate.periods import utc_now_text
 
 log = structlog.get_logger("tiergate.follower")
 
@@ -157,7 +158,7 @@ class Follower:
             if self.on_applied is not None:
                 self.on_applied(touched)
             self.status.batches += 1
-            self.status.last_change_at = _now()
+            self.status.last_change_at = utc_now_text()
         else:
             await self._on_writer(lambda: writer.mark_current(as_of))
         self.status.position = max(last_seq, self.status.position or 0)
@@ -179,7 +180,7 @@ class Follower:
             self.on_applied(None)
         self.status.position = header["seq"]
         self.status.snapshots += 1
-        self.status.last_change_at = _now()
+        self.status.last_change_at = utc_now_text()
         log.info("replica_snapshot_loaded", position=header["seq"], accounts=header["accounts"])
         self._connected()
 
@@ -187,7 +188,7 @@ class Follower:
 
     def _contact(self) -> None:
         self.last_contact = time.monotonic()
-        self.status.last_contact_at = _now()
+        self.status.last_contact_at = utc_now_text()
 
     def _connected(self) -> None:
         if not self.status.connected:
@@ -207,7 +208,7 @@ class Follower:
         self.status.consecutive_failures += 1
         self.status.failures[kind] += 1
         self.status.last_error = f"{type(exc).__name__}: {exc}"
-        self.status.last_error_at = _now()
+        self.status.last_error_at = utc_now_text()
         event = "daemon_unreachable" if kind == "daemon" else "replica_write_failed"
         log.warning(
             event,
@@ -304,7 +305,3 @@ def _last_line(path: Path) -> dict[str, Any]:
     except ValueError:
         return {}
     return record
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

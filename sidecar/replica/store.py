@@ -7,9 +7,10 @@ each in one transaction, so a reader never sees a half-applied change.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -287,8 +288,21 @@ def read_meta(conn: sqlite3.Connection) -> ReplicaMeta:
     )
 
 
+# Told of every change this process sees: the new meta, and the tenants whose rows changed
+# (None: any of them, e.g. a snapshot or an import; an empty set: only the meta).
+ReplicaListener = Callable[[ReplicaMeta, "set[str] | None"], None]
+
+# How often `watch` looks for commits by other processes (`tiergate replica import`).
+WATCH_EVERY_S = 0.05
+
+
 class ReplicaReader:
-    """Point lookups for the decision hot path, on one connection owned by the event loop thread."""
+    """Point lookups for the decision hot path, on one connection owned by the event loop thread.
+
+    The reader is the one owner of what this process knows of the replica's state (`meta`):
+    whoever notices a commit (the follower announcing its batch, `watch` polling for other
+    writers), every subscriber learns of it through `subscribe`'s callback, once.
+    """
 
     def __init__(self, path: Path) -> None:
         open_replica(path).close()  # create and migrate once, then read through a plain connection
@@ -298,8 +312,12 @@ class ReplicaReader:
         )
         self._conn.execute("PRAGMA query_only=ON")
         self._data_version = -1
+        self._listeners: list[ReplicaListener] = []
         self.meta = ReplicaMeta(None, None, 0, None)
         self.refresh()
+
+    def subscribe(self, listener: ReplicaListener) -> None:
+        self._listeners.append(listener)
 
     def refresh(self) -> bool:
         """Re-read the meta row if another connection committed since; True when it did."""
@@ -307,8 +325,25 @@ class ReplicaReader:
         if version == self._data_version:
             return False
         self._data_version = version
-        self.meta = read_meta(self._conn)
+        previous, self.meta = self.meta, read_meta(self._conn)
+        # A new generation (import, snapshot) replaced everything; else the follower names its tenants.
+        self._announce(None if self.meta.generation != previous.generation else set())
         return True
+
+    def applied(self, tenants: set[str] | None) -> None:
+        """The follower committed a batch touching `tenants` (None: a whole snapshot)."""
+        self.refresh()
+        self._announce(tenants)
+
+    async def watch(self, every_s: float = WATCH_EVERY_S) -> None:
+        """Notice other processes' commits (an import) until cancelled."""
+        while True:
+            await asyncio.sleep(every_s)
+            self.refresh()
+
+    def _announce(self, tenants: set[str] | None) -> None:
+        for listener in self._listeners:
+            listener(self.meta, tenants)
 
     def account(self, tenant: str) -> AccountRow | None:
         row = self._conn.execute(_SELECT_ACCOUNTS + " WHERE tenant = ?", (tenant,)).fetchone()

@@ -18,15 +18,15 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
-from sidecar.usage.ledger import PendingUsage
+from sidecar.usage.ledger import UsageLedger
 from sidecar.usage.outbox import Outbox, OutboxRow
+from tiergate.periods import utc_now_text
 
 log = structlog.get_logger("tiergate.delivery")
 
@@ -66,7 +66,7 @@ class Delivery:
     def __init__(
         self,
         outbox: Outbox,
-        pending: PendingUsage,
+        pending: UsageLedger,
         *,
         daemon_url: str,
         token: str | None,
@@ -109,7 +109,7 @@ class Delivery:
             except Exception as exc:
                 log.exception("usage_delivery_crashed")
                 self.status.last_error = f"{type(exc).__name__}: {exc}"
-                self.status.last_error_at = _now()
+                self.status.last_error_at = utc_now_text()
                 await asyncio.sleep(self.backoff_max_s)
 
     async def _deliver(self) -> None:
@@ -144,7 +144,7 @@ class Delivery:
 
     async def _refused(self, rows: Sequence[OutboxRow], error: str) -> None:
         """Split a refused batch; quarantine a refused single event so the rest can go on."""
-        self.status.last_error, self.status.last_error_at = error, _now()
+        self.status.last_error, self.status.last_error_at = error, utc_now_text()
         if len(rows) > 1:
             self._cap = max(1, len(rows) // 2)
             self.status.splits += 1
@@ -227,20 +227,16 @@ class Delivery:
         self.status.rejected += len(rejected)
         self.status.duplicates += duplicates
         self.status.delivered += len(rows) - len(rejected) - duplicates
-        self.status.last_delivery_at = _now()
+        self.status.last_delivery_at = utc_now_text()
         return rejected
 
     def _failed(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         self.status.failures += 1
         self.status.last_error = f"{type(exc).__name__}: {exc}" if exc else "unknown error"
-        self.status.last_error_at = _now()
+        self.status.last_error_at = utc_now_text()
         log.warning("usage_delivery_failed", error=self.status.last_error, backlog=self.outbox.backlog)
 
 
 def _highest(a: int | None, b: int | None) -> int | None:
     return b if a is None else a if b is None else max(a, b)
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -4,8 +4,12 @@ Every event committed to the outbox adds its value here. It stays counted until 
 provably includes it: the daemon's answer to a delivery names the change-log seq S at which the
 event's counter was committed (`confirm`), and once the replica's position reaches S (`settle`)
 the replica's counter holds it, so the pending value is dropped in the same step that the
-authoritative one becomes visible. A decision adds `overlay` to the replica's counters, read at
-one position. See docs/adr/0004-usage-read-your-writes.md for the orderings this covers.
+authoritative one becomes visible. A decision reads its counters through `usage`: the
+replica's, read at one position, plus what the replica does not include yet. See
+docs/adr/0004-usage-read-your-writes.md for the orderings this covers.
+
+The ledger is built first and handed to the decision service, which subscribes to its changes;
+the outbox adds and confirms, delivery opens and closes flights, decisions read.
 """
 
 from __future__ import annotations
@@ -16,15 +20,20 @@ import heapq
 import itertools
 from collections.abc import Callable, Iterable, Mapping
 
+from sidecar.replica.store import ReplicaReader
+
 Key = tuple[str, str, str]  # (tenant, code, period_start)
 
+# Longest a decision waits for a usage delivery's answer when the replica may already hold it.
+FLIGHT_WAIT_S = 0.5
 
-class PendingUsage:
+
+class UsageLedger:
     """In-memory totals per (tenant, period_start) and code; owned by the event-loop thread."""
 
-    def __init__(self, on_change: Callable[[str], None] | None = None) -> None:
+    def __init__(self) -> None:
         # Told of every tenant whose totals change, so answers cached for it are dropped.
-        self.on_change = on_change
+        self.on_change: Callable[[str], None] | None = None
         self._totals: dict[tuple[str, str], dict[str, int]] = {}
         self._periods: dict[str, int] = {}  # tenant -> how many of its (tenant, period) keys hold totals
         # (seq, tie-breaker, deltas): confirmed by the daemon, waiting for the replica to reach seq.
@@ -113,6 +122,16 @@ class PendingUsage:
             dropped += 1
         return dropped
 
+    async def usage(self, replica: ReplicaReader, tenant: str, period_start: str) -> dict[str, int]:
+        """The tenant's counters for the period as a decision must see them: the replica's, read at
+        one position, plus what that position does not include yet (never less than was accepted)."""
+        usage = _consistent_usage(replica, tenant, period_start)
+        if self.ambiguous(tenant, period_start, replica.meta.position):
+            await self.flight_answered(FLIGHT_WAIT_S)  # else over-count, never under
+            replica.refresh()
+            usage = _consistent_usage(replica, tenant, period_start)
+        return self.overlay(tenant, period_start, usage, replica.meta.position)
+
     def overlay(
         self, tenant: str, period_start: str, usage: dict[str, int], position: int | None
     ) -> dict[str, int]:
@@ -132,3 +151,11 @@ class PendingUsage:
 
     def stats(self) -> dict[str, int]:
         return {"counters": sum(len(c) for c in self._totals.values()), "awaiting_feed": len(self._confirmed)}
+
+
+def _consistent_usage(replica: ReplicaReader, tenant: str, period_start: str) -> dict[str, int]:
+    """Counters and position that agree: re-read while a commit lands between the two reads."""
+    usage = replica.usage(tenant, period_start)
+    while replica.refresh():
+        usage = replica.usage(tenant, period_start)
+    return usage

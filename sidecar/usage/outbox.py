@@ -3,7 +3,7 @@
 One SQLite file (`TIERGATE_OUTBOX_PATH`, WAL, `synchronous=FULL`: a 202 promises the event
 survives a crash or power cut) written by one thread. Appends from concurrent requests are
 group-committed: while one transaction is being written and fsynced, the next requests queue up
-and share the following commit. The in-memory read-your-writes totals (`PendingUsage`) are
+and share the following commit. The in-memory read-your-writes totals (`UsageLedger`) are
 updated in the same loop step that learns of the commit, before any caller is answered and
 before delivery can read the rows (it only reads up to `watermark`).
 """
@@ -25,7 +25,7 @@ import sqlite_utils
 import structlog
 
 from sidecar.usage import quarantine
-from sidecar.usage.ledger import Key, PendingUsage
+from sidecar.usage.ledger import Key, UsageLedger
 from tiergate.errors import OutboxError
 from tiergate.usage_events import ValidEvent
 
@@ -91,13 +91,13 @@ class OutboxRow:
 @dataclass
 class _Append:
     entries: Sequence[Entry]
-    reserved: bool  # already counted in PendingUsage by the caller (check-and-reserve)
+    reserved: bool  # already counted in UsageLedger by the caller (check-and-reserve)
     future: asyncio.Future[list[bool]]
 
 
 class Outbox:
     def __init__(
-        self, path: Path, pending: PendingUsage, clock: Callable[[], float], *, sync: str = "full"
+        self, path: Path, pending: UsageLedger, clock: Callable[[], float], *, sync: str = "full"
     ) -> None:
         self.path = path
         self.sync = sync

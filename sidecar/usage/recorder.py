@@ -3,22 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sidecar.decisions.policy_io import period_for
 from sidecar.decisions.service import DecisionService
+from sidecar.policy.engine import PolicyBundle
 from sidecar.replica.store import AccountRow, ReplicaReader
-from sidecar.usage.ledger import PendingUsage
+from sidecar.usage.ledger import UsageLedger
 from sidecar.usage.outbox import Entry, Outbox
+from tiergate.catalog import Metric
 from tiergate.errors import BadRequestError
+from tiergate.models import Decision
 from tiergate.periods import rfc3339
 from tiergate.usage_events import MAX_EVENTS, EventError, SubscriptionResolver, ValidEvent, parse_event
 
 LOCK_STRIPES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    transaction_id: str
+    reserved: bool
+    replayed: bool
+
+
+def reserved_body(decision: Decision, reservation: Reservation) -> dict[str, Any]:
+    """The check-and-reserve response: the decision plus what was reserved."""
+    return {**decision.body(), "reservation": reservation}
 
 
 class UsageRecorder:
@@ -27,22 +44,22 @@ class UsageRecorder:
     def __init__(
         self,
         outbox: Outbox,
-        pending: PendingUsage,
+        ledger: UsageLedger,
         decisions: DecisionService,
         reader: ReplicaReader,
-        metrics: Callable[[], Mapping[str, Any]],
+        bundle: Callable[[], PolicyBundle],
     ) -> None:
         self.outbox = outbox
-        self.pending = pending
+        self.ledger = ledger
         self.decisions = decisions
         self.reader = reader
-        self.metrics = metrics  # the live catalog's metrics (hot-reloaded with the policy bundle)
+        self.bundle = bundle  # the live policy bundle and its catalog (hot-reloaded)
         self._locks = [asyncio.Lock() for _ in range(LOCK_STRIPES)]
 
     async def record(self, raws: Sequence[object], where: str) -> list[dict[str, Any]]:
         """Validate all, then commit all (202 semantics); `where` names the field in errors."""
         now = datetime.fromtimestamp(self.decisions.clock(), UTC)
-        metrics = self.metrics()
+        metrics: Mapping[str, Any] = self.bundle().plans.get("metrics", {})
         resolve = self.reader.tenant_of_subscription
         events = [self._parse(raw, metrics, now, where.format(i), resolve) for i, raw in enumerate(raws)]
         rows: dict[str, AccountRow | None] = {}
@@ -60,15 +77,15 @@ class UsageRecorder:
 
     async def reserve(
         self, tenant: str, feature: str, quantity: int, transaction_id: str | None
-    ) -> dict[str, Any]:
+    ) -> tuple[Decision, Reservation]:
         """Decide and, when allowed, count `quantity` before any other reserve of this tenant decides."""
-        metric = self.metrics().get(feature)
-        if not isinstance(metric, Mapping):
-            known = sorted(self.metrics())
+        metrics = self.bundle().catalog.metrics
+        metric = metrics.get(feature)
+        if metric is None:
             raise BadRequestError(
-                f"reserve: {feature!r} is not a metered feature (metrics: {known})", field="feature"
+                f"reserve: {feature!r} is not a metered feature (metrics: {sorted(metrics)})", field="feature"
             )
-        counted = metric.get("aggregation") != "sum"
+        counted = metric.aggregation != "sum"
         if counted and quantity > MAX_EVENTS:
             raise BadRequestError(
                 f"reserve: quantity {quantity} of a count metric exceeds {MAX_EVENTS} (one event each)",
@@ -77,24 +94,24 @@ class UsageRecorder:
         tid = transaction_id or uuid.uuid4().hex
         if transaction_id is not None and await self.outbox.contains(tenant, tid):
             decision = await self.decisions.decide(tenant, feature, quantity)
-            return {**decision, "allow": True, "reason": "ok", "reservation": _reservation(tid, True, True)}
+            return dataclasses.replace(decision, allow=True, reason="ok"), Reservation(tid, True, True)
         async with self._locks[zlib.crc32(tenant.encode()) % LOCK_STRIPES]:
             decision = await self.decisions.decide(tenant, feature, quantity)
-            if not decision["allow"]:
-                return {**decision, "reservation": _reservation(tid, False, False)}
+            if not decision.allow:
+                return decision, Reservation(tid, False, False)
             entries = self._reservation_entries(tenant, feature, quantity, tid, counted, metric)
             for entry in entries:  # counted now, under the lock: the next reserve sees it
-                self.pending.add(entry.key, entry.event.value)
+                self.ledger.add(entry.key, entry.event.value)
         inserted = await self.outbox.append(entries, reserved=True)
-        return {**decision, "reservation": _reservation(tid, True, not inserted[0])}
+        return decision, Reservation(tid, True, not inserted[0])
 
     def _reservation_entries(
-        self, tenant: str, code: str, quantity: int, tid: str, counted: bool, metric: Mapping[str, Any]
+        self, tenant: str, code: str, quantity: int, tid: str, counted: bool, metric: Metric
     ) -> list[Entry]:
         at = datetime.fromtimestamp(self.decisions.clock(), UTC)
         period_start = period_for(self.reader.account(tenant), at, rfc3339(at) or "")[0]
         if not counted:
-            props = {str(metric["field"]): quantity}
+            props = {str(metric.field): quantity}
             return [Entry(ValidEvent(tenant, tid, code, at, quantity, props), period_start)]
         # A count metric counts events: N units are N events, the first with the caller's id.
         ids = [tid, *(f"{tid}/{n}" for n in range(2, quantity + 1))]
@@ -114,7 +131,3 @@ class UsageRecorder:
         except EventError as exc:
             field = f"{where}.{exc.field}"
             raise BadRequestError(f"{field}: {exc.message}", field=field) from None
-
-
-def _reservation(transaction_id: str, reserved: bool, replayed: bool) -> dict[str, Any]:
-    return {"transaction_id": transaction_id, "reserved": reserved, "replayed": replayed}

@@ -41,7 +41,7 @@ from sync_daemon.billing.rules import (
 )
 from sync_daemon.billing.stripe_actions import StripeBillingActions
 from sync_daemon.mirror.store import CustomerLink, MirrorAccount, MirrorTxn
-from sync_daemon.state import APPLIER, MIRROR, SETTINGS
+from sync_daemon.state import APPLIER, CATALOG, MIRROR, SETTINGS
 from tiergate.errors import BadRequestError, ConflictError
 from tiergate.web import json_response
 
@@ -55,7 +55,7 @@ ACTIONS = web.AppKey("billing_actions", BillingActions)
 async def create_checkout_session(request: web.Request) -> web.Response:
     authorize(request)
     body = await parse_body(request, CheckoutRequest)
-    catalog = request.app[APPLIER].translator.catalog
+    catalog = request.app[CATALOG]
     price = sold_price(catalog, body.tier, body.interval)
     account, customer = await request.app[MIRROR].transact(
         lambda txn: _account_and_customer(txn, body.tenant)
@@ -112,7 +112,7 @@ async def change_subscription(request: web.Request) -> web.Response:
     if body.tier is None and body.interval is None and body.quantity is None:
         raise BadRequestError("give at least one of tier, interval, quantity", field="tier")
     account = live_subscription(await _account(request, tenant), tenant)
-    catalog = request.app[APPLIER].translator.catalog
+    catalog = request.app[CATALOG]
     target = change_target(catalog, account, body.tier, body.interval, body.quantity)
     timing = change_timing(catalog, account, target)
     if timing is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from datetime import UTC, datetime
 from typing import TypeVar
 
 import orjson
@@ -13,6 +12,7 @@ from aiohttp import web
 
 from sync_daemon.state import MIRROR, SETTINGS
 from tiergate.errors import BadRequestError, FeedGapError
+from tiergate.periods import utc_now_text
 from tiergate.web import json_response, require_bearer
 
 MAX_CHANGES = 1000
@@ -59,7 +59,7 @@ async def feed_changes(request: web.Request) -> web.Response:
             break
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(tick.wait(), remaining)
-    body = {"changes": batch.changes, "last_seq": batch.last_seq, "data_as_of": _now()}
+    body = {"changes": batch.changes, "last_seq": batch.last_seq, "data_as_of": utc_now_text()}
     return json_response(body)
 
 
@@ -76,7 +76,3 @@ def _number(request: web.Request, name: str, kind: type[N], default: N | None) -
     if value < 0:
         raise BadRequestError(f"{name}={text!r} must not be negative", field=name)
     return value
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

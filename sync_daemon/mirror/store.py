@@ -23,7 +23,8 @@ import sqlite_utils
 
 from sync_daemon.mirror.schema import ACCOUNTS, CHANGES, CUSTOMERS, EVENTS, MIGRATIONS
 from tiergate.errors import MirrorError
-from tiergate.periods import parse_rfc3339, rfc3339
+from tiergate.models import ENDED_STATUSES
+from tiergate.periods import parse_rfc3339, rfc3339, utc_now_text
 
 T = TypeVar("T")
 
@@ -47,8 +48,6 @@ FEED_FIELDS = (
 _TIMES = frozenset(
     {"current_period_start", "current_period_end", "trial_end", "canceled_at", "past_due_since", "pending_at"}
 )
-# A subscription in one of these states has no future: a pending change on it is void.
-_ENDED = frozenset({"canceled", "incomplete_expired"})
 _FLAGS = frozenset({"cancel_at_period_end", "needs_reconcile", "unmapped_price"})
 
 
@@ -92,7 +91,7 @@ class MirrorAccount:
         if self.pending_tier is None:
             return self
         arrived = self.tier == self.pending_tier and self.pending_interval in (None, self.interval)
-        if arrived or self.status in _ENDED:
+        if arrived or self.status in ENDED_STATUSES:  # ended: a pending change on it is void
             return self.replace(pending_tier=None, pending_interval=None, pending_at=None)
         return self
 
@@ -142,7 +141,8 @@ class MirrorTxn:
 
     def record_event(self, event_id: str, event_type: str, outcome: str) -> None:
         self._db.table(EVENTS).insert(
-            {"id": event_id, "type": event_type, "outcome": outcome, "received_at": _now()}, replace=True
+            {"id": event_id, "type": event_type, "outcome": outcome, "received_at": utc_now_text()},
+            replace=True,
         )
 
     def account(self, tenant: str) -> MirrorAccount | None:
@@ -195,7 +195,7 @@ class MirrorTxn:
     def _append(self, tenant: str, op: str, body: dict[str, Any] | None) -> None:
         self._db.execute(
             f"INSERT INTO {CHANGES} (tenant, kind, op, body, at) VALUES (?, 'account', ?, ?, ?)",
-            [tenant, op, json.dumps(body) if body is not None else None, _now()],
+            [tenant, op, json.dumps(body) if body is not None else None, utc_now_text()],
         )
         self.appended += 1
 
@@ -290,7 +290,7 @@ class Mirror:
         try:
             conn.execute("BEGIN")  # the first SELECT pins the snapshot for every later read
             seq = await loop.run_in_executor(self._readers, _last_seq, conn)
-            yield {"type": "snapshot", "seq": seq, "data_as_of": _now()}
+            yield {"type": "snapshot", "seq": seq, "data_as_of": utc_now_text()}
             counts = {"accounts": 0, "usage": 0}
             for kind, sql in (
                 ("account", f"SELECT * FROM {ACCOUNTS} ORDER BY tenant"),
@@ -381,7 +381,3 @@ def _all_accounts(conn: sqlite3.Connection) -> list[MirrorAccount]:
     cursor = conn.execute(f"SELECT * FROM {ACCOUNTS} ORDER BY tenant")
     names = [d[0] for d in cursor.description]
     return [MirrorAccount.from_row(dict(zip(names, row, strict=True))) for row in cursor]
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -22,10 +22,11 @@ import structlog
 
 from sync_daemon.metrics import DaemonMetrics
 from sync_daemon.mirror.store import CustomerLink, Mirror, MirrorAccount, MirrorTxn
-from sync_daemon.settings import DaemonSettings
 from sync_daemon.stripe_sync.source import BillingSource
-from sync_daemon.stripe_sync.translate import TERMINAL, SubscriptionState, Translator, decide_subscription
+from sync_daemon.stripe_sync.translate import SubscriptionState, Translator, decide_subscription
 from tiergate.errors import BillingUnavailableError
+from tiergate.models import ENDED_STATUSES
+from tiergate.periods import utc_now_text
 
 log = structlog.get_logger("tiergate.reconcile")
 
@@ -74,7 +75,7 @@ def diff_subscriptions(
     listed = {state.subscription_id for state in stripe_subscriptions}
     for account in mirror_accounts:
         vanished = account.subscription_id is not None and account.subscription_id not in listed
-        if account.tenant not in chosen and vanished and account.status not in TERMINAL:
+        if account.tenant not in chosen and vanished and account.status not in ENDED_STATUSES:
             after = account.replace(status="canceled", needs_reconcile=False)
             repairs.append(Repair(account.tenant, account, after, {"status": (account.status, "canceled")}))
     return repairs
@@ -95,7 +96,7 @@ def _choose(
 def _rank(state: SubscriptionState, account: MirrorAccount | None) -> tuple[bool, bool, float]:
     followed = account is not None and account.subscription_id == state.subscription_id
     start = state.current_period_start.timestamp() if state.current_period_start else 0.0
-    return state.status not in TERMINAL, followed, start
+    return state.status not in ENDED_STATUSES, followed, start
 
 
 def _repair(current: MirrorAccount | None, state: SubscriptionState, as_of: int) -> Repair | None:
@@ -156,7 +157,7 @@ class Reconciler:
         self.last: ReconcileSummary | None = None
 
     async def run(self, progress: Callable[[int], None] | None = None) -> ReconcileSummary:
-        summary = ReconcileSummary(started_at=_now())
+        summary = ReconcileSummary(started_at=utc_now_text())
         as_of = int(time.time())
         try:
             states = await self._list(summary, progress)
@@ -166,7 +167,7 @@ class Reconciler:
         except BillingUnavailableError as exc:
             summary.error = exc.message
             log.warning("reconcile_failed", error=exc.message)
-        summary.finished_at = _now()
+        summary.finished_at = utc_now_text()
         self.metrics.reconciles.labels("ok" if summary.ok else "failed").inc()
         self.last = summary
         log.info(
@@ -231,20 +232,3 @@ def _apply_batch(txn: MirrorTxn, batch: list[Repair]) -> list[Repair | None]:
 
 def _printable(differences: dict[str, tuple[Any, Any]]) -> dict[str, list[str]]:
     return {name: [str(old), str(new)] for name, (old, new) in differences.items()}
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def run_full_sync(
-    settings: DaemonSettings, *, progress: Callable[[int], None] | None = None
-) -> ReconcileSummary:
-    """One reconciliation, for `tiergate sync --full` (blocking; opens and closes its own resources)."""
-    from sync_daemon.app import open_services
-
-    async def once() -> ReconcileSummary:
-        async with open_services(settings) as services:
-            return await services.reconciler.run(progress)
-
-    return asyncio.run(once())

@@ -13,6 +13,7 @@ from typing import Any
 
 from sync_daemon.mirror.store import MirrorAccount
 from tiergate.catalog import Catalog
+from tiergate.models import ENDED_STATUSES
 
 SUBSCRIPTION_EVENTS = frozenset(
     f"customer.subscription.{kind}"
@@ -23,8 +24,6 @@ CUSTOMER_EVENTS = frozenset({"customer.created", "customer.updated", "customer.d
 PAYMENT_EVENTS = frozenset({"invoice.paid", "invoice.payment_succeeded", "invoice.payment_failed"})
 CHECKOUT_EVENTS = frozenset({"checkout.session.completed"})
 HANDLED_EVENTS = SUBSCRIPTION_EVENTS | CUSTOMER_EVENTS | PAYMENT_EVENTS | CHECKOUT_EVENTS
-# A subscription in one of these states no longer grants anything: never let it displace a live one.
-TERMINAL = frozenset({"canceled", "incomplete_expired"})
 
 
 @dataclass(frozen=True)
@@ -177,7 +176,8 @@ def decide_subscription(
     """
     if current is not None:
         other = current.subscription_id not in (None, state.subscription_id)
-        if other and state.status in TERMINAL and current.status not in TERMINAL:
+        # an ended subscription grants nothing: never let it displace a live one
+        if other and state.status in ENDED_STATUSES and current.status not in ENDED_STATUSES:
             return None, "other_subscription"
         if created < current.stripe_updated:
             return None, "stale"

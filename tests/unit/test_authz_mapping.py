@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from sidecar.api.authz import authz_answer, original_request
+from tiergate.models import Decision, PolicyAnswer
 
 
 @pytest.mark.parametrize(
@@ -35,15 +34,18 @@ def test_original_request(headers: dict[str, str], method: str, path: str, expec
 
 def decision(
     allow: bool, reason: str = "ok", limit: int | None = None, remaining: int | None = None
-) -> dict[str, Any]:
-    return {
-        "allow": allow,
-        "reason": reason,
-        "tier": "pro",
-        "limit": limit,
-        "remaining": remaining,
-        "decision_id": "d1",
-    }
+) -> Decision:
+    answer = PolicyAnswer(allow=allow, reason=reason, tier="pro", limit=limit, remaining=remaining)
+    return Decision.of(
+        answer,
+        tenant="t",
+        feature="f",
+        quantity=1,
+        decision_id="d1",
+        policy_revision="r",
+        data_as_of=None,
+        stale=False,
+    )
 
 
 def test_allowed_request_reports_tier_and_tightest_remaining() -> None:

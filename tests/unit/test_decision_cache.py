@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from sidecar.decisions.cache import DecisionCache
+from tiergate.models import PolicyAnswer
 
-ANSWER = {"allow": True, "reason": "ok"}
+ANSWER = PolicyAnswer(allow=True, reason="ok", tier="pro")
 
 
 def put(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sidecar.usage.ledger import PendingUsage
+from sidecar.usage.ledger import UsageLedger
 
 A = ("t", "api_calls", "2026-03-01T00:00:00Z")
 B = ("t", "exports", "2026-03-01T00:00:00Z")
@@ -10,7 +10,7 @@ P = "2026-03-01T00:00:00Z"
 
 
 def test_overlay_adds_pending_to_the_replica() -> None:
-    pending = PendingUsage()
+    pending = UsageLedger()
     pending.add(A, 3)
     pending.add(B, 1)
     assert pending.overlay("t", P, {"api_calls": 10}, position=5) == {"api_calls": 13, "exports": 1}
@@ -19,7 +19,7 @@ def test_overlay_adds_pending_to_the_replica() -> None:
 
 
 def test_confirmed_usage_counts_until_the_replica_reaches_its_seq() -> None:
-    pending = PendingUsage()
+    pending = UsageLedger()
     pending.add(A, 3)
     pending.confirm(seq=7, deltas={A: 3})
     # the replica at 6 does not include it yet: still counted once
@@ -30,7 +30,7 @@ def test_confirmed_usage_counts_until_the_replica_reaches_its_seq() -> None:
 
 
 def test_settle_in_seq_order_and_partial() -> None:
-    pending = PendingUsage()
+    pending = UsageLedger()
     pending.add(A, 5)
     pending.confirm(seq=9, deltas={A: 2})
     pending.confirm(seq=4, deltas={A: 1})
@@ -40,7 +40,7 @@ def test_settle_in_seq_order_and_partial() -> None:
 
 
 def test_remove_undoes_a_tentative_reservation() -> None:
-    pending = PendingUsage()
+    pending = UsageLedger()
     pending.add(A, 1)
     pending.remove(A, 1)
     assert pending.stats()["counters"] == 0

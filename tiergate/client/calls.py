@@ -135,7 +135,7 @@ def check(policy: FailPolicy, tenant: str, feature: str, quantity: int = 1) -> C
         "POST",
         "/v1/check",
         orjson.dumps(body),
-        lambda raw: _model(Decision, raw),
+        lambda raw: _decision(raw),
         lambda: policy.decision(tenant, feature, quantity),
     )
 
@@ -147,7 +147,7 @@ def check_batch(policy: FailPolicy, checks: Sequence[tuple[str, str, int]]) -> C
         decisions = _field(raw, "decisions", list)
         if len(decisions) != len(checks):
             raise _malformed(f"{len(decisions)} decisions for {len(checks)} checks")
-        return tuple(_model(Decision, d) for d in decisions)
+        return tuple(_decision(d) for d in decisions)
 
     return Call(
         "POST",
@@ -173,7 +173,7 @@ def reserve(
     def parse(raw: Any) -> Reservation:
         reservation = _field(raw, "reservation", dict)
         return Reservation(
-            decision=_model(Decision, raw),
+            decision=_decision(raw),
             transaction_id=str(reservation.get("transaction_id", tid)),
             reserved=bool(reservation.get("reserved")),
             replayed=bool(reservation.get("replayed")),
@@ -254,6 +254,13 @@ def _error_of(payload: bytes) -> dict[str, Any]:
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _decision(raw: Any) -> Decision:
+    try:
+        return Decision.from_json(raw)
+    except ValidationError as exc:
+        raise _malformed(f"not a Decision: {exc.errors(include_url=False)[0]['msg']}") from None
 
 
 def _model(model: type[M], raw: Any) -> M:

@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 import stripe
 
-from sync_daemon.app import create_app
+from sync_daemon.app import create_app, run_full_sync
 from sync_daemon.mirror.store import MirrorAccount
 from sync_daemon.state import METRICS, MIRROR, RECONCILER
-from sync_daemon.stripe_sync.reconcile import run_full_sync
 from tests.integration.daemon.conftest import make_settings, register_webhook
 
 PLANS = {"starter_month": 1900, "pro_month": 4900, "pro_year": 49000}

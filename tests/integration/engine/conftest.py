@@ -43,7 +43,7 @@ def make_bundle(modules: dict[str, str] | None = None, plans_yaml: str = PLANS_Y
     modules = {"tier.rego": TIER_REGO} if modules is None else modules
     return PolicyBundle(
         modules=modules,
-        plans=parse_catalog(plans_yaml).policy_data(),
+        catalog=parse_catalog(plans_yaml),
         revision=bundle_revision(modules, plans_yaml),
     )
 

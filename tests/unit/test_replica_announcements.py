@@ -1,0 +1,45 @@
+"""The replica reader is the one owner of the replica's refresh state: every change reaches every
+subscriber once, whoever noticed it first (the bug of 47c103a: a handler's refresh hid an import)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sidecar.replica.store import ReplicaMeta, ReplicaReader, ReplicaWriter, open_replica
+from tiergate.models import Account
+
+AS_OF = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+
+
+def test_an_import_is_announced_as_everything_changed_once(tmp_path: Path) -> None:
+    path = tmp_path / "replica.db"
+    reader = ReplicaReader(path)
+    heard: list[tuple[int, set[str] | None]] = []
+
+    def listener(meta: ReplicaMeta, tenants: set[str] | None) -> None:
+        heard.append((meta.generation, tenants))
+
+    reader.subscribe(listener)
+    writer = ReplicaWriter(open_replica(path))
+    writer.replace_all([Account(tenant="acme", tier="pro", status="active")], [], data_as_of=AS_OF)
+    assert reader.refresh() is True  # e.g. /readyz noticing it first
+    assert reader.refresh() is False
+    assert heard == [(1, None)]
+    assert reader.meta.data_as_of == AS_OF
+    writer.db.close()
+    reader.close()
+
+
+def test_a_feed_batch_names_its_tenants_and_a_meta_only_change_names_none(tmp_path: Path) -> None:
+    path = tmp_path / "replica.db"
+    reader = ReplicaReader(path)
+    heard: list[set[str] | None] = []
+    reader.subscribe(lambda meta, tenants: heard.append(tenants))
+    writer = ReplicaWriter(open_replica(path))
+    writer.mark_current(AS_OF)
+    reader.refresh()
+    reader.applied({"acme"})  # the follower's announcement after its commit
+    assert heard == [set(), {"acme"}]
+    writer.db.close()
+    reader.close()
