@@ -53,6 +53,7 @@ ROUTES: list[tuple[str, str, str]] = [
     ("POST", r"/v1/subscription_schedules", "subscription_schedule"),
     ("POST", r"/v1/subscription_schedules/(?P<id>[^/]+)", "subscription_schedule"),
     ("POST", r"/v1/subscription_schedules/(?P<id>[^/]+)/release", "subscription_schedule"),
+    ("POST", r"/v1/invoices/create_preview", "invoice"),
     ("POST", r"/v1/prices", "price"),
     ("POST", r"/v1/prices/(?P<id>[^/]+)", "price"),
     ("POST", r"/v1/products", "product"),

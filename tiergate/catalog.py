@@ -51,10 +51,28 @@ def _feature_value(value: object) -> object:
 FeatureValue = Annotated[bool | Quota, BeforeValidator(_feature_value)]
 
 
+Currency = Annotated[str, Field(pattern=r"^[a-z]{3}$")]
+
+
 class Price(_Strict):
     lookup_key: Annotated[str, Field(min_length=1, max_length=200)]
     unit_amount: Annotated[int, Field(ge=0)]  # integer minor units (cents): never floats for money
-    currency: Annotated[str, Field(pattern=r"^[a-z]{3}$")]
+    currency: Currency
+    # The same price in other currencies (Stripe's `currency_options`): currency -> unit amount.
+    currency_options: dict[Currency, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+
+    @property
+    def currencies(self) -> list[str]:
+        return sorted({self.currency, *self.currency_options})
+
+
+class CheckoutOptions(_Strict):
+    """Defaults for every Checkout Session; a request may change each of them."""
+
+    allow_promotion_codes: bool = False
+    automatic_tax: bool = False
+    tax_id_collection: bool = False
+    billing_address_collection: Literal["auto", "required"] | None = None
 
 
 class Tier(_Strict):
@@ -91,6 +109,7 @@ class Catalog(_Strict):
     tiers: dict[Identifier, Tier]
     routes: list[Route] = Field(default_factory=list)
     ingress: Ingress = Field(default_factory=Ingress)
+    checkout: CheckoutOptions = Field(default_factory=CheckoutOptions)
 
     @property
     def features(self) -> set[str]:
@@ -127,6 +146,13 @@ def _cross_field_problems(catalog: Catalog) -> list[tuple[str, str]]:
                     (where, f"{price.lookup_key!r} is also used by {seen_keys[price.lookup_key]}")
                 )
             seen_keys[price.lookup_key] = where
+            if price.currency in price.currency_options:
+                problems.append(
+                    (
+                        f"tiers.{name}.prices.{interval}.currency_options.{price.currency}",
+                        f"{price.currency!r} is already the price's own currency",
+                    )
+                )
     known = catalog.features
     for i, route in enumerate(catalog.routes):
         if route.feature is not None and route.feature not in known:

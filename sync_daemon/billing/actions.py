@@ -42,6 +42,17 @@ class Answer:
     as_of: int
 
 
+@dataclass(frozen=True)
+class Preview:
+    """Stripe's preview invoice for a change made at `proration_date` (epoch seconds)."""
+
+    amount_due: int  # minor units
+    currency: str
+    proration_amount: int  # the sum of the proration lines (credit for the old item, charge for the new)
+    proration_date: int
+    period_end: int | None  # when the previewed invoice would be issued, if it is not immediate
+
+
 class CheckoutActions(Protocol):
     """Starting and managing a purchase: what a tenant without a subscription needs."""
 
@@ -54,6 +65,10 @@ class CheckoutActions(Protocol):
     ) -> dict[str, Any]: ...
 
     async def create_portal_session(self, customer_id: str, return_url: str) -> dict[str, Any]: ...
+
+    async def promotion_code_id(self, code: str) -> str | None:
+        """The id of the active promotion code a customer would type as `code`; None if none is."""
+        ...
 
 
 class SubscriptionActions(Protocol):
@@ -70,6 +85,8 @@ class SubscriptionActions(Protocol):
     async def set_cancel_at_period_end(self, subscription_id: str, cancel: bool) -> Answer: ...
 
     async def cancel_now(self, subscription_id: str) -> Answer: ...
+
+    async def preview_change(self, change: ItemChange, proration_behavior: str, at: int) -> Preview: ...
 
 
 class BillingActions(CheckoutActions, SubscriptionActions, Protocol):

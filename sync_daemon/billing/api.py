@@ -28,14 +28,17 @@ from sync_daemon.billing.auth import (
 )
 from sync_daemon.billing.rules import (
     HOLDS_SUBSCRIPTION,
+    Discount,
     Target,
     change_target,
     change_timing,
+    checkout_choice,
     checkout_params,
     idempotency_key,
     live_subscription,
     main_item,
     period_end,
+    preview_answer,
     schedule_id,
     sold_price,
 )
@@ -67,6 +70,16 @@ async def create_checkout_session(request: web.Request) -> web.Response:
             field="tenant",
         )
     actions = request.app[ACTIONS]
+    choice = checkout_choice(
+        catalog.checkout,
+        price,
+        discount=await _discount(actions, body),
+        currency=body.currency,
+        allow_promotion_codes=body.allow_promotion_codes,
+        automatic_tax=body.automatic_tax,
+        tax_id_collection=body.tax_id_collection,
+        billing_address_collection=body.billing_address_collection,
+    )
     price_id = await actions.price_for(price.lookup_key)
     if customer is None:
         customer = await _new_customer(request, body.tenant)
@@ -83,6 +96,7 @@ async def create_checkout_session(request: web.Request) -> web.Response:
         metadata_key=request.app[SETTINGS].tenant_metadata_key,
         tier=body.tier,
         interval=body.interval,
+        choice=choice,
     )
     key = idempotency_key("checkout", body.tenant, request.headers.get("Idempotency-Key"), params)
     session = await actions.create_checkout_session(params, key)
@@ -90,6 +104,22 @@ async def create_checkout_session(request: web.Request) -> web.Response:
         "checkout_created", tenant=body.tenant, tier=body.tier, interval=body.interval, session=session["id"]
     )
     return json_response({"id": session["id"], "url": session.get("url")}, status=201)
+
+
+async def _discount(actions: BillingActions, body: CheckoutRequest) -> Discount | None:
+    if body.promotion_code is not None and body.coupon is not None:
+        raise BadRequestError("give promotion_code or coupon, not both", field="coupon")
+    if body.coupon is not None:
+        return Discount("coupon", body.coupon)
+    code = body.promotion_code
+    if code is None:
+        return None
+    if code.startswith("promo_"):
+        return Discount("promotion_code", code)
+    found = await actions.promotion_code_id(code)
+    if found is None:
+        raise BadRequestError(f"no active Stripe promotion code is {code!r}", field="promotion_code")
+    return Discount("promotion_code", found)
 
 
 async def create_portal_session(request: web.Request) -> web.Response:
@@ -154,6 +184,45 @@ async def change_subscription(request: web.Request) -> web.Response:
         "subscription_changed", tenant=tenant, tier=target.tier, quantity=target.quantity, effective=timing
     )
     return _rendered(tenant, timing, stored)
+
+
+async def preview_change(request: web.Request) -> web.Response:
+    """What POST .../change would charge now, without changing anything (Stripe's preview invoice)."""
+    authorize(request)
+    tenant = path_tenant(request)
+    body = await parse_body(request, ChangeRequest)
+    if body.tier is None and body.interval is None and body.quantity is None:
+        raise BadRequestError("give at least one of tier, interval, quantity", field="tier")
+    account = live_subscription(await _account(request, tenant), tenant)
+    catalog = request.app[CATALOG]
+    target = change_target(catalog, account, body.tier, body.interval, body.quantity)
+    timing = change_timing(catalog, account, target)
+    if timing is None:
+        raise ConflictError(
+            f"tenant {tenant!r} is already on {target.tier}/{target.interval} x{target.quantity}"
+        )
+    answer: dict[str, Any] = {
+        "tenant": tenant,
+        "tier": target.tier,
+        "interval": target.interval,
+        "quantity": target.quantity,
+        "effective": timing,
+    }
+    actions = request.app[ACTIONS]
+    assert account.subscription_id is not None
+    subscription = await actions.subscription(account.subscription_id)
+    if timing == "period_end":  # nothing is charged before the period ends; the new price then
+        price = sold_price(catalog, target.tier, target.interval)
+        answer |= {"amount_due_now": 0, "currency": price.currency, "starts_at": period_end(subscription)}
+        return json_response(answer)
+    item_id, _, _ = main_item(subscription)
+    change = ItemChange(
+        account.subscription_id, item_id, await actions.price_for(target.lookup_key), target.quantity
+    )
+    behavior = request.app[SETTINGS].proration_behavior
+    preview = await actions.preview_change(change, behavior, int(datetime.now(UTC).timestamp()))
+    answer |= preview_answer(preview, behavior)
+    return json_response(answer)
 
 
 async def cancel_subscription(request: web.Request) -> web.Response:
@@ -282,6 +351,7 @@ def add_billing_routes(app: web.Application) -> None:
     app.router.add_post("/v1/checkout/sessions", create_checkout_session)
     app.router.add_post("/v1/portal/sessions", create_portal_session)
     app.router.add_post("/v1/subscriptions/{tenant}/change", change_subscription)
+    app.router.add_post("/v1/subscriptions/{tenant}/preview", preview_change)
     app.router.add_post("/v1/subscriptions/{tenant}/cancel", cancel_subscription)
     app.router.add_post("/v1/subscriptions/{tenant}/resume", resume_subscription)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -14,6 +14,7 @@ from tiergate.models import TenantId
 
 M = TypeVar("M", bound=BaseModel)
 Url = Annotated[str, Field(pattern=r"^https?://", max_length=2000)]
+StripeRef = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,200}$")]  # a coupon id, a promotion code
 
 
 class _Body(BaseModel):
@@ -27,6 +28,14 @@ class CheckoutRequest(_Body):
     quantity: Annotated[int, Field(ge=1, le=100_000)] = 1
     success_url: Url
     cancel_url: Url
+    # Each of these replaces the catalog's `checkout:` default for this session only.
+    promotion_code: StripeRef | None = None  # a `promo_...` id or the code a customer would type
+    coupon: StripeRef | None = None
+    allow_promotion_codes: bool | None = None
+    automatic_tax: bool | None = None
+    tax_id_collection: bool | None = None
+    billing_address_collection: Literal["auto", "required"] | None = None
+    currency: Annotated[str, Field(pattern=r"^[a-z]{3}$")] | None = None
 
 
 class PortalRequest(_Body):

@@ -33,6 +33,7 @@ class RemotePrice:
     currency: str
     interval: str | None
     active: bool = True
+    currency_options: tuple[tuple[str, int], ...] = ()  # other currencies, sorted: (currency, amount)
 
 
 @dataclass(frozen=True)
@@ -70,15 +71,19 @@ class CreatePrice:
     unit_amount: int
     currency: str
     replaces: str | None = None  # the price that holds the lookup key now: it moves to the new one
+    currency_options: tuple[tuple[str, int], ...] = ()
 
     def describe(self) -> str:
         amount = f"{self.unit_amount} {self.currency}/{self.interval}"
+        amount += "".join(f", {value} {currency}" for currency, value in self.currency_options)
         moved = f", moving the lookup key from {self.replaces}" if self.replaces else ""
         return f"create price {self.lookup_key!r} for tier {self.tier!r}: {amount}{moved}"
 
     def idempotency_key(self) -> str:
         # A retry of the same push reuses the price; a different change gets a different key.
         parts = f"{self.lookup_key}|{self.unit_amount}|{self.currency}|{self.interval}|{self.replaces}"
+        if self.currency_options:
+            parts += f"|{self.currency_options}"
         return "tiergate-price-" + hashlib.sha256(parts.encode()).hexdigest()[:32]
 
 
@@ -127,9 +132,12 @@ def plan_push(catalog: Catalog, remote: RemoteCatalog) -> list[Change]:
             wanted.add(price.lookup_key)
             holder = next((p for p in remote.prices if p.lookup_key == price.lookup_key), None)
             product = ours.get(tier_name)
+            options = tuple(sorted(price.currency_options.items()))
             same = holder is not None and (
                 (holder.unit_amount, holder.currency, holder.interval)
                 == (price.unit_amount, price.currency, interval)
+                # Plans (an emulator) have no currency options: nothing to compare there.
+                and (remote.legacy_plans or holder.currency_options == options)
                 and product is not None
                 and holder.product == product.id
             )
@@ -147,7 +155,13 @@ def plan_push(catalog: Catalog, remote: RemoteCatalog) -> list[Change]:
             replaces = holder.id if holder is not None else None
             changes.append(
                 CreatePrice(
-                    tier_name, interval, price.lookup_key, price.unit_amount, price.currency, replaces
+                    tier_name,
+                    interval,
+                    price.lookup_key,
+                    price.unit_amount,
+                    price.currency,
+                    replaces,
+                    () if remote.legacy_plans else options,
                 )
             )
             if holder is not None and holder.active:

@@ -10,8 +10,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sync_daemon.billing.actions import Preview
 from sync_daemon.mirror.store import MirrorAccount
-from tiergate.catalog import Catalog, Price
+from tiergate.catalog import Catalog, CheckoutOptions, Price
 from tiergate.errors import BadRequestError, ConflictError, NoSubscriptionError
 
 # A subscription in one of these states is live: the tenant changes it rather than buying again.
@@ -77,6 +78,61 @@ def change_timing(catalog: Catalog, account: MirrorAccount, target: Target) -> T
     return "now"
 
 
+@dataclass(frozen=True)
+class Discount:
+    """What Checkout applies from the start: Stripe's `discounts[0]` (a promotion code id or a coupon)."""
+
+    kind: Literal["promotion_code", "coupon"]
+    id: str
+
+
+@dataclass(frozen=True)
+class CheckoutChoice:
+    """The catalog's `checkout:` defaults with the request's own choices applied."""
+
+    allow_promotion_codes: bool = False
+    automatic_tax: bool = False
+    tax_id_collection: bool = False
+    billing_address_collection: str | None = None
+    currency: str | None = None
+    discount: Discount | None = None
+
+
+def checkout_choice(
+    defaults: CheckoutOptions,
+    price: Price,
+    *,
+    discount: Discount | None = None,
+    currency: str | None = None,
+    allow_promotion_codes: bool | None = None,
+    automatic_tax: bool | None = None,
+    tax_id_collection: bool | None = None,
+    billing_address_collection: str | None = None,
+) -> CheckoutChoice:
+    """Each option from the request when given, else the catalog's; a 400 for what Stripe would refuse."""
+    if currency is not None and currency not in price.currencies:
+        raise BadRequestError(
+            f"the {price.lookup_key!r} price is not sold in {currency!r}; allowed currencies: "
+            f"{price.currencies} (add currency_options to the catalog's price and run `tiergate plans push`)",
+            field="currency",
+        )
+    if discount is not None and allow_promotion_codes:
+        raise BadRequestError(
+            "Stripe takes either a discount (promotion_code or coupon) or allow_promotion_codes, not both",
+            field="allow_promotion_codes",
+        )
+    promotions = defaults.allow_promotion_codes if allow_promotion_codes is None else allow_promotion_codes
+    return CheckoutChoice(
+        # A discount fixed by the request replaces the code box (Stripe refuses both at once).
+        allow_promotion_codes=promotions and discount is None,
+        automatic_tax=defaults.automatic_tax if automatic_tax is None else automatic_tax,
+        tax_id_collection=defaults.tax_id_collection if tax_id_collection is None else tax_id_collection,
+        billing_address_collection=billing_address_collection or defaults.billing_address_collection,
+        currency=currency,
+        discount=discount,
+    )
+
+
 def checkout_params(
     *,
     tenant: str,
@@ -89,12 +145,13 @@ def checkout_params(
     metadata_key: str,
     tier: str,
     interval: str,
+    choice: CheckoutChoice | None = None,
 ) -> dict[str, Any]:
     """A subscription-mode Checkout Session carrying the tenant everywhere a webhook may look."""
     subscription_data: dict[str, Any] = {"metadata": {metadata_key: tenant}}
     if trial_days > 0:
         subscription_data["trial_period_days"] = trial_days
-    return {
+    params: dict[str, Any] = {
         "mode": "subscription",
         "customer": customer_id,
         "client_reference_id": tenant,
@@ -104,6 +161,35 @@ def checkout_params(
         "success_url": success_url,
         "cancel_url": cancel_url,
     }
+    return params | checkout_option_params(choice or CheckoutChoice())
+
+
+def checkout_option_params(choice: CheckoutChoice) -> dict[str, Any]:
+    """The Checkout Session parameters for `choice`, as Stripe's API names them.
+
+    Checkout always runs for an existing customer here, so automatic tax needs
+    `customer_update[address]=auto` (Stripe computes tax from the address entered) and tax id
+    collection needs `customer_update[name]=auto` (the business name is saved on the customer).
+    """
+    params: dict[str, Any] = {}
+    update: dict[str, str] = {}
+    if choice.allow_promotion_codes:
+        params["allow_promotion_codes"] = True
+    if choice.discount is not None:
+        params["discounts"] = [{choice.discount.kind: choice.discount.id}]
+    if choice.automatic_tax:
+        params["automatic_tax"] = {"enabled": True}
+        update["address"] = "auto"
+    if choice.tax_id_collection:
+        params["tax_id_collection"] = {"enabled": True}
+        update |= {"name": "auto", "address": "auto"}
+    if choice.billing_address_collection is not None:
+        params["billing_address_collection"] = choice.billing_address_collection
+    if choice.currency is not None:
+        params["currency"] = choice.currency
+    if update:
+        params["customer_update"] = update
+    return params
 
 
 def idempotency_key(action: str, tenant: str, given: str | None, body: dict[str, Any]) -> str:
@@ -139,3 +225,22 @@ def period_end(subscription: dict[str, Any]) -> int | None:
     items = (subscription.get("items") or {}).get("data") or [{}]
     end = items[0].get("current_period_end") or subscription.get("current_period_end")
     return int(end) if end else None
+
+
+def preview_answer(preview: Preview, proration_behavior: str) -> dict[str, Any]:
+    """What a change now costs: charged at once with `always_invoice`, else on the next invoice.
+
+    With `create_prorations` the prorations wait for the next regular invoice (`next_invoice`);
+    with `none` nothing is prorated and the new price starts with the next period.
+    """
+    immediate = proration_behavior == "always_invoice"
+    answer: dict[str, Any] = {
+        "amount_due_now": preview.amount_due if immediate else 0,
+        "currency": preview.currency,
+        "proration_amount": preview.proration_amount,
+        "proration_behavior": proration_behavior,
+        "proration_date": preview.proration_date,
+    }
+    if not immediate:
+        answer["next_invoice"] = {"amount_due": preview.amount_due, "at": preview.period_end}
+    return answer

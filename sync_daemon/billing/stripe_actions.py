@@ -17,6 +17,7 @@ import stripe
 from sync_daemon.billing.actions import (
     Answer,
     ItemChange,
+    Preview,
     ScheduledChange,
 )
 from tiergate.errors import StripeActionError, UnsupportedByStripeError
@@ -62,6 +63,27 @@ def _answer(sub: stripe.Subscription) -> Answer:
     date = response.headers.get("Date") or response.headers.get("date") if response else None
     as_of = int(email.utils.parsedate_to_datetime(date).timestamp()) if date else int(time.time())
     return Answer(sub.to_dict(), as_of)
+
+
+def preview_of(invoice: dict[str, Any], at: int) -> Preview:
+    """The preview invoice's totals; proration lines are flagged under `parent` (or on the line, before 2025)."""
+    lines = (invoice.get("lines") or {}).get("data") or []
+    prorated = sum(int(line.get("amount") or 0) for line in lines if _is_proration(line))
+    return Preview(
+        amount_due=int(invoice.get("amount_due") or 0),
+        currency=str(invoice.get("currency") or ""),
+        proration_amount=prorated,
+        proration_date=at,
+        period_end=invoice.get("period_end"),
+    )
+
+
+def _is_proration(line: dict[str, Any]) -> bool:
+    parent = line.get("parent") or {}
+    details = parent.get(str(parent.get("type"))) if isinstance(parent, dict) else None
+    if isinstance(details, dict) and "proration" in details:
+        return bool(details["proration"])
+    return bool(line.get("proration"))
 
 
 class StripeBillingActions:
@@ -122,6 +144,34 @@ class StripeBillingActions:
         except stripe.StripeError as exc:
             raise stripe_failure("create a portal session", exc, self._base) from exc
         return session.to_dict()
+
+    async def promotion_code_id(self, code: str) -> str | None:
+        await self._require_prices("promotion codes")
+        try:
+            found = await self._client.v1.promotion_codes.list_async(
+                {"code": code, "active": True, "limit": 1}
+            )
+        except stripe.StripeError as exc:
+            raise stripe_failure(f"look up the promotion code {code!r}", exc, self._base) from exc
+        return found.data[0].id if found.data else None
+
+    async def preview_change(self, change: ItemChange, proration_behavior: str, at: int) -> Preview:
+        """Stripe's preview invoice (`POST /v1/invoices/create_preview`) for the change made at `at`."""
+        await self._require_prices("a proration preview (preview invoices)")
+        item = {"id": change.item_id, "price": change.price, "quantity": change.quantity}
+        params: dict[str, Any] = {
+            "subscription": change.subscription_id,
+            "subscription_details": {
+                "items": [item],
+                "proration_behavior": proration_behavior,
+                "proration_date": at,
+            },
+        }
+        try:
+            invoice = await self._client.v1.invoices.create_preview_async(params)  # type: ignore[arg-type]  # plain dict params
+        except stripe.StripeError as exc:
+            raise stripe_failure(f"preview a change of {change.subscription_id}", exc, self._base) from exc
+        return preview_of(invoice.to_dict(), at)
 
     async def subscription(self, subscription_id: str) -> dict[str, Any]:
         try:

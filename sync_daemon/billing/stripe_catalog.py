@@ -46,8 +46,13 @@ class StripeCatalogStore:
         try:
             products = [p.to_dict() async for p in await self._list(self._client.v1.products, {"limit": 100})]
             ours = {p["id"]: _product(p) for p in products if (p.get("metadata") or {}).get(TIER_KEY)}
-            service = self._client.v1.plans if self._legacy else self._client.v1.prices
-            listed = [p.to_dict() async for p in await self._list(service, {"limit": 100})]
+            if self._legacy:
+                listing = await self._list(self._client.v1.plans, {"limit": 100})
+            else:  # currency_options come only when expanded
+                listing = await self._list(
+                    self._client.v1.prices, {"limit": 100, "expand": ["data.currency_options"]}
+                )
+            listed = [p.to_dict() async for p in listing]
         except stripe.StripeError as exc:
             raise stripe_failure("list the catalog's products and prices", exc, self._base) from exc
         read = _plan if self._legacy else _price
@@ -94,6 +99,10 @@ class StripeCatalogStore:
                 "recurring": {"interval": change.interval},
                 "lookup_key": change.lookup_key,
             }
+            if change.currency_options:
+                price["currency_options"] = {
+                    currency: {"unit_amount": amount} for currency, amount in change.currency_options
+                }
             if change.replaces:
                 price["transfer_lookup_key"] = True  # atomically take the key from the old price
             made = await self._client.v1.prices.create_async(price, options)  # type: ignore[arg-type]  # plain dict params
@@ -126,6 +135,14 @@ def _product(p: dict[str, Any]) -> RemoteProduct:
 
 def _price(p: dict[str, Any]) -> RemotePrice:
     interval = (p.get("recurring") or {}).get("interval")
+    # Stripe lists the price's own currency among its currency_options too: only the others count.
+    options = tuple(
+        sorted(
+            (currency, int(option.get("unit_amount") or 0))
+            for currency, option in (p.get("currency_options") or {}).items()
+            if currency != p["currency"]
+        )
+    )
     return RemotePrice(
         p["id"],
         _product_id(p),
@@ -134,6 +151,7 @@ def _price(p: dict[str, Any]) -> RemotePrice:
         p["currency"],
         interval,
         bool(p["active"]),
+        options,
     )
 
 

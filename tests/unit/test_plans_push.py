@@ -45,7 +45,15 @@ def in_stripe(catalog: Catalog, legacy: bool = False) -> RemoteCatalog:
         RemoteProduct(f"prod_{t}", t, tier.name or t) for t, tier in catalog.tiers.items() if tier.prices
     ]
     prices = [
-        RemotePrice(f"price_{p.lookup_key}", f"prod_{t}", p.lookup_key, p.unit_amount, p.currency, interval)
+        RemotePrice(
+            f"price_{p.lookup_key}",
+            f"prod_{t}",
+            p.lookup_key,
+            p.unit_amount,
+            p.currency,
+            interval,
+            currency_options=() if legacy else tuple(sorted(p.currency_options.items())),
+        )
         for t, tier in catalog.tiers.items()
         for interval, p in tier.prices.items()
     ]

@@ -108,3 +108,50 @@ def test_cli_prints_the_plan(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dr
     assert "using Plans whose id is the lookup key" in result.output
     assert ("would create price 'pm'" in result.output) is dry_run
     assert ("2 changes made" in result.output) is not dry_run
+
+
+CURRENCIES = parse_catalog(
+    """
+default_tier: free
+tiers:
+  free: {rank: 0}
+  pro:
+    rank: 10
+    name: Pro
+    prices: {month: {lookup_key: pro_month, unit_amount: 4900, currency: usd, currency_options: {eur: 4500, gbp: 3900}}}
+"""
+)
+
+
+def priced_in(price_id: str, options: dict[str, int]) -> dict[str, Any]:
+    """A price as Stripe lists it with `expand[]=data.currency_options`: its own currency included."""
+    body = price(price_id, "pro_month", 4900)
+    body["currency_options"] = {
+        c: {"unit_amount": a, "tax_behavior": "unspecified"} for c, a in options.items()
+    }
+    return body
+
+
+async def test_currency_options_are_created_read_back_expanded_and_compared() -> None:
+    products = [fixture("product", id="prod_pro", name="Pro", active=True, metadata={"tier": "pro"})]
+    fake = RecordingStripeHTTP(lists={"prices": [], "products": products})
+    await push_catalog(CURRENCIES, store(fake), dry_run=False)
+    created = fake.only("POST", "/v1/prices")
+    assert created.params["currency_options[eur][unit_amount]"] == "4500"
+    assert created.params["currency_options[gbp][unit_amount]"] == "3900"
+    listed = fake.sent("GET", "/v1/prices")[-1]
+    assert listed.params["expand[0]"] == "data.currency_options"
+
+    same = priced_in("price_1", {"usd": 4900, "eur": 4500, "gbp": 3900})
+    fake = RecordingStripeHTTP(lists={"prices": [same], "products": products})
+    changes, _ = await push_catalog(CURRENCIES, store(fake), dry_run=False)
+    assert changes == []
+
+    fewer = priced_in("price_1", {"usd": 4900, "eur": 4500})
+    fake = RecordingStripeHTTP(lists={"prices": [fewer], "products": products})
+    changes, _ = await push_catalog(CURRENCIES, store(fake), dry_run=False)
+    assert [c.describe() for c in changes] == [
+        "create price 'pro_month' for tier 'pro': 4900 usd/month, 4500 eur, 3900 gbp, moving the lookup key from price_1",
+        "deactivate price price_1 (pro_month): replaced by a new amount",
+    ]
+    assert fake.only("POST", "/v1/prices").params["transfer_lookup_key"] == "true"
