@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip --disable-pip-version-check --quiet
 
-.PHONY: venv test check lint typecheck rego pytest demo fmt bench chart-sync clean
+.PHONY: venv test check lint typecheck rego typescript pytest demo fmt bench chart-sync clean
 
 venv: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml requirements/engine.txt requirements/opa-reference.txt
 
 test: check
 
-check: lint typecheck rego pytest
+check: lint typecheck rego typescript pytest
 
 lint: venv
 	$(BIN)/ruff format --check .
@@ -32,7 +32,20 @@ rego: venv
 	$(BIN)/tiergate policies test --engine opa-reference policies
 	$(BIN)/tiergate plans check plans/plans.yaml
 
-pytest: venv
+# The TypeScript client: dependencies from its lockfile, types generated from sidecar/openapi.yaml,
+# compiled with its tests (pytest runs them with Node's test runner against a real sidecar).
+TS := clients/typescript
+NPM := npm --prefix $(TS) --no-audit --no-fund --loglevel=error
+
+typescript: $(TS)/node_modules/.installed
+	$(NPM) run build
+
+$(TS)/node_modules/.installed: $(TS)/package-lock.json
+	command -v npm >/dev/null || { apt-get update && apt-get install -y nodejs npm; }
+	$(NPM) ci
+	touch $@
+
+pytest: venv typescript
 	$(BIN)/pytest -q
 
 demo: venv
@@ -50,4 +63,4 @@ chart-sync:
 	find policies -maxdepth 1 -name '*.rego' ! -name '*_test.rego' -exec cp {} charts/tiergate/files/policies/ \;
 
 clean:
-	rm -rf $(VENV) .state .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .state .mypy_cache .ruff_cache .pytest_cache $(TS)/node_modules $(TS)/dist

@@ -9,7 +9,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote
@@ -55,10 +54,9 @@ class FailPolicy:
         )
 
 
-class Reservation(BaseModel):
+@dataclass(frozen=True, slots=True)
+class Reservation:
     """A check-and-reserve: the decision, and whether the quantity was recorded."""
-
-    model_config = ConfigDict(frozen=True)
 
     decision: Decision
     transaction_id: str
@@ -78,7 +76,7 @@ class FeatureAccess(BaseModel):
     limit: int | None = None
     used: int = 0
     remaining: int | None = None
-    valid_until: datetime | None = None
+    valid_until: str | None = None
 
 
 class PendingChange(BaseModel):
@@ -86,7 +84,7 @@ class PendingChange(BaseModel):
 
     tier: str
     interval: str | None = None
-    at: datetime | None = None
+    at: str | None = None
 
 
 class Entitlements(BaseModel):
@@ -100,7 +98,7 @@ class Entitlements(BaseModel):
     pending_change: PendingChange | None = None
     features: Mapping[str, FeatureAccess]
     policy_revision: str | None = None
-    data_as_of: datetime | None = None
+    data_as_of: str | None = None
     stale: bool = False
 
 

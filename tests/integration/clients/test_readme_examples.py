@@ -1,13 +1,16 @@
-"""The README's "Calling it from your app" examples run as written, against a real sidecar."""
-
-from __future__ import annotations
+"""The README's "Calling it from your app" examples run as written, against a real sidecar: scripts
+run in a fresh interpreter; the web-app examples are loaded and their `app` gets real requests."""
 
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from tests.integration.clients.conftest import RunningSidecar
 
@@ -21,14 +24,69 @@ def readme_blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", section, flags=re.DOTALL)
 
 
-def test_the_section_has_python_examples() -> None:
-    assert len(readme_blocks("python")) >= 2
+SCRIPTS = [b for b in readme_blocks("python") if "\napp = " not in b]
+APPS = [b for b in readme_blocks("python") if "\napp = " in b]
 
 
-@pytest.mark.parametrize("index", range(len(readme_blocks("python"))))
-def test_python_example_runs(sidecar: RunningSidecar, index: int) -> None:
-    code = readme_blocks("python")[index].replace(SIDECAR, sidecar.url)
-    assert sidecar.url in code, "every example names the sidecar's address"
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+def test_the_section_has_every_kind_of_example() -> None:
+    assert len(SCRIPTS) >= 2 and len(APPS) == 2 and len(readme_blocks("js")) == 1
+
+
+def in_place(code: str, sidecar: RunningSidecar) -> str:
+    assert SIDECAR in code, "every example names the sidecar's address"
+    return code.replace(SIDECAR, sidecar.url)
+
+
+@pytest.mark.parametrize("index", range(len(SCRIPTS)))
+def test_python_script_runs(sidecar: RunningSidecar, index: int) -> None:
+    run = subprocess.run(
+        [sys.executable, "-c", in_place(SCRIPTS[index], sidecar)], capture_output=True, text=True, timeout=60
+    )
     assert run.returncode == 0, run.stderr
     assert "sidecar_unreachable" not in run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("index", range(len(APPS)))
+async def test_web_app_example_gates_its_route(sidecar: RunningSidecar, index: int) -> None:
+    namespace: dict[str, Any] = {"__name__": f"readme_app_{index}"}
+    exec(
+        compile(in_place(APPS[index], sidecar), f"README app {index}", "exec"), namespace
+    )  # the README's own code
+    app = namespace["app"]
+    answers = []
+    if isinstance(app, web.Application):
+        async with TestClient(TestServer(app)) as client:
+            for tenant in ("pro-active", "nobody"):
+                response = await client.get("/reports", headers={"X-Tenant-Id": tenant})
+                answers.append((response.status, await response.json()))
+    else:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as http:
+            for tenant in ("pro-active", "nobody"):
+                reply = await http.get("/reports", headers={"X-Tenant-Id": tenant})
+                answers.append((reply.status_code, reply.json()))
+        await namespace["gate"].client.close()
+    assert answers[0] == (200, {"tier": "pro"})
+    assert (answers[1][0], answers[1][1]["reason"]) == (403, "not_in_plan")
+
+
+DRIVE_EXPRESS = """
+const server = app.listen(0, "127.0.0.1");
+await new Promise((resolve) => server.once("listening", resolve));
+const base = `http://127.0.0.1:${server.address().port}`;
+for (const tenant of ["pro-active", "nobody"]) {
+  const response = await fetch(base + "/reports", { headers: { "X-Tenant-Id": tenant } });
+  console.log(`status ${response.status} ${JSON.stringify(await response.json())}`);
+}
+server.close();
+"""
+
+
+def test_javascript_example_runs(sidecar: RunningSidecar) -> None:
+    (block,) = readme_blocks("js")
+    package = ROOT / "clients" / "typescript"
+    script = package / "dist" / "readme-example.mjs"  # inside the package: its own name resolves
+    script.write_text(in_place(block, sidecar) + DRIVE_EXPRESS, encoding="utf-8")
+    run = subprocess.run(["node", str(script)], cwd=package, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "reports: false (not_in_plan)" in run.stdout
+    assert 'status 200 {"tier":"pro"}' in run.stdout and "status 403" in run.stdout

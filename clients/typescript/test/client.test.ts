@@ -1,0 +1,128 @@
+// Runs against a real sidecar: TIERGATE_TEST_SIDECAR is its URL (tests/integration/clients starts it).
+import assert from "node:assert/strict";
+import { createServer, type Server } from "node:net";
+import { after, describe, test } from "node:test";
+
+import express from "express";
+
+import { SidecarRejectedError, SidecarUnreachableError, TiergateClient, UNREACHABLE } from "../src/index.js";
+import { requireFeature } from "../src/express.js";
+
+const sidecar = process.env["TIERGATE_TEST_SIDECAR"];
+if (!sidecar) throw new Error("TIERGATE_TEST_SIDECAR is not set: run these tests through pytest (make test)");
+const client = new TiergateClient({ baseUrl: sidecar, timeoutMs: 5000 });
+const fresh = () => `ts-${Math.random().toString(36).slice(2, 10)}`;
+
+describe("calls", () => {
+  test("check answers the sidecar's decision", async () => {
+    const allowed = await client.check("pro-active", "api_calls", 1);
+    assert.deepEqual([allowed.allow, allowed.reason, allowed.tier, allowed.remaining], [true, "ok", "pro", 1]);
+    assert.ok(allowed.decision_id && allowed.policy_revision);
+    const over = await client.check("pro-active", "api_calls", 2);
+    assert.deepEqual([over.allow, over.reason], [false, "limit_exceeded"]);
+  });
+
+  test("batch answers in order", async () => {
+    const decisions = await client.checkBatch([
+      { tenant: "pro-active", feature: "sso" },
+      { tenant: "nobody", feature: "sso" },
+      { tenant: "pro-overdue", feature: "sso" },
+    ]);
+    assert.deepEqual(decisions.map((d) => d.reason), ["ok", "not_in_plan", "payment_overdue"]);
+  });
+
+  test("entitlements encode any tenant id", async () => {
+    const odd = "a/b?c=d&e f#g%2F";
+    assert.equal((await client.entitlements(odd)).tenant, odd);
+    const overdue = await client.entitlements("pro-overdue");
+    assert.equal(overdue.features?.["sso"]?.reason, "payment_overdue");
+  });
+
+  test("usage gets transaction ids and counts once", async () => {
+    const tenant = fresh();
+    const [one] = await client.recordUsage({ external_customer_id: tenant, code: "api_calls" });
+    assert.equal(one?.status, "accepted");
+    assert.equal(one?.transaction_id?.length, 32);
+    const receipts = await client.recordUsage([
+      { external_customer_id: tenant, code: "api_calls" },
+      { transaction_id: one?.transaction_id, external_customer_id: tenant, code: "api_calls" },
+    ]);
+    assert.deepEqual(receipts.map((r) => r.status), ["accepted", "duplicate"]);
+    assert.equal((await client.check(tenant, "api_calls")).used, 2);
+  });
+
+  test("reserve counts once", async () => {
+    const tenant = fresh();
+    const first = await client.reserve(tenant, "exports", 4);
+    assert.deepEqual([first.allow, first.reserved, first.replayed], [true, true, false]);
+    const again = await client.reserve(tenant, "exports", 4, { transactionId: first.transactionId });
+    assert.deepEqual([again.allow, again.replayed], [true, true]);
+    assert.equal((await client.check(tenant, "exports")).used, 4);
+  });
+
+  test("bad input is the sidecar's 400 naming the field", async () => {
+    await assert.rejects(client.check("pro-active", "sso", 0), (error: unknown) => {
+      assert.ok(error instanceof SidecarRejectedError);
+      assert.deepEqual([error.status, error.code, error.field], [400, "bad_request", "quantity"]);
+      return true;
+    });
+  });
+});
+
+describe("faults", () => {
+  const silent: Server = createServer(() => {}); // accepts, never answers
+  const refused: Server = createServer();
+  after(() => {
+    silent.close();
+  });
+
+  test("a closed port follows the declared fail policy", async () => {
+    await new Promise<void>((resolve) => refused.listen(0, "127.0.0.1", resolve));
+    const port = (refused.address() as { port: number }).port;
+    await new Promise<void>((resolve) => refused.close(() => resolve()));
+    const away = new TiergateClient({ baseUrl: `http://127.0.0.1:${port}`, failPolicy: { features: { dashboards: "fail_open" } } });
+    const closed = await away.check("acme", "sso");
+    const open = await away.check("acme", "dashboards");
+    assert.deepEqual([closed.allow, closed.reason, open.allow, open.reason], [false, UNREACHABLE, true, UNREACHABLE]);
+    await assert.rejects(away.recordUsage({ external_customer_id: "acme", code: "api_calls" }), SidecarUnreachableError);
+  });
+
+  test("a wedged sidecar costs the timeout, not a hang", async () => {
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    const port = (silent.address() as { port: number }).port;
+    const wedged = new TiergateClient({ baseUrl: `http://127.0.0.1:${port}`, timeoutMs: 200, failPolicy: { default: "fail_open" } });
+    const decision = await wedged.check("acme", "sso");
+    assert.deepEqual([decision.allow, decision.reason], [true, UNREACHABLE]);
+    await assert.rejects(wedged.entitlements("acme", { timeoutMs: 50 }), /no answer within 50 ms/);
+  });
+});
+
+describe("express", () => {
+  test("requireFeature gates a route", async () => {
+    const app = express();
+    app.get("/reports", requireFeature(client, "reports"), (_req, res) => {
+      res.json({ tier: (res.locals["tiergate"] as { tier: string }).tier });
+    });
+    app.get("/bulk", requireFeature(client, "api_calls", { quantity: 2 }), (_req, res) => {
+      res.json({});
+    });
+    const server = app.listen(0, "127.0.0.1");
+    await new Promise<void>((resolve) => server.once("listening", resolve));
+    const base = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+    try {
+      const get = async (path: string, tenant?: string) => {
+        const response = await fetch(base + path, { headers: tenant ? { "X-Tenant-Id": tenant } : {} });
+        return [response.status, await response.json(), response.headers.get("retry-after")] as const;
+      };
+      assert.deepEqual((await get("/reports", "pro-active")).slice(0, 2), [200, { tier: "pro" }]);
+      const [status, body] = await get("/reports", "nobody");
+      assert.deepEqual([status, body.reason], [403, "not_in_plan"]);
+      const [limited, over, retry] = await get("/bulk", "pro-active");
+      assert.deepEqual([limited, over.reason], [429, "limit_exceeded"]);
+      assert.ok(Number(retry) >= 1);
+      assert.equal((await get("/reports"))[0], 401);
+    } finally {
+      server.close();
+    }
+  });
+});
