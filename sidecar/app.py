@@ -23,6 +23,7 @@ from sidecar.replica.store import ReplicaReader
 from sidecar.settings import SidecarSettings
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS, Policies
 from sidecar.usage.ledger import UsageLedger
+from tiergate.serve import Listener, serve
 from tiergate.web import error_middleware
 
 log = structlog.get_logger("tiergate.sidecar")
@@ -122,7 +123,6 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
         app[ROUTES] = RouteResolver(engine)
         app[POLICIES] = Policies(engine, reloader)
         await reloader.start()
-        log.info("sidecar_ready", revision=engine.revision, engine=settings.engine)
         try:
             yield
         finally:
@@ -139,11 +139,8 @@ def _reloaded(app: web.Application, revision: str) -> None:
 
 
 def run(settings: SidecarSettings) -> None:
-    web.run_app(
-        create_app(settings),
-        host=settings.sidecar_host,
-        port=settings.sidecar_port,
-        access_log=None,
-        print=None,
-        handle_signals=True,
+    """Serve until interrupted (blocking); binds TIERGATE_SIDECAR_HOST:TIERGATE_SIDECAR_PORT first."""
+    listener = Listener(
+        settings.sidecar_host, settings.sidecar_port, "TIERGATE_SIDECAR_HOST", "TIERGATE_SIDECAR_PORT"
     )
+    serve(create_app(settings), [listener], process="sidecar")

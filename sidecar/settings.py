@@ -33,7 +33,7 @@ class SidecarSettings(BaseSettings):
     max_batch: Annotated[int, Field(ge=1, le=10_000)] = 1000
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = True
-    # Following a sync daemon (issue 3): unset means a static replica (import/export only).
+    # Following a sync daemon: unset means static mode (a replica from import, usage not delivered).
     daemon_url: AnyHttpUrl | None = None
     feed_token: SecretStr | None = None
     staleness_budget_s: Annotated[float, Field(gt=0)] = 300.0
@@ -41,7 +41,7 @@ class SidecarSettings(BaseSettings):
     # How long a replica write waits for another writer (`tiergate replica import`) before the
     # follower counts a failure and retries.
     replica_busy_timeout_s: Annotated[float, Field(ge=0, le=300)] = 10.0
-    # Usage (issue 5): the outbox defaults to outbox.db beside the replica; unlike the replica it
+    # Usage: the outbox defaults to outbox.db beside the replica; unlike the replica it
     # holds data found nowhere else until delivered, so it needs the same volume's durability.
     outbox_path: Path | None = None
     outbox_retention_s: Annotated[float, Field(ge=0)] = 3600.0

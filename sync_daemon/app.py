@@ -28,6 +28,7 @@ from sync_daemon.stripe_sync.translate import Translator
 from sync_daemon.stripe_sync.webhook import receive_stripe_event
 from sync_daemon.usage import add_usage_routes
 from tiergate.catalog import Catalog, load_catalog
+from tiergate.serve import Listener, serve
 from tiergate.web import error_middleware
 
 log = structlog.get_logger("tiergate.daemon")
@@ -101,7 +102,7 @@ def _services_ctx(billing: BillingSource | None) -> Callable[[web.Application], 
             app[METRICS] = services.metrics
             app[APPLIER] = services.applier
             app[RECONCILER] = services.reconciler
-            log.info("daemon_ready", mirror=str(services.mirror.path), seq=services.mirror.seq)
+            log.info("mirror_opened", mirror=str(services.mirror.path), seq=services.mirror.seq)
             yield
 
     return ctx
@@ -149,12 +150,8 @@ def run_full_sync(
 
 
 def run(settings: DaemonSettings) -> None:
-    """Serve until interrupted (blocking); binds TIERGATE_DAEMON_HOST:TIERGATE_DAEMON_PORT."""
-    web.run_app(
-        create_app(settings),
-        host=settings.daemon_host,
-        port=settings.daemon_port,
-        access_log=None,
-        print=None,
-        handle_signals=True,
+    """Serve until interrupted (blocking); binds TIERGATE_DAEMON_HOST:TIERGATE_DAEMON_PORT first."""
+    listener = Listener(
+        settings.daemon_host, settings.daemon_port, "TIERGATE_DAEMON_HOST", "TIERGATE_DAEMON_PORT"
     )
+    serve(create_app(settings), [listener], process="sync_daemon")

@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tiergate.errors import SettingsError
 from tiergate.settings_errors import describe_settings_error
+
+# Secret and restricted keys; a publishable key (pk_) is meant for browsers and reads nothing.
+SECRET_KEY_PREFIXES = ("sk_", "rk_")
 
 
 class DaemonSettings(BaseSettings):
@@ -40,6 +43,22 @@ class DaemonSettings(BaseSettings):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = True
+
+    @field_validator("stripe_api_key")
+    @classmethod
+    def _secret_key(cls, key: SecretStr) -> SecretStr:
+        prefix = key.get_secret_value().split("_", 1)[0] + "_"
+        if prefix not in SECRET_KEY_PREFIXES:
+            kind = (
+                "a publishable key (pk_), which cannot read subscriptions"
+                if prefix == "pk_"
+                else "no Stripe secret key"
+            )
+            raise ValueError(
+                f"this is {kind}; TIERGATE_STRIPE_API_KEY takes a secret key (sk_test_…, sk_live_…) "
+                "or a restricted key (rk_…) from the Stripe dashboard's API keys page"
+            )
+        return key
 
     @property
     def stripe_base(self) -> str:

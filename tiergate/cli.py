@@ -6,6 +6,7 @@ This is the composition root: the one module of the core that imports the server
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 
 from tiergate.catalog import load_catalog
 from tiergate.errors import CatalogError, TierError
-from tiergate.settings_errors import describe_settings_error
+from tiergate.settings_errors import describe_settings_error, unknown_settings
 
 if TYPE_CHECKING:
     from sidecar.settings import SidecarSettings
@@ -39,9 +40,10 @@ def plans() -> None:
 
 
 @plans.command("check")
-@click.argument("path", type=click.Path(path_type=Path), default=Path("plans/plans.yaml"))
-def plans_check(path: Path) -> None:
-    """Validate a catalog; print each problem with its field path."""
+@click.argument("path", type=click.Path(path_type=Path), required=False)
+def plans_check(path: Path | None) -> None:
+    """Validate a catalog (default: TIERGATE_PLANS, else plans/plans.yaml); print every problem."""
+    path = path or Path(os.environ.get("TIERGATE_PLANS") or "plans/plans.yaml")
     try:
         catalog = load_catalog(path)
     except CatalogError as exc:
@@ -56,13 +58,21 @@ def plans_check(path: Path) -> None:
 
 
 @plans.command("push")
-@click.argument("path", type=click.Path(path_type=Path), default=Path("plans/plans.yaml"))
+@click.argument("path", type=click.Path(path_type=Path), required=False)
 @click.option("--dry-run", is_flag=True, help="Print the plan of changes; change nothing in Stripe.")
-def plans_push(path: Path, dry_run: bool) -> None:
-    """Create or update the Stripe products and prices of PATH (idempotent, by lookup key)."""
+def plans_push(path: Path | None, dry_run: bool) -> None:
+    """Create or update the Stripe products and prices of PATH (idempotent, by lookup key).
+
+    Without PATH, the catalog the daemon serves: TIERGATE_PLANS (default plans/plans.yaml).
+    """
     from sync_daemon.billing.stripe_catalog import run_push
 
     settings = _daemon_settings()
+    source = "argument" if path else "TIERGATE_PLANS"
+    path = path or settings.plans
+    click.echo(
+        f"{'planning' if dry_run else 'pushing'} catalog {path} (from {source}) to {settings.stripe_base}"
+    )
     try:
         changes, result, legacy = run_push(settings, load_catalog(path), dry_run=dry_run)
     except TierError as exc:
@@ -225,8 +235,8 @@ def sidecar_command() -> None:
     """Run the sidecar (settings from TIERGATE_* variables)."""
     from sidecar.app import run
 
-    settings = _sidecar_settings()
-    _serve(lambda: run(settings), json=settings.log_json, level=settings.log_level)
+    settings = _sidecar_settings(warn=False)
+    _serve(lambda: run(settings), json=settings.log_json, level=settings.log_level, process="sidecar")
 
 
 @main.command("sync-daemon")
@@ -234,20 +244,46 @@ def sync_daemon_command() -> None:
     """Run the sync daemon: Stripe webhooks, reconciliation, the replica feed."""
     from sync_daemon.app import run
 
-    settings = _daemon_settings()
-    _serve(lambda: run(settings), json=settings.log_json, level=settings.log_level)
+    settings = _daemon_settings(warn=False)
+    _serve(lambda: run(settings), json=settings.log_json, level=settings.log_level, process="sync_daemon")
 
 
-def _serve(run: Callable[[], None], *, json: bool, level: str) -> None:
-    """Run a server until interrupted; a start-up failure is one line and exit code 1."""
+def _serve(run: Callable[[], None], *, json: bool, level: str, process: str) -> None:
+    """Run a server until interrupted; a start-up failure is one line and exit code 1, with a
+    traceback only at TIERGATE_LOG_LEVEL=debug."""
+    import structlog
+
     from tiergate.log import configure_logging
 
     configure_logging(json=json, level=level)
+    log = structlog.get_logger("tiergate.cli")
+    for variable, closest in _unknown_settings(process):
+        log.warning("unknown_setting", variable=variable, did_you_mean=closest)
     try:
         run()
-    except TierError as exc:
-        click.echo(f"error: {exc.message}", err=True)
+    except Exception as exc:
+        if level == "debug":
+            raise
+        if isinstance(exc, TierError):
+            click.echo(f"error: {exc.message}", err=True)
+        else:
+            click.echo(f"error: {type(exc).__name__}: {exc} (TIERGATE_LOG_LEVEL=debug shows where)", err=True)
         sys.exit(1)
+
+
+def _unknown_settings(process: str) -> list[tuple[str, str | None]]:
+    from sidecar.settings import SidecarSettings
+    from sync_daemon.settings import DaemonSettings
+
+    sidecar, daemon = list(SidecarSettings.model_fields), list(DaemonSettings.model_fields)
+    own, other = (sidecar, daemon) if process == "sidecar" else (daemon, sidecar)
+    return unknown_settings(os.environ, own, other)
+
+
+def _warn_unknown_settings(process: str) -> None:
+    for variable, closest in _unknown_settings(process):
+        hint = f"; did you mean {closest}?" if closest else ""
+        click.echo(f"warning: {variable} is not a tiergate setting and is ignored{hint}", err=True)
 
 
 @main.command("sync")
@@ -274,22 +310,30 @@ def sync_command(full: bool) -> None:
         sys.exit(1)
 
 
-def _daemon_settings() -> DaemonSettings:
+def _daemon_settings(*, warn: bool = True) -> DaemonSettings:
     from sync_daemon.settings import load_settings
 
+    if warn:
+        _warn_unknown_settings("sync_daemon")
     try:
         return load_settings()
     except TierError as exc:
+        if not warn:  # a misspelt variable is the likely cause: say so even for a server
+            _warn_unknown_settings("sync_daemon")
         click.echo(exc.message, err=True)
         sys.exit(2)
 
 
-def _sidecar_settings() -> SidecarSettings:
+def _sidecar_settings(*, warn: bool = True) -> SidecarSettings:
     from sidecar.settings import SidecarSettings
 
+    if warn:
+        _warn_unknown_settings("sidecar")
     try:
         return SidecarSettings()
     except ValidationError as exc:
+        if not warn:
+            _warn_unknown_settings("sidecar")
         click.echo(describe_settings_error(exc), err=True)
         sys.exit(2)
 

@@ -22,6 +22,7 @@ The HTTP status is the class's `status`; the JSON body is `{"error": {"code", "m
     ├── CatalogError             500 invalid_catalog        plans.yaml (at start: the process exits)
     ├── PolicyError              500 policy_error           Rego failed to load or evaluate
     ├── SettingsError            500 invalid_settings       a TIERGATE_* variable (at start)
+    ├── ListenError              500 cannot_listen          a server's port is taken (at start)
     ├── SidecarUnreachableError  503 sidecar_unreachable    (client) no usable answer from the sidecar
     └── SidecarRejectedError     4xx (the sidecar's code)   (client) the sidecar refused a call
 """
@@ -163,6 +164,12 @@ class FeedGapError(TierError):
 
     code = "feed_gap"
     status = 410
+
+
+class ListenError(TierError):
+    """A server could not bind its address: the port is taken, or the host does not resolve."""
+
+    code = "cannot_listen"
 
 
 class SidecarUnreachableError(TierError):

@@ -1,8 +1,10 @@
-"""Turn a pydantic-settings failure into one line per bad TIERGATE_* variable, naming its value."""
+"""Settings diagnostics: one line per bad TIERGATE_* variable, and the variables nothing reads."""
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Iterable, Mapping
 
 from pydantic import ValidationError
 
@@ -13,10 +15,45 @@ def describe_settings_error(exc: ValidationError, prefix: str = "TIERGATE_") -> 
     lines = []
     for err in exc.errors(include_url=False):
         name = prefix + "_".join(str(p) for p in err["loc"]).upper()
+        message = err["msg"].removeprefix("Value error, ")
         value = os.environ.get(name)
         if value is None:
-            lines.append(f"missing setting {name}: {err['msg']}")
+            lines.append(f"missing setting {name}: {message}")
             continue
         shown = "<hidden>" if any(h in name.lower() for h in SECRET_HINTS) else repr(value)
-        lines.append(f"invalid setting {name}={shown}: {err['msg']}")
+        lines.append(f"invalid setting {name}={shown}: {message}")
     return "\n".join(lines)
+
+
+def unknown_settings(
+    environ: Mapping[str, str], own: Iterable[str], other: Iterable[str] = (), prefix: str = "TIERGATE_"
+) -> list[tuple[str, str | None]]:
+    """(variable, closest known setting or None) for each TIERGATE_* variable no process reads.
+
+    `own` are this process's fields, `other` the other process's (one environment often serves
+    both, so those are known, not warned about); a near tie goes to this process's setting.
+    """
+    own_names = {prefix + name.upper() for name in own}
+    known = own_names | {prefix + name.upper() for name in other}
+    found: list[tuple[str, str | None]] = []
+    for variable in sorted(environ):
+        if variable.startswith(prefix) and variable not in known:
+            found.append((variable, _closest(variable.removeprefix(prefix), known, own_names, prefix)))
+    return found
+
+
+def _closest(word: str, known: set[str], own: set[str], prefix: str) -> str | None:
+    """Compared without the shared prefix; `PORT` is close to `SIDECAR_PORT` (a word of it)."""
+
+    def score(name: str) -> float:
+        other = name.removeprefix(prefix)
+        part = other.endswith("_" + word) or other.startswith(word + "_")
+        ratio = max(difflib.SequenceMatcher(None, word, other).ratio(), CLOSE_ENOUGH if part else 0.0)
+        return ratio + (OWN_BONUS if name in own else 0.0)
+
+    best = max(sorted(known), key=score, default=None)
+    return best if best is not None and score(best) >= CLOSE_ENOUGH else None
+
+
+CLOSE_ENOUGH = 0.6  # difflib.get_close_matches's default cutoff
+OWN_BONUS = 0.05  # TIERGATE_PORT starting the sidecar means the sidecar's port

@@ -121,7 +121,12 @@ BUSY_TIMEOUT_S = 10.0  # how long a statement waits for another connection's loc
 
 def open_replica(path: Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> sqlite_utils.Database:
     """Open (creating if needed) and migrate a replica file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReplicaError(
+            f"cannot create the directory of replica {path} (TIERGATE_REPLICA_PATH): {exc.strerror}"
+        ) from exc
     try:
         db = sqlite_utils.Database(path)
         # Before anything else: an import and the follower may both write (one waits, never fails).

@@ -351,5 +351,6 @@ def _parse(settings: Any, env: dict[str, dict[str, Any]], monkeypatch: pytest.Mo
         if name.startswith("TIERGATE_"):
             monkeypatch.delenv(name)
     for name, entry in env.items():
-        monkeypatch.setenv(name, entry.get("value", "from-a-secret"))
+        # A Stripe key must look like a secret key (sk_); the others are any string.
+        monkeypatch.setenv(name, entry.get("value", "sk_test_from-a-secret"))
     return settings(_env_file=None)

@@ -1,0 +1,118 @@
+"""The CLI says what it is about to do, and refuses a misconfiguration by naming it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from tiergate.cli import main
+
+DAEMON_ENV = {
+    "TIERGATE_STRIPE_API_KEY": "sk_test_cli",
+    "TIERGATE_STRIPE_WEBHOOK_SECRET": "whsec_cli",
+    "TIERGATE_FEED_TOKEN": "feed-cli",
+}
+CATALOG = """
+default_tier: free
+tiers:
+  free: {rank: 0}
+  {tier}: {{rank: 1, prices: {{month: {{lookup_key: {tier}_m, unit_amount: 1, currency: usd}}}}}}
+"""
+
+
+@pytest.fixture
+def daemon_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in DAEMON_ENV.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def pushed(monkeypatch: pytest.MonkeyPatch) -> list[set[str]]:
+    """Stands in for Stripe (a recording run_push): the tiers of each catalog pushed."""
+    from sync_daemon.billing import stripe_catalog
+    from sync_daemon.billing.push import PushResult
+
+    calls: list[set[str]] = []
+
+    def recording_run_push(settings: Any, catalog: Any, *, dry_run: bool) -> Any:
+        calls.append(set(catalog.tiers))
+        return [], PushResult(), False
+
+    monkeypatch.setattr(stripe_catalog, "run_push", recording_run_push)
+    return calls
+
+
+def write_catalog(path: Path, tier: str) -> Path:
+    path.write_text(CATALOG.replace("{tier}", tier).replace("{{", "{").replace("}}", "}"))
+    return path
+
+
+@pytest.mark.usefixtures("daemon_env")
+def test_plans_push_defaults_to_the_catalog_the_daemon_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pushed: list[set[str]]
+) -> None:
+    served = write_catalog(tmp_path / "served.yaml", "gold")
+    monkeypatch.setenv("TIERGATE_PLANS", str(served))
+    result = CliRunner().invoke(main, ["plans", "push", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert pushed == [{"free", "gold"}]
+    assert f"planning catalog {served} (from TIERGATE_PLANS) to https://api.stripe.com" in result.output
+
+
+@pytest.mark.usefixtures("daemon_env")
+def test_plans_push_with_a_path_names_that_file(tmp_path: Path, pushed: list[set[str]]) -> None:
+    other = write_catalog(tmp_path / "other.yaml", "silver")
+    result = CliRunner().invoke(main, ["plans", "push", str(other)])
+    assert result.exit_code == 0, result.output
+    assert pushed == [{"free", "silver"}]
+    assert f"pushing catalog {other} (from argument)" in result.output
+
+
+@pytest.mark.parametrize("key", ["pk_test_51Abc", "whsec_123", "mykey123"])
+def test_a_key_that_is_not_a_secret_key_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, daemon_env: None, key: str
+) -> None:
+    monkeypatch.setenv("TIERGATE_STRIPE_API_KEY", key)
+    result = CliRunner().invoke(main, ["plans", "push", "--dry-run"])
+    assert result.exit_code == 2
+    assert "invalid setting TIERGATE_STRIPE_API_KEY=<hidden>: this is " in result.output
+    assert "takes a secret key (sk_test_…, sk_live_…) or a restricted key (rk_…)" in result.output
+    assert key not in result.output
+    assert ("publishable key (pk_)" in result.output) is key.startswith("pk_")
+
+
+@pytest.mark.parametrize("key", ["sk_test_x", "sk_live_x", "rk_live_x"])
+def test_secret_and_restricted_keys_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, daemon_env: None, pushed: list[set[str]], key: str
+) -> None:
+    monkeypatch.setenv("TIERGATE_STRIPE_API_KEY", key)
+    result = CliRunner().invoke(main, ["plans", "push", "--dry-run"])
+    assert result.exit_code == 0, result.output
+
+
+def test_an_unknown_variable_is_named_with_the_closest_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIERGATE_REPLICA_PATH", str(tmp_path / "replica.db"))
+    monkeypatch.setenv("TIERGATE_DEAMON_URL", "http://127.0.0.1:9190")
+    monkeypatch.setenv("TIERGATE_STRIPE_API_KEY", "sk_test_x")  # the daemon's: known, not warned
+    result = CliRunner().invoke(main, ["replica", "export"])
+    assert (
+        "warning: TIERGATE_DEAMON_URL is not a tiergate setting and is ignored; "
+        "did you mean TIERGATE_DAEMON_URL?"
+    ) in result.output
+    assert "TIERGATE_STRIPE_API_KEY" not in result.output
+
+
+def test_a_missing_setting_also_names_the_misspelt_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIERGATE_STRIPE_WEBHOOK_SECRET", "whsec_x")
+    monkeypatch.setenv("TIERGATE_FEED_TOKEN", "f")
+    monkeypatch.setenv("TIERGATE_STRIPE_KEY", "sk_test_x")
+    monkeypatch.delenv("TIERGATE_STRIPE_API_KEY", raising=False)
+    result = CliRunner().invoke(main, ["sync-daemon"])
+    assert result.exit_code == 2
+    assert "did you mean TIERGATE_STRIPE_API_KEY?" in result.output
+    assert "missing setting TIERGATE_STRIPE_API_KEY" in result.output
