@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip --disable-pip-version-check --quiet
 
-.PHONY: venv test check lint typecheck rego typescript pytest demo fmt bench chart-sync clean
+.PHONY: venv nginx test check lint typecheck rego typescript pytest demo fmt bench chart-sync clean
 
 venv: $(STAMP)
 
@@ -45,8 +45,18 @@ $(TS)/node_modules/.installed: $(TS)/package-lock.json
 	$(NPM) ci
 	touch $@
 
-pytest: venv typescript
+pytest: venv typescript nginx
 	$(BIN)/pytest -q
+
+# Debian's nginx for tests/integration/ingress (the shipped deploy/nginx configs run in front of a real
+# sidecar). Installed when missing and apt-get is usable (root, or sudo without a password); else the
+# tests skip and say so. The package does not start a service of its own: the tests run private ones.
+nginx:
+	@if command -v nginx >/dev/null || test -x /usr/sbin/nginx; then :; \
+	elif ! command -v apt-get >/dev/null; then echo "nginx: no apt-get here; install nginx to run the ingress tests"; \
+	else SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nginx \
+	  || echo "nginx: apt-get install nginx failed; the ingress tests will skip"; fi
 
 demo: venv
 	$(BIN)/python -m demo

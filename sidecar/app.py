@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
+from sidecar.api.authz import AUTHZ_LISTENER_PORTS, add_authz_routes, authz_listener_only
 from sidecar.api.check import add_routes
 from sidecar.api.usage import add_usage_routes
 from sidecar.decisions.cache import DecisionCache
@@ -34,7 +35,9 @@ def create_app(settings: SidecarSettings, *, engine: PolicyEngine | None = None)
     # Each regorus eval error would otherwise capture a Rust backtrace (~0.5 ms and a page of text).
     os.environ["RUST_BACKTRACE"] = "0"
     os.environ["RUST_LIB_BACKTRACE"] = "0"
-    app = web.Application(middlewares=[error_middleware("sidecar")], client_max_size=settings.max_body_bytes)
+    middlewares = [error_middleware("sidecar")]
+    middlewares += [authz_listener_only] if settings.authz_host is not None else []
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_replica_ctx)
     if settings.daemon_url is not None:
@@ -42,6 +45,7 @@ def create_app(settings: SidecarSettings, *, engine: PolicyEngine | None = None)
     app.cleanup_ctx.append(_engine_ctx(engine))
     add_routes(app)
     add_usage_routes(app)  # its cleanup context needs the engine's: it comes after
+    add_authz_routes(app)  # and the ingress gate's needs both
     app.on_startup.append(_freeze_startup_objects)
     return app
 
@@ -139,8 +143,17 @@ def _reloaded(app: web.Application, revision: str) -> None:
 
 
 def run(settings: SidecarSettings) -> None:
-    """Serve until interrupted (blocking); binds TIERGATE_SIDECAR_HOST:TIERGATE_SIDECAR_PORT first."""
-    listener = Listener(
-        settings.sidecar_host, settings.sidecar_port, "TIERGATE_SIDECAR_HOST", "TIERGATE_SIDECAR_PORT"
-    )
-    serve(create_app(settings), [listener], process="sidecar")
+    """Serve until interrupted (blocking); binds TIERGATE_SIDECAR_HOST:TIERGATE_SIDECAR_PORT first,
+    then the authz-only listener when TIERGATE_AUTHZ_HOST is set."""
+    app = create_app(settings)
+    listeners = [
+        Listener(
+            settings.sidecar_host, settings.sidecar_port, "TIERGATE_SIDECAR_HOST", "TIERGATE_SIDECAR_PORT"
+        )
+    ]
+    if settings.authz_host is not None:
+        app[AUTHZ_LISTENER_PORTS] = frozenset({settings.authz_port})
+        listeners.append(
+            Listener(settings.authz_host, settings.authz_port, "TIERGATE_AUTHZ_HOST", "TIERGATE_AUTHZ_PORT")
+        )
+    serve(app, listeners, process="sidecar")

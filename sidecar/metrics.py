@@ -50,6 +50,12 @@ class SidecarMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.authz = Counter(
+            "tiergate_authz",
+            "Ingress hook answers (/v1/authz and gRPC ext_authz), by HTTP status and reason.",
+            ["status", "reason"],
+            registry=self.registry,
+        )
         self.reloads = Counter(
             "tiergate_policy_reloads",
             "Policy and catalog reloads, by outcome.",

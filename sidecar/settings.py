@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, Field, SecretStr
+from pydantic import AnyHttpUrl, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +25,24 @@ class SidecarSettings(BaseSettings):
     # /v1/authz records one unit of a route's `usage` metric for each request it lets through.
     authz_record_usage: bool = True
     tenant_header: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9-]+$")] = "X-Tenant-Id"
+    # The ingress hook (issue 10): where its tenant comes from, its dedup key, its own listeners.
+    authz_identity: Literal["header", "jwt"] = "header"
+    jwt_secret: SecretStr | None = None  # HS256
+    jwt_jwks_path: Path | None = None  # RS256 / ES256 public keys
+    jwt_tenant_claim: Annotated[str, Field(min_length=1)] = "tenant"
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway_s: Annotated[float, Field(ge=0, le=300)] = 30.0
+    # Only a header the proxy itself generates (NGINX's $request_id); unset, every call counts.
+    authz_request_id_header: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]+$")] | None = None
+    authz_replay_window_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    authz_replay_max_entries: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
+    # An authz-only listener an ingress controller in another pod can reach (e.g. the pod IP).
+    authz_host: str | None = None
+    authz_port: Annotated[int, Field(ge=0, le=65535)] = 9192
+    # Envoy / Istio gRPC ext_authz; 9191 is OPA-Envoy's (and this sidecar's HTTP) port.
+    authz_grpc_host: str | None = None
+    authz_grpc_port: Annotated[int, Field(ge=0, le=65535)] = 9193
     decision_cache_size: Annotated[int, Field(ge=0)] = 100_000
     decision_cache_ttl_s: Annotated[float, Field(ge=0)] = 30.0
     decision_log_sample: Annotated[float, Field(ge=0, le=1)] = 0.01
@@ -53,3 +71,25 @@ class SidecarSettings(BaseSettings):
     # (a reserve for a tenant in flight waits for the answer, see docs/adr/0004).
     delivery_linger_s: Annotated[float, Field(ge=0, le=5)] = 0.05
     delivery_backoff_max_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+
+    @model_validator(mode="after")
+    def _ingress_is_consistent(self) -> SidecarSettings:
+        if self.authz_identity == "jwt" and self.jwt_secret is None and self.jwt_jwks_path is None:
+            raise ValueError(
+                "TIERGATE_AUTHZ_IDENTITY=jwt needs TIERGATE_JWT_SECRET (HS256) or TIERGATE_JWT_JWKS_PATH"
+                " (RS256/ES256)"
+            )
+        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value().encode()) < 32:
+            raise ValueError(
+                "TIERGATE_JWT_SECRET must be at least 32 bytes (RFC 7518: an HS256 key >= the hash)"
+            )
+        if self.authz_host is not None and self.authz_port == 0:
+            raise ValueError(
+                "TIERGATE_AUTHZ_PORT must be a fixed port (not 0) when TIERGATE_AUTHZ_HOST is set"
+            )
+        if self.authz_host is not None and self.authz_port == self.sidecar_port:
+            raise ValueError(
+                f"TIERGATE_AUTHZ_PORT={self.authz_port} is also TIERGATE_SIDECAR_PORT; the authz-only"
+                " listener needs a port of its own"
+            )
+        return self

@@ -8,6 +8,7 @@ The HTTP status is the class's `status`; the JSON body is `{"error": {"code", "m
     ├── ReplicaError             400 invalid_replica        replica file or import document unusable
     ├── WebhookRejectedError     400 webhook_rejected       signature, timestamp or body not trusted
     ├── UnauthorizedError        401 unauthorized           missing or wrong bearer token
+    ├── UnauthenticatedError     401 unauthenticated        ingress hook: no trusted tenant (header, JWT)
     ├── NotFoundError            404 not_found
     ├── NoSubscriptionError      409 no_subscription        billing action needs a subscription
     ├── ConflictError            409 conflict
@@ -196,3 +197,10 @@ def dotted_location(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
+
+
+class UnauthenticatedError(TierError):
+    """The ingress hook found no tenant it can trust: no header, or a token that does not verify."""
+
+    code = "unauthenticated"
+    status = 401

@@ -1,43 +1,90 @@
-"""The ingress hook's pure parts: which request is being authorised, and how to answer the proxy.
-
-NGINX `auth_request` sends X-Original-URI / X-Original-Method, Traefik ForwardAuth sends
-X-Forwarded-Uri / X-Forwarded-Method, and Envoy `ext_authz` (HTTP service) appends the original
-path to the authz path prefix and keeps the original method.
-"""
+"""/v1/authz over HTTP (NGINX auth_request, Traefik ForwardAuth, Envoy ext_authz), the gate's
+cleanup context, and the authz-only listener (TIERGATE_AUTHZ_HOST) that serves nothing else."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from urllib.parse import urlsplit
+from collections.abc import AsyncIterator
 
-from tiergate.models import Decision
+from aiohttp import web
 
-AUTHZ_PREFIX = "/v1/authz"
+from sidecar.api.usage import RECORDER
+from sidecar.ingress.gate import IngressGate
+from sidecar.ingress.hook import AUTHZ_PREFIX, error_verdict, for_auth_request, reserved_headers
+from sidecar.ingress.identity import HeaderIdentity, JwtIdentity, TenantIdentity
+from sidecar.ingress.replays import ReplayWindow
+from sidecar.settings import SidecarSettings
+from sidecar.state import DECISIONS, METRICS, ROUTES, SETTINGS
+from tiergate.web import Handler, error_body, json_response
+
+GATE = web.AppKey("ingress_gate", IngressGate)
+# Local ports of the authz-only listener's sockets (set by sidecar.app.run once they are bound).
+AUTHZ_LISTENER_PORTS = web.AppKey("authz_listener_ports", frozenset[int])
+AUTHZ_LISTENER_PATHS = ("/healthz", "/readyz")
 
 
-def original_request(headers: Mapping[str, str], method: str, path: str) -> tuple[str, str]:
-    """(method, path) of the request the proxy asks about; the query string is not routed on."""
-    uri = headers.get("X-Original-URI") or headers.get("X-Forwarded-Uri")
-    if uri:
-        original_method = headers.get("X-Original-Method") or headers.get("X-Forwarded-Method") or "GET"
-        return original_method.upper(), urlsplit(uri).path or "/"
-    tail = path[len(AUTHZ_PREFIX) :] if path.startswith(AUTHZ_PREFIX) else path
-    return method.upper(), tail or "/"
+async def authz(request: web.Request) -> web.Response:
+    nginx = request.headers.get("X-Tiergate-Proxy", "").lower() == "nginx"
+    gate = request.app[GATE]
+    forged = reserved_headers(request.headers.keys(), gate.proxy_headers()) if nginx else []
+    if forged:
+        message = f"client-sent {', '.join(forged)}: X-Tiergate-* names are reserved for tiergate"
+        verdict = error_verdict(400, "reserved_header", message, forged[0])
+        gate.metrics.authz.labels("400", "reserved_header").inc()
+    else:
+        verdict = await gate.authorize(request.headers, request.method, request.path)
+    if nginx:
+        verdict = for_auth_request(verdict)
+    if verdict.body is None:
+        return web.Response(status=verdict.status, headers=verdict.headers)
+    return json_response(verdict.body, verdict.status, verdict.headers)
 
 
-def authz_answer(decisions: Sequence[Decision], retry_after_s: int | None) -> tuple[int, dict[str, str]]:
-    """Status and headers for the proxy: the first deny decides; 429 only for an exhausted quota."""
-    for decision in decisions:
-        if not decision.allow:
-            if decision.reason == "limit_exceeded":
-                retry = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else {}
-                return 429, retry
-            return 403, {}
-    headers: dict[str, str] = {}
-    if decisions:
-        headers["X-Tiergate-Tier"] = str(decisions[0].tier)
-        metered = [d.remaining for d in decisions if d.limit is not None]
-        remaining = min((r for r in metered if r is not None), default=None) if metered else None
-        headers["X-Tiergate-Remaining"] = "unlimited" if remaining is None else str(remaining)
-        headers["X-Tiergate-Decision-Id"] = ",".join(d.decision_id for d in decisions)
-    return 200, headers
+def make_identity(settings: SidecarSettings) -> TenantIdentity:
+    if settings.authz_identity == "jwt":
+        return JwtIdentity(
+            secret=settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
+            jwks_path=settings.jwt_jwks_path,
+            tenant_claim=settings.jwt_tenant_claim,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            leeway_s=settings.jwt_leeway_s,
+        )
+    return HeaderIdentity(settings.tenant_header)
+
+
+async def ingress_ctx(app: web.Application) -> AsyncIterator[None]:
+    """After the engine's and the usage contexts: the gate uses their decisions and recorder."""
+    settings = app[SETTINGS]
+    recorder = app[RECORDER] if settings.authz_record_usage and RECORDER in app else None
+    app[GATE] = IngressGate(
+        identity=make_identity(settings),
+        routes=app[ROUTES],
+        decisions=app[DECISIONS],
+        metrics=app[METRICS],
+        reserve=recorder.reserve if recorder is not None else None,
+        request_id_header=settings.authz_request_id_header,
+        replays=ReplayWindow(settings.authz_replay_window_s, settings.authz_replay_max_entries),
+    )
+    yield
+
+
+@web.middleware
+async def authz_listener_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """On the authz-only listener, everything but the hook and health is 404: /v1/usage, /v1/check
+    and the rest stay reachable on loopback only."""
+    ports = request.app.get(AUTHZ_LISTENER_PORTS, frozenset())
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    on_listener = isinstance(sockname, tuple) and sockname[1] in ports
+    path = request.path
+    if on_listener and not (
+        path in AUTHZ_LISTENER_PATHS or path == AUTHZ_PREFIX or path.startswith(AUTHZ_PREFIX + "/")
+    ):
+        message = f"{path} is not served on the authz listener (only {AUTHZ_PREFIX} and health)"
+        return json_response(error_body("not_found", message), 404)
+    return await handler(request)
+
+
+def add_authz_routes(app: web.Application) -> None:
+    app.cleanup_ctx.append(ingress_ctx)
+    app.router.add_route("*", AUTHZ_PREFIX, authz)
+    app.router.add_route("*", AUTHZ_PREFIX + "/{tail:.*}", authz)

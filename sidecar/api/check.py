@@ -11,15 +11,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from sidecar.api.authz import AUTHZ_PREFIX, authz_answer, original_request
-from sidecar.api.usage import RECORDER, check_and_reserve, usage_status
+from sidecar.api.usage import check_and_reserve, usage_status
 from sidecar.replica.follower import FollowerStatus
 from sidecar.replica.store import AccountRow
-from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS
+from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, SETTINGS
 from tiergate.errors import BadRequestError, TierError
 from tiergate.models import CheckRequest, Decision
-from tiergate.periods import parse_rfc3339, rfc3339, seconds_until, utc_now
-from tiergate.web import error_body, json_response, read_json_object, validate
+from tiergate.periods import rfc3339
+from tiergate.web import json_response, read_json_object, validate
 
 
 class CheckBatch(BaseModel):
@@ -81,41 +80,6 @@ async def entitlements(request: web.Request) -> web.Response:
     )
 
 
-async def authz(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
-    tenant = (request.headers.get(settings.tenant_header) or "").strip()
-    if not tenant:
-        message = f"no tenant: the {settings.tenant_header} header is missing or empty"
-        return json_response(error_body("missing_tenant", message, settings.tenant_header), 401)
-    method, path = original_request(request.headers, request.method, request.path)
-    try:
-        route = await request.app[ROUTES].resolve(method, path)
-    except TierError as exc:
-        request.app[METRICS].engine_errors.labels("ingress").inc()
-        return json_response(_denial("policy_error", str(exc), method, path), 403)
-    if not route["matched"]:
-        if route.get("action") == "deny":
-            return json_response(_denial("unmatched_route", "no route matches", method, path), 403)
-        return web.Response(status=200)
-    decide = request.app[DECISIONS].decide
-    decisions = [await decide(tenant, route["feature"], 1)] if route.get("feature") else []
-    if route.get("usage") and all(d.allow for d in decisions):
-        decisions.append(await _consume(request, tenant, route["usage"]))
-    denied = next((d for d in decisions if not d.allow), None)
-    retry = seconds_until(parse_rfc3339(denied.valid_until), utc_now()) if denied else None
-    status, headers = authz_answer(decisions, retry)
-    if denied is None:
-        return web.Response(status=status, headers=headers)
-    body = {
-        "allow": False,
-        "reason": denied.reason,
-        "method": method,
-        "path": path,
-        "decision": denied,
-    }
-    return json_response(body, status, headers)
-
-
 def _feature_entry(decision: Decision) -> dict[str, Any]:
     return {
         "allow": decision.allow,
@@ -131,22 +95,6 @@ def _pending_change(row: AccountRow | None) -> dict[str, Any] | None:
     if row is None or row.pending_tier is None:
         return None
     return {"tier": row.pending_tier, "interval": row.pending_interval, "at": row.pending_at}
-
-
-async def _consume(request: web.Request, tenant: str, metric: str) -> Decision:
-    """The route's usage: checked and, when allowed, recorded in one step (a reserve), so the
-    ingress enforces a metered quota by itself. A proxy's retry with the same X-Request-Id is
-    counted once."""
-    if not request.app[SETTINGS].authz_record_usage or RECORDER not in request.app:
-        return await request.app[DECISIONS].decide(tenant, metric, 1)
-    request_id = request.headers.get("X-Request-Id") or None
-    transaction_id = f"authz:{request_id}" if request_id else None
-    decision, _ = await request.app[RECORDER].reserve(tenant, metric, 1, transaction_id)
-    return decision
-
-
-def _denial(reason: str, message: str, method: str, path: str) -> dict[str, Any]:
-    return {"allow": False, "reason": reason, "message": message, "method": method, "path": path}
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -246,8 +194,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/check", check_post)
     app.router.add_post("/v1/check/batch", check_batch)
     app.router.add_get("/v1/entitlements/{tenant}", entitlements)
-    app.router.add_route("*", AUTHZ_PREFIX, authz)
-    app.router.add_route("*", AUTHZ_PREFIX + "/{tail:.*}", authz)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

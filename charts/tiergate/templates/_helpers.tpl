@@ -143,6 +143,12 @@ The sidecar container, as one list item for your pod spec's `containers:`.
         secretKeyRef:
           name: {{ include "tiergate.secretName" $c }}
           key: {{ $v.secrets.keys.feedToken }}
+    - name: TIERGATE_JWT_SECRET
+      valueFrom:
+        secretKeyRef:
+          name: {{ include "tiergate.secretName" $c }}
+          key: {{ $v.secrets.keys.jwtSecret }}
+          optional: true
     {{- with $s.settings }}
     {{- include "tiergate.settingsEnv" . | nindent 4 }}
     {{- end }}

@@ -296,7 +296,8 @@ def test_sidecar_with_opa_gets_a_native_opa_sidecar(tmp_path: Path) -> None:
 def test_sidecar_settings_pass_through_and_parse_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    names = _passthrough("sidecar")
+    # Settings unset by default (None) are left out: the schema lets values give them a string only.
+    names = [n for n in _passthrough("sidecar") if SidecarSettings.model_fields[n].default is not None]
     values = {name: _plain(SidecarSettings.model_fields[name].default) for name in names}
     docs = documents(
         render({"tiergate": {**STRIPE, "sidecar": {"settings": values}}}, chart=app_chart(tmp_path))
@@ -351,6 +352,6 @@ def _parse(settings: Any, env: dict[str, dict[str, Any]], monkeypatch: pytest.Mo
         if name.startswith("TIERGATE_"):
             monkeypatch.delenv(name)
     for name, entry in env.items():
-        # A Stripe key must look like a secret key (sk_); the others are any string.
-        monkeypatch.setenv(name, entry.get("value", "sk_test_from-a-secret"))
+        # A Stripe key must look like a secret key (sk_), a JWT secret be 32 bytes; the others are any string.
+        monkeypatch.setenv(name, entry.get("value", "sk_test_from-a-secret-at-least-32-bytes"))
     return settings(_env_file=None)

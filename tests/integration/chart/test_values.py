@@ -29,6 +29,7 @@ SIDECAR_MANAGED = {
     "opa_url": "opa.port (loopback)",
     "daemon_url": "sidecar.daemonUrl, else this release's Service",
     "feed_token": "secrets (feedToken key)",
+    "jwt_secret": "secrets (jwtSecret key, optional: absent unless set)",
 }
 DAEMON_MANAGED = {
     "stripe_api_key": "secrets (stripeApiKey key)",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.integration.sidecar.conftest import SidecarClient
@@ -67,6 +69,37 @@ async def test_envoy_ext_authz_path_prefix(client: SidecarClient, method: str, s
     assert response.status == status
 
 
+@pytest.mark.parametrize(
+    ("headers", "field"),
+    [
+        ({}, "X-Original-URI"),
+        ({"X-Original-URI": "/api/v1/things"}, "X-Original-Method"),
+        ({"X-Forwarded-Uri": "/api/v1/things"}, "X-Forwarded-Method"),
+        ({"X-Original-URI": "api/v1/things", "X-Original-Method": "GET"}, "X-Original-URI"),
+        ({"X-Original-URI": "/x", "X-Original-Method": "GET /"}, "X-Original-Method"),
+    ],
+)
+async def test_a_hook_call_without_the_original_request_is_400(
+    client: SidecarClient, headers: dict[str, str], field: str
+) -> None:
+    response = await client.get("/v1/authz", headers=headers | {"X-Tenant-Id": "ent-active"})
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error["field"] == field
+    if not headers:  # names every convention it looked for
+        assert all(name in error["message"] for name in ("X-Original-URI", "X-Forwarded-Uri", "/v1/authz"))
+
+
+async def test_for_nginx_a_denial_is_403_carrying_the_real_status(client: SidecarClient) -> None:
+    headers = nginx("/api/v1/things", tenant="free-heavy") | {"X-Tiergate-Proxy": "nginx"}
+    response = await client.get("/v1/authz", headers=headers)
+    assert response.status == 403  # auth_request passes only 2xx, 401 and 403
+    assert response.headers["X-Tiergate-Status"] == "429"
+    assert int(response.headers["Retry-After"]) > 0
+    error = json.loads(response.headers["X-Tiergate-Error"])
+    assert (error["reason"], error["feature"], error["limit"]) == ("limit_exceeded", "api_calls", 1000)
+
+
 async def test_unmatched_route_is_allowed_by_default(client: SidecarClient) -> None:
     response = await client.get("/v1/authz", headers=nginx("/static/app.js", tenant="nobody"))
     assert response.status == 200
@@ -93,12 +126,13 @@ async def test_requests_let_through_consume_the_routes_usage(client: SidecarClie
     assert await used_api_calls(client, "free-light") == before + 3
 
 
-async def test_a_proxy_retry_with_the_same_request_id_counts_once(client: SidecarClient) -> None:
+async def test_a_client_sent_request_id_does_not_deduplicate(client: SidecarClient) -> None:
+    # With no TIERGATE_AUTHZ_REQUEST_ID_HEADER, no header is a dedup key: every call counts.
     before = await used_api_calls(client, "free-light")
     headers = nginx("/api/v1/things", tenant="free-light") | {"X-Request-Id": "req-7"}
     for _ in range(2):
         assert (await client.get("/v1/authz", headers=headers)).status == 200
-    assert await used_api_calls(client, "free-light") == before + 1
+    assert await used_api_calls(client, "free-light") == before + 2
 
 
 async def test_a_refused_feature_consumes_nothing(client: SidecarClient) -> None:
