@@ -53,7 +53,7 @@ class SidecarSettings(BaseSettings):
     log_json: bool = True
     # Following a sync daemon: unset means static mode (a replica from import, usage not delivered).
     daemon_url: AnyHttpUrl | None = None
-    feed_token: SecretStr | None = None
+    feed_token: Annotated[SecretStr, Field(min_length=8)] | None = None
     staleness_budget_s: Annotated[float, Field(gt=0)] = 300.0
     follower_backoff_max_s: Annotated[float, Field(gt=0, le=300)] = 15.0
     # How long a replica write waits for another writer (`tiergate replica import`) before the

@@ -15,6 +15,9 @@ from tiergate.settings_errors import describe_settings_error
 SECRET_KEY_PREFIXES = ("sk_", "rk_")
 
 
+MIN_TOKEN = 8  # bearer tokens: an empty or trivial token would open the feed to anyone
+
+
 class DaemonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TIERGATE_", frozen=True, extra="ignore")
 
@@ -28,9 +31,9 @@ class DaemonSettings(BaseSettings):
     daemon_host: str = "127.0.0.1"
     daemon_port: Annotated[int, Field(ge=0, le=65535)] = 9190
     mirror_path: Path = Path(".state/mirror.db")
-    feed_token: SecretStr
+    feed_token: Annotated[SecretStr, Field(min_length=MIN_TOKEN)]
     # The billing API (/v1/checkout/sessions, /v1/subscriptions/...) answers 503 until this is set.
-    api_token: SecretStr | None = None
+    api_token: Annotated[SecretStr, Field(min_length=MIN_TOKEN)] | None = None
     proration_behavior: Literal["create_prorations", "always_invoice", "none"] = "create_prorations"
     reconcile_interval_s: Annotated[float, Field(gt=0)] = 300.0
     reconcile_at_start: bool = True

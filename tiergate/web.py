@@ -42,6 +42,7 @@ def error_middleware(process: str) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
+            check_headers(request)
             return await handler(request)
         except TierError as exc:
             if exc.status >= 500:
@@ -52,7 +53,8 @@ def error_middleware(process: str) -> Middleware:
                 raise
             code = (exc.reason or "error").lower().replace(" ", "_")
             body = error_body(code, f"{exc.reason}: {request.method} {request.path}")
-            return json_response(body, exc.status)
+            allow = exc.headers.get("Allow")  # a 405 says which methods the route takes
+            return json_response(body, exc.status, {"Allow": allow} if allow is not None else None)
         except Exception:
             log.exception("unhandled_error", method=request.method, path=request.path)
             return json_response(error_body("internal", f"internal error; see the {process}'s logs"), 500)
@@ -92,9 +94,32 @@ def validate(model: type[M], raw: object, prefix: str = "") -> M:
         raise BadRequestError(f"{field or 'body'}: {err['msg']}", field=field or None) from None
 
 
+def check_headers(request: web.Request) -> None:
+    """Header bytes that are not UTF-8 (kept by aiohttp as surrogates) are the client's mistake: a
+    400 naming the header, before a handler or a log line trips over them."""
+    for name, value in request.headers.items():
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise BadRequestError(f"header {name} is not valid UTF-8", field=name) from None
+    if not request.raw_path.isascii():
+        try:
+            request.raw_path.encode()
+        except UnicodeEncodeError:
+            raise BadRequestError("the request target is not valid UTF-8", field="path") from None
+
+
 def require_bearer(request: web.Request, token: str) -> None:
     given = request.headers.get("Authorization", "")
     scheme, _, value = given.partition(" ")
+    value = value.strip()
+    # An empty token on either side never matches: `Bearer ` alone must not open the feed.
     # compare_digest: the time taken must not tell an attacker how much of the token matched.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+    if (
+        scheme.lower() != "bearer"
+        or not value
+        or not token
+        or not hmac.compare_digest(value.encode(), token.encode())
+    ):
         raise UnauthorizedError("missing or wrong bearer token (Authorization: Bearer <TIERGATE_FEED_TOKEN>)")
