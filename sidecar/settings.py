@@ -55,6 +55,9 @@ class SidecarSettings(BaseSettings):
     daemon_url: AnyHttpUrl | None = None
     feed_token: Annotated[SecretStr, Field(min_length=8)] | None = None
     staleness_budget_s: Annotated[float, Field(gt=0)] = 300.0
+    # What a check gets before the first snapshot from the daemon: a `replica_not_ready` deny, or
+    # a 503 (the caller's own fallback decides).
+    not_ready_answer: Literal["deny", "unavailable"] = "deny"
     follower_backoff_max_s: Annotated[float, Field(gt=0, le=300)] = 15.0
     # How long a replica write waits for another writer (`tiergate replica import`) before the
     # follower counts a failure and retries.

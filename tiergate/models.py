@@ -32,6 +32,7 @@ REASONS = (
     "unknown_feature",
     "replica_stale",
     "policy_error",
+    "replica_not_ready",
 )
 
 TenantId = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
