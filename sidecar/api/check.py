@@ -12,14 +12,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from sidecar.api.usage import check_and_reserve, usage_status
+from sidecar.api.usage import OUTBOX, check_and_reserve, usage_status
 from sidecar.replica.follower import FollowerStatus
 from sidecar.replica.store import AccountRow
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, SETTINGS
+from sidecar.usage.static_mode import static_mode_warnings
 from tiergate.errors import BadRequestError, TierError
 from tiergate.models import CheckRequest, Decision
-from tiergate.periods import rfc3339
-from tiergate.web import json_response, read_json_object, validate
+from tiergate.periods import rfc3339, utc_now
+from tiergate.web import json_response, query_params, read_json_object, validate
 
 YIELD_EVERY = 32  # decisions between two yields to the event loop inside one batch
 
@@ -31,7 +32,7 @@ class CheckBatch(BaseModel):
 
 
 async def check_get(request: web.Request) -> web.Response:
-    query = request.query
+    query = query_params(request)
     raw: dict[str, Any] = {"tenant": query.get("tenant"), "feature": query.get("feature")}
     if "quantity" in query:
         raw["quantity"] = _query_int(query["quantity"], "quantity")
@@ -72,6 +73,7 @@ async def entitlements(request: web.Request) -> web.Response:
     features = request.app[POLICIES].features()
     decisions = {feature: await decide(tenant, feature, 1) for feature in sorted(features)}
     row = request.app[READER].account(tenant)
+    sources = value_sources(request.app[READER].overrides(tenant), rfc3339(utc_now()) or "")
     first = next(iter(decisions.values()), None)
     return json_response(
         {
@@ -80,7 +82,10 @@ async def entitlements(request: web.Request) -> web.Response:
             "account": row.to_account().model_dump(mode="json", exclude={"version"}) if row else None,
             # A downgrade scheduled at the period end: the UI can say "Starter from <date>".
             "pending_change": _pending_change(row),
-            "features": {name: _feature_entry(d) for name, d in decisions.items()},
+            "features": {
+                name: {**_feature_entry(d), "source": sources.get(name, "plan")}
+                for name, d in decisions.items()
+            },
             "policy_revision": first.policy_revision if first else None,
             "data_as_of": first.data_as_of if first else None,
             "stale": first.stale if first else False,
@@ -96,6 +101,18 @@ def _feature_entry(decision: Decision) -> dict[str, Any]:
         "used": decision.used,
         "remaining": decision.remaining,
         "valid_until": decision.valid_until,
+    }
+
+
+def value_sources(overrides: dict[str, dict[str, Any]], now_text: str) -> dict[str, str]:
+    """Where each feature's value comes from, when not from the plan: an override in force.
+
+    RFC 3339 `Z` strings of whole seconds compare in time order, as the policy's instants do.
+    """
+    return {
+        feature: "override"
+        for feature, found in overrides.items()
+        if found.get("expires_at") is None or now_text < str(found["expires_at"])
     }
 
 
@@ -157,8 +174,12 @@ async def metrics(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     reader = request.app[READER]
     decisions = request.app[DECISIONS]
+    following = FOLLOWER in request.app
+    backlog = request.app[OUTBOX].backlog if OUTBOX in request.app else 0
     return json_response(
         {
+            "mode": "following" if following else "static",
+            "warnings": [] if following else static_mode_warnings(reader.count_accounts(), backlog),
             "replica": {
                 "path": str(reader.path),
                 "data_as_of": rfc3339(reader.meta.data_as_of),

@@ -32,7 +32,7 @@ import aiohttp
 import structlog
 
 from sidecar.replica.store import ReplicaWriter, open_replica, read_meta
-from tiergate.feed import FeedAccount, FeedChange, FeedUsage
+from tiergate.feed import KNOWN_KINDS, FeedAccount, FeedChange, FeedOverride, FeedUsage, refused_token
 from tiergate.periods import utc_now_text
 
 log = structlog.get_logger("tiergate.follower")
@@ -47,6 +47,10 @@ class FeedGapError(Exception):
 
 class FeedProtocolError(Exception):
     """The daemon answered something we cannot apply."""
+
+
+class FeedAuthError(FeedProtocolError):
+    """The daemon refused our bearer token: a setting to fix, retried in case it is being rotated."""
 
 
 @dataclass
@@ -142,11 +146,11 @@ class Follower:
             self.status.position = None
 
     async def _poll(self, session: aiohttp.ClientSession) -> None:
-        params = {"since": str(self.status.position), "wait": f"{self.poll_wait_s:g}"}
+        params = {"since": str(self.status.position), "wait": f"{self.poll_wait_s:g}", "kinds": FEED_KINDS}
         async with session.get("/v1/feed/changes", params=params) as response:
             if response.status == 410:
                 raise FeedGapError()
-            await _expect_ok(response)
+            await _expect_ok(response, token_sent=self.token is not None)
             body = await response.json()
         self._contact()
         changes, last_seq, as_of = _parse_changes(body)
@@ -170,7 +174,7 @@ class Follower:
         with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, dir=staging) as tmp:
             path = Path(tmp) / "snapshot.ndjson"
             async with session.get("/v1/feed/snapshot") as response:
-                await _expect_ok(response)
+                await _expect_ok(response, token_sent=self.token is not None)
                 with path.open("wb") as out:
                     async for chunk in response.content.iter_chunked(1 << 16):
                         out.write(chunk)
@@ -209,6 +213,9 @@ class Follower:
         self.status.failures[kind] += 1
         self.status.last_error = f"{type(exc).__name__}: {exc}"
         self.status.last_error_at = utc_now_text()
+        if isinstance(exc, FeedAuthError):
+            log.error("daemon_auth_failed", error=str(exc), setting="TIERGATE_FEED_TOKEN")
+            return
         event = "daemon_unreachable" if kind == "daemon" else "replica_write_failed"
         log.warning(
             event,
@@ -250,10 +257,17 @@ def clean_staging(replica_path: Path) -> int:
     return removed
 
 
-async def _expect_ok(response: aiohttp.ClientResponse) -> None:
+async def _expect_ok(response: aiohttp.ClientResponse, *, token_sent: bool) -> None:
+    refused = refused_token(response.status, response.url.path, token_sent=token_sent)
+    if refused is not None:
+        raise FeedAuthError(refused)
     if response.status != 200:
         text = (await response.text())[:300]
         raise FeedProtocolError(f"daemon answered {response.status} to {response.url.path}: {text}")
+
+
+# The entry kinds this sidecar applies; a daemon leaves out any other (see GET /v1/feed/changes).
+FEED_KINDS = ",".join(sorted(KNOWN_KINDS))
 
 
 def _parse_changes(body: Any) -> tuple[list[FeedChange], int, datetime]:
@@ -290,6 +304,7 @@ def _apply_snapshot(writer: ReplicaWriter, path: Path) -> dict[str, Any]:
         position=int(header["seq"]),
         source="snapshot",
         expect_accounts=trailer.get("accounts"),
+        overrides=(FeedOverride.model_validate(o) for o in records("override")),
     )
     return {"seq": int(header["seq"]), "accounts": n_accounts}
 

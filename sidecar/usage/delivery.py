@@ -26,6 +26,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from sidecar.usage.ledger import UsageLedger
 from sidecar.usage.outbox import Outbox, OutboxRow
+from tiergate.feed import refused_token
 from tiergate.periods import utc_now_text
 
 log = structlog.get_logger("tiergate.delivery")
@@ -43,6 +44,10 @@ class DeliveryError(Exception):
 
 class BatchRefusedError(Exception):
     """The daemon refused this batch as such (too large, unreadable): split it, never resend it whole."""
+
+
+class DeliveryAuthError(DeliveryError):
+    """The daemon refused our bearer token: a setting to fix; retried in case it is being rotated."""
 
 
 @dataclass
@@ -191,6 +196,9 @@ class Delivery:
         body = b'{"events":[' + b",".join(row.text.encode() for row in rows) + b"]}"
         headers = {"Content-Type": "application/json"}
         async with session.post("/v1/usage/batch", data=body, headers=headers) as response:
+            refused = refused_token(response.status, "/v1/usage/batch", token_sent=self.token is not None)
+            if refused is not None:
+                raise DeliveryAuthError(refused)
             if response.status in REFUSED:
                 text = (await response.text())[:300]
                 raise BatchRefusedError(
@@ -235,7 +243,10 @@ class Delivery:
         self.status.failures += 1
         self.status.last_error = f"{type(exc).__name__}: {exc}" if exc else "unknown error"
         self.status.last_error_at = utc_now_text()
-        log.warning("usage_delivery_failed", error=self.status.last_error, backlog=self.outbox.backlog)
+        if isinstance(exc, DeliveryAuthError):
+            log.error("usage_delivery_auth_failed", error=str(exc), setting="TIERGATE_FEED_TOKEN")
+        else:
+            log.warning("usage_delivery_failed", error=self.status.last_error, backlog=self.outbox.backlog)
 
 
 def _highest(a: int | None, b: int | None) -> int | None:

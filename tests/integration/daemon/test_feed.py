@@ -35,7 +35,7 @@ async def test_snapshot_lines(daemon: Daemon) -> None:
     assert lines[0]["type"] == "snapshot" and lines[0]["seq"] == 2 and lines[0]["data_as_of"].endswith("Z")
     accounts = [Account.model_validate(line["account"]) for line in lines[1:-1]]
     assert [a.tenant for a in accounts] == ["a", "b"] and accounts[0].tier == "pro"
-    assert lines[-1] == {"type": "end", "accounts": 2, "usage": 0}
+    assert lines[-1] == {"type": "end", "accounts": 2, "usage": 0, "overrides": 0}
 
 
 async def test_changes_match_the_follower_contract(daemon: Daemon) -> None:
@@ -103,3 +103,11 @@ async def test_one_error_shape(daemon: Daemon, path: str, status: int, code: str
     assert response.status == status
     body = await response.json()
     assert set(body["error"]) == {"code", "message", "field"} and body["error"]["code"] == code
+
+
+async def test_a_repeated_query_parameter_is_a_400(daemon: Daemon) -> None:
+    response = await daemon.client.get("/v1/feed/changes?since=0&since=5&wait=0", headers=AUTH)
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert (error["code"], error["field"]) == ("bad_request", "since")
+    assert "['0', '5']" in error["message"]
