@@ -98,7 +98,7 @@ def _set_aside_if_damaged(settings: SidecarSettings) -> None:
 
 async def _follower_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    token = settings.feed_token.get_secret_value() if settings.feed_token else None
+    token = settings.sent_feed_token
     poll_wait_s = max(0.5, min(LONG_POLL_S, settings.staleness_budget_s / 2))
     follower = Follower(
         str(settings.daemon_url),
