@@ -58,7 +58,7 @@ class SidecarSettings(BaseSettings):
     log_json: bool = True
     # Following a sync daemon: unset means static mode (a replica from import, usage not delivered).
     daemon_url: AnyHttpUrl | None = None
-    feed_token: Annotated[SecretStr, Field(min_length=8)] | None = None
+    feed_token: SecretStr | None = None
     staleness_budget_s: Annotated[float, Field(gt=0)] = 300.0
     # What a check gets before the first snapshot from the daemon: a `replica_not_ready` deny, or
     # a 503 (the caller's own fallback decides).

@@ -17,9 +17,6 @@ HOST_PATTERN = re.compile(r"(\*\.)?[A-Za-z0-9][A-Za-z0-9.-]{0,252}")  # a host n
 SECRET_KEY_PREFIXES = ("sk_", "rk_")
 
 
-MIN_TOKEN = 8  # bearer tokens: an empty or trivial token would open the feed to anyone
-
-
 class DaemonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TIERGATE_", frozen=True, extra="ignore")
 
@@ -33,9 +30,9 @@ class DaemonSettings(BaseSettings):
     daemon_host: str = "127.0.0.1"
     daemon_port: Annotated[int, Field(ge=0, le=65535)] = 9190
     mirror_path: Path = Path(".state/mirror.db")
-    feed_token: Annotated[SecretStr, Field(min_length=MIN_TOKEN)]
+    feed_token: SecretStr
     # The billing API (/v1/checkout/sessions, /v1/subscriptions/...) answers 503 until this is set.
-    api_token: Annotated[SecretStr, Field(min_length=MIN_TOKEN)] | None = None
+    api_token: SecretStr | None = None
     # Hosts Checkout and the portal may send a customer back to (comma-separated; `*.example.com`
     # for subdomains). Empty: any http(s) URL, with a warning at start while the billing API is on.
     redirect_hosts: str = ""
@@ -70,6 +67,16 @@ class DaemonSettings(BaseSettings):
                 "sink on, or neither"
             )
         return self
+
+    @field_validator("feed_token")
+    @classmethod
+    def _some_feed_token(cls, token: SecretStr) -> SecretStr:
+        # An empty token must not open the feed (with `Authorization: Bearer` and nothing after).
+        if not any(part.strip() for part in token.get_secret_value().split(",")):
+            raise ValueError(
+                "is empty: set TIERGATE_FEED_TOKEN to a long random value (comma-separated to rotate)"
+            )
+        return token
 
     @field_validator("redirect_hosts")
     @classmethod
