@@ -34,9 +34,14 @@ class Metric(_Strict):
 
 
 class Quota(_Strict):
-    """`{limit: N}` allows N per billing period; `{}` is on and unlimited."""
+    """`{limit: N}` allows N per billing period; `{}` is on and unlimited.
+
+    `limit_by: quantity` makes the limit what the customer bought: the subscription's quantity
+    (seats), capped by `limit` when both are given; a tenant without a subscription gets `limit`.
+    """
 
     limit: Annotated[int, Field(ge=0)] | None = None
+    limit_by: Literal["quantity"] | None = None
 
 
 def _feature_value(value: object) -> object:
@@ -84,6 +89,31 @@ class Tier(_Strict):
     features: dict[Identifier, FeatureValue] = Field(default_factory=dict)
 
 
+class AddonLimit(_Strict):
+    """What one unit of an add-on adds to a feature's limit (times the item's quantity)."""
+
+    add_limit: Annotated[int, Field(ge=1)]
+
+
+def _addon_effect(value: object) -> object:
+    if value is True or isinstance(value, AddonLimit):
+        return value
+    if isinstance(value, dict):
+        return AddonLimit.model_validate(value)
+    raise ValueError(f"an add-on's feature is true (turns it on) or {{add_limit: N}}; got {value!r}")
+
+
+AddonEffect = Annotated[bool | AddonLimit, BeforeValidator(_addon_effect)]
+
+
+class Addon(_Strict):
+    """A Stripe price bought as an extra subscription item, changing features on top of the tier."""
+
+    name: str | None = None
+    prices: dict[Interval, Price]
+    features: dict[Identifier, AddonEffect]
+
+
 class Route(_Strict):
     """An ingress rule: requests matching method and glob path need `feature` and consume `usage`."""
 
@@ -107,6 +137,7 @@ class Catalog(_Strict):
     default_tier: Identifier
     metrics: dict[Identifier, Metric] = Field(default_factory=dict)
     tiers: dict[Identifier, Tier]
+    addons: dict[Identifier, Addon] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
     ingress: Ingress = Field(default_factory=Ingress)
     checkout: CheckoutOptions = Field(default_factory=CheckoutOptions)
@@ -120,6 +151,12 @@ class Catalog(_Strict):
             for interval, price in tier.prices.items():
                 if price.lookup_key == key:
                     return tier_name, interval
+        return None
+
+    def addon_for_lookup_key(self, key: str) -> str | None:
+        for name, addon in self.addons.items():
+            if any(price.lookup_key == key for price in addon.prices.values()):
+                return name
         return None
 
     def policy_data(self) -> dict[str, Any]:
@@ -154,6 +191,19 @@ def _cross_field_problems(catalog: Catalog) -> list[tuple[str, str]]:
                     )
                 )
     known = catalog.features
+    for name, addon in catalog.addons.items():
+        for interval, price in addon.prices.items():
+            where = f"addons.{name}.prices.{interval}.lookup_key"
+            if price.lookup_key in seen_keys:
+                problems.append(
+                    (where, f"{price.lookup_key!r} is also used by {seen_keys[price.lookup_key]}")
+                )
+            seen_keys[price.lookup_key] = where
+        for feature in addon.features:
+            if feature not in known:
+                problems.append(
+                    (f"addons.{name}.features.{feature}", f"{feature!r} is in no tier's features")
+                )
     for i, route in enumerate(catalog.routes):
         if route.feature is not None and route.feature not in known:
             problems.append((f"routes[{i}].feature", f"{route.feature!r} is in no tier's features"))
@@ -202,7 +252,7 @@ def load_catalog(path: Path) -> Catalog:
 
 def _dotted(loc: tuple[int | str, ...]) -> str:
     # pydantic reports union members ("bool", "Quota") as path parts: they are not fields.
-    parts = [p for p in loc if p not in ("bool", "Quota", "[key]")]
+    parts = [p for p in loc if p not in ("bool", "Quota", "AddonLimit", "[key]")]
     out = ""
     for part in parts:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))

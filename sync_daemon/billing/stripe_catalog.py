@@ -8,6 +8,7 @@ from typing import Any
 import stripe
 
 from sync_daemon.billing.push import (
+    ADDON_PREFIX,
     Change,
     CreatePrice,
     CreateProduct,
@@ -25,6 +26,7 @@ from sync_daemon.settings import DaemonSettings
 from tiergate.catalog import Catalog
 
 TIER_KEY = "tier"  # product metadata naming the catalog tier: how a product is recognised as ours
+ADDON_KEY = "addon"  # ... or naming the catalog add-on
 
 
 class StripeCatalogStore:
@@ -45,7 +47,7 @@ class StripeCatalogStore:
         self._legacy = not await has_prices(self._client, self._base)
         try:
             products = [p.to_dict() async for p in await self._list(self._client.v1.products, {"limit": 100})]
-            ours = {p["id"]: _product(p) for p in products if (p.get("metadata") or {}).get(TIER_KEY)}
+            ours = {p["id"]: _product(p) for p in products if _key(p) is not None}
             if self._legacy:
                 listing = await self._list(self._client.v1.plans, {"limit": 100})
             else:  # currency_options come only when expanded
@@ -60,8 +62,10 @@ class StripeCatalogStore:
         return RemoteCatalog(tuple(ours.values()), tuple(prices), legacy_plans=self._legacy)
 
     async def create_product(self, change: CreateProduct) -> str:
-        params: dict[str, Any] = {"name": change.name, "metadata": {TIER_KEY: change.tier}}
-        options: stripe.RequestOptions = {"idempotency_key": f"tiergate-product-{change.tier}"}
+        params: dict[str, Any] = {"name": change.name, "metadata": _metadata(change.tier)}
+        options: stripe.RequestOptions = {
+            "idempotency_key": f"tiergate-product-{change.tier}".replace(":", "-")
+        }
         try:
             product = await self._client.v1.products.create_async(params, options)  # type: ignore[arg-type]  # plain dict params
         except stripe.StripeError as exc:
@@ -81,7 +85,7 @@ class StripeCatalogStore:
         common: dict[str, Any] = {
             "product": product_id,
             "currency": change.currency,
-            "metadata": {TIER_KEY: change.tier},
+            "metadata": _metadata(change.tier),
         }
         try:
             if self._legacy:  # a Plan whose id is the lookup key: what the daemon maps back to the tier
@@ -129,8 +133,22 @@ def _product_id(obj: dict[str, Any]) -> str:
     return str(product["id"] if isinstance(product, dict) else product)
 
 
+def _key(p: dict[str, Any]) -> str | None:
+    """The product's catalog key: its tier, or `addon:<name>`; None for a product that is not ours."""
+    metadata = p.get("metadata") or {}
+    if metadata.get(TIER_KEY):
+        return str(metadata[TIER_KEY])
+    return ADDON_PREFIX + str(metadata[ADDON_KEY]) if metadata.get(ADDON_KEY) else None
+
+
+def _metadata(key: str) -> dict[str, str]:
+    if key.startswith(ADDON_PREFIX):
+        return {ADDON_KEY: key.removeprefix(ADDON_PREFIX)}
+    return {TIER_KEY: key}
+
+
 def _product(p: dict[str, Any]) -> RemoteProduct:
-    return RemoteProduct(p["id"], p["metadata"][TIER_KEY], p.get("name") or "", bool(p.get("active", True)))
+    return RemoteProduct(p["id"], _key(p) or "", p.get("name") or "", bool(p.get("active", True)))
 
 
 def _price(p: dict[str, Any]) -> RemotePrice:

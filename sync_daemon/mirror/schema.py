@@ -217,3 +217,9 @@ def m006_overrides(db: sqlite_utils.Database) -> None:
     db.execute(f"ALTER TABLE changes_v2 RENAME TO {CHANGES}")
     db.execute("DELETE FROM sqlite_sequence WHERE name IN (?, 'changes_v2')", [CHANGES])
     db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", [CHANGES, top])
+
+
+@MIGRATIONS()
+def m007_account_addons(db: sqlite_utils.Database) -> None:
+    # The add-ons the subscription holds besides its tier's item: JSON {addon: quantity}, NULL for none.
+    db.execute(f"ALTER TABLE {ACCOUNTS} ADD COLUMN addons TEXT")
