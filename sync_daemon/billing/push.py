@@ -246,6 +246,7 @@ class CatalogStore(Protocol):
 class PushResult:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    products: dict[str, str] = field(default_factory=dict)  # product key -> Stripe id, after the push
 
 
 async def apply_push(store: CatalogStore, remote: RemoteCatalog, changes: Sequence[Change]) -> PushResult:
@@ -255,7 +256,8 @@ async def apply_push(store: CatalogStore, remote: RemoteCatalog, changes: Sequen
     an active price for Checkout.
     """
     result = PushResult()
-    products = {p.tier: p.id for p in remote.products}
+    products = result.products
+    products.update({p.tier: p.id for p in remote.products})
     for change in changes:
         if isinstance(change, CreateProduct):
             products[change.tier] = await store.create_product(change)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import stripe
@@ -21,6 +22,16 @@ from sync_daemon.billing.push import (
     UpdateProduct,
     apply_push,
     plan_push,
+)
+from sync_daemon.billing.push_features import (
+    Attachment,
+    CreateFeature,
+    DetachFeature,
+    FeatureChange,
+    RemoteFeature,
+    RemoteFeatures,
+    apply_feature_push,
+    plan_features,
 )
 from sync_daemon.billing.stripe_actions import has_prices, make_client, stripe_failure
 from sync_daemon.settings import DaemonSettings
@@ -150,6 +161,52 @@ class StripeCatalogStore:
         except stripe.StripeError as exc:
             raise stripe_failure(f"update price {change.price_id}", exc, self._base) from exc
 
+    # -- Entitlements Features (FeatureStore) -----------------------------------------------
+
+    async def read_features(self, product_ids: Sequence[str]) -> RemoteFeatures:
+        if self._legacy:  # an emulator without Prices has no Entitlements API either
+            return RemoteFeatures()
+        try:
+            listing = await self._list(self._client.v1.entitlements.features, {"limit": 100})
+            features = [_feature(f.to_dict()) async for f in listing]
+            attachments: list[Attachment] = []
+            for product_id in product_ids:
+                page = await self._client.v1.products.features.list_async(product_id, {"limit": 100})
+                async for held in page.auto_paging_iter():
+                    body = held.to_dict()
+                    lookup = (body.get("entitlement_feature") or {}).get("lookup_key")
+                    if lookup:
+                        attachments.append(Attachment(body["id"], product_id, lookup))
+        except stripe.StripeError as exc:
+            raise stripe_failure("list the entitlement features", exc, self._base) from exc
+        return RemoteFeatures(tuple(features), tuple(attachments))
+
+    async def create_feature(self, change: CreateFeature) -> str:
+        params = {"lookup_key": change.lookup_key, "name": change.name, "metadata": {"tiergate": "catalog"}}
+        options: stripe.RequestOptions = {"idempotency_key": f"tiergate-feature-{change.lookup_key}"}
+        try:
+            made = await self._client.v1.entitlements.features.create_async(params, options)  # type: ignore[arg-type]  # plain dict params
+        except stripe.StripeError as exc:
+            raise stripe_failure(f"create the feature {change.lookup_key!r}", exc, self._base) from exc
+        return str(made.id)
+
+    async def attach_feature(self, product_id: str, feature_id: str) -> None:
+        options: stripe.RequestOptions = {"idempotency_key": f"tiergate-attach-{product_id}-{feature_id}"}
+        try:
+            await self._client.v1.products.features.create_async(
+                product_id, {"entitlement_feature": feature_id}, options
+            )
+        except stripe.StripeError as exc:
+            raise stripe_failure(f"attach {feature_id} to {product_id}", exc, self._base) from exc
+
+    async def detach_feature(self, change: DetachFeature) -> None:
+        try:
+            await self._client.v1.products.features.delete_async(change.product_id, change.attachment_id)
+        except stripe.StripeError as exc:
+            raise stripe_failure(
+                f"detach {change.lookup_key!r} from {change.product_id}", exc, self._base
+            ) from exc
+
     async def _list(self, service: Any, params: dict[str, Any]) -> Any:
         page = await service.list_async(params)
         return page.auto_paging_iter()
@@ -200,6 +257,12 @@ def _price(p: dict[str, Any]) -> RemotePrice:
     )
 
 
+def _feature(f: dict[str, Any]) -> RemoteFeature:
+    return RemoteFeature(
+        f["id"], str(f.get("lookup_key") or ""), str(f.get("name") or ""), bool(f.get("active", True))
+    )
+
+
 def _plan(p: dict[str, Any]) -> RemotePrice:
     return RemotePrice(
         p["id"], _product_id(p), p["id"], p.get("amount"), p["currency"], p.get("interval"), bool(p["active"])
@@ -208,21 +271,30 @@ def _plan(p: dict[str, Any]) -> RemotePrice:
 
 async def push_catalog(
     catalog: Catalog, store: StripeCatalogStore, *, dry_run: bool
-) -> tuple[list[Change], PushResult]:
-    """Read Stripe, plan, and (unless `dry_run`) apply: what `tiergate plans push` runs."""
+) -> tuple[list[Change | FeatureChange], PushResult]:
+    """Read Stripe, plan, and (unless `dry_run`) apply: what `tiergate plans push` runs.
+
+    Products and prices first, then the Entitlements Features attached to them (none on an
+    emulator without Prices: it has no Entitlements API either).
+    """
     remote = await store.read()
     changes = plan_push(catalog, remote)
+    products = {p.tier: p.id for p in remote.products}
+    features = await store.read_features(list(products.values()))
+    feature_changes = [] if store.legacy else plan_features(catalog, features, products)
     if dry_run:
-        return changes, PushResult()
-    return changes, await apply_push(store, remote, changes)
+        return [*changes, *feature_changes], PushResult()
+    result = await apply_push(store, remote, changes)
+    await apply_feature_push(store, features, result.products, feature_changes, result)
+    return [*changes, *feature_changes], result
 
 
 def run_push(
     settings: DaemonSettings, catalog: Catalog, *, dry_run: bool
-) -> tuple[list[Change], PushResult, bool]:
+) -> tuple[list[Change | FeatureChange], PushResult, bool]:
     """Blocking, for the CLI: (changes, what was done, whether legacy Plans stood in for Prices)."""
 
-    async def once() -> tuple[list[Change], PushResult, bool]:
+    async def once() -> tuple[list[Change | FeatureChange], PushResult, bool]:
         http = stripe.AIOHTTPClient(timeout=settings.stripe_timeout_s)
         store = StripeCatalogStore(
             settings.stripe_api_key.get_secret_value(),
