@@ -1,0 +1,80 @@
+"""Pure: which outbound events a change of an account means (no I/O; unit-tested without a loop)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sync_daemon.mirror.store import MirrorAccount
+from tiergate.catalog import Catalog
+from tiergate.periods import rfc3339
+
+# What `entitlements.changed` reports: the fields that change what a tenant may do.
+WATCHED = ("tier", "status", "quantity", "addons", "cancel_at_period_end")
+
+
+def snapshot(account: MirrorAccount | None) -> dict[str, Any] | None:
+    if account is None:
+        return None
+    return {
+        "tier": account.tier,
+        "status": account.status,
+        "quantity": account.quantity,
+        "addons": dict(account.addons),
+        "cancel_at_period_end": account.cancel_at_period_end,
+    }
+
+
+def entitlements_changed(
+    before: MirrorAccount | None, after: MirrorAccount | None, cause: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The `entitlements.changed` data when a watched field moved; None otherwise."""
+    old, new = snapshot(before), snapshot(after)
+    if old == new:
+        return None
+    either = after or before
+    return {
+        "tenant": either.tenant if either is not None else None,
+        "before": old,
+        "after": new,
+        "cause": cause,
+    }
+
+
+def grace_days(catalog: Catalog, tier: str) -> int:
+    found = catalog.tiers.get(tier)
+    return found.grace_days if found is not None else 0
+
+
+def grace_started(
+    before: MirrorAccount | None, after: MirrorAccount, catalog: Catalog
+) -> dict[str, Any] | None:
+    """`payment.overdue` (phase `grace_started`) when a past-due episode opens."""
+    if after.past_due_since is None or (before is not None and before.past_due_since is not None):
+        return None
+    ends = after.past_due_since + timedelta(days=grace_days(catalog, after.tier))
+    return {
+        "tenant": after.tenant,
+        "phase": "grace_started",
+        "tier": after.tier,
+        "past_due_since": rfc3339(after.past_due_since),
+        "grace_ends_at": rfc3339(ends),
+    }
+
+
+def grace_over(account: MirrorAccount, catalog: Catalog, now: datetime) -> tuple[str, dict[str, Any]] | None:
+    """(once-key, `payment.overdue` data with phase `grace_over`) once the grace has ended."""
+    if account.past_due_since is None:
+        return None
+    ends = account.past_due_since + timedelta(days=grace_days(catalog, account.tier))
+    if now < ends:
+        return None
+    key = f"payment.overdue.grace_over|{account.tenant}|{rfc3339(account.past_due_since)}"
+    data = {
+        "tenant": account.tenant,
+        "phase": "grace_over",
+        "tier": account.tier,
+        "past_due_since": rfc3339(account.past_due_since),
+        "grace_ends_at": rfc3339(ends),
+    }
+    return key, data
