@@ -37,6 +37,9 @@ class Metric(_Strict):
     meter: (
         Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")] | None
     ) = None
+    # Fractions of a tenant's limit that send `usage.threshold_crossed` (outbound webhooks), once
+    # per tenant, metric, period and threshold: [0.8, 1.0] warns at 80 % and at the limit.
+    alerts: list[Annotated[float, Field(gt=0, le=10)]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _sum_needs_field(self) -> Metric:

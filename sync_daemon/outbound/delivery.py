@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 import aiohttp
 import structlog
 
+from sync_daemon.mirror.overrides import tenant_overrides
 from sync_daemon.mirror.store import Mirror, MirrorAccount, MirrorTxn
-from sync_daemon.outbound.events import entitlements_changed, grace_over, grace_started
+from sync_daemon.outbound.events import (
+    entitlements_changed,
+    grace_over,
+    grace_started,
+    thresholds_reached,
+    usage_limit,
+)
 from sync_daemon.outbound.queue import Due, due, enqueue, first_time, next_due, record_attempt
 from tiergate.catalog import Catalog
 from tiergate.webhook_signature import HEADER, sign
@@ -48,6 +56,21 @@ class Outbound:
         if started is not None:
             enqueue(txn, self.endpoints, "payment.overdue", after.tenant, {**started, "cause": cause})
 
+    def usage_changed(self, txn: MirrorTxn, counters: Mapping[tuple[str, str, str], int]) -> None:
+        """`usage.threshold_crossed` for each alert a changed counter reached, once each."""
+        if not self.endpoints:
+            return
+        for (tenant, code, period_start), used in counters.items():
+            metric = self.catalog.metrics.get(code)
+            if metric is None or not metric.alerts:
+                continue
+            override = tenant_overrides(_conn_of(txn), tenant)
+            value = next((o.value for o in override if o.feature == code and o.in_force()), None)
+            limit = usage_limit(self.catalog, txn.account(tenant), code, value)
+            for key, data in thresholds_reached(tenant, code, period_start, used, limit, metric.alerts):
+                if first_time(txn, key):
+                    enqueue(txn, self.endpoints, "usage.threshold_crossed", tenant, data)
+
     async def scan_graces(self, mirror: Mirror, now: datetime | None = None) -> int:
         """Enqueue `payment.overdue` (grace_over) for each past-due account whose grace ended, once."""
         if not self.endpoints:
@@ -64,6 +87,11 @@ class Outbound:
             return sent
 
         return await mirror.transact(put) if ended else 0
+
+
+def _conn_of(txn: MirrorTxn) -> sqlite3.Connection:
+    conn: sqlite3.Connection = txn._db.conn  # overrides are read inside the same transaction
+    return conn
 
 
 def backoff(attempts: int, base_s: float) -> float:

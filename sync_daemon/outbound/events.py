@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sync_daemon.mirror.store import MirrorAccount
-from tiergate.catalog import Catalog
+from tiergate.catalog import AddonLimit, Catalog, Quota
 from tiergate.periods import rfc3339
 
 # What `entitlements.changed` reports: the fields that change what a tenant may do.
@@ -78,3 +78,55 @@ def grace_over(account: MirrorAccount, catalog: Catalog, now: datetime) -> tuple
         "grace_ends_at": rfc3339(ends),
     }
     return key, data
+
+
+def usage_limit(
+    catalog: Catalog, account: MirrorAccount | None, code: str, override: object | None
+) -> int | None:
+    """The tenant's limit of metric `code` as the shipped policy computes it, for alerts: an
+    override's, else the subscribed (or default) tier's plus its add-ons'; None when unlimited or
+    not a limit. A restricted subscription is not resolved here (alerts only warn)."""
+    if isinstance(override, Quota):
+        return override.limit
+    if override is not None:
+        return None
+    live = (
+        account is not None
+        and account.tier in catalog.tiers
+        and account.status not in ("canceled", "incomplete_expired")
+    )
+    tier = catalog.tiers[account.tier if live and account is not None else catalog.default_tier]
+    value = tier.features.get(code)
+    if not isinstance(value, Quota) or value.limit is None:
+        return None
+    limit = value.limit
+    if value.limit_by == "quantity" and live and account is not None:
+        limit = min(limit, account.quantity)
+    for name, quantity in account.addons if live and account is not None else ():
+        effect = catalog.addons[name].features.get(code) if name in catalog.addons else None
+        if isinstance(effect, AddonLimit):
+            limit += effect.add_limit * quantity
+    return limit
+
+
+def thresholds_reached(
+    tenant: str, code: str, period_start: str, used: int, limit: int | None, alerts: list[float]
+) -> list[tuple[str, dict[str, Any]]]:
+    """(once-key, `usage.threshold_crossed` data) for each alert the counter has reached."""
+    if limit is None or limit <= 0:
+        return []
+    return [
+        (
+            f"usage.threshold_crossed|{tenant}|{code}|{period_start}|{threshold:g}",
+            {
+                "tenant": tenant,
+                "metric": code,
+                "period_start": period_start,
+                "threshold": threshold,
+                "limit": limit,
+                "used": used,
+            },
+        )
+        for threshold in sorted(alerts)
+        if used >= threshold * limit
+    ]

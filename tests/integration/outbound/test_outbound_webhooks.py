@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from sync_daemon.app import create_app
 from sync_daemon.state import APPLIER, MIRROR
-from tests.integration.daemon.conftest import make_settings
+from tests.integration.daemon.conftest import FEED_TOKEN, make_settings
 from tests.stripe_payloads import invoice_event, signed, subscription_event
 from tiergate.webhook_signature import HEADER, SignatureError, sign, verify
 
@@ -173,3 +173,46 @@ async def test_settings_refuse_endpoints_without_a_secret_and_bad_urls(tmp_path:
             webhook_endpoints="ftp://x",
             webhook_secret=SecretStr("s"),
         )
+
+
+async def test_usage_thresholds_are_sent_once_per_tenant_metric_period_and_threshold(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    receiver = Receiver()
+    app = web.Application()
+    app.router.add_post("/hooks/tiergate", receiver.handle)
+    server = TestServer(app, host="127.0.0.1", port=free_port())
+    await server.start_server()
+    try:
+        client = await daemon(aiohttp_client, tmp_path, server.port or 0)
+        # A limit of 10 api_calls for this tenant (an override); the catalog alerts at 0.8 and 1.0.
+        response = await client.put(
+            "/v1/tenants/t_acme/overrides/api_calls",
+            json={"value": {"limit": 10}, "reason": "test"},
+            headers=API,
+        )
+        assert response.status == 200
+
+        async def use(first: int, count: int) -> None:
+            events = [
+                {"transaction_id": f"tx_{n}", "external_customer_id": "t_acme", "code": "api_calls"}
+                for n in range(first, first + count)
+            ]
+            feed = {"Authorization": f"Bearer {FEED_TOKEN}"}
+            response = await client.post("/v1/usage/batch", json={"events": events}, headers=feed)
+            assert response.status == 200, await response.text()
+
+        await use(0, 7)
+        await use(7, 1)  # 8 of 10: the 80 % alert
+        await use(7, 1)  # a replayed transaction id: not counted, no alert
+        await use(8, 5)  # 13 of 10: the 100 % alert, once
+        await use(13, 5)
+        await until(lambda: len(receiver.received) >= 2)
+        await asyncio.sleep(0.3)
+        crossed = [e["data"] for e in receiver.events() if e["type"] == "usage.threshold_crossed"]
+        assert [(d["threshold"], d["used"], d["limit"], d["metric"]) for d in crossed] == [
+            (0.8, 8, 10, "api_calls"),
+            (1.0, 13, 10, "api_calls"),
+        ]
+    finally:
+        await server.close()
