@@ -185,9 +185,9 @@ async def test_usage_thresholds_are_sent_once_per_tenant_metric_period_and_thres
     await server.start_server()
     try:
         client = await daemon(aiohttp_client, tmp_path, server.port or 0)
-        # A limit of 10 api_calls for this tenant (an override); the catalog alerts at 0.8 and 1.0.
+        # A limit of 10 exports for this tenant (an override); the catalog alerts at 0.8 and 1.0.
         response = await client.put(
-            "/v1/tenants/t_acme/overrides/api_calls",
+            "/v1/tenants/t_acme/overrides/exports",
             json={"value": {"limit": 10}, "reason": "test"},
             headers=API,
         )
@@ -195,7 +195,7 @@ async def test_usage_thresholds_are_sent_once_per_tenant_metric_period_and_thres
 
         async def use(first: int, count: int) -> None:
             events = [
-                {"transaction_id": f"tx_{n}", "external_customer_id": "t_acme", "code": "api_calls"}
+                {"transaction_id": f"tx_{n}", "external_customer_id": "t_acme", "code": "exports"}
                 for n in range(first, first + count)
             ]
             feed = {"Authorization": f"Bearer {FEED_TOKEN}"}
@@ -211,8 +211,8 @@ async def test_usage_thresholds_are_sent_once_per_tenant_metric_period_and_thres
         await asyncio.sleep(0.3)
         crossed = [e["data"] for e in receiver.events() if e["type"] == "usage.threshold_crossed"]
         assert [(d["threshold"], d["used"], d["limit"], d["metric"]) for d in crossed] == [
-            (0.8, 8, 10, "api_calls"),
-            (1.0, 13, 10, "api_calls"),
+            (0.8, 8, 10, "exports"),
+            (1.0, 13, 10, "exports"),
         ]
     finally:
         await server.close()
