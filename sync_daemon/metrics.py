@@ -46,6 +46,12 @@ class DaemonMetrics:
             ["table"],
             registry=self.registry,
         )
+        self.outbound = Counter(
+            "tiergate_outbound_webhook_attempts",
+            "Outbound webhook delivery attempts, by outcome: delivered, retry, failed (gave up).",
+            ["outcome"],
+            registry=self.registry,
+        )
         # The same counts as data for /v1/status (prometheus counters are awkward to read back).
         self.webhook_tally: Tally[tuple[str, str]] = Tally()
 

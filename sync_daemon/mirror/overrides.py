@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -38,6 +38,9 @@ class Override:
             "value": value_document(self.value),
             "expires_at": rfc3339(self.expires_at),
         }
+
+    def in_force(self, now: datetime | None = None) -> bool:
+        return self.expires_at is None or (now or datetime.now(UTC)) < self.expires_at
 
     def render(self, now: datetime) -> dict[str, Any]:
         """As the daemon's API answers it."""

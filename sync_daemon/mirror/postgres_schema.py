@@ -2,7 +2,7 @@
 
 The columns are the SQLite tables' (schema.py), so both adapters share every statement: times a
 policy reads are RFC 3339 `Z` text, Stripe's `created` stays integer seconds, flags are 0/1.
-Version 1 is the SQLite history up to m007 in one step; later changes go in both lists.
+Version 1 is the SQLite history up to m009 in one step; later changes go in both lists.
 docs/mirror-sql.md documents these tables for the platform's own queries.
 """
 
@@ -41,7 +41,8 @@ CREATE TABLE accounts (
     version bigint NOT NULL DEFAULT 0,
     pending_tier text,
     pending_interval text,
-    pending_at text
+    pending_at text,
+    addons text
 );
 CREATE INDEX accounts_by_subscription ON accounts (subscription_id);
 CREATE TABLE customers (
@@ -57,7 +58,7 @@ CREATE TABLE processed_events (
 );
 CREATE INDEX processed_events_by_received_at ON processed_events (received_at);
 -- seq is assigned at commit while holding feed_head's row lock: seqs commit in order, no gaps
--- between committed rows (docs/adr/0010-gap-free-change-feed.md).
+-- between committed rows (docs/adr/0012-gap-free-change-feed.md).
 CREATE TABLE changes (
     seq bigint PRIMARY KEY,
     tenant text NOT NULL,
@@ -139,6 +140,26 @@ CREATE TABLE override_audit (
     at text NOT NULL
 );
 CREATE INDEX override_audit_by_tenant ON override_audit (tenant, id);
+CREATE TABLE outbound_events (
+    id text PRIMARY KEY,
+    type text NOT NULL,
+    tenant text,
+    body text NOT NULL,
+    created_at text NOT NULL
+);
+CREATE TABLE outbound_deliveries (
+    event_id text NOT NULL,
+    endpoint text NOT NULL,
+    status text NOT NULL CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts bigint NOT NULL DEFAULT 0,
+    next_attempt_at double precision NOT NULL,
+    last_status bigint,
+    last_error text,
+    delivered_at text,
+    PRIMARY KEY (event_id, endpoint)
+);
+CREATE INDEX outbound_due ON outbound_deliveries (status, next_attempt_at);
+CREATE TABLE outbound_once (key text PRIMARY KEY, at text NOT NULL);
 CREATE VIEW current_usage AS
 SELECT u.tenant, u.code, u.period_start, u.value, a.tier
 FROM usage u LEFT JOIN accounts a ON a.tenant = u.tenant

@@ -5,7 +5,7 @@ thread; the embedded default) and `PostgresMirror` (several daemons on one datab
 a plain function of a `MirrorTxn`, run in one transaction by the adapter (and re-run by it when
 PostgreSQL reports a serialization failure or a deadlock), so every caller's logic is shared.
 Every change followers must see is appended through the transaction and gets its feed position
-when the transaction commits (see docs/adr/0010-gap-free-change-feed.md).
+when the transaction commits (see docs/adr/0012-gap-free-change-feed.md).
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ FEED_FIELDS = (
     "pending_interval",
     "pending_at",
     "subscription_id",
+    "addons",
 )
 _TIMES = frozenset(
     {"current_period_start", "current_period_end", "trial_end", "canceled_at", "past_due_since", "pending_at"}
@@ -96,6 +97,8 @@ class MirrorAccount:
     pending_tier: str | None = None  # a scheduled downgrade (billing actions), until it takes effect
     pending_interval: str | None = None
     pending_at: datetime | None = None
+    # Extra subscription items that are catalog add-ons: (add-on, quantity), sorted by add-on.
+    addons: tuple[tuple[str, int], ...] = ()
 
     def replace(self, **changes: Any) -> MirrorAccount:
         return dataclasses.replace(self, **changes)
@@ -117,6 +120,7 @@ class MirrorAccount:
     def feed(self) -> dict[str, Any]:
         """The Account document followers receive (exactly tiergate.models.Account's fields)."""
         row = self.row()
+        row["addons"] = dict(self.addons)
         return {name: (bool(row[name]) if name in _FLAGS else row[name]) for name in FEED_FIELDS}
 
     def feed_equal(self, other: MirrorAccount | None) -> bool:
@@ -129,6 +133,7 @@ class MirrorAccount:
             row[name] = rfc3339(row[name])
         for name in _FLAGS:
             row[name] = int(row[name])
+        row["addons"] = json.dumps(dict(self.addons)) if self.addons else None
         return row
 
     @classmethod
@@ -138,6 +143,7 @@ class MirrorAccount:
             values[name] = parse_rfc3339(values[name])
         for name in _FLAGS:
             values[name] = bool(values[name])
+        values["addons"] = tuple(sorted(json.loads(values["addons"]).items())) if values.get("addons") else ()
         return cls(**values)
 
 
