@@ -234,7 +234,6 @@ async def test_a_slow_lago_times_out_and_the_retry_duplicates_nothing(
     )
     try:
         await ingest(daemon, [direct(f"s{i}") for i in range(3)])
-        await double.wait_accepted(3)
 
         async def timed_out() -> bool:
             return bool((await sink_status(daemon))["errors"] >= 1)
@@ -247,6 +246,7 @@ async def test_a_slow_lago_times_out_and_the_retry_duplicates_nothing(
             return bool((await sink_status(daemon))["delivered"] == 3)
 
         await eventually(delivered)
-        assert sorted(double.accepted) == ["s0", "s1", "s2"] and double.already_there >= 3
+        # Whether Lago finished a call the sink gave up on or not, each event is there once.
+        assert sorted(double.accepted) == ["s0", "s1", "s2"]
     finally:
         await daemon.server.close()
