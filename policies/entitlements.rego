@@ -6,7 +6,8 @@
 #                       "trial_end", "cancel_at_period_end", "past_due_since"},
 #    "usage": {"<metric code>": used so far in `period`},
 #    "period": {"start", "end"},          # the billing period `usage` belongs to
-#    "replica": {"age_seconds"}}
+#    "replica": {"age_seconds"},
+#    "overrides": {"<feature>": {"value": true | false | {"limit": N} | {}, "expires_at": null | time}}}
 # data.plans: the catalog (plans/plans.yaml as Catalog.policy_data() gives it).
 #
 # Output, the `decision` document:
@@ -181,9 +182,12 @@ else := data.plans.default_tier
 
 # -- what the tier says about the feature --------------------------------------------------------
 
-# The answer on the effective tier, except that a restricted tenant who is denied something their
-# paid tier would allow hears why ("payment_overdue"), not "not_in_plan" or "limit_exceeded".
-final_answer := object.union(effective_answer, {"reason": restriction}) if {
+# A per-tenant override (support's grant, a sales trial) replaces what any tier says about the
+# feature until it expires, whatever the subscription's state: it is a promise to this tenant.
+# Change this rule to make overrides yield to, say, payment_overdue.
+final_answer := verdict(override.value) if {
+	override
+} else := object.union(effective_answer, {"reason": restriction}) if {
 	restriction
 	effective_answer.allow == false
 	subscribed_answer := answer(subscribed_tier)
@@ -228,6 +232,25 @@ remaining(limit) := null if limit == null
 
 remaining(limit) := max([limit - used, 0]) if limit != null
 
+# -- per-tenant overrides ---------------------------------------------------------------------------
+
+default overrides := {}
+
+overrides := input.overrides if is_object(input.overrides)
+
+# The override of the requested feature, while it has not expired.
+override := found if {
+	found := overrides[input.feature]
+	override_in_force(found)
+}
+
+override_in_force(found) if object.get(found, "expires_at", null) == null
+
+override_in_force(found) if {
+	found.expires_at != null
+	now_ns < time.parse_rfc3339_ns(found.expires_at)
+}
+
 # -- how long the answer holds -------------------------------------------------------------------
 
 # The earliest future instant at which this answer may change by time alone; the sidecar caches
@@ -259,6 +282,12 @@ upcoming_changes contains t if {
 	account.current_period_end != null
 	t := time.parse_rfc3339_ns(account.current_period_end)
 	t > now_ns
+}
+
+# The override ends: the tier's answer comes back.
+upcoming_changes contains t if {
+	override.expires_at != null
+	t := time.parse_rfc3339_ns(override.expires_at)
 }
 
 # With the fail-closed switch on, a fresh answer turns into replica_stale once the replica ages

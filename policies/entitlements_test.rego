@@ -434,3 +434,65 @@ test_unknown_replica_age_is_not_stale if {
 		with data.tiergate.entitlements.max_replica_age_seconds as 60
 	d.allow == true
 }
+
+# -- per-tenant overrides ------------------------------------------------------------------------
+
+with_override(doc, feature, value, expires_at) := object.union(doc, {"overrides": {feature: {
+	"value": value,
+	"expires_at": expires_at,
+}}})
+
+test_an_override_grants_a_feature_the_tier_lacks_until_it_expires if {
+	trial := "2026-12-08T00:00:00Z"
+	d := decide(with_override(request("reports"), "reports", true, trial))
+	d.allow == true
+	d.reason == "ok"
+	d.tier == "free"
+	d.valid_until == period_end # the period ends first
+
+	expired := decide(with_override(request("reports"), "reports", true, "2026-11-24T09:59:59Z"))
+	expired.allow == false
+	expired.reason == "not_in_plan"
+}
+
+test_valid_until_is_the_override_expiry_when_it_comes_first if {
+	d := decide(with_override(request("reports"), "reports", true, "2026-11-24T12:00:00Z"))
+	d.allow == true
+	d.valid_until == "2026-11-24T12:00:00Z"
+}
+
+test_an_override_limit_replaces_the_tier_limit if {
+	doc := object.union(subscribed("api_calls", "pro", "active", {}), {"usage": {"api_calls": 1000}})
+	decide(doc).reason == "limit_exceeded"
+	d := decide(with_override(doc, "api_calls", {"limit": 5000000}, null))
+	d.allow == true
+	d.limit == 5000000
+	d.remaining == 4999000
+	d.valid_until == period_end
+}
+
+test_an_override_can_take_a_feature_away_and_unlimit_one if {
+	off := decide(with_override(subscribed("dashboards", "pro", "active", {}), "dashboards", false, null))
+	off.allow == false
+	off.reason == "not_in_plan"
+	unlimited := decide(with_override(request("api_calls"), "api_calls", {}, null))
+	unlimited.allow == true
+	unlimited.limit == null
+}
+
+test_an_override_holds_through_a_restricted_subscription if {
+	doc := subscribed("exports", "pro", "past_due", {"past_due_since": "2026-11-01T00:00:00Z"})
+	decide(doc).reason == "payment_overdue"
+	decide(with_override(doc, "exports", true, null)).allow == true
+}
+
+test_an_override_of_another_feature_changes_nothing if {
+	d := decide(with_override(request("reports"), "sso", true, null))
+	d.allow == false
+	d.reason == "not_in_plan"
+}
+
+test_missing_or_malformed_overrides_are_ignored if {
+	decide(request_with("reports", {"overrides": null})).reason == "not_in_plan"
+	decide(request_with("reports", {"overrides": []})).reason == "not_in_plan"
+}

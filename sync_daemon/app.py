@@ -18,6 +18,7 @@ from sync_daemon.metrics import DaemonMetrics
 from sync_daemon.mirror.feed import feed_changes, feed_snapshot
 from sync_daemon.mirror.store import Mirror
 from sync_daemon.ops import add_ops_routes
+from sync_daemon.overrides import add_override_routes
 from sync_daemon.settings import DaemonSettings
 from sync_daemon.state import APPLIER, BILLING, CATALOG, METRICS, MIRROR, RECONCILER, SETTINGS
 from sync_daemon.stripe_sync.apply import EventApplier
@@ -90,6 +91,7 @@ def create_app(
     app.router.add_get("/v1/feed/changes", feed_changes)
     add_ops_routes(app)
     add_billing_routes(app)
+    add_override_routes(app)
     add_usage_routes(app, catalog)
     return app
 

@@ -17,6 +17,7 @@ import click
 from pydantic import ValidationError
 
 from tiergate.catalog import load_catalog
+from tiergate.cli_overrides import overrides
 from tiergate.errors import CatalogError, TierError
 from tiergate.settings_errors import describe_settings_error, unknown_settings
 
@@ -135,7 +136,7 @@ def replica_import(file: BinaryIO) -> None:
         db = open_replica(settings.replica_path)
         as_of = document.data_as_of or datetime.now(UTC)
         n_accounts, n_usage = ReplicaWriter(db).replace_all(
-            document.accounts, document.usage, data_as_of=as_of
+            document.accounts, document.usage, data_as_of=as_of, overrides=document.overrides
         )
         db.close()
     except TierError as exc:
@@ -240,6 +241,9 @@ def sync_command(full: bool) -> None:
     if not summary.ok:
         click.echo(f"error: {summary.error}", err=True)
         sys.exit(1)
+
+
+main.add_command(overrides)
 
 
 def _daemon_settings(*, warn: bool = True) -> DaemonSettings:

@@ -6,11 +6,12 @@ them. Fields a newer daemon adds are ignored, so daemons can be upgraded before 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from tiergate.models import Account, UsageCounter
+from tiergate.catalog import FeatureValue, Quota
+from tiergate.models import Account, TenantId, UsageCounter
 
 
 class FeedAccount(Account):
@@ -24,14 +25,45 @@ class FeedUsage(UsageCounter):
     model_config = ConfigDict(extra="ignore")
 
 
+class FeedOverride(BaseModel):
+    """A per-tenant feature override (`PUT /v1/tenants/{tenant}/overrides/{feature}` on the daemon):
+    the feature's value for this tenant, whatever its tier says, until `expires_at` (None: until removed)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    tenant: TenantId
+    feature: str
+    value: FeatureValue
+    expires_at: AwareDatetime | None = None
+
+    def value_document(self) -> bool | dict[str, Any]:
+        """The value as the catalog and the policy spell it: true, false, {limit: N} or {}."""
+        return value_document(self.value)
+
+
+def value_document(value: bool | Quota) -> bool | dict[str, Any]:
+    return value if isinstance(value, bool) else value.model_dump(exclude_none=True)
+
+
+# The kinds this version applies. A newer daemon may send others: a sidecar skips them (and
+# still advances its position), so daemons can be upgraded before sidecars.
+KNOWN_KINDS = frozenset({"account", "usage", "override"})
+
+
 class FeedChange(BaseModel):
-    """One entry of the daemon's change feed (`GET /v1/feed/changes`)."""
+    """One entry of the daemon's change feed (`GET /v1/feed/changes`).
+
+    `override` entries are keyed by (tenant, `feature`): an upsert carries the override, a delete
+    only names it.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
     seq: int
-    kind: Literal["account", "usage"]
+    kind: str
     op: Literal["upsert", "delete"] = "upsert"
     tenant: str
     account: FeedAccount | None = None
     usage: FeedUsage | None = None
+    override: FeedOverride | None = None
+    feature: str | None = None

@@ -63,6 +63,7 @@ async def entitlements(request: web.Request) -> web.Response:
     features = request.app[POLICIES].features()
     decisions = {feature: await decide(tenant, feature, 1) for feature in sorted(features)}
     row = request.app[READER].account(tenant)
+    sources = value_sources(request.app[READER].overrides(tenant), rfc3339(utc_now()) or "")
     first = next(iter(decisions.values()), None)
     return json_response(
         {
@@ -71,7 +72,10 @@ async def entitlements(request: web.Request) -> web.Response:
             "account": row.to_account().model_dump(mode="json", exclude={"version"}) if row else None,
             # A downgrade scheduled at the period end: the UI can say "Starter from <date>".
             "pending_change": _pending_change(row),
-            "features": {name: _feature_entry(d) for name, d in decisions.items()},
+            "features": {
+                name: {**_feature_entry(d), "source": sources.get(name, "plan")}
+                for name, d in decisions.items()
+            },
             "policy_revision": first.policy_revision if first else None,
             "data_as_of": first.data_as_of if first else None,
             "stale": first.stale if first else False,
@@ -87,6 +91,18 @@ def _feature_entry(decision: Decision) -> dict[str, Any]:
         "used": decision.used,
         "remaining": decision.remaining,
         "valid_until": decision.valid_until,
+    }
+
+
+def value_sources(overrides: dict[str, dict[str, Any]], now_text: str) -> dict[str, str]:
+    """Where each feature's value comes from, when not from the plan: an override in force.
+
+    RFC 3339 `Z` strings of whole seconds compare in time order, as the policy's instants do.
+    """
+    return {
+        feature: "override"
+        for feature, found in overrides.items()
+        if found.get("expires_at") is None or now_text < str(found["expires_at"])
     }
 
 

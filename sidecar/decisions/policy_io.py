@@ -59,6 +59,7 @@ def build_input(
     usage: Mapping[str, int],
     period: tuple[str, str],
     replica_age_s: float | None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The input document of policies/entitlements.rego (see docs/policies.md)."""
     return {
@@ -71,6 +72,8 @@ def build_input(
         "usage": {code: value if value > 0 else 0 for code, value in usage.items()},
         "period": {"start": period[0], "end": period[1]},
         "replica": {"age_seconds": replica_age_s},
+        # The tenant's overrides, expired ones included: the policy says what applies (expires_at).
+        "overrides": overrides or {},
     }
 
 

@@ -159,6 +159,7 @@ class DecisionService:
             usage=usage,
             period=period,
             replica_age_s=age,
+            overrides=self.reader.overrides(tenant),
         )
         return await self._evaluate(document, row.tier if row else None)
 

@@ -24,7 +24,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from sidecar.replica.store import ReplicaWriter, open_replica, read_meta
-from tiergate.feed import FeedAccount, FeedChange, FeedUsage
+from tiergate.feed import KNOWN_KINDS, FeedAccount, FeedChange, FeedOverride, FeedUsage
 from tiergate.periods import utc_now_text
 
 log = structlog.get_logger("tiergate.follower")
@@ -120,7 +120,7 @@ class Follower:
             self.status.position = None
 
     async def _poll(self, session: aiohttp.ClientSession) -> None:
-        params = {"since": str(self.status.position), "wait": f"{self.poll_wait_s:g}"}
+        params = {"since": str(self.status.position), "wait": f"{self.poll_wait_s:g}", "kinds": FEED_KINDS}
         async with session.get("/v1/feed/changes", params=params) as response:
             if response.status == 410:
                 raise FeedGapError()
@@ -188,6 +188,10 @@ async def _expect_ok(response: aiohttp.ClientResponse) -> None:
         raise FeedProtocolError(f"daemon answered {response.status} to {response.url.path}: {text}")
 
 
+# The entry kinds this sidecar applies; a daemon leaves out any other (see GET /v1/feed/changes).
+FEED_KINDS = ",".join(sorted(KNOWN_KINDS))
+
+
 def _parse_changes(body: Any) -> tuple[list[FeedChange], int, datetime]:
     try:
         changes = [FeedChange.model_validate(c) for c in body["changes"]]
@@ -222,6 +226,7 @@ def _apply_snapshot(writer: ReplicaWriter, path: Path) -> dict[str, Any]:
         position=int(header["seq"]),
         source="snapshot",
         expect_accounts=trailer.get("accounts"),
+        overrides=(FeedOverride.model_validate(o) for o in records("override")),
     )
     return {"seq": int(header["seq"]), "accounts": n_accounts}
 

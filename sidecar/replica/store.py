@@ -19,7 +19,7 @@ import sqlite_utils
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tiergate.errors import ReplicaError, dotted_location
-from tiergate.feed import FeedChange
+from tiergate.feed import KNOWN_KINDS, FeedChange, FeedOverride
 from tiergate.models import Account, UsageCounter
 from tiergate.periods import rfc3339
 
@@ -83,6 +83,20 @@ def m003_subscription_id(db: sqlite_utils.Database) -> None:
     # Resolves a Lago event's external_subscription_id to its tenant on the sidecar.
     db.execute("ALTER TABLE accounts ADD COLUMN subscription_id TEXT")
     db.execute("CREATE INDEX accounts_by_subscription ON accounts (subscription_id)")
+
+
+@MIGRATIONS()
+def m004_overrides(db: sqlite_utils.Database) -> None:
+    # Per-tenant feature overrides from the daemon; `value` is the feature's JSON value.
+    db.execute(
+        """CREATE TABLE overrides (
+            tenant TEXT NOT NULL,
+            feature TEXT NOT NULL,
+            value TEXT NOT NULL,
+            expires_at TEXT,
+            PRIMARY KEY (tenant, feature)
+        ) WITHOUT ROWID"""
+    )
 
 
 class AccountRow(NamedTuple):
@@ -168,6 +182,7 @@ class ReplicaWriter:
         position: int | None = None,
         source: str = "import",
         expect_accounts: int | None = None,
+        overrides: Iterable[FeedOverride] = (),
     ) -> tuple[int, int]:
         """Swap the whole content atomically; returns (accounts, usage counters) written.
 
@@ -177,8 +192,10 @@ class ReplicaWriter:
         with self.db.atomic():
             conn.execute("DELETE FROM accounts")
             conn.execute("DELETE FROM usage")
+            conn.execute("DELETE FROM overrides")
             n_accounts = _insert_accounts(conn, (account_row(a) for a in accounts))
             n_usage = _insert_usage(conn, usage)
+            conn.executemany(_UPSERT_OVERRIDE, (override_row(o) for o in overrides))
             if expect_accounts is not None and n_accounts != expect_accounts:
                 raise ReplicaError(f"expected {expect_accounts} accounts, got {n_accounts}; nothing replaced")
             generation = self._read_meta(conn).generation + 1
@@ -194,11 +211,16 @@ class ReplicaWriter:
     def apply_changes(
         self, changes: Iterable[FeedChange], *, position: int, data_as_of: datetime
     ) -> set[str]:
-        """Apply one feed batch and the new position in one transaction; returns touched tenants."""
+        """Apply one feed batch and the new position in one transaction; returns touched tenants.
+
+        Kinds this version does not know (from a newer daemon) are skipped.
+        """
         conn = self.db.conn
         touched: set[str] = set()
         with self.db.atomic():
             for change in changes:
+                if change.kind not in KNOWN_KINDS:
+                    continue
                 touched.add(change.tenant)
                 if change.kind == "account" and change.op == "upsert" and change.account is not None:
                     conn.execute(_UPSERT_ACCOUNT, account_row(change.account))
@@ -207,6 +229,13 @@ class ReplicaWriter:
                 elif change.kind == "usage" and change.usage is not None:
                     u = change.usage
                     conn.execute(_UPSERT_USAGE, (u.tenant, u.code, rfc3339(u.period_start), u.value))
+                elif change.kind == "override" and change.op == "upsert" and change.override is not None:
+                    conn.execute(_UPSERT_OVERRIDE, override_row(change.override))
+                elif change.kind == "override" and change.op == "delete":
+                    conn.execute(
+                        "DELETE FROM overrides WHERE tenant = ? AND feature = ?",
+                        (change.tenant, change.feature),
+                    )
             self._write_meta(conn, position=str(position), data_as_of=rfc3339(data_as_of), source="feed")
         return touched
 
@@ -228,7 +257,16 @@ class ReplicaWriter:
             )
         ]
         meta = self._read_meta(conn)
-        return {"data_as_of": rfc3339(meta.data_as_of), "accounts": accounts, "usage": usage}
+        document = {"data_as_of": rfc3339(meta.data_as_of), "accounts": accounts, "usage": usage}
+        overrides = [
+            {"tenant": t, "feature": f, "value": json.loads(v), "expires_at": e}
+            for t, f, v, e in conn.execute(
+                "SELECT tenant, feature, value, expires_at FROM overrides ORDER BY tenant, feature"
+            )
+        ]
+        if overrides:  # left out when empty: documents from before overrides round-trip unchanged
+            document["overrides"] = overrides
+        return document
 
     @staticmethod
     def _read_meta(conn: sqlite3.Connection) -> ReplicaMeta:
@@ -257,6 +295,14 @@ _UPSERT_ACCOUNT = (
     f"INSERT OR REPLACE INTO accounts ({', '.join(ACCOUNT_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(ACCOUNT_COLUMNS))})"
 )
+_UPSERT_OVERRIDE = "INSERT OR REPLACE INTO overrides (tenant, feature, value, expires_at) VALUES (?, ?, ?, ?)"
+
+
+def override_row(override: FeedOverride) -> tuple[str, str, str, str | None]:
+    value = json.dumps(override.value_document(), separators=(",", ":"))
+    return override.tenant, override.feature, value, rfc3339(override.expires_at)
+
+
 _UPSERT_USAGE = "INSERT OR REPLACE INTO usage (tenant, code, period_start, value) VALUES (?, ?, ?, ?)"
 
 
@@ -361,6 +407,15 @@ class ReplicaReader:
         ).fetchall()
         return dict(rows)
 
+    def overrides(self, tenant: str) -> dict[str, dict[str, Any]]:
+        """The tenant's overrides as the policy reads them: feature -> {value, expires_at}."""
+        rows = self._conn.execute(
+            "SELECT feature, value, expires_at FROM overrides WHERE tenant = ?", (tenant,)
+        ).fetchall()
+        return {
+            feature: {"value": json.loads(value), "expires_at": expires} for feature, value, expires in rows
+        }
+
     def count_accounts(self) -> int:
         return int(self._conn.execute("SELECT count(*) FROM accounts").fetchone()[0])
 
@@ -376,6 +431,7 @@ class ReplicaDocument(BaseModel):
     data_as_of: datetime | None = None
     accounts: list[Account]
     usage: list[UsageCounter] = []
+    overrides: list[FeedOverride] = []
 
 
 def parse_replica_document(text: str | bytes, source: str = "document") -> ReplicaDocument:

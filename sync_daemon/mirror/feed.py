@@ -59,8 +59,24 @@ async def feed_changes(request: web.Request) -> web.Response:
             break
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(tick.wait(), remaining)
-    body = {"changes": batch.changes, "last_seq": batch.last_seq, "data_as_of": utc_now_text()}
+    # A follower names the kinds it applies; one that names none predates overrides. Entries it
+    # cannot apply are left out (its position still moves past them), so an older sidecar keeps
+    # following a newer daemon.
+    kinds = _kinds(request.query.get("kinds"))
+    changes = [c for c in batch.changes if c["kind"] in kinds]
+    body = {"changes": changes, "last_seq": batch.last_seq, "data_as_of": utc_now_text()}
     return json_response(body)
+
+
+ORIGINAL_KINDS = frozenset({"account", "usage"})
+
+
+def _kinds(text: str | None) -> frozenset[str]:
+    if text is None:
+        return ORIGINAL_KINDS
+    if len(text) > 200:
+        raise BadRequestError("kinds: at most 200 characters", field="kinds")
+    return frozenset(kind.strip() for kind in text.split(",") if kind.strip())
 
 
 def _number(request: web.Request, name: str, kind: type[N], default: N | None) -> N:

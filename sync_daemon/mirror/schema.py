@@ -161,3 +161,59 @@ def m004_usage_event_documents(db: sqlite_utils.Database) -> None:
 def m005_usage_events_by_tenant(db: sqlite_utils.Database) -> None:
     # GET /v1/usage/events?tenant=...: one tenant's events in ingest order.
     db.execute(f"CREATE INDEX usage_events_by_tenant_seq ON {USAGE_EVENTS} (tenant, seq)")
+
+
+OVERRIDES = "overrides"
+OVERRIDE_AUDIT = "override_audit"
+
+
+@MIGRATIONS()
+def m006_overrides(db: sqlite_utils.Database) -> None:
+    # Per-tenant feature overrides (support's grants), and who set or removed each, when and why.
+    db.execute(
+        f"""CREATE TABLE {OVERRIDES} (
+            tenant TEXT NOT NULL,
+            feature TEXT NOT NULL,
+            value TEXT NOT NULL,
+            expires_at TEXT,
+            reason TEXT NOT NULL,
+            actor TEXT,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (tenant, feature)
+        ) WITHOUT ROWID"""
+    )
+    db.execute(
+        f"""CREATE TABLE {OVERRIDE_AUDIT} (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            tenant TEXT NOT NULL,
+            feature TEXT NOT NULL,
+            action TEXT NOT NULL CHECK (action IN ('set', 'remove')),
+            value TEXT,
+            expires_at TEXT,
+            reason TEXT NOT NULL,
+            actor TEXT,
+            at TEXT NOT NULL
+        )"""
+    )
+    db.execute(f"CREATE INDEX override_audit_by_tenant ON {OVERRIDE_AUDIT} (tenant, id)")
+    # The change log learns a third kind. SQLite cannot alter a CHECK: rebuild the table, keeping
+    # every row and the AUTOINCREMENT position (a seq must never be reused, even when trimmed).
+    found = db.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", [CHANGES]).fetchone()
+    top = int(found[0]) if found else 0
+    db.execute(
+        """CREATE TABLE changes_v2 (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            tenant TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('account', 'usage', 'override')),
+            op TEXT NOT NULL CHECK (op IN ('upsert', 'delete')),
+            body TEXT,
+            at TEXT NOT NULL
+        )"""
+    )
+    db.execute(
+        f"INSERT INTO changes_v2 (seq, tenant, kind, op, body, at) SELECT seq, tenant, kind, op, body, at FROM {CHANGES}"
+    )
+    db.execute(f"DROP TABLE {CHANGES}")
+    db.execute(f"ALTER TABLE changes_v2 RENAME TO {CHANGES}")
+    db.execute("DELETE FROM sqlite_sequence WHERE name IN (?, 'changes_v2')", [CHANGES])
+    db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", [CHANGES, top])

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
-from sync_daemon.mirror.schema import ACCOUNTS, CHANGES, CUSTOMERS, EVENTS, MIGRATIONS
+from sync_daemon.mirror.schema import ACCOUNTS, CHANGES, CUSTOMERS, EVENTS, MIGRATIONS, OVERRIDES
 from tiergate.errors import MirrorError
 from tiergate.models import ENDED_STATUSES
 from tiergate.periods import parse_rfc3339, rfc3339, utc_now_text
@@ -284,14 +284,17 @@ class Mirror:
         return await self.read(_last_seq)
 
     async def snapshot(self, chunk: int = 1000) -> AsyncIterator[dict[str, Any]]:
-        """Header, accounts, usage, trailer: all from one read transaction (a consistent cut)."""
+        """Header, accounts, usage, overrides, trailer: all from one read transaction (a consistent cut).
+
+        Followers skip record types they do not know (overrides, for a sidecar older than them).
+        """
         loop = asyncio.get_running_loop()
         conn = await loop.run_in_executor(self._readers, self._reader)
         try:
             conn.execute("BEGIN")  # the first SELECT pins the snapshot for every later read
             seq = await loop.run_in_executor(self._readers, _last_seq, conn)
             yield {"type": "snapshot", "seq": seq, "data_as_of": utc_now_text()}
-            counts = {"accounts": 0, "usage": 0}
+            counts = {"accounts": 0, "usage": 0, "overrides": 0}
             for kind, sql in (
                 ("account", f"SELECT * FROM {ACCOUNTS} ORDER BY tenant"),
                 # The feed's counters never go below zero (a correction may arrive before what it corrects).
@@ -299,15 +302,18 @@ class Mirror:
                     "usage",
                     "SELECT tenant, code, period_start, max(value, 0) AS value FROM usage ORDER BY tenant, code",
                 ),
+                (
+                    "override",
+                    f"SELECT tenant, feature, value, expires_at FROM {OVERRIDES} ORDER BY tenant, feature",
+                ),
             ):
                 cursor = await loop.run_in_executor(self._readers, conn.execute, sql)
                 names = [d[0] for d in cursor.description]
                 while rows := await loop.run_in_executor(self._readers, cursor.fetchmany, chunk):
                     for row in rows:
                         record = dict(zip(names, row, strict=True))
-                        body = MirrorAccount.from_row(record).feed() if kind == "account" else record
-                        yield {"type": kind, kind: body}
-                    counts["accounts" if kind == "account" else "usage"] += len(rows)
+                        yield {"type": kind, kind: _snapshot_body(kind, record)}
+                    counts[_COUNTS[kind]] += len(rows)
             yield {"type": "end", **counts}
         finally:
             await loop.run_in_executor(self._readers, conn.close)
@@ -369,12 +375,25 @@ def _changes_since(conn: sqlite3.Connection, since: int, limit: int) -> ChangeBa
     changes = []
     for seq, kind, op, tenant, body in rows:
         change: dict[str, Any] = {"seq": seq, "kind": kind, "op": op, "tenant": tenant}
-        if body is not None:
+        if body is not None and op == "delete":
+            change.update(json.loads(body))  # a delete names its key: an override's `feature`
+        elif body is not None:
             change[kind] = json.loads(body)
         changes.append(change)
     # A partial page ends at its own last seq so the follower asks again for the rest.
     page_end = changes[-1]["seq"] if len(changes) == limit else last
     return ChangeBatch(changes, page_end, oldest if oldest is not None else last + 1)
+
+
+_COUNTS = {"account": "accounts", "usage": "usage", "override": "overrides"}
+
+
+def _snapshot_body(kind: str, record: dict[str, Any]) -> dict[str, Any]:
+    if kind == "account":
+        return MirrorAccount.from_row(record).feed()
+    if kind == "override":
+        return {**record, "value": json.loads(record["value"])}
+    return record
 
 
 def _all_accounts(conn: sqlite3.Connection) -> list[MirrorAccount]:

@@ -77,6 +77,7 @@ class FeatureAccess(BaseModel):
     used: int = 0
     remaining: int | None = None
     valid_until: str | None = None
+    source: str = "plan"  # `override` when a per-tenant override decides it (older sidecars: plan)
 
 
 class PendingChange(BaseModel):
