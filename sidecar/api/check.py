@@ -16,7 +16,7 @@ from sidecar.replica.store import AccountRow
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, SETTINGS
 from tiergate.errors import BadRequestError, TierError
 from tiergate.models import CheckRequest, Decision
-from tiergate.periods import rfc3339
+from tiergate.periods import rfc3339, utc_now
 from tiergate.web import json_response, read_json_object, validate
 
 
