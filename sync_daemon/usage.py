@@ -15,7 +15,7 @@ from sync_daemon.usage_query import encode_cursor, parse_query
 from tiergate.catalog import Catalog
 from tiergate.errors import BadRequestError, NotFoundError
 from tiergate.usage_events import EventError, ValidEvent, parse_event
-from tiergate.web import json_response, require_bearer
+from tiergate.web import json_response, query_params, require_bearer
 
 log = structlog.get_logger("tiergate.daemon.usage")
 
@@ -85,7 +85,7 @@ async def get_tenant_usage(request: web.Request) -> web.Response:
 async def get_event(request: web.Request) -> web.Response:
     _authorize(request)
     transaction_id = request.match_info["transaction_id"]
-    tenant = request.query.get("external_customer_id")
+    tenant = query_params(request).get("external_customer_id")
     event = await request.app[MIRROR].read(lambda conn: find_event(conn, transaction_id, tenant))
     if event is None:
         raise NotFoundError(f"no usage event with transaction_id {transaction_id!r} has been ingested")
@@ -95,7 +95,7 @@ async def get_event(request: web.Request) -> web.Response:
 async def get_events(request: web.Request) -> web.Response:
     """Stored events in ingest order, paged like Lago's list: `next_cursor` until the last page."""
     _authorize(request)
-    query = parse_query(request.query)
+    query = parse_query(query_params(request))
     page, after = await request.app[MIRROR].read(lambda conn: list_events(conn, query))
     return json_response({"events": page, "next_cursor": encode_cursor(after) if after is not None else None})
 

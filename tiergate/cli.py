@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, BinaryIO, Literal, TextIO
 import click
 from pydantic import ValidationError
 
-from tiergate.catalog import load_catalog
+from tiergate.catalog import Catalog, load_catalog
 from tiergate.cli_overrides import overrides
 from tiergate.errors import CatalogError, TierError
 from tiergate.settings_errors import describe_settings_error, unknown_settings
@@ -126,13 +126,33 @@ def replica() -> None:
 
 @replica.command("import")
 @click.argument("file", type=click.File("rb"))
-def replica_import(file: BinaryIO) -> None:
-    """Replace the replica's content with FILE (JSON; '-' reads stdin), atomically."""
+@click.option(
+    "--allow-unknown",
+    is_flag=True,
+    help="Import accounts on tiers, and counters for codes, that the catalog (TIERGATE_PLANS) lacks.",
+)
+def replica_import(file: BinaryIO, allow_unknown: bool) -> None:
+    """Replace the replica's content with FILE (JSON; '-' reads stdin), atomically.
+
+    Every tier and usage code must be in the catalog (TIERGATE_PLANS) unless --allow-unknown.
+    """
+    from sidecar.replica.import_check import unknown_to_catalog
     from sidecar.replica.store import ReplicaWriter, open_replica, parse_replica_document
 
     settings = _sidecar_settings()
     try:
         document = parse_replica_document(file.read(), source=file.name)
+        catalog = _catalog(settings.plans)
+        unknown = unknown_to_catalog(document, catalog)
+        if unknown and not allow_unknown:
+            for line in unknown.describe(catalog):
+                click.echo(f"error: {file.name}: {line}", err=True)
+            click.echo(
+                f"nothing imported: fix the document or TIERGATE_PLANS ({settings.plans}), "
+                "or pass --allow-unknown",
+                err=True,
+            )
+            sys.exit(1)
         db = open_replica(settings.replica_path)
         as_of = document.data_as_of or datetime.now(UTC)
         n_accounts, n_usage = ReplicaWriter(db).replace_all(
@@ -143,21 +163,43 @@ def replica_import(file: BinaryIO) -> None:
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(1)
     click.echo(f"imported {n_accounts} accounts and {n_usage} usage counters into {settings.replica_path}")
+    for line in unknown.describe(catalog):
+        click.echo(f"warning: imported anyway (--allow-unknown): {line}", err=True)
+
+
+def _catalog(path: Path) -> Catalog:
+    try:
+        return load_catalog(path)
+    except CatalogError as exc:
+        raise CatalogError(f"TIERGATE_PLANS={str(path)!r}: {exc.message}") from None
 
 
 @replica.command("export")
 @click.argument("file", type=click.File("w"), default="-")
 def replica_export(file: TextIO) -> None:
-    """Write the replica's content to FILE as JSON ('-' for stdout)."""
+    """Write the replica's content to FILE as JSON ('-' for stdout); exit 1 when there is none."""
     import json
 
-    from sidecar.replica.store import ReplicaWriter, open_replica
+    from sidecar.replica.store import ReplicaWriter, open_replica, read_meta
 
     settings = _sidecar_settings()
-    db = open_replica(settings.replica_path)
-    json.dump(ReplicaWriter(db).export(), file, indent=1)
-    file.write("\n")
-    db.close()
+    path = settings.replica_path
+    if not path.exists():
+        click.echo(f"error: no replica at {path} (TIERGATE_REPLICA_PATH): nothing to export", err=True)
+        sys.exit(1)
+    db = open_replica(path)
+    try:
+        if read_meta(db.conn).data_as_of is None:
+            click.echo(
+                f"error: the replica at {path} (TIERGATE_REPLICA_PATH) was never imported into "
+                "nor synced from a daemon: nothing to export",
+                err=True,
+            )
+            sys.exit(1)
+        json.dump(ReplicaWriter(db).export(), file, indent=1)
+        file.write("\n")
+    finally:
+        db.close()
 
 
 # -- servers -------------------------------------------------------------------------------

@@ -67,3 +67,19 @@ class FeedChange(BaseModel):
     usage: FeedUsage | None = None
     override: FeedOverride | None = None
     feature: str | None = None
+
+
+def refused_token(status: int, path: str, *, token_sent: bool) -> str | None:
+    """What to tell the operator when the daemon refuses the sidecar's bearer token (401/403):
+    it is a configuration error, not an outage, and retrying will not fix it."""
+    if status not in (401, 403):
+        return None
+    if not token_sent:
+        return (
+            f"authentication failed: the daemon answered {status} to {path} and this sidecar sends no "
+            "token; set TIERGATE_FEED_TOKEN to the daemon's TIERGATE_FEED_TOKEN"
+        )
+    return (
+        f"authentication failed: the daemon answered {status} to {path}: it does not accept this "
+        "sidecar's TIERGATE_FEED_TOKEN; set it to one of the daemon's TIERGATE_FEED_TOKEN"
+    )

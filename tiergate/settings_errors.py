@@ -30,19 +30,22 @@ def unknown_settings(
 ) -> list[tuple[str, str | None]]:
     """(variable, closest known setting or None) for each TIERGATE_* variable no process reads.
 
-    `own` are this process's fields, `other` the other process's (one environment often serves
-    both, so those are known, not warned about); a near tie goes to this process's setting.
+    `own` are this process's fields in declaration order, `other` the other process's (one
+    environment often serves both, so those are known, not warned about). A near tie goes to this
+    process's setting, an exact tie to the one declared first (`TIERGATE_PORT` starting the
+    sidecar is TIERGATE_SIDECAR_PORT, not TIERGATE_AUTHZ_PORT).
     """
-    own_names = {prefix + name.upper() for name in own}
-    known = own_names | {prefix + name.upper() for name in other}
+    own_names = [prefix + name.upper() for name in own]
+    known = list(dict.fromkeys([*own_names, *(prefix + name.upper() for name in other)]))
     found: list[tuple[str, str | None]] = []
     for variable in sorted(environ):
         if variable.startswith(prefix) and variable not in known:
-            found.append((variable, _closest(variable.removeprefix(prefix), known, own_names, prefix)))
+            word = variable.removeprefix(prefix)
+            found.append((variable, _closest(word, known, set(own_names), prefix)))
     return found
 
 
-def _closest(word: str, known: set[str], own: set[str], prefix: str) -> str | None:
+def _closest(word: str, known: list[str], own: set[str], prefix: str) -> str | None:
     """Compared without the shared prefix; `PORT` is close to `SIDECAR_PORT` (a word of it)."""
 
     def score(name: str) -> float:
@@ -51,7 +54,7 @@ def _closest(word: str, known: set[str], own: set[str], prefix: str) -> str | No
         ratio = max(difflib.SequenceMatcher(None, word, other).ratio(), CLOSE_ENOUGH if part else 0.0)
         return ratio + (OWN_BONUS if name in own else 0.0) + (MAIN_BONUS if other in MAIN_LISTENERS else 0.0)
 
-    best = max(sorted(known), key=score, default=None)
+    best = max(known, key=score, default=None)  # the first of equal scores: declaration order
     return best if best is not None and score(best) >= CLOSE_ENOUGH else None
 
 

@@ -90,6 +90,20 @@ def validate(model: type[M], raw: object, prefix: str = "") -> M:
         raise BadRequestError(f"{field or 'body'}: {err['msg']}", field=field or None) from None
 
 
+def query_params(request: web.Request) -> dict[str, str]:
+    """One value per query parameter; a parameter given twice is a 400 (which one would count?)."""
+    query = request.query
+    params = dict(query)
+    if len(params) != len(query):
+        name = next(k for k in params if len(query.getall(k)) > 1)
+        values = query.getall(name)
+        raise BadRequestError(
+            f"query parameter {name!r} is given {len(values)} times ({values!r}); give it once",
+            field=name,
+        )
+    return params
+
+
 def require_bearer(request: web.Request, token: str) -> None:
     given = request.headers.get("Authorization", "")
     scheme, _, value = given.partition(" ")

@@ -11,13 +11,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from sidecar.api.usage import check_and_reserve, usage_status
+from sidecar.api.usage import OUTBOX, check_and_reserve, usage_status
 from sidecar.replica.store import AccountRow
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, SETTINGS
+from sidecar.usage.static_mode import static_mode_warnings
 from tiergate.errors import BadRequestError, TierError
 from tiergate.models import CheckRequest, Decision
 from tiergate.periods import rfc3339, utc_now
-from tiergate.web import json_response, read_json_object, validate
+from tiergate.web import json_response, query_params, read_json_object, validate
 
 
 class CheckBatch(BaseModel):
@@ -27,7 +28,7 @@ class CheckBatch(BaseModel):
 
 
 async def check_get(request: web.Request) -> web.Response:
-    query = request.query
+    query = query_params(request)
     raw: dict[str, Any] = {"tenant": query.get("tenant"), "feature": query.get("feature")}
     if "quantity" in query:
         raw["quantity"] = _query_int(query["quantity"], "quantity")
@@ -153,8 +154,12 @@ async def metrics(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     reader = request.app[READER]
     decisions = request.app[DECISIONS]
+    following = FOLLOWER in request.app
+    backlog = request.app[OUTBOX].backlog if OUTBOX in request.app else 0
     return json_response(
         {
+            "mode": "following" if following else "static",
+            "warnings": [] if following else static_mode_warnings(reader.count_accounts(), backlog),
             "replica": {
                 "path": str(reader.path),
                 "data_as_of": rfc3339(reader.meta.data_as_of),

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -16,10 +17,13 @@ from sidecar.state import DECISIONS, POLICIES, READER, SETTINGS
 from sidecar.usage.delivery import Delivery
 from sidecar.usage.outbox import Outbox
 from sidecar.usage.recorder import UsageRecorder, reserved_body
+from sidecar.usage.static_mode import UndeliveredUsage, static_mode_warnings
 from tiergate.errors import EngineUnavailableError
 from tiergate.models import FeatureName, Quantity, TenantId
 from tiergate.usage_events import MAX_EVENTS
 from tiergate.web import json_response, read_json_object, validate
+
+log = structlog.get_logger("tiergate.sidecar")
 
 RECORDER = web.AppKey("usage_recorder", UsageRecorder)
 OUTBOX = web.AppKey("usage_outbox", Outbox)
@@ -112,6 +116,10 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         app[DELIVERY] = delivery
         delivery.start()
+    else:
+        app[RECORDER].on_backlog = UndeliveredUsage(str(outbox.path))
+        for warning in static_mode_warnings(reader.count_accounts(), outbox.backlog):
+            log.warning("static_mode", warning=warning)
     try:
         yield
     finally:

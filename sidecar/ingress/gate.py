@@ -10,7 +10,14 @@ from urllib.parse import quote
 import structlog
 
 from sidecar.decisions.service import DecisionService, RouteResolver
-from sidecar.ingress.hook import Verdict, decisions_verdict, denial_body, error_verdict, original_request
+from sidecar.ingress.hook import (
+    Verdict,
+    after_consuming,
+    decisions_verdict,
+    denial_body,
+    error_verdict,
+    original_request,
+)
 from sidecar.ingress.identity import TenantIdentity
 from sidecar.ingress.replays import ReplayWindow
 from sidecar.metrics import SidecarMetrics
@@ -92,7 +99,9 @@ class IngressGate:
         key = headers.get(self.request_id_header) if self.request_id_header else None
         if key and self.replays is not None and self.replays.counted(key, tenant, method, path):
             return await self.decisions.decide(tenant, metric, 0)
-        decision, _ = await self.reserve(tenant, metric, 1, None)
+        decision, reservation = await self.reserve(tenant, metric, 1, None)
+        if reservation.reserved:
+            decision = after_consuming(decision)
         if key and self.replays is not None and decision.allow:
             self.replays.remember(key, tenant, method, path)
         return decision

@@ -8,6 +8,7 @@ a misconfigured proxy: it is refused (400), never answered as if the path were `
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -114,6 +115,14 @@ def decisions_verdict(
         headers["X-Tiergate-Remaining"] = str(min(metered)) if metered else "unlimited"
         headers["X-Tiergate-Decision-Id"] = ",".join(d.decision_id for d in decisions)
     return Verdict(200, "ok", headers)
+
+
+def after_consuming(decision: Decision) -> Decision:
+    """A reserve's decision is taken before its unit counts; once the unit is consumed the proxy
+    must hear what is left after it (0 on the request that used the last one)."""
+    if decision.remaining is None:
+        return decision
+    return dataclasses.replace(decision, used=decision.used + 1, remaining=max(decision.remaining - 1, 0))
 
 
 def denial_body(reason: str, message: str, method: str, path: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from sidecar.replica.store import ReplicaWriter, open_replica, read_meta
-from tiergate.feed import KNOWN_KINDS, FeedAccount, FeedChange, FeedOverride, FeedUsage
+from tiergate.feed import KNOWN_KINDS, FeedAccount, FeedChange, FeedOverride, FeedUsage, refused_token
 from tiergate.periods import utc_now_text
 
 log = structlog.get_logger("tiergate.follower")
@@ -38,6 +38,10 @@ class FeedGapError(Exception):
 
 class FeedProtocolError(Exception):
     """The daemon answered something we cannot apply."""
+
+
+class FeedAuthError(FeedProtocolError):
+    """The daemon refused our bearer token: a setting to fix, retried in case it is being rotated."""
 
 
 @dataclass
@@ -124,7 +128,7 @@ class Follower:
         async with session.get("/v1/feed/changes", params=params) as response:
             if response.status == 410:
                 raise FeedGapError()
-            await _expect_ok(response)
+            await _expect_ok(response, token_sent=self.token is not None)
             body = await response.json()
         changes, last_seq, as_of = _parse_changes(body)
         writer = self._require_writer()
@@ -145,7 +149,7 @@ class Follower:
         with tempfile.TemporaryDirectory(prefix="tiergate-snapshot-") as tmp:
             path = Path(tmp) / "snapshot.ndjson"
             async with session.get("/v1/feed/snapshot") as response:
-                await _expect_ok(response)
+                await _expect_ok(response, token_sent=self.token is not None)
                 with path.open("wb") as out:
                     async for chunk in response.content.iter_chunked(1 << 16):
                         out.write(chunk)
@@ -169,7 +173,10 @@ class Follower:
         self.status.connected = False
         self.status.last_error = f"{type(exc).__name__}: {exc}" if exc else "unknown error"
         self.status.last_error_at = utc_now_text()
-        log.warning("daemon_unreachable", error=self.status.last_error, position=self.status.position)
+        if isinstance(exc, FeedAuthError):
+            log.error("daemon_auth_failed", error=str(exc), setting="TIERGATE_FEED_TOKEN")
+        else:
+            log.warning("daemon_unreachable", error=self.status.last_error, position=self.status.position)
 
     def _require_writer(self) -> ReplicaWriter:
         assert self._writer is not None, "start() opens the writer"
@@ -182,7 +189,10 @@ class Follower:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
 
-async def _expect_ok(response: aiohttp.ClientResponse) -> None:
+async def _expect_ok(response: aiohttp.ClientResponse, *, token_sent: bool) -> None:
+    refused = refused_token(response.status, response.url.path, token_sent=token_sent)
+    if refused is not None:
+        raise FeedAuthError(refused)
     if response.status != 200:
         text = (await response.text())[:300]
         raise FeedProtocolError(f"daemon answered {response.status} to {response.url.path}: {text}")

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import sqlite_utils
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import ErrorDetails
 
 from tiergate.errors import ReplicaError, dotted_location
 from tiergate.feed import KNOWN_KINDS, FeedChange, FeedOverride
@@ -439,17 +440,33 @@ def parse_replica_document(text: str | bytes, source: str = "document") -> Repli
         raw = json.loads(text)
     except ValueError as exc:
         raise ReplicaError(f"{source} is not JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ReplicaError(
+            f'{source} must be a JSON object {{"accounts": [...], "usage": [...]}}, not {_json_kind(raw)}'
+        )
     try:
         document = ReplicaDocument.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{dotted_location(err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
+            f"{dotted_location(err['loc'])}: {_plain_message(err)}" for err in exc.errors(include_url=False)
         )
         raise ReplicaError(f"{source} is invalid: {problems}") from None
     duplicates = _duplicates(a.tenant for a in document.accounts)
     if duplicates:
         raise ReplicaError(f"{source} is invalid: tenants listed twice: {sorted(duplicates)[:10]}")
     return document
+
+
+def _plain_message(err: ErrorDetails) -> str:
+    """pydantic's "instance of Account" means nothing to someone writing JSON by hand."""
+    if err["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        return f"must be a JSON object, not {_json_kind(err['input'])}"
+    return err["msg"]
+
+
+def _json_kind(value: object) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
 
 
 def _duplicates(items: Iterator[str]) -> set[str]:

@@ -21,6 +21,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from sidecar.usage.ledger import UsageLedger
 from sidecar.usage.outbox import Outbox, OutboxRow
+from tiergate.feed import refused_token
 from tiergate.periods import utc_now_text
 
 log = structlog.get_logger("tiergate.delivery")
@@ -31,6 +32,10 @@ PRUNE_EVERY_S = 30.0
 
 class DeliveryError(Exception):
     """The daemon gave an answer we cannot record: retry the same batch."""
+
+
+class DeliveryAuthError(DeliveryError):
+    """The daemon refused our bearer token: a setting to fix; retried in case it is being rotated."""
 
 
 @dataclass
@@ -145,6 +150,9 @@ class Delivery:
         self, session: aiohttp.ClientSession, rows: Sequence[OutboxRow]
     ) -> tuple[int, list[dict[str, Any]]]:
         async with session.post("/v1/usage/batch", json={"events": [row.event for row in rows]}) as response:
+            refused = refused_token(response.status, "/v1/usage/batch", token_sent=self.token is not None)
+            if refused is not None:
+                raise DeliveryAuthError(refused)
             if response.status != 200:
                 text = (await response.text())[:300]
                 raise DeliveryError(f"daemon answered {response.status} to /v1/usage/batch: {text}")
@@ -184,7 +192,10 @@ class Delivery:
         self.status.failures += 1
         self.status.last_error = f"{type(exc).__name__}: {exc}" if exc else "unknown error"
         self.status.last_error_at = utc_now_text()
-        log.warning("usage_delivery_failed", error=self.status.last_error, backlog=self.outbox.backlog)
+        if isinstance(exc, DeliveryAuthError):
+            log.error("usage_delivery_auth_failed", error=str(exc), setting="TIERGATE_FEED_TOKEN")
+        else:
+            log.warning("usage_delivery_failed", error=self.status.last_error, backlog=self.outbox.backlog)
 
 
 def _highest(a: int | None, b: int | None) -> int | None:

@@ -41,6 +41,9 @@ def reserved_body(decision: Decision, reservation: Reservation) -> dict[str, Any
 class UsageRecorder:
     """`record` for POST /v1/usage; `reserve` for POST /v1/check with `"reserve": true`."""
 
+    # Told the outbox's backlog after each append (static mode warns with it as it grows).
+    on_backlog: Callable[[int], None] | None = None
+
     def __init__(
         self,
         outbox: Outbox,
@@ -65,6 +68,7 @@ class UsageRecorder:
         rows: dict[str, AccountRow | None] = {}
         entries = [Entry(event, self._period(event, rows)) for event in events]
         inserted = await self.outbox.append(entries)
+        self._appended()
         return [
             {
                 "transaction_id": e.transaction_id,
@@ -103,7 +107,12 @@ class UsageRecorder:
             for entry in entries:  # counted now, under the lock: the next reserve sees it
                 self.ledger.add(entry.key, entry.event.value)
         inserted = await self.outbox.append(entries, reserved=True)
+        self._appended()
         return decision, Reservation(tid, True, not inserted[0])
+
+    def _appended(self) -> None:
+        if self.on_backlog is not None:
+            self.on_backlog(self.outbox.backlog)
 
     def _reservation_entries(
         self, tenant: str, code: str, quantity: int, tid: str, counted: bool, metric: Metric

@@ -13,7 +13,7 @@ from aiohttp import web
 from sync_daemon.state import MIRROR, SETTINGS
 from tiergate.errors import BadRequestError, FeedGapError
 from tiergate.periods import utc_now_text
-from tiergate.web import json_response, require_bearer
+from tiergate.web import json_response, query_params, require_bearer
 
 MAX_CHANGES = 1000
 N = TypeVar("N", int, float)
@@ -80,7 +80,7 @@ def _kinds(text: str | None) -> frozenset[str]:
 
 
 def _number(request: web.Request, name: str, kind: type[N], default: N | None) -> N:
-    text = request.query.get(name)
+    text = query_params(request).get(name)
     if text is None:
         if default is None:
             raise BadRequestError(f"query parameter {name!r} is required", field=name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,96 @@ def test_a_missing_setting_also_names_the_misspelt_variable(monkeypatch: pytest.
     assert result.exit_code == 2
     assert "did you mean TIERGATE_STRIPE_API_KEY?" in result.output
     assert "missing setting TIERGATE_STRIPE_API_KEY" in result.output
+
+
+# -- replica import / export --------------------------------------------------------------------
+
+ROOT = Path(__file__).parents[2]
+ACME = {"tenant": "acme", "tier": "pro", "status": "active"}
+
+
+@pytest.fixture
+def replica(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "state" / "replica.db"
+    monkeypatch.setenv("TIERGATE_REPLICA_PATH", str(path))
+    monkeypatch.setenv("TIERGATE_PLANS", str(ROOT / "plans" / "plans.yaml"))
+    return path
+
+
+def import_document(tmp_path: Path, document: object, *options: str) -> Any:
+    source = tmp_path / "in.json"
+    source.write_text(json.dumps(document))
+    return CliRunner().invoke(main, ["replica", "import", str(source), *options])
+
+
+def exported_tenants() -> list[str]:
+    result = CliRunner().invoke(main, ["replica", "export"])
+    assert result.exit_code == 0, result.output
+    return [a["tenant"] for a in json.loads(result.stdout)["accounts"]]
+
+
+UNKNOWN = {
+    "accounts": [
+        ACME,
+        {"tenant": "t1", "tier": "gold", "status": "active"},
+        {"tenant": "t2", "tier": "gold", "status": "active"},
+        {"tenant": "t3", "tier": "platinum", "status": "active"},
+    ],
+    "usage": [{"tenant": "acme", "code": "api_cals", "period_start": "2026-11-01T00:00:00Z", "value": 3}],
+}
+
+
+def test_an_import_with_tiers_and_codes_the_catalog_lacks_is_refused(tmp_path: Path, replica: Path) -> None:
+    assert import_document(tmp_path, {"accounts": [ACME]}).exit_code == 0
+    result = import_document(tmp_path, UNKNOWN)
+    assert result.exit_code == 1
+    assert (
+        "3 accounts are on tiers the catalog does not have: 'gold' (2), 'platinum' (1); "
+        "they would get the default tier 'free'"
+    ) in result.output
+    assert "1 usage counters are for codes the catalog does not meter: 'api_cals' (1)" in result.output
+    assert "nothing imported" in result.output and "--allow-unknown" in result.output
+    assert exported_tenants() == ["acme"]  # unchanged
+
+
+def test_allow_unknown_imports_them_and_says_how_many(tmp_path: Path, replica: Path) -> None:
+    result = import_document(tmp_path, UNKNOWN, "--allow-unknown")
+    assert result.exit_code == 0, result.output
+    assert "imported 4 accounts and 1 usage counters" in result.output
+    assert "warning: imported anyway (--allow-unknown): 3 accounts are on tiers" in result.output
+    assert exported_tenants() == ["acme", "t1", "t2", "t3"]
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ([ACME], 'must be a JSON object {"accounts": [...], "usage": [...]}, not an array'),
+        ("acme", "not a string"),
+        (None, "not null"),
+        ({"accounts": ["acme"]}, "accounts[0]: must be a JSON object, not a string"),
+        ({"accounts": [ACME], "usage": [7]}, "usage[0]: must be a JSON object, not a number"),
+    ],
+)
+def test_a_document_of_the_wrong_shape_gets_a_plain_message(
+    tmp_path: Path, replica: Path, document: object, message: str
+) -> None:
+    result = import_document(tmp_path, document)
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "instance of" not in result.output
+
+
+def test_export_without_a_replica_fails_and_creates_nothing(tmp_path: Path, replica: Path) -> None:
+    result = CliRunner().invoke(main, ["replica", "export", str(tmp_path / "backup.json")])
+    assert result.exit_code == 1
+    assert f"no replica at {replica} (TIERGATE_REPLICA_PATH): nothing to export" in result.output
+    assert not replica.exists() and not (tmp_path / "backup.json").exists()
+
+
+def test_export_of_a_replica_never_filled_fails(tmp_path: Path, replica: Path) -> None:
+    from sidecar.replica.store import open_replica
+
+    open_replica(replica).close()  # what a sidecar that never synced leaves behind
+    result = CliRunner().invoke(main, ["replica", "export"])
+    assert result.exit_code == 1
+    assert "was never imported into nor synced from a daemon: nothing to export" in result.output

@@ -6,7 +6,7 @@ import pytest
 
 from tiergate.settings_errors import unknown_settings
 
-SIDECAR = ["sidecar_host", "sidecar_port", "daemon_url", "replica_path", "feed_token"]
+SIDECAR = ["sidecar_host", "sidecar_port", "daemon_url", "replica_path", "feed_token", "authz_port"]
 DAEMON = ["daemon_host", "daemon_port", "stripe_api_key", "feed_token", "mirror_path"]
 
 

@@ -103,3 +103,11 @@ async def test_one_error_shape(daemon: Daemon, path: str, status: int, code: str
     assert response.status == status
     body = await response.json()
     assert set(body["error"]) == {"code", "message", "field"} and body["error"]["code"] == code
+
+
+async def test_a_repeated_query_parameter_is_a_400(daemon: Daemon) -> None:
+    response = await daemon.client.get("/v1/feed/changes?since=0&since=5&wait=0", headers=AUTH)
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert (error["code"], error["field"]) == ("bad_request", "since")
+    assert "['0', '5']" in error["message"]

@@ -14,11 +14,14 @@ def nginx(uri: str, method: str = "GET", tenant: str | None = "pro-active") -> d
     return headers | ({"X-Tenant-Id": tenant} if tenant is not None else {})
 
 
-async def test_allowed_route_reports_tier_and_remaining(client: SidecarClient) -> None:
+async def test_allowed_route_reports_tier_and_what_remains_after_it(client: SidecarClient) -> None:
+    """api_calls: 99,999 of 100,000 used; this request uses the last unit, so 0 remain."""
     response = await client.get("/v1/authz", headers=nginx("/api/v1/reports/42", "POST"))
     assert response.status == 200
     assert response.headers["X-Tiergate-Tier"] == "pro"
-    assert response.headers["X-Tiergate-Remaining"] == "1"  # api_calls: 99,999 of 100,000 used
+    assert response.headers["X-Tiergate-Remaining"] == "0"
+    after = await client.get("/v1/authz", headers=nginx("/api/v1/reports/43", "POST"))
+    assert after.status == 429
 
 
 async def test_feature_not_in_plan_is_403_with_a_reason(client: SidecarClient) -> None:

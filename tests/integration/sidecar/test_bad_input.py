@@ -32,6 +32,22 @@ async def test_get_check_rejects(client: SidecarClient, params: dict[str, str], 
 
 
 @pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("tenant=a&feature=sso&feature=reports", "feature"),
+        ("tenant=a&tenant=b&feature=sso", "tenant"),
+        ("tenant=a&feature=sso&quantity=1&quantity=1", "quantity"),
+    ],
+)
+async def test_a_repeated_query_parameter_is_a_400(client: SidecarClient, query: str, field: str) -> None:
+    response = await client.get(f"/v1/check?{query}")
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error["field"] == field
+    assert f"query parameter {field!r} is given 2 times" in error["message"]
+
+
+@pytest.mark.parametrize(
     ("body", "field"),
     [
         ({"tenant": "t", "feature": "sso", "quantity": "5"}, "quantity"),
