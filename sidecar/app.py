@@ -16,6 +16,7 @@ from sidecar.api.check import add_routes
 from sidecar.api.usage import add_usage_routes
 from sidecar.decisions.cache import DecisionCache
 from sidecar.decisions.service import DecisionService, RouteResolver
+from sidecar.decisions.shadow import ShadowPolicy
 from sidecar.metrics import SidecarMetrics
 from sidecar.policy.engine import PolicyEngine
 from sidecar.policy.reload import PolicyReloader
@@ -24,6 +25,7 @@ from sidecar.replica.store import ReplicaReader
 from sidecar.settings import SidecarSettings
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS, Policies
 from sidecar.usage.ledger import UsageLedger
+from tiergate.errors import PolicyError, TierError
 from tiergate.serve import Listener, serve
 from tiergate.web import error_middleware
 
@@ -118,13 +120,45 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
         app[ROUTES] = RouteResolver(engine)
         app[POLICIES] = Policies(engine, reloader)
         await reloader.start()
+        shadow: PolicyReloader | None = None
         try:
+            if settings.shadow_policies is not None:
+                shadow = await _start_shadow(settings, decisions, reloader)
             yield
         finally:
+            if shadow is not None:
+                await shadow.stop()
+                await shadow.engine.close()
             await reloader.stop()
             await engine.close()
 
     return ctx
+
+
+async def _start_shadow(
+    settings: SidecarSettings, decisions: DecisionService, live: PolicyReloader
+) -> PolicyReloader:
+    """The shadow bundle on an embedded engine of its own, hot-reloaded like the live one."""
+    from sidecar.policy.embedded import EmbeddedEngine
+
+    assert settings.shadow_policies is not None
+    engine = EmbeddedEngine(compiled=settings.engine_vm)
+    reloader = PolicyReloader(engine, settings.shadow_policies, settings.shadow_plans or settings.plans)
+
+    def features() -> set[str]:
+        bundles = (live.bundle, reloader.bundle)
+        return {f for bundle in bundles if bundle is not None for f in bundle.catalog.features}
+
+    shadow = ShadowPolicy(
+        engine, decisions.metrics.registry, sample=settings.shadow_sample, features=features
+    )
+    try:
+        await reloader.start()
+    except TierError as exc:  # a broken candidate stops the start-up, naming where it came from
+        raise PolicyError(f"TIERGATE_SHADOW_POLICIES={settings.shadow_policies}: {exc.message}") from exc
+    decisions.shadow = shadow
+    log.info("shadow_policies", directory=str(settings.shadow_policies), revision=engine.revision)
+    return reloader
 
 
 def _reloaded(app: web.Application, revision: str) -> None:

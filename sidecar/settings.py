@@ -43,6 +43,10 @@ class SidecarSettings(BaseSettings):
     # Envoy / Istio gRPC ext_authz; 9191 is OPA-Envoy's (and this sidecar's HTTP) port.
     authz_grpc_host: str | None = None
     authz_grpc_port: Annotated[int, Field(ge=0, le=65535)] = 9193
+    # Candidate policies (and catalog) evaluated beside the live ones on a sample of fresh decisions.
+    shadow_policies: Path | None = None
+    shadow_plans: Path | None = None  # default: the live catalog
+    shadow_sample: Annotated[float, Field(ge=0, le=1)] = 0.1
     decision_cache_size: Annotated[int, Field(ge=0)] = 100_000
     decision_cache_ttl_s: Annotated[float, Field(ge=0)] = 30.0
     decision_log_sample: Annotated[float, Field(ge=0, le=1)] = 0.01

@@ -89,6 +89,74 @@ def plans_push(path: Path | None, dry_run: bool) -> None:
         click.echo(f"{len(result.done)} changes made, {len(result.skipped)} skipped")
 
 
+@plans.command("diff")
+@click.argument("candidate", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--current",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("plans/plans.yaml"),
+    show_default=True,
+    help="The live catalog.",
+)
+@click.option(
+    "--policies",
+    "candidate_policies",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Candidate policy directory (default: the live one).",
+)
+@click.option(
+    "--current-policies",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("policies"),
+    show_default=True,
+    help="The live policy directory.",
+)
+@click.option("--impact", is_flag=True, help="Evaluate both against every tenant of the replica.")
+@click.option(
+    "--replica",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Replica to read (default: TIERGATE_REPLICA_PATH).",
+)
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes (default: one per CPU).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for CI).")
+def plans_diff(
+    candidate: Path,
+    current: Path,
+    candidate_policies: Path | None,
+    current_policies: Path,
+    impact: bool,
+    replica: Path | None,
+    workers: int | None,
+    as_json: bool,
+) -> None:
+    """What CANDIDATE (a catalog, with --policies a policy directory too) changes: prices, and
+    with --impact who gains or loses each feature and who is over a new limit at current usage."""
+    import json as json_module
+
+    from sidecar.impact import price_changes, render_table, run_impact
+    from sidecar.policy.bundle import load_bundle
+
+    try:
+        live = load_bundle(current_policies, current)
+        trial = load_bundle(candidate_policies or current_policies, candidate)
+        if impact:
+            path = replica or _sidecar_settings().replica_path
+            report = run_impact(path, live, trial, workers=workers)
+            click.echo(json_module.dumps(report.to_json(), indent=2) if as_json else render_table(report))
+            return
+    except TierError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
+    prices = price_changes(live.catalog, trial.catalog, {})
+    if as_json:
+        click.echo(json_module.dumps({"prices": [p.__dict__ for p in prices]}, indent=2))
+        return
+    for change in prices:
+        click.echo(f"price {change.tier}/{change.interval}: {change.current} -> {change.candidate}")
+    if not prices:
+        click.echo("prices: unchanged (add --impact to evaluate every tenant of the replica)")
+
+
 # -- policies ------------------------------------------------------------------------------
 
 

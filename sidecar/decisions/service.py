@@ -22,6 +22,7 @@ from sidecar.decisions.policy_io import (
     period_for,
     policy_error_decision,
 )
+from sidecar.decisions.shadow import ShadowPolicy
 from sidecar.metrics import SidecarMetrics
 from sidecar.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyEngine
 from sidecar.replica.store import ReplicaMeta, ReplicaReader
@@ -70,6 +71,7 @@ class DecisionService:
         self._generation = reader.meta.generation
         self._as_of_epoch: float | None = None
         self._as_of_text: str | None = None
+        self.shadow: ShadowPolicy | None = None  # TIERGATE_SHADOW_POLICIES: compared, never answering
         self._adopt(reader.meta)
         reader.subscribe(self._replica_changed)
         ledger.on_change = cache.invalidate  # pending usage changes its tenant's answers
@@ -161,7 +163,10 @@ class DecisionService:
             replica_age_s=age,
             overrides=self.reader.overrides(tenant),
         )
-        return await self._evaluate(document, row.tier if row else None)
+        answer = await self._evaluate(document, row.tier if row else None)
+        if self.shadow is not None:
+            await self.shadow.observe(document, answer)
+        return answer
 
     async def _evaluate(self, document: dict[str, Any], tier: str | None) -> PolicyAnswer:
         try:

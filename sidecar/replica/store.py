@@ -351,10 +351,14 @@ class ReplicaReader:
     writers), every subscriber learns of it through `subscribe`'s callback, once.
     """
 
-    def __init__(self, path: Path) -> None:
-        open_replica(path).close()  # create and migrate once, then read through a plain connection
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        """`read_only`: another process owns the file (an app's LocalDecisions): never create,
+        migrate or write it."""
+        if not read_only:
+            open_replica(path).close()  # create and migrate once, then read through a plain connection
+        target = f"file:{path}?mode=ro" if read_only else str(path)
         self.path = path
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn = sqlite3.connect(target, uri=read_only, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA query_only=ON")
         self._data_version = -1
         self._listeners: list[ReplicaListener] = []

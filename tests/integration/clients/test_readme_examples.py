@@ -24,8 +24,9 @@ def readme_blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", section, flags=re.DOTALL)
 
 
-SCRIPTS = [b for b in readme_blocks("python") if "\napp = " not in b]
+SCRIPTS = [b for b in readme_blocks("python") if "\napp = " not in b and "LocalDecisions(" not in b]
 APPS = [b for b in readme_blocks("python") if "\napp = " in b]
+(LOCAL,) = [b for b in readme_blocks("python") if "LocalDecisions(" in b]
 
 
 def test_the_section_has_every_kind_of_example() -> None:
@@ -44,6 +45,15 @@ def test_python_script_runs(sidecar: RunningSidecar, index: int) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert "sidecar_unreachable" not in run.stdout + run.stderr
+
+
+def test_local_decisions_example_runs(sidecar: RunningSidecar) -> None:
+    shared = 'Path("/var/lib/tiergate")'
+    assert shared in LOCAL
+    code = LOCAL.replace(shared, f"Path({str(sidecar.home)!r})")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert "reports: False (not_in_plan, data as of 20" in run.stdout
 
 
 @pytest.mark.parametrize("index", range(len(APPS)))
