@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import uvloop
 from aiohttp import web
 
 
@@ -41,6 +42,12 @@ async def check(request: web.Request) -> web.Response:
     return web.json_response(answer(query.get("tenant"), query.get("feature"), query.get("quantity", 1)))
 
 
+async def check_post(request: web.Request) -> web.Response:
+    body = await request.json()
+    body = body if isinstance(body, dict) else {}
+    return web.json_response(answer(body.get("tenant"), body.get("feature"), body.get("quantity", 1)))
+
+
 async def batch(request: web.Request) -> web.Response:
     body = await request.json()
     checks = body.get("checks", []) if isinstance(body, dict) else []
@@ -61,6 +68,7 @@ async def healthz(request: web.Request) -> web.Response:
 def make_app() -> web.Application:
     app = web.Application()
     app.router.add_get("/v1/check", check)
+    app.router.add_post("/v1/check", check_post)
     app.router.add_post("/v1/check/batch", batch)
     app.router.add_route("*", "/v1/authz", authz)
     app.router.add_get("/healthz", healthz)
@@ -71,8 +79,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="asyncio",
+        help="the sidecar's event loop, to compare like with like",
+    )
     args = parser.parse_args()
-    web.run_app(make_app(), host=args.host, port=args.port, access_log=None, print=None)
+    loop = uvloop.new_event_loop() if args.loop == "uvloop" else None
+    web.run_app(make_app(), host=args.host, port=args.port, access_log=None, print=None, loop=loop)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import os
 from collections.abc import AsyncIterator
 
 import structlog
+import uvloop
 from aiohttp import web
 
 from sidecar.api.authz import AUTHZ_LISTENER_PORTS, add_authz_routes, authz_listener_only
@@ -181,4 +182,5 @@ def run(settings: SidecarSettings) -> None:
         listeners.append(
             Listener(settings.authz_host, settings.authz_port, "TIERGATE_AUTHZ_HOST", "TIERGATE_AUTHZ_PORT")
         )
-    serve(app, listeners, process="sidecar")
+    loop_factory = uvloop.new_event_loop if settings.event_loop == "uvloop" else None
+    serve(app, listeners, process="sidecar", loop_factory=loop_factory)

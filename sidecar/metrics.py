@@ -1,42 +1,66 @@
-"""The sidecar's Prometheus metrics, on a registry of its own (one per app, so tests don't collide)."""
+"""The sidecar's Prometheus metrics, on a registry of its own (one per app, so tests don't collide).
+
+The decision path only adds to plain integers (`DecisionCounts`); they become Prometheus
+samples when /metrics is scraped, so a decision pays no prometheus-client call.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+DECISION_BUCKETS = (25e-6, 50e-6, 100e-6, 200e-6, 400e-6, 800e-6, 1.6e-3, 3.2e-3, 6.4e-3, 0.0128, 0.05)
+_BUCKET_LABELS = (*(repr(b) for b in DECISION_BUCKETS), "+Inf")  # Prometheus' `le` spelling
+
+
+class DecisionCounts(Collector):
+    """Decisions by reason and outcome, cache hits and misses, and the decision-time histogram."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.misses = 0
+        self.by_outcome: dict[tuple[str, bool], int] = {}
+        self.buckets = [0] * (len(DECISION_BUCKETS) + 1)  # the last one is +Inf
+        self.seconds = 0.0
+
+    def count(self, reason: str, allow: bool, seconds: float) -> None:
+        key = (reason, allow)
+        self.by_outcome[key] = self.by_outcome.get(key, 0) + 1
+        self.buckets[bisect.bisect_left(DECISION_BUCKETS, seconds)] += 1
+        self.seconds += seconds
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        decisions = CounterMetricFamily(
+            "tiergate_decisions", "Decisions answered, by reason and outcome.", labels=["reason", "allow"]
+        )
+        for (reason, allow), value in sorted(self.by_outcome.items()):
+            decisions.add_metric([reason, "true" if allow else "false"], value)
+        yield decisions
+        cache = CounterMetricFamily("tiergate_decision_cache", "Decision cache lookups.", labels=["result"])
+        cache.add_metric(["hit"], self.hits)
+        cache.add_metric(["miss"], self.misses)
+        yield cache
+        cumulative, total = [], 0
+        for label, count in zip(_BUCKET_LABELS, self.buckets, strict=True):
+            total += count
+            cumulative.append((label, total))
+        yield HistogramMetricFamily(
+            "tiergate_decision_seconds",
+            "Time to produce one decision inside the sidecar (replica lookup, cache, engine).",
+            buckets=cumulative,
+            sum_value=self.seconds,
+        )
 
 
 class SidecarMetrics:
     def __init__(self, replica_age: Callable[[], float]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.decisions = Counter(
-            "tiergate_decisions",
-            "Decisions answered, by reason and outcome.",
-            ["reason", "allow"],
-            registry=self.registry,
-        )
-        self.decision_seconds = Histogram(
-            "tiergate_decision_seconds",
-            "Time to produce one decision inside the sidecar (replica lookup, cache, engine).",
-            buckets=(
-                25e-6,
-                50e-6,
-                100e-6,
-                200e-6,
-                400e-6,
-                800e-6,
-                1.6e-3,
-                3.2e-3,
-                6.4e-3,
-                0.0128,
-                0.05,
-            ),
-            registry=self.registry,
-        )
-        self.cache = Counter(
-            "tiergate_decision_cache", "Decision cache lookups.", ["result"], registry=self.registry
-        )
+        self.decisions = DecisionCounts()
+        self.registry.register(self.decisions)
         self.engine_errors = Counter(
             "tiergate_engine_errors",
             "Policy evaluations that failed (answered as a policy_error deny).",
@@ -61,14 +85,3 @@ class SidecarMetrics:
             registry=self.registry,
         )
         self.replica_age.set_function(replica_age)
-        # Children resolved once: label lookups on the hot path cost more than the increment.
-        self.cache_hit = self.cache.labels("hit")
-        self.cache_miss = self.cache.labels("miss")
-        self._decision_children: dict[tuple[str, bool], Counter] = {}
-
-    def count_decision(self, reason: str, allow: bool) -> None:
-        child = self._decision_children.get((reason, allow))
-        if child is None:
-            child = self.decisions.labels(reason, "true" if allow else "false")
-            self._decision_children[(reason, allow)] = child
-        child.inc()

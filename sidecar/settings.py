@@ -20,6 +20,7 @@ class SidecarSettings(BaseSettings):
     engine: Literal["embedded", "opa"] = "embedded"
     # The embedded engine runs policies on regorus's compiled VM (~4x faster than its interpreter).
     engine_vm: bool = True
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     opa_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8181")
     engine_timeout_s: Annotated[float, Field(gt=0, le=60)] = 0.5
     # /v1/authz records one unit of a route's `usage` metric for each request it lets through.
@@ -48,7 +49,7 @@ class SidecarSettings(BaseSettings):
     shadow_plans: Path | None = None  # default: the live catalog
     shadow_sample: Annotated[float, Field(ge=0, le=1)] = 0.1
     decision_cache_size: Annotated[int, Field(ge=0)] = 100_000
-    decision_cache_ttl_s: Annotated[float, Field(ge=0)] = 30.0
+    decision_cache_ttl_s: Annotated[float, Field(ge=0)] = 0.0
     decision_log_sample: Annotated[float, Field(ge=0, le=1)] = 0.01
     decision_log_denies: bool = True
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576

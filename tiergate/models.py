@@ -34,8 +34,14 @@ REASONS = (
     "policy_error",
 )
 
-TenantId = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
-FeatureName = Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
+MAX_TENANT_LENGTH = 200
+MAX_FEATURE_LENGTH = 100
+TenantId = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_TENANT_LENGTH, strip_whitespace=True)
+]
+FeatureName = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_FEATURE_LENGTH, strip_whitespace=True)
+]
 # Quantities above this are certainly a bug in the caller, not a real request.
 MAX_QUANTITY = 1_000_000_000
 Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY, strict=True)]

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import errno
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -32,10 +32,20 @@ class Listener:
     port_setting: str
 
 
-def serve(app: web.Application, listeners: Sequence[Listener], *, process: str) -> None:
-    """Bind every listener, start the app, log `listening`, and serve until SIGINT or SIGTERM."""
+def serve(
+    app: web.Application,
+    listeners: Sequence[Listener],
+    *,
+    process: str,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> None:
+    """Bind every listener, start the app, log `listening`, and serve until SIGINT or SIGTERM
+    (on the loop `loop_factory` makes, e.g. uvloop's; the standard one by default)."""
     sockets = [sock for listener in listeners for sock in bind(listener)]
-    with asyncio.Runner() as runner, contextlib.suppress(GracefulExit, KeyboardInterrupt):
+    with (
+        asyncio.Runner(loop_factory=loop_factory) as runner,
+        contextlib.suppress(GracefulExit, KeyboardInterrupt),
+    ):
         runner.run(_serve(app, sockets, process))
 
 

@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
+from sidecar.api.query import check_query
 from sidecar.api.usage import OUTBOX, check_and_reserve, usage_status
 from sidecar.replica.store import AccountRow
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, SETTINGS
@@ -28,12 +29,9 @@ class CheckBatch(BaseModel):
 
 
 async def check_get(request: web.Request) -> web.Response:
-    query = query_params(request)
-    raw: dict[str, Any] = {"tenant": query.get("tenant"), "feature": query.get("feature")}
-    if "quantity" in query:
-        raw["quantity"] = _query_int(query["quantity"], "quantity")
-    check = validate(CheckRequest, {k: v for k, v in raw.items() if v is not None})
-    return json_response(await request.app[DECISIONS].decide(check.tenant, check.feature, check.quantity))
+    # query_params: a parameter given twice is a 400; check_query: the fields, validated by hand.
+    tenant, feature, quantity = check_query(query_params(request))
+    return json_response(await request.app[DECISIONS].decide(tenant, feature, quantity))
 
 
 async def check_post(request: web.Request) -> web.Response:
@@ -176,13 +174,6 @@ async def status(request: web.Request) -> web.Response:
             "usage": usage_status(request.app),
         }
     )
-
-
-def _query_int(value: str, field: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise BadRequestError(f"{field}: {value!r} is not an integer", field=field) from None
 
 
 _OPENAPI = Path(__file__).parents[1] / "openapi.yaml"

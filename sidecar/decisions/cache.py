@@ -1,14 +1,18 @@
-"""The decision cache: answers per tenant, dropped when that tenant's data changes.
+"""Materialised decisions: answers per tenant, kept until they can change, dropped when they do.
 
-A hit costs two dict lookups and no SQLite read. Correctness rests on invalidation, not on the
-key: the follower drops a tenant when a feed batch touches it, usage recorded or settled here
-drops its tenant, a snapshot, an import or a policy reload clears everything, and tenants whose
-usage is in a delivery awaiting its answer are not cached at all. Entries also expire at the decision's `valid_until` (the policy's
-own "this may change by time alone" instant: period end, trial end, grace end) and after a TTL.
+A hit costs two dict lookups. Correctness rests on invalidation, not on the key: the follower's
+feed batches drop their tenants (through the replica reader), usage recorded or settled here drops
+its tenant, a snapshot, an import or a policy reload clears everything, and tenants whose usage is
+in a delivery awaiting its answer are not cached at all. The only other way an answer changes is
+time: it lives until the decision's `valid_until` (the policy's own "this may change by time
+alone" instant: period end, trial end, grace end, the fail-closed replica age), and no longer than
+`ttl_s` when one is set (0: no extra bound). The entry count bounds the memory: ~350 bytes an
+entry (measured with tracemalloc), so the default 100,000 entries hold ~35 MB.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import NamedTuple
 
@@ -56,9 +60,9 @@ class DecisionCache:
         stale: bool,
         epoch: int,
     ) -> None:
-        if self.max_entries == 0 or self.ttl_s == 0 or epoch != self.epoch:
+        if self.max_entries == 0 or epoch != self.epoch:
             return
-        expires = now + self.ttl_s
+        expires = now + self.ttl_s if self.ttl_s > 0 else math.inf
         if valid_until is not None and valid_until < expires:
             expires = valid_until
         if expires <= now:

@@ -58,6 +58,7 @@ class DecisionService:
         self.reader = reader
         self.engine = engine
         self.metrics = metrics
+        self.counts = metrics.decisions
         self.cache = cache
         self.ledger = ledger
         self.log_sample = log_sample
@@ -74,7 +75,7 @@ class DecisionService:
         self.shadow: ShadowPolicy | None = None  # TIERGATE_SHADOW_POLICIES: compared, never answering
         self._adopt(reader.meta)
         reader.subscribe(self._replica_changed)
-        ledger.on_change = cache.invalidate  # pending usage changes its tenant's answers
+        ledger.subscribe(cache.invalidate)  # pending usage changes its tenant's answers
 
     def replica_age(self, now: float | None = None) -> float | None:
         as_of = self._as_of_epoch
@@ -113,9 +114,9 @@ class DecisionService:
         cacheable = not self.ledger.in_flight(tenant)
         answer = self.cache.get(tenant, feature, quantity, now, stale) if cacheable else None
         if answer is not None:
-            self.metrics.cache_hit.inc()
+            self.counts.hits += 1
         else:
-            self.metrics.cache_miss.inc()
+            self.counts.misses += 1
             epoch = self.cache.epoch
             answer = await self._decide_fresh(tenant, feature, quantity, now, age)
             if cacheable and answer.reason != "policy_error":
@@ -139,8 +140,7 @@ class DecisionService:
             data_as_of=self._as_of_text,
             stale=stale,
         )
-        self.metrics.count_decision(decision.reason, decision.allow)
-        self.metrics.decision_seconds.observe(time.perf_counter() - started)
+        self.counts.count(decision.reason, decision.allow, time.perf_counter() - started)
         self._log(decision)
         return decision
 

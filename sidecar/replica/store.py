@@ -8,8 +8,10 @@ each in one transaction, so a reader never sees a half-applied change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +21,7 @@ import sqlite_utils
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 
+from sidecar.replica.index import ReplicaIndex
 from tiergate.errors import ReplicaError, dotted_location
 from tiergate.feed import KNOWN_KINDS, FeedChange, FeedOverride
 from tiergate.models import Account, UsageCounter
@@ -344,11 +347,13 @@ WATCH_EVERY_S = 0.05
 
 
 class ReplicaReader:
-    """Point lookups for the decision hot path, on one connection owned by the event loop thread.
+    """The replica as the decision path sees it: an in-memory index of the file, and its meta.
 
-    The reader is the one owner of what this process knows of the replica's state (`meta`):
-    whoever notices a commit (the follower announcing its batch, `watch` polling for other
-    writers), every subscriber learns of it through `subscribe`'s callback, once.
+    The reader is the one owner of what this process knows of the replica's state (`meta`) and
+    of its in-memory copy (`index`): the follower announces each batch it commits (`applied`:
+    its tenants are re-read, then its position adopted), `watch` notices other processes' commits
+    (an import: everything is re-read), and every subscriber learns of each change once. The
+    index's counters always belong to `meta.position`, which read-your-writes relies on.
     """
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
@@ -362,26 +367,45 @@ class ReplicaReader:
         self._conn.execute("PRAGMA query_only=ON")
         self._data_version = -1
         self._listeners: list[ReplicaListener] = []
-        self.meta = ReplicaMeta(None, None, 0, None)
+        self.index = ReplicaIndex()
+        self.meta = ReplicaMeta(None, None, -1, None)
         self.refresh()
 
     def subscribe(self, listener: ReplicaListener) -> None:
         self._listeners.append(listener)
 
     def refresh(self) -> bool:
-        """Re-read the meta row if another connection committed since; True when it did."""
-        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        """Notice other connections' commits; True when there were any.
+
+        A new generation (an import, a snapshot) is read whole. Otherwise only the meta's
+        data_as_of is adopted: rows and position change together, when the follower announces
+        its batch through `applied`."""
+        version = self._version()
         if version == self._data_version:
             return False
         self._data_version = version
-        previous, self.meta = self.meta, read_meta(self._conn)
-        # A new generation (import, snapshot) replaced everything; else the follower names its tenants.
-        self._announce(None if self.meta.generation != previous.generation else set())
+        with self._read() as conn:
+            meta = read_meta(conn)
+            if meta.generation != self.meta.generation:
+                self._load_all(conn)
+                self.meta = meta
+                self._announce(None)
+                return True
+        self.meta = meta._replace(position=self.meta.position)
+        self._announce(set())
         return True
 
     def applied(self, tenants: set[str] | None) -> None:
         """The follower committed a batch touching `tenants` (None: a whole snapshot)."""
-        self.refresh()
+        self._data_version = self._version()
+        with self._read() as conn:
+            meta = read_meta(conn)
+            if tenants is None or meta.generation != self.meta.generation:
+                self._load_all(conn)
+                tenants = None
+            else:
+                self._load_tenants(conn, tenants)
+            self.meta = meta
         self._announce(tenants)
 
     async def watch(self, every_s: float = WATCH_EVERY_S) -> None:
@@ -395,8 +419,13 @@ class ReplicaReader:
             listener(self.meta, tenants)
 
     def account(self, tenant: str) -> AccountRow | None:
-        row = self._conn.execute(_SELECT_ACCOUNTS + " WHERE tenant = ?", (tenant,)).fetchone()
-        return AccountRow(*row) if row is not None else None
+        return self.index.accounts.get(tenant)
+
+    def usage(self, tenant: str, period_start: str) -> dict[str, int]:
+        return self.index.usage(tenant, period_start)
+
+    def count_accounts(self) -> int:
+        return len(self.index)
 
     def tenant_of_subscription(self, subscription_id: str) -> str | None:
         """The tenant whose account holds this Stripe subscription (a Lago external_subscription_id)."""
@@ -405,27 +434,69 @@ class ReplicaReader:
         ).fetchone()
         return str(row[0]) if row is not None else None
 
-    def usage(self, tenant: str, period_start: str) -> dict[str, int]:
-        rows = self._conn.execute(
-            "SELECT code, value FROM usage WHERE tenant = ? AND period_start = ?",
-            (tenant, period_start),
-        ).fetchall()
-        return dict(rows)
-
     def overrides(self, tenant: str) -> dict[str, dict[str, Any]]:
         """The tenant's overrides as the policy reads them: feature -> {value, expires_at}."""
-        rows = self._conn.execute(
-            "SELECT feature, value, expires_at FROM overrides WHERE tenant = ?", (tenant,)
-        ).fetchall()
-        return {
-            feature: {"value": json.loads(value), "expires_at": expires} for feature, value, expires in rows
-        }
-
-    def count_accounts(self) -> int:
-        return int(self._conn.execute("SELECT count(*) FROM accounts").fetchone()[0])
+        return self.index.overrides(tenant)
 
     def close(self) -> None:
         self._conn.close()
+
+    def _version(self) -> int:
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: rows and meta from the same commit."""
+        self._conn.execute("BEGIN")
+        try:
+            yield self._conn
+        finally:
+            self._conn.execute("COMMIT")
+
+    def _load_all(self, conn: sqlite3.Connection) -> None:
+        self.index.replace_all(
+            (_interned(AccountRow(*row)) for row in conn.execute(_SELECT_ACCOUNTS)),
+            conn.execute(_SELECT_USAGE),
+            _overrides_by_tenant(conn.execute(_SELECT_OVERRIDES)),
+        )
+
+    def _load_tenants(self, conn: sqlite3.Connection, tenants: set[str]) -> None:
+        names = list(tenants)
+        for start in range(0, len(names), _CHUNK):
+            chunk = names[start : start + _CHUNK]
+            where = f" WHERE tenant IN ({', '.join('?' * len(chunk))})"
+            self.index.replace_tenants(
+                chunk,
+                [_interned(AccountRow(*row)) for row in conn.execute(_SELECT_ACCOUNTS + where, chunk)],
+                conn.execute(_SELECT_USAGE + where, chunk).fetchall(),
+                _overrides_by_tenant(conn.execute(_SELECT_OVERRIDES + where, chunk)),
+            )
+
+
+_SELECT_USAGE = "SELECT tenant, period_start, code, value FROM usage"
+_SELECT_OVERRIDES = "SELECT tenant, feature, value, expires_at FROM overrides"
+
+
+def _overrides_by_tenant(rows: Iterable[tuple[str, str, str, str | None]]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for tenant, feature, value, expires_at in rows:
+        found.setdefault(tenant, {})[feature] = {"value": json.loads(value), "expires_at": expires_at}
+    return found
+
+
+_CHUNK = 500  # tenants per `IN (...)` query when a batch touches many
+
+
+def _interned(row: AccountRow) -> AccountRow:
+    """Tiers, statuses and period bounds repeat across tenants: keep one string object of each."""
+    return row._replace(
+        tier=sys.intern(row.tier),
+        status=sys.intern(row.status),
+        current_period_start=None
+        if row.current_period_start is None
+        else sys.intern(row.current_period_start),
+        current_period_end=None if row.current_period_end is None else sys.intern(row.current_period_end),
+    )
 
 
 class ReplicaDocument(BaseModel):

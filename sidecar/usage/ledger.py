@@ -33,7 +33,7 @@ class UsageLedger:
 
     def __init__(self) -> None:
         # Told of every tenant whose totals change, so answers cached for it are dropped.
-        self.on_change: Callable[[str], None] | None = None
+        self._listeners: list[Callable[[str], None]] = []
         self._totals: dict[tuple[str, str], dict[str, int]] = {}
         self._periods: dict[str, int] = {}  # tenant -> how many of its (tenant, period) keys hold totals
         # (seq, tie-breaker, deltas): confirmed by the daemon, waiting for the replica to reach seq.
@@ -45,6 +45,9 @@ class UsageLedger:
         self._flight_tenants: set[str] = set()
         self._flight_floor: int | None = None
         self._flight_done: asyncio.Event | None = None
+
+    def subscribe(self, listener: Callable[[str], None]) -> None:
+        self._listeners.append(listener)
 
     def begin_flight(self, keys: Iterable[Key], floor: int | None) -> None:
         self._flight = {(tenant, period_start) for tenant, _, period_start in keys}
@@ -82,8 +85,8 @@ class UsageLedger:
 
     def add(self, key: Key, value: int) -> None:
         tenant, code, period_start = key
-        if self.on_change is not None:
-            self.on_change(tenant)
+        for listener in self._listeners:
+            listener(tenant)
         codes = self._totals.get((tenant, period_start))
         if codes is None:
             codes = self._totals[(tenant, period_start)] = {}
@@ -125,11 +128,10 @@ class UsageLedger:
     async def usage(self, replica: ReplicaReader, tenant: str, period_start: str) -> dict[str, int]:
         """The tenant's counters for the period as a decision must see them: the replica's, read at
         one position, plus what that position does not include yet (never less than was accepted)."""
-        usage = _consistent_usage(replica, tenant, period_start)
+        # The reader's counters always belong to its position (replica/index.py): no re-reads.
         if self.ambiguous(tenant, period_start, replica.meta.position):
             await self.flight_answered(FLIGHT_WAIT_S)  # else over-count, never under
-            replica.refresh()
-            usage = _consistent_usage(replica, tenant, period_start)
+        usage = replica.usage(tenant, period_start)
         return self.overlay(tenant, period_start, usage, replica.meta.position)
 
     def overlay(
@@ -151,11 +153,3 @@ class UsageLedger:
 
     def stats(self) -> dict[str, int]:
         return {"counters": sum(len(c) for c in self._totals.values()), "awaiting_feed": len(self._confirmed)}
-
-
-def _consistent_usage(replica: ReplicaReader, tenant: str, period_start: str) -> dict[str, int]:
-    """Counters and position that agree: re-read while a commit lands between the two reads."""
-    usage = replica.usage(tenant, period_start)
-    while replica.refresh():
-        usage = replica.usage(tenant, period_start)
-    return usage

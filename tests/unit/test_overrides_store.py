@@ -92,6 +92,7 @@ def test_the_replica_applies_override_entries_and_skips_kinds_it_does_not_know(t
         data_as_of=AS_OF,
     )
     assert touched == {"t_1"}
+    reader.applied(touched)  # as the follower announces its batch: the reader's index re-reads t_1
     assert reader.overrides("t_1") == {"api_calls": {"value": {"limit": 9}, "expires_at": None}}
     assert reader.overrides("t_2") == {}
     document = writer.export()
@@ -102,8 +103,10 @@ def test_the_replica_applies_override_entries_and_skips_kinds_it_does_not_know(t
     # Export -> import round-trips; a document without overrides clears them and exports without the key.
     restored = parse_replica_document(json.dumps(document))
     writer.replace_all(restored.accounts, restored.usage, data_as_of=AS_OF, overrides=restored.overrides)
+    reader.refresh()  # as the sidecar's 50 ms watch notices an import
     assert reader.overrides("t_1") == {"api_calls": {"value": {"limit": 9}, "expires_at": None}}
     writer.replace_all([], [], data_as_of=AS_OF)
+    reader.refresh()
     assert "overrides" not in writer.export() and reader.overrides("t_1") == {}
     reader.close()
     db.close()

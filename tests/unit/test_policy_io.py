@@ -123,6 +123,10 @@ def test_period_for(account: AccountRow | None, expected: tuple[str, str]) -> No
             },
             PolicyAnswer(False, "limit_exceeded", "free", None, 0, None, "2026-12-01T00:00:00Z"),
         ),
+        (  # a canonical-looking instant that is not one is no instant
+            {"allow": True, "reason": "ok", "tier": "pro", "valid_until": "2026-13-01T00:00:00Z"},
+            PolicyAnswer(True, "ok", "pro", None, 0, None, None),
+        ),
         (  # ill-typed optional fields fall back to their defaults instead of failing the decision
             {"allow": True, "reason": "ok", "tier": 3, "limit": "10", "used": None, "valid_until": "soon"},
             PolicyAnswer(True, "ok", None, None, 0, None, None),

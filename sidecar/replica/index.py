@@ -1,0 +1,78 @@
+"""The replica in memory: what the decision path reads instead of SQLite.
+
+Accounts by tenant, each tenant's usage counters and feature overrides, loaded from the replica file in one read
+transaction at start (and again after an import or a snapshot), and reloaded tenant by tenant
+for every feed batch the follower commits, on the event loop, before its position is adopted.
+So a decision reads dicts, never SQLite, and the counters it reads always belong to the
+position the reader reports (what the usage ledger's read-your-writes needs). The file stays the
+durable copy.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the reader (replica/store.py) builds the rows and owns the SQL
+    from sidecar.replica.store import AccountRow
+
+# One counter of a tenant: (period_start, code, value); a tenant holds a handful.
+Counter = tuple[str, str, int]
+UsageRow = tuple[str, str, str, int]  # (tenant, period_start, code, value)
+Overrides = dict[str, dict[str, Any]]  # feature -> {"value", "expires_at"}, as the policy reads them
+
+
+class ReplicaIndex:
+    """Owned by the event-loop thread; lookups are dict operations."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, AccountRow] = {}
+        self._usage: dict[str, tuple[Counter, ...]] = {}
+        self._overrides: dict[str, Overrides] = {}
+
+    def account(self, tenant: str) -> AccountRow | None:
+        return self.accounts.get(tenant)
+
+    def usage(self, tenant: str, period_start: str) -> dict[str, int]:
+        counters = self._usage.get(tenant)
+        if not counters:
+            return {}
+        return {code: value for start, code, value in counters if start == period_start}
+
+    def overrides(self, tenant: str) -> Overrides:
+        return self._overrides.get(tenant) or {}
+
+    def __len__(self) -> int:
+        return len(self.accounts)
+
+    def replace_all(
+        self, accounts: Iterable[AccountRow], usage: Iterable[UsageRow], overrides: dict[str, Overrides]
+    ) -> None:
+        self.accounts = {row.tenant: row for row in accounts}
+        self._usage = _group(usage)
+        self._overrides = overrides
+
+    def replace_tenants(
+        self,
+        tenants: Iterable[str],
+        accounts: Iterable[AccountRow],
+        usage: Iterable[UsageRow],
+        overrides: dict[str, Overrides],
+    ) -> None:
+        """`tenants`' rows are now `accounts`, `usage` and `overrides` (absent: gone)."""
+        for tenant in tenants:
+            self.accounts.pop(tenant, None)
+            self._usage.pop(tenant, None)
+            self._overrides.pop(tenant, None)
+        for row in accounts:
+            self.accounts[row.tenant] = row
+        self._usage.update(_group(usage))
+        self._overrides.update(overrides)
+
+
+def _group(rows: Iterable[UsageRow]) -> dict[str, tuple[Counter, ...]]:
+    grouped: dict[str, list[Counter]] = {}
+    for tenant, period_start, code, value in rows:
+        grouped.setdefault(tenant, []).append((sys.intern(period_start), sys.intern(code), value))
+    return {tenant: tuple(counters) for tenant, counters in grouped.items()}

@@ -1,0 +1,140 @@
+"""Materialised decisions answer exactly what a fresh evaluation answers, whatever happens between.
+
+10,000 random checks over a hundred tenants of every tier and status, interleaved with feed
+batches (account and usage changes through the follower's path), usage recorded here (the
+ledger), a policy reload, and time passing (seconds, and jumps of days across period, trial and
+grace ends). Each check is asked of the sidecar's decision service (materialised answers) and of
+one that evaluates the policy every time; their answers must be equal.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sidecar.decisions.cache import DecisionCache
+from sidecar.decisions.policy_io import period_for
+from sidecar.decisions.service import DecisionService
+from sidecar.metrics import SidecarMetrics
+from sidecar.policy.bundle import load_bundle
+from sidecar.policy.embedded import EmbeddedEngine
+from sidecar.replica.store import ReplicaReader, ReplicaWriter, open_replica
+from sidecar.usage.ledger import UsageLedger
+from tiergate.feed import FeedAccount, FeedChange, FeedUsage
+from tiergate.models import Account, Status, UsageCounter
+from tiergate.periods import rfc3339
+
+ROOT = Path(__file__).parents[3]
+START = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+TIERS = ("free", "starter", "pro", "enterprise")
+STATUSES: tuple[Status, ...] = ("active", "trialing", "past_due", "canceled", "unpaid", "paused")
+FEATURES = ("api_calls", "exports", "storage_gb", "seats", "dashboards", "reports", "sso", "nope")
+METERED = ("api_calls", "exports")
+CHECKS = 10_000
+
+
+def random_account(rng: random.Random, tenant: str, now: datetime) -> Account:
+    start = now - timedelta(days=rng.randint(0, 29), hours=rng.randint(0, 23))
+    return Account(
+        tenant=tenant,
+        tier=rng.choice(TIERS),
+        status=rng.choice(STATUSES),
+        quantity=rng.randint(1, 30),
+        current_period_start=start,
+        current_period_end=start + timedelta(days=30),
+        trial_end=now + timedelta(days=rng.uniform(-3, 3)) if rng.random() < 0.3 else None,
+        cancel_at_period_end=rng.random() < 0.1,
+        past_due_since=now - timedelta(days=rng.uniform(0, 10)) if rng.random() < 0.2 else None,
+    )
+
+
+async def test_materialised_answers_equal_fresh_ones(tmp_path: Path) -> None:
+    rng = random.Random(15)
+    clock = [START.timestamp()]
+    path = tmp_path / "replica.db"
+    writer = ReplicaWriter(open_replica(path))
+    tenants = [f"t{i}" for i in range(120)]
+    accounts = {t: random_account(rng, t, START) for t in tenants[:100]}  # the rest: default tier
+    counters = [
+        UsageCounter(
+            tenant=t, code=code, period_start=a.current_period_start or START, value=rng.randint(0, 1200)
+        )
+        for t, a in accounts.items()
+        for code in METERED
+        if rng.random() < 0.7
+    ]
+    writer.replace_all(accounts.values(), counters, data_as_of=START, position=0)
+    reader = ReplicaReader(path)
+    engine = EmbeddedEngine(compiled=True)
+    await engine.load(load_bundle(ROOT / "policies", ROOT / "plans" / "plans.yaml"))
+    ledger = UsageLedger()
+
+    def service(cache_size: int) -> DecisionService:
+        return DecisionService(
+            reader,
+            engine,
+            SidecarMetrics(replica_age=lambda: 0.0),
+            cache=DecisionCache(cache_size, ttl_s=0.0),
+            ledger=ledger,
+            log_sample=0.0,
+            log_denies=False,
+            clock=lambda: clock[0],
+        )
+
+    materialised, fresh = service(100_000), service(0)
+    seq = 0
+    for step in range(CHECKS):
+        roll = rng.random()
+        tenant = rng.choice(tenants)
+        if roll < 0.03:  # a feed batch, committed and announced the way the follower does
+            seq += 1
+            now = datetime.fromtimestamp(clock[0], UTC)
+            if rng.random() < 0.5:
+                change = FeedChange(
+                    seq=seq,
+                    kind="account",
+                    tenant=tenant,
+                    account=FeedAccount(**random_account(rng, tenant, now).model_dump()),
+                )
+            else:
+                start = period_for(reader.account(tenant), now, rfc3339(now) or "")[0]
+                usage = FeedUsage(
+                    tenant=tenant,
+                    code=rng.choice(METERED),
+                    period_start=datetime.fromisoformat(start),
+                    value=rng.randint(0, 1500),
+                )
+                change = FeedChange(seq=seq, kind="usage", tenant=tenant, usage=usage)
+            writer.apply_changes([change], position=seq, data_as_of=now)
+            reader.applied({tenant})
+        elif roll < 0.05:  # usage accepted here, not in the replica yet
+            now = datetime.fromtimestamp(clock[0], UTC)
+            start = period_for(reader.account(tenant), now, rfc3339(now) or "")[0]
+            ledger.add((tenant, rng.choice(METERED), start), rng.randint(1, 300))
+        elif roll < 0.0502:  # a policy reload (same policies: answers of the old revision go)
+            materialised.cache.clear()
+        clock[0] += rng.uniform(0, 2) if rng.random() < 0.99 else rng.uniform(0, 3 * 86400)
+        feature, quantity = rng.choice(FEATURES), rng.choice((1, 1, 1, 1, 5, 400))
+        got = await materialised.decide(tenant, feature, quantity)
+        want = await fresh.decide(tenant, feature, quantity)
+        assert (got.allow, got.reason, got.tier, got.limit, got.used, got.remaining, got.valid_until) == (
+            want.allow,
+            want.reason,
+            want.tier,
+            want.limit,
+            want.used,
+            want.remaining,
+            want.valid_until,
+        ), f"check {step}: {tenant} {feature} x{quantity} at {clock[0]}"
+        assert (got.data_as_of, got.stale, got.policy_revision) == (
+            want.data_as_of,
+            want.stale,
+            want.policy_revision,
+        )
+    counts = materialised.counts
+    assert counts.hits > CHECKS * 0.15, f"only {counts.hits} of {CHECKS} checks were answered from memory"
+    assert fresh.counts.hits == 0
+    await engine.close()
+    reader.close()
+    writer.db.close()
