@@ -52,7 +52,7 @@ def _closest(word: str, known: list[str], own: set[str], prefix: str) -> str | N
         other = name.removeprefix(prefix)
         part = other.endswith("_" + word) or other.startswith(word + "_")
         ratio = max(difflib.SequenceMatcher(None, word, other).ratio(), CLOSE_ENOUGH if part else 0.0)
-        return ratio + (OWN_BONUS if name in own else 0.0) + (MAIN_BONUS if other in MAIN_LISTENERS else 0.0)
+        return ratio + (OWN_BONUS if name in own else 0.0)
 
     best = max(known, key=score, default=None)  # the first of equal scores: declaration order
     return best if best is not None and score(best) >= CLOSE_ENOUGH else None
@@ -60,6 +60,3 @@ def _closest(word: str, known: list[str], own: set[str], prefix: str) -> str | N
 
 CLOSE_ENOUGH = 0.6  # difflib.get_close_matches's default cutoff
 OWN_BONUS = 0.05  # TIERGATE_PORT starting the sidecar means the sidecar's port
-# ... its main port, not the authz-only or gRPC listener's (AUTHZ_PORT, AUTHZ_GRPC_PORT end in PORT too)
-MAIN_LISTENERS = frozenset({"SIDECAR_HOST", "SIDECAR_PORT", "DAEMON_HOST", "DAEMON_PORT"})
-MAIN_BONUS = 0.01
