@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tiergate.errors import SettingsError
@@ -43,6 +43,25 @@ class DaemonSettings(BaseSettings):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = True
+    # Usage sinks (off unless configured): each forwards the stored events with its own cursor.
+    lago_api_url: AnyHttpUrl | None = None
+    lago_api_key: SecretStr | None = None
+    lago_batch_size: Annotated[int, Field(ge=1, le=100)] = 100
+    # The Stripe meter sink: metrics with a `meter` in the catalog go to Stripe meter events.
+    stripe_meter_sink: bool = False
+    stripe_meter_batch_size: Annotated[int, Field(ge=1, le=1000)] = 50
+    sink_poll_s: Annotated[float, Field(gt=0, le=300)] = 5.0
+    sink_backoff_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    sink_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+
+    @model_validator(mode="after")
+    def _lago_needs_both(self) -> DaemonSettings:
+        if (self.lago_api_url is None) != (self.lago_api_key is None):
+            raise ValueError(
+                "TIERGATE_LAGO_API_URL and TIERGATE_LAGO_API_KEY go together: set both to turn the Lago "
+                "sink on, or neither"
+            )
+        return self
 
     @field_validator("stripe_api_key")
     @classmethod

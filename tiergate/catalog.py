@@ -6,7 +6,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from tiergate.errors import CatalogError
 
@@ -23,6 +31,11 @@ class Metric(_Strict):
 
     aggregation: Literal["count", "sum"]
     field: str | None = None
+    # The Stripe Billing Meter's `event_name` this metric's events go to (the Stripe meter sink);
+    # `tiergate plans push` creates the meter when Stripe has none with that name.
+    meter: (
+        Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")] | None
+    ) = None
 
     @model_validator(mode="after")
     def _sum_needs_field(self) -> Metric:
@@ -131,6 +144,14 @@ def _cross_field_problems(catalog: Catalog) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     if catalog.default_tier not in catalog.tiers:
         problems.append(("default_tier", f"{catalog.default_tier!r} is not one of the tiers"))
+    meters: dict[str, str] = {}
+    for code, metric in catalog.metrics.items():
+        if metric.meter is not None and metric.meter in meters:
+            problems.append(
+                (f"metrics.{code}.meter", f"{metric.meter!r} is also the meter of {meters[metric.meter]!r}")
+            )
+        elif metric.meter is not None:
+            meters[metric.meter] = code
     seen_ranks: dict[int, str] = {}
     seen_keys: dict[str, str] = {}
     for name, tier in catalog.tiers.items():
