@@ -39,7 +39,9 @@ def test_the_docs_show_the_nginx_configuration() -> None:
 @pytest.mark.parametrize("block", YAML_FENCE.findall(INGRESS_DOC.read_text()))
 def test_every_proxy_yaml_in_the_ingress_doc_is_part_of_a_shipped_file(block: str) -> None:
     files = [path.read_text() for path in (ROOT / "deploy").rglob("*.yaml")]
-    assert any(block in text for text in files), f"docs/ingress.md shows YAML that is in no file under deploy/:\n{block}"
+    assert any(block in text for text in files), (
+        f"docs/ingress.md shows YAML that is in no file under deploy/:\n{block}"
+    )
 
 
 def test_the_ingress_doc_shows_traefik_and_envoy() -> None:
