@@ -134,7 +134,10 @@ class ReplicaMeta(NamedTuple):
     source: str | None
 
 
-def open_replica(path: Path) -> sqlite_utils.Database:
+BUSY_TIMEOUT_S = 10.0  # how long a statement waits for another connection's lock
+
+
+def open_replica(path: Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> sqlite_utils.Database:
     """Open (creating if needed) and migrate a replica file."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +147,8 @@ def open_replica(path: Path) -> sqlite_utils.Database:
         ) from exc
     try:
         db = sqlite_utils.Database(path)
+        # Before anything else: an import and the follower may both write (one waits, never fails).
+        db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # the replica can always be re-fetched
         MIGRATIONS.apply(db)
@@ -363,7 +368,9 @@ class ReplicaReader:
             open_replica(path).close()  # create and migrate once, then read through a plain connection
         target = f"file:{path}?mode=ro" if read_only else str(path)
         self.path = path
-        self._conn = sqlite3.connect(target, uri=read_only, isolation_level=None, check_same_thread=False)
+        self._conn = sqlite3.connect(
+            target, uri=read_only, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
+        )
         self._conn.execute("PRAGMA query_only=ON")
         self._data_version = -1
         self._listeners: list[ReplicaListener] = []
