@@ -99,6 +99,14 @@ def _post_json(url: str, body: dict[str, Any]) -> None:
 # -- what a newcomer watches -------------------------------------------------------------------
 
 
+# localstripe sleeps one second before it sends each webhook (localstripe/webhooks.py): real
+# Stripe sends at once, so a newcomer must not read that second as tiergate's.
+LOCALSTRIPE_NOTE = (
+    "localstripe waits 1 s before sending each webhook: about 1000 ms of the time below is the "
+    "emulator's; the daemon-to-sidecar part is a few ms"
+)
+
+
 def say(text: str) -> None:
     print(f"\n\033[1m{text}\033[0m", flush=True)
 
@@ -199,6 +207,7 @@ class Story:
         )
         self.customer_id, self.subscription_id = customer.id, subscription.id
         print("   Stripe -> webhook -> daemon's mirror -> change feed -> sidecar's replica")
+        print(f"   ({LOCALSTRIPE_NOTE})")
         await self.until("reports", lambda d: bool(d["allow"]), started)
 
         say("4. The app records usage (Lago-shaped events): 200 exports, starter's monthly limit")

@@ -74,7 +74,7 @@ async def _replica_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _follower_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    token = settings.feed_token.get_secret_value() if settings.feed_token else None
+    token = settings.sent_feed_token
     poll_wait_s = max(0.5, min(LONG_POLL_S, settings.staleness_budget_s / 2))
     follower = Follower(str(settings.daemon_url), token, settings.replica_path, poll_wait_s=poll_wait_s)
     follower.on_applied = app[READER].applied  # the follower announces its batches through the reader

@@ -92,3 +92,12 @@ class SidecarSettings(BaseSettings):
                 " listener needs a port of its own"
             )
         return self
+
+    @property
+    def sent_feed_token(self) -> str | None:
+        """The token this sidecar presents to the daemon: the first of TIERGATE_FEED_TOKEN's
+        comma-separated tokens (the daemon accepts each of its own, see tiergate.web.bearer_tokens)."""
+        if self.feed_token is None:
+            return None
+        tokens = [t.strip() for t in self.feed_token.get_secret_value().split(",") if t.strip()]
+        return tokens[0] if tokens else None

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import stripe
 import structlog
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -20,6 +21,7 @@ from sync_daemon.mirror.store import Mirror
 from sync_daemon.ops import add_ops_routes
 from sync_daemon.overrides import add_override_routes
 from sync_daemon.settings import DaemonSettings
+from sync_daemon.sinks.service import sinks_ctx
 from sync_daemon.state import APPLIER, BILLING, CATALOG, METRICS, MIRROR, RECONCILER, SETTINGS
 from sync_daemon.stripe_sync.apply import EventApplier
 from sync_daemon.stripe_sync.reconcile import Reconciler, ReconcileSummary
@@ -76,9 +78,14 @@ async def open_services(
 
 
 def create_app(
-    settings: DaemonSettings, *, billing: BillingSource | None = None, actions: BillingActions | None = None
+    settings: DaemonSettings,
+    *,
+    billing: BillingSource | None = None,
+    actions: BillingActions | None = None,
+    sink_http: stripe.HTTPClient | None = None,
 ) -> web.Application:
-    """`billing` and `actions` override the Stripe adapters built from the settings (tests pass their own)."""
+    """`billing`, `actions` and `sink_http` (the Stripe meter sink's HTTP client) override the
+    Stripe adapters built from the settings (tests pass their own)."""
     catalog = load_catalog(settings.plans)  # a bad catalog fails here, before the server binds
     app = web.Application(middlewares=[error_middleware("daemon")], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
@@ -86,6 +93,7 @@ def create_app(
     app.cleanup_ctx.append(_services_ctx(billing))
     app.cleanup_ctx.append(_scheduler_ctx)
     app.cleanup_ctx.append(billing_actions_ctx(actions))
+    app.cleanup_ctx.append(sinks_ctx(sink_http))
     app.router.add_post("/webhooks/stripe", receive_stripe_event)
     app.router.add_get("/v1/feed/snapshot", feed_snapshot)
     app.router.add_get("/v1/feed/changes", feed_changes)

@@ -11,6 +11,7 @@ import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from sync_daemon.sinks.service import sinks_status
 from sync_daemon.state import METRICS, MIRROR, RECONCILER, SETTINGS
 from tiergate.web import json_response, require_bearer
 
@@ -50,6 +51,7 @@ async def status(request: web.Request) -> web.Response:
             "webhooks": request.app[METRICS].webhook_summary(),
             "reconcile": last.as_dict() if last else None,
             "feed": {"seq": request.app[MIRROR].seq},
+            "sinks": sinks_status(request.app),
         }
     )
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tiergate.errors import SettingsError
 from tiergate.settings_errors import describe_settings_error
 
+HOST_PATTERN = re.compile(r"(\*\.)?[A-Za-z0-9][A-Za-z0-9.-]{0,252}")  # a host name, no port
 # Secret and restricted keys; a publishable key (pk_) is meant for browsers and reads nothing.
 SECRET_KEY_PREFIXES = ("sk_", "rk_")
 
@@ -31,6 +33,9 @@ class DaemonSettings(BaseSettings):
     feed_token: SecretStr
     # The billing API (/v1/checkout/sessions, /v1/subscriptions/...) answers 503 until this is set.
     api_token: SecretStr | None = None
+    # Hosts Checkout and the portal may send a customer back to (comma-separated; `*.example.com`
+    # for subdomains). Empty: any http(s) URL, with a warning at start while the billing API is on.
+    redirect_hosts: str = ""
     proration_behavior: Literal["create_prorations", "always_invoice", "none"] = "create_prorations"
     reconcile_interval_s: Annotated[float, Field(gt=0)] = 300.0
     reconcile_at_start: bool = True
@@ -43,6 +48,37 @@ class DaemonSettings(BaseSettings):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = True
+    # Usage sinks (off unless configured): each forwards the stored events with its own cursor.
+    lago_api_url: AnyHttpUrl | None = None
+    lago_api_key: SecretStr | None = None
+    lago_batch_size: Annotated[int, Field(ge=1, le=100)] = 100
+    # The Stripe meter sink: metrics with a `meter` in the catalog go to Stripe meter events.
+    stripe_meter_sink: bool = False
+    stripe_meter_batch_size: Annotated[int, Field(ge=1, le=1000)] = 50
+    sink_poll_s: Annotated[float, Field(gt=0, le=300)] = 5.0
+    sink_backoff_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    sink_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+
+    @model_validator(mode="after")
+    def _lago_needs_both(self) -> DaemonSettings:
+        if (self.lago_api_url is None) != (self.lago_api_key is None):
+            raise ValueError(
+                "TIERGATE_LAGO_API_URL and TIERGATE_LAGO_API_KEY go together: set both to turn the Lago "
+                "sink on, or neither"
+            )
+        return self
+
+    @field_validator("redirect_hosts")
+    @classmethod
+    def _host_list(cls, value: str) -> str:
+        bad = [host for host in _split(value) if not HOST_PATTERN.fullmatch(host)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a host name (app.example.com) or a *.example.com pattern")
+        return value
+
+    @property
+    def redirect_host_list(self) -> list[str]:
+        return _split(self.redirect_hosts)
 
     @field_validator("stripe_api_key")
     @classmethod
@@ -63,6 +99,10 @@ class DaemonSettings(BaseSettings):
     @property
     def stripe_base(self) -> str:
         return str(self.stripe_api_base).rstrip("/")
+
+
+def _split(hosts: str) -> list[str]:
+    return [host.strip() for host in hosts.split(",") if host.strip()]
 
 
 def load_settings() -> DaemonSettings:

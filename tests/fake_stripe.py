@@ -58,6 +58,8 @@ ROUTES: list[tuple[str, str, str]] = [
     ("POST", r"/v1/prices/(?P<id>[^/]+)", "price"),
     ("POST", r"/v1/products", "product"),
     ("POST", r"/v1/products/(?P<id>[^/]+)", "product"),
+    ("POST", r"/v1/billing/meters", "billing.meter"),
+    ("POST", r"/v1/billing/meter_events", "billing.meter_event"),
 ]
 
 

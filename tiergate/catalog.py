@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from tiergate.errors import CatalogError
 
@@ -23,6 +32,11 @@ class Metric(_Strict):
 
     aggregation: Literal["count", "sum"]
     field: str | None = None
+    # The Stripe Billing Meter's `event_name` this metric's events go to (the Stripe meter sink);
+    # `tiergate plans push` creates the meter when Stripe has none with that name.
+    meter: (
+        Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")] | None
+    ) = None
 
     @model_validator(mode="after")
     def _sum_needs_field(self) -> Metric:
@@ -127,44 +141,60 @@ class Catalog(_Strict):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def _cross_field_problems(catalog: Catalog) -> list[tuple[str, str]]:
+def _cross_field_problems(raw: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Problems between fields, read from the raw document so that they are reported together
+    with the schema's (every problem in one run); parts of the wrong shape are skipped here, the
+    schema names them."""
+    tiers = _mapping(raw.get("tiers"))
     problems: list[tuple[str, str]] = []
-    if catalog.default_tier not in catalog.tiers:
-        problems.append(("default_tier", f"{catalog.default_tier!r} is not one of the tiers"))
+    default = raw.get("default_tier")
+    if isinstance(default, str) and default not in tiers:
+        problems.append(("default_tier", f"{default!r} is not one of the tiers"))
+    meters: dict[str, str] = {}
+    for code, metric in _mapping(raw.get("metrics")).items():
+        meter = _mapping(metric).get("meter")
+        if isinstance(meter, str) and meter in meters:
+            problems.append((f"metrics.{code}.meter", f"{meter!r} is also the meter of {meters[meter]!r}"))
+        elif isinstance(meter, str):
+            meters[meter] = code
     seen_ranks: dict[int, str] = {}
     seen_keys: dict[str, str] = {}
-    for name, tier in catalog.tiers.items():
-        if tier.rank in seen_ranks:
-            problems.append(
-                (f"tiers.{name}.rank", f"{tier.rank} is also the rank of {seen_ranks[tier.rank]!r}")
-            )
-        seen_ranks[tier.rank] = name
-        for interval, price in tier.prices.items():
-            where = f"tiers.{name}.prices.{interval}.lookup_key"
-            if price.lookup_key in seen_keys:
-                problems.append(
-                    (where, f"{price.lookup_key!r} is also used by {seen_keys[price.lookup_key]}")
-                )
-            seen_keys[price.lookup_key] = where
-            if price.currency in price.currency_options:
-                problems.append(
-                    (
-                        f"tiers.{name}.prices.{interval}.currency_options.{price.currency}",
-                        f"{price.currency!r} is already the price's own currency",
-                    )
-                )
-    known = catalog.features
-    for i, route in enumerate(catalog.routes):
-        if route.feature is not None and route.feature not in known:
-            problems.append((f"routes[{i}].feature", f"{route.feature!r} is in no tier's features"))
-        if route.usage is not None and route.usage not in catalog.metrics:
-            problems.append(
-                (
-                    f"routes[{i}].usage",
-                    f"{route.usage!r} is not a metric (known: {sorted(catalog.metrics)})",
-                )
-            )
+    for name, tier in tiers.items():
+        rank = _mapping(tier).get("rank")
+        if isinstance(rank, int) and rank in seen_ranks:
+            problems.append((f"tiers.{name}.rank", f"{rank} is also the rank of {seen_ranks[rank]!r}"))
+        if isinstance(rank, int):
+            seen_ranks.setdefault(rank, name)
+        for interval, price in _mapping(_mapping(tier).get("prices")).items():
+            problems += _price_problems(_mapping(price), f"tiers.{name}.prices.{interval}", seen_keys)
+    features = {f for tier in tiers.values() for f in _mapping(_mapping(tier).get("features"))}
+    metrics = _mapping(raw.get("metrics"))
+    routes = raw.get("routes")
+    for i, route in enumerate(routes if isinstance(routes, list) else []):
+        feature, usage = _mapping(route).get("feature"), _mapping(route).get("usage")
+        if isinstance(feature, str) and feature not in features:
+            problems.append((f"routes[{i}].feature", f"{feature!r} is in no tier's features"))
+        if isinstance(usage, str) and usage not in metrics:
+            problems.append((f"routes[{i}].usage", f"{usage!r} is not a metric (known: {sorted(metrics)})"))
     return problems
+
+
+def _price_problems(price: Mapping[str, Any], where: str, seen_keys: dict[str, str]) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    key, currency = price.get("lookup_key"), price.get("currency")
+    if isinstance(key, str) and key in seen_keys:
+        problems.append((f"{where}.lookup_key", f"{key!r} is also used by {seen_keys[key]}"))
+    if isinstance(key, str):
+        seen_keys.setdefault(key, f"{where}.lookup_key")
+    if isinstance(currency, str) and currency in _mapping(price.get("currency_options")):
+        problems.append(
+            (f"{where}.currency_options.{currency}", f"{currency!r} is already the price's own currency")
+        )
+    return problems
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 def parse_catalog(text: str, source: str = "plans.yaml") -> Catalog:
@@ -175,12 +205,12 @@ def parse_catalog(text: str, source: str = "plans.yaml") -> Catalog:
         raise CatalogError(f"{source} is not valid YAML: {exc}", [("", str(exc))]) from exc
     if not isinstance(raw, dict):
         raise CatalogError(f"{source} must be a mapping", [("", "expected a mapping at the top")])
+    problems = _cross_field_problems(raw)
     try:
         catalog = Catalog.model_validate(raw)
     except ValidationError as exc:
-        problems = [(_dotted(err["loc"]), _plain(err["msg"])) for err in exc.errors()]
-        raise _invalid(source, problems) from None
-    problems = _cross_field_problems(catalog)
+        schema = [(_dotted(err["loc"]), _plain(err["msg"])) for err in exc.errors()]
+        raise _invalid(source, schema + problems) from None
     if problems:
         raise _invalid(source, problems)
     return catalog

@@ -353,6 +353,47 @@ def sync_command(full: bool) -> None:
         sys.exit(1)
 
 
+# -- usage ---------------------------------------------------------------------------------
+
+
+@main.group()
+def usage() -> None:
+    """Usage events stored by the sync daemon."""
+
+
+@usage.command("resend")
+@click.option(
+    "--sink",
+    "sink",
+    type=click.Choice(["lago", "stripe_meters"]),
+    required=True,
+    help="Which sink sends again.",
+)
+@click.option(
+    "--since",
+    required=True,
+    help="RFC 3339 time (e.g. 2026-11-01T00:00:00Z): every event the daemon ingested at or after it.",
+)
+def usage_resend(sink: str, since: str) -> None:
+    """Send stored events to a sink again (the sinks de-duplicate by transaction id)."""
+    from sync_daemon.sinks.service import resend
+
+    try:
+        moment = datetime.fromisoformat(since)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        click.echo(f"error: --since {since!r} is not an RFC 3339 time with an offset", err=True)
+        sys.exit(2)
+    settings = _daemon_settings()
+    try:
+        before, after = resend(settings.mirror_path, sink, moment)
+    except TierError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
+    click.echo(f"{sink}: cursor {before} -> {after}; {max(before - after, 0)} events will be sent again")
+
+
 main.add_command(overrides)
 
 

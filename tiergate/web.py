@@ -104,9 +104,20 @@ def query_params(request: web.Request) -> dict[str, str]:
     return params
 
 
-def require_bearer(request: web.Request, token: str) -> None:
-    given = request.headers.get("Authorization", "")
-    scheme, _, value = given.partition(" ")
-    # compare_digest: the time taken must not tell an attacker how much of the token matched.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-        raise UnauthorizedError("missing or wrong bearer token (Authorization: Bearer <TIERGATE_FEED_TOKEN>)")
+def bearer_tokens(setting: str) -> list[str]:
+    """The tokens a token setting holds: comma-separated, so that a rotation lists the new one
+    and the old one. A server accepts each of them; a client sends the first."""
+    return [token.strip() for token in setting.split(",") if token.strip()]
+
+
+def require_bearer(request: web.Request, tokens: str, setting: str = "TIERGATE_FEED_TOKEN") -> None:
+    """`tokens` is the setting's value (see bearer_tokens); `setting` is named in the 401."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    given = value.strip().encode()
+    # compare_digest against every token, no early exit: the time taken must not tell an attacker
+    # how much of a token matched, nor which.
+    matched = False
+    for token in bearer_tokens(tokens):
+        matched |= hmac.compare_digest(given, token.encode())
+    if scheme.lower() != "bearer" or not matched:
+        raise UnauthorizedError(f"missing or wrong bearer token (Authorization: Bearer <{setting}>)")

@@ -107,7 +107,7 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
             outbox,
             ledger,
             daemon_url=str(settings.daemon_url),
-            token=settings.feed_token.get_secret_value() if settings.feed_token else None,
+            token=settings.sent_feed_token,
             position=lambda: reader.meta.position,
             batch_size=settings.delivery_batch_size,
             linger_s=settings.delivery_linger_s,

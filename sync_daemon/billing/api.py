@@ -26,6 +26,7 @@ from sync_daemon.billing.auth import (
     parse_body,
     path_tenant,
 )
+from sync_daemon.billing.redirects import check_redirect
 from sync_daemon.billing.rules import (
     HOLDS_SUBSCRIPTION,
     Discount,
@@ -58,6 +59,9 @@ ACTIONS = web.AppKey("billing_actions", BillingActions)
 async def create_checkout_session(request: web.Request) -> web.Response:
     authorize(request)
     body = await parse_body(request, CheckoutRequest)
+    allowed = request.app[SETTINGS].redirect_host_list
+    check_redirect(body.success_url, "success_url", allowed)
+    check_redirect(body.cancel_url, "cancel_url", allowed)
     catalog = request.app[CATALOG]
     price = sold_price(catalog, body.tier, body.interval)
     account, customer = await request.app[MIRROR].transact(
@@ -125,6 +129,7 @@ async def _discount(actions: BillingActions, body: CheckoutRequest) -> Discount 
 async def create_portal_session(request: web.Request) -> web.Response:
     authorize(request)
     body = await parse_body(request, PortalRequest)
+    check_redirect(body.return_url, "return_url", request.app[SETTINGS].redirect_host_list)
     _, customer = await request.app[MIRROR].transact(lambda txn: _account_and_customer(txn, body.tenant))
     if customer is None:
         raise ConflictError(
@@ -348,6 +353,13 @@ def _rendered(tenant: str, effective: str, account: MirrorAccount) -> web.Respon
 
 
 def add_billing_routes(app: web.Application) -> None:
+    settings = app[SETTINGS]
+    if settings.api_token is not None and not settings.redirect_hosts:
+        log.warning(
+            "redirect_hosts_unset",
+            setting="TIERGATE_REDIRECT_HOSTS",
+            risk="Checkout and the portal send customers back to any http(s) URL a caller gives",
+        )
     app.router.add_post("/v1/checkout/sessions", create_checkout_session)
     app.router.add_post("/v1/portal/sessions", create_portal_session)
     app.router.add_post("/v1/subscriptions/{tenant}/change", change_subscription)

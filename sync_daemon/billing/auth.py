@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sync_daemon.state import SETTINGS
-from tiergate.errors import BadRequestError, BillingDisabledError, UnauthorizedError
+from tiergate.errors import BadRequestError, BillingDisabledError
 from tiergate.models import TenantId
+from tiergate.web import require_bearer
 
 M = TypeVar("M", bound=BaseModel)
 Url = Annotated[str, Field(pattern=r"^https?://", max_length=2000)]
@@ -57,12 +57,7 @@ def authorize(request: web.Request) -> None:
     token = request.app[SETTINGS].api_token
     if token is None:
         raise BillingDisabledError("the billing API is off: set TIERGATE_API_TOKEN to enable it")
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    # compare_digest: the time taken must not tell an attacker how much of the token matched.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        value.strip().encode(), token.get_secret_value().encode()
-    ):
-        raise UnauthorizedError("missing or wrong bearer token (Authorization: Bearer <TIERGATE_API_TOKEN>)")
+    require_bearer(request, token.get_secret_value(), "TIERGATE_API_TOKEN")
 
 
 def path_tenant(request: web.Request) -> str:

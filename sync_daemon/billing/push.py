@@ -42,6 +42,8 @@ class RemoteCatalog:
     prices: Sequence[RemotePrice] = ()
     # An emulator without Prices (localstripe): a Plan whose id is the lookup key stands in.
     legacy_plans: bool = False
+    # The event_name of every Billing Meter Stripe holds; None: no meters API (an emulator).
+    meters: frozenset[str] | None = frozenset()
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,23 @@ class Unchangeable:
         return f"skip {self.lookup_key!r}: {self.why}"
 
 
-Change = CreateProduct | UpdateProduct | CreatePrice | SetPriceActive | Unchangeable
+@dataclass(frozen=True)
+class CreateMeter:
+    """A Billing Meter for a catalog metric's `meter` (sum of the events' values, per customer id)."""
+
+    code: str
+    event_name: str
+
+    def describe(self) -> str:
+        return (
+            f"create meter {self.event_name!r} for metric {self.code!r} (sum of value per stripe_customer_id)"
+        )
+
+    def idempotency_key(self) -> str:
+        return f"tiergate-meter-{self.event_name}"
+
+
+Change = CreateProduct | UpdateProduct | CreatePrice | SetPriceActive | CreateMeter | Unchangeable
 
 
 def plan_push(catalog: Catalog, remote: RemoteCatalog) -> list[Change]:
@@ -171,6 +189,20 @@ def plan_push(catalog: Catalog, remote: RemoteCatalog) -> list[Change]:
     for old in remote.prices:
         if old.active and (old.lookup_key is None or old.lookup_key not in wanted):
             changes.append(SetPriceActive(old.id, old.lookup_key, False, "no longer in the catalog"))
+    return changes + plan_meters(catalog, remote)
+
+
+def plan_meters(catalog: Catalog, remote: RemoteCatalog) -> list[Change]:
+    """A meter for every metric that names one Stripe does not hold (meters are never changed:
+    Stripe lets only their display name change)."""
+    changes: list[Change] = []
+    for code, metric in catalog.metrics.items():
+        if metric.meter is None:
+            continue
+        if remote.meters is None:
+            changes.append(Unchangeable(metric.meter, "this Stripe (an emulator) has no Billing Meters API"))
+        elif metric.meter not in remote.meters:
+            changes.append(CreateMeter(code, metric.meter))
     return changes
 
 
@@ -186,6 +218,8 @@ class CatalogStore(Protocol):
     async def create_price(self, change: CreatePrice, product_id: str) -> str: ...
 
     async def set_price_active(self, change: SetPriceActive) -> None: ...
+
+    async def create_meter(self, change: CreateMeter) -> None: ...
 
 
 @dataclass
@@ -211,6 +245,8 @@ async def apply_push(store: CatalogStore, remote: RemoteCatalog, changes: Sequen
             await store.create_price(change, products[change.tier])
         elif isinstance(change, SetPriceActive):
             await store.set_price_active(change)
+        elif isinstance(change, CreateMeter):
+            await store.create_meter(change)
         else:
             result.skipped.append(change.describe())
             continue

@@ -9,6 +9,7 @@ import stripe
 
 from sync_daemon.billing.push import (
     Change,
+    CreateMeter,
     CreatePrice,
     CreateProduct,
     PushResult,
@@ -57,7 +58,33 @@ class StripeCatalogStore:
             raise stripe_failure("list the catalog's products and prices", exc, self._base) from exc
         read = _plan if self._legacy else _price
         prices = [read(p) for p in listed if _product_id(p) in ours]
-        return RemoteCatalog(tuple(ours.values()), tuple(prices), legacy_plans=self._legacy)
+        meters = await self._meters()
+        return RemoteCatalog(tuple(ours.values()), tuple(prices), legacy_plans=self._legacy, meters=meters)
+
+    async def _meters(self) -> frozenset[str] | None:
+        """Every meter's event_name (inactive ones too: Stripe keeps their names taken); None
+        when this Stripe has no meters API (an emulator answers 404)."""
+        try:
+            listing = await self._list(self._client.v1.billing.meters, {"limit": 100})
+            return frozenset([m.to_dict()["event_name"] async for m in listing])
+        except stripe.StripeError as exc:
+            if exc.http_status == 404:
+                return None
+            raise stripe_failure("list the billing meters", exc, self._base) from exc
+
+    async def create_meter(self, change: CreateMeter) -> None:
+        params: dict[str, Any] = {
+            "display_name": change.code,
+            "event_name": change.event_name,
+            "default_aggregation": {"formula": "sum"},
+            "customer_mapping": {"type": "by_id", "event_payload_key": "stripe_customer_id"},
+            "value_settings": {"event_payload_key": "value"},
+        }
+        options: stripe.RequestOptions = {"idempotency_key": change.idempotency_key()}
+        try:
+            await self._client.v1.billing.meters.create_async(params, options)  # type: ignore[arg-type]  # plain dict params
+        except stripe.StripeError as exc:
+            raise stripe_failure(f"create the meter {change.event_name!r}", exc, self._base) from exc
 
     async def create_product(self, change: CreateProduct) -> str:
         params: dict[str, Any] = {"name": change.name, "metadata": {TIER_KEY: change.tier}}

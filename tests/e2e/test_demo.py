@@ -22,6 +22,7 @@ def test_the_demo_story_runs_and_every_step_shows_the_expected_decision() -> Non
     assert result.returncode == 0, out + result.stderr
     expected = [
         r"reports\s+-> DENY\s+reason=not_in_plan\s+tier=free",
+        r"localstripe waits 1 s before sending each webhook",
         r"reports\s+-> ALLOW reason=ok\s+tier=starter",
         r"exports\s+-> DENY\s+reason=limit_exceeded\s+tier=starter limit=200 used=200",
         r"exports\s+-> ALLOW reason=ok\s+tier=pro",

@@ -210,3 +210,45 @@ def test_export_of_a_replica_never_filled_fails(tmp_path: Path, replica: Path) -
     result = CliRunner().invoke(main, ["replica", "export"])
     assert result.exit_code == 1
     assert "was never imported into nor synced from a daemon: nothing to export" in result.output
+
+
+# -- plans check ----------------------------------------------------------------------------------
+
+EVERY_LAYER = """
+default_tier: gold
+metrics:
+  api_calls: {aggregation: sum}
+tiers:
+  free: {rank: 0, features: {sso: 3}}
+  pro:
+    rank: 0
+    prices: {month: {lookup_key: pm, unit_amount: -1, currency: usd}}
+routes:
+  - {path: /api/*, feature: reports, usage: storage}
+"""
+
+
+def test_plans_check_reports_every_problem_in_one_run(tmp_path: Path) -> None:
+    plans = tmp_path / "plans.yaml"
+    plans.write_text(EVERY_LAYER)
+    result = CliRunner().invoke(main, ["plans", "check", str(plans)])
+    assert result.exit_code == 1
+    for expected in [
+        "tiers.free.features.sso: a feature is true, false",  # schema
+        "metrics.api_calls: aggregation 'sum' needs 'field'",  # schema
+        "tiers.pro.prices.month.unit_amount:",  # schema
+        "default_tier: 'gold' is not one of the tiers",  # across fields
+        "tiers.pro.rank: 0 is also the rank of 'free'",
+        "routes[0].feature: 'reports' is in no tier's features",
+        "routes[0].usage: 'storage' is not a metric",
+    ]:
+        assert expected in result.output
+
+
+def test_plans_check_defaults_to_tiergate_plans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plans = tmp_path / "served.yaml"
+    plans.write_text(EVERY_LAYER)
+    monkeypatch.setenv("TIERGATE_PLANS", str(plans))
+    result = CliRunner().invoke(main, ["plans", "check"])
+    assert result.exit_code == 1
+    assert f"{plans}: invalid" in result.output

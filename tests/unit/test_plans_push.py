@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from sync_daemon.billing.push import (
+    CreateMeter,
     CreatePrice,
     CreateProduct,
     RemoteCatalog,
@@ -16,6 +17,7 @@ from sync_daemon.billing.push import (
     Unchangeable,
     UpdateProduct,
     apply_push,
+    plan_meters,
     plan_push,
 )
 from tiergate.catalog import Catalog, load_catalog, parse_catalog
@@ -146,6 +148,9 @@ class RecordingStore:
     async def set_price_active(self, change: SetPriceActive) -> None:
         self.calls.append(("active" if change.active else "inactive", change.price_id))
 
+    async def create_meter(self, change: CreateMeter) -> None:
+        self.calls.append(("meter", change.event_name))
+
 
 async def test_apply_creates_products_before_their_prices_and_new_prices_before_retiring(
     small: Catalog,
@@ -162,3 +167,51 @@ async def test_apply_creates_products_before_their_prices_and_new_prices_before_
         ("inactive", "price_old"),
     ]
     assert len(result.done) == 4 and result.skipped == ["skip 'k': why"]
+
+
+METERED = """
+metrics:
+  api_calls: {aggregation: count, meter: tiergate_api_calls}
+  storage_gb: {aggregation: sum, field: gb, meter: tiergate_storage_gb}
+"""
+
+
+def metered(catalog: Catalog) -> Catalog:
+    return parse_catalog(SMALL + METERED)
+
+
+@pytest.mark.parametrize(
+    ("meters", "expected"),
+    [
+        (
+            frozenset(),
+            [
+                CreateMeter("api_calls", "tiergate_api_calls"),
+                CreateMeter("storage_gb", "tiergate_storage_gb"),
+            ],
+        ),
+        (frozenset({"tiergate_api_calls"}), [CreateMeter("storage_gb", "tiergate_storage_gb")]),
+        (frozenset({"tiergate_api_calls", "tiergate_storage_gb"}), []),
+    ],
+)
+def test_push_creates_the_meters_stripe_lacks(
+    small: Catalog, meters: frozenset[str], expected: list[CreateMeter]
+) -> None:
+    assert [
+        c for c in plan_push(metered(small), RemoteCatalog(meters=meters)) if isinstance(c, CreateMeter)
+    ] == expected
+
+
+def test_an_emulator_without_meters_is_told_not_failed(small: Catalog) -> None:
+    skipped = [
+        c for c in plan_push(metered(small), RemoteCatalog(meters=None)) if isinstance(c, Unchangeable)
+    ]
+    assert [c.lookup_key for c in skipped] == ["tiergate_api_calls", "tiergate_storage_gb"]
+
+
+async def test_apply_creates_meters(small: Catalog) -> None:
+    store = RecordingStore()
+    changes = plan_meters(metered(small), RemoteCatalog())
+    result = await apply_push(store, RemoteCatalog(), changes)
+    assert store.calls == [("meter", "tiergate_api_calls"), ("meter", "tiergate_storage_gb")]
+    assert len(result.done) == 2

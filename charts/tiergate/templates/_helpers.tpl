@@ -72,8 +72,10 @@ Numbers go through toJson so 1048576 stays 1048576 (not 1.048576e+06).
 */}}
 {{- define "tiergate.settingsEnv" -}}
 {{- range $key, $value := . }}
+{{- if not (kindIs "invalid" $value) }}{{/* null: leave the setting unset (its default) */}}
 - name: {{ printf "TIERGATE_%s" (upper $key) }}
   value: {{ if kindIs "string" $value }}{{ $value | quote }}{{ else }}{{ $value | toJson | quote }}{{ end }}
+{{- end }}
 {{- end }}
 {{- end -}}
 

@@ -155,3 +155,39 @@ async def test_currency_options_are_created_read_back_expanded_and_compared() ->
         "deactivate price price_1 (pro_month): replaced by a new amount",
     ]
     assert fake.only("POST", "/v1/prices").params["transfer_lookup_key"] == "true"
+
+
+METERED = parse_catalog(
+    """
+default_tier: free
+metrics:
+  api_calls: {aggregation: count, meter: api_requests}
+  storage_gb: {aggregation: sum, field: gb, meter: storage}
+tiers:
+  free: {rank: 0}
+"""
+)
+
+
+async def test_push_creates_the_missing_meters_and_leaves_existing_ones() -> None:
+    existing = fixture("billing.meter", id="mtr_1", event_name="api_requests")
+    fake = RecordingStripeHTTP(lists={"prices": [], "products": [], "billing/meters": [existing]})
+    changes, result = await push_catalog(METERED, store(fake), dry_run=False)
+    assert [c.describe() for c in changes] == result.done
+    created = fake.only("POST", "/v1/billing/meters")
+    assert created.params == {
+        "display_name": "storage_gb",
+        "event_name": "storage",
+        "default_aggregation[formula]": "sum",
+        "customer_mapping[type]": "by_id",
+        "customer_mapping[event_payload_key]": "stripe_customer_id",
+        "value_settings[event_payload_key]": "value",
+    }
+    assert created.idempotency_key == "tiergate-meter-storage"
+
+
+async def test_an_emulator_without_meters_is_reported_not_failed() -> None:
+    fake = RecordingStripeHTTP(lists={"prices": [], "products": []})  # /v1/billing/meters: 404
+    _, result = await push_catalog(METERED, store(fake), dry_run=False)
+    assert len(result.skipped) == 2 and all("no Billing Meters API" in s for s in result.skipped)
+    assert not fake.sent("POST", "/v1/billing/meters")

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import stripe
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
@@ -73,11 +74,13 @@ class DaemonServer:
         await self.mirror.transact(lambda txn: txn.put_account(account))
 
 
-async def start_daemon(tmp_path: Path, port: int = 0) -> DaemonServer:
+async def start_daemon(
+    tmp_path: Path, port: int = 0, sink_http: stripe.HTTPClient | None = None, **overrides: Any
+) -> DaemonServer:
     mirror = tmp_path / "mirror.db"
-    settings = make_settings(mirror, "http://127.0.0.1:9", daemon_port=port)
+    settings = make_settings(mirror, "http://127.0.0.1:9", daemon_port=port, **overrides)
     # A short shutdown: a follower's long poll must not hold a stopping daemon for its whole wait.
-    server = TestServer(create_daemon(settings), host="127.0.0.1", port=port)
+    server = TestServer(create_daemon(settings, sink_http=sink_http), host="127.0.0.1", port=port)
     await server.start_server(shutdown_timeout=0.2)
     return DaemonServer(server, mirror)
 

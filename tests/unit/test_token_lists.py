@@ -1,0 +1,25 @@
+"""A token setting may list several tokens (a rotation): servers accept each, a sidecar sends the first."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import SecretStr
+
+from sidecar.settings import SidecarSettings
+from tiergate.web import bearer_tokens
+
+
+@pytest.mark.parametrize(
+    ("value", "tokens"),
+    [("one", ["one"]), ("new,old", ["new", "old"]), (" new , old ,", ["new", "old"]), ("", []), (",", [])],
+)
+def test_a_setting_lists_its_tokens(value: str, tokens: list[str]) -> None:
+    assert bearer_tokens(value) == tokens
+
+
+@pytest.mark.parametrize(
+    ("value", "sent"), [(None, None), ("new,old", "new"), (" solo ", "solo"), (",", None)]
+)
+def test_a_sidecar_sends_the_first_token(value: str | None, sent: str | None) -> None:
+    settings = SidecarSettings(feed_token=SecretStr(value) if value is not None else None)
+    assert settings.sent_feed_token == sent
