@@ -34,9 +34,20 @@ class LagoDouble:
     already_there: int = 0  # value_already_exist answers given
     delay_s: float = 0.0
     _failures: list[int] = field(default_factory=list)
+    _grew: asyncio.Event = field(default_factory=asyncio.Event)
 
     def fail_next(self, n: int, status: int = 500) -> None:
         self._failures.extend([status] * n)
+
+    def resume(self) -> None:
+        """Drop the failures still queued: the next call is answered normally."""
+        self._failures.clear()
+
+    async def wait_accepted(self, n: int) -> None:
+        """Until Lago has stored `n` events."""
+        while len(self.accepted) < n:
+            self._grew.clear()
+            await self._grew.wait()
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -71,6 +82,7 @@ class LagoDouble:
         for event in events:
             self.events[(event["external_subscription_id"], event["transaction_id"])] = event
             self.accepted.append(event["transaction_id"])
+        self._grew.set()
         return web.json_response({"events": [_created(e) for e in events]})
 
     async def create_one(self, request: web.Request) -> web.Response:
@@ -86,6 +98,7 @@ class LagoDouble:
             return _validation(problems)
         self.events[(event["external_subscription_id"], event["transaction_id"])] = dict(event)
         self.accepted.append(event["transaction_id"])
+        self._grew.set()
         return web.json_response({"event": _created(event)})
 
     async def _gate(self, request: web.Request) -> web.Response | None:

@@ -52,6 +52,19 @@ def test_feature_values_keep_their_meaning_in_policy_data() -> None:
         (("currency: usd", "currency: USD"), "tiers.pro.prices.month.currency", "pattern"),
         (("month:", "fortnight:"), "tiers.pro.prices.fortnight", "Input should be"),
         (("rank: 0,", "rank: 0, colour: red,"), "tiers.free.colour", "Extra inputs"),
+        (
+            (
+                "{api_calls: {aggregation: count}}",
+                "{api_calls: {aggregation: count, meter: m}, b: {aggregation: count, meter: m}}",
+            ),
+            "metrics.b.meter",
+            "also the meter of 'api_calls'",
+        ),
+        (
+            ("{aggregation: count}", "{aggregation: count, meter: 'a b'}"),
+            "metrics.api_calls.meter",
+            "pattern",
+        ),
     ],
 )
 def test_each_problem_names_its_field(edit: tuple[str, str], field: str, fragment: str) -> None:
