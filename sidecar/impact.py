@@ -14,7 +14,7 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -162,10 +162,13 @@ def run_impact(
     features = sorted(current.catalog.features | candidate.catalog.features)
     chunks = [tenants[i : i + CHUNK] for i in range(0, len(tenants), CHUNK)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(chunks)))
-    results: Iterable[tuple[dict[str, FeatureImpact], float]]
+    results: list[tuple[dict[str, FeatureImpact], float]]
     if workers == 1:
         _init_worker(current, candidate, features, now)
-        results = map(_impact_of, chunks)
+        try:
+            results = [_impact_of(chunk) for chunk in chunks]
+        finally:
+            _drop_worker()
     else:
         context = multiprocessing.get_context("spawn")  # regorus objects never cross a fork
         pool = ProcessPoolExecutor(workers, context, _init_worker, (current, candidate, features, now))
@@ -239,6 +242,12 @@ def _run(coroutine: Any) -> Any:
 def _init_worker(current: PolicyBundle, candidate: PolicyBundle, features: Sequence[str], now: str) -> None:
     global _STATE
     _STATE = (_Evaluator(current), _Evaluator(candidate), features, now)
+
+
+def _drop_worker() -> None:
+    """Release the engines here, on the thread that made them (regorus objects are bound to it)."""
+    global _STATE
+    _STATE = None
 
 
 def _impact_of(tenants: Sequence[TenantState]) -> tuple[dict[str, FeatureImpact], float]:

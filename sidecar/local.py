@@ -105,13 +105,14 @@ class LocalDecisions:
         self._reader: ReplicaReader | None = None
         self._ledger: OutboxLedger | None = None
         self._reloader: PolicyReloader | None = None
+        self._engine: EmbeddedEngine | None = None
 
     async def open(self) -> None:
         if not self.replica_path.is_file():
             raise ReplicaError(
                 f"replica {self.replica_path} does not exist: is the sidecar's volume mounted?"
             )
-        engine = EmbeddedEngine(compiled=True)
+        self._engine = engine = EmbeddedEngine(compiled=True)
         self._reader = reader = ReplicaReader(self.replica_path, read_only=True)
         self._ledger = ledger = OutboxLedger(self.outbox_path)
         metrics = SidecarMetrics(replica_age=lambda: 0.0)
@@ -156,7 +157,11 @@ class LocalDecisions:
             self._reader.close()
         if self._ledger is not None:
             self._ledger.close()
-        self._service = self._reader = self._ledger = self._reloader = None
+        if self._engine is not None:
+            # Now, on this thread: regorus objects dropped by a garbage collection on another
+            # thread (the service and the reader reference each other) would panic there.
+            await self._engine.close()
+        self._service = self._reader = self._ledger = self._reloader = self._engine = None
 
     async def __aenter__(self) -> LocalDecisions:
         await self.open()

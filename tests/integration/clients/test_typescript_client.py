@@ -27,7 +27,7 @@ def node() -> str:
 def test_typescript_client_suite(sidecar: RunningSidecar) -> None:
     env = {**os.environ, "TIERGATE_TEST_SIDECAR": sidecar.url}
     run = subprocess.run(
-        [node(), "--test", "--test-reporter=spec", "dist/test/"],
+        [node(), "--test", "--test-force-exit", "--test-reporter=spec", "dist/test/"],
         cwd=PACKAGE,
         env=env,
         capture_output=True,
