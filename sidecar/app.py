@@ -21,12 +21,13 @@ from sidecar.decisions.shadow import ShadowPolicy
 from sidecar.metrics import SidecarMetrics
 from sidecar.policy.engine import PolicyEngine
 from sidecar.policy.reload import PolicyReloader
+from sidecar.replica import damage
 from sidecar.replica.follower import LONG_POLL_S, Follower
 from sidecar.replica.store import ReplicaReader
 from sidecar.settings import SidecarSettings
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS, Policies
 from sidecar.usage.ledger import UsageLedger
-from tiergate.errors import PolicyError, TierError
+from tiergate.errors import PolicyError, ReplicaError, TierError
 from tiergate.serve import Listener, serve
 from tiergate.web import error_middleware
 
@@ -62,8 +63,17 @@ async def _freeze_startup_objects(app: web.Application) -> None:
 
 async def _replica_ctx(app: web.Application) -> AsyncIterator[None]:
     """The reader, and the one task that looks for other processes' commits (an import)."""
-    reader = ReplicaReader(app[SETTINGS].replica_path)
+    settings = app[SETTINGS]
+    _set_aside_if_damaged(settings)
+    reader = ReplicaReader(settings.replica_path)
     app[READER] = reader
+    if settings.daemon_url is None and reader.meta.data_as_of is None and reader.count_accounts() == 0:
+        log.warning(
+            "static_mode_without_data",
+            replica=str(settings.replica_path),
+            hint="no TIERGATE_DAEMON_URL and an empty replica: every tenant gets the default tier; "
+            "set TIERGATE_DAEMON_URL or run `tiergate replica import`",
+        )
     watch = asyncio.create_task(reader.watch(), name="replica-watch")
     yield
     watch.cancel()
@@ -72,11 +82,32 @@ async def _replica_ctx(app: web.Application) -> AsyncIterator[None]:
     reader.close()
 
 
+def _set_aside_if_damaged(settings: SidecarSettings) -> None:
+    """Following a daemon, a damaged replica is moved aside and downloaded again; in static mode
+    there is nowhere to download it from, so the sidecar refuses to start."""
+    found = damage.problem(settings.replica_path)
+    if found is None:
+        return
+    if settings.daemon_url is None:
+        raise ReplicaError(
+            f"replica {settings.replica_path} is damaged ({found}); restore it with "
+            "`tiergate replica import <backup.json>`, or set TIERGATE_DAEMON_URL to download it"
+        )
+    damage.move_aside(settings.replica_path, found)
+
+
 async def _follower_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     token = settings.sent_feed_token
     poll_wait_s = max(0.5, min(LONG_POLL_S, settings.staleness_budget_s / 2))
-    follower = Follower(str(settings.daemon_url), token, settings.replica_path, poll_wait_s=poll_wait_s)
+    follower = Follower(
+        str(settings.daemon_url),
+        token,
+        settings.replica_path,
+        poll_wait_s=poll_wait_s,
+        backoff_max_s=settings.follower_backoff_max_s,
+        busy_timeout_s=settings.replica_busy_timeout_s,
+    )
     follower.on_applied = app[READER].applied  # the follower announces its batches through the reader
     app[FOLLOWER] = follower
     await follower.start()
@@ -108,6 +139,7 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
             log_sample=settings.decision_log_sample,
             log_denies=settings.decision_log_denies,
             staleness_budget_s=settings.staleness_budget_s if settings.daemon_url else None,
+            not_ready=settings.not_ready_answer if settings.daemon_url else None,
         )
         reloader = PolicyReloader(
             engine,
@@ -118,6 +150,8 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
         )
         app[METRICS] = metrics
         app[DECISIONS] = decisions
+        if FOLLOWER in app:
+            metrics.watch_follower(app[FOLLOWER].status)
         app[ROUTES] = RouteResolver(engine)
         app[POLICIES] = Policies(engine, reloader)
         await reloader.start()

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from sidecar.replica.follower import FollowerStatus
+    from sidecar.usage.outbox import Outbox
 
 DECISION_BUCKETS = (25e-6, 50e-6, 100e-6, 200e-6, 400e-6, 800e-6, 1.6e-3, 3.2e-3, 6.4e-3, 0.0128, 0.05)
 _BUCKET_LABELS = (*(repr(b) for b in DECISION_BUCKETS), "+Inf")  # Prometheus' `le` spelling
@@ -91,3 +96,52 @@ class SidecarMetrics:
             registry=self.registry,
         )
         self.replica_age.set_function(replica_age)
+
+    def watch_follower(self, status: FollowerStatus) -> None:
+        self.registry.register(_FollowerCollector(status))
+
+    def watch_outbox(self, outbox: Outbox) -> None:
+        """Usage delivery's health, read from the outbox at each scrape."""
+        backlog = Gauge(
+            "tiergate_usage_backlog",
+            "Accepted usage events not yet delivered to the daemon.",
+            registry=self.registry,
+        )
+        backlog.set_function(lambda: float(outbox.backlog))
+        oldest = Gauge(
+            "tiergate_usage_oldest_undelivered_seconds",
+            "Age of the oldest accepted usage event not yet delivered (0 when none).",
+            registry=self.registry,
+        )
+        oldest.set_function(outbox.oldest_age)
+        quarantined = Gauge(
+            "tiergate_usage_quarantined",
+            "Usage events set aside because no delivery could carry them (see tiergate usage quarantine).",
+            registry=self.registry,
+        )
+        quarantined.set_function(lambda: float(outbox.quarantined))
+
+
+class _FollowerCollector(Collector):
+    """The follower's state, read at each scrape: a dead or failing follower is never silent."""
+
+    def __init__(self, status: FollowerStatus) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        connected = GaugeMetricFamily(
+            "tiergate_follower_connected", "1 while the last exchange with the sync daemon succeeded."
+        )
+        connected.add_metric([], 1.0 if self.status.connected else 0.0)
+        failures = CounterMetricFamily(
+            "tiergate_follower_failures",
+            "Follower steps that failed, by where: daemon (unreachable, bad answer) or replica (local disk, lock).",
+            labels=["kind"],
+        )
+        for kind, count in self.status.failures.items():
+            failures.add_metric([kind], float(count))
+        failing = GaugeMetricFamily(
+            "tiergate_follower_consecutive_failures", "Failed follower steps since the last success."
+        )
+        failing.add_metric([], float(self.status.consecutive_failures))
+        yield from (connected, failures, failing)

@@ -60,12 +60,21 @@ class SidecarSettings(BaseSettings):
     daemon_url: AnyHttpUrl | None = None
     feed_token: SecretStr | None = None
     staleness_budget_s: Annotated[float, Field(gt=0)] = 300.0
+    # What a check gets before the first snapshot from the daemon: a `replica_not_ready` deny, or
+    # a 503 (the caller's own fallback decides).
+    not_ready_answer: Literal["deny", "unavailable"] = "deny"
+    follower_backoff_max_s: Annotated[float, Field(gt=0, le=300)] = 15.0
+    # How long a replica write waits for another writer (`tiergate replica import`) before the
+    # follower counts a failure and retries.
+    replica_busy_timeout_s: Annotated[float, Field(ge=0, le=300)] = 10.0
     # Usage: the outbox defaults to outbox.db beside the replica; unlike the replica it
     # holds data found nowhere else until delivered, so it needs the same volume's durability.
     outbox_path: Path | None = None
     outbox_retention_s: Annotated[float, Field(ge=0)] = 3600.0
     outbox_sync: Literal["full", "normal"] = "full"
     delivery_batch_size: Annotated[int, Field(ge=1, le=1000)] = 500
+    # Keep it under the daemon's TIERGATE_MAX_BODY_BYTES (1 MiB by default) with room to spare.
+    delivery_max_bytes: Annotated[int, Field(ge=8192, le=64 * 1024 * 1024)] = 512 * 1024
     # Let a burst gather before a delivery: fewer, larger batches, and short in-flight windows
     # (a reserve for a tenant in flight waits for the answer, see docs/adr/0004).
     delivery_linger_s: Annotated[float, Field(ge=0, le=5)] = 0.05

@@ -68,6 +68,16 @@ class DaemonSettings(BaseSettings):
             )
         return self
 
+    @field_validator("feed_token")
+    @classmethod
+    def _some_feed_token(cls, token: SecretStr) -> SecretStr:
+        # An empty token must not open the feed (with `Authorization: Bearer` and nothing after).
+        if not any(part.strip() for part in token.get_secret_value().split(",")):
+            raise ValueError(
+                "is empty: set TIERGATE_FEED_TOKEN to a long random value (comma-separated to rotate)"
+            )
+        return token
+
     @field_validator("redirect_hosts")
     @classmethod
     def _host_list(cls, value: str) -> str:

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Literal, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TextIO
 
 import click
 from pydantic import ValidationError
@@ -358,7 +358,7 @@ def sync_command(full: bool) -> None:
 
 @main.group()
 def usage() -> None:
-    """Usage events stored by the sync daemon."""
+    """Usage events: stored by the sync daemon (resend), quarantined by a sidecar's delivery."""
 
 
 @usage.command("resend")
@@ -392,6 +392,66 @@ def usage_resend(sink: str, since: str) -> None:
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(1)
     click.echo(f"{sink}: cursor {before} -> {after}; {max(before - after, 0)} events will be sent again")
+
+
+_SIDECAR_URL = click.option(
+    "--url", help="The sidecar's base URL (default: from TIERGATE_SIDECAR_HOST and TIERGATE_SIDECAR_PORT)."
+)
+
+
+@usage.command("quarantine")
+@_SIDECAR_URL
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+def usage_quarantine(url: str | None, limit: int) -> None:
+    """List the events no delivery could carry (kept in the outbox, never counted)."""
+    answer = _sidecar_call(url, f"/v1/usage/quarantine?limit={limit}")
+    for event in answer["events"]:
+        click.echo(
+            f"{event['id']}\t{event['tenant']}\t{event['transaction_id']}\t{event['code']}\t"
+            f"{event['bytes']} bytes\t{event['error']}"
+        )
+    click.echo(f"{answer['quarantined']} quarantined", err=True)
+
+
+@usage.command("redeliver")
+@_SIDECAR_URL
+@click.argument("ids", nargs=-1, type=click.IntRange(min=1))
+@click.option("--all", "everything", is_flag=True, help="Every quarantined event.")
+def usage_redeliver(url: str | None, ids: tuple[int, ...], everything: bool) -> None:
+    """Put quarantined events (IDS from `tiergate usage quarantine`, or --all) back in line."""
+    if everything == bool(ids):
+        click.echo("error: give quarantined event ids or --all (not both)", err=True)
+        sys.exit(2)
+    body = {"all": True} if everything else {"ids": list(ids)}
+    answer = _sidecar_call(url, "/v1/usage/quarantine/redeliver", body)
+    click.echo(f"{answer['redelivered']} events back in line; {answer['quarantined']} still quarantined")
+
+
+def _sidecar_call(url: str | None, path: str, body: object = None) -> dict[str, Any]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    if url is None:
+        settings = _sidecar_settings()
+        url = f"http://{settings.sidecar_host}:{settings.sidecar_port}"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url.rstrip("/") + path, data=data, method="GET" if data is None else "POST"
+    )
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer: dict[str, Any] = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        click.echo(
+            f"error: {url}{path} answered {exc.code}: {exc.read()[:300].decode(errors='replace')}", err=True
+        )
+        sys.exit(1)
+    except (urllib.error.URLError, OSError) as exc:
+        click.echo(f"error: cannot reach the sidecar at {url}: {exc}", err=True)
+        sys.exit(1)
+    return answer
 
 
 main.add_command(overrides)

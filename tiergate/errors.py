@@ -17,6 +17,7 @@ The HTTP status is the class's `status`; the JSON body is `{"error": {"code", "m
     ├── StripeActionError        502 stripe_error           Stripe refused a billing action
     ├── EngineUnavailableError   503 engine_unavailable     policy engine (OPA server) away
     ├── OutboxError              503 outbox_unavailable     sidecar's usage outbox cannot commit
+    ├── ReplicaNotReadyError     503 replica_not_ready      no snapshot yet (TIERGATE_NOT_READY_ANSWER=unavailable)
     ├── MirrorError              503 mirror_unavailable     daemon's mirror cannot commit
     ├── BillingUnavailableError  503 stripe_unavailable     Stripe gave no usable answer
     ├── BillingDisabledError     503 billing_api_disabled   no TIERGATE_API_TOKEN / Stripe key
@@ -81,6 +82,11 @@ class ReplicaError(TierError):
 
 class SettingsError(TierError):
     code = "invalid_settings"
+
+
+class ReplicaNotReadyError(TierError):
+    code = "replica_not_ready"
+    status = 503
 
 
 class OutboxError(TierError):

@@ -32,6 +32,7 @@ REASONS = (
     "unknown_feature",
     "replica_stale",
     "policy_error",
+    "replica_not_ready",
 )
 
 MAX_TENANT_LENGTH = 200

@@ -8,6 +8,7 @@ authoritative period. Every field Lago defines is kept as sent, so a sink can fo
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,10 @@ from tiergate.models import MAX_QUANTITY, Account
 from tiergate.periods import rfc3339, usage_period
 
 MAX_EVENTS = 100  # per POST /v1/usage/batch at the sidecar, like Lago
+# Whatever gets a 202 must be deliverable: a bounded event fits any delivery batch and encodes
+# without deep recursion (an event nested ~1,000 deep once wedged delivery for every tenant).
+MAX_PROPERTIES_BYTES = 4096  # `properties` as compact JSON
+MAX_PROPERTIES_DEPTH = 32  # nesting of objects and arrays inside `properties`
 MAX_FUTURE = timedelta(days=1)  # clock skew we tolerate on a caller's timestamp
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -106,6 +111,8 @@ def parse_event(
     it (the daemon) the tenant is the one the delivering sidecar resolved (`tiergate_tenant`), else
     `external_customer_id`.
     """
+    if isinstance(raw, Mapping):
+        check_properties(raw.get("properties"))
     try:
         event = UsageEvent.model_validate(raw)
     except ValidationError as exc:
@@ -130,6 +137,37 @@ def parse_event(
         external_subscription_id=event.external_subscription_id,
         document=_document(event, raw, at),
     )
+
+
+def check_properties(properties: object) -> None:
+    """Bound `properties` in depth (without recursing) and in encoded size; raises EventError."""
+    if properties is None:
+        return
+    if _depth(properties) > MAX_PROPERTIES_DEPTH:
+        raise EventError("properties", f"nests more than the {MAX_PROPERTIES_DEPTH} levels accepted")
+    try:
+        size = len(json.dumps(properties, separators=(",", ":"), ensure_ascii=False).encode())
+    except (TypeError, ValueError) as exc:
+        raise EventError("properties", f"is not encodable as JSON: {exc}") from None
+    if size > MAX_PROPERTIES_BYTES:
+        raise EventError(
+            "properties", f"is {size} bytes as JSON; at most {MAX_PROPERTIES_BYTES} bytes are accepted"
+        )
+
+
+def _depth(value: object) -> int:
+    """How deeply objects and arrays nest in `value` (a scalar is 0), iteratively."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, Mapping) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_PROPERTIES_DEPTH:
+            return deepest  # enough to refuse; no need to walk the rest
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _amount(value: object) -> None:

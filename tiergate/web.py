@@ -42,6 +42,7 @@ def error_middleware(process: str) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
+            check_headers(request)
             return await handler(request)
         except TierError as exc:
             if exc.status >= 500:
@@ -52,7 +53,8 @@ def error_middleware(process: str) -> Middleware:
                 raise
             code = (exc.reason or "error").lower().replace(" ", "_")
             body = error_body(code, f"{exc.reason}: {request.method} {request.path}")
-            return json_response(body, exc.status)
+            allow = exc.headers.get("Allow")  # a 405 says which methods the route takes
+            return json_response(body, exc.status, {"Allow": allow} if allow is not None else None)
         except Exception:
             log.exception("unhandled_error", method=request.method, path=request.path)
             return json_response(error_body("internal", f"internal error; see the {process}'s logs"), 500)
@@ -64,7 +66,9 @@ async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, An
     if request.content_length is not None and request.content_length > max_bytes:
         raise BadRequestError(f"body of {request.content_length} bytes exceeds {max_bytes}", field="body")
     try:
-        raw = await request.content.read(max_bytes + 1)
+        # Read to the end: content.read(n) returns what has arrived so far, which cut valid
+        # bodies over 64 KiB short at random ("unexpected end of data").
+        raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise BadRequestError(f"body exceeds {max_bytes} bytes", field="body") from exc
     if len(raw) > max_bytes:
@@ -88,6 +92,22 @@ def validate(model: type[M], raw: object, prefix: str = "") -> M:
         err = exc.errors(include_url=False)[0]
         field = prefix + dotted_location(err["loc"])
         raise BadRequestError(f"{field or 'body'}: {err['msg']}", field=field or None) from None
+
+
+def check_headers(request: web.Request) -> None:
+    """Header bytes that are not UTF-8 (kept by aiohttp as surrogates) are the client's mistake: a
+    400 naming the header, before a handler or a log line trips over them."""
+    for name, value in request.headers.items():
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise BadRequestError(f"header {name} is not valid UTF-8", field=name) from None
+    if not request.raw_path.isascii():
+        try:
+            request.raw_path.encode()
+        except UnicodeEncodeError:
+            raise BadRequestError("the request target is not valid UTF-8", field="path") from None
 
 
 def query_params(request: web.Request) -> dict[str, str]:

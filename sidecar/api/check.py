@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sidecar.api.query import check_query
 from sidecar.api.usage import OUTBOX, check_and_reserve, usage_status
+from sidecar.replica.follower import FollowerStatus
 from sidecar.replica.store import AccountRow
 from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, SETTINGS
 from sidecar.usage.static_mode import static_mode_warnings
@@ -20,6 +22,8 @@ from tiergate.errors import BadRequestError, TierError
 from tiergate.models import CheckRequest, Decision
 from tiergate.periods import rfc3339, utc_now
 from tiergate.web import json_response, query_params, read_json_object, validate
+
+YIELD_EVERY = 32  # decisions between two yields to the event loop inside one batch
 
 
 class CheckBatch(BaseModel):
@@ -53,7 +57,12 @@ async def check_batch(request: web.Request) -> web.Response:
         )
     checks = [validate(CheckRequest, raw, prefix=f"checks[{i}].") for i, raw in enumerate(batch.checks)]
     decide = request.app[DECISIONS].decide
-    return json_response({"decisions": [await decide(c.tenant, c.feature, c.quantity) for c in checks]})
+    decisions = []
+    for n, c in enumerate(checks, 1):
+        decisions.append(await decide(c.tenant, c.feature, c.quantity))
+        if n % YIELD_EVERY == 0:  # a batch of cache misses must not hold every other check back
+            await asyncio.sleep(0)
+    return json_response({"decisions": decisions})
 
 
 async def entitlements(request: web.Request) -> web.Response:
@@ -139,9 +148,20 @@ async def readyz(request: web.Request) -> web.Response:
         failing["engine"] = exc.message
     # A bad policy push keeps the last good one serving: it shows here but does not fail readiness.
     warnings = {"policy_reload": policy["last_error"]} if policy.get("last_error") else {}
+    if FOLLOWER in request.app:
+        _follower_readiness(request.app[FOLLOWER].status, failing, warnings)
     ready = not failing
     body = {"ready": ready, "ok": ok, "failing": failing, "warnings": warnings, "policy": policy}
     return json_response(body, 200 if ready else 503)
+
+
+def _follower_readiness(status: FollowerStatus, failing: dict[str, str], warnings: dict[str, str]) -> None:
+    """A replica this pod cannot write is this pod's fault: not ready. A daemon that is away is
+    everyone's: failing readiness in every pod at once would be an outage, so it is a warning."""
+    if status.failing == "replica":
+        failing["follower"] = f"cannot update the replica: {status.last_error}"
+    elif status.failing == "daemon":
+        warnings["follower"] = f"the sync daemon is unreachable: {status.last_error}"
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -13,12 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from sidecar.policy.engine import PolicyBundle
 from sidecar.settings import SidecarSettings
-from sidecar.state import DECISIONS, POLICIES, READER, SETTINGS
+from sidecar.state import DECISIONS, METRICS, POLICIES, READER, SETTINGS
 from sidecar.usage.delivery import Delivery
 from sidecar.usage.outbox import Outbox
 from sidecar.usage.recorder import UsageRecorder, reserved_body
 from sidecar.usage.static_mode import UndeliveredUsage, static_mode_warnings
-from tiergate.errors import EngineUnavailableError
+from tiergate.errors import BadRequestError, EngineUnavailableError
 from tiergate.models import FeatureName, Quantity, TenantId
 from tiergate.usage_events import MAX_EVENTS
 from tiergate.web import json_response, read_json_object, validate
@@ -85,9 +85,39 @@ def usage_status(app: web.Application) -> dict[str, Any] | None:
     return {
         "outbox": str(outbox.path),
         "backlog": outbox.backlog,
+        "oldest_undelivered_age_s": round(outbox.oldest_age(), 3),
+        "quarantined": outbox.quarantined,
         "pending": app[RECORDER].ledger.stats(),
         "delivery": app[DELIVERY].status.as_dict() if DELIVERY in app else None,
     }
+
+
+class Redelivery(BaseModel):
+    """POST /v1/usage/quarantine/redeliver: the quarantined rows to put back in line."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: Annotated[list[Annotated[int, Field(strict=True, ge=1)]], Field(max_length=10_000)] | None = None
+    all: Annotated[bool, Field(strict=True)] = False
+
+
+async def list_quarantine(request: web.Request) -> web.Response:
+    raw = request.query.get("limit", "100")
+    limit = int(raw) if raw.isdigit() else -1
+    if not 1 <= limit <= 10_000:
+        raise BadRequestError(f"limit: {raw!r} is not an integer between 1 and 10000", field="limit")
+    outbox = request.app[OUTBOX]
+    events = await outbox.list_quarantined(limit)
+    return json_response({"quarantined": outbox.quarantined, "events": events})
+
+
+async def redeliver_quarantine(request: web.Request) -> web.Response:
+    body = validate(Redelivery, await read_json_object(request, request.app[SETTINGS].max_body_bytes))
+    if body.all == (body.ids is not None):
+        raise BadRequestError('give either "ids": [...] or "all": true', field="ids")
+    released = await request.app[OUTBOX].redeliver(None if body.all else body.ids)
+    log.info("usage_quarantine_released", events=released)
+    return json_response({"redelivered": released, "quarantined": request.app[OUTBOX].quarantined})
 
 
 def outbox_path(settings: SidecarSettings) -> Path:
@@ -100,6 +130,7 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
     ledger = decisions.ledger
     outbox = Outbox(outbox_path(settings), ledger, time.time, sync=settings.outbox_sync)
     await outbox.open(reader.meta.position)
+    app[METRICS].watch_outbox(outbox)
     app[OUTBOX] = outbox
     app[RECORDER] = UsageRecorder(outbox, ledger, decisions, reader, lambda: _bundle(app))
     if settings.daemon_url is not None:
@@ -110,6 +141,7 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
             token=settings.sent_feed_token,
             position=lambda: reader.meta.position,
             batch_size=settings.delivery_batch_size,
+            max_bytes=settings.delivery_max_bytes,
             linger_s=settings.delivery_linger_s,
             backoff_max_s=settings.delivery_backoff_max_s,
             retention_s=settings.outbox_retention_s,
@@ -139,3 +171,5 @@ def add_usage_routes(app: web.Application) -> None:
     app.cleanup_ctx.append(usage_ctx)
     app.router.add_post("/v1/usage", record_one)
     app.router.add_post("/v1/usage/batch", record_batch)
+    app.router.add_get("/v1/usage/quarantine", list_quarantine)
+    app.router.add_post("/v1/usage/quarantine/redeliver", redeliver_quarantine)

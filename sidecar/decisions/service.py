@@ -10,7 +10,7 @@ import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -29,7 +29,7 @@ from sidecar.metrics import SidecarMetrics
 from sidecar.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyEngine
 from sidecar.replica.store import ReplicaMeta, ReplicaReader
 from sidecar.usage.ledger import UsageLedger
-from tiergate.errors import PolicyError, TierError
+from tiergate.errors import PolicyError, ReplicaNotReadyError, TierError
 from tiergate.models import Decision, PolicyAnswer
 from tiergate.periods import rfc3339
 
@@ -58,6 +58,7 @@ class DecisionService:
         log_sample: float = 0.01,
         log_denies: bool = True,
         staleness_budget_s: float | None = None,
+        not_ready: Literal["deny", "unavailable"] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.reader = reader
@@ -69,6 +70,9 @@ class DecisionService:
         self.log_sample = log_sample
         self.log_denies = log_denies
         self.staleness_budget_s = staleness_budget_s
+        # Following a daemon: before the first snapshot there is no data to answer from, so a
+        # paying tenant must not be told "free" (a `replica_not_ready` deny, or a 503).
+        self.not_ready = not_ready
         self.clock = clock
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
@@ -152,6 +156,8 @@ class DecisionService:
 
     async def decide(self, tenant: str, feature: str, quantity: int = 1) -> Decision:
         started = time.perf_counter()
+        if self.not_ready is not None and self._as_of_epoch is None:
+            return self._not_ready(tenant, feature, quantity, started)
         now = self.clock()
         age = self.replica_age(now)
         stale = self.is_stale(age)
@@ -185,6 +191,26 @@ class DecisionService:
             policy_revision=self.engine.revision or "",
             data_as_of=self._as_of_text,
             stale=stale,
+        )
+        self.counts.count(decision.reason, decision.allow, time.perf_counter() - started)
+        self._log(decision)
+        return decision
+
+    def _not_ready(self, tenant: str, feature: str, quantity: int, started: float) -> Decision:
+        if self.not_ready == "unavailable":
+            raise ReplicaNotReadyError(
+                "no replica yet: waiting for the first snapshot from the sync daemon (see /readyz)"
+            )
+        answer = PolicyAnswer(allow=False, reason="replica_not_ready", tier=None)
+        decision = Decision.of(
+            answer,
+            tenant=tenant,
+            feature=feature,
+            quantity=quantity,
+            decision_id=f"{self._id_prefix}-{next(self._ids)}",
+            policy_revision=self.engine.revision or "",
+            data_as_of=None,
+            stale=True,
         )
         self.counts.count(decision.reason, decision.allow, time.perf_counter() - started)
         self._log(decision)

@@ -4,6 +4,11 @@ Writes happen on one worker thread with its own connection (the event loop keeps
 each batch in one transaction together with the new position, so a restart resumes from the
 replica on disk and a reader never sees a half-applied change. While the daemon is away the
 replica keeps serving (fail-static) and its age grows; retries back off with jitter.
+
+The follower never dies silently: every failure, the daemon's (unreachable, a bad answer) or
+the replica's own (disk full, "database is locked" during an import), is caught, shown
+(`connected=false`, `last_error`, `failing`, a metric), retried with backoff, and recovers on its
+own once the cause is gone. A replica-side failure is pod-local, so it also fails readiness.
 """
 
 from __future__ import annotations
@@ -11,7 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
+import shutil
+import sqlite3
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,7 +30,6 @@ from typing import Any
 
 import aiohttp
 import structlog
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from sidecar.replica.store import ReplicaWriter, open_replica, read_meta
 from tiergate.feed import KNOWN_KINDS, FeedAccount, FeedChange, FeedOverride, FeedUsage, refused_token
@@ -30,6 +38,7 @@ from tiergate.periods import utc_now_text
 log = structlog.get_logger("tiergate.follower")
 
 LONG_POLL_S = 10
+STAGING_PREFIX = ".snapshot-"  # download folders beside the replica; leftovers are removed at start
 
 
 class FeedGapError(Exception):
@@ -48,14 +57,20 @@ class FeedAuthError(FeedProtocolError):
 class FollowerStatus:
     connected: bool = False
     position: int | None = None
+    # "daemon" (unreachable, a bad answer) or "replica" (this pod's own disk or file) while the
+    # latest attempt failed; None once a step succeeds again.
+    failing: str | None = None
+    consecutive_failures: int = 0
+    failures: dict[str, int] = field(default_factory=lambda: {"daemon": 0, "replica": 0})
     last_error: str | None = None
     last_error_at: str | None = None
     last_change_at: str | None = None
+    last_contact_at: str | None = None
     snapshots: int = 0
     batches: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "failures": dict(self.failures)}
 
 
 @dataclass
@@ -66,6 +81,8 @@ class Follower:
     # Long-polls end at least this often, refreshing data_as_of on an idle feed: half the
     # staleness budget keeps a connected sidecar from ever looking stale.
     poll_wait_s: float = LONG_POLL_S
+    backoff_max_s: float = 15.0
+    busy_timeout_s: float = 10.0
     status: FollowerStatus = field(default_factory=FollowerStatus)
     # Told which tenants a batch touched (None: all of them), so cached decisions are dropped.
     on_applied: Callable[[set[str] | None], None] | None = None
@@ -74,9 +91,14 @@ class Follower:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replica-writer")
         self._writer: ReplicaWriter | None = None
         self._task: asyncio.Task[None] | None = None
+        # time.monotonic() of the last answer from the daemon (None: none yet in this process).
+        self.last_contact: float | None = None
 
     async def start(self) -> None:
-        self._writer = await self._on_writer(lambda: ReplicaWriter(open_replica(self.replica_path)))
+        await self._on_writer(lambda: clean_staging(self.replica_path))
+        self._writer = await self._on_writer(
+            lambda: ReplicaWriter(open_replica(self.replica_path, self.busy_timeout_s))
+        )
         self.status.position = await self._on_writer(lambda: read_meta(self._db()).position)
         self._task = asyncio.create_task(self._run(), name="replica-follower")
 
@@ -97,18 +119,18 @@ class Follower:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=self.poll_wait_s + 10)
         async with aiohttp.ClientSession(self.daemon_url, headers=headers, timeout=timeout) as session:
             while True:
-                # A fresh retry state per step: each outage starts its backoff from the beginning.
-                async for attempt in self._retrying():
-                    with attempt:
-                        await self._step(session)
+                try:
+                    await self._step(session)
+                except Exception as exc:  # any failure: shown, retried; never the end of the task
+                    self._failed(exc)
+                    await asyncio.sleep(self._backoff())
+                else:
+                    self._recovered()
 
-    def _retrying(self) -> AsyncRetrying:
-        return AsyncRetrying(
-            retry=retry_if_exception_type((aiohttp.ClientError, TimeoutError, FeedProtocolError, OSError)),
-            wait=wait_exponential_jitter(multiplier=0.2, max=15),
-            before_sleep=lambda state: self._failed(state.outcome.exception() if state.outcome else None),
-            reraise=True,
-        )
+    def _backoff(self) -> float:
+        """Exponential from 0.2 s, capped, with jitter; each outage starts from the beginning."""
+        ceiling = min(self.backoff_max_s, 0.2 * 2.0 ** min(self.status.consecutive_failures - 1, 16))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
 
     async def _step(self, session: aiohttp.ClientSession) -> None:
         """One snapshot when there is no position, then one long-poll."""
@@ -130,6 +152,7 @@ class Follower:
                 raise FeedGapError()
             await _expect_ok(response, token_sent=self.token is not None)
             body = await response.json()
+        self._contact()
         changes, last_seq, as_of = _parse_changes(body)
         writer = self._require_writer()
         if changes:
@@ -146,13 +169,16 @@ class Follower:
         self._connected()
 
     async def _snapshot(self, session: aiohttp.ClientSession) -> None:
-        with tempfile.TemporaryDirectory(prefix="tiergate-snapshot-") as tmp:
+        # Staged on the replica's own volume (not /tmp, often a small memory-backed one).
+        staging = self.replica_path.parent
+        with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, dir=staging) as tmp:
             path = Path(tmp) / "snapshot.ndjson"
             async with session.get("/v1/feed/snapshot") as response:
                 await _expect_ok(response, token_sent=self.token is not None)
                 with path.open("wb") as out:
                     async for chunk in response.content.iter_chunked(1 << 16):
                         out.write(chunk)
+            self._contact()
             header = await self._on_writer(lambda: _apply_snapshot(self._require_writer(), path))
         if self.on_applied is not None:
             self.on_applied(None)
@@ -164,19 +190,40 @@ class Follower:
 
     # -- helpers -------------------------------------------------------------------------
 
+    def _contact(self) -> None:
+        self.last_contact = time.monotonic()
+        self.status.last_contact_at = utc_now_text()
+
     def _connected(self) -> None:
         if not self.status.connected:
             log.info("daemon_connected", position=self.status.position)
         self.status.connected = True
 
-    def _failed(self, exc: BaseException | None) -> None:
+    def _recovered(self) -> None:
+        if self.status.failing is not None:
+            log.info("follower_recovered", after_failures=self.status.consecutive_failures)
+        self.status.failing = None
+        self.status.consecutive_failures = 0
+
+    def _failed(self, exc: BaseException) -> None:
+        kind = failure_kind(exc)
         self.status.connected = False
-        self.status.last_error = f"{type(exc).__name__}: {exc}" if exc else "unknown error"
+        self.status.failing = kind
+        self.status.consecutive_failures += 1
+        self.status.failures[kind] += 1
+        self.status.last_error = f"{type(exc).__name__}: {exc}"
         self.status.last_error_at = utc_now_text()
         if isinstance(exc, FeedAuthError):
             log.error("daemon_auth_failed", error=str(exc), setting="TIERGATE_FEED_TOKEN")
-        else:
-            log.warning("daemon_unreachable", error=self.status.last_error, position=self.status.position)
+            return
+        event = "daemon_unreachable" if kind == "daemon" else "replica_write_failed"
+        log.warning(
+            event,
+            error=self.status.last_error,
+            position=self.status.position,
+            consecutive=self.status.consecutive_failures,
+            exc_info=kind == "replica" and self.status.consecutive_failures == 1,
+        )
 
     def _require_writer(self) -> ReplicaWriter:
         assert self._writer is not None, "start() opens the writer"
@@ -187,6 +234,27 @@ class Follower:
 
     async def _on_writer(self, fn: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+
+def failure_kind(exc: BaseException) -> str:
+    """ "replica" for this pod's own storage (disk full, locked, damaged), else "daemon"."""
+    if isinstance(exc, aiohttp.ClientError | TimeoutError | FeedProtocolError | FeedGapError):
+        return "daemon"
+    if isinstance(exc, sqlite3.Error | OSError):
+        return "replica"
+    return "daemon"
+
+
+def clean_staging(replica_path: Path) -> int:
+    """Remove snapshot downloads a crash left beside the replica; returns how many."""
+    removed = 0
+    if replica_path.parent.is_dir():
+        for leftover in replica_path.parent.glob(STAGING_PREFIX + "*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed += 1
+    if removed:
+        log.info("snapshot_staging_cleaned", folders=removed)
+    return removed
 
 
 async def _expect_ok(response: aiohttp.ClientResponse, *, token_sent: bool) -> None:

@@ -137,7 +137,10 @@ class ReplicaMeta(NamedTuple):
     source: str | None
 
 
-def open_replica(path: Path) -> sqlite_utils.Database:
+BUSY_TIMEOUT_S = 10.0  # how long a statement waits for another connection's lock
+
+
+def open_replica(path: Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> sqlite_utils.Database:
     """Open (creating if needed) and migrate a replica file."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,6 +150,8 @@ def open_replica(path: Path) -> sqlite_utils.Database:
         ) from exc
     try:
         db = sqlite_utils.Database(path)
+        # Before anything else: an import and the follower may both write (one waits, never fails).
+        db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # the replica can always be re-fetched
         MIGRATIONS.apply(db)
@@ -563,7 +568,9 @@ _EVERYONE = "\x00every tenant"  # in the reload's touched set: a whole snapshot 
 
 
 def _read_connection(target: str, uri: bool) -> sqlite3.Connection:
-    conn = sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(
+        target, uri=uri, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
+    )
     conn.execute("PRAGMA query_only=ON")
     return conn
 

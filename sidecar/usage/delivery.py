@@ -4,6 +4,11 @@ A batch leaves the outbox only when the daemon's answer has been recorded, so a 
 point re-sends it, and the daemon's idempotency (tenant, transaction_id) makes the re-send
 count nothing twice. While the daemon is unreachable the batch is retried with capped
 exponential backoff and jitter; the outbox keeps accepting meanwhile.
+
+Nothing may wedge it: a batch is bounded in bytes as well as in events (under the daemon's body
+limit); a batch the daemon refuses as such (413, 400, 422) is split in halves down to one event,
+and an event refused on its own is quarantined (kept in the outbox, counted in `/v1/status` and a
+metric, re-deliverable by the operator) so the events behind it go on.
 """
 
 from __future__ import annotations
@@ -30,8 +35,15 @@ IDLE_WAIT_S = 1.0  # how long an empty outbox sleeps before it looks again (and 
 PRUNE_EVERY_S = 30.0
 
 
+REFUSED = frozenset({400, 413, 422})  # the daemon refuses the request itself: retrying cannot help
+
+
 class DeliveryError(Exception):
     """The daemon gave an answer we cannot record: retry the same batch."""
+
+
+class BatchRefusedError(Exception):
+    """The daemon refused this batch as such (too large, unreadable): split it, never resend it whole."""
 
 
 class DeliveryAuthError(DeliveryError):
@@ -45,6 +57,8 @@ class DeliveryStatus:
     rejected: int = 0
     batches: int = 0
     failures: int = 0
+    splits: int = 0
+    quarantined: int = 0
     last_error: str | None = None
     last_error_at: str | None = None
     last_delivery_at: str | None = None
@@ -63,6 +77,7 @@ class Delivery:
         token: str | None,
         position: Callable[[], int | None],
         batch_size: int = 500,
+        max_bytes: int = 512 * 1024,
         linger_s: float = 0.0,
         backoff_max_s: float = 10.0,
         retention_s: float = 3600.0,
@@ -73,6 +88,8 @@ class Delivery:
         self.token = token
         self.position = position
         self.batch_size = batch_size
+        self.max_bytes = max_bytes
+        self._cap = batch_size  # halved after a refused batch, doubled back after each delivery
         self.linger_s = linger_s
         self.backoff_max_s = backoff_max_s
         self.retention_s = retention_s
@@ -105,23 +122,50 @@ class Delivery:
         timeout = aiohttp.ClientTimeout(total=30, sock_connect=5)
         async with aiohttp.ClientSession(self.daemon_url, headers=headers, timeout=timeout) as session:
             while True:
-                rows = await self.outbox.next_batch(self.batch_size)
+                rows = await self.outbox.next_batch(self._cap, self.max_bytes)
                 if not rows:
                     await self._idle()
                     continue
-                if len(rows) < self.batch_size and self.linger_s > 0:
+                if len(rows) < self._cap and self.linger_s > 0:
                     # Let the burst gather: fewer deliveries, and a tenant spends less of its
                     # time inside an unanswered flight (where its reserves must wait).
                     await asyncio.sleep(self.linger_s)
-                    rows = await self.outbox.next_batch(self.batch_size)
-                floor = _highest(self.position(), self._last_seq)
-                self.pending.begin_flight((row.key for row in rows), floor)
+                    rows = await self.outbox.next_batch(self._cap, self.max_bytes)
                 try:
-                    seq, results = await self._send_until_answered(session, rows)
-                    rejected = self._record(rows, seq, results)  # pending confirmed before end_flight
-                finally:
-                    self.pending.end_flight()
-                await self.outbox.persist_answer(rows, seq, rejected)
+                    await self._deliver_rows(session, rows)
+                except BatchRefusedError as exc:
+                    await self._refused(rows, str(exc))
+
+    async def _deliver_rows(self, session: aiohttp.ClientSession, rows: Sequence[OutboxRow]) -> None:
+        floor = _highest(self.position(), self._last_seq)
+        self.pending.begin_flight((row.key for row in rows), floor)
+        try:
+            seq, results = await self._send_until_answered(session, rows)
+            rejected = self._record(rows, seq, results)  # pending confirmed before end_flight
+        finally:
+            self.pending.end_flight()
+        await self.outbox.persist_answer(rows, seq, rejected)
+        self._cap = min(self.batch_size, self._cap * 2)
+
+    async def _refused(self, rows: Sequence[OutboxRow], error: str) -> None:
+        """Split a refused batch; quarantine a refused single event so the rest can go on."""
+        self.status.last_error, self.status.last_error_at = error, utc_now_text()
+        if len(rows) > 1:
+            self._cap = max(1, len(rows) // 2)
+            self.status.splits += 1
+            log.warning("usage_batch_split", events=len(rows), next_events=self._cap, error=error)
+            return
+        row = rows[0]
+        self.outbox.set_aside(row)
+        await self.outbox.persist_quarantine(row, error)
+        self.status.quarantined += 1
+        log.error(
+            "usage_event_quarantined",
+            transaction_id=row.transaction_id,
+            tenant=row.key[0],
+            bytes=row.size,
+            error=error,
+        )
 
     async def _idle(self) -> None:
         self.pending.settle(self.position())
@@ -149,16 +193,23 @@ class Delivery:
     async def _send(
         self, session: aiohttp.ClientSession, rows: Sequence[OutboxRow]
     ) -> tuple[int, list[dict[str, Any]]]:
-        async with session.post("/v1/usage/batch", json={"events": [row.event for row in rows]}) as response:
+        body = b'{"events":[' + b",".join(row.text.encode() for row in rows) + b"]}"
+        headers = {"Content-Type": "application/json"}
+        async with session.post("/v1/usage/batch", data=body, headers=headers) as response:
             refused = refused_token(response.status, "/v1/usage/batch", token_sent=self.token is not None)
             if refused is not None:
                 raise DeliveryAuthError(refused)
+            if response.status in REFUSED:
+                text = (await response.text())[:300]
+                raise BatchRefusedError(
+                    f"daemon refused {len(rows)} events ({len(body)} bytes) with {response.status}: {text}"
+                )
             if response.status != 200:
                 text = (await response.text())[:300]
                 raise DeliveryError(f"daemon answered {response.status} to /v1/usage/batch: {text}")
-            body = await response.json()
+            answer = await response.json()
         try:
-            seq, results = int(body["seq"]), list(body["results"])
+            seq, results = int(answer["seq"]), list(answer["results"])
         except (KeyError, TypeError, ValueError) as exc:
             raise DeliveryError(f"malformed answer from /v1/usage/batch: {exc}") from exc
         if len(results) != len(rows):
@@ -174,7 +225,7 @@ class Delivery:
             if row.id in rejected:
                 log.error(
                     "usage_rejected_by_daemon",
-                    transaction_id=row.event.get("transaction_id"),
+                    transaction_id=row.transaction_id,
                     error=result.get("error"),
                 )
         self.outbox.confirm(rows, seq, rejected)

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 import structlog
 
+from sidecar.usage import quarantine
 from sidecar.usage.ledger import Key, UsageLedger
 from tiergate.errors import OutboxError
 from tiergate.usage_events import ValidEvent
@@ -32,6 +33,7 @@ log = structlog.get_logger("tiergate.outbox")
 
 T = TypeVar("T")
 MIGRATIONS = sqlite_utils.Migrations("tiergate_outbox")
+BUSY_TIMEOUT_S = 10.0  # a CLI reading the outbox must not make a commit fail
 REJECTED = -1  # confirmed_seq of an event the daemon refused: kept for the operator, never counted
 
 
@@ -54,6 +56,12 @@ def m001_outbox(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX outbox_undelivered ON outbox (id) WHERE confirmed_seq IS NULL")
 
 
+@MIGRATIONS()
+def m002_quarantine(db: sqlite_utils.Database) -> None:
+    db.execute("ALTER TABLE outbox ADD COLUMN quarantine_error TEXT")
+    db.execute("ALTER TABLE outbox ADD COLUMN quarantined_at REAL")
+
+
 @dataclass(frozen=True)
 class Entry:
     """An event and the period this sidecar counts it in."""
@@ -71,7 +79,13 @@ class OutboxRow:
     id: int
     key: Key
     value: int
-    event: dict[str, Any]
+    transaction_id: str
+    text: str  # the event as the compact JSON delivered, exactly as accepted
+    accepted_at: float
+
+    @property
+    def size(self) -> int:
+        return len(self.text.encode())
 
 
 @dataclass
@@ -91,6 +105,8 @@ class Outbox:
         self.clock = clock
         self.watermark = 0  # the highest row id whose pending accounting is done
         self.backlog = 0  # rows not yet confirmed by the daemon
+        self.quarantined = 0  # rows set aside: no delivery could carry them
+        self.oldest_accepted_at: float | None = None  # of the oldest undelivered row
         self.ready = asyncio.Event()  # set when rows were appended: delivery wakes up
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-writer")
         self._conn: sqlite3.Connection | None = None
@@ -107,7 +123,14 @@ class Outbox:
             self.pending.add_all(deltas.items())
             self.pending.confirm(seq, deltas)
         self.watermark, self.backlog = top, backlog
-        log.info("outbox_opened", path=str(self.path), backlog=backlog, awaiting_feed=len(confirmed))
+        self.quarantined, self.oldest_accepted_at = await self._run(lambda: quarantine.load(conn))
+        log.info(
+            "outbox_opened",
+            path=str(self.path),
+            backlog=backlog,
+            awaiting_feed=len(confirmed),
+            quarantined=self.quarantined,
+        )
 
     async def close(self) -> None:
         if self._flusher is not None:
@@ -131,9 +154,21 @@ class Outbox:
         sql = "SELECT 1 FROM outbox WHERE tenant = ? AND transaction_id = ?"
         return await self._run(lambda: conn.execute(sql, (tenant, transaction_id)).fetchone() is not None)
 
-    async def next_batch(self, limit: int) -> list[OutboxRow]:
+    async def next_batch(self, limit: int, max_bytes: int | None = None) -> list[OutboxRow]:
+        """The oldest undelivered rows: at most `limit`, and at most `max_bytes` of events unless
+        the first row alone is larger (it then travels alone)."""
         conn, top = self._require(), self.watermark
-        return await self._run(lambda: _undelivered(conn, top, limit))
+        rows = await self._run(lambda: _undelivered(conn, top, limit))
+        self.oldest_accepted_at = rows[0].accepted_at if rows else None
+        if max_bytes is None:
+            return rows
+        return _bounded(rows, max_bytes)
+
+    def oldest_age(self) -> float:
+        """Seconds the oldest undelivered event has waited (0 with nothing undelivered)."""
+        if self.backlog <= 0 or self.oldest_accepted_at is None:
+            return 0.0
+        return max(0.0, self.clock() - self.oldest_accepted_at)
 
     def confirm(self, rows: Sequence[OutboxRow], seq: int, rejected: set[int]) -> None:
         """The daemon counted the rows at or below `seq` (or refused them): tell the pending totals.
@@ -150,6 +185,34 @@ class Outbox:
                 deltas[row.key] = deltas.get(row.key, 0) + row.value
         self.pending.confirm(seq, deltas)
         self.backlog -= len(rows)
+
+    def set_aside(self, row: OutboxRow) -> None:
+        """No delivery can carry `row`: uncount it here (call `persist_quarantine` next)."""
+        self.pending.remove(row.key, row.value)
+        self.backlog -= 1
+        self.quarantined += 1
+
+    async def persist_quarantine(self, row: OutboxRow, error: str) -> None:
+        conn, now = self._require(), self.clock()
+        await self._run(lambda: quarantine.mark(conn, row.id, error, now))
+
+    async def list_quarantined(self, limit: int) -> list[dict[str, Any]]:
+        conn = self._require()
+        return await self._run(lambda: quarantine.listing(conn, limit))
+
+    async def redeliver(self, ids: Sequence[int] | None) -> int:
+        """Put quarantined rows (`ids`, or all with None) back in line; returns how many."""
+        conn = self._require()
+        released = await self._run(lambda: quarantine.release(conn, ids))
+        for key, value, accepted_at in released:
+            self.pending.add(key, value)
+            if self.oldest_accepted_at is None or accepted_at < self.oldest_accepted_at:
+                self.oldest_accepted_at = accepted_at
+        self.backlog += len(released)
+        self.quarantined -= len(released)
+        if released:
+            self.ready.set()
+        return len(released)
 
     async def persist_answer(self, rows: Sequence[OutboxRow], seq: int, rejected: set[int]) -> None:
         conn = self._require()
@@ -185,6 +248,8 @@ class Outbox:
                 row_id = next(ids)
                 if row_id is not None:
                     self.watermark = max(self.watermark, row_id)
+                    if self.backlog == 0:
+                        self.oldest_accepted_at = self.clock()
                     self.backlog += 1
                     if not item.reserved:
                         self.pending.add(entry.key, entry.event.value)
@@ -219,7 +284,7 @@ def _connect(path: Path, sync: str) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode=WAL")
         MIGRATIONS.apply(db)
         db.close()
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
         # FULL: a 202 is a promise that survives a power cut (an fsync per commit). NORMAL in WAL
         # mode survives the process being killed, not the machine losing power.
         conn.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
@@ -283,11 +348,20 @@ def _load(
 
 def _undelivered(conn: sqlite3.Connection, top: int, limit: int) -> list[OutboxRow]:
     rows = conn.execute(
-        "SELECT id, tenant, code, period_start, value, event FROM outbox "
+        "SELECT id, tenant, code, period_start, value, transaction_id, event, accepted_at FROM outbox "
         "WHERE confirmed_seq IS NULL AND id <= ? ORDER BY id LIMIT ?",
         (top, limit),
     ).fetchall()
-    return [OutboxRow(i, (t, c, p), v, json.loads(e)) for i, t, c, p, v, e in rows]
+    return [OutboxRow(i, (t, c, p), v, x, e, a) for i, t, c, p, v, x, e, a in rows]
+
+
+def _bounded(rows: list[OutboxRow], max_bytes: int) -> list[OutboxRow]:
+    total = 0
+    for n, row in enumerate(rows):
+        total += row.size + 1  # its separating comma
+        if total > max_bytes and n > 0:
+            return rows[:n]
+    return rows
 
 
 def _mark(conn: sqlite3.Connection, rows: Sequence[OutboxRow], seq: int, rejected: set[int]) -> None:

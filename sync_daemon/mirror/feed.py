@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from typing import TypeVar
 
@@ -38,6 +39,9 @@ async def feed_snapshot(request: web.Request) -> web.StreamResponse:
     await response.write(bytes(buffer))
     await response.write_eof()
     return response
+
+
+MAX_QUERY_NUMBER = 2**63 - 1  # SQLite's largest integer
 
 
 async def feed_changes(request: web.Request) -> web.Response:
@@ -89,6 +93,10 @@ def _number(request: web.Request, name: str, kind: type[N], default: N | None) -
         value = kind(text)
     except ValueError:
         raise BadRequestError(f"{name}={text!r} is not a {kind.__name__}", field=name) from None
-    if value < 0:
-        raise BadRequestError(f"{name}={text!r} must not be negative", field=name)
+    # nan compares false with everything (a wait that never ends); a seq past SQLite's integers
+    # cannot be looked up (it overflowed into a 500).
+    if not math.isfinite(value) or not 0 <= value <= MAX_QUERY_NUMBER:
+        raise BadRequestError(
+            f"{name}={text!r} must be a number between 0 and {MAX_QUERY_NUMBER}", field=name
+        )
     return value

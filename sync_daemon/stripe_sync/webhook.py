@@ -19,6 +19,9 @@ async def receive_stripe_event(request: web.Request) -> web.Response:
         event = request.app[BILLING].verify_event(raw, request.headers.get("Stripe-Signature"))
         if not isinstance(event.get("id"), str) or not isinstance(event.get("type"), str):
             raise WebhookRejectedError("event lacks an id or a type", field="body")
+        created = event.get("created")
+        if isinstance(created, bool) or not isinstance(created, int) or not 0 <= created < 2**63:
+            raise WebhookRejectedError(f"event created={created!r} is not Unix seconds", field="created")
     except WebhookRejectedError as exc:
         request.app[METRICS].count_webhook("unverified", "rejected")
         # The reason only: never the signature or the payload.

@@ -110,7 +110,7 @@ def test_an_unknown_variable_is_named_with_the_closest_setting(
 
 def test_a_missing_setting_also_names_the_misspelt_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TIERGATE_STRIPE_WEBHOOK_SECRET", "whsec_x")
-    monkeypatch.setenv("TIERGATE_FEED_TOKEN", "f")
+    monkeypatch.setenv("TIERGATE_FEED_TOKEN", "feed-token")
     monkeypatch.setenv("TIERGATE_STRIPE_KEY", "sk_test_x")
     monkeypatch.delenv("TIERGATE_STRIPE_API_KEY", raising=False)
     result = CliRunner().invoke(main, ["sync-daemon"])

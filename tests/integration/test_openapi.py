@@ -26,7 +26,7 @@ def daemon_app() -> web.Application:
     settings = DaemonSettings(
         stripe_api_key=SecretStr("sk_test_x"),
         stripe_webhook_secret=SecretStr("whsec_x"),
-        feed_token=SecretStr("t"),
+        feed_token=SecretStr("feed-token"),
         plans=ROOT / "plans" / "plans.yaml",
     )
     return create_daemon(settings)

@@ -21,6 +21,20 @@ def event(**fields: Any) -> dict[str, Any]:
     return {"transaction_id": "tx_1", "external_customer_id": "t_1", "code": "api_calls", **fields}
 
 
+def nested(depth: int) -> dict[str, Any]:
+    """`properties` whose objects nest `depth` levels deep."""
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+def test_properties_at_the_limits_are_accepted() -> None:
+    deep = parse_event(event(properties=nested(32)), METRICS, NOW)
+    wide = parse_event(event(properties={"blob": "x" * 4000}), METRICS, NOW)
+    assert deep.properties == nested(32) and len(wide.properties["blob"]) == 4000
+
+
 @pytest.mark.parametrize(
     ("raw", "field"),
     [
@@ -43,6 +57,9 @@ def event(**fields: Any) -> dict[str, Any]:
         (event(code="storage_gb", properties={"gb": True}), "properties.gb"),
         (event(code="storage_gb", properties={"gb": float("nan")}), "properties.gb"),
         (event(properties=[1]), "properties"),
+        (event(properties=nested(33)), "properties"),
+        (event(properties=nested(980)), "properties"),
+        (event(properties={"blob": "x" * 4100}), "properties"),
         (event(timestamp="2026-03-15T10:00:00"), "timestamp"),
         (event(timestamp="yesterday"), "timestamp"),
         (event(timestamp=(NOW + timedelta(days=2)).timestamp()), "timestamp"),

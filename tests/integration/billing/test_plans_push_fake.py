@@ -95,7 +95,7 @@ def test_cli_prints_the_plan(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dr
     for name, value in {
         "STRIPE_API_KEY": "sk_test_x",
         "STRIPE_WEBHOOK_SECRET": "whsec_x",
-        "FEED_TOKEN": "f",
+        "FEED_TOKEN": "feed-token",
     }.items():
         monkeypatch.setenv(f"TIERGATE_{name}", value)
     plans = tmp_path / "plans.yaml"

@@ -106,3 +106,13 @@ async def test_whole_request_errors(daemon: DaemonServer) -> None:
     assert status == 400 and body["error"]["field"] == "events"
     status, body = await get(daemon, "/v1/usage/events/never-seen")
     assert status == 404 and body["error"]["code"] == "not_found"
+
+
+async def test_an_unbounded_event_is_rejected_alone(daemon: DaemonServer) -> None:
+    """Nested far too deep: one rejected result, never a 503 failing the others' group commit."""
+    deep: dict[str, Any] = {}
+    for _ in range(200):
+        deep = {"a": deep}
+    status, body = await post(daemon, [event("ok-1"), event("deep-1", properties=deep), event("ok-2")])
+    assert status == 200 and [r["status"] for r in body["results"]] == ["ingested", "rejected", "ingested"]
+    assert "properties" in body["results"][1]["error"]

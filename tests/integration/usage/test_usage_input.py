@@ -22,6 +22,7 @@ GOOD = {"transaction_id": "ok-1", "external_customer_id": "t_bad", "code": "api_
         ({**GOOD, "transaction_id": ""}, "events[3].transaction_id"),
         ({**GOOD, "timestamp": "next tuesday"}, "events[3].timestamp"),
         ("not an event", "events[3].event"),
+        ({**GOOD, "properties": {"blob": "x" * 5000}}, "events[3].properties"),
     ],
 )
 async def test_a_bad_event_rejects_the_whole_batch(
@@ -69,3 +70,16 @@ async def test_without_a_daemon_usage_counts_locally(make_sidecar: SidecarFactor
     assert (await sidecar.post("/v1/usage/batch", json={"events": events("t_local", 4)})).status == 202
     assert await used(sidecar, "t_local") == 4
     assert (await usage_status(sidecar))["delivery"] is None
+
+
+async def test_deeply_nested_properties_are_refused_at_intake(make_sidecar: SidecarFactory) -> None:
+    """980 levels once got a 202 and then broke delivery for every tenant, across restarts."""
+    sidecar = await make_sidecar(None)
+    deep = '{"a":' * 979 + "{}" + "}" * 979
+    body = '{"event": {"transaction_id": "deep", "external_customer_id": "t_bad", "code": "api_calls",'
+    body += f' "properties": {deep}}}}}'
+    response = await sidecar.post("/v1/usage", data=body, headers={"Content-Type": "application/json"})
+    answer = await response.json()
+    assert response.status == 400 and answer["error"]["field"] == "event.properties", answer
+    assert "32 levels" in answer["error"]["message"]
+    assert (await usage_status(sidecar))["backlog"] == 0

@@ -1,0 +1,164 @@
+"""The follower never dies silently: a full disk, a locked replica, an import on a running sidecar."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import re
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+from click.testing import CliRunner
+
+from sidecar.app import create_app
+from sidecar.settings import SidecarSettings
+from tests.fake_feed import FakeFeed
+from tests.integration.sidecar.conftest import ClientFactory, SidecarClient
+from tests.integration.sidecar.test_follower import eventually, feed, feed_server, follower_settings, pro, sso
+from tiergate.cli import main
+
+__all__ = ["feed", "feed_server"]  # fixtures shared with test_follower
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs: a disk that can really fill up (root only; skipped where mount is refused)."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(
+            f"cannot mount a small tmpfs to fill (needs root with CAP_SYS_ADMIN): {done.stderr.strip()}"
+        )
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with filler.open("wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return filler
+
+
+async def status(client: SidecarClient) -> dict[str, Any]:
+    body: dict[str, Any] = await (await client.get("/v1/status")).json()
+    return body
+
+
+async def metric(client: SidecarClient, sample: str) -> float:
+    text = await (await client.get("/metrics")).text()
+    found = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.MULTILINE)
+    assert found, f"{sample} not exported"
+    return float(found.group(1))
+
+
+def many(feed: FakeFeed, prefix: str, n: int) -> None:
+    for i in range(n):
+        feed.upsert(pro(f"{prefix}{i}"))
+
+
+async def test_a_full_disk_is_shown_and_the_follower_recovers(
+    aiohttp_client: ClientFactory,
+    settings: SidecarSettings,
+    small_disk: Path,
+    feed: FakeFeed,
+    feed_server: TestServer,
+) -> None:
+    feed.upsert(pro("acme"))
+    url = str(feed_server.make_url("/"))
+    config = follower_settings(settings, small_disk, url, follower_backoff_max_s=0.3)
+    client = await aiohttp_client(create_app(config))
+    await eventually(lambda: _allowed(client, "acme"))
+    filler = fill(small_disk)
+    many(feed, "full", 3000)  # far more pages than the replica's write-ahead log holds
+
+    async def failing_loudly() -> bool:
+        daemon = (await status(client))["daemon"]
+        return daemon["failing"] == "replica" and not daemon["connected"]
+
+    await eventually(failing_loudly)
+    daemon = (await status(client))["daemon"]
+    assert "full" in daemon["last_error"], daemon
+    ready = await client.get("/readyz")
+    assert ready.status == 503 and "follower" in (await ready.json())["failing"]
+    assert await metric(client, 'tiergate_follower_failures_total{kind="replica"}') >= 1
+    assert await metric(client, "tiergate_follower_connected") == 0
+    assert (await sso(client, "acme"))["allow"] is True  # still answering from what it has
+
+    filler.unlink()  # space comes back: the follower catches up on its own
+    await eventually(lambda: _allowed(client, "full2999"))
+    assert (await client.get("/readyz")).status == 200
+    assert (await status(client))["daemon"]["failing"] is None
+    assert await metric(client, "tiergate_follower_connected") == 1
+
+
+async def test_a_locked_replica_and_an_import_on_a_running_sidecar(
+    aiohttp_client: ClientFactory,
+    settings: SidecarSettings,
+    tmp_path: Path,
+    feed: FakeFeed,
+    feed_server: TestServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    feed.upsert(pro("acme"))
+    url = str(feed_server.make_url("/"))
+    config = follower_settings(
+        settings, tmp_path, url, follower_backoff_max_s=0.3, replica_busy_timeout_s=0.1
+    )
+    crashed = tmp_path / ".snapshot-crashed"  # a download a crash left behind
+    crashed.mkdir()
+    (crashed / "snapshot.ndjson").write_bytes(b"{}" * 1000)
+    client = await aiohttp_client(create_app(config))
+    await eventually(lambda: _allowed(client, "acme"))
+    assert not crashed.exists()
+
+    other = sqlite3.connect(config.replica_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock longer than the busy timeout
+    feed.upsert(pro("globex"))
+
+    async def locked_out() -> bool:
+        daemon = (await status(client))["daemon"]
+        return daemon["failing"] == "replica" and "locked" in (daemon["last_error"] or "")
+
+    await eventually(locked_out)
+    other.execute("ROLLBACK")
+    other.close()
+    await eventually(lambda: _allowed(client, "globex"))
+
+    # `tiergate replica import` (documented) while the follower keeps writing
+    document = tmp_path / "import.json"
+    accounts = [{**pro(f"imp{i}"), "version": 0} for i in range(2000)]
+    document.write_text(
+        json.dumps({"accounts": [{k: v for k, v in a.items() if k != "version"} for a in accounts]})
+    )
+    monkeypatch.setenv("TIERGATE_REPLICA_PATH", str(config.replica_path))
+    importing = asyncio.to_thread(CliRunner().invoke, main, ["replica", "import", str(document)])
+    many(feed, "during", 200)
+    result = await importing
+    assert result.exit_code == 0, result.output
+    feed.upsert(pro("after"))
+    await eventually(lambda: _allowed(client, "after"))
+    assert (await status(client))["daemon"]["failing"] is None
+
+
+async def _allowed(client: SidecarClient, tenant: str) -> bool:
+    return bool((await sso(client, tenant))["allow"])
