@@ -140,6 +140,7 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
             log_denies=settings.decision_log_denies,
             staleness_budget_s=settings.staleness_budget_s if settings.daemon_url else None,
             not_ready=settings.not_ready_answer if settings.daemon_url else None,
+            since_contact=app[FOLLOWER].seconds_since_contact if FOLLOWER in app else None,
         )
         reloader = PolicyReloader(
             engine,
