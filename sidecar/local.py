@@ -56,7 +56,7 @@ class OutboxLedger(UsageLedger):
         for key in self._counted.keys() | fresh.keys():
             delta = fresh.get(key, 0) - self._counted.get(key, 0)
             if delta:
-                self.add(key, delta)  # tells the decision cache the tenant's answers changed
+                self.add(key, delta)  # tells the subscribers (the decision cache) the tenant changed
         self._counted = fresh
 
     def _connect(self) -> sqlite3.Connection | None:
