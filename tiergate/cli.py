@@ -6,9 +6,10 @@ This is the composition root: the one module of the core that imports the server
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TextIO
@@ -302,8 +303,15 @@ def _serve(run: Callable[[], None], *, json: bool, level: str, process: str) -> 
     log = structlog.get_logger("tiergate.cli")
     for variable, closest in _unknown_settings(process):
         log.warning("unknown_setting", variable=variable, did_you_mean=closest)
-    try:
+    with _one_line_errors(level):
         run()
+
+
+@contextlib.contextmanager
+def _one_line_errors(level: str) -> Iterator[None]:
+    """A failure is one line and exit code 1, with a traceback only at TIERGATE_LOG_LEVEL=debug."""
+    try:
+        yield
     except Exception as exc:
         if level == "debug":
             raise
@@ -340,7 +348,10 @@ def sync_command(full: bool) -> None:
 
     settings = _daemon_settings()
     configure_logging(json=False, level="warning")
-    with click.progressbar(length=0, label="subscriptions", show_pos=True, show_percent=False) as bar:
+    with (
+        _one_line_errors(settings.log_level),
+        click.progressbar(length=0, label="subscriptions", show_pos=True, show_percent=False) as bar,
+    ):
         summary = run_full_sync(settings, progress=bar.update)
     click.echo(
         f"{'ok' if summary.ok else 'FAILED'}: {summary.subscriptions} subscriptions listed, "

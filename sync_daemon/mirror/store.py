@@ -344,7 +344,12 @@ class Mirror:
 
 
 def _open_writer(path: Path) -> sqlite_utils.Database:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MirrorError(
+            f"cannot create the directory of mirror {path} (TIERGATE_MIRROR_PATH): {exc.strerror}"
+        ) from exc
     try:
         db = sqlite_utils.Database(path)
         db.execute("PRAGMA journal_mode=WAL")

@@ -252,3 +252,20 @@ def test_plans_check_defaults_to_tiergate_plans(tmp_path: Path, monkeypatch: pyt
     result = CliRunner().invoke(main, ["plans", "check"])
     assert result.exit_code == 1
     assert f"{plans}: invalid" in result.output
+
+
+@pytest.mark.usefixtures("daemon_env")
+def test_sync_full_fails_in_one_line_naming_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    monkeypatch.setenv("TIERGATE_MIRROR_PATH", str(not_a_directory / "mirror.db"))
+    monkeypatch.setenv("TIERGATE_PLANS", str(ROOT / "plans" / "plans.yaml"))
+    result = CliRunner().invoke(main, ["sync", "--full"])
+    assert result.exit_code == 1
+    assert (
+        f"error: cannot create the directory of mirror {not_a_directory / 'mirror.db'} "
+        "(TIERGATE_MIRROR_PATH): File exists"
+    ) in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
