@@ -48,6 +48,8 @@ class TiergateClient:
             )
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        if retries < 0 or pool_size < 1:
+            raise ValueError(f"retries must be >= 0 and pool_size >= 1, got {retries} and {pool_size}")
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.fail_policy = fail_policy or FailPolicy()

@@ -109,6 +109,13 @@ def test_unreachable_follows_the_declared_policy() -> None:
         assert (reservation.allow, reservation.reserved) == (False, False)
         with pytest.raises(SidecarUnreachableError, match="failed after"):
             client.record_usage({"external_customer_id": "acme", "code": "api_calls"})
+    for bad in ({"timeout_s": 0}, {"retries": -1}, {"pool_size": 0}):
+        with pytest.raises(ValueError):
+            TiergateClient("http://127.0.0.1:9191", **bad)  # type: ignore[arg-type]  # the point: refused
+        with pytest.raises(ValueError):
+            AsyncTiergateClient("http://127.0.0.1:9191", **bad)  # type: ignore[arg-type]  # the point: refused
+    with pytest.raises(ValueError, match="must be http"):
+        TiergateClient("https://sidecar:9191")
     with pytest.raises(ValueError, match="fail_sometimes"):
         FailPolicy(features={"sso": "fail_sometimes"})  # type: ignore[dict-item]  # the point: refused
 
