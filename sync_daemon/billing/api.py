@@ -69,7 +69,7 @@ async def create_checkout_session(request: web.Request) -> web.Response:
     )
     if account is not None and account.subscription_id and account.status in HOLDS_SUBSCRIPTION:
         raise ConflictError(
-            f"tenant {body.tenant!r} already has a {account.status} {account.tier!r} subscription; "
+            f"tenant {body.tenant!r} already has a subscription ({account.status}, tier {account.tier!r}); "
             f"change it with POST /v1/subscriptions/{body.tenant}/change",
             field="tenant",
         )

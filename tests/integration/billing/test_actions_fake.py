@@ -80,6 +80,7 @@ async def test_checkout_while_subscribed_is_409_pointing_to_change(billing: Bill
     await billing.seed()
     status, body = await billing.post("/v1/checkout/sessions", {**CHECKOUT, "tenant": "t_acme"})
     assert status == 409 and "/v1/subscriptions/t_acme/change" in body["error"]["message"]
+    assert "'t_acme' already has a subscription (active, tier 'starter')" in body["error"]["message"]
     assert billing.stripe.calls == []
 
 
