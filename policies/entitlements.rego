@@ -3,7 +3,7 @@
 # Input (built by the sidecar, tiergate/decide.py build_input; times are RFC 3339 UTC, any may be null):
 #   {"tenant", "feature", "quantity", "now",
 #    "account": null | {"tier", "status", "quantity", "current_period_start", "current_period_end",
-#                       "trial_end", "cancel_at_period_end", "past_due_since"},
+#                       "trial_end", "cancel_at_period_end", "past_due_since", "addons": {"<add-on>": qty}},
 #    "usage": {"<metric code>": used so far in `period`},
 #    "period": {"start", "end"},          # the billing period `usage` belongs to
 #    "replica": {"age_seconds"},
@@ -201,8 +201,66 @@ effective_answer := answer(effective_tier)
 answer(tier) := verdict(feature_value(tier))
 
 # The feature's value on a tier: true, false, {limit: N} or {} (unlimited); a tier that does not
-# list the feature does not have it.
-feature_value(tier) := object.get(data.plans.tiers[tier].features, input.feature, false)
+# list the feature does not have it. On the tier the subscription grants, its add-ons and its
+# purchased quantity (`limit_by: quantity`) count too.
+feature_value(tier) := with_addons(purchased(tier_value(tier))) if {
+	tier == subscribed_tier
+	granted
+} else := tier_value(tier)
+
+tier_value(tier) := object.get(data.plans.tiers[tier].features, input.feature, false)
+
+# `limit_by: quantity`: the limit is what the customer bought (seats), capped by `limit` if given.
+purchased(value) := {"limit": min([value.limit, account.quantity])} if {
+	is_object(value)
+	object.get(value, "limit_by", null) == "quantity"
+	is_number(object.get(value, "limit", null))
+	is_number(account.quantity)
+} else := {"limit": account.quantity} if {
+	is_object(value)
+	object.get(value, "limit_by", null) == "quantity"
+	object.get(value, "limit", null) == null
+	is_number(account.quantity)
+} else := value
+
+# -- add-ons: extra subscription items (catalog `addons:`) ---------------------------------------
+
+default held_addons := {}
+
+held_addons := account.addons if is_object(account.addons)
+
+# What each add-on the subscription holds does to the requested feature: limits it adds, and
+# whether one turns the feature on.
+addon_effects[name] := effect if {
+	some name, qty in held_addons
+	qty > 0
+	effect := data.plans.addons[name].features[input.feature]
+}
+
+addon_additions[name] := held_addons[name] * effect.add_limit if {
+	some name, effect in addon_effects
+	is_object(effect)
+}
+
+addon_bonus := sum([n | n := addon_additions[_]])
+
+addon_on if {
+	some effect in addon_effects
+	effect == true
+}
+
+with_addons(value) := value if {
+	count(addon_effects) == 0
+} else := {"limit": value.limit + addon_bonus} if {
+	is_object(value)
+	is_number(object.get(value, "limit", null))
+} else := value if {
+	value != false # true or unlimited: nothing to add
+} else := {"limit": addon_bonus} if {
+	addon_bonus > 0
+} else := true if {
+	addon_on
+} else := value
 
 verdict(true) := allowed(null)
 

@@ -496,3 +496,80 @@ test_missing_or_malformed_overrides_are_ignored if {
 	decide(request_with("reports", {"overrides": null})).reason == "not_in_plan"
 	decide(request_with("reports", {"overrides": []})).reason == "not_in_plan"
 }
+
+# -- add-ons and seats ---------------------------------------------------------------------------
+
+selling_plans := object.union(fixture_plans, {
+	"tiers": object.union(fixture_plans.tiers, {
+		"free": object.union(fixture_plans.tiers.free, {"features": object.union(
+			fixture_plans.tiers.free.features,
+			{"seats": {"limit": 3}, "storage_gb": {"limit": 1}},
+		)}),
+		"pro": object.union(fixture_plans.tiers.pro, {"features": object.union(
+			fixture_plans.tiers.pro.features,
+			{"seats": {"limit": 25, "limit_by": "quantity"}, "storage_gb": {"limit": 100}, "sso": false},
+		)}),
+		"enterprise": object.union(fixture_plans.tiers.enterprise, {"features": object.union(
+			fixture_plans.tiers.enterprise.features,
+			{"seats": {"limit_by": "quantity"}, "storage_gb": {}},
+		)}),
+	}),
+	"addons": {
+		"extra_storage": {"prices": {}, "features": {"storage_gb": {"add_limit": 100}}},
+		"sso_pack": {"prices": {}, "features": {"sso": true}},
+		"reports_credits": {"prices": {}, "features": {"reports": {"add_limit": 10}}},
+	},
+})
+
+sell(doc) := d if {
+	d := entitlements.decision with input as doc with data.plans as selling_plans
+}
+
+with_usage(doc, usage) := object.union(doc, {"usage": usage})
+
+test_an_addon_raises_a_limit_by_its_quantity if {
+	doc := subscribed("storage_gb", "pro", "active", {"addons": {"extra_storage": 2}})
+	d := sell(with_usage(doc, {"storage_gb": 250}))
+	d.allow == true
+	d.limit == 300
+	d.remaining == 50
+	sell(with_usage(subscribed("storage_gb", "pro", "active", {}), {"storage_gb": 250})).reason == "limit_exceeded"
+}
+
+test_an_addon_turns_a_feature_on_or_gives_a_limit_the_tier_lacks if {
+	sell(subscribed("sso", "pro", "active", {"addons": {"sso_pack": 1}})).allow == true
+	sell(subscribed("sso", "pro", "active", {})).reason == "not_in_plan"
+	# free denies reports; on pro-with-credits the tier already allows it: unlimited stays unlimited
+	d := sell(subscribed("reports", "pro", "active", {"addons": {"reports_credits": 3}}))
+	d.allow == true
+	d.limit == null
+}
+
+test_an_addon_does_nothing_when_the_tier_is_not_granted_or_its_quantity_is_zero if {
+	overdue := {"past_due_since": "2026-11-01T00:00:00Z", "addons": {"sso_pack": 1}}
+	sell(subscribed("sso", "pro", "past_due", overdue)).allow == false
+	sell(subscribed("sso", "pro", "active", {"addons": {"sso_pack": 0}})).allow == false
+	sell(subscribed("sso", "pro", "active", {"addons": {"unknown_pack": 4}})).allow == false
+	unlimited := sell(with_usage(subscribed("storage_gb", "enterprise", "active", {"addons": {"extra_storage": 1}}), {"storage_gb": 5000}))
+	unlimited.allow == true
+	unlimited.limit == null
+}
+
+test_seats_are_what_was_bought_capped_by_the_tier if {
+	bought := subscribed("seats", "pro", "active", {"quantity": 5})
+	sell(with_usage(bought, {"seats": 4})).allow == true
+	full := sell(with_usage(bought, {"seats": 5}))
+	full.allow == false
+	full.reason == "limit_exceeded"
+	full.limit == 5
+	capped := sell(with_usage(subscribed("seats", "pro", "active", {"quantity": 40}), {"seats": 30}))
+	capped.limit == 25
+	sell(with_usage(subscribed("seats", "enterprise", "active", {"quantity": 400}), {"seats": 399})).limit == 400
+	# no subscription: the default tier's plain limit
+	sell(with_usage(request("seats"), {"seats": 2})).limit == 3
+}
+
+test_an_override_beats_seats_bought if {
+	doc := with_usage(subscribed("seats", "pro", "active", {"quantity": 5}), {"seats": 5})
+	sell(with_override(doc, "seats", {"limit": 50}, null)).allow == true
+}

@@ -26,6 +26,12 @@ class Policies:
         bundle = self.reloader.bundle
         return set() if bundle is None else bundle.catalog.features
 
+    def addon_features(self) -> dict[str, set[str]]:
+        """Each catalog add-on and the features it changes."""
+        bundle = self.reloader.bundle
+        addons = {} if bundle is None else bundle.catalog.addons
+        return {name: set(addon.features) for name, addon in addons.items()}
+
     def status(self) -> dict[str, Any]:
         return self.reloader.status()
 

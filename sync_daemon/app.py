@@ -19,6 +19,9 @@ from sync_daemon.metrics import DaemonMetrics
 from sync_daemon.mirror.feed import feed_changes, feed_snapshot
 from sync_daemon.mirror.store import Mirror
 from sync_daemon.ops import add_ops_routes
+from sync_daemon.outbound.api import add_outbound_routes
+from sync_daemon.outbound.delivery import Outbound, WebhookSender
+from sync_daemon.outbound.delivery import stop as stop_sender
 from sync_daemon.overrides import add_override_routes
 from sync_daemon.settings import DaemonSettings
 from sync_daemon.sinks.service import sinks_ctx
@@ -69,7 +72,10 @@ async def open_services(
     source = billing or make_billing(settings)
     try:
         metrics = DaemonMetrics(feed_seq=lambda: mirror.seq)
-        applier = EventApplier(mirror, source, translator, metrics, refetch=settings.stripe_refetch)
+        outbound = Outbound(settings.webhook_endpoint_list, translator.catalog)
+        applier = EventApplier(
+            mirror, source, translator, metrics, refetch=settings.stripe_refetch, outbound=outbound
+        )
         yield Services(mirror, source, metrics, applier, Reconciler(mirror, source, translator, metrics))
     finally:
         if billing is None:  # a billing passed in belongs to the caller
@@ -94,12 +100,14 @@ def create_app(
     app.cleanup_ctx.append(_scheduler_ctx)
     app.cleanup_ctx.append(billing_actions_ctx(actions))
     app.cleanup_ctx.append(sinks_ctx(sink_http))
+    app.cleanup_ctx.append(_webhook_sender_ctx)
     app.router.add_post("/webhooks/stripe", receive_stripe_event)
     app.router.add_get("/v1/feed/snapshot", feed_snapshot)
     app.router.add_get("/v1/feed/changes", feed_changes)
     add_ops_routes(app)
     add_billing_routes(app)
     add_override_routes(app)
+    add_outbound_routes(app)
     add_usage_routes(app, catalog)
     return app
 
@@ -116,6 +124,25 @@ def _services_ctx(billing: BillingSource | None) -> Callable[[web.Application], 
             yield
 
     return ctx
+
+
+async def _webhook_sender_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Deliver the outbound webhook queue while the daemon runs (when endpoints are configured)."""
+    settings = app[SETTINGS]
+    if not settings.webhook_endpoint_list or settings.webhook_secret is None:
+        yield
+        return
+    sender = WebhookSender(
+        app[MIRROR],
+        settings.webhook_secret.get_secret_value(),
+        max_attempts=settings.webhook_max_attempts,
+        retry_base_s=settings.webhook_retry_base_s,
+        timeout_s=settings.webhook_timeout_s,
+        on_result=lambda outcome: app[METRICS].outbound.labels(outcome).inc(),
+    )
+    task = asyncio.create_task(sender.run(), name="webhook-sender")
+    yield
+    await stop_sender(task)
 
 
 async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -142,6 +169,18 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
         max_instances=1,
         coalesce=True,
     )
+    if settings.webhook_endpoint_list:
+        outbound = app[APPLIER].outbound
+        assert outbound is not None
+        scheduler.add_job(
+            outbound.scan_graces,
+            "interval",
+            seconds=settings.webhook_grace_scan_s,
+            args=[mirror],
+            id="grace_scan",
+            max_instances=1,
+            coalesce=True,
+        )
     scheduler.start()
     yield
     scheduler.shutdown(wait=False)

@@ -35,6 +35,12 @@ class DaemonMetrics:
             "tiergate_feed_seq", "The newest sequence number in the change log.", registry=self.registry
         )
         self.feed_seq.set_function(feed_seq)
+        self.outbound = Counter(
+            "tiergate_outbound_webhook_attempts",
+            "Outbound webhook delivery attempts, by outcome: delivered, retry, failed (gave up).",
+            ["outcome"],
+            registry=self.registry,
+        )
         # The same counts as data for /v1/status (prometheus counters are awkward to read back).
         self.webhook_tally: Tally[tuple[str, str]] = Tally()
 

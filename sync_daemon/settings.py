@@ -58,6 +58,13 @@ class DaemonSettings(BaseSettings):
     sink_poll_s: Annotated[float, Field(gt=0, le=300)] = 5.0
     sink_backoff_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     sink_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    # Outbound webhooks to the platform (comma-separated http(s) URLs), signed with the secret.
+    webhook_endpoints: str = ""
+    webhook_secret: SecretStr | None = None
+    webhook_max_attempts: Annotated[int, Field(ge=1, le=100)] = 12
+    webhook_retry_base_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    webhook_timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0
+    webhook_grace_scan_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
 
     @model_validator(mode="after")
     def _lago_needs_both(self) -> DaemonSettings:
@@ -67,6 +74,26 @@ class DaemonSettings(BaseSettings):
                 "sink on, or neither"
             )
         return self
+
+    @model_validator(mode="after")
+    def _webhooks_need_a_secret(self) -> DaemonSettings:
+        if self.webhook_endpoints.strip() and self.webhook_secret is None:
+            raise ValueError(
+                "TIERGATE_WEBHOOK_ENDPOINTS needs TIERGATE_WEBHOOK_SECRET: receivers verify each delivery with it"
+            )
+        return self
+
+    @field_validator("webhook_endpoints")
+    @classmethod
+    def _endpoint_list(cls, value: str) -> str:
+        bad = [url for url in _split(value) if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not an http(s) URL")
+        return value
+
+    @property
+    def webhook_endpoint_list(self) -> list[str]:
+        return _split(self.webhook_endpoints)
 
     @field_validator("feed_token")
     @classmethod

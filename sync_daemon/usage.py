@@ -9,8 +9,9 @@ import orjson
 import structlog
 from aiohttp import web
 
+from sync_daemon.mirror.store import MirrorTxn
 from sync_daemon.mirror.usage import IngestResult, find_event, ingest_events, list_events, tenant_usage
-from sync_daemon.state import MIRROR, SETTINGS
+from sync_daemon.state import APPLIER, MIRROR, SETTINGS
 from sync_daemon.usage_query import encode_cursor, parse_query
 from tiergate.catalog import Catalog
 from tiergate.errors import BadRequestError, NotFoundError
@@ -44,7 +45,15 @@ async def ingest_batch(request: web.Request) -> web.Response:
         results.append({"transaction_id": event.transaction_id, "external_customer_id": event.tenant})
         valid.append((index, event))
     events = [event for _, event in valid]
-    outcome: IngestResult = await request.app[MIRROR].transact(lambda txn: ingest_events(txn, events, now))
+    outbound = request.app[APPLIER].outbound
+
+    def ingest(txn: MirrorTxn) -> IngestResult:
+        result = ingest_events(txn, events, now)
+        if outbound is not None:  # alerts commit with the counters that reach them
+            outbound.usage_changed(txn, result.counters)
+        return result
+
+    outcome: IngestResult = await request.app[MIRROR].transact(ingest)
     for (index, _), inserted in zip(valid, outcome.inserted, strict=True):
         results[index]["status"] = "ingested" if inserted else "duplicate"
     counts = {s: sum(r["status"] == s for r in results) for s in ("ingested", "duplicate", "rejected")}

@@ -56,11 +56,18 @@ ROUTES: list[tuple[str, str, str]] = [
     ("POST", r"/v1/invoices/create_preview", "invoice"),
     ("POST", r"/v1/prices", "price"),
     ("POST", r"/v1/prices/(?P<id>[^/]+)", "price"),
+    ("POST", r"/v1/entitlements/features", "entitlements.feature"),
+    ("POST", r"/v1/products/(?P<product>[^/]+)/features", "product_feature"),
+    ("DELETE", r"/v1/products/(?P<product>[^/]+)/features/(?P<id>[^/]+)", "deleted_product_feature"),
     ("POST", r"/v1/products", "product"),
     ("POST", r"/v1/products/(?P<id>[^/]+)", "product"),
     ("POST", r"/v1/billing/meters", "billing.meter"),
     ("POST", r"/v1/billing/meter_events", "billing.meter_event"),
 ]
+
+
+# Lists a test need not fill: an account with no Entitlements Features yet.
+EMPTY_UNLESS_GIVEN = r"entitlements/features|products/[^/]+/features"
 
 
 @dataclass(frozen=True)
@@ -152,6 +159,8 @@ class RecordingStripeHTTP(stripe.HTTPClient):
         if call.method == "GET" and name in self.lists:
             data = self.lists[name]
             return 200, listing(data(call) if callable(data) else data, call.path)
+        if call.method == "GET" and re.fullmatch(EMPTY_UNLESS_GIVEN, name):
+            return 200, listing([], call.path)
         for method, pattern, resource in ROUTES:
             match = re.fullmatch(pattern, call.path)
             if method == call.method and match:

@@ -37,6 +37,9 @@ class Metric(_Strict):
     meter: (
         Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")] | None
     ) = None
+    # Fractions of a tenant's limit that send `usage.threshold_crossed` (outbound webhooks), once
+    # per tenant, metric, period and threshold: [0.8, 1.0] warns at 80 % and at the limit.
+    alerts: list[Annotated[float, Field(gt=0, le=10)]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _sum_needs_field(self) -> Metric:
@@ -48,9 +51,14 @@ class Metric(_Strict):
 
 
 class Quota(_Strict):
-    """`{limit: N}` allows N per billing period; `{}` is on and unlimited."""
+    """`{limit: N}` allows N per billing period; `{}` is on and unlimited.
+
+    `limit_by: quantity` makes the limit what the customer bought: the subscription's quantity
+    (seats), capped by `limit` when both are given; a tenant without a subscription gets `limit`.
+    """
 
     limit: Annotated[int, Field(ge=0)] | None = None
+    limit_by: Literal["quantity"] | None = None
 
 
 def _feature_value(value: object) -> object:
@@ -98,6 +106,31 @@ class Tier(_Strict):
     features: dict[Identifier, FeatureValue] = Field(default_factory=dict)
 
 
+class AddonLimit(_Strict):
+    """What one unit of an add-on adds to a feature's limit (times the item's quantity)."""
+
+    add_limit: Annotated[int, Field(ge=1)]
+
+
+def _addon_effect(value: object) -> object:
+    if value is True or isinstance(value, AddonLimit):
+        return value
+    if isinstance(value, dict):
+        return AddonLimit.model_validate(value)
+    raise ValueError(f"an add-on's feature is true (turns it on) or {{add_limit: N}}; got {value!r}")
+
+
+AddonEffect = Annotated[bool | AddonLimit, BeforeValidator(_addon_effect)]
+
+
+class Addon(_Strict):
+    """A Stripe price bought as an extra subscription item, changing features on top of the tier."""
+
+    name: str | None = None
+    prices: dict[Interval, Price]
+    features: dict[Identifier, AddonEffect]
+
+
 class Route(_Strict):
     """An ingress rule: requests matching method and glob path need `feature` and consume `usage`."""
 
@@ -121,6 +154,7 @@ class Catalog(_Strict):
     default_tier: Identifier
     metrics: dict[Identifier, Metric] = Field(default_factory=dict)
     tiers: dict[Identifier, Tier]
+    addons: dict[Identifier, Addon] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
     ingress: Ingress = Field(default_factory=Ingress)
     checkout: CheckoutOptions = Field(default_factory=CheckoutOptions)
@@ -134,6 +168,12 @@ class Catalog(_Strict):
             for interval, price in tier.prices.items():
                 if price.lookup_key == key:
                     return tier_name, interval
+        return None
+
+    def addon_for_lookup_key(self, key: str) -> str | None:
+        for name, addon in self.addons.items():
+            if any(price.lookup_key == key for price in addon.prices.values()):
+                return name
         return None
 
     def policy_data(self) -> dict[str, Any]:
@@ -168,6 +208,14 @@ def _cross_field_problems(raw: Mapping[str, Any]) -> list[tuple[str, str]]:
         for interval, price in _mapping(_mapping(tier).get("prices")).items():
             problems += _price_problems(_mapping(price), f"tiers.{name}.prices.{interval}", seen_keys)
     features = {f for tier in tiers.values() for f in _mapping(_mapping(tier).get("features"))}
+    for name, addon in _mapping(raw.get("addons")).items():
+        for interval, price in _mapping(_mapping(addon).get("prices")).items():
+            problems += _price_problems(_mapping(price), f"addons.{name}.prices.{interval}", seen_keys)
+        for changed in _mapping(_mapping(addon).get("features")):
+            if changed not in features:
+                problems.append(
+                    (f"addons.{name}.features.{changed}", f"{changed!r} is in no tier's features")
+                )
     metrics = _mapping(raw.get("metrics"))
     routes = raw.get("routes")
     for i, route in enumerate(routes if isinstance(routes, list) else []):
@@ -232,7 +280,7 @@ def load_catalog(path: Path) -> Catalog:
 
 def _dotted(loc: tuple[int | str, ...]) -> str:
     # pydantic reports union members ("bool", "Quota") as path parts: they are not fields.
-    parts = [p for p in loc if p not in ("bool", "Quota", "[key]")]
+    parts = [p for p in loc if p not in ("bool", "Quota", "AddonLimit", "[key]")]
     out = ""
     for part in parts:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))

@@ -69,6 +69,8 @@ class Account(BaseModel):
     pending_at: AwareDatetime | None = None
     # The Stripe subscription id: what a Lago event's `external_subscription_id` names.
     subscription_id: str | None = None
+    # Catalog add-ons the subscription holds as extra items: add-on -> quantity.
+    addons: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
 
 
 class UsageCounter(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,7 @@ async def entitlements(request: web.Request) -> web.Response:
     decisions = {feature: await decide(tenant, feature, 1) for feature in sorted(features)}
     row = request.app[READER].account(tenant)
     sources = value_sources(request.app[READER].overrides(tenant), rfc3339(utc_now()) or "")
+    sources = addon_sources(row, request.app[POLICIES].addon_features()) | sources  # an override wins
     first = next(iter(decisions.values()), None)
     return json_response(
         {
@@ -112,6 +114,14 @@ def value_sources(overrides: dict[str, dict[str, Any]], now_text: str) -> dict[s
         for feature, found in overrides.items()
         if found.get("expires_at") is None or now_text < str(found["expires_at"])
     }
+
+
+def addon_sources(row: AccountRow | None, addon_features: dict[str, set[str]]) -> dict[str, str]:
+    """The features an add-on the subscription holds changes (add-on -> its features in the catalog)."""
+    if row is None or not row.addons:
+        return {}
+    held = [name for name, quantity in json.loads(row.addons).items() if quantity > 0]
+    return {feature: "addon" for name in held for feature in addon_features.get(name, ())}
 
 
 def _pending_change(row: AccountRow | None) -> dict[str, Any] | None:

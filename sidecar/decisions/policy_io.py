@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -47,6 +48,7 @@ def account_document(row: AccountRow | None) -> dict[str, Any] | None:
         "trial_end": row.trial_end,
         "cancel_at_period_end": bool(row.cancel_at_period_end),
         "past_due_since": row.past_due_since,
+        "addons": json.loads(row.addons) if row.addons else {},
     }
 
 

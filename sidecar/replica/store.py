@@ -44,6 +44,7 @@ ACCOUNT_COLUMNS = (
     "pending_interval",
     "pending_at",
     "subscription_id",
+    "addons",
 )
 
 
@@ -103,6 +104,12 @@ def m004_overrides(db: sqlite_utils.Database) -> None:
     )
 
 
+@MIGRATIONS()
+def m005_account_addons(db: sqlite_utils.Database) -> None:
+    # The catalog add-ons the subscription holds: JSON {addon: quantity}, NULL for none.
+    db.execute("ALTER TABLE accounts ADD COLUMN addons TEXT")
+
+
 class AccountRow(NamedTuple):
     """An accounts row as stored: times are RFC 3339 `Z` strings, booleans 0/1."""
 
@@ -120,10 +127,15 @@ class AccountRow(NamedTuple):
     pending_interval: str | None
     pending_at: str | None
     subscription_id: str | None
+    addons: str | None  # JSON {addon: quantity}; NULL when none
 
     def to_account(self) -> Account:
         return Account.model_validate(
-            {**self._asdict(), "cancel_at_period_end": bool(self.cancel_at_period_end)}
+            {
+                **self._asdict(),
+                "cancel_at_period_end": bool(self.cancel_at_period_end),
+                "addons": json.loads(self.addons) if self.addons else {},
+            }
         )
 
 
@@ -173,6 +185,7 @@ def account_row(account: Account) -> AccountRow:
         pending_interval=account.pending_interval,
         pending_at=rfc3339(account.pending_at),
         subscription_id=account.subscription_id,
+        addons=json.dumps(account.addons, sort_keys=True, separators=(",", ":")) if account.addons else None,
     )
 
 
@@ -293,6 +306,8 @@ class ReplicaWriter:
 def _exported(account: Account) -> dict[str, Any]:
     # No pending change leaves the fields out: documents written before they existed round-trip.
     body = account.model_dump(mode="json", exclude={"version"})
+    if not body["addons"]:
+        del body["addons"]  # as written before add-ons existed
     return {k: v for k, v in body.items() if v is not None or k not in _OMITTED_WHEN_NULL}
 
 

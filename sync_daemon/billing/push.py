@@ -13,7 +13,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from tiergate.catalog import Catalog
+from tiergate.catalog import Catalog, Price
+
+# Products of add-ons are keyed "addon:<name>" where tiers' are keyed by the tier's name.
+ADDON_PREFIX = "addon:"
+
+
+def what(key: str) -> str:
+    """A product key as people read it: `tier 'pro'` or `add-on 'extra_storage'`."""
+    return f"add-on {key.removeprefix(ADDON_PREFIX)!r}" if key.startswith(ADDON_PREFIX) else f"tier {key!r}"
+
+
+def sellables(catalog: Catalog) -> list[tuple[str, str, dict[str, Price]]]:
+    """(product key, product name, prices by interval) of every tier with prices and every add-on."""
+    found: list[tuple[str, str, dict[str, Price]]] = [
+        (name, tier.name or name, {str(k): p for k, p in tier.prices.items()})
+        for name, tier in catalog.tiers.items()
+        if tier.prices
+    ]
+    found += [
+        (ADDON_PREFIX + name, addon.name or name, {str(k): p for k, p in addon.prices.items()})
+        for name, addon in catalog.addons.items()
+    ]
+    return found
 
 
 @dataclass(frozen=True)
@@ -52,7 +74,7 @@ class CreateProduct:
     name: str
 
     def describe(self) -> str:
-        return f"create product for tier {self.tier!r} ({self.name})"
+        return f"create product for {what(self.tier)} ({self.name})"
 
 
 @dataclass(frozen=True)
@@ -62,7 +84,7 @@ class UpdateProduct:
     name: str
 
     def describe(self) -> str:
-        return f"update product {self.product_id} (tier {self.tier!r}): name {self.name!r}, active"
+        return f"update product {self.product_id} ({what(self.tier)}): name {self.name!r}, active"
 
 
 @dataclass(frozen=True)
@@ -79,7 +101,7 @@ class CreatePrice:
         amount = f"{self.unit_amount} {self.currency}/{self.interval}"
         amount += "".join(f", {value} {currency}" for currency, value in self.currency_options)
         moved = f", moving the lookup key from {self.replaces}" if self.replaces else ""
-        return f"create price {self.lookup_key!r} for tier {self.tier!r}: {amount}{moved}"
+        return f"create price {self.lookup_key!r} for {what(self.tier)}: {amount}{moved}"
 
     def idempotency_key(self) -> str:
         # A retry of the same push reuses the price; a different change gets a different key.
@@ -135,18 +157,16 @@ def plan_push(catalog: Catalog, remote: RemoteCatalog) -> list[Change]:
     """The changes that make Stripe hold the catalog's products and prices; [] when it already does."""
     changes: list[Change] = []
     ours = {p.tier: p for p in remote.products}
-    for tier_name, tier in catalog.tiers.items():
-        if not tier.prices:
-            continue  # a tier without prices (the free default) is not sold
-        name = tier.name or tier_name
+    sold = sellables(catalog)  # a tier without prices (the free default) is not sold
+    for tier_name, name, _ in sold:
         product = ours.get(tier_name)
         if product is None:
             changes.append(CreateProduct(tier_name, name))
         elif product.name != name or not product.active:
             changes.append(UpdateProduct(product.id, tier_name, name))
     wanted: set[str] = set()
-    for tier_name, tier in catalog.tiers.items():
-        for interval, price in tier.prices.items():
+    for tier_name, _, prices in sold:
+        for interval, price in prices.items():
             wanted.add(price.lookup_key)
             holder = next((p for p in remote.prices if p.lookup_key == price.lookup_key), None)
             product = ours.get(tier_name)
@@ -226,6 +246,7 @@ class CatalogStore(Protocol):
 class PushResult:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    products: dict[str, str] = field(default_factory=dict)  # product key -> Stripe id, after the push
 
 
 async def apply_push(store: CatalogStore, remote: RemoteCatalog, changes: Sequence[Change]) -> PushResult:
@@ -235,7 +256,8 @@ async def apply_push(store: CatalogStore, remote: RemoteCatalog, changes: Sequen
     an active price for Checkout.
     """
     result = PushResult()
-    products = {p.tier: p.id for p in remote.products}
+    products = result.products
+    products.update({p.tier: p.id for p in remote.products})
     for change in changes:
         if isinstance(change, CreateProduct):
             products[change.tier] = await store.create_product(change)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import stripe
 
 from sync_daemon.billing.push import (
+    ADDON_PREFIX,
     Change,
     CreateMeter,
     CreatePrice,
@@ -21,11 +23,22 @@ from sync_daemon.billing.push import (
     apply_push,
     plan_push,
 )
+from sync_daemon.billing.push_features import (
+    Attachment,
+    CreateFeature,
+    DetachFeature,
+    FeatureChange,
+    RemoteFeature,
+    RemoteFeatures,
+    apply_feature_push,
+    plan_features,
+)
 from sync_daemon.billing.stripe_actions import has_prices, make_client, stripe_failure
 from sync_daemon.settings import DaemonSettings
 from tiergate.catalog import Catalog
 
 TIER_KEY = "tier"  # product metadata naming the catalog tier: how a product is recognised as ours
+ADDON_KEY = "addon"  # ... or naming the catalog add-on
 
 
 class StripeCatalogStore:
@@ -46,7 +59,7 @@ class StripeCatalogStore:
         self._legacy = not await has_prices(self._client, self._base)
         try:
             products = [p.to_dict() async for p in await self._list(self._client.v1.products, {"limit": 100})]
-            ours = {p["id"]: _product(p) for p in products if (p.get("metadata") or {}).get(TIER_KEY)}
+            ours = {p["id"]: _product(p) for p in products if _key(p) is not None}
             if self._legacy:
                 listing = await self._list(self._client.v1.plans, {"limit": 100})
             else:  # currency_options come only when expanded
@@ -87,8 +100,10 @@ class StripeCatalogStore:
             raise stripe_failure(f"create the meter {change.event_name!r}", exc, self._base) from exc
 
     async def create_product(self, change: CreateProduct) -> str:
-        params: dict[str, Any] = {"name": change.name, "metadata": {TIER_KEY: change.tier}}
-        options: stripe.RequestOptions = {"idempotency_key": f"tiergate-product-{change.tier}"}
+        params: dict[str, Any] = {"name": change.name, "metadata": _metadata(change.tier)}
+        options: stripe.RequestOptions = {
+            "idempotency_key": f"tiergate-product-{change.tier}".replace(":", "-")
+        }
         try:
             product = await self._client.v1.products.create_async(params, options)  # type: ignore[arg-type]  # plain dict params
         except stripe.StripeError as exc:
@@ -108,7 +123,7 @@ class StripeCatalogStore:
         common: dict[str, Any] = {
             "product": product_id,
             "currency": change.currency,
-            "metadata": {TIER_KEY: change.tier},
+            "metadata": _metadata(change.tier),
         }
         try:
             if self._legacy:  # a Plan whose id is the lookup key: what the daemon maps back to the tier
@@ -146,6 +161,52 @@ class StripeCatalogStore:
         except stripe.StripeError as exc:
             raise stripe_failure(f"update price {change.price_id}", exc, self._base) from exc
 
+    # -- Entitlements Features (FeatureStore) -----------------------------------------------
+
+    async def read_features(self, product_ids: Sequence[str]) -> RemoteFeatures:
+        if self._legacy:  # an emulator without Prices has no Entitlements API either
+            return RemoteFeatures()
+        try:
+            listing = await self._list(self._client.v1.entitlements.features, {"limit": 100})
+            features = [_feature(f.to_dict()) async for f in listing]
+            attachments: list[Attachment] = []
+            for product_id in product_ids:
+                page = await self._client.v1.products.features.list_async(product_id, {"limit": 100})
+                async for held in page.auto_paging_iter():
+                    body = held.to_dict()
+                    lookup = (body.get("entitlement_feature") or {}).get("lookup_key")
+                    if lookup:
+                        attachments.append(Attachment(body["id"], product_id, lookup))
+        except stripe.StripeError as exc:
+            raise stripe_failure("list the entitlement features", exc, self._base) from exc
+        return RemoteFeatures(tuple(features), tuple(attachments))
+
+    async def create_feature(self, change: CreateFeature) -> str:
+        params = {"lookup_key": change.lookup_key, "name": change.name, "metadata": {"tiergate": "catalog"}}
+        options: stripe.RequestOptions = {"idempotency_key": f"tiergate-feature-{change.lookup_key}"}
+        try:
+            made = await self._client.v1.entitlements.features.create_async(params, options)  # type: ignore[arg-type]  # plain dict params
+        except stripe.StripeError as exc:
+            raise stripe_failure(f"create the feature {change.lookup_key!r}", exc, self._base) from exc
+        return str(made.id)
+
+    async def attach_feature(self, product_id: str, feature_id: str) -> None:
+        options: stripe.RequestOptions = {"idempotency_key": f"tiergate-attach-{product_id}-{feature_id}"}
+        try:
+            await self._client.v1.products.features.create_async(
+                product_id, {"entitlement_feature": feature_id}, options
+            )
+        except stripe.StripeError as exc:
+            raise stripe_failure(f"attach {feature_id} to {product_id}", exc, self._base) from exc
+
+    async def detach_feature(self, change: DetachFeature) -> None:
+        try:
+            await self._client.v1.products.features.delete_async(change.product_id, change.attachment_id)
+        except stripe.StripeError as exc:
+            raise stripe_failure(
+                f"detach {change.lookup_key!r} from {change.product_id}", exc, self._base
+            ) from exc
+
     async def _list(self, service: Any, params: dict[str, Any]) -> Any:
         page = await service.list_async(params)
         return page.auto_paging_iter()
@@ -156,8 +217,22 @@ def _product_id(obj: dict[str, Any]) -> str:
     return str(product["id"] if isinstance(product, dict) else product)
 
 
+def _key(p: dict[str, Any]) -> str | None:
+    """The product's catalog key: its tier, or `addon:<name>`; None for a product that is not ours."""
+    metadata = p.get("metadata") or {}
+    if metadata.get(TIER_KEY):
+        return str(metadata[TIER_KEY])
+    return ADDON_PREFIX + str(metadata[ADDON_KEY]) if metadata.get(ADDON_KEY) else None
+
+
+def _metadata(key: str) -> dict[str, str]:
+    if key.startswith(ADDON_PREFIX):
+        return {ADDON_KEY: key.removeprefix(ADDON_PREFIX)}
+    return {TIER_KEY: key}
+
+
 def _product(p: dict[str, Any]) -> RemoteProduct:
-    return RemoteProduct(p["id"], p["metadata"][TIER_KEY], p.get("name") or "", bool(p.get("active", True)))
+    return RemoteProduct(p["id"], _key(p) or "", p.get("name") or "", bool(p.get("active", True)))
 
 
 def _price(p: dict[str, Any]) -> RemotePrice:
@@ -182,6 +257,12 @@ def _price(p: dict[str, Any]) -> RemotePrice:
     )
 
 
+def _feature(f: dict[str, Any]) -> RemoteFeature:
+    return RemoteFeature(
+        f["id"], str(f.get("lookup_key") or ""), str(f.get("name") or ""), bool(f.get("active", True))
+    )
+
+
 def _plan(p: dict[str, Any]) -> RemotePrice:
     return RemotePrice(
         p["id"], _product_id(p), p["id"], p.get("amount"), p["currency"], p.get("interval"), bool(p["active"])
@@ -190,21 +271,30 @@ def _plan(p: dict[str, Any]) -> RemotePrice:
 
 async def push_catalog(
     catalog: Catalog, store: StripeCatalogStore, *, dry_run: bool
-) -> tuple[list[Change], PushResult]:
-    """Read Stripe, plan, and (unless `dry_run`) apply: what `tiergate plans push` runs."""
+) -> tuple[list[Change | FeatureChange], PushResult]:
+    """Read Stripe, plan, and (unless `dry_run`) apply: what `tiergate plans push` runs.
+
+    Products and prices first, then the Entitlements Features attached to them (none on an
+    emulator without Prices: it has no Entitlements API either).
+    """
     remote = await store.read()
     changes = plan_push(catalog, remote)
+    products = {p.tier: p.id for p in remote.products}
+    features = await store.read_features(list(products.values()))
+    feature_changes = [] if store.legacy else plan_features(catalog, features, products)
     if dry_run:
-        return changes, PushResult()
-    return changes, await apply_push(store, remote, changes)
+        return [*changes, *feature_changes], PushResult()
+    result = await apply_push(store, remote, changes)
+    await apply_feature_push(store, features, result.products, feature_changes, result)
+    return [*changes, *feature_changes], result
 
 
 def run_push(
     settings: DaemonSettings, catalog: Catalog, *, dry_run: bool
-) -> tuple[list[Change], PushResult, bool]:
+) -> tuple[list[Change | FeatureChange], PushResult, bool]:
     """Blocking, for the CLI: (changes, what was done, whether legacy Plans stood in for Prices)."""
 
-    async def once() -> tuple[list[Change], PushResult, bool]:
+    async def once() -> tuple[list[Change | FeatureChange], PushResult, bool]:
         http = stripe.AIOHTTPClient(timeout=settings.stripe_timeout_s)
         store = StripeCatalogStore(
             settings.stripe_api_key.get_secret_value(),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -39,6 +39,9 @@ class Override:
             "value": value_document(self.value),
             "expires_at": rfc3339(self.expires_at),
         }
+
+    def in_force(self, now: datetime | None = None) -> bool:
+        return self.expires_at is None or (now or datetime.now(UTC)) < self.expires_at
 
     def render(self, now: datetime) -> dict[str, Any]:
         """As the daemon's API answers it."""

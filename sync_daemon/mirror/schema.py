@@ -217,3 +217,45 @@ def m006_overrides(db: sqlite_utils.Database) -> None:
     db.execute(f"ALTER TABLE changes_v2 RENAME TO {CHANGES}")
     db.execute("DELETE FROM sqlite_sequence WHERE name IN (?, 'changes_v2')", [CHANGES])
     db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", [CHANGES, top])
+
+
+@MIGRATIONS()
+def m007_account_addons(db: sqlite_utils.Database) -> None:
+    # The add-ons the subscription holds besides its tier's item: JSON {addon: quantity}, NULL for none.
+    db.execute(f"ALTER TABLE {ACCOUNTS} ADD COLUMN addons TEXT")
+
+
+OUTBOUND_EVENTS = "outbound_events"
+OUTBOUND_DELIVERIES = "outbound_deliveries"
+OUTBOUND_ONCE = "outbound_once"
+
+
+@MIGRATIONS()
+def m008_outbound_webhooks(db: sqlite_utils.Database) -> None:
+    # Events for the operator's webhook endpoints, committed with the change that caused them.
+    db.execute(
+        f"""CREATE TABLE {OUTBOUND_EVENTS} (
+            id TEXT PRIMARY KEY,
+            type TEXT NOT NULL,
+            tenant TEXT,
+            body TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        ) WITHOUT ROWID"""
+    )
+    # The durable queue and delivery log: one row per (event, endpoint).
+    db.execute(
+        f"""CREATE TABLE {OUTBOUND_DELIVERIES} (
+            event_id TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'failed')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            last_status INTEGER,
+            last_error TEXT,
+            delivered_at TEXT,
+            PRIMARY KEY (event_id, endpoint)
+        ) WITHOUT ROWID"""
+    )
+    db.execute(f"CREATE INDEX outbound_due ON {OUTBOUND_DELIVERIES} (status, next_attempt_at)")
+    # Keys of events sent once only (a threshold per tenant, metric and period; a grace that ended).
+    db.execute(f"CREATE TABLE {OUTBOUND_ONCE} (key TEXT PRIMARY KEY, at TEXT NOT NULL) WITHOUT ROWID")

@@ -44,6 +44,7 @@ FEED_FIELDS = (
     "pending_interval",
     "pending_at",
     "subscription_id",
+    "addons",
 )
 _TIMES = frozenset(
     {"current_period_start", "current_period_end", "trial_end", "canceled_at", "past_due_since", "pending_at"}
@@ -77,6 +78,8 @@ class MirrorAccount:
     pending_tier: str | None = None  # a scheduled downgrade (billing actions), until it takes effect
     pending_interval: str | None = None
     pending_at: datetime | None = None
+    # Extra subscription items that are catalog add-ons: (add-on, quantity), sorted by add-on.
+    addons: tuple[tuple[str, int], ...] = ()
 
     def replace(self, **changes: Any) -> MirrorAccount:
         return dataclasses.replace(self, **changes)
@@ -98,6 +101,7 @@ class MirrorAccount:
     def feed(self) -> dict[str, Any]:
         """The Account document followers receive (exactly tiergate.models.Account's fields)."""
         row = self.row()
+        row["addons"] = dict(self.addons)
         return {name: (bool(row[name]) if name in _FLAGS else row[name]) for name in FEED_FIELDS}
 
     def feed_equal(self, other: MirrorAccount | None) -> bool:
@@ -110,6 +114,7 @@ class MirrorAccount:
             row[name] = rfc3339(row[name])
         for name in _FLAGS:
             row[name] = int(row[name])
+        row["addons"] = json.dumps(dict(self.addons)) if self.addons else None
         return row
 
     @classmethod
@@ -119,6 +124,7 @@ class MirrorAccount:
             values[name] = parse_rfc3339(values[name])
         for name in _FLAGS:
             values[name] = bool(values[name])
+        values["addons"] = tuple(sorted(json.loads(values["addons"]).items())) if values.get("addons") else ()
         return cls(**values)
 
 

@@ -15,6 +15,7 @@ import structlog
 
 from sync_daemon.metrics import DaemonMetrics
 from sync_daemon.mirror.store import CustomerLink, Mirror, MirrorAccount, MirrorTxn
+from sync_daemon.outbound.delivery import Outbound
 from sync_daemon.stripe_sync.source import BillingSource
 from sync_daemon.stripe_sync.translate import (
     CheckoutCompleted,
@@ -54,7 +55,9 @@ class EventApplier:
         metrics: DaemonMetrics,
         *,
         refetch: bool,
+        outbound: Outbound | None = None,
     ) -> None:
+        self.outbound = outbound  # outbound webhooks, enqueued with the change that causes them
         self.mirror = mirror
         self.billing = billing
         self.translator = translator
@@ -120,11 +123,10 @@ class EventApplier:
         link = txn.customer(state.customer_id) if state.customer_id else None
         if link is not None and link.deleted_at is not None and meta.created <= link.deleted_at:
             return "customer_deleted"
-        account, outcome = decide_subscription(
-            txn.account(tenant), state, tenant, meta.created, fetched=fetched
-        )
+        before = txn.account(tenant)
+        account, outcome = decide_subscription(before, state, tenant, meta.created, fetched=fetched)
         if account is not None:
-            txn.put_account(account)
+            self._changed(txn, meta, before, txn.put_account(account))
             if state.customer_id and link is None:
                 txn.link_customer(CustomerLink(state.customer_id, tenant))
         return outcome
@@ -167,10 +169,17 @@ class EventApplier:
         tenant = _tenant_in(txn, payment.tenant, payment.customer_id)
         if tenant is None:
             return "no_tenant"
-        account, outcome = decide_payment(txn.account(tenant), payment, meta.created)
+        before = txn.account(tenant)
+        account, outcome = decide_payment(before, payment, meta.created)
         if account is not None:
-            txn.put_account(account)
+            self._changed(txn, meta, before, txn.put_account(account))
         return outcome
+
+    def _changed(
+        self, txn: MirrorTxn, meta: EventMeta, before: MirrorAccount | None, after: MirrorAccount
+    ) -> None:
+        if self.outbound is not None:
+            self.outbound.account_changed(txn, before, after, {"stripe_event": meta.id, "type": meta.type})
 
     async def _checkout(self, meta: EventMeta, checkout: CheckoutCompleted) -> str:
         tenant, customer = checkout.tenant, checkout.customer_id

@@ -44,6 +44,7 @@ class SubscriptionState:
     trial_end: datetime | None
     cancel_at_period_end: bool
     canceled_at: datetime | None
+    addons: tuple[tuple[str, int], ...] = ()  # extra items whose price is a catalog add-on
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,19 @@ class Translator:
             trial_end=from_epoch(sub.get("trial_end")),
             cancel_at_period_end=bool(sub.get("cancel_at_period_end")),
             canceled_at=from_epoch(sub.get("canceled_at")),
+            addons=self._addons(sub, item),
         )
+
+    def _addons(self, sub: dict[str, Any], main: dict[str, Any]) -> tuple[tuple[str, int], ...]:
+        """Every item but the tier's that is a catalog add-on, quantities summed per add-on."""
+        found: dict[str, int] = {}
+        for item in ((sub.get("items") or {}).get("data")) or []:
+            if item is main:
+                continue
+            addon = next((self.catalog.addon_for_lookup_key(k) for k in _price_keys(item) if k), None)
+            if addon is not None:
+                found[addon] = found.get(addon, 0) + int(item.get("quantity") or 1)
+        return tuple(sorted(found.items()))
 
     def _main_item(self, sub: dict[str, Any]) -> dict[str, Any]:
         """The item that decides the tier: the first whose price maps to one, else the first."""
@@ -195,6 +208,7 @@ def decide_subscription(
         trial_end=state.trial_end,
         cancel_at_period_end=state.cancel_at_period_end,
         canceled_at=state.canceled_at,
+        addons=state.addons,
         unmapped_price=state.unmapped_price,
         stripe_updated=max(created, base.stripe_updated),
         needs_reconcile=tie,
@@ -216,6 +230,16 @@ def decide_payment(
             past_due_since=since, payment_attempts=payment.attempts, payment_updated=created
         ), "applied"
     return current.replace(past_due_since=None, payment_attempts=0, payment_updated=created), "applied"
+
+
+def _price_keys(item: dict[str, Any]) -> list[str | None]:
+    """The lookup key and id of an item's price (or legacy Plan, whose id plays the lookup key)."""
+    price, plan = item.get("price"), item.get("plan")
+    if isinstance(price, dict):
+        return [_text(price.get("lookup_key")), _text(price.get("id"))]
+    if isinstance(plan, dict):
+        return [_text(plan.get("id"))]
+    return [_text(price)]
 
 
 def from_epoch(value: Any) -> datetime | None:

@@ -98,3 +98,30 @@ def test_duplicate_lookup_keys_are_rejected() -> None:
     with pytest.raises(CatalogError) as caught:
         parse_catalog(text)
     assert any("pro_month" in msg for _, msg in caught.value.problems)
+
+
+def test_addons_are_checked_with_the_rest() -> None:
+    text = """
+default_tier: free
+tiers:
+  free: {rank: 0, features: {storage_gb: {limit: 1}}}
+  pro: {rank: 1, prices: {month: {lookup_key: pro_month, unit_amount: 1, currency: usd}}, features: {seats: {limit: 5, limit_by: quantity}}}
+addons:
+  extra:
+    prices: {month: {lookup_key: pro_month, unit_amount: 1, currency: usd}}
+    features: {storage_gb: {add_limit: 0}, teleport: true, seats: false}
+"""
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(text)
+    problems = dict(caught.value.problems)
+    assert (
+        problems["addons.extra.prices.month.lookup_key"]
+        == "'pro_month' is also used by tiers.pro.prices.month.lookup_key"
+    )
+    assert problems["addons.extra.features.teleport"] == "'teleport' is in no tier's features"
+    assert "greater than or equal to 1" in problems["addons.extra.features.storage_gb.add_limit"]
+    assert "true (turns it on) or {add_limit: N}" in problems["addons.extra.features.seats"]
+    sample = load_catalog(Path(__file__).parents[2] / "plans" / "plans.yaml")
+    assert sample.addon_for_lookup_key("extra_storage_year") == "extra_storage"
+    assert sample.addon_for_lookup_key("pro_month") is None
+    assert sample.tiers["pro"].features["seats"] == Quota(limit=25, limit_by="quantity")

@@ -19,6 +19,7 @@ from sync_daemon.billing.push import (
     apply_push,
     plan_meters,
     plan_push,
+    sellables,
 )
 from tiergate.catalog import Catalog, load_catalog, parse_catalog
 
@@ -43,9 +44,8 @@ def small() -> Catalog:
 
 def in_stripe(catalog: Catalog, legacy: bool = False) -> RemoteCatalog:
     """What Stripe holds after a successful push of `catalog`."""
-    products = [
-        RemoteProduct(f"prod_{t}", t, tier.name or t) for t, tier in catalog.tiers.items() if tier.prices
-    ]
+    sold = sellables(catalog)
+    products = [RemoteProduct(f"prod_{key}", key, name) for key, name, _ in sold]
     prices = [
         RemotePrice(
             f"price_{p.lookup_key}",
@@ -56,8 +56,8 @@ def in_stripe(catalog: Catalog, legacy: bool = False) -> RemoteCatalog:
             interval,
             currency_options=() if legacy else tuple(sorted(p.currency_options.items())),
         )
-        for t, tier in catalog.tiers.items()
-        for interval, p in tier.prices.items()
+        for t, _, prices in sold
+        for interval, p in prices.items()
     ]
     return RemoteCatalog(tuple(products), tuple(prices), legacy_plans=legacy)
 
@@ -67,11 +67,17 @@ def test_an_empty_account_gets_one_product_per_sold_tier_and_a_price_per_interva
     changes = plan_push(catalog, RemoteCatalog())
     products = [c for c in changes if isinstance(c, CreateProduct)]
     prices = [c for c in changes if isinstance(c, CreatePrice)]
-    assert [p.tier for p in products] == ["starter", "pro", "enterprise"]  # free has no prices
-    assert {p.lookup_key for p in prices} == {
-        f"{t}_{i}" for t in ("starter", "pro", "enterprise") for i in ("month", "year")
+    tiers = ["starter", "pro", "enterprise"]  # free has no prices
+    assert [p.tier for p in products] == [*tiers, "addon:extra_storage", "addon:audit_pack"]
+    assert {p.lookup_key for p in prices} == {f"{t}_{i}" for t in tiers for i in ("month", "year")} | {
+        "extra_storage_month",
+        "extra_storage_year",
+        "audit_pack_month",
     }
-    assert all(p.replaces is None for p in prices) and len(changes) == 9
+    assert all(p.replaces is None for p in prices) and len(changes) == 14
+    described = {c.describe() for c in changes}
+    assert "create product for add-on 'audit_pack' (Audit log)" in described
+    assert "create price 'audit_pack_month' for add-on 'audit_pack': 2900 usd/month" in described
 
 
 def test_a_second_run_changes_nothing() -> None:

@@ -41,6 +41,7 @@ def row(
         pending_interval="month",
         pending_at="2026-12-10T00:00:00Z",
         subscription_id="sub_1",
+        addons='{"extra_storage":2}',
     )
 
 
@@ -54,7 +55,9 @@ def test_account_document_is_what_the_policy_reads_and_nothing_more() -> None:
         "trial_end": None,
         "cancel_at_period_end": True,  # stored 0/1, a boolean for the policy
         "past_due_since": None,
+        "addons": {"extra_storage": 2},  # stored as JSON text, an object for the policy
     }
+    assert account_document(row()._replace(addons=None))["addons"] == {}  # type: ignore[index]  # a row gives a document
     assert account_document(None) is None
 
 

@@ -52,7 +52,8 @@ async def test_push_upgrade_seats_cancel_resume_reach_the_sidecar(
     settings = make_settings(tmp_path / "mirror.db", localstripe, api_token=SecretStr(API_TOKEN))
     catalog = load_catalog(ROOT / "plans" / "plans.yaml")
     changes, result, legacy = await asyncio.to_thread(run_push, settings, catalog, dry_run=False)
-    assert legacy and len(result.done) == len(changes) == 9 and result.skipped == []
+    # three tiers x two intervals and two add-ons with three prices: products and prices
+    assert legacy and len(result.done) == len(changes) == 14 and result.skipped == []
     again, _, _ = await asyncio.to_thread(run_push, settings, catalog, dry_run=False)
     assert again == []  # idempotent
 

@@ -37,6 +37,7 @@ DAEMON_MANAGED = {
     "feed_token": "secrets (feedToken key)",
     "api_token": "secrets (apiToken key)",
     "lago_api_key": "secrets (lagoApiKey key)",
+    "webhook_secret": "secrets (webhookSecret key)",
     "daemon_host": "fixed 0.0.0.0, behind the Service",
     "daemon_port": "daemon.port",
     "mirror_path": "fixed, on the mirror PVC",
