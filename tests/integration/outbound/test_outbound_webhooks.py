@@ -216,3 +216,57 @@ async def test_usage_thresholds_are_sent_once_per_tenant_metric_period_and_thres
         ]
     finally:
         await server.close()
+
+
+async def test_a_queued_event_survives_a_daemon_restart_and_gives_up_visibly(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    """Fault: the receiver is down and the daemon stops; a new daemon on the same mirror delivers."""
+    port = free_port()
+    first = await daemon(aiohttp_client, tmp_path, port)
+    created = subscription_event("customer.subscription.created", event_id="evt_restart", tenant="t_acme")
+    assert await post(first, created) == "applied"
+    await first.close()  # stopped with the delivery still pending
+
+    receiver = Receiver()
+    app = web.Application()
+    app.router.add_post("/hooks/tiergate", receiver.handle)
+    server = TestServer(app, host="127.0.0.1", port=port)
+    await server.start_server()
+    try:
+        second = await daemon(aiohttp_client, tmp_path, port)
+        await until(lambda: len(receiver.received) >= 1)
+        (event,) = receiver.events()
+        assert event["data"]["cause"]["stripe_event"] == "evt_restart"
+        response = await second.get("/v1/webhooks/deliveries?status=delivered", headers=API)
+        assert [d["event_id"] for d in (await response.json())["deliveries"]] == [event["id"]]
+    finally:
+        await server.close()
+
+    # An endpoint that never answers: the delivery gives up after max attempts, failed in the log and metric.
+    settings = make_settings(
+        tmp_path / "other.db",
+        "http://127.0.0.1:9",
+        api_token=SecretStr("api-token-outbound"),
+        stripe_refetch=False,
+        webhook_endpoints=f"http://127.0.0.1:{free_port()}/gone",
+        webhook_secret=SecretStr(SECRET),
+        webhook_retry_base_s=0.01,
+        webhook_max_attempts=3,
+    )
+    third: Client = await aiohttp_client(create_app(settings))
+    assert await post(third, created) == "applied"
+
+    async def failed() -> bool:
+        response = await third.get("/v1/webhooks/deliveries?status=failed", headers=API)
+        return len((await response.json())["deliveries"]) == 1
+
+    await until(failed)
+    response = await third.get("/v1/webhooks/deliveries?status=failed", headers=API)
+    (row,) = (await response.json())["deliveries"]
+    assert row["attempts"] == 3 and "ClientConnectorError" in row["last_error"]
+    metrics = await (await third.get("/metrics")).text()
+    assert 'tiergate_outbound_webhook_attempts_total{outcome="failed"} 1.0' in metrics
+    assert 'tiergate_outbound_webhook_attempts_total{outcome="retry"} 2.0' in metrics
+    response = await third.get("/v1/webhooks/deliveries?status=lost", headers=API)
+    assert response.status == 400 and (await response.json())["error"]["field"] == "status"
