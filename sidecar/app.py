@@ -52,6 +52,10 @@ def create_app(settings: SidecarSettings, *, engine: PolicyEngine | None = None)
     add_routes(app)
     add_usage_routes(app)  # its cleanup context needs the engine's: it comes after
     add_authz_routes(app)  # and the ingress gate's needs both
+    if settings.authz_grpc_host is not None:
+        from sidecar.ingress.grpc_ext_authz import grpc_ctx
+
+        app.cleanup_ctx.append(grpc_ctx)  # after the gate's
     app.on_startup.append(_freeze_startup_objects)
     return app
 

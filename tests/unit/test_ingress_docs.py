@@ -10,6 +10,8 @@ import pytest
 ROOT = Path(__file__).parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```nginx\n(.*?)^```", re.MULTILINE | re.DOTALL)
+YAML_FENCE = re.compile(r"^```yaml\n(.*?)^```", re.MULTILINE | re.DOTALL)
+INGRESS_DOC = ROOT / "docs" / "ingress.md"
 
 
 def shipped(kind: str) -> dict[str, str]:
@@ -32,3 +34,15 @@ def test_every_nginx_block_in_the_docs_is_part_of_a_shipped_file(doc: str, block
 
 def test_the_docs_show_the_nginx_configuration() -> None:
     assert len(blocks(FENCE)) >= 4
+
+
+@pytest.mark.parametrize("block", YAML_FENCE.findall(INGRESS_DOC.read_text()))
+def test_every_proxy_yaml_in_the_ingress_doc_is_part_of_a_shipped_file(block: str) -> None:
+    files = [path.read_text() for path in (ROOT / "deploy").rglob("*.yaml")]
+    assert any(block in text for text in files), (
+        f"docs/ingress.md shows YAML that is in no file under deploy/:\n{block}"
+    )
+
+
+def test_the_ingress_doc_shows_traefik_and_envoy() -> None:
+    assert len(YAML_FENCE.findall(INGRESS_DOC.read_text())) >= 2

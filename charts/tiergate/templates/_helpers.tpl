@@ -40,6 +40,12 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: sync-daemon
 {{- end -}}
 
+{{- define "tiergate.authzGatewaySelectorLabels" -}}
+app.kubernetes.io/name: {{ include "tiergate.name" . }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: authz-gateway
+{{- end -}}
+
 {{- define "tiergate.image" -}}
 {{- printf "%s:%s" .v.image.repository (required "tiergate: set image.tag" .v.image.tag | toString) -}}
 {{- end -}}
