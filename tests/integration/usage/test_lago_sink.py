@@ -216,3 +216,37 @@ async def test_resend_sends_again_and_lago_keeps_one_of_each(
         assert bad.exit_code == 2 and "RFC 3339" in bad.output
     finally:
         await daemon.server.close()
+
+
+async def test_a_slow_lago_times_out_and_the_retry_duplicates_nothing(
+    tmp_path: Path, lago: tuple[LagoDouble, TestServer]
+) -> None:
+    double, server = lago
+    double.delay_s = 0.5  # longer than the sink's timeout: Lago stores the batch, the sink never hears
+    url = str(server.make_url("")).rstrip("/")
+    daemon = await start_daemon(
+        tmp_path,
+        lago_api_url=url,
+        lago_api_key=SecretStr(API_KEY),
+        sink_poll_s=0.05,
+        sink_backoff_max_s=0.1,
+        sink_timeout_s=0.2,
+    )
+    try:
+        await ingest(daemon, [direct(f"s{i}") for i in range(3)])
+
+        async def timed_out() -> bool:
+            return bool((await sink_status(daemon))["errors"] >= 1)
+
+        await eventually(timed_out)
+        assert "TimeoutError" in (await sink_status(daemon))["last_error"]
+        double.delay_s = 0.0
+
+        async def delivered() -> bool:
+            return bool((await sink_status(daemon))["delivered"] == 3)
+
+        await eventually(delivered)
+        # Whether Lago finished a call the sink gave up on or not, each event is there once.
+        assert sorted(double.accepted) == ["s0", "s1", "s2"]
+    finally:
+        await daemon.server.close()
