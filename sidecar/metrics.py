@@ -28,6 +28,7 @@ class DecisionCounts(Collector):
     def __init__(self) -> None:
         self.hits = 0
         self.misses = 0
+        self.rematerialised = 0
         self.by_outcome: dict[tuple[str, bool], int] = {}
         self.buckets = [0] * (len(DECISION_BUCKETS) + 1)  # the last one is +Inf
         self.seconds = 0.0
@@ -49,6 +50,11 @@ class DecisionCounts(Collector):
         cache.add_metric(["hit"], self.hits)
         cache.add_metric(["miss"], self.misses)
         yield cache
+        yield CounterMetricFamily(
+            "tiergate_decisions_rematerialised",
+            "Answers re-decided in the background after a feed batch dropped them.",
+            value=self.rematerialised,
+        )
         cumulative, total = [], 0
         for label, count in zip(_BUCKET_LABELS, self.buckets, strict=True):
             total += count

@@ -79,11 +79,18 @@ class DecisionCache:
             _, evicted = self._tenants.popitem(last=False)  # the least recently written tenant
             self._size -= len(evicted)
 
-    def invalidate(self, tenant: str) -> None:
+    def invalidate(self, tenant: str) -> list[tuple[str, int]]:
+        """Drop `tenant`'s answers; returns their (feature, quantity) keys."""
         self.epoch += 1
         entries = self._tenants.pop(tenant, None)
-        if entries is not None:
-            self._size -= len(entries)
+        if entries is None:
+            return []
+        self._size -= len(entries)
+        return list(entries)
+
+    def holds(self, tenant: str, feature: str, quantity: int) -> bool:
+        entries = self._tenants.get(tenant)
+        return entries is not None and (feature, quantity) in entries
 
     def clear(self) -> None:
         self.epoch += 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import itertools
 import os
 import random
@@ -32,6 +34,9 @@ from tiergate.models import Decision, PolicyAnswer
 from tiergate.periods import rfc3339
 
 log = structlog.get_logger("tiergate.sidecar")
+
+# Most answers waiting to be re-decided after feed batches dropped them.
+REMATERIALISE_MAX = 10_000
 
 
 class DecisionService:
@@ -79,6 +84,8 @@ class DecisionService:
         self._as_of_epoch: float | None = None
         self._as_of_text: str | None = None
         self.shadow: ShadowPolicy | None = None  # TIERGATE_SHADOW_POLICIES: compared, never answering
+        self._to_rematerialise: collections.deque[tuple[str, str, int]] = collections.deque()
+        self._rematerialiser: asyncio.Task[None] | None = None
         self._adopt(reader.meta)
         reader.subscribe(self._replica_changed)
         ledger.subscribe(cache.invalidate)  # pending usage changes its tenant's answers
@@ -108,9 +115,48 @@ class DecisionService:
             self._generation = meta.generation
             self.cache.clear()
         else:
-            for tenant in tenants:
-                self.cache.invalidate(tenant)
+            keys = [(t, *key) for t in tenants for key in self.cache.invalidate(t)]
+            if keys:
+                self._rematerialise_soon(keys)
         self._adopt(meta)
+
+    def _rematerialise_soon(self, keys: list[tuple[str, str, int]]) -> None:
+        """Re-decide the answers a feed batch dropped in the background, so the tenant's next
+        check is a hit again (at most REMATERIALISE_MAX waiting; more are left to their checks)."""
+        room = REMATERIALISE_MAX - len(self._to_rematerialise)
+        self._to_rematerialise.extend(keys[: max(0, room)])
+        if self._rematerialiser is None or self._rematerialiser.done():
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a synchronous caller): their next checks will do it
+                self._to_rematerialise.clear()
+                return
+            self._rematerialiser = loop.create_task(self._rematerialise(), name="rematerialise")
+
+    async def _rematerialise(self) -> None:
+        while self._to_rematerialise:
+            await asyncio.sleep(0)  # requests first: one evaluation between them at a time
+            tenant, feature, quantity = self._to_rematerialise.popleft()
+            if self.ledger.in_flight(tenant) or self.cache.holds(tenant, feature, quantity):
+                continue
+            now = self.clock()
+            age = self.replica_age(now)
+            epoch = self.cache.epoch
+            answer = await self._decide_fresh(tenant, feature, quantity, now, age)
+            if answer.reason != "policy_error":
+                valid_until = expiry_epoch(answer.valid_until)
+                stale = self.is_stale(age)
+                self.cache.put(
+                    tenant,
+                    feature,
+                    quantity,
+                    answer,
+                    now=now,
+                    valid_until=valid_until,
+                    stale=stale,
+                    epoch=epoch,
+                )
+                self.counts.rematerialised += 1
 
     def _adopt(self, meta: ReplicaMeta) -> None:
         self._as_of_epoch = meta.data_as_of.timestamp() if meta.data_as_of else None

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import sqlite_utils
+import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 
@@ -26,6 +27,8 @@ from tiergate.errors import ReplicaError, dotted_location
 from tiergate.feed import KNOWN_KINDS, FeedChange, FeedOverride
 from tiergate.models import Account, UsageCounter
 from tiergate.periods import rfc3339
+
+log = structlog.get_logger("tiergate.replica")
 
 MIGRATIONS = sqlite_utils.Migrations("tiergate_replica")
 
@@ -378,20 +381,36 @@ class ReplicaReader:
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         """`read_only`: another process owns the file (an app's LocalDecisions): never create,
-        migrate or write it."""
+        migrate or write it. Its follower's batches are not announced here, so such a reader keeps
+        no in-memory index: it reads the file on each lookup and adopts every commit it notices."""
         if not read_only:
             open_replica(path).close()  # create and migrate once, then read through a plain connection
-        target = f"file:{path}?mode=ro" if read_only else str(path)
         self.path = path
-        self._conn = sqlite3.connect(
-            target, uri=read_only, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
-        )
-        self._conn.execute("PRAGMA query_only=ON")
+        self._target = f"file:{path}?mode=ro" if read_only else str(path)
+        self._uri = read_only
+        self._conn = _read_connection(self._target, self._uri)
         self._data_version = -1
         self._listeners: list[ReplicaListener] = []
         self.index = ReplicaIndex()
         self.meta = ReplicaMeta(None, None, -1, None)
-        self.refresh()
+        # While a new generation loads on a thread: the tenants batches touched meanwhile, and
+        # the position of the last one (the old index and meta keep answering, consistently).
+        self._reloading: set[str] | None = None
+        self._reloaded_position: int | None = None
+        self._reload_task: asyncio.Task[None] | None = None
+        self._data_version = self._version()
+        self._in_memory = not read_only
+        if self._in_memory:
+            self._load_now()  # at start, before anything answers: synchronously
+        else:
+            self.meta = read_meta(self._conn)
+
+    def _load_now(self) -> None:
+        with self._read() as conn:
+            meta = read_meta(conn)
+            self._load_all(conn)
+        self.meta = meta
+        self._announce(None)
 
     def subscribe(self, listener: ReplicaListener) -> None:
         self._listeners.append(listener)
@@ -402,33 +421,76 @@ class ReplicaReader:
         A new generation (an import, a snapshot) is read whole. Otherwise only the meta's
         data_as_of is adopted: rows and position change together, when the follower announces
         its batch through `applied`."""
+        if self._reloading is not None:
+            return False  # the reload adopts everything when it ends
         version = self._version()
         if version == self._data_version:
             return False
         self._data_version = version
-        with self._read() as conn:
-            meta = read_meta(conn)
-            if meta.generation != self.meta.generation:
-                self._load_all(conn)
-                self.meta = meta
-                self._announce(None)
-                return True
+        meta = read_meta(self._conn)
+        if not self._in_memory:
+            previous, self.meta = self.meta, meta
+            self._announce(None if meta.generation != previous.generation else set())
+            return True
+        if meta.generation != self.meta.generation:
+            self._reload_all()
+            return True
         self.meta = meta._replace(position=self.meta.position)
         self._announce(set())
         return True
 
     def applied(self, tenants: set[str] | None) -> None:
         """The follower committed a batch touching `tenants` (None: a whole snapshot)."""
+        if not self._in_memory:
+            self.refresh()
+            self._announce(tenants)
+            return
+        if self._reloading is not None:
+            if tenants is None:
+                self._reloading.add(_EVERYONE)
+            else:
+                self._reloading.update(tenants)
+            self._reloaded_position = read_meta(self._conn).position
+            return
         self._data_version = self._version()
         with self._read() as conn:
             meta = read_meta(conn)
-            if tenants is None or meta.generation != self.meta.generation:
-                self._load_all(conn)
-                tenants = None
-            else:
+            if tenants is not None and meta.generation == self.meta.generation:
                 self._load_tenants(conn, tenants)
-            self.meta = meta
-        self._announce(tenants)
+                self.meta = meta
+                self._announce(tenants)
+                return
+        self._reload_all()
+
+    def _reload_all(self) -> None:
+        """A new generation: read it whole on a thread while the old index keeps answering (a
+        million tenants take tens of seconds); synchronously when no event loop runs."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._load_now()
+            return
+        self._reloading, self._reloaded_position = set(), None
+        self._reload_task = loop.create_task(self._reload_in_thread(), name="replica-reload")
+
+    async def _reload_in_thread(self) -> None:
+        try:
+            index, meta = await asyncio.to_thread(_read_whole, self._target, self._uri)
+        except Exception:  # the old index keeps answering; the next refresh tries again
+            log.exception("replica_reload_failed")
+            self._reloading, self._data_version = None, -1
+            return
+        touched, self._reloading = self._reloading or set(), None
+        if _EVERYONE in touched:  # a snapshot landed meanwhile: read again
+            self._reload_all()
+            return
+        self.index = index
+        with self._read() as conn:
+            self._load_tenants(conn, touched)
+        position = self._reloaded_position if self._reloaded_position is not None else meta.position
+        self.meta = meta._replace(position=position)
+        self._data_version = -1  # the next refresh re-reads the meta (data_as_of, another import)
+        self._announce(None)
 
     async def watch(self, every_s: float = WATCH_EVERY_S) -> None:
         """Notice other processes' commits (an import) until cancelled."""
@@ -441,13 +503,31 @@ class ReplicaReader:
             listener(self.meta, tenants)
 
     def account(self, tenant: str) -> AccountRow | None:
-        return self.index.accounts.get(tenant)
+        if self._in_memory:
+            return self.index.accounts.get(tenant)
+        row = self._conn.execute(_SELECT_ACCOUNTS + " WHERE tenant = ?", (tenant,)).fetchone()
+        return AccountRow(*row) if row is not None else None
 
     def usage(self, tenant: str, period_start: str) -> dict[str, int]:
-        return self.index.usage(tenant, period_start)
+        """The tenant's counters, belonging to `meta.position` (re-read while commits land, when
+        the file is read directly)."""
+        if self._in_memory:
+            return self.index.usage(tenant, period_start)
+        usage = self._usage_from_file(tenant, period_start)
+        while self.refresh():
+            usage = self._usage_from_file(tenant, period_start)
+        return usage
+
+    def _usage_from_file(self, tenant: str, period_start: str) -> dict[str, int]:
+        rows = self._conn.execute(
+            "SELECT code, value FROM usage WHERE tenant = ? AND period_start = ?", (tenant, period_start)
+        ).fetchall()
+        return dict(rows)
 
     def count_accounts(self) -> int:
-        return len(self.index)
+        if self._in_memory:
+            return len(self.index)
+        return int(self._conn.execute("SELECT count(*) FROM accounts").fetchone()[0])
 
     def tenant_of_subscription(self, subscription_id: str) -> str | None:
         """The tenant whose account holds this Stripe subscription (a Lago external_subscription_id)."""
@@ -458,7 +538,10 @@ class ReplicaReader:
 
     def overrides(self, tenant: str) -> dict[str, dict[str, Any]]:
         """The tenant's overrides as the policy reads them: feature -> {value, expires_at}."""
-        return self.index.overrides(tenant)
+        if self._in_memory:
+            return self.index.overrides(tenant)
+        rows = self._conn.execute(_SELECT_OVERRIDES + " WHERE tenant = ?", (tenant,)).fetchall()
+        return _overrides_by_tenant(rows).get(tenant, {})
 
     def close(self) -> None:
         self._conn.close()
@@ -496,6 +579,35 @@ class ReplicaReader:
 
 
 _SELECT_USAGE = "SELECT tenant, period_start, code, value FROM usage"
+_EVERYONE = "\x00every tenant"  # in the reload's touched set: a whole snapshot arrived meanwhile
+
+
+def _read_connection(target: str, uri: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        target, uri=uri, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
+    )
+    conn.execute("PRAGMA query_only=ON")
+    return conn
+
+
+def _read_whole(target: str, uri: bool) -> tuple[ReplicaIndex, ReplicaMeta]:
+    """A new index and its meta from one read transaction, on its own connection (any thread)."""
+    conn = _read_connection(target, uri)
+    try:
+        conn.execute("BEGIN")
+        meta = read_meta(conn)
+        index = ReplicaIndex()
+        index.replace_all(
+            (_interned(AccountRow(*row)) for row in conn.execute(_SELECT_ACCOUNTS)),
+            conn.execute(_SELECT_USAGE),
+            _overrides_by_tenant(conn.execute(_SELECT_OVERRIDES)),
+        )
+        conn.execute("COMMIT")
+        return index, meta
+    finally:
+        conn.close()
+
+
 _SELECT_OVERRIDES = "SELECT tenant, feature, value, expires_at FROM overrides"
 
 

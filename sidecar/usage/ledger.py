@@ -33,7 +33,7 @@ class UsageLedger:
 
     def __init__(self) -> None:
         # Told of every tenant whose totals change, so answers cached for it are dropped.
-        self._listeners: list[Callable[[str], None]] = []
+        self._listeners: list[Callable[[str], object]] = []
         self._totals: dict[tuple[str, str], dict[str, int]] = {}
         self._periods: dict[str, int] = {}  # tenant -> how many of its (tenant, period) keys hold totals
         # (seq, tie-breaker, deltas): confirmed by the daemon, waiting for the replica to reach seq.
@@ -46,7 +46,7 @@ class UsageLedger:
         self._flight_floor: int | None = None
         self._flight_done: asyncio.Event | None = None
 
-    def subscribe(self, listener: Callable[[str], None]) -> None:
+    def subscribe(self, listener: Callable[[str], object]) -> None:
         self._listeners.append(listener)
 
     def begin_flight(self, keys: Iterable[Key], floor: int | None) -> None:

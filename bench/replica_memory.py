@@ -1,0 +1,137 @@
+"""The sidecar's memory with a large replica: RSS at rest, then after uniform load (prints figures).
+
+    .venv/bin/python bench/replica_memory.py --tenants 1000000 --load-s 300
+
+1. generates N tenants the way bench/sidecar_latency.py does (every tier and status, usage for
+   four tenants in five) and writes them into a replica file with the replica's own writer;
+2. starts `tiergate sidecar` on it and reads its RSS once ready (at rest: the in-memory index);
+3. drives uniformly random checks over all tenants with wrk (32 connections) for `--load-s`
+   seconds, reading RSS every 30 s (the materialised decisions grow up to
+   TIERGATE_DECISION_CACHE_SIZE).
+Nothing is asserted; the figures go to bench/results/replica_memory.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sidecar_latency import (
+    CHECK_FEATURES,
+    REPO,
+    WRK_SCRIPT,
+    check_lines,
+    make_replica,
+    rss_kib,
+    stop,
+    wait_ready,
+)
+
+from demo.processes import free_port
+from sidecar.replica.store import ReplicaWriter, open_replica
+from tiergate.catalog import load_catalog
+from tiergate.feed import FeedAccount, FeedUsage
+
+RESULTS = REPO / "bench" / "results" / "replica_memory.json"
+
+
+def write_replica(path: Path, document: dict[str, Any], now: datetime) -> None:
+    writer = ReplicaWriter(open_replica(path))
+    writer.replace_all(
+        (FeedAccount.model_validate(a) for a in document["accounts"]),
+        (FeedUsage.model_validate(u) for u in document["usage"]),
+        data_as_of=now,
+        source="bench",
+    )
+    writer.db.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tenants", type=int, default=1_000_000)
+    parser.add_argument("--load-s", type=float, default=300.0, help="seconds of uniform load (0: none)")
+    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    wrk = shutil.which("wrk")
+    if args.load_s > 0 and wrk is None:
+        raise SystemExit("wrk is not on PATH (apt-get install wrk)")
+    rng = random.Random(args.seed)
+    catalog = load_catalog(REPO / "plans" / "plans.yaml")
+    features = [f for f in CHECK_FEATURES if f in catalog.features]
+    now = datetime.now(UTC)
+    figures: dict[str, Any] = {"tenants": args.tenants, "when": now.isoformat(timespec="seconds")}
+    with tempfile.TemporaryDirectory(prefix="tiergate-memory-") as tmpdir:
+        tmp = Path(tmpdir)
+        began = time.monotonic()
+        document = make_replica(catalog, args.tenants, rng, now)
+        write_replica(tmp / "replica.db", document, now)
+        tenants = [a["tenant"] for a in document["accounts"]]
+        figures["usage_counters"] = len(document["usage"])
+        del document
+        print(f"replica of {args.tenants} tenants written in {time.monotonic() - began:.0f} s", flush=True)
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TIERGATE_")} | {
+            "TIERGATE_SIDECAR_PORT": str(port),
+            "TIERGATE_REPLICA_PATH": str(tmp / "replica.db"),
+            "TIERGATE_PLANS": str(REPO / "plans" / "plans.yaml"),
+            "TIERGATE_POLICIES": str(REPO / "policies"),
+            "TIERGATE_LOG_JSON": "true",
+            "TIERGATE_DECISION_LOG_SAMPLE": "0",
+            "TIERGATE_DECISION_LOG_DENIES": "false",
+        }
+        log = tmp / "sidecar.log"
+        tiergate = str(Path(sys.executable).parent / "tiergate")
+        with log.open("wb") as out:
+            started = time.monotonic()
+            sidecar = subprocess.Popen(
+                [tiergate, "sidecar"], env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+            )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(url + "/healthz", sidecar, log, timeout_s=600)
+            figures["start_s"] = round(time.monotonic() - started, 1)
+            time.sleep(2)
+            figures["rss_at_rest_mib"] = round(rss_kib(sidecar.pid)["VmRSS"] / 1024, 1)
+            print(f"at rest: {figures['rss_at_rest_mib']} MiB (ready in {figures['start_s']} s)", flush=True)
+            if args.load_s > 0 and wrk is not None:
+                requests = tmp / "uniform.txt"
+                requests.write_text("\n".join(check_lines(tenants, features, 400_000, rng)) + "\n")
+                samples = []
+                remaining = args.load_s
+                offset = 0
+                while remaining > 0:
+                    step = min(30.0, remaining)
+                    command = [wrk, "-t1", "-c32", f"-d{max(1, round(step))}s", "-s", str(WRK_SCRIPT), url]
+                    subprocess.run(
+                        [*command, "--", str(requests), str(offset)],
+                        capture_output=True,
+                        check=False,
+                        timeout=step + 60,
+                    )
+                    offset += 40_000
+                    remaining -= step
+                    rss = rss_kib(sidecar.pid)
+                    samples.append(round(rss["VmRSS"] / 1024, 1))
+                    print(f"  after {args.load_s - remaining:.0f} s of load: {samples[-1]} MiB", flush=True)
+                figures["rss_under_load_mib"] = samples
+                figures["rss_peak_mib"] = round(rss_kib(sidecar.pid)["VmHWM"] / 1024, 1)
+        finally:
+            stop(sidecar)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(figures, indent=1) + "\n")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
