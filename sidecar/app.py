@@ -14,6 +14,7 @@ from aiohttp import web
 
 from sidecar.api.authz import AUTHZ_LISTENER_PORTS, add_authz_routes, authz_listener_only
 from sidecar.api.check import add_routes
+from sidecar.api.diagnostics import DIAGNOSTICS_LISTENER_PORTS, diagnostics_listener_only
 from sidecar.api.usage import add_usage_routes
 from sidecar.decisions.cache import DecisionCache
 from sidecar.decisions.service import DecisionService, RouteResolver
@@ -41,6 +42,7 @@ def create_app(settings: SidecarSettings, *, engine: PolicyEngine | None = None)
     os.environ["RUST_LIB_BACKTRACE"] = "0"
     middlewares = [error_middleware("sidecar")]
     middlewares += [authz_listener_only] if settings.authz_host is not None else []
+    middlewares += [diagnostics_listener_only] if settings.diagnostics_host is not None else []
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_replica_ctx)
@@ -144,6 +146,7 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
             log_denies=settings.decision_log_denies,
             staleness_budget_s=settings.staleness_budget_s if settings.daemon_url else None,
             not_ready=settings.not_ready_answer if settings.daemon_url else None,
+            since_contact=app[FOLLOWER].seconds_since_contact if FOLLOWER in app else None,
         )
         reloader = PolicyReloader(
             engine,
@@ -219,6 +222,16 @@ def run(settings: SidecarSettings) -> None:
         app[AUTHZ_LISTENER_PORTS] = frozenset({settings.authz_port})
         listeners.append(
             Listener(settings.authz_host, settings.authz_port, "TIERGATE_AUTHZ_HOST", "TIERGATE_AUTHZ_PORT")
+        )
+    if settings.diagnostics_host is not None:
+        app[DIAGNOSTICS_LISTENER_PORTS] = frozenset({settings.diagnostics_port})
+        listeners.append(
+            Listener(
+                settings.diagnostics_host,
+                settings.diagnostics_port,
+                "TIERGATE_DIAGNOSTICS_HOST",
+                "TIERGATE_DIAGNOSTICS_PORT",
+            )
         )
     loop_factory = uvloop.new_event_loop if settings.event_loop == "uvloop" else None
     serve(app, listeners, process="sidecar", loop_factory=loop_factory)

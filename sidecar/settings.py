@@ -41,6 +41,9 @@ class SidecarSettings(BaseSettings):
     # An authz-only listener an ingress controller in another pod can reach (e.g. the pod IP).
     authz_host: str | None = None
     authz_port: Annotated[int, Field(ge=0, le=65535)] = 9192
+    # Health, readiness and metrics only, for probes and Prometheus (e.g. the pod IP); unset: none.
+    diagnostics_host: str | None = None
+    diagnostics_port: Annotated[int, Field(ge=0, le=65535)] = 9194
     # Envoy / Istio gRPC ext_authz; 9191 is OPA-Envoy's (and this sidecar's HTTP) port.
     authz_grpc_host: str | None = None
     authz_grpc_port: Annotated[int, Field(ge=0, le=65535)] = 9193
@@ -99,6 +102,11 @@ class SidecarSettings(BaseSettings):
             raise ValueError(
                 f"TIERGATE_AUTHZ_PORT={self.authz_port} is also TIERGATE_SIDECAR_PORT; the authz-only"
                 " listener needs a port of its own"
+            )
+        if self.diagnostics_host is not None and self.diagnostics_port in {0, self.sidecar_port}:
+            raise ValueError(
+                f"TIERGATE_DIAGNOSTICS_PORT={self.diagnostics_port} must be a fixed port of its own "
+                "(not 0, not TIERGATE_SIDECAR_PORT) when TIERGATE_DIAGNOSTICS_HOST is set"
             )
         return self
 

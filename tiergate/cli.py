@@ -465,6 +465,34 @@ def _sidecar_call(url: str | None, path: str, body: object = None) -> dict[str, 
     return answer
 
 
+@main.command("healthcheck")
+@_SIDECAR_URL
+@click.option("--ready", is_flag=True, help="Readiness (/readyz) instead of liveness (/healthz).")
+@click.option("--timeout", type=click.FloatRange(0.1, 60), default=3.0, show_default=True)
+def healthcheck(url: str | None, ready: bool, timeout: float) -> None:
+    """Exit 0 when the sidecar answers 200 on /healthz (or /readyz), else 1: for exec probes and
+    container HEALTHCHECKs that cannot reach an HTTP port."""
+    import urllib.error
+    import urllib.request
+
+    if url is None:
+        settings = _sidecar_settings()
+        url = f"http://{settings.sidecar_host}:{settings.sidecar_port}"
+    target = url.rstrip("/") + ("/readyz" if ready else "/healthz")
+    try:
+        with urllib.request.urlopen(target, timeout=timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        click.echo(f"unhealthy: cannot reach {target}: {exc}", err=True)
+        sys.exit(1)
+    if status != 200:
+        click.echo(f"unhealthy: {target} answered {status}", err=True)
+        sys.exit(1)
+    click.echo(f"ok: {target}")
+
+
 main.add_command(overrides)
 
 

@@ -59,6 +59,7 @@ class DecisionService:
         log_denies: bool = True,
         staleness_budget_s: float | None = None,
         not_ready: Literal["deny", "unavailable"] | None = None,
+        since_contact: Callable[[], float | None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.reader = reader
@@ -73,6 +74,7 @@ class DecisionService:
         # Following a daemon: before the first snapshot there is no data to answer from, so a
         # paying tenant must not be told "free" (a `replica_not_ready` deny, or a 503).
         self.not_ready = not_ready
+        self.since_contact = since_contact  # the follower's monotonic age of its last daemon answer
         self.clock = clock
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
@@ -89,9 +91,15 @@ class DecisionService:
         ledger.subscribe(cache.invalidate)  # pending usage changes its tenant's answers
 
     def replica_age(self, now: float | None = None) -> float | None:
+        """Following a daemon: seconds since the last answer from it, on the monotonic clock (a
+        wall clock set back, or skewed between hosts, neither hides an outage nor invents one).
+        Otherwise (static mode, or no contact yet in this process): since `data_as_of`."""
         as_of = self._as_of_epoch
         if as_of is None:
             return None
+        since_contact = self.since_contact() if self.since_contact is not None else None
+        if since_contact is not None:
+            return since_contact
         return max(0.0, (self.clock() if now is None else now) - as_of)
 
     def is_stale(self, age: float | None = None) -> bool:

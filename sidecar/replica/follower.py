@@ -190,6 +190,10 @@ class Follower:
 
     # -- helpers -------------------------------------------------------------------------
 
+    def seconds_since_contact(self) -> float | None:
+        """Monotonic seconds since the daemon last answered (None: not yet in this process)."""
+        return None if self.last_contact is None else time.monotonic() - self.last_contact
+
     def _contact(self) -> None:
         self.last_contact = time.monotonic()
         self.status.last_contact_at = utc_now_text()

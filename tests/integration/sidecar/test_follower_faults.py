@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from sidecar.app import create_app
 from sidecar.settings import SidecarSettings
+from sidecar.state import DECISIONS
 from tests.fake_feed import FakeFeed
 from tests.integration.sidecar.conftest import ClientFactory, SidecarClient
 from tests.integration.sidecar.test_follower import eventually, feed, feed_server, follower_settings, pro, sso
@@ -162,3 +163,33 @@ async def test_a_locked_replica_and_an_import_on_a_running_sidecar(
 
 async def _allowed(client: SidecarClient, tenant: str) -> bool:
     return bool((await sso(client, tenant))["allow"])
+
+
+async def test_staleness_follows_the_monotonic_clock_not_the_wall_clock(
+    aiohttp_client: ClientFactory,
+    settings: SidecarSettings,
+    tmp_path: Path,
+    feed: FakeFeed,
+    feed_server: TestServer,
+) -> None:
+    """With the daemon down and the wall clock set back an hour, the sidecar once said
+    `stale: false`, age 0, for the whole hour."""
+    feed.upsert(pro("acme"))
+    url = str(feed_server.make_url("/"))
+    client = await aiohttp_client(
+        create_app(follower_settings(settings, tmp_path, url, staleness_budget_s=0.5))
+    )
+    await eventually(lambda: _allowed(client, "acme"))
+    service = client.app[DECISIONS]
+    wall = service.clock
+    service.clock = lambda: wall() - 3600  # someone set the clock back an hour
+    await feed_server.close()
+
+    async def stale() -> bool:
+        decision = await sso(client, "acme")
+        return bool(decision["stale"] and decision["allow"])
+
+    await eventually(stale)
+    body = await status(client)
+    assert body["stale"] is True and body["replica"]["age_seconds"] > 0.5
+    assert await metric(client, "tiergate_replica_age_seconds") > 0.5
