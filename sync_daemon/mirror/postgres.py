@@ -7,7 +7,7 @@ across daemons comes from three locks, all released at commit:
   is applied once, the other copy sees it recorded;
 - an advisory lock per tenant (`MirrorTxn.account`): a read-decide-write of one account never
   interleaves with another, so an older event cannot overwrite a newer one;
-- `feed_head`'s row lock, taken last: seqs are assigned at commit, in commit order (ADR 0012).
+- `feed_head`'s row lock, taken last: seqs are assigned at commit, in commit order (ADR 0013).
 A deadlock or serialization failure re-runs the whole transaction. `LISTEN tiergate_feed` (on an
 async connection) wakes this daemon's long polls when another daemon commits.
 """

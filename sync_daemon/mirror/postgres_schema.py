@@ -58,7 +58,7 @@ CREATE TABLE processed_events (
 );
 CREATE INDEX processed_events_by_received_at ON processed_events (received_at);
 -- seq is assigned at commit while holding feed_head's row lock: seqs commit in order, no gaps
--- between committed rows (docs/adr/0012-gap-free-change-feed.md).
+-- between committed rows (docs/adr/0013-gap-free-change-feed.md).
 CREATE TABLE changes (
     seq bigint PRIMARY KEY,
     tenant text NOT NULL,

@@ -5,7 +5,7 @@ thread; the embedded default) and `PostgresMirror` (several daemons on one datab
 a plain function of a `MirrorTxn`, run in one transaction by the adapter (and re-run by it when
 PostgreSQL reports a serialization failure or a deadlock), so every caller's logic is shared.
 Every change followers must see is appended through the transaction and gets its feed position
-when the transaction commits (see docs/adr/0012-gap-free-change-feed.md).
+when the transaction commits (see docs/adr/0013-gap-free-change-feed.md).
 """
 
 from __future__ import annotations
