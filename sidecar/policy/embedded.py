@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -55,6 +56,55 @@ class _Loaded:
     engine: regorus.Engine | None = None
     data_json: str = "{}"
     vms: dict[str, regorus.Rvm] = field(default_factory=dict)
+    validator: regorus.Engine | None = None  # the interpreter that checked a compiled bundle
+
+
+class _Keeper:
+    """Holds every loaded bundle until it can be freed on the thread that made it.
+
+    regorus's VM is a pyo3 `unsendable` class: freeing one on another thread panics. Python's
+    cycle collector frees unreachable objects on whatever thread happens to trigger it (an
+    `asyncio.to_thread` worker, a SQLite writer thread), so an engine abandoned inside a
+    reference cycle (a decision service and its replica reader refer to each other) would
+    panic there. So a bundle is never owned by ordinary references alone: the keeper holds it
+    while it is in use, and a retired one is released only by `sweep` on its own thread.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: dict[int, _Loaded] = {}
+        self._retired: dict[int, list[_Loaded]] = {}
+
+    def keep(self, loaded: _Loaded) -> None:
+        with self._lock:
+            self._live[id(loaded)] = loaded
+
+    def retire(self, loaded: _Loaded | None) -> None:
+        """Any thread may retire a bundle; it is freed at its own thread's next `sweep`."""
+        if loaded is None:
+            return
+        with self._lock:
+            if self._live.pop(id(loaded), None) is not None:
+                self._retired.setdefault(loaded.thread, []).append(loaded)
+
+    def sweep(self) -> None:
+        with self._lock:
+            freed = self._retired.pop(threading.get_ident(), [])
+        freed.clear()  # the last references go here, on the thread that made them
+
+    def counts(self) -> tuple[int, int]:
+        with self._lock:
+            return len(self._live), sum(len(r) for r in self._retired.values())
+
+
+_KEEPER = _Keeper()
+
+
+@dataclass
+class _Slot:
+    """The engine's current bundle, reachable by its finalizer without keeping the engine alive."""
+
+    loaded: _Loaded | None = None
 
 
 class EmbeddedEngine:
@@ -79,6 +129,9 @@ class EmbeddedEngine:
         self.compiled = compiled
         self.required = tuple(required)
         self._loaded: _Loaded | None = None
+        self._slot = _Slot()
+        # An engine dropped without close() hands its bundle back to the keeper.
+        weakref.finalize(self, _retire_slot, self._slot)
 
     @property
     def revision(self) -> str | None:
@@ -86,9 +139,21 @@ class EmbeddedEngine:
 
     async def load(self, bundle: PolicyBundle) -> None:
         """Build a new engine for `bundle` and swap it in; on any failure keep the current one."""
+        _KEEPER.sweep()
         loaded = _Loaded(bundle=bundle, thread=threading.get_ident())
-        loaded.data_json = _dumps({"plans": bundle.plans})
-        engine = _guard(partial(_interpreter, bundle), "load")
+        _KEEPER.keep(loaded)
+        try:
+            self._build(loaded)
+        except BaseException:
+            _KEEPER.retire(loaded)
+            raise
+        previous, self._slot.loaded = self._slot.loaded, loaded
+        self._loaded = loaded  # the swap: one reference assignment, atomic for every caller
+        _KEEPER.retire(previous)
+
+    def _build(self, loaded: _Loaded) -> None:
+        loaded.data_json = _dumps({"plans": loaded.bundle.plans})
+        engine = loaded.validator = _guard(partial(_interpreter, loaded.bundle), "load")
         _check_packages(engine, self.required)
         if self.compiled:  # the interpreter above only validated the bundle
             for path in self.required:
@@ -97,7 +162,6 @@ class EmbeddedEngine:
             loaded.engine = engine
         for path in self.required:
             self._smoke(loaded, path)
-        self._loaded = loaded  # the swap: one reference assignment, atomic for every caller
 
     async def evaluate(self, path: str, document: Mapping[str, Any]) -> Any:
         loaded = self._loaded
@@ -116,7 +180,10 @@ class EmbeddedEngine:
             raise EngineUnavailableError("no policy bundle loaded yet; see the policy reload status")
 
     async def close(self) -> None:
+        previous, self._slot.loaded = self._slot.loaded, None
         self._loaded = None
+        _KEEPER.retire(previous)
+        _KEEPER.sweep()
 
     def _evaluate(self, loaded: _Loaded, path: str, input_json: str) -> Any:
         engine = loaded.engine
@@ -131,6 +198,11 @@ class EmbeddedEngine:
             pass
         except PolicyError as exc:
             raise PolicyError(f"smoke evaluation of {path} on an empty input failed: {exc}") from exc
+
+
+def _retire_slot(slot: _Slot) -> None:
+    _KEEPER.retire(slot.loaded)
+    slot.loaded = None
 
 
 class _Undefined(PolicyError):
