@@ -73,6 +73,10 @@ class Account(BaseModel):
     addons: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
 
 
+# An account's fields in declaration order: the replica's columns and what the feed carries.
+ACCOUNT_FIELDS: tuple[str, ...] = tuple(Account.model_fields)
+
+
 class UsageCounter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

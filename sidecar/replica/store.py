@@ -25,30 +25,14 @@ from pydantic_core import ErrorDetails
 from sidecar.replica.index import ReplicaIndex
 from tiergate.errors import ReplicaError, dotted_location
 from tiergate.feed import KNOWN_KINDS, FeedChange, FeedOverride
-from tiergate.models import Account, UsageCounter
+from tiergate.models import ACCOUNT_FIELDS, Account, UsageCounter
 from tiergate.periods import rfc3339
 
 log = structlog.get_logger("tiergate.replica")
 
 MIGRATIONS = sqlite_utils.Migrations("tiergate_replica")
 
-ACCOUNT_COLUMNS = (
-    "tenant",
-    "tier",
-    "status",
-    "quantity",
-    "current_period_start",
-    "current_period_end",
-    "trial_end",
-    "cancel_at_period_end",
-    "past_due_since",
-    "version",
-    "pending_tier",
-    "pending_interval",
-    "pending_at",
-    "subscription_id",
-    "addons",
-)
+ACCOUNT_COLUMNS = ACCOUNT_FIELDS
 
 
 @MIGRATIONS()

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from sync_daemon.mirror.schema import ACCOUNTS, CUSTOMERS, EVENTS
-from tiergate.models import ENDED_STATUSES
+from tiergate.models import ACCOUNT_FIELDS, ENDED_STATUSES
 from tiergate.periods import parse_rfc3339, rfc3339, utc_now_text
 
 T = TypeVar("T")
@@ -47,24 +47,7 @@ def column_names(cursor: Cursor) -> list[str]:
     return [str(d[0]) for d in cursor.description]
 
 
-# The fields of tiergate.models.Account, in its order: what the feed carries for an account.
-FEED_FIELDS = (
-    "tenant",
-    "tier",
-    "status",
-    "quantity",
-    "current_period_start",
-    "current_period_end",
-    "trial_end",
-    "cancel_at_period_end",
-    "past_due_since",
-    "version",
-    "pending_tier",
-    "pending_interval",
-    "pending_at",
-    "subscription_id",
-    "addons",
-)
+FEED_FIELDS = ACCOUNT_FIELDS
 _TIMES = frozenset(
     {"current_period_start", "current_period_end", "trial_end", "canceled_at", "past_due_since", "pending_at"}
 )
