@@ -31,6 +31,7 @@ from sync_daemon.billing.rules import (
     HOLDS_SUBSCRIPTION,
     Discount,
     Target,
+    Timing,
     change_target,
     change_timing,
     checkout_choice,
@@ -140,7 +141,11 @@ async def create_portal_session(request: web.Request) -> web.Response:
     return json_response({"url": session.get("url")}, status=201)
 
 
-async def change_subscription(request: web.Request) -> web.Response:
+async def _requested_change(
+    request: web.Request, *, resume_hint: bool
+) -> tuple[str, MirrorAccount, Target, Timing]:
+    """The authorized, validated change of POST .../change and .../preview: tenant, live account,
+    target and when it takes effect; 409 when the tenant is already there."""
     authorize(request)
     tenant = path_tenant(request)
     body = await parse_body(request, ChangeRequest)
@@ -151,14 +156,16 @@ async def change_subscription(request: web.Request) -> web.Response:
     target = change_target(catalog, account, body.tier, body.interval, body.quantity)
     timing = change_timing(catalog, account, target)
     if timing is None:
+        hint = f"; POST /v1/subscriptions/{tenant}/resume drops the pending change"
         raise ConflictError(
             f"tenant {tenant!r} is already on {target.tier}/{target.interval} x{target.quantity}"
-            + (
-                f"; POST /v1/subscriptions/{tenant}/resume drops the pending change"
-                if account.pending_tier
-                else ""
-            )
+            + (hint if resume_hint and account.pending_tier else "")
         )
+    return tenant, account, target, timing
+
+
+async def change_subscription(request: web.Request) -> web.Response:
+    tenant, account, target, timing = await _requested_change(request, resume_hint=True)
     actions = request.app[ACTIONS]
     assert account.subscription_id is not None
     subscription = await actions.subscription(account.subscription_id)
@@ -193,19 +200,7 @@ async def change_subscription(request: web.Request) -> web.Response:
 
 async def preview_change(request: web.Request) -> web.Response:
     """What POST .../change would charge now, without changing anything (Stripe's preview invoice)."""
-    authorize(request)
-    tenant = path_tenant(request)
-    body = await parse_body(request, ChangeRequest)
-    if body.tier is None and body.interval is None and body.quantity is None:
-        raise BadRequestError("give at least one of tier, interval, quantity", field="tier")
-    account = live_subscription(await _account(request, tenant), tenant)
-    catalog = request.app[CATALOG]
-    target = change_target(catalog, account, body.tier, body.interval, body.quantity)
-    timing = change_timing(catalog, account, target)
-    if timing is None:
-        raise ConflictError(
-            f"tenant {tenant!r} is already on {target.tier}/{target.interval} x{target.quantity}"
-        )
+    tenant, account, target, timing = await _requested_change(request, resume_hint=False)
     answer: dict[str, Any] = {
         "tenant": tenant,
         "tier": target.tier,
@@ -217,7 +212,7 @@ async def preview_change(request: web.Request) -> web.Response:
     assert account.subscription_id is not None
     subscription = await actions.subscription(account.subscription_id)
     if timing == "period_end":  # nothing is charged before the period ends; the new price then
-        price = sold_price(catalog, target.tier, target.interval)
+        price = sold_price(request.app[CATALOG], target.tier, target.interval)
         answer |= {"amount_due_now": 0, "currency": price.currency, "starts_at": period_end(subscription)}
         return json_response(answer)
     item_id, _, _ = main_item(subscription)

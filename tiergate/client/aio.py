@@ -33,14 +33,7 @@ class AsyncTiergateClient:
         retries: int = 1,
         pool_size: int = 32,
     ) -> None:
-        if not base_url.startswith("http://"):
-            raise ValueError(
-                f"base_url {base_url!r} must be http://host[:port] (the sidecar is on localhost)"
-            )
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
-        if retries < 0 or pool_size < 1:
-            raise ValueError(f"retries must be >= 0 and pool_size >= 1, got {retries} and {pool_size}")
+        calls.client_options(base_url, timeout_s, retries, pool_size)
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.fail_policy = fail_policy or FailPolicy()

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Generic, Literal, TypeVar
-from urllib.parse import quote
+from urllib.parse import SplitResult, quote, urlsplit
 
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -126,6 +126,18 @@ class Call(Generic[T]):
     body: bytes | None
     parse: Callable[[Any], T]
     unreachable: Callable[[], T] | None = None  # the fail policy's answer; None: raise
+
+
+def client_options(base_url: str, timeout_s: float, retries: int, pool_size: int) -> SplitResult:
+    """Both clients' constructor checks; the parsed sidecar URL."""
+    parts = urlsplit(base_url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"base_url {base_url!r} must be http://host[:port] (the sidecar is on localhost)")
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+    if retries < 0 or pool_size < 1:
+        raise ValueError(f"retries must be >= 0 and pool_size >= 1, got {retries} and {pool_size}")
+    return parts
 
 
 def check(policy: FailPolicy, tenant: str, feature: str, quantity: int = 1) -> Call[Decision]:

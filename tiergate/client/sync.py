@@ -9,7 +9,6 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from tiergate.client import calls
 from tiergate.client.calls import Call, Entitlements, FailPolicy, Reservation, UsageReceipt
@@ -41,20 +40,12 @@ class TiergateClient:
         retries: int = 1,
         pool_size: int = 8,
     ) -> None:
-        parts = urlsplit(base_url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(
-                f"base_url {base_url!r} must be http://host[:port] (the sidecar is on localhost)"
-            )
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
-        if retries < 0 or pool_size < 1:
-            raise ValueError(f"retries must be >= 0 and pool_size >= 1, got {retries} and {pool_size}")
+        parts = calls.client_options(base_url, timeout_s, retries, pool_size)
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.fail_policy = fail_policy or FailPolicy()
         self.retries = retries
-        self._host = parts.hostname
+        self._host = parts.hostname or ""  # client_options refused a URL without one
         self._port = parts.port or 80
         self._idle: queue.LifoQueue[http.client.HTTPConnection] = queue.LifoQueue(maxsize=pool_size)
 
