@@ -10,9 +10,9 @@ from sync_daemon.billing.push import (
     CreateMeter,
     CreatePrice,
     CreateProduct,
+    Remote,
     RemoteCatalog,
     RemotePrice,
-    RemoteProduct,
     SetPriceActive,
     Unchangeable,
     UpdateProduct,
@@ -45,19 +45,19 @@ def small() -> Catalog:
 def in_stripe(catalog: Catalog, legacy: bool = False) -> RemoteCatalog:
     """What Stripe holds after a successful push of `catalog`."""
     sold = sellables(catalog)
-    products = [RemoteProduct(f"prod_{key}", key, name) for key, name, _ in sold]
+    products = [Remote(f"prod_{s.key}", s.key, s.name) for s in sold]
     prices = [
         RemotePrice(
             f"price_{p.lookup_key}",
-            f"prod_{t}",
+            f"prod_{s.key}",
             p.lookup_key,
             p.unit_amount,
             p.currency,
             interval,
             currency_options=() if legacy else tuple(sorted(p.currency_options.items())),
         )
-        for t, _, prices in sold
-        for interval, p in prices.items()
+        for s in sold
+        for interval, p in s.prices.items()
     ]
     return RemoteCatalog(tuple(products), tuple(prices), legacy_plans=legacy)
 
@@ -111,7 +111,7 @@ def test_prices_that_left_the_catalog_are_deactivated_never_deleted(small: Catal
 
 def test_renamed_or_archived_products_are_updated_and_inactive_prices_come_back(small: Catalog) -> None:
     remote = in_stripe(small)
-    archived = RemoteProduct("prod_pro", "pro", "Old name", active=False)
+    archived = Remote("prod_pro", "pro", "Old name", active=False)
     inactive = RemotePrice("price_pro_year", "prod_pro", "pro_year", 49000, "usd", "year", active=False)
     changes = plan_push(small, RemoteCatalog((archived,), (remote.prices[0], inactive)))
     assert changes == [
