@@ -21,25 +21,15 @@ from sync_daemon.billing.push import (
     plan_push,
     sellables,
 )
-from tiergate.catalog import Catalog, load_catalog, parse_catalog
+from tests.catalogs import PRO_MONTH, PRO_YEAR, pro_sold_at
+from tiergate.catalog import Catalog, load_catalog
 
 ROOT = Path(__file__).parents[2]
-SMALL = """
-default_tier: free
-tiers:
-  free: {rank: 0}
-  pro:
-    rank: 10
-    name: Pro
-    prices:
-      month: {lookup_key: pro_month, unit_amount: 4900, currency: usd}
-      year: {lookup_key: pro_year, unit_amount: 49000, currency: usd}
-"""
 
 
 @pytest.fixture
 def small() -> Catalog:
-    return parse_catalog(SMALL)
+    return pro_sold_at(PRO_MONTH, PRO_YEAR)
 
 
 def in_stripe(catalog: Catalog, legacy: bool = False) -> RemoteCatalog:
@@ -183,7 +173,7 @@ metrics:
 
 
 def metered(catalog: Catalog) -> Catalog:
-    return parse_catalog(SMALL + METERED)
+    return pro_sold_at(PRO_MONTH, PRO_YEAR, extra=METERED)
 
 
 @pytest.mark.parametrize(

@@ -14,16 +14,9 @@ from pydantic import SecretStr
 from sync_daemon.app import create_app
 from sync_daemon.billing.stripe_actions import StripeBillingActions
 from tests.fake_stripe import Call, RecordingStripeHTTP, fixture
-from tests.integration.billing.conftest import API_TOKEN, PERIOD_END, Billing, subscription
+from tests.integration.billing.conftest import API_TOKEN, CHECKOUT, PERIOD_END, UNSOLD, Billing, subscription
 from tests.integration.daemon.conftest import ROOT, make_settings
 
-CHECKOUT = {
-    "tenant": "t_new",
-    "tier": "pro",
-    "interval": "month",
-    "success_url": "https://app.example/ok",
-    "cancel_url": "https://app.example/cancel",
-}
 SELLING = """
 checkout:
   allow_promotion_codes: true
@@ -140,6 +133,7 @@ async def test_discounts_and_currency_as_stripe_names_them(
 @pytest.mark.parametrize(
     ("given", "field", "says"),
     [
+        *UNSOLD,
         ({"currency": "jpy"}, "currency", "allowed currencies: ['eur', 'usd']"),
         ({"tier": "starter", "currency": "eur"}, "currency", "allowed currencies: ['usd']"),
         ({"currency": "EUR"}, "currency", "pattern"),
