@@ -92,6 +92,21 @@ def change_now_params(price: str, quantity: int) -> dict[str, str]:
     }
 
 
+def preview_invoice(amount_due: int) -> dict[str, Any]:
+    """Stripe's preview invoice: a credit for the unused time, a charge for the new item, the next period."""
+    invoice = fixture("invoice", amount_due=amount_due, currency="usd", period_end=PERIOD_END)
+    line = fixture("line_item")
+    credit = {**line, "amount": -1900}  # the unused starter time, credited
+    charge = {**line, "amount": 4900}
+    regular = {
+        **line,
+        "amount": 4900,
+        "parent": {"type": "subscription_item_details", "subscription_item_details": {"proration": False}},
+    }
+    invoice["lines"] = {"object": "list", "data": [credit, charge, regular], "has_more": False, "url": "/"}
+    return invoice
+
+
 @dataclass
 class Billing:
     client: Client

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 from sync_daemon.billing.rules import PRORATION_SKEW_S
-from tests.integration.billing.conftest import Billing, change_now_params, subscription
-from tests.integration.billing.test_checkout_options import preview_invoice
+from tests.integration.billing.conftest import Billing, change_now_params, preview_invoice, subscription
 
 DAY = 86_400
 
