@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import sqlite_utils
 
 from demo.processes import tiergate_command
 from sync_daemon.leader import PostgresLeader
@@ -19,6 +20,8 @@ from sync_daemon.mirror.backends import mirror_for
 from sync_daemon.mirror.copy import TableSum, copy_mirror, open_end
 from sync_daemon.mirror.overrides import Override, remove_override, set_override
 from sync_daemon.mirror.postgres_schema import LEADER_LOCK
+from sync_daemon.mirror.postgres_schema import MIGRATIONS as PG_MIGRATIONS
+from sync_daemon.mirror.schema import MIGRATIONS
 from sync_daemon.mirror.store import CustomerLink, MirrorAccount, MirrorTxn
 from sync_daemon.mirror.usage import ingest_events
 from tests import postgres_server
@@ -126,6 +129,11 @@ async def test_sqlite_to_postgresql_and_back_keeps_every_row_and_position(tmp_pa
     done = run_copy("--from", pg, "--to", back)
     assert done.returncode == 0, done.stderr
     assert sums(back) == before  # the round trip changed nothing, checksums included
+    # Each end is at this version's schema, recorded by its own migrations.
+    with psycopg.connect(pg) as conn:
+        versions = [r[0] for r in conn.execute("SELECT version FROM tiergate.schema_migrations ORDER BY 1")]
+    assert versions == [version for version, _, _ in PG_MIGRATIONS]
+    assert MIGRATIONS.pending(sqlite_utils.Database(tmp_path / "back.db")) == []
 
 
 async def test_a_follower_continues_on_the_copy(tmp_path: Path, pg: str) -> None:
