@@ -18,10 +18,12 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
 from sync_daemon.mirror.backends import POSTGRES_SCHEMES
+from tiergate.amounts import exact, stored
 from tiergate.errors import MirrorError
 
 Row = Sequence[Any]
@@ -36,10 +38,16 @@ _MODULUS = 2**128
 _CLAIM_WAIT_S = 5.0
 
 
+def plain(value: Any) -> Any:
+    """A value as SQLite keeps it: PostgreSQL's `numeric` (a Decimal) becomes the exact amount's
+    stored form, an int when whole, else its decimal text (tiergate/amounts.py)."""
+    return stored(exact(value)) if isinstance(value, Decimal) else value
+
+
 def canonical(columns: Sequence[str], row: Row) -> str:
     """One row as JSON with sorted keys: the same text whichever backend it was read from."""
     return json.dumps(
-        dict(zip(columns, row, strict=True)),
+        {column: plain(value) for column, value in zip(columns, row, strict=True)},
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
@@ -179,7 +187,10 @@ class SqliteEnd:
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
         marks = ", ".join("?" for _ in columns)
-        self.conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+        self.conn.executemany(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})",
+            ([plain(value) for value in row] for row in rows),
+        )
 
     def clear(self, table: str) -> None:
         self.conn.execute(f"DELETE FROM {table}")

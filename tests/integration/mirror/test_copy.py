@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
@@ -27,6 +28,7 @@ from sync_daemon.mirror.usage import ingest_events
 from tests import postgres_server
 from tests.integration.daemon.conftest import ROOT
 from tests.integration.usage.conftest import eventually
+from tiergate.amounts import Amount
 from tiergate.catalog import load_catalog
 from tiergate.errors import MirrorError
 from tiergate.usage_events import ValidEvent
@@ -40,6 +42,11 @@ BIG = 20_000  # events: the copy is still running after its first usage_events b
 def pg(postgres_url: str) -> str:
     postgres_server.reset(postgres_url)
     return postgres_url
+
+
+def _value(i: int) -> Amount:
+    """Whole values, exact decimals and corrections (below zero): every form an amount is kept in."""
+    return Decimal("2.5") if i % 7 == 0 else -1 if i % 11 == 0 else 1 + i % 3
 
 
 def _fill(txn: MirrorTxn, first: int, events: int, feature: str) -> None:
@@ -63,7 +70,7 @@ def _fill(txn: MirrorTxn, first: int, events: int, feature: str) -> None:
         txn.record_event(f"evt_{first}_{i}", "customer.subscription.updated", "applied")
     batch = [
         ValidEvent(
-            f"t{i % TENANTS:03d}", f"tx-{first}-{i}", "api_calls", now - timedelta(minutes=i % 50), 1 + i % 3
+            f"t{i % TENANTS:03d}", f"tx-{first}-{i}", "api_calls", now - timedelta(minutes=i % 50), _value(i)
         )
         for i in range(events)
     ]
