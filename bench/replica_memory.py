@@ -9,11 +9,19 @@
    seconds, reading RSS every 30 s (the materialised decisions grow up to
    TIERGATE_DECISION_CACHE_SIZE).
 Nothing is asserted; the figures go to bench/results/replica_memory.json.
+
+    .venv/bin/python bench/replica_memory.py --tenants 100000 --in-process
+
+measures the in-memory index alone instead, in this process: the bytes tracemalloc attributes to
+loading it (a `ReplicaReader` over the file) and the mean µs of its lookups (`account`, `usage`,
+`overrides` of present tenants, and of absent ones), to bench/results/replica_memory_index.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import itertools
 import json
 import os
 import random
@@ -22,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,15 +43,19 @@ from sidecar_latency import (
     make_replica,
     rss_kib,
     stop,
+    time_sync,
     wait_ready,
 )
 
 from demo.processes import free_port
-from sidecar.replica.store import ReplicaWriter, open_replica
+from sidecar.decisions.policy_io import period_for
+from sidecar.replica.store import ReplicaReader, ReplicaWriter, open_replica
 from tiergate.catalog import load_catalog
 from tiergate.feed import FeedAccount, FeedUsage
+from tiergate.periods import rfc3339
 
 RESULTS = REPO / "bench" / "results" / "replica_memory.json"
+INDEX_RESULTS = REPO / "bench" / "results" / "replica_memory_index.json"
 
 
 def write_replica(path: Path, document: dict[str, Any], now: datetime) -> None:
@@ -56,13 +69,74 @@ def write_replica(path: Path, document: dict[str, Any], now: datetime) -> None:
     writer.db.close()
 
 
+def index_figures(path: Path, tenants: list[str], rng: random.Random) -> dict[str, Any]:
+    """The index's traced bytes once loaded, and its lookups' mean µs (present and absent tenants)."""
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    began = time.monotonic()
+    reader = ReplicaReader(path)
+    load_s = time.monotonic() - began
+    traced = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    sample = rng.sample(tenants, min(len(tenants), 2_000))
+    periods = {
+        t: period_for(reader.account(t), datetime.now(UTC), rfc3339(datetime.now(UTC)) or "")[0]
+        for t in sample
+    }
+    absent = [f"absent-{i}" for i in range(len(sample))]
+    n = 200_000
+    present_keys = itertools.cycle(sample)
+    absent_keys = itertools.cycle(absent)
+    figures = {
+        "tenants": len(tenants),
+        "load_s": round(load_s, 1),
+        "traced_mib": round(traced / 2**20, 1),
+        "bytes_per_tenant": round(traced / len(tenants)),
+        "lookup_us": {
+            "account (present)": time_sync(lambda: reader.account(next(present_keys)), n),
+            "account (absent)": time_sync(lambda: reader.account(next(absent_keys)), n),
+            "usage (present, its period)": time_sync(
+                lambda: (t := next(present_keys), reader.usage(t, periods[t])), n
+            ),
+            "usage (absent)": time_sync(lambda: reader.usage(next(absent_keys), "2026-11-01T00:00:00Z"), n),
+            "overrides (present)": time_sync(lambda: reader.overrides(next(present_keys)), n),
+            "loop and key overhead": time_sync(lambda: next(present_keys), n),
+        },
+    }
+    reader.close()
+    return figures
+
+
+def in_process(args: argparse.Namespace) -> None:
+    rng = random.Random(args.seed)
+    catalog = load_catalog(REPO / "plans" / "plans.yaml")
+    now = datetime.now(UTC)
+    with tempfile.TemporaryDirectory(prefix="tiergate-memory-") as tmpdir:
+        path = Path(tmpdir) / "replica.db"
+        document = make_replica(catalog, args.tenants, rng, now)
+        write_replica(path, document, now)
+        tenants = [a["tenant"] for a in document["accounts"]]
+        counters = len(document["usage"])
+        del document
+        gc.collect()
+        figures = {"usage_counters": counters, **index_figures(path, tenants, rng)}
+    output = INDEX_RESULTS if args.output == RESULTS else args.output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(figures, indent=1) + "\n")
+    print(json.dumps(figures, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, default=1_000_000)
     parser.add_argument("--load-s", type=float, default=300.0, help="seconds of uniform load (0: none)")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--in-process", action="store_true", help="the index alone: tracemalloc and lookups")
     args = parser.parse_args()
+    if args.in_process:
+        in_process(args)
+        return
     wrk = shutil.which("wrk")
     if args.load_s > 0 and wrk is None:
         raise SystemExit("wrk is not on PATH (apt-get install wrk)")

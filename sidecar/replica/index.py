@@ -3,59 +3,363 @@
 Accounts by tenant, each tenant's usage counters and feature overrides, loaded from the replica file in one read
 transaction at start (and again after an import or a snapshot), and reloaded tenant by tenant
 for every feed batch the follower commits, on the event loop, before its position is adopted.
-So a decision reads dicts, never SQLite, and the counters it reads always belong to the
-position the reader reports (what the usage ledger's read-your-writes needs). The file stays the
-durable copy.
+So a decision never reads SQLite, and the counters it reads always belong to the position the
+reader reports (what the usage ledger's read-your-writes needs). The file stays the durable copy.
+
+Layout (docs/adr/0011-decisions-from-memory.md): a million tenants must fit in ~200 MB, so a
+tenant is one `bytes` record — its id, its account row and its counters packed with `struct`
+(times as epoch seconds, tier/status/metric names as indices into one table of words) — found
+through an open-addressing hash table kept in two `array`s, not through a dict of Python objects.
+A row or a counter the packing cannot hold exactly (a time not in the canonical `...Z` form, a
+value beyond 64 bits) keeps its tenant as plain tuples in a small side dict instead: answers are
+always the stored values, byte for byte.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+import struct
+import time
+from array import array
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from functools import lru_cache
+from itertools import groupby
+from operator import itemgetter
+from typing import Any
 
-if TYPE_CHECKING:  # the reader (replica/store.py) builds the rows and owns the SQL
-    from sidecar.replica.store import AccountRow
+from sidecar.replica.rows import AccountRow
 
-# A tenant's counters, flat: (period_start, code, value, period_start, code, value, ...); one
-# tuple per tenant costs ~130 bytes less than a tuple of triples (see docs/performance.md).
-Counters = tuple[str | int, ...]
-UsageRow = tuple[str, str, str, int]  # (tenant, period_start, code, value)
+# A usage counter's value: the one type the codec below encodes (_encode_value/_decode_value).
+CounterValue = int
+UsageRow = tuple[str, str, str, CounterValue]  # (tenant, period_start, code, value)
+Counter = tuple[str, str, CounterValue]  # (period_start, code, value) of one tenant
 Overrides = dict[str, dict[str, Any]]  # feature -> {"value", "expires_at"}, as the policy reads them
+
+# -- the record of one tenant -----------------------------------------------------------------
+#   u16 id length, id (UTF-8), u32 offset of the counters,
+#   the account (absent for a tenant with counters only):
+#     _HEAD (flags, tier, status, quantity, version, period start, period end),
+#     then, as `flags` says: trial_end, past_due_since, pending_tier, pending_interval,
+#     pending_at, subscription_id (u16 length + UTF-8), addons (u32 length + UTF-8 JSON),
+#   the counters: u16 number of periods, then per period _GROUP (start, count, byte length)
+#     and `count` times: u16 metric word, the value (_encode_value).
+
+_LENGTH = struct.Struct("<H")
+_OFFSET = struct.Struct("<I")
+_HEAD = struct.Struct("<HHHqqqq")
+_EPOCH = struct.Struct("<q")
+_WORD = struct.Struct("<H")
+_GROUP = struct.Struct("<qHI")
+_INT32 = struct.Struct("<i")
+
+_CANCEL, _TRIAL, _PAST_DUE, _PENDING_TIER, _PENDING_INTERVAL, _PENDING_AT, _SUBSCRIPTION, _ADDONS = (
+    1 << bit for bit in range(8)
+)
+_OPTIONAL = _CANCEL ^ 0xFF  # any flag past cancel_at_period_end: something follows the head
+_NO_TIME = -(2**63)  # a period bound that is NULL
+_INT64 = range(-(2**63) + 1, 2**63)
+_MAX_WORDS = 0xFFFF
+
+
+class _Unpackable(Exception):
+    """This tenant's rows do not fit the packed record exactly: keep them as tuples."""
+
+
+# The record codec sees these fields in this order; a new column must be taught to it (a test
+# compares the two).
+PACKED_FIELDS = (
+    "tenant",
+    "tier",
+    "status",
+    "quantity",
+    "current_period_start",
+    "current_period_end",
+    "trial_end",
+    "cancel_at_period_end",
+    "past_due_since",
+    "version",
+    "pending_tier",
+    "pending_interval",
+    "pending_at",
+    "subscription_id",
+    "addons",
+)
+
+
+def _format_time(epoch: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+# A decision renders its tenant's period start for the account, then again for the usage.
+_render_time = lru_cache(maxsize=4096)(_format_time)
+
+
+def _epoch(text: str) -> int:
+    """Epoch seconds of a canonical RFC 3339 `Z` time; anything else cannot be packed."""
+    try:
+        epoch = int(datetime.fromisoformat(text).timestamp())
+    except (ValueError, OverflowError, OSError):
+        raise _Unpackable from None
+    if _format_time(epoch) != text:  # fractions, offsets, other spellings: kept as written
+        raise _Unpackable
+    return epoch
+
+
+def _int64(value: object) -> int:
+    if type(value) is not int or value not in _INT64:
+        raise _Unpackable
+    return value
+
+
+def _encode_value(value: CounterValue) -> bytes:
+    """The one place a counter value is packed (tag byte, then 4 or 8 bytes)."""
+    if type(value) is int and -(2**31) <= value < 2**31:
+        return b"\x00" + _INT32.pack(value)
+    return b"\x01" + _EPOCH.pack(_int64(value))
+
+
+def _decode_value(record: bytes, at: int) -> tuple[CounterValue, int]:
+    if record[at] == 0:
+        return _INT32.unpack_from(record, at + 1)[0], at + 5
+    return _EPOCH.unpack_from(record, at + 1)[0], at + 9
+
+
+class _Words:
+    """Tier, status, interval and metric names: each stored once, records hold its index."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self._codes: dict[str, int] = {}
+
+    def code(self, text: object) -> int:
+        if type(text) is not str:
+            raise _Unpackable
+        found = self._codes.get(text)
+        if found is not None:
+            return found
+        if len(self.texts) >= _MAX_WORDS:
+            raise _Unpackable
+        self._codes[text] = len(self.texts)
+        self.texts.append(text)
+        return len(self.texts) - 1
+
+
+def _text(value: object, size: struct.Struct) -> bytes:
+    if type(value) is not str:
+        raise _Unpackable
+    data = value.encode()
+    if len(data) >= 1 << (8 * size.size):
+        raise _Unpackable
+    return size.pack(len(data)) + data
+
+
+def _pack_account(row: AccountRow, words: _Words) -> bytes:
+    if row.cancel_at_period_end not in (0, 1) or type(row.cancel_at_period_end) is not int:
+        raise _Unpackable
+    flags = _CANCEL if row.cancel_at_period_end else 0
+    tail: list[bytes] = []
+    for flag, value, pack in (
+        (_TRIAL, row.trial_end, _packed_time),
+        (_PAST_DUE, row.past_due_since, _packed_time),
+        (_PENDING_TIER, row.pending_tier, lambda v: _WORD.pack(words.code(v))),
+        (_PENDING_INTERVAL, row.pending_interval, lambda v: _WORD.pack(words.code(v))),
+        (_PENDING_AT, row.pending_at, _packed_time),
+        (_SUBSCRIPTION, row.subscription_id, lambda v: _text(v, _LENGTH)),
+        (_ADDONS, row.addons, lambda v: _text(v, _OFFSET)),
+    ):
+        if value is not None:
+            flags |= flag
+            tail.append(pack(value))
+    head = _HEAD.pack(
+        flags,
+        words.code(row.tier),
+        words.code(row.status),
+        _int64(row.quantity),
+        _int64(row.version),
+        _NO_TIME if row.current_period_start is None else _epoch(row.current_period_start),
+        _NO_TIME if row.current_period_end is None else _epoch(row.current_period_end),
+    )
+    return head + b"".join(tail)
+
+
+def _packed_time(value: str) -> bytes:
+    return _EPOCH.pack(_epoch(value))
+
+
+def _pack_counters(counters: list[Counter], words: _Words) -> bytes:
+    periods: dict[str, list[bytes]] = {}
+    for period_start, code, value in counters:
+        periods.setdefault(period_start, []).append(_WORD.pack(words.code(code)) + _encode_value(value))
+    parts = [_LENGTH.pack(len(periods))]
+    for period_start, packed in periods.items():
+        body = b"".join(packed)
+        parts.append(_GROUP.pack(_epoch(period_start), len(packed), len(body)) + body)
+    return b"".join(parts)
+
+
+def _pack(tenant: str, row: AccountRow | None, counters: list[Counter], words: _Words) -> bytes:
+    """The tenant's record; raises _Unpackable when some value would not come back unchanged."""
+    key = _text(tenant, _LENGTH)
+    account = b"" if row is None else _pack_account(row, words)
+    return (
+        key + _OFFSET.pack(len(key) + _OFFSET.size + len(account)) + account + _pack_counters(counters, words)
+    )
+
+
+def _unpack_account(tenant: str, record: bytes, words: list[str]) -> AccountRow | None:
+    at = _LENGTH.size + _LENGTH.unpack_from(record)[0]
+    counters_at = _OFFSET.unpack_from(record, at)[0]
+    at += _OFFSET.size
+    if at == counters_at:
+        return None  # counters only
+    flags, tier, status, quantity, version, start, end = _HEAD.unpack_from(record, at)
+    optional: list[str | None] = [None] * 7
+    if flags & _OPTIONAL:
+        _unpack_optional(flags, record, at + _HEAD.size, words, optional)
+    trial_end, past_due_since, pending_tier, pending_interval, pending_at, subscription_id, addons = optional
+    return AccountRow(
+        tenant,
+        words[tier],
+        words[status],
+        quantity,
+        None if start == _NO_TIME else _render_time(start),
+        None if end == _NO_TIME else _render_time(end),
+        trial_end,
+        flags & _CANCEL,
+        past_due_since,
+        version,
+        pending_tier,
+        pending_interval,
+        pending_at,
+        subscription_id,
+        addons,
+    )
+
+
+def _unpack_optional(flags: int, record: bytes, at: int, words: list[str], into: list[str | None]) -> None:
+    """The fields after the head, in `_pack_account`'s order, into `into` (None stays None)."""
+    for place, flag in enumerate((_TRIAL, _PAST_DUE)):
+        if flags & flag:
+            into[place] = _render_time(_EPOCH.unpack_from(record, at)[0])
+            at += _EPOCH.size
+    for place, flag in ((2, _PENDING_TIER), (3, _PENDING_INTERVAL)):
+        if flags & flag:
+            into[place] = words[_WORD.unpack_from(record, at)[0]]
+            at += _WORD.size
+    if flags & _PENDING_AT:
+        into[4] = _render_time(_EPOCH.unpack_from(record, at)[0])
+        at += _EPOCH.size
+    for place, flag, size in ((5, _SUBSCRIPTION, _LENGTH), (6, _ADDONS, _OFFSET)):
+        if flags & flag:
+            length = size.unpack_from(record, at)[0]
+            at += size.size
+            into[place] = record[at : at + length].decode()
+            at += length
+
+
+def _unpack_usage(record: bytes, period_start: str, words: list[str]) -> dict[str, CounterValue]:
+    at = _OFFSET.unpack_from(record, _LENGTH.size + _LENGTH.unpack_from(record)[0])[0]
+    periods = _LENGTH.unpack_from(record, at)[0]
+    at += _LENGTH.size
+    for _ in range(periods):
+        start, count, length = _GROUP.unpack_from(record, at)
+        at += _GROUP.size
+        if _render_time(start) == period_start:
+            found: dict[str, CounterValue] = {}
+            for _ in range(count):
+                code = words[_WORD.unpack_from(record, at)[0]]
+                found[code], at = _decode_value(record, at + _WORD.size)
+            return found
+        at += length
+    return {}
+
+
+def _has_account(record: bytes) -> bool:
+    key_end = _LENGTH.size + _LENGTH.unpack_from(record)[0]
+    return bool(_OFFSET.unpack_from(record, key_end)[0] > key_end + _OFFSET.size)
+
+
+def _holds(record: bytes, tenant: str) -> bool:
+    key = tenant.encode()
+    return record.startswith(_LENGTH.pack(len(key)) + key)
+
+
+# -- the tenant table ---------------------------------------------------------------------------
+
+_EMPTY, _DELETED = -1, -2
+_MIN_CAPACITY = 8
 
 
 class ReplicaIndex:
-    """Owned by the event-loop thread; lookups are dict operations."""
+    """Owned by the event-loop thread (or built whole on a loader thread, then handed over).
+
+    Records live in `_records` (a slot each, reused after a delete); `_table` maps hash positions
+    to slots with linear probing (`_EMPTY`, `_DELETED` tombstones); `_hashes[slot]` is the
+    tenant's `hash()`, so growing the table never unpacks a record.
+    """
 
     def __init__(self) -> None:
-        self.accounts: dict[str, AccountRow] = {}
-        self._usage: dict[str, Counters] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        self._words = _Words()
+        self._records: list[bytes | None] = []
+        self._hashes = array("q")
+        self._free: list[int] = []
+        self._table = array("i", [_EMPTY]) * _MIN_CAPACITY
+        self._live = 0
+        self._tombstones = 0
+        self._accounts = 0
+        # Tenants whose rows the record cannot hold exactly (see the module's docstring).
+        self._unpacked: dict[str, tuple[AccountRow | None, list[Counter]]] = {}
         self._overrides: dict[str, Overrides] = {}
 
-    def account(self, tenant: str) -> AccountRow | None:
-        return self.accounts.get(tenant)
+    # -- lookups
 
-    def usage(self, tenant: str, period_start: str) -> dict[str, int]:
-        counters = self._usage.get(tenant)
-        if not counters:
+    def account(self, tenant: str) -> AccountRow | None:
+        slot = self._slot(tenant)
+        if slot >= 0:
+            return _unpack_account(tenant, self._records[slot] or b"", self._words.texts)
+        unpacked = self._unpacked.get(tenant) if self._unpacked else None
+        return unpacked[0] if unpacked else None
+
+    def usage(self, tenant: str, period_start: str) -> dict[str, CounterValue]:
+        slot = self._slot(tenant)
+        if slot >= 0:
+            return _unpack_usage(self._records[slot] or b"", period_start, self._words.texts)
+        unpacked = self._unpacked.get(tenant) if self._unpacked else None
+        if not unpacked:
             return {}
-        found: dict[str, int] = {}
-        for i in range(0, len(counters), 3):
-            if counters[i] == period_start:
-                found[str(counters[i + 1])] = int(counters[i + 2])
-        return found
+        return {code: value for start, code, value in unpacked[1] if start == period_start}
 
     def overrides(self, tenant: str) -> Overrides:
         return self._overrides.get(tenant) or {}
 
     def __len__(self) -> int:
-        return len(self.accounts)
+        """The number of accounts (tenants with counters only are not counted)."""
+        return self._accounts + sum(1 for row, _ in self._unpacked.values() if row is not None)
+
+    def __contains__(self, tenant: str) -> bool:
+        return self._slot(tenant) >= 0 or tenant in self._unpacked
+
+    # -- loading
 
     def replace_all(
         self, accounts: Iterable[AccountRow], usage: Iterable[UsageRow], overrides: dict[str, Overrides]
     ) -> None:
-        self.accounts = {row.tenant: row for row in accounts}
-        self._usage = _group(usage)
+        """Everything, from rows in tenant order (the tables' primary key order)."""
+        self._reset()
+        for tenant, row, counters in _by_tenant(accounts, usage):
+            try:
+                record = _pack(tenant, row, counters, self._words)
+            except _Unpackable:
+                self._unpacked[tenant] = (row, counters)
+                continue
+            self._records.append(record)
+            self._hashes.append(hash(tenant))
+            self._accounts += row is not None
+        self._live = len(self._records)
+        self._rebuild_table()
         self._overrides = overrides
 
     def replace_tenants(
@@ -66,18 +370,138 @@ class ReplicaIndex:
         overrides: dict[str, Overrides],
     ) -> None:
         """`tenants`' rows are now `accounts`, `usage` and `overrides` (absent: gone)."""
+        rows = {row.tenant: row for row in accounts}
+        counters: dict[str, list[Counter]] = {}
+        for tenant, period_start, code, value in usage:
+            counters.setdefault(tenant, []).append((period_start, code, value))
         for tenant in tenants:
-            self.accounts.pop(tenant, None)
-            self._usage.pop(tenant, None)
             self._overrides.pop(tenant, None)
-        for row in accounts:
-            self.accounts[row.tenant] = row
-        self._usage.update(_group(usage))
+            if tenant not in rows and tenant not in counters:
+                self._remove(tenant)
+        for tenant in rows.keys() | counters.keys():
+            self._store(tenant, rows.get(tenant), counters.get(tenant, []))
         self._overrides.update(overrides)
 
+    # -- the table
 
-def _group(rows: Iterable[UsageRow]) -> dict[str, Counters]:
-    grouped: dict[str, list[str | int]] = {}
-    for tenant, period_start, code, value in rows:
-        grouped.setdefault(tenant, []).extend((sys.intern(period_start), sys.intern(code), value))
-    return {tenant: tuple(counters) for tenant, counters in grouped.items()}
+    def _slot(self, tenant: str) -> int:
+        """The tenant's slot, or -1."""
+        digest = hash(tenant)
+        table, hashes, records = self._table, self._hashes, self._records
+        mask = len(table) - 1
+        at = digest & mask
+        while True:
+            slot = table[at]
+            if slot == _EMPTY:
+                return -1
+            if slot >= 0 and hashes[slot] == digest and _holds(records[slot] or b"", tenant):
+                return slot
+            at = (at + 1) & mask
+
+    def _position(self, tenant: str, digest: int) -> tuple[int, int]:
+        """(table position holding the tenant, or -1; where it would go if absent)."""
+        table, hashes, records = self._table, self._hashes, self._records
+        mask = len(table) - 1
+        at = digest & mask
+        free = -1
+        while True:
+            slot = table[at]
+            if slot == _EMPTY:
+                return -1, at if free < 0 else free
+            if slot == _DELETED:
+                free = at if free < 0 else free
+            elif hashes[slot] == digest and _holds(records[slot] or b"", tenant):
+                return at, at
+            at = (at + 1) & mask
+
+    def _store(self, tenant: str, row: AccountRow | None, counters: list[Counter]) -> None:
+        try:
+            record = _pack(tenant, row, counters, self._words)
+        except _Unpackable:
+            self._remove(tenant)
+            self._unpacked[tenant] = (row, counters)
+            return
+        self._unpacked.pop(tenant, None)
+        digest = hash(tenant)
+        found, at = self._position(tenant, digest)
+        if found >= 0:
+            slot = self._table[found]
+            self._accounts += _has_account(record) - _has_account(self._records[slot] or b"")
+            self._records[slot] = record
+            return
+        slot = self._free.pop() if self._free else len(self._records)
+        if slot == len(self._records):
+            self._records.append(record)
+            self._hashes.append(digest)
+        else:
+            self._records[slot], self._hashes[slot] = record, digest
+        self._tombstones -= self._table[at] == _DELETED
+        self._table[at] = slot
+        self._live += 1
+        self._accounts += row is not None
+        if (self._live + self._tombstones) * 10 > len(self._table) * 7:
+            self._rebuild_table()
+
+    def _remove(self, tenant: str) -> None:
+        self._unpacked.pop(tenant, None)
+        found, _ = self._position(tenant, hash(tenant))
+        if found < 0:
+            return
+        slot = self._table[found]
+        self._accounts -= _has_account(self._records[slot] or b"")
+        self._table[found] = _DELETED
+        self._records[slot] = None
+        self._free.append(slot)
+        self._live -= 1
+        self._tombstones += 1
+
+    def _rebuild_table(self) -> None:
+        """A table at most half full, without tombstones, from the slots' stored hashes."""
+        capacity = _MIN_CAPACITY
+        while capacity < 2 * self._live:
+            capacity *= 2
+        table = array("i", [_EMPTY]) * capacity
+        mask = capacity - 1
+        hashes = self._hashes
+        for slot, record in enumerate(self._records):
+            if record is None:
+                continue
+            at = hashes[slot] & mask
+            while table[at] != _EMPTY:
+                at = (at + 1) & mask
+            table[at] = slot
+        self._table = table
+        self._tombstones = 0
+
+
+def _by_tenant(
+    accounts: Iterable[AccountRow], usage: Iterable[UsageRow]
+) -> Iterator[tuple[str, AccountRow | None, list[Counter]]]:
+    """Merge two tenant-ordered streams: each tenant once, with its account (or None) and counters."""
+    groups = _ordered(groupby(usage, key=itemgetter(0)))
+    pending = next(groups, None)
+    last = ""
+    for row in accounts:
+        if row.tenant <= last and last:
+            raise ValueError(f"accounts out of tenant order: {row.tenant!r} after {last!r}")
+        last = row.tenant
+        while pending is not None and pending[0] < row.tenant:
+            yield pending[0], None, pending[1]
+            pending = next(groups, None)
+        if pending is not None and pending[0] == row.tenant:
+            yield row.tenant, row, pending[1]
+            pending = next(groups, None)
+        else:
+            yield row.tenant, row, []
+    while pending is not None:
+        yield pending[0], None, pending[1]
+        pending = next(groups, None)
+
+
+def _ordered(groups: Iterator[tuple[str, Iterator[UsageRow]]]) -> Iterator[tuple[str, list[Counter]]]:
+    last = ""
+    for tenant, rows in groups:
+        if tenant <= last and last:
+            raise ValueError(f"usage out of tenant order: {tenant!r} after {last!r}")
+        last = tenant
+        yield tenant, [(period_start, code, value) for _, period_start, code, value in rows]
