@@ -86,8 +86,22 @@ PACKED_FIELDS = (
 )
 
 
+_DAY_S = 86_400
+_CLOCK = [f"T{minute // 60:02d}:{minute % 60:02d}:" for minute in range(24 * 60)]
+_SECONDS = [f"{second:02d}Z" for second in range(60)]
+_dates: dict[int, str] = {}  # day number -> "YYYY-MM-DD"; a few thousand distinct days at most
+
+
 def _format_time(epoch: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    """`%Y-%m-%dT%H:%M:%SZ` of epoch seconds, from cached pieces (strftime costs ~1.5 µs)."""
+    day, second = divmod(epoch, _DAY_S)
+    date = _dates.get(day)
+    if date is None:
+        date = time.strftime("%Y-%m-%d", time.gmtime(day * _DAY_S))
+        if len(_dates) < 100_000:
+            _dates[day] = date
+    minute, second = divmod(second, 60)
+    return date + _CLOCK[minute] + _SECONDS[second]
 
 
 # A decision renders its tenant's period start for the account, then again for the usage.
@@ -217,22 +231,25 @@ def _unpack_account(tenant: str, record: bytes, words: list[str]) -> AccountRow 
     if flags & _OPTIONAL:
         _unpack_optional(flags, record, at + _HEAD.size, words, optional)
     trial_end, past_due_since, pending_tier, pending_interval, pending_at, subscription_id, addons = optional
-    return AccountRow(
-        tenant,
-        words[tier],
-        words[status],
-        quantity,
-        None if start == _NO_TIME else _render_time(start),
-        None if end == _NO_TIME else _render_time(end),
-        trial_end,
-        flags & _CANCEL,
-        past_due_since,
-        version,
-        pending_tier,
-        pending_interval,
-        pending_at,
-        subscription_id,
-        addons,
+    return tuple.__new__(  # AccountRow(...) without its keyword handling: ~0.4 µs less
+        AccountRow,
+        (
+            tenant,
+            words[tier],
+            words[status],
+            quantity,
+            None if start == _NO_TIME else _render_time(start),
+            None if end == _NO_TIME else _render_time(end),
+            trial_end,
+            flags & _CANCEL,
+            past_due_since,
+            version,
+            pending_tier,
+            pending_interval,
+            pending_at,
+            subscription_id,
+            addons,
+        ),
     )
 
 
@@ -280,8 +297,7 @@ def _has_account(record: bytes) -> bool:
 
 
 def _holds(record: bytes, tenant: str) -> bool:
-    key = tenant.encode()
-    return record.startswith(_LENGTH.pack(len(key)) + key)
+    return record[_LENGTH.size : _LENGTH.size + (record[0] | record[1] << 8)].decode() == tenant
 
 
 # -- the tenant table ---------------------------------------------------------------------------

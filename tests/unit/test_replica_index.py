@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from sidecar.replica.index import PACKED_FIELDS, Counter, ReplicaIndex, UsageRow
+from sidecar.replica.index import PACKED_FIELDS, Counter, ReplicaIndex, UsageRow, _format_time
 from sidecar.replica.rows import AccountRow
 from sidecar.replica.store import ReplicaReader, ReplicaWriter, open_replica
 from tiergate.feed import FeedAccount, FeedChange, FeedUsage
@@ -248,3 +249,18 @@ def test_the_reader_answers_what_the_file_holds_after_an_import_batches_and_odd_
         )
     assert_reader_matches_file(path, tenants)
     writer.db.close()
+
+
+def test_times_render_as_strftime_does() -> None:
+    rng = random.Random(3)
+    epochs = [
+        0,
+        -1,
+        86_399,
+        86_400,
+        951_782_400,
+        4_102_444_799,
+        *(rng.randint(-(10**10), 10**10) for _ in range(5000)),
+    ]
+    for epoch in epochs:
+        assert _format_time(epoch) == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)), epoch
