@@ -69,6 +69,15 @@ def write_replica(path: Path, document: dict[str, Any], now: datetime) -> None:
     writer.db.close()
 
 
+def _requests_served(wrk_output: str) -> int:
+    """wrk's "N requests in Ts" line (0 when absent)."""
+    for line in wrk_output.splitlines():
+        words = line.split()
+        if len(words) > 2 and words[1] == "requests" and words[2] == "in":
+            return int(words[0])
+    return 0
+
+
 def index_figures(path: Path, tenants: list[str], rng: random.Random) -> dict[str, Any]:
     """The index's traced bytes once loaded, and its lookups' mean µs (present and absent tenants)."""
     tracemalloc.start()
@@ -88,6 +97,7 @@ def index_figures(path: Path, tenants: list[str], rng: random.Random) -> dict[st
     present_keys = itertools.cycle(sample)
     absent_keys = itertools.cycle(absent)
     figures = {
+        "loadavg": os.getloadavg(),
         "tenants": len(tenants),
         "load_s": round(load_s, 1),
         "traced_mib": round(traced / 2**20, 1),
@@ -144,7 +154,11 @@ def main() -> None:
     catalog = load_catalog(REPO / "plans" / "plans.yaml")
     features = [f for f in CHECK_FEATURES if f in catalog.features]
     now = datetime.now(UTC)
-    figures: dict[str, Any] = {"tenants": args.tenants, "when": now.isoformat(timespec="seconds")}
+    figures: dict[str, Any] = {
+        "tenants": args.tenants,
+        "when": now.isoformat(timespec="seconds"),
+        "loadavg_at_start": os.getloadavg(),
+    }
     with tempfile.TemporaryDirectory(prefix="tiergate-memory-") as tmpdir:
         tmp = Path(tmpdir)
         began = time.monotonic()
@@ -182,23 +196,28 @@ def main() -> None:
                 requests = tmp / "uniform.txt"
                 requests.write_text("\n".join(check_lines(tenants, features, 400_000, rng)) + "\n")
                 samples = []
+                served = 0
                 remaining = args.load_s
                 offset = 0
                 while remaining > 0:
                     step = min(30.0, remaining)
                     command = [wrk, "-t1", "-c32", f"-d{max(1, round(step))}s", "-s", str(WRK_SCRIPT), url]
-                    subprocess.run(
+                    run = subprocess.run(
                         [*command, "--", str(requests), str(offset)],
                         capture_output=True,
                         check=False,
                         timeout=step + 60,
+                        text=True,
                     )
+                    served += _requests_served(run.stdout)
                     offset += 40_000
                     remaining -= step
                     rss = rss_kib(sidecar.pid)
                     samples.append(round(rss["VmRSS"] / 1024, 1))
                     print(f"  after {args.load_s - remaining:.0f} s of load: {samples[-1]} MiB", flush=True)
                 figures["rss_under_load_mib"] = samples
+                figures["checks_served"] = served
+                figures["loadavg_at_end"] = os.getloadavg()
                 figures["rss_peak_mib"] = round(rss_kib(sidecar.pid)["VmHWM"] / 1024, 1)
         finally:
             stop(sidecar)

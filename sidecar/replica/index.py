@@ -36,28 +36,29 @@ Counter = tuple[str, str, CounterValue]  # (period_start, code, value) of one te
 Overrides = dict[str, dict[str, Any]]  # feature -> {"value", "expires_at"}, as the policy reads them
 
 # -- the record of one tenant -----------------------------------------------------------------
-#   u16 id length, id (UTF-8), u32 offset of the counters,
-#   the account (absent for a tenant with counters only):
-#     _HEAD (flags, tier, status, quantity, version, period start, period end),
-#     then, as `flags` says: trial_end, past_due_since, pending_tier, pending_interval,
-#     pending_at, subscription_id (u16 length + UTF-8), addons (u32 length + UTF-8 JSON),
-#   the counters: u16 number of periods, then per period _GROUP (start, count, byte length)
-#     and `count` times: u16 metric word, the value (_encode_value).
+#   _HEAD: id length, offset of the counters, flags, tier, status, quantity, version, period
+#     start, period end (the account's fields are zeros when `flags` has _NO_ACCOUNT),
+#   the id (UTF-8),
+#   as `flags` says: trial_end, past_due_since, pending_tier, pending_interval, pending_at,
+#     subscription_id (u16 length + UTF-8), addons (u32 length + UTF-8 JSON),
+#   the counters: u16 number of periods, then per period _GROUP (start, count, width) and
+#     `count` metric words, then `count` values (_pack_values).
 
+_HEAD = struct.Struct("<HIHHHqqqq")
 _LENGTH = struct.Struct("<H")
 _OFFSET = struct.Struct("<I")
-_HEAD = struct.Struct("<HHHqqqq")
 _EPOCH = struct.Struct("<q")
 _WORD = struct.Struct("<H")
-_GROUP = struct.Struct("<qHI")
-_INT32 = struct.Struct("<i")
+_GROUP = struct.Struct("<qHB")
 
 _CANCEL, _TRIAL, _PAST_DUE, _PENDING_TIER, _PENDING_INTERVAL, _PENDING_AT, _SUBSCRIPTION, _ADDONS = (
     1 << bit for bit in range(8)
 )
-_OPTIONAL = _CANCEL ^ 0xFF  # any flag past cancel_at_period_end: something follows the head
+_NO_ACCOUNT = 1 << 8  # a tenant with counters only
+_OPTIONAL = 0xFE  # any of trial_end .. addons: something follows the id
 _NO_TIME = -(2**63)  # a period bound that is NULL
 _INT64 = range(-(2**63) + 1, 2**63)
+_INT32 = range(-(2**31), 2**31)
 _MAX_WORDS = 0xFFFF
 
 
@@ -85,7 +86,6 @@ PACKED_FIELDS = (
     "addons",
 )
 
-
 _DAY_S = 86_400
 _CLOCK = [f"T{minute // 60:02d}:{minute % 60:02d}:" for minute in range(24 * 60)]
 _SECONDS = [f"{second:02d}Z" for second in range(60)]
@@ -110,13 +110,21 @@ _render_time = lru_cache(maxsize=4096)(_format_time)
 
 def _epoch(text: str) -> int:
     """Epoch seconds of a canonical RFC 3339 `Z` time; anything else cannot be packed."""
+    global _last_epoch  # a tenant's counters mostly start where its period does
+    last = _last_epoch  # one read: a loader thread may replace it meanwhile
+    if text == last[0]:
+        return last[1]
     try:
         epoch = int(datetime.fromisoformat(text).timestamp())
     except (ValueError, OverflowError, OSError):
         raise _Unpackable from None
     if _format_time(epoch) != text:  # fractions, offsets, other spellings: kept as written
         raise _Unpackable
+    _last_epoch = (text, epoch)
     return epoch
+
+
+_last_epoch = ("", 0)
 
 
 def _int64(value: object) -> int:
@@ -125,17 +133,27 @@ def _int64(value: object) -> int:
     return value
 
 
-def _encode_value(value: CounterValue) -> bytes:
-    """The one place a counter value is packed (tag byte, then 4 or 8 bytes)."""
-    if type(value) is int and -(2**31) <= value < 2**31:
-        return b"\x00" + _INT32.pack(value)
-    return b"\x01" + _EPOCH.pack(_int64(value))
+# -- counter values: the one place they are packed and unpacked --------------------------------
+# A period's values are one run of a single width: 0 = int32, 1 = int64 (more widths, e.g. for
+# decimal values, go here and in _run).
 
 
-def _decode_value(record: bytes, at: int) -> tuple[CounterValue, int]:
-    if record[at] == 0:
-        return _INT32.unpack_from(record, at + 1)[0], at + 5
-    return _EPOCH.unpack_from(record, at + 1)[0], at + 9
+def _pack_values(values: list[CounterValue]) -> tuple[int, bytes]:
+    """(width, packed values); raises _Unpackable for a value none of the widths holds."""
+    width = 0 if all(type(v) is int and v in _INT32 for v in values) else 1
+    if width:
+        values = [_int64(v) for v in values]
+    return width, _run(len(values), width).pack(*values)
+
+
+@lru_cache(maxsize=256)
+def _run(count: int, width: int) -> struct.Struct:
+    return struct.Struct(f"<{count}{'iq'[width]}")
+
+
+@lru_cache(maxsize=256)
+def _words_run(count: int) -> struct.Struct:
+    return struct.Struct(f"<{count}H")
 
 
 class _Words:
@@ -167,10 +185,43 @@ def _text(value: object, size: struct.Struct) -> bytes:
     return size.pack(len(data)) + data
 
 
-def _pack_account(row: AccountRow, words: _Words) -> bytes:
+_NO_ACCOUNT_FIELDS: tuple[int, ...] = (_NO_ACCOUNT, 0, 0, 0, 0, 0, 0)
+
+
+def _pack(tenant: str, row: AccountRow | None, counters: list[Counter], words: _Words) -> bytes:
+    """The tenant's record; raises _Unpackable when some value would not come back unchanged."""
+    key = tenant.encode()
+    if len(key) > 0xFFFF:
+        raise _Unpackable
+    if row is None:
+        fields, tail = _NO_ACCOUNT_FIELDS, b""
+    else:
+        fields, tail = _account_fields(row, words)
+    counters_at = _HEAD.size + len(key) + len(tail)
+    return _HEAD.pack(len(key), counters_at, *fields) + key + tail + _pack_counters(counters, words)
+
+
+def _account_fields(row: AccountRow, words: _Words) -> tuple[tuple[int, ...], bytes]:
+    """The head's account fields (flags .. period end) and the optional fields' bytes."""
     if row.cancel_at_period_end not in (0, 1) or type(row.cancel_at_period_end) is not int:
         raise _Unpackable
-    flags = _CANCEL if row.cancel_at_period_end else 0
+    flags, tail = _CANCEL if row.cancel_at_period_end else 0, b""
+    if row[6:9:2] != (None, None) or row[10:15] != (None, None, None, None, None):
+        flags, tail = _pack_optional(row, words, flags)
+    fields = (
+        flags,
+        words.code(row.tier),
+        words.code(row.status),
+        _int64(row.quantity),
+        _int64(row.version),
+        _NO_TIME if row.current_period_start is None else _epoch(row.current_period_start),
+        _NO_TIME if row.current_period_end is None else _epoch(row.current_period_end),
+    )
+    return fields, tail
+
+
+def _pack_optional(row: AccountRow, words: _Words, flags: int) -> tuple[int, bytes]:
+    """The fields most rows leave NULL, each behind its flag, in `_unpack_optional`'s order."""
     tail: list[bytes] = []
     for flag, value, pack in (
         (_TRIAL, row.trial_end, _packed_time),
@@ -184,16 +235,7 @@ def _pack_account(row: AccountRow, words: _Words) -> bytes:
         if value is not None:
             flags |= flag
             tail.append(pack(value))
-    head = _HEAD.pack(
-        flags,
-        words.code(row.tier),
-        words.code(row.status),
-        _int64(row.quantity),
-        _int64(row.version),
-        _NO_TIME if row.current_period_start is None else _epoch(row.current_period_start),
-        _NO_TIME if row.current_period_end is None else _epoch(row.current_period_end),
-    )
-    return head + b"".join(tail)
+    return flags, b"".join(tail)
 
 
 def _packed_time(value: str) -> bytes:
@@ -201,35 +243,32 @@ def _packed_time(value: str) -> bytes:
 
 
 def _pack_counters(counters: list[Counter], words: _Words) -> bytes:
-    periods: dict[str, list[bytes]] = {}
+    if not counters:
+        return b"\x00\x00"  # no period
+    periods: dict[str, tuple[list[int], list[CounterValue]]] = {}
     for period_start, code, value in counters:
-        periods.setdefault(period_start, []).append(_WORD.pack(words.code(code)) + _encode_value(value))
+        group = periods.get(period_start)
+        if group is None:
+            group = periods[period_start] = ([], [])
+        group[0].append(words.code(code))
+        group[1].append(value)
+    if len(periods) > 0xFFFF or any(len(codes) > 0xFFFF for codes, _ in periods.values()):
+        raise _Unpackable
     parts = [_LENGTH.pack(len(periods))]
-    for period_start, packed in periods.items():
-        body = b"".join(packed)
-        parts.append(_GROUP.pack(_epoch(period_start), len(packed), len(body)) + body)
+    for period_start, (codes, values) in periods.items():
+        width, packed = _pack_values(values)
+        parts.append(_GROUP.pack(_epoch(period_start), len(codes), width))
+        parts.append(_words_run(len(codes)).pack(*codes) + packed)
     return b"".join(parts)
 
 
-def _pack(tenant: str, row: AccountRow | None, counters: list[Counter], words: _Words) -> bytes:
-    """The tenant's record; raises _Unpackable when some value would not come back unchanged."""
-    key = _text(tenant, _LENGTH)
-    account = b"" if row is None else _pack_account(row, words)
-    return (
-        key + _OFFSET.pack(len(key) + _OFFSET.size + len(account)) + account + _pack_counters(counters, words)
-    )
-
-
 def _unpack_account(tenant: str, record: bytes, words: list[str]) -> AccountRow | None:
-    at = _LENGTH.size + _LENGTH.unpack_from(record)[0]
-    counters_at = _OFFSET.unpack_from(record, at)[0]
-    at += _OFFSET.size
-    if at == counters_at:
-        return None  # counters only
-    flags, tier, status, quantity, version, start, end = _HEAD.unpack_from(record, at)
+    length, _, flags, tier, status, quantity, version, start, end = _HEAD.unpack_from(record)
+    if flags & _NO_ACCOUNT:
+        return None
     optional: list[str | None] = [None] * 7
     if flags & _OPTIONAL:
-        _unpack_optional(flags, record, at + _HEAD.size, words, optional)
+        _unpack_optional(flags, record, _HEAD.size + length, words, optional)
     trial_end, past_due_since, pending_tier, pending_interval, pending_at, subscription_id, addons = optional
     return tuple.__new__(  # AccountRow(...) without its keyword handling: ~0.4 µs less
         AccountRow,
@@ -254,7 +293,7 @@ def _unpack_account(tenant: str, record: bytes, words: list[str]) -> AccountRow 
 
 
 def _unpack_optional(flags: int, record: bytes, at: int, words: list[str], into: list[str | None]) -> None:
-    """The fields after the head, in `_pack_account`'s order, into `into` (None stays None)."""
+    """The fields after the id, in `_pack_optional`'s order, into `into` (None stays None)."""
     for place, flag in enumerate((_TRIAL, _PAST_DUE)):
         if flags & flag:
             into[place] = _render_time(_EPOCH.unpack_from(record, at)[0])
@@ -275,29 +314,31 @@ def _unpack_optional(flags: int, record: bytes, at: int, words: list[str], into:
 
 
 def _unpack_usage(record: bytes, period_start: str, words: list[str]) -> dict[str, CounterValue]:
-    at = _OFFSET.unpack_from(record, _LENGTH.size + _LENGTH.unpack_from(record)[0])[0]
-    periods = _LENGTH.unpack_from(record, at)[0]
+    at = _OFFSET.unpack_from(record, _LENGTH.size)[0]
+    periods = record[at] | record[at + 1] << 8
     at += _LENGTH.size
     for _ in range(periods):
-        start, count, length = _GROUP.unpack_from(record, at)
+        start, count, width = _GROUP.unpack_from(record, at)
         at += _GROUP.size
+        codes, values = _words_run(count), _run(count, width)
         if _render_time(start) == period_start:
-            found: dict[str, CounterValue] = {}
-            for _ in range(count):
-                code = words[_WORD.unpack_from(record, at)[0]]
-                found[code], at = _decode_value(record, at + _WORD.size)
-            return found
-        at += length
+            return dict(
+                zip(
+                    [words[code] for code in codes.unpack_from(record, at)],
+                    values.unpack_from(record, at + codes.size),
+                    strict=True,
+                )
+            )
+        at += codes.size + values.size
     return {}
 
 
 def _has_account(record: bytes) -> bool:
-    key_end = _LENGTH.size + _LENGTH.unpack_from(record)[0]
-    return bool(_OFFSET.unpack_from(record, key_end)[0] > key_end + _OFFSET.size)
+    return not _HEAD.unpack_from(record)[2] & _NO_ACCOUNT
 
 
 def _holds(record: bytes, tenant: str) -> bool:
-    return record[_LENGTH.size : _LENGTH.size + (record[0] | record[1] << 8)].decode() == tenant
+    return record[_HEAD.size : _HEAD.size + (record[0] | record[1] << 8)].decode() == tenant
 
 
 # -- the tenant table ---------------------------------------------------------------------------
