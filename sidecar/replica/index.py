@@ -322,13 +322,8 @@ def _unpack_usage(record: bytes, period_start: str, words: list[str]) -> dict[st
         at += _GROUP.size
         codes, values = _words_run(count), _run(count, width)
         if _render_time(start) == period_start:
-            return dict(
-                zip(
-                    [words[code] for code in codes.unpack_from(record, at)],
-                    values.unpack_from(record, at + codes.size),
-                    strict=True,
-                )
-            )
+            names = map(words.__getitem__, codes.unpack_from(record, at))
+            return dict(zip(names, values.unpack_from(record, at + codes.size), strict=False))
         at += codes.size + values.size
     return {}
 
