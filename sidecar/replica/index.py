@@ -28,11 +28,11 @@ from operator import itemgetter
 from typing import Any
 
 from sidecar.replica.rows import AccountRow
+from tiergate.amounts import Amount, from_stored, stored
 
-# A usage counter's value: the one type the codec below encodes (_encode_value/_decode_value).
-CounterValue = int
-UsageRow = tuple[str, str, str, CounterValue]  # (tenant, period_start, code, value)
-Counter = tuple[str, str, CounterValue]  # (period_start, code, value) of one tenant
+# (tenant, period_start, code, value) as the file stores it: an int, or a decimal's text
+UsageRow = tuple[str, str, str, int | str]
+Counter = tuple[str, str, Amount]  # (period_start, code, exact value) of one tenant
 Overrides = dict[str, dict[str, Any]]  # feature -> {"value", "expires_at"}, as the policy reads them
 
 # -- the record of one tenant -----------------------------------------------------------------
@@ -134,16 +134,39 @@ def _int64(value: object) -> int:
 
 
 # -- counter values: the one place they are packed and unpacked --------------------------------
-# A period's values are one run of a single width: 0 = int32, 1 = int64 (more widths, e.g. for
-# decimal values, go here and in _run).
+# A period's values are one run of a single width: 0 = int32, 1 = int64, 2 = decimal text (each
+# value as `stored()` writes it, after a length byte; tiergate/amounts.py).
+_DECIMALS = 2
 
 
-def _pack_values(values: list[CounterValue]) -> tuple[int, bytes]:
-    """(width, packed values); raises _Unpackable for a value none of the widths holds."""
-    width = 0 if all(type(v) is int and v in _INT32 for v in values) else 1
-    if width:
-        values = [_int64(v) for v in values]
-    return width, _run(len(values), width).pack(*values)
+def _amount(value: object) -> Amount:
+    """A counter as the file stores it (an int, or a decimal's text), exactly."""
+    return value if type(value) is int else from_stored(value)
+
+
+def _pack_values(values: list[Amount]) -> tuple[int, bytes]:
+    """(width, packed values)."""
+    if all(type(v) is int and v in _INT32 for v in values):
+        return 0, _run(len(values), 0).pack(*values)
+    if all(type(v) is int and v in _INT64 for v in values):
+        return 1, _run(len(values), 1).pack(*values)
+    texts = [str(stored(v)).encode() for v in values]
+    if any(len(text) > 0xFF for text in texts):
+        raise _Unpackable
+    return _DECIMALS, b"".join(bytes((len(text),)) + text for text in texts)
+
+
+def _unpack_values(record: bytes, at: int, count: int, width: int) -> tuple[list[Amount], int]:
+    """The values of a run and where it ends."""
+    if width != _DECIMALS:
+        run = _run(count, width)
+        return list(run.unpack_from(record, at)), at + run.size
+    values: list[Amount] = []
+    for _ in range(count):
+        length = record[at]
+        values.append(from_stored(record[at + 1 : at + 1 + length].decode()))
+        at += 1 + length
+    return values, at
 
 
 @lru_cache(maxsize=256)
@@ -245,7 +268,7 @@ def _packed_time(value: str) -> bytes:
 def _pack_counters(counters: list[Counter], words: _Words) -> bytes:
     if not counters:
         return b"\x00\x00"  # no period
-    periods: dict[str, tuple[list[int], list[CounterValue]]] = {}
+    periods: dict[str, tuple[list[int], list[Amount]]] = {}
     for period_start, code, value in counters:
         group = periods.get(period_start)
         if group is None:
@@ -313,18 +336,22 @@ def _unpack_optional(flags: int, record: bytes, at: int, words: list[str], into:
             at += length
 
 
-def _unpack_usage(record: bytes, period_start: str, words: list[str]) -> dict[str, CounterValue]:
+def _unpack_usage(record: bytes, period_start: str, words: list[str]) -> dict[str, Amount]:
     at = _OFFSET.unpack_from(record, _LENGTH.size)[0]
     periods = record[at] | record[at + 1] << 8
     at += _LENGTH.size
     for _ in range(periods):
         start, count, width = _GROUP.unpack_from(record, at)
-        at += _GROUP.size
-        codes, values = _words_run(count), _run(count, width)
+        codes = _words_run(count)
+        at += _GROUP.size + codes.size
         if _render_time(start) == period_start:
-            names = map(words.__getitem__, codes.unpack_from(record, at))
-            return dict(zip(names, values.unpack_from(record, at + codes.size), strict=False))
-        at += codes.size + values.size
+            names = map(words.__getitem__, codes.unpack_from(record, at - codes.size))
+            return dict(zip(names, _unpack_values(record, at, count, width)[0], strict=False))
+        at = (
+            _unpack_values(record, at, count, width)[1]
+            if width == _DECIMALS
+            else at + _run(count, width).size
+        )
     return {}
 
 
@@ -375,7 +402,7 @@ class ReplicaIndex:
         unpacked = self._unpacked.get(tenant) if self._unpacked else None
         return unpacked[0] if unpacked else None
 
-    def usage(self, tenant: str, period_start: str) -> dict[str, CounterValue]:
+    def usage(self, tenant: str, period_start: str) -> dict[str, Amount]:
         slot = self._slot(tenant)
         if slot >= 0:
             return _unpack_usage(self._records[slot] or b"", period_start, self._words.texts)
@@ -425,7 +452,7 @@ class ReplicaIndex:
         rows = {row.tenant: row for row in accounts}
         counters: dict[str, list[Counter]] = {}
         for tenant, period_start, code, value in usage:
-            counters.setdefault(tenant, []).append((period_start, code, value))
+            counters.setdefault(tenant, []).append((period_start, code, _amount(value)))
         for tenant in tenants:
             self._overrides.pop(tenant, None)
             if tenant not in rows and tenant not in counters:
@@ -556,4 +583,4 @@ def _ordered(groups: Iterator[tuple[str, Iterator[UsageRow]]]) -> Iterator[tuple
         if tenant <= last and last:
             raise ValueError(f"usage out of tenant order: {tenant!r} after {last!r}")
         last = tenant
-        yield tenant, [(period_start, code, value) for _, period_start, code, value in rows]
+        yield tenant, [(period_start, code, _amount(value)) for _, period_start, code, value in rows]

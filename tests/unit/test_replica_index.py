@@ -12,6 +12,7 @@ import random
 import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ import pytest
 from sidecar.replica.index import PACKED_FIELDS, Counter, ReplicaIndex, UsageRow, _format_time
 from sidecar.replica.rows import AccountRow
 from sidecar.replica.store import ReplicaReader, ReplicaWriter, open_replica
+from tiergate.amounts import Amount, stored
 from tiergate.feed import FeedAccount, FeedChange, FeedUsage
 from tiergate.models import Account, UsageCounter
 
@@ -68,10 +70,16 @@ def some_row(rng: random.Random, tenant: str) -> AccountRow:
     )
 
 
+def some_amount(rng: random.Random) -> Amount:
+    if rng.random() < 0.05:  # a decimal sum, or a correction below zero (tiergate/amounts.py)
+        return rng.choice((Decimal("2.5"), Decimal("-0.125"), Decimal("123456789012.000001")))
+    return some_int(rng)
+
+
 def some_counters(rng: random.Random) -> list[Counter]:
     periods = [some_time(rng) for _ in range(rng.choice((0, 1, 1, 1, 2, 3)))]
     return [
-        (period, code, some_int(rng))
+        (period, code, some_amount(rng))
         for period in dict.fromkeys(periods)
         for code in rng.sample(CODES, rng.randint(1, len(CODES)))
     ]
@@ -87,12 +95,12 @@ class Model:
         self.rows: dict[str, AccountRow] = {}
         self.counters: dict[str, list[Counter]] = {}
 
-    def usage(self, tenant: str, period_start: str) -> dict[str, int]:
+    def usage(self, tenant: str, period_start: str) -> dict[str, Amount]:
         return {code: value for start, code, value in self.counters.get(tenant, []) if start == period_start}
 
     def usage_rows(self) -> list[UsageRow]:
         return sorted(
-            (tenant, start, code, value)
+            (tenant, start, code, stored(value))
             for tenant, counters in self.counters.items()
             for start, code, value in counters
         )
@@ -246,6 +254,10 @@ def test_the_reader_answers_what_the_file_holds_after_an_import_batches_and_odd_
         conn.execute(
             "INSERT OR REPLACE INTO usage VALUES (?, 'api_calls', '2026-11-01 00:00:00', ?)",
             (accounts[1].tenant, 2**62),
+        )
+        conn.execute(
+            "INSERT OR REPLACE INTO usage VALUES (?, 'storage_gb', '2026-11-01T00:00:00Z', '7.25')",
+            (accounts[2].tenant,),
         )
     assert_reader_matches_file(path, tenants)
     writer.db.close()
