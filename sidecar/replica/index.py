@@ -346,7 +346,9 @@ def _unpack_usage(record: bytes, period_start: str, words: list[str]) -> dict[st
         at += _GROUP.size + codes.size
         if _render_time(start) == period_start:
             names = map(words.__getitem__, codes.unpack_from(record, at - codes.size))
-            return dict(zip(names, _unpack_values(record, at, count, width)[0], strict=False))
+            if width == _DECIMALS:
+                return dict(zip(names, _unpack_values(record, at, count, width)[0], strict=False))
+            return dict(zip(names, _run(count, width).unpack_from(record, at), strict=False))
         at = (
             _unpack_values(record, at, count, width)[1]
             if width == _DECIMALS
@@ -392,20 +394,26 @@ class ReplicaIndex:
         # Tenants whose rows the record cannot hold exactly (see the module's docstring).
         self._unpacked: dict[str, tuple[AccountRow | None, list[Counter]]] = {}
         self._overrides: dict[str, Overrides] = {}
+        self._forget_last()
+
+    def _forget_last(self) -> None:
+        """Any change to the records: the remembered lookup may be stale."""
+        self._last_tenant: str | None = None
+        self._last_record: bytes | None = None
 
     # -- lookups
 
     def account(self, tenant: str) -> AccountRow | None:
-        slot = self._slot(tenant)
-        if slot >= 0:
-            return _unpack_account(tenant, self._records[slot] or b"", self._words.texts)
+        record = self._record(tenant)
+        if record is not None:
+            return _unpack_account(tenant, record, self._words.texts)
         unpacked = self._unpacked.get(tenant) if self._unpacked else None
         return unpacked[0] if unpacked else None
 
     def usage(self, tenant: str, period_start: str) -> dict[str, Amount]:
-        slot = self._slot(tenant)
-        if slot >= 0:
-            return _unpack_usage(self._records[slot] or b"", period_start, self._words.texts)
+        record = self._record(tenant)
+        if record is not None:
+            return _unpack_usage(record, period_start, self._words.texts)
         unpacked = self._unpacked.get(tenant) if self._unpacked else None
         if not unpacked:
             return {}
@@ -463,6 +471,16 @@ class ReplicaIndex:
 
     # -- the table
 
+    def _record(self, tenant: str) -> bytes | None:
+        """The tenant's record; the last one found is kept, since a decision asks for the
+        account and then the counters of the same tenant (the same string object)."""
+        if tenant is self._last_tenant:
+            return self._last_record
+        slot = self._slot(tenant)
+        record = self._records[slot] if slot >= 0 else None
+        self._last_tenant, self._last_record = tenant, record
+        return record
+
     def _slot(self, tenant: str) -> int:
         """The tenant's slot, or -1."""
         digest = hash(tenant)
@@ -494,6 +512,7 @@ class ReplicaIndex:
             at = (at + 1) & mask
 
     def _store(self, tenant: str, row: AccountRow | None, counters: list[Counter]) -> None:
+        self._forget_last()
         try:
             record = _pack(tenant, row, counters, self._words)
         except _Unpackable:
@@ -522,6 +541,7 @@ class ReplicaIndex:
             self._rebuild_table()
 
     def _remove(self, tenant: str) -> None:
+        self._forget_last()
         self._unpacked.pop(tenant, None)
         found, _ = self._position(tenant, hash(tenant))
         if found < 0:

@@ -276,3 +276,22 @@ def test_times_render_as_strftime_does() -> None:
     ]
     for epoch in epochs:
         assert _format_time(epoch) == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)), epoch
+
+
+def test_a_tenant_asked_again_after_a_change_gets_the_new_rows() -> None:
+    """The index remembers its last lookup (a decision asks for the account, then the counters)."""
+    rng = random.Random(5)
+    tenant, period = "t_asked", "2026-11-01T00:00:00Z"
+    index = ReplicaIndex()
+    first = some_row(rng, tenant)._replace(current_period_start=period)
+    index.replace_all([first], [(tenant, period, "api_calls", 3)], {})
+    assert index.account(tenant) == first and index.usage(tenant, period) == {"api_calls": 3}
+    second = first._replace(tier="enterprise")
+    index.replace_tenants([tenant], [second], [(tenant, period, "api_calls", 4)], {})
+    assert index.account(tenant) == second and index.usage(tenant, period) == {"api_calls": 4}
+    index.replace_tenants([tenant], [], [], {})
+    assert index.account(tenant) is None and index.usage(tenant, period) == {}
+    index.replace_tenants([tenant], [first], [], {})
+    assert index.account(tenant) == first
+    index.replace_all([], [], {})
+    assert index.account(tenant) is None
