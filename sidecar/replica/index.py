@@ -1,18 +1,18 @@
 """The replica in memory: what the decision path reads instead of SQLite.
 
-Accounts by tenant, each tenant's usage counters and feature overrides, loaded from the replica file in one read
-transaction at start (and again after an import or a snapshot), and reloaded tenant by tenant
+Accounts by tenant, each tenant's usage counters and feature overrides, loaded from the replica
+file in one read transaction at start (and again after an import or a snapshot), and reloaded tenant by tenant
 for every feed batch the follower commits, on the event loop, before its position is adopted.
 So a decision never reads SQLite, and the counters it reads always belong to the position the
 reader reports (what the usage ledger's read-your-writes needs). The file stays the durable copy.
 
-Layout (docs/adr/0011-decisions-from-memory.md): a million tenants must fit in ~200 MB, so a
-tenant is one `bytes` record — its id, its account row and its counters packed with `struct`
+Layout (docs/adr/0011-decisions-from-memory.md): a million tenants must fit in well under 300 MB
+of RSS (issue 15), so a tenant is one `bytes` record — its id, its account row and its counters packed with `struct`
 (times as epoch seconds, tier/status/metric names as indices into one table of words) — found
 through an open-addressing hash table kept in two `array`s, not through a dict of Python objects.
-A row or a counter the packing cannot hold exactly (a time not in the canonical `...Z` form, a
-value beyond 64 bits) keeps its tenant as plain tuples in a small side dict instead: answers are
-always the stored values, byte for byte.
+A row the packing cannot hold exactly (a time not in the canonical `...Z` form, a quantity or
+version beyond 64 bits) keeps its tenant as plain tuples in a small side dict instead: answers
+are always the stored values, byte for byte (counters: the exact amounts, tiergate/amounts.py).
 """
 
 from __future__ import annotations
