@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 import time
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from functools import lru_cache
 from itertools import groupby
@@ -29,6 +29,7 @@ from typing import Any
 
 from sidecar.replica.rows import AccountRow
 from tiergate.amounts import Amount, from_stored, stored
+from tiergate.usage_events import GAUGE_PERIOD_START
 
 # (tenant, period_start, code, value) as the file stores it: an int, or a decimal's text
 UsageRow = tuple[str, str, str, int | str]
@@ -156,17 +157,25 @@ def _pack_values(values: list[Amount]) -> tuple[int, bytes]:
     return _DECIMALS, b"".join(bytes((len(text),)) + text for text in texts)
 
 
-def _unpack_values(record: bytes, at: int, count: int, width: int) -> tuple[list[Amount], int]:
+def _unpack_values(record: bytes, at: int, count: int, width: int) -> tuple[Sequence[Amount], int]:
     """The values of a run and where it ends."""
     if width != _DECIMALS:
         run = _run(count, width)
-        return list(run.unpack_from(record, at)), at + run.size
+        return run.unpack_from(record, at), at + run.size
     values: list[Amount] = []
     for _ in range(count):
         length = record[at]
         values.append(from_stored(record[at + 1 : at + 1 + length].decode()))
         at += 1 + length
     return values, at
+
+
+def _values_end(record: bytes, at: int, count: int, width: int) -> int:
+    if width != _DECIMALS:
+        return at + _run(count, width).size
+    for _ in range(count):
+        at += 1 + record[at]
+    return at
 
 
 @lru_cache(maxsize=256)
@@ -337,24 +346,23 @@ def _unpack_optional(flags: int, record: bytes, at: int, words: list[str], into:
 
 
 def _unpack_usage(record: bytes, period_start: str, words: list[str]) -> dict[str, Amount]:
+    """The counters of `period_start` and the gauges' (which count in every period), in stored
+    order."""
     at = _OFFSET.unpack_from(record, _LENGTH.size)[0]
     periods = record[at] | record[at + 1] << 8
     at += _LENGTH.size
+    found: dict[str, Amount] = {}
     for _ in range(periods):
         start, count, width = _GROUP.unpack_from(record, at)
         codes = _words_run(count)
-        at += _GROUP.size + codes.size
-        if _render_time(start) == period_start:
-            names = map(words.__getitem__, codes.unpack_from(record, at - codes.size))
-            if width == _DECIMALS:
-                return dict(zip(names, _unpack_values(record, at, count, width)[0], strict=False))
-            return dict(zip(names, _run(count, width).unpack_from(record, at), strict=False))
-        at = (
-            _unpack_values(record, at, count, width)[1]
-            if width == _DECIMALS
-            else at + _run(count, width).size
-        )
-    return {}
+        values_at = at + _GROUP.size + codes.size
+        if _render_time(start) in (period_start, GAUGE_PERIOD_START):
+            names = map(words.__getitem__, codes.unpack_from(record, values_at - codes.size))
+            values, at = _unpack_values(record, values_at, count, width)
+            found.update(zip(names, values, strict=False))
+        else:
+            at = _values_end(record, values_at, count, width)
+    return found
 
 
 def _has_account(record: bytes) -> bool:
@@ -417,7 +425,9 @@ class ReplicaIndex:
         unpacked = self._unpacked.get(tenant) if self._unpacked else None
         if not unpacked:
             return {}
-        return {code: value for start, code, value in unpacked[1] if start == period_start}
+        # a gauge counts in every period (tiergate/usage_events.py)
+        wanted = (period_start, GAUGE_PERIOD_START)
+        return {code: value for start, code, value in unpacked[1] if start in wanted}
 
     def overrides(self, tenant: str) -> Overrides:
         return self._overrides.get(tenant) or {}

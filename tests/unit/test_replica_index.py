@@ -23,6 +23,7 @@ from sidecar.replica.store import ReplicaReader, ReplicaWriter, open_replica
 from tiergate.amounts import Amount, stored
 from tiergate.feed import FeedAccount, FeedChange, FeedUsage
 from tiergate.models import Account, UsageCounter
+from tiergate.usage_events import GAUGE_PERIOD_START
 
 AS_OF = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 TIERS = ("free", "pro", "team", "enterprise")
@@ -78,6 +79,8 @@ def some_amount(rng: random.Random) -> Amount:
 
 def some_counters(rng: random.Random) -> list[Counter]:
     periods = [some_time(rng) for _ in range(rng.choice((0, 1, 1, 1, 2, 3)))]
+    if rng.random() < 0.2:  # a gauge's reading: counted in every period
+        periods.append(GAUGE_PERIOD_START)
     return [
         (period, code, some_amount(rng))
         for period in dict.fromkeys(periods)
@@ -96,7 +99,12 @@ class Model:
         self.counters: dict[str, list[Counter]] = {}
 
     def usage(self, tenant: str, period_start: str) -> dict[str, Amount]:
-        return {code: value for start, code, value in self.counters.get(tenant, []) if start == period_start}
+        wanted = (period_start, GAUGE_PERIOD_START)
+        found: dict[str, Amount] = {}
+        for start, code, value in sorted(self.counters.get(tenant, [])):  # the file's key order
+            if start in wanted:
+                found[code] = value
+        return found
 
     def usage_rows(self) -> list[UsageRow]:
         return sorted(
@@ -252,11 +260,11 @@ def test_the_reader_answers_what_the_file_holds_after_an_import_batches_and_odd_
             (accounts[0].tenant,),
         )
         conn.execute(
-            "INSERT OR REPLACE INTO usage VALUES (?, 'api_calls', '2026-11-01 00:00:00', ?)",
+            "INSERT OR REPLACE INTO usage (tenant, code, period_start, value) VALUES (?, 'api_calls', '2026-11-01 00:00:00', ?)",
             (accounts[1].tenant, 2**62),
         )
         conn.execute(
-            "INSERT OR REPLACE INTO usage VALUES (?, 'storage_gb', '2026-11-01T00:00:00Z', '7.25')",
+            "INSERT OR REPLACE INTO usage (tenant, code, period_start, value) VALUES (?, 'storage_gb', '2026-11-01T00:00:00Z', '7.25')",
             (accounts[2].tenant,),
         )
     assert_reader_matches_file(path, tenants)
