@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from sidecar.replica.damage import ReplicaDamage
     from sidecar.replica.follower import FollowerStatus
     from sidecar.usage.outbox import Outbox
 
@@ -100,6 +101,9 @@ class SidecarMetrics:
     def watch_follower(self, status: FollowerStatus) -> None:
         self.registry.register(_FollowerCollector(status))
 
+    def watch_damage(self, damage: ReplicaDamage) -> None:
+        self.registry.register(_DamageCollector(damage))
+
     def watch_outbox(self, outbox: Outbox) -> None:
         """Usage delivery's health, read from the outbox at each scrape."""
         backlog = Gauge(
@@ -145,3 +149,27 @@ class _FollowerCollector(Collector):
         )
         failing.add_metric([], float(self.status.consecutive_failures))
         yield from (connected, failures, failing)
+
+
+class _DamageCollector(Collector):
+    """A damaged replica file, read at each scrape: found, being replaced, replaced."""
+
+    def __init__(self, damage: ReplicaDamage) -> None:
+        self.damage = damage
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield GaugeMetricFamily(
+            "tiergate_replica_damaged",
+            "1 from the moment the replica file is found damaged until a new snapshot is loaded.",
+            value=1.0 if self.damage.active else 0.0,
+        )
+        yield CounterMetricFamily(
+            "tiergate_replica_damage_detected",
+            "Damaged replica files found (at start by quick_check, or by a read or write at run time).",
+            value=float(self.damage.detections),
+        )
+        yield CounterMetricFamily(
+            "tiergate_replica_damage_recovered",
+            "Replicas downloaded again and loaded after damage found at run time.",
+            value=float(self.damage.recoveries),
+        )

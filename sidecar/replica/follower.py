@@ -9,6 +9,10 @@ The follower never dies silently: every failure, the daemon's (unreachable, a ba
 the replica's own (disk full, "database is locked" during an import), is caught, shown
 (`connected=false`, `last_error`, `failing`, a metric), retried with backoff, and recovers on its
 own once the cause is gone. A replica-side failure is pod-local, so it also fails readiness.
+
+A damaged file (SQLite says "malformed" or "not a database", to the follower's writes or to the
+reader's reads, see damage.py) is not retried in place: on its next step the follower sets the
+file aside (kept for inspection), starts a new one and downloads a snapshot into it.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 import aiohttp
 import structlog
 
+from sidecar.replica.damage import ReplicaDamage, move_aside
 from sidecar.replica.store import ReplicaWriter, open_replica, read_meta
 from tiergate.feed import KNOWN_KINDS, FeedAccount, FeedChange, FeedOverride, FeedUsage, refused_token
 from tiergate.periods import utc_now_text
@@ -86,6 +91,9 @@ class Follower:
     status: FollowerStatus = field(default_factory=FollowerStatus)
     # Told which tenants a batch touched (None: all of them), so cached decisions are dropped.
     on_applied: Callable[[set[str] | None], None] | None = None
+    # Shared with the reader: damage either of them met; told when a new file replaced it.
+    damage: ReplicaDamage = field(default_factory=ReplicaDamage)
+    on_set_aside: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replica-writer")
@@ -120,6 +128,8 @@ class Follower:
         async with aiohttp.ClientSession(self.daemon_url, headers=headers, timeout=timeout) as session:
             while True:
                 try:
+                    if self.damage.state == "damaged":
+                        await self._set_damaged_file_aside()
                     await self._step(session)
                 except Exception as exc:  # any failure: shown, retried; never the end of the task
                     self._failed(exc)
@@ -144,6 +154,25 @@ class Follower:
                 raise FeedProtocolError("the daemon's snapshot is older than its change log") from exc
             log.warning("feed_gap", position=self.status.position)
             self.status.position = None
+
+    async def _set_damaged_file_aside(self) -> None:
+        """Move the damaged file aside, start an empty one, and forget the position: the next
+        step downloads a snapshot (the in-memory index answers meanwhile)."""
+        writer = self._require_writer()
+        reason = self.damage.problem or "damaged"
+
+        def swap() -> Path:
+            writer.db.close()
+            try:
+                return move_aside(self.replica_path, reason)
+            finally:  # the new file, or the same one again when it could not be moved
+                self._writer = ReplicaWriter(open_replica(self.replica_path, self.busy_timeout_s))
+
+        moved = await self._on_writer(swap)
+        self.damage.set_aside(moved)
+        self.status.position = None
+        if self.on_set_aside is not None:
+            self.on_set_aside()
 
     async def _poll(self, session: aiohttp.ClientSession) -> None:
         params = {"since": str(self.status.position), "wait": f"{self.poll_wait_s:g}", "kinds": FEED_KINDS}
@@ -187,6 +216,7 @@ class Follower:
         self.status.last_change_at = utc_now_text()
         log.info("replica_snapshot_loaded", position=header["seq"], accounts=header["accounts"])
         self._connected()
+        self._recovered()  # a snapshot in place is a success of its own (e.g. after a damaged file)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -210,6 +240,7 @@ class Follower:
         self.status.consecutive_failures = 0
 
     def _failed(self, exc: BaseException) -> None:
+        self.damage.report(exc, "follower")
         kind = failure_kind(exc)
         self.status.connected = False
         self.status.failing = kind
