@@ -52,7 +52,7 @@ class Stack:
         self.stop_daemon()
         settings = COMMON | {
             "TIERGATE_STRIPE_API_KEY": "sk_test_bench",
-            "TIERGATE_STRIPE_WEBHOOK_SECRET": "whsec_bench",
+            "TIERGATE_STRIPE_WEBHOOK_SECRET": "whsec_bench_0123456789",
             "TIERGATE_STRIPE_API_BASE": "http://127.0.0.1:9",
             "TIERGATE_RECONCILE_AT_START": "false",
             "TIERGATE_MIRROR_PATH": str(self.work / "mirror.db"),

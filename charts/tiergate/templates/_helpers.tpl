@@ -85,6 +85,20 @@ Numbers go through toJson so 1048576 stays 1048576 (not 1.048576e+06).
 {{- end }}
 {{- end -}}
 
+{{/* Refuse a short token or secret before anything is installed, as the processes would at start:
+each comma-separated token on its own (empty entries skipped), never echoing the value.
+  include "tiergate.checkSecret" (dict "name" "secrets.feedToken" "value" .Values.secrets.feedToken "list" true) */}}
+{{- define "tiergate.checkSecret" -}}
+{{- $parts := ternary (splitList "," (.value | default "")) (list (.value | default "")) (.list | default false) -}}
+{{- $n := len $parts -}}
+{{- range $i, $part := $parts }}
+{{- $t := trim $part }}
+{{- if and $t (lt (len $t) 16) }}
+{{- fail (printf "tiergate: %s: %s has %d characters; each needs at least 16 (e.g. `openssl rand -hex 32`)" $.name (ternary (printf "token %d of %d" (add1 $i) $n) "the value" (gt $n 1)) (len $t)) }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
 {{/* exec probe: GET http://127.0.0.1:PORT/PATH, failing on any error or non-2xx answer */}}
 {{- define "tiergate.loopbackProbe" -}}
 exec:

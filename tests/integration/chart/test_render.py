@@ -27,7 +27,7 @@ from tests.integration.chart.tools import (
     render,
 )
 
-STRIPE = {"secrets": {"stripeApiKey": "sk_test_x", "stripeWebhookSecret": "whsec_x"}}
+STRIPE = {"secrets": {"stripeApiKey": "sk_test_x", "stripeWebhookSecret": "whsec_test_0123456789"}}
 OPA_INGRESS_EXISTING = {
     "engine": "opa",
     "ingress": {"enabled": True, "className": "nginx", "host": "hooks.example.com"},
@@ -156,7 +156,7 @@ def test_secret_values_reach_the_daemon_by_reference_only() -> None:
         ref = env[var]["valueFrom"]["secretKeyRef"]
         assert (ref["name"], ref["key"]) == (secret["metadata"]["name"], key)
     text = yaml.safe_dump(docs)
-    assert "sk_test_x" not in text and "whsec_x" not in text  # only base64 in the Secret
+    assert "sk_test_x" not in text and "whsec_test_0123456789" not in text  # only base64 in the Secret
 
 
 def test_stripe_secrets_are_required_unless_an_existing_secret_is_named() -> None:
@@ -389,3 +389,26 @@ def _parse(settings: Any, env: dict[str, dict[str, Any]], monkeypatch: pytest.Mo
         # A Stripe key must look like a secret key (sk_), a JWT secret be 32 bytes; the others are any string.
         monkeypatch.setenv(name, entry.get("value", "sk_test_from-a-secret-at-least-32-bytes"))
     return settings(_env_file=None)
+
+
+@pytest.mark.parametrize(
+    ("secrets", "message"),
+    [
+        ({"feedToken": "f" * 20 + ",short"}, r"secrets\.feedToken: token 2 of 2 has 5 characters"),
+        ({"apiToken": "tiny"}, r"secrets\.apiToken: the value has 4 characters; each needs at least 16"),
+        ({"stripeWebhookSecret": "whsec_x"}, r"secrets\.stripeWebhookSecret: the value has 7 characters"),
+        ({"webhookSecret": "s"}, r"secrets\.webhookSecret: the value has 1 characters"),
+    ],
+)
+def test_a_short_token_or_secret_is_refused_without_echoing_it(secrets: dict[str, str], message: str) -> None:
+    lib = helm()
+    values = {"secrets": {**STRIPE["secrets"], **secrets}}
+    with pytest.raises(lib.HelmError, match=message) as raised:
+        render(values)
+    assert "short" not in str(raised.value) and "tiny" not in str(raised.value)
+
+
+def test_long_tokens_and_a_rotation_list_render() -> None:
+    tokens = {"feedToken": "n" * 16 + "," + "o" * 16 + ",", "apiToken": "a" * 32}
+    secret = one(documents(render({"secrets": {**STRIPE["secrets"], **tokens}})), "Secret")
+    assert set(secret["data"]) >= {"FEED_TOKEN", "API_TOKEN"}

@@ -38,8 +38,8 @@ def test_secrets_never_in_reprs(tmp_path: Path) -> None:
 
 def test_bad_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TIERGATE_STRIPE_API_KEY", "sk_test_secret_value")
-    monkeypatch.setenv("TIERGATE_STRIPE_WEBHOOK_SECRET", "whsec_x")
-    monkeypatch.setenv("TIERGATE_FEED_TOKEN", "token-value")
+    monkeypatch.setenv("TIERGATE_STRIPE_WEBHOOK_SECRET", "whsec_test_0123456789")
+    monkeypatch.setenv("TIERGATE_FEED_TOKEN", "token-value-0123456789")
     monkeypatch.setenv("TIERGATE_DAEMON_PORT", "99999")
     with pytest.raises(SettingsError) as caught:
         load_settings()
@@ -49,7 +49,7 @@ def test_bad_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.delenv("TIERGATE_FEED_TOKEN")
     with pytest.raises(SettingsError, match="TIERGATE_FEED_TOKEN"):
         load_settings()
-    monkeypatch.setenv("TIERGATE_FEED_TOKEN", "token-value")
+    monkeypatch.setenv("TIERGATE_FEED_TOKEN", "token-value-0123456789")
     assert isinstance(load_settings(), DaemonSettings)
 
 
