@@ -27,6 +27,7 @@ from sync_daemon.outbound.events import (
     usage_limit,
 )
 from sync_daemon.outbound.queue import Due, due, enqueue, first_time, next_due, record_attempt
+from tiergate.amounts import Amount
 from tiergate.catalog import Catalog
 from tiergate.webhook_signature import HEADER, sign
 
@@ -56,7 +57,7 @@ class Outbound:
         if started is not None:
             enqueue(txn, self.endpoints, "payment.overdue", after.tenant, {**started, "cause": cause})
 
-    def usage_changed(self, txn: MirrorTxn, counters: Mapping[tuple[str, str, str], int]) -> None:
+    def usage_changed(self, txn: MirrorTxn, counters: Mapping[tuple[str, str, str], Amount]) -> None:
         """`usage.threshold_crossed` for each alert a changed counter reached, once each."""
         if not self.endpoints:
             return
