@@ -152,7 +152,7 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
             log_denies=settings.decision_log_denies,
             staleness_budget_s=settings.staleness_budget_s if settings.daemon_url else None,
             not_ready=settings.not_ready_answer if settings.daemon_url else None,
-            since_contact=app[FOLLOWER].seconds_since_contact if FOLLOWER in app else None,
+            since_contact=app[FOLLOWER].data_age if FOLLOWER in app else None,
         )
         reloader = PolicyReloader(
             engine,
@@ -165,6 +165,7 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
         app[DECISIONS] = decisions
         if FOLLOWER in app:
             metrics.watch_follower(app[FOLLOWER].status)
+            metrics.watch_lag(app[FOLLOWER].seconds_since_contact, lambda: app[FOLLOWER].status.daemon_lag_s)
         metrics.watch_damage(app[READER].damage)
         app[ROUTES] = RouteResolver(engine)
         app[POLICIES] = Policies(engine, reloader)

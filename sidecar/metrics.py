@@ -93,13 +93,29 @@ class SidecarMetrics:
         )
         self.replica_age = Gauge(
             "tiergate_replica_age_seconds",
-            "Seconds since the replica's data was current (data_as_of).",
+            "How far the replica may be behind Stripe: following a daemon, seconds since its last "
+            "answer (monotonic) plus the lag it reported; static mode, since data_as_of.",
             registry=self.registry,
         )
         self.replica_age.set_function(replica_age)
 
     def watch_follower(self, status: FollowerStatus) -> None:
         self.registry.register(_FollowerCollector(status))
+
+    def watch_lag(self, contact_age: Callable[[], float | None], daemon_lag: Callable[[], float]) -> None:
+        """The two parts of the replica's age, each on its own."""
+        contact = Gauge(
+            "tiergate_replica_contact_age_seconds",
+            "Seconds since the sync daemon last answered (monotonic; 0 before the first answer).",
+            registry=self.registry,
+        )
+        contact.set_function(lambda: contact_age() or 0.0)
+        lag = Gauge(
+            "tiergate_daemon_lag_seconds",
+            "How far the daemon's own mirror may be behind Stripe, as its last answer said.",
+            registry=self.registry,
+        )
+        lag.set_function(daemon_lag)
 
     def watch_damage(self, damage: ReplicaDamage) -> None:
         self.registry.register(_DamageCollector(damage))

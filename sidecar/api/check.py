@@ -191,6 +191,7 @@ async def status(request: web.Request) -> web.Response:
     reader = request.app[READER]
     decisions = request.app[DECISIONS]
     following = FOLLOWER in request.app
+    follower = request.app[FOLLOWER] if following else None
     backlog = request.app[OUTBOX].backlog if OUTBOX in request.app else 0
     return json_response(
         {
@@ -200,6 +201,9 @@ async def status(request: web.Request) -> web.Response:
                 "path": str(reader.path),
                 "data_as_of": rfc3339(reader.meta.data_as_of),
                 "age_seconds": decisions.replica_age(),
+                # Its two parts, following a daemon: since its last answer, and its own lag.
+                "contact_age_seconds": follower.seconds_since_contact() if follower else None,
+                "daemon_lag_seconds": follower.status.daemon_lag_s if follower else None,
                 "position": reader.meta.position,
                 "source": reader.meta.source,
                 "accounts": reader.count_accounts(),

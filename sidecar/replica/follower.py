@@ -37,7 +37,15 @@ import structlog
 
 from sidecar.replica.damage import ReplicaDamage, move_aside
 from sidecar.replica.store import ReplicaWriter, open_replica, read_meta
-from tiergate.feed import KNOWN_KINDS, FeedAccount, FeedChange, FeedOverride, FeedUsage, refused_token
+from tiergate.feed import (
+    KNOWN_KINDS,
+    FeedAccount,
+    FeedChange,
+    FeedOverride,
+    FeedUsage,
+    refused_token,
+    reported_lag,
+)
 from tiergate.periods import utc_now_text
 
 log = structlog.get_logger("tiergate.follower")
@@ -71,6 +79,8 @@ class FollowerStatus:
     last_error_at: str | None = None
     last_change_at: str | None = None
     last_contact_at: str | None = None
+    # How far the daemon's own mirror may be behind Stripe, as its last answer said (seconds).
+    daemon_lag_s: float = 0.0
     snapshots: int = 0
     batches: int = 0
 
@@ -181,7 +191,7 @@ class Follower:
                 raise FeedGapError()
             await _expect_ok(response, token_sent=self.token is not None)
             body = await response.json()
-        self._contact()
+        self._contact(reported_lag(body))
         changes, last_seq, as_of = _parse_changes(body)
         writer = self._require_writer()
         if changes:
@@ -207,7 +217,7 @@ class Follower:
                 with path.open("wb") as out:
                     async for chunk in response.content.iter_chunked(1 << 16):
                         out.write(chunk)
-            self._contact()
+            self._contact(_header_lag(path))
             header = await self._on_writer(lambda: _apply_snapshot(self._require_writer(), path))
         if self.on_applied is not None:
             self.on_applied(None)
@@ -224,9 +234,16 @@ class Follower:
         """Monotonic seconds since the daemon last answered (None: not yet in this process)."""
         return None if self.last_contact is None else time.monotonic() - self.last_contact
 
-    def _contact(self) -> None:
+    def data_age(self) -> float | None:
+        """How far the replica may be behind Stripe: seconds since the daemon last answered
+        (monotonic) plus the lag of the daemon's own mirror it reported then."""
+        since = self.seconds_since_contact()
+        return None if since is None else since + self.status.daemon_lag_s
+
+    def _contact(self, daemon_lag_s: float) -> None:
         self.last_contact = time.monotonic()
         self.status.last_contact_at = utc_now_text()
+        self.status.daemon_lag_s = daemon_lag_s
 
     def _connected(self) -> None:
         if not self.status.connected:
@@ -342,6 +359,16 @@ def _apply_snapshot(writer: ReplicaWriter, path: Path) -> dict[str, Any]:
         overrides=(FeedOverride.model_validate(o) for o in records("override")),
     )
     return {"seq": int(header["seq"]), "accounts": n_accounts}
+
+
+def _header_lag(path: Path) -> float:
+    """The daemon's mirror lag from a snapshot's header line (0 when absent or unreadable)."""
+    with path.open("rb") as lines:
+        first = lines.readline()
+    try:
+        return reported_lag(json.loads(first))
+    except ValueError:
+        return 0.0
 
 
 def _last_line(path: Path) -> dict[str, Any]:

@@ -24,7 +24,7 @@ async def test_health_ready_status_metrics(daemon: Daemon) -> None:
     await daemon.post(subscription_event("customer.subscription.created"))
     status = await (await daemon.client.get("/v1/status", headers=AUTH)).json()
     assert status["webhooks"] == {"customer.subscription.created": {"applied": 1, "duplicate": 1}}
-    assert status["feed"] == {"seq": 1} and status["reconcile"] is None
+    assert status["feed"] == {"seq": 1, "mirror_lag_s": 0.0} and status["reconcile"] is None
     metrics = await (await daemon.client.get("/metrics")).text()
     assert "tiergate_feed_seq 1.0" in metrics
     assert 'tiergate_webhooks_total{outcome="duplicate",type="customer.subscription.created"} 1.0' in metrics
