@@ -9,21 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 from sync_daemon.billing.stripe_catalog import StripeCatalogStore, push_catalog
+from tests.catalogs import PRO_MONTH, pro_sold_at
 from tests.fake_stripe import RecordingStripeHTTP, fixture
 from tiergate.catalog import parse_catalog
 from tiergate.cli import main
 
-CATALOG = parse_catalog(
-    """
-default_tier: free
-tiers:
-  free: {rank: 0}
-  pro:
-    rank: 10
-    name: Pro
-    prices: {month: {lookup_key: pro_month, unit_amount: 4900, currency: usd}}
-"""
-)
+CATALOG = pro_sold_at(PRO_MONTH)
 
 
 def price(price_id: str, lookup_key: str | None, amount: int, product: str = "prod_pro") -> dict[str, Any]:
@@ -110,16 +101,8 @@ def test_cli_prints_the_plan(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dr
     assert ("2 changes made" in result.output) is not dry_run
 
 
-CURRENCIES = parse_catalog(
-    """
-default_tier: free
-tiers:
-  free: {rank: 0}
-  pro:
-    rank: 10
-    name: Pro
-    prices: {month: {lookup_key: pro_month, unit_amount: 4900, currency: usd, currency_options: {eur: 4500, gbp: 3900}}}
-"""
+CURRENCIES = pro_sold_at(
+    "month: {lookup_key: pro_month, unit_amount: 4900, currency: usd, currency_options: {eur: 4500, gbp: 3900}}"
 )
 
 
