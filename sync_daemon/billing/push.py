@@ -159,14 +159,17 @@ class Unchangeable:
 
 @dataclass(frozen=True)
 class CreateMeter:
-    """A Billing Meter for a catalog metric's `meter` (sum of the events' values, per customer id)."""
+    """A Billing Meter for a catalog metric's `meter`: the sum of the events' values per customer id,
+    or for a gauge (`aggregation: latest`) the last value (Stripe's `last` formula)."""
 
     code: str
     event_name: str
+    formula: str = "sum"
 
     def describe(self) -> str:
         return (
-            f"create meter {self.event_name!r} for metric {self.code!r} (sum of value per stripe_customer_id)"
+            f"create meter {self.event_name!r} for metric {self.code!r} "
+            f"({self.formula} of value per stripe_customer_id)"
         )
 
     def idempotency_key(self) -> str:
@@ -246,7 +249,9 @@ def plan_meters(catalog: Catalog, remote: RemoteCatalog) -> list[Change]:
         if remote.meters is None:
             changes.append(Unchangeable(metric.meter, "this Stripe (an emulator) has no Billing Meters API"))
         elif metric.meter not in remote.meters:
-            changes.append(CreateMeter(code, metric.meter))
+            changes.append(
+                CreateMeter(code, metric.meter, "last" if metric.aggregation == "latest" else "sum")
+            )
     return changes
 
 

@@ -88,7 +88,7 @@ class StripeCatalogStore:
         params: dict[str, Any] = {
             "display_name": change.code,
             "event_name": change.event_name,
-            "default_aggregation": {"formula": "sum"},
+            "default_aggregation": {"formula": change.formula},
             "customer_mapping": {"type": "by_id", "event_payload_key": "stripe_customer_id"},
             "value_settings": {"event_payload_key": "value"},
         }
