@@ -16,9 +16,9 @@ from sidecar.decisions.service import DecisionService
 from sidecar.policy.engine import PolicyBundle
 from sidecar.replica.store import AccountRow, ReplicaReader
 from sidecar.usage.ledger import UsageLedger
-from sidecar.usage.outbox import Entry, Outbox
+from sidecar.usage.outbox import Entry, Outbox, Reserved
 from tiergate.catalog import Metric
-from tiergate.errors import BadRequestError
+from tiergate.errors import BadRequestError, ConflictError
 from tiergate.models import Decision
 from tiergate.periods import rfc3339
 from tiergate.usage_events import MAX_EVENTS, EventError, SubscriptionResolver, ValidEvent, parse_event
@@ -96,9 +96,10 @@ class UsageRecorder:
                 field="quantity",
             )
         tid = transaction_id or uuid.uuid4().hex
-        if transaction_id is not None and await self.outbox.contains(tenant, tid):
-            decision = await self.decisions.decide(tenant, feature, quantity)
-            return dataclasses.replace(decision, allow=True, reason="ok"), Reservation(tid, True, True)
+        if transaction_id is not None:
+            stored = await self.outbox.reservation(tenant, tid)
+            if stored is not None:
+                return await self._replayed(tenant, feature, quantity, tid, stored)
         async with self._locks[zlib.crc32(tenant.encode()) % LOCK_STRIPES]:
             decision = await self.decisions.decide(tenant, feature, quantity)
             if not decision.allow:
@@ -108,7 +109,25 @@ class UsageRecorder:
                 self.ledger.add(entry.key, entry.event.value)
         inserted = await self.outbox.append(entries, reserved=True)
         self._appended()
-        return decision, Reservation(tid, True, not inserted[0])
+        if not inserted[0]:  # the same id, reserved by a concurrent request that committed first
+            stored = await self.outbox.reservation(tenant, tid)
+            if stored is not None:
+                return await self._replayed(tenant, feature, quantity, tid, stored)
+        return decision, Reservation(tid, True, False)
+
+    async def _replayed(
+        self, tenant: str, feature: str, quantity: int, tid: str, stored: Reserved
+    ) -> tuple[Decision, Reservation]:
+        """A transaction id already reserved: the same request again gets the original outcome (it
+        was allowed, and counted once); another feature or quantity under that id is a conflict."""
+        if (stored.code, stored.quantity) != (feature, quantity):
+            raise ConflictError(
+                f"transaction_id {tid!r} already reserved {stored.quantity} of {stored.code!r}; "
+                f"this request asks {quantity} of {feature!r} (use a new transaction_id)",
+                field="transaction_id",
+            )
+        decision = await self.decisions.decide(tenant, feature, quantity)
+        return dataclasses.replace(decision, allow=True, reason="ok"), Reservation(tid, True, True)
 
     def _appended(self) -> None:
         if self.on_backlog is not None:
