@@ -142,12 +142,14 @@ def main() -> None:
             stop(b)
     print()
     for key, rows in results.items():
-        cpu = [r["b"]["cpu_us"] / r["a"]["cpu_us"] for r in rows if r["a"]["cpu_us"] and r["b"]["cpu_us"]]
+        cpu_ratios = [
+            r["b"]["cpu_us"] / r["a"]["cpu_us"] for r in rows if r["a"]["cpu_us"] and r["b"]["cpu_us"]
+        ]
         p50 = [r["b"]["p50_us"] / r["a"]["p50_us"] for r in rows if r["a"]["p50_us"]]
         a_cpu = statistics.median(r["a"]["cpu_us"] for r in rows)
         b_cpu = statistics.median(r["b"]["cpu_us"] for r in rows)
         print(
-            f"{key:<14} CPU µs/req @32: A {a_cpu:.1f}, B {b_cpu:.1f}, B/A median {statistics.median(cpu):.2f}; "
+            f"{key:<14} CPU µs/req @32: A {a_cpu:.1f}, B {b_cpu:.1f}, B/A median {statistics.median(cpu_ratios):.2f}; "
             f"p50 @1 B/A median {statistics.median(p50):.2f}"
         )
     if args.output is not None:
