@@ -139,7 +139,11 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
             app[READER],
             engine,
             metrics,
-            cache=DecisionCache(settings.decision_cache_size, settings.decision_cache_ttl_s),
+            cache=DecisionCache(
+                settings.decision_cache_size,
+                settings.decision_cache_ttl_s,
+                max_bytes=int(settings.decision_cache_mb * 1024 * 1024),
+            ),
             ledger=UsageLedger(),
             log_sample=settings.decision_log_sample,
             log_denies=settings.decision_log_denies,

@@ -220,7 +220,7 @@ async def status(request: web.Request) -> web.Response:
             "daemon": request.app[FOLLOWER].status.as_dict() if FOLLOWER in request.app else None,
             "stale": decisions.is_stale(),
             "engine": request.app[SETTINGS].engine,
-            "decision_cache": {"entries": len(decisions.cache)},
+            "decision_cache": {"entries": len(decisions.cache), "bytes": decisions.cache.bytes},
             "usage": usage_status(request.app),
         }
     )
