@@ -120,12 +120,15 @@ class DecisionService:
         else:
             keys = [(t, *key) for t in tenants for key in self.cache.invalidate(t)]
             if keys:
-                self._rematerialise_soon(keys)
+                self.rematerialise_soon(keys)
         self._adopt(meta)
 
-    def _rematerialise_soon(self, keys: list[tuple[str, str, int]]) -> None:
-        """Re-decide the answers a feed batch dropped in the background, so the tenant's next
-        check is a hit again (at most REMATERIALISE_MAX waiting; more are left to their checks)."""
+    def rematerialise_soon(self, keys: list[tuple[str, str, int]]) -> None:
+        """Re-decide (tenant, feature, quantity) answers in the background, so the tenant's next
+        check is a hit again: those a feed batch dropped, and the one a reservation just changed
+        (at most REMATERIALISE_MAX waiting; more are left to their checks). Each is a full policy
+        evaluation on the data of the moment, stored only if nothing changed the tenant meanwhile
+        (the cache's epoch), so it is exactly what the next check would have computed."""
         room = REMATERIALISE_MAX - len(self._to_rematerialise)
         self._to_rematerialise.extend(keys[: max(0, room)])
         if self._rematerialiser is None or self._rematerialiser.done():

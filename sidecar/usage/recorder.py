@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import uuid
+import itertools
+import os
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ class UsageRecorder:
         self.reader = reader
         self.bundle = bundle  # the live policy bundle and its catalog (hot-reloaded)
         self._locks = [asyncio.Lock() for _ in range(LOCK_STRIPES)]
+        self._id_prefix = os.urandom(8).hex()
+        self._ids = itertools.count(1)
 
     async def record(self, raws: Sequence[object], where: str) -> list[dict[str, Any]]:
         """Validate all, then commit all (202 semantics); `where` names the field in errors."""
@@ -95,7 +98,7 @@ class UsageRecorder:
                 f"reserve: quantity {quantity} of a count metric exceeds {MAX_EVENTS} (one event each)",
                 field="quantity",
             )
-        tid = transaction_id or uuid.uuid4().hex
+        tid = transaction_id or self._new_id()
         if transaction_id is not None:
             stored = await self.outbox.reservation(tenant, tid)
             if stored is not None:
@@ -107,6 +110,8 @@ class UsageRecorder:
             entries = self._reservation_entries(tenant, feature, quantity, tid, counted, metric)
             for entry in entries:  # counted now, under the lock: the next reserve sees it
                 self.ledger.add(entry.key, entry.event.value)
+        # Counting dropped the tenant's answers: the next reserve of the same kind finds it decided.
+        self.decisions.rematerialise_soon([(tenant, feature, quantity)])
         inserted = await self.outbox.append(entries, reserved=True)
         self._appended()
         if not inserted[0]:  # the same id, reserved by a concurrent request that committed first
@@ -128,6 +133,11 @@ class UsageRecorder:
             )
         decision = await self.decisions.decide(tenant, feature, quantity)
         return dataclasses.replace(decision, allow=True, reason="ok"), Reservation(tid, True, True)
+
+    def _new_id(self) -> str:
+        """A transaction id for a reservation sent without one: this process's random 64-bit
+        prefix and a counter (unique like a uuid4, at a fraction of its cost)."""
+        return f"{self._id_prefix}-{next(self._ids)}"
 
     def _appended(self) -> None:
         if self.on_backlog is not None:
