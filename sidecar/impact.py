@@ -33,6 +33,7 @@ from sidecar.decisions.policy_io import (
 from sidecar.policy.embedded import EmbeddedEngine
 from sidecar.policy.engine import DECISION_PATH, PolicyBundle
 from sidecar.replica.store import _SELECT_ACCOUNTS, AccountRow
+from tiergate.amounts import Amount, from_stored
 from tiergate.catalog import Catalog
 from tiergate.errors import ReplicaError, TierError
 from tiergate.models import PolicyAnswer
@@ -48,7 +49,7 @@ CHUNK = 2_000  # tenants per worker task
 class TenantState:
     tenant: str
     account: AccountRow | None
-    usage: Mapping[str, Mapping[str, int]]  # period_start -> code -> value
+    usage: Mapping[str, Mapping[str, Amount]]  # period_start -> code -> value
 
 
 @dataclass
@@ -140,11 +141,11 @@ def read_tenants(replica: Path) -> list[TenantState]:
     conn = sqlite3.connect(f"file:{replica}?mode=ro", uri=True)
     try:
         accounts = {row[0]: AccountRow(*row) for row in conn.execute(_SELECT_ACCOUNTS)}
-        usage: dict[str, dict[str, dict[str, int]]] = {}
+        usage: dict[str, dict[str, dict[str, Amount]]] = {}
         for tenant, code, period_start, value in conn.execute(
             "SELECT tenant, code, period_start, value FROM usage"
         ):
-            usage.setdefault(tenant, {}).setdefault(period_start, {})[code] = value
+            usage.setdefault(tenant, {}).setdefault(period_start, {})[code] = from_stored(value)
     except sqlite3.Error as exc:
         raise ReplicaError(f"cannot read replica {replica}: {exc}") from exc
     finally:

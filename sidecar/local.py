@@ -26,6 +26,7 @@ from sidecar.policy.reload import PolicyReloader
 from sidecar.replica.store import ReplicaMeta, ReplicaReader
 from sidecar.usage.ledger import Key, UsageLedger
 from sidecar.usage.outbox import _load
+from tiergate.amounts import Amount, add, negate
 from tiergate.errors import ReplicaError
 from tiergate.models import Decision
 
@@ -38,7 +39,7 @@ class OutboxLedger(UsageLedger):
         self.path = path
         self._conn: sqlite3.Connection | None = None
         self._seen: tuple[int, int | None] | None = None  # (outbox data_version, replica position)
-        self._counted: dict[Key, int] = {}
+        self._counted: dict[Key, Amount] = {}
 
     def sync(self, position: int | None) -> None:
         """Count what the outbox holds that the replica at `position` lacks; drop the rest."""
@@ -50,11 +51,11 @@ class OutboxLedger(UsageLedger):
             return
         self._seen = seen
         unconfirmed, confirmed, _, _ = _load(conn, position)
-        fresh: dict[Key, int] = {}
+        fresh: dict[Key, Amount] = {}
         for key, value in [*unconfirmed, *(item for d in confirmed.values() for item in d.items())]:
-            fresh[key] = fresh.get(key, 0) + value
+            fresh[key] = add(fresh.get(key, 0), value)
         for key in self._counted.keys() | fresh.keys():
-            delta = fresh.get(key, 0) - self._counted.get(key, 0)
+            delta = add(fresh.get(key, 0), negate(self._counted.get(key, 0)))
             if delta:
                 self.add(key, delta)  # tells the subscribers (the decision cache) the tenant changed
         self._counted = fresh

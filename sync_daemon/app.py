@@ -81,7 +81,8 @@ async def open_services(
         applier = EventApplier(
             mirror, source, translator, metrics, refetch=settings.stripe_refetch, outbound=outbound
         )
-        yield Services(mirror, source, metrics, applier, Reconciler(mirror, source, translator, metrics))
+        reconciler = Reconciler(mirror, source, translator, metrics, outbound)
+        yield Services(mirror, source, metrics, applier, reconciler)
     finally:
         if billing is None:  # a billing passed in belongs to the caller
             await source.close()

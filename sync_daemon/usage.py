@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import structlog
 from aiohttp import web
 
@@ -13,6 +12,7 @@ from sync_daemon.mirror.store import MirrorTxn
 from sync_daemon.mirror.usage import IngestResult, find_event, ingest_events, list_events, tenant_usage
 from sync_daemon.state import APPLIER, MIRROR, SETTINGS
 from sync_daemon.usage_query import encode_cursor, parse_query
+from tiergate import exact_json
 from tiergate.catalog import Catalog
 from tiergate.errors import BadRequestError, NotFoundError
 from tiergate.usage_events import EventError, ValidEvent, parse_event
@@ -64,8 +64,8 @@ async def ingest_batch(request: web.Request) -> web.Response:
 
 def _events(body: bytes) -> list[Any]:
     try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        value = exact_json.loads(body)  # a decimal value stays exactly what the app sent
+    except exact_json.ExactJsonError as exc:
         raise BadRequestError(f"body is not JSON: {exc}", field="body") from exc
     events = value.get("events") if isinstance(value, dict) else None
     if not isinstance(events, list):

@@ -30,6 +30,7 @@ class LagoDouble:
         default_factory=dict
     )  # (subscription, tid) -> event
     calls: list[list[dict[str, Any]]] = field(default_factory=list)  # every batch received, as sent
+    bodies: list[bytes] = field(default_factory=list)  # every batch's JSON text (numbers as written)
     accepted: list[str] = field(default_factory=list)  # every transaction id Lago stored, in order
     already_there: int = 0  # value_already_exist answers given
     delay_s: float = 0.0
@@ -59,6 +60,7 @@ class LagoDouble:
         refusal = await self._gate(request)
         if refusal is not None:
             return refusal
+        self.bodies.append(await request.read())
         body = await request.json()
         events = body.get("events") if isinstance(body, Mapping) else None
         if not isinstance(events, list):

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
+from tiergate.amounts import Amount, Counter, policy_units, stored
 from tiergate.catalog import FeatureValue, Quota
 from tiergate.models import Account, TenantId, UsageCounter
 
@@ -22,7 +23,25 @@ class FeedAccount(Account):
 
 
 class FeedUsage(UsageCounter):
+    """A counter as the feed carries it: `value` in whole units, rounded up and never below zero
+    (what decisions compare, and all a sidecar older than exact amounts reads), and `exact`, the
+    exact sum (a decimal string, or below zero), when it differs from `value`."""
+
     model_config = ConfigDict(extra="ignore")
+
+    exact: Counter | None = None
+
+    def amount(self) -> Amount:
+        return self.exact if self.exact is not None else self.value
+
+
+def usage_record(tenant: str, code: str, period_start: str, value: Amount) -> dict[str, Any]:
+    """The feed's record of one counter (see FeedUsage)."""
+    record: dict[str, Any] = {"tenant": tenant, "code": code, "period_start": period_start}
+    record["value"] = policy_units(value)
+    if value != record["value"]:
+        record["exact"] = stored(value)
+    return record
 
 
 class FeedOverride(BaseModel):

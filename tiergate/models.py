@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
+from tiergate.amounts import Amount, Counter
+
 Status = Literal[
     "trialing",
     "active",
@@ -83,7 +85,11 @@ class UsageCounter(BaseModel):
     tenant: TenantId
     code: str
     period_start: AwareDatetime
-    value: Annotated[int, Field(ge=0)]
+    value: Counter  # exact: an int, or a decimal (a string in JSON); below zero after an early correction
+
+    def amount(self) -> Amount:
+        """The exact counter."""
+        return self.value
 
 
 class CheckRequest(BaseModel):

@@ -8,7 +8,6 @@ authoritative period. Every field Lago defines is kept as sent, so a sink can fo
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
+from tiergate import exact_json
+from tiergate.amounts import Amount, AmountError, add, event_amount
 from tiergate.models import MAX_QUANTITY, Account
 from tiergate.periods import rfc3339, usage_period
 
@@ -47,7 +48,7 @@ class UsageEvent(BaseModel):
     external_customer_id: CustomerId | None = None
     external_subscription_id: Ident | None = None
     code: Code
-    timestamp: int | float | str | None = None  # Unix seconds (Lago) or RFC 3339
+    timestamp: int | float | Decimal | str | None = None  # Unix seconds (Lago) or RFC 3339
     precise_total_amount_cents: object = None  # Lago: a decimal string, for dynamic pricing (checked below)
     properties: dict[str, Any] | None = None  # Lago takes null as {}
 
@@ -60,7 +61,7 @@ class ValidEvent:
     transaction_id: str
     code: str
     at: datetime
-    value: int
+    value: Amount  # exact: an int, or a Decimal for a fractional sum value (tiergate/amounts.py)
     properties: dict[str, Any] = field(default_factory=dict, compare=False)
     external_subscription_id: str | None = None
     # Lago's document as sent (timestamp fixed at acceptance when absent); None: built here.
@@ -146,7 +147,7 @@ def check_properties(properties: object) -> None:
     if _depth(properties) > MAX_PROPERTIES_DEPTH:
         raise EventError("properties", f"nests more than the {MAX_PROPERTIES_DEPTH} levels accepted")
     try:
-        size = len(json.dumps(properties, separators=(",", ":"), ensure_ascii=False).encode())
+        size = len(exact_json.dumps(properties))
     except (TypeError, ValueError) as exc:
         raise EventError("properties", f"is not encodable as JSON: {exc}") from None
     if size > MAX_PROPERTIES_BYTES:
@@ -223,28 +224,19 @@ def _document(event: UsageEvent, raw: Mapping[str, Any], at: datetime) -> dict[s
     return document
 
 
-def metric_value(metric: Mapping[str, Any], properties: Mapping[str, Any]) -> int:
-    """What one event adds: 1 for `count`, the property `field` for `sum` (negative: a correction)."""
+def metric_value(metric: Mapping[str, Any], properties: Mapping[str, Any]) -> Amount:
+    """What one event adds: 1 for `count`, the property `field` for `sum`, exactly (a decimal, or
+    negative for a correction)."""
     if metric.get("aggregation") != "sum":
         return 1
     name = str(metric.get("field"))
     where = f"properties.{name}"
     if name not in properties:
         raise EventError(where, f"required: metric aggregates sum of {name!r}")
-    return _whole_number(properties[name], where)
-
-
-def _whole_number(value: object, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise EventError(where, f"must be a number, got {value!r}")
-    number = _decimal(value, where)
-    if number != number.to_integral_value():
-        raise EventError(
-            where, f"must be a whole number (counters are integers; see docs/usage.md), got {value!r}"
-        )
-    if not -MAX_QUANTITY <= number <= MAX_QUANTITY:
-        raise EventError(where, f"must be between -{MAX_QUANTITY} and {MAX_QUANTITY}, got {value!r}")
-    return int(number)
+    try:
+        return event_amount(properties[name], MAX_QUANTITY)
+    except AmountError as exc:
+        raise EventError(where, str(exc)) from None
 
 
 def _decimal(value: int | float | str, where: str) -> Decimal:
@@ -260,7 +252,7 @@ def _decimal(value: int | float | str, where: str) -> Decimal:
     return number
 
 
-def event_time(timestamp: int | float | str | None, now: datetime) -> datetime:
+def event_time(timestamp: int | float | Decimal | str | None, now: datetime) -> datetime:
     """Unix seconds or RFC 3339; none means now. Raises EventError for the absurd."""
     if timestamp is None:
         return now
@@ -307,9 +299,9 @@ def event_period(
     return usage_period(None, at)
 
 
-def aggregate(values: Iterable[tuple[tuple[str, str, str], int]]) -> dict[tuple[str, str, str], int]:
-    """Sum deltas per counter key (tenant, code, period_start)."""
-    totals: dict[tuple[str, str, str], int] = {}
+def aggregate(values: Iterable[tuple[tuple[str, str, str], Amount]]) -> dict[tuple[str, str, str], Amount]:
+    """Sum deltas per counter key (tenant, code, period_start), exactly."""
+    totals: dict[tuple[str, str, str], Amount] = {}
     for key, value in values:
-        totals[key] = totals.get(key, 0) + value
+        totals[key] = add(totals.get(key, 0), value)
     return totals

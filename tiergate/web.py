@@ -17,7 +17,9 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from pydantic import BaseModel, ValidationError
 
+from tiergate import exact_json
 from tiergate.errors import BadRequestError, TierError, UnauthorizedError, dotted_location
+from tiergate.exact_json import number_text
 
 log = structlog.get_logger("tiergate.http")
 
@@ -28,7 +30,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(
-        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+        body=orjson.dumps(body, default=number_text),
+        status=status,
+        headers=headers,
+        content_type="application/json",
     )
 
 
@@ -69,7 +74,8 @@ def error_response(request: web.Request, exc: Exception, process: str) -> web.St
     return json_response(error_body("internal", f"internal error; see the {process}'s logs"), 500)
 
 
-async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
+async def read_json_object(request: web.Request, max_bytes: int, *, exact: bool = False) -> dict[str, Any]:
+    """The body as a JSON object; `exact`: numbers with a fraction as `Decimal`s (tiergate/exact_json.py)."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise BadRequestError(f"body of {request.content_length} bytes exceeds {max_bytes}", field="body")
     try:
@@ -83,8 +89,8 @@ async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, An
     if not raw:
         raise BadRequestError("body is empty; expected a JSON object", field="body")
     try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        value = exact_json.loads(raw) if exact else orjson.loads(raw)
+    except (orjson.JSONDecodeError, exact_json.ExactJsonError) as exc:
         raise BadRequestError(f"body is not JSON: {exc}", field="body") from exc
     if not isinstance(value, dict):
         raise BadRequestError(f"body must be a JSON object, got {type(value).__name__}", field="body")

@@ -56,13 +56,17 @@ class ReserveRequest(BaseModel):
 
 
 async def record_one(request: web.Request) -> web.Response:
-    body = validate(OneEvent, await read_json_object(request, request.app[SETTINGS].max_body_bytes))
+    body = validate(
+        OneEvent, await read_json_object(request, request.app[SETTINGS].max_body_bytes, exact=True)
+    )
     results = await request.app[RECORDER].record([body.event], "event")
     return json_response({"event": results[0]}, 202)
 
 
 async def record_batch(request: web.Request) -> web.Response:
-    body = validate(EventBatch, await read_json_object(request, request.app[SETTINGS].max_body_bytes))
+    body = validate(
+        EventBatch, await read_json_object(request, request.app[SETTINGS].max_body_bytes, exact=True)
+    )
     results = await request.app[RECORDER].record(body.events, "events[{}]")
     return json_response({"events": results}, 202)
 

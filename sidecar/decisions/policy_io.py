@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sidecar.replica.store import AccountRow
+from tiergate.amounts import Amount, policy_units
 from tiergate.models import ENDED_STATUSES, PolicyAnswer
 from tiergate.periods import calendar_month, rfc3339, usage_period
 
@@ -59,7 +60,7 @@ def build_input(
     quantity: int,
     now_text: str,
     account: dict[str, Any] | None,
-    usage: Mapping[str, int],
+    usage: Mapping[str, Amount],
     period: tuple[str, str],
     replica_age_s: float | None,
     overrides: Mapping[str, Any] | None = None,
@@ -71,8 +72,9 @@ def build_input(
         "quantity": quantity,
         "now": now_text,
         "account": account,
-        # A correction (a negative sum event) may run ahead of the usage it corrects: never below zero.
-        "usage": {code: value if value > 0 else 0 for code, value in usage.items()},
+        # Whole units, never below zero (a correction may run ahead of the usage it corrects), a
+        # fraction rounded up: exact against whole limits and quantities (tiergate/amounts.py).
+        "usage": {code: policy_units(value) for code, value in usage.items()},
         "period": {"start": period[0], "end": period[1]},
         "replica": {"age_seconds": replica_age_s},
         # The tenant's overrides, expired ones included: the policy says what applies (expires_at).

@@ -14,13 +14,16 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from tiergate.amounts import Amount, from_stored
+
 if TYPE_CHECKING:  # the reader (replica/store.py) builds the rows and owns the SQL
     from sidecar.replica.store import AccountRow
 
 # A tenant's counters, flat: (period_start, code, value, period_start, code, value, ...); one
 # tuple per tenant costs ~130 bytes less than a tuple of triples (see docs/performance.md).
-Counters = tuple[str | int, ...]
-UsageRow = tuple[str, str, str, int]  # (tenant, period_start, code, value)
+Counters = tuple[str | Amount, ...]
+# (tenant, period_start, code, value): an int, or a decimal's text as the replica stores it
+UsageRow = tuple[str, str, str, int | str]
 Overrides = dict[str, dict[str, Any]]  # feature -> {"value", "expires_at"}, as the policy reads them
 
 
@@ -35,14 +38,16 @@ class ReplicaIndex:
     def account(self, tenant: str) -> AccountRow | None:
         return self.accounts.get(tenant)
 
-    def usage(self, tenant: str, period_start: str) -> dict[str, int]:
+    def usage(self, tenant: str, period_start: str) -> dict[str, Amount]:
         counters = self._usage.get(tenant)
         if not counters:
             return {}
-        found: dict[str, int] = {}
+        found: dict[str, Amount] = {}
         for i in range(0, len(counters), 3):
             if counters[i] == period_start:
-                found[str(counters[i + 1])] = int(counters[i + 2])
+                value = counters[i + 2]
+                assert not isinstance(value, str)  # _group made it an Amount
+                found[str(counters[i + 1])] = value
         return found
 
     def overrides(self, tenant: str) -> Overrides:
@@ -77,7 +82,8 @@ class ReplicaIndex:
 
 
 def _group(rows: Iterable[UsageRow]) -> dict[str, Counters]:
-    grouped: dict[str, list[str | int]] = {}
+    grouped: dict[str, list[str | Amount]] = {}
     for tenant, period_start, code, value in rows:
-        grouped.setdefault(tenant, []).extend((sys.intern(period_start), sys.intern(code), value))
+        amount = value if type(value) is int else from_stored(value)  # a decimal counter: exact
+        grouped.setdefault(tenant, []).extend((sys.intern(period_start), sys.intern(code), amount))
     return {tenant: tuple(counters) for tenant, counters in grouped.items()}

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 
 from sidecar.replica.index import ReplicaIndex
+from tiergate.amounts import Amount, from_stored, stored
 from tiergate.errors import ReplicaError, dotted_location
 from tiergate.feed import KNOWN_KINDS, FeedChange, FeedOverride
 from tiergate.models import ACCOUNT_FIELDS, Account, UsageCounter
@@ -95,6 +96,16 @@ def m004_overrides(db: sqlite_utils.Database) -> None:
 def m005_account_addons(db: sqlite_utils.Database) -> None:
     # The catalog add-ons the subscription holds: JSON {addon: quantity}, NULL for none.
     db.execute("ALTER TABLE accounts ADD COLUMN addons TEXT")
+
+
+@MIGRATIONS()
+def m006_exact_usage(db: sqlite_utils.Database) -> None:
+    # Exact counters (tiergate/amounts.py): a column without a declared type keeps an INTEGER as an
+    # integer and a decimal's TEXT as text, where INTEGER affinity would turn "2.5" into a REAL.
+    db.execute("ALTER TABLE usage ADD COLUMN exact_value NOT NULL DEFAULT 0")
+    db.execute("UPDATE usage SET exact_value = value")
+    db.execute("ALTER TABLE usage DROP COLUMN value")
+    db.execute("ALTER TABLE usage RENAME COLUMN exact_value TO value")
 
 
 class AccountRow(NamedTuple):
@@ -237,7 +248,9 @@ class ReplicaWriter:
                     conn.execute("DELETE FROM accounts WHERE tenant = ?", (change.tenant,))
                 elif change.kind == "usage" and change.usage is not None:
                     u = change.usage
-                    conn.execute(_UPSERT_USAGE, (u.tenant, u.code, rfc3339(u.period_start), u.value))
+                    conn.execute(
+                        _UPSERT_USAGE, (u.tenant, u.code, rfc3339(u.period_start), stored(u.amount()))
+                    )
                 elif change.kind == "override" and change.op == "upsert" and change.override is not None:
                     conn.execute(_UPSERT_OVERRIDE, override_row(change.override))
                 elif change.kind == "override" and change.op == "delete":
@@ -328,7 +341,7 @@ def _insert_accounts(conn: sqlite3.Connection, rows: Iterable[AccountRow]) -> in
 def _insert_usage(conn: sqlite3.Connection, counters: Iterable[UsageCounter]) -> int:
     cursor = conn.executemany(
         "INSERT INTO usage (tenant, code, period_start, value) VALUES (?, ?, ?, ?)",
-        ((u.tenant, u.code, rfc3339(u.period_start), u.value) for u in counters),
+        ((u.tenant, u.code, rfc3339(u.period_start), stored(u.amount())) for u in counters),
     )
     return cursor.rowcount
 
@@ -492,7 +505,7 @@ class ReplicaReader:
         row = self._conn.execute(_SELECT_ACCOUNTS + " WHERE tenant = ?", (tenant,)).fetchone()
         return AccountRow(*row) if row is not None else None
 
-    def usage(self, tenant: str, period_start: str) -> dict[str, int]:
+    def usage(self, tenant: str, period_start: str) -> dict[str, Amount]:
         """The tenant's counters, belonging to `meta.position` (re-read while commits land, when
         the file is read directly)."""
         if self._in_memory:
@@ -502,11 +515,11 @@ class ReplicaReader:
             usage = self._usage_from_file(tenant, period_start)
         return usage
 
-    def _usage_from_file(self, tenant: str, period_start: str) -> dict[str, int]:
+    def _usage_from_file(self, tenant: str, period_start: str) -> dict[str, Amount]:
         rows = self._conn.execute(
             "SELECT code, value FROM usage WHERE tenant = ? AND period_start = ?", (tenant, period_start)
         ).fetchall()
-        return dict(rows)
+        return {code: from_stored(value) for code, value in rows}
 
     def count_accounts(self) -> int:
         if self._in_memory:

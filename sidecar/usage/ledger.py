@@ -21,6 +21,7 @@ import itertools
 from collections.abc import Callable, Iterable, Mapping
 
 from sidecar.replica.store import ReplicaReader
+from tiergate.amounts import Amount, add, negate
 
 Key = tuple[str, str, str]  # (tenant, code, period_start)
 
@@ -34,10 +35,10 @@ class UsageLedger:
     def __init__(self) -> None:
         # Told of every tenant whose totals change, so answers cached for it are dropped.
         self._listeners: list[Callable[[str], object]] = []
-        self._totals: dict[tuple[str, str], dict[str, int]] = {}
+        self._totals: dict[tuple[str, str], dict[str, Amount]] = {}
         self._periods: dict[str, int] = {}  # tenant -> how many of its (tenant, period) keys hold totals
         # (seq, tie-breaker, deltas): confirmed by the daemon, waiting for the replica to reach seq.
-        self._confirmed: list[tuple[int, int, dict[Key, int]]] = []
+        self._confirmed: list[tuple[int, int, dict[Key, Amount]]] = []
         self._ties = itertools.count()
         # The delivery in flight: its (tenant, period_start)s, and the highest position that
         # certainly does not include it (the replica's when it left, or the previous answer's seq).
@@ -83,7 +84,7 @@ class UsageLedger:
             await asyncio.wait_for(self._flight_done.wait(), wait_s)
         return not self._flight
 
-    def add(self, key: Key, value: int) -> None:
+    def add(self, key: Key, value: Amount) -> None:
         tenant, code, period_start = key
         for listener in self._listeners:
             listener(tenant)
@@ -91,7 +92,7 @@ class UsageLedger:
         if codes is None:
             codes = self._totals[(tenant, period_start)] = {}
             self._periods[tenant] = self._periods.get(tenant, 0) + 1
-        total = codes.get(code, 0) + value
+        total = add(codes.get(code, 0), value)
         if total:
             codes[code] = total
         else:
@@ -103,14 +104,14 @@ class UsageLedger:
                 else:
                     self._periods[tenant] -= 1
 
-    def remove(self, key: Key, value: int) -> None:
-        self.add(key, -value)
+    def remove(self, key: Key, value: Amount) -> None:
+        self.add(key, negate(value))
 
-    def add_all(self, deltas: Iterable[tuple[Key, int]]) -> None:
+    def add_all(self, deltas: Iterable[tuple[Key, Amount]]) -> None:
         for key, value in deltas:
             self.add(key, value)
 
-    def confirm(self, seq: int, deltas: Mapping[Key, int]) -> None:
+    def confirm(self, seq: int, deltas: Mapping[Key, Amount]) -> None:
         """The daemon counted these at or below `seq`: keep them until the replica gets there."""
         if deltas:
             heapq.heappush(self._confirmed, (seq, next(self._ties), dict(deltas)))
@@ -125,7 +126,7 @@ class UsageLedger:
             dropped += 1
         return dropped
 
-    async def usage(self, replica: ReplicaReader, tenant: str, period_start: str) -> dict[str, int]:
+    async def usage(self, replica: ReplicaReader, tenant: str, period_start: str) -> dict[str, Amount]:
         """The tenant's counters for the period as a decision must see them: the replica's, read at
         one position, plus what that position does not include yet (never less than was accepted)."""
         # The reader's counters always belong to its position (replica/index.py): no re-reads.
@@ -135,8 +136,8 @@ class UsageLedger:
         return self.overlay(tenant, period_start, usage, replica.meta.position)
 
     def overlay(
-        self, tenant: str, period_start: str, usage: dict[str, int], position: int | None
-    ) -> dict[str, int]:
+        self, tenant: str, period_start: str, usage: dict[str, Amount], position: int | None
+    ) -> dict[str, Amount]:
         """The replica's counters (read at `position`) plus what it does not include yet."""
         if self._confirmed and position is not None and self._confirmed[0][0] <= position:
             self.settle(position)
@@ -145,10 +146,10 @@ class UsageLedger:
             return usage
         merged = dict(usage)
         for code, value in extra.items():
-            merged[code] = merged.get(code, 0) + value
+            merged[code] = add(merged.get(code, 0), value)
         return merged
 
-    def total(self, tenant: str, code: str, period_start: str) -> int:
+    def total(self, tenant: str, code: str, period_start: str) -> Amount:
         return self._totals.get((tenant, period_start), {}).get(code, 0)
 
     def stats(self) -> dict[str, int]:

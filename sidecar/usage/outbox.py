@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,8 @@ import structlog
 
 from sidecar.usage import quarantine
 from sidecar.usage.ledger import Key, UsageLedger
+from tiergate import exact_json
+from tiergate.amounts import Amount, add, from_stored, stored, total
 from tiergate.errors import OutboxError
 from tiergate.usage_events import ValidEvent
 
@@ -62,6 +63,16 @@ def m002_quarantine(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE outbox ADD COLUMN quarantined_at REAL")
 
 
+@MIGRATIONS()
+def m003_exact_values(db: sqlite_utils.Database) -> None:
+    # Exact values (tiergate/amounts.py): a column without a declared type keeps an INTEGER as an
+    # integer and a decimal's TEXT as text, where INTEGER affinity would turn "2.5" into a REAL.
+    db.execute("ALTER TABLE outbox ADD COLUMN exact_value NOT NULL DEFAULT 0")
+    db.execute("UPDATE outbox SET exact_value = value")
+    db.execute("ALTER TABLE outbox DROP COLUMN value")
+    db.execute("ALTER TABLE outbox RENAME COLUMN exact_value TO value")
+
+
 @dataclass(frozen=True)
 class Entry:
     """An event and the period this sidecar counts it in."""
@@ -78,7 +89,7 @@ class Entry:
 class OutboxRow:
     id: int
     key: Key
-    value: int
+    value: Amount
     transaction_id: str
     text: str  # the event as the compact JSON delivered, exactly as accepted
     accepted_at: float
@@ -93,7 +104,7 @@ class Reserved:
     """A reservation as committed: the metric's code and the quantity reserved."""
 
     code: str
-    quantity: int
+    quantity: Amount
 
 
 @dataclass
@@ -188,12 +199,12 @@ class Outbox:
         `seq` can never find the rows still unconfirmed. A crash before `persist_answer` re-sends
         them and the daemon answers "duplicate" (they over-count locally until then, never under).
         """
-        deltas: dict[Key, int] = {}
+        deltas: dict[Key, Amount] = {}
         for row in rows:
             if row.id in rejected:
                 self.pending.remove(row.key, row.value)
             else:
-                deltas[row.key] = deltas.get(row.key, 0) + row.value
+                deltas[row.key] = add(deltas.get(row.key, 0), row.value)
         self.pending.confirm(seq, deltas)
         self.backlog -= len(rows)
 
@@ -346,8 +357,8 @@ def _insert_entries(conn: sqlite3.Connection, entries: Sequence[Entry], now: flo
                 event.transaction_id,
                 event.code,
                 entry.period_start,
-                event.value,
-                json.dumps(event.wire(), separators=(",", ":")),
+                stored(event.value),
+                exact_json.dumps(event.wire()).decode(),
                 now,
             ),
         )
@@ -364,32 +375,42 @@ def _reservation(conn: sqlite3.Connection, tenant: str, transaction_id: str) -> 
     code, value = first
     # The further events of a count metric's reservation: `id/2` .. `id/N` ('0' follows '/').
     more = conn.execute(
-        "SELECT coalesce(sum(value), 0) FROM outbox WHERE tenant = ? AND code = ? "
-        "AND transaction_id > ? AND transaction_id < ?",
+        "SELECT value FROM outbox WHERE tenant = ? AND code = ? AND transaction_id > ? AND transaction_id < ?",
         (tenant, code, transaction_id + "/", transaction_id + "0"),
-    ).fetchone()[0]
-    return Reserved(str(code), int(value) + int(more))
+    ).fetchall()
+    return Reserved(str(code), total(from_stored(v) for (v,) in [(value,), *more]))
 
 
 def _load(
     conn: sqlite3.Connection, position: int | None
-) -> tuple[list[tuple[Key, int]], dict[int, dict[Key, int]], int, int]:
-    unconfirmed: list[tuple[Key, int]] = []
-    confirmed: dict[int, dict[Key, int]] = {}
+) -> tuple[list[tuple[Key, Amount]], dict[int, dict[Key, Amount]], int, int]:
+    unconfirmed: dict[Key, Amount] = {}
+    confirmed: dict[int, dict[Key, Amount]] = {}
+    # Whole values are summed by SQLite; decimals (stored as text) one by one, exactly, here.
     rows = conn.execute(
-        "SELECT tenant, code, period_start, confirmed_seq, sum(value), count(*) FROM outbox "
-        "WHERE confirmed_seq IS NULL OR confirmed_seq > ? GROUP BY 1, 2, 3, 4",
+        "SELECT tenant, code, period_start, confirmed_seq, "
+        "sum(CASE WHEN typeof(value) = 'integer' THEN value ELSE 0 END), "
+        "group_concat(CASE WHEN typeof(value) = 'integer' THEN NULL ELSE value END, ' '), count(*) "
+        "FROM outbox WHERE confirmed_seq IS NULL OR confirmed_seq > ? GROUP BY 1, 2, 3, 4",
         (REJECTED if position is None else max(position, REJECTED),),
     ).fetchall()
     backlog = 0
-    for tenant, code, period_start, seq, value, count in rows:
+    for tenant, code, period_start, seq, whole, decimals, count in rows:
+        value = _with_decimals(whole, decimals)
         if seq is None:
-            unconfirmed.append(((tenant, code, period_start), value))
+            unconfirmed[(tenant, code, period_start)] = value
             backlog += count
         else:
             confirmed.setdefault(seq, {})[(tenant, code, period_start)] = value
     top = conn.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
-    return unconfirmed, confirmed, int(top), backlog
+    return list(unconfirmed.items()), confirmed, int(top), backlog
+
+
+def _with_decimals(whole: int, decimals: str | None) -> Amount:
+    value: Amount = whole
+    for text in decimals.split() if decimals else ():
+        value = add(value, from_stored(text))
+    return value
 
 
 def _undelivered(conn: sqlite3.Connection, top: int, limit: int) -> list[OutboxRow]:
@@ -398,7 +419,7 @@ def _undelivered(conn: sqlite3.Connection, top: int, limit: int) -> list[OutboxR
         "WHERE confirmed_seq IS NULL AND id <= ? ORDER BY id LIMIT ?",
         (top, limit),
     ).fetchall()
-    return [OutboxRow(i, (t, c, p), v, x, e, a) for i, t, c, p, v, x, e, a in rows]
+    return [OutboxRow(i, (t, c, p), from_stored(v), x, e, a) for i, t, c, p, v, x, e, a in rows]
 
 
 def _bounded(rows: list[OutboxRow], max_bytes: int) -> list[OutboxRow]:

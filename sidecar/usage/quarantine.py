@@ -11,6 +11,8 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+from tiergate.amounts import Amount, from_stored
+
 QUARANTINED = -2  # the outbox's confirmed_seq for a quarantined row
 Key = tuple[str, str, str]
 
@@ -39,7 +41,7 @@ def listing(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
     return [{**dict(zip(names, row[:-1], strict=True)), "error": row[-1]} for row in rows]
 
 
-def release(conn: sqlite3.Connection, ids: Sequence[int] | None) -> list[tuple[Key, int, float]]:
+def release(conn: sqlite3.Connection, ids: Sequence[int] | None) -> list[tuple[Key, Amount, float]]:
     """Back in line for delivery: (key, value, accepted_at) of each released row."""
     where, params = "confirmed_seq = ?", [QUARANTINED]
     if ids is not None:
@@ -58,4 +60,4 @@ def release(conn: sqlite3.Connection, ids: Sequence[int] | None) -> list[tuple[K
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return [((t, c, p), int(v), float(a)) for t, c, p, v, a in rows]
+    return [((t, c, p), from_stored(v), float(a)) for t, c, p, v, a in rows]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,7 +41,9 @@ from sync_daemon.billing.rules import (
     live_subscription,
     main_item,
     period_end,
+    period_start,
     preview_answer,
+    proration_date,
     schedule_id,
     sold_price,
 )
@@ -141,11 +144,33 @@ async def create_portal_session(request: web.Request) -> web.Response:
     return json_response({"url": session.get("url")}, status=201)
 
 
-async def _requested_change(
-    request: web.Request, *, resume_hint: bool
-) -> tuple[str, MirrorAccount, Target, Timing]:
-    """The authorized, validated change of POST .../change and .../preview: tenant, live account,
-    target and when it takes effect; 409 when the tenant is already there."""
+@dataclass(frozen=True)
+class RequestedChange:
+    """POST .../change or .../preview, validated: the tenant's live account, target and timing."""
+
+    tenant: str
+    account: MirrorAccount
+    target: Target
+    timing: Timing
+    proration_date: int | None  # as given: checked against Stripe's period by `prorated_at`
+
+    @property
+    def subscription_id(self) -> str:
+        assert self.account.subscription_id is not None  # live_subscription guarantees it
+        return self.account.subscription_id
+
+    def prorated_at(self, subscription: dict[str, Any]) -> int | None:
+        """The given proration_date once checked against the current period (Stripe's, else the mirror's)."""
+        period = (
+            period_start(subscription) or _epoch(self.account.current_period_start),
+            period_end(subscription) or _epoch(self.account.current_period_end),
+        )
+        return proration_date(self.proration_date, self.timing, period, _now())
+
+
+async def _requested_change(request: web.Request, *, resume_hint: bool) -> RequestedChange:
+    """The authorized, validated change of POST .../change and .../preview; 409 when the tenant is
+    already there."""
     authorize(request)
     tenant = path_tenant(request)
     body = await parse_body(request, ChangeRequest)
@@ -161,25 +186,27 @@ async def _requested_change(
             f"tenant {tenant!r} is already on {target.tier}/{target.interval} x{target.quantity}"
             + (hint if resume_hint and account.pending_tier else "")
         )
-    return tenant, account, target, timing
+    return RequestedChange(tenant, account, target, timing, body.proration_date)
 
 
 async def change_subscription(request: web.Request) -> web.Response:
-    tenant, account, target, timing = await _requested_change(request, resume_hint=True)
+    asked = await _requested_change(request, resume_hint=True)
+    tenant, target, timing = asked.tenant, asked.target, asked.timing
     actions = request.app[ACTIONS]
-    assert account.subscription_id is not None
-    subscription = await actions.subscription(account.subscription_id)
+    subscription = await actions.subscription(asked.subscription_id)
+    prorated_at = asked.prorated_at(subscription)  # a bad proration_date is a 400 before any change
     item_id, current_price, current_quantity = main_item(subscription)
     await _drop_schedule(request, subscription)  # a new change supersedes a pending one
     price_id = await actions.price_for(target.lookup_key)
     if timing == "now":
-        change = ItemChange(account.subscription_id, item_id, price_id, target.quantity)
-        answer = await actions.change_now(change, request.app[SETTINGS].proration_behavior)
+        change = ItemChange(asked.subscription_id, item_id, price_id, target.quantity)
+        behavior = request.app[SETTINGS].proration_behavior
+        answer = await actions.change_now(change, behavior, prorated_at)
         stored = await _apply(request, tenant, answer, clear_pending=True)
     else:
-        starts = period_end(subscription) or int(datetime.now(UTC).timestamp())
+        starts = period_end(subscription) or _now()
         scheduled = ScheduledChange(
-            account.subscription_id,
+            asked.subscription_id,
             current_price,
             current_quantity,
             price_id,
@@ -193,36 +220,51 @@ async def change_subscription(request: web.Request) -> web.Response:
         schedule = await actions.schedule_change(scheduled, key)
         stored = await _set_pending(request, tenant, target, _phase_start(schedule, starts))
     log.info(
-        "subscription_changed", tenant=tenant, tier=target.tier, quantity=target.quantity, effective=timing
+        "subscription_changed",
+        tenant=tenant,
+        tier=target.tier,
+        quantity=target.quantity,
+        effective=timing,
+        proration_date=prorated_at,
     )
     return _rendered(tenant, timing, stored)
 
 
 async def preview_change(request: web.Request) -> web.Response:
-    """What POST .../change would charge now, without changing anything (Stripe's preview invoice)."""
-    tenant, account, target, timing = await _requested_change(request, resume_hint=False)
+    """What POST .../change would charge now, without changing anything (Stripe's preview invoice).
+
+    The answer's `proration_date`, sent with the change, makes Stripe charge what was previewed."""
+    asked = await _requested_change(request, resume_hint=False)
+    target = asked.target
     answer: dict[str, Any] = {
-        "tenant": tenant,
+        "tenant": asked.tenant,
         "tier": target.tier,
         "interval": target.interval,
         "quantity": target.quantity,
-        "effective": timing,
+        "effective": asked.timing,
     }
     actions = request.app[ACTIONS]
-    assert account.subscription_id is not None
-    subscription = await actions.subscription(account.subscription_id)
-    if timing == "period_end":  # nothing is charged before the period ends; the new price then
+    subscription = await actions.subscription(asked.subscription_id)
+    given = asked.prorated_at(subscription)
+    at = _now() if given is None else given
+    if asked.timing == "period_end":  # nothing is charged before the period ends; the new price then
         price = sold_price(request.app[CATALOG], target.tier, target.interval)
         answer |= {"amount_due_now": 0, "currency": price.currency, "starts_at": period_end(subscription)}
         return json_response(answer)
     item_id, _, _ = main_item(subscription)
-    change = ItemChange(
-        account.subscription_id, item_id, await actions.price_for(target.lookup_key), target.quantity
-    )
+    price_id = await actions.price_for(target.lookup_key)
+    change = ItemChange(asked.subscription_id, item_id, price_id, target.quantity)
     behavior = request.app[SETTINGS].proration_behavior
-    preview = await actions.preview_change(change, behavior, int(datetime.now(UTC).timestamp()))
-    answer |= preview_answer(preview, behavior)
+    answer |= preview_answer(await actions.preview_change(change, behavior, at), behavior)
     return json_response(answer)
+
+
+def _now() -> int:
+    return int(datetime.now(UTC).timestamp())
+
+
+def _epoch(moment: datetime | None) -> int | None:
+    return int(moment.timestamp()) if moment is not None else None
 
 
 async def cancel_subscription(request: web.Request) -> web.Response:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from sync_daemon.state import SETTINGS
 from tiergate.errors import BadRequestError, BillingDisabledError
@@ -47,6 +47,8 @@ class ChangeRequest(_Body):
     tier: str | None = None
     interval: str | None = None
     quantity: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    # Unix seconds, as POST .../preview returned it: Stripe prorates as if changed at that moment.
+    proration_date: Annotated[StrictInt, Field(ge=0)] | None = None
 
 
 class CancelRequest(_Body):

@@ -222,9 +222,44 @@ def schedule_id(subscription: dict[str, Any]) -> str | None:
 
 
 def period_end(subscription: dict[str, Any]) -> int | None:
+    return _period_bound(subscription, "current_period_end")
+
+
+def period_start(subscription: dict[str, Any]) -> int | None:
+    return _period_bound(subscription, "current_period_start")
+
+
+def _period_bound(subscription: dict[str, Any], name: str) -> int | None:
+    """The first item's `name` (Stripe moved the period to the items in 2025), else the subscription's."""
     items = (subscription.get("items") or {}).get("data") or [{}]
-    end = items[0].get("current_period_end") or subscription.get("current_period_end")
-    return int(end) if end else None
+    found = items[0].get(name) or subscription.get(name)
+    return int(found) if found else None
+
+
+# How far past the daemon's clock a proration_date may be: the clocks of several daemons differ.
+PRORATION_SKEW_S = 60
+
+
+def proration_date(
+    given: int | None, timing: Timing, period: tuple[int | None, int | None], now: int
+) -> int | None:
+    """The caller's `proration_date` (from a preview) once it is a moment of the current period
+    that has come (within PRORATION_SKEW_S); None when not given. A 400 naming the field otherwise."""
+    if given is None:
+        return None
+    start, end = period
+    problem = None
+    if timing != "now":
+        problem = "applies only to a change made now; this change waits for the period end, unprorated"
+    elif given > now + PRORATION_SKEW_S:
+        problem = f"is in the future (the daemon's clock says {now})"
+    elif start is not None and given < start:
+        problem = f"is before the current period began ({start}); preview the change again"
+    elif end is not None and given >= end:
+        problem = f"is not before the current period's end ({end}); preview the change again"
+    if problem is not None:
+        raise BadRequestError(f"proration_date {given} {problem}", field="proration_date")
+    return given
 
 
 def preview_answer(preview: Preview, proration_behavior: str) -> dict[str, Any]:

@@ -180,13 +180,19 @@ class StripeBillingActions:
             raise stripe_failure(f"read subscription {subscription_id}", exc, self._base) from exc
         return sub.to_dict()
 
-    async def change_now(self, change: ItemChange, proration_behavior: str) -> Answer:
+    async def change_now(
+        self, change: ItemChange, proration_behavior: str, proration_date: int | None = None
+    ) -> Answer:
         legacy = await self.legacy()
+        if legacy and proration_date is not None:
+            await self._require_prices("a change prorated at a given proration_date")
         item: dict[str, Any] = {"id": change.item_id, "quantity": change.quantity}
         item["plan" if legacy else "price"] = change.price
         params: dict[str, Any] = {"items": [item]}
         if not legacy:
             params["proration_behavior"] = proration_behavior
+        if proration_date is not None:
+            params["proration_date"] = proration_date
         try:
             sub = await self._client.v1.subscriptions.update_async(change.subscription_id, params)  # type: ignore[arg-type]  # dialect chosen above
         except stripe.StripeError as exc:

@@ -18,6 +18,17 @@ LEADER_LOCK = 0x7469_6572_0002
 _NOW = "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 _MONTH = "to_char(date_trunc('month', now() AT TIME ZONE 'UTC'), 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 
+CURRENT_USAGE_VIEW = f"""CREATE VIEW current_usage AS
+SELECT u.tenant, u.code, u.period_start, u.value, a.tier
+FROM usage u LEFT JOIN accounts a ON a.tenant = u.tenant
+WHERE u.period_start <= {_NOW}
+  AND u.period_start >= COALESCE(a.current_period_start, {_MONTH})
+  AND NOT EXISTS (
+    SELECT 1 FROM usage newer
+    WHERE newer.tenant = u.tenant AND newer.code = u.code
+      AND newer.period_start > u.period_start
+      AND newer.period_start <= {_NOW})"""
+
 V1 = f"""
 CREATE TABLE accounts (
     tenant text PRIMARY KEY,
@@ -160,19 +171,19 @@ CREATE TABLE outbound_deliveries (
 );
 CREATE INDEX outbound_due ON outbound_deliveries (status, next_attempt_at);
 CREATE TABLE outbound_once (key text PRIMARY KEY, at text NOT NULL);
-CREATE VIEW current_usage AS
-SELECT u.tenant, u.code, u.period_start, u.value, a.tier
-FROM usage u LEFT JOIN accounts a ON a.tenant = u.tenant
-WHERE u.period_start <= {_NOW}
-  AND u.period_start >= COALESCE(a.current_period_start, {_MONTH})
-  AND NOT EXISTS (
-    SELECT 1 FROM usage newer
-    WHERE newer.tenant = u.tenant AND newer.code = u.code
-      AND newer.period_start > u.period_start
-      AND newer.period_start <= {_NOW});
+{CURRENT_USAGE_VIEW};
 """
 
-MIGRATIONS: list[tuple[int, str, str]] = [(1, "initial", V1)]
+# Exact decimal values (tiergate/amounts.py): events' and counters' `value` become numeric (the
+# SQLite twin is m010); the view reads the column, so it is rebuilt.
+V2 = f"""
+DROP VIEW current_usage;
+ALTER TABLE usage ALTER COLUMN value TYPE numeric;
+ALTER TABLE usage_events ALTER COLUMN value TYPE numeric;
+{CURRENT_USAGE_VIEW};
+"""
+
+MIGRATIONS: list[tuple[int, str, str]] = [(1, "initial", V1), (2, "exact_usage_values", V2)]
 
 
 def migrate(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:

@@ -285,3 +285,17 @@ def m009_current_usage_and_retention(db: sqlite_utils.Database) -> None:
     db.execute(f"CREATE INDEX {EVENTS}_by_received_at ON {EVENTS} (received_at)")
     db.execute(f"CREATE INDEX {USAGE_EVENTS}_by_received_at ON {USAGE_EVENTS} (received_at)")
     db.execute(f"CREATE INDEX {CHANGES}_by_at ON {CHANGES} (at)")
+
+
+@MIGRATIONS()
+def m010_exact_usage_values(db: sqlite_utils.Database) -> None:
+    # Exact decimal values (tiergate/amounts.py): `value` of events and counters becomes a column
+    # without a declared type, which keeps an INTEGER as an integer and a decimal's TEXT as text
+    # (INTEGER affinity would turn "2.5" into a REAL). The view reads the column, so it is rebuilt.
+    db.execute("DROP VIEW current_usage")
+    for table in (USAGE, USAGE_EVENTS):
+        db.execute(f"ALTER TABLE {table} ADD COLUMN exact_value NOT NULL DEFAULT 0")
+        db.execute(f"UPDATE {table} SET exact_value = value")
+        db.execute(f"ALTER TABLE {table} DROP COLUMN value")
+        db.execute(f"ALTER TABLE {table} RENAME COLUMN exact_value TO value")
+    db.execute(CURRENT_USAGE_SQLITE)

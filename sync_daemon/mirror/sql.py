@@ -26,6 +26,8 @@ from sync_daemon.mirror.schema import (
     USAGE_PERIODS,
 )
 from sync_daemon.mirror.store import ChangeBatch, MirrorAccount, MirrorTxn, Retention, Sql, column_names
+from tiergate.amounts import from_stored
+from tiergate.feed import usage_record
 from tiergate.periods import calendar_month, rfc3339
 
 T = TypeVar("T")
@@ -33,9 +35,9 @@ T = TypeVar("T")
 # Counters of periods that have ended stay in the mirror (the platform's SQL, late events) but
 # followers only need the current ones: a counter older than its tenant's current period start
 # (the calendar month for a tenant without a subscription period) stays out of snapshots.
-# The feed's counters never go below zero (a correction may arrive before what it corrects).
+# The feed's records of counters are built by `_snapshot_body` (tiergate.feed.usage_record).
 _CURRENT_USAGE = (
-    "SELECT u.tenant, u.code, u.period_start, CASE WHEN u.value < 0 THEN 0 ELSE u.value END AS value "
+    "SELECT u.tenant, u.code, u.period_start, u.value "
     f"FROM {USAGE} u "
     f"LEFT JOIN {ACCOUNTS} a ON a.tenant = u.tenant "
     "WHERE u.period_start >= COALESCE(a.current_period_start, ?) ORDER BY u.tenant, u.code, u.period_start"
@@ -211,7 +213,9 @@ def _snapshot_body(kind: str, record: dict[str, Any]) -> dict[str, Any]:
         return MirrorAccount.from_row(record).feed()
     if kind == "override":
         return {**record, "value": json.loads(record["value"])}
-    return record
+    return usage_record(
+        record["tenant"], record["code"], record["period_start"], from_stored(record["value"])
+    )
 
 
 def _end_read(sql: Sql, release: Callable[[], None]) -> None:

@@ -7,7 +7,6 @@ the events behind it are recorded (and a replayed transaction id changes nothing
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +16,9 @@ from sync_daemon.mirror.schema import ACCOUNTS, USAGE, USAGE_EVENTS, USAGE_PERIO
 from sync_daemon.mirror.store import MirrorTxn, Sql
 from sync_daemon.usage_query import EventQuery
 from sync_daemon.usage_query import stored_time as _iso
+from tiergate import exact_json
+from tiergate.amounts import Amount, add, from_stored, stored
+from tiergate.feed import usage_record
 from tiergate.models import Account
 from tiergate.periods import parse_rfc3339, rfc3339
 from tiergate.usage_events import ValidEvent, aggregate, event_period
@@ -27,7 +29,7 @@ Key = tuple[str, str, str]  # (tenant, code, period_start)
 @dataclass(frozen=True)
 class IngestResult:
     inserted: list[bool]  # per event, in order: False = a transaction id already ingested
-    counters: dict[Key, int]  # the new value of each counter this batch changed
+    counters: dict[Key, Amount]  # the new exact value of each counter this batch changed
 
 
 def ingest_events(txn: MirrorTxn, events: Sequence[ValidEvent], received_at: datetime) -> IngestResult:
@@ -37,7 +39,7 @@ def ingest_events(txn: MirrorTxn, events: Sequence[ValidEvent], received_at: dat
     txn.lock("usage_events", "seq")
     periods = _Periods(txn, conn)
     inserted: list[bool] = []
-    deltas: list[tuple[Key, int]] = []
+    deltas: list[tuple[Key, Amount]] = []
     received = _iso(received_at)
     for event in events:
         start, _ = periods.of(event)
@@ -53,11 +55,11 @@ def ingest_events(txn: MirrorTxn, events: Sequence[ValidEvent], received_at: dat
                 event.code,
                 _iso(event.at),
                 period_start,
-                event.value,
-                json.dumps(event.properties, separators=(",", ":")),
+                stored(event.value),
+                exact_json.dumps(event.properties).decode(),
                 received,
                 event.external_subscription_id,
-                json.dumps(event.lago(), separators=(",", ":")),
+                exact_json.dumps(event.lago()).decode(),
             ),
         )
         inserted.append(cursor.rowcount == 1)
@@ -68,18 +70,21 @@ def ingest_events(txn: MirrorTxn, events: Sequence[ValidEvent], received_at: dat
     return IngestResult(inserted, counters)
 
 
-def _add(txn: MirrorTxn, conn: Sql, key: Key, delta: int) -> int:
+def _add(txn: MirrorTxn, conn: Sql, key: Key, delta: Amount) -> Amount:
+    """Add exactly, in Python: neither SQLite (REAL) nor a shared statement can add decimals
+    exactly on both backends. Safe as read-then-write: ingest holds the usage_events lock."""
     tenant, code, period_start = key
-    value = int(
-        conn.execute(
-            f"INSERT INTO {USAGE} (tenant, code, period_start, value) VALUES (?, ?, ?, ?) "
-            f"ON CONFLICT (tenant, code, period_start) DO UPDATE SET value = {USAGE}.value + excluded.value "
-            "RETURNING value",
-            (tenant, code, period_start, delta),
-        ).fetchone()[0]
+    row = conn.execute(
+        f"SELECT value FROM {USAGE} WHERE tenant = ? AND code = ? AND period_start = ?",
+        (tenant, code, period_start),
+    ).fetchone()
+    value = add(from_stored(row[0]) if row is not None else 0, delta)
+    conn.execute(
+        f"INSERT INTO {USAGE} (tenant, code, period_start, value) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (tenant, code, period_start) DO UPDATE SET value = excluded.value",
+        (tenant, code, period_start, stored(value)),
     )
-    # The feed never carries a counter below zero (a correction may run ahead of what it corrects).
-    body = {"tenant": tenant, "code": code, "period_start": period_start, "value": max(value, 0)}
+    body = usage_record(tenant, code, period_start, value)  # whole units for old sidecars, and exact
     txn.append(tenant, "usage", "upsert", body)
     return value
 
@@ -173,8 +178,8 @@ def tenant_usage(conn: Sql, tenant: str, now: datetime) -> dict[str, Any]:
         "tenant": tenant,
         "tier": account.tier if account else None,
         "period": {"start": period_start, "end": rfc3339(end)},
-        "usage": {code: value for code, p, value in rows if p == period_start},
-        "counters": [{"code": c, "period_start": p, "value": v} for c, p, v in rows],
+        "usage": {code: stored(from_stored(value)) for code, p, value in rows if p == period_start},
+        "counters": [{"code": c, "period_start": p, "value": stored(from_stored(v))} for c, p, v in rows],
     }
 
 
@@ -188,13 +193,13 @@ def stored_event(row: Sequence[Any]) -> dict[str, Any]:
     """A stored event: Lago's document as sent, plus what tiergate decided about it."""
     seq, tenant, tid, code, timestamp, period_start, value, body, received_at, subscription, document = row
     lago: dict[str, Any] = (
-        json.loads(document)
+        exact_json.loads(document)
         if document is not None
         else {
             "transaction_id": tid,
             "external_customer_id": tenant,
             "code": code,
-            "properties": json.loads(body),
+            "properties": exact_json.loads(body),
         }
     )
     if subscription is not None:
@@ -204,7 +209,7 @@ def stored_event(row: Sequence[Any]) -> dict[str, Any]:
         "tenant": tenant,
         "occurred_at": timestamp,
         "period_start": period_start,
-        "value": value,
+        "value": stored(from_stored(value)),  # a decimal as a string, like Lago's `units`
         "received_at": received_at,
         "seq": seq,
     }

@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 import structlog
@@ -26,6 +27,7 @@ from sync_daemon.outbound.events import (
     usage_limit,
 )
 from sync_daemon.outbound.queue import Due, due, enqueue, first_time, next_due, record_attempt
+from tiergate.amounts import Amount
 from tiergate.catalog import Catalog
 from tiergate.webhook_signature import HEADER, sign
 
@@ -43,19 +45,19 @@ class Outbound:
         self.catalog = catalog
 
     def account_changed(
-        self, txn: MirrorTxn, before: MirrorAccount | None, after: MirrorAccount, cause: dict[str, str]
+        self, txn: MirrorTxn, before: MirrorAccount | None, after: MirrorAccount, cause: dict[str, Any]
     ) -> None:
+        """`entitlements.changed` and `payment.overdue` (grace_started) for a webhook's or a repair's change."""
         if not self.endpoints:
             return
-        old = before
-        changed = entitlements_changed(old, after, cause)
+        changed = entitlements_changed(before, after, cause)
         if changed is not None:
             enqueue(txn, self.endpoints, "entitlements.changed", after.tenant, changed)
-        started = grace_started(old, after, self.catalog)
+        started = grace_started(before, after, self.catalog)
         if started is not None:
             enqueue(txn, self.endpoints, "payment.overdue", after.tenant, {**started, "cause": cause})
 
-    def usage_changed(self, txn: MirrorTxn, counters: Mapping[tuple[str, str, str], int]) -> None:
+    def usage_changed(self, txn: MirrorTxn, counters: Mapping[tuple[str, str, str], Amount]) -> None:
         """`usage.threshold_crossed` for each alert a changed counter reached, once each."""
         if not self.endpoints:
             return

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sync_daemon.mirror.store import MirrorAccount
+from tiergate.amounts import Amount, stored
 from tiergate.catalog import AddonLimit, Catalog, Quota
 from tiergate.periods import rfc3339
 
@@ -110,7 +111,7 @@ def usage_limit(
 
 
 def thresholds_reached(
-    tenant: str, code: str, period_start: str, used: int, limit: int | None, alerts: list[float]
+    tenant: str, code: str, period_start: str, used: Amount, limit: int | None, alerts: list[float]
 ) -> list[tuple[str, dict[str, Any]]]:
     """(once-key, `usage.threshold_crossed` data) for each alert the counter has reached."""
     if limit is None or limit <= 0:
@@ -124,7 +125,7 @@ def thresholds_reached(
                 "period_start": period_start,
                 "threshold": threshold,
                 "limit": limit,
-                "used": used,
+                "used": stored(used),  # a decimal as a string
             },
         )
         for threshold in sorted(alerts)

@@ -16,6 +16,7 @@ import orjson
 
 from sync_daemon.sinks.runner import SinkUnavailableError
 from sync_daemon.sinks.store import SinkEvent
+from tiergate import exact_json
 
 MAX_BATCH = 100  # Lago's LAGO_EVENTS_BATCH_MAX_LENGTH default
 ALREADY_THERE = "value_already_exist"
@@ -83,7 +84,7 @@ class LagoSink:
     async def _post(self, documents: list[dict[str, Any]]) -> tuple[int, object]:
         try:
             async with self._session.post(
-                self._url, data=orjson.dumps({"events": documents}), headers=self._headers
+                self._url, data=exact_json.dumps({"events": documents}), headers=self._headers
             ) as response:
                 text = await response.read()
                 status = response.status

@@ -7,13 +7,14 @@ moved it back while a delivery was in flight wins, and the delivery's events go 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sync_daemon.mirror.schema import ACCOUNTS, USAGE_EVENTS
 from sync_daemon.mirror.store import MirrorTxn, Sql
+from tiergate import exact_json
+from tiergate.amounts import Amount, from_stored
 from tiergate.periods import rfc3339
 
 CURSORS = "sink_cursors"
@@ -27,7 +28,7 @@ class SinkEvent:
     seq: int
     tenant: str
     code: str
-    value: int
+    value: Amount  # exact (tiergate/amounts.py)
     occurred_at: str  # RFC 3339 `Z`
     document: dict[str, Any]
     subscription_id: str | None  # the tenant's Stripe subscription now (Lago needs one)
@@ -59,18 +60,18 @@ def events_after(conn: Sql, cursor: int, limit: int) -> list[SinkEvent]:
 def _sink_event(row: tuple[Any, ...]) -> SinkEvent:
     seq, tenant, code, value, timestamp, document, body, tid, sent_subscription, subscription, customer = row
     lago: dict[str, Any] = (
-        json.loads(document)
+        exact_json.loads(document)
         if document is not None  # events ingested before documents were kept: rebuilt
         else {
             "transaction_id": tid,
             "external_customer_id": tenant,
             "code": code,
-            "properties": json.loads(body),
+            "properties": exact_json.loads(body),
         }
     )
     if sent_subscription is not None:
         lago.setdefault("external_subscription_id", sent_subscription)
-    return SinkEvent(seq, tenant, code, value, timestamp, lago, subscription, customer)
+    return SinkEvent(seq, tenant, code, from_stored(value), timestamp, lago, subscription, customer)
 
 
 def position(conn: Sql, sink: str) -> SinkPosition:

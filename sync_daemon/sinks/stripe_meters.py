@@ -18,6 +18,7 @@ import stripe
 
 from sync_daemon.sinks.runner import SinkUnavailableError
 from sync_daemon.sinks.store import SinkEvent
+from tiergate.amounts import stored
 
 CONCURRENCY = 8  # meter-event calls in flight per batch (Stripe's live rate limit is per second)
 
@@ -27,7 +28,7 @@ def meter_event(event: SinkEvent, event_name: str, customer: str) -> dict[str, A
     return {
         "event_name": event_name,
         "identifier": event.document.get("transaction_id", f"seq-{event.seq}")[:100],
-        "payload": {"stripe_customer_id": customer, "value": str(event.value)},
+        "payload": {"stripe_customer_id": customer, "value": str(stored(event.value))},
         "timestamp": int(datetime.fromisoformat(event.occurred_at).timestamp()),
     }
 

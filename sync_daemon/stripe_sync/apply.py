@@ -179,7 +179,8 @@ class EventApplier:
         self, txn: MirrorTxn, meta: EventMeta, before: MirrorAccount | None, after: MirrorAccount
     ) -> None:
         if self.outbound is not None:
-            self.outbound.account_changed(txn, before, after, {"stripe_event": meta.id, "type": meta.type})
+            cause = {"source": "stripe", "stripe_event": meta.id, "type": meta.type}
+            self.outbound.account_changed(txn, before, after, cause)
 
     async def _checkout(self, meta: EventMeta, checkout: CheckoutCompleted) -> str:
         tenant, customer = checkout.tenant, checkout.customer_id

@@ -4,6 +4,8 @@ Webhooks can be lost, arrive late or tie; this job makes the mirror converge any
 Stripe with async calls and writes through the mirror's single writer in short transactions,
 so webhook intake is never blocked behind it. A repair is only committed when the row is still
 exactly what the diff saw: a webhook that landed in between wins, and the next run re-checks.
+A repair enqueues the same outbound events a webhook would (cause `{"source": "reconcile"}`),
+in the repair's own transaction: once per change, since the next run finds nothing to repair.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import structlog
 
 from sync_daemon.metrics import DaemonMetrics
 from sync_daemon.mirror.store import CustomerLink, Mirror, MirrorAccount, MirrorTxn
+from sync_daemon.outbound.delivery import Outbound
 from sync_daemon.stripe_sync.source import BillingSource
 from sync_daemon.stripe_sync.translate import SubscriptionState, Translator, decide_subscription
 from tiergate.errors import BillingUnavailableError
@@ -148,12 +151,18 @@ class ReconcileSummary:
 
 class Reconciler:
     def __init__(
-        self, mirror: Mirror, billing: BillingSource, translator: Translator, metrics: DaemonMetrics
+        self,
+        mirror: Mirror,
+        billing: BillingSource,
+        translator: Translator,
+        metrics: DaemonMetrics,
+        outbound: Outbound | None = None,
     ) -> None:
         self.mirror = mirror
         self.billing = billing
         self.translator = translator
         self.metrics = metrics
+        self.outbound = outbound  # outbound webhooks, enqueued with the repair that causes them
         self.last: ReconcileSummary | None = None
 
     async def run(self, progress: Callable[[int], None] | None = None) -> ReconcileSummary:
@@ -194,9 +203,12 @@ class Reconciler:
 
     async def _apply(self, repairs: list[Repair], summary: ReconcileSummary) -> None:
         drift: Counter[str] = Counter()
+        announce = functools.partial(self._announce, run=summary.started_at)
         for start in range(0, len(repairs), _BATCH):
             batch = repairs[start : start + _BATCH]
-            applied = await self.mirror.transact(functools.partial(_apply_batch, batch=batch))
+            applied = await self.mirror.transact(
+                functools.partial(_apply_batch, batch=batch, announce=announce)
+            )
             for repair in applied:
                 if repair is None:
                     summary.raced += 1
@@ -210,8 +222,28 @@ class Reconciler:
             await asyncio.sleep(0)  # let webhook intake in between batches
         summary.drift = dict(drift)
 
+    def _announce(
+        self, txn: MirrorTxn, before: MirrorAccount | None, after: MirrorAccount, repair: Repair, run: str
+    ) -> None:
+        """The outbound events of a repair, in its transaction (nothing without endpoints)."""
+        if self.outbound is not None:
+            self.outbound.account_changed(txn, before, after, repair_cause(repair, run))
 
-def _apply_batch(txn: MirrorTxn, batch: list[Repair]) -> list[Repair | None]:
+
+def repair_cause(repair: Repair, run: str) -> dict[str, Any]:
+    """What an outbound event names as its cause when reconciliation made the change."""
+    return {
+        "source": "reconcile",
+        "reconcile_started_at": run,
+        "subscription": repair.after.subscription_id,
+        "repaired": sorted(repair.differences),
+    }
+
+
+Announce = Callable[[MirrorTxn, MirrorAccount | None, MirrorAccount, Repair], None]
+
+
+def _apply_batch(txn: MirrorTxn, batch: list[Repair], announce: Announce) -> list[Repair | None]:
     """Apply each repair to the row as it is now: a webhook may have landed since the diff."""
     done: list[Repair | None] = []
     for planned in batch:
@@ -222,7 +254,7 @@ def _apply_batch(txn: MirrorTxn, batch: list[Repair]) -> list[Repair | None]:
         if repair is None:
             done.append(None)
             continue
-        txn.put_account(repair.after)
+        announce(txn, current, txn.put_account(repair.after), repair)
         customer = repair.after.stripe_customer_id
         if customer and txn.customer(customer) is None:
             txn.link_customer(CustomerLink(customer, repair.tenant))

@@ -23,6 +23,7 @@ import pytest
 import stripe
 
 from demo.processes import Process, free_port, tiergate_command
+from tests.localstripe_api import plans_client
 from tests.stripe_payloads import SECRET
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +31,6 @@ FEED_TOKEN = "feed-token-for-e2e"
 STRIPE_KEY = "sk_test_e2e"
 STALENESS_BUDGET_S = 2
 RECONCILE_INTERVAL_S = 2
-PLANS = {"starter_month": 1900, "pro_month": 4900, "pro_year": 49000}
 DEADLINE_S = 30.0
 
 
@@ -186,18 +186,8 @@ def stack(localstripe_process: Process, tmp_path: Path, request: pytest.FixtureR
 @pytest.fixture
 async def stripe_api(stack: Stack) -> AsyncIterator[stripe.StripeClient]:
     """An async Stripe client on localstripe, with one Product and a Plan per catalog lookup key."""
-    http = stripe.AIOHTTPClient()
-    client = stripe.StripeClient(
-        STRIPE_KEY, base_addresses={"api": stack.stripe_url}, http_client=http, max_network_retries=0
-    )
-    product = await client.v1.products.create_async({"name": "tiergate-e2e"})
-    for plan_id, amount in PLANS.items():
-        interval = plan_id.rsplit("_", 1)[1]
-        await client.v1.plans.create_async(
-            {"id": plan_id, "product": product.id, "amount": amount, "currency": "usd", "interval": interval}
-        )
-    yield client
-    await http.close_async()  # type: ignore[no-untyped-call]  # the library leaves it untyped
+    async with plans_client(stack.stripe_url, STRIPE_KEY, "tiergate-e2e") as client:
+        yield client
 
 
 @pytest.fixture
@@ -205,20 +195,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     timeout = aiohttp.ClientTimeout(total=5)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         yield session
-
-
-async def subscribe(
-    api: stripe.StripeClient, tenant: str, plan: str, quantity: int = 1
-) -> stripe.Subscription:
-    """customer (metadata tenant_id) -> pm_card_visa as default -> subscription on a Plan."""
-    customer = await api.v1.customers.create_async({"metadata": {"tenant_id": tenant}})
-    method = await api.v1.payment_methods.attach_async("pm_card_visa", {"customer": customer.id})
-    await api.v1.customers.update_async(
-        customer.id, {"invoice_settings": {"default_payment_method": method.id}}
-    )
-    return await api.v1.subscriptions.create_async(
-        {"customer": customer.id, "items": [{"plan": plan, "quantity": quantity}]}
-    )
 
 
 async def get_json(session: aiohttp.ClientSession, url: str, **params: str) -> dict[str, Any]:

@@ -13,7 +13,8 @@ import pytest
 import stripe
 
 from demo.processes import http_status
-from tests.e2e.conftest import Stack, eventually, get_json, subscribe
+from tests.e2e.conftest import Stack, eventually, get_json
+from tests.localstripe_api import subscribe
 
 pytestmark = pytest.mark.slow
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ from sync_daemon.billing.rules import (
     idempotency_key,
     live_subscription,
     main_item,
+    period_end,
+    period_start,
+    proration_date,
     sold_price,
 )
 from sync_daemon.mirror.store import MirrorAccount
@@ -115,3 +119,47 @@ def test_main_item_reads_both_api_shapes() -> None:
     legacy = {"id": "sub_2", "quantity": 3, "items": {"data": [{"id": "si_2", "plan": {"id": "pro_month"}}]}}
     assert main_item(current) == ("si_1", "price_9", 4)
     assert main_item(legacy) == ("si_2", "pro_month", 3)
+
+
+PERIOD = (1_000_000, 2_000_000)
+
+
+@pytest.mark.parametrize(
+    ("given", "now", "expected"),
+    [
+        (None, 1_500_000, None),  # not given: Stripe prorates at the call
+        (1_000_000, 1_500_000, 1_000_000),  # the period's first second
+        (1_500_000, 1_500_000, 1_500_000),
+        (1_500_060, 1_500_000, 1_500_060),  # a clock a minute ahead
+        (1_999_999, 2_000_000, 1_999_999),  # the period's last second
+    ],
+)
+def test_a_proration_date_of_the_current_period_that_has_come_is_taken(
+    given: int | None, now: int, expected: int | None
+) -> None:
+    assert proration_date(given, "now", PERIOD, now) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "timing", "now", "says"),
+    [
+        (1_500_061, "now", 1_500_000, "is in the future"),
+        (999_999, "now", 1_500_000, "is before the current period began (1000000)"),
+        (2_000_000, "now", 2_100_000, "is not before the current period's end (2000000)"),
+        (1_400_000, "period_end", 1_500_000, "applies only to a change made now"),
+    ],
+)
+def test_a_proration_date_outside_the_period_or_ahead_of_the_clock_is_a_400(
+    given: int, timing: Any, now: int, says: str
+) -> None:
+    with pytest.raises(BadRequestError, match=re.escape(says)) as raised:
+        proration_date(given, timing, PERIOD, now)
+    assert raised.value.field == "proration_date"
+
+
+def test_the_period_is_read_from_the_item_else_the_subscription() -> None:
+    item = {"current_period_start": 10, "current_period_end": 20}
+    assert (period_start({"items": {"data": [item]}}), period_end({"items": {"data": [item]}})) == (10, 20)
+    legacy = {"items": {"data": [{}]}, "current_period_start": 30, "current_period_end": 40}
+    assert (period_start(legacy), period_end(legacy)) == (30, 40)
+    assert (period_start({}), period_end({})) == (None, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -46,7 +47,10 @@ def test_properties_at_the_limits_are_accepted() -> None:
         (event(transaction_id=""), "transaction_id"),
         (event(transaction_id="x" * 256), "transaction_id"),
         (event(code="storage_gb"), "properties.gb"),
-        (event(code="storage_gb", properties={"gb": 1.5}), "properties.gb"),
+        (event(code="storage_gb", properties={"gb": "1.1234567"}), "properties.gb"),  # scale 7
+        (event(code="storage_gb", properties={"gb": Decimal("0.0000001")}), "properties.gb"),
+        (event(code="storage_gb", properties={"gb": "1000000000.5"}), "properties.gb"),
+        (event(code="storage_gb", properties={"gb": "Infinity"}), "properties.gb"),
         (event(code="storage_gb", properties={"gb": -2e9}), "properties.gb"),
         (event(code="storage_gb", properties={"gb": "1e400000000"}), "properties.gb"),
         (event(transaction_id="   "), "transaction_id"),
@@ -87,10 +91,15 @@ def test_bad_events_name_their_field(raw: object, field: str) -> None:
         ({"lago_extra_key": 1, "external_subscription_id": "sub_9"}, 1, NOW),
         ({"code": "storage_gb", "properties": {"gb": -4}}, -4, NOW),  # a correction
         ({"code": "storage_gb", "properties": {"gb": "-4"}}, -4, NOW),
+        ({"code": "storage_gb", "properties": {"gb": "12.5"}}, Decimal("12.5"), NOW),  # Lago's decimals
+        ({"code": "storage_gb", "properties": {"gb": Decimal("0.1")}}, Decimal("0.1"), NOW),  # a JSON number
+        ({"code": "storage_gb", "properties": {"gb": 1.5}}, Decimal("1.5"), NOW),
+        ({"code": "storage_gb", "properties": {"gb": "-2.250"}}, Decimal("-2.25"), NOW),
+        ({"code": "storage_gb", "properties": {"gb": "999999999.999999"}}, Decimal("999999999.999999"), NOW),
         ({"properties": None}, 1, NOW),  # Lago takes null as {}
     ],
 )
-def test_valid_events(fields: dict[str, Any], value: int, at: datetime) -> None:
+def test_valid_events(fields: dict[str, Any], value: int | Decimal, at: datetime) -> None:
     parsed = parse_event(event(**fields), METRICS, NOW)
     assert (parsed.tenant, parsed.value, parsed.at) == ("t_1", value, at)
 

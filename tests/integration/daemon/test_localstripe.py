@@ -15,37 +15,13 @@ from sync_daemon.app import create_app, run_full_sync
 from sync_daemon.mirror.store import MirrorAccount
 from sync_daemon.state import METRICS, MIRROR, RECONCILER
 from tests.integration.daemon.conftest import make_settings, register_webhook
-
-PLANS = {"starter_month": 1900, "pro_month": 4900, "pro_year": 49000}
+from tests.localstripe_api import plans_client, subscribe
 
 
 @pytest.fixture
 async def stripe_api(localstripe: str) -> AsyncIterator[stripe.StripeClient]:
-    http = stripe.AIOHTTPClient()
-    client = stripe.StripeClient(
-        "sk_test_localstripe", base_addresses={"api": localstripe}, http_client=http, max_network_retries=0
-    )
-    product = await client.v1.products.create_async({"name": "tiergate"})
-    for plan_id, amount in PLANS.items():
-        interval = plan_id.rsplit("_", 1)[1]
-        await client.v1.plans.create_async(
-            {"id": plan_id, "product": product.id, "amount": amount, "currency": "usd", "interval": interval}
-        )
-    yield client
-    await http.close_async()  # type: ignore[no-untyped-call]  # the library leaves it untyped
-
-
-async def _subscribe(
-    api: stripe.StripeClient, tenant: str, plan: str, quantity: int = 1, card: str = "pm_card_visa"
-) -> stripe.Subscription:
-    customer = await api.v1.customers.create_async({"metadata": {"tenant_id": tenant}})
-    method = await api.v1.payment_methods.attach_async(card, {"customer": customer.id})
-    await api.v1.customers.update_async(
-        customer.id, {"invoice_settings": {"default_payment_method": method.id}}
-    )
-    return await api.v1.subscriptions.create_async(
-        {"customer": customer.id, "items": [{"plan": plan, "quantity": quantity}]}
-    )
+    async with plans_client(localstripe, "sk_test_localstripe", "tiergate") as client:
+        yield client
 
 
 async def _stripe_state(api: stripe.StripeClient) -> dict[str, dict[str, Any]]:
@@ -73,17 +49,17 @@ async def test_lifecycle_then_reconcile_matches_stripe(
     client = await aiohttp_client(create_app(make_settings(tmp_path / "mirror.db", localstripe)))
     register_webhook(localstripe, str(client.server.make_url("/webhooks/stripe")))
 
-    alice = await _subscribe(stripe_api, "t_alice", "starter_month")
+    alice = await subscribe(stripe_api, "t_alice", "starter_month")
     item = alice["items"].data[0]
     await stripe_api.v1.subscriptions.update_async(  # plan change and seats
         alice.id,
         {"items": [{"id": item.id, "plan": "pro_year", "quantity": 5}]},
     )
-    bob = await _subscribe(stripe_api, "t_bob", "pro_month", quantity=2)
+    bob = await subscribe(stripe_api, "t_bob", "pro_month", quantity=2)
     await stripe_api.v1.subscriptions.update_async(bob.id, {"cancel_at_period_end": True})
-    carol = await _subscribe(stripe_api, "t_carol", "pro_month")
+    carol = await subscribe(stripe_api, "t_carol", "pro_month")
     await stripe_api.v1.subscriptions.cancel_async(carol.id)
-    await _subscribe(stripe_api, "t_dave", "pro_month", card="pm_card_chargeCustomerFail")
+    await subscribe(stripe_api, "t_dave", "pro_month", card="pm_card_chargeCustomerFail")
 
     await _deliveries_seen(client, minimum=1)  # real signed deliveries verify and apply
     summary = await client.app[RECONCILER].run()
@@ -123,7 +99,7 @@ async def _deliveries_seen(client: Any, minimum: int) -> None:
 async def test_full_sync_for_the_cli(
     tmp_path: Path, localstripe: str, stripe_api: stripe.StripeClient
 ) -> None:
-    await _subscribe(stripe_api, "t_erin", "pro_month", quantity=3)
+    await subscribe(stripe_api, "t_erin", "pro_month", quantity=3)
     seen: list[int] = []
     settings = make_settings(tmp_path / "full.db", localstripe)
     summary = await asyncio.to_thread(run_full_sync, settings, progress=seen.append)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -99,6 +100,30 @@ async def test_a_lago_event_reaches_lago_exactly_as_sent(
         assert {k: v for k, v in forwarded.items() if k not in ("external_subscription_id", "timestamp")} == (
             customer_only
         )
+    finally:
+        await daemon.server.close()
+
+
+async def test_a_decimal_value_reaches_lago_as_the_app_wrote_it(
+    tmp_path: Path, lago: tuple[LagoDouble, TestServer], make_sidecar: SidecarFactory
+) -> None:
+    double, _ = lago
+    daemon = await daemon_with_lago(tmp_path, lago)
+    try:
+        sidecar = await make_sidecar(daemon.url)
+        text = json.dumps({"event": lago_event("dec-1", gb=0)}).replace('"gb": 0', '"gb": 2.50')
+        text = text.replace(
+            '"precise_total_amount_cents": "1234.56"', '"precise_total_amount_cents": "0.005"'
+        )
+        posted = await sidecar.post("/v1/usage", data=text, headers={"Content-Type": "application/json"})
+        assert posted.status == 202
+        correction = lago_event("dec-2", gb="-0.25")
+        assert (await sidecar.post("/v1/usage", json={"event": correction})).status == 202
+        await eventually(lambda: _has(double, 2))
+        sent = b"".join(double.bodies)
+        assert b'"gb":2.50' in sent and b'"gb":"-0.25"' in sent  # the number's own text; the string
+        assert double.events[(SUB, "dec-2")] == correction
+        assert double.events[(SUB, "dec-1")]["precise_total_amount_cents"] == "0.005"
     finally:
         await daemon.server.close()
 

@@ -121,6 +121,18 @@ async def test_meter_events_carry_identifier_customer_value_and_time(
     )
 
 
+async def test_a_decimal_value_goes_to_stripe_as_its_exact_decimal_string(
+    metered: tuple[DaemonServer, RecordingStripeHTTP],
+) -> None:
+    daemon, fake = metered
+    await ingest(
+        daemon, [event("gb-dec", "storage_gb", gb="0.1"), event("gb-fix", "storage_gb", gb="-2.125")]
+    )
+    await finished(daemon, 2)
+    sent = {c.params["identifier"]: c.params["payload[value]"] for c in fake.sent("POST", METER_EVENTS)}
+    assert sent == {"gb-dec": "0.1", "gb-fix": "-2.125"}  # Stripe takes decimal strings of <= 15 digits
+
+
 async def test_stripe_errors_retry_refuse_or_count_as_sent(
     metered: tuple[DaemonServer, RecordingStripeHTTP],
 ) -> None:

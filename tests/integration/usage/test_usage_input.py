@@ -17,7 +17,7 @@ GOOD = {"transaction_id": "ok-1", "external_customer_id": "t_bad", "code": "api_
         ({**GOOD, "code": "made_up"}, "events[3].code"),
         ({k: v for k, v in GOOD.items() if k != "code"}, "events[3].code"),
         ({**GOOD, "code": "storage_gb"}, "events[3].properties.gb"),
-        ({**GOOD, "code": "storage_gb", "properties": {"gb": 0.5}}, "events[3].properties.gb"),
+        ({**GOOD, "code": "storage_gb", "properties": {"gb": "0.1234567"}}, "events[3].properties.gb"),
         ({**GOOD, "external_customer_id": None}, "events[3].external_customer_id"),
         ({**GOOD, "transaction_id": ""}, "events[3].transaction_id"),
         ({**GOOD, "timestamp": "next tuesday"}, "events[3].timestamp"),
