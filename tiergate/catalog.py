@@ -28,9 +28,10 @@ class _Strict(BaseModel):
 
 
 class Metric(_Strict):
-    """How usage events with this code add up within a billing period."""
+    """How usage events with this code add up: `count` and `sum` within a billing period; `latest`
+    is a gauge (seats in use): the value of the newest event by timestamp, never reset."""
 
-    aggregation: Literal["count", "sum"]
+    aggregation: Literal["count", "sum", "latest"]
     field: str | None = None
     # The Stripe Billing Meter's `event_name` this metric's events go to (the Stripe meter sink);
     # `tiergate plans push` creates the meter when Stripe has none with that name.
@@ -45,6 +46,10 @@ class Metric(_Strict):
     def _sum_needs_field(self) -> Metric:
         if self.aggregation == "sum" and not self.field:
             raise ValueError("aggregation 'sum' needs 'field', the event property to add up")
+        if self.aggregation == "latest" and not self.field:
+            raise ValueError(
+                "aggregation 'latest' needs 'field', the event property holding the current value"
+            )
         if self.aggregation == "count" and self.field:
             raise ValueError("aggregation 'count' takes no 'field'")
         return self
@@ -224,6 +229,10 @@ def _cross_field_problems(raw: Mapping[str, Any]) -> list[tuple[str, str]]:
             problems.append((f"routes[{i}].feature", f"{feature!r} is in no tier's features"))
         if isinstance(usage, str) and usage not in metrics:
             problems.append((f"routes[{i}].usage", f"{usage!r} is not a metric (known: {sorted(metrics)})"))
+        elif isinstance(usage, str) and _mapping(metrics[usage]).get("aggregation") == "latest":
+            problems.append(
+                (f"routes[{i}].usage", f"{usage!r} is a gauge (latest): a request cannot add to it")
+            )
     return problems
 
 

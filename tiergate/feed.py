@@ -30,17 +30,22 @@ class FeedUsage(UsageCounter):
     model_config = ConfigDict(extra="ignore")
 
     exact: Counter | None = None
+    as_of: AwareDatetime | None = None  # a gauge's: the timestamp of the reading it holds
 
     def amount(self) -> Amount:
         return self.exact if self.exact is not None else self.value
 
 
-def usage_record(tenant: str, code: str, period_start: str, value: Amount) -> dict[str, Any]:
+def usage_record(
+    tenant: str, code: str, period_start: str, value: Amount, as_of: str | None = None
+) -> dict[str, Any]:
     """The feed's record of one counter (see FeedUsage)."""
     record: dict[str, Any] = {"tenant": tenant, "code": code, "period_start": period_start}
     record["value"] = policy_units(value)
     if value != record["value"]:
         record["exact"] = stored(value)
+    if as_of is not None:
+        record["as_of"] = as_of
     return record
 
 

@@ -38,6 +38,16 @@ Code = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"
 # What a sidecar adds to the Lago document it delivers: the tenant it resolved the event to.
 TENANT_KEY = "tiergate_tenant"
 
+# The "period" of a gauge (`aggregation: latest`, e.g. seats in use): one that never ends, so a
+# gauge is never reset; counters keyed by it are read beside every period's (docs/usage.md).
+GAUGE_PERIOD = datetime(9999, 12, 31, tzinfo=UTC)
+GAUGE_PERIOD_START = "9999-12-31T00:00:00Z"
+
+
+def is_gauge(period_start: str) -> bool:
+    """A counter key's period_start says whether it is a gauge."""
+    return period_start == GAUGE_PERIOD_START
+
 
 class UsageEvent(BaseModel):
     """One event as Lago defines it (`EventInputObject`); unknown top-level keys are ignored, as Lago does."""
@@ -66,6 +76,7 @@ class ValidEvent:
     external_subscription_id: str | None = None
     # Lago's document as sent (timestamp fixed at acceptance when absent); None: built here.
     document: dict[str, Any] | None = field(default=None, compare=False)
+    gauge: bool = False  # its metric is `latest`: the value replaces, the newest timestamp wins
 
     def lago(self) -> dict[str, Any]:
         """The event in Lago's shape, every field as the caller sent it: what sinks forward."""
@@ -137,6 +148,7 @@ def parse_event(
         properties=properties,
         external_subscription_id=event.external_subscription_id,
         document=_document(event, raw, at),
+        gauge=metric.get("aggregation") == "latest",
     )
 
 
@@ -225,18 +237,24 @@ def _document(event: UsageEvent, raw: Mapping[str, Any], at: datetime) -> dict[s
 
 
 def metric_value(metric: Mapping[str, Any], properties: Mapping[str, Any]) -> Amount:
-    """What one event adds: 1 for `count`, the property `field` for `sum`, exactly (a decimal, or
-    negative for a correction)."""
-    if metric.get("aggregation") != "sum":
+    """What one event says: 1 for `count`; for `sum` the property `field` it adds, exactly (a
+    decimal, or negative for a correction); for `latest` the current value, never negative."""
+    aggregation = metric.get("aggregation")
+    if aggregation not in ("sum", "latest"):
         return 1
     name = str(metric.get("field"))
     where = f"properties.{name}"
     if name not in properties:
-        raise EventError(where, f"required: metric aggregates sum of {name!r}")
+        raise EventError(where, f"required: metric aggregates {aggregation} of {name!r}")
     try:
-        return event_amount(properties[name], MAX_QUANTITY)
+        value = event_amount(properties[name], MAX_QUANTITY)
     except AmountError as exc:
         raise EventError(where, str(exc)) from None
+    if aggregation == "latest" and value < 0:
+        raise EventError(
+            where, f"must be at least 0: it is the current value (a gauge), got {properties[name]!r}"
+        )
+    return value
 
 
 def _decimal(value: int | float | str, where: str) -> Decimal:

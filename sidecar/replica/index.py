@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from tiergate.amounts import Amount, from_stored
+from tiergate.usage_events import GAUGE_PERIOD_START
 
 if TYPE_CHECKING:  # the reader (replica/store.py) builds the rows and owns the SQL
     from sidecar.replica.store import AccountRow
@@ -44,7 +45,7 @@ class ReplicaIndex:
             return {}
         found: dict[str, Amount] = {}
         for i in range(0, len(counters), 3):
-            if counters[i] == period_start:
+            if counters[i] == period_start or counters[i] == GAUGE_PERIOD_START:  # gauges: every period
                 value = counters[i + 2]
                 assert not isinstance(value, str)  # _group made it an Amount
                 found[str(counters[i + 1])] = value

@@ -28,6 +28,7 @@ from tiergate.errors import ReplicaError, dotted_location
 from tiergate.feed import KNOWN_KINDS, FeedChange, FeedOverride
 from tiergate.models import ACCOUNT_FIELDS, Account, UsageCounter
 from tiergate.periods import rfc3339
+from tiergate.usage_events import GAUGE_PERIOD_START
 
 log = structlog.get_logger("tiergate.replica")
 
@@ -106,6 +107,13 @@ def m006_exact_usage(db: sqlite_utils.Database) -> None:
     db.execute("UPDATE usage SET exact_value = value")
     db.execute("ALTER TABLE usage DROP COLUMN value")
     db.execute("ALTER TABLE usage RENAME COLUMN exact_value TO value")
+
+
+@MIGRATIONS()
+def m007_gauge_as_of(db: sqlite_utils.Database) -> None:
+    # A gauge's reading time (Unix seconds; NULL for counters that add up): a pending reading
+    # older than the one the replica holds does not replace it (sidecar/usage/ledger.py).
+    db.execute("ALTER TABLE usage ADD COLUMN as_of REAL")
 
 
 class AccountRow(NamedTuple):
@@ -249,7 +257,8 @@ class ReplicaWriter:
                 elif change.kind == "usage" and change.usage is not None:
                     u = change.usage
                     conn.execute(
-                        _UPSERT_USAGE, (u.tenant, u.code, rfc3339(u.period_start), stored(u.amount()))
+                        _UPSERT_USAGE,
+                        (u.tenant, u.code, rfc3339(u.period_start), stored(u.amount()), _as_of(u)),
                     )
                 elif change.kind == "override" and change.op == "upsert" and change.override is not None:
                     conn.execute(_UPSERT_OVERRIDE, override_row(change.override))
@@ -327,7 +336,14 @@ def override_row(override: FeedOverride) -> tuple[str, str, str, str | None]:
     return override.tenant, override.feature, value, rfc3339(override.expires_at)
 
 
-_UPSERT_USAGE = "INSERT OR REPLACE INTO usage (tenant, code, period_start, value) VALUES (?, ?, ?, ?)"
+_UPSERT_USAGE = (
+    "INSERT OR REPLACE INTO usage (tenant, code, period_start, value, as_of) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def _as_of(counter: UsageCounter) -> float | None:
+    as_of = getattr(counter, "as_of", None)  # the feed's gauges carry it; imported counters do not
+    return as_of.timestamp() if isinstance(as_of, datetime) else None
 
 
 def _insert_accounts(conn: sqlite3.Connection, rows: Iterable[AccountRow]) -> int:
@@ -340,8 +356,8 @@ def _insert_accounts(conn: sqlite3.Connection, rows: Iterable[AccountRow]) -> in
 
 def _insert_usage(conn: sqlite3.Connection, counters: Iterable[UsageCounter]) -> int:
     cursor = conn.executemany(
-        "INSERT INTO usage (tenant, code, period_start, value) VALUES (?, ?, ?, ?)",
-        ((u.tenant, u.code, rfc3339(u.period_start), stored(u.amount())) for u in counters),
+        "INSERT INTO usage (tenant, code, period_start, value, as_of) VALUES (?, ?, ?, ?, ?)",
+        ((u.tenant, u.code, rfc3339(u.period_start), stored(u.amount()), _as_of(u)) for u in counters),
     )
     return cursor.rowcount
 
@@ -517,9 +533,18 @@ class ReplicaReader:
 
     def _usage_from_file(self, tenant: str, period_start: str) -> dict[str, Amount]:
         rows = self._conn.execute(
-            "SELECT code, value FROM usage WHERE tenant = ? AND period_start = ?", (tenant, period_start)
+            "SELECT code, value FROM usage WHERE tenant = ? AND period_start IN (?, ?)",
+            (tenant, period_start, GAUGE_PERIOD_START),  # a gauge counts in every period
         ).fetchall()
         return {code: from_stored(value) for code, value in rows}
+
+    def gauge_as_of(self, tenant: str, code: str) -> float | None:
+        """When the reading this replica holds for a gauge happened (Unix seconds), or None."""
+        row = self._conn.execute(
+            "SELECT as_of FROM usage WHERE tenant = ? AND code = ? AND period_start = ?",
+            (tenant, code, GAUGE_PERIOD_START),
+        ).fetchone()
+        return float(row[0]) if row is not None and row[0] is not None else None
 
     def count_accounts(self) -> int:
         if self._in_memory:

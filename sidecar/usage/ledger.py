@@ -19,11 +19,24 @@ import contextlib
 import heapq
 import itertools
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from sidecar.replica.store import ReplicaReader
 from tiergate.amounts import Amount, add, negate
 
 Key = tuple[str, str, str]  # (tenant, code, period_start)
+
+
+@dataclass
+class Gauge:
+    """The newest reading of a gauge (`aggregation: latest`) this sidecar accepted: it replaces the
+    replica's value until the replica includes it (confirmed at `seq`, and the replica got there)."""
+
+    at: float  # the event's timestamp: an older reading never replaces a newer one
+    value: Amount
+    row: int  # its outbox row
+    seq: int | None = None
+
 
 # Longest a decision waits for a usage delivery's answer when the replica may already hold it.
 FLIGHT_WAIT_S = 0.5
@@ -46,6 +59,8 @@ class UsageLedger:
         self._flight_tenants: set[str] = set()
         self._flight_floor: int | None = None
         self._flight_done: asyncio.Event | None = None
+        self._gauges: dict[str, dict[str, Gauge]] = {}  # tenant -> code -> newest reading accepted here
+        self._gauge_seqs: list[tuple[int, str, str, int]] = []  # (seq, tenant, code, row), confirmed
 
     def subscribe(self, listener: Callable[[str], object]) -> None:
         self._listeners.append(listener)
@@ -124,7 +139,44 @@ class UsageLedger:
             for key, value in deltas.items():
                 self.remove(key, value)
             dropped += 1
+        while self._gauge_seqs and position is not None and self._gauge_seqs[0][0] <= position:
+            _, tenant, code, row = heapq.heappop(self._gauge_seqs)
+            self.drop_gauge((tenant, code, ""), row)
         return dropped
+
+    # -- gauges (`aggregation: latest`): a reading replaces, it does not add -------------------------
+
+    def set_gauge(self, key: Key, at: float, value: Amount, row: int) -> None:
+        tenant, code, _ = key
+        codes = self._gauges.setdefault(tenant, {})
+        current = codes.get(code)
+        if current is not None and (current.at, current.row) > (at, row):
+            return  # an older reading that arrived later: the newer one stays
+        codes[code] = Gauge(at, value, row)
+        self._changed(tenant)
+
+    def confirm_gauge(self, key: Key, row: int, seq: int) -> None:
+        """The daemon stored the reading of `row` at or below `seq`."""
+        tenant, code, _ = key
+        current = self._gauges.get(tenant, {}).get(code)
+        if current is not None and current.row == row:
+            current.seq = seq
+            heapq.heappush(self._gauge_seqs, (seq, tenant, code, row))
+
+    def drop_gauge(self, key: Key, row: int) -> None:
+        """Forget the reading of `row` (the replica holds it, or the daemon refused it)."""
+        tenant, code, _ = key
+        codes = self._gauges.get(tenant)
+        if codes is None or code not in codes or codes[code].row != row:
+            return  # replaced by a newer reading meanwhile
+        del codes[code]
+        if not codes:
+            del self._gauges[tenant]
+        self._changed(tenant)
+
+    def _changed(self, tenant: str) -> None:
+        for listener in self._listeners:
+            listener(tenant)
 
     async def usage(self, replica: ReplicaReader, tenant: str, period_start: str) -> dict[str, Amount]:
         """The tenant's counters for the period as a decision must see them: the replica's, read at
@@ -133,24 +185,41 @@ class UsageLedger:
         if self.ambiguous(tenant, period_start, replica.meta.position):
             await self.flight_answered(FLIGHT_WAIT_S)  # else over-count, never under
         usage = replica.usage(tenant, period_start)
-        return self.overlay(tenant, period_start, usage, replica.meta.position)
+        return self.overlay(
+            tenant, period_start, usage, replica.meta.position, lambda code: replica.gauge_as_of(tenant, code)
+        )
 
     def overlay(
-        self, tenant: str, period_start: str, usage: dict[str, Amount], position: int | None
+        self,
+        tenant: str,
+        period_start: str,
+        usage: dict[str, Amount],
+        position: int | None,
+        held_as_of: Callable[[str], float | None] | None = None,
     ) -> dict[str, Amount]:
-        """The replica's counters (read at `position`) plus what it does not include yet."""
-        if self._confirmed and position is not None and self._confirmed[0][0] <= position:
+        """The replica's counters (read at `position`) plus what it does not include yet; a pending
+        gauge reading replaces the replica's unless that one is newer (`held_as_of`: its time)."""
+        if position is not None and (
+            (self._confirmed and self._confirmed[0][0] <= position)
+            or (self._gauge_seqs and self._gauge_seqs[0][0] <= position)
+        ):
             self.settle(position)
         extra = self._totals.get((tenant, period_start))
-        if not extra:
+        gauges = self._gauges.get(tenant)
+        if not extra and not gauges:
             return usage
         merged = dict(usage)
-        for code, value in extra.items():
+        for code, value in (extra or {}).items():
             merged[code] = add(merged.get(code, 0), value)
+        for code, gauge in (gauges or {}).items():
+            held = held_as_of(code) if held_as_of is not None else None
+            if held is None or held <= gauge.at:  # else: a newer reading reached the replica
+                merged[code] = gauge.value
         return merged
 
     def total(self, tenant: str, code: str, period_start: str) -> Amount:
         return self._totals.get((tenant, period_start), {}).get(code, 0)
 
     def stats(self) -> dict[str, int]:
-        return {"counters": sum(len(c) for c in self._totals.values()), "awaiting_feed": len(self._confirmed)}
+        counters = sum(len(c) for c in self._totals.values()) + sum(len(g) for g in self._gauges.values())
+        return {"counters": counters, "awaiting_feed": len(self._confirmed) + len(self._gauge_seqs)}

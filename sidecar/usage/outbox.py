@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,7 @@ from sidecar.usage.ledger import Key, UsageLedger
 from tiergate import exact_json
 from tiergate.amounts import Amount, add, from_stored, stored, total
 from tiergate.errors import OutboxError
-from tiergate.usage_events import ValidEvent
+from tiergate.usage_events import GAUGE_PERIOD_START, ValidEvent, is_gauge
 
 log = structlog.get_logger("tiergate.outbox")
 
@@ -143,6 +144,12 @@ class Outbox:
         for seq, deltas in confirmed.items():
             self.pending.add_all(deltas.items())
             self.pending.confirm(seq, deltas)
+        gauges = await self._run(lambda: _load_gauges(conn, position))
+        for key, at, value, row, gauge_seq in gauges:
+            self.pending.set_gauge(key, at, value, row)
+            if gauge_seq is not None:
+                self.pending.confirm_gauge(key, row, gauge_seq)
+        backlog += sum(1 for *_, gauge_seq in gauges if gauge_seq is None)
         self.watermark, self.backlog = top, backlog
         self.quarantined, self.oldest_accepted_at = await self._run(lambda: quarantine.load(conn))
         log.info(
@@ -201,7 +208,11 @@ class Outbox:
         """
         deltas: dict[Key, Amount] = {}
         for row in rows:
-            if row.id in rejected:
+            if is_gauge(row.key[2]) and row.id in rejected:
+                self.pending.drop_gauge(row.key, row.id)
+            elif is_gauge(row.key[2]):
+                self.pending.confirm_gauge(row.key, row.id, seq)
+            elif row.id in rejected:
                 self.pending.remove(row.key, row.value)
             else:
                 deltas[row.key] = add(deltas.get(row.key, 0), row.value)
@@ -210,7 +221,10 @@ class Outbox:
 
     def set_aside(self, row: OutboxRow) -> None:
         """No delivery can carry `row`: uncount it here (call `persist_quarantine` next)."""
-        self.pending.remove(row.key, row.value)
+        if is_gauge(row.key[2]):
+            self.pending.drop_gauge(row.key, row.id)
+        else:
+            self.pending.remove(row.key, row.value)
         self.backlog -= 1
         self.quarantined += 1
 
@@ -226,8 +240,11 @@ class Outbox:
         """Put quarantined rows (`ids`, or all with None) back in line; returns how many."""
         conn = self._require()
         released = await self._run(lambda: quarantine.release(conn, ids))
-        for key, value, accepted_at in released:
-            self.pending.add(key, value)
+        for row_id, key, value, accepted_at in released:
+            if is_gauge(key[2]):
+                self.pending.set_gauge(key, accepted_at, value, row_id)
+            else:
+                self.pending.add(key, value)
             if self.oldest_accepted_at is None or accepted_at < self.oldest_accepted_at:
                 self.oldest_accepted_at = accepted_at
         self.backlog += len(released)
@@ -273,7 +290,11 @@ class Outbox:
                     if self.backlog == 0:
                         self.oldest_accepted_at = self.clock()
                     self.backlog += 1
-                    if not item.reserved:
+                    if is_gauge(entry.period_start):
+                        self.pending.set_gauge(
+                            entry.key, entry.event.at.timestamp(), entry.event.value, row_id
+                        )
+                    elif not item.reserved:
                         self.pending.add(entry.key, entry.event.value)
                 elif item.reserved:  # a replayed reservation: the first one is the one that counts
                     self.pending.remove(entry.key, entry.event.value)
@@ -391,8 +412,9 @@ def _load(
         "SELECT tenant, code, period_start, confirmed_seq, "
         "sum(CASE WHEN typeof(value) = 'integer' THEN value ELSE 0 END), "
         "group_concat(CASE WHEN typeof(value) = 'integer' THEN NULL ELSE value END, ' '), count(*) "
-        "FROM outbox WHERE confirmed_seq IS NULL OR confirmed_seq > ? GROUP BY 1, 2, 3, 4",
-        (REJECTED if position is None else max(position, REJECTED),),
+        "FROM outbox WHERE (confirmed_seq IS NULL OR confirmed_seq > ?) AND period_start != ? "
+        "GROUP BY 1, 2, 3, 4",
+        (REJECTED if position is None else max(position, REJECTED), GAUGE_PERIOD_START),
     ).fetchall()
     backlog = 0
     for tenant, code, period_start, seq, whole, decimals, count in rows:
@@ -404,6 +426,27 @@ def _load(
             confirmed.setdefault(seq, {})[(tenant, code, period_start)] = value
     top = conn.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
     return list(unconfirmed.items()), confirmed, int(top), backlog
+
+
+def _load_gauges(
+    conn: sqlite3.Connection, position: int | None
+) -> list[tuple[Key, float, Amount, int, int | None]]:
+    """Gauge readings the replica at `position` may lack: (key, timestamp, value, row, seq)."""
+    rows = conn.execute(
+        "SELECT id, tenant, code, value, event, confirmed_seq FROM outbox "
+        "WHERE (confirmed_seq IS NULL OR confirmed_seq > ?) AND period_start = ? ORDER BY id",
+        (REJECTED if position is None else max(position, REJECTED), GAUGE_PERIOD_START),
+    ).fetchall()
+    return [
+        (
+            (tenant, code, GAUGE_PERIOD_START),
+            float(json.loads(event)["timestamp"]),
+            from_stored(value),
+            i,
+            seq,
+        )
+        for i, tenant, code, value, event, seq in rows
+    ]
 
 
 def _with_decimals(whole: int, decimals: str | None) -> Amount:

@@ -41,8 +41,8 @@ def listing(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
     return [{**dict(zip(names, row[:-1], strict=True)), "error": row[-1]} for row in rows]
 
 
-def release(conn: sqlite3.Connection, ids: Sequence[int] | None) -> list[tuple[Key, Amount, float]]:
-    """Back in line for delivery: (key, value, accepted_at) of each released row."""
+def release(conn: sqlite3.Connection, ids: Sequence[int] | None) -> list[tuple[int, Key, Amount, float]]:
+    """Back in line for delivery: (id, key, value, accepted_at) of each released row."""
     where, params = "confirmed_seq = ?", [QUARANTINED]
     if ids is not None:
         if not ids:
@@ -53,11 +53,11 @@ def release(conn: sqlite3.Connection, ids: Sequence[int] | None) -> list[tuple[K
     try:
         rows = conn.execute(
             "UPDATE outbox SET confirmed_seq = NULL, quarantine_error = NULL, quarantined_at = NULL "
-            f"WHERE {where} RETURNING tenant, code, period_start, value, accepted_at",
+            f"WHERE {where} RETURNING id, tenant, code, period_start, value, accepted_at",
             params,
         ).fetchall()
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return [((t, c, p), from_stored(v), float(a)) for t, c, p, v, a in rows]
+    return [(i, (t, c, p), from_stored(v), float(a)) for i, t, c, p, v, a in rows]

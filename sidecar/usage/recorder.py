@@ -22,7 +22,14 @@ from tiergate.catalog import Metric
 from tiergate.errors import BadRequestError, ConflictError
 from tiergate.models import Decision
 from tiergate.periods import rfc3339
-from tiergate.usage_events import MAX_EVENTS, EventError, SubscriptionResolver, ValidEvent, parse_event
+from tiergate.usage_events import (
+    GAUGE_PERIOD_START,
+    MAX_EVENTS,
+    EventError,
+    SubscriptionResolver,
+    ValidEvent,
+    parse_event,
+)
 
 LOCK_STRIPES = 64
 
@@ -92,6 +99,12 @@ class UsageRecorder:
             raise BadRequestError(
                 f"reserve: {feature!r} is not a metered feature (metrics: {sorted(metrics)})", field="feature"
             )
+        if metric.aggregation == "latest":
+            raise BadRequestError(
+                f"reserve: {feature!r} is a gauge (aggregation latest): report the current value "
+                "with POST /v1/usage, and check without reserve",
+                field="feature",
+            )
         counted = metric.aggregation != "sum"
         if counted and quantity > MAX_EVENTS:
             raise BadRequestError(
@@ -156,6 +169,8 @@ class UsageRecorder:
         return [Entry(ValidEvent(tenant, i, code, at, 1, {}), period_start) for i in ids]
 
     def _period(self, event: ValidEvent, rows: dict[str, AccountRow | None]) -> str:
+        if event.gauge:
+            return GAUGE_PERIOD_START  # never reset: read beside every period
         if event.tenant not in rows:
             rows[event.tenant] = self.reader.account(event.tenant)
         return period_for(rows[event.tenant], event.at, rfc3339(event.at) or "")[0]

@@ -24,24 +24,47 @@ def what(key: str) -> str:
     return f"add-on {key.removeprefix(ADDON_PREFIX)!r}" if key.startswith(ADDON_PREFIX) else f"tier {key!r}"
 
 
-def sellables(catalog: Catalog) -> list[tuple[str, str, dict[str, Price]]]:
-    """(product key, product name, prices by interval) of every tier with prices and every add-on."""
-    found: list[tuple[str, str, dict[str, Price]]] = [
-        (name, tier.name or name, {str(k): p for k, p in tier.prices.items()})
+@dataclass(frozen=True)
+class Sellable:
+    """What gets a Stripe product: a tier with prices (the free default has none) or an add-on."""
+
+    key: str  # the product's key: the tier's name, or addon:<name>
+    name: str
+    prices: dict[str, Price]  # by interval
+    features: frozenset[str]  # what its product carries in Stripe: the features it grants or changes
+
+
+def sellables(catalog: Catalog) -> list[Sellable]:
+    """Every tier with prices, then every add-on."""
+    found = [
+        Sellable(
+            name,
+            tier.name or name,
+            {str(k): p for k, p in tier.prices.items()},
+            frozenset(feature for feature, value in tier.features.items() if value is not False),
+        )
         for name, tier in catalog.tiers.items()
         if tier.prices
     ]
     found += [
-        (ADDON_PREFIX + name, addon.name or name, {str(k): p for k, p in addon.prices.items()})
+        Sellable(
+            ADDON_PREFIX + name,
+            addon.name or name,
+            {str(k): p for k, p in addon.prices.items()},
+            frozenset(addon.features),
+        )
         for name, addon in catalog.addons.items()
     ]
     return found
 
 
 @dataclass(frozen=True)
-class RemoteProduct:
+class Remote:
+    """A Stripe object tiergate made and knows by its key: a product (key: metadata.tier, a tier's
+    name or addon:<name>) or an Entitlements Feature (key: its lookup_key)."""
+
     id: str
-    tier: str  # metadata.tier: how tiergate recognises its own products
+    key: str
     name: str
     active: bool = True
 
@@ -60,7 +83,7 @@ class RemotePrice:
 
 @dataclass(frozen=True)
 class RemoteCatalog:
-    products: Sequence[RemoteProduct] = ()
+    products: Sequence[Remote] = ()
     prices: Sequence[RemotePrice] = ()
     # An emulator without Prices (localstripe): a Plan whose id is the lookup key stands in.
     legacy_plans: bool = False
@@ -136,14 +159,17 @@ class Unchangeable:
 
 @dataclass(frozen=True)
 class CreateMeter:
-    """A Billing Meter for a catalog metric's `meter` (sum of the events' values, per customer id)."""
+    """A Billing Meter for a catalog metric's `meter`: the sum of the events' values per customer id,
+    or for a gauge (`aggregation: latest`) the last value (Stripe's `last` formula)."""
 
     code: str
     event_name: str
+    formula: str = "sum"
 
     def describe(self) -> str:
         return (
-            f"create meter {self.event_name!r} for metric {self.code!r} (sum of value per stripe_customer_id)"
+            f"create meter {self.event_name!r} for metric {self.code!r} "
+            f"({self.formula} of value per stripe_customer_id)"
         )
 
     def idempotency_key(self) -> str:
@@ -156,17 +182,18 @@ Change = CreateProduct | UpdateProduct | CreatePrice | SetPriceActive | CreateMe
 def plan_push(catalog: Catalog, remote: RemoteCatalog) -> list[Change]:
     """The changes that make Stripe hold the catalog's products and prices; [] when it already does."""
     changes: list[Change] = []
-    ours = {p.tier: p for p in remote.products}
-    sold = sellables(catalog)  # a tier without prices (the free default) is not sold
-    for tier_name, name, _ in sold:
-        product = ours.get(tier_name)
+    ours = {p.key: p for p in remote.products}
+    sold = sellables(catalog)
+    for sellable in sold:
+        product = ours.get(sellable.key)
         if product is None:
-            changes.append(CreateProduct(tier_name, name))
-        elif product.name != name or not product.active:
-            changes.append(UpdateProduct(product.id, tier_name, name))
+            changes.append(CreateProduct(sellable.key, sellable.name))
+        elif product.name != sellable.name or not product.active:
+            changes.append(UpdateProduct(product.id, sellable.key, sellable.name))
     wanted: set[str] = set()
-    for tier_name, _, prices in sold:
-        for interval, price in prices.items():
+    for sellable in sold:
+        tier_name = sellable.key
+        for interval, price in sellable.prices.items():
             wanted.add(price.lookup_key)
             holder = next((p for p in remote.prices if p.lookup_key == price.lookup_key), None)
             product = ours.get(tier_name)
@@ -222,7 +249,9 @@ def plan_meters(catalog: Catalog, remote: RemoteCatalog) -> list[Change]:
         if remote.meters is None:
             changes.append(Unchangeable(metric.meter, "this Stripe (an emulator) has no Billing Meters API"))
         elif metric.meter not in remote.meters:
-            changes.append(CreateMeter(code, metric.meter))
+            changes.append(
+                CreateMeter(code, metric.meter, "last" if metric.aggregation == "latest" else "sum")
+            )
     return changes
 
 
@@ -257,7 +286,7 @@ async def apply_push(store: CatalogStore, remote: RemoteCatalog, changes: Sequen
     """
     result = PushResult()
     products = result.products
-    products.update({p.tier: p.id for p in remote.products})
+    products.update({p.key: p.id for p in remote.products})
     for change in changes:
         if isinstance(change, CreateProduct):
             products[change.tier] = await store.create_product(change)

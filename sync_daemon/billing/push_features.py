@@ -13,16 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from sync_daemon.billing.push import ADDON_PREFIX, PushResult, what
+from sync_daemon.billing.push import PushResult, Remote, sellables, what
 from tiergate.catalog import Catalog
-
-
-@dataclass(frozen=True)
-class RemoteFeature:
-    id: str
-    lookup_key: str
-    name: str
-    active: bool = True
 
 
 @dataclass(frozen=True)
@@ -36,7 +28,7 @@ class Attachment:
 
 @dataclass(frozen=True)
 class RemoteFeatures:
-    features: Sequence[RemoteFeature] = ()
+    features: Sequence[Remote] = ()
     attachments: Sequence[Attachment] = ()
 
 
@@ -71,18 +63,6 @@ class DetachFeature:
 FeatureChange = CreateFeature | AttachFeature | DetachFeature
 
 
-def granted_features(catalog: Catalog) -> dict[str, set[str]]:
-    """Product key -> the features its product carries (anything but `false`)."""
-    found = {
-        name: {feature for feature, value in tier.features.items() if value is not False}
-        for name, tier in catalog.tiers.items()
-        if tier.prices
-    }
-    for name, addon in catalog.addons.items():
-        found[ADDON_PREFIX + name] = set(addon.features)
-    return found
-
-
 def plan_features(
     catalog: Catalog, remote: RemoteFeatures, products: Mapping[str, str]
 ) -> list[FeatureChange]:
@@ -92,15 +72,16 @@ def plan_features(
     absent: its attachments are planned all the same and made once it exists).
     """
     changes: list[FeatureChange] = []
-    known = {f.lookup_key for f in remote.features}
+    known = {f.key for f in remote.features}
     for feature in sorted(catalog.features - known):
         changes.append(CreateFeature(feature, feature.replace("_", " ").capitalize()))
     by_product: dict[str, dict[str, Attachment]] = {}
     for attachment in remote.attachments:
         by_product.setdefault(attachment.product_id, {})[attachment.feature_lookup_key] = attachment
-    for key, wanted in granted_features(catalog).items():
-        held = by_product.get(products.get(key, ""), {})
-        changes += [AttachFeature(key, feature) for feature in sorted(wanted - set(held))]
+    for sellable in sellables(catalog):
+        held = by_product.get(products.get(sellable.key, ""), {})
+        wanted = sellable.features
+        changes += [AttachFeature(sellable.key, feature) for feature in sorted(wanted - set(held))]
         changes += [
             DetachFeature(a.product_id, a.id, lookup)
             for lookup, a in sorted(held.items())
@@ -129,7 +110,7 @@ async def apply_feature_push(
     result: PushResult,
 ) -> None:
     """Features first, then attachments (which need a feature id and a product id)."""
-    ids = {f.lookup_key: f.id for f in remote.features}
+    ids = {f.key: f.id for f in remote.features}
     for change in changes:
         if isinstance(change, CreateFeature):
             ids[change.lookup_key] = await store.create_feature(change)

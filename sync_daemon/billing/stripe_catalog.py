@@ -15,9 +15,9 @@ from sync_daemon.billing.push import (
     CreatePrice,
     CreateProduct,
     PushResult,
+    Remote,
     RemoteCatalog,
     RemotePrice,
-    RemoteProduct,
     SetPriceActive,
     UpdateProduct,
     apply_push,
@@ -28,7 +28,6 @@ from sync_daemon.billing.push_features import (
     CreateFeature,
     DetachFeature,
     FeatureChange,
-    RemoteFeature,
     RemoteFeatures,
     apply_feature_push,
     plan_features,
@@ -89,7 +88,7 @@ class StripeCatalogStore:
         params: dict[str, Any] = {
             "display_name": change.code,
             "event_name": change.event_name,
-            "default_aggregation": {"formula": "sum"},
+            "default_aggregation": {"formula": change.formula},
             "customer_mapping": {"type": "by_id", "event_payload_key": "stripe_customer_id"},
             "value_settings": {"event_payload_key": "value"},
         }
@@ -231,8 +230,12 @@ def _metadata(key: str) -> dict[str, str]:
     return {TIER_KEY: key}
 
 
-def _product(p: dict[str, Any]) -> RemoteProduct:
-    return RemoteProduct(p["id"], _key(p) or "", p.get("name") or "", bool(p.get("active", True)))
+def _remote(obj: dict[str, Any], key: str | None) -> Remote:
+    return Remote(obj["id"], key or "", str(obj.get("name") or ""), bool(obj.get("active", True)))
+
+
+def _product(p: dict[str, Any]) -> Remote:
+    return _remote(p, _key(p))
 
 
 def _price(p: dict[str, Any]) -> RemotePrice:
@@ -257,10 +260,8 @@ def _price(p: dict[str, Any]) -> RemotePrice:
     )
 
 
-def _feature(f: dict[str, Any]) -> RemoteFeature:
-    return RemoteFeature(
-        f["id"], str(f.get("lookup_key") or ""), str(f.get("name") or ""), bool(f.get("active", True))
-    )
+def _feature(f: dict[str, Any]) -> Remote:
+    return _remote(f, f.get("lookup_key"))
 
 
 def _plan(p: dict[str, Any]) -> RemotePrice:
@@ -279,7 +280,7 @@ async def push_catalog(
     """
     remote = await store.read()
     changes = plan_push(catalog, remote)
-    products = {p.tier: p.id for p in remote.products}
+    products = {p.key: p.id for p in remote.products}
     features = await store.read_features(list(products.values()))
     feature_changes = [] if store.legacy else plan_features(catalog, features, products)
     if dry_run:

@@ -183,7 +183,14 @@ ALTER TABLE usage_events ALTER COLUMN value TYPE numeric;
 {CURRENT_USAGE_VIEW};
 """
 
-MIGRATIONS: list[tuple[int, str, str]] = [(1, "initial", V1), (2, "exact_usage_values", V2)]
+# Gauges (`aggregation: latest`): the timestamp of the reading a gauge holds (the SQLite twin is m011).
+V3 = "ALTER TABLE usage ADD COLUMN gauge_at text;"
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (1, "initial", V1),
+    (2, "exact_usage_values", V2),
+    (3, "usage_gauges", V3),
+]
 
 
 def migrate(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:

@@ -299,3 +299,10 @@ def m010_exact_usage_values(db: sqlite_utils.Database) -> None:
         db.execute(f"ALTER TABLE {table} DROP COLUMN value")
         db.execute(f"ALTER TABLE {table} RENAME COLUMN exact_value TO value")
     db.execute(CURRENT_USAGE_SQLITE)
+
+
+@MIGRATIONS()
+def m011_usage_gauges(db: sqlite_utils.Database) -> None:
+    # Gauges (`aggregation: latest`): the timestamp of the reading a gauge holds, so an older
+    # reading arriving late does not replace a newer one (NULL for counters that add up).
+    db.execute(f"ALTER TABLE {USAGE} ADD COLUMN gauge_at TEXT")

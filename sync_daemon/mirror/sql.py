@@ -37,7 +37,7 @@ T = TypeVar("T")
 # (the calendar month for a tenant without a subscription period) stays out of snapshots.
 # The feed's records of counters are built by `_snapshot_body` (tiergate.feed.usage_record).
 _CURRENT_USAGE = (
-    "SELECT u.tenant, u.code, u.period_start, u.value "
+    "SELECT u.tenant, u.code, u.period_start, u.value, u.gauge_at "
     f"FROM {USAGE} u "
     f"LEFT JOIN {ACCOUNTS} a ON a.tenant = u.tenant "
     "WHERE u.period_start >= COALESCE(a.current_period_start, ?) ORDER BY u.tenant, u.code, u.period_start"
@@ -213,9 +213,8 @@ def _snapshot_body(kind: str, record: dict[str, Any]) -> dict[str, Any]:
         return MirrorAccount.from_row(record).feed()
     if kind == "override":
         return {**record, "value": json.loads(record["value"])}
-    return usage_record(
-        record["tenant"], record["code"], record["period_start"], from_stored(record["value"])
-    )
+    value = from_stored(record["value"])
+    return usage_record(record["tenant"], record["code"], record["period_start"], value, record["gauge_at"])
 
 
 def _end_read(sql: Sql, release: Callable[[], None]) -> None:

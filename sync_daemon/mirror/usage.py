@@ -21,7 +21,7 @@ from tiergate.amounts import Amount, add, from_stored, stored
 from tiergate.feed import usage_record
 from tiergate.models import Account
 from tiergate.periods import parse_rfc3339, rfc3339
-from tiergate.usage_events import ValidEvent, aggregate, event_period
+from tiergate.usage_events import GAUGE_PERIOD_START, ValidEvent, aggregate, event_period
 
 Key = tuple[str, str, str]  # (tenant, code, period_start)
 
@@ -40,10 +40,10 @@ def ingest_events(txn: MirrorTxn, events: Sequence[ValidEvent], received_at: dat
     periods = _Periods(txn, conn)
     inserted: list[bool] = []
     deltas: list[tuple[Key, Amount]] = []
+    readings: dict[Key, ValidEvent] = {}  # gauges: the newest reading of each in this batch
     received = _iso(received_at)
     for event in events:
-        start, _ = periods.of(event)
-        period_start = rfc3339(start) or ""
+        period_start = GAUGE_PERIOD_START if event.gauge else rfc3339(periods.of(event)[0]) or ""
         cursor = conn.execute(
             f"INSERT INTO {USAGE_EVENTS} (tenant, transaction_id, code, timestamp, "
             "period_start, value, body, received_at, external_subscription_id, document, seq) "
@@ -63,11 +63,39 @@ def ingest_events(txn: MirrorTxn, events: Sequence[ValidEvent], received_at: dat
             ),
         )
         inserted.append(cursor.rowcount == 1)
-        if cursor.rowcount == 1:
-            deltas.append(((event.tenant, event.code, period_start), event.value))
+        key = (event.tenant, event.code, period_start)
+        if cursor.rowcount == 1 and event.gauge:
+            if key not in readings or event.at >= readings[key].at:
+                readings[key] = event
+        elif cursor.rowcount == 1:
+            deltas.append((key, event.value))
             periods.remember(event)
     counters = {key: _add(txn, conn, key, delta) for key, delta in aggregate(deltas).items() if delta}
+    for key, reading in readings.items():
+        if _set_gauge(txn, conn, key, reading):
+            counters[key] = reading.value
     return IngestResult(inserted, counters)
+
+
+def _set_gauge(txn: MirrorTxn, conn: Sql, key: Key, reading: ValidEvent) -> bool:
+    """A gauge takes the reading unless it holds a newer one (by event timestamp; on a tie, the
+    one ingested last wins). Returns whether it changed."""
+    tenant, code, period_start = key
+    at = _iso(reading.at)
+    row = conn.execute(
+        f"SELECT gauge_at FROM {USAGE} WHERE tenant = ? AND code = ? AND period_start = ?",
+        (tenant, code, period_start),
+    ).fetchone()
+    if row is not None and row[0] is not None and row[0] > at:
+        return False  # an older reading that arrived late
+    conn.execute(
+        f"INSERT INTO {USAGE} (tenant, code, period_start, value, gauge_at) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (tenant, code, period_start) DO UPDATE SET value = excluded.value, "
+        "gauge_at = excluded.gauge_at",
+        (tenant, code, period_start, stored(reading.value), at),
+    )
+    txn.append(tenant, "usage", "upsert", usage_record(tenant, code, period_start, reading.value, at))
+    return True
 
 
 def _add(txn: MirrorTxn, conn: Sql, key: Key, delta: Amount) -> Amount:
@@ -178,7 +206,11 @@ def tenant_usage(conn: Sql, tenant: str, now: datetime) -> dict[str, Any]:
         "tenant": tenant,
         "tier": account.tier if account else None,
         "period": {"start": period_start, "end": rfc3339(end)},
-        "usage": {code: stored(from_stored(value)) for code, p, value in rows if p == period_start},
+        "usage": {
+            code: stored(from_stored(value))
+            for code, p, value in rows
+            if p in (period_start, GAUGE_PERIOD_START)
+        },
         "counters": [{"code": c, "period_start": p, "value": stored(from_stored(v))} for c, p, v in rows],
     }
 

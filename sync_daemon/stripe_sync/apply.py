@@ -8,22 +8,19 @@ the event id in one transaction, so a replay or a concurrent duplicate changes n
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from sync_daemon.metrics import DaemonMetrics
-from sync_daemon.mirror.store import CustomerLink, Mirror, MirrorAccount, MirrorTxn
-from sync_daemon.outbound.delivery import Outbound
-from sync_daemon.stripe_sync.source import BillingSource
+from sync_daemon.mirror.store import CustomerLink, MirrorAccount, MirrorTxn
+from sync_daemon.stripe_sync.parts import SyncParts
 from sync_daemon.stripe_sync.translate import (
     CheckoutCompleted,
     CustomerSeen,
     Ignored,
     PaymentOutcome,
     SubscriptionState,
-    Translator,
     decide_payment,
     decide_subscription,
 )
@@ -46,23 +43,11 @@ def _tenant_in(txn: MirrorTxn, tenant: str | None, customer_id: str | None) -> s
     return link.tenant if link else None
 
 
-class EventApplier:
-    def __init__(
-        self,
-        mirror: Mirror,
-        billing: BillingSource,
-        translator: Translator,
-        metrics: DaemonMetrics,
-        *,
-        refetch: bool,
-        outbound: Outbound | None = None,
-    ) -> None:
-        self.outbound = outbound  # outbound webhooks, enqueued with the change that causes them
-        self.mirror = mirror
-        self.billing = billing
-        self.translator = translator
-        self.metrics = metrics
-        self.refetch = refetch
+@dataclass
+class EventApplier(SyncParts):
+    refetch: bool = field(
+        kw_only=True
+    )  # ask Stripe on a same-second tie and for an unlinked customer's tenant
 
     async def handle(self, event: dict[str, Any]) -> str:
         meta = EventMeta(str(event["id"]), str(event.get("type", "")), int(event.get("created") or 0))

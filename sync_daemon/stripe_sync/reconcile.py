@@ -22,11 +22,9 @@ from typing import Any
 
 import structlog
 
-from sync_daemon.metrics import DaemonMetrics
-from sync_daemon.mirror.store import CustomerLink, Mirror, MirrorAccount, MirrorTxn
-from sync_daemon.outbound.delivery import Outbound
-from sync_daemon.stripe_sync.source import BillingSource
-from sync_daemon.stripe_sync.translate import SubscriptionState, Translator, decide_subscription
+from sync_daemon.mirror.store import CustomerLink, MirrorAccount, MirrorTxn
+from sync_daemon.stripe_sync.parts import SyncParts
+from sync_daemon.stripe_sync.translate import SubscriptionState, decide_subscription
 from tiergate.errors import BillingUnavailableError
 from tiergate.models import ENDED_STATUSES
 from tiergate.periods import utc_now_text
@@ -149,21 +147,9 @@ class ReconcileSummary:
         return dataclasses.asdict(self)
 
 
-class Reconciler:
-    def __init__(
-        self,
-        mirror: Mirror,
-        billing: BillingSource,
-        translator: Translator,
-        metrics: DaemonMetrics,
-        outbound: Outbound | None = None,
-    ) -> None:
-        self.mirror = mirror
-        self.billing = billing
-        self.translator = translator
-        self.metrics = metrics
-        self.outbound = outbound  # outbound webhooks, enqueued with the repair that causes them
-        self.last: ReconcileSummary | None = None
+@dataclass
+class Reconciler(SyncParts):
+    last: ReconcileSummary | None = field(default=None, init=False)
 
     async def run(self, progress: Callable[[int], None] | None = None) -> ReconcileSummary:
         summary = ReconcileSummary(started_at=utc_now_text())

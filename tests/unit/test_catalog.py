@@ -49,6 +49,8 @@ def test_feature_values_keep_their_meaning_in_policy_data() -> None:
         ),
         (("sso: false", "sso: maybe"), "tiers.free.features.sso", "true, false, {limit: N} or {}"),
         (("{aggregation: count}", "{aggregation: sum}"), "metrics.api_calls", "needs 'field'"),
+        (("{aggregation: count}", "{aggregation: latest}"), "metrics.api_calls", "needs 'field'"),
+        (("{aggregation: count}", "{aggregation: max}"), "metrics.api_calls.aggregation", "'latest'"),
         (("currency: usd", "currency: USD"), "tiers.pro.prices.month.currency", "pattern"),
         (("month:", "fortnight:"), "tiers.pro.prices.fortnight", "Input should be"),
         (("rank: 0,", "rank: 0, colour: red,"), "tiers.free.colour", "Extra inputs"),
@@ -81,6 +83,14 @@ def test_routes_must_name_known_features_and_metrics() -> None:
         parse_catalog(text)
     fields = [path for path, _ in caught.value.problems]
     assert fields == ["routes[0].feature", "routes[1].usage"]
+
+
+def test_a_gauge_cannot_be_a_routes_usage() -> None:
+    text = MINIMAL.replace("{aggregation: count}", "{aggregation: latest, field: n}")
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(text + 'routes:\n  - {path: "/a", usage: api_calls}\n')
+    assert [(path, "gauge" in msg) for path, msg in caught.value.problems] == [("routes[0].usage", True)]
+    assert parse_catalog(text).metrics["api_calls"].aggregation == "latest"
 
 
 def test_not_yaml_and_not_a_mapping_are_errors() -> None:

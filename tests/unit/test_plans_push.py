@@ -10,9 +10,9 @@ from sync_daemon.billing.push import (
     CreateMeter,
     CreatePrice,
     CreateProduct,
+    Remote,
     RemoteCatalog,
     RemotePrice,
-    RemoteProduct,
     SetPriceActive,
     Unchangeable,
     UpdateProduct,
@@ -21,43 +21,33 @@ from sync_daemon.billing.push import (
     plan_push,
     sellables,
 )
-from tiergate.catalog import Catalog, load_catalog, parse_catalog
+from tests.catalogs import PRO_MONTH, PRO_YEAR, pro_sold_at
+from tiergate.catalog import Catalog, load_catalog
 
 ROOT = Path(__file__).parents[2]
-SMALL = """
-default_tier: free
-tiers:
-  free: {rank: 0}
-  pro:
-    rank: 10
-    name: Pro
-    prices:
-      month: {lookup_key: pro_month, unit_amount: 4900, currency: usd}
-      year: {lookup_key: pro_year, unit_amount: 49000, currency: usd}
-"""
 
 
 @pytest.fixture
 def small() -> Catalog:
-    return parse_catalog(SMALL)
+    return pro_sold_at(PRO_MONTH, PRO_YEAR)
 
 
 def in_stripe(catalog: Catalog, legacy: bool = False) -> RemoteCatalog:
     """What Stripe holds after a successful push of `catalog`."""
     sold = sellables(catalog)
-    products = [RemoteProduct(f"prod_{key}", key, name) for key, name, _ in sold]
+    products = [Remote(f"prod_{s.key}", s.key, s.name) for s in sold]
     prices = [
         RemotePrice(
             f"price_{p.lookup_key}",
-            f"prod_{t}",
+            f"prod_{s.key}",
             p.lookup_key,
             p.unit_amount,
             p.currency,
             interval,
             currency_options=() if legacy else tuple(sorted(p.currency_options.items())),
         )
-        for t, _, prices in sold
-        for interval, p in prices.items()
+        for s in sold
+        for interval, p in s.prices.items()
     ]
     return RemoteCatalog(tuple(products), tuple(prices), legacy_plans=legacy)
 
@@ -111,7 +101,7 @@ def test_prices_that_left_the_catalog_are_deactivated_never_deleted(small: Catal
 
 def test_renamed_or_archived_products_are_updated_and_inactive_prices_come_back(small: Catalog) -> None:
     remote = in_stripe(small)
-    archived = RemoteProduct("prod_pro", "pro", "Old name", active=False)
+    archived = Remote("prod_pro", "pro", "Old name", active=False)
     inactive = RemotePrice("price_pro_year", "prod_pro", "pro_year", 49000, "usd", "year", active=False)
     changes = plan_push(small, RemoteCatalog((archived,), (remote.prices[0], inactive)))
     assert changes == [
@@ -183,7 +173,7 @@ metrics:
 
 
 def metered(catalog: Catalog) -> Catalog:
-    return parse_catalog(SMALL + METERED)
+    return pro_sold_at(PRO_MONTH, PRO_YEAR, extra=METERED)
 
 
 @pytest.mark.parametrize(

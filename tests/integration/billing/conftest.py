@@ -34,6 +34,19 @@ from tests.integration.daemon.conftest import (  # noqa: F401 - fixtures shared 
 API_TOKEN = "api-token-for-billing-tests"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 PERIOD_START, PERIOD_END = 1_780_000_000, 1_782_592_000
+CHECKOUT = {
+    "tenant": "t_new",
+    "tier": "pro",
+    "interval": "month",
+    "success_url": "https://app.example/ok",
+    "cancel_url": "https://app.example/cancel",
+}
+# What is not for sale, as Checkout and a change both refuse it: (body fields, field named, says).
+UNSOLD: list[tuple[dict[str, Any], str, str]] = [
+    ({"tier": "gold"}, "tier", "allowed tiers: ['enterprise', 'pro', 'starter']"),
+    ({"tier": "free"}, "tier", "allowed tiers: ['enterprise', 'pro', 'starter']"),  # the default: no price
+    ({"interval": "week"}, "interval", "allowed intervals: ['month', 'year']"),
+]
 Client = TestClient[web.Request, web.Application]
 
 
@@ -67,6 +80,31 @@ def subscription(
     )
     body["items"] = {"object": "list", "data": [item], "has_more": False, "url": "/v1/subscription_items"}
     return {**body, **fields}
+
+
+def change_now_params(price: str, quantity: int) -> dict[str, str]:
+    """The form parameters of a change made now to `subscription()`'s item, as Stripe names them."""
+    return {
+        "items[0][id]": "si_1",
+        "items[0][price]": price,
+        "items[0][quantity]": str(quantity),
+        "proration_behavior": "create_prorations",
+    }
+
+
+def preview_invoice(amount_due: int) -> dict[str, Any]:
+    """Stripe's preview invoice: a credit for the unused time, a charge for the new item, the next period."""
+    invoice = fixture("invoice", amount_due=amount_due, currency="usd", period_end=PERIOD_END)
+    line = fixture("line_item")
+    credit = {**line, "amount": -1900}  # the unused starter time, credited
+    charge = {**line, "amount": 4900}
+    regular = {
+        **line,
+        "amount": 4900,
+        "parent": {"type": "subscription_item_details", "subscription_item_details": {"proration": False}},
+    }
+    invoice["lines"] = {"object": "list", "data": [credit, charge, regular], "has_more": False, "url": "/"}
+    return invoice
 
 
 @dataclass

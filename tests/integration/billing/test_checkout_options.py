@@ -14,16 +14,17 @@ from pydantic import SecretStr
 from sync_daemon.app import create_app
 from sync_daemon.billing.stripe_actions import StripeBillingActions
 from tests.fake_stripe import Call, RecordingStripeHTTP, fixture
-from tests.integration.billing.conftest import API_TOKEN, PERIOD_END, Billing, subscription
+from tests.integration.billing.conftest import (
+    API_TOKEN,
+    CHECKOUT,
+    PERIOD_END,
+    UNSOLD,
+    Billing,
+    preview_invoice,
+    subscription,
+)
 from tests.integration.daemon.conftest import ROOT, make_settings
 
-CHECKOUT = {
-    "tenant": "t_new",
-    "tier": "pro",
-    "interval": "month",
-    "success_url": "https://app.example/ok",
-    "cancel_url": "https://app.example/cancel",
-}
 SELLING = """
 checkout:
   allow_promotion_codes: true
@@ -140,6 +141,7 @@ async def test_discounts_and_currency_as_stripe_names_them(
 @pytest.mark.parametrize(
     ("given", "field", "says"),
     [
+        *UNSOLD,
         ({"currency": "jpy"}, "currency", "allowed currencies: ['eur', 'usd']"),
         ({"tier": "starter", "currency": "eur"}, "currency", "allowed currencies: ['usd']"),
         ({"currency": "EUR"}, "currency", "pattern"),
@@ -156,20 +158,6 @@ async def test_options_stripe_would_refuse_are_400_naming_the_field(
     assert (status, body["error"]["field"]) == (400, field)
     assert says in body["error"]["message"]
     assert billing.stripe.sent("POST", "/v1/checkout/sessions") == []
-
-
-def preview_invoice(amount_due: int) -> dict[str, Any]:
-    invoice = fixture("invoice", amount_due=amount_due, currency="usd", period_end=PERIOD_END)
-    line = fixture("line_item")
-    credit = {**line, "amount": -1900}  # the unused starter time, credited
-    charge = {**line, "amount": 4900}
-    regular = {
-        **line,
-        "amount": 4900,
-        "parent": {"type": "subscription_item_details", "subscription_item_details": {"proration": False}},
-    }
-    invoice["lines"] = {"object": "list", "data": [credit, charge, regular], "has_more": False, "url": "/"}
-    return invoice
 
 
 async def test_preview_of_an_upgrade_sends_the_change_and_changes_nothing(billing: Billing) -> None:

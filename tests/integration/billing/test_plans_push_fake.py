@@ -9,21 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 from sync_daemon.billing.stripe_catalog import StripeCatalogStore, push_catalog
+from tests.catalogs import PRO_MONTH, pro_sold_at
 from tests.fake_stripe import RecordingStripeHTTP, fixture
 from tiergate.catalog import parse_catalog
 from tiergate.cli import main
 
-CATALOG = parse_catalog(
-    """
-default_tier: free
-tiers:
-  free: {rank: 0}
-  pro:
-    rank: 10
-    name: Pro
-    prices: {month: {lookup_key: pro_month, unit_amount: 4900, currency: usd}}
-"""
-)
+CATALOG = pro_sold_at(PRO_MONTH)
 
 
 def price(price_id: str, lookup_key: str | None, amount: int, product: str = "prod_pro") -> dict[str, Any]:
@@ -110,16 +101,8 @@ def test_cli_prints_the_plan(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dr
     assert ("2 changes made" in result.output) is not dry_run
 
 
-CURRENCIES = parse_catalog(
-    """
-default_tier: free
-tiers:
-  free: {rank: 0}
-  pro:
-    rank: 10
-    name: Pro
-    prices: {month: {lookup_key: pro_month, unit_amount: 4900, currency: usd, currency_options: {eur: 4500, gbp: 3900}}}
-"""
+CURRENCIES = pro_sold_at(
+    "month: {lookup_key: pro_month, unit_amount: 4900, currency: usd, currency_options: {eur: 4500, gbp: 3900}}"
 )
 
 
@@ -163,6 +146,7 @@ default_tier: free
 metrics:
   api_calls: {aggregation: count, meter: api_requests}
   storage_gb: {aggregation: sum, field: gb, meter: storage}
+  seats: {aggregation: latest, field: seats, meter: seats_in_use}
 tiers:
   free: {rank: 0}
 """
@@ -174,7 +158,9 @@ async def test_push_creates_the_missing_meters_and_leaves_existing_ones() -> Non
     fake = RecordingStripeHTTP(lists={"prices": [], "products": [], "billing/meters": [existing]})
     changes, result = await push_catalog(METERED, store(fake), dry_run=False)
     assert [c.describe() for c in changes] == result.done
-    created = fake.only("POST", "/v1/billing/meters")
+    created, gauge = fake.sent("POST", "/v1/billing/meters")
+    assert gauge.params["event_name"] == "seats_in_use"
+    assert gauge.params["default_aggregation[formula]"] == "last"  # a gauge: the last value, not a sum
     assert created.params == {
         "display_name": "storage_gb",
         "event_name": "storage",
@@ -189,5 +175,5 @@ async def test_push_creates_the_missing_meters_and_leaves_existing_ones() -> Non
 async def test_an_emulator_without_meters_is_reported_not_failed() -> None:
     fake = RecordingStripeHTTP(lists={"prices": [], "products": []})  # /v1/billing/meters: 404
     _, result = await push_catalog(METERED, store(fake), dry_run=False)
-    assert len(result.skipped) == 2 and all("no Billing Meters API" in s for s in result.skipped)
+    assert len(result.skipped) == 3 and all("no Billing Meters API" in s for s in result.skipped)
     assert not fake.sent("POST", "/v1/billing/meters")

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 from sync_daemon.billing.rules import PRORATION_SKEW_S
-from tests.integration.billing.conftest import Billing, subscription
-from tests.integration.billing.test_checkout_options import preview_invoice
+from tests.integration.billing.conftest import Billing, change_now_params, preview_invoice, subscription
 
 DAY = 86_400
 
@@ -37,13 +36,7 @@ async def test_the_change_sends_the_previews_proration_date_to_stripe(billing: B
     assert status == 200, body
     assert body["effective"] == "now" and body["account"]["tier"] == "pro"
     update = billing.stripe.only("POST", "/v1/subscriptions/sub_1")
-    assert update.params == {
-        "items[0][id]": "si_1",
-        "items[0][price]": "price_pro_month",
-        "items[0][quantity]": "2",
-        "proration_behavior": "create_prorations",
-        "proration_date": str(at),
-    }
+    assert update.params == {**change_now_params("price_pro_month", 2), "proration_date": str(at)}
     previewed = billing.stripe.only("POST", "/v1/invoices/create_preview")
     assert previewed.params["subscription_details[proration_date]"] == str(at)
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from sync_daemon.billing.push import Remote
 from sync_daemon.billing.push_features import (
     AttachFeature,
     Attachment,
     CreateFeature,
     DetachFeature,
-    RemoteFeature,
     RemoteFeatures,
     plan_features,
 )
@@ -46,7 +46,7 @@ def test_the_plan_creates_missing_features_attaches_granted_ones_and_detaches_th
         AttachFeature("addon:more_calls", "api_calls"),
     ]
     remote = RemoteFeatures(
-        tuple(RemoteFeature(f"feat_{k}", k, k) for k in ("api_calls", "reports", "sso")),
+        tuple(Remote(f"feat_{k}", k, k) for k in ("api_calls", "reports", "sso")),
         (
             Attachment("pf_1", "prod_pro", "api_calls"),
             Attachment("pf_2", "prod_pro", "sso"),

@@ -14,21 +14,11 @@ import pytest
 from sidecar.local import LocalDecisions
 from sidecar.replica.store import ReplicaWriter, open_replica, parse_replica_document
 from tests.integration.clients.conftest import ROOT, RunningSidecar
-from tests.integration.sidecar.conftest import ACCOUNTS, USAGE, write_replica
+from tests.integration.sidecar.conftest import ACCOUNTS, SAMPLE_FEATURES, USAGE, write_replica
 from tiergate.client import AsyncTiergateClient, Decision
 from tiergate.errors import ReplicaError
 
-FEATURES = [
-    "api_calls",
-    "exports",
-    "storage_gb",
-    "seats",
-    "dashboards",
-    "reports",
-    "sso",
-    "audit_log",
-    "teleport",
-]
+FEATURES = [*SAMPLE_FEATURES, "teleport"]  # and one the catalog lacks
 QUANTITIES = [1, 1, 1, 2, 3, 10, 100, 990, 1000, 99_999, 1_000_000]
 COMPARED = ("allow", "reason", "tier", "limit", "used", "remaining", "valid_until", "stale")
 

@@ -104,3 +104,8 @@ async def deliveries(client: Client, status: str | None = None) -> list[dict[str
     assert response.status == 200
     rows: list[dict[str, Any]] = (await response.json())["deliveries"]
     return rows
+
+
+async def all_delivered(client: Client) -> bool:
+    """Every queued delivery is marked delivered (the receiver has all there is to get)."""
+    return all(row["status"] == "delivered" for row in await deliveries(client))

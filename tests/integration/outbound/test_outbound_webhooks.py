@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +15,7 @@ from tests.integration.daemon.conftest import FEED_TOKEN, make_settings
 from tests.integration.outbound.conftest import (
     API,
     SECRET,
+    all_delivered,
     daemon,
     deliveries,
     free_port,
@@ -46,7 +46,7 @@ async def test_events_are_signed_retried_after_the_receiver_was_down_and_sent_on
     await until(retried)  # refused, retried with backoff
     async with receiving(port) as receiver:
         await until(lambda: len(receiver.received) >= 1)
-        await asyncio.sleep(0.3)  # a second delivery would have come by now
+        await until(lambda: all_delivered(client))  # nothing left to send: no second delivery comes
         events = receiver.events()
         assert [e["type"] for e in events] == ["entitlements.changed"]
         data = events[0]["data"]
@@ -147,7 +147,7 @@ async def test_usage_thresholds_are_sent_once_per_tenant_metric_period_and_thres
         await use(8, 5)  # 13 of 10: the 100 % alert, once
         await use(13, 5)
         await until(lambda: len(receiver.received) >= 2)
-        await asyncio.sleep(0.3)
+        await until(lambda: all_delivered(client))  # every alert queued has arrived
         crossed = [e["data"] for e in receiver.events() if e["type"] == "usage.threshold_crossed"]
         assert [(d["threshold"], d["used"], d["limit"], d["metric"]) for d in crossed] == [
             (0.8, 8, 10, "exports"),

@@ -15,7 +15,15 @@ import stripe
 
 from sync_daemon.state import RECONCILER
 from tests.integration.daemon.conftest import localstripe, localstripe_server  # noqa: F401 - fixtures
-from tests.integration.outbound.conftest import daemon, deliveries, free_port, hook_url, receiving, until
+from tests.integration.outbound.conftest import (
+    all_delivered,
+    daemon,
+    deliveries,
+    free_port,
+    hook_url,
+    receiving,
+    until,
+)
 from tests.localstripe_api import plans_client, subscribe
 
 
@@ -51,11 +59,12 @@ async def test_a_repair_sends_one_signed_event_and_a_second_run_sends_nothing(
 
         third = await reconciler.run()  # nothing differs any more: nothing is repaired or sent
         assert (third.ok, third.repairs) == (True, 0)
+        await until(lambda: all_delivered(client))  # marked once the receiver answered
         rows = await deliveries(client)
         assert [row["status"] for row in rows] == ["delivered", "delivered"]
 
         created, upgraded = receiver.events()  # each verified with tiergate.webhook_signature.verify
-        assert [row["event_id"] for row in rows] == [upgraded["id"], created["id"]]
+        assert {row["event_id"] for row in rows} == {upgraded["id"], created["id"]}  # one delivery each
         assert created["type"] == upgraded["type"] == "entitlements.changed"
         assert created["data"]["before"] is None
         assert (created["data"]["after"]["tier"], created["data"]["after"]["quantity"]) == ("starter", 2)

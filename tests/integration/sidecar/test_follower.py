@@ -52,6 +52,24 @@ def follower_settings(base: SidecarSettings, tmp_path: Path, url: str, **extra: 
     )
 
 
+Follow = Callable[..., Awaitable[SidecarClient]]
+
+
+@pytest.fixture
+def follow(
+    aiohttp_client: ClientFactory, settings: SidecarSettings, tmp_path: Path, feed_server: TestServer
+) -> Follow:
+    """Starts a sidecar following `feed_server`, its replica in `tmp_path` (or `folder`), with
+    `extra` settings."""
+
+    url = str(feed_server.make_url("/"))  # known even once the test has closed the server
+
+    async def start(folder: Path | None = None, **extra: Any) -> SidecarClient:
+        return await aiohttp_client(create_app(follower_settings(settings, folder or tmp_path, url, **extra)))
+
+    return start
+
+
 async def until_allowed(client: SidecarClient, tenant: str) -> None:
     """Wait until the sidecar lets `tenant` use sso: its account has reached the replica."""
 
@@ -67,17 +85,9 @@ async def sso(client: SidecarClient, tenant: str) -> dict[str, Any]:
     return body
 
 
-async def test_bootstraps_from_the_snapshot_then_follows_changes(
-    aiohttp_client: ClientFactory,
-    settings: SidecarSettings,
-    tmp_path: Path,
-    feed: FakeFeed,
-    feed_server: TestServer,
-) -> None:
+async def test_bootstraps_from_the_snapshot_then_follows_changes(feed: FakeFeed, follow: Follow) -> None:
     feed.upsert(pro("acme"))
-    client = await aiohttp_client(
-        create_app(follower_settings(settings, tmp_path, str(feed_server.make_url("/"))))
-    )
+    client = await follow()
 
     await until_allowed(client, "acme")
     assert (await client.get("/readyz")).status == 200
@@ -102,17 +112,9 @@ async def test_bootstraps_from_the_snapshot_then_follows_changes(
     await eventually(position_reported)
 
 
-async def test_not_ready_until_the_first_snapshot(
-    aiohttp_client: ClientFactory,
-    settings: SidecarSettings,
-    tmp_path: Path,
-    feed: FakeFeed,
-    feed_server: TestServer,
-) -> None:
+async def test_not_ready_until_the_first_snapshot(feed: FakeFeed, follow: Follow) -> None:
     feed.fail_with = 503
-    client = await aiohttp_client(
-        create_app(follower_settings(settings, tmp_path, str(feed_server.make_url("/"))))
-    )
+    client = await follow()
     ready = await client.get("/readyz")
     assert ready.status == 503
     assert "snapshot" in (await ready.json())["failing"]["replica"]
@@ -124,17 +126,9 @@ async def test_not_ready_until_the_first_snapshot(
     await eventually(ready_now)
 
 
-async def test_a_gap_in_the_feed_triggers_a_new_snapshot(
-    aiohttp_client: ClientFactory,
-    settings: SidecarSettings,
-    tmp_path: Path,
-    feed: FakeFeed,
-    feed_server: TestServer,
-) -> None:
+async def test_a_gap_in_the_feed_triggers_a_new_snapshot(feed: FakeFeed, follow: Follow) -> None:
     feed.upsert(pro("acme"))
-    client = await aiohttp_client(
-        create_app(follower_settings(settings, tmp_path, str(feed_server.make_url("/"))))
-    )
+    client = await follow()
 
     await until_allowed(client, "acme")
     feed.fail_with = 503  # the daemon goes away while its log is trimmed past our position
@@ -147,17 +141,10 @@ async def test_a_gap_in_the_feed_triggers_a_new_snapshot(
 
 
 async def test_keeps_answering_while_the_daemon_is_down_and_reports_staleness(
-    aiohttp_client: ClientFactory,
-    settings: SidecarSettings,
-    tmp_path: Path,
-    feed: FakeFeed,
-    feed_server: TestServer,
+    feed: FakeFeed, feed_server: TestServer, follow: Follow
 ) -> None:
     feed.upsert(pro("acme"))
-    url = str(feed_server.make_url("/"))
-    client = await aiohttp_client(
-        create_app(follower_settings(settings, tmp_path, url, staleness_budget_s=0.5))
-    )
+    client = await follow(staleness_budget_s=0.5)
 
     await until_allowed(client, "acme")
     await feed_server.close()
@@ -174,20 +161,15 @@ async def test_keeps_answering_while_the_daemon_is_down_and_reports_staleness(
 
 
 async def test_restart_resumes_from_the_local_replica_without_a_snapshot(
-    aiohttp_client: ClientFactory,
-    settings: SidecarSettings,
-    tmp_path: Path,
-    feed: FakeFeed,
-    feed_server: TestServer,
+    feed: FakeFeed, follow: Follow
 ) -> None:
     feed.upsert(pro("acme"))
-    url = str(feed_server.make_url("/"))
-    first = await aiohttp_client(create_app(follower_settings(settings, tmp_path, url)))
+    first = await follow()
 
     await until_allowed(first, "acme")
     await first.close()
     feed.upsert(pro("globex"))
-    second = await aiohttp_client(create_app(follower_settings(settings, tmp_path, url)))
+    second = await follow()
     assert (await second.get("/readyz")).status == 200  # ready at once from its own replica
     assert (await sso(second, "acme"))["allow"] is True
 
@@ -196,19 +178,14 @@ async def test_restart_resumes_from_the_local_replica_without_a_snapshot(
 
 
 async def test_restart_while_the_daemon_is_down_answers_from_the_replica(
-    aiohttp_client: ClientFactory,
-    settings: SidecarSettings,
-    tmp_path: Path,
-    feed: FakeFeed,
-    feed_server: TestServer,
+    feed: FakeFeed, feed_server: TestServer, follow: Follow
 ) -> None:
     feed.upsert(pro("acme"))
-    url = str(feed_server.make_url("/"))
-    first = await aiohttp_client(create_app(follower_settings(settings, tmp_path, url)))
+    first = await follow()
 
     await until_allowed(first, "acme")
     await first.close()
     await feed_server.close()
-    second = await aiohttp_client(create_app(follower_settings(settings, tmp_path, url)))
+    second = await follow()
     assert (await second.get("/readyz")).status == 200
     assert (await sso(second, "acme"))["allow"] is True

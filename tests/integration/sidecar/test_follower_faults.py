@@ -16,15 +16,22 @@ import pytest
 from aiohttp.test_utils import TestServer
 from click.testing import CliRunner
 
-from sidecar.app import create_app
-from sidecar.settings import SidecarSettings
-from sidecar.state import DECISIONS
+from sidecar.state import DECISIONS, SETTINGS
 from tests.fake_feed import FakeFeed
-from tests.integration.sidecar.conftest import ClientFactory, SidecarClient
-from tests.integration.sidecar.test_follower import eventually, feed, feed_server, follower_settings, pro, sso
+from tests.integration.sidecar.conftest import SidecarClient
+from tests.integration.sidecar.test_follower import (
+    Follow,
+    eventually,
+    feed,
+    feed_server,
+    follow,
+    pro,
+    sso,
+    until_allowed,
+)
 from tiergate.cli import main
 
-__all__ = ["feed", "feed_server"]  # fixtures shared with test_follower
+__all__ = ["feed", "feed_server", "follow"]  # fixtures shared with test_follower
 
 
 @pytest.fixture
@@ -78,17 +85,11 @@ def many(feed: FakeFeed, prefix: str, n: int) -> None:
 
 
 async def test_a_full_disk_is_shown_and_the_follower_recovers(
-    aiohttp_client: ClientFactory,
-    settings: SidecarSettings,
-    small_disk: Path,
-    feed: FakeFeed,
-    feed_server: TestServer,
+    small_disk: Path, feed: FakeFeed, follow: Follow
 ) -> None:
     feed.upsert(pro("acme"))
-    url = str(feed_server.make_url("/"))
-    config = follower_settings(settings, small_disk, url, follower_backoff_max_s=0.3)
-    client = await aiohttp_client(create_app(config))
-    await eventually(lambda: _allowed(client, "acme"))
+    client = await follow(small_disk, follower_backoff_max_s=0.3)
+    await until_allowed(client, "acme")
     filler = fill(small_disk)
     many(feed, "full", 3000)  # far more pages than the replica's write-ahead log holds
 
@@ -106,30 +107,22 @@ async def test_a_full_disk_is_shown_and_the_follower_recovers(
     assert (await sso(client, "acme"))["allow"] is True  # still answering from what it has
 
     filler.unlink()  # space comes back: the follower catches up on its own
-    await eventually(lambda: _allowed(client, "full2999"))
+    await until_allowed(client, "full2999")
     assert (await client.get("/readyz")).status == 200
     assert (await status(client))["daemon"]["failing"] is None
     assert await metric(client, "tiergate_follower_connected") == 1
 
 
 async def test_a_locked_replica_and_an_import_on_a_running_sidecar(
-    aiohttp_client: ClientFactory,
-    settings: SidecarSettings,
-    tmp_path: Path,
-    feed: FakeFeed,
-    feed_server: TestServer,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, feed: FakeFeed, follow: Follow, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     feed.upsert(pro("acme"))
-    url = str(feed_server.make_url("/"))
-    config = follower_settings(
-        settings, tmp_path, url, follower_backoff_max_s=0.3, replica_busy_timeout_s=0.1
-    )
     crashed = tmp_path / ".snapshot-crashed"  # a download a crash left behind
     crashed.mkdir()
     (crashed / "snapshot.ndjson").write_bytes(b"{}" * 1000)
-    client = await aiohttp_client(create_app(config))
-    await eventually(lambda: _allowed(client, "acme"))
+    client = await follow(follower_backoff_max_s=0.3, replica_busy_timeout_s=0.1)
+    config = client.app[SETTINGS]
+    await until_allowed(client, "acme")
     assert not crashed.exists()
 
     other = sqlite3.connect(config.replica_path, isolation_level=None)
@@ -143,7 +136,7 @@ async def test_a_locked_replica_and_an_import_on_a_running_sidecar(
     await eventually(locked_out)
     other.execute("ROLLBACK")
     other.close()
-    await eventually(lambda: _allowed(client, "globex"))
+    await until_allowed(client, "globex")
 
     # `tiergate replica import` (documented) while the follower keeps writing
     document = tmp_path / "import.json"
@@ -157,29 +150,18 @@ async def test_a_locked_replica_and_an_import_on_a_running_sidecar(
     result = await importing
     assert result.exit_code == 0, result.output
     feed.upsert(pro("after"))
-    await eventually(lambda: _allowed(client, "after"))
+    await until_allowed(client, "after")
     assert (await status(client))["daemon"]["failing"] is None
 
 
-async def _allowed(client: SidecarClient, tenant: str) -> bool:
-    return bool((await sso(client, tenant))["allow"])
-
-
 async def test_staleness_follows_the_monotonic_clock_not_the_wall_clock(
-    aiohttp_client: ClientFactory,
-    settings: SidecarSettings,
-    tmp_path: Path,
-    feed: FakeFeed,
-    feed_server: TestServer,
+    feed: FakeFeed, feed_server: TestServer, follow: Follow
 ) -> None:
     """With the daemon down and the wall clock set back an hour, the sidecar once said
     `stale: false`, age 0, for the whole hour."""
     feed.upsert(pro("acme"))
-    url = str(feed_server.make_url("/"))
-    client = await aiohttp_client(
-        create_app(follower_settings(settings, tmp_path, url, staleness_budget_s=0.5))
-    )
-    await eventually(lambda: _allowed(client, "acme"))
+    client = await follow(staleness_budget_s=0.5)
+    await until_allowed(client, "acme")
     service = client.app[DECISIONS]
     wall = service.clock
     service.clock = lambda: wall() - 3600  # someone set the clock back an hour

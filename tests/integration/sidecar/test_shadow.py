@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from aiohttp import web
 
 from sidecar.app import create_app
 from sidecar.settings import SidecarSettings
-from tests.integration.sidecar.conftest import ClientFactory
+from tests.integration.sidecar.conftest import ClientFactory, SidecarClient
 from tiergate.errors import PolicyError
 
 
@@ -24,6 +25,20 @@ def stricter_copy(policy_dir: Path, target: Path) -> Path:
     return target
 
 
+Shadowed = Callable[[Path, float], Awaitable[SidecarClient]]
+
+
+@pytest.fixture
+def shadowed(aiohttp_client: ClientFactory, settings: SidecarSettings) -> Shadowed:
+    """Starts a sidecar with `candidate` as its shadow policies, evaluated for `sample` of the checks."""
+
+    async def start(candidate: Path, sample: float) -> SidecarClient:
+        update = {"shadow_policies": candidate, "shadow_sample": sample}
+        return await aiohttp_client(create_app(settings.model_copy(update=update)))
+
+    return start
+
+
 def metric(text: str, name: str) -> dict[str, float]:
     return {
         line.split(" ")[0]: float(line.split(" ")[1])
@@ -33,12 +48,9 @@ def metric(text: str, name: str) -> dict[str, float]:
 
 
 async def test_disagreements_are_counted_and_answers_unchanged(
-    aiohttp_client: ClientFactory, settings: SidecarSettings, policy_dir: Path, tmp_path: Path
+    shadowed: Shadowed, policy_dir: Path, tmp_path: Path
 ) -> None:
-    shadow = stricter_copy(policy_dir, tmp_path / "candidate")
-    client = await aiohttp_client(
-        create_app(settings.model_copy(update={"shadow_policies": shadow, "shadow_sample": 1.0}))
-    )
+    client = await shadowed(stricter_copy(policy_dir, tmp_path / "candidate"), 1.0)
     for tenant, feature in [
         ("pro-grace", "sso"),
         ("pro-active", "sso"),
@@ -62,13 +74,8 @@ async def test_disagreements_are_counted_and_answers_unchanged(
     }
 
 
-async def test_sampling_zero_evaluates_nothing(
-    aiohttp_client: ClientFactory, settings: SidecarSettings, policy_dir: Path, tmp_path: Path
-) -> None:
-    shadow = stricter_copy(policy_dir, tmp_path / "candidate")
-    client = await aiohttp_client(
-        create_app(settings.model_copy(update={"shadow_policies": shadow, "shadow_sample": 0.0}))
-    )
+async def test_sampling_zero_evaluates_nothing(shadowed: Shadowed, policy_dir: Path, tmp_path: Path) -> None:
+    client = await shadowed(stricter_copy(policy_dir, tmp_path / "candidate"), 0.0)
     await client.get("/v1/check", params={"tenant": "pro-grace", "feature": "sso"})
     assert metric(await (await client.get("/metrics")).text(), "tiergate_shadow_evaluations_total") == {}
 
@@ -89,16 +96,14 @@ async def test_a_broken_candidate_stops_the_start_naming_it(
 
 
 async def test_a_candidate_answering_nonsense_counts_as_an_error_only(
-    aiohttp_client: ClientFactory, settings: SidecarSettings, policy_dir: Path, tmp_path: Path
+    shadowed: Shadowed, policy_dir: Path, tmp_path: Path
 ) -> None:
     shadow = tmp_path / "nonsense"
     shutil.copytree(policy_dir, shadow)
     (shadow / "entitlements.rego").write_text(
         'package tiergate.entitlements\n\ndecision := "nonsense"\n', encoding="utf-8"
     )
-    client = await aiohttp_client(
-        create_app(settings.model_copy(update={"shadow_policies": shadow, "shadow_sample": 1.0}))
-    )
+    client = await shadowed(shadow, 1.0)
     body = await (await client.get("/v1/check", params={"tenant": "pro-active", "feature": "sso"})).json()
     assert (body["allow"], body["reason"]) == (True, "ok")
     outcomes = metric(await (await client.get("/metrics")).text(), "tiergate_shadow_evaluations_total")
