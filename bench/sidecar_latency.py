@@ -585,6 +585,14 @@ async def in_process(
             )
         if denied:
             figures["decide_cache_hit_deny_logged"] = await time_async(lambda: service.decide(*denied), n)
+        if hasattr(service, "decide_json"):  # GET /v1/check's path since issue 15 (rendered answers)
+            figures["decide_json_cache_hit"] = await time_async(
+                lambda: service.decide_json(tenant, feature), n
+            )
+            if denied:
+                figures["decide_json_cache_hit_deny_logged"] = await time_async(
+                    lambda: service.decide_json(*denied), n
+                )
         figures["decide_cache_miss_same_key"] = await time_async(
             lambda: uncached.decide(tenant, feature), n // 4
         )
@@ -785,6 +793,8 @@ def print_table(scenarios: list[Scenario], results: dict[str, Any]) -> None:
             "decide_cache_hit",
             "decide_cache_hit_periodless_row",
             "decide_cache_hit_deny_logged",
+            "decide_json_cache_hit",
+            "decide_json_cache_hit_deny_logged",
             "decide_cache_miss_same_key",
             "decide_cache_miss_mixed",
             "engine_eval",
