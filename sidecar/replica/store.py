@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +21,9 @@ import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 
+from sidecar.replica.damage import ReplicaDamage
 from sidecar.replica.index import ReplicaIndex
+from sidecar.replica.rows import AccountRow as AccountRow  # re-exported: the callers' import
 from tiergate.amounts import Amount, from_stored, stored
 from tiergate.errors import ReplicaError, dotted_location
 from tiergate.feed import KNOWN_KINDS, FeedChange, FeedOverride
@@ -114,35 +115,6 @@ def m007_gauge_as_of(db: sqlite_utils.Database) -> None:
     # A gauge's reading time (Unix seconds; NULL for counters that add up): a pending reading
     # older than the one the replica holds does not replace it (sidecar/usage/ledger.py).
     db.execute("ALTER TABLE usage ADD COLUMN as_of REAL")
-
-
-class AccountRow(NamedTuple):
-    """An accounts row as stored: times are RFC 3339 `Z` strings, booleans 0/1."""
-
-    tenant: str
-    tier: str
-    status: str
-    quantity: int
-    current_period_start: str | None
-    current_period_end: str | None
-    trial_end: str | None
-    cancel_at_period_end: int
-    past_due_since: str | None
-    version: int
-    pending_tier: str | None
-    pending_interval: str | None
-    pending_at: str | None
-    subscription_id: str | None
-    addons: str | None  # JSON {addon: quantity}; NULL when none
-
-    def to_account(self) -> Account:
-        return Account.model_validate(
-            {
-                **self._asdict(),
-                "cancel_at_period_end": bool(self.cancel_at_period_end),
-                "addons": json.loads(self.addons) if self.addons else {},
-            }
-        )
 
 
 class ReplicaMeta(NamedTuple):
@@ -406,6 +378,9 @@ class ReplicaReader:
         self._listeners: list[ReplicaListener] = []
         self.index = ReplicaIndex()
         self.meta = ReplicaMeta(None, None, -1, None)
+        # A read error that says the file is damaged stops every read of it: the index keeps
+        # answering until the follower has set the file aside and a new snapshot is loaded.
+        self.damage = ReplicaDamage()
         # While a new generation loads on a thread: the tenants batches touched meanwhile, and
         # the position of the last one (the old index and meta keep answering, consistently).
         self._reloading: set[str] | None = None
@@ -433,14 +408,24 @@ class ReplicaReader:
 
         A new generation (an import, a snapshot) is read whole. Otherwise only the meta's
         data_as_of is adopted: rows and position change together, when the follower announces
-        its batch through `applied`."""
-        if self._reloading is not None:
+        its batch through `applied`. A damaged file is not read (see `damage`)."""
+        if self._reloading is not None or self.damage.state == "damaged":
             return False  # the reload adopts everything when it ends
+        try:
+            return self._refresh()
+        except sqlite3.DatabaseError as exc:
+            if self.damage.report(exc, "refresh"):
+                return False
+            raise
+
+    def _refresh(self) -> bool:
         version = self._version()
         if version == self._data_version:
             return False
         self._data_version = version
         meta = read_meta(self._conn)
+        if self.damage.state == "downloading":
+            return self._adopt_replacement(meta)
         if not self._in_memory:
             previous, self.meta = self.meta, meta
             self._announce(None if meta.generation != previous.generation else set())
@@ -452,8 +437,32 @@ class ReplicaReader:
         self._announce(set())
         return True
 
+    def _adopt_replacement(self, meta: ReplicaMeta) -> bool:
+        """After the damaged file was set aside: the new one is read whole once it holds data (a
+        snapshot or an import); until then (generation 0, empty) the index keeps answering."""
+        if meta.generation == 0:
+            return False
+        self._reload_all()
+        return True
+
+    def reopen(self) -> None:
+        """The file at `path` was replaced (the damaged one set aside): read the new one. The
+        in-memory index keeps answering until the new file holds a snapshot."""
+        self._conn.close()
+        self._conn = _read_connection(self._target, self._uri)
+        self._data_version = -1
+
     def applied(self, tenants: set[str] | None) -> None:
         """The follower committed a batch touching `tenants` (None: a whole snapshot)."""
+        try:
+            self._applied(tenants)
+        except sqlite3.DatabaseError as exc:
+            self.damage.report(exc, "apply")
+            raise
+
+    def _applied(self, tenants: set[str] | None) -> None:
+        if self.damage.state == "damaged":
+            return  # not read; the follower sets the file aside on its next step
         if not self._in_memory:
             self.refresh()
             self._announce(tenants)
@@ -489,8 +498,9 @@ class ReplicaReader:
     async def _reload_in_thread(self) -> None:
         try:
             index, meta = await asyncio.to_thread(_read_whole, self._target, self._uri)
-        except Exception:  # the old index keeps answering; the next refresh tries again
-            log.exception("replica_reload_failed")
+        except Exception as exc:  # the old index keeps answering; the next refresh tries again
+            if not self.damage.report(exc, "reload"):
+                log.exception("replica_reload_failed")
             self._reloading, self._data_version = None, -1
             return
         touched, self._reloading = self._reloading or set(), None
@@ -503,13 +513,23 @@ class ReplicaReader:
         position = self._reloaded_position if self._reloaded_position is not None else meta.position
         self.meta = meta._replace(position=position)
         self._data_version = -1  # the next refresh re-reads the meta (data_as_of, another import)
+        self.damage.recovered()  # after a damaged file was set aside: the new one is in memory
         self._announce(None)
 
     async def watch(self, every_s: float = WATCH_EVERY_S) -> None:
-        """Notice other processes' commits (an import) until cancelled."""
+        """Notice other processes' commits (an import) until cancelled; a failure is logged and
+        the next round tries again (the watch never ends on its own)."""
+        failing = False
         while True:
             await asyncio.sleep(every_s)
-            self.refresh()
+            try:
+                self.refresh()
+            except Exception:
+                if not failing:
+                    log.exception("replica_watch_failed")
+                failing = True
+            else:
+                failing = False
 
     def _announce(self, tenants: set[str] | None) -> None:
         for listener in self._listeners:
@@ -517,7 +537,7 @@ class ReplicaReader:
 
     def account(self, tenant: str) -> AccountRow | None:
         if self._in_memory:
-            return self.index.accounts.get(tenant)
+            return self.index.account(tenant)
         row = self._conn.execute(_SELECT_ACCOUNTS + " WHERE tenant = ?", (tenant,)).fetchone()
         return AccountRow(*row) if row is not None else None
 
@@ -552,11 +572,20 @@ class ReplicaReader:
         return int(self._conn.execute("SELECT count(*) FROM accounts").fetchone()[0])
 
     def tenant_of_subscription(self, subscription_id: str) -> str | None:
-        """The tenant whose account holds this Stripe subscription (a Lago external_subscription_id)."""
-        row = self._conn.execute(
-            "SELECT tenant FROM accounts WHERE subscription_id = ? LIMIT 1", (subscription_id,)
-        ).fetchone()
-        return str(row[0]) if row is not None else None
+        """The tenant whose account holds this Stripe subscription (a Lago external_subscription_id).
+
+        Read from the file (an index); while the file is damaged, from the in-memory index."""
+        if not self.damage.active:
+            try:
+                row = self._conn.execute(
+                    "SELECT tenant FROM accounts WHERE subscription_id = ? LIMIT 1", (subscription_id,)
+                ).fetchone()
+                return str(row[0]) if row is not None else None
+            except sqlite3.DatabaseError as exc:
+                if not self.damage.report(exc, "subscription lookup"):
+                    raise
+        found = (row.tenant for row in self.index.accounts.values() if row.subscription_id == subscription_id)
+        return next(found, None)
 
     def overrides(self, tenant: str) -> dict[str, dict[str, Any]]:
         """The tenant's overrides as the policy reads them: feature -> {value, expires_at}."""
@@ -581,11 +610,7 @@ class ReplicaReader:
             self._conn.execute("COMMIT")
 
     def _load_all(self, conn: sqlite3.Connection) -> None:
-        self.index.replace_all(
-            (_interned(AccountRow(*row)) for row in conn.execute(_SELECT_ACCOUNTS)),
-            conn.execute(_SELECT_USAGE),
-            _overrides_by_tenant(conn.execute(_SELECT_OVERRIDES)),
-        )
+        _load_index(self.index, conn)
 
     def _load_tenants(self, conn: sqlite3.Connection, tenants: set[str]) -> None:
         names = list(tenants)
@@ -594,7 +619,7 @@ class ReplicaReader:
             where = f" WHERE tenant IN ({', '.join('?' * len(chunk))})"
             self.index.replace_tenants(
                 chunk,
-                [_interned(AccountRow(*row)) for row in conn.execute(_SELECT_ACCOUNTS + where, chunk)],
+                [AccountRow(*row) for row in conn.execute(_SELECT_ACCOUNTS + where, chunk)],
                 conn.execute(_SELECT_USAGE + where, chunk).fetchall(),
                 _overrides_by_tenant(conn.execute(_SELECT_OVERRIDES + where, chunk)),
             )
@@ -619,11 +644,7 @@ def _read_whole(target: str, uri: bool) -> tuple[ReplicaIndex, ReplicaMeta]:
         conn.execute("BEGIN")
         meta = read_meta(conn)
         index = ReplicaIndex()
-        index.replace_all(
-            (_interned(AccountRow(*row)) for row in conn.execute(_SELECT_ACCOUNTS)),
-            conn.execute(_SELECT_USAGE),
-            _overrides_by_tenant(conn.execute(_SELECT_OVERRIDES)),
-        )
+        _load_index(index, conn)
         conn.execute("COMMIT")
         return index, meta
     finally:
@@ -631,6 +652,16 @@ def _read_whole(target: str, uri: bool) -> tuple[ReplicaIndex, ReplicaMeta]:
 
 
 _SELECT_OVERRIDES = "SELECT tenant, feature, value, expires_at FROM overrides"
+
+
+def _load_index(index: ReplicaIndex, conn: sqlite3.Connection) -> None:
+    """The whole file into `index`, streamed in primary-key order (the index merges accounts and
+    counters tenant by tenant, so no intermediate copy of either table is held)."""
+    index.replace_all(
+        (AccountRow(*row) for row in conn.execute(_SELECT_ACCOUNTS + " ORDER BY tenant")),
+        conn.execute(_SELECT_USAGE + " ORDER BY tenant, period_start, code"),
+        _overrides_by_tenant(conn.execute(_SELECT_OVERRIDES)),
+    )
 
 
 def _overrides_by_tenant(rows: Iterable[tuple[str, str, str, str | None]]) -> dict[str, dict[str, Any]]:
@@ -641,18 +672,6 @@ def _overrides_by_tenant(rows: Iterable[tuple[str, str, str, str | None]]) -> di
 
 
 _CHUNK = 500  # tenants per `IN (...)` query when a batch touches many
-
-
-def _interned(row: AccountRow) -> AccountRow:
-    """Tiers, statuses and period bounds repeat across tenants: keep one string object of each."""
-    return row._replace(
-        tier=sys.intern(row.tier),
-        status=sys.intern(row.status),
-        current_period_start=None
-        if row.current_period_start is None
-        else sys.intern(row.current_period_start),
-        current_period_end=None if row.current_period_end is None else sys.intern(row.current_period_end),
-    )
 
 
 class ReplicaDocument(BaseModel):
