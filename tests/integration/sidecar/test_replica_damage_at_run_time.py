@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from structlog.testing import capture_logs
 
 from sidecar.app import create_app
@@ -24,6 +25,7 @@ from sidecar.replica.store import ReplicaReader, ReplicaWriter, open_replica
 from sync_daemon.mirror.store import MirrorAccount
 from tests.integration.sidecar.conftest import ClientFactory, SidecarClient
 from tests.integration.usage.conftest import DaemonServer, eventually, sidecar_settings, start_daemon
+from tiergate.errors import ReplicaNotReadyError
 from tiergate.models import Account
 
 TENANTS = 400  # enough rows for the accounts table to span many pages under an interior root
@@ -165,8 +167,9 @@ def test_a_read_only_reader_follows_the_file_its_owner_downloaded_again(tmp_path
     try:
         assert reader.account("old") is not None
         damage_pages(path)  # pages the reader has not cached
-        assert reader.tenant_of_subscription("sub_x") is None  # read from the file: damage met...
-        assert reader.damage.state == "damaged"  # ...and recorded, not raised
+        with pytest.raises(ReplicaNotReadyError, match="damaged"):  # read from the file: damage met,
+            reader.tenant_of_subscription("sub_x")  # recorded, and said (a 503), never a 500
+        assert reader.damage.state == "damaged"
         moved = damage.move_aside(path, "test")
         open_replica(path).close()  # the owner's new, still empty file: keep the old one meanwhile
         assert reader.refresh() is False and reader.damage.state == "damaged"
