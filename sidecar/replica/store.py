@@ -602,8 +602,8 @@ class ReplicaReader:
     def tenant_of_subscription(self, subscription_id: str) -> str | None:
         """The tenant whose account holds this Stripe subscription (a Lago external_subscription_id).
 
-        Read from the file (an index): while the file is damaged and downloaded again, a 503 that
-        says so (the in-memory copy keeps no index by subscription)."""
+        Read from the file (an index); while the file is damaged, from the in-memory index (a
+        read-only reader has none: a 503 that says so)."""
         if not self.damage.active:
             try:
                 row = self._conn.execute(
@@ -613,7 +613,9 @@ class ReplicaReader:
             except sqlite3.DatabaseError as exc:
                 if not self.damage.report(exc, "subscription lookup"):
                     raise
-        raise ReplicaNotReadyError(
+        if self._in_memory:
+            return self.index.tenant_of_subscription(subscription_id)
+        raise ReplicaNotReadyError(  # read-only: no in-memory copy to ask
             "the replica file is damaged and being downloaded again: external_subscription_id cannot be "
             "resolved until then; retry shortly, or send external_customer_id"
         )
