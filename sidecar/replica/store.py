@@ -25,7 +25,7 @@ from sidecar.replica.damage import ReplicaDamage
 from sidecar.replica.index import ReplicaIndex
 from sidecar.replica.rows import AccountRow as AccountRow  # re-exported: the callers' import
 from tiergate.amounts import Amount, from_stored, stored
-from tiergate.errors import ReplicaError, dotted_location
+from tiergate.errors import ReplicaError, ReplicaNotReadyError, dotted_location
 from tiergate.feed import KNOWN_KINDS, FeedChange, FeedOverride
 from tiergate.models import ACCOUNT_FIELDS, Account, UsageCounter
 from tiergate.periods import rfc3339
@@ -374,6 +374,7 @@ class ReplicaReader:
         self._target = f"file:{path}?mode=ro" if read_only else str(path)
         self._uri = read_only
         self._conn = _read_connection(self._target, self._uri)
+        self._inode = _inode(path)  # a read-only reader follows the path when its owner replaces the file
         self._data_version = -1
         self._listeners: list[ReplicaListener] = []
         self.index = ReplicaIndex()
@@ -409,6 +410,8 @@ class ReplicaReader:
         A new generation (an import, a snapshot) is read whole. Otherwise only the meta's
         data_as_of is adopted: rows and position change together, when the follower announces
         its batch through `applied`. A damaged file is not read (see `damage`)."""
+        if not self._in_memory and self._follow_replacement():
+            return True
         if self._reloading is not None or self.damage.state == "damaged":
             return False  # the reload adopts everything when it ends
         try:
@@ -437,6 +440,30 @@ class ReplicaReader:
         self._announce(set())
         return True
 
+    def _follow_replacement(self) -> bool:
+        """Read-only (another process owns the file): when the owner has set a damaged file aside
+        and a new one at the same path holds a snapshot, read that one from now on."""
+        inode = _inode(self.path)
+        if inode is None or inode == self._inode:
+            return False
+        conn = _read_connection(self._target, self._uri)
+        try:
+            meta = read_meta(conn)
+        except sqlite3.DatabaseError:
+            meta = None
+        if meta is None or meta.generation == 0:  # not yet downloaded: keep the old file meanwhile
+            conn.close()
+            return False
+        self._conn.close()
+        self._conn, self._inode = conn, inode
+        self._data_version = self._version()
+        self.meta = meta
+        if self.damage.state != "ok":
+            self.damage.state = "downloading"
+            self.damage.recovered()
+        self._announce(None)
+        return True
+
     def _adopt_replacement(self, meta: ReplicaMeta) -> bool:
         """After the damaged file was set aside: the new one is read whole once it holds data (a
         snapshot or an import); until then (generation 0, empty) the index keeps answering."""
@@ -450,6 +477,7 @@ class ReplicaReader:
         in-memory index keeps answering until the new file holds a snapshot."""
         self._conn.close()
         self._conn = _read_connection(self._target, self._uri)
+        self._inode = _inode(self.path)
         self._data_version = -1
 
     def applied(self, tenants: set[str] | None) -> None:
@@ -574,7 +602,8 @@ class ReplicaReader:
     def tenant_of_subscription(self, subscription_id: str) -> str | None:
         """The tenant whose account holds this Stripe subscription (a Lago external_subscription_id).
 
-        Read from the file (an index); while the file is damaged, from the in-memory index."""
+        Read from the file (an index); while the file is damaged, from the in-memory index (a
+        read-only reader has none: a 503 that says so)."""
         if not self.damage.active:
             try:
                 row = self._conn.execute(
@@ -584,7 +613,12 @@ class ReplicaReader:
             except sqlite3.DatabaseError as exc:
                 if not self.damage.report(exc, "subscription lookup"):
                     raise
-        return self.index.tenant_of_subscription(subscription_id)
+        if self._in_memory:
+            return self.index.tenant_of_subscription(subscription_id)
+        raise ReplicaNotReadyError(  # read-only: no in-memory copy to ask
+            "the replica file is damaged and being downloaded again: external_subscription_id cannot be "
+            "resolved until then; retry shortly, or send external_customer_id"
+        )
 
     def overrides(self, tenant: str) -> dict[str, dict[str, Any]]:
         """The tenant's overrides as the policy reads them: feature -> {value, expires_at}."""
@@ -626,6 +660,13 @@ class ReplicaReader:
 
 _SELECT_USAGE = "SELECT tenant, period_start, code, value FROM usage"
 _EVERYONE = "\x00every tenant"  # in the reload's touched set: a whole snapshot arrived meanwhile
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
 
 
 def _read_connection(target: str, uri: bool) -> sqlite3.Connection:

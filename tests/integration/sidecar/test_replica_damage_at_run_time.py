@@ -16,13 +16,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from structlog.testing import capture_logs
 
 from sidecar.app import create_app
 from sidecar.replica import damage
+from sidecar.replica.store import ReplicaReader, ReplicaWriter, open_replica
 from sync_daemon.mirror.store import MirrorAccount
 from tests.integration.sidecar.conftest import ClientFactory, SidecarClient
 from tests.integration.usage.conftest import DaemonServer, eventually, sidecar_settings, start_daemon
+from tiergate.errors import ReplicaNotReadyError
+from tiergate.models import Account
 
 TENANTS = 400  # enough rows for the accounts table to span many pages under an interior root
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
@@ -145,3 +149,34 @@ async def test_a_replica_damaged_at_run_time_is_set_aside_and_downloaded_again(
         await eventually(ready)
     finally:
         await daemon.server.close()
+
+
+def write_accounts(path: Path, tenants: list[str]) -> None:
+    db = open_replica(path)
+    rows = [Account.model_validate({"tenant": t, "tier": "pro", "status": "active"}) for t in tenants]
+    ReplicaWriter(db).replace_all(rows, [], data_as_of=datetime.now(UTC))
+    db.close()
+
+
+def test_a_read_only_reader_follows_the_file_its_owner_downloaded_again(tmp_path: Path) -> None:
+    """An app's LocalDecisions reads the sidecar's file: once the sidecar has set a damaged file
+    aside and a new snapshot is in place, the app reads the new file (not the renamed one)."""
+    path = tmp_path / "replica.db"
+    write_accounts(path, ["old"])
+    reader = ReplicaReader(path, read_only=True)
+    try:
+        assert reader.account("old") is not None
+        damage_pages(path)  # pages the reader has not cached
+        with pytest.raises(ReplicaNotReadyError, match="damaged"):  # read from the file: damage met,
+            reader.tenant_of_subscription("sub_x")  # recorded, and said (a 503), never a 500
+        assert reader.damage.state == "damaged"
+        moved = damage.move_aside(path, "test")
+        open_replica(path).close()  # the owner's new, still empty file: keep the old one meanwhile
+        assert reader.refresh() is False and reader.damage.state == "damaged"
+        write_accounts(path, ["new"])  # the snapshot is in
+        assert reader.refresh() is True
+        assert reader.account("new") is not None and reader.account("old") is None
+        assert (reader.damage.state, reader.damage.recoveries) == ("ok", 1)
+        assert moved.exists()
+    finally:
+        reader.close()
