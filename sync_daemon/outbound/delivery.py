@@ -50,7 +50,7 @@ class Outbound:
         """`entitlements.changed` and `payment.overdue` (grace_started) for a webhook's or a repair's change."""
         if not self.endpoints:
             return
-        changed = entitlements_changed(before, after, cause)
+        changed = entitlements_changed(before, after, cause, self.catalog)
         if changed is not None:
             enqueue(txn, self.endpoints, "entitlements.changed", after.tenant, changed)
         started = grace_started(before, after, self.catalog)

@@ -10,11 +10,8 @@ from tiergate.amounts import Amount, stored
 from tiergate.catalog import AddonLimit, Catalog, Quota
 from tiergate.periods import rfc3339
 
-# What `entitlements.changed` reports: the fields that change what a tenant may do.
-WATCHED = ("tier", "status", "quantity", "addons", "cancel_at_period_end")
 
-
-def snapshot(account: MirrorAccount | None) -> dict[str, Any] | None:
+def snapshot(account: MirrorAccount | None, catalog: Catalog) -> dict[str, Any] | None:
     if account is None:
         return None
     return {
@@ -23,14 +20,15 @@ def snapshot(account: MirrorAccount | None) -> dict[str, Any] | None:
         "quantity": account.quantity,
         "addons": dict(account.addons),
         "cancel_at_period_end": account.cancel_at_period_end,
+        "features": {code: written(plan_value(catalog, account, code)) for code in sorted(catalog.features)},
     }
 
 
 def entitlements_changed(
-    before: MirrorAccount | None, after: MirrorAccount | None, cause: dict[str, Any]
+    before: MirrorAccount | None, after: MirrorAccount | None, cause: dict[str, Any], catalog: Catalog
 ) -> dict[str, Any] | None:
     """The `entitlements.changed` data when a watched field moved; None otherwise."""
-    old, new = snapshot(before), snapshot(after)
+    old, new = snapshot(before, catalog), snapshot(after, catalog)
     if old == new:
         return None
     either = after or before
@@ -40,6 +38,58 @@ def entitlements_changed(
         "after": new,
         "cause": cause,
     }
+
+
+# -- a feature's value on the account's plan, as policies/entitlements.rego reads the catalog -----
+
+Value = bool | Quota
+
+
+def plan_value(catalog: Catalog, account: MirrorAccount | None, code: str) -> Value:
+    """Feature `code` on the account's plan: the subscribed tier's value with the quantity bought
+    (`limit_by: quantity`) and the add-ons held; the default tier's once the subscription has
+    ended (or without an account). Overrides and a past-due restriction are not applied here."""
+    live = (
+        account is not None
+        and account.tier in catalog.tiers
+        and account.status not in ("canceled", "incomplete_expired")
+    )
+    if not live or account is None:
+        return catalog.tiers[catalog.default_tier].features.get(code, False)
+    value = catalog.tiers[account.tier].features.get(code, False)
+    return _with_addons(_purchased(value, account.quantity), catalog, account, code)
+
+
+def _purchased(value: Value, quantity: int) -> Value:
+    """`limit_by: quantity`: the limit is what the customer bought, capped by `limit` if given."""
+    if not isinstance(value, Quota) or value.limit_by != "quantity":
+        return value
+    return Quota(limit=quantity if value.limit is None else min(value.limit, quantity))
+
+
+def _with_addons(value: Value, catalog: Catalog, account: MirrorAccount, code: str) -> Value:
+    effects = [
+        (catalog.addons[name].features[code], quantity)
+        for name, quantity in account.addons
+        if quantity > 0 and name in catalog.addons and code in catalog.addons[name].features
+    ]
+    if not effects:
+        return value
+    bonus = sum(effect.add_limit * n for effect, n in effects if isinstance(effect, AddonLimit))
+    if isinstance(value, Quota) and value.limit is not None:
+        return Quota(limit=value.limit + bonus)
+    if value is not False:  # true or unlimited: nothing to add
+        return value
+    if bonus > 0:
+        return Quota(limit=bonus)
+    return any(effect is True for effect, _ in effects)
+
+
+def written(value: Value) -> bool | dict[str, int]:
+    """As the catalog writes it: true, false, {"limit": N}, or {} for unlimited."""
+    if isinstance(value, Quota):
+        return {} if value.limit is None else {"limit": value.limit}
+    return value
 
 
 def grace_days(catalog: Catalog, tier: str) -> int:
@@ -84,30 +134,11 @@ def grace_over(account: MirrorAccount, catalog: Catalog, now: datetime) -> tuple
 def usage_limit(
     catalog: Catalog, account: MirrorAccount | None, code: str, override: object | None
 ) -> int | None:
-    """The tenant's limit of metric `code` as the shipped policy computes it, for alerts: an
-    override's, else the subscribed (or default) tier's plus its add-ons'; None when unlimited or
-    not a limit. A restricted subscription is not resolved here (alerts only warn)."""
-    if isinstance(override, Quota):
-        return override.limit
-    if override is not None:
-        return None
-    live = (
-        account is not None
-        and account.tier in catalog.tiers
-        and account.status not in ("canceled", "incomplete_expired")
-    )
-    tier = catalog.tiers[account.tier if live and account is not None else catalog.default_tier]
-    value = tier.features.get(code)
-    if not isinstance(value, Quota) or value.limit is None:
-        return None
-    limit = value.limit
-    if value.limit_by == "quantity" and live and account is not None:
-        limit = min(limit, account.quantity)
-    for name, quantity in account.addons if live and account is not None else ():
-        effect = catalog.addons[name].features.get(code) if name in catalog.addons else None
-        if isinstance(effect, AddonLimit):
-            limit += effect.add_limit * quantity
-    return limit
+    """The tenant's limit of metric `code` for alerts: an override's, else its plan's
+    (`plan_value`); None when unlimited or not a limit. A restricted subscription is not
+    resolved here (alerts only warn)."""
+    value = override if override is not None else plan_value(catalog, account, code)
+    return value.limit if isinstance(value, Quota) else None
 
 
 def thresholds_reached(

@@ -51,6 +51,8 @@ async def test_events_are_signed_retried_after_the_receiver_was_down_and_sent_on
         assert [e["type"] for e in events] == ["entitlements.changed"]
         data = events[0]["data"]
         assert data["tenant"] == "t_acme" and data["before"] is None
+        features = data["after"].pop("features")  # what the plan grants: pro, 3 seats bought
+        assert (features["sso"], features["seats"], features["audit_log"]) == (True, {"limit": 3}, False)
         assert data["after"] == {
             "tier": "pro",
             "status": "active",

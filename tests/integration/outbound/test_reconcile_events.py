@@ -71,6 +71,9 @@ async def test_a_repair_sends_one_signed_event_and_a_second_run_sends_nothing(
         data = upgraded["data"]
         assert data["tenant"] == "t_acme"
         assert (data["before"]["tier"], data["before"]["quantity"]) == ("starter", 2)
+        before, after = data["before"]["features"], data["after"].pop("features")
+        assert (before["sso"], before["seats"], before["storage_gb"]) == (False, {"limit": 2}, {"limit": 10})
+        assert (after["sso"], after["seats"], after["storage_gb"]) == (True, {"limit": 5}, {"limit": 100})
         assert data["after"] == {
             "tier": "pro",
             "status": "active",
