@@ -7,6 +7,7 @@ localstripe has no Prices, Checkout, portal or schedules: the daemon detects tha
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from sync_daemon.billing.stripe_catalog import run_push
 from sync_daemon.state import RECONCILER
 from tests.integration.billing.conftest import API_TOKEN, AUTH, Client, decision, eventually, follower
 from tests.integration.daemon.conftest import ROOT, make_settings
+from tests.localstripe_api import subscribe
 from tiergate.catalog import load_catalog
 
 
@@ -30,15 +32,6 @@ async def stripe_api(localstripe: str) -> AsyncIterator[stripe.StripeClient]:
         "sk_test_localstripe", base_addresses={"api": localstripe}, http_client=http, max_network_retries=0
     )
     await http.close_async()  # type: ignore[no-untyped-call]  # the library leaves it untyped
-
-
-async def _subscribe(api: stripe.StripeClient, tenant: str, plan: str) -> None:
-    customer = await api.v1.customers.create_async({"metadata": {"tenant_id": tenant}})
-    method = await api.v1.payment_methods.attach_async("pm_card_visa", {"customer": customer.id})
-    await api.v1.customers.update_async(
-        customer.id, {"invoice_settings": {"default_payment_method": method.id}}
-    )
-    await api.v1.subscriptions.create_async({"customer": customer.id, "items": [{"plan": plan}]})
 
 
 async def _post(daemon: Client, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
@@ -57,7 +50,7 @@ async def test_push_upgrade_seats_cancel_resume_reach_the_sidecar(
     again, _, _ = await asyncio.to_thread(run_push, settings, catalog, dry_run=False)
     assert again == []  # idempotent
 
-    await _subscribe(stripe_api, "t_acme", "starter_month")
+    await subscribe(stripe_api, "t_acme", "starter_month")
     daemon = await aiohttp_client(create_app(settings))
     assert (await daemon.app[RECONCILER].run()).repairs == 1
     sidecar = await follower(aiohttp_client, tmp_path, daemon)
@@ -78,6 +71,13 @@ async def test_push_upgrade_seats_cancel_resume_reach_the_sidecar(
     assert status == 200 and body["account"]["quantity"] == 5 and body["account"]["tier"] == "pro"
     listed = await stripe_api.v1.subscriptions.list_async({"status": "all"})
     assert [(s["plan"]["id"], s["quantity"]) for s in listed.data] == [("pro_month", 5)]
+
+    # A preview's proration_date needs the Prices API's prorations: said (501), and nothing changes.
+    prorated = {"quantity": 6, "proration_date": int(time.time())}
+    status, body = await _post(daemon, "/v1/subscriptions/t_acme/change", prorated)
+    assert status == 501 and "proration_date" in body["error"]["message"], body
+    listed = await stripe_api.v1.subscriptions.list_async({"status": "all"})
+    assert [s["quantity"] for s in listed.data] == [5]
 
     # Not in localstripe: a downgrade at the period end (schedules) and Checkout. Said, not faked.
     status, body = await _post(daemon, "/v1/subscriptions/t_acme/change", {"tier": "starter"})
