@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -362,6 +363,88 @@ def sync_command(full: bool) -> None:
     if not summary.ok:
         click.echo(f"error: {summary.error}", err=True)
         sys.exit(1)
+
+
+# -- mirror --------------------------------------------------------------------------------
+
+
+@main.group()
+def mirror() -> None:
+    """The sync daemon's mirror (SQLite file or PostgreSQL database)."""
+
+
+@mirror.command("copy")
+@click.option("--from", "source", required=True, help="The mirror to read: sqlite:PATH or postgresql://…")
+@click.option("--to", "target", required=True, help="The mirror to fill: sqlite:PATH or postgresql://…")
+@click.option("--force", is_flag=True, help="Replace what the target holds (refused otherwise).")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+def mirror_copy(source: str, target: str, force: bool, batch_size: int) -> None:
+    """Copy every table and feed position between backends, verified by counts and checksums.
+
+    One transaction on the target: a copy that fails or is killed leaves the target as it was.
+    Stop the daemons first (a write after the copy's snapshot is not copied).
+    """
+    from sync_daemon.mirror.copy import copy_mirror
+
+    with _copy_progress() as progress:
+        try:
+            report = copy_mirror(source, target, force=force, batch_size=batch_size, progress=progress)
+        except TierError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            sys.exit(1)
+    for line in report.lines():
+        click.echo(line)
+    replaced = f" (replaced {sum(report.replaced.values())} rows it held)" if report.replaced else ""
+    click.echo(f"verified: {report.rows} rows copied from {report.source} to {report.target}{replaced}")
+
+
+class _CopyProgress:
+    """A progress bar on a terminal, else a line per table and at most one a second."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self.totals: dict[str, int] = {}
+        self.done: dict[str, int] = {}
+        self.bar: Any = None
+        self._last_line = 0.0
+
+    def start(self, totals: dict[str, int]) -> None:
+        self.totals = totals
+        self.done = dict.fromkeys(totals, 0)
+        if self.tty:
+            self.bar = click.progressbar(length=sum(totals.values()), label="copying", show_pos=True)
+            self.bar.__enter__()
+        else:
+            click.echo(f"copying {sum(totals.values())} rows in {len(totals)} tables")
+
+    def advance(self, table: str, rows: int) -> None:
+        self.done[table] += rows
+        if self.bar is not None:
+            self.bar.update(rows)
+            return
+        now = time.monotonic()
+        first, last = self.done[table] == rows, self.done[table] == self.totals[table]
+        if first or last or now - self._last_line >= 1.0:
+            self._last_line = now
+            copied = sum(self.done.values())
+            click.echo(
+                f"  {table}: {self.done[table]}/{self.totals[table]} rows "
+                f"(all tables {copied}/{sum(self.totals.values())})"
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+@contextlib.contextmanager
+def _copy_progress() -> Iterator[_CopyProgress]:
+    progress = _CopyProgress(sys.stdout.isatty())
+    try:
+        yield progress
+    finally:
+        progress.close()
 
 
 # -- usage ---------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ class SqliteMirror(SqlMirror):
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
-        self._db = db = await loop.run_in_executor(self._writer, _open_writer, self.path)
+        self._db = db = await loop.run_in_executor(self._writer, open_writer, self.path)
         self.seq = await loop.run_in_executor(self._writer, _last_seq, SqliteSql(db.conn))
 
     async def close(self) -> None:
@@ -85,7 +85,7 @@ class SqliteMirror(SqlMirror):
         return _last_seq(sql)
 
 
-def _open_writer(path: Path) -> sqlite_utils.Database:
+def open_writer(path: Path) -> sqlite_utils.Database:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -3,6 +3,11 @@
 At least once: the cursor moves only after the sink answered, so a crash between the two sends the
 batch again, and each sink's own de-duplication (Lago's `transaction_id`, Stripe's meter-event
 `identifier`) makes the repeat harmless.
+
+Several daemons on one PostgreSQL mirror: only the leader (sync_daemon.leader) sends; the others
+stand by and look again every `STANDBY_CHECK_S`. The cursor is in the shared database, so a new
+leader goes on from the last batch the old one finished with; a batch the old leader sent but
+had not recorded when it died goes out again, and the sink's de-duplication drops it.
 """
 
 from __future__ import annotations
@@ -18,12 +23,16 @@ from typing import Any, Protocol
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from sync_daemon.leader import Leader, SoleLeader
 from sync_daemon.mirror.store import Mirror
 from sync_daemon.sinks.store import SinkEvent, SinkPosition, advance, events_after, failures, position
 from tiergate.errors import TierError
 from tiergate.periods import parse_rfc3339
 
 log = structlog.get_logger("tiergate.daemon.sinks")
+
+
+STANDBY_CHECK_S = 0.25
 
 
 class SinkUnavailableError(TierError):
@@ -83,10 +92,12 @@ class SinkStatus:
     position: SinkPosition | None = None
     recent_failures: list[dict[str, Any]] = field(default_factory=list)
     refused_total: int = 0
+    active: bool = False  # this daemon sends (it leads); False: another daemon does
 
     def as_dict(self) -> dict[str, Any]:
         pos = self.position
         return {
+            "role": "sending (leader)" if self.active else "standby (another daemon leads)",
             "cursor": pos.cursor if pos else None,
             "lag_events": pos.lag if pos else None,
             "delivered": self.delivered,
@@ -108,8 +119,10 @@ class SinkRunner:
         *,
         poll_s: float = 5.0,
         backoff_max_s: float = 60.0,
+        leader: Leader | None = None,
     ) -> None:
         self.sink = sink
+        self.leader: Leader = leader or SoleLeader()
         self.mirror = mirror
         self.metrics = metrics
         self.poll_s = poll_s
@@ -130,6 +143,10 @@ class SinkRunner:
     async def _run(self) -> None:
         delay = 0.0
         while True:
+            self.status.active = self.leader.is_leader
+            if not self.status.active:
+                await asyncio.sleep(STANDBY_CHECK_S)
+                continue
             tick = self.mirror.watch()  # before the read: an ingest in between still wakes us
             try:
                 moved = await self.step()

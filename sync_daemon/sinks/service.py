@@ -19,7 +19,7 @@ from sync_daemon.sinks.lago import LagoSink
 from sync_daemon.sinks.runner import Sink, SinkMetrics, SinkRunner
 from sync_daemon.sinks.store import rewind
 from sync_daemon.sinks.stripe_meters import StripeMeterSink
-from sync_daemon.state import CATALOG, METRICS, MIRROR, SETTINGS
+from sync_daemon.state import CATALOG, LEADER, METRICS, MIRROR, SETTINGS
 from sync_daemon.usage_query import stored_time
 
 log = structlog.get_logger("tiergate.daemon.sinks")
@@ -30,8 +30,9 @@ SINKS = web.AppKey("sinks", list[SinkRunner])
 def sinks_ctx(
     stripe_http: stripe.HTTPClient | None = None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """After the services context: one runner per configured sink, stopped before the mirror
-    closes. `stripe_http` replaces the meter sink's HTTP client (tests pass a recording one)."""
+    """After the services and scheduler contexts: one runner per configured sink, sending only
+    while this daemon leads (app[LEADER]), stopped before the mirror closes. `stripe_http`
+    replaces the meter sink's HTTP client (tests pass a recording one)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
@@ -46,6 +47,7 @@ def sinks_ctx(
                     metrics,
                     poll_s=settings.sink_poll_s,
                     backoff_max_s=settings.sink_backoff_max_s,
+                    leader=app[LEADER],
                 )
                 for sink in _sinks(app, session, http)
             ]

@@ -1,0 +1,406 @@
+"""The mirror on SQLite vs PostgreSQL, one daemon vs two (issue 12); prints figures, asserts nothing.
+
+    .venv/bin/python bench/pg_bench.py [--quick] [--rounds N] [--postgres URL]
+
+Against real processes on 127.0.0.1 (`tiergate sync-daemon`, `tiergate sidecar`) and a real
+PostgreSQL (default: the server on 127.0.0.1:5432, in a scratch database dropped at the end):
+1. webhook intake: signed `customer.subscription.updated` events POSTed over 16 connections in
+   all (split evenly when there are two daemons) -> events/s, p50/p99 of the answers;
+2. usage ingest: `POST /v1/usage/batch` of 100 events (what sidecars deliver) over 4 connections
+   in all -> events/s;
+3. webhook -> sidecar decision visible: p50/p99 (the sidecar long-polls the daemon's feed).
+Each of 1 and 2 runs on SQLite (one daemon), PostgreSQL (one daemon), PostgreSQL (two daemons),
+in that order, `--rounds` times; every configuration starts on an empty mirror. Ratios are taken
+within the run (median of rounds). Where the time goes: the CPU seconds each part spent per event
+(the daemons, the PostgreSQL backends serving this database, this load generator) read from
+/proc, and how busy that kept the machine's CPUs. The machine is shared: the load average is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+
+REPO = Path(__file__).resolve().parent.parent
+for path in (REPO, REPO / "bench"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from sync_bench import (  # noqa: E402 - after the path set-up
+    RESULTS,
+    TOKEN,
+    UNREACHABLE_STRIPE,
+    Server,
+    _spawn,
+    machine,
+    measure_visibility,
+    percentiles_ms,
+    post_all,
+    signed_intake_events,
+    start_sidecar,
+    table,
+)
+
+from demo.processes import free_port, tiergate_command  # noqa: E402
+from tests import postgres_server  # noqa: E402
+from tests.stripe_payloads import SECRET  # noqa: E402
+
+CONFIGS = (("sqlite", 1), ("postgresql", 1), ("postgresql", 2))
+INTAKE_CONNECTIONS = 16
+INGEST_CONNECTIONS = 4
+INGEST_BATCH = 100
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+# -- processes and CPU accounting ------------------------------------------------------------
+
+
+def start_daemon(tmp: Path, name: str, pg_url: str | None) -> Server:
+    port = free_port()
+    env = {
+        "TIERGATE_STRIPE_API_KEY": "sk_test_bench",
+        "TIERGATE_STRIPE_API_BASE": UNREACHABLE_STRIPE,
+        "TIERGATE_STRIPE_WEBHOOK_SECRET": SECRET,
+        "TIERGATE_STRIPE_MAX_NETWORK_RETRIES": "0",
+        "TIERGATE_STRIPE_REFETCH": "false",
+        "TIERGATE_FEED_TOKEN": TOKEN,
+        "TIERGATE_MIRROR_PATH": str(tmp / "mirror.db"),
+        "TIERGATE_DAEMON_PORT": str(port),
+        "TIERGATE_PLANS": str(REPO / "plans" / "plans.yaml"),
+        "TIERGATE_RECONCILE_AT_START": "false",
+        "TIERGATE_RECONCILE_INTERVAL_S": "86400",
+        **({"TIERGATE_MIRROR_URL": pg_url} if pg_url else {}),
+    }
+    return _spawn(f"daemon-{name}", tiergate_command("sync-daemon"), env, tmp, f"http://127.0.0.1:{port}")
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads), 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def backend_pids(pg_url: str) -> list[int]:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds spent between `start` and `stop` by the daemons, PostgreSQL and this process."""
+
+    daemons: list[Server]
+    pg_url: str | None
+    _before: dict[str, float] | None = None
+    _pg_before: dict[int, float] | None = None
+    _wall: float = 0.0
+
+    def _self_s(self) -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def _pg(self) -> dict[int, float]:
+        return {pid: process_cpu_s(pid) for pid in backend_pids(self.pg_url)} if self.pg_url else {}
+
+    def start(self) -> None:
+        self._pg_before = self._pg()
+        self._before = {
+            "daemons": sum(process_cpu_s(d.popen.pid) for d in self.daemons),
+            "bench": self._self_s(),
+        }
+        self._wall = time.perf_counter()
+
+    def stop(self, events: int) -> dict[str, float]:
+        wall = time.perf_counter() - self._wall
+        assert self._before is not None and self._pg_before is not None
+        daemons = sum(process_cpu_s(d.popen.pid) for d in self.daemons) - self._before["daemons"]
+        bench = self._self_s() - self._before["bench"]
+        after = self._pg()
+        pg = sum(cpu - self._pg_before.get(pid, 0.0) for pid, cpu in after.items())
+        busy = (daemons + bench + pg) / (wall * (os.cpu_count() or 1))
+        return {
+            "daemon_cpu_ms_per_event": round(daemons * 1000 / events, 3),
+            "postgres_cpu_ms_per_event": round(pg * 1000 / events, 3),
+            "loadgen_cpu_ms_per_event": round(bench * 1000 / events, 3),
+            "cpus_busy_pct": round(busy * 100, 1),
+        }
+
+
+@contextmanager
+def daemons_on(backend: str, count: int, pg_url: str) -> Iterator[list[Server]]:
+    """`count` daemons on an empty mirror of `backend`, stopped at the end."""
+    with tempfile.TemporaryDirectory(prefix="tiergate-pgbench-") as tmp_name:
+        tmp = Path(tmp_name)
+        url = pg_url if backend == "postgresql" else None
+        if url:
+            postgres_server.reset(url)
+        servers: list[Server] = []
+        try:
+            for n in range(count):
+                servers.append(start_daemon(tmp, str(n), url))
+            for server in servers:
+                server.wait("/readyz")
+            yield servers
+        finally:
+            for server in servers:
+                server.stop()
+
+
+# -- 1. webhook intake ------------------------------------------------------------------------
+
+
+def intake_run(backend: str, count: int, pg_url: str, events: int, rng: random.Random) -> dict[str, Any]:
+    with daemons_on(backend, count, pg_url) as servers:
+        warm = signed_intake_events(100, 1000, rng, f"warm{backend}{count}{rng.random()}")
+        asyncio.run(post_all(servers[0].url + "/webhooks/stripe", warm, 4))
+        batches = [
+            signed_intake_events(events // count, 10_000, rng, f"in{backend}{count}{n}{rng.random()}")
+            for n in range(count)
+        ]
+        meter = CpuMeter(servers, pg_url if backend == "postgresql" else None)
+        meter.start()
+
+        async def all_daemons() -> list[tuple[float, list[float], dict[str, int]]]:
+            per = INTAKE_CONNECTIONS // count
+            return await asyncio.gather(
+                *(post_all(s.url + "/webhooks/stripe", b, per) for s, b in zip(servers, batches, strict=True))
+            )
+
+        results = asyncio.run(all_daemons())
+        elapsed = max(r[0] for r in results)
+        latencies = [x for r in results for x in r[1]]
+        outcomes: dict[str, int] = {}
+        for r in results:
+            for key, n in r[2].items():
+                outcomes[key] = outcomes.get(key, 0) + n
+        total = sum(len(b) for b in batches)
+        cpu = meter.stop(total)
+    return {
+        "events": total,
+        "events_per_s": round(total / elapsed, 1),
+        "p50_ms": percentiles_ms(latencies)["p50_ms"],
+        "p99_ms": percentiles_ms(latencies)["p99_ms"],
+        "outcomes": outcomes,
+        **cpu,
+    }
+
+
+# -- 2. usage ingest ----------------------------------------------------------------------------
+
+
+async def ingest_all(urls: list[str], events: int, tag: str) -> float:
+    requests = events // INGEST_BATCH
+    pending = iter(range(requests))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=INGEST_CONNECTIONS)) as session:
+
+        async def worker(url: str) -> None:
+            for n in pending:
+                batch = [
+                    {
+                        "transaction_id": f"{tag}-{n}-{i}",
+                        "external_customer_id": f"u_{n % 500}",
+                        "code": "api_calls",
+                    }
+                    for i in range(INGEST_BATCH)
+                ]
+                async with session.post(url + "/v1/usage/batch", json={"events": batch}, headers=AUTH) as r:
+                    body = await r.json()
+                    if r.status != 200 or body.get("ingested") != INGEST_BATCH:
+                        raise SystemExit(f"ingest refused: {r.status} {body}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(urls[c % len(urls)]) for c in range(INGEST_CONNECTIONS)))
+        return time.perf_counter() - started
+
+
+def ingest_run(backend: str, count: int, pg_url: str, events: int, rng: random.Random) -> dict[str, Any]:
+    with daemons_on(backend, count, pg_url) as servers:
+        urls = [s.url for s in servers]
+        asyncio.run(ingest_all(urls, 1000, f"warm{rng.random()}"))
+        meter = CpuMeter(servers, pg_url if backend == "postgresql" else None)
+        meter.start()
+        elapsed = asyncio.run(ingest_all(urls, events, f"in{rng.random()}"))
+        cpu = meter.stop(events)
+    return {"events": events, "events_per_s": round(events / elapsed, 1), **cpu}
+
+
+# -- 3. webhook -> sidecar decision visible ----------------------------------------------------
+
+
+def visibility_run(backend: str, pg_url: str, rounds: int) -> dict[str, Any]:
+    with daemons_on(backend, 1, pg_url) as servers, tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        sidecar = start_sidecar(tmp, servers[0], tmp / "replica.db")
+        try:
+            sidecar.wait("/readyz")
+            acked, visible = asyncio.run(measure_visibility(servers[0], sidecar, rounds, tenants=20))
+        finally:
+            sidecar.stop()
+    return {"acked": percentiles_ms(acked), "visible": percentiles_ms(visible)}
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def median_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    numeric = [k for k, v in runs[0].items() if isinstance(v, int | float)]
+    return {k: round(statistics.median(r[k] for r in runs), 3) for k in numeric} | {"runs": runs}
+
+
+def measure(
+    name: str, run: Callable[[str, int, str, int, random.Random], dict[str, Any]], args: argparse.Namespace
+) -> dict[str, Any]:
+    events = args.intake_events if name == "intake" else args.ingest_events
+    rng = random.Random(12)
+    runs: dict[str, list[dict[str, Any]]] = {f"{b}x{n}": [] for b, n in CONFIGS}
+    for _ in range(args.rounds):  # interleaved: a change in the machine's load hits every config
+        for backend, count in CONFIGS:
+            runs[f"{backend}x{count}"].append(run(backend, count, args.pg, events, rng))
+    return {key: median_runs(r) for key, r in runs.items()}
+
+
+def print_throughput(title: str, figures: dict[str, Any], latencies: bool) -> dict[str, float]:
+    base = figures["sqlitex1"]["events_per_s"]
+    one_pg = figures["postgresqlx1"]["events_per_s"]
+    ratios = {
+        "postgresql_over_sqlite": round(one_pg / base, 3),
+        "two_over_one_postgresql": round(figures["postgresqlx2"]["events_per_s"] / one_pg, 3),
+    }
+    rows = []
+    for key, f in figures.items():
+        backend, count = key.split("x")
+        rows.append(
+            [
+                backend,
+                count,
+                f["events_per_s"],
+                round(f["events_per_s"] / base, 2),
+                *([f["p50_ms"], f["p99_ms"]] if latencies else []),
+                f["daemon_cpu_ms_per_event"],
+                f["postgres_cpu_ms_per_event"],
+                f["loadgen_cpu_ms_per_event"],
+                f["cpus_busy_pct"],
+            ]
+        )
+    table(
+        title,
+        [
+            "backend",
+            "daemons",
+            "events/s",
+            "x sqlite",
+            *(["p50 ms", "p99 ms"] if latencies else []),
+            "daemon CPU ms/event",
+            "PostgreSQL CPU ms/event",
+            "loadgen CPU ms/event",
+            "CPUs busy %",
+        ],
+        rows,
+    )
+    print(
+        f"PostgreSQL / SQLite (one daemon): {ratios['postgresql_over_sqlite']}x (target >= 0.5); "
+        f"two daemons / one on PostgreSQL: {ratios['two_over_one_postgresql']}x"
+    )
+    return ratios
+
+
+def postgres_settings(url: str) -> dict[str, str]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return {
+            name: str(conn.execute(f"SHOW {name}").fetchone()[0])  # type: ignore[index]
+            for name in ("server_version", "fsync", "synchronous_commit", "shared_buffers")
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument(
+        "--postgres", default=postgres_server.LOCAL, help="an admin URL (a scratch database is made)"
+    )
+    args = parser.parse_args()
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.intake_events = 400 if args.quick else 3000
+    args.ingest_events = 2000 if args.quick else 20_000
+    visibility_rounds = 30 if args.quick else 200
+    load_before = os.getloadavg()
+    print(f"load average before: {load_before}")
+    with postgres_server.session_database(args.postgres) as pg:
+        args.pg = pg
+        pg_settings = postgres_settings(pg)
+        print(f"PostgreSQL: {pg_settings}")
+        intake = measure("intake", intake_run, args)
+        ratios_intake = print_throughput(
+            f"webhook intake ({args.intake_events} signed events, {INTAKE_CONNECTIONS} connections in all)",
+            intake,
+            latencies=True,
+        )
+        ingest = measure("ingest", ingest_run, args)
+        ratios_ingest = print_throughput(
+            f"usage ingest ({args.ingest_events} events, {INGEST_BATCH} per POST, {INGEST_CONNECTIONS} connections)",
+            ingest,
+            latencies=False,
+        )
+        visibility = {b: visibility_run(b, pg, visibility_rounds) for b in ("sqlite", "postgresql")}
+    table(
+        f"webhook -> sidecar decision visible ({visibility_rounds} rounds, one daemon + one sidecar)",
+        ["backend", "ack p50 ms", "ack p99 ms", "visible p50 ms", "visible p99 ms", "max ms"],
+        [
+            [
+                b,
+                v["acked"]["p50_ms"],
+                v["acked"]["p99_ms"],
+                v["visible"]["p50_ms"],
+                v["visible"]["p99_ms"],
+                v["visible"]["max_ms"],
+            ]
+            for b, v in visibility.items()
+        ],
+    )
+    load_after = os.getloadavg()
+    print(f"load average after: {load_after}")
+    figures = {
+        "machine": machine(),
+        "load_average": {"before": load_before, "after": load_after},
+        "postgresql": pg_settings,
+        "rounds": args.rounds,
+        "intake": intake,
+        "intake_ratios": ratios_intake,
+        "ingest": ingest,
+        "ingest_ratios": ratios_ingest,
+        "visibility": visibility,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"pg_bench{'_quick' if args.quick else ''}.json"
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
