@@ -52,7 +52,7 @@ class Stack:
         self.stop_daemon()
         settings = COMMON | {
             "TIERGATE_STRIPE_API_KEY": "sk_test_bench",
-            "TIERGATE_STRIPE_WEBHOOK_SECRET": "whsec_bench",
+            "TIERGATE_STRIPE_WEBHOOK_SECRET": "whsec_bench_0123456789",
             "TIERGATE_STRIPE_API_BASE": "http://127.0.0.1:9",
             "TIERGATE_RECONCILE_AT_START": "false",
             "TIERGATE_MIRROR_PATH": str(self.work / "mirror.db"),
@@ -258,6 +258,87 @@ async def damaged_replica(session: aiohttp.ClientSession, stack: Stack) -> Row:
     )
 
 
+def damage_pages(path: Path) -> None:
+    """Checkpoint the write-ahead log into the file, then overwrite every page after the first
+    (the header and schema stay) with bytes no SQLite page holds: damage under a running process."""
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        while conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] != 0:
+            time.sleep(0.01)
+    finally:
+        conn.close()
+    with path.open("r+b") as handle:
+        page_size = int.from_bytes(handle.read(100)[16:18], "big")
+        size = handle.seek(0, 2)
+        handle.seek(page_size)
+        handle.write(b"\xde\xad\xbe\xef" * ((size - page_size) // 4))
+
+
+async def replica_damaged_at_run_time(session: aiohttp.ClientSession, stack: Stack) -> Row:
+    base = stack.start_sidecar("rundamage", TIERGATE_STALENESS_BUDGET_S="2")
+    damage_pages(stack.replica("rundamage"))
+    # a change for the follower to apply and the reader to load: usage, delivered and fed back
+    await post(session, base + "/v1/usage", {"event": events("f_rundamage", 1)[0]})
+    statuses: set[int] = set()
+
+    async def recovered() -> bool:
+        for tenant in ("acme", "globex"):
+            statuses.add(
+                (await get(session, base + "/v1/check", params={"tenant": tenant, "feature": "sso"}))[0]
+            )
+        status, body = await get(session, base + "/v1/status")
+        statuses.add(status)
+        damage = body["replica"]["damage"] if status == 200 else {}
+        return bool(damage.get("recoveries") == 1 and damage.get("state") == "ok")
+
+    back = await until(recovered, 60)
+    kept = len(
+        [
+            p
+            for p in stack.replica("rundamage").parent.glob("replica.db.damaged-*")
+            if not p.name.endswith(("-wal", "-shm"))
+        ]
+    )
+    ready = (await get(session, base + "/readyz"))[0]
+    stack.stop_sidecar("rundamage")
+    return (
+        "the replica file damaged under a running sidecar",
+        "answers 200 throughout; set aside (1 copy), downloaded again, /readyz 200",
+        f"answers {','.join(str(s) for s in sorted(statuses))} throughout; "
+        f"{'set aside' if back else 'not recovered'} ({kept} {'copy' if kept == 1 else 'copies'}), "
+        f"{'downloaded again' if back else 'not downloaded'}, /readyz {ready}",
+    )
+
+
+async def daemon_mirror_lag(session: aiohttp.ClientSession, stack: Stack) -> Row:
+    # Stripe's API unreachable (the bench's Stripe base is a closed port): every reconcile fails.
+    stack.start_daemon(
+        TIERGATE_RECONCILE_AT_START="true",
+        TIERGATE_RECONCILE_INTERVAL_S="1",
+        TIERGATE_STRIPE_MAX_NETWORK_RETRIES="0",
+    )
+    base = stack.start_sidecar("lagging", TIERGATE_STALENESS_BUDGET_S="1")
+
+    async def stale_while_connected() -> bool:
+        body = await sidecar_status(session, base)
+        return bool(
+            body["stale"] and body["daemon"]["connected"] and body["replica"]["daemon_lag_seconds"] > 1
+        )
+
+    became = await until(stale_while_connected, 60)
+    body = await sidecar_status(session, base)
+    ready = (await get(session, base + "/readyz"))[0]
+    stack.stop_sidecar("lagging")
+    stack.start_daemon()
+    lag = body["replica"]["daemon_lag_seconds"] or 0.0
+    return (
+        "the daemon answers but cannot reconcile with Stripe for longer than the budget (1 s)",
+        "stale=true, connected=true, daemon lag > 1 s, /readyz 200",
+        f"stale={str(became).lower()}, connected={str(body['daemon']['connected']).lower()}, "
+        f"daemon lag {'>' if lag > 1 else '<='} 1 s, /readyz {ready}",
+    )
+
+
 async def before_first_snapshot(session: aiohttp.ClientSession, stack: Stack) -> Row:
     dead = f"http://127.0.0.1:{free_port()}"
     base = stack.start_sidecar("fresh", wait_ready=False, TIERGATE_DAEMON_URL=dead)
@@ -332,9 +413,11 @@ async def run(work: Path) -> list[Row]:
             rows.append(await deep_properties(session, base))
             rows.append(await locked_replica(session, stack))
             rows.append(await damaged_replica(session, stack))
+            rows.append(await replica_damaged_at_run_time(session, stack))
             rows.append(await before_first_snapshot(session, stack))
             rows += await hostile_input(session, stack, base)
             rows.append(await daemon_away_staleness(session, stack))
+            rows.append(await daemon_mirror_lag(session, stack))
     finally:
         stack.stop()
     return rows

@@ -39,7 +39,7 @@ from sync_bench import (  # noqa: E402 - after the path set-up
 from demo.processes import free_port, tiergate_command  # noqa: E402
 from tests.stripe_payloads import SECRET, signed  # noqa: E402
 
-API_TOKEN = "bench-api-token"
+API_TOKEN = "bench-api-token-0001"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 

@@ -78,7 +78,7 @@ async def through_the_sink(n: int, workdir: Path) -> float:
         "TIERGATE_PLANS": str(REPO / "plans" / "plans.yaml"),
         "TIERGATE_STRIPE_API_KEY": "sk_test_bench",
         "TIERGATE_STRIPE_API_BASE": "http://127.0.0.1:9",
-        "TIERGATE_STRIPE_WEBHOOK_SECRET": "whsec_bench",
+        "TIERGATE_STRIPE_WEBHOOK_SECRET": "whsec_bench_0123456789",
         "TIERGATE_FEED_TOKEN": TOKEN,
         "TIERGATE_RECONCILE_AT_START": "false",
         "TIERGATE_LAGO_API_URL": str(server.make_url("")).rstrip("/"),

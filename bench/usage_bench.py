@@ -120,7 +120,7 @@ async def run(quick: bool, sync: str) -> dict[str, Any]:
         daemon, base = f"http://127.0.0.1:{daemon_port}", f"http://127.0.0.1:{sidecar_port}"
         daemon_env = {
             "TIERGATE_STRIPE_API_KEY": "sk_test_bench",
-            "TIERGATE_STRIPE_WEBHOOK_SECRET": "whsec_bench",
+            "TIERGATE_STRIPE_WEBHOOK_SECRET": "whsec_bench_0123456789",
             "TIERGATE_STRIPE_API_BASE": "http://127.0.0.1:9",
             "TIERGATE_RECONCILE_AT_START": "false",
             "TIERGATE_FEED_TOKEN": TOKEN,

@@ -68,7 +68,7 @@ async def run(rounds: int, connections: int, intervals_ms: list[float]) -> dict[
             common
             | {
                 "TIERGATE_STRIPE_API_KEY": "sk_test_bench",
-                "TIERGATE_STRIPE_WEBHOOK_SECRET": "whsec_bench",
+                "TIERGATE_STRIPE_WEBHOOK_SECRET": "whsec_bench_0123456789",
                 "TIERGATE_STRIPE_API_BASE": "http://127.0.0.1:9",
                 "TIERGATE_RECONCILE_AT_START": "false",
                 "TIERGATE_FEED_TOKEN": TOKEN,

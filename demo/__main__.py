@@ -27,9 +27,9 @@ from demo.processes import Process, free_port, tiergate_command
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / ".state" / "demo"
 TENANT = "acme"
-FEED_TOKEN = "demo-feed-token"
-API_TOKEN = "demo-api-token"
-WEBHOOK_SECRET = "whsec_demo"
+FEED_TOKEN = "demo-feed-token-0001"
+API_TOKEN = "demo-api-token-0001"
+WEBHOOK_SECRET = "whsec_demo_0123456789"
 STRIPE_KEY = "sk_test_demo_0000"
 
 

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import structlog
 import uvloop
@@ -70,8 +71,10 @@ async def _freeze_startup_objects(app: web.Application) -> None:
 async def _replica_ctx(app: web.Application) -> AsyncIterator[None]:
     """The reader, and the one task that looks for other processes' commits (an import)."""
     settings = app[SETTINGS]
-    _set_aside_if_damaged(settings)
+    found = _set_aside_if_damaged(settings)
     reader = ReplicaReader(settings.replica_path)
+    if found is not None:
+        reader.damage.found_at_start(*found)
     app[READER] = reader
     if settings.daemon_url is None and reader.meta.data_as_of is None and reader.count_accounts() == 0:
         log.warning(
@@ -88,18 +91,19 @@ async def _replica_ctx(app: web.Application) -> AsyncIterator[None]:
     reader.close()
 
 
-def _set_aside_if_damaged(settings: SidecarSettings) -> None:
+def _set_aside_if_damaged(settings: SidecarSettings) -> tuple[str, Path] | None:
     """Following a daemon, a damaged replica is moved aside and downloaded again; in static mode
-    there is nowhere to download it from, so the sidecar refuses to start."""
+    there is nowhere to download it from, so the sidecar refuses to start. Returns what was found
+    and where the file went."""
     found = damage.problem(settings.replica_path)
     if found is None:
-        return
+        return None
     if settings.daemon_url is None:
         raise ReplicaError(
             f"replica {settings.replica_path} is damaged ({found}); restore it with "
             "`tiergate replica import <backup.json>`, or set TIERGATE_DAEMON_URL to download it"
         )
-    damage.move_aside(settings.replica_path, found)
+    return found, damage.move_aside(settings.replica_path, found)
 
 
 async def _follower_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -115,6 +119,8 @@ async def _follower_ctx(app: web.Application) -> AsyncIterator[None]:
         busy_timeout_s=settings.replica_busy_timeout_s,
     )
     follower.on_applied = app[READER].applied  # the follower announces its batches through the reader
+    follower.damage = app[READER].damage  # damage either of them meets, the follower repairs
+    follower.on_set_aside = app[READER].reopen
     app[FOLLOWER] = follower
     await follower.start()
     yield
@@ -146,7 +152,7 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
             log_denies=settings.decision_log_denies,
             staleness_budget_s=settings.staleness_budget_s if settings.daemon_url else None,
             not_ready=settings.not_ready_answer if settings.daemon_url else None,
-            since_contact=app[FOLLOWER].seconds_since_contact if FOLLOWER in app else None,
+            since_contact=app[FOLLOWER].data_age if FOLLOWER in app else None,
         )
         reloader = PolicyReloader(
             engine,
@@ -159,6 +165,8 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
         app[DECISIONS] = decisions
         if FOLLOWER in app:
             metrics.watch_follower(app[FOLLOWER].status)
+            metrics.watch_lag(app[FOLLOWER].seconds_since_contact, lambda: app[FOLLOWER].status.daemon_lag_s)
+        metrics.watch_damage(app[READER].damage)
         app[ROUTES] = RouteResolver(engine)
         app[POLICIES] = Policies(engine, reloader)
         await reloader.start()

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from sidecar.replica.damage import ReplicaDamage
     from sidecar.replica.follower import FollowerStatus
     from sidecar.usage.outbox import Outbox
 
@@ -92,13 +93,32 @@ class SidecarMetrics:
         )
         self.replica_age = Gauge(
             "tiergate_replica_age_seconds",
-            "Seconds since the replica's data was current (data_as_of).",
+            "How far the replica may be behind Stripe: following a daemon, seconds since its last "
+            "answer (monotonic) plus the lag it reported; static mode, since data_as_of.",
             registry=self.registry,
         )
         self.replica_age.set_function(replica_age)
 
     def watch_follower(self, status: FollowerStatus) -> None:
         self.registry.register(_FollowerCollector(status))
+
+    def watch_lag(self, contact_age: Callable[[], float | None], daemon_lag: Callable[[], float]) -> None:
+        """The two parts of the replica's age, each on its own."""
+        contact = Gauge(
+            "tiergate_replica_contact_age_seconds",
+            "Seconds since the sync daemon last answered (monotonic; 0 before the first answer).",
+            registry=self.registry,
+        )
+        contact.set_function(lambda: contact_age() or 0.0)
+        lag = Gauge(
+            "tiergate_daemon_lag_seconds",
+            "How far the daemon's own mirror may be behind Stripe, as its last answer said.",
+            registry=self.registry,
+        )
+        lag.set_function(daemon_lag)
+
+    def watch_damage(self, damage: ReplicaDamage) -> None:
+        self.registry.register(_DamageCollector(damage))
 
     def watch_outbox(self, outbox: Outbox) -> None:
         """Usage delivery's health, read from the outbox at each scrape."""
@@ -145,3 +165,27 @@ class _FollowerCollector(Collector):
         )
         failing.add_metric([], float(self.status.consecutive_failures))
         yield from (connected, failures, failing)
+
+
+class _DamageCollector(Collector):
+    """A damaged replica file, read at each scrape: found, being replaced, replaced."""
+
+    def __init__(self, damage: ReplicaDamage) -> None:
+        self.damage = damage
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield GaugeMetricFamily(
+            "tiergate_replica_damaged",
+            "1 from the moment the replica file is found damaged until a new snapshot is loaded.",
+            value=1.0 if self.damage.active else 0.0,
+        )
+        yield CounterMetricFamily(
+            "tiergate_replica_damage_detected",
+            "Damaged replica files found (at start by quick_check, or by a read or write at run time).",
+            value=float(self.damage.detections),
+        )
+        yield CounterMetricFamily(
+            "tiergate_replica_damage_recovered",
+            "Replicas downloaded again and loaded after damage found at run time.",
+            value=float(self.damage.recoveries),
+        )

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, Field, SecretStr, model_validator
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tiergate.token_rules import checked_tokens
 
 
 class SidecarSettings(BaseSettings):
@@ -82,6 +84,12 @@ class SidecarSettings(BaseSettings):
     # (a reserve for a tenant in flight waits for the answer, see docs/adr/0004).
     delivery_linger_s: Annotated[float, Field(ge=0, le=5)] = 0.05
     delivery_backoff_max_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+
+    @field_validator("feed_token")
+    @classmethod
+    def _long_tokens(cls, tokens: SecretStr | None) -> SecretStr | None:
+        # Each of the comma-separated tokens (the first is sent, the rest are a rotation's).
+        return checked_tokens(tokens)
 
     @model_validator(mode="after")
     def _ingress_is_consistent(self) -> SidecarSettings:

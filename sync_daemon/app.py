@@ -126,6 +126,7 @@ def _services_ctx(billing: BillingSource | None) -> Callable[[web.Application], 
             app[METRICS] = services.metrics
             app[APPLIER] = services.applier
             app[RECONCILER] = services.reconciler
+            services.metrics.mirror_lag.set_function(services.reconciler.lag.seconds)
             log.info("mirror_opened", mirror=services.mirror.where, seq=services.mirror.seq)
             yield
 

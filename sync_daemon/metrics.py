@@ -35,6 +35,12 @@ class DaemonMetrics:
             "tiergate_feed_seq", "The newest sequence number in the change log.", registry=self.registry
         )
         self.feed_seq.set_function(feed_seq)
+        self.mirror_lag = Gauge(
+            "tiergate_mirror_lag_seconds",
+            "How far the mirror may be behind Stripe: 0 while the latest reconcile succeeded, else "
+            "seconds since the last success (sent to sidecars in the feed).",
+            registry=self.registry,
+        )
         self.leader = Gauge(
             "tiergate_leader",
             "1 on the daemon that runs the scheduled jobs (reconcile, trims, retention), 0 on the others.",

@@ -50,7 +50,7 @@ async def status(request: web.Request) -> web.Response:
         {
             "webhooks": request.app[METRICS].webhook_summary(),
             "reconcile": last.as_dict() if last else None,
-            "feed": {"seq": request.app[MIRROR].seq},
+            "feed": {"seq": request.app[MIRROR].seq, "mirror_lag_s": request.app[RECONCILER].lag.seconds()},
             "mirror": {"backend": request.app[MIRROR].backend, "where": request.app[MIRROR].where},
             "leader": request.app[LEADER].status(),
             "sinks": sinks_status(request.app),

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sync_daemon.mirror.store import Retention
 from tiergate.errors import SettingsError
 from tiergate.settings_errors import describe_settings_error
+from tiergate.token_rules import checked_secret, checked_tokens
 
 HOST_PATTERN = re.compile(r"(\*\.)?[A-Za-z0-9][A-Za-z0-9.-]{0,252}")  # a host name, no port
 # Secret and restricted keys; a publishable key (pk_) is meant for browsers and reads nothing.
@@ -110,15 +111,17 @@ class DaemonSettings(BaseSettings):
     def webhook_endpoint_list(self) -> list[str]:
         return _split(self.webhook_endpoints)
 
-    @field_validator("feed_token")
+    @field_validator("feed_token", "api_token")
     @classmethod
-    def _some_feed_token(cls, token: SecretStr) -> SecretStr:
-        # An empty token must not open the feed (with `Authorization: Bearer` and nothing after).
-        if not any(part.strip() for part in token.get_secret_value().split(",")):
-            raise ValueError(
-                "is empty: set TIERGATE_FEED_TOKEN to a long random value (comma-separated to rotate)"
-            )
-        return token
+    def _long_tokens(cls, tokens: SecretStr | None) -> SecretStr | None:
+        # Each comma-separated token on its own: an empty one must not open the feed (with
+        # `Authorization: Bearer` and nothing after), a short one must not be guessable.
+        return checked_tokens(tokens)
+
+    @field_validator("stripe_webhook_secret", "webhook_secret")
+    @classmethod
+    def _long_secrets(cls, secret: SecretStr | None) -> SecretStr | None:
+        return checked_secret(secret)
 
     @field_validator("redirect_hosts")
     @classmethod

@@ -6,6 +6,7 @@ them. Fields a newer daemon adds are ignored, so daemons can be upgraded before 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
@@ -91,6 +92,20 @@ class FeedChange(BaseModel):
     usage: FeedUsage | None = None
     override: FeedOverride | None = None
     feature: str | None = None
+
+
+# How far the daemon's own mirror may be behind Stripe (seconds, a duration: no clock enters into
+# it), in the snapshot's header line and in every /v1/feed/changes answer. A daemon from before
+# the field sends none: read as 0.
+MIRROR_LAG_FIELD = "mirror_lag_s"
+
+
+def reported_lag(document: Any) -> float:
+    """The daemon's `mirror_lag_s` in a feed document; 0 when absent or not a finite number >= 0."""
+    value = document.get(MIRROR_LAG_FIELD) if isinstance(document, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return float(value) if math.isfinite(value) and value >= 0 else 0.0
 
 
 def refused_token(status: int, path: str, *, token_sent: bool) -> str | None:

@@ -158,17 +158,25 @@ async def readyz(request: web.Request) -> web.Response:
         failing["engine"] = exc.message
     # A bad policy push keeps the last good one serving: it shows here but does not fail readiness.
     warnings = {"policy_reload": policy["last_error"]} if policy.get("last_error") else {}
+    damage = request.app[READER].damage
+    if damage.active:  # the in-memory index answers while a new file downloads
+        warnings["replica_damage"] = (
+            f"replica file damaged ({damage.problem}); answering from memory, {damage.state}"
+        )
     if FOLLOWER in request.app:
-        _follower_readiness(request.app[FOLLOWER].status, failing, warnings)
+        _follower_readiness(request.app[FOLLOWER].status, failing, warnings, repairing=damage.active)
     ready = not failing
     body = {"ready": ready, "ok": ok, "failing": failing, "warnings": warnings, "policy": policy}
     return json_response(body, 200 if ready else 503)
 
 
-def _follower_readiness(status: FollowerStatus, failing: dict[str, str], warnings: dict[str, str]) -> None:
-    """A replica this pod cannot write is this pod's fault: not ready. A daemon that is away is
-    everyone's: failing readiness in every pod at once would be an outage, so it is a warning."""
-    if status.failing == "replica":
+def _follower_readiness(
+    status: FollowerStatus, failing: dict[str, str], warnings: dict[str, str], *, repairing: bool
+) -> None:
+    """A replica this pod cannot write is this pod's fault: not ready (unless it is a damaged
+    file being replaced while the in-memory index answers). A daemon that is away is everyone's:
+    failing readiness in every pod at once would be an outage, so it is a warning."""
+    if status.failing == "replica" and not repairing:
         failing["follower"] = f"cannot update the replica: {status.last_error}"
     elif status.failing == "daemon":
         warnings["follower"] = f"the sync daemon is unreachable: {status.last_error}"
@@ -183,6 +191,7 @@ async def status(request: web.Request) -> web.Response:
     reader = request.app[READER]
     decisions = request.app[DECISIONS]
     following = FOLLOWER in request.app
+    follower = request.app[FOLLOWER] if following else None
     backlog = request.app[OUTBOX].backlog if OUTBOX in request.app else 0
     return json_response(
         {
@@ -192,9 +201,13 @@ async def status(request: web.Request) -> web.Response:
                 "path": str(reader.path),
                 "data_as_of": rfc3339(reader.meta.data_as_of),
                 "age_seconds": decisions.replica_age(),
+                # Its two parts, following a daemon: since its last answer, and its own lag.
+                "contact_age_seconds": follower.seconds_since_contact() if follower else None,
+                "daemon_lag_seconds": follower.status.daemon_lag_s if follower else None,
                 "position": reader.meta.position,
                 "source": reader.meta.source,
                 "accounts": reader.count_accounts(),
+                "damage": reader.damage.as_dict(),
             },
             "policy": request.app[POLICIES].status(),
             "daemon": request.app[FOLLOWER].status.as_dict() if FOLLOWER in request.app else None,

@@ -74,7 +74,8 @@ class DecisionService:
         # Following a daemon: before the first snapshot there is no data to answer from, so a
         # paying tenant must not be told "free" (a `replica_not_ready` deny, or a 503).
         self.not_ready = not_ready
-        self.since_contact = since_contact  # the follower's monotonic age of its last daemon answer
+        # The follower's monotonic age of its last daemon answer plus the lag the daemon reported.
+        self.since_contact = since_contact
         self.clock = clock
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()

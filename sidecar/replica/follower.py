@@ -9,6 +9,10 @@ The follower never dies silently: every failure, the daemon's (unreachable, a ba
 the replica's own (disk full, "database is locked" during an import), is caught, shown
 (`connected=false`, `last_error`, `failing`, a metric), retried with backoff, and recovers on its
 own once the cause is gone. A replica-side failure is pod-local, so it also fails readiness.
+
+A damaged file (SQLite says "malformed" or "not a database", to the follower's writes or to the
+reader's reads, see damage.py) is not retried in place: on its next step the follower sets the
+file aside (kept for inspection), starts a new one and downloads a snapshot into it.
 """
 
 from __future__ import annotations
@@ -31,8 +35,17 @@ from typing import Any
 import aiohttp
 import structlog
 
+from sidecar.replica.damage import ReplicaDamage, move_aside
 from sidecar.replica.store import ReplicaWriter, open_replica, read_meta
-from tiergate.feed import KNOWN_KINDS, FeedAccount, FeedChange, FeedOverride, FeedUsage, refused_token
+from tiergate.feed import (
+    KNOWN_KINDS,
+    FeedAccount,
+    FeedChange,
+    FeedOverride,
+    FeedUsage,
+    refused_token,
+    reported_lag,
+)
 from tiergate.periods import utc_now_text
 
 log = structlog.get_logger("tiergate.follower")
@@ -66,6 +79,8 @@ class FollowerStatus:
     last_error_at: str | None = None
     last_change_at: str | None = None
     last_contact_at: str | None = None
+    # How far the daemon's own mirror may be behind Stripe, as its last answer said (seconds).
+    daemon_lag_s: float = 0.0
     snapshots: int = 0
     batches: int = 0
 
@@ -86,6 +101,9 @@ class Follower:
     status: FollowerStatus = field(default_factory=FollowerStatus)
     # Told which tenants a batch touched (None: all of them), so cached decisions are dropped.
     on_applied: Callable[[set[str] | None], None] | None = None
+    # Shared with the reader: damage either of them met; told when a new file replaced it.
+    damage: ReplicaDamage = field(default_factory=ReplicaDamage)
+    on_set_aside: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replica-writer")
@@ -120,6 +138,8 @@ class Follower:
         async with aiohttp.ClientSession(self.daemon_url, headers=headers, timeout=timeout) as session:
             while True:
                 try:
+                    if self.damage.state == "damaged":
+                        await self._set_damaged_file_aside()
                     await self._step(session)
                 except Exception as exc:  # any failure: shown, retried; never the end of the task
                     self._failed(exc)
@@ -145,6 +165,25 @@ class Follower:
             log.warning("feed_gap", position=self.status.position)
             self.status.position = None
 
+    async def _set_damaged_file_aside(self) -> None:
+        """Move the damaged file aside, start an empty one, and forget the position: the next
+        step downloads a snapshot (the in-memory index answers meanwhile)."""
+        writer = self._require_writer()
+        reason = self.damage.problem or "damaged"
+
+        def swap() -> Path:
+            writer.db.close()
+            try:
+                return move_aside(self.replica_path, reason)
+            finally:  # the new file, or the same one again when it could not be moved
+                self._writer = ReplicaWriter(open_replica(self.replica_path, self.busy_timeout_s))
+
+        moved = await self._on_writer(swap)
+        self.damage.set_aside(moved)
+        self.status.position = None
+        if self.on_set_aside is not None:
+            self.on_set_aside()
+
     async def _poll(self, session: aiohttp.ClientSession) -> None:
         params = {"since": str(self.status.position), "wait": f"{self.poll_wait_s:g}", "kinds": FEED_KINDS}
         async with session.get("/v1/feed/changes", params=params) as response:
@@ -152,7 +191,7 @@ class Follower:
                 raise FeedGapError()
             await _expect_ok(response, token_sent=self.token is not None)
             body = await response.json()
-        self._contact()
+        self._contact(reported_lag(body))
         changes, last_seq, as_of = _parse_changes(body)
         writer = self._require_writer()
         if changes:
@@ -178,7 +217,7 @@ class Follower:
                 with path.open("wb") as out:
                     async for chunk in response.content.iter_chunked(1 << 16):
                         out.write(chunk)
-            self._contact()
+            self._contact(_header_lag(path))
             header = await self._on_writer(lambda: _apply_snapshot(self._require_writer(), path))
         if self.on_applied is not None:
             self.on_applied(None)
@@ -187,6 +226,7 @@ class Follower:
         self.status.last_change_at = utc_now_text()
         log.info("replica_snapshot_loaded", position=header["seq"], accounts=header["accounts"])
         self._connected()
+        self._recovered()  # a snapshot in place is a success of its own (e.g. after a damaged file)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -194,9 +234,16 @@ class Follower:
         """Monotonic seconds since the daemon last answered (None: not yet in this process)."""
         return None if self.last_contact is None else time.monotonic() - self.last_contact
 
-    def _contact(self) -> None:
+    def data_age(self) -> float | None:
+        """How far the replica may be behind Stripe: seconds since the daemon last answered
+        (monotonic) plus the lag of the daemon's own mirror it reported then."""
+        since = self.seconds_since_contact()
+        return None if since is None else since + self.status.daemon_lag_s
+
+    def _contact(self, daemon_lag_s: float) -> None:
         self.last_contact = time.monotonic()
         self.status.last_contact_at = utc_now_text()
+        self.status.daemon_lag_s = daemon_lag_s
 
     def _connected(self) -> None:
         if not self.status.connected:
@@ -210,6 +257,7 @@ class Follower:
         self.status.consecutive_failures = 0
 
     def _failed(self, exc: BaseException) -> None:
+        self.damage.report(exc, "follower")
         kind = failure_kind(exc)
         self.status.connected = False
         self.status.failing = kind
@@ -311,6 +359,16 @@ def _apply_snapshot(writer: ReplicaWriter, path: Path) -> dict[str, Any]:
         overrides=(FeedOverride.model_validate(o) for o in records("override")),
     )
     return {"seq": int(header["seq"]), "accounts": n_accounts}
+
+
+def _header_lag(path: Path) -> float:
+    """The daemon's mirror lag from a snapshot's header line (0 when absent or unreadable)."""
+    with path.open("rb") as lines:
+        first = lines.readline()
+    try:
+        return reported_lag(json.loads(first))
+    except ValueError:
+        return 0.0
 
 
 def _last_line(path: Path) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 
+from sidecar.replica.damage import ReplicaDamage
 from sidecar.replica.index import ReplicaIndex
 from tiergate.amounts import Amount, from_stored, stored
 from tiergate.errors import ReplicaError, dotted_location
@@ -406,6 +407,9 @@ class ReplicaReader:
         self._listeners: list[ReplicaListener] = []
         self.index = ReplicaIndex()
         self.meta = ReplicaMeta(None, None, -1, None)
+        # A read error that says the file is damaged stops every read of it: the index keeps
+        # answering until the follower has set the file aside and a new snapshot is loaded.
+        self.damage = ReplicaDamage()
         # While a new generation loads on a thread: the tenants batches touched meanwhile, and
         # the position of the last one (the old index and meta keep answering, consistently).
         self._reloading: set[str] | None = None
@@ -433,14 +437,24 @@ class ReplicaReader:
 
         A new generation (an import, a snapshot) is read whole. Otherwise only the meta's
         data_as_of is adopted: rows and position change together, when the follower announces
-        its batch through `applied`."""
-        if self._reloading is not None:
+        its batch through `applied`. A damaged file is not read (see `damage`)."""
+        if self._reloading is not None or self.damage.state == "damaged":
             return False  # the reload adopts everything when it ends
+        try:
+            return self._refresh()
+        except sqlite3.DatabaseError as exc:
+            if self.damage.report(exc, "refresh"):
+                return False
+            raise
+
+    def _refresh(self) -> bool:
         version = self._version()
         if version == self._data_version:
             return False
         self._data_version = version
         meta = read_meta(self._conn)
+        if self.damage.state == "downloading":
+            return self._adopt_replacement(meta)
         if not self._in_memory:
             previous, self.meta = self.meta, meta
             self._announce(None if meta.generation != previous.generation else set())
@@ -452,8 +466,32 @@ class ReplicaReader:
         self._announce(set())
         return True
 
+    def _adopt_replacement(self, meta: ReplicaMeta) -> bool:
+        """After the damaged file was set aside: the new one is read whole once it holds data (a
+        snapshot or an import); until then (generation 0, empty) the index keeps answering."""
+        if meta.generation == 0:
+            return False
+        self._reload_all()
+        return True
+
+    def reopen(self) -> None:
+        """The file at `path` was replaced (the damaged one set aside): read the new one. The
+        in-memory index keeps answering until the new file holds a snapshot."""
+        self._conn.close()
+        self._conn = _read_connection(self._target, self._uri)
+        self._data_version = -1
+
     def applied(self, tenants: set[str] | None) -> None:
         """The follower committed a batch touching `tenants` (None: a whole snapshot)."""
+        try:
+            self._applied(tenants)
+        except sqlite3.DatabaseError as exc:
+            self.damage.report(exc, "apply")
+            raise
+
+    def _applied(self, tenants: set[str] | None) -> None:
+        if self.damage.state == "damaged":
+            return  # not read; the follower sets the file aside on its next step
         if not self._in_memory:
             self.refresh()
             self._announce(tenants)
@@ -489,8 +527,9 @@ class ReplicaReader:
     async def _reload_in_thread(self) -> None:
         try:
             index, meta = await asyncio.to_thread(_read_whole, self._target, self._uri)
-        except Exception:  # the old index keeps answering; the next refresh tries again
-            log.exception("replica_reload_failed")
+        except Exception as exc:  # the old index keeps answering; the next refresh tries again
+            if not self.damage.report(exc, "reload"):
+                log.exception("replica_reload_failed")
             self._reloading, self._data_version = None, -1
             return
         touched, self._reloading = self._reloading or set(), None
@@ -503,13 +542,23 @@ class ReplicaReader:
         position = self._reloaded_position if self._reloaded_position is not None else meta.position
         self.meta = meta._replace(position=position)
         self._data_version = -1  # the next refresh re-reads the meta (data_as_of, another import)
+        self.damage.recovered()  # after a damaged file was set aside: the new one is in memory
         self._announce(None)
 
     async def watch(self, every_s: float = WATCH_EVERY_S) -> None:
-        """Notice other processes' commits (an import) until cancelled."""
+        """Notice other processes' commits (an import) until cancelled; a failure is logged and
+        the next round tries again (the watch never ends on its own)."""
+        failing = False
         while True:
             await asyncio.sleep(every_s)
-            self.refresh()
+            try:
+                self.refresh()
+            except Exception:
+                if not failing:
+                    log.exception("replica_watch_failed")
+                failing = True
+            else:
+                failing = False
 
     def _announce(self, tenants: set[str] | None) -> None:
         for listener in self._listeners:
@@ -552,11 +601,20 @@ class ReplicaReader:
         return int(self._conn.execute("SELECT count(*) FROM accounts").fetchone()[0])
 
     def tenant_of_subscription(self, subscription_id: str) -> str | None:
-        """The tenant whose account holds this Stripe subscription (a Lago external_subscription_id)."""
-        row = self._conn.execute(
-            "SELECT tenant FROM accounts WHERE subscription_id = ? LIMIT 1", (subscription_id,)
-        ).fetchone()
-        return str(row[0]) if row is not None else None
+        """The tenant whose account holds this Stripe subscription (a Lago external_subscription_id).
+
+        Read from the file (an index); while the file is damaged, from the in-memory index."""
+        if not self.damage.active:
+            try:
+                row = self._conn.execute(
+                    "SELECT tenant FROM accounts WHERE subscription_id = ? LIMIT 1", (subscription_id,)
+                ).fetchone()
+                return str(row[0]) if row is not None else None
+            except sqlite3.DatabaseError as exc:
+                if not self.damage.report(exc, "subscription lookup"):
+                    raise
+        found = (row.tenant for row in self.index.accounts.values() if row.subscription_id == subscription_id)
+        return next(found, None)
 
     def overrides(self, tenant: str) -> dict[str, dict[str, Any]]:
         """The tenant's overrides as the policy reads them: feature -> {value, expires_at}."""

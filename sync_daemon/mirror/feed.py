@@ -11,8 +11,9 @@ from typing import TypeVar
 import orjson
 from aiohttp import web
 
-from sync_daemon.state import MIRROR, SETTINGS
+from sync_daemon.state import MIRROR, RECONCILER, SETTINGS
 from tiergate.errors import BadRequestError, FeedGapError
+from tiergate.feed import MIRROR_LAG_FIELD
 from tiergate.periods import utc_now_text
 from tiergate.web import json_response, query_params, require_bearer
 
@@ -32,6 +33,8 @@ async def feed_snapshot(request: web.Request) -> web.StreamResponse:
     buffer = bytearray()
     # Past this point an error can only cut the stream short: the follower sees no "end" line.
     async for record in request.app[MIRROR].snapshot():
+        if record.get("type") == "snapshot":
+            record = {**record, MIRROR_LAG_FIELD: _mirror_lag(request)}
         buffer += orjson.dumps(record) + b"\n"
         if len(buffer) >= _FLUSH_BYTES:
             await response.write(bytes(buffer))
@@ -68,8 +71,18 @@ async def feed_changes(request: web.Request) -> web.Response:
     # following a newer daemon.
     kinds = _kinds(request.query.get("kinds"))
     changes = [c for c in batch.changes if c["kind"] in kinds]
-    body = {"changes": changes, "last_seq": batch.last_seq, "data_as_of": utc_now_text()}
+    body = {
+        "changes": changes,
+        "last_seq": batch.last_seq,
+        "data_as_of": utc_now_text(),
+        MIRROR_LAG_FIELD: _mirror_lag(request),
+    }
     return json_response(body)
+
+
+def _mirror_lag(request: web.Request) -> float:
+    """How far this daemon's mirror may be behind Stripe (see MirrorLag), for the followers."""
+    return round(request.app[RECONCILER].lag.seconds(), 3)
 
 
 ORIGINAL_KINDS = frozenset({"account", "usage"})

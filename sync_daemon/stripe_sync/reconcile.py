@@ -148,11 +148,40 @@ class ReconcileSummary:
 
 
 @dataclass
+class MirrorLag:
+    """How far the mirror may be behind Stripe, as this daemon knows it (monotonic seconds).
+
+    0 while the latest reconcile succeeded, or before any has run: webhooks keep the mirror
+    current. Once one fails (Stripe's API away), the time since the last success, or since the
+    first failed attempt began when none succeeded in this process. A duration, so the hosts'
+    clocks never enter into it; the feed sends it to sidecars as `mirror_lag_s`.
+    """
+
+    clock: Callable[[], float] = time.monotonic
+    last_ok_at: float | None = None
+    failing_since: float | None = None
+
+    def observe(self, ok: bool, started_at: float) -> None:
+        if ok:
+            self.last_ok_at, self.failing_since = self.clock(), None
+        elif self.failing_since is None:
+            self.failing_since = started_at
+
+    def seconds(self) -> float:
+        if self.failing_since is None:
+            return 0.0
+        since = self.last_ok_at if self.last_ok_at is not None else self.failing_since
+        return max(0.0, self.clock() - since)
+
+
+@dataclass
 class Reconciler(SyncParts):
     last: ReconcileSummary | None = field(default=None, init=False)
+    lag: MirrorLag = field(default_factory=MirrorLag, init=False)
 
     async def run(self, progress: Callable[[int], None] | None = None) -> ReconcileSummary:
         summary = ReconcileSummary(started_at=utc_now_text())
+        started_at = self.lag.clock()
         as_of = int(time.time())
         try:
             states = await self._list(summary, progress)
@@ -165,6 +194,7 @@ class Reconciler(SyncParts):
         summary.finished_at = utc_now_text()
         self.metrics.reconciles.labels("ok" if summary.ok else "failed").inc()
         self.last = summary
+        self.lag.observe(summary.ok, started_at)
         log.info(
             "reconcile", **{k: v for k, v in summary.as_dict().items() if k != "drift"}, drift=summary.drift
         )

@@ -13,8 +13,8 @@ from tiergate.cli import main
 
 DAEMON_ENV = {
     "TIERGATE_STRIPE_API_KEY": "sk_test_cli",
-    "TIERGATE_STRIPE_WEBHOOK_SECRET": "whsec_cli",
-    "TIERGATE_FEED_TOKEN": "feed-cli",
+    "TIERGATE_STRIPE_WEBHOOK_SECRET": "whsec_cli_0123456789",
+    "TIERGATE_FEED_TOKEN": "feed-token-for-cli-tests",
 }
 CATALOG = """
 default_tier: free
@@ -109,8 +109,8 @@ def test_an_unknown_variable_is_named_with_the_closest_setting(
 
 
 def test_a_missing_setting_also_names_the_misspelt_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TIERGATE_STRIPE_WEBHOOK_SECRET", "whsec_x")
-    monkeypatch.setenv("TIERGATE_FEED_TOKEN", "feed-token")
+    monkeypatch.setenv("TIERGATE_STRIPE_WEBHOOK_SECRET", "whsec_test_0123456789")
+    monkeypatch.setenv("TIERGATE_FEED_TOKEN", "feed-token-for-tests-0001")
     monkeypatch.setenv("TIERGATE_STRIPE_KEY", "sk_test_x")
     monkeypatch.delenv("TIERGATE_STRIPE_API_KEY", raising=False)
     result = CliRunner().invoke(main, ["sync-daemon"])

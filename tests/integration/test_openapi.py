@@ -25,8 +25,8 @@ HTTP_METHODS = {"get", "post", "put", "patch", "delete"}
 def daemon_app() -> web.Application:
     settings = DaemonSettings(
         stripe_api_key=SecretStr("sk_test_x"),
-        stripe_webhook_secret=SecretStr("whsec_x"),
-        feed_token=SecretStr("feed-token"),
+        stripe_webhook_secret=SecretStr("whsec_test_0123456789"),
+        feed_token=SecretStr("feed-token-for-tests-0001"),
         plans=ROOT / "plans" / "plans.yaml",
     )
     return create_daemon(settings)

@@ -62,13 +62,26 @@ app.kubernetes.io/component: authz-gateway
 {{- default (printf "%s-policies" (include "tiergate.fullname" .)) .v.catalog.existingPoliciesConfigMap -}}
 {{- end -}}
 
+{{/* "true" when this release runs the sync daemon, else empty. daemon.enabled true or false is
+obeyed; null (the default) is "auto": on when the chart is installed on its own, off when it is a
+dependency of another chart (its templates render under that chart's charts/, or the sidecar
+templates are included from the app chart's own templates). Called with $c. */}}
+{{- define "tiergate.daemonEnabled" -}}
+{{- $e := .v.daemon.enabled -}}
+{{- if kindIs "bool" $e -}}
+{{- if $e }}true{{ end -}}
+{{- else if and (eq .root.Chart.Name "tiergate") (not (contains "/charts/" .root.Template.BasePath)) -}}
+true
+{{- end -}}
+{{- end -}}
+
 {{- define "tiergate.daemonUrl" -}}
 {{- if .v.sidecar.daemonUrl -}}
 {{- .v.sidecar.daemonUrl -}}
-{{- else if .v.daemon.enabled -}}
+{{- else if include "tiergate.daemonEnabled" . -}}
 {{- printf "http://%s.%s.svc:%v" (include "tiergate.fullname" .) .root.Release.Namespace (int .v.daemon.service.port) -}}
 {{- else -}}
-{{- fail "tiergate: set sidecar.daemonUrl (the sync daemon's URL) when daemon.enabled is false" -}}
+{{- fail "tiergate: set sidecar.daemonUrl (the sync daemon's URL): this release runs no daemon (daemon.enabled false, or a dependency of another chart; see the chart README)" -}}
 {{- end -}}
 {{- end -}}
 
@@ -85,13 +98,40 @@ Numbers go through toJson so 1048576 stays 1048576 (not 1.048576e+06).
 {{- end }}
 {{- end -}}
 
-{{/* exec probe: GET http://127.0.0.1:PORT/PATH, failing on any error or non-2xx answer */}}
-{{- define "tiergate.loopbackProbe" -}}
+{{/* Refuse a short token or secret before anything is installed, as the processes would at start:
+each comma-separated token on its own (empty entries skipped), never echoing the value.
+  include "tiergate.checkSecret" (dict "name" "secrets.feedToken" "value" .Values.secrets.feedToken "list" true) */}}
+{{- define "tiergate.checkSecret" -}}
+{{- $parts := ternary (splitList "," (.value | default "")) (list (.value | default "")) (.list | default false) -}}
+{{- $n := len $parts -}}
+{{- range $i, $part := $parts }}
+{{- $t := trim $part }}
+{{- if and $t (lt (len $t) 16) }}
+{{- fail (printf "tiergate: %s: %s has %d characters; each needs at least 16 (e.g. `openssl rand -hex 32`)" $.name (ternary (printf "token %d of %d" (add1 $i) $n) "the value" (gt $n 1)) (len $t)) }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The sidecar's probe handler for PATH: httpGet on the diagnostics listener (health, readiness
+and metrics on the pod IP), or, with sidecar.diagnosticsPort 0, `tiergate healthcheck` on loopback. */}}
+{{- define "tiergate.sidecarProbe" -}}
+{{- if .s.diagnosticsPort -}}
+httpGet:
+  path: {{ .path }}
+  port: {{ .s.diagnosticsPort }}
+{{- else -}}
 exec:
   command:
-    - python
-    - -c
-    - {{ printf "import urllib.request as u; u.urlopen('http://127.0.0.1:%v%s', timeout=%v)" (int .port) .path (int .timeout) | quote }}
+    - tiergate
+    - healthcheck
+    {{- if eq .path "/readyz" }}
+    - --ready
+    {{- end }}
+    - --url
+    - {{ printf "http://127.0.0.1:%v" (int .s.port) | quote }}
+    - --timeout
+    - {{ .timeout | toString | quote }}
+{{- end -}}
 {{- end -}}
 
 {{/* ============================ public templates ============================ */}}
@@ -157,6 +197,15 @@ The sidecar container, as one list item for your pod spec's `containers:`.
           name: {{ include "tiergate.secretName" $c }}
           key: {{ $v.secrets.keys.jwtSecret }}
           optional: true
+    {{- if $s.diagnosticsPort }}
+    # health, readiness and metrics only, on the pod IP: for the kubelet's probes and Prometheus
+    - name: TIERGATE_DIAGNOSTICS_HOST
+      valueFrom:
+        fieldRef:
+          fieldPath: status.podIP
+    - name: TIERGATE_DIAGNOSTICS_PORT
+      value: {{ $s.diagnosticsPort | toJson | quote }}
+    {{- end }}
     {{- with $s.settings }}
     {{- include "tiergate.settingsEnv" . | nindent 4 }}
     {{- end }}
@@ -176,11 +225,16 @@ The sidecar container, as one list item for your pod spec's `containers:`.
     - name: tiergate-policies
       mountPath: /etc/tiergate/policies
       readOnly: true
+  {{- if $s.diagnosticsPort }}
+  ports:
+    - name: tg-diagnostics
+      containerPort: {{ $s.diagnosticsPort }}
+  {{- end }}
   livenessProbe:
-    {{- include "tiergate.loopbackProbe" (dict "port" $s.port "path" "/healthz" "timeout" $s.livenessProbe.timeoutSeconds) | nindent 4 }}
+    {{- include "tiergate.sidecarProbe" (dict "s" $s "path" "/healthz" "timeout" $s.livenessProbe.timeoutSeconds) | nindent 4 }}
     {{- toYaml $s.livenessProbe | nindent 4 }}
   readinessProbe:
-    {{- include "tiergate.loopbackProbe" (dict "port" $s.port "path" "/readyz" "timeout" $s.readinessProbe.timeoutSeconds) | nindent 4 }}
+    {{- include "tiergate.sidecarProbe" (dict "s" $s "path" "/readyz" "timeout" $s.readinessProbe.timeoutSeconds) | nindent 4 }}
     {{- toYaml $s.readinessProbe | nindent 4 }}
   resources:
     {{- toYaml $s.resources | nindent 4 }}

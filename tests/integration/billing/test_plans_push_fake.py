@@ -85,8 +85,8 @@ def test_cli_prints_the_plan(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dr
     monkeypatch.setattr(stripe_catalog, "run_push", fake_run)
     for name, value in {
         "STRIPE_API_KEY": "sk_test_x",
-        "STRIPE_WEBHOOK_SECRET": "whsec_x",
-        "FEED_TOKEN": "feed-token",
+        "STRIPE_WEBHOOK_SECRET": "whsec_test_0123456789",
+        "FEED_TOKEN": "feed-token-for-tests-0001",
     }.items():
         monkeypatch.setenv(f"TIERGATE_{name}", value)
     plans = tmp_path / "plans.yaml"

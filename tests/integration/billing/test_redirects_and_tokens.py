@@ -27,8 +27,8 @@ async def guarded(aiohttp_client: Any, tmp_path: Path, recording: RecordingStrip
     settings = make_settings(
         tmp_path / "mirror.db",
         "http://127.0.0.1:9",
-        api_token=SecretStr("api-new, api-old"),
-        feed_token=SecretStr("feed-new,feed-old"),
+        api_token=SecretStr("api-token-new-0001, api-token-old-0001"),
+        feed_token=SecretStr("feed-token-new-0001,feed-token-old-0001"),
         redirect_hosts=ALLOWED,
         stripe_refetch=False,
     )
@@ -51,7 +51,9 @@ async def test_checkout_refuses_a_url_outside_the_allowed_hosts(
 ) -> None:
     body = {**CHECKOUT, "success_url": "https://app.example/ok", "cancel_url": "https://app.example/no"}
     response = await guarded.client.post(
-        "/v1/checkout/sessions", json={**body, field: url}, headers={"Authorization": "Bearer api-new"}
+        "/v1/checkout/sessions",
+        json={**body, field: url},
+        headers={"Authorization": "Bearer api-token-new-0001"},
     )
     assert response.status == 400
     error = (await response.json())["error"]
@@ -63,7 +65,7 @@ async def test_the_portal_refuses_a_return_url_outside_the_allowed_hosts(guarded
     response = await guarded.client.post(
         "/v1/portal/sessions",
         json={"tenant": "t_acme", "return_url": "https://evil.test/"},
-        headers={"Authorization": "Bearer api-old"},
+        headers={"Authorization": "Bearer api-token-old-0001"},
     )
     assert response.status == 400
     error = (await response.json())["error"]
@@ -93,7 +95,9 @@ def test_no_allow_list_allows_any_host() -> None:
         check_redirect("https://anywhere.test/", "success_url", ["app.example"])
 
 
-@pytest.mark.parametrize(("path", "token"), [("/v1/status", "feed-new"), ("/v1/status", "feed-old")])
+@pytest.mark.parametrize(
+    ("path", "token"), [("/v1/status", "feed-token-new-0001"), ("/v1/status", "feed-token-old-0001")]
+)
 async def test_each_listed_feed_token_is_accepted(guarded: Billing, path: str, token: str) -> None:
     response = await guarded.client.get(path, headers={"Authorization": f"Bearer {token}"})
     assert response.status == 200
@@ -101,7 +105,13 @@ async def test_each_listed_feed_token_is_accepted(guarded: Billing, path: str, t
 
 @pytest.mark.parametrize(
     "authorization",
-    ["Bearer feed-new,feed-old", "Bearer feed", "Bearer ", "Bearer api-new", "feed-new"],
+    [
+        "Bearer feed-token-new-0001,feed-token-old-0001",
+        "Bearer feed",
+        "Bearer ",
+        "Bearer api-token-new-0001",
+        "feed-token-new-0001",
+    ],
 )
 async def test_anything_else_is_refused(guarded: Billing, authorization: str) -> None:
     response = await guarded.client.get("/v1/status", headers={"Authorization": authorization})
@@ -109,7 +119,10 @@ async def test_anything_else_is_refused(guarded: Billing, authorization: str) ->
     assert "TIERGATE_FEED_TOKEN" in (await response.json())["error"]["message"]
 
 
-@pytest.mark.parametrize(("token", "status"), [("api-new", 409), ("api-old", 409), ("feed-new", 401)])
+@pytest.mark.parametrize(
+    ("token", "status"),
+    [("api-token-new-0001", 409), ("api-token-old-0001", 409), ("feed-token-new-0001", 401)],
+)
 async def test_each_listed_api_token_is_accepted(guarded: Billing, token: str, status: int) -> None:
     response = await guarded.client.post(
         "/v1/subscriptions/t_nobody/cancel", json={}, headers={"Authorization": f"Bearer {token}"}
@@ -120,7 +133,9 @@ async def test_each_listed_api_token_is_accepted(guarded: Billing, token: str, s
 
 
 def test_an_unset_allow_list_is_warned_about_at_start(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path / "m.db", "http://127.0.0.1:9", api_token=SecretStr("t"))
+    settings = make_settings(
+        tmp_path / "m.db", "http://127.0.0.1:9", api_token=SecretStr("api-token-0123456789")
+    )
     with capture_logs() as logs:
         create_app(settings)
     assert [e["setting"] for e in logs if e["event"] == "redirect_hosts_unset"] == ["TIERGATE_REDIRECT_HOSTS"]

@@ -27,7 +27,7 @@ from tests.integration.chart.tools import (
     render,
 )
 
-STRIPE = {"secrets": {"stripeApiKey": "sk_test_x", "stripeWebhookSecret": "whsec_x"}}
+STRIPE = {"secrets": {"stripeApiKey": "sk_test_x", "stripeWebhookSecret": "whsec_test_0123456789"}}
 OPA_INGRESS_EXISTING = {
     "engine": "opa",
     "ingress": {"enabled": True, "className": "nginx", "host": "hooks.example.com"},
@@ -77,6 +77,7 @@ def test_defaults_render_valid_objects_with_one_daemon_on_a_pvc() -> None:
             "Deployment",
             "NetworkPolicy",
             "PersistentVolumeClaim",
+            "PodDisruptionBudget",  # minAvailable 0: never blocks a drain (ADR 18)
             "Secret",
             "Service",
         ]
@@ -156,7 +157,7 @@ def test_secret_values_reach_the_daemon_by_reference_only() -> None:
         ref = env[var]["valueFrom"]["secretKeyRef"]
         assert (ref["name"], ref["key"]) == (secret["metadata"]["name"], key)
     text = yaml.safe_dump(docs)
-    assert "sk_test_x" not in text and "whsec_x" not in text  # only base64 in the Secret
+    assert "sk_test_x" not in text and "whsec_test_0123456789" not in text  # only base64 in the Secret
 
 
 def test_stripe_secrets_are_required_unless_an_existing_secret_is_named() -> None:
@@ -262,7 +263,8 @@ def app_deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def test_sidecar_template_in_an_app_pod(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    docs = documents(render({"tiergate": STRIPE}, chart=app_chart(tmp_path)))
+    # an umbrella chart that runs the daemon too says so (as a dependency the default is none)
+    docs = documents(render({"tiergate": {**STRIPE, "daemon": {"enabled": True}}}, chart=app_chart(tmp_path)))
     validate_objects(docs)
     pod = app_deployment(docs)["spec"]["template"]
     spec = pod["spec"]
@@ -294,10 +296,12 @@ def test_sidecar_template_in_an_app_pod(tmp_path: Path, monkeypatch: pytest.Monk
         assert volumes[mount["name"]]["configMap"]["name"] == configmap
     assert env["TIERGATE_PLANS"]["value"] == "/etc/tiergate/plans/plans.yaml"
     assert env["TIERGATE_POLICIES"]["value"] == "/etc/tiergate/policies"
-    # probes: exec on loopback (an httpGet probe dials the pod IP, where the sidecar is not)
+    # probes: httpGet on the diagnostics listener, which binds the pod IP (the API stays on loopback)
+    assert env["TIERGATE_DIAGNOSTICS_HOST"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["TIERGATE_DIAGNOSTICS_PORT"]["value"] == "9194"
+    assert sidecar["ports"] == [{"name": "tg-diagnostics", "containerPort": 9194}]
     for probe, path in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")]:
-        command = sidecar[probe]["exec"]["command"]
-        assert command[:2] == ["python", "-c"] and f"http://127.0.0.1:9191{path}" in command[2]
+        assert sidecar[probe]["httpGet"] == {"path": path, "port": 9194} and "exec" not in sidecar[probe]
     security = sidecar["securityContext"]
     assert {k: security[k] for k in RESTRICTED} == RESTRICTED and security["capabilities"] == {
         "drop": ["ALL"]
@@ -312,7 +316,8 @@ def test_sidecar_template_in_an_app_pod(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_sidecar_with_opa_gets_a_native_opa_sidecar(tmp_path: Path) -> None:
-    docs = documents(render({"tiergate": {**STRIPE, "engine": "opa"}}, chart=app_chart(tmp_path)))
+    values = {**STRIPE, "engine": "opa", "daemon": {"enabled": True}}
+    docs = documents(render({"tiergate": values}, chart=app_chart(tmp_path)))
     validate_objects(docs)
     spec = app_deployment(docs)["spec"]["template"]["spec"]
     [opa] = spec["initContainers"]
@@ -331,7 +336,10 @@ def test_sidecar_settings_pass_through_and_parse_back(
     names = [n for n in _passthrough("sidecar") if SidecarSettings.model_fields[n].default is not None]
     values = {name: _plain(SidecarSettings.model_fields[name].default) for name in names}
     docs = documents(
-        render({"tiergate": {**STRIPE, "sidecar": {"settings": values}}}, chart=app_chart(tmp_path))
+        render(
+            {"tiergate": {**STRIPE, "daemon": {"enabled": True}, "sidecar": {"settings": values}}},
+            chart=app_chart(tmp_path),
+        )
     )
     env = env_of(app_deployment(docs)["spec"]["template"]["spec"]["containers"][1])
     parsed = _parse(SidecarSettings, env, monkeypatch)
@@ -389,3 +397,107 @@ def _parse(settings: Any, env: dict[str, dict[str, Any]], monkeypatch: pytest.Mo
         # A Stripe key must look like a secret key (sk_), a JWT secret be 32 bytes; the others are any string.
         monkeypatch.setenv(name, entry.get("value", "sk_test_from-a-secret-at-least-32-bytes"))
     return settings(_env_file=None)
+
+
+@pytest.mark.parametrize(
+    ("secrets", "message"),
+    [
+        ({"feedToken": "f" * 20 + ",short"}, r"secrets\.feedToken: token 2 of 2 has 5 characters"),
+        ({"apiToken": "tiny"}, r"secrets\.apiToken: the value has 4 characters; each needs at least 16"),
+        ({"stripeWebhookSecret": "whsec_x"}, r"secrets\.stripeWebhookSecret: the value has 7 characters"),
+        ({"webhookSecret": "s"}, r"secrets\.webhookSecret: the value has 1 characters"),
+    ],
+)
+def test_a_short_token_or_secret_is_refused_without_echoing_it(secrets: dict[str, str], message: str) -> None:
+    lib = helm()
+    values = {"secrets": {**STRIPE["secrets"], **secrets}}
+    with pytest.raises(lib.HelmError, match=message) as raised:
+        render(values)
+    assert "short" not in str(raised.value) and "tiny" not in str(raised.value)
+
+
+def test_long_tokens_and_a_rotation_list_render() -> None:
+    tokens = {"feedToken": "n" * 16 + "," + "o" * 16 + ",", "apiToken": "a" * 32}
+    secret = one(documents(render({"secrets": {**STRIPE["secrets"], **tokens}})), "Secret")
+    assert set(secret["data"]) >= {"FEED_TOKEN", "API_TOKEN"}
+
+
+def test_as_a_dependency_the_chart_runs_no_daemon_unless_told(tmp_path: Path) -> None:
+    chart = app_chart(tmp_path)
+    values = {
+        "sidecar": {"daemonUrl": "http://tiergate.billing.svc:9190"},
+        "secrets": {"existingSecret": "feed"},
+    }
+    docs = documents(render({"tiergate": values}, chart=chart))
+    validate_objects(docs)
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "ConfigMap", "Deployment"]  # no daemon objects
+    env = env_of(app_deployment(docs)["spec"]["template"]["spec"]["containers"][1])
+    assert env["TIERGATE_DAEMON_URL"]["value"] == "http://tiergate.billing.svc:9190"
+    lib = helm()
+    with pytest.raises(lib.HelmError, match=r"sidecar\.daemonUrl.*dependency of another chart"):
+        render({"tiergate": {"secrets": {"existingSecret": "feed"}}}, chart=chart)
+    umbrella = documents(render({"tiergate": {**STRIPE, "daemon": {"enabled": True}}}, chart=chart))
+    assert {"PersistentVolumeClaim", "Service", "PodDisruptionBudget"} <= {d["kind"] for d in umbrella}
+    alone = documents(render(STRIPE))  # installed on its own: the daemon by default
+    assert any(d["kind"] == "Deployment" and d["metadata"]["name"] == "rel-tiergate" for d in alone)
+    assert not any(
+        d["kind"] == "Deployment"
+        for d in documents(
+            render(
+                {
+                    **STRIPE,
+                    "daemon": {"enabled": False},
+                    "secrets": {**STRIPE["secrets"], "feedToken": "f" * 32},
+                    "sidecar": {"daemonUrl": "http://d:9190"},
+                }
+            )
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "spec"),
+    [
+        ({}, {"minAvailable": 0}),  # one SQLite pod: never block a drain (ADR 18)
+        ({"daemon": {"podDisruptionBudget": {"sqliteMinAvailable": 1}}}, {"minAvailable": 1}),
+        ({"mirror": {"postgres": {"enabled": True, "existingSecret": "db"}}}, {"maxUnavailable": 1}),
+    ],
+)
+def test_the_daemon_has_a_pdb_in_both_mirror_modes(values: dict[str, Any], spec: dict[str, int]) -> None:
+    docs = documents(render(_merge_values(STRIPE, values)))
+    validate_objects(docs)
+    pdb = one(docs, "PodDisruptionBudget")
+    assert {k: v for k, v in pdb["spec"].items() if k != "selector"} == spec
+    assert (
+        pdb["spec"]["selector"]["matchLabels"] == one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    )
+    off = _merge_values(values, {"daemon": {"podDisruptionBudget": {"enabled": False}}})
+    assert not by_kind(documents(render(_merge_values(STRIPE, off))), "PodDisruptionBudget")
+
+
+def test_without_a_diagnostics_port_the_probes_exec_tiergate_healthcheck(tmp_path: Path) -> None:
+    values = {"tiergate": {**STRIPE, "daemon": {"enabled": True}, "sidecar": {"diagnosticsPort": 0}}}
+    docs = documents(render(values, chart=app_chart(tmp_path)))
+    sidecar = app_deployment(docs)["spec"]["template"]["spec"]["containers"][1]
+    assert "TIERGATE_DIAGNOSTICS_HOST" not in env_of(sidecar) and "ports" not in sidecar
+    url = ["--url", "http://127.0.0.1:9191"]
+    assert sidecar["livenessProbe"]["exec"]["command"] == ["tiergate", "healthcheck", *url, "--timeout", "5"]
+    assert sidecar["readinessProbe"]["exec"]["command"] == [
+        "tiergate",
+        "healthcheck",
+        "--ready",
+        *url,
+        "--timeout",
+        "5",
+    ]
+
+
+def _merge_values(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = (
+            _merge_values(merged[key], value)
+            if isinstance(value, dict) and isinstance(merged.get(key), dict)
+            else value
+        )
+    return merged

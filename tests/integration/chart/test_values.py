@@ -30,6 +30,8 @@ SIDECAR_MANAGED = {
     "daemon_url": "sidecar.daemonUrl, else this release's Service",
     "feed_token": "secrets (feedToken key)",
     "jwt_secret": "secrets (jwtSecret key, optional: absent unless set)",
+    "diagnostics_host": "the pod IP (downward API) while sidecar.diagnosticsPort is set",
+    "diagnostics_port": "sidecar.diagnosticsPort",
 }
 DAEMON_MANAGED = {
     "stripe_api_key": "secrets (stripeApiKey key)",

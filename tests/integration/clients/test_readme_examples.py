@@ -4,6 +4,7 @@ run in a fresh interpreter; the web-app examples are loaded and their `app` gets
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +98,14 @@ server.close();
 def test_javascript_example_runs(sidecar: RunningSidecar) -> None:
     (block,) = readme_blocks("js")
     package = ROOT / "clients" / "typescript"
-    script = package / "dist" / "readme-example.mjs"  # inside the package: its own name resolves
+    # Inside the package, so its own name resolves; a name of its own per run, so two runs at once
+    # (two suites on one checkout) never execute each other's script against a stopped sidecar.
+    script = package / "dist" / f"readme-example-{uuid.uuid4().hex[:12]}.mjs"
     script.write_text(in_place(block, sidecar) + DRIVE_EXPRESS, encoding="utf-8")
-    run = subprocess.run(["node", str(script)], cwd=package, capture_output=True, text=True, timeout=60)
+    try:
+        run = subprocess.run(["node", str(script)], cwd=package, capture_output=True, text=True, timeout=120)
+    finally:
+        script.unlink(missing_ok=True)
     assert run.returncode == 0, run.stderr
     assert "reports: false (not_in_plan)" in run.stdout
     assert 'status 200 {"tier":"pro"}' in run.stdout and "status 403" in run.stdout

@@ -24,7 +24,7 @@ async def test_health_ready_status_metrics(daemon: Daemon) -> None:
     await daemon.post(subscription_event("customer.subscription.created"))
     status = await (await daemon.client.get("/v1/status", headers=AUTH)).json()
     assert status["webhooks"] == {"customer.subscription.created": {"applied": 1, "duplicate": 1}}
-    assert status["feed"] == {"seq": 1} and status["reconcile"] is None
+    assert status["feed"] == {"seq": 1, "mirror_lag_s": 0.0} and status["reconcile"] is None
     metrics = await (await daemon.client.get("/metrics")).text()
     assert "tiergate_feed_seq 1.0" in metrics
     assert 'tiergate_webhooks_total{outcome="duplicate",type="customer.subscription.created"} 1.0' in metrics
@@ -38,8 +38,8 @@ def test_secrets_never_in_reprs(tmp_path: Path) -> None:
 
 def test_bad_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TIERGATE_STRIPE_API_KEY", "sk_test_secret_value")
-    monkeypatch.setenv("TIERGATE_STRIPE_WEBHOOK_SECRET", "whsec_x")
-    monkeypatch.setenv("TIERGATE_FEED_TOKEN", "token-value")
+    monkeypatch.setenv("TIERGATE_STRIPE_WEBHOOK_SECRET", "whsec_test_0123456789")
+    monkeypatch.setenv("TIERGATE_FEED_TOKEN", "token-value-0123456789")
     monkeypatch.setenv("TIERGATE_DAEMON_PORT", "99999")
     with pytest.raises(SettingsError) as caught:
         load_settings()
@@ -49,7 +49,7 @@ def test_bad_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.delenv("TIERGATE_FEED_TOKEN")
     with pytest.raises(SettingsError, match="TIERGATE_FEED_TOKEN"):
         load_settings()
-    monkeypatch.setenv("TIERGATE_FEED_TOKEN", "token-value")
+    monkeypatch.setenv("TIERGATE_FEED_TOKEN", "token-value-0123456789")
     assert isinstance(load_settings(), DaemonSettings)
 
 

@@ -116,7 +116,7 @@ async def test_settings_refuse_endpoints_without_a_secret_and_bad_urls(tmp_path:
             tmp_path / "m.db",
             "http://127.0.0.1:9",
             webhook_endpoints="ftp://x",
-            webhook_secret=SecretStr("s"),
+            webhook_secret=SecretStr("outbound-secret-0123456789"),
         )
 
 

@@ -23,11 +23,20 @@ def pro(tenant: str, status: str = "active") -> dict[str, Any]:
     return {"tenant": tenant, "tier": "pro", "status": status, "quantity": 1, **PERIOD, "version": 1}
 
 
-async def eventually(predicate: Callable[[], Awaitable[bool]]) -> None:
-    """Poll until true; a generous deadline, never a latency assertion."""
-    async with asyncio.timeout(10.0):
-        while not await predicate():  # noqa: ASYNC110 - polling HTTP answers, no event to wait on
-            await asyncio.sleep(0.05)
+# Generous: a snapshot, a long-poll and a backoff all run on a loaded 2-core runner beside other
+# suites; 10 s was seen to run out there. A deadline, never a latency assertion.
+EVENTUALLY_S = 60.0
+
+
+async def eventually(predicate: Callable[[], Awaitable[bool]], within: float = EVENTUALLY_S) -> None:
+    """Poll until true; fails with the predicate's name once `within` seconds have passed."""
+    try:
+        async with asyncio.timeout(within):
+            while not await predicate():  # noqa: ASYNC110 - polling HTTP answers, no event to wait on
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        name = getattr(predicate, "__name__", repr(predicate))
+        raise AssertionError(f"{name} did not hold within {within:g} s") from None
 
 
 @pytest.fixture

@@ -30,8 +30,8 @@ def base_env(tmp_path: Path, **settings: str) -> dict[str, str]:
         "TIERGATE_MIRROR_PATH": str(tmp_path / "mirror.db"),
         "TIERGATE_STRIPE_API_KEY": "sk_test_startup",
         "TIERGATE_STRIPE_API_BASE": "http://127.0.0.1:9",  # never called: no reconcile at start
-        "TIERGATE_STRIPE_WEBHOOK_SECRET": "whsec_startup",
-        "TIERGATE_FEED_TOKEN": "feed-startup",
+        "TIERGATE_STRIPE_WEBHOOK_SECRET": "whsec_startup_0123456",
+        "TIERGATE_FEED_TOKEN": "feed-token-for-startup",
         "TIERGATE_RECONCILE_AT_START": "false",
         "TIERGATE_LOG_JSON": "true",
     }

@@ -220,8 +220,8 @@ async def test_resend_sends_again_and_lago_keeps_one_of_each(
         for name, value in {
             "TIERGATE_MIRROR_PATH": str(daemon.mirror_path),
             "TIERGATE_STRIPE_API_KEY": "sk_test_x",
-            "TIERGATE_STRIPE_WEBHOOK_SECRET": "whsec_x",
-            "TIERGATE_FEED_TOKEN": "feed-token",
+            "TIERGATE_STRIPE_WEBHOOK_SECRET": "whsec_test_0123456789",
+            "TIERGATE_FEED_TOKEN": "feed-token-for-tests-0001",
         }.items():
             monkeypatch.setenv(name, value)
         since = (datetime.now(UTC) - timedelta(hours=1)).isoformat()

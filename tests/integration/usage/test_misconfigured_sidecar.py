@@ -28,7 +28,7 @@ async def status(client: SidecarClient) -> dict[str, Any]:
 async def test_a_refused_feed_token_is_an_authentication_failure(
     aiohttp_client: Any, tmp_path: Path, daemon: DaemonServer
 ) -> None:
-    settings = sidecar_settings(tmp_path, daemon.url, feed_token=SecretStr("an-old-token"))
+    settings = sidecar_settings(tmp_path, daemon.url, feed_token=SecretStr("an-old-token-0123456789"))
     with capture_logs() as logs:
         client: SidecarClient = await aiohttp_client(create_sidecar(settings))
         accepted = await client.post("/v1/usage/batch", json={"events": events("acme", 1)})
