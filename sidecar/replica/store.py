@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +23,7 @@ from pydantic_core import ErrorDetails
 
 from sidecar.replica.damage import ReplicaDamage
 from sidecar.replica.index import ReplicaIndex
+from sidecar.replica.rows import AccountRow as AccountRow  # re-exported: the callers' import
 from tiergate.amounts import Amount, from_stored, stored
 from tiergate.errors import ReplicaError, dotted_location
 from tiergate.feed import KNOWN_KINDS, FeedChange, FeedOverride
@@ -115,35 +115,6 @@ def m007_gauge_as_of(db: sqlite_utils.Database) -> None:
     # A gauge's reading time (Unix seconds; NULL for counters that add up): a pending reading
     # older than the one the replica holds does not replace it (sidecar/usage/ledger.py).
     db.execute("ALTER TABLE usage ADD COLUMN as_of REAL")
-
-
-class AccountRow(NamedTuple):
-    """An accounts row as stored: times are RFC 3339 `Z` strings, booleans 0/1."""
-
-    tenant: str
-    tier: str
-    status: str
-    quantity: int
-    current_period_start: str | None
-    current_period_end: str | None
-    trial_end: str | None
-    cancel_at_period_end: int
-    past_due_since: str | None
-    version: int
-    pending_tier: str | None
-    pending_interval: str | None
-    pending_at: str | None
-    subscription_id: str | None
-    addons: str | None  # JSON {addon: quantity}; NULL when none
-
-    def to_account(self) -> Account:
-        return Account.model_validate(
-            {
-                **self._asdict(),
-                "cancel_at_period_end": bool(self.cancel_at_period_end),
-                "addons": json.loads(self.addons) if self.addons else {},
-            }
-        )
 
 
 class ReplicaMeta(NamedTuple):
@@ -566,7 +537,7 @@ class ReplicaReader:
 
     def account(self, tenant: str) -> AccountRow | None:
         if self._in_memory:
-            return self.index.accounts.get(tenant)
+            return self.index.account(tenant)
         row = self._conn.execute(_SELECT_ACCOUNTS + " WHERE tenant = ?", (tenant,)).fetchone()
         return AccountRow(*row) if row is not None else None
 
@@ -639,11 +610,7 @@ class ReplicaReader:
             self._conn.execute("COMMIT")
 
     def _load_all(self, conn: sqlite3.Connection) -> None:
-        self.index.replace_all(
-            (_interned(AccountRow(*row)) for row in conn.execute(_SELECT_ACCOUNTS)),
-            conn.execute(_SELECT_USAGE),
-            _overrides_by_tenant(conn.execute(_SELECT_OVERRIDES)),
-        )
+        _load_index(self.index, conn)
 
     def _load_tenants(self, conn: sqlite3.Connection, tenants: set[str]) -> None:
         names = list(tenants)
@@ -652,7 +619,7 @@ class ReplicaReader:
             where = f" WHERE tenant IN ({', '.join('?' * len(chunk))})"
             self.index.replace_tenants(
                 chunk,
-                [_interned(AccountRow(*row)) for row in conn.execute(_SELECT_ACCOUNTS + where, chunk)],
+                [AccountRow(*row) for row in conn.execute(_SELECT_ACCOUNTS + where, chunk)],
                 conn.execute(_SELECT_USAGE + where, chunk).fetchall(),
                 _overrides_by_tenant(conn.execute(_SELECT_OVERRIDES + where, chunk)),
             )
@@ -677,11 +644,7 @@ def _read_whole(target: str, uri: bool) -> tuple[ReplicaIndex, ReplicaMeta]:
         conn.execute("BEGIN")
         meta = read_meta(conn)
         index = ReplicaIndex()
-        index.replace_all(
-            (_interned(AccountRow(*row)) for row in conn.execute(_SELECT_ACCOUNTS)),
-            conn.execute(_SELECT_USAGE),
-            _overrides_by_tenant(conn.execute(_SELECT_OVERRIDES)),
-        )
+        _load_index(index, conn)
         conn.execute("COMMIT")
         return index, meta
     finally:
@@ -689,6 +652,16 @@ def _read_whole(target: str, uri: bool) -> tuple[ReplicaIndex, ReplicaMeta]:
 
 
 _SELECT_OVERRIDES = "SELECT tenant, feature, value, expires_at FROM overrides"
+
+
+def _load_index(index: ReplicaIndex, conn: sqlite3.Connection) -> None:
+    """The whole file into `index`, streamed in primary-key order (the index merges accounts and
+    counters tenant by tenant, so no intermediate copy of either table is held)."""
+    index.replace_all(
+        (AccountRow(*row) for row in conn.execute(_SELECT_ACCOUNTS + " ORDER BY tenant")),
+        conn.execute(_SELECT_USAGE + " ORDER BY tenant, period_start, code"),
+        _overrides_by_tenant(conn.execute(_SELECT_OVERRIDES)),
+    )
 
 
 def _overrides_by_tenant(rows: Iterable[tuple[str, str, str, str | None]]) -> dict[str, dict[str, Any]]:
@@ -699,18 +672,6 @@ def _overrides_by_tenant(rows: Iterable[tuple[str, str, str, str | None]]) -> di
 
 
 _CHUNK = 500  # tenants per `IN (...)` query when a batch touches many
-
-
-def _interned(row: AccountRow) -> AccountRow:
-    """Tiers, statuses and period bounds repeat across tenants: keep one string object of each."""
-    return row._replace(
-        tier=sys.intern(row.tier),
-        status=sys.intern(row.status),
-        current_period_start=None
-        if row.current_period_start is None
-        else sys.intern(row.current_period_start),
-        current_period_end=None if row.current_period_end is None else sys.intern(row.current_period_end),
-    )
 
 
 class ReplicaDocument(BaseModel):
