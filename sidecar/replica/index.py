@@ -429,6 +429,21 @@ class ReplicaIndex:
         wanted = (period_start, GAUGE_PERIOD_START)
         return {code: value for start, code, value in unpacked[1] if start in wanted}
 
+    def tenant_of_subscription(self, subscription_id: str) -> str | None:
+        """The tenant whose account holds this subscription: a scan of every record (the reader
+        asks the file's index; this is its fallback while the file is damaged)."""
+        for record in self._records:
+            if record is None or not _HEAD.unpack_from(record)[2] & _SUBSCRIPTION:
+                continue
+            tenant = record[_HEAD.size : _HEAD.size + (record[0] | record[1] << 8)].decode()
+            row = _unpack_account(tenant, record, self._words.texts)
+            if row is not None and row.subscription_id == subscription_id:
+                return tenant
+        for row, _ in self._unpacked.values():
+            if row is not None and row.subscription_id == subscription_id:
+                return row.tenant
+        return None
+
     def overrides(self, tenant: str) -> Overrides:
         return self._overrides.get(tenant) or {}
 

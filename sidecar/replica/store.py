@@ -584,8 +584,7 @@ class ReplicaReader:
             except sqlite3.DatabaseError as exc:
                 if not self.damage.report(exc, "subscription lookup"):
                     raise
-        found = (row.tenant for row in self.index.accounts.values() if row.subscription_id == subscription_id)
-        return next(found, None)
+        return self.index.tenant_of_subscription(subscription_id)
 
     def overrides(self, tenant: str) -> dict[str, dict[str, Any]]:
         """The tenant's overrides as the policy reads them: feature -> {value, expires_at}."""

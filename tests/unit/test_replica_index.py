@@ -303,3 +303,14 @@ def test_a_tenant_asked_again_after_a_change_gets_the_new_rows() -> None:
     assert index.account(tenant) == first
     index.replace_all([], [], {})
     assert index.account(tenant) is None
+
+
+def test_a_subscription_id_finds_its_tenant_packed_or_not() -> None:
+    rng = random.Random(9)
+    packed = some_row(rng, "t_packed")._replace(subscription_id="sub_packed", trial_end=None)
+    odd = some_row(rng, "t_odd")._replace(subscription_id="sub_odd", trial_end="2026-12-01T00:00:00+00:00")
+    index = ReplicaIndex()
+    index.replace_all([odd, packed], [], {})
+    assert index.tenant_of_subscription("sub_packed") == "t_packed"
+    assert index.tenant_of_subscription("sub_odd") == "t_odd"
+    assert index.tenant_of_subscription("sub_none") is None
