@@ -25,7 +25,7 @@ from sidecar.policy.embedded import EmbeddedEngine
 from sidecar.policy.reload import PolicyReloader
 from sidecar.replica.store import ReplicaMeta, ReplicaReader
 from sidecar.usage.ledger import Key, UsageLedger
-from sidecar.usage.outbox import _load
+from sidecar.usage.outbox import _load, _load_gauges
 from tiergate.amounts import Amount, add, negate
 from tiergate.errors import ReplicaError
 from tiergate.models import Decision
@@ -59,6 +59,7 @@ class OutboxLedger(UsageLedger):
             if delta:
                 self.add(key, delta)  # tells the subscribers (the decision cache) the tenant changed
         self._counted = fresh
+        self.replace_gauges((key, at, value, row) for key, at, value, row, _ in _load_gauges(conn, position))
 
     def _connect(self) -> sqlite3.Connection | None:
         if self._conn is None and self.path.is_file():  # the sidecar creates it on its first start

@@ -174,6 +174,16 @@ class UsageLedger:
             del self._gauges[tenant]
         self._changed(tenant)
 
+    def replace_gauges(self, readings: Iterable[tuple[Key, float, Amount, int]]) -> None:
+        """The pending readings are exactly these (key, timestamp, value, row): for a reader of
+        another process's outbox (sidecar/local.py), which learns of no confirmations."""
+        before = set(self._gauges)
+        self._gauges, self._gauge_seqs = {}, []
+        for key, at, value, row in readings:
+            self.set_gauge(key, at, value, row)
+        for tenant in before - set(self._gauges):
+            self._changed(tenant)
+
     def _changed(self, tenant: str) -> None:
         for listener in self._listeners:
             listener(tenant)

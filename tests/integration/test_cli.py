@@ -85,6 +85,21 @@ def test_import_then_export_round_trips(tmp_path: Path, replica_env: Path) -> No
     assert document["usage"] == DOCUMENT["usage"]
 
 
+def test_exact_counters_round_trip_through_export_and_import(tmp_path: Path, replica_env: Path) -> None:
+    """A decimal counter (a string), one below zero (an early correction) and a gauge survive a backup."""
+    counters = [
+        {"tenant": "acme", "code": "seats", "period_start": "9999-12-31T00:00:00Z", "value": 7},
+        {"tenant": "acme", "code": "storage_gb", "period_start": "2026-11-01T00:00:00Z", "value": "0.3"},
+        {"tenant": "globex", "code": "storage_gb", "period_start": "2026-11-01T00:00:00Z", "value": "-2.5"},
+    ]
+    source = tmp_path / "in.json"
+    source.write_text(json.dumps({**DOCUMENT, "usage": counters}))
+    assert CliRunner().invoke(main, ["replica", "import", str(source)]).exit_code == 0
+    exported = CliRunner().invoke(main, ["replica", "export", "-"])
+    assert exported.exit_code == 0, exported.output
+    assert sorted(json.loads(exported.output)["usage"], key=lambda c: (c["tenant"], c["code"])) == counters
+
+
 def test_import_replaces_everything(tmp_path: Path, replica_env: Path) -> None:
     first, second = tmp_path / "a.json", tmp_path / "b.json"
     first.write_text(json.dumps(DOCUMENT))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sidecar.local import OutboxLedger
 from sidecar.usage.outbox import REJECTED, _connect
+from tiergate.usage_events import GAUGE_PERIOD_START
 
 P = "2026-11-01T00:00:00Z"
 
@@ -37,5 +39,24 @@ def test_counts_what_the_replica_lacks_as_its_position_moves(tmp_path: Path) -> 
     writer.execute("UPDATE outbox SET confirmed_seq = 7 WHERE transaction_id = 'undelivered'")
     ledger.sync(7)
     assert ledger.total("t", "api_calls", P) == 0
+    writer.close()
+    ledger.close()
+
+
+def test_gauge_readings_the_replica_lacks_replace_its_value(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    ledger = OutboxLedger(path)
+    writer = _connect(path, "normal")
+    for tid, seats, at, seq in (("new", 7, 200, None), ("old", 3, 100, None), ("in-replica", 1, 50, 5)):
+        writer.execute(
+            "INSERT INTO outbox (tenant, transaction_id, code, period_start, value, event, accepted_at,"
+            " confirmed_seq) VALUES ('t', ?, 'seats', ?, ?, ?, 0, ?)",
+            (tid, GAUGE_PERIOD_START, seats, json.dumps({"timestamp": at}), seq),
+        )
+    ledger.sync(5)
+    assert ledger.overlay("t", P, {"seats": 1}, 5)["seats"] == 7  # the newest reading, not the last row
+    writer.execute("UPDATE outbox SET confirmed_seq = 6")
+    ledger.sync(6)  # the replica holds them all now
+    assert ledger.overlay("t", P, {"seats": 9}, 6)["seats"] == 9 and ledger.stats()["counters"] == 0
     writer.close()
     ledger.close()
