@@ -335,11 +335,38 @@ def postgres_settings(url: str) -> dict[str, str]:
         }
 
 
+def print_visibility(title: str, visibility: dict[str, dict[str, Any]]) -> None:
+    table(
+        title,
+        ["backend", "ack p50 ms", "ack p99 ms", "visible p50 ms", "visible p99 ms", "max ms"],
+        [
+            [
+                name,
+                v["acked"]["p50_ms"],
+                v["acked"]["p99_ms"],
+                v["visible"]["p50_ms"],
+                v["visible"]["p99_ms"],
+                v["visible"]["max_ms"],
+            ]
+            for name, v in visibility.items()
+        ],
+    )
+
+
+def visibility_rounds_only(args: argparse.Namespace, rounds: int) -> None:
+    with postgres_server.session_database(args.postgres) as pg:
+        for n in range(args.rounds):
+            found = {b: visibility_run(b, pg, rounds) for b in ("sqlite", "postgresql")}
+            print_visibility(f"round {n + 1}: webhook -> sidecar decision visible ({rounds} rounds)", found)
+    print(f"load average after: {os.getloadavg()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--visibility-only", action="store_true", help="only 3., --rounds times per backend")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument(
         "--postgres", default=postgres_server.LOCAL, help="an admin URL (a scratch database is made)"
@@ -351,6 +378,9 @@ def main() -> None:
     visibility_rounds = 30 if args.quick else 200
     load_before = os.getloadavg()
     print(f"load average before: {load_before}")
+    if args.visibility_only:
+        visibility_rounds_only(args, visibility_rounds)
+        return
     with postgres_server.session_database(args.postgres) as pg:
         args.pg = pg
         pg_settings = postgres_settings(pg)
@@ -368,20 +398,9 @@ def main() -> None:
             latencies=False,
         )
         visibility = {b: visibility_run(b, pg, visibility_rounds) for b in ("sqlite", "postgresql")}
-    table(
+    print_visibility(
         f"webhook -> sidecar decision visible ({visibility_rounds} rounds, one daemon + one sidecar)",
-        ["backend", "ack p50 ms", "ack p99 ms", "visible p50 ms", "visible p99 ms", "max ms"],
-        [
-            [
-                b,
-                v["acked"]["p50_ms"],
-                v["acked"]["p99_ms"],
-                v["visible"]["p50_ms"],
-                v["visible"]["p99_ms"],
-                v["visible"]["max_ms"],
-            ]
-            for b, v in visibility.items()
-        ],
+        visibility,
     )
     load_after = os.getloadavg()
     print(f"load average after: {load_after}")
