@@ -76,6 +76,14 @@ def main() -> None:
     args = parser.parse_args()
     runs = [json.loads(path.read_text()) for path in args.files]
     print(table(runs))
+    versus: dict[str, list[float]] = {}
+    for run in runs:
+        for key, entry in run["scenarios"].items():
+            for name, value in entry.get("ratios", {}).items():
+                if "_vs_" in name and "floor" not in name and value is not None:
+                    versus.setdefault(f"{key} {name}", []).append(value)
+    for name, values in versus.items():  # e.g. reserve's p50 against the hot check's, in each run
+        print(f"{name}: median {statistics.median(values):.2f} of {values}")
     loads = [run["meta"].get("load_average_before") for run in runs]
     print(f"\nload average before each run: {loads}")
     inproc = [run.get("in_process_us") for run in runs if run.get("in_process_us")]

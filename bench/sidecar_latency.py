@@ -80,6 +80,18 @@ CHECK_FEATURES = ("api_calls", "reports", "sso", "exports", "dashboards")
 METERED_FEATURE = "api_calls"  # what the check-and-reserve scenario reserves
 
 FIGURE_KEYS = ("p50_us", "p90_us", "p99_us")
+SCENARIO_KEYS = (
+    "check_hot",
+    "check_zipf",
+    "check_uniform",
+    "check_cold",
+    "reserve",
+    "batch_100",
+    "authz",
+    "authz_no_usage",
+)
+# Issue 15: these scenarios' p50 against another scenario's p50 on the sidecar, in the same run.
+TARGET_VS_SCENARIO = {"reserve": ("check_hot", 1.5), "authz": ("authz_no_usage", 1.5)}
 
 
 # -- the replica -----------------------------------------------------------------------------
@@ -573,6 +585,14 @@ async def in_process(
             )
         if denied:
             figures["decide_cache_hit_deny_logged"] = await time_async(lambda: service.decide(*denied), n)
+        if hasattr(service, "decide_json"):  # GET /v1/check's path since issue 15 (rendered answers)
+            figures["decide_json_cache_hit"] = await time_async(
+                lambda: service.decide_json(tenant, feature), n
+            )
+            if denied:
+                figures["decide_json_cache_hit_deny_logged"] = await time_async(
+                    lambda: service.decide_json(*denied), n
+                )
         figures["decide_cache_miss_same_key"] = await time_async(
             lambda: uncached.decide(tenant, feature), n // 4
         )
@@ -690,6 +710,15 @@ def summarise(scenarios: list[Scenario], figures: dict[str, Any]) -> None:
                 side["c32"].get("server_cpu_us_per_request"), floor["c32"].get("server_cpu_us_per_request")
             )
         entry["per_decision_us_c1"] = round(side["c1"]["p50_us"] / scenario.decisions_per_request, 1)
+        other, limit = TARGET_VS_SCENARIO.get(scenario.key, ("", 0.0))
+        if other in figures:
+            there = figures[other]["sidecar"]
+            vs = ratio(side["c1"]["p50_us"], there["c1"]["p50_us"])
+            entry["ratios"][f"p50_c1_vs_{other}"] = vs
+            entry["ratios"][f"cpu_per_request_c32_vs_{other}"] = ratio(
+                side["c32"].get("server_cpu_us_per_request"), there["c32"].get("server_cpu_us_per_request")
+            )
+            entry["targets"] = {f"p50 <= {limit}x {other}": verdict(vs is not None and vs <= limit)}
         if scenario.targets_apply:
             entry["targets"] = {
                 f"p50 <= {TARGET_P50_RATIO}x baseline": verdict(p50 is not None and p50 <= TARGET_P50_RATIO),
@@ -740,6 +769,9 @@ def print_table(scenarios: list[Scenario], results: dict[str, Any]) -> None:
         targets = figures[scenario.key].get("targets")
         if targets:
             print(f"targets, {scenario.label}: " + "; ".join(f"{k}: {v}" for k, v in targets.items()))
+        versus = {k: v for k, v in figures[scenario.key].get("ratios", {}).items() if "_vs_" in k}
+        if versus and scenario.key != "check_hot":
+            print(f"  {scenario.label}, ratios: " + ", ".join(f"{k} {v}" for k, v in versus.items()))
     errors = {
         f"{key}/{server}/{run}": {k: v for k, v in figs.items() if k.startswith("errors") and v}
         for key, entry in figures.items()
@@ -761,6 +793,8 @@ def print_table(scenarios: list[Scenario], results: dict[str, Any]) -> None:
             "decide_cache_hit",
             "decide_cache_hit_periodless_row",
             "decide_cache_hit_deny_logged",
+            "decide_json_cache_hit",
+            "decide_json_cache_hit_deny_logged",
             "decide_cache_miss_same_key",
             "decide_cache_miss_mixed",
             "engine_eval",
@@ -820,9 +854,18 @@ def parse_args() -> argparse.Namespace:
         "--pin", action="store_true", help="pin the servers to CPU 0 and the load generator to CPU 1"
     )
     parser.add_argument("--no-in-process", action="store_true", help="skip the in-process timings")
+    parser.add_argument(
+        "--scenarios",
+        default="",
+        help=f"comma-separated subset of the scenarios to run (default: all of {', '.join(SCENARIO_KEYS)})",
+    )
     parser.add_argument("--seed", type=int, default=2)
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
+    args.scenarios = [k for k in args.scenarios.split(",") if k] or list(SCENARIO_KEYS)
+    unknown = sorted(set(args.scenarios) - set(SCENARIO_KEYS))
+    if unknown:
+        parser.error(f"--scenarios: unknown {unknown}; choose from {', '.join(SCENARIO_KEYS)}")
     if args.quick:
         args.tenants, args.duration = min(args.tenants, 2000), 1.0
     args.hot_tenants = min(args.hot_tenants, args.tenants)
@@ -880,6 +923,7 @@ def main() -> None:
         n_usage = len(document["usage"])
         del document
         sidecar_port, baseline_port, floor_port = free_port(), free_port(), free_port()
+        quiet_port = free_port()
         env = {
             "TIERGATE_SIDECAR_HOST": "127.0.0.1",
             "TIERGATE_SIDECAR_PORT": str(sidecar_port),
@@ -940,7 +984,10 @@ def main() -> None:
             Scenario("batch_100", "batch of 100", tmp / "batch_100.txt", len(files["batch_100"]), 100, False),
             # A route with a feature and a usage code asks for two decisions; the average is ~1.3.
             Scenario("authz", "authz (ingress)", tmp / "authz.txt", len(files["authz"]), 1, False),
+            # The same requests to a second sidecar that records no usage (TIERGATE_AUTHZ_RECORD_USAGE=false).
+            Scenario("authz_no_usage", "authz, no usage", tmp / "authz.txt", len(files["authz"]), 1, False),
         ]
+        scenarios = [s for s in scenarios if s.key in args.scenarios]
 
         sidecar_log, baseline_log = tmp / "sidecar.log", tmp / "baseline.log"
         with sidecar_log.open("wb") as slog, baseline_log.open("wb") as blog:
@@ -960,6 +1007,21 @@ def main() -> None:
                 stderr=subprocess.STDOUT,
                 preexec_fn=pinned(server_cpus),
             )
+            quiet: subprocess.Popen[bytes] | None = None
+            if "authz_no_usage" in args.scenarios:
+                quiet_env = process_env | {
+                    "TIERGATE_SIDECAR_PORT": str(quiet_port),
+                    "TIERGATE_AUTHZ_RECORD_USAGE": "false",
+                    "TIERGATE_OUTBOX_PATH": str(tmp / "outbox-quiet.db"),
+                }
+                quiet = subprocess.Popen(
+                    [tiergate, "sidecar"],
+                    env=quiet_env,
+                    cwd=REPO,
+                    stdout=slog,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=pinned(server_cpus),
+                )
             floor = subprocess.Popen(
                 [sys.executable, str(FLOOR), "--port", str(floor_port)],
                 cwd=REPO,
@@ -987,11 +1049,17 @@ def main() -> None:
             ]
             # The floor answers every GET /v1/check alike: measured once, on the hot set's file.
             floor_target = Target("floor", floor_url, False, floor.pid)
+            quiet_targets = targets
+            if quiet is not None:
+                quiet_url = f"http://127.0.0.1:{quiet_port}"
+                wait_ready(quiet_url + "/healthz", quiet, sidecar_log)
+                quiet_targets = [Target("sidecar", quiet_url, True, quiet.pid), targets[1]]
             figures: dict[str, Any] = {}
             warmup = 1.0
             for scenario in scenarios:
                 figures[scenario.key] = {}
                 here = [*targets, floor_target] if scenario.key == "check_hot" else targets
+                here = quiet_targets if scenario.key == "authz_no_usage" else here
                 for target in here:
                     print(f"  {scenario.label:<20} {target.name:<9} ...", end="", flush=True)
                     figures[scenario.key][target.name] = measure(
@@ -1014,6 +1082,8 @@ def main() -> None:
             stop(sidecar)
             stop(baseline)
             stop(floor)
+            if quiet is not None:
+                stop(quiet)
         load_after = load_average()
         log_text = sidecar_log.read_text(errors="replace")
         decision_lines = sum(bool(re.search(r'"event": ?"decision"', line)) for line in log_text.splitlines())

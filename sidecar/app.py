@@ -13,9 +13,10 @@ import structlog
 import uvloop
 from aiohttp import web
 
-from sidecar.api.authz import AUTHZ_LISTENER_PORTS, add_authz_routes, authz_listener_only
+from sidecar.api.authz import add_authz_routes
 from sidecar.api.check import add_routes
-from sidecar.api.diagnostics import DIAGNOSTICS_LISTENER_PORTS, diagnostics_listener_only
+from sidecar.api.guard import add_unrouted
+from sidecar.api.listeners import AUTHZ_LISTENER_PORTS, DIAGNOSTICS_LISTENER_PORTS
 from sidecar.api.usage import add_usage_routes
 from sidecar.decisions.cache import DecisionCache
 from sidecar.decisions.service import DecisionService, RouteResolver
@@ -31,7 +32,6 @@ from sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES
 from sidecar.usage.ledger import UsageLedger
 from tiergate.errors import PolicyError, ReplicaError, TierError
 from tiergate.serve import Listener, serve
-from tiergate.web import error_middleware
 
 log = structlog.get_logger("tiergate.sidecar")
 
@@ -41,10 +41,8 @@ def create_app(settings: SidecarSettings, *, engine: PolicyEngine | None = None)
     # Each regorus eval error would otherwise capture a Rust backtrace (~0.5 ms and a page of text).
     os.environ["RUST_BACKTRACE"] = "0"
     os.environ["RUST_LIB_BACKTRACE"] = "0"
-    middlewares = [error_middleware("sidecar")]
-    middlewares += [authz_listener_only] if settings.authz_host is not None else []
-    middlewares += [diagnostics_listener_only] if settings.diagnostics_host is not None else []
-    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
+    # No middlewares: each route guards itself (sidecar/api/guard.py), the hot check inline.
+    app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_replica_ctx)
     if settings.daemon_url is not None:
@@ -53,6 +51,7 @@ def create_app(settings: SidecarSettings, *, engine: PolicyEngine | None = None)
     add_routes(app)
     add_usage_routes(app)  # its cleanup context needs the engine's: it comes after
     add_authz_routes(app)  # and the ingress gate's needs both
+    add_unrouted(app)  # last: the JSON 404 and 405
     if settings.authz_grpc_host is not None:
         from sidecar.ingress.grpc_ext_authz import grpc_ctx
 
@@ -146,7 +145,11 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
             app[READER],
             engine,
             metrics,
-            cache=DecisionCache(settings.decision_cache_size, settings.decision_cache_ttl_s),
+            cache=DecisionCache(
+                settings.decision_cache_size,
+                settings.decision_cache_ttl_s,
+                max_bytes=int(settings.decision_cache_mb * 1024 * 1024),
+            ),
             ledger=UsageLedger(),
             log_sample=settings.decision_log_sample,
             log_denies=settings.decision_log_denies,

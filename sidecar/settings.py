@@ -53,7 +53,9 @@ class SidecarSettings(BaseSettings):
     shadow_policies: Path | None = None
     shadow_plans: Path | None = None  # default: the live catalog
     shadow_sample: Annotated[float, Field(ge=0, le=1)] = 0.1
-    decision_cache_size: Annotated[int, Field(ge=0)] = 100_000
+    # Materialised decisions: a memory budget (0 disables them) and an optional entry count bound.
+    decision_cache_mb: Annotated[float, Field(ge=0)] = 64.0
+    decision_cache_size: Annotated[int, Field(ge=0)] | None = None
     decision_cache_ttl_s: Annotated[float, Field(ge=0)] = 0.0
     decision_log_sample: Annotated[float, Field(ge=0, le=1)] = 0.01
     decision_log_denies: bool = True

@@ -49,22 +49,29 @@ def error_middleware(process: str) -> Middleware:
         try:
             check_headers(request)
             return await handler(request)
-        except TierError as exc:
-            if exc.status >= 500:
-                log.warning("request_failed", path=request.path, code=exc.code, error=exc.message)
-            return json_response(exc.to_json(), status=exc.status)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            code = (exc.reason or "error").lower().replace(" ", "_")
-            body = error_body(code, f"{exc.reason}: {request.method} {request.path}")
-            allow = exc.headers.get("Allow")  # a 405 says which methods the route takes
-            return json_response(body, exc.status, {"Allow": allow} if allow is not None else None)
-        except Exception:
-            log.exception("unhandled_error", method=request.method, path=request.path)
-            return json_response(error_body("internal", f"internal error; see the {process}'s logs"), 500)
+        except Exception as exc:
+            return error_response(request, exc, process)
 
     return middleware
+
+
+def error_response(request: web.Request, exc: Exception, process: str) -> web.StreamResponse:
+    """What a handler's exception answers (the middleware's work, for handlers that run without
+    one): a TierError its JSON and status, an aiohttp 4xx/5xx the same shape, anything else a
+    logged 500. A redirect (an HTTPException below 400) is raised again."""
+    if isinstance(exc, TierError):
+        if exc.status >= 500:
+            log.warning("request_failed", path=request.path, code=exc.code, error=exc.message)
+        return json_response(exc.to_json(), status=exc.status)
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            raise exc
+        code = (exc.reason or "error").lower().replace(" ", "_")
+        body = error_body(code, f"{exc.reason}: {request.method} {request.path}")
+        allow = exc.headers.get("Allow")  # a 405 says which methods the route takes
+        return json_response(body, exc.status, {"Allow": allow} if allow is not None else None)
+    log.error("unhandled_error", method=request.method, path=request.path, exc_info=exc)
+    return json_response(error_body("internal", f"internal error; see the {process}'s logs"), 500)
 
 
 async def read_json_object(request: web.Request, max_bytes: int, *, exact: bool = False) -> dict[str, Any]:

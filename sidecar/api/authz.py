@@ -1,5 +1,5 @@
-"""/v1/authz over HTTP (NGINX auth_request, Traefik ForwardAuth, Envoy ext_authz), the gate's
-cleanup context, and the authz-only listener (TIERGATE_AUTHZ_HOST) that serves nothing else."""
+"""/v1/authz over HTTP (NGINX auth_request, Traefik ForwardAuth, Envoy ext_authz) and the gate's
+cleanup context (the authz-only listener that serves nothing else: sidecar/api/listeners.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from sidecar.api.guard import guarded
 from sidecar.api.usage import RECORDER
 from sidecar.ingress.gate import IngressGate
 from sidecar.ingress.hook import AUTHZ_PREFIX, error_verdict, for_auth_request, reserved_headers
@@ -14,12 +15,9 @@ from sidecar.ingress.identity import HeaderIdentity, JwtIdentity, TenantIdentity
 from sidecar.ingress.replays import ReplayWindow
 from sidecar.settings import SidecarSettings
 from sidecar.state import DECISIONS, METRICS, ROUTES, SETTINGS
-from tiergate.web import Handler, error_body, json_response
+from tiergate.web import json_response
 
 GATE = web.AppKey("ingress_gate", IngressGate)
-# Local ports of the authz-only listener's sockets (set by sidecar.app.run once they are bound).
-AUTHZ_LISTENER_PORTS = web.AppKey("authz_listener_ports", frozenset[int])
-AUTHZ_LISTENER_PATHS = ("/healthz", "/readyz")
 
 
 async def authz(request: web.Request) -> web.Response:
@@ -69,22 +67,7 @@ async def ingress_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 @web.middleware
-async def authz_listener_only(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """On the authz-only listener, everything but the hook and health is 404: /v1/usage, /v1/check
-    and the rest stay reachable on loopback only."""
-    ports = request.app.get(AUTHZ_LISTENER_PORTS, frozenset())
-    sockname = request.transport.get_extra_info("sockname") if request.transport else None
-    on_listener = isinstance(sockname, tuple) and sockname[1] in ports
-    path = request.path
-    if on_listener and not (
-        path in AUTHZ_LISTENER_PATHS or path == AUTHZ_PREFIX or path.startswith(AUTHZ_PREFIX + "/")
-    ):
-        message = f"{path} is not served on the authz listener (only {AUTHZ_PREFIX} and health)"
-        return json_response(error_body("not_found", message), 404)
-    return await handler(request)
-
-
 def add_authz_routes(app: web.Application) -> None:
     app.cleanup_ctx.append(ingress_ctx)
-    app.router.add_route("*", AUTHZ_PREFIX, authz)
-    app.router.add_route("*", AUTHZ_PREFIX + "/{tail:.*}", authz)
+    app.router.add_route("*", AUTHZ_PREFIX, guarded(authz))
+    app.router.add_route("*", AUTHZ_PREFIX + "/{tail:.*}", guarded(authz))

@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from sidecar.api.guard import guarded
 from sidecar.policy.engine import PolicyBundle
 from sidecar.settings import SidecarSettings
 from sidecar.state import DECISIONS, METRICS, POLICIES, READER, SETTINGS
@@ -74,7 +75,8 @@ async def check_and_reserve(request: web.Request, body: dict[str, Any]) -> web.R
     """Called by POST /v1/check when the body has `"reserve"` (false is a plain check)."""
     check = validate(ReserveRequest, body)
     if not check.reserve:
-        return json_response(await request.app[DECISIONS].decide(check.tenant, check.feature, check.quantity))
+        rendered = await request.app[DECISIONS].decide_json(check.tenant, check.feature, check.quantity)
+        return web.Response(body=rendered, content_type="application/json")
     recorder = request.app[RECORDER]
     decision, reservation = await recorder.reserve(
         check.tenant, check.feature, check.quantity, check.transaction_id
@@ -173,7 +175,7 @@ def _bundle(app: web.Application) -> PolicyBundle:
 
 def add_usage_routes(app: web.Application) -> None:
     app.cleanup_ctx.append(usage_ctx)
-    app.router.add_post("/v1/usage", record_one)
-    app.router.add_post("/v1/usage/batch", record_batch)
-    app.router.add_get("/v1/usage/quarantine", list_quarantine)
-    app.router.add_post("/v1/usage/quarantine/redeliver", redeliver_quarantine)
+    app.router.add_post("/v1/usage", guarded(record_one))
+    app.router.add_post("/v1/usage/batch", guarded(record_batch))
+    app.router.add_get("/v1/usage/quarantine", guarded(list_quarantine))
+    app.router.add_post("/v1/usage/quarantine/redeliver", guarded(redeliver_quarantine))

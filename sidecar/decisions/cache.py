@@ -1,83 +1,165 @@
 """Materialised decisions: answers per tenant, kept until they can change, dropped when they do.
 
-A hit costs two dict lookups. Correctness rests on invalidation, not on the key: the follower's
-feed batches drop their tenants (through the replica reader), usage recorded or settled here drops
-its tenant, a snapshot, an import or a policy reload clears everything, and tenants whose usage is
-in a delivery awaiting its answer are not cached at all. The only other way an answer changes is
-time: it lives until the decision's `valid_until` (the policy's own "this may change by time
-alone" instant: period end, trial end, grace end, the fail-closed replica age), and no longer than
-`ttl_s` when one is set (0: no extra bound). The entry count bounds the memory: ~350 bytes an
-entry (measured with tracemalloc), so the default 100,000 entries hold ~35 MB.
+A hit costs two dict lookups and hands back the answer already rendered as JSON, so a GET
+/v1/check answers by joining bytes. Correctness rests on invalidation, not on the key: the
+follower's feed batches drop their tenants (through the replica reader), usage recorded or settled
+here drops its tenant, a snapshot, an import or a policy reload clears everything, and tenants
+whose usage is in a delivery awaiting its answer are not cached at all. The only other way an
+answer changes is time: it lives until the decision's `valid_until` (the policy's own "this may
+change by time alone" instant: period end, trial end, grace end, the fail-closed replica age), and
+no longer than `ttl_s` when one is set (0: no extra bound).
+
+Memory is bounded by a budget in bytes (`TIERGATE_DECISION_CACHE_MB`), not by an entry count:
+an entry is one bytes object (its expiry, outcome and the answer's JSON, ~170 bytes with its
+overhead) under its feature in the tenant's dict (~250 bytes a tenant), each charged its size plus
+the measured overhead (tests/unit/test_decision_cache.py holds the estimate to tracemalloc's
+count). When a put goes over the budget, the least recently written tenants go first: 64 MiB hold
+~290,000 answers (72,000 tenants asking about 4 features each; 500,000 answers need ~110 MB).
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from collections import OrderedDict
 from typing import NamedTuple
 
-from tiergate.models import PolicyAnswer
+import orjson
+
+from tiergate.models import REASONS, PolicyAnswer
+
+DEFAULT_BUDGET_BYTES = 64 * 1024 * 1024
+# What Python spends around an entry's bytes object, measured with tracemalloc (64-bit CPython
+# 3.11; tests/unit/test_decision_cache.py checks it): the object's header and its share of the
+# tenant's dict (a tenant's first 5 entries fit the dict's first table); around a tenant: its dict,
+# its node in the recency order and its slot in it; a (feature, quantity) key's tuple and int.
+ENTRY_OVERHEAD_BYTES = 40
+TENANT_OVERHEAD_BYTES = 250
+KEY_TUPLE_BYTES = 72
+# expiry (epoch seconds), flags (bit 0: stale, bit 1: allow), the reason's index in `_reasons`.
+_HEADER = struct.Struct("<dBB")
+_STALE, _ALLOW = 1, 2
+_MAX_REASONS = 256  # one byte; a policy inventing more reasons than that is not cached past them
+
+Key = str | tuple[str, int]  # the feature alone for quantity 1 (the usual case: no tuple to keep)
 
 
-class _Entry(NamedTuple):
-    expires: float
-    stale: bool
-    answer: PolicyAnswer
+class Materialised(NamedTuple):
+    """An answer as the cache keeps it: its outcome, and its JSON object without the closing
+    brace (`{"allow":true,...,"valid_until":null`), ready for the lineage to be appended."""
+
+    allow: bool
+    reason: str
+    head: bytes
+
+    @classmethod
+    def of(cls, answer: PolicyAnswer) -> Materialised:
+        return cls(answer.allow, answer.reason, orjson.dumps(answer)[:-1])
+
+    def answer(self) -> PolicyAnswer:
+        return PolicyAnswer(**orjson.loads(self.head + b"}"))
+
+
+def entry_key(feature: str, quantity: int) -> Key:
+    return feature if quantity == 1 else (feature, quantity)
 
 
 class DecisionCache:
-    def __init__(self, max_entries: int, ttl_s: float) -> None:
+    """`max_entries` (None: no count bound; 0 disables caching) and `max_bytes` bound it together."""
+
+    def __init__(
+        self, max_entries: int | None, ttl_s: float, *, max_bytes: int = DEFAULT_BUDGET_BYTES
+    ) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.ttl_s = ttl_s
-        self._tenants: OrderedDict[str, dict[tuple[str, int], _Entry]] = OrderedDict()
+        self._tenants: OrderedDict[str, dict[Key, bytes]] = OrderedDict()
         self._size = 0
+        self.bytes = 0  # the estimate of what the entries hold, against max_bytes
+        self._reasons: list[str] = list(REASONS)
+        self._reason_index = {reason: i for i, reason in enumerate(self._reasons)}
         # Bumped by every invalidation: an answer computed across one (an await in the engine)
         # is not stored, since it may predate the change.
         self.epoch = 0
 
-    def get(self, tenant: str, feature: str, quantity: int, now: float, stale: bool) -> PolicyAnswer | None:
+    def get(self, tenant: str, feature: str, quantity: int, now: float, stale: bool) -> Materialised | None:
         entries = self._tenants.get(tenant)
         if entries is None:
             return None
-        entry = entries.get((feature, quantity))
-        if entry is None or entry.stale is not stale:
+        key = feature if quantity == 1 else (feature, quantity)
+        packed = entries.get(key)
+        if packed is None:
             return None
-        if entry.expires <= now:
-            del entries[(feature, quantity)]
-            self._size -= 1
+        expires, flags, reason = _HEADER.unpack_from(packed)
+        if bool(flags & _STALE) is not stale:
             return None
-        return entry.answer
+        if expires <= now:
+            self._drop(entries, key, packed)
+            return None
+        return Materialised(bool(flags & _ALLOW), self._reasons[reason], packed[_HEADER.size :])
 
     def put(
         self,
         tenant: str,
         feature: str,
         quantity: int,
-        answer: PolicyAnswer,
+        answer: Materialised,
         *,
         now: float,
         valid_until: float | None,
         stale: bool,
         epoch: int,
     ) -> None:
-        if self.max_entries == 0 or epoch != self.epoch:
+        if self.max_entries == 0 or self.max_bytes <= 0 or epoch != self.epoch:
             return
         expires = now + self.ttl_s if self.ttl_s > 0 else math.inf
         if valid_until is not None and valid_until < expires:
             expires = valid_until
-        if expires <= now:
+        reason = self._reason_of(answer.reason)
+        if expires <= now or reason is None:
             return
+        flags = (_STALE if stale else 0) | (_ALLOW if answer.allow else 0)
+        packed = _HEADER.pack(expires, flags, reason) + answer.head
+        self._store(tenant, entry_key(feature, quantity), packed)
+        self._evict()
+
+    def _store(self, tenant: str, key: Key, packed: bytes) -> None:
         entries = self._tenants.get(tenant)
         if entries is None:
             entries = self._tenants[tenant] = {}
+            self.bytes += TENANT_OVERHEAD_BYTES
         else:
             self._tenants.move_to_end(tenant)
-        if (feature, quantity) not in entries:
+        old = entries.get(key)
+        if old is None:
             self._size += 1
-        entries[(feature, quantity)] = _Entry(expires, stale, answer)
-        while self._size > self.max_entries:
+        else:
+            self.bytes -= _cost(key, old)
+        entries[key] = packed
+        self.bytes += _cost(key, packed)
+
+    def _evict(self) -> None:
+        while self._tenants and (
+            self.bytes > self.max_bytes or (self.max_entries is not None and self._size > self.max_entries)
+        ):
             _, evicted = self._tenants.popitem(last=False)  # the least recently written tenant
-            self._size -= len(evicted)
+            self._forget(evicted)
+
+    def _drop(self, entries: dict[Key, bytes], key: Key, packed: bytes) -> None:
+        del entries[key]
+        self._size -= 1
+        self.bytes -= _cost(key, packed)
+
+    def _forget(self, entries: dict[Key, bytes]) -> None:
+        self._size -= len(entries)
+        self.bytes -= TENANT_OVERHEAD_BYTES + sum(_cost(key, packed) for key, packed in entries.items())
+
+    def _reason_of(self, reason: str) -> int | None:
+        index = self._reason_index.get(reason)
+        if index is None and len(self._reasons) < _MAX_REASONS:
+            index = self._reason_index[reason] = len(self._reasons)
+            self._reasons.append(reason)
+        return index
 
     def invalidate(self, tenant: str) -> list[tuple[str, int]]:
         """Drop `tenant`'s answers; returns their (feature, quantity) keys."""
@@ -85,17 +167,22 @@ class DecisionCache:
         entries = self._tenants.pop(tenant, None)
         if entries is None:
             return []
-        self._size -= len(entries)
-        return list(entries)
+        self._forget(entries)
+        return [(key, 1) if isinstance(key, str) else key for key in entries]
 
     def holds(self, tenant: str, feature: str, quantity: int) -> bool:
         entries = self._tenants.get(tenant)
-        return entries is not None and (feature, quantity) in entries
+        return entries is not None and entry_key(feature, quantity) in entries
 
     def clear(self) -> None:
         self.epoch += 1
         self._tenants.clear()
         self._size = 0
+        self.bytes = 0
 
     def __len__(self) -> int:
         return self._size
+
+
+def _cost(key: Key, packed: bytes) -> int:
+    return ENTRY_OVERHEAD_BYTES + len(packed) + (0 if isinstance(key, str) else KEY_TUPLE_BYTES)

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import orjson
 import structlog
 
-from sidecar.decisions.cache import DecisionCache
+from sidecar.decisions.cache import DecisionCache, Materialised
 from sidecar.decisions.policy_io import (
     PolicyAnswerError,
     account_document,
@@ -37,6 +38,19 @@ log = structlog.get_logger("tiergate.sidecar")
 
 # Most answers waiting to be re-decided after feed batches dropped them.
 REMATERIALISE_MAX = 10_000
+# A decision's log line, in this order.
+LOGGED_FIELDS = (
+    "decision_id",
+    "tenant",
+    "feature",
+    "quantity",
+    "allow",
+    "reason",
+    "tier",
+    "policy_revision",
+    "data_as_of",
+    "stale",
+)
 
 
 class DecisionService:
@@ -84,6 +98,8 @@ class DecisionService:
         self._generation = reader.meta.generation
         self._as_of_epoch: float | None = None
         self._as_of_text: str | None = None
+        self._tail_key: tuple[str, str | None, bool] | None = None
+        self._tail = b""
         self.shadow: ShadowPolicy | None = None  # TIERGATE_SHADOW_POLICIES: compared, never answering
         self._to_rematerialise: collections.deque[tuple[str, str, int]] = collections.deque()
         self._rematerialiser: asyncio.Task[None] | None = None
@@ -118,12 +134,15 @@ class DecisionService:
         else:
             keys = [(t, *key) for t in tenants for key in self.cache.invalidate(t)]
             if keys:
-                self._rematerialise_soon(keys)
+                self.rematerialise_soon(keys)
         self._adopt(meta)
 
-    def _rematerialise_soon(self, keys: list[tuple[str, str, int]]) -> None:
-        """Re-decide the answers a feed batch dropped in the background, so the tenant's next
-        check is a hit again (at most REMATERIALISE_MAX waiting; more are left to their checks)."""
+    def rematerialise_soon(self, keys: list[tuple[str, str, int]]) -> None:
+        """Re-decide (tenant, feature, quantity) answers in the background, so the tenant's next
+        check is a hit again: those a feed batch dropped, and the one a reservation just changed
+        (at most REMATERIALISE_MAX waiting; more are left to their checks). Each is a full policy
+        evaluation on the data of the moment, stored only if nothing changed the tenant meanwhile
+        (the cache's epoch), so it is exactly what the next check would have computed."""
         room = REMATERIALISE_MAX - len(self._to_rematerialise)
         self._to_rematerialise.extend(keys[: max(0, room)])
         if self._rematerialiser is None or self._rematerialiser.done():
@@ -151,7 +170,7 @@ class DecisionService:
                     tenant,
                     feature,
                     quantity,
-                    answer,
+                    Materialised.of(answer),
                     now=now,
                     valid_until=valid_until,
                     stale=stale,
@@ -164,46 +183,102 @@ class DecisionService:
         self._as_of_text = rfc3339(meta.data_as_of)
 
     async def decide(self, tenant: str, feature: str, quantity: int = 1) -> Decision:
+        """One decision as an object (batches, entitlements, authz, reserve)."""
         started = time.perf_counter()
         if self.not_ready is not None and self._as_of_epoch is None:
             return self._not_ready(tenant, feature, quantity, started)
+        stale, answer, fresh = await self._materialised(tenant, feature, quantity)
+        decision = Decision.of(
+            fresh or answer.answer(),
+            tenant=tenant,
+            feature=feature,
+            quantity=quantity,
+            decision_id=self._next_id(),
+            policy_revision=self.engine.revision or "",
+            data_as_of=self._as_of_text,
+            stale=stale,
+        )
+        self.counts.count(answer.reason, answer.allow, time.perf_counter() - started)
+        if self._logged(answer.allow):
+            self._log(decision)
+        return decision
+
+    async def decide_json(self, tenant: str, feature: str, quantity: int = 1) -> bytes:
+        """One decision rendered as the JSON object `decide` would render to (GET and POST
+        /v1/check): the materialised answer's bytes plus the lineage, with no object built."""
+        started = time.perf_counter()
+        if self.not_ready is not None and self._as_of_epoch is None:
+            return orjson.dumps(self._not_ready(tenant, feature, quantity, started))
+        stale, answer, _ = await self._materialised(tenant, feature, quantity)
+        body = b"".join(
+            (
+                answer.head,
+                b',"tenant":',
+                orjson.dumps(tenant),
+                b',"feature":',
+                orjson.dumps(feature),
+                b',"quantity":',
+                str(quantity).encode(),
+                b',"decision_id":"',
+                self._next_id().encode(),
+                self._lineage_tail(stale),
+            )
+        )
+        self.counts.count(answer.reason, answer.allow, time.perf_counter() - started)
+        if self._logged(answer.allow):
+            self._log_rendered(body)
+        return body
+
+    async def _materialised(
+        self, tenant: str, feature: str, quantity: int
+    ) -> tuple[bool, Materialised, PolicyAnswer | None]:
+        """(stale, the answer, the PolicyAnswer when it was evaluated now): from the cache, else
+        freshly decided and kept."""
         now = self.clock()
         age = self.replica_age(now)
         stale = self.is_stale(age)
         # Pending usage invalidates its tenant when it changes (read-your-writes); while a delivery
         # of the tenant's usage awaits its answer, the overlay may have to wait: decide fresh.
         cacheable = not self.ledger.in_flight(tenant)
-        answer = self.cache.get(tenant, feature, quantity, now, stale) if cacheable else None
-        if answer is not None:
+        found = self.cache.get(tenant, feature, quantity, now, stale) if cacheable else None
+        if found is not None:
             self.counts.hits += 1
-        else:
-            self.counts.misses += 1
-            epoch = self.cache.epoch
-            answer = await self._decide_fresh(tenant, feature, quantity, now, age)
-            if cacheable and answer.reason != "policy_error":
-                self.cache.put(
-                    tenant,
-                    feature,
-                    quantity,
-                    answer,
-                    now=now,
-                    valid_until=expiry_epoch(answer.valid_until),
-                    stale=stale,
-                    epoch=epoch,
-                )
-        decision = Decision.of(
-            answer,
-            tenant=tenant,
-            feature=feature,
-            quantity=quantity,
-            decision_id=f"{self._id_prefix}-{next(self._ids)}",
-            policy_revision=self.engine.revision or "",
-            data_as_of=self._as_of_text,
-            stale=stale,
+            return stale, found, None
+        self.counts.misses += 1
+        epoch = self.cache.epoch
+        fresh = await self._decide_fresh(tenant, feature, quantity, now, age)
+        answer = Materialised.of(fresh)
+        if cacheable and fresh.reason != "policy_error":
+            self.cache.put(
+                tenant,
+                feature,
+                quantity,
+                answer,
+                now=now,
+                valid_until=expiry_epoch(fresh.valid_until),
+                stale=stale,
+                epoch=epoch,
+            )
+        return stale, answer, fresh
+
+    def _next_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids)}"
+
+    def _lineage_tail(self, stale: bool) -> bytes:
+        """`","policy_revision":...,"data_as_of":...,"stale":...}`: the same for every decision
+        until a reload, a replica change or a change of staleness, so rendered once for each."""
+        key = (self.engine.revision or "", self._as_of_text, stale)
+        if key != self._tail_key:
+            revision, as_of, _ = key
+            self._tail_key = key
+            lineage = {"policy_revision": revision, "data_as_of": as_of, "stale": stale}
+            self._tail = b'",' + orjson.dumps(lineage)[1:]
+        return self._tail
+
+    def _logged(self, allow: bool) -> bool:
+        return (allow is False and self.log_denies) or (
+            self.log_sample > 0 and random.random() < self.log_sample
         )
-        self.counts.count(decision.reason, decision.allow, time.perf_counter() - started)
-        self._log(decision)
-        return decision
 
     def _not_ready(self, tenant: str, feature: str, quantity: int, started: float) -> Decision:
         if self.not_ready == "unavailable":
@@ -216,13 +291,14 @@ class DecisionService:
             tenant=tenant,
             feature=feature,
             quantity=quantity,
-            decision_id=f"{self._id_prefix}-{next(self._ids)}",
+            decision_id=self._next_id(),
             policy_revision=self.engine.revision or "",
             data_as_of=None,
             stale=True,
         )
         self.counts.count(decision.reason, decision.allow, time.perf_counter() - started)
-        self._log(decision)
+        if self._logged(decision.allow):
+            self._log(decision)
         return decision
 
     async def _decide_fresh(
@@ -266,23 +342,12 @@ class DecisionService:
         return self._now_text
 
     def _log(self, decision: Decision) -> None:
-        if not (decision.allow is False and self.log_denies) and (
-            self.log_sample <= 0 or random.random() >= self.log_sample
-        ):
-            return
-        log.info(
-            "decision",
-            decision_id=decision.decision_id,
-            tenant=decision.tenant,
-            feature=decision.feature,
-            quantity=decision.quantity,
-            allow=decision.allow,
-            reason=decision.reason,
-            tier=decision.tier,
-            policy_revision=decision.policy_revision,
-            data_as_of=decision.data_as_of,
-            stale=decision.stale,
-        )
+        log.info("decision", **{name: getattr(decision, name) for name in LOGGED_FIELDS})
+
+    def _log_rendered(self, body: bytes) -> None:
+        """The same line from a rendered decision, without building the object."""
+        fields = orjson.loads(body)
+        log.info("decision", **{name: fields[name] for name in LOGGED_FIELDS})
 
 
 class RouteResolver:

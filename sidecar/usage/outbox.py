@@ -27,7 +27,7 @@ import structlog
 from sidecar.usage import quarantine
 from sidecar.usage.ledger import Key, UsageLedger
 from tiergate import exact_json
-from tiergate.amounts import Amount, add, from_stored, stored
+from tiergate.amounts import Amount, add, from_stored, stored, total
 from tiergate.errors import OutboxError
 from tiergate.usage_events import GAUGE_PERIOD_START, ValidEvent, is_gauge
 
@@ -100,10 +100,20 @@ class OutboxRow:
         return len(self.text.encode())
 
 
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """A reservation as committed: the metric's code and the quantity reserved."""
+
+    code: str
+    quantity: Amount
+
+
 @dataclass
 class _Append:
     entries: Sequence[Entry]
-    reserved: bool  # already counted in UsageLedger by the caller (check-and-reserve)
+    # Already counted in UsageLedger by the caller (check-and-reserve). A reservation is also all
+    # or nothing: when its first event's id is in the outbox, none of its events is written.
+    reserved: bool
     future: asyncio.Future[list[bool]]
 
 
@@ -167,10 +177,11 @@ class Outbox:
             self._flusher = asyncio.create_task(self._flush(), name="outbox-flush")
         return await asyncio.shield(future)
 
-    async def contains(self, tenant: str, transaction_id: str) -> bool:
+    async def reservation(self, tenant: str, transaction_id: str) -> Reserved | None:
+        """What a reservation with this id holds in the outbox (None: no event has the id): its
+        code, and its quantity (a count metric's N units are the events `id`, `id/2` .. `id/N`)."""
         conn = self._require()
-        sql = "SELECT 1 FROM outbox WHERE tenant = ? AND transaction_id = ?"
-        return await self._run(lambda: conn.execute(sql, (tenant, transaction_id)).fetchone() is not None)
+        return await self._run(lambda: _reservation(conn, tenant, transaction_id))
 
     async def next_batch(self, limit: int, max_bytes: int | None = None) -> list[OutboxRow]:
         """The oldest undelivered rows: at most `limit`, and at most `max_bytes` of events unless
@@ -259,10 +270,10 @@ class Outbox:
     async def _flush(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
-            entries = [entry for item in batch for entry in item.entries]
+            groups = [(item.entries, item.reserved) for item in batch]
             conn, now = self._require(), self.clock()
             try:
-                ids = await self._run(functools.partial(_insert, conn, entries, now))
+                ids = await self._run(functools.partial(_insert, conn, groups, now))
             except Exception as exc:  # the disk failed us: nobody gets a 202
                 log.error("outbox_write_failed", error=str(exc), path=str(self.path))
                 self._fail(batch, OutboxError(f"usage outbox {self.path} could not commit: {exc}"))
@@ -331,30 +342,64 @@ _INSERT = (
 )
 
 
-def _insert(conn: sqlite3.Connection, entries: Sequence[Entry], now: float) -> list[int | None]:
+def _insert(
+    conn: sqlite3.Connection, groups: Sequence[tuple[Sequence[Entry], bool]], now: float
+) -> list[int | None]:
+    """One transaction for every group; per entry its new row id, or None when not written (a
+    transaction id already there; every event of an all-or-nothing group whose first id is)."""
     ids: list[int | None] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for entry in entries:
-            event = entry.event
-            cursor = conn.execute(
-                _INSERT,
-                (
-                    event.tenant,
-                    event.transaction_id,
-                    event.code,
-                    entry.period_start,
-                    stored(event.value),
-                    exact_json.dumps(event.wire()).decode(),
-                    now,
-                ),
-            )
-            ids.append(cursor.lastrowid if cursor.rowcount == 1 else None)
+        for entries, all_or_nothing in groups:
+            if all_or_nothing and entries and _exists(conn, entries[0].event):
+                ids.extend([None] * len(entries))
+                continue
+            ids.extend(_insert_entries(conn, entries, now))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     return ids
+
+
+def _exists(conn: sqlite3.Connection, event: ValidEvent) -> bool:
+    sql = "SELECT 1 FROM outbox WHERE tenant = ? AND transaction_id = ?"
+    return conn.execute(sql, (event.tenant, event.transaction_id)).fetchone() is not None
+
+
+def _insert_entries(conn: sqlite3.Connection, entries: Sequence[Entry], now: float) -> list[int | None]:
+    ids: list[int | None] = []
+    for entry in entries:
+        event = entry.event
+        cursor = conn.execute(
+            _INSERT,
+            (
+                event.tenant,
+                event.transaction_id,
+                event.code,
+                entry.period_start,
+                stored(event.value),
+                exact_json.dumps(event.wire()).decode(),
+                now,
+            ),
+        )
+        ids.append(cursor.lastrowid if cursor.rowcount == 1 else None)
+    return ids
+
+
+def _reservation(conn: sqlite3.Connection, tenant: str, transaction_id: str) -> Reserved | None:
+    first = conn.execute(
+        "SELECT code, value FROM outbox WHERE tenant = ? AND transaction_id = ?", (tenant, transaction_id)
+    ).fetchone()
+    if first is None:
+        return None
+    code, value = first
+    # The further events of a count metric's reservation: `id/2` .. `id/N` ('0' follows '/').
+    more = conn.execute(
+        "SELECT value FROM outbox WHERE tenant = ? AND code = ? AND transaction_id > ? AND transaction_id < ?",
+        (tenant, code, transaction_id + "/", transaction_id + "0"),
+    ).fetchall()
+    return Reserved(str(code), total(from_stored(v) for (v,) in [(value,), *more]))
 
 
 def _load(

@@ -194,6 +194,8 @@ def _caught_inside_try(tree: ast.AST, resolve: Callable[[ast.expr], Any]) -> dic
             continue
         classes: list[type] = []
         for handler in node.handlers:
+            if _answers_as_its_own_status(handler):
+                continue  # `except Exception as exc: return error_response(...)` hides no status
             names = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
             classes += [c for c in (resolve(n) for n in names if n is not None) if isinstance(c, type)]
         for statement in node.body:
@@ -201,6 +203,17 @@ def _caught_inside_try(tree: ast.AST, resolve: Callable[[ast.expr], Any]) -> dic
                 if isinstance(inner, ast.Call):
                     caught.setdefault(id(inner), []).extend(classes)
     return caught
+
+
+def _answers_as_its_own_status(handler: ast.ExceptHandler) -> bool:
+    """The handler renders what it caught with `tiergate.web.error_response` (what a guarded
+    route, or GET /v1/check inline, does instead of a middleware): each status still reaches the
+    client."""
+    return any(
+        isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "error_response"
+        for statement in handler.body
+        for node in ast.walk(statement)
+    )
 
 
 def _is_request(expr: ast.expr) -> bool:

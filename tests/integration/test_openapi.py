@@ -36,6 +36,8 @@ def routes(app: web.Application) -> set[tuple[str, str]]:
     """(OpenAPI path, method) for every route; a catch-all `{tail:.*}` is documented as `{path}`."""
     found = set()
     for route in app.router.routes():
+        if getattr(route.handler, "__name__", "") == "unrouted":
+            continue  # the sidecar's last route: the JSON 404/405 for what no route takes
         info = route.resource.get_info() if route.resource is not None else {}
         raw = info.get("path") or info.get("formatter") or ""
         path = re.sub(

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from sidecar.decisions.cache import DecisionCache
-from tiergate.models import PolicyAnswer
+import random
+import tracemalloc
 
-ANSWER = PolicyAnswer(allow=True, reason="ok", tier="pro")
+import orjson
+
+from sidecar.decisions.cache import DecisionCache, Materialised
+from tiergate.models import Decision, PolicyAnswer
+
+ANSWER = Materialised.of(PolicyAnswer(allow=True, reason="ok", tier="pro"))
 
 
 def put(
@@ -88,3 +93,94 @@ def test_size_zero_disables_caching() -> None:
     cache = DecisionCache(0, ttl_s=60.0)
     put(cache)
     assert cache.get("t", "f", 1, 100.0, False) is None
+
+
+def test_bounded_by_a_memory_budget_in_bytes() -> None:
+    cache = DecisionCache(None, ttl_s=0.0, max_bytes=10_000)
+    for n in range(1000):
+        put(cache, f"tenant-{n}")
+    assert 0 < cache.bytes <= 10_000
+    assert 0 < len(cache) < 1000
+    assert cache.get("tenant-999", "f", 1, 101.0, False) == ANSWER  # the newest stay
+    assert cache.get("tenant-0", "f", 1, 101.0, False) is None
+
+
+def test_the_budget_estimate_holds_what_python_really_spends() -> None:
+    """tracemalloc's count of a filled cache stays within 10 % of the cache's own estimate, with
+    realistic answers (limits, usage, a valid_until) and a few quantities other than 1."""
+    rng = random.Random(5)
+    answers = [
+        Materialised.of(
+            PolicyAnswer(
+                allow=rng.random() < 0.7,
+                reason=rng.choice(["ok", "limit_exceeded", "not_in_plan"]),
+                tier=rng.choice(["free", "starter", "pro"]),
+                limit=rng.choice([None, 1000, 20000]),
+                used=rng.randrange(0, 30000),
+                remaining=rng.randrange(0, 20000),
+                valid_until=f"2026-12-{rng.randint(1, 28):02d}T00:00:00Z",
+            )
+        )
+        for _ in range(500)
+    ]
+    features = ["api_calls", "reports", "sso", "exports", "dashboards"]
+    tenants = [f"t_{n:06d}" for n in range(20_000)]  # the tenant ids exist before: not the cache's
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        cache = DecisionCache(None, ttl_s=0.0, max_bytes=1 << 40)
+        for tenant in tenants:
+            for feature in rng.sample(features, rng.randint(1, 5)):
+                quantity = 1 if rng.random() < 0.9 else rng.randint(2, 5000)
+                cache.put(
+                    tenant,
+                    feature,
+                    quantity,
+                    rng.choice(answers),
+                    now=100.0,
+                    valid_until=None,
+                    stale=False,
+                    epoch=cache.epoch,
+                )
+        spent = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0.9 * spent <= cache.bytes <= 1.1 * spent, (spent, cache.bytes, len(cache))
+
+
+def test_a_hit_gives_back_the_answer_as_rendered() -> None:
+    answer = PolicyAnswer(
+        allow=False,
+        reason="limit_exceeded",
+        tier="free",
+        limit=10,
+        used=10,
+        remaining=0,
+        valid_until="2026-12-01T00:00:00Z",
+    )
+    cache = DecisionCache(None, ttl_s=0.0)
+    cache.put("t", "exports", 3, Materialised.of(answer), now=1.0, valid_until=None, stale=True, epoch=0)
+    found = cache.get("t", "exports", 3, 2.0, True)
+    assert found is not None and (found.allow, found.reason) == (False, "limit_exceeded")
+    assert found.answer() == answer
+    decision = Decision.of(
+        answer,
+        tenant="t",
+        feature="exports",
+        quantity=3,
+        decision_id="x",
+        policy_revision="r",
+        data_as_of=None,
+        stale=True,
+    )
+    assert orjson.dumps(decision).startswith(found.head + b",")
+
+
+def test_a_policy_inventing_reasons_is_cached_up_to_the_outcome_table() -> None:
+    cache = DecisionCache(None, ttl_s=0.0)
+    for n in range(300):
+        answer = Materialised.of(PolicyAnswer(allow=False, reason=f"custom_{n}", tier=None))
+        cache.put("t", f"f{n}", 1, answer, now=1.0, valid_until=None, stale=False, epoch=cache.epoch)
+    assert cache.get("t", "f0", 1, 2.0, False) is not None
+    assert cache.get("t", "f299", 1, 2.0, False) is None  # past 256 reasons: decided each time
+    assert len(cache) == 256 - 10  # the 10 built-in reasons take the first places

@@ -14,6 +14,9 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
+import structlog
+
 from sidecar.decisions.cache import DecisionCache
 from sidecar.decisions.policy_io import period_for
 from sidecar.decisions.service import DecisionService
@@ -23,7 +26,7 @@ from sidecar.policy.embedded import EmbeddedEngine
 from sidecar.replica.store import ReplicaReader, ReplicaWriter, open_replica
 from sidecar.usage.ledger import UsageLedger
 from tiergate.feed import FeedAccount, FeedChange, FeedUsage
-from tiergate.models import Account, Status, UsageCounter
+from tiergate.models import Account, Decision, Status, UsageCounter
 from tiergate.periods import rfc3339
 
 ROOT = Path(__file__).parents[3]
@@ -119,8 +122,16 @@ async def test_materialised_answers_equal_fresh_ones(tmp_path: Path) -> None:
             materialised.cache.clear()
         clock[0] += rng.uniform(0, 2) if rng.random() < 0.99 else rng.uniform(0, 3 * 86400)
         feature, quantity = rng.choice(FEATURES), rng.choice((1, 1, 1, 1, 5, 400))
-        got = await materialised.decide(tenant, feature, quantity)
+        if step % 2:  # GET /v1/check's path: the kept bytes plus the lineage, as decide renders
+            body = orjson.loads(await materialised.decide_json(tenant, feature, quantity))
+            got = Decision.from_json(body)
+        else:
+            got = await materialised.decide(tenant, feature, quantity)
         want = await fresh.decide(tenant, feature, quantity)
+        if step % 2:
+            rendered = orjson.loads(orjson.dumps(want))
+            assert list(body) == list(rendered)  # the same keys, in the same order
+            assert {**body, "decision_id": ""} == {**rendered, "decision_id": ""}
         assert (got.allow, got.reason, got.tier, got.limit, got.used, got.remaining, got.valid_until) == (
             want.allow,
             want.reason,
@@ -142,3 +153,30 @@ async def test_materialised_answers_equal_fresh_ones(tmp_path: Path) -> None:
     await engine.close()
     reader.close()
     writer.db.close()
+
+
+async def test_a_rendered_deny_logs_the_line_a_decided_one_does(tmp_path: Path) -> None:
+    path = tmp_path / "replica.db"
+    ReplicaWriter(open_replica(path)).replace_all([], [], data_as_of=START, position=0)
+    reader = ReplicaReader(path)
+    engine = EmbeddedEngine(compiled=True)
+    await engine.load(load_bundle(ROOT / "policies", ROOT / "plans" / "plans.yaml"))
+    service = DecisionService(
+        reader,
+        engine,
+        SidecarMetrics(replica_age=lambda: 0.0),
+        cache=DecisionCache(None, ttl_s=0.0),
+        ledger=UsageLedger(),
+        log_sample=0.0,
+        log_denies=True,
+    )
+    with structlog.testing.capture_logs() as logged:
+        await service.decide("t_free", "sso")  # the default tier has no sso: a deny (a miss)
+        await service.decide_json("t_free", "sso")  # the same, from memory and rendered
+        await service.decide("t_free", "sso")  # from memory, as an object
+    lines = [{k: v for k, v in line.items() if k != "decision_id"} for line in logged]
+    assert len(lines) == 3 and lines[0] == lines[1] == lines[2]
+    assert lines[0]["reason"] == "not_in_plan" and lines[0]["allow"] is False
+    assert [list(line) for line in logged] == [list(logged[0])] * 3  # same fields, same order
+    await engine.close()
+    reader.close()
