@@ -367,6 +367,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--visibility-only", action="store_true", help="only 3., --rounds times per backend")
+    parser.add_argument("--ingest-only", action="store_true", help="only 2.")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument(
         "--postgres", default=postgres_server.LOCAL, help="an admin URL (a scratch database is made)"
@@ -380,6 +381,12 @@ def main() -> None:
     print(f"load average before: {load_before}")
     if args.visibility_only:
         visibility_rounds_only(args, visibility_rounds)
+        return
+    if args.ingest_only:
+        with postgres_server.session_database(args.postgres) as args.pg:
+            ingest = measure("ingest", ingest_run, args)
+            print_throughput(f"usage ingest ({args.ingest_events} events)", ingest, latencies=False)
+        print(f"load average after: {os.getloadavg()}")
         return
     with postgres_server.session_database(args.postgres) as pg:
         args.pg = pg

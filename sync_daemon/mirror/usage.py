@@ -36,45 +36,89 @@ def ingest_events(txn: MirrorTxn, events: Sequence[ValidEvent], received_at: dat
     conn = txn.sql
     # Stored events are numbered max(seq) + 1: one ingest at a time from here to commit, so seqs
     # commit in order (a sink's cursor never passes an event that commits later) on any backend.
+    # The lock makes the batch's reads and writes few: which ids are stored (one query per
+    # _CHUNK ids), then the new events in multi-row INSERTs (on PostgreSQL each statement is a
+    # round trip, held under this lock).
     txn.lock("usage_events", "seq")
     periods = _Periods(txn, conn)
+    known = _stored_keys(conn, events)
+    first_seq = int(conn.execute(f"SELECT coalesce(max(seq), 0) + 1 FROM {USAGE_EVENTS}").fetchone()[0])
     inserted: list[bool] = []
+    rows: list[tuple[Any, ...]] = []
     deltas: list[tuple[Key, Amount]] = []
     readings: dict[Key, ValidEvent] = {}  # gauges: the newest reading of each in this batch
     received = _iso(received_at)
     for event in events:
+        fresh = (event.tenant, event.transaction_id) not in known
+        inserted.append(fresh)
+        if not fresh:
+            continue
+        known.add((event.tenant, event.transaction_id))  # the same id twice in a batch counts once
         period_start = GAUGE_PERIOD_START if event.gauge else rfc3339(periods.of(event)[0]) or ""
-        cursor = conn.execute(
-            f"INSERT INTO {USAGE_EVENTS} (tenant, transaction_id, code, timestamp, "
-            "period_start, value, body, received_at, external_subscription_id, document, seq) "
-            f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM {USAGE_EVENTS})) "
-            "ON CONFLICT DO NOTHING",
-            (
-                event.tenant,
-                event.transaction_id,
-                event.code,
-                _iso(event.at),
-                period_start,
-                stored(event.value),
-                exact_json.dumps(event.properties).decode(),
-                received,
-                event.external_subscription_id,
-                exact_json.dumps(event.lago()).decode(),
-            ),
-        )
-        inserted.append(cursor.rowcount == 1)
+        rows.append(_event_row(event, period_start, received, first_seq + len(rows)))
         key = (event.tenant, event.code, period_start)
-        if cursor.rowcount == 1 and event.gauge:
+        if event.gauge:
             if key not in readings or event.at >= readings[key].at:
                 readings[key] = event
-        elif cursor.rowcount == 1:
+        else:
             deltas.append((key, event.value))
             periods.remember(event)
+    _insert_events(conn, rows)
     counters = {key: _add(txn, conn, key, delta) for key, delta in aggregate(deltas).items() if delta}
     for key, reading in readings.items():
         if _set_gauge(txn, conn, key, reading):
             counters[key] = reading.value
     return IngestResult(inserted, counters)
+
+
+_CHUNK = 200  # ids per lookup, events per INSERT (11 parameters each: far below both backends' limits)
+_EVENT_COLUMNS = (
+    "tenant, transaction_id, code, timestamp, period_start, value, body, received_at, "
+    "external_subscription_id, document, seq"
+)
+
+
+def _stored_keys(conn: Sql, events: Sequence[ValidEvent]) -> set[tuple[str, str]]:
+    """The (tenant, transaction id) pairs of `events` already stored (by the transaction-id index)."""
+    ids = sorted({event.transaction_id for event in events})
+    found: set[tuple[str, str]] = set()
+    for at in range(0, len(ids), _CHUNK):
+        chunk = ids[at : at + _CHUNK]
+        rows = conn.execute(
+            f"SELECT tenant, transaction_id FROM {USAGE_EVENTS} "
+            f"WHERE transaction_id IN ({', '.join('?' for _ in chunk)})",
+            chunk,
+        ).fetchall()
+        found.update((str(tenant), str(tid)) for tenant, tid in rows)
+    return found
+
+
+def _event_row(event: ValidEvent, period_start: str, received: str, seq: int) -> tuple[Any, ...]:
+    return (
+        event.tenant,
+        event.transaction_id,
+        event.code,
+        _iso(event.at),
+        period_start,
+        stored(event.value),
+        exact_json.dumps(event.properties).decode(),
+        received,
+        event.external_subscription_id,
+        exact_json.dumps(event.lago()).decode(),
+        seq,
+    )
+
+
+def _insert_events(conn: Sql, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Plain INSERTs: under the ingest lock a stored id was looked up above, so a conflict here
+    would be a bug, and it fails the transaction instead of being skipped."""
+    marks = "(" + ", ".join("?" for _ in range(11)) + ")"
+    for at in range(0, len(rows), _CHUNK):
+        chunk = rows[at : at + _CHUNK]
+        conn.execute(
+            f"INSERT INTO {USAGE_EVENTS} ({_EVENT_COLUMNS}) VALUES {', '.join(marks for _ in chunk)}",
+            [value for row in chunk for value in row],
+        )
 
 
 def _set_gauge(txn: MirrorTxn, conn: Sql, key: Key, reading: ValidEvent) -> bool:
