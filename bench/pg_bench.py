@@ -45,9 +45,9 @@ for path in (REPO, REPO / "bench"):
 from sync_bench import (  # noqa: E402 - after the path set-up
     RESULTS,
     TOKEN,
-    UNREACHABLE_STRIPE,
     Server,
     _spawn,
+    daemon_env,
     machine,
     measure_visibility,
     percentiles_ms,
@@ -59,7 +59,6 @@ from sync_bench import (  # noqa: E402 - after the path set-up
 
 from demo.processes import free_port, tiergate_command  # noqa: E402
 from tests import postgres_server  # noqa: E402
-from tests.stripe_payloads import SECRET  # noqa: E402
 
 CONFIGS = (("sqlite", 1), ("postgresql", 1), ("postgresql", 2))
 INTAKE_CONNECTIONS = 16
@@ -75,17 +74,8 @@ _TICK = os.sysconf("SC_CLK_TCK")
 def start_daemon(tmp: Path, name: str, pg_url: str | None) -> Server:
     port = free_port()
     env = {
-        "TIERGATE_STRIPE_API_KEY": "sk_test_bench",
-        "TIERGATE_STRIPE_API_BASE": UNREACHABLE_STRIPE,
-        "TIERGATE_STRIPE_WEBHOOK_SECRET": SECRET,
-        "TIERGATE_STRIPE_MAX_NETWORK_RETRIES": "0",
+        **daemon_env(tmp / "mirror.db", port),
         "TIERGATE_STRIPE_REFETCH": "false",
-        "TIERGATE_FEED_TOKEN": TOKEN,
-        "TIERGATE_MIRROR_PATH": str(tmp / "mirror.db"),
-        "TIERGATE_DAEMON_PORT": str(port),
-        "TIERGATE_PLANS": str(REPO / "plans" / "plans.yaml"),
-        "TIERGATE_RECONCILE_AT_START": "false",
-        "TIERGATE_RECONCILE_INTERVAL_S": "86400",
         **({"TIERGATE_MIRROR_URL": pg_url} if pg_url else {}),
     }
     return _spawn(f"daemon-{name}", tiergate_command("sync-daemon"), env, tmp, f"http://127.0.0.1:{port}")

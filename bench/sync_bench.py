@@ -122,9 +122,9 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], tmp: Path, url: str)
     return Server(name, popen, log, url)
 
 
-def start_daemon(tmp: Path, mirror: Path) -> Server:
-    port = free_port()
-    env = {
+def daemon_env(mirror: Path, port: int) -> dict[str, str]:
+    """A benchmark daemon's settings: Stripe unreachable, no reconcile, the sample catalog."""
+    return {
         "TIERGATE_STRIPE_API_KEY": "sk_test_bench",
         "TIERGATE_STRIPE_API_BASE": UNREACHABLE_STRIPE,
         "TIERGATE_STRIPE_WEBHOOK_SECRET": SECRET,
@@ -136,6 +136,11 @@ def start_daemon(tmp: Path, mirror: Path) -> Server:
         "TIERGATE_RECONCILE_AT_START": "false",
         "TIERGATE_RECONCILE_INTERVAL_S": "86400",
     }
+
+
+def start_daemon(tmp: Path, mirror: Path) -> Server:
+    port = free_port()
+    env = daemon_env(mirror, port)
     server = _spawn("daemon", tiergate_command("sync-daemon"), env, tmp, f"http://127.0.0.1:{port}")
     server.wait("/healthz")
     return server
