@@ -21,7 +21,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import psycopg
@@ -66,10 +66,44 @@ class PostgresSql:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         return self.conn.execute(placeholders(sql), params)
 
+    def execute_after(
+        self, first: str, first_params: Sequence[Any], sql: str, params: Sequence[Any]
+    ) -> Cursor:
+        """`first`, then `sql`, in one round trip; the cursor holds `sql`'s rows.
+
+        Two statements, not one: under READ COMMITTED each statement reads from a snapshot taken
+        when it starts, so a read in the same statement as a lock that waited would not see what
+        the lock's previous holder committed. Sent together as one simple query (client-side
+        parameters), each still gets its own snapshot.
+        """
+        cursor = psycopg.ClientCursor(self.conn)
+        cursor.execute(f"{placeholders(first)}; {placeholders(sql)}", [*first_params, *params])
+        cursor.nextset()
+        return cursor
+
+
+_LOCK = "SELECT pg_advisory_xact_lock(?, hashtext(?))"
+
 
 class PostgresTxn(MirrorTxn):
+    """A transaction that remembers the advisory locks it holds (they last until it ends)."""
+
+    def __init__(self, sql: PostgresSql) -> None:
+        super().__init__(sql)
+        self._pg = sql
+        self._held: set[tuple[str, str]] = set()
+
     def lock(self, kind: str, key: str) -> None:
-        self.sql.execute("SELECT pg_advisory_xact_lock(?, hashtext(?))", [_LOCK_CLASSES[kind], key])
+        if (kind, key) not in self._held:
+            self._pg.execute(_LOCK, [_LOCK_CLASSES[kind], key])
+            self._held.add((kind, key))
+
+    def locked_read(self, kind: str, key: str, sql: str, params: Sequence[Any]) -> Cursor:
+        if (kind, key) in self._held:
+            return self._pg.execute(sql, params)
+        cursor = self._pg.execute_after(_LOCK, [_LOCK_CLASSES[kind], key], sql, params)
+        self._held.add((kind, key))
+        return cursor
 
 
 def redact(url: str) -> str:
@@ -89,8 +123,8 @@ class PostgresMirror(SqlMirror):
         super().__init__(writers=pool_size)
         self.url = url
         self._timeout_s = timeout_s
-        self._pool = _pool(url, pool_size, timeout_s, "tiergate-mirror-write")
-        self._read_pool = _pool(url, 4, timeout_s, "tiergate-mirror-read")
+        self._pool = _pool(url, pool_size, timeout_s, "tiergate-mirror-write", check=False)
+        self._read_pool = _pool(url, 4, timeout_s, "tiergate-mirror-read", check=True)
         self._listener: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.listening = False
@@ -126,6 +160,29 @@ class PostgresMirror(SqlMirror):
         await self._shutdown()
 
     def _write(self, fn: Callable[[MirrorTxn], T], want_seq: bool) -> tuple[T, int | None]:
+        """Run `fn` in a transaction, again on a fresh connection if the first one was found broken.
+
+        The pool does not test a connection before lending it (a round trip per transaction):
+        a connection that died while idle (a restarted server, `pg_terminate_backend`, a network
+        cut) fails the transaction with `OperationalError` before anything commits. Then every
+        idle connection is tested and the transaction runs once more. A connection lost once
+        `fn` has returned (while numbering changes or committing) may have committed: that is
+        never re-run but reported, like any other failure, as `MirrorError`.
+        """
+        body = _Body(fn)
+        try:
+            return self._write_on_a_connection(body, want_seq)
+        except psycopg.OperationalError as exc:
+            if body.finished or not _connection_lost(exc):
+                raise MirrorError(f"PostgreSQL mirror at {self.where}: {exc}") from exc
+            log.warning("mirror_connection_lost", error=str(exc), retry=True)
+        try:
+            self._pool.check()
+            return self._write_on_a_connection(_Body(fn), want_seq)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise MirrorError(f"PostgreSQL mirror at {self.where}: {exc}") from exc
+
+    def _write_on_a_connection(self, fn: _Body[T], want_seq: bool) -> tuple[T, int | None]:
         try:
             with self._pool.connection() as conn:
                 for attempt in range(_RETRIES):
@@ -134,7 +191,7 @@ class PostgresMirror(SqlMirror):
                     except _RETRYABLE:
                         time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # on a worker thread
                 raise MirrorError(f"a mirror transaction kept conflicting after {_RETRIES} attempts")
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except PoolTimeout as exc:
             raise MirrorError(f"PostgreSQL mirror at {self.where}: {exc}") from exc
 
     def _attempt(
@@ -185,7 +242,28 @@ class PostgresMirror(SqlMirror):
                 await asyncio.wait_for(self._stopping.wait(), 1.0)
 
 
-def _pool(url: str, size: int, timeout_s: float, name: str) -> ConnectionPool[Connection]:
+def _connection_lost(exc: psycopg.OperationalError) -> bool:
+    """The connection broke (no SQLSTATE: the socket; 08: connection; 57P: server shut it), not a query."""
+    state = exc.sqlstate
+    return state is None or state.startswith(("08", "57P"))
+
+
+class _Body(Generic[T]):
+    """A transaction body that tells whether it returned (then its transaction may have committed)."""
+
+    def __init__(self, fn: Callable[[MirrorTxn], T]) -> None:
+        self.fn = fn
+        self.finished = False
+
+    def __call__(self, txn: MirrorTxn) -> T:
+        self.finished = False
+        result = self.fn(txn)
+        self.finished = True
+        return result
+
+
+def _pool(url: str, size: int, timeout_s: float, name: str, *, check: bool) -> ConnectionPool[Connection]:
+    """`check`: test each connection before lending it (one round trip); without, callers retry."""
     return ConnectionPool(
         url,
         min_size=1,
@@ -194,7 +272,7 @@ def _pool(url: str, size: int, timeout_s: float, name: str) -> ConnectionPool[Co
         name=name,
         timeout=timeout_s,
         kwargs={"autocommit": True, "options": f"-c search_path={SCHEMA}"},
-        check=ConnectionPool.check_connection,
+        check=ConnectionPool.check_connection if check else None,
     )
 
 

@@ -147,6 +147,9 @@ class MirrorTxn:
     def __init__(self, sql: Sql) -> None:
         self.sql = sql
         self.pending: list[tuple[str, str, str, str | None]] = []  # (tenant, kind, op, body)
+        # Accounts this transaction has read or written, by tenant (None: no account): read once,
+        # under the tenant's lock, so a read-decide-write (`put_account`) never asks again.
+        self._accounts: dict[str, MirrorAccount | None] = {}
 
     @property
     def appended(self) -> int:
@@ -155,9 +158,14 @@ class MirrorTxn:
     def lock(self, kind: str, key: str) -> None:
         """Serialize with other transactions touching the same (kind, key); a no-op on one writer."""
 
+    def locked_read(self, kind: str, key: str, sql: str, params: Sequence[Any]) -> Cursor:
+        """`lock(kind, key)`, then `sql`: a read that sees what every earlier holder of the lock committed."""
+        self.lock(kind, key)
+        return self.sql.execute(sql, params)
+
     def seen(self, event_id: str) -> bool:
-        self.lock("event", event_id)
-        return self.sql.execute(f"SELECT 1 FROM {EVENTS} WHERE id = ?", [event_id]).fetchone() is not None
+        cursor = self.locked_read("event", event_id, f"SELECT 1 FROM {EVENTS} WHERE id = ?", [event_id])
+        return cursor.fetchone() is not None
 
     def record_event(self, event_id: str, event_type: str, outcome: str) -> None:
         self.upsert(
@@ -167,10 +175,16 @@ class MirrorTxn:
         )
 
     def account(self, tenant: str) -> MirrorAccount | None:
-        self.lock("tenant", tenant)
-        cursor = self.sql.execute(f"SELECT * FROM {ACCOUNTS} WHERE tenant = ?", [tenant])
-        found = cursor.fetchone()
-        return MirrorAccount.from_row(dict(zip(column_names(cursor), found, strict=True))) if found else None
+        """The tenant's account, read once per transaction under the tenant's lock."""
+        if tenant not in self._accounts:
+            cursor = self.locked_read(
+                "tenant", tenant, f"SELECT * FROM {ACCOUNTS} WHERE tenant = ?", [tenant]
+            )
+            found = cursor.fetchone()
+            self._accounts[tenant] = (
+                MirrorAccount.from_row(dict(zip(column_names(cursor), found, strict=True))) if found else None
+            )
+        return self._accounts[tenant]
 
     def customer(self, customer_id: str) -> CustomerLink | None:
         found = self.sql.execute(
@@ -197,6 +211,7 @@ class MirrorTxn:
             version += 1
         stored = account.replace(version=version)
         self.upsert(ACCOUNTS, stored.row(), "tenant")
+        self._accounts[stored.tenant] = stored
         if version != (current.version if current else 0):
             self.append(stored.tenant, "account", "upsert", stored.feed())
         return stored
@@ -205,6 +220,7 @@ class MirrorTxn:
         if self.account(tenant) is None:
             return False
         self.sql.execute(f"DELETE FROM {ACCOUNTS} WHERE tenant = ?", [tenant])
+        self._accounts[tenant] = None
         self.append(tenant, "account", "delete", None)
         return True
 

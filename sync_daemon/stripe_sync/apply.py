@@ -77,7 +77,33 @@ class EventApplier(SyncParts):
 
     # -- subscriptions -------------------------------------------------------------------
 
-    async def _subscription(self, meta: EventMeta, state: SubscriptionState, *, fetched: bool = False) -> str:
+    async def _subscription(self, meta: EventMeta, state: SubscriptionState) -> str:
+        done = await self.mirror.transact(lambda txn: self._subscription_at_once(txn, meta, state))
+        if done is None:  # Stripe must be asked first, outside any transaction
+            return await self._subscription_asking_stripe(meta, state)
+        outcome, tenant = done
+        return self._subscription_done(meta, state, tenant, outcome)
+
+    def _subscription_at_once(
+        self, txn: MirrorTxn, meta: EventMeta, state: SubscriptionState
+    ) -> tuple[str, str | None] | None:
+        """The event in one transaction, or None (nothing written) when Stripe must be asked first:
+        for an unlinked customer's tenant, or on a same-second tie (with `refetch`)."""
+        if txn.seen(meta.id):
+            return "duplicate", None
+        tenant = _tenant_in(txn, state.tenant, state.customer_id)
+        if tenant is None:
+            if self.refetch and state.customer_id is not None:
+                return None
+            outcome = "no_tenant"
+        else:
+            if self._tie(meta, txn.account(tenant)):
+                return None
+            outcome = self._put_subscription(txn, meta, tenant, state, False)
+        txn.record_event(meta.id, meta.type, outcome)
+        return outcome, tenant
+
+    async def _subscription_asking_stripe(self, meta: EventMeta, state: SubscriptionState) -> str:
         seen, tenant, current = await self.mirror.transact(
             lambda txn: _lookup(txn, meta.id, state.tenant, state.customer_id)
         )
@@ -86,15 +112,28 @@ class EventApplier(SyncParts):
         if tenant is None:
             tenant = await self._tenant_from_stripe(state.customer_id)
         if tenant is None:
-            log.warning("webhook_no_tenant", event_id=meta.id, customer=state.customer_id)
-            return await self._record(meta, lambda txn: "no_tenant")
-        if not fetched and current is not None and meta.created == current.stripe_updated and self.refetch:
+            return self._subscription_done(
+                meta, state, None, await self._record(meta, lambda txn: "no_tenant")
+            )
+        fetched = False
+        if self._tie(meta, current):
             fresh = await self._fetch(state.subscription_id)
             if fresh is not None:
                 state, fetched = fresh, True
         outcome = await self._record(
             meta, lambda txn: self._put_subscription(txn, meta, tenant, state, fetched)
         )
+        return self._subscription_done(meta, state, tenant, outcome)
+
+    def _tie(self, meta: EventMeta, current: MirrorAccount | None) -> bool:
+        """A same-second tie with the stored state, which Stripe settles (when we may ask it)."""
+        return self.refetch and current is not None and meta.created == current.stripe_updated
+
+    def _subscription_done(
+        self, meta: EventMeta, state: SubscriptionState, tenant: str | None, outcome: str
+    ) -> str:
+        if outcome == "no_tenant":
+            log.warning("webhook_no_tenant", event_id=meta.id, customer=state.customer_id)
         if outcome in ("applied", "refetched", "tie_unresolved") and state.unmapped_price:
             self.metrics.unmapped_prices.inc()
             log.warning(
