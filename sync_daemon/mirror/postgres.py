@@ -263,7 +263,8 @@ class _Body(Generic[T]):
 
 
 def _pool(url: str, size: int, timeout_s: float, name: str, *, check: bool) -> ConnectionPool[Connection]:
-    """`check`: test each connection before lending it (one round trip); without, callers retry."""
+    """`check`: test each connection before lending it (one round trip); without, callers retry.
+    `name` is also the connections' `application_name` (pg_stat_activity tells the pools apart)."""
     return ConnectionPool(
         url,
         min_size=1,
@@ -271,7 +272,7 @@ def _pool(url: str, size: int, timeout_s: float, name: str, *, check: bool) -> C
         open=False,
         name=name,
         timeout=timeout_s,
-        kwargs={"autocommit": True, "options": f"-c search_path={SCHEMA}"},
+        kwargs={"autocommit": True, "options": f"-c search_path={SCHEMA}", "application_name": name},
         check=ConnectionPool.check_connection if check else None,
     )
 
