@@ -32,7 +32,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from sync_daemon.mirror.postgres_schema import SCHEMA, migrate
 from sync_daemon.mirror.schema import CHANGES
 from sync_daemon.mirror.sql import SqlMirror
-from sync_daemon.mirror.store import Cursor, MirrorTxn, Sql
+from sync_daemon.mirror.store import Cursor, MirrorTxn, Sql, upsert_statement
 from tiergate.errors import MirrorError
 
 log = structlog.get_logger("tiergate.mirror")
@@ -58,12 +58,15 @@ def placeholders(sql: str) -> str:
 
 
 class PostgresSql:
-    """`Sql` over a psycopg connection."""
+    """`Sql` over a psycopg connection; writes whose results nobody reads can wait for the next round trip."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self._deferred: list[tuple[str, Sequence[Any]]] = []  # sent, in order, before the next statement
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        if self._deferred:
+            return self._together([*self._take(), (sql, params)])
         return self.conn.execute(placeholders(sql), params)
 
     def execute_after(
@@ -76,9 +79,29 @@ class PostgresSql:
         the lock's previous holder committed. Sent together as one simple query (client-side
         parameters), each still gets its own snapshot.
         """
+        return self._together([*self._take(), (first, first_params), (sql, params)])
+
+    def defer(self, sql: str, params: Sequence[Any]) -> None:
+        """Run `sql` (a write, no result wanted) with the next statement, or at `flush`."""
+        self._deferred.append((sql, params))
+
+    def flush(self) -> None:
+        if self._deferred:
+            self._together(self._take())
+
+    def _take(self) -> list[tuple[str, Sequence[Any]]]:
+        taken, self._deferred = self._deferred, []
+        return taken
+
+    def _together(self, statements: list[tuple[str, Sequence[Any]]]) -> Cursor:
+        """Several statements as one simple query, in order; the cursor holds the last one's result."""
         cursor = psycopg.ClientCursor(self.conn)
-        cursor.execute(f"{placeholders(first)}; {placeholders(sql)}", [*first_params, *params])
-        cursor.nextset()
+        cursor.execute(
+            "; ".join(placeholders(sql) for sql, _ in statements),
+            [p for _, params in statements for p in params],
+        )
+        while cursor.nextset():
+            pass
         return cursor
 
 
@@ -86,7 +109,8 @@ _LOCK = "SELECT pg_advisory_xact_lock(?, hashtext(?))"
 
 
 class PostgresTxn(MirrorTxn):
-    """A transaction that remembers the advisory locks it holds (they last until it ends)."""
+    """A transaction that remembers the advisory locks it holds (they last until it ends) and
+    sends its upserts together with its next statement (`flush` sends what is left)."""
 
     def __init__(self, sql: PostgresSql) -> None:
         super().__init__(sql)
@@ -104,6 +128,12 @@ class PostgresTxn(MirrorTxn):
         cursor = self._pg.execute_after(_LOCK, [_LOCK_CLASSES[kind], key], sql, params)
         self._held.add((kind, key))
         return cursor
+
+    def upsert(self, table: str, row: dict[str, Any], key: str) -> None:
+        self._pg.defer(*upsert_statement(table, row, key))
+
+    def flush(self) -> None:
+        self._pg.flush()
 
 
 def redact(url: str) -> str:
@@ -258,6 +288,8 @@ class _Body(Generic[T]):
     def __call__(self, txn: MirrorTxn) -> T:
         self.finished = False
         result = self.fn(txn)
+        if isinstance(txn, PostgresTxn):
+            txn.flush()  # the writes still held back, before the commit
         self.finished = True
         return result
 

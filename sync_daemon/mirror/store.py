@@ -230,14 +230,19 @@ class MirrorTxn:
 
     def upsert(self, table: str, row: dict[str, Any], key: str) -> None:
         """Insert or replace one row by its primary key, `key` (columns comma-separated), on both backends."""
-        names = list(row)
-        keys = {k.strip() for k in key.split(",")}
-        updates = ", ".join(f"{n} = excluded.{n}" for n in names if n not in keys)
-        self.sql.execute(
-            f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)}) "
-            f"ON CONFLICT ({key}) DO UPDATE SET {updates}",
-            list(row.values()),
-        )
+        self.sql.execute(*upsert_statement(table, row, key))
+
+
+def upsert_statement(table: str, row: dict[str, Any], key: str) -> tuple[str, list[Any]]:
+    """The SQL (both dialects) and parameters that insert `row` or replace the one with its `key`."""
+    names = list(row)
+    keys = {k.strip() for k in key.split(",")}
+    updates = ", ".join(f"{n} = excluded.{n}" for n in names if n not in keys)
+    sql = (
+        f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)}) "
+        f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
+    )
+    return sql, list(row.values())
 
 
 @dataclass(frozen=True)

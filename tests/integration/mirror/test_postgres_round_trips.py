@@ -1,6 +1,7 @@
 """The PostgreSQL adapter's shortcuts keep its guarantees: a lock and the read after it share one
-round trip yet the read sees what the lock's previous holder committed; a transaction whose
-pooled connection died is run again on a fresh one, once, and never half-stored."""
+round trip yet the read sees what the lock's previous holder committed; upserts sent with the
+next statement are still stored, in order, or not at all; a transaction whose pooled connection
+died is run again on a fresh one, once, and never half-stored."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import psycopg
 import pytest
 from structlog.testing import capture_logs
 
+from sync_daemon.mirror.backends import mirror_for
 from sync_daemon.mirror.postgres import PostgresMirror
-from sync_daemon.mirror.store import MirrorAccount, MirrorTxn
+from sync_daemon.mirror.store import CustomerLink, MirrorAccount, MirrorTxn
 from tests import postgres_server
+from tests.conftest import MirrorBackend
 from tests.integration.usage.conftest import eventually
 from tiergate.errors import MirrorError
 
@@ -30,6 +33,35 @@ async def mirror(postgres_url: str) -> AsyncIterator[PostgresMirror]:
     await store.open()
     yield store
     await store.close()
+
+
+async def test_upserts_sent_late_are_seen_by_the_next_read_and_stored_at_commit(
+    mirror_backend: MirrorBackend,
+) -> None:
+    store = mirror_for(mirror_backend.location)
+    await store.open()
+    try:
+
+        def link_then_read(txn: MirrorTxn) -> CustomerLink | None:
+            txn.link_customer(CustomerLink("cus_1", "t_alice"))
+            txn.link_customer(CustomerLink("cus_1", "t_bob"))  # the later one wins
+            return txn.customer("cus_1")
+
+        assert await store.transact(link_then_read) == CustomerLink("cus_1", "t_bob")
+        await store.transact(
+            lambda txn: txn.link_customer(CustomerLink("cus_2", "t_carol"))
+        )  # nothing after it
+        assert await store.customers() == {"cus_1": "t_bob", "cus_2": "t_carol"}
+
+        def link_then_fail(txn: MirrorTxn) -> None:
+            txn.link_customer(CustomerLink("cus_3", "t_dan"))
+            raise RuntimeError("before the commit")
+
+        with pytest.raises(RuntimeError):
+            await store.transact(link_then_fail)
+        assert "cus_3" not in await store.customers()
+    finally:
+        await store.close()
 
 
 def _advisory_waiters(url: str) -> int:
