@@ -89,7 +89,7 @@ class EventApplier(SyncParts):
     ) -> tuple[str, str | None] | None:
         """The event in one transaction, or None (nothing written) when Stripe must be asked first:
         for an unlinked customer's tenant, or on a same-second tie (with `refetch`)."""
-        if txn.seen(meta.id):
+        if txn.seen(meta.id, customer_id=state.customer_id):
             return "duplicate", None
         tenant = _tenant_in(txn, state.tenant, state.customer_id)
         if tenant is None:

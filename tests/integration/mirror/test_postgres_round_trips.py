@@ -64,6 +64,25 @@ async def test_upserts_sent_late_are_seen_by_the_next_read_and_stored_at_commit(
         await store.close()
 
 
+async def test_an_event_id_read_with_its_customer_gives_both(mirror_backend: MirrorBackend) -> None:
+    store = mirror_for(mirror_backend.location)
+    await store.open()
+    try:
+        await store.transact(lambda txn: txn.link_customer(CustomerLink("cus_1", "t_alice", deleted_at=5)))
+        await store.transact(lambda txn: txn.record_event("evt_1", "x", "applied"))
+
+        def read(txn: MirrorTxn, event_id: str, customer_id: str) -> tuple[bool, CustomerLink | None]:
+            return txn.seen(event_id, customer_id=customer_id), txn.customer(customer_id)
+
+        assert await store.transact(lambda txn: read(txn, "evt_1", "cus_1")) == (
+            True,
+            CustomerLink("cus_1", "t_alice", deleted_at=5),
+        )
+        assert await store.transact(lambda txn: read(txn, "evt_2", "cus_2")) == (False, None)
+    finally:
+        await store.close()
+
+
 def _advisory_waiters(url: str) -> int:
     with psycopg.connect(url, autocommit=True) as conn:
         found = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
