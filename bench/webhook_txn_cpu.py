@@ -28,6 +28,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
+
 REPO = Path(__file__).resolve().parent.parent
 for path in (REPO, REPO / "bench"):
     if str(path) not in sys.path:
@@ -36,7 +38,6 @@ for path in (REPO, REPO / "bench"):
 from sync_bench import TIERS, tier_event  # noqa: E402
 
 from sync_daemon.metrics import DaemonMetrics  # noqa: E402
-from sync_daemon.mirror import postgres  # noqa: E402
 from sync_daemon.mirror.backends import mirror_for  # noqa: E402
 from sync_daemon.mirror.store import Mirror, MirrorTxn  # noqa: E402
 from sync_daemon.outbound.delivery import Outbound  # noqa: E402
@@ -71,25 +72,24 @@ class NoStripe:
 
 
 class Counting:
-    """Counts the round trips PostgresSql makes (BEGIN and COMMIT aside) and the transactions run."""
+    """Counts the round trips psycopg makes (statements, BEGIN and COMMIT) and the transactions run."""
 
     def __init__(self) -> None:
         self.statements = 0
         self.transactions = 0
-        original = postgres.PostgresSql.execute
+        execute = psycopg.Cursor.execute
+        command = psycopg.Connection._exec_command
 
-        def execute(sql_self: postgres.PostgresSql, sql: str, params: Any = ()) -> Any:
+        def counted_execute(cursor: Any, *args: Any, **kwargs: Any) -> Any:
             self.statements += 1
-            return original(sql_self, sql, params)
+            return execute(cursor, *args, **kwargs)
 
-        postgres.PostgresSql.execute = execute  # type: ignore[method-assign, assignment]
-        original_after = postgres.PostgresSql.execute_after
+        def counted_command(conn: Any, *args: Any, **kwargs: Any) -> Any:
+            self.statements += 1
+            return command(conn, *args, **kwargs)
 
-        def execute_after(sql_self: postgres.PostgresSql, *args: Any) -> Any:
-            self.statements += 1  # two statements, one round trip
-            return original_after(sql_self, *args)
-
-        postgres.PostgresSql.execute_after = execute_after  # type: ignore[method-assign, assignment]
+        setattr(psycopg.Cursor, "execute", counted_execute)  # noqa: B010 - patching on purpose
+        setattr(psycopg.Connection, "_exec_command", counted_command)  # noqa: B010
 
 
 def process_cpu_s() -> float:

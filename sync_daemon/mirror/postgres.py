@@ -10,6 +10,13 @@ across daemons comes from three locks, all released at commit:
 - `feed_head`'s row lock, taken last: seqs are assigned at commit, in commit order (ADR 0013).
 A deadlock or serialization failure re-runs the whole transaction. `LISTEN tiergate_feed` (on an
 async connection) wakes this daemon's long polls when another daemon commits.
+
+Each round trip costs the daemon CPU (a thread that sleeps on the socket and is woken again), so a
+transaction makes few: a lock and the read after it go together (two statements, one simple
+query: each statement keeps its own snapshot), reads are not repeated within a transaction
+(`MirrorTxn` keeps the accounts and customer links it read), upserts go with the next statement
+(or just before the commit), and the write pool lends connections without testing them first (a
+transaction that finds its connection broken runs again, once, on a fresh one).
 """
 
 from __future__ import annotations
