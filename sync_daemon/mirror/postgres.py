@@ -295,8 +295,8 @@ class _Body(Generic[T]):
     def __call__(self, txn: MirrorTxn) -> T:
         self.finished = False
         result = self.fn(txn)
-        if isinstance(txn, PostgresTxn):
-            txn.flush()  # the writes still held back, before the commit
+        if isinstance(txn, PostgresTxn) and not txn.pending:
+            txn.flush()  # the writes still held back; with changes to log, they go with those statements
         self.finished = True
         return result
 
