@@ -1,13 +1,15 @@
 """Webhook intake of two checkouts, A and B, on SQLite and PostgreSQL, in alternation (prints figures).
 
-    .venv/bin/python bench/pg_ab.py --a /tmp/before --b . [--rounds 3] [--events 3000]
+    .venv/bin/python bench/pg_ab.py --a /tmp/before --b . [--rounds 3] [--events 3000] [--daemon-cpus 0.5]
 
 bench/pg_bench.py's webhook intake (signed `customer.subscription.updated` events over 16
 connections, one daemon, a fresh mirror each run), run for each checkout's daemon (started with
 PYTHONPATH=CHECKOUT and this virtualenv) on each backend, the checkouts alternating A, B, B, A,
 ... so a change in the shared machine's load hits both. Per run: events/s, the daemon's CPU
 ms/event and PostgreSQL's (from /proc); then medians per checkout and backend, PostgreSQL/SQLite
-within each checkout, and B/A. Prints the load average; results in bench/results/pg_ab.json.
+within each checkout, and B/A. `--daemon-cpus C` gives each daemon a CPU quota (pg_bench's): the
+daemon is then the bottleneck on both backends, so events/s compares what each spends per event.
+Prints the load average; results in bench/results/pg_ab.json.
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ def main() -> None:
     parser.add_argument("--b", type=Path, default=REPO, help="checkout B (default: this one)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--events", type=int, default=3000)
+    parser.add_argument(
+        "--daemon-cpus", type=float, default=None, metavar="CPUS", help="a CPU quota per daemon"
+    )
     parser.add_argument("--postgres", default=postgres_server.LOCAL, help="an admin URL (a scratch database)")
     args = parser.parse_args()
     checkouts = {"a": args.a.resolve(), "b": args.b.resolve()}
@@ -75,7 +80,7 @@ def main() -> None:
         for name in order(args.rounds):
             with daemons_from(checkouts[name]):
                 for backend in BACKENDS:
-                    found = intake_run(backend, 1, pg, args.events, rng, None)
+                    found = intake_run(backend, 1, pg, args.events, rng, args.daemon_cpus)
                     runs[f"{name}/{backend}"].append(found)
                     shown = {k: found[k] for k in FIGURES}
                     print(f"{name.upper()} {backend}: {shown} load {os.getloadavg()[0]:.1f}", flush=True)
@@ -102,7 +107,8 @@ def main() -> None:
             ]
         )
     table(
-        f"webhook intake, {args.events} events, medians of {args.rounds} rounds per checkout",
+        f"webhook intake, {args.events} events, medians of {args.rounds} rounds per checkout"
+        + (f", {args.daemon_cpus} CPU per daemon" if args.daemon_cpus else ""),
         [
             "code",
             "backend",
@@ -124,12 +130,13 @@ def main() -> None:
         )
     print(f"load average after: {load_after}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "pg_ab.json"
+    out = RESULTS / ("pg_ab.json" if args.daemon_cpus is None else "pg_ab_quota.json")
     figures = {
         "machine": machine(),
         "load_average": {"before": load_before, "after": load_after},
         "checkouts": {k: str(v) for k, v in checkouts.items()},
         "events": args.events,
+        "daemon_cpus": args.daemon_cpus,
         "medians": medians,
         "runs": runs,
     }
