@@ -88,7 +88,7 @@ async def test_a_duplicate_webhook_reads_only_its_event_id(
 async def pg_daemon(
     aiohttp_client: Any, postgres_url: str, fake_stripe: FakeStripe, tmp_path: Path
 ) -> Daemon:
-    postgres_server.reset(postgres_url)
+    postgres_server.empty_mirror(postgres_url)
     settings = make_settings(tmp_path / "mirror.db", fake_stripe.url, mirror_url=SecretStr(postgres_url))
     return Daemon(await aiohttp_client(create_app(settings)), fake_stripe)
 

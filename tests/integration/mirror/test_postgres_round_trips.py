@@ -28,7 +28,7 @@ WAIT_S = 30.0
 
 @pytest.fixture
 async def mirror(postgres_url: str) -> AsyncIterator[PostgresMirror]:
-    postgres_server.reset(postgres_url)
+    postgres_server.empty_mirror(postgres_url)
     store = PostgresMirror(postgres_url, pool_size=4)
     await store.open()
     yield store
