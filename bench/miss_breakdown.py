@@ -1,0 +1,222 @@
+"""The decision service's miss path, piece by piece, in process (prints µs a call).
+
+    .venv/bin/python bench/miss_breakdown.py --replica /path/replica.db [--keys 20000]
+
+Builds the sidecar's own app on an existing replica (e.g. one `bench/sidecar_latency.py` or
+`tiergate replica import` made), draws `--keys` (tenant, feature) pairs uniformly over every
+tenant, and times, over those same keys: the whole miss (`decide_json` on a service with no
+cache), then each piece of it alone. Each figure is the mean over the fastest of `--blocks` passes
+over the keys (CPU time of this thread), so a shared machine's preemptions mostly drop out.
+Nothing here asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+FEATURES = ("api_calls", "reports", "sso", "exports", "dashboards")
+
+
+def fastest_sync(call: Callable[[int], object], n: int, blocks: int) -> float:
+    best = float("inf")
+    for _ in range(blocks):
+        started = time.thread_time_ns()
+        for i in range(n):
+            call(i)
+        best = min(best, (time.thread_time_ns() - started) / n / 1000)
+    return round(best, 2)
+
+
+async def fastest_async(call: Callable[[int], Awaitable[object]], n: int, blocks: int) -> float:
+    best = float("inf")
+    for _ in range(blocks):
+        started = time.thread_time_ns()
+        for i in range(n):
+            await call(i)
+        best = min(best, (time.thread_time_ns() - started) / n / 1000)
+    return round(best, 2)
+
+
+async def breakdown(replica: Path, keys_n: int, blocks: int, seed: int) -> dict[str, float]:
+    import orjson
+    import structlog
+    from aiohttp import web
+
+    from sidecar.app import create_app
+    from sidecar.decisions import policy_io
+    from sidecar.decisions.cache import DecisionCache, Materialised
+    from sidecar.decisions.service import DecisionService
+    from sidecar.metrics import SidecarMetrics
+    from sidecar.policy.engine import DECISION_PATH
+    from sidecar.settings import SidecarSettings
+    from sidecar.state import DECISIONS, POLICIES, READER
+    from sidecar.usage.ledger import UsageLedger
+    from tiergate.log import configure_logging
+
+    os.environ.update(
+        {
+            "TIERGATE_REPLICA_PATH": str(replica),
+            "TIERGATE_PLANS": str(REPO / "plans" / "plans.yaml"),
+            "TIERGATE_POLICIES": str(REPO / "policies"),
+            "TIERGATE_LOG_JSON": "true",
+            "TIERGATE_DECISION_LOG_SAMPLE": "0",
+        }
+    )
+    settings = SidecarSettings()
+    configure_logging(json=settings.log_json, level=settings.log_level)
+    sink = open(os.devnull, "wb")  # noqa: SIM115 - closed below
+    structlog.configure(logger_factory=structlog.BytesLoggerFactory(file=sink))
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()
+    try:
+        app = runner.app
+        service, reader, engine = app[DECISIONS], app[READER], app[POLICIES].engine
+        rng = random.Random(seed)
+        tenants = reader.tenants() if hasattr(reader, "tenants") else None
+        if not tenants:
+            tenants = [f"t_{i:06d}" for i in range(reader.count_accounts())]
+        keys = [(rng.choice(tenants), rng.choice(FEATURES)) for _ in range(keys_n)]
+        uncached = DecisionService(
+            reader,
+            engine,
+            SidecarMetrics(replica_age=lambda: 0.0),
+            cache=DecisionCache(0, 0.0),
+            ledger=UsageLedger(),
+            log_sample=0.0,
+            log_denies=settings.decision_log_denies,
+        )
+        quiet = DecisionService(
+            reader,
+            engine,
+            SidecarMetrics(replica_age=lambda: 0.0),
+            cache=DecisionCache(0, 0.0),
+            ledger=UsageLedger(),
+            log_sample=0.0,
+            log_denies=False,
+        )
+        now = time.time()
+        when = datetime.fromtimestamp(now, UTC)
+        now_text = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+        rows = [reader.account(t) for t, _ in keys]
+        periods = [policy_io.period_for(r, when, now_text) for r in rows]
+        usages = [reader.usage(t, p[0]) for (t, _), p in zip(keys, periods, strict=True)]
+        accounts = [policy_io.account_document(r) for r in rows]
+        overrides = [reader.overrides(t) for t, _ in keys]
+
+        def document(i: int) -> dict[str, Any]:
+            tenant, feature = keys[i]
+            return policy_io.build_input(
+                tenant=tenant,
+                feature=feature,
+                quantity=1,
+                now_text=now_text,
+                account=accounts[i],
+                usage=usages[i],
+                period=periods[i],
+                replica_age_s=None,
+                overrides=overrides[i],
+            )
+
+        documents = [document(i) for i in range(keys_n)]
+        inputs = [orjson.dumps(d).decode() for d in documents]
+        await engine.evaluate(DECISION_PATH, documents[0])  # compiles the VM program
+        vm = engine._loaded.vms[DECISION_PATH]  # noqa: SLF001 - the bench reaches in on purpose
+        outputs = []
+        for text in inputs:
+            vm.set_input_json(text)
+            outputs.append(vm.execute_entry_point(DECISION_PATH))
+        raw = [orjson.loads(o) for o in outputs]
+        answers = [policy_io.parse_answer(r) for r in raw]
+        materialised = [Materialised.of(a) for a in answers]
+        denies = sum(not a.allow for a in answers) / len(answers)
+        cache = DecisionCache(None, 0.0, max_bytes=1 << 40)
+
+        def set_input(i: int) -> None:
+            vm.set_input_json(inputs[i])
+
+        def set_and_run(i: int) -> None:
+            vm.set_input_json(inputs[i])
+            vm.execute_entry_point(DECISION_PATH)
+
+        def put(i: int) -> None:
+            tenant, feature = keys[i]
+            cache.put(
+                tenant, feature, 1, materialised[i], now=now, valid_until=None, stale=False, epoch=cache.epoch
+            )
+
+        figures: dict[str, float] = {
+            "miss, whole (decide_json, deny lines to /dev/null)": await fastest_async(
+                lambda i: uncached.decide_json(*keys[i]), keys_n, blocks
+            ),
+            "miss, whole, no deny lines": await fastest_async(
+                lambda i: quiet.decide_json(*keys[i]), keys_n, blocks
+            ),
+            "_decide_fresh (input + policy + parse)": await fastest_async(
+                lambda i: quiet._decide_fresh(*keys[i], 1, now, None),
+                keys_n,
+                blocks,  # noqa: SLF001
+            ),
+            "reader.account (index unpack)": fastest_sync(
+                lambda i: reader.account(keys[i][0]), keys_n, blocks
+            ),
+            "period_for": fastest_sync(
+                lambda i: policy_io.period_for(rows[i], when, now_text), keys_n, blocks
+            ),
+            "reader.usage (index unpack)": fastest_sync(
+                lambda i: reader.usage(keys[i][0], periods[i][0]), keys_n, blocks
+            ),
+            "reader.overrides": fastest_sync(lambda i: reader.overrides(keys[i][0]), keys_n, blocks),
+            "account_document": fastest_sync(lambda i: policy_io.account_document(rows[i]), keys_n, blocks),
+            "build_input": fastest_sync(document, keys_n, blocks),
+            "orjson.dumps(input)": fastest_sync(
+                lambda i: orjson.dumps(documents[i]).decode(), keys_n, blocks
+            ),
+            "regorus set_input_json": fastest_sync(set_input, keys_n, blocks),
+            "regorus set_input_json + execute_entry_point": fastest_sync(set_and_run, keys_n, blocks),
+            "orjson.loads(result)": fastest_sync(lambda i: orjson.loads(outputs[i]), keys_n, blocks),
+            "parse_answer": fastest_sync(lambda i: policy_io.parse_answer(raw[i]), keys_n, blocks),
+            "Materialised.of": fastest_sync(lambda i: Materialised.of(answers[i]), keys_n, blocks),
+            "expiry_epoch": fastest_sync(
+                lambda i: policy_io.expiry_epoch(answers[i].valid_until), keys_n, blocks
+            ),
+            "cache.put": fastest_sync(put, keys_n, 1),
+            "deny share": round(denies, 3),
+            "input bytes (mean)": round(sum(map(len, inputs)) / len(inputs), 1),
+        }
+        figures["regorus execute_entry_point (difference)"] = round(
+            figures["regorus set_input_json + execute_entry_point"] - figures["regorus set_input_json"], 2
+        )
+        return figures
+    finally:
+        await runner.cleanup()
+        sink.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--replica", type=Path, required=True)
+    parser.add_argument("--keys", type=int, default=20_000)
+    parser.add_argument("--blocks", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    figures = asyncio.run(breakdown(args.replica, args.keys, args.blocks, args.seed))
+    print(f"load average {os.getloadavg()[0]:.2f}; µs a call (CPU time, fastest of {args.blocks} passes)")
+    for name, value in figures.items():
+        print(f"  {name:<52} {value:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
