@@ -47,7 +47,51 @@ async def fastest_async(call: Callable[[int], Awaitable[object]], n: int, blocks
     return round(best, 2)
 
 
-async def breakdown(replica: Path, keys_n: int, blocks: int, seed: int) -> dict[str, float]:
+def features_together(engine: Any, document: dict[str, Any], blocks: int) -> dict[str, float]:
+    """One tenant's five features: five VM evaluations, or one evaluation of a rule that asks the
+    decision for each (`with input.feature as f`: the VM's compiler refuses `with`, so the
+    interpreter), checked to give the same answers."""
+    import orjson
+    import regorus
+
+    from sidecar.policy.engine import DECISION_PATH
+
+    bundle = engine._loaded.bundle
+    together = (
+        "package tiergate.together\nimport rego.v1\n"
+        "decisions := {f: d | some f in input.features; "
+        "d := data.tiergate.entitlements.decision with input.feature as f}\n"
+    )
+    interpreter = regorus.Engine()
+    for name, source in sorted({**bundle.modules, "together.rego": together}.items()):
+        interpreter.add_policy(name, source)
+    interpreter.add_data({"plans": dict(bundle.plans)})
+    vm = engine._loaded.vms[DECISION_PATH]
+    each = [orjson.dumps(document | {"feature": f}).decode() for f in FEATURES]
+    all_at_once = orjson.dumps(document | {"features": list(FEATURES)}).decode()
+    interpreter.set_input_json(all_at_once)
+    answers = interpreter.eval_rule("data.tiergate.together.decisions")
+    for feature, text in zip(FEATURES, each, strict=True):
+        vm.set_input_json(text)
+        if orjson.loads(vm.execute_entry_point(DECISION_PATH)) != answers[feature]:
+            raise SystemExit(f"the rule over all features answers {feature} differently")
+
+    def separately(_: int) -> None:
+        for text in each:
+            vm.set_input_json(text)
+            vm.execute_entry_point(DECISION_PATH)
+
+    def at_once(_: int) -> None:
+        interpreter.set_input_json(all_at_once)
+        interpreter.eval_rule("data.tiergate.together.decisions")
+
+    return {
+        "five features, five VM evaluations": fastest_sync(separately, 500, blocks),
+        "five features, one interpreter evaluation": fastest_sync(at_once, 200, blocks),
+    }
+
+
+async def breakdown(replica: Path, keys_n: int, blocks: int, seed: int, together: bool) -> dict[str, float]:
     import orjson
     from aiohttp import web
 
@@ -193,6 +237,20 @@ async def breakdown(replica: Path, keys_n: int, blocks: int, seed: int) -> dict[
             "deny share": round(denies, 3),
             "input bytes (mean)": round(sum(map(len, inputs)) / len(inputs), 1),
         }
+        deny_keys = [key for key, answer in zip(keys, answers, strict=True) if not answer.allow]
+        if deny_keys:
+            figures["deny misses only, with their lines"] = await fastest_async(
+                lambda i: uncached.decide_json(*deny_keys[i]), len(deny_keys), blocks
+            )
+            figures["deny misses only, no lines"] = await fastest_async(
+                lambda i: quiet.decide_json(*deny_keys[i]), len(deny_keys), blocks
+            )
+            body = await uncached.decide_json(*deny_keys[0])
+            figures["a deny line alone (_log_rendered)"] = fastest_sync(
+                lambda i: uncached._log_rendered(body), len(deny_keys), blocks
+            )
+        if together:
+            figures |= features_together(engine, documents[0], blocks)
         figures["regorus execute_entry_point (difference)"] = round(
             figures["regorus set_input_json + execute_entry_point"] - figures["regorus set_input_json"], 2
         )
@@ -210,9 +268,10 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=20_000)
     parser.add_argument("--blocks", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--together", action="store_true", help="also: a tenant's features in one evaluation")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    figures = asyncio.run(breakdown(args.replica, args.keys, args.blocks, args.seed))
+    figures = asyncio.run(breakdown(args.replica, args.keys, args.blocks, args.seed, args.together))
     print(f"load average {os.getloadavg()[0]:.2f}; µs a call (CPU time, fastest of {args.blocks} passes)")
     for name, value in figures.items():
         print(f"  {name:<52} {value:8.2f}")
