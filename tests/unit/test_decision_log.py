@@ -48,6 +48,9 @@ def sink(monkeypatch: pytest.MonkeyPatch) -> Iterator[CountingSink]:
     """configure_logging's JSON pipeline, writing into a sink the test reads."""
     sink = CountingSink()
     monkeypatch.setattr(sys, "stderr", SimpleNamespace(buffer=sink))
+    # configure_logging caches a logger on its first use: a proxy of this test's own, so the
+    # module's stays uncached for the tests after this one (their capture_logs must reach it).
+    monkeypatch.setattr(decision_log, "log", structlog.get_logger("tiergate.sidecar"))
     configure_logging(json=True, level="info")
     yield sink
     structlog.reset_defaults()
