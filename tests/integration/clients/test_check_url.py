@@ -4,6 +4,7 @@ policy when the listener does not answer, and every other call still on the main
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import uuid
@@ -161,3 +162,18 @@ async def test_the_async_client_checks_on_the_check_listener(sidecar: RunningSid
         assert (await client.check("pro-active", "sso")).reason == "ok"  # only checks go there
         with pytest.raises(SidecarUnreachableError, match="failed after"):
             await client.entitlements("pro-active")
+
+
+async def test_a_wedged_check_port_does_not_starve_the_main_ports_pool(sidecar: RunningSidecar) -> None:
+    with faulty_proxy(port_of(sidecar.check_url)) as proxy:
+        proxy.hold = True
+        async with AsyncTiergateClient(sidecar.url, check_url=proxy.url, pool_size=1, timeout_s=60) as client:
+            stuck = asyncio.create_task(client.check("pro-active", "sso"))
+            for _ in range(3000):  # until the check's request sits in the proxy (30 s at most)
+                if proxy.accepted == 1 or stuck.done():
+                    break
+                await asyncio.sleep(0.01)
+            assert proxy.accepted == 1 and not stuck.done()
+            entitlements = await client.entitlements("pro-active", timeout_s=30)
+            assert entitlements.features["sso"].allow and not stuck.done()
+            stuck.cancel()
