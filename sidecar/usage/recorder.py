@@ -121,6 +121,8 @@ class UsageRecorder:
             if not decision.allow:
                 return decision, Reservation(tid, False, False)
             entries = self._reservation_entries(tenant, feature, quantity, tid, counted, metric)
+            if transaction_id is not None:  # the caller's own id: it may come back after pruning
+                entries[0] = dataclasses.replace(entries[0], reserved_quantity=quantity)
             for entry in entries:  # counted now, under the lock: the next reserve sees it
                 self.ledger.add(entry.key, entry.event.value)
         # Counting dropped the tenant's answers: the next reserve of the same kind finds it decided.
