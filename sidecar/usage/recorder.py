@@ -77,6 +77,7 @@ class UsageRecorder:
         events = [self._parse(raw, metrics, now, where.format(i), resolve) for i, raw in enumerate(raws)]
         rows: dict[str, AccountRow | None] = {}
         entries = [Entry(event, self._period(event, rows)) for event in events]
+        await self.decisions.learn_usage_scope()
         inserted = await self.outbox.append(entries)
         self._appended()
         return [
@@ -111,6 +112,7 @@ class UsageRecorder:
                 f"reserve: quantity {quantity} of a count metric exceeds {MAX_EVENTS} (one event each)",
                 field="quantity",
             )
+        await self.decisions.learn_usage_scope()  # which answers the reservation changes
         tid = transaction_id or self._new_id()
         if transaction_id is not None:
             stored = await self.outbox.reservation(tenant, tid)
