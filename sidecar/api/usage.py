@@ -95,6 +95,9 @@ def usage_status(app: web.Application) -> dict[str, Any] | None:
         "backlog": outbox.backlog,
         "oldest_undelivered_age_s": round(outbox.oldest_age(), 3),
         "quarantined": outbox.quarantined,
+        "sync": outbox.sync,
+        # synchronous=normal: appends that found the write lock taken and waited on the thread
+        "commits_deferred": outbox.loop_commits_deferred,
         "pending": app[RECORDER].ledger.stats(),
         "delivery": app[DELIVERY].status.as_dict() if DELIVERY in app else None,
     }

@@ -465,7 +465,10 @@ def _insert(
     conn.execute("BEGIN IMMEDIATE")
     try:
         for entries, all_or_nothing in groups:
-            if all_or_nothing and entries and _exists(conn, entries[0].event):
+            # Only an id the caller chose can already be there (a generated one is new by
+            # construction: a random 64-bit prefix per process and a counter).
+            named = bool(entries) and entries[0].reserved_quantity is not None
+            if all_or_nothing and named and _exists(conn, entries[0].event):
                 ids.extend([None] * len(entries))
                 continue
             ids.extend(_insert_entries(conn, entries, now))
