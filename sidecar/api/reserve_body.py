@@ -29,8 +29,36 @@ class ReserveBody(NamedTuple):
     transaction_id: str | None
 
 
+_KNOWN = frozenset(FIELDS)
+
+
 def reserve_body(body: Mapping[str, object]) -> ReserveBody:
-    """The fields in the model's order, then unknown keys; a BadRequestError names the first bad one."""
+    """The body's fields; a BadRequestError names the first bad one (the model's order, then
+    unknown keys). The usual, valid body takes one pass of type and length checks."""
+    tenant, feature = body.get("tenant"), body.get("feature")
+    quantity, reserve = body.get("quantity", 1), body.get("reserve")
+    transaction_id = body.get("transaction_id")
+    if (
+        type(tenant) is str
+        and type(feature) is str
+        and type(quantity) is int
+        and type(reserve) is bool
+        and (transaction_id is None or type(transaction_id) is str)
+        and body.keys() <= _KNOWN
+    ):
+        tenant, feature = tenant.strip(WHITESPACE), feature.strip(WHITESPACE)
+        if (
+            0 < len(tenant) <= MAX_TENANT_LENGTH
+            and 0 < len(feature) <= MAX_FEATURE_LENGTH
+            and 1 <= quantity <= MAX_QUANTITY
+            and (transaction_id is None or 0 < len(transaction_id) <= MAX_TRANSACTION_ID_LENGTH)
+        ):
+            return ReserveBody(tenant, feature, quantity, reserve, transaction_id)
+    return _first_error(body)
+
+
+def _first_error(body: Mapping[str, object]) -> ReserveBody:
+    """Field by field, in the model's order: raises for the first bad one."""
     tenant = _text(body, "tenant", MAX_TENANT_LENGTH, strip=True)
     feature = _text(body, "feature", MAX_FEATURE_LENGTH, strip=True)
     quantity = _quantity(body.get("quantity", 1))
