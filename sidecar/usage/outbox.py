@@ -238,6 +238,12 @@ class Outbox:
     async def reservation(self, tenant: str, transaction_id: str) -> Reserved | None:
         """What a reservation with this id holds in the outbox (None: no event has the id): its
         code, and its quantity (a count metric's N units are the events `id`, `id/2` .. `id/N`)."""
+        if self._loop_conn is not None:  # synchronous=NORMAL: a read on the loop, no thread hop
+            try:
+                return _reservation(self._loop_conn, tenant, transaction_id)
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
+                    raise
         conn = self._require()
         return await self._run(lambda: _reservation(conn, tenant, transaction_id))
 
