@@ -457,7 +457,7 @@ async def test_the_sweep_numbers_what_a_killed_writer_left_and_status_shows_it(
             await killed_after_commit(pg, "t_killed")
 
             async def backlog_shown() -> bool:
-                return (await status())["unnumbered"]["unnumbered"] == 1
+                return bool((await status())["unnumbered"]["unnumbered"] == 1)
 
             await eventually(backlog_shown, within=30)
             async with session.get(url + "/metrics") as response:
@@ -466,7 +466,7 @@ async def test_the_sweep_numbers_what_a_killed_writer_left_and_status_shows_it(
 
             async def swept() -> bool:
                 feed = await status()
-                return feed["unnumbered"]["swept"] == 1 and feed["unnumbered"]["unnumbered"] == 0
+                return bool(feed["unnumbered"]["swept"] == 1 and feed["unnumbered"]["unnumbered"] == 0)
 
             await eventually(swept, within=30)
             async with session.get(url + "/v1/feed/changes?since=0", headers=AUTH) as response:
