@@ -27,6 +27,7 @@ from aiohttp.test_utils import TestServer
 from demo.processes import Process, free_port, tiergate_command
 from sync_daemon.app import create_app
 from sync_daemon.leader import PostgresLeader
+from sync_daemon.mirror import postgres_schema
 from sync_daemon.mirror.postgres import PostgresMirror
 from sync_daemon.mirror.postgres_schema import LEADER_LOCK
 from sync_daemon.mirror.store import MirrorAccount, MirrorTxn, Sql
@@ -527,3 +528,26 @@ async def test_snapshots_are_a_consistent_cut_while_two_daemons_write(
                 assert account["version"] > follower[tenant]["version"], (seq, change, follower[tenant])
             follower[tenant] = account
         assert follower == final
+
+
+async def test_migrating_to_v4_keeps_every_position(pg: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mirror written before the feed was numbered after commit: its changes keep their seqs."""
+    monkeypatch.setattr(postgres_schema, "MIGRATIONS", postgres_schema.MIGRATIONS[:3])
+    with psycopg.connect(pg, autocommit=True) as conn:
+        postgres_schema.migrate(conn)
+        with conn.transaction():  # how ADR 13 wrote changes: numbered under the lock, in the insert
+            conn.execute("UPDATE tiergate.feed_head SET seq = seq + 2")
+            for seq, tenant in ((1, "t_before1"), (2, "t_before2")):
+                conn.execute(
+                    "INSERT INTO tiergate.changes (seq, tenant, kind, op, body, at) "
+                    "VALUES (%s, %s, 'account', 'delete', NULL, '2026-11-29T00:00:00Z')",
+                    [seq, tenant],
+                )
+    monkeypatch.undo()
+    mirror = PostgresMirror(pg, pool_size=2, sweep_s=3600)
+    await mirror.open()
+    try:
+        await mirror.transact(_put("t_after"))
+        assert await feed_of(mirror) == [(1, "t_before1"), (2, "t_before2"), (3, "t_after")]
+    finally:
+        await mirror.close()
