@@ -388,6 +388,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--visibility-only", action="store_true", help="only 3., --rounds times per backend")
     parser.add_argument("--ingest-only", action="store_true", help="only 2.")
+    parser.add_argument("--intake-only", action="store_true", help="only 1.")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument(
         "--daemon-cpus",
@@ -413,6 +414,12 @@ def main() -> None:
         with postgres_server.session_database(args.postgres) as args.pg:
             ingest = measure("ingest", ingest_run, args)
             print_throughput(f"usage ingest ({args.ingest_events} events)", ingest, latencies=False)
+        print(f"load average after: {os.getloadavg()}")
+        return
+    if args.intake_only:
+        with postgres_server.session_database(args.postgres) as args.pg:
+            intake = measure("intake", intake_run, args)
+            print_throughput(f"webhook intake ({args.intake_events} signed events)", intake, latencies=True)
         print(f"load average after: {os.getloadavg()}")
         return
     with postgres_server.session_database(args.postgres) as pg:
