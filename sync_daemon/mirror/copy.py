@@ -258,11 +258,11 @@ class PostgresEnd:
             self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             return
         # A source daemons may still write to: the feed's consistent cut, everything numbered (ADR 0020).
-        from sync_daemon.mirror.postgres import FEED_CUT, PostgresSql, wait_numbered
+        from sync_daemon.mirror.postgres import FEED_CUT, PostgresSql, number_changes
 
         self.conn.execute("SELECT pg_advisory_lock(%s, 0)", [FEED_CUT])
         try:
-            wait_numbered(PostgresSql(self.conn))
+            number_changes(PostgresSql(self.conn), wait=True)
             self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             unnumbered = self.conn.execute("SELECT count(*) FROM changes WHERE seq IS NULL").fetchone()
         finally:

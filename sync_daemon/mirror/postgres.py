@@ -227,7 +227,8 @@ class PostgresMirror(SqlMirror):
         assert isinstance(sql, PostgresSql)
         try:
             sql.execute("SELECT pg_advisory_lock(?, 0)", [FEED_CUT])
-            wait_numbered(sql)
+            # Nothing can be committed unnumbered while the cut is held: no need to look again after.
+            number_changes(sql, wait=True)
             sql.execute(self.begin_read)
             seq = _last_seq(sql)  # the first statement: the snapshot is taken here
             sql.execute("SELECT pg_advisory_unlock(?, 0)", [FEED_CUT])
