@@ -68,6 +68,8 @@ class PostgresSql:
 
 
 class PostgresTxn(MirrorTxn):
+    concurrent = True
+
     def lock(self, kind: str, key: str) -> None:
         self.sql.execute("SELECT pg_advisory_xact_lock(?, hashtext(?))", [_LOCK_CLASSES[kind], key])
 

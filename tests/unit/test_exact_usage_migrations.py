@@ -65,7 +65,7 @@ def test_postgresql_keeps_old_counters_as_numeric(postgres_url: str, monkeypatch
             "INSERT INTO tiergate.usage (tenant, code, period_start, value) VALUES ('t', 'gb', %s, 9)", [P]
         )
         monkeypatch.undo()
-        assert postgres_schema.migrate(conn) == ["0002_exact_usage_values", "0003_usage_gauges"]
+        assert postgres_schema.migrate(conn)[:2] == ["0002_exact_usage_values", "0003_usage_gauges"]
         assert conn.execute("SELECT value FROM tiergate.usage").fetchone() == (Decimal(9),)
         conn.execute("UPDATE tiergate.usage SET value = value + %s", ["0.1000000000000000001"])
         assert conn.execute("SELECT value FROM tiergate.usage").fetchone() == (
