@@ -1,6 +1,6 @@
 """The mirror on SQLite vs PostgreSQL, one daemon vs two (issue 12); prints figures, asserts nothing.
 
-    .venv/bin/python bench/pg_bench.py [--quick] [--rounds N] [--postgres URL]
+    .venv/bin/python bench/pg_bench.py [--quick] [--rounds N] [--postgres URL] [--daemon-cpus 0.5]
 
 Against real processes on 127.0.0.1 (`tiergate sync-daemon`, `tiergate sidecar`) and a real
 PostgreSQL (default: the server on 127.0.0.1:5432, in a scratch database dropped at the end):
@@ -14,6 +14,9 @@ in that order, `--rounds` times; every configuration starts on an empty mirror. 
 within the run (median of rounds). Where the time goes: the CPU seconds each part spent per event
 (the daemons, the PostgreSQL backends serving this database, this load generator) read from
 /proc, and how busy that kept the machine's CPUs. The machine is shared: the load average is printed.
+`--daemon-cpus C` puts each daemon in a cgroup with a CPU quota of C CPUs (bench/cpu_quota.py), as a
+pod's CPU limit does: then one daemon and two each get the same CPU, and two-vs-one measures the
+design instead of the 2 cores the daemons share with PostgreSQL and the load generator here.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ for path in (REPO, REPO / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from cpu_quota import CpuQuota  # noqa: E402
 from sync_bench import (  # noqa: E402 - after the path set-up
     RESULTS,
     TOKEN,
@@ -104,6 +108,7 @@ class CpuMeter:
 
     daemons: list[Server]
     pg_url: str | None
+    daemon_cpus: float | None = None
     _before: dict[str, float] | None = None
     _pg_before: dict[int, float] | None = None
     _wall: float = 0.0
@@ -131,46 +136,65 @@ class CpuMeter:
         after = self._pg()
         pg = sum(cpu - self._pg_before.get(pid, 0.0) for pid, cpu in after.items())
         busy = (daemons + bench + pg) / (wall * (os.cpu_count() or 1))
-        return {
+        figures = {
             "daemon_cpu_ms_per_event": round(daemons * 1000 / events, 3),
             "postgres_cpu_ms_per_event": round(pg * 1000 / events, 3),
             "loadgen_cpu_ms_per_event": round(bench * 1000 / events, 3),
             "cpus_busy_pct": round(busy * 100, 1),
         }
+        if self.daemon_cpus:  # how much of their quota the daemons used: ~100 % = bound by it
+            quota = wall * len(self.daemons) * self.daemon_cpus
+            figures["daemon_quota_used_pct"] = round(daemons / quota * 100, 1)
+        return figures
 
 
 @contextmanager
-def daemons_on(backend: str, count: int, pg_url: str) -> Iterator[list[Server]]:
-    """`count` daemons on an empty mirror of `backend`, stopped at the end."""
+def daemons_on(backend: str, count: int, pg_url: str, cpus: float | None) -> Iterator[list[Server]]:
+    """`count` daemons on an empty mirror of `backend`, each in its own CPU quota of `cpus`, stopped at the end."""
     with tempfile.TemporaryDirectory(prefix="tiergate-pgbench-") as tmp_name:
         tmp = Path(tmp_name)
         url = pg_url if backend == "postgresql" else None
         if url:
             postgres_server.reset(url)
         servers: list[Server] = []
+        quotas: list[CpuQuota] = []
         try:
             for n in range(count):
                 servers.append(start_daemon(tmp, str(n), url))
+                if cpus:
+                    quotas.append(cpu_quota(f"daemon{n}", cpus))
+                    quotas[-1].add(servers[-1].popen.pid)
             for server in servers:
                 server.wait("/readyz")
             yield servers
         finally:
             for server in servers:
                 server.stop()
+            for quota in quotas:
+                quota.remove()
+
+
+def cpu_quota(name: str, cpus: float) -> CpuQuota:
+    quota = CpuQuota.create(name, cpus)
+    if isinstance(quota, str):
+        raise SystemExit(f"--daemon-cpus: {quota}; run without it (or as root)")
+    return quota
 
 
 # -- 1. webhook intake ------------------------------------------------------------------------
 
 
-def intake_run(backend: str, count: int, pg_url: str, events: int, rng: random.Random) -> dict[str, Any]:
-    with daemons_on(backend, count, pg_url) as servers:
+def intake_run(
+    backend: str, count: int, pg_url: str, events: int, rng: random.Random, cpus: float | None
+) -> dict[str, Any]:
+    with daemons_on(backend, count, pg_url, cpus) as servers:
         warm = signed_intake_events(100, 1000, rng, f"warm{backend}{count}{rng.random()}")
         asyncio.run(post_all(servers[0].url + "/webhooks/stripe", warm, 4))
         batches = [
             signed_intake_events(events // count, 10_000, rng, f"in{backend}{count}{n}{rng.random()}")
             for n in range(count)
         ]
-        meter = CpuMeter(servers, pg_url if backend == "postgresql" else None)
+        meter = CpuMeter(servers, pg_url if backend == "postgresql" else None, cpus)
         meter.start()
 
         async def all_daemons() -> list[tuple[float, list[float], dict[str, int]]]:
@@ -226,11 +250,13 @@ async def ingest_all(urls: list[str], events: int, tag: str) -> float:
         return time.perf_counter() - started
 
 
-def ingest_run(backend: str, count: int, pg_url: str, events: int, rng: random.Random) -> dict[str, Any]:
-    with daemons_on(backend, count, pg_url) as servers:
+def ingest_run(
+    backend: str, count: int, pg_url: str, events: int, rng: random.Random, cpus: float | None
+) -> dict[str, Any]:
+    with daemons_on(backend, count, pg_url, cpus) as servers:
         urls = [s.url for s in servers]
         asyncio.run(ingest_all(urls, 1000, f"warm{rng.random()}"))
-        meter = CpuMeter(servers, pg_url if backend == "postgresql" else None)
+        meter = CpuMeter(servers, pg_url if backend == "postgresql" else None, cpus)
         meter.start()
         elapsed = asyncio.run(ingest_all(urls, events, f"in{rng.random()}"))
         cpu = meter.stop(events)
@@ -241,7 +267,7 @@ def ingest_run(backend: str, count: int, pg_url: str, events: int, rng: random.R
 
 
 def visibility_run(backend: str, pg_url: str, rounds: int) -> dict[str, Any]:
-    with daemons_on(backend, 1, pg_url) as servers, tempfile.TemporaryDirectory() as tmp_name:
+    with daemons_on(backend, 1, pg_url, None) as servers, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         sidecar = start_sidecar(tmp, servers[0], tmp / "replica.db")
         try:
@@ -260,15 +286,16 @@ def median_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: round(statistics.median(r[k] for r in runs), 3) for k in numeric} | {"runs": runs}
 
 
-def measure(
-    name: str, run: Callable[[str, int, str, int, random.Random], dict[str, Any]], args: argparse.Namespace
-) -> dict[str, Any]:
+Run = Callable[[str, int, str, int, random.Random, float | None], dict[str, Any]]
+
+
+def measure(name: str, run: Run, args: argparse.Namespace) -> dict[str, Any]:
     events = args.intake_events if name == "intake" else args.ingest_events
     rng = random.Random(12)
     runs: dict[str, list[dict[str, Any]]] = {f"{b}x{n}": [] for b, n in CONFIGS}
     for _ in range(args.rounds):  # interleaved: a change in the machine's load hits every config
         for backend, count in CONFIGS:
-            runs[f"{backend}x{count}"].append(run(backend, count, args.pg, events, rng))
+            runs[f"{backend}x{count}"].append(run(backend, count, args.pg, events, rng, args.daemon_cpus))
     return {key: median_runs(r) for key, r in runs.items()}
 
 
@@ -293,8 +320,10 @@ def print_throughput(title: str, figures: dict[str, Any], latencies: bool) -> di
                 f["postgres_cpu_ms_per_event"],
                 f["loadgen_cpu_ms_per_event"],
                 f["cpus_busy_pct"],
+                *([f["daemon_quota_used_pct"]] if "daemon_quota_used_pct" in f else []),
             ]
         )
+    quota = ["daemon quota used %"] if "daemon_quota_used_pct" in next(iter(figures.values())) else []
     table(
         title,
         [
@@ -307,6 +336,7 @@ def print_throughput(title: str, figures: dict[str, Any], latencies: bool) -> di
             "PostgreSQL CPU ms/event",
             "loadgen CPU ms/event",
             "CPUs busy %",
+            *quota,
         ],
         rows,
     )
@@ -360,6 +390,13 @@ def main() -> None:
     parser.add_argument("--ingest-only", action="store_true", help="only 2.")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument(
+        "--daemon-cpus",
+        type=float,
+        default=None,
+        metavar="CPUS",
+        help="give each daemon a CPU quota (a cgroup, like a pod's CPU limit), e.g. 0.5; needs root",
+    )
+    parser.add_argument(
         "--postgres", default=postgres_server.LOCAL, help="an admin URL (a scratch database is made)"
     )
     args = parser.parse_args()
@@ -406,6 +443,7 @@ def main() -> None:
         "load_average": {"before": load_before, "after": load_after},
         "postgresql": pg_settings,
         "rounds": args.rounds,
+        "daemon_cpus": args.daemon_cpus,
         "intake": intake,
         "intake_ratios": ratios_intake,
         "ingest": ingest,
@@ -413,7 +451,8 @@ def main() -> None:
         "visibility": visibility,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"pg_bench{'_quick' if args.quick else ''}.json"
+    quota = f"_cpus{args.daemon_cpus}" if args.daemon_cpus else ""
+    out = RESULTS / f"pg_bench{'_quick' if args.quick else ''}{quota}.json"
     out.write_text(json.dumps(figures, indent=2) + "\n")
     print(f"wrote {out}")
 
