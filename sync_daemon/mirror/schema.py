@@ -326,12 +326,8 @@ WHERE u.period_start = '{GAUGE_PERIOD_START}'
 
 
 @MIGRATIONS()
-def m012_current_usage_gauges_and_unnumbered_events(db: sqlite_utils.Database) -> None:
-    # Gauges in the view; stored events get their seq after they commit (ADR 21): the unnumbered
-    # ones, in the order they are numbered.
+def m012_current_usage_gauges(db: sqlite_utils.Database) -> None:
+    # Gauges in the view. (PostgreSQL's V5 also indexes the events not numbered yet; SQLite's one
+    # writer numbers events as it stores them, ADR 21.)
     db.execute("DROP VIEW current_usage")
     db.execute(CURRENT_USAGE_SQLITE_V2)
-    db.execute(
-        f"CREATE INDEX {USAGE_EVENTS}_unnumbered ON {USAGE_EVENTS} (received_at, tenant, transaction_id) "
-        "WHERE seq IS NULL"
-    )

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
+
 from sync_daemon.mirror.schema import ACCOUNTS, USAGE, USAGE_EVENTS, USAGE_PERIODS
 from sync_daemon.mirror.store import Mirror, MirrorTxn, Sql
 from sync_daemon.usage_query import EventQuery
@@ -42,7 +44,8 @@ def ingest_events(txn: MirrorTxn, events: Sequence[ValidEvent], received_at: dat
     share (a transaction id, a counter) and at the change feed's commit. Each statement covers the
     whole batch (multi-row, `_CHUNK` rows at most), so a batch is a handful of round trips.
     """
-    periods = _Periods(txn.sql, {event.tenant for event in events})
+    periods = _Periods(txn, {event.tenant for event in events})
+    received = _receipt_times(received_at, len(events))
     first: dict[EventKey, int] = {}  # each id's first place in the batch: a repeat in it counts once
     rows: dict[EventKey, tuple[Any, ...]] = {}
     placed: list[tuple[ValidEvent, str]] = []
@@ -52,12 +55,13 @@ def ingest_events(txn: MirrorTxn, events: Sequence[ValidEvent], received_at: dat
             continue
         first[key] = index
         period_start = GAUGE_PERIOD_START if event.gauge else rfc3339(periods.of(event)[0]) or ""
-        # A batch's events are received one microsecond apart, in their order: the order they
-        # get their seqs in (received_at, then the key, for events of batches received together).
-        rows[key] = _event_row(event, period_start, _iso(received_at + timedelta(microseconds=index)))
+        rows[key] = _event_row(event, period_start, received[index])
         placed.append((event, period_start))
-    # In key order: two batches sharing ids take their row locks in the same order (no deadlock).
-    stored_now = _insert_new(txn.sql, [rows[key] for key in sorted(rows)])
+    if txn.concurrent:
+        # In key order: two batches sharing ids take their row locks in the same order (no deadlock).
+        stored_now = _insert_new(txn.sql, [rows[key] for key in sorted(rows)])
+    else:
+        stored_now = _insert_numbered(txn.sql, rows)
     inserted = [
         first[(e.tenant, e.transaction_id)] == i and (e.tenant, e.transaction_id) in stored_now
         for i, e in enumerate(events)
@@ -78,6 +82,16 @@ def ingest_events(txn: MirrorTxn, events: Sequence[ValidEvent], received_at: dat
     counters = _add_all(txn, {counter: delta for counter, delta in aggregate(deltas).items() if delta})
     counters.update(_set_gauges(txn, readings))
     return IngestResult(inserted, counters)
+
+
+def _receipt_times(received_at: datetime, count: int) -> list[str]:
+    """A batch's events are received one microsecond apart, in their order: the order they get
+    their seqs in (by `received_at`, then the key, for batches received at the same moment)."""
+    first = _iso(received_at)
+    if received_at.microsecond + count > 999_999:  # rare: the batch straddles a second
+        return [_iso(received_at + timedelta(microseconds=i)) for i in range(count)]
+    head, start = first[:-7], received_at.microsecond  # "…:SS." of "…:SS.ffffffZ"
+    return [f"{head}{start + i:06d}Z" for i in range(count)]
 
 
 _CHUNK = 200  # rows per statement (at most 10 parameters each: far below both backends' limits)
@@ -111,22 +125,75 @@ def _event_row(event: ValidEvent, period_start: str, received: str) -> tuple[Any
     )
 
 
-def _insert_new(conn: Sql, rows: Sequence[tuple[Any, ...]]) -> set[EventKey]:
-    """Insert the rows whose (tenant, transaction id) is not stored yet; the keys inserted.
+# PostgreSQL's statements take the whole batch as one parameter (a JSON array of rows, or one
+# array per column): a short statement that psycopg parses once and PostgreSQL prepares, whatever
+# the batch size. (A multi-row VALUES of a thousand placeholders is too long for psycopg's cache:
+# it was parsed again on every call, the largest part of the daemon's CPU per event; arrays of
+# JSON documents cost psycopg a regex escape per element.)
+_EVENT_TYPES = (
+    "tenant text, transaction_id text, code text, timestamp text, period_start text, value numeric, "
+    "body text, received_at text, external_subscription_id text, document text"
+)
+_EVENT_NAMES = [column.strip() for column in _EVENT_COLUMNS.split(",")]
+_NEW_EVENTS = (
+    f"INSERT INTO {USAGE_EVENTS} ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} "
+    f"FROM json_to_recordset(?::json) AS batch({_EVENT_TYPES}) "
+    "ON CONFLICT DO NOTHING RETURNING tenant, transaction_id"
+)
+_TEXT = "?::text[]"
+_ADD = (
+    f"INSERT INTO {USAGE} (tenant, code, period_start, value) "
+    f"SELECT * FROM unnest({_TEXT}, {_TEXT}, {_TEXT}, ?::numeric[]) "
+    f"ON CONFLICT (tenant, code, period_start) DO UPDATE SET value = {USAGE}.value + excluded.value "
+    "RETURNING tenant, code, period_start, value"
+)
 
-    `ON CONFLICT DO NOTHING` decides under the primary key: on PostgreSQL an insert of an id that
-    another transaction is inserting waits for it, then skips the row if it committed (counted
-    there) or inserts it if it rolled back. `seq` stays NULL until `number_stored_events`.
+
+def _columns(rows: Sequence[tuple[Any, ...]], numeric: int) -> list[list[Any]]:
+    """The rows as one list per column; the `numeric` column as text (parsed exactly by PostgreSQL)."""
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    columns[numeric] = [str(value) for value in columns[numeric]]
+    return columns
+
+
+def _insert_new(conn: Sql, rows: Sequence[tuple[Any, ...]]) -> set[EventKey]:
+    """Several writers (PostgreSQL): insert the rows whose (tenant, transaction id) is not stored
+    yet; the keys inserted. `ON CONFLICT DO NOTHING` decides under the primary key: an insert of
+    an id another transaction is inserting waits for it, then skips the row if it committed
+    (counted there) or inserts it if it rolled back. `seq` stays NULL until `number_stored_events`.
     """
-    inserted: set[EventKey] = set()
-    for chunk in _chunks(rows):
-        found = conn.execute(
-            f"INSERT INTO {USAGE_EVENTS} ({_EVENT_COLUMNS}) VALUES {_values(10, len(chunk))} "
-            "ON CONFLICT DO NOTHING RETURNING tenant, transaction_id",
+    if not rows:
+        return set()
+    # `value` as text: PostgreSQL reads it into numeric exactly.
+    batch = orjson.dumps(
+        [dict(zip(_EVENT_NAMES, (*row[:5], str(row[5]), *row[6:]), strict=True)) for row in rows]
+    )
+    return set(conn.execute(_NEW_EVENTS, [batch.decode()]).fetchall())
+
+
+def _insert_numbered(conn: Sql, rows: dict[EventKey, tuple[Any, ...]]) -> set[EventKey]:
+    """One writer (SQLite): transactions commit in the order they run, so the new rows take their
+    seqs here, in batch order, from `max(seq) + 1` (what numbering after commit would give them).
+    Which ids are stored is one lookup per `_CHUNK` ids; the new rows, multi-row `INSERT`s."""
+    known: set[EventKey] = set()
+    ids = sorted({tid for _, tid in rows})
+    for chunk in _chunks(ids):
+        known.update(
+            conn.execute(
+                f"SELECT tenant, transaction_id FROM {USAGE_EVENTS} "
+                f"WHERE transaction_id IN ({', '.join('?' for _ in chunk)})",
+                list(chunk),
+            ).fetchall()
+        )
+    fresh = [key for key in rows if key not in known]
+    top = int(conn.execute(f"SELECT coalesce(max(seq), 0) FROM {USAGE_EVENTS}").fetchone()[0])
+    numbered = [(*rows[key], top + n) for n, key in enumerate(fresh, start=1)]
+    for chunk in _chunks(numbered):
+        conn.execute(
+            f"INSERT INTO {USAGE_EVENTS} ({_EVENT_COLUMNS}, seq) VALUES {_values(11, len(chunk))}",
             [value for row in chunk for value in row],
-        ).fetchall()
-        inserted.update((str(tenant), str(tid)) for tenant, tid in found)
-    return inserted
+        )
+    return set(fresh)
 
 
 def _add_all(txn: MirrorTxn, deltas: dict[Key, Amount]) -> dict[Key, Amount]:
@@ -148,15 +215,10 @@ _UPSERT = f"INSERT INTO {USAGE} (tenant, code, period_start, value) VALUES "
 
 
 def _add_in_sql(conn: Sql, keys: Sequence[Key], deltas: dict[Key, Amount]) -> dict[Key, Amount]:
-    values: dict[Key, Amount] = {}
-    for chunk in _chunks(keys):
-        found = conn.execute(
-            _UPSERT + _values(4, len(chunk)) + " ON CONFLICT (tenant, code, period_start) "
-            f"DO UPDATE SET value = {USAGE}.value + excluded.value RETURNING tenant, code, period_start, value",
-            [v for key in chunk for v in (*key, stored(deltas[key]))],
-        ).fetchall()
-        values.update(((t, c, p), from_stored(v)) for t, c, p, v in found)
-    return values
+    if not keys:
+        return {}
+    found = conn.execute(_ADD, _columns([(*key, stored(deltas[key])) for key in keys], 3)).fetchall()
+    return {(t, c, p): from_stored(v) for t, c, p, v in found}
 
 
 def _add_in_python(conn: Sql, keys: Sequence[Key], deltas: dict[Key, Amount]) -> dict[Key, Amount]:
@@ -215,6 +277,8 @@ def number_stored_events(txn: MirrorTxn, limit: int = NUMBERING_BATCH) -> int:
     seq order never passes an event that commits later (it has no number yet when read).
     """
     txn.lock("usage_events", "seq")
+    if txn.sql.execute(f"SELECT 1 FROM {USAGE_EVENTS} WHERE seq IS NULL LIMIT 1").fetchone() is None:
+        return 0  # the common case when caught up, and SQLite's (numbered at insert): by the seq index
     top = int(txn.sql.execute(f"SELECT coalesce(max(seq), 0) FROM {USAGE_EVENTS}").fetchone()[0])
     cursor = txn.sql.execute(
         f"UPDATE {USAGE_EVENTS} SET seq = ? + numbered.n FROM ("
@@ -241,9 +305,9 @@ class _Periods:
     """Per-batch cache: the batch's accounts (one read, no tenant lock: ingest never writes an
     account), each tenant's recorded periods when a late event needs them, the periods to record."""
 
-    def __init__(self, conn: Sql, tenants: set[str]) -> None:
-        self._conn = conn
-        self._accounts = _accounts(conn, sorted(tenants))
+    def __init__(self, txn: MirrorTxn, tenants: set[str]) -> None:
+        self._conn = txn.sql
+        self._accounts = _accounts(txn, sorted(tenants))
         self._recorded: dict[str, list[tuple[datetime, datetime]]] = {}
         self._remembered: dict[tuple[str, datetime], datetime] = {}
 
@@ -281,13 +345,14 @@ class _Periods:
         return self._recorded[tenant]
 
 
-def _accounts(conn: Sql, tenants: Sequence[str]) -> dict[str, Account]:
+def _accounts(txn: MirrorTxn, tenants: Sequence[str]) -> dict[str, Account]:
     found: dict[str, Account] = {}
-    for chunk in _chunks(tenants):
-        rows = conn.execute(
-            f"SELECT tenant, tier, status, current_period_start, current_period_end FROM {ACCOUNTS} "
-            f"WHERE tenant IN ({', '.join('?' for _ in chunk)})",
-            list(chunk),
+    columns = f"SELECT tenant, tier, status, current_period_start, current_period_end FROM {ACCOUNTS} "
+    for chunk in [tenants] if txn.concurrent else _chunks(tenants):
+        rows = (
+            txn.sql.execute(columns + "WHERE tenant = ANY(?::text[])", [list(chunk)])
+            if txn.concurrent  # one short statement for any number of tenants (see _NEW_EVENTS)
+            else txn.sql.execute(columns + f"WHERE tenant IN ({', '.join('?' for _ in chunk)})", list(chunk))
         ).fetchall()
         for tenant, tier, status, start, end in rows:
             found[str(tenant)] = Account(
