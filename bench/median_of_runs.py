@@ -38,36 +38,41 @@ def table(runs: list[dict[str, Any]]) -> str:
     ]
     for key in runs[0]["scenarios"]:
         entries = [run["scenarios"][key] for run in runs if key in run["scenarios"]]
-        side = [e["sidecar"] for e in entries]
         base = [e["baseline"] for e in entries]
-        cells = [median([s[run][name] for s in side]) for _, run, name in COLUMNS]
-        ratios = [
-            median([ratio(s[run][name], b[run][name]) for s, b in zip(side, base, strict=True)])
-            for _, run, name in COLUMNS
-        ]
-        hit = median([s["c32"].get("cache_hit_ratio") for s in side])
-        lines.append(
-            f"| {key} | "
-            + " | ".join("-" if c is None else f"{c:,.0f}" for c in cells)
-            + " | "
-            + " | ".join("-" if r is None else f"{r:.2f}" for r in ratios)
-            + f" | {'-' if hit is None else f'{hit:.0%}'} |"
-        )
-        base_cells = [median([b[run][name] for b in base]) for _, run, name in COLUMNS]
-        lines.append(
-            "| (baseline) | "
-            + " | ".join("-" if c is None else f"{c:,.0f}" for c in base_cells)
-            + " | | | | | |"
-        )
+        lines.append(server_row(key, [e["sidecar"] for e in entries], base))
+        listened = [e for e in entries if "listener" in e]
+        if listened:
+            label = "(check listener, TIERGATE_CHECK_PORT)"
+            lines.append(
+                server_row(label, [e["listener"] for e in listened], [e["baseline"] for e in listened])
+            )
+        lines.append(plain_row("(baseline)", base))
         floors = [e["floor"] for e in entries if "floor" in e]
         if floors:
-            floor_cells = [median([f[run][name] for f in floors]) for _, run, name in COLUMNS]
-            lines.append(
-                "| (floor: uvloop + httptools) | "
-                + " | ".join("-" if c is None else f"{c:,.0f}" for c in floor_cells)
-                + " | | | | | |"
-            )
+            lines.append(plain_row("(floor: uvloop + httptools)", floors))
     return "\n".join(lines)
+
+
+def server_row(label: str, side: list[dict[str, Any]], base: list[dict[str, Any]]) -> str:
+    """Medians of one server's figures and of its per-run ratios to the baseline."""
+    cells = [median([s[run][name] for s in side]) for _, run, name in COLUMNS]
+    ratios = [
+        median([ratio(s[run][name], b[run][name]) for s, b in zip(side, base, strict=True)])
+        for _, run, name in COLUMNS
+    ]
+    hit = median([s["c32"].get("cache_hit_ratio") for s in side])
+    return (
+        f"| {label} | "
+        + " | ".join("-" if c is None else f"{c:,.0f}" for c in cells)
+        + " | "
+        + " | ".join("-" if r is None else f"{r:.2f}" for r in ratios)
+        + f" | {'-' if hit is None else f'{hit:.0%}'} |"
+    )
+
+
+def plain_row(label: str, servers: list[dict[str, Any]]) -> str:
+    cells = [median([f[run][name] for f in servers]) for _, run, name in COLUMNS]
+    return f"| {label} | " + " | ".join("-" if c is None else f"{c:,.0f}" for c in cells) + " | | | | | |"
 
 
 def main() -> None:

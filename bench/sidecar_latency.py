@@ -90,6 +90,8 @@ SCENARIO_KEYS = (
     "authz",
     "authz_no_usage",
 )
+# GET checks, also sent to the sidecar's check listener (TIERGATE_CHECK_PORT, docs/adr/0023).
+LISTENER_SCENARIOS = ("check_hot", "check_zipf", "check_uniform", "check_cold")
 # Issue 15: these scenarios' p50 against another scenario's p50 on the sidecar, in the same run.
 TARGET_VS_SCENARIO = {"reserve": ("check_hot", 1.5), "authz": ("authz_no_usage", 1.5)}
 
@@ -415,6 +417,11 @@ class Target:
     url: str
     is_sidecar: bool
     pid: int
+    metrics_url: str = ""  # where its /metrics is, when not at `url` (the check listener's sidecar)
+
+    @property
+    def scraped(self) -> str:
+        return self.metrics_url or self.url
 
 
 def cpu_seconds(pid: int) -> float:
@@ -429,12 +436,12 @@ def measure(
     """Warm-up at 1 connection, then 1 connection, then 32; each run starts at its own place in
     the request file, so the cold scenario never meets a key an earlier run left in the cache."""
     n = scenario.lines
-    samples = [scrape(target.url)] if target.is_sidecar else []
+    samples = [scrape(target.scraped)] if target.is_sidecar else []
     generator.run(target.url, scenario.requests, 1, warmup_s, offset=0)
     result: dict[str, Any] = {}
     for label, connections, offset in (("c1", 1, n // 8), ("c32", 32, n // 2)):
         if target.is_sidecar:
-            samples.append(scrape(target.url))
+            samples.append(scrape(target.scraped))
         cpu_before = cpu_seconds(target.pid)
         result[label] = generator.run(target.url, scenario.requests, connections, duration_s, offset)
         # Server CPU per request: what bounds requests/s once the server's one core is busy.
@@ -442,7 +449,7 @@ def measure(
         requests = result[label]["requests"]
         result[label]["server_cpu_us_per_request"] = round(cpu * 1e6 / requests, 1) if requests else None
         if target.is_sidecar:
-            after = scrape(target.url)
+            after = scrape(target.scraped)
             cache = delta(samples[-1], after, "tiergate_decision_cache_total")
             hits = cache.get('tiergate_decision_cache_total{result="hit"}', 0.0)
             lookups = hits + cache.get('tiergate_decision_cache_total{result="miss"}', 0.0)
@@ -720,13 +727,33 @@ def summarise(scenarios: list[Scenario], figures: dict[str, Any]) -> None:
             )
             entry["targets"] = {f"p50 <= {limit}x {other}": verdict(vs is not None and vs <= limit)}
         if scenario.targets_apply:
-            entry["targets"] = {
-                f"p50 <= {TARGET_P50_RATIO}x baseline": verdict(p50 is not None and p50 <= TARGET_P50_RATIO),
-                f"rps >= {TARGET_RPS_RATIO}x baseline": verdict(rps is not None and rps >= TARGET_RPS_RATIO),
-                f"p99 <= {TARGET_P99_RATIO}x baseline at 1 connection": verdict(
-                    p99 is not None and p99 <= TARGET_P99_RATIO
-                ),
+            entry["targets"] = check_targets(p50, rps, p99)
+        if "listener" in entry:
+            fast = entry["listener"]
+            l50 = ratio(fast["c1"]["p50_us"], base["c1"]["p50_us"])
+            lrps = ratio(fast["c32"]["rps"], base["c32"]["rps"])
+            l99 = ratio(fast["c1"]["p99_us"], base["c1"]["p99_us"])
+            lcpu = ratio(
+                fast["c32"].get("server_cpu_us_per_request"), base["c32"].get("server_cpu_us_per_request")
+            )
+            entry["listener_ratios"] = {
+                "p50_c1": l50,
+                "rps_c32": lrps,
+                "p99_c1": l99,
+                "cpu_per_request_c32": lcpu,
             }
+            if scenario.targets_apply:
+                entry["listener_targets"] = check_targets(l50, lrps, l99)
+
+
+def check_targets(p50: float | None, rps: float | None, p99: float | None) -> dict[str, str]:
+    return {
+        f"p50 <= {TARGET_P50_RATIO}x baseline": verdict(p50 is not None and p50 <= TARGET_P50_RATIO),
+        f"rps >= {TARGET_RPS_RATIO}x baseline": verdict(rps is not None and rps >= TARGET_RPS_RATIO),
+        f"p99 <= {TARGET_P99_RATIO}x baseline at 1 connection": verdict(
+            p99 is not None and p99 <= TARGET_P99_RATIO
+        ),
+    }
 
 
 def pct(value: float | None) -> str:
@@ -748,20 +775,21 @@ def print_table(scenarios: list[Scenario], results: dict[str, Any]) -> None:
     print("-" * len(header))
     for scenario in scenarios:
         entry = figures[scenario.key]
-        for server in ("sidecar", "baseline", "floor"):
+        for server in ("sidecar", "listener", "baseline", "floor"):
             if server not in entry:
                 continue
             c1, c32 = entry[server]["c1"], entry[server]["c32"]
             label = scenario.label if server == "sidecar" else ""
+            ratios = entry.get("listener_ratios" if server == "listener" else "ratios", {})
             line = (
                 f"{label:<22} {server:<9} {c1['p50_us']:>6} {c1['p90_us']:>6} {c1['p99_us']:>6} "
                 f"{c1['rps']:>7.0f} {c32['rps']:>7.0f} {c32.get('server_cpu_us_per_request') or 0:>7.1f}"
             )
-            if server == "sidecar":
+            if server in ("sidecar", "listener"):
                 line += (
                     f" {pct(c1.get('cache_hit_ratio')):>6} {pct(c32.get('cache_hit_ratio')):>6}"
                     f" {pct(c32.get('deny_ratio')):>5}"
-                    f" {entry['ratios']['p50_c1'] or 0:>6.2f} {entry['ratios']['rps_c32'] or 0:>6.2f}"
+                    f" {ratios.get('p50_c1') or 0:>6.2f} {ratios.get('rps_c32') or 0:>6.2f}"
                 )
             print(line)
     print()
@@ -769,13 +797,16 @@ def print_table(scenarios: list[Scenario], results: dict[str, Any]) -> None:
         targets = figures[scenario.key].get("targets")
         if targets:
             print(f"targets, {scenario.label}: " + "; ".join(f"{k}: {v}" for k, v in targets.items()))
+        listener = figures[scenario.key].get("listener_targets")
+        if listener:
+            print("  on the check listener: " + "; ".join(f"{k}: {v}" for k, v in listener.items()))
         versus = {k: v for k, v in figures[scenario.key].get("ratios", {}).items() if "_vs_" in k}
         if versus and scenario.key != "check_hot":
             print(f"  {scenario.label}, ratios: " + ", ".join(f"{k} {v}" for k, v in versus.items()))
     errors = {
         f"{key}/{server}/{run}": {k: v for k, v in figs.items() if k.startswith("errors") and v}
         for key, entry in figures.items()
-        for server in ("sidecar", "baseline", "floor")
+        for server in ("sidecar", "listener", "baseline", "floor")
         if server in entry
         for run, figs in entry[server].items()
     }
@@ -923,10 +954,11 @@ def main() -> None:
         n_usage = len(document["usage"])
         del document
         sidecar_port, baseline_port, floor_port = free_port(), free_port(), free_port()
-        quiet_port = free_port()
+        quiet_port, check_port = free_port(), free_port()
         env = {
             "TIERGATE_SIDECAR_HOST": "127.0.0.1",
             "TIERGATE_SIDECAR_PORT": str(sidecar_port),
+            "TIERGATE_CHECK_PORT": str(check_port),
             "TIERGATE_REPLICA_PATH": str(tmp / "replica.db"),
             "TIERGATE_PLANS": str(REPO / "plans" / "plans.yaml"),
             "TIERGATE_POLICIES": str(REPO / "policies"),
@@ -1011,6 +1043,7 @@ def main() -> None:
             if "authz_no_usage" in args.scenarios:
                 quiet_env = process_env | {
                     "TIERGATE_SIDECAR_PORT": str(quiet_port),
+                    "TIERGATE_CHECK_PORT": str(free_port()),
                     "TIERGATE_AUTHZ_RECORD_USAGE": "false",
                     "TIERGATE_OUTBOX_PATH": str(tmp / "outbox-quiet.db"),
                 }
@@ -1049,6 +1082,9 @@ def main() -> None:
             ]
             # The floor answers every GET /v1/check alike: measured once, on the hot set's file.
             floor_target = Target("floor", floor_url, False, floor.pid)
+            # The same sidecar's check listener (TIERGATE_CHECK_PORT), on the GET check scenarios.
+            listener_url = f"http://127.0.0.1:{check_port}"
+            listener_target = Target("listener", listener_url, True, sidecar.pid, metrics_url=sidecar_url)
             quiet_targets = targets
             if quiet is not None:
                 quiet_url = f"http://127.0.0.1:{quiet_port}"
@@ -1059,6 +1095,7 @@ def main() -> None:
             for scenario in scenarios:
                 figures[scenario.key] = {}
                 here = [*targets, floor_target] if scenario.key == "check_hot" else targets
+                here = [*here, listener_target] if scenario.key in LISTENER_SCENARIOS else here
                 here = quiet_targets if scenario.key == "authz_no_usage" else here
                 for target in here:
                     print(f"  {scenario.label:<20} {target.name:<9} ...", end="", flush=True)

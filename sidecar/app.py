@@ -52,6 +52,10 @@ def create_app(settings: SidecarSettings, *, engine: PolicyEngine | None = None)
     add_usage_routes(app)  # its cleanup context needs the engine's: it comes after
     add_authz_routes(app)  # and the ingress gate's needs both
     add_unrouted(app)  # last: the JSON 404 and 405
+    if settings.check_port is not None:
+        from sidecar.api.check_listener import check_listener_ctx
+
+        app.cleanup_ctx.append(check_listener_ctx)
     if settings.authz_grpc_host is not None:
         from sidecar.ingress.grpc_ext_authz import grpc_ctx
 

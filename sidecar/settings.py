@@ -46,6 +46,10 @@ class SidecarSettings(BaseSettings):
     # Health, readiness and metrics only, for probes and Prometheus (e.g. the pod IP); unset: none.
     diagnostics_host: str | None = None
     diagnostics_port: Annotated[int, Field(ge=0, le=65535)] = 9194
+    # GET /v1/check alone on a raw HTTP/1.1 protocol (sidecar/api/check_listener.py), on
+    # TIERGATE_SIDECAR_HOST; unset: none.
+    check_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    check_request_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
     # Envoy / Istio gRPC ext_authz; 9191 is OPA-Envoy's (and this sidecar's HTTP) port.
     authz_grpc_host: str | None = None
     authz_grpc_port: Annotated[int, Field(ge=0, le=65535)] = 9193
@@ -111,6 +115,11 @@ class SidecarSettings(BaseSettings):
         if self.authz_host is not None and self.authz_port == self.sidecar_port:
             raise ValueError(
                 f"TIERGATE_AUTHZ_PORT={self.authz_port} is also TIERGATE_SIDECAR_PORT; the authz-only"
+                " listener needs a port of its own"
+            )
+        if self.check_port is not None and self.check_port != 0 and self.check_port == self.sidecar_port:
+            raise ValueError(
+                f"TIERGATE_CHECK_PORT={self.check_port} is also TIERGATE_SIDECAR_PORT; the check"
                 " listener needs a port of its own"
             )
         if self.diagnostics_host is not None and self.diagnostics_port in {0, self.sidecar_port}:

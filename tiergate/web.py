@@ -8,8 +8,10 @@ logged with its traceback and answered 500 without details.
 from __future__ import annotations
 
 import hmac
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 import orjson
 import structlog
@@ -125,11 +127,23 @@ def check_headers(request: web.Request) -> None:
 
 def query_params(request: web.Request) -> dict[str, str]:
     """One value per query parameter; a parameter given twice is a 400 (which one would count?)."""
-    query = request.query
-    params = dict(query)
-    if len(params) != len(query):
-        name = next(k for k in params if len(query.getall(k)) > 1)
-        values = query.getall(name)
+    return target_query(request.raw_path)
+
+
+def target_query(target: str) -> dict[str, str]:
+    """A request target's query, percent-decoded, one value per name. Blank values are kept; a
+    name given twice, or an escape that is not UTF-8 (two different ids must not decode to the
+    same replacement character), is a 400 naming it."""
+    raw = target.partition("?")[2].partition("#")[0]
+    try:
+        pairs = parse_qsl(raw, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequestError("the query is not valid UTF-8 once decoded", field="query") from None
+    params = dict(pairs)
+    if len(params) != len(pairs):
+        counts = Counter(k for k, _ in pairs)
+        name = next(k for k, _ in pairs if counts[k] > 1)
+        values = [v for k, v in pairs if k == name]
         raise BadRequestError(
             f"query parameter {name!r} is given {len(values)} times ({values!r}); give it once",
             field=name,
