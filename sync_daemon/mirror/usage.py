@@ -38,11 +38,12 @@ class IngestResult:
 
 
 def ingest_events(txn: MirrorTxn, events: Sequence[ValidEvent], received_at: datetime) -> IngestResult:
-    """Store the batch's new events (with no seq yet) and count exactly those this transaction stored.
+    """Store the batch's new events and count exactly those this transaction stored.
 
     No lock spans the batch: ingests on every daemon run side by side and meet only on a row they
-    share (a transaction id, a counter) and at the change feed's commit. Each statement covers the
-    whole batch (multi-row, `_CHUNK` rows at most), so a batch is a handful of round trips.
+    share (a transaction id, a counter) and at the change feed's commit. On PostgreSQL the events
+    get their seq after commit (`number_stored_events`); SQLite's one writer numbers them here.
+    Each statement covers the whole batch, so a batch is a handful of round trips.
     """
     periods = _Periods(txn, {event.tenant for event in events})
     received = _receipt_times(received_at, len(events))
@@ -94,7 +95,7 @@ def _receipt_times(received_at: datetime, count: int) -> list[str]:
     return [f"{head}{start + i:06d}Z" for i in range(count)]
 
 
-_CHUNK = 200  # rows per statement (at most 10 parameters each: far below both backends' limits)
+_CHUNK = 200  # rows per SQLite statement (at most 11 parameters each: far below its limit)
 _EVENT_COLUMNS = (
     "tenant, transaction_id, code, timestamp, period_start, value, body, received_at, "
     "external_subscription_id, document"
