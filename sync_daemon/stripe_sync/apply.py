@@ -29,6 +29,10 @@ from tiergate.errors import BillingUnavailableError
 log = structlog.get_logger("tiergate.webhook")
 
 
+class _TieAfterLookup(Exception):
+    """The account reached this event's second only after the lookup: roll back, fetch, apply."""
+
+
 @dataclass(frozen=True)
 class EventMeta:
     id: str
@@ -88,13 +92,21 @@ class EventApplier(SyncParts):
         if tenant is None:
             log.warning("webhook_no_tenant", event_id=meta.id, customer=state.customer_id)
             return await self._record(meta, lambda txn: "no_tenant")
-        if not fetched and current is not None and meta.created == current.stripe_updated and self.refetch:
-            fresh = await self._fetch(state.subscription_id)
-            if fresh is not None:
-                state, fetched = fresh, True
-        outcome = await self._record(
-            meta, lambda txn: self._put_subscription(txn, meta, tenant, state, fetched)
+        asked = (
+            not fetched and self.refetch and current is not None and meta.created == current.stripe_updated
         )
+        if asked:
+            state, fetched = await self._fresh(state)
+        settle = self.refetch and not fetched and not asked
+        try:
+            outcome = await self._record(
+                meta, lambda txn: self._put_subscription(txn, meta, tenant, state, fetched, settle=settle)
+            )
+        except _TieAfterLookup:  # a reconcile or another event reached the same second since the lookup
+            state, fetched = await self._fresh(state)
+            outcome = await self._record(
+                meta, lambda txn: self._put_subscription(txn, meta, tenant, state, fetched)
+            )
         if outcome in ("applied", "refetched", "tie_unresolved") and state.unmapped_price:
             self.metrics.unmapped_prices.inc()
             log.warning(
@@ -103,18 +115,33 @@ class EventApplier(SyncParts):
         return outcome
 
     def _put_subscription(
-        self, txn: MirrorTxn, meta: EventMeta, tenant: str, state: SubscriptionState, fetched: bool
+        self,
+        txn: MirrorTxn,
+        meta: EventMeta,
+        tenant: str,
+        state: SubscriptionState,
+        fetched: bool,
+        *,
+        settle: bool = False,
     ) -> str:
+        """Apply `state`; with `settle`, a same-second tie rolls back (raises) to be fetched and retried."""
         link = txn.customer(state.customer_id) if state.customer_id else None
         if link is not None and link.deleted_at is not None and meta.created <= link.deleted_at:
             return "customer_deleted"
         before = txn.account(tenant)
         account, outcome = decide_subscription(before, state, tenant, meta.created, fetched=fetched)
+        if outcome == "tie_unresolved" and settle:
+            raise _TieAfterLookup
         if account is not None:
             self._changed(txn, meta, before, txn.put_account(account))
             if state.customer_id and link is None:
                 txn.link_customer(CustomerLink(state.customer_id, tenant))
         return outcome
+
+    async def _fresh(self, state: SubscriptionState) -> tuple[SubscriptionState, bool]:
+        """Stripe's current copy of the subscription and True; `state` and False when Stripe is away."""
+        fresh = await self._fetch(state.subscription_id)
+        return (state, False) if fresh is None else (fresh, True)
 
     async def _fetch(self, subscription_id: str) -> SubscriptionState | None:
         try:

@@ -48,6 +48,7 @@ async def test_lifecycle_then_reconcile_matches_stripe(
 ) -> None:
     client = await aiohttp_client(create_app(make_settings(tmp_path / "mirror.db", localstripe)))
     register_webhook(localstripe, str(client.server.make_url("/webhooks/stripe")))
+    before = await _event_ids(stripe_api)  # the catalog's events, sent before the daemon listened
 
     alice = await subscribe(stripe_api, "t_alice", "starter_month")
     item = alice["items"].data[0]
@@ -61,7 +62,8 @@ async def test_lifecycle_then_reconcile_matches_stripe(
     await stripe_api.v1.subscriptions.cancel_async(carol.id)
     await subscribe(stripe_api, "t_dave", "pro_month", card="pm_card_chargeCustomerFail")
 
-    await _deliveries_seen(client, minimum=1)  # real signed deliveries verify and apply
+    # Real signed deliveries verify and apply: every one of them, before the reconcile compares.
+    await _applied(client, await _event_ids(stripe_api) - before)
     summary = await client.app[RECONCILER].run()
     assert summary.ok and summary.subscriptions == 4 and summary.no_tenant == 0
 
@@ -85,15 +87,21 @@ async def test_lifecycle_then_reconcile_matches_stripe(
     assert (again.ok, again.repairs) == (True, 0)  # converged
 
 
-async def _deliveries_seen(client: Any, minimum: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        tally = client.app[METRICS].webhook_tally
-        if sum(tally.values()) >= minimum:
-            assert ("unverified", "rejected") not in tally
-            return
+async def _event_ids(api: stripe.StripeClient) -> set[str]:
+    listing = await api.v1.events.list_async({"limit": 100})
+    return {event.id async for event in listing.auto_paging_iter()}
+
+
+async def _applied(client: Any, event_ids: set[str]) -> None:
+    """Wait until the daemon has recorded each of `event_ids` (localstripe sends them in the background)."""
+    mirror = client.app[MIRROR]
+    deadline = time.monotonic() + 60  # a loaded runner; it takes well under a second on an idle one
+    while not await mirror.transact(lambda txn: all(txn.seen(e) for e in event_ids)):
+        if time.monotonic() > deadline:
+            tally = client.app[METRICS].webhook_summary()
+            raise AssertionError(f"{len(event_ids)} localstripe events not all applied in 60 s: {tally}")
         await asyncio.sleep(0.1)
-    raise AssertionError("localstripe delivered no webhook within 10 s")
+    assert ("unverified", "rejected") not in client.app[METRICS].webhook_tally
 
 
 async def test_full_sync_for_the_cli(

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from sync_daemon.mirror.store import MirrorAccount, MirrorTxn
+from sync_daemon.stripe_sync import apply
 from tests.integration.daemon.conftest import Daemon
 from tests.stripe_payloads import invoice_event, load_event, recorded, sign, subscription_event
 
@@ -96,6 +98,28 @@ async def test_same_second_tie_refetches_from_stripe(daemon: Daemon) -> None:
     daemon.stripe.subscriptions["sub_fixtureAlice01"] = truth
     tie = subscription_event(UPDATED, event_id="evt_tie", created=T0, quantity=5)
     status, body = await daemon.post(tie)
+    assert (status, body["outcome"]) == (200, "refetched")
+    assert daemon.stripe.requests == ["/v1/subscriptions/sub_fixtureAlice01"]
+    account = await daemon.account("t_alice")
+    assert account is not None and (account.quantity, account.needs_reconcile) == (7, False)
+
+
+async def test_a_tie_that_appears_after_the_lookup_is_refetched_too(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Race: a reconcile commits the same second's state between the event's lookup and its write."""
+    truth = subscription_event(CREATED, quantity=7)["data"]["object"]
+    daemon.stripe.subscriptions["sub_fixtureAlice01"] = truth
+    reconciled = MirrorAccount("t_alice", "pro", "active", subscription_id="sub_fixtureAlice01", quantity=7)
+
+    def lookup_then_reconcile(txn: MirrorTxn, *args: Any) -> Any:
+        found = real_lookup(txn, *args)  # no account yet: nothing to refetch for
+        txn.put_account(reconciled.replace(stripe_updated=T0))  # what the reconcile commits just after
+        return found
+
+    real_lookup = apply._lookup
+    monkeypatch.setattr(apply, "_lookup", lookup_then_reconcile)
+    status, body = await daemon.post(subscription_event(CREATED, quantity=5))  # created at T0: a tie
     assert (status, body["outcome"]) == (200, "refetched")
     assert daemon.stripe.requests == ["/v1/subscriptions/sub_fixtureAlice01"]
     account = await daemon.account("t_alice")

@@ -59,14 +59,17 @@ async def receiving(port: int) -> AsyncIterator[Receiver]:
         await server.close()
 
 
-async def until(predicate: Callable[[], Awaitable[bool] | bool], timeout_s: float = 10.0) -> None:
-    """Poll `predicate` until true; a generous deadline, never a latency assertion."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            result = predicate()
-            if await result if not isinstance(result, bool) else result:
-                return
-            await asyncio.sleep(0.05)
+async def until(predicate: Callable[[], Awaitable[bool] | bool], timeout_s: float = 30.0) -> None:
+    """Poll `predicate` until true; a generous deadline (a loaded runner), never a latency assertion."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                result = predicate()
+                if await result if not isinstance(result, bool) else result:
+                    return
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"not true within {timeout_s:.0f} s: {predicate.__qualname__}") from None
 
 
 async def daemon(

@@ -15,6 +15,7 @@ from tests.integration.daemon.conftest import FEED_TOKEN, make_settings
 from tests.integration.outbound.conftest import (
     API,
     SECRET,
+    Client,
     all_delivered,
     daemon,
     deliveries,
@@ -169,7 +170,8 @@ async def test_a_queued_event_survives_a_daemon_restart_and_gives_up_visibly(
 
     async with receiving(port) as receiver:
         second = await daemon(aiohttp_client, tmp_path / "mirror.db", hook_url(port))
-        await until(lambda: len(receiver.received) >= 1)
+        # The sender marks a delivery after the receiver's 200, so the mark can lag the arrival.
+        await until(lambda: _has_one(deliveries(second, "delivered")))
         (event,) = receiver.events()
         assert event["data"]["cause"]["stripe_event"] == "evt_restart"
         assert [d["event_id"] for d in await deliveries(second, "delivered")] == [event["id"]]
@@ -183,8 +185,11 @@ async def test_a_queued_event_survives_a_daemon_restart_and_gives_up_visibly(
     await until(lambda: _has_one(deliveries(third, "failed")))
     (row,) = await deliveries(third, "failed")
     assert row["attempts"] == 3 and "ClientConnectorError" in row["last_error"]
+    # The metric is counted once the row's transaction has returned: wait for it, then check it all.
+    failed = 'tiergate_outbound_webhook_attempts_total{outcome="failed"} 1.0'
+    await until(lambda: _shows(third, failed))
     metrics = await (await third.get("/metrics")).text()
-    assert 'tiergate_outbound_webhook_attempts_total{outcome="failed"} 1.0' in metrics
+    assert failed in metrics
     assert 'tiergate_outbound_webhook_attempts_total{outcome="retry"} 2.0' in metrics
     response = await third.get("/v1/webhooks/deliveries?status=lost", headers=API)
     assert response.status == 400 and (await response.json())["error"]["field"] == "status"
@@ -192,3 +197,7 @@ async def test_a_queued_event_survives_a_daemon_restart_and_gives_up_visibly(
 
 async def _has_one(rows: Awaitable[list[dict[str, Any]]]) -> bool:
     return len(await rows) == 1
+
+
+async def _shows(client: Client, line: str) -> bool:
+    return line in await (await client.get("/metrics")).text()
