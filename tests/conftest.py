@@ -46,5 +46,5 @@ def mirror_backend(request: pytest.FixtureRequest, tmp_path: Path) -> MirrorBack
     if request.param == "sqlite":
         return MirrorBackend("sqlite", tmp_path / "mirror.db")
     url: str = request.getfixturevalue("postgres_url")
-    postgres_server.reset(url)
+    postgres_server.empty_mirror(url)
     return MirrorBackend("postgresql", tmp_path / "mirror.db", url)
