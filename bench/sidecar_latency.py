@@ -511,7 +511,6 @@ async def in_process(
 ) -> dict[str, Any]:
     """Time DecisionService.decide and its parts on the app the sidecar builds, without HTTP."""
     import orjson
-    import structlog
     from aiohttp import web
 
     from sidecar.api.query import check_query
@@ -530,9 +529,8 @@ async def in_process(
 
     os.environ.update({k: v for k, v in env.items() if k != "TIERGATE_SIDECAR_PORT"})
     settings = SidecarSettings()
-    configure_logging(json=settings.log_json, level=settings.log_level)
     # Deny lines are still rendered and written, as in the sidecar, but to /dev/null.
-    structlog.configure(logger_factory=structlog.BytesLoggerFactory(file=log_file))
+    configure_logging(json=settings.log_json, level=settings.log_level, sink=log_file)
     runner = web.AppRunner(create_app(settings))
     await runner.setup()  # runs the sidecar's start-up: replica, engine, policies, decision service
     try:

@@ -188,6 +188,7 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
                 await shadow.engine.close()
             await reloader.stop()
             await engine.close()
+            decisions.decision_log.flush()  # lines of the last loop turn
 
     return ctx
 

@@ -5,14 +5,29 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO, NamedTuple
 
 import orjson
 import structlog
 
 
-def configure_logging(*, json: bool = True, level: str = "info") -> None:
-    """JSON lines go through orjson straight to stderr's buffer: a decision line costs a few µs."""
+class JsonLines(NamedTuple):
+    """The JSON pipeline `configure_logging` installed: its processors (the last renders the
+    line's bytes), where the lines go and the lowest level written."""
+
+    processors: tuple[structlog.typing.Processor, ...]
+    sink: BinaryIO
+    level: int
+
+
+_json_lines: JsonLines | None = None
+
+
+def configure_logging(*, json: bool = True, level: str = "info", sink: BinaryIO | None = None) -> None:
+    """JSON lines go through orjson straight to stderr's buffer (or `sink`, for the benchmarks): a
+    decision line costs a few µs."""
+    global _json_lines
+    sink = sys.stderr.buffer if sink is None else sink
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -20,15 +35,28 @@ def configure_logging(*, json: bool = True, level: str = "info") -> None:
         structlog.processors.format_exc_info,
     ]
     logger_factory: Callable[..., Any]
+    level_no = logging.getLevelNamesMapping()[level.upper()]
     if json:
         processors.append(structlog.processors.JSONRenderer(serializer=orjson.dumps))
-        logger_factory = structlog.BytesLoggerFactory(file=sys.stderr.buffer)
+        logger_factory = structlog.BytesLoggerFactory(file=sink)
+        _json_lines = JsonLines(tuple(processors), sink, level_no)
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=False))
         logger_factory = structlog.WriteLoggerFactory(file=sys.stderr)
+        _json_lines = None
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        wrapper_class=structlog.make_filtering_bound_logger(level_no),
         logger_factory=logger_factory,
         cache_logger_on_first_use=True,
     )
+
+
+def json_lines() -> JsonLines | None:
+    """The JSON pipeline `configure_logging` installed, while structlog still runs it (None when
+    it did not install one, or when something replaced it since, e.g. a test's `capture_logs`)."""
+    lines = _json_lines
+    # structlog's processors are a list that `capture_logs` changes in place: compare the items.
+    if lines is None or tuple(structlog.get_config()["processors"]) != lines.processors:
+        return None
+    return lines

@@ -16,6 +16,7 @@ import orjson
 import structlog
 
 from sidecar.decisions.cache import DecisionCache, Materialised
+from sidecar.decisions.decision_log import DecisionLog
 from sidecar.decisions.policy_io import (
     PolicyAnswerError,
     account_document,
@@ -91,6 +92,7 @@ class DecisionService:
         # The follower's monotonic age of its last daemon answer plus the lag the daemon reported.
         self.since_contact = since_contact
         self.clock = clock
+        self.decision_log = DecisionLog()
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
         self._now_second = -1
@@ -342,12 +344,12 @@ class DecisionService:
         return self._now_text
 
     def _log(self, decision: Decision) -> None:
-        log.info("decision", **{name: getattr(decision, name) for name in LOGGED_FIELDS})
+        self.decision_log.line({name: getattr(decision, name) for name in LOGGED_FIELDS})
 
     def _log_rendered(self, body: bytes) -> None:
         """The same line from a rendered decision, without building the object."""
         fields = orjson.loads(body)
-        log.info("decision", **{name: fields[name] for name in LOGGED_FIELDS})
+        self.decision_log.line({name: fields[name] for name in LOGGED_FIELDS})
 
 
 class RouteResolver:
