@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Generic, Literal, TypeVar
-from urllib.parse import SplitResult, quote, urlsplit
+from urllib.parse import SplitResult, quote, urlencode, urlsplit
 
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -22,6 +22,9 @@ from tiergate.models import Account, Decision
 T = TypeVar("T")
 
 FailMode = Literal["fail_closed", "fail_open"]
+# Which of the sidecar's listeners a call goes to: the main port (`base_url`, every route) or the
+# check listener (`check_url`, TIERGATE_CHECK_PORT: GET /v1/check alone, about half the CPU).
+Endpoint = Literal["main", "check"]
 FAIL_MODES: tuple[FailMode, ...] = ("fail_closed", "fail_open")
 # The reason of a decision the client made itself because the sidecar gave no answer.
 UNREACHABLE = "sidecar_unreachable"
@@ -126,13 +129,12 @@ class Call(Generic[T]):
     body: bytes | None
     parse: Callable[[Any], T]
     unreachable: Callable[[], T] | None = None  # the fail policy's answer; None: raise
+    endpoint: Endpoint = "main"
 
 
 def client_options(base_url: str, timeout_s: float, retries: int, pool_size: int) -> SplitResult:
     """Both clients' constructor checks; the parsed sidecar URL."""
-    parts = urlsplit(base_url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"base_url {base_url!r} must be http://host[:port] (the sidecar is on localhost)")
+    parts = sidecar_url("base_url", base_url)
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
     if retries < 0 or pool_size < 1:
@@ -140,14 +142,31 @@ def client_options(base_url: str, timeout_s: float, retries: int, pool_size: int
     return parts
 
 
-def check(policy: FailPolicy, tenant: str, feature: str, quantity: int = 1) -> Call[Decision]:
-    body = {"tenant": tenant, "feature": feature, "quantity": quantity}
+def sidecar_url(name: str, url: str) -> SplitResult:
+    """`url` parsed, or a ValueError naming the option (`base_url`, `check_url`)."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"{name} {url!r} must be http://host[:port] (the sidecar is on localhost)")
+    return parts
+
+
+def check(
+    policy: FailPolicy, tenant: str, feature: str, quantity: int = 1, *, endpoint: Endpoint = "main"
+) -> Call[Decision]:
+    """POST /v1/check on the main port, or GET /v1/check?... on the check listener: same answers."""
+    if endpoint == "check":
+        query = urlencode({"tenant": tenant, "feature": feature, "quantity": quantity}, quote_via=quote)
+        path, method, body = "/v1/check?" + query, "GET", None
+    else:
+        fields = {"tenant": tenant, "feature": feature, "quantity": quantity}
+        path, method, body = "/v1/check", "POST", orjson.dumps(fields)
     return Call(
-        "POST",
-        "/v1/check",
-        orjson.dumps(body),
+        method,
+        path,
+        body,
         lambda raw: _decision(raw),
         lambda: policy.decision(tenant, feature, quantity),
+        endpoint,
     )
 
 

@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
+from urllib.parse import SplitResult
 
 from tiergate.client import calls
 from tiergate.client.calls import Call, Entitlements, FailPolicy, Reservation, UsageReceipt
@@ -25,16 +26,48 @@ DEFAULT_TIMEOUT_S = 0.5
 TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
 
 
+class _Pool:
+    """Kept-alive connections to one listener of the sidecar (its main port or its check port)."""
+
+    def __init__(self, url: str, parts: SplitResult, size: int) -> None:
+        self.url = url.rstrip("/")
+        self.host = parts.hostname or ""  # client_options refused a URL without one
+        self.port = parts.port or 80
+        self.idle: queue.LifoQueue[http.client.HTTPConnection] = queue.LifoQueue(maxsize=size)
+
+    def borrow(self, timeout_s: float) -> http.client.HTTPConnection:
+        try:
+            return self.idle.get_nowait()
+        except queue.Empty:
+            return http.client.HTTPConnection(self.host, self.port, timeout=max(timeout_s, 0.001))
+
+    def give_back(self, conn: http.client.HTTPConnection) -> None:
+        try:
+            self.idle.put_nowait(conn)
+        except queue.Full:
+            conn.close()
+
+    def close(self) -> None:
+        while True:
+            try:
+                self.idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+
 class TiergateClient:
     """Calls one sidecar; safe to share between threads (each call borrows a pooled connection).
 
     `timeout_s` bounds a whole call (retries included) unless the call passes its own. A check the
-    sidecar does not answer gets the fail policy's decision, with reason `sidecar_unreachable`."""
+    sidecar does not answer gets the fail policy's decision, with reason `sidecar_unreachable`.
+    With `check_url` (the sidecar's TIERGATE_CHECK_PORT), `check()` sends GET /v1/check there over
+    a pool of its own; every other call still goes to `base_url`."""
 
     def __init__(
         self,
         base_url: str = DEFAULT_URL,
         *,
+        check_url: str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         fail_policy: FailPolicy | None = None,
         retries: int = 1,
@@ -42,17 +75,21 @@ class TiergateClient:
     ) -> None:
         parts = calls.client_options(base_url, timeout_s, retries, pool_size)
         self.base_url = base_url.rstrip("/")
+        self.check_url = check_url.rstrip("/") if check_url is not None else None
         self.timeout_s = timeout_s
         self.fail_policy = fail_policy or FailPolicy()
         self.retries = retries
-        self._host = parts.hostname or ""  # client_options refused a URL without one
-        self._port = parts.port or 80
-        self._idle: queue.LifoQueue[http.client.HTTPConnection] = queue.LifoQueue(maxsize=pool_size)
+        self._pools: dict[calls.Endpoint, _Pool] = {"main": _Pool(base_url, parts, pool_size)}
+        if check_url is not None:
+            self._pools["check"] = _Pool(check_url, calls.sidecar_url("check_url", check_url), pool_size)
 
     def check(
         self, tenant: str, feature: str, quantity: int = 1, *, timeout_s: float | None = None
     ) -> Decision:
-        return self.run(calls.check(self.fail_policy, tenant, feature, quantity), timeout_s)
+        endpoint: calls.Endpoint = "check" if "check" in self._pools else "main"
+        return self.run(
+            calls.check(self.fail_policy, tenant, feature, quantity, endpoint=endpoint), timeout_s
+        )
 
     def check_batch(
         self, checks: Sequence[tuple[str, str, int]], *, timeout_s: float | None = None
@@ -82,35 +119,38 @@ class TiergateClient:
         return self.run(calls.record_usage(events), timeout_s)
 
     def run(self, call: Call[T], timeout_s: float | None = None) -> T:
+        pool = self._pools[call.endpoint]
         try:
-            status, payload = self._exchange(call, timeout_s or self.timeout_s)
-            return calls.answer(call, status, payload, self.base_url)
+            status, payload = self._exchange(pool, call, timeout_s or self.timeout_s)
+            return calls.answer(call, status, payload, pool.url)
         except SidecarUnreachableError as exc:
             if call.unreachable is None:
                 raise
-            log.warning("sidecar_unreachable path=%s error=%s", call.path, exc.message)
+            log.warning("sidecar_unreachable url=%s path=%s error=%s", pool.url, call.path, exc.message)
             return call.unreachable()
 
-    def _exchange(self, call: Call[Any], timeout_s: float) -> tuple[int, bytes]:
+    def _exchange(self, pool: _Pool, call: Call[Any], timeout_s: float) -> tuple[int, bytes]:
         deadline = time.monotonic() + timeout_s
         attempt = 0
         while True:
             attempt += 1
             remaining = max(deadline - time.monotonic(), 0.001)
-            conn = self._borrow(remaining)
+            conn = pool.borrow(remaining)
             try:
-                return self._send(conn, call, remaining)
+                return self._send(pool, conn, call, remaining)
             except TRANSPORT_ERRORS as exc:
                 conn.close()
                 timed_out = isinstance(exc, socket.timeout) or time.monotonic() >= deadline
                 if timed_out or attempt > self.retries:
                     what = "no answer within" if timed_out else "failed after"
                     raise SidecarUnreachableError(
-                        f"{call.method} {self.base_url}{call.path}: {what} {timeout_s}s "
+                        f"{call.method} {pool.url}{call.path}: {what} {timeout_s}s "
                         f"({attempt} attempt(s)): {exc!r}"
                     ) from exc
 
-    def _send(self, conn: http.client.HTTPConnection, call: Call[Any], remaining: float) -> tuple[int, bytes]:
+    def _send(
+        self, pool: _Pool, conn: http.client.HTTPConnection, call: Call[Any], remaining: float
+    ) -> tuple[int, bytes]:
         conn.timeout = remaining  # for a (re)connect; a kept-alive socket gets it below
         if conn.sock is not None:
             conn.sock.settimeout(remaining)
@@ -120,27 +160,12 @@ class TiergateClient:
         payload = response.read()
         if response.will_close:
             conn.close()
-        self._give_back(conn)
+        pool.give_back(conn)
         return response.status, payload
 
-    def _borrow(self, timeout_s: float) -> http.client.HTTPConnection:
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            return http.client.HTTPConnection(self._host, self._port, timeout=max(timeout_s, 0.001))
-
-    def _give_back(self, conn: http.client.HTTPConnection) -> None:
-        try:
-            self._idle.put_nowait(conn)
-        except queue.Full:
-            conn.close()
-
     def close(self) -> None:
-        while True:
-            try:
-                self._idle.get_nowait().close()
-            except queue.Empty:
-                return
+        for pool in self._pools.values():
+            pool.close()
 
     def __enter__(self) -> TiergateClient:
         return self

@@ -23,6 +23,7 @@ ROOT = Path(__file__).parents[3]
 @dataclass(frozen=True)
 class RunningSidecar:
     url: str
+    check_url: str  # the check listener (TIERGATE_CHECK_PORT): GET /v1/check alone
     process: Process
     home: Path
 
@@ -32,13 +33,14 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSidecar
     home = tmp_path_factory.mktemp("client-sidecar")
     shutil.copytree(ROOT / "policies", home / "policies")
     write_replica(home / "replica.db", ACCOUNTS, USAGE)
-    port = free_port()
+    port, check_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIERGATE_")}
     env.update(
         PYTHONUNBUFFERED="1",
         TIERGATE_LOG_JSON="false",
         TIERGATE_SIDECAR_HOST="127.0.0.1",
         TIERGATE_SIDECAR_PORT=str(port),
+        TIERGATE_CHECK_PORT=str(check_port),
         TIERGATE_REPLICA_PATH=str(home / "replica.db"),
         TIERGATE_PLANS=str(ROOT / "plans" / "plans.yaml"),
         TIERGATE_POLICIES=str(home / "policies"),
@@ -49,6 +51,6 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSidecar
     url = f"http://127.0.0.1:{port}"
     try:
         process.wait_http(url + "/readyz", lambda status: status == 200)
-        yield RunningSidecar(url, process, home)
+        yield RunningSidecar(url, f"http://127.0.0.1:{check_port}", process, home)
     finally:
         process.stop()
