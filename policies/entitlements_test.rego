@@ -95,6 +95,19 @@ test_decision_is_the_full_document if {
 	}
 }
 
+# usage_scope := "feature" is a promise: no decision reads a counter other than its own feature's.
+test_decisions_read_only_their_own_counter if {
+	others := {"api_calls": 100, "reports": 7, "exports": 3, "dashboards": 1, "sso": 2}
+	every feature in ["api_calls", "reports", "exports", "dashboards", "sso", "made_up"] {
+		every tier in ["pro", "enterprise"] {
+			own := {feature: object.get(others, feature, 0)}
+			alone := subscribed(feature, tier, "active", {})
+			decide(object.union(alone, {"usage": own})) == decide(object.union(alone, {"usage": others}))
+		}
+	}
+	entitlements.usage_scope == "feature"
+}
+
 test_feature_false_is_not_in_plan if {
 	d := decide(request("reports"))
 	d.allow == false

@@ -83,6 +83,9 @@ class SidecarSettings(BaseSettings):
     outbox_path: Path | None = None
     outbox_retention_s: Annotated[float, Field(ge=0)] = 3600.0
     outbox_sync: Literal["full", "normal"] = "full"
+    # A reservation's own transaction_id outlives its pruned rows this long (a replay is still
+    # recognised): ~100 bytes per named reservation. Generated ids (authz) are never kept.
+    outbox_reservation_id_retention_s: Annotated[float, Field(ge=0)] = 7 * 86400.0
     delivery_batch_size: Annotated[int, Field(ge=1, le=1000)] = 500
     # Keep it under the daemon's TIERGATE_MAX_BODY_BYTES (1 MiB by default) with room to spare.
     delivery_max_bytes: Annotated[int, Field(ge=8192, le=64 * 1024 * 1024)] = 512 * 1024

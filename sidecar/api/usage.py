@@ -12,6 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from sidecar.api.guard import guarded
+from sidecar.api.reserve_body import reserve_body
 from sidecar.policy.engine import PolicyBundle
 from sidecar.settings import SidecarSettings
 from sidecar.state import DECISIONS, METRICS, POLICIES, READER, SETTINGS
@@ -44,7 +45,8 @@ class EventBatch(BaseModel):
 
 
 class ReserveRequest(BaseModel):
-    """POST /v1/check with `"reserve": true`: a check that records the quantity when allowed."""
+    """POST /v1/check with `"reserve": true`: a check that records the quantity when allowed (the
+    rules; requests are validated by `reserve_body`, held to this model by a unit test)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -73,7 +75,7 @@ async def record_batch(request: web.Request) -> web.Response:
 
 async def check_and_reserve(request: web.Request, body: dict[str, Any]) -> web.Response:
     """Called by POST /v1/check when the body has `"reserve"` (false is a plain check)."""
-    check = validate(ReserveRequest, body)
+    check = reserve_body(body)  # ReserveRequest's rules, by hand (sidecar/api/reserve_body.py)
     if not check.reserve:
         rendered = await request.app[DECISIONS].decide_json(check.tenant, check.feature, check.quantity)
         return web.Response(body=rendered, content_type="application/json")
@@ -93,6 +95,9 @@ def usage_status(app: web.Application) -> dict[str, Any] | None:
         "backlog": outbox.backlog,
         "oldest_undelivered_age_s": round(outbox.oldest_age(), 3),
         "quarantined": outbox.quarantined,
+        "sync": outbox.sync,
+        # synchronous=normal: appends that found the write lock taken and waited on the thread
+        "commits_deferred": outbox.loop_commits_deferred,
         "pending": app[RECORDER].ledger.stats(),
         "delivery": app[DELIVERY].status.as_dict() if DELIVERY in app else None,
     }
@@ -134,7 +139,13 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
     """After the engine context: the outbox (feeding the decisions' usage ledger), and delivery."""
     settings, decisions, reader = app[SETTINGS], app[DECISIONS], app[READER]
     ledger = decisions.ledger
-    outbox = Outbox(outbox_path(settings), ledger, time.time, sync=settings.outbox_sync)
+    outbox = Outbox(
+        outbox_path(settings),
+        ledger,
+        time.time,
+        sync=settings.outbox_sync,
+        reservation_id_retention_s=settings.outbox_reservation_id_retention_s,
+    )
     await outbox.open(reader.meta.position)
     app[METRICS].watch_outbox(outbox)
     app[OUTBOX] = outbox

@@ -170,6 +170,21 @@ class DecisionCache:
         self._forget(entries)
         return [(key, 1) if isinstance(key, str) else key for key in entries]
 
+    def invalidate_feature(self, tenant: str, feature: str) -> list[tuple[str, int]]:
+        """Drop `tenant`'s answers about `feature` (every quantity), keep its others; returns the
+        (feature, quantity) keys dropped."""
+        self.epoch += 1
+        entries = self._tenants.get(tenant)
+        if entries is None:
+            return []
+        dropped = [key for key in entries if key == feature or (isinstance(key, tuple) and key[0] == feature)]
+        for key in dropped:
+            self._drop(entries, key, entries[key])
+        if not entries:
+            del self._tenants[tenant]
+            self.bytes -= TENANT_OVERHEAD_BYTES
+        return [(key, 1) if isinstance(key, str) else key for key in dropped]
+
     def holds(self, tenant: str, feature: str, quantity: int) -> bool:
         entries = self._tenants.get(tenant)
         return entries is not None and entry_key(feature, quantity) in entries

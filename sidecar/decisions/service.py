@@ -37,6 +37,8 @@ from tiergate.periods import rfc3339
 
 log = structlog.get_logger("tiergate.sidecar")
 
+# The policy's declaration of what a decision reads of input.usage ("feature": its own counter).
+USAGE_SCOPE_PATH = "data.tiergate.entitlements.usage_scope"
 # Most answers waiting to be re-decided after feed batches dropped them.
 REMATERIALISE_MAX = 10_000
 # A decision's log line, in this order.
@@ -107,7 +109,8 @@ class DecisionService:
         self._rematerialiser: asyncio.Task[None] | None = None
         self._adopt(reader.meta)
         reader.subscribe(self._replica_changed)
-        ledger.subscribe(cache.invalidate)  # pending usage changes its tenant's answers
+        self._usage_scope: tuple[str | None, str | None] = (None, None)  # (scope, of this revision)
+        ledger.subscribe_usage(self._usage_changed)  # pending usage changes its tenant's answers
 
     def replica_age(self, now: float | None = None) -> float | None:
         """Following a daemon: seconds since the last answer from it, on the monotonic clock (a
@@ -138,6 +141,28 @@ class DecisionService:
             if keys:
                 self.rematerialise_soon(keys)
         self._adopt(meta)
+
+    def _usage_changed(self, tenant: str, code: str | None) -> None:
+        """Pending usage of `tenant`'s counter `code` (None: any) changed: drop every answer of the
+        tenant, or only those about `code` when the policy declares that a decision reads its own
+        feature's counter alone (`usage_scope := "feature"`, learned for the live revision)."""
+        scope, revision = self._usage_scope
+        if code is not None and scope == "feature" and revision == self.engine.revision:
+            self.cache.invalidate_feature(tenant, code)
+        else:
+            self.cache.invalidate(tenant)
+
+    async def learn_usage_scope(self) -> None:
+        """Read the live policy's `usage_scope` once per revision (callers that change usage ask
+        first; until then, and for a policy without it, a change drops all the tenant's answers)."""
+        revision = self.engine.revision
+        if revision is None or self._usage_scope[1] == revision:
+            return
+        try:  # the revision is taken before: a reload meanwhile leaves a mismatch (all dropped)
+            scope = await self.engine.evaluate(USAGE_SCOPE_PATH, {})
+        except TierError:
+            scope = None  # undefined: the policy may read any counter
+        self._usage_scope = (scope if isinstance(scope, str) else None, revision)
 
     def rematerialise_soon(self, keys: list[tuple[str, str, int]]) -> None:
         """Re-decide (tenant, feature, quantity) answers in the background, so the tenant's next

@@ -46,8 +46,8 @@ class UsageLedger:
     """In-memory totals per (tenant, period_start) and code; owned by the event-loop thread."""
 
     def __init__(self) -> None:
-        # Told of every tenant whose totals change, so answers cached for it are dropped.
-        self._listeners: list[Callable[[str], object]] = []
+        # Told of every (tenant, code) whose totals change, so answers cached for it are dropped.
+        self._listeners: list[Callable[[str, str | None], object]] = []
         self._totals: dict[tuple[str, str], dict[str, Amount]] = {}
         self._periods: dict[str, int] = {}  # tenant -> how many of its (tenant, period) keys hold totals
         # (seq, tie-breaker, deltas): confirmed by the daemon, waiting for the replica to reach seq.
@@ -63,6 +63,11 @@ class UsageLedger:
         self._gauge_seqs: list[tuple[int, str, str, int]] = []  # (seq, tenant, code, row), confirmed
 
     def subscribe(self, listener: Callable[[str], object]) -> None:
+        """Told the tenant whose pending usage changed."""
+        self._listeners.append(lambda tenant, code: listener(tenant))
+
+    def subscribe_usage(self, listener: Callable[[str, str | None], object]) -> None:
+        """Told the tenant and the counter's code (None: any of its counters) that changed."""
         self._listeners.append(listener)
 
     def begin_flight(self, keys: Iterable[Key], floor: int | None) -> None:
@@ -101,8 +106,7 @@ class UsageLedger:
 
     def add(self, key: Key, value: Amount) -> None:
         tenant, code, period_start = key
-        for listener in self._listeners:
-            listener(tenant)
+        self._changed(tenant, code)
         codes = self._totals.get((tenant, period_start))
         if codes is None:
             codes = self._totals[(tenant, period_start)] = {}
@@ -153,7 +157,7 @@ class UsageLedger:
         if current is not None and (current.at, current.row) > (at, row):
             return  # an older reading that arrived later: the newer one stays
         codes[code] = Gauge(at, value, row)
-        self._changed(tenant)
+        self._changed(tenant, code)
 
     def confirm_gauge(self, key: Key, row: int, seq: int) -> None:
         """The daemon stored the reading of `row` at or below `seq`."""
@@ -172,7 +176,7 @@ class UsageLedger:
         del codes[code]
         if not codes:
             del self._gauges[tenant]
-        self._changed(tenant)
+        self._changed(tenant, code)
 
     def replace_gauges(self, readings: Iterable[tuple[Key, float, Amount, int]]) -> None:
         """The pending readings are exactly these (key, timestamp, value, row): for a reader of
@@ -182,11 +186,11 @@ class UsageLedger:
         for key, at, value, row in readings:
             self.set_gauge(key, at, value, row)
         for tenant in before - set(self._gauges):
-            self._changed(tenant)
+            self._changed(tenant, None)
 
-    def _changed(self, tenant: str) -> None:
+    def _changed(self, tenant: str, code: str | None) -> None:
         for listener in self._listeners:
-            listener(tenant)
+            listener(tenant, code)
 
     async def usage(self, replica: ReplicaReader, tenant: str, period_start: str) -> dict[str, Amount]:
         """The tenant's counters for the period as a decision must see them: the replica's, read at

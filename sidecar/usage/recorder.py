@@ -77,6 +77,7 @@ class UsageRecorder:
         events = [self._parse(raw, metrics, now, where.format(i), resolve) for i, raw in enumerate(raws)]
         rows: dict[str, AccountRow | None] = {}
         entries = [Entry(event, self._period(event, rows)) for event in events]
+        await self.decisions.learn_usage_scope()
         inserted = await self.outbox.append(entries)
         self._appended()
         return [
@@ -111,6 +112,7 @@ class UsageRecorder:
                 f"reserve: quantity {quantity} of a count metric exceeds {MAX_EVENTS} (one event each)",
                 field="quantity",
             )
+        await self.decisions.learn_usage_scope()  # which answers the reservation changes
         tid = transaction_id or self._new_id()
         if transaction_id is not None:
             stored = await self.outbox.reservation(tenant, tid)
@@ -121,6 +123,8 @@ class UsageRecorder:
             if not decision.allow:
                 return decision, Reservation(tid, False, False)
             entries = self._reservation_entries(tenant, feature, quantity, tid, counted, metric)
+            if transaction_id is not None:  # the caller's own id: it may come back after pruning
+                entries[0] = dataclasses.replace(entries[0], reserved_quantity=quantity)
             for entry in entries:  # counted now, under the lock: the next reserve sees it
                 self.ledger.add(entry.key, entry.event.value)
         # Counting dropped the tenant's answers: the next reserve of the same kind finds it decided.

@@ -149,6 +149,21 @@ Labels for your pod template: the NetworkPolicy admits pods carrying them to the
 {{- toYaml $v.sidecarPodLabels -}}
 {{- end -}}
 
+{{/* The outbox's volume source from sidecar.outboxVolume: Helm merges a user's source into the
+default emptyDir, so a source of another kind replaces it (rather than rendering two). */}}
+{{- define "tiergate.outboxVolumeSource" -}}
+{{- $volume := . | default dict -}}
+{{- $other := omit $volume "emptyDir" -}}
+{{- if $other }}{{ toYaml $other }}{{ else if $volume }}{{ toYaml $volume }}{{ end -}}
+{{- end -}}
+
+{{/* The outbox's synchronous mode for its volume: "normal" on one that dies with the pod (emptyDir,
+ephemeral), else "full" (the binary's default), also for a volume you add yourself (null). */}}
+{{- define "tiergate.outboxSync" -}}
+{{- $source := include "tiergate.outboxVolumeSource" . | fromYaml -}}
+{{- if or (hasKey $source "emptyDir") (hasKey $source "ephemeral") }}normal{{ else }}full{{ end -}}
+{{- end -}}
+
 {{/*
 The sidecar container, as one list item for your pod spec's `containers:`.
   containers:
@@ -174,6 +189,13 @@ The sidecar container, as one list item for your pod spec's `containers:`.
       value: /var/lib/tiergate/replica.db
     - name: TIERGATE_OUTBOX_PATH
       value: /var/lib/tiergate/outbox/outbox.db
+    {{- if not (hasKey ($s.settings | default dict) "outbox_sync") }}
+    # The outbox's fsync follows its volume (docs/adr/0022): an emptyDir or ephemeral volume dies
+    # with the pod, so FULL would only cover a power cut the pod survives in place; a volume of
+    # your own (a PVC, `{}`) keeps FULL. sidecar.settings.outbox_sync overrides it.
+    - name: TIERGATE_OUTBOX_SYNC
+      value: {{ include "tiergate.outboxSync" $s.outboxVolume | quote }}
+    {{- end }}
     - name: TIERGATE_PLANS
       value: /etc/tiergate/plans/plans.yaml
     - name: TIERGATE_POLICIES
@@ -245,8 +267,9 @@ The sidecar container, as one list item for your pod spec's `containers:`.
 {{/*
 The sidecar's volumes, as list items for your pod spec's `volumes:`: the replica on an emptyDir
 (a cache: re-downloaded from the daemon when lost), the usage outbox (sidecar.outboxVolume, an
-emptyDir by default: it survives container restarts, not the pod's deletion; `{}` leaves the
-`tiergate-outbox` volume to you, e.g. a StatefulSet volumeClaimTemplate), a /tmp emptyDir
+emptyDir by default: it survives container restarts, not the pod's deletion; another volume source
+replaces it, and null leaves the `tiergate-outbox` volume to you, e.g. a StatefulSet
+volumeClaimTemplate), a /tmp emptyDir
 (read-only root filesystem), the catalog and policies ConfigMaps as directories (no subPath:
 subPath mounts never see ConfigMap updates, which would defeat hot reload).
   volumes:
@@ -259,9 +282,9 @@ subPath mounts never see ConfigMap updates, which would defeat hot reload).
 - name: tiergate-state
   emptyDir:
     sizeLimit: {{ $c.v.sidecar.replicaSizeLimit }}
-{{- with $c.v.sidecar.outboxVolume }}
+{{- with include "tiergate.outboxVolumeSource" $c.v.sidecar.outboxVolume }}
 - name: tiergate-outbox
-  {{- toYaml . | nindent 2 }}
+  {{- . | nindent 2 }}
 {{- end }}
 - name: tiergate-tmp
   emptyDir:

@@ -315,6 +315,34 @@ def test_sidecar_template_in_an_app_pod(tmp_path: Path, monkeypatch: pytest.Monk
     assert str(settings.daemon_url).rstrip("/") == DAEMON_URL
 
 
+@pytest.mark.parametrize(
+    ("sidecar", "sync"),
+    [
+        ({}, "normal"),  # the default outbox volume, an emptyDir: it dies with the pod
+        ({"outboxVolume": {"emptyDir": {"medium": "Memory"}}}, "normal"),
+        ({"outboxVolume": {"ephemeral": {"volumeClaimTemplate": {"spec": {
+            "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}}}}, "normal"),
+        ({"outboxVolume": {"persistentVolumeClaim": {"claimName": "outbox"}}}, "full"),
+        ({"outboxVolume": None}, "full"),  # a volume of the user's own (e.g. a volumeClaimTemplate)
+        ({"settings": {"outbox_sync": "full"}}, "full"),  # said outright: wins, and is set once
+        ({"outboxVolume": None, "settings": {"outbox_sync": "normal"}}, "normal"),
+    ],
+)  # fmt: skip
+def test_the_outbox_sync_follows_its_volume(tmp_path: Path, sidecar: dict[str, Any], sync: str) -> None:
+    values = {**STRIPE, "daemon": {"enabled": True}, "sidecar": sidecar}
+    docs = documents(render({"tiergate": values}, chart=app_chart(tmp_path)))
+    spec = app_deployment(docs)["spec"]["template"]["spec"]
+    entries = [e for e in spec["containers"][1]["env"] if e["name"] == "TIERGATE_OUTBOX_SYNC"]
+    assert [e["value"] for e in entries] == [sync]
+    volumes = [v for v in spec["volumes"] if v["name"] == "tiergate-outbox"]
+    if sidecar.get("outboxVolume", {}) is None:
+        assert volumes == []  # left to the user
+    else:  # one source: a user's replaces the default emptyDir
+        [volume] = volumes
+        assert len(volume) == 2, volume
+        validate_objects(docs)
+
+
 def test_sidecar_with_opa_gets_a_native_opa_sidecar(tmp_path: Path) -> None:
     values = {**STRIPE, "engine": "opa", "daemon": {"enabled": True}}
     docs = documents(render({"tiergate": values}, chart=app_chart(tmp_path)))

@@ -1,5 +1,7 @@
 """kill -9 of a sidecar right after it answered reservations: every one answered `reserved` is
-counted after the restart (it was on disk before the answer), and replaying them counts nothing."""
+counted after the restart (it was committed before the answer), and replaying them counts nothing;
+with `synchronous=FULL` (fsync, the writer thread) and with `normal` (no fsync; commits on the
+event loop's thread, the chart's choice on an emptyDir: docs/adr/0022)."""
 
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from tests.integration.usage.conftest import ROOT, eventually
 TIERGATE = Path(sys.executable).with_name("tiergate")
 
 
-def start_sidecar(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
+def start_sidecar(tmp_path: Path, port: int, sync: str) -> subprocess.Popen[bytes]:
     env = {
+        "TIERGATE_OUTBOX_SYNC": sync,
         **{k: v for k, v in os.environ.items() if not k.startswith("TIERGATE_")},
         "TIERGATE_SIDECAR_PORT": str(port),
         "TIERGATE_REPLICA_PATH": str(tmp_path / "sidecar" / "replica.db"),
@@ -39,9 +42,12 @@ async def post_json(session: aiohttp.ClientSession, url: str, body: dict[str, An
 
 
 @pytest.mark.slow
-async def test_kill_9_after_reserving_loses_no_reservation(tmp_path: Path, unused_tcp_port: int) -> None:
+@pytest.mark.parametrize("sync", ["full", "normal"])
+async def test_kill_9_after_reserving_loses_no_reservation(
+    tmp_path: Path, unused_tcp_port: int, sync: str
+) -> None:
     base = f"http://127.0.0.1:{unused_tcp_port}"
-    process = start_sidecar(tmp_path, unused_tcp_port)
+    process = start_sidecar(tmp_path, unused_tcp_port, sync)
     try:
         async with aiohttp.ClientSession() as session:
 
@@ -71,7 +77,7 @@ async def test_kill_9_after_reserving_loses_no_reservation(tmp_path: Path, unuse
             ]
             assert len(reserved) == 200
 
-            process = start_sidecar(tmp_path, unused_tcp_port)
+            process = start_sidecar(tmp_path, unused_tcp_port, sync)
             await eventually(ready, within=30)
             async with session.get(base + "/v1/check?tenant=t_k9&feature=api_calls") as response:
                 assert (await response.json())["used"] == sum(reserved)

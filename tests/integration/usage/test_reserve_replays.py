@@ -4,9 +4,20 @@ original outcome, counted once; another feature or quantity under the id is a 40
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from pathlib import Path
 from typing import Any
 
-from tests.integration.usage.conftest import SidecarFactory, usage_status, used
+from sidecar.api.usage import OUTBOX
+from sidecar.state import READER
+from tests.integration.usage.conftest import (
+    DaemonServer,
+    SidecarFactory,
+    eventually,
+    settled,
+    usage_status,
+    used,
+)
 
 SidecarClient = Any
 
@@ -84,3 +95,32 @@ async def test_concurrent_requests_under_one_id_reserve_once(make_sidecar: Sidec
             assert status == 409 and answer["error"]["field"] == "transaction_id"
     assert await used(sidecar, "t_rp", "exports") == winner
     assert (await usage_status(sidecar))["backlog"] == winner
+
+
+async def test_a_replay_after_the_rows_were_pruned_is_still_recognised(
+    daemon: DaemonServer, make_sidecar: SidecarFactory, tmp_path: Path
+) -> None:
+    """The outbox forgets delivered rows after TIERGATE_OUTBOX_RETENTION_S; a reservation's own
+    id outlives them (a compact record), so a late replay counts nothing and a changed one is a 409."""
+    sidecar = await make_sidecar(daemon.url)
+    assert (await reserve(sidecar, quantity=3, transaction_id="late-1"))[1]["allow"] is True
+    assert (await reserve(sidecar, quantity=2))[1]["reservation"]["reserved"] is True  # a generated id
+    await eventually(lambda: settled(sidecar))
+    app = sidecar.app
+    assert await app[OUTBOX].prune(app[READER].meta.position, 0) == 5  # every row, at once
+    outbox = sqlite3.connect(tmp_path / "sidecar" / "outbox.db")
+    try:
+        assert outbox.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+        kept = outbox.execute("SELECT transaction_id, code, quantity FROM pruned_reservations").fetchall()
+        assert kept == [("late-1", "exports", 3)]  # generated ids are never replayed: not kept
+    finally:
+        outbox.close()
+
+    status, again = await reserve(sidecar, quantity=3, transaction_id="late-1")
+    assert status == 200 and again["allow"] is True
+    assert again["reservation"] == {"transaction_id": "late-1", "reserved": True, "replayed": True}
+    status, changed = await reserve(sidecar, quantity=4, transaction_id="late-1")
+    assert status == 409 and "already reserved 3 of 'exports'" in changed["error"]["message"]
+    assert (await usage_status(sidecar))["backlog"] == 0  # nothing new to deliver
+    assert await used(sidecar, "t_rp", "exports") == 5
+    assert await daemon.used("t_rp", "exports") == 5

@@ -78,6 +78,11 @@ usage_counts := input.usage if is_object(input.usage)
 
 used := object.get(usage_counts, input.feature, 0)
 
+# What a decision reads of input.usage: its own feature's counter (`used` above), nothing else.
+# Declaring it lets the sidecar keep a tenant's other answers when usage of one counter changes
+# (a reserve, recorded usage); a policy that reads another counter must not declare it (docs/policies.md).
+usage_scope := "feature"
+
 # An unknown age (null) is not stale: the sidecar refuses to answer at all without a replica.
 replica_stale if {
 	max_replica_age_seconds != null
