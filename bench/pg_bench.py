@@ -30,6 +30,7 @@ import resource
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -102,6 +103,61 @@ def backend_pids(pg_url: str) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
+WAIT_KINDS = ("row_lock", "advisory_lock", "wal_flush", "on_cpu", "idle_in_txn", "other")
+_SAMPLE_EVERY_S = 0.01
+
+
+def wait_kind(state: str | None, wait_type: str | None, wait_event: str | None) -> str | None:
+    """What a backend of the bench's database is doing, from pg_stat_activity (None: idle)."""
+    if state == "idle in transaction":
+        return "idle_in_txn"  # waiting for the daemon's next statement (round trips, the daemon's CPU)
+    if state != "active":
+        return None
+    if wait_type is None:
+        return "on_cpu"
+    if wait_type == "Lock":
+        return "advisory_lock" if wait_event == "advisory" else "row_lock"
+    if wait_event in ("WALSync", "WALWrite", "WALFlush") or (wait_type, wait_event) == ("LWLock", "WALWrite"):
+        return "wal_flush"
+    return "other"
+
+
+class WaitSampler:
+    """Samples pg_stat_activity every 10 ms: how many of the bench database's backends are, on
+    average, waiting on a row lock (ADR 13's feed_head), an advisory lock, the WAL flush, running,
+    or idle inside a transaction (waiting for the daemon)."""
+
+    def __init__(self, pg_url: str) -> None:
+        self._url = pg_url
+        self._stop = threading.Event()
+        self._counts = dict.fromkeys(WAIT_KINDS, 0)
+        self._samples = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        with psycopg.connect(self._url, autocommit=True) as conn:
+            while not self._stop.is_set():
+                rows = conn.execute(
+                    "SELECT state, wait_event_type, wait_event FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND backend_type = 'client backend'"
+                ).fetchall()
+                for row in rows:
+                    kind = wait_kind(*row)
+                    if kind is not None:
+                        self._counts[kind] += 1
+                self._samples += 1
+                time.sleep(_SAMPLE_EVERY_S)
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        return {f"pg_{k}": round(n / max(self._samples, 1), 2) for k, n in self._counts.items()}
+
+
 @dataclass
 class CpuMeter:
     """CPU seconds spent between `start` and `stop` by the daemons, PostgreSQL and this process."""
@@ -112,6 +168,7 @@ class CpuMeter:
     _before: dict[str, float] | None = None
     _pg_before: dict[int, float] | None = None
     _wall: float = 0.0
+    _waits: WaitSampler | None = None
 
     def _self_s(self) -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -127,6 +184,9 @@ class CpuMeter:
             "bench": self._self_s(),
         }
         self._wall = time.perf_counter()
+        if self.pg_url:
+            self._waits = WaitSampler(self.pg_url)
+            self._waits.start()
 
     def stop(self, events: int) -> dict[str, float]:
         wall = time.perf_counter() - self._wall
@@ -142,6 +202,8 @@ class CpuMeter:
             "loadgen_cpu_ms_per_event": round(bench * 1000 / events, 3),
             "cpus_busy_pct": round(busy * 100, 1),
         }
+        if self._waits is not None:
+            figures.update(self._waits.stop())
         if self.daemon_cpus:  # how much of their quota the daemons used: ~100 % = bound by it
             quota = wall * len(self.daemons) * self.daemon_cpus
             figures["daemon_quota_used_pct"] = round(daemons / quota * 100, 1)
@@ -323,6 +385,12 @@ def print_throughput(title: str, figures: dict[str, Any], latencies: bool) -> di
                 *([f["daemon_quota_used_pct"]] if "daemon_quota_used_pct" in f else []),
             ]
         )
+    waits = [[*key.split("x"), *(f.get(f"pg_{k}", "") for k in WAIT_KINDS)] for key, f in figures.items()]
+    table(
+        f"{title}: PostgreSQL backends (mean number) by what they wait on",
+        ["backend", "daemons", *WAIT_KINDS],
+        waits,
+    )
     quota = ["daemon quota used %"] if "daemon_quota_used_pct" in next(iter(figures.values())) else []
     table(
         title,
@@ -388,6 +456,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--visibility-only", action="store_true", help="only 3., --rounds times per backend")
     parser.add_argument("--ingest-only", action="store_true", help="only 2.")
+    parser.add_argument("--intake-only", action="store_true", help="only 1.")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument(
         "--daemon-cpus",
@@ -413,6 +482,12 @@ def main() -> None:
         with postgres_server.session_database(args.postgres) as args.pg:
             ingest = measure("ingest", ingest_run, args)
             print_throughput(f"usage ingest ({args.ingest_events} events)", ingest, latencies=False)
+        print(f"load average after: {os.getloadavg()}")
+        return
+    if args.intake_only:
+        with postgres_server.session_database(args.postgres) as args.pg:
+            intake = measure("intake", intake_run, args)
+            print_throughput(f"webhook intake ({args.intake_events} signed events)", intake, latencies=True)
         print(f"load average after: {os.getloadavg()}")
         return
     with postgres_server.session_database(args.postgres) as pg:

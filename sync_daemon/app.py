@@ -78,6 +78,7 @@ async def open_services(
     source = billing or make_billing(settings)
     try:
         metrics = DaemonMetrics(feed_seq=lambda: mirror.seq)
+        metrics.feed_unnumbered_stale.set_function(lambda: mirror.backlog.stale)
         outbound = Outbound(settings.webhook_endpoint_list, translator.catalog)
         applier = EventApplier(
             mirror, source, translator, metrics, refetch=settings.stripe_refetch, outbound=outbound

@@ -35,6 +35,12 @@ class DaemonMetrics:
             "tiergate_feed_seq", "The newest sequence number in the change log.", registry=self.registry
         )
         self.feed_seq.set_function(feed_seq)
+        self.feed_unnumbered_stale = Gauge(
+            "tiergate_feed_unnumbered_stale",
+            "Changes committed but still without a feed position after the sweep's threshold, as last "
+            "measured (PostgreSQL; a daemon died between its commit and its numbering): the sweep numbers them.",
+            registry=self.registry,
+        )
         self.mirror_lag = Gauge(
             "tiergate_mirror_lag_seconds",
             "How far the mirror may be behind Stripe: 0 while the latest reconcile succeeded, else "

@@ -50,7 +50,11 @@ async def status(request: web.Request) -> web.Response:
         {
             "webhooks": request.app[METRICS].webhook_summary(),
             "reconcile": last.as_dict() if last else None,
-            "feed": {"seq": request.app[MIRROR].seq, "mirror_lag_s": request.app[RECONCILER].lag.seconds()},
+            "feed": {
+                "seq": request.app[MIRROR].seq,
+                "mirror_lag_s": request.app[RECONCILER].lag.seconds(),
+                "unnumbered": request.app[MIRROR].backlog.as_dict(),
+            },
             "mirror": {"backend": request.app[MIRROR].backend, "where": request.app[MIRROR].where},
             "leader": request.app[LEADER].status(),
             "sinks": sinks_status(request.app),

@@ -225,6 +225,8 @@ class PostgresEnd:
         self._schema = SCHEMA
 
     def tables(self) -> dict[str, tuple[str, ...]]:
+        """The mirror's tables and columns, without `changes.id` (the order changes were inserted in
+        before being numbered: internal to PostgreSQL's feed, renumbered by the target)."""
         rows = self.conn.execute(
             "SELECT c.table_name, c.column_name FROM information_schema.columns c "
             "JOIN information_schema.tables t USING (table_schema, table_name) "
@@ -234,7 +236,8 @@ class PostgresEnd:
         ).fetchall()
         tables: dict[str, list[str]] = {}
         for table, column in rows:
-            tables.setdefault(str(table), []).append(str(column))
+            if (table, column) != ("changes", "id"):
+                tables.setdefault(str(table), []).append(str(column))
         return {name: tuple(columns) for name, columns in tables.items() if name not in _BOOKKEEPING}
 
     def claim(self) -> None:
@@ -251,7 +254,24 @@ class PostgresEnd:
             time.sleep(0.2)
 
     def begin(self, *, write: bool) -> None:
-        self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ" + ("" if write else ", READ ONLY"))
+        if write:
+            self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            return
+        # A source daemons may still write to: the feed's consistent cut, everything numbered (ADR 0020).
+        from sync_daemon.mirror.postgres import FEED_CUT, PostgresSql, number_changes
+
+        self.conn.execute("SELECT pg_advisory_lock(%s, 0)", [FEED_CUT])
+        try:
+            number_changes(PostgresSql(self.conn), wait=True)
+            self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            unnumbered = self.conn.execute("SELECT count(*) FROM changes WHERE seq IS NULL").fetchone()
+        finally:
+            self.conn.execute("SELECT pg_advisory_unlock(%s, 0)", [FEED_CUT])
+        if unnumbered and unnumbered[0]:
+            raise MirrorError(
+                f"{self.where} holds {unnumbered[0]} changes without a feed position; "
+                "start a tiergate daemon on it once (it numbers them) and copy again"
+            )
 
     def finish(self, *, commit: bool) -> None:
         if not self.conn.closed:

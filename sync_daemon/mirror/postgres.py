@@ -7,9 +7,14 @@ across daemons comes from three locks, all released at commit:
   is applied once, the other copy sees it recorded;
 - an advisory lock per tenant (`MirrorTxn.account`): a read-decide-write of one account never
   interleaves with another, so an older event cannot overwrite a newer one;
-- `feed_head`'s row lock, taken last: seqs are assigned at commit, in commit order (ADR 0013).
+- the feed: changes are inserted unnumbered and numbered in id order under `feed_head`'s row lock,
+  which nobody waits for while writing: taken with SKIP LOCKED at the end of the transaction, or
+  after the commit by whoever finds it free; whoever held it looks again after releasing it
+  (ADR 0020, amending ADR 0013). A shared advisory lock held by writers of changes lets a
+  snapshot take a consistent cut (everything committed numbered) by briefly taking it exclusively.
 A deadlock or serialization failure re-runs the whole transaction. `LISTEN tiergate_feed` (on an
-async connection) wakes this daemon's long polls when another daemon commits.
+async connection) wakes this daemon's long polls when another daemon commits; a sweep every
+second numbers what a daemon killed between its commit and its numbering left behind.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from sync_daemon.mirror.postgres_schema import SCHEMA, migrate
 from sync_daemon.mirror.schema import CHANGES
 from sync_daemon.mirror.sql import SqlMirror
-from sync_daemon.mirror.store import Cursor, MirrorTxn, Sql
+from sync_daemon.mirror.store import Cursor, FeedBacklog, MirrorTxn, Sql
 from tiergate.errors import MirrorError
 
 log = structlog.get_logger("tiergate.mirror")
@@ -45,6 +50,10 @@ _LOCK_CLASSES = {
     "usage_events": 3,
     "sink": 4,
 }  # pg_advisory_xact_lock(class, hashtext(key))
+# pg_advisory_xact_lock_shared(FEED_CUT, 0) by every transaction that logs changes, held to its
+# commit; pg_advisory_lock(FEED_CUT, 0) (exclusive) for a moment by a snapshot's consistent cut.
+FEED_CUT = 5
+_HELP_ROUNDS = 100  # a helper that keeps finding new rows stops here (the others and the sweep go on)
 _RETRIES = 30
 _LISTEN_TICK_S = 0.1
 _RETRYABLE = (errors.SerializationFailure, errors.DeadlockDetected)
@@ -87,15 +96,26 @@ class PostgresMirror(SqlMirror):
     backend = "postgresql"
     begin_read = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 
-    def __init__(self, url: str, *, pool_size: int = 8, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 8,
+        timeout_s: float = 10.0,
+        sweep_s: float = 1.0,
+        stale_after_s: float = 2.0,
+    ) -> None:
         super().__init__(writers=pool_size)
         self.url = url
         self._timeout_s = timeout_s
         self._pool = _pool(url, pool_size, timeout_s, "tiergate-mirror-write")
         self._read_pool = _pool(url, 4, timeout_s, "tiergate-mirror-read")
         self._listener: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.listening = False
+        self.sweep_s = sweep_s  # how often this daemon looks for changes left unnumbered
+        self.stale_after_s = stale_after_s  # how old an unnumbered change is before the sweep numbers it
 
     @property
     def where(self) -> str:
@@ -109,6 +129,7 @@ class PostgresMirror(SqlMirror):
             raise MirrorError(f"PostgreSQL mirror at {self.where} cannot be opened: {exc}") from exc
         self.seq = await self.last_seq()
         self._listener = asyncio.create_task(self._listen(), name="mirror-listen")
+        self._sweeper = asyncio.create_task(self._sweep(), name="mirror-sweep")
 
     def _open_sync(self) -> None:
         with psycopg.connect(self.url, autocommit=True, connect_timeout=int(self._timeout_s)) as conn:
@@ -119,9 +140,10 @@ class PostgresMirror(SqlMirror):
         self._read_pool.open(wait=True, timeout=self._timeout_s)
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._stopping.set()
-            await self._listener
+        self._stopping.set()
+        for task in (self._listener, self._sweeper):
+            if task is not None:
+                await task
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._writer, self._pool.close)
         await loop.run_in_executor(self._writer, self._read_pool.close)
@@ -132,23 +154,59 @@ class PostgresMirror(SqlMirror):
             with self._pool.connection() as conn:
                 for attempt in range(_RETRIES):
                     try:
-                        return self._attempt(conn, fn, want_seq)
+                        result, logged, top = self._attempt(conn, fn)
+                        break
                     except _RETRYABLE:
                         time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # on a worker thread
-                raise MirrorError(f"a mirror transaction kept conflicting after {_RETRIES} attempts")
+                else:
+                    raise MirrorError(f"a mirror transaction kept conflicting after {_RETRIES} attempts")
+                return result, self._settle(PostgresSql(conn), logged, top, want_seq)
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise MirrorError(f"PostgreSQL mirror at {self.where}: {exc}") from exc
 
-    def _attempt(
-        self, conn: Connection, fn: Callable[[MirrorTxn], T], want_seq: bool
-    ) -> tuple[T, int | None]:
+    def _attempt(self, conn: Connection, fn: Callable[[MirrorTxn], T]) -> tuple[T, bool, int | None]:
+        """One transaction: the result, whether it logged changes, and the head if it numbered them."""
         sql = PostgresSql(conn)
         with conn.transaction():
             txn = PostgresTxn(sql)
             result = fn(txn)
-            if txn.pending:
-                return result, _commit_changes(sql, txn.pending)
-            return result, _last_seq(sql) if want_seq else None
+            if not txn.pending:
+                return result, False, None
+            _insert_changes(sql, txn.pending)
+            return result, True, self._number_in_txn(sql)
+
+    def _number_in_txn(self, sql: Sql) -> int | None:
+        """The fast path: number (ours and any left by others) if feed_head's lock is free; never wait."""
+        return number_changes(sql, wait=False)
+
+    def _settle(self, sql: Sql, logged: bool, top: int | None, want_seq: bool) -> int | None:
+        """After the commit: number what is left; the seq covering this transaction when `want_seq`.
+
+        A writer that held the lock looks again now that it released it (a writer that found it
+        taken meanwhile relies on that); one that committed unnumbered rows tries to number them.
+        Only a caller that needs the seq (`transact_seq`) ever waits for the lock.
+        """
+        if logged:
+            try:
+                helped = help_number(sql, held=top is not None)
+            except psycopg.Error as exc:  # committed: the other writers or the sweep number the rows
+                if want_seq:
+                    raise
+                log.warning("mirror_numbering_failed", error=str(exc))
+                return top
+            if helped is not None:
+                top = helped if top is None else max(top, helped)
+            if top is not None or not want_seq:
+                return top
+        elif not want_seq:
+            return None
+        else:
+            head, waiting = sql.execute(
+                f"SELECT seq, EXISTS (SELECT 1 FROM {CHANGES} WHERE seq IS NULL) FROM feed_head"
+            ).fetchone()
+            if not waiting:
+                return int(head)
+        return wait_numbered(sql)
 
     def _reader(self) -> tuple[Sql, Callable[[], None]]:
         try:
@@ -159,6 +217,59 @@ class PostgresMirror(SqlMirror):
 
     def _last_seq(self, sql: Sql) -> int:
         return _last_seq(sql)
+
+    def _begin_snapshot(self, sql: Sql) -> int:
+        """A consistent cut: every change committed so far numbered, none committed unnumbered since.
+
+        The exclusive form of FEED_CUT waits for the writers that are logging changes and holds new
+        ones back for a moment: in-flight ones commit, everything is numbered, the read transaction
+        takes its snapshot, and the writers go on. The header's seq then covers exactly the
+        changes the snapshot's rows reflect (ADR 0020).
+        """
+        assert isinstance(sql, PostgresSql)
+        try:
+            sql.execute("SELECT pg_advisory_lock(?, 0)", [FEED_CUT])
+            # Nothing can be committed unnumbered while the cut is held: no need to look again after.
+            number_changes(sql, wait=True)
+            sql.execute(self.begin_read)
+            seq = _last_seq(sql)  # the first statement: the snapshot is taken here
+            sql.execute("SELECT pg_advisory_unlock(?, 0)", [FEED_CUT])
+        except BaseException:
+            sql.conn.close()  # the session ends, and with it the lock: never back to the pool holding it
+            raise
+        return seq
+
+    async def _sweep(self) -> None:
+        """Measure the unnumbered backlog; number changes left unnumbered too long (a daemon killed
+        between its commit and its numbering, or a failed numbering)."""
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.sweep_s)
+            if self._stopping.is_set():
+                return
+            try:
+                top = await loop.run_in_executor(self._writer, self._sweep_once)
+            except (psycopg.Error, PoolTimeout) as exc:
+                log.warning("mirror_sweep_failed", error=str(exc))
+                continue
+            if top is not None:
+                self.advance(top)
+
+    def _sweep_once(self) -> int | None:
+        with self._pool.connection() as conn:
+            sql = PostgresSql(conn)
+            backlog = measure_backlog(sql, self.stale_after_s)
+            self.backlog = backlog.replace(swept=self.backlog.swept)
+            if not backlog.stale:
+                return None
+            top = help_number(sql, held=False)
+            if top is not None:
+                self.backlog = self.backlog.replace(swept=self.backlog.swept + backlog.stale)
+                log.warning(
+                    "feed_unnumbered_swept", stale=backlog.stale, unnumbered=backlog.unnumbered, seq=top
+                )
+            return top
 
     async def _listen(self) -> None:
         """Wake long polls on other daemons' commits; while disconnected, wake them every second.
@@ -200,18 +311,60 @@ def _pool(url: str, size: int, timeout_s: float, name: str) -> ConnectionPool[Co
     )
 
 
-def _commit_changes(sql: Sql, pending: list[tuple[str, str, str, str | None]]) -> int:
-    """Number the transaction's changes under feed_head's row lock, held until commit."""
-    top = int(sql.execute("UPDATE feed_head SET seq = seq + ? RETURNING seq", [len(pending)]).fetchone()[0])
-    at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    first = top - len(pending) + 1
-    for offset, (tenant, kind, op, body) in enumerate(pending):
-        sql.execute(
-            f"INSERT INTO {CHANGES} (seq, tenant, kind, op, body, at) VALUES (?, ?, ?, ?, ?, ?)",
-            [first + offset, tenant, kind, op, body, at],
-        )
-    sql.execute("SELECT pg_notify(?, ?)", [CHANNEL, str(top)])
-    return top
+def _insert_changes(sql: Sql, pending: list[tuple[str, str, str, str | None]]) -> None:
+    """The transaction's changes, unnumbered, in one statement (ids in the order they were logged),
+    under the shared FEED_CUT lock (taken first, held to the commit)."""
+    columns = list(zip(*pending, strict=True))
+    sql.execute(
+        "WITH cut AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared(?, 0)) "
+        f"INSERT INTO {CHANGES} (tenant, kind, op, body, at) "
+        "SELECT c.tenant, c.kind, c.op, c.body, ? FROM cut, "
+        "unnest(?::text[], ?::text[], ?::text[], ?::text[]) WITH ORDINALITY AS c(tenant, kind, op, body, n) "
+        "ORDER BY c.n",
+        [FEED_CUT, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), *(list(column) for column in columns)],
+    )
+
+
+def number_changes(sql: Sql, *, wait: bool) -> int | None:
+    """Number every committed unnumbered change (the head after), or None: the lock was taken."""
+    found = sql.execute("SELECT number_changes(?)", [wait]).fetchone()[0]
+    return None if found is None else int(found)
+
+
+def unnumbered_exist(sql: Sql) -> bool:
+    return bool(sql.execute(f"SELECT EXISTS (SELECT 1 FROM {CHANGES} WHERE seq IS NULL)").fetchone()[0])
+
+
+def help_number(sql: Sql, *, held: bool) -> int | None:
+    """After a commit (autocommit): number what is unnumbered until none is left or another holds the
+    lock — that holder looks again after its own release. `held`: the caller just released the lock
+    (it looks first). The newest head this numbered, or None."""
+    newest: int | None = None
+    for _ in range(_HELP_ROUNDS):
+        if held and not unnumbered_exist(sql):
+            return newest
+        top = number_changes(sql, wait=False)
+        if top is None:
+            return newest
+        newest, held = top, True
+    return newest
+
+
+def wait_numbered(sql: Sql) -> int:
+    """The head once every change committed before now is numbered (waits for the lock)."""
+    top = number_changes(sql, wait=True)
+    assert top is not None
+    helped = help_number(sql, held=True)
+    return max(top, helped or 0)
+
+
+def measure_backlog(sql: Sql, stale_after_s: float) -> FeedBacklog:
+    count, stale, oldest = sql.execute(
+        "SELECT count(*), count(*) FILTER (WHERE at::timestamptz < now() - make_interval(secs => ?)), "
+        f"COALESCE(extract(epoch FROM now() - min(at)::timestamptz), 0) FROM {CHANGES} WHERE seq IS NULL",
+        [stale_after_s],
+    ).fetchone()
+    return FeedBacklog(unnumbered=int(count), stale=int(stale), oldest_s=max(float(oldest), 0.0))
 
 
 def _last_seq(sql: Sql) -> int:

@@ -85,7 +85,8 @@ CREATE TABLE processed_events (
 );
 CREATE INDEX processed_events_by_received_at ON processed_events (received_at);
 -- seq is assigned at commit while holding feed_head's row lock: seqs commit in order, no gaps
--- between committed rows (docs/adr/0013-gap-free-change-feed.md).
+-- between committed rows (docs/adr/0013-gap-free-change-feed.md; since V4, numbered after
+-- commit: docs/adr/0020-feed-numbered-after-commit.md).
 CREATE TABLE changes (
     seq bigint PRIMARY KEY,
     tenant text NOT NULL,
@@ -202,6 +203,50 @@ ALTER TABLE usage_events ALTER COLUMN value TYPE numeric;
 # Gauges (`aggregation: latest`): the timestamp of the reading a gauge holds (the SQLite twin is m011).
 V3 = "ALTER TABLE usage ADD COLUMN gauge_at text;"
 
+# The change feed numbered after commit (docs/adr/0020-feed-numbered-after-commit.md): a writer
+# inserts its changes with `seq` NULL (`id` keeps the insertion order) and `number_changes` gives
+# every unnumbered row its position, in id order, under feed_head's row lock, held only by the
+# numbering: by a writer's own transaction when the lock is free (SKIP LOCKED: it never waits), else
+# by a short transaction of its own after its commit. `wait` blocks for the lock instead (callers
+# that need a seq covering rows someone else may be numbering). Returns the head after numbering,
+# NULL when the lock was taken and `wait` is false. Existing rows keep their seq.
+V4 = f"""
+ALTER TABLE changes ADD COLUMN id bigserial;
+ALTER TABLE changes DROP CONSTRAINT changes_pkey;
+ALTER TABLE changes ALTER COLUMN seq DROP NOT NULL;
+ALTER TABLE changes ADD CONSTRAINT changes_pkey PRIMARY KEY (id);
+CREATE UNIQUE INDEX changes_by_seq ON changes (seq);
+CREATE INDEX changes_unnumbered ON changes (id) WHERE seq IS NULL;
+CREATE FUNCTION number_changes(wait boolean) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_head bigint;
+    v_top bigint;
+BEGIN
+    IF wait THEN
+        SELECT seq INTO v_head FROM {SCHEMA}.feed_head WHERE id = 1 FOR UPDATE;
+    ELSE
+        SELECT seq INTO v_head FROM {SCHEMA}.feed_head WHERE id = 1 FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    -- A statement of its own (a snapshot taken after the lock): it sees every row committed so far.
+    WITH todo AS (
+        SELECT id, row_number() OVER (ORDER BY id) AS n FROM {SCHEMA}.changes WHERE seq IS NULL
+    ), numbered AS (
+        UPDATE {SCHEMA}.changes c SET seq = v_head + todo.n FROM todo WHERE c.id = todo.id RETURNING c.seq
+    )
+    SELECT max(numbered.seq) INTO v_top FROM numbered;
+    IF v_top IS NULL THEN
+        RETURN v_head;
+    END IF;
+    UPDATE {SCHEMA}.feed_head SET seq = v_top WHERE id = 1;
+    PERFORM pg_notify('tiergate_feed', v_top::text);
+    RETURN v_top;
+END
+$$;
+"""
+
 # Gauges in the current-usage view (`gauge_at` beside them), and stored events numbered after
 # they commit (docs/adr/0021-usage-events-numbered-after-commit.md): the unnumbered ones, in the
 # order they get their seqs. The SQLite twin is m012. (Version 4 is another change's.)
@@ -215,6 +260,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial", V1),
     (2, "exact_usage_values", V2),
     (3, "usage_gauges", V3),
+    (4, "feed_numbered_after_commit", V4),
     (5, "current_usage_gauges_and_unnumbered_events", V5),
 ]
 

@@ -8,6 +8,7 @@ An adapter supplies how to run one write transaction (`_write`), how to get a re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,15 @@ from sync_daemon.mirror.schema import (
     USAGE_EVENTS,
     USAGE_PERIODS,
 )
-from sync_daemon.mirror.store import ChangeBatch, MirrorAccount, MirrorTxn, Retention, Sql, column_names
+from sync_daemon.mirror.store import (
+    ChangeBatch,
+    FeedBacklog,
+    MirrorAccount,
+    MirrorTxn,
+    Retention,
+    Sql,
+    column_names,
+)
 from tiergate.amounts import from_stored
 from tiergate.feed import usage_record
 from tiergate.periods import calendar_month, rfc3339
@@ -55,6 +64,7 @@ class SqlMirror:
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="mirror-reader")
         self._tick = asyncio.Event()
         self.seq = 0
+        self.backlog = FeedBacklog()
 
     # -- what an adapter provides -------------------------------------------------------------
 
@@ -72,6 +82,11 @@ class SqlMirror:
 
     def _last_seq(self, sql: Sql) -> int:
         raise NotImplementedError
+
+    def _begin_snapshot(self, sql: Sql) -> int:
+        """Begin the snapshot's read transaction; the seq its rows reflect exactly."""
+        sql.execute(self.begin_read)
+        return self._last_seq(sql)
 
     async def _shutdown(self) -> None:
         self._writer.shutdown(wait=True)
@@ -156,9 +171,15 @@ class SqlMirror:
         loop = asyncio.get_running_loop()
         sql, release = await loop.run_in_executor(self._readers, self._reader)
         month_start = rfc3339(calendar_month(datetime.now(UTC))[0])
+        begin = loop.run_in_executor(self._readers, self._begin_snapshot, sql)
         try:
-            await loop.run_in_executor(self._readers, sql.execute, self.begin_read)
-            seq = await loop.run_in_executor(self._readers, self._last_seq, sql)
+            seq = await asyncio.shield(begin)
+        except BaseException:
+            await asyncio.wait([begin])  # the worker is done with the connection before it goes back
+            with contextlib.suppress(Exception):
+                await loop.run_in_executor(self._readers, _end_read, sql, release)
+            raise
+        try:
             yield {"type": "snapshot", "seq": seq, "data_as_of": _now()}
             counts = {"accounts": 0, "usage": 0, "overrides": 0}
             for kind, query, params in (
@@ -225,7 +246,10 @@ def _end_read(sql: Sql, release: Callable[[], None]) -> None:
 
 
 def _trim(txn: MirrorTxn, top: int, keep: int, cutoff: str) -> int:
-    cursor = txn.sql.execute(f"DELETE FROM {CHANGES} WHERE seq <= ? OR at < ?", [top - keep, cutoff])
+    """Never a change not numbered yet (PostgreSQL, ADR 0020): it has no position to be behind."""
+    cursor = txn.sql.execute(
+        f"DELETE FROM {CHANGES} WHERE seq IS NOT NULL AND (seq <= ? OR at < ?)", [top - keep, cutoff]
+    )
     return int(cursor.rowcount)
 
 

@@ -5,7 +5,8 @@ thread; the embedded default) and `PostgresMirror` (several daemons on one datab
 a plain function of a `MirrorTxn`, run in one transaction by the adapter (and re-run by it when
 PostgreSQL reports a serialization failure or a deadlock), so every caller's logic is shared.
 Every change followers must see is appended through the transaction and gets its feed position
-when the transaction commits (see docs/adr/0013-gap-free-change-feed.md).
+when the transaction commits (SQLite, docs/adr/0013-gap-free-change-feed.md) or right after
+(PostgreSQL, docs/adr/0020-feed-numbered-after-commit.md).
 """
 
 from __future__ import annotations
@@ -236,6 +237,25 @@ class ChangeBatch:
 
 
 @dataclass(frozen=True)
+class FeedBacklog:
+    """Changes committed but not yet numbered (PostgreSQL, ADR 0020): normally a few, for moments.
+
+    `stale`: those older than the sweep's threshold (a daemon died between its commit and its
+    numbering); `swept`: how many the sweep has numbered since this process started."""
+
+    unnumbered: int = 0
+    stale: int = 0
+    oldest_s: float = 0.0
+    swept: int = 0
+
+    def replace(self, **changes: Any) -> FeedBacklog:
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "oldest_s": round(self.oldest_s, 3)}
+
+
+@dataclass(frozen=True)
 class Retention:
     """How long the mirror keeps what it no longer needs (the leader's retention job)."""
 
@@ -249,6 +269,7 @@ class Mirror(Protocol):
 
     backend: str  # "sqlite" or "postgresql"
     seq: int  # the newest seq this process knows was committed (own writes and other daemons')
+    backlog: FeedBacklog  # changes committed but not numbered yet, as last measured (always none on SQLite)
 
     @property
     def where(self) -> str:

@@ -24,7 +24,9 @@ async def test_health_ready_status_metrics(daemon: Daemon) -> None:
     await daemon.post(subscription_event("customer.subscription.created"))
     status = await (await daemon.client.get("/v1/status", headers=AUTH)).json()
     assert status["webhooks"] == {"customer.subscription.created": {"applied": 1, "duplicate": 1}}
-    assert status["feed"] == {"seq": 1, "mirror_lag_s": 0.0} and status["reconcile"] is None
+    nothing_unnumbered = {"unnumbered": 0, "stale": 0, "oldest_s": 0.0, "swept": 0}
+    assert status["feed"] == {"seq": 1, "mirror_lag_s": 0.0, "unnumbered": nothing_unnumbered}
+    assert status["reconcile"] is None
     metrics = await (await daemon.client.get("/metrics")).text()
     assert "tiergate_feed_seq 1.0" in metrics
     assert 'tiergate_webhooks_total{outcome="duplicate",type="customer.subscription.created"} 1.0' in metrics

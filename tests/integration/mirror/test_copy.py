@@ -20,6 +20,7 @@ from sync_daemon.leader import PostgresLeader
 from sync_daemon.mirror.backends import mirror_for
 from sync_daemon.mirror.copy import TableSum, copy_mirror, open_end
 from sync_daemon.mirror.overrides import Override, remove_override, set_override
+from sync_daemon.mirror.postgres import PostgresMirror
 from sync_daemon.mirror.postgres_schema import LEADER_LOCK
 from sync_daemon.mirror.postgres_schema import MIGRATIONS as PG_MIGRATIONS
 from sync_daemon.mirror.schema import MIGRATIONS
@@ -181,6 +182,35 @@ async def test_postgresql_to_sqlite_and_sqlite_to_sqlite(tmp_path: Path, pg: str
         assert seq == position + 1
     finally:
         await mirror.close()
+
+
+async def test_changes_not_numbered_yet_are_numbered_before_the_copy(tmp_path: Path, pg: str) -> None:
+    """A writer that found the feed lock taken commits its changes without a position (ADR 0020);
+    copying from that database numbers them first, so the copy carries them, numbered."""
+    position = await fill(pg)
+    mirror = PostgresMirror(pg, sweep_s=3600)
+    await mirror.open()
+    try:
+        with psycopg.connect(pg) as holder:
+            holder.execute("SELECT seq FROM tiergate.feed_head FOR UPDATE")
+            await mirror.transact(
+                lambda txn: txn.put_account(MirrorAccount(tenant="t_late", tier="pro", status="active"))
+            )
+            holder.rollback()
+    finally:
+        await mirror.close()
+    with psycopg.connect(pg) as conn:
+        assert conn.execute("SELECT count(*) FROM tiergate.changes WHERE seq IS NULL").fetchone() == (1,)
+    target = f"sqlite:{tmp_path / 'copy.db'}"
+    report = copy_mirror(pg, target)
+    assert report.verified and report.source_positions["changes"] == position + 1
+    copied = mirror_for(target)
+    await copied.open()
+    try:
+        batch = await copied.changes_since(position, 10)
+        assert [(c["seq"], c["tenant"]) for c in batch.changes] == [(position + 1, "t_late")]
+    finally:
+        await copied.close()
 
 
 async def test_a_target_with_rows_is_refused_unless_forced(tmp_path: Path, pg: str) -> None:
