@@ -23,6 +23,7 @@ from sync_daemon.mirror.backends import mirror_for
 from sync_daemon.mirror.feed import feed_changes, feed_snapshot
 from sync_daemon.mirror.postgres_schema import LEADER_LOCK
 from sync_daemon.mirror.store import Mirror
+from sync_daemon.mirror.usage import number_all_stored_events
 from sync_daemon.ops import add_ops_routes
 from sync_daemon.outbound.api import add_outbound_routes
 from sync_daemon.outbound.delivery import Outbound, WebhookSender
@@ -205,6 +206,7 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def run_retention(app: web.Application) -> dict[str, int]:
     """Delete old webhook ids, usage events and counters of long-ended periods (leader only)."""
+    await number_all_stored_events(app[MIRROR])  # retention deletes numbered events only (ADR 21)
     deleted = await app[MIRROR].prune(app[SETTINGS].retention())
     for table, n in deleted.items():
         app[METRICS].retention_deleted.labels(table).inc(n)

@@ -9,7 +9,14 @@ import structlog
 from aiohttp import web
 
 from sync_daemon.mirror.store import MirrorTxn
-from sync_daemon.mirror.usage import IngestResult, find_event, ingest_events, list_events, tenant_usage
+from sync_daemon.mirror.usage import (
+    IngestResult,
+    find_event,
+    ingest_events,
+    list_events,
+    number_stored_events,
+    tenant_usage,
+)
 from sync_daemon.state import APPLIER, MIRROR, SETTINGS
 from sync_daemon.usage_query import encode_cursor, parse_query
 from tiergate import exact_json
@@ -96,6 +103,7 @@ async def get_event(request: web.Request) -> web.Response:
     _authorize(request)
     transaction_id = request.match_info["transaction_id"]
     tenant = query_params(request).get("external_customer_id")
+    await request.app[MIRROR].transact(number_stored_events)  # an event committed just now has its seq
     event = await request.app[MIRROR].read(lambda conn: find_event(conn, transaction_id, tenant))
     if event is None:
         raise NotFoundError(f"no usage event with transaction_id {transaction_id!r} has been ingested")
@@ -106,6 +114,8 @@ async def get_events(request: web.Request) -> web.Response:
     """Stored events in ingest order, paged like Lago's list: `next_cursor` until the last page."""
     _authorize(request)
     query = parse_query(query_params(request))
+    # Committed events get their seqs first (ADR 21): a page never passes one that commits later.
+    await request.app[MIRROR].transact(number_stored_events)
     page, after = await request.app[MIRROR].read(lambda conn: list_events(conn, query))
     return json_response({"events": page, "next_cursor": encode_cursor(after) if after is not None else None})
 

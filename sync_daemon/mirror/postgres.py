@@ -128,6 +128,8 @@ class PostgresTxn(MirrorTxn):
     """A transaction that remembers the advisory locks it holds (they last until it ends) and
     sends its upserts together with its next statement (`flush` sends what is left)."""
 
+    concurrent = True
+
     def __init__(self, sql: PostgresSql) -> None:
         super().__init__(sql)
         self._pg = sql

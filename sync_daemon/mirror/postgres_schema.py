@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import psycopg
 
+from tiergate.usage_events import GAUGE_PERIOD_START
+
 SCHEMA = "tiergate"
 # pg_advisory_lock keys (one bigint space): migrations, and the scheduled jobs' leader.
 MIGRATION_LOCK = 0x7469_6572_0001
@@ -28,6 +30,20 @@ WHERE u.period_start <= {_NOW}
     WHERE newer.tenant = u.tenant AND newer.code = u.code
       AND newer.period_start > u.period_start
       AND newer.period_start <= {_NOW})"""
+
+# Since V5: gauges too (`aggregation: latest`, kept under the period that never ends,
+# tiergate.usage_events.GAUGE_PERIOD_START), with the time of their reading.
+CURRENT_USAGE_VIEW_V5 = f"""CREATE VIEW current_usage AS
+SELECT u.tenant, u.code, u.period_start, u.value, a.tier, u.gauge_at
+FROM usage u LEFT JOIN accounts a ON a.tenant = u.tenant
+WHERE u.period_start = '{GAUGE_PERIOD_START}'
+   OR (u.period_start <= {_NOW}
+       AND u.period_start >= COALESCE(a.current_period_start, {_MONTH})
+       AND NOT EXISTS (
+         SELECT 1 FROM usage newer
+         WHERE newer.tenant = u.tenant AND newer.code = u.code
+           AND newer.period_start > u.period_start
+           AND newer.period_start <= {_NOW}))"""
 
 V1 = f"""
 CREATE TABLE accounts (
@@ -231,11 +247,21 @@ END
 $$;
 """
 
+# Gauges in the current-usage view (`gauge_at` beside them), and stored events numbered after
+# they commit (docs/adr/0021-usage-events-numbered-after-commit.md): the unnumbered ones, in the
+# order they get their seqs. The SQLite twin is m012. (Version 4 is another change's.)
+V5 = f"""
+DROP VIEW current_usage;
+{CURRENT_USAGE_VIEW_V5};
+CREATE INDEX usage_events_unnumbered ON usage_events (received_at, tenant, transaction_id) WHERE seq IS NULL;
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial", V1),
     (2, "exact_usage_values", V2),
     (3, "usage_gauges", V3),
     (4, "feed_numbered_after_commit", V4),
+    (5, "current_usage_gauges_and_unnumbered_events", V5),
 ]
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sqlite_utils
 
+from tiergate.usage_events import GAUGE_PERIOD_START
+
 MIGRATIONS = sqlite_utils.Migrations("tiergate_mirror")
 
 ACCOUNTS = "accounts"
@@ -306,3 +308,26 @@ def m011_usage_gauges(db: sqlite_utils.Database) -> None:
     # Gauges (`aggregation: latest`): the timestamp of the reading a gauge holds, so an older
     # reading arriving late does not replace a newer one (NULL for counters that add up).
     db.execute(f"ALTER TABLE {USAGE} ADD COLUMN gauge_at TEXT")
+
+
+# Since m012: gauges too (kept under the period that never ends, GAUGE_PERIOD_START), with the
+# time of their reading; the PostgreSQL twin is V5.
+CURRENT_USAGE_SQLITE_V2 = f"""CREATE VIEW current_usage AS
+SELECT u.tenant, u.code, u.period_start, u.value, a.tier, u.gauge_at
+FROM usage u LEFT JOIN accounts a ON a.tenant = u.tenant
+WHERE u.period_start = '{GAUGE_PERIOD_START}'
+   OR (u.period_start <= strftime('%Y-%m-%dT%H:%M:%SZ', 'now')
+       AND u.period_start >= COALESCE(a.current_period_start, strftime('%Y-%m-01T00:00:00Z', 'now'))
+       AND NOT EXISTS (
+         SELECT 1 FROM usage newer
+         WHERE newer.tenant = u.tenant AND newer.code = u.code
+           AND newer.period_start > u.period_start
+           AND newer.period_start <= strftime('%Y-%m-%dT%H:%M:%SZ', 'now')))"""
+
+
+@MIGRATIONS()
+def m012_current_usage_gauges(db: sqlite_utils.Database) -> None:
+    # Gauges in the view. (PostgreSQL's V5 also indexes the events not numbered yet; SQLite's one
+    # writer numbers events as it stores them, ADR 21.)
+    db.execute("DROP VIEW current_usage")
+    db.execute(CURRENT_USAGE_SQLITE_V2)

@@ -145,6 +145,10 @@ class MirrorTxn:
     their positions are assigned: a position is never visible before the ones below it.
     """
 
+    # Other transactions may write at the same time (PostgreSQL): a read-then-write of a shared
+    # row needs a lock or a single statement. False on SQLite's one writer.
+    concurrent = False
+
     def __init__(self, sql: Sql) -> None:
         self.sql = sql
         self.pending: list[tuple[str, str, str, str | None]] = []  # (tenant, kind, op, body)

@@ -1,5 +1,6 @@
 """One loop per sink: read stored events after its cursor, send a batch, advance; back off on failure.
 
+Stored events are numbered after they commit, by the sink before it reads (ADR 21).
 At least once: the cursor moves only after the sink answered, so a crash between the two sends the
 batch again, and each sink's own de-duplication (Lago's `transaction_id`, Stripe's meter-event
 `identifier`) makes the repeat harmless.
@@ -25,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from sync_daemon.leader import Leader, SoleLeader
 from sync_daemon.mirror.store import Mirror
+from sync_daemon.mirror.usage import number_stored_events
 from sync_daemon.sinks.store import SinkEvent, SinkPosition, advance, events_after, failures, position
 from tiergate.errors import TierError
 from tiergate.periods import parse_rfc3339
@@ -167,8 +169,12 @@ class SinkRunner:
                     await asyncio.wait_for(tick.wait(), self.poll_s)
 
     async def step(self) -> bool:
-        """Send one batch after the cursor; False when there was nothing to send."""
+        """Send one batch after the cursor; False when there was nothing to send.
+
+        Events committed since the last step are numbered first (ADR 21): the cursor only ever
+        passes numbered events, and an event committing later gets a higher number."""
         name = self.sink.name
+        await self.mirror.transact(number_stored_events)
         pos = await self.mirror.read(lambda conn: position(conn, name))
         self._observe(pos)
         if pos.lag == 0:
