@@ -90,7 +90,8 @@ SCENARIO_KEYS = (
     "authz",
     "authz_no_usage",
 )
-# GET checks, also sent to the sidecar's check listener (TIERGATE_CHECK_PORT, docs/adr/0023).
+# GET checks, also sent to a second sidecar's check listener (TIERGATE_CHECK_PORT, docs/adr/0023),
+# a process of its own so that its decision cache starts as cold as the main port's did.
 LISTENER_SCENARIOS = ("check_hot", "check_zipf", "check_uniform", "check_cold")
 # Issue 15: these scenarios' p50 against another scenario's p50 on the sidecar, in the same run.
 TARGET_VS_SCENARIO = {"reserve": ("check_hot", 1.5), "authz": ("authz_no_usage", 1.5)}
@@ -952,11 +953,10 @@ def main() -> None:
         n_usage = len(document["usage"])
         del document
         sidecar_port, baseline_port, floor_port = free_port(), free_port(), free_port()
-        quiet_port, check_port = free_port(), free_port()
+        quiet_port, fast_port, check_port = free_port(), free_port(), free_port()
         env = {
             "TIERGATE_SIDECAR_HOST": "127.0.0.1",
             "TIERGATE_SIDECAR_PORT": str(sidecar_port),
-            "TIERGATE_CHECK_PORT": str(check_port),
             "TIERGATE_REPLICA_PATH": str(tmp / "replica.db"),
             "TIERGATE_PLANS": str(REPO / "plans" / "plans.yaml"),
             "TIERGATE_POLICIES": str(REPO / "policies"),
@@ -1041,13 +1041,29 @@ def main() -> None:
             if "authz_no_usage" in args.scenarios:
                 quiet_env = process_env | {
                     "TIERGATE_SIDECAR_PORT": str(quiet_port),
-                    "TIERGATE_CHECK_PORT": str(free_port()),
                     "TIERGATE_AUTHZ_RECORD_USAGE": "false",
                     "TIERGATE_OUTBOX_PATH": str(tmp / "outbox-quiet.db"),
                 }
                 quiet = subprocess.Popen(
                     [tiergate, "sidecar"],
                     env=quiet_env,
+                    cwd=REPO,
+                    stdout=slog,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=pinned(server_cpus),
+                )
+            # The check listener (TIERGATE_CHECK_PORT) on a sidecar of its own: the same replica and
+            # requests, and a decision cache the main port's runs did not warm.
+            fast: subprocess.Popen[bytes] | None = None
+            if any(s.key in LISTENER_SCENARIOS for s in scenarios):
+                fast_env = process_env | {
+                    "TIERGATE_SIDECAR_PORT": str(fast_port),
+                    "TIERGATE_CHECK_PORT": str(check_port),
+                    "TIERGATE_OUTBOX_PATH": str(tmp / "outbox-fast.db"),
+                }
+                fast = subprocess.Popen(
+                    [tiergate, "sidecar"],
+                    env=fast_env,
                     cwd=REPO,
                     stdout=slog,
                     stderr=subprocess.STDOUT,
@@ -1080,9 +1096,12 @@ def main() -> None:
             ]
             # The floor answers every GET /v1/check alike: measured once, on the hot set's file.
             floor_target = Target("floor", floor_url, False, floor.pid)
-            # The same sidecar's check listener (TIERGATE_CHECK_PORT), on the GET check scenarios.
-            listener_url = f"http://127.0.0.1:{check_port}"
-            listener_target = Target("listener", listener_url, True, sidecar.pid, metrics_url=sidecar_url)
+            listener_targets: list[Target] = []
+            if fast is not None:
+                fast_url = f"http://127.0.0.1:{fast_port}"
+                wait_ready(fast_url + "/healthz", fast, sidecar_log)
+                listener_url = f"http://127.0.0.1:{check_port}"
+                listener_targets = [Target("listener", listener_url, True, fast.pid, metrics_url=fast_url)]
             quiet_targets = targets
             if quiet is not None:
                 quiet_url = f"http://127.0.0.1:{quiet_port}"
@@ -1093,7 +1112,7 @@ def main() -> None:
             for scenario in scenarios:
                 figures[scenario.key] = {}
                 here = [*targets, floor_target] if scenario.key == "check_hot" else targets
-                here = [*here, listener_target] if scenario.key in LISTENER_SCENARIOS else here
+                here = [*here, *listener_targets] if scenario.key in LISTENER_SCENARIOS else here
                 here = quiet_targets if scenario.key == "authz_no_usage" else here
                 for target in here:
                     print(f"  {scenario.label:<20} {target.name:<9} ...", end="", flush=True)
@@ -1119,6 +1138,8 @@ def main() -> None:
             stop(floor)
             if quiet is not None:
                 stop(quiet)
+            if fast is not None:
+                stop(fast)
         load_after = load_average()
         log_text = sidecar_log.read_text(errors="replace")
         decision_lines = sum(bool(re.search(r'"event": ?"decision"', line)) for line in log_text.splitlines())
