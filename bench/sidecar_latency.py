@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, get_args
+from typing import IO, Any, BinaryIO, get_args
 
 from demo.processes import free_port
 from tiergate.catalog import Catalog, Quota, load_catalog
@@ -80,6 +80,7 @@ CHECK_FEATURES = ("api_calls", "reports", "sso", "exports", "dashboards")
 METERED_FEATURE = "api_calls"  # what the check-and-reserve scenario reserves
 
 FIGURE_KEYS = ("p50_us", "p90_us", "p99_us")
+Popen = subprocess.Popen[bytes]
 SCENARIO_KEYS = (
     "check_hot",
     "check_zipf",
@@ -253,7 +254,7 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 60.0) -> None:
+def wait_ready(url: str, process: Popen, log: Path, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -270,7 +271,7 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s:
     raise SystemExit(f"{url}: no 200 within {timeout_s:.0f} s")
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
+def stop(process: Popen) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGINT)  # aiohttp's run_app shuts down cleanly on SIGINT
         try:
@@ -1021,61 +1022,49 @@ def main() -> None:
 
         sidecar_log, baseline_log = tmp / "sidecar.log", tmp / "baseline.log"
         with sidecar_log.open("wb") as slog, baseline_log.open("wb") as blog:
-            sidecar = subprocess.Popen(
-                [tiergate, "sidecar"],
-                env=process_env,
-                cwd=REPO,
-                stdout=slog,
-                stderr=subprocess.STDOUT,
-                preexec_fn=pinned(server_cpus),
-            )
-            loop = env.get("TIERGATE_EVENT_LOOP", "uvloop")
-            baseline = subprocess.Popen(
-                [sys.executable, str(BASELINE), "--port", str(baseline_port), "--loop", loop],
-                cwd=REPO,
-                stdout=blog,
-                stderr=subprocess.STDOUT,
-                preexec_fn=pinned(server_cpus),
-            )
-            quiet: subprocess.Popen[bytes] | None = None
-            if "authz_no_usage" in args.scenarios:
-                quiet_env = process_env | {
-                    "TIERGATE_SIDECAR_PORT": str(quiet_port),
-                    "TIERGATE_AUTHZ_RECORD_USAGE": "false",
-                    "TIERGATE_OUTBOX_PATH": str(tmp / "outbox-quiet.db"),
-                }
-                quiet = subprocess.Popen(
-                    [tiergate, "sidecar"],
-                    env=quiet_env,
+
+            def spawn(argv: list[str], log: IO[bytes], extra: dict[str, str] | None = None) -> Popen:
+                """A server process on the servers' CPUs; a sidecar with `extra` settings over `env`'s."""
+                environ = process_env | extra if extra is not None else None
+                return subprocess.Popen(
+                    argv,
+                    env=environ,
                     cwd=REPO,
-                    stdout=slog,
+                    stdout=log,
                     stderr=subprocess.STDOUT,
                     preexec_fn=pinned(server_cpus),
+                )
+
+            sidecar = spawn([tiergate, "sidecar"], slog, {})
+            loop = env.get("TIERGATE_EVENT_LOOP", "uvloop")
+            baseline = spawn(
+                [sys.executable, str(BASELINE), "--port", str(baseline_port), "--loop", loop], blog
+            )
+            quiet: Popen | None = None
+            if "authz_no_usage" in args.scenarios:
+                quiet = spawn(
+                    [tiergate, "sidecar"],
+                    slog,
+                    {
+                        "TIERGATE_SIDECAR_PORT": str(quiet_port),
+                        "TIERGATE_AUTHZ_RECORD_USAGE": "false",
+                        "TIERGATE_OUTBOX_PATH": str(tmp / "outbox-quiet.db"),
+                    },
                 )
             # The check listener (TIERGATE_CHECK_PORT) on a sidecar of its own: the same replica and
             # requests, and a decision cache the main port's runs did not warm.
-            fast: subprocess.Popen[bytes] | None = None
+            fast: Popen | None = None
             if any(s.key in LISTENER_SCENARIOS for s in scenarios):
-                fast_env = process_env | {
-                    "TIERGATE_SIDECAR_PORT": str(fast_port),
-                    "TIERGATE_CHECK_PORT": str(check_port),
-                    "TIERGATE_OUTBOX_PATH": str(tmp / "outbox-fast.db"),
-                }
-                fast = subprocess.Popen(
+                fast = spawn(
                     [tiergate, "sidecar"],
-                    env=fast_env,
-                    cwd=REPO,
-                    stdout=slog,
-                    stderr=subprocess.STDOUT,
-                    preexec_fn=pinned(server_cpus),
+                    slog,
+                    {
+                        "TIERGATE_SIDECAR_PORT": str(fast_port),
+                        "TIERGATE_CHECK_PORT": str(check_port),
+                        "TIERGATE_OUTBOX_PATH": str(tmp / "outbox-fast.db"),
+                    },
                 )
-            floor = subprocess.Popen(
-                [sys.executable, str(FLOOR), "--port", str(floor_port)],
-                cwd=REPO,
-                stdout=blog,
-                stderr=subprocess.STDOUT,
-                preexec_fn=pinned(server_cpus),
-            )
+            floor = spawn([sys.executable, str(FLOOR), "--port", str(floor_port)], blog)
         results: dict[str, Any] = {}
         try:
             sidecar_url, baseline_url = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
+from demo.processes import Process, free_port, tiergate_command
 from sync_daemon.app import create_app
 from sync_daemon.mirror.store import Mirror, MirrorAccount
 from sync_daemon.settings import DaemonSettings
@@ -29,6 +31,29 @@ from tests.stripe_payloads import SECRET, signed
 ROOT = Path(__file__).parents[3]
 FEED_TOKEN = "feed-token-for-daemon-tests"
 AUTH = {"Authorization": f"Bearer {FEED_TOKEN}"}
+
+
+def pg_daemon_process(tmp_path: Path, name: str, pg: str, **extra: str) -> tuple[Process, str]:
+    """A `tiergate sync-daemon` process (not started) on the PostgreSQL mirror `pg`, and its URL:
+    Stripe never called (no reconcile at start, no refetch), the sample catalog, `extra` settings."""
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("TIERGATE_")},
+        "TIERGATE_DAEMON_PORT": str(port),
+        "TIERGATE_MIRROR_URL": pg,
+        "TIERGATE_MIRROR_PATH": str(tmp_path / f"unused-{name}.db"),
+        "TIERGATE_PLANS": str(ROOT / "plans" / "plans.yaml"),
+        "TIERGATE_STRIPE_API_KEY": "sk_test_kill",
+        "TIERGATE_STRIPE_API_BASE": "http://127.0.0.1:9",  # never called: no reconcile, no refetch
+        "TIERGATE_STRIPE_REFETCH": "false",
+        "TIERGATE_STRIPE_WEBHOOK_SECRET": SECRET,
+        "TIERGATE_FEED_TOKEN": FEED_TOKEN,
+        "TIERGATE_RECONCILE_AT_START": "false",
+        "TIERGATE_LOG_LEVEL": "warning",
+        **extra,
+    }
+    process = Process(f"daemon-{name}", tiergate_command("sync-daemon"), env, tmp_path / f"{name}.log", ROOT)
+    return process, f"http://127.0.0.1:{port}"
 
 
 def make_settings(mirror_path: Path, stripe_base: str, **overrides: Any) -> DaemonSettings:

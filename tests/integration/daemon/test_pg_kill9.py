@@ -18,11 +18,11 @@ import pytest
 
 from demo.processes import Process, free_port, tiergate_command
 from tests import postgres_server
-from tests.integration.daemon.conftest import AUTH, FEED_TOKEN, ROOT
+from tests.integration.daemon.conftest import AUTH, FEED_TOKEN, ROOT, pg_daemon_process
 from tests.integration.usage.conftest import eventually
 from tests.integration.usage.test_lago_contract import lago_event
 from tests.lago_double import API_KEY, LagoDouble, start_lago
-from tests.stripe_payloads import SECRET, signed, subscription_event
+from tests.stripe_payloads import signed, subscription_event
 
 BATCH = 10
 EVENTS = 400
@@ -47,25 +47,7 @@ class Daemon:
 
 
 def _daemon(tmp_path: Path, name: str, pg: str, extra: dict[str, str]) -> Daemon:
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("TIERGATE_")},
-        "TIERGATE_DAEMON_PORT": str(port),
-        "TIERGATE_MIRROR_URL": pg,
-        "TIERGATE_MIRROR_PATH": str(tmp_path / f"unused-{name}.db"),
-        "TIERGATE_PLANS": str(ROOT / "plans" / "plans.yaml"),
-        "TIERGATE_STRIPE_API_KEY": "sk_test_kill",
-        "TIERGATE_STRIPE_API_BASE": "http://127.0.0.1:9",  # never called: no reconcile, no refetch
-        "TIERGATE_STRIPE_REFETCH": "false",
-        "TIERGATE_STRIPE_WEBHOOK_SECRET": SECRET,
-        "TIERGATE_FEED_TOKEN": FEED_TOKEN,
-        "TIERGATE_RECONCILE_AT_START": "false",
-        "TIERGATE_LEADER_CHECK_S": str(CHECK_S),
-        "TIERGATE_LOG_LEVEL": "warning",
-        **extra,
-    }
-    process = Process(f"daemon-{name}", tiergate_command("sync-daemon"), env, tmp_path / f"{name}.log", ROOT)
-    return Daemon(process, f"http://127.0.0.1:{port}")
+    return Daemon(*pg_daemon_process(tmp_path, name, pg, TIERGATE_LEADER_CHECK_S=str(CHECK_S), **extra))
 
 
 @pytest.fixture

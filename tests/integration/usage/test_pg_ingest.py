@@ -6,7 +6,6 @@ nothing twice."""
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import threading
 from collections import Counter
@@ -21,7 +20,6 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from demo.processes import Process, free_port, tiergate_command
 from sync_daemon.app import create_app
 from sync_daemon.mirror.postgres import PostgresMirror
 from sync_daemon.mirror.store import MirrorTxn
@@ -29,11 +27,10 @@ from sync_daemon.mirror.usage import ingest_events
 from sync_daemon.sinks.runner import SinkMetrics, SinkRunner
 from sync_daemon.sinks.store import SinkEvent
 from tests import postgres_server
-from tests.integration.daemon.conftest import AUTH, FEED_TOKEN, ROOT, make_settings
+from tests.integration.daemon.conftest import AUTH, make_settings, pg_daemon_process
 from tests.integration.usage.conftest import eventually
 from tests.integration.usage.test_lago_contract import lago_event
 from tests.lago_double import API_KEY, LagoDouble, start_lago
-from tests.stripe_payloads import SECRET
 from tiergate.usage_events import ValidEvent
 
 TENANTS = 5
@@ -213,29 +210,9 @@ async def test_a_sink_never_skips_an_event_that_commits_after_a_later_one(pg: st
 # -- kill -9 of a daemon mid-ingest ----------------------------------------------------------
 
 
-def _daemon(tmp_path: Path, name: str, pg: str) -> tuple[Process, str]:
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("TIERGATE_")},
-        "TIERGATE_DAEMON_PORT": str(port),
-        "TIERGATE_MIRROR_URL": pg,
-        "TIERGATE_MIRROR_PATH": str(tmp_path / f"unused-{name}.db"),
-        "TIERGATE_PLANS": str(ROOT / "plans" / "plans.yaml"),
-        "TIERGATE_STRIPE_API_KEY": "sk_test_kill",
-        "TIERGATE_STRIPE_API_BASE": "http://127.0.0.1:9",  # never called
-        "TIERGATE_STRIPE_REFETCH": "false",
-        "TIERGATE_STRIPE_WEBHOOK_SECRET": SECRET,
-        "TIERGATE_FEED_TOKEN": FEED_TOKEN,
-        "TIERGATE_RECONCILE_AT_START": "false",
-        "TIERGATE_LOG_LEVEL": "warning",
-    }
-    process = Process(f"daemon-{name}", tiergate_command("sync-daemon"), env, tmp_path / f"{name}.log", ROOT)
-    return process, f"http://127.0.0.1:{port}"
-
-
 @pytest.mark.slow
 async def test_kill_9_mid_ingest_loses_nothing_and_counts_nothing_twice(pg: str, tmp_path: Path) -> None:
-    (victim, victim_url), (survivor, survivor_url) = (_daemon(tmp_path, n, pg) for n in ("a", "b"))
+    (victim, victim_url), (survivor, survivor_url) = (pg_daemon_process(tmp_path, n, pg) for n in ("a", "b"))
     events = _events("kill", 3000)
     batches = _with_replays(events, 50, seed=9)
     unanswered: list[list[dict[str, Any]]] = []
