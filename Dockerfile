@@ -30,8 +30,6 @@ RUN pip install --require-hashes --no-deps -r requirements/engine.txt
 
 COPY pyproject.toml README.md ./
 COPY tiergate/ tiergate/
-COPY sidecar/ sidecar/
-COPY sync_daemon/ sync_daemon/
 # A regular (not editable) install; pip byte-compiles here, so the read-only runtime never
 # needs to write a .pyc.
 RUN pip install . \

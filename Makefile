@@ -32,7 +32,7 @@ rego: venv
 	$(BIN)/tiergate policies test --engine opa-reference policies
 	$(BIN)/tiergate plans check plans/plans.yaml
 
-# The TypeScript client: dependencies from its lockfile, types generated from sidecar/openapi.yaml,
+# The TypeScript client: dependencies from its lockfile, types generated from tiergate/sidecar/openapi.yaml,
 # compiled with its tests (pytest runs them with Node's test runner against a real sidecar).
 TS := clients/typescript
 NPM := npm --prefix $(TS) --no-audit --no-fund --loglevel=error

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from demo.processes import Process, free_port, tiergate_command
-from sidecar.local import LocalDecisions
-from sidecar.replica.store import ReplicaWriter, open_replica
 from tiergate.client import AsyncTiergateClient, TiergateClient
 from tiergate.models import Account
+from tiergate.sidecar.local import LocalDecisions
+from tiergate.sidecar.replica.store import ReplicaWriter, open_replica
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "client_cost.json"

@@ -20,8 +20,8 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from sync_daemon.mirror.postgres_schema import migrate
 from tests import postgres_server
+from tiergate.sync_daemon.mirror.postgres_schema import migrate
 
 
 def leave_rows(url: str) -> None:

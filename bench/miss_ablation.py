@@ -45,7 +45,7 @@ from demo.processes import free_port
 
 NO_POLICY = """
 import orjson
-import sidecar.policy.embedded as embedded
+import tiergate.sidecar.policy.embedded as embedded
 _evaluate = embedded.EmbeddedEngine._evaluate
 ANSWER = b'{"allow":true,"reason":"ok","tier":"pro","limit":1000,"used":5,"remaining":995,"valid_until":null}'
 def _constant(self, loaded, path, input_json):
@@ -55,7 +55,7 @@ def _constant(self, loaded, path, input_json):
 embedded.EmbeddedEngine._evaluate = _constant
 """
 NO_DECISION = """
-import sidecar.decisions.service as service
+import tiergate.sidecar.decisions.service as service
 from tiergate.models import PolicyAnswer
 ANSWER = PolicyAnswer(allow=True, reason="ok", tier="pro", limit=1000, used=5, remaining=995)
 async def _constant(self, tenant, feature, quantity, now, age):

@@ -54,7 +54,7 @@ def features_together(engine: Any, document: dict[str, Any], blocks: int) -> dic
     import orjson
     import regorus
 
-    from sidecar.policy.engine import DECISION_PATH
+    from tiergate.sidecar.policy.engine import DECISION_PATH
 
     bundle = engine._loaded.bundle
     together = (
@@ -95,16 +95,16 @@ async def breakdown(replica: Path, keys_n: int, blocks: int, seed: int, together
     import orjson
     from aiohttp import web
 
-    from sidecar.app import create_app
-    from sidecar.decisions import policy_io
-    from sidecar.decisions.cache import DecisionCache, Materialised
-    from sidecar.decisions.service import DecisionService
-    from sidecar.metrics import SidecarMetrics
-    from sidecar.policy.engine import DECISION_PATH
-    from sidecar.settings import SidecarSettings
-    from sidecar.state import POLICIES, READER
-    from sidecar.usage.ledger import UsageLedger
     from tiergate.log import configure_logging
+    from tiergate.sidecar.app import create_app
+    from tiergate.sidecar.decisions import policy_io
+    from tiergate.sidecar.decisions.cache import DecisionCache, Materialised
+    from tiergate.sidecar.decisions.service import DecisionService
+    from tiergate.sidecar.metrics import SidecarMetrics
+    from tiergate.sidecar.policy.engine import DECISION_PATH
+    from tiergate.sidecar.settings import SidecarSettings
+    from tiergate.sidecar.state import POLICIES, READER
+    from tiergate.sidecar.usage.ledger import UsageLedger
 
     os.environ.update(
         {

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import yaml
 
-from sidecar.impact import run_impact
-from sidecar.policy.bundle import load_bundle
-from sidecar.replica.store import ReplicaWriter, open_replica
 from tiergate.models import Account, UsageCounter
 from tiergate.periods import calendar_month
+from tiergate.sidecar.impact import run_impact
+from tiergate.sidecar.policy.bundle import load_bundle
+from tiergate.sidecar.replica.store import ReplicaWriter, open_replica
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "plans_impact.json"

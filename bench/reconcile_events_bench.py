@@ -30,13 +30,13 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `tests.stripe_payloads` builds the subscription objects
     sys.path.insert(0, str(REPO))
 
-from sync_daemon.metrics import DaemonMetrics  # noqa: E402
-from sync_daemon.mirror.backends import mirror_for  # noqa: E402
-from sync_daemon.outbound.delivery import Outbound  # noqa: E402
-from sync_daemon.stripe_sync.reconcile import Reconciler  # noqa: E402
-from sync_daemon.stripe_sync.translate import Translator  # noqa: E402
 from tests.stripe_payloads import subscription_event  # noqa: E402
 from tiergate.catalog import load_catalog  # noqa: E402
+from tiergate.sync_daemon.metrics import DaemonMetrics  # noqa: E402
+from tiergate.sync_daemon.mirror.backends import mirror_for  # noqa: E402
+from tiergate.sync_daemon.outbound.delivery import Outbound  # noqa: E402
+from tiergate.sync_daemon.stripe_sync.reconcile import Reconciler  # noqa: E402
+from tiergate.sync_daemon.stripe_sync.translate import Translator  # noqa: E402
 
 CATALOG = load_catalog(REPO / "plans" / "plans.yaml")
 

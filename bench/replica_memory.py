@@ -54,11 +54,11 @@ from sidecar_latency import (
 )
 
 from demo.processes import free_port
-from sidecar.decisions.policy_io import period_for
-from sidecar.replica.store import ReplicaReader, ReplicaWriter, open_replica
 from tiergate.catalog import load_catalog
 from tiergate.feed import FeedAccount, FeedUsage
 from tiergate.periods import rfc3339
+from tiergate.sidecar.decisions.policy_io import period_for
+from tiergate.sidecar.replica.store import ReplicaReader, ReplicaWriter, open_replica
 
 RESULTS = REPO / "bench" / "results" / "replica_memory.json"
 INDEX_RESULTS = REPO / "bench" / "results" / "replica_memory_index.json"

@@ -106,7 +106,7 @@ def ts(moment: datetime) -> str:
 
 
 def make_replica(catalog: Catalog, n: int, rng: random.Random, now: datetime) -> dict[str, Any]:
-    """An import document (sidecar/replica/store.py ReplicaDocument) of n tenants `t_000000`..."""
+    """An import document (tiergate/sidecar/replica/store.py ReplicaDocument) of n tenants `t_000000`..."""
     tiers = sorted(catalog.tiers.items(), key=lambda item: item[1].rank)
     names = [name for name, _ in tiers]
     tier_weights = [len(names) - i for i in range(len(names))]  # more tenants on lower tiers
@@ -515,18 +515,18 @@ async def in_process(
     import orjson
     from aiohttp import web
 
-    from sidecar.api.query import check_query
-    from sidecar.app import create_app
-    from sidecar.decisions.cache import DecisionCache
-    from sidecar.decisions.policy_io import account_document, build_input, period_for
-    from sidecar.decisions.service import DecisionService
-    from sidecar.metrics import SidecarMetrics
-    from sidecar.policy.engine import DECISION_PATH
-    from sidecar.settings import SidecarSettings
-    from sidecar.state import DECISIONS, POLICIES, READER, ROUTES
-    from sidecar.usage.ledger import UsageLedger
     from tiergate.log import configure_logging
     from tiergate.models import CheckRequest
+    from tiergate.sidecar.api.query import check_query
+    from tiergate.sidecar.app import create_app
+    from tiergate.sidecar.decisions.cache import DecisionCache
+    from tiergate.sidecar.decisions.policy_io import account_document, build_input, period_for
+    from tiergate.sidecar.decisions.service import DecisionService
+    from tiergate.sidecar.metrics import SidecarMetrics
+    from tiergate.sidecar.policy.engine import DECISION_PATH
+    from tiergate.sidecar.settings import SidecarSettings
+    from tiergate.sidecar.state import DECISIONS, POLICIES, READER, ROUTES
+    from tiergate.sidecar.usage.ledger import UsageLedger
     from tiergate.web import validate
 
     os.environ.update({k: v for k, v in env.items() if k != "TIERGATE_SIDECAR_PORT"})
@@ -624,7 +624,7 @@ async def in_process(
         figures["engine"] = f"{settings.engine} (compiled VM: {settings.engine_vm})"
         bundle = app[POLICIES].reloader.bundle
         if settings.engine == "embedded" and bundle is not None:
-            from sidecar.policy.embedded import EmbeddedEngine
+            from tiergate.sidecar.policy.embedded import EmbeddedEngine
 
             other = EmbeddedEngine(compiled=not settings.engine_vm)
             await other.load(bundle)

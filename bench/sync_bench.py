@@ -11,7 +11,7 @@ webhooks:   `customer.subscription.updated` events built from the Stripe fixture
 visibility: daemon + sidecar; post a signed event changing one tenant's tier (starter <-> pro),
             poll the sidecar's GET /v1/check until the decision flips; the delay from just before
             the POST to the first flipped answer. The sidecar long-polls the feed: this is the feed.
-snapshot:   a mirror filled with N accounts straight through sync_daemon.mirror.store's schema (one bulk
+snapshot:   a mirror filled with N accounts straight through tiergate.sync_daemon.mirror.store's schema (one bulk
             transaction), the daemon on it, then a fresh sidecar following it: time to /readyz 200,
             the snapshot download alone, and VmRSS/VmHWM of both after bootstrap and after load.
 
@@ -52,10 +52,10 @@ if str(REPO) not in sys.path:  # `tests.stripe_payloads` builds the signed event
     sys.path.insert(0, str(REPO))
 
 from demo.processes import free_port, http_status, tiergate_command  # noqa: E402
-from sync_daemon.mirror.sqlite import SqliteMirror as Mirror  # noqa: E402
-from sync_daemon.mirror.store import MirrorAccount  # noqa: E402
 from tests.stripe_payloads import SECRET, signed, subscription_event  # noqa: E402
 from tiergate.periods import rfc3339  # noqa: E402
+from tiergate.sync_daemon.mirror.sqlite import SqliteMirror as Mirror  # noqa: E402
+from tiergate.sync_daemon.mirror.store import MirrorAccount  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 TOKEN = "bench-feed-token"
@@ -413,7 +413,7 @@ def bench_visibility(quick: bool) -> dict[str, Any]:
 
 
 def fill_mirror(path: Path, n: int) -> float:
-    """n accounts in the mirror's own schema (migrated by sync_daemon.mirror.store), in one transaction."""
+    """n accounts in the mirror's own schema (migrated by tiergate.sync_daemon.mirror.store), in one transaction."""
     started = time.perf_counter()
 
     async def migrate() -> None:
@@ -523,8 +523,8 @@ def profile_stream(mirror_path: Path, top: int = 18) -> str:
 
 def profile_apply(tmp: Path, daemon: Server, top: int = 18) -> str:
     """cProfile of the follower's snapshot apply (download once, then apply in process)."""
-    from sidecar.replica.follower import _apply_snapshot
-    from sidecar.replica.store import ReplicaWriter, open_replica
+    from tiergate.sidecar.replica.follower import _apply_snapshot
+    from tiergate.sidecar.replica.store import ReplicaWriter, open_replica
 
     path = tmp / "snapshot.ndjson"
     request = urllib.request.Request(
@@ -612,7 +612,7 @@ def bench_snapshot(quick: bool, profile: bool) -> dict[str, Any]:
         print("\nprofile of the daemon's snapshot stream (Mirror.snapshot -> orjson), by own time:")
         print(stream_report)
         print(
-            "\nprofile of the follower's snapshot apply (sidecar.replica.follower._apply_snapshot), by own time:"
+            "\nprofile of the follower's snapshot apply (tiergate.sidecar.replica.follower._apply_snapshot), by own time:"
         )
         print(report)
     figures = {

@@ -37,14 +37,14 @@ for path in (REPO, REPO / "bench"):
 
 from sync_bench import TIERS, tier_event  # noqa: E402
 
-from sync_daemon.metrics import DaemonMetrics  # noqa: E402
-from sync_daemon.mirror.backends import mirror_for  # noqa: E402
-from sync_daemon.mirror.store import Mirror, MirrorTxn  # noqa: E402
-from sync_daemon.outbound.delivery import Outbound  # noqa: E402
-from sync_daemon.stripe_sync.apply import EventApplier  # noqa: E402
-from sync_daemon.stripe_sync.translate import Translator  # noqa: E402
 from tests import postgres_server  # noqa: E402
 from tiergate.catalog import load_catalog  # noqa: E402
+from tiergate.sync_daemon.metrics import DaemonMetrics  # noqa: E402
+from tiergate.sync_daemon.mirror.backends import mirror_for  # noqa: E402
+from tiergate.sync_daemon.mirror.store import Mirror, MirrorTxn  # noqa: E402
+from tiergate.sync_daemon.outbound.delivery import Outbound  # noqa: E402
+from tiergate.sync_daemon.stripe_sync.apply import EventApplier  # noqa: E402
+from tiergate.sync_daemon.stripe_sync.translate import Translator  # noqa: E402
 
 T = TypeVar("T")
 CONCURRENCY = 16

@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from sync_daemon.mirror.postgres_schema import SCHEMA, migrate
+from tiergate.sync_daemon.mirror.postgres_schema import SCHEMA, migrate
 
 LOCAL = "postgresql://postgres@127.0.0.1:5432/postgres"
 

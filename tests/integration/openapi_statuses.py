@@ -28,7 +28,7 @@ from aiohttp import web
 
 from tiergate.errors import TierError
 
-PACKAGES = ("sidecar.", "sync_daemon.", "tiergate.")
+PACKAGES = ("tiergate.",)
 BODY_READERS = frozenset({"read", "text", "json", "post", "multipart"})
 RESPONSE_BUILDERS = frozenset({"json_response", "Response", "StreamResponse"})
 
@@ -49,7 +49,7 @@ def middleware_statuses(app: web.Application) -> set[int]:
 
 def _ours(obj: object) -> bool:
     module = getattr(obj, "__module__", None) or ""
-    return module.startswith(PACKAGES) or module in {"sidecar", "sync_daemon", "tiergate"}
+    return module.startswith(PACKAGES) or module == "tiergate"
 
 
 _found: dict[tuple[Any, Any], frozenset[int]] = {}

@@ -33,8 +33,8 @@ def daemon_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def pushed(monkeypatch: pytest.MonkeyPatch) -> list[set[str]]:
     """Stands in for Stripe (a recording run_push): the tiers of each catalog pushed."""
-    from sync_daemon.billing import stripe_catalog
-    from sync_daemon.billing.push import PushResult
+    from tiergate.sync_daemon.billing import stripe_catalog
+    from tiergate.sync_daemon.billing.push import PushResult
 
     calls: list[set[str]] = []
 
@@ -204,7 +204,7 @@ def test_export_without_a_replica_fails_and_creates_nothing(tmp_path: Path, repl
 
 
 def test_export_of_a_replica_never_filled_fails(tmp_path: Path, replica: Path) -> None:
-    from sidecar.replica.store import open_replica
+    from tiergate.sidecar.replica.store import open_replica
 
     open_replica(replica).close()  # what a sidecar that never synced leaves behind
     result = CliRunner().invoke(main, ["replica", "export"])

@@ -11,12 +11,12 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from sidecar.api.check import load_openapi as sidecar_openapi
-from sidecar.app import create_app as create_sidecar
-from sidecar.settings import SidecarSettings
-from sync_daemon.app import create_app as create_daemon
-from sync_daemon.ops import load_openapi as daemon_openapi
-from sync_daemon.settings import DaemonSettings
+from tiergate.sidecar.api.check import load_openapi as sidecar_openapi
+from tiergate.sidecar.app import create_app as create_sidecar
+from tiergate.sidecar.settings import SidecarSettings
+from tiergate.sync_daemon.app import create_app as create_daemon
+from tiergate.sync_daemon.ops import load_openapi as daemon_openapi
+from tiergate.sync_daemon.settings import DaemonSettings
 
 ROOT = Path(__file__).parents[2]
 HTTP_METHODS = {"get", "post", "put", "patch", "delete"}

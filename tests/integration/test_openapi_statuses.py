@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from sidecar.api.check import load_openapi as sidecar_openapi
-from sidecar.app import create_app as create_sidecar
-from sidecar.settings import SidecarSettings
-from sync_daemon.ops import load_openapi as daemon_openapi
 from tests.integration.openapi_statuses import handler_statuses, middleware_statuses
 from tests.integration.sidecar.conftest import SidecarClient
 from tests.integration.test_openapi import ROOT, daemon_app
+from tiergate.sidecar.api.check import load_openapi as sidecar_openapi
+from tiergate.sidecar.app import create_app as create_sidecar
+from tiergate.sidecar.settings import SidecarSettings
+from tiergate.sync_daemon.ops import load_openapi as daemon_openapi
 
 Operation = tuple[str, str]  # (OpenAPI path, method)
 UNDOCUMENTED = {500}  # an unhandled error: a bug, logged with its traceback

@@ -11,11 +11,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from sidecar.impact import classify, price_changes
 from tests.integration.sidecar.conftest import ACCOUNTS, USAGE, write_replica
 from tiergate.catalog import load_catalog
 from tiergate.cli import main
 from tiergate.models import PolicyAnswer
+from tiergate.sidecar.impact import classify, price_changes
 
 ROOT = Path(__file__).parents[2]
 

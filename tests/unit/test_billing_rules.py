@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from sync_daemon.billing.rules import (
+from tiergate.catalog import load_catalog
+from tiergate.errors import BadRequestError, NoSubscriptionError
+from tiergate.sync_daemon.billing.rules import (
     change_target,
     change_timing,
     checkout_params,
@@ -20,9 +22,7 @@ from sync_daemon.billing.rules import (
     proration_date,
     sold_price,
 )
-from sync_daemon.mirror.store import MirrorAccount
-from tiergate.catalog import load_catalog
-from tiergate.errors import BadRequestError, NoSubscriptionError
+from tiergate.sync_daemon.mirror.store import MirrorAccount
 
 CATALOG = load_catalog(Path(__file__).parents[2] / "plans" / "plans.yaml")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from sidecar.api.query import check_query
 from tiergate.errors import BadRequestError
 from tiergate.models import CheckRequest
+from tiergate.sidecar.api.query import check_query
 
 CASES = [
     {"tenant": "acme", "feature": "sso"},

@@ -7,8 +7,8 @@ import tracemalloc
 
 import orjson
 
-from sidecar.decisions.cache import DecisionCache, Materialised
 from tiergate.models import Decision, PolicyAnswer
+from tiergate.sidecar.decisions.cache import DecisionCache, Materialised
 
 ANSWER = Materialised.of(PolicyAnswer(allow=True, reason="ok", tier="pro"))
 

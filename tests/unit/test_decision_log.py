@@ -14,9 +14,9 @@ import pytest
 import structlog
 
 import tiergate.log
-from sidecar.decisions import decision_log
-from sidecar.decisions.decision_log import FLUSH_BYTES, DecisionLog
 from tiergate.log import configure_logging
+from tiergate.sidecar.decisions import decision_log
+from tiergate.sidecar.decisions.decision_log import FLUSH_BYTES, DecisionLog
 
 FIELDS = {
     "decision_id": "ab12cd34-7",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from sidecar.settings import SidecarSettings
+from tiergate.sidecar.settings import SidecarSettings
 
 ROOT = Path(__file__).parents[2]
 CONFIG = ROOT / "deploy" / "envoy" / "ext_authz-grpc.yaml"

@@ -12,12 +12,12 @@ import psycopg
 import pytest
 import sqlite_utils
 
-from sidecar.replica.store import MIGRATIONS as REPLICA_MIGRATIONS
-from sync_daemon.mirror import postgres_schema
-from sync_daemon.mirror.schema import MIGRATIONS
 from tests import postgres_server
 from tiergate.amounts import from_stored
 from tiergate.periods import calendar_month, rfc3339
+from tiergate.sidecar.replica.store import MIGRATIONS as REPLICA_MIGRATIONS
+from tiergate.sync_daemon.mirror import postgres_schema
+from tiergate.sync_daemon.mirror.schema import MIGRATIONS
 
 P = rfc3339(calendar_month(datetime.now(UTC))[0])  # this month: the current_usage view shows it
 

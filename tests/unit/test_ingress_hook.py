@@ -6,9 +6,15 @@ import json
 
 import pytest
 
-from sidecar.ingress.hook import Verdict, decisions_verdict, for_auth_request, header_json, original_request
 from tiergate.errors import BadRequestError
 from tiergate.models import Decision
+from tiergate.sidecar.ingress.hook import (
+    Verdict,
+    decisions_verdict,
+    for_auth_request,
+    header_json,
+    original_request,
+)
 
 
 @pytest.mark.parametrize(

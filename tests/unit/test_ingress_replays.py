@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sidecar.ingress.replays import ReplayWindow
+from tiergate.sidecar.ingress.replays import ReplayWindow
 
 
 class Clock:

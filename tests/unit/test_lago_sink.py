@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from sync_daemon.sinks.lago import lago_document, read_422
-from sync_daemon.sinks.store import SinkEvent
+from tiergate.sync_daemon.sinks.lago import lago_document, read_422
+from tiergate.sync_daemon.sinks.store import SinkEvent
 
 SENT = {"transaction_id": "t1", "external_customer_id": "acme", "code": "api_calls", "timestamp": 1.5}
 

@@ -6,9 +6,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sidecar.usage.ledger import UsageLedger
-from sidecar.usage.outbox import Entry, Outbox
 from tiergate.amounts import Amount
+from tiergate.sidecar.usage.ledger import UsageLedger
+from tiergate.sidecar.usage.outbox import Entry, Outbox
 from tiergate.usage_events import GAUGE_PERIOD_START, ValidEvent
 
 P = "2026-11-01T00:00:00Z"

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from sync_daemon.stripe_sync.reconcile import MirrorLag
 from tiergate.feed import reported_lag
+from tiergate.sync_daemon.stripe_sync.reconcile import MirrorLag
 
 
 class Clock:

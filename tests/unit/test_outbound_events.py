@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from sync_daemon.mirror.store import MirrorAccount
-from sync_daemon.outbound.delivery import MAX_BACKOFF_S, backoff
-from sync_daemon.outbound.events import (
+from tiergate.catalog import Quota, load_catalog
+from tiergate.sync_daemon.mirror.store import MirrorAccount
+from tiergate.sync_daemon.outbound.delivery import MAX_BACKOFF_S, backoff
+from tiergate.sync_daemon.outbound.events import (
     entitlements_changed,
     grace_over,
     grace_started,
@@ -17,7 +18,6 @@ from sync_daemon.outbound.events import (
     usage_limit,
     written,
 )
-from tiergate.catalog import Quota, load_catalog
 
 CATALOG = load_catalog(Path(__file__).parents[2] / "plans" / "plans.yaml")
 PRO = MirrorAccount(tenant="t_1", tier="pro", status="active", quantity=2)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import sqlite_utils
 
-from sidecar.usage.ledger import UsageLedger
-from sidecar.usage.outbox import MIGRATIONS, Entry, Outbox
+from tiergate.sidecar.usage.ledger import UsageLedger
+from tiergate.sidecar.usage.outbox import MIGRATIONS, Entry, Outbox
 from tiergate.usage_events import ValidEvent
 
 P = "2026-11-01T00:00:00Z"

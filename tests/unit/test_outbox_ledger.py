@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sidecar.local import OutboxLedger
-from sidecar.usage.outbox import REJECTED, _connect
+from tiergate.sidecar.local import OutboxLedger
+from tiergate.sidecar.usage.outbox import REJECTED, _connect
 from tiergate.usage_events import GAUGE_PERIOD_START
 
 P = "2026-11-01T00:00:00Z"

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import sqlite_utils
 
-from sidecar.replica.store import ReplicaReader, ReplicaWriter, open_replica, parse_replica_document
-from sync_daemon.mirror.backends import mirror_for
-from sync_daemon.mirror.overrides import Override, remove_override, set_override
-from sync_daemon.mirror.schema import MIGRATIONS
 from tests.conftest import MirrorBackend
 from tiergate.catalog import Quota
 from tiergate.feed import FeedChange
+from tiergate.sidecar.replica.store import ReplicaReader, ReplicaWriter, open_replica, parse_replica_document
+from tiergate.sync_daemon.mirror.backends import mirror_for
+from tiergate.sync_daemon.mirror.overrides import Override, remove_override, set_override
+from tiergate.sync_daemon.mirror.schema import MIGRATIONS
 
 AS_OF = datetime(2026, 11, 24, tzinfo=UTC)
 TRIAL_END = datetime(2026, 12, 8, tzinfo=UTC)

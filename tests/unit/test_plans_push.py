@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sync_daemon.billing.push import (
+from tests.catalogs import PRO_MONTH, PRO_YEAR, pro_sold_at
+from tiergate.catalog import Catalog, load_catalog
+from tiergate.sync_daemon.billing.push import (
     CreateMeter,
     CreatePrice,
     CreateProduct,
@@ -21,8 +23,6 @@ from sync_daemon.billing.push import (
     plan_push,
     sellables,
 )
-from tests.catalogs import PRO_MONTH, PRO_YEAR, pro_sold_at
-from tiergate.catalog import Catalog, load_catalog
 
 ROOT = Path(__file__).parents[2]
 

@@ -1,4 +1,4 @@
-"""The policy's input document and the reading of its answer (sidecar.decisions.policy_io), pure."""
+"""The policy's input document and the reading of its answer (tiergate.sidecar.decisions.policy_io), pure."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from sidecar.decisions.policy_io import (
+from tiergate.models import PolicyAnswer
+from tiergate.sidecar.decisions.policy_io import (
     PolicyAnswerError,
     account_document,
     build_input,
@@ -16,8 +17,7 @@ from sidecar.decisions.policy_io import (
     period_for,
     policy_error_decision,
 )
-from sidecar.replica.store import AccountRow
-from tiergate.models import PolicyAnswer
+from tiergate.sidecar.replica.store import AccountRow
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 NOW_TEXT = "2026-11-24T10:00:00Z"

@@ -1,4 +1,4 @@
-"""The Rego unit-test runner (sidecar.policy.rego_tests) on both engines, with policies in temp dirs."""
+"""The Rego unit-test runner (tiergate.sidecar.policy.rego_tests) on both engines, with policies in temp dirs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.policy.rego_tests import (
+from tiergate.sidecar.policy.rego_tests import (
     ENGINES,
     EngineName,
     PolicyTestReport,

@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sidecar.replica.store import ReplicaMeta, ReplicaReader, ReplicaWriter, open_replica
 from tiergate.feed import FeedAccount, FeedChange
 from tiergate.models import Account
+from tiergate.sidecar.replica.store import ReplicaMeta, ReplicaReader, ReplicaWriter, open_replica
 
 AS_OF = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.replica.index import PACKED_FIELDS, Counter, ReplicaIndex, UsageRow, _format_time
-from sidecar.replica.rows import AccountRow
-from sidecar.replica.store import ReplicaReader, ReplicaWriter, open_replica
 from tiergate.amounts import Amount, stored
 from tiergate.feed import FeedAccount, FeedChange, FeedUsage
 from tiergate.models import Account, UsageCounter
+from tiergate.sidecar.replica.index import PACKED_FIELDS, Counter, ReplicaIndex, UsageRow, _format_time
+from tiergate.sidecar.replica.rows import AccountRow
+from tiergate.sidecar.replica.store import ReplicaReader, ReplicaWriter, open_replica
 from tiergate.usage_events import GAUGE_PERIOD_START
 
 AS_OF = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -123,7 +123,9 @@ def assert_same(index: ReplicaIndex, model: Model) -> None:
 
 
 def test_the_packed_record_knows_every_column() -> None:
-    assert AccountRow._fields == PACKED_FIELDS, "teach sidecar/replica/index.py's record the new column"
+    assert AccountRow._fields == PACKED_FIELDS, (
+        "teach tiergate/sidecar/replica/index.py's record the new column"
+    )
 
 
 @pytest.mark.parametrize("seed", range(8))

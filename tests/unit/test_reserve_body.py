@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from sidecar.api.reserve_body import reserve_body
-from sidecar.api.usage import ReserveRequest
 from tiergate.errors import BadRequestError
+from tiergate.sidecar.api.reserve_body import reserve_body
+from tiergate.sidecar.api.usage import ReserveRequest
 
 BASE: dict[str, Any] = {"tenant": "acme", "feature": "api_calls", "reserve": True}
 CASES: list[dict[str, Any]] = [

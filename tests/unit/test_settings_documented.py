@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic_settings import BaseSettings
 
-from sidecar.settings import SidecarSettings
-from sync_daemon.settings import DaemonSettings
+from tiergate.sidecar.settings import SidecarSettings
+from tiergate.sync_daemon.settings import DaemonSettings
 
 OPERATOR_GUIDE = Path(__file__).parents[2] / "docs" / "operator.md"
 

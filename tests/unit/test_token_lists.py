@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from sidecar.settings import SidecarSettings
+from tiergate.sidecar.settings import SidecarSettings
 from tiergate.web import bearer_tokens
 
 

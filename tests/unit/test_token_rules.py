@@ -7,10 +7,10 @@ import pytest
 from click.testing import CliRunner
 from pydantic import SecretStr, ValidationError
 
-from sidecar.settings import SidecarSettings
-from sync_daemon.settings import load_settings
 from tiergate.cli import main
 from tiergate.errors import SettingsError
+from tiergate.sidecar.settings import SidecarSettings
+from tiergate.sync_daemon.settings import load_settings
 from tiergate.token_rules import MIN_SECRET_CHARS, secret_problem, token_list_problem
 
 LONG = "x" * MIN_SECRET_CHARS

@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
-from sync_daemon.mirror.store import MirrorAccount
-from sync_daemon.stripe_sync.reconcile import diff_subscriptions
-from sync_daemon.stripe_sync.translate import (
+from tests.stripe_payloads import invoice_event, load_event, recorded, subscription_event
+from tiergate.catalog import load_catalog
+from tiergate.sync_daemon.mirror.store import MirrorAccount
+from tiergate.sync_daemon.stripe_sync.reconcile import diff_subscriptions
+from tiergate.sync_daemon.stripe_sync.translate import (
     CheckoutCompleted,
     CustomerSeen,
     Ignored,
@@ -21,8 +23,6 @@ from sync_daemon.stripe_sync.translate import (
     decide_payment,
     decide_subscription,
 )
-from tests.stripe_payloads import invoice_event, load_event, recorded, subscription_event
-from tiergate.catalog import load_catalog
 
 ROOT = Path(__file__).parents[2]
 T = Translator(load_catalog(ROOT / "plans" / "plans.yaml"))

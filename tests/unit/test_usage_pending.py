@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sidecar.usage.ledger import UsageLedger
+from tiergate.sidecar.usage.ledger import UsageLedger
 
 A = ("t", "api_calls", "2026-03-01T00:00:00Z")
 B = ("t", "exports", "2026-03-01T00:00:00Z")

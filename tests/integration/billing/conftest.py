@@ -14,12 +14,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
 
-from sidecar.app import create_app as create_sidecar
-from sidecar.settings import SidecarSettings
-from sync_daemon.app import create_app
-from sync_daemon.billing.stripe_actions import StripeBillingActions
-from sync_daemon.mirror.store import CustomerLink, MirrorAccount
-from sync_daemon.state import MIRROR
 from tests.conftest import MirrorBackend
 from tests.fake_stripe import RecordingStripeHTTP, fixture
 from tests.integration.daemon.conftest import (  # noqa: F401 - fixtures shared with the daemon's tests
@@ -30,6 +24,12 @@ from tests.integration.daemon.conftest import (  # noqa: F401 - fixtures shared 
     localstripe_server,
     make_settings,
 )
+from tiergate.sidecar.app import create_app as create_sidecar
+from tiergate.sidecar.settings import SidecarSettings
+from tiergate.sync_daemon.app import create_app
+from tiergate.sync_daemon.billing.stripe_actions import StripeBillingActions
+from tiergate.sync_daemon.mirror.store import CustomerLink, MirrorAccount
+from tiergate.sync_daemon.state import MIRROR
 
 API_TOKEN = "api-token-for-billing-tests"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}

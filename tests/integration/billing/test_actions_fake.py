@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 
-from sync_daemon.app import create_app
 from tests.fake_stripe import Call, fixture
 from tests.integration.billing.conftest import (
     CHECKOUT,
@@ -17,6 +16,7 @@ from tests.integration.billing.conftest import (
     subscription,
 )
 from tests.integration.daemon.conftest import make_settings
+from tiergate.sync_daemon.app import create_app
 
 
 async def test_checkout_creates_the_customer_then_a_subscription_session(billing: Billing) -> None:

@@ -11,8 +11,6 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from sync_daemon.app import create_app
-from sync_daemon.billing.stripe_actions import StripeBillingActions
 from tests.fake_stripe import Call, RecordingStripeHTTP, fixture
 from tests.integration.billing.conftest import (
     API_TOKEN,
@@ -24,6 +22,8 @@ from tests.integration.billing.conftest import (
     subscription,
 )
 from tests.integration.daemon.conftest import ROOT, make_settings
+from tiergate.sync_daemon.app import create_app
+from tiergate.sync_daemon.billing.stripe_actions import StripeBillingActions
 
 SELLING = """
 checkout:

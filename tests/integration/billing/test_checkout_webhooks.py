@@ -7,11 +7,11 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from sync_daemon.app import create_app
-from sync_daemon.state import MIRROR
 from tests.integration.billing.conftest import API_TOKEN, decision, eventually, follower, subscription
 from tests.integration.daemon.conftest import FakeStripe, make_settings
 from tests.stripe_payloads import load_event, signed, subscription_event
+from tiergate.sync_daemon.app import create_app
+from tiergate.sync_daemon.state import MIRROR
 
 
 async def test_checkout_completed_then_subscription_reaches_the_sidecar(

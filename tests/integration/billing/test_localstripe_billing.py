@@ -16,13 +16,13 @@ import pytest
 import stripe
 from pydantic import SecretStr
 
-from sync_daemon.app import create_app
-from sync_daemon.billing.stripe_catalog import run_push
-from sync_daemon.state import RECONCILER
 from tests.integration.billing.conftest import API_TOKEN, AUTH, Client, decision, eventually, follower
 from tests.integration.daemon.conftest import ROOT, make_settings
 from tests.localstripe_api import subscribe
 from tiergate.catalog import load_catalog
+from tiergate.sync_daemon.app import create_app
+from tiergate.sync_daemon.billing.stripe_catalog import run_push
+from tiergate.sync_daemon.state import RECONCILER
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from sync_daemon.billing.stripe_catalog import StripeCatalogStore, push_catalog
 from tests.catalogs import PRO_MONTH, pro_sold_at
 from tests.fake_stripe import RecordingStripeHTTP, fixture
 from tiergate.catalog import parse_catalog
 from tiergate.cli import main
+from tiergate.sync_daemon.billing.stripe_catalog import StripeCatalogStore, push_catalog
 
 CATALOG = pro_sold_at(PRO_MONTH)
 
@@ -73,10 +73,10 @@ async def test_dry_run_reads_only() -> None:
 
 @pytest.mark.parametrize("dry_run", [True, False])
 def test_cli_prints_the_plan(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dry_run: bool) -> None:
-    from sync_daemon.billing import stripe_catalog
+    from tiergate.sync_daemon.billing import stripe_catalog
 
     def fake_run(settings: Any, catalog: Any, *, dry_run: bool) -> Any:
-        from sync_daemon.billing.push import PushResult, RemoteCatalog, plan_push
+        from tiergate.sync_daemon.billing.push import PushResult, RemoteCatalog, plan_push
 
         changes = plan_push(catalog, RemoteCatalog(legacy_plans=True))
         done = PushResult() if dry_run else PushResult(done=[c.describe() for c in changes])

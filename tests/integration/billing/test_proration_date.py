@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from sync_daemon.billing.rules import PRORATION_SKEW_S
 from tests.integration.billing.conftest import Billing, change_now_params, preview_invoice, subscription
+from tiergate.sync_daemon.billing.rules import PRORATION_SKEW_S
 
 DAY = 86_400
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sync_daemon.billing.push import Remote
-from sync_daemon.billing.push_features import (
+from tests.fake_stripe import Call, RecordingStripeHTTP, fixture
+from tiergate.catalog import parse_catalog
+from tiergate.sync_daemon.billing.push import Remote
+from tiergate.sync_daemon.billing.push_features import (
     AttachFeature,
     Attachment,
     CreateFeature,
@@ -13,9 +15,7 @@ from sync_daemon.billing.push_features import (
     RemoteFeatures,
     plan_features,
 )
-from sync_daemon.billing.stripe_catalog import StripeCatalogStore, push_catalog
-from tests.fake_stripe import Call, RecordingStripeHTTP, fixture
-from tiergate.catalog import parse_catalog
+from tiergate.sync_daemon.billing.stripe_catalog import StripeCatalogStore, push_catalog
 
 CATALOG = parse_catalog(
     """

@@ -10,13 +10,13 @@ import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from sync_daemon.app import create_app
-from sync_daemon.billing.redirects import check_redirect, host_allowed
-from sync_daemon.billing.stripe_actions import StripeBillingActions
 from tests.fake_stripe import RecordingStripeHTTP
 from tests.integration.billing.conftest import Billing
 from tests.integration.daemon.conftest import make_settings
 from tiergate.errors import BadRequestError
+from tiergate.sync_daemon.app import create_app
+from tiergate.sync_daemon.billing.redirects import check_redirect, host_allowed
+from tiergate.sync_daemon.billing.stripe_actions import StripeBillingActions
 
 ALLOWED = "app.example,*.example.com"
 CHECKOUT = {"tenant": "t_new", "tier": "pro", "interval": "month"}

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from sidecar.settings import SidecarSettings
 from tests.integration.chart.test_render import STRIPE, validate_objects
 from tests.integration.chart.tools import by_kind, documents, env_of, render
+from tiergate.sidecar.settings import SidecarSettings
 
 GATEWAY = "rel-tiergate-authz"
 

@@ -13,8 +13,6 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar.settings import SidecarSettings
-from sync_daemon.settings import DaemonSettings
 from tests.integration.chart.tools import (
     CHART,
     KUBE_VERSION,
@@ -26,6 +24,8 @@ from tests.integration.chart.tools import (
     one,
     render,
 )
+from tiergate.sidecar.settings import SidecarSettings
+from tiergate.sync_daemon.settings import DaemonSettings
 
 STRIPE = {"secrets": {"stripeApiKey": "sk_test_x", "stripeWebhookSecret": "whsec_test_0123456789"}}
 OPA_INGRESS_EXISTING = {

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
-from sidecar.settings import SidecarSettings
-from sync_daemon.settings import DaemonSettings
 from tests.integration.chart.tools import CHART, ROOT, need
+from tiergate.sidecar.settings import SidecarSettings
+from tiergate.sync_daemon.settings import DaemonSettings
 
 # Settings the chart sets itself (the rest pass through `<role>.settings`), and where from.
 SIDECAR_MANAGED = {

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.local import LocalDecisions
-from sidecar.replica.store import ReplicaWriter, open_replica, parse_replica_document
 from tests.integration.clients.conftest import ROOT, RunningSidecar
 from tests.integration.sidecar.conftest import ACCOUNTS, SAMPLE_FEATURES, USAGE, write_replica
 from tiergate.client import AsyncTiergateClient, Decision
 from tiergate.errors import ReplicaError
+from tiergate.sidecar.local import LocalDecisions
+from tiergate.sidecar.replica.store import ReplicaWriter, open_replica, parse_replica_document
 
 FEATURES = [*SAMPLE_FEATURES, "teleport"]  # and one the catalog lacks
 QUANTITIES = [1, 1, 1, 2, 3, 10, 100, 990, 1000, 99_999, 1_000_000]

@@ -182,7 +182,8 @@ async def test_async_client_faults(sidecar: RunningSidecar) -> None:
 def test_the_client_imports_nothing_of_the_servers() -> None:
     code = (
         "import sys, tiergate.client; "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'sidecar', 'sync_daemon', 'stripe', "
+        "print(sorted({'.'.join(m.split('.')[:2]) for m in sys.modules} & {'tiergate.sidecar', "
+        "'tiergate.sync_daemon'}) + sorted({m.split('.')[0] for m in sys.modules} & {'stripe', "
         "'sqlite_utils', 'structlog', 'prometheus_client', 'regorus', 'apscheduler'}) "
         "+ sorted(m for m in sys.modules if m.startswith('aiohttp.web')))"
     )

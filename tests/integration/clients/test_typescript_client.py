@@ -1,7 +1,7 @@
 """The TypeScript client's own tests (Node's test runner) against the real sidecar process.
 
 `make test` installs the client's npm dependencies from its lockfile and builds it (types
-generated from sidecar/openapi.yaml) before pytest runs.
+generated from tiergate/sidecar/openapi.yaml) before pytest runs.
 """
 
 from __future__ import annotations

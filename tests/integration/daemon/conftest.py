@@ -21,12 +21,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from demo.processes import Process, free_port, tiergate_command
-from sync_daemon.app import create_app
-from sync_daemon.mirror.store import Mirror, MirrorAccount
-from sync_daemon.settings import DaemonSettings
-from sync_daemon.state import MIRROR
 from tests.conftest import MirrorBackend
 from tests.stripe_payloads import SECRET, signed
+from tiergate.sync_daemon.app import create_app
+from tiergate.sync_daemon.mirror.store import Mirror, MirrorAccount
+from tiergate.sync_daemon.settings import DaemonSettings
+from tiergate.sync_daemon.state import MIRROR
 
 ROOT = Path(__file__).parents[3]
 FEED_TOKEN = "feed-token-for-daemon-tests"

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from sidecar.replica.follower import _parse_changes
 from tests.integration.daemon.conftest import AUTH, Daemon
 from tests.stripe_payloads import subscription_event
 from tiergate.models import Account
+from tiergate.sidecar.replica.follower import _parse_changes
 
 CREATED = "customer.subscription.created"
 

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import stripe
 
-from sync_daemon.app import create_app, run_full_sync
-from sync_daemon.mirror.store import MirrorAccount
-from sync_daemon.state import METRICS, MIRROR, RECONCILER
 from tests.integration.daemon.conftest import make_settings, register_webhook
 from tests.localstripe_api import plans_client, subscribe
+from tiergate.sync_daemon.app import create_app, run_full_sync
+from tiergate.sync_daemon.mirror.store import MirrorAccount
+from tiergate.sync_daemon.state import METRICS, MIRROR, RECONCILER
 
 
 @pytest.fixture

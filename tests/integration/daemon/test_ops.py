@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from sync_daemon.app import create_app
-from sync_daemon.settings import DaemonSettings, load_settings
-from sync_daemon.state import RECONCILER
 from tests.integration.daemon.conftest import AUTH, FEED_TOKEN, Daemon, FakeStripe, make_settings
 from tests.stripe_payloads import SECRET, subscription_event
 from tiergate.errors import SettingsError
+from tiergate.sync_daemon.app import create_app
+from tiergate.sync_daemon.settings import DaemonSettings, load_settings
+from tiergate.sync_daemon.state import RECONCILER
 
 
 async def test_health_ready_status_metrics(daemon: Daemon) -> None:

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from sync_daemon.mirror.store import MirrorAccount, MirrorTxn
-from sync_daemon.stripe_sync import apply
 from tests.integration.daemon.conftest import Daemon
 from tests.stripe_payloads import invoice_event, load_event, recorded, sign, subscription_event
+from tiergate.sync_daemon.mirror.store import MirrorAccount, MirrorTxn
+from tiergate.sync_daemon.stripe_sync import apply
 
 CREATED = "customer.subscription.created"
 UPDATED = "customer.subscription.updated.upgrade"

@@ -12,13 +12,13 @@ import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from sync_daemon.app import create_app
-from sync_daemon.mirror.postgres import PostgresTxn
-from sync_daemon.mirror.store import Cursor, MirrorTxn
 from tests import postgres_server
 from tests.integration.daemon.conftest import Daemon, FakeStripe, make_settings
 from tests.integration.mirror.test_postgres_round_trips import _kill_write_connections
 from tests.stripe_payloads import subscription_event
+from tiergate.sync_daemon.app import create_app
+from tiergate.sync_daemon.mirror.postgres import PostgresTxn
+from tiergate.sync_daemon.mirror.store import Cursor, MirrorTxn
 
 CREATED = "customer.subscription.created"
 UPDATED = "customer.subscription.updated.upgrade"

@@ -15,12 +15,12 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from sidecar.policy.bundle import bundle_revision
-from sidecar.policy.embedded import EmbeddedEngine
-from sidecar.policy.engine import DECISION_PATH, PolicyBundle, PolicyEngine
-from sidecar.policy.opa_server import OpaServerEngine
 from tests.opa_double import create_opa_double
 from tiergate.catalog import parse_catalog
+from tiergate.sidecar.policy.bundle import bundle_revision
+from tiergate.sidecar.policy.embedded import EmbeddedEngine
+from tiergate.sidecar.policy.engine import DECISION_PATH, PolicyBundle, PolicyEngine
+from tiergate.sidecar.policy.opa_server import OpaServerEngine
 
 HERE = Path(__file__).parent
 TIER_REGO = (HERE / "rego" / "tier.rego").read_text()

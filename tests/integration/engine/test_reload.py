@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from sidecar.policy.embedded import EmbeddedEngine
-from sidecar.policy.engine import DECISION_PATH
-from sidecar.policy.reload import PolicyReloader
 from tests.integration.engine.conftest import PLANS_YAML
 from tiergate.errors import CatalogError, PolicyError
+from tiergate.sidecar.policy.embedded import EmbeddedEngine
+from tiergate.sidecar.policy.engine import DECISION_PATH
+from tiergate.sidecar.policy.reload import PolicyReloader
 
 # The watcher reacts in ~0.2 s (100 ms debounce); this is only the point where a test gives up.
 GIVE_UP_S = 5.0

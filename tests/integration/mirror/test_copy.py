@@ -16,22 +16,22 @@ import pytest
 import sqlite_utils
 
 from demo.processes import tiergate_command
-from sync_daemon.leader import PostgresLeader
-from sync_daemon.mirror.backends import mirror_for
-from sync_daemon.mirror.copy import TableSum, copy_mirror, open_end
-from sync_daemon.mirror.overrides import Override, remove_override, set_override
-from sync_daemon.mirror.postgres import PostgresMirror
-from sync_daemon.mirror.postgres_schema import LEADER_LOCK
-from sync_daemon.mirror.postgres_schema import MIGRATIONS as PG_MIGRATIONS
-from sync_daemon.mirror.schema import MIGRATIONS
-from sync_daemon.mirror.store import CustomerLink, MirrorAccount, MirrorTxn
-from sync_daemon.mirror.usage import ingest_events
 from tests import postgres_server
 from tests.integration.daemon.conftest import ROOT
 from tests.integration.usage.conftest import eventually
 from tiergate.amounts import Amount
 from tiergate.catalog import load_catalog
 from tiergate.errors import MirrorError
+from tiergate.sync_daemon.leader import PostgresLeader
+from tiergate.sync_daemon.mirror.backends import mirror_for
+from tiergate.sync_daemon.mirror.copy import TableSum, copy_mirror, open_end
+from tiergate.sync_daemon.mirror.overrides import Override, remove_override, set_override
+from tiergate.sync_daemon.mirror.postgres import PostgresMirror
+from tiergate.sync_daemon.mirror.postgres_schema import LEADER_LOCK
+from tiergate.sync_daemon.mirror.postgres_schema import MIGRATIONS as PG_MIGRATIONS
+from tiergate.sync_daemon.mirror.schema import MIGRATIONS
+from tiergate.sync_daemon.mirror.store import CustomerLink, MirrorAccount, MirrorTxn
+from tiergate.sync_daemon.mirror.usage import ingest_events
 from tiergate.usage_events import ValidEvent
 
 TENANTS = 40

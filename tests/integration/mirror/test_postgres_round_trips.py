@@ -14,13 +14,13 @@ import psycopg
 import pytest
 from structlog.testing import capture_logs
 
-from sync_daemon.mirror.backends import mirror_for
-from sync_daemon.mirror.postgres import PostgresMirror
-from sync_daemon.mirror.store import CustomerLink, MirrorAccount, MirrorTxn
 from tests import postgres_server
 from tests.conftest import MirrorBackend
 from tests.integration.usage.conftest import eventually
 from tiergate.errors import MirrorError
+from tiergate.sync_daemon.mirror.backends import mirror_for
+from tiergate.sync_daemon.mirror.postgres import PostgresMirror
+from tiergate.sync_daemon.mirror.store import CustomerLink, MirrorAccount, MirrorTxn
 
 ALICE = MirrorAccount(tenant="t_alice", tier="pro", status="active", stripe_updated=100)
 WAIT_S = 30.0

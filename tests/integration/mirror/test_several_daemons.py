@@ -25,17 +25,17 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from demo.processes import Process, free_port, tiergate_command
-from sync_daemon.app import create_app
-from sync_daemon.leader import PostgresLeader
-from sync_daemon.mirror import postgres_schema
-from sync_daemon.mirror.postgres import PostgresMirror
-from sync_daemon.mirror.postgres_schema import LEADER_LOCK
-from sync_daemon.mirror.store import MirrorAccount, MirrorTxn, Sql
-from sync_daemon.state import MIRROR
 from tests import postgres_server
 from tests.integration.daemon.conftest import AUTH, FEED_TOKEN, ROOT, make_settings
 from tests.integration.usage.conftest import eventually
 from tests.stripe_payloads import SECRET, signed, subscription_event
+from tiergate.sync_daemon.app import create_app
+from tiergate.sync_daemon.leader import PostgresLeader
+from tiergate.sync_daemon.mirror import postgres_schema
+from tiergate.sync_daemon.mirror.postgres import PostgresMirror
+from tiergate.sync_daemon.mirror.postgres_schema import LEADER_LOCK
+from tiergate.sync_daemon.mirror.store import MirrorAccount, MirrorTxn, Sql
+from tiergate.sync_daemon.state import MIRROR
 
 UPDATED = "customer.subscription.updated.upgrade"
 
@@ -384,8 +384,8 @@ async def test_trimming_never_deletes_a_change_not_numbered_yet(pg: str) -> None
 
 _KILLED_WRITER = """
 import asyncio, os, signal, sys
-from sync_daemon.mirror.postgres import PostgresMirror
-from sync_daemon.mirror.store import MirrorAccount
+from tiergate.sync_daemon.mirror.postgres import PostgresMirror
+from tiergate.sync_daemon.mirror.store import MirrorAccount
 
 
 class DiesAfterCommit(PostgresMirror):

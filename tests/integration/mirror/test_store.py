@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from sync_daemon.mirror.backends import mirror_for
-from sync_daemon.mirror.sqlite import SqliteMirror
-from sync_daemon.mirror.store import Mirror, MirrorAccount, MirrorTxn, Retention
 from tests.conftest import MirrorBackend
 from tiergate.models import Account
+from tiergate.sync_daemon.mirror.backends import mirror_for
+from tiergate.sync_daemon.mirror.sqlite import SqliteMirror
+from tiergate.sync_daemon.mirror.store import Mirror, MirrorAccount, MirrorTxn, Retention
 
 ALICE = MirrorAccount(
     tenant="t_alice",

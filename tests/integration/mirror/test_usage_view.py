@@ -9,12 +9,12 @@ from decimal import Decimal
 
 import pytest
 
-from sync_daemon.mirror.backends import mirror_for
-from sync_daemon.mirror.store import Mirror
-from sync_daemon.mirror.usage import ingest_events, number_all_stored_events
-from sync_daemon.usage_query import stored_time
 from tests.conftest import MirrorBackend
 from tiergate.amounts import from_stored
+from tiergate.sync_daemon.mirror.backends import mirror_for
+from tiergate.sync_daemon.mirror.store import Mirror
+from tiergate.sync_daemon.mirror.usage import ingest_events, number_all_stored_events
+from tiergate.sync_daemon.usage_query import stored_time
 from tiergate.usage_events import GAUGE_PERIOD_START, ValidEvent
 
 

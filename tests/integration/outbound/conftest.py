@@ -13,9 +13,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from sync_daemon.app import create_app
 from tests.integration.daemon.conftest import make_settings
 from tests.stripe_payloads import signed
+from tiergate.sync_daemon.app import create_app
 from tiergate.webhook_signature import HEADER, verify
 
 SECRET = "whsec_outbound_test"

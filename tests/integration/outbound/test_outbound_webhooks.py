@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from sync_daemon.state import APPLIER, MIRROR
 from tests.integration.daemon.conftest import FEED_TOKEN, make_settings
 from tests.integration.outbound.conftest import (
     API,
@@ -26,6 +25,7 @@ from tests.integration.outbound.conftest import (
     until,
 )
 from tests.stripe_payloads import invoice_event, subscription_event
+from tiergate.sync_daemon.state import APPLIER, MIRROR
 from tiergate.webhook_signature import SignatureError, sign, verify
 
 

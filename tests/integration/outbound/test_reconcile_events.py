@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import stripe
 
-from sync_daemon.state import RECONCILER
 from tests.integration.daemon.conftest import localstripe, localstripe_server  # noqa: F401 - fixtures
 from tests.integration.outbound.conftest import (
     all_delivered,
@@ -25,6 +24,7 @@ from tests.integration.outbound.conftest import (
     until,
 )
 from tests.localstripe_api import plans_client, subscribe
+from tiergate.sync_daemon.state import RECONCILER
 
 
 @pytest.fixture

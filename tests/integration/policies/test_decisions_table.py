@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import regorus
 
-from sidecar.policy.bundle import load_bundle
-from sidecar.policy.embedded import EmbeddedEngine
 from tiergate.catalog import load_catalog
+from tiergate.sidecar.policy.bundle import load_bundle
+from tiergate.sidecar.policy.embedded import EmbeddedEngine
 
 ROOT = Path(__file__).resolve().parents[3]
 NOW = "2026-11-24T10:00:00Z"

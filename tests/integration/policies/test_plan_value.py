@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from sync_daemon.mirror.store import MirrorAccount
-from sync_daemon.outbound.events import plan_value, written
 from tests.integration.policies.test_decisions_table import account, decide, engine
 from tiergate.catalog import load_catalog
+from tiergate.sync_daemon.mirror.store import MirrorAccount
+from tiergate.sync_daemon.outbound.events import plan_value, written
 
 __all__ = ["engine"]  # the fixture: the interpreter and the compiled VM
 

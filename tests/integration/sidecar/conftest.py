@@ -12,11 +12,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from sidecar.app import create_app
-from sidecar.replica.store import ReplicaWriter, open_replica, parse_replica_document
-from sidecar.settings import SidecarSettings
 from tiergate.catalog import load_catalog
 from tiergate.periods import calendar_month, rfc3339
+from tiergate.sidecar.app import create_app
+from tiergate.sidecar.replica.store import ReplicaWriter, open_replica, parse_replica_document
+from tiergate.sidecar.settings import SidecarSettings
 
 ROOT = Path(__file__).parents[3]
 # Every feature of the sample catalog (plans/plans.yaml), which these sidecars serve.

@@ -12,10 +12,10 @@ import pytest
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 from google.rpc import code_pb2
 
-from sidecar.app import create_app
-from sidecar.ingress.grpc_ext_authz import GRPC_PORT
-from sidecar.settings import SidecarSettings
 from tests.integration.sidecar.conftest import ClientFactory, SidecarClient
+from tiergate.sidecar.app import create_app
+from tiergate.sidecar.ingress.grpc_ext_authz import GRPC_PORT
+from tiergate.sidecar.settings import SidecarSettings
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import SecretStr
 
-from sidecar.app import create_app
-from sidecar.settings import SidecarSettings
 from tests.integration.sidecar.conftest import ClientFactory, SidecarClient
+from tiergate.sidecar.app import create_app
+from tiergate.sidecar.settings import SidecarSettings
 
 SECRET = "test-shared-secret-long-enough-for-hs384-and-hs512-keys-0123456789"
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.app import create_app
-from sidecar.settings import SidecarSettings
 from tests.integration.sidecar.conftest import (
     ACCOUNTS,
     MONTH_START,
@@ -16,6 +14,8 @@ from tests.integration.sidecar.conftest import (
     SidecarClient,
     write_replica,
 )
+from tiergate.sidecar.app import create_app
+from tiergate.sidecar.settings import SidecarSettings
 
 KEY_HEADER = "X-Tiergate-Request-Id"
 

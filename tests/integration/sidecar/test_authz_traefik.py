@@ -17,9 +17,9 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from sidecar.app import create_app
-from sidecar.settings import SidecarSettings
 from tests.integration.sidecar.conftest import ClientFactory, SidecarClient
+from tiergate.sidecar.app import create_app
+from tiergate.sidecar.settings import SidecarSettings
 
 ROOT = Path(__file__).parents[3]
 SECRET = "traefik-test-secret-long-enough-for-hs256-0123456789"

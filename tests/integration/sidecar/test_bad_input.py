@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from sidecar.app import create_app
-from sidecar.settings import SidecarSettings
-from sidecar.state import DECISIONS
 from tests.integration.sidecar.conftest import SidecarClient
 from tiergate.models import Decision
+from tiergate.sidecar.app import create_app
+from tiergate.sidecar.settings import SidecarSettings
+from tiergate.sidecar.state import DECISIONS
 
 
 @pytest.mark.parametrize(

@@ -13,10 +13,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sidecar.api.check_listener import CHECK_LISTENER_PORT, MAX_HEADERS, MAX_TARGET_BYTES
-from sidecar.app import create_app
-from sidecar.settings import SidecarSettings
 from tests.integration.sidecar.conftest import ACCOUNTS, SAMPLE_FEATURES, ClientFactory, SidecarClient
+from tiergate.sidecar.api.check_listener import CHECK_LISTENER_PORT, MAX_HEADERS, MAX_TARGET_BYTES
+from tiergate.sidecar.app import create_app
+from tiergate.sidecar.settings import SidecarSettings
 
 VOLATILE = ("decision_id", "data_as_of", "replica_age_s", "decided_at", "valid_until")
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import aiohttp
 
-from sidecar.app import create_app
-from sync_daemon.state import RECONCILER
 from tests.integration.daemon.conftest import AUTH, FakeStripe
 from tests.integration.sidecar.conftest import ClientFactory, SidecarClient
 from tests.integration.sidecar.test_replica_damage_at_run_time import account, metric, status
 from tests.integration.usage.conftest import eventually, sidecar_settings, start_daemon
+from tiergate.sidecar.app import create_app
+from tiergate.sync_daemon.state import RECONCILER
 
 BUDGET_S = 1.0
 

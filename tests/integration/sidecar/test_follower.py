@@ -11,10 +11,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from sidecar.app import create_app
-from sidecar.settings import SidecarSettings
 from tests.fake_feed import TOKEN, FakeFeed
 from tests.integration.sidecar.conftest import PERIOD, ClientFactory, SidecarClient
+from tiergate.sidecar.app import create_app
+from tiergate.sidecar.settings import SidecarSettings
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 

@@ -16,7 +16,6 @@ import pytest
 from aiohttp.test_utils import TestServer
 from click.testing import CliRunner
 
-from sidecar.state import DECISIONS, SETTINGS
 from tests.fake_feed import FakeFeed
 from tests.integration.sidecar.conftest import SidecarClient
 from tests.integration.sidecar.test_follower import (
@@ -30,6 +29,7 @@ from tests.integration.sidecar.test_follower import (
     until_allowed,
 )
 from tiergate.cli import main
+from tiergate.sidecar.state import DECISIONS, SETTINGS
 
 __all__ = ["feed", "feed_server", "follow"]  # fixtures shared with test_follower
 

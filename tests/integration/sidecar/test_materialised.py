@@ -17,17 +17,17 @@ from pathlib import Path
 import orjson
 import structlog
 
-from sidecar.decisions.cache import DecisionCache
-from sidecar.decisions.policy_io import period_for
-from sidecar.decisions.service import DecisionService
-from sidecar.metrics import SidecarMetrics
-from sidecar.policy.bundle import load_bundle
-from sidecar.policy.embedded import EmbeddedEngine
-from sidecar.replica.store import ReplicaReader, ReplicaWriter, open_replica
-from sidecar.usage.ledger import UsageLedger
 from tiergate.feed import FeedAccount, FeedChange, FeedUsage
 from tiergate.models import Account, Decision, Status, UsageCounter
 from tiergate.periods import rfc3339
+from tiergate.sidecar.decisions.cache import DecisionCache
+from tiergate.sidecar.decisions.policy_io import period_for
+from tiergate.sidecar.decisions.service import DecisionService
+from tiergate.sidecar.metrics import SidecarMetrics
+from tiergate.sidecar.policy.bundle import load_bundle
+from tiergate.sidecar.policy.embedded import EmbeddedEngine
+from tiergate.sidecar.replica.store import ReplicaReader, ReplicaWriter, open_replica
+from tiergate.sidecar.usage.ledger import UsageLedger
 
 ROOT = Path(__file__).parents[3]
 START = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from sidecar.app import create_app
-from sidecar.settings import SidecarSettings
 from tests.integration.sidecar.conftest import ClientFactory, SidecarClient
 from tests.opa_double import create_opa_double
+from tiergate.sidecar.app import create_app
+from tiergate.sidecar.settings import SidecarSettings
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 CASES = [

@@ -19,14 +19,14 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from sidecar.app import create_app
-from sidecar.replica import damage
-from sidecar.replica.store import ReplicaReader, ReplicaWriter, open_replica
-from sync_daemon.mirror.store import MirrorAccount
 from tests.integration.sidecar.conftest import ClientFactory, SidecarClient
 from tests.integration.usage.conftest import DaemonServer, eventually, sidecar_settings, start_daemon
 from tiergate.errors import ReplicaNotReadyError
 from tiergate.models import Account
+from tiergate.sidecar.app import create_app
+from tiergate.sidecar.replica import damage
+from tiergate.sidecar.replica.store import ReplicaReader, ReplicaWriter, open_replica
+from tiergate.sync_daemon.mirror.store import MirrorAccount
 
 TENANTS = 400  # enough rows for the accounts table to span many pages under an interior root
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)

@@ -9,14 +9,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from sidecar.app import create_app
-from sidecar.replica.store import ReplicaWriter, open_replica
-from sidecar.settings import SidecarSettings
 from tests.fake_feed import FakeFeed
 from tests.integration.sidecar.conftest import ClientFactory
 from tests.integration.sidecar.test_follower import eventually, feed, feed_server, follower_settings, pro, sso
 from tiergate.errors import ReplicaError
 from tiergate.models import Account
+from tiergate.sidecar.app import create_app
+from tiergate.sidecar.replica.store import ReplicaWriter, open_replica
+from tiergate.sidecar.settings import SidecarSettings
 
 __all__ = ["feed", "feed_server"]  # fixtures shared with test_follower
 

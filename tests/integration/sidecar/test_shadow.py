@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from sidecar.app import create_app
-from sidecar.settings import SidecarSettings
 from tests.integration.sidecar.conftest import ClientFactory, SidecarClient
 from tiergate.errors import PolicyError
+from tiergate.sidecar.app import create_app
+from tiergate.sidecar.settings import SidecarSettings
 
 
 def stricter_copy(policy_dir: Path, target: Path) -> Path:

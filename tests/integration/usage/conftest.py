@@ -18,13 +18,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from sidecar.app import create_app as create_sidecar
-from sidecar.settings import SidecarSettings
-from sync_daemon.app import create_app as create_daemon
-from sync_daemon.mirror.store import Mirror, MirrorAccount
-from sync_daemon.state import MIRROR
 from tests.conftest import MirrorBackend
 from tests.integration.daemon.conftest import AUTH, FEED_TOKEN, make_settings
+from tiergate.sidecar.app import create_app as create_sidecar
+from tiergate.sidecar.settings import SidecarSettings
+from tiergate.sync_daemon.app import create_app as create_daemon
+from tiergate.sync_daemon.mirror.store import Mirror, MirrorAccount
+from tiergate.sync_daemon.state import MIRROR
 
 ROOT = Path(__file__).parents[3]
 SidecarClient = TestClient[web.Request, web.Application]

@@ -7,10 +7,10 @@ from typing import Any
 
 import aiohttp
 
-from sync_daemon.mirror.store import MirrorAccount
 from tests.integration.daemon.conftest import AUTH
 from tests.integration.usage.conftest import DaemonServer
 from tiergate.periods import calendar_month, rfc3339
+from tiergate.sync_daemon.mirror.store import MirrorAccount
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 P1 = (NOW - timedelta(days=40), NOW - timedelta(days=10))

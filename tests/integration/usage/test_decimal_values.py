@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sync_daemon.mirror.store import MirrorAccount
 from tests.integration.daemon.conftest import AUTH
 from tests.integration.usage.conftest import DaemonServer, SidecarClient, SidecarFactory, eventually, settled
+from tiergate.sync_daemon.mirror.store import MirrorAccount
 
 NOW = datetime.now(UTC)
 PERIOD = (NOW - timedelta(days=3), NOW + timedelta(days=27))

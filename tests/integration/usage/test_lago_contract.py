@@ -6,7 +6,6 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sync_daemon.mirror.store import MirrorAccount
 from tests.integration.daemon.conftest import AUTH
 from tests.integration.usage.conftest import (
     DaemonServer,
@@ -16,6 +15,7 @@ from tests.integration.usage.conftest import (
     settled,
     used,
 )
+from tiergate.sync_daemon.mirror.store import MirrorAccount
 
 NOW = datetime.now(UTC)
 PERIOD = (NOW - timedelta(days=3), NOW + timedelta(days=27))

@@ -16,12 +16,12 @@ from aiohttp.test_utils import TestServer
 from click.testing import CliRunner
 from pydantic import SecretStr
 
-from sync_daemon.mirror.store import MirrorAccount
 from tests.integration.daemon.conftest import AUTH
 from tests.integration.usage.conftest import DaemonServer, SidecarFactory, eventually, start_daemon
 from tests.integration.usage.test_lago_contract import PERIOD, lago_event
 from tests.lago_double import API_KEY, LagoDouble, start_lago
 from tiergate.cli import main
+from tiergate.sync_daemon.mirror.store import MirrorAccount
 
 SUB = "sub_1NxLago"
 

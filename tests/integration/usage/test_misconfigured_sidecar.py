@@ -9,7 +9,6 @@ from typing import Any
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from sidecar.app import create_app as create_sidecar
 from tests.integration.sidecar.conftest import SidecarClient
 from tests.integration.usage.conftest import (
     DaemonServer,
@@ -18,6 +17,7 @@ from tests.integration.usage.conftest import (
     eventually,
     sidecar_settings,
 )
+from tiergate.sidecar.app import create_app as create_sidecar
 
 
 async def status(client: SidecarClient) -> dict[str, Any]:

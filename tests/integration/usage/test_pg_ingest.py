@@ -20,17 +20,17 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from sync_daemon.app import create_app
-from sync_daemon.mirror.postgres import PostgresMirror
-from sync_daemon.mirror.store import MirrorTxn
-from sync_daemon.mirror.usage import ingest_events
-from sync_daemon.sinks.runner import SinkMetrics, SinkRunner
-from sync_daemon.sinks.store import SinkEvent
 from tests import postgres_server
 from tests.integration.daemon.conftest import AUTH, make_settings, pg_daemon_process
 from tests.integration.usage.conftest import eventually
 from tests.integration.usage.test_lago_contract import lago_event
 from tests.lago_double import API_KEY, LagoDouble, start_lago
+from tiergate.sync_daemon.app import create_app
+from tiergate.sync_daemon.mirror.postgres import PostgresMirror
+from tiergate.sync_daemon.mirror.store import MirrorTxn
+from tiergate.sync_daemon.mirror.usage import ingest_events
+from tiergate.sync_daemon.sinks.runner import SinkMetrics, SinkRunner
+from tiergate.sync_daemon.sinks.store import SinkEvent
 from tiergate.usage_events import ValidEvent
 
 TENANTS = 5

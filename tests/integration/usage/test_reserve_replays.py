@@ -8,8 +8,6 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from sidecar.api.usage import OUTBOX
-from sidecar.state import READER
 from tests.integration.usage.conftest import (
     DaemonServer,
     SidecarFactory,
@@ -18,6 +16,8 @@ from tests.integration.usage.conftest import (
     usage_status,
     used,
 )
+from tiergate.sidecar.api.usage import OUTBOX
+from tiergate.sidecar.state import READER
 
 SidecarClient = Any
 

@@ -8,8 +8,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sync_daemon.mirror.store import MirrorAccount
 from tests.integration.usage.conftest import DaemonServer, SidecarClient, SidecarFactory, eventually, settled
+from tiergate.sync_daemon.mirror.store import MirrorAccount
 
 NOW = datetime.now(UTC)
 

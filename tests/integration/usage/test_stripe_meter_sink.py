@@ -11,10 +11,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sync_daemon.mirror.store import MirrorAccount
 from tests.fake_stripe import RecordingStripeHTTP
 from tests.integration.daemon.conftest import AUTH
 from tests.integration.usage.conftest import ROOT, DaemonServer, eventually, start_daemon
+from tiergate.sync_daemon.mirror.store import MirrorAccount
 
 METER_EVENTS = r"/v1/billing/meter_events"
 NOW = datetime.now(UTC)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from sidecar.state import DECISIONS
 from tests.integration.usage.conftest import ROOT, SidecarClient, SidecarFactory, used
+from tiergate.sidecar.state import DECISIONS
 
 
 async def reserve_one(sidecar: SidecarClient, tenant: str) -> None:

@@ -1,0 +1,112 @@
+"""Envoy's gRPC ext_authz (`envoy.service.auth.v3.Authorization/Check`) over the same gate as
+/v1/authz: the same decisions, headers and statuses, in Envoy's CheckResponse."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from aiohttp import web
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.type.v3 import http_status_pb2
+from google.rpc import code_pb2, status_pb2
+from multidict import CIMultiDict
+
+from tiergate.errors import SettingsError
+from tiergate.sidecar.api.authz import GATE
+from tiergate.sidecar.ingress.gate import IngressGate
+from tiergate.sidecar.ingress.hook import Verdict
+from tiergate.sidecar.state import SETTINGS
+
+GRPC_PORT = web.AppKey("authz_grpc_port", int)  # the bound port (TIERGATE_AUTHZ_GRPC_PORT may be 0)
+# An HTTP status as the gRPC status Envoy logs and counts (the client gets the HTTP one).
+GRPC_CODES = {
+    200: code_pb2.OK,
+    400: code_pb2.INVALID_ARGUMENT,
+    401: code_pb2.UNAUTHENTICATED,
+    403: code_pb2.PERMISSION_DENIED,
+    429: code_pb2.RESOURCE_EXHAUSTED,
+    503: code_pb2.UNAVAILABLE,
+}
+OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def hook_call(request: Any) -> tuple[CIMultiDict[str], str, str]:
+    """(headers, method, path) for the gate. The original request is Envoy's own attributes, set
+    over any X-Original-* header the client sent; no path is a malformed call (the gate's 400)."""
+    http = request.attributes.request.http
+    headers: CIMultiDict[str] = CIMultiDict(http.headers)
+    for entry in http.header_map.headers:
+        headers.add(entry.key, entry.value or entry.raw_value.decode("utf-8", "replace"))
+    for name in ("X-Original-URI", "X-Original-Method", "X-Forwarded-Uri", "X-Forwarded-Method"):
+        headers.popall(name, None)
+    if http.path:
+        headers["X-Original-URI"] = http.path
+        headers["X-Original-Method"] = http.method
+    return headers, http.method or "GET", "/v1/authz"
+
+
+def check_response(verdict: Verdict, client_headers: CIMultiDict[str]) -> Any:
+    """Allow: the sidecar's X-Tiergate-* headers overwrite the client's, and any other client
+    X-Tiergate-* header is removed before the upstream. Deny: the hook's status, headers and body."""
+    if verdict.allow:
+        forged = sorted({n.lower() for n in client_headers if n.lower().startswith("x-tiergate-")})
+        ok = external_auth_pb2.OkHttpResponse(
+            headers=[_header(name, value) for name, value in verdict.headers.items()],
+            headers_to_remove=[n for n in forged if n not in {k.lower() for k in verdict.headers}],
+        )
+        return external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK), ok_response=ok)
+    headers = verdict.headers | {"Content-Type": "application/json"}
+    denied = external_auth_pb2.DeniedHttpResponse(
+        status=http_status_pb2.HttpStatus(code=verdict.status),  # the HTTP code is the enum value
+        headers=[_header(name, value) for name, value in headers.items()],
+        body=json.dumps(verdict.body or {}, default=_as_json, separators=(",", ":")),
+    )
+    code = GRPC_CODES.get(verdict.status, code_pb2.PERMISSION_DENIED)
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=code, message=verdict.reason), denied_response=denied
+    )
+
+
+def _header(name: str, value: str) -> Any:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=name, value=value), append_action=OVERWRITE
+    )
+
+
+def _as_json(value: object) -> object:
+    body = getattr(value, "body", None)  # a Decision
+    if callable(body):
+        return body()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+class Authorization(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc] # generated, untyped
+    def __init__(self, gate: IngressGate) -> None:
+        self.gate = gate
+
+    async def Check(self, request: Any, context: Any) -> Any:
+        headers, method, path = hook_call(request)
+        verdict = await self.gate.authorize(headers, method, path)
+        return check_response(verdict, headers)
+
+
+async def grpc_ctx(app: web.Application) -> AsyncIterator[None]:
+    """After the ingress gate's context; serves until the app stops."""
+    settings = app[SETTINGS]
+    server = grpc.aio.server()
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(Authorization(app[GATE]), server)
+    address = f"{settings.authz_grpc_host}:{settings.authz_grpc_port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise SettingsError(f"cannot listen on TIERGATE_AUTHZ_GRPC_HOST/PORT {address}: {exc}") from exc
+    app[GRPC_PORT] = port
+    await server.start()
+    try:
+        yield
+    finally:
+        await server.stop(grace=1.0)
