@@ -14,7 +14,7 @@ in that order, `--rounds` times; every configuration starts on an empty mirror. 
 within the run (median of rounds). Where the time goes: the CPU seconds each part spent per event
 (the daemons, the PostgreSQL backends serving this database, this load generator) read from
 /proc, and how busy that kept the machine's CPUs. The machine is shared: the load average is printed.
-`--daemon-cpus C` puts each daemon in a cgroup with a CPU quota of C CPUs (bench/cpu_quota.py), as a
+`--daemon-cpus C` puts each daemon in a cgroup with a CPU quota of C CPUs (`harness.CpuQuota`), as a
 pod's CPU limit does: then one daemon and two each get the same CPU, and two-vs-one measures the
 design instead of the 2 cores the daemons share with PostgreSQL and the load generator here.
 """

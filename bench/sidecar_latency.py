@@ -15,7 +15,7 @@ What it does:
    (else bench/loadgen.py, a Python load generator, and says so);
 4. times the decision service in process (cache hit, cache miss, engine eval alone, and the
    pieces of the hit path);
-5. prints a table with the ratios to the baseline and the targets of issue 2, and writes the
+5. prints a table with the ratios to the baseline and the targets, and writes the
    same figures to bench/results/sidecar_latency.json.
 
 Nothing here asserts on wall-clock time: it prints figures.
@@ -62,10 +62,10 @@ LOADGEN = BENCH / "loadgen.py"
 BASELINE = BENCH / "baseline_server.py"
 FLOOR = BENCH / "floor_server.py"
 
-# Targets of issue 15 (for the single check): printed next to the figures, never asserted.
+# Targets (for the single check): printed next to the figures, never asserted.
 TARGET_P50_RATIO = 1.3
 TARGET_RPS_RATIO = 0.8
-TARGET_P99_RATIO = 1.5  # issue 15: p99 at 1 connection against the baseline's p99
+TARGET_P99_RATIO = 1.5  # p99 at 1 connection against the baseline's p99
 
 # A plausible SaaS mix of Stripe subscription states (weights; unknown states get 1).
 STATUS_WEIGHTS = {
@@ -562,7 +562,7 @@ async def in_process(
             )
         if denied:
             figures["decide_cache_hit_deny_logged"] = await time_async(lambda: service.decide(*denied), n)
-        if hasattr(service, "decide_json"):  # GET /v1/check's path since issue 15 (rendered answers)
+        if hasattr(service, "decide_json"):  # GET /v1/check's path (rendered answers)
             figures["decide_json_cache_hit"] = await time_async(
                 lambda: service.decide_json(tenant, feature), n
             )

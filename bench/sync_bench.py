@@ -1,4 +1,4 @@
-"""Sync daemon and sidecar-follower figures (issue 3), each against real processes; prints figures.
+"""Sync daemon and sidecar-follower figures, each against real processes; prints figures.
 
     .venv/bin/python bench/sync_bench.py webhooks   [--quick]   # intake throughput, signed events over HTTP
     .venv/bin/python bench/sync_bench.py visibility [--quick]   # webhook -> sidecar decision delay
