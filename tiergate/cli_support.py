@@ -82,7 +82,7 @@ class SettingsHelp(click.Command):
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         super().format_epilog(ctx, formatter)
         with formatter.section(f"Settings (environment variables; {OPERATOR_GUIDE} says what each means)"):
-            formatter.write_dl(settings_rows(self.settings()))
+            formatter.write_dl(settings_rows(self.settings()), col_max=48)
 
 
 def settings_rows(settings: type[BaseModel]) -> list[tuple[str, str]]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -89,11 +90,11 @@ def plans_push(path: Path | None, dry_run: bool) -> None:
     from tiergate.sync_daemon.billing.stripe_catalog import run_push
 
     settings = daemon_settings()
-    source = "argument" if path else "TIERGATE_PLANS"
-    path = path or settings.plans
     click.echo(
-        f"{'planning' if dry_run else 'pushing'} catalog {path} (from {source}) to {settings.stripe_base}"
+        f"{'planning' if dry_run else 'pushing'} catalog {path or settings.plans} "
+        f"({_catalog_source(path)}) to {settings.stripe_base}"
     )
+    path = path or settings.plans
     try:
         changes, result, legacy = run_push(settings, load_catalog(path), dry_run=dry_run)
     except TierError as exc:
@@ -107,6 +108,15 @@ def plans_push(path: Path | None, dry_run: bool) -> None:
         click.echo("nothing to change: Stripe already holds the catalog")
     elif not dry_run:
         click.echo(f"{len(result.done)} changes made, {len(result.skipped)} skipped")
+
+
+def _catalog_source(path: Path | None) -> str:
+    """Where the pushed catalog's path came from, as the first line of `plans push` says it."""
+    if path is not None:
+        return "from argument"
+    if os.environ.get("TIERGATE_PLANS"):
+        return "from TIERGATE_PLANS"
+    return "the default: TIERGATE_PLANS is unset"
 
 
 @click.command("sync")
