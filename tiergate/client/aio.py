@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import aiohttp
 
 from tiergate.client import calls
-from tiergate.client.base import Attempts, ClientBase, settle
+from tiergate.client.base import Attempts, ClientBase, ReserveOptions, settle
 from tiergate.client.calls import Call, Entitlements, Reservation, UsageReceipt
 from tiergate.errors import SidecarUnreachableError
 from tiergate.models import Decision
@@ -35,15 +35,9 @@ class AsyncTiergateClient(ClientBase):
         return await self.run(self.check_batch_call(checks), timeout_s)
 
     async def reserve(
-        self,
-        tenant: str,
-        feature: str,
-        quantity: int = 1,
-        *,
-        transaction_id: str | None = None,
-        timeout_s: float | None = None,
+        self, tenant: str, feature: str, quantity: int = 1, **options: Unpack[ReserveOptions]
     ) -> Reservation:
-        return await self.run(self.reserve_call(tenant, feature, quantity, transaction_id), timeout_s)
+        return await self.run(self.reserve_call(tenant, feature, quantity, options), options.get("timeout_s"))
 
     async def entitlements(self, tenant: str, *, timeout_s: float | None = None) -> Entitlements:
         return await self.run(self.entitlements_call(tenant), timeout_s)

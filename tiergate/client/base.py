@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 from tiergate.client import calls
 from tiergate.client.calls import Call, Endpoint, Entitlements, FailPolicy, Reservation, UsageReceipt
@@ -21,6 +21,13 @@ log = logging.getLogger("tiergate.client")
 
 DEFAULT_URL = "http://127.0.0.1:9191"
 DEFAULT_TIMEOUT_S = 0.5
+
+
+class ReserveOptions(TypedDict, total=False):
+    """`reserve`'s keyword options."""
+
+    transaction_id: str | None  # the caller's idempotency key (default: a new one, fixed before any retry)
+    timeout_s: float | None  # this call's bound (default: the client's `timeout_s`)
 
 
 class ClientBase:
@@ -66,9 +73,9 @@ class ClientBase:
         return calls.check_batch(self.fail_policy, checks)
 
     def reserve_call(
-        self, tenant: str, feature: str, quantity: int, transaction_id: str | None
+        self, tenant: str, feature: str, quantity: int, options: ReserveOptions
     ) -> Call[Reservation]:
-        return calls.reserve(self.fail_policy, tenant, feature, quantity, transaction_id)
+        return calls.reserve(self.fail_policy, tenant, feature, quantity, options.get("transaction_id"))
 
     @staticmethod
     def entitlements_call(tenant: str) -> Call[Entitlements]:

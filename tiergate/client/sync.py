@@ -6,11 +6,11 @@ import http.client
 import queue
 import socket
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 from urllib.parse import SplitResult, urlsplit
 
 from tiergate.client import calls
-from tiergate.client.base import Attempts, ClientBase, settle
+from tiergate.client.base import Attempts, ClientBase, ReserveOptions, settle
 from tiergate.client.calls import Call, Entitlements, Reservation, UsageReceipt
 from tiergate.errors import SidecarUnreachableError
 from tiergate.models import Decision
@@ -72,16 +72,10 @@ class TiergateClient(ClientBase):
         return self.run(self.check_batch_call(checks), timeout_s)
 
     def reserve(
-        self,
-        tenant: str,
-        feature: str,
-        quantity: int = 1,
-        *,
-        transaction_id: str | None = None,
-        timeout_s: float | None = None,
+        self, tenant: str, feature: str, quantity: int = 1, **options: Unpack[ReserveOptions]
     ) -> Reservation:
         """Check and, when allowed, record `quantity` of a metered feature in one step."""
-        return self.run(self.reserve_call(tenant, feature, quantity, transaction_id), timeout_s)
+        return self.run(self.reserve_call(tenant, feature, quantity, options), options.get("timeout_s"))
 
     def entitlements(self, tenant: str, *, timeout_s: float | None = None) -> Entitlements:
         return self.run(self.entitlements_call(tenant), timeout_s)
