@@ -220,7 +220,9 @@ def test_resend_names_a_bad_mirror_setting(elsewhere: Path, monkeypatch: pytest.
     monkeypatch.setenv("TIERGATE_MIRROR_URL", "mysql://nope")
     result = resend()
     assert result.exit_code == 2
-    assert "invalid setting TIERGATE_MIRROR_URL='mysql://nope': must start with postgresql://" in result.output
+    assert (
+        "invalid setting TIERGATE_MIRROR_URL='mysql://nope': must start with postgresql://" in result.output
+    )
 
 
 # -- overrides --actor ---------------------------------------------------------------------
