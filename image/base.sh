@@ -28,6 +28,16 @@ if podman image exists "$name"; then
   exit 0
 fi
 
+# Another architecture runs under qemu-user-static: register it with binfmt_misc if it is not yet.
+if [ "$ARCH" != "$(dpkg --print-architecture)" ] && ! arch-test "$ARCH" >/dev/null 2>&1; then
+  [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  update-binfmts --enable >/dev/null 2>&1 || true
+  arch-test "$ARCH" >&2 || {
+    echo "image/base.sh: this machine cannot run $ARCH programs (qemu-user-static, binfmt_misc)" >&2
+    exit 1
+  }
+fi
+
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # Downloaded packages are kept between bases: a changed input downloads only what changed.
