@@ -36,6 +36,8 @@ RUN python3 -m venv /opt/tiergate
 ENV PATH=/opt/tiergate/bin:$PATH
 
 # The engine first, in pip's hash-checking mode, exactly as the Makefile installs it.
+# LOCK: once requirements/runtime.txt (every runtime dependency, hashed) exists, install it here
+# instead of engine.txt, and the project below with `pip install --no-deps .`.
 COPY requirements/engine.txt requirements/engine.txt
 RUN --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
