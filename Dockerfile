@@ -1,49 +1,63 @@
 # syntax=docker/dockerfile:1
 # One image for both roles: `tiergate sidecar` (the default CMD) and `tiergate sync-daemon`.
 #
-#   docker build -t tiergate:0.4.0 .
+#   make image                  # podman/buildah (no registry needed) or Docker; docs/kubernetes.md
+#   docker build --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt -t tiergate:0.4.0 .
 #   docker run --read-only -v tiergate-state:/var/lib/tiergate tiergate:0.4.0            # sidecar
 #   docker run --read-only -v tiergate-state:/var/lib/tiergate -e TIERGATE_DAEMON_HOST=0.0.0.0 \
 #       -e TIERGATE_STRIPE_API_KEY=... -e TIERGATE_STRIPE_WEBHOOK_SECRET=... -e TIERGATE_FEED_TOKEN=... \
 #       -p 9190:9190 tiergate:0.4.0 sync-daemon
 #
-# The embedded Rego engine (gordon-to-regorus) publishes an x86_64 manylinux_2_34 wheel only, so
-# the image is linux/amd64 (Debian bookworm's glibc 2.36 satisfies manylinux_2_34).
+# It builds for the builder's platform (linux/amd64, linux/arm64). PYTHON_IMAGE is any Debian
+# bookworm with python3.11 and python3-venv: the public python image, or the local base that
+# `make image` makes with mmdebstrap where no registry is reachable.
+#
+# The optional build secret `ca` is a CA bundle pip trusts (a TLS-inspecting proxy): it is mounted
+# for the RUN steps that download and never lands in a layer.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# -- build: a virtualenv with the pinned engine and the project (no dev extras) ---------------
-# hadolint ignore=DL3029
-FROM --platform=linux/amd64 ${PYTHON_IMAGE} AS build
+# -- build: a virtualenv with the pinned engine and the project (no dev extras), and its SBOM ----
+FROM ${PYTHON_IMAGE} AS build
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
 
-RUN python -m venv /opt/tiergate
+WORKDIR /src
+# The SBOM tool in a virtualenv of its own: it describes the image's environment, it is not in it.
+COPY requirements/sbom.txt requirements/sbom.txt
+RUN --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && python3 -m venv /opt/sbom-tool \
+    && /opt/sbom-tool/bin/pip install --require-hashes --no-deps -r requirements/sbom.txt
+
+RUN python3 -m venv /opt/tiergate
 ENV PATH=/opt/tiergate/bin:$PATH
 
-WORKDIR /src
 # The engine first, in pip's hash-checking mode, exactly as the Makefile installs it.
+# LOCK: once requirements/runtime.txt (every runtime dependency, hashed) exists, install it here
+# instead of engine.txt, and the project below with `pip install --no-deps .`.
 COPY requirements/engine.txt requirements/engine.txt
-RUN pip install --require-hashes --no-deps -r requirements/engine.txt
+RUN --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && pip install --require-hashes --no-deps -r requirements/engine.txt
 
 COPY pyproject.toml README.md ./
 COPY tiergate/ tiergate/
 # A regular (not editable) install; pip byte-compiles here, so the read-only runtime never
-# needs to write a .pyc.
-RUN pip install . \
-    && tiergate --version
+# needs to write a .pyc. Then the CycloneDX SBOM of the environment, kept inside it.
+RUN --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && pip install . \
+    && tiergate --version \
+    && /opt/sbom-tool/bin/cyclonedx-py environment --pyproject pyproject.toml --mc-type application \
+       --output-format JSON --output-file /opt/tiergate/sbom.cdx.json /opt/tiergate/bin/python
 
 # -- runtime -------------------------------------------------------------------------------
-# hadolint ignore=DL3029
-FROM --platform=linux/amd64 ${PYTHON_IMAGE}
+FROM ${PYTHON_IMAGE}
 
 ARG TIERGATE_UID=10001
-LABEL org.opencontainers.image.title="tiergate" \
-      org.opencontainers.image.description="Stripe billing turned into fast, local allow/deny answers: sync daemon and sidecar" \
-      org.opencontainers.image.version="0.4.0" \
-      org.opencontainers.image.licenses="Apache-2.0"
 
 # A fixed, non-root UID/GID (Kubernetes runAsNonRoot needs a numeric user to verify).
 RUN groupadd --system --gid "${TIERGATE_UID}" tiergate \
@@ -71,8 +85,10 @@ VOLUME ["/var/lib/tiergate"]
 WORKDIR /var/lib/tiergate
 USER ${TIERGATE_UID}:${TIERGATE_UID}
 
-# 9190: sync daemon; 9191: sidecar (binds 127.0.0.1 by default: reachable from its own pod only).
-EXPOSE 9190 9191
+# Every port a process opens by default: 9190 sync daemon; sidecar 9191 (HTTP API, 127.0.0.1 by
+# default), 9192 authz-only listener, 9193 gRPC ext_authz, 9194 diagnostics (each only when its
+# TIERGATE_*_HOST is set). The check listener has no default port (TIERGATE_CHECK_PORT).
+EXPOSE 9190 9191 9192 9193 9194
 
 # Works for both roles: PID 1's command line tells which one runs, and the role's port variable
 # (or its default) where its /healthz is. Any error or non-2xx answer exits non-zero.
@@ -81,3 +97,15 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
 
 ENTRYPOINT ["tiergate"]
 CMD ["sidecar"]
+
+# Last, so that a new revision changes one metadata layer. `make image` sets them: VERSION from
+# pyproject.toml, REVISION from `git rev-parse HEAD`, SOURCE from the repository's remote.
+ARG VERSION=0.4.0
+ARG REVISION=unknown
+ARG SOURCE=unknown
+LABEL org.opencontainers.image.title="tiergate" \
+      org.opencontainers.image.description="Stripe billing turned into fast, local allow/deny answers: sync daemon and sidecar" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.licenses="Apache-2.0"

@@ -5,7 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip --disable-pip-version-check --quiet
 
-.PHONY: venv nginx test check lint typecheck rego typescript pytest demo fmt bench chart-sync clean
+# The container image: `make image` (see docs/kubernetes.md); ARCH=arm64 for the other platform.
+ARCH ?=
+IMAGE ?=
+
+.PHONY: venv nginx image image-tools image-for-tests test check lint typecheck rego typescript pytest demo fmt bench chart-sync clean
 
 venv: $(STAMP)
 
@@ -45,7 +49,7 @@ $(TS)/node_modules/.installed: $(TS)/package-lock.json
 	$(NPM) ci
 	touch $@
 
-pytest: venv typescript nginx
+pytest: venv typescript nginx image-for-tests
 	$(BIN)/pytest -q
 
 # Debian's nginx for tests/integration/ingress (the shipped deploy/nginx configs run in front of a real
@@ -57,6 +61,29 @@ nginx:
 	else SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nginx \
 	  || echo "nginx: apt-get install nginx failed; the ingress tests will skip"; fi
+
+# The image, built without a registry when none answers (image/build.sh, docs/kubernetes.md):
+# dist/tiergate-image.tar (`docker load`), dist/tiergate-image.cdx.json (its SBOM) and
+# dist/tiergate-image.id. The build tools come from Debian's packages, installed when missing.
+image: image-tools
+	ARCH=$(ARCH) IMAGE=$(IMAGE) image/build.sh
+
+IMAGE_TOOLS := buildah podman mmdebstrap runc skopeo uidmap fuse-overlayfs
+IMAGE_TOOLS_ARM64 := qemu-user-static binfmt-support arch-test
+image-tools:
+	@missing=$$(for p in $(IMAGE_TOOLS) $(if $(filter arm64,$(ARCH)),$(IMAGE_TOOLS_ARM64)); do \
+	  dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null | grep -qx installed || echo $$p; done); \
+	if [ -z "$$missing" ]; then :; \
+	elif ! command -v apt-get >/dev/null; then \
+	  if command -v docker >/dev/null; then :; else echo "image: no apt-get; install $$missing (or Docker)"; exit 1; fi; \
+	else SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; fi
+
+# `make test` builds the image and tests/integration/image runs it; where the tools cannot be
+# installed (no apt-get and no podman) the image tests skip and say so.
+image-for-tests:
+	@if command -v podman >/dev/null || command -v apt-get >/dev/null; then $(MAKE) --no-print-directory image; \
+	else echo "image: no podman and no apt-get here; the image tests will skip"; fi
 
 demo: venv
 	$(BIN)/python -m demo

@@ -10,13 +10,17 @@ import re
 import subprocess
 import sys
 import threading
+import tomllib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from tests.integration.chart.tools import ROOT, hadolint
+from tiergate.sidecar.settings import SidecarSettings
+from tiergate.sync_daemon.settings import DaemonSettings
 
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -67,6 +71,39 @@ def test_one_image_for_both_roles_non_root_with_state_on_a_volume() -> None:
     assert variables["TIERGATE_PLANS"] == "/etc/tiergate/plans/plans.yaml"
     assert variables["TIERGATE_POLICIES"] == "/etc/tiergate/policies"
     assert "--require-hashes" in " ".join(arguments("RUN"))
+
+
+def default_ports(settings: type[BaseModel]) -> set[int]:
+    """Every `*_port` setting's default, where it has one."""
+    return {
+        field.default
+        for name, field in settings.model_fields.items()
+        if name.endswith("_port") and isinstance(field.default, int)
+    }
+
+
+def test_every_default_port_is_exposed() -> None:
+    exposed = {int(port) for rest in arguments("EXPOSE") for port in rest.split()}
+    wanted = default_ports(SidecarSettings) | default_ports(DaemonSettings)
+    assert {9190, 9191} <= wanted
+    assert exposed == wanted
+
+
+def test_builds_for_the_builders_platform_labelled_with_the_projects_version() -> None:
+    assert not any("--platform" in rest for rest in arguments("FROM"))
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert f"VERSION={version}" in arguments("ARG")
+    labels = " ".join(arguments("LABEL"))
+    for key in ("version", "revision", "source"):
+        assert f"org.opencontainers.image.{key}=" in labels
+
+
+def test_pip_trusts_a_mounted_ca_bundle_never_a_copied_one() -> None:
+    downloads = [rest for rest in arguments("RUN") if "pip install" in rest]
+    assert downloads
+    for rest in downloads:
+        assert rest.startswith("--mount=type=secret,id=ca ") and "PIP_CERT=/run/secrets/ca" in rest, rest
+    assert not any("ca-certificates.crt" in rest or "/run/secrets" in rest for rest in arguments("COPY"))
 
 
 def test_build_context_holds_what_the_dockerfile_copies() -> None:
