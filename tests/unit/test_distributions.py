@@ -7,6 +7,8 @@ import ast
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from tests.lockfile import ROOT, client_files
 
 PACKAGE = ROOT / "tiergate"
@@ -72,3 +74,9 @@ def test_the_client_imports_nothing_of_the_processes() -> None:
 def test_the_server_wheel_excludes_exactly_the_clients_files() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert tuple(config["tool"]["hatch"]["build"]["targets"]["wheel"]["exclude"]) == client_files()
+
+
+@pytest.mark.parametrize("client", ["python", "typescript"])
+def test_the_clients_ship_the_projects_license(client: str) -> None:
+    """clients/*/LICENSE are copies (a package cannot hold a link out of its own folder)."""
+    assert (ROOT / "clients" / client / "LICENSE").read_bytes() == (ROOT / "LICENSE").read_bytes()
