@@ -23,6 +23,8 @@ class ClientFilesHook(BuildHookInterface):  # type: ignore[type-arg]  # hatchlin
 
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         repository = Path(self.root).parents[1]
+        if version == "editable":
+            return  # an editable install puts the repository root on sys.path instead (dev-mode-dirs)
         if (Path(self.root) / "tiergate").is_dir():
             return  # building from the sdist, which holds the files itself
         for name in CLIENT_FILES:
