@@ -35,21 +35,21 @@ RUN --mount=type=secret,id=ca \
 RUN python3 -m venv /opt/tiergate
 ENV PATH=/opt/tiergate/bin:$PATH
 
-# The engine first, in pip's hash-checking mode, exactly as the Makefile installs it.
-# LOCK: once requirements/runtime.txt (every runtime dependency, hashed) exists, install it here
-# instead of engine.txt, and the project below with `pip install --no-deps .`.
-COPY requirements/engine.txt requirements/engine.txt
+# Every runtime dependency from the lock, hashes required (docs/adr/0025), then this repository's
+# two projects without dependencies: tiergate-client (the clients and the core models) and tiergate.
+COPY requirements/runtime.txt requirements/runtime.txt
 RUN --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
-    && pip install --require-hashes --no-deps -r requirements/engine.txt
+    && pip install --require-hashes --no-deps -r requirements/runtime.txt
 
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
+COPY clients/python/ clients/python/
 COPY tiergate/ tiergate/
 # A regular (not editable) install; pip byte-compiles here, so the read-only runtime never
 # needs to write a .pyc. Then the CycloneDX SBOM of the environment, kept inside it.
 RUN --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
-    && pip install . \
+    && pip install --no-deps ./clients/python . \
     && tiergate --version \
     && /opt/sbom-tool/bin/cyclonedx-py environment --pyproject pyproject.toml --mc-type application \
        --output-format JSON --output-file /opt/tiergate/sbom.cdx.json /opt/tiergate/bin/python

@@ -9,16 +9,49 @@ PIP := $(BIN)/pip --disable-pip-version-check --quiet
 ARCH ?=
 IMAGE ?=
 
-.PHONY: venv nginx image image-tools image-for-tests test check lint typecheck rego typescript pytest demo fmt bench chart-sync clean
+.PHONY: venv lock audit dist nginx image image-tools image-for-tests test check lint typecheck rego typescript pytest demo fmt bench chart-sync clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml requirements/engine.txt requirements/opa-reference.txt
+# Every third-party package from the lock, hashes required (docs/adr/0025); then this repository's
+# two projects, editable, without dependencies: the lock already holds them all.
+$(STAMP): pyproject.toml clients/python/pyproject.toml requirements/dev.txt requirements/opa-reference.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --require-hashes --no-deps -r requirements/engine.txt
+	$(PIP) install --require-hashes -r requirements/dev.txt
 	$(PIP) install --require-hashes --no-deps --ignore-requires-python -r requirements/opa-reference.txt
-	$(PIP) install -e '.[dev]'
+	$(PIP) install --no-deps --no-build-isolation -e clients/python -e .
 	touch $(STAMP)
+
+# Refresh the lock after a change to a dependency in pyproject.toml or clients/python/pyproject.toml
+# (upgrade everything: make lock UPGRADE=--upgrade). One universal resolution for Python 3.11 on
+# every platform, each pin with the hashes of all its published files.
+UPGRADE ?=
+COMPILE = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--no-emit-package tiergate-client --custom-compile-command "make lock" $(UPGRADE)
+lock:
+	test -x $(BIN)/uv || { test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); $(PIP) install 'uv~=0.13.10'; }
+	$(COMPILE) pyproject.toml requirements/runtime.in -o requirements/runtime.txt
+	$(COMPILE) pyproject.toml --extra dev requirements/dev.in -o requirements/dev.txt
+	$(COMPILE) requirements/client.in -o requirements/client.txt
+	$(COMPILE) requirements/client-gates.in -o requirements/client-gates.txt
+
+# Known vulnerabilities in the locked sets (pip-audit). It needs advisory data from the network
+# (PyPI's per-release JSON API or OSV); where neither answers it stops and says so.
+AUDIT_SERVICE ?= pypi
+AUDITED := requirements/runtime.txt requirements/dev.txt requirements/client-gates.txt
+audit: venv
+	@for lock in $(AUDITED); do echo "pip-audit $$lock"; \
+	  $(BIN)/pip-audit --strict --disable-pip --require-hashes --progress-spinner off --vulnerability-service $(AUDIT_SERVICE) -r $$lock || { \
+	  echo "make audit: $$lock has known vulnerabilities or could not be checked (above). pip-audit needs"; \
+	  echo "advisory data from the network: PyPI's per-release JSON API, or OSV (AUDIT_SERVICE=osv); it has"; \
+	  echo "no offline database. Where neither answers, every package shows as 'could not be audited'."; \
+	  exit 1; }; done
+
+# The two wheels and sdists: tiergate (the servers) and tiergate-client (clients and gates alone).
+dist: venv
+	rm -f dist/*.whl dist/*.tar.gz
+	$(BIN)/python -m build --no-isolation --outdir dist clients/python
+	$(BIN)/python -m build --no-isolation --outdir dist .
 
 test: check
 
@@ -102,4 +135,4 @@ chart-sync:
 	find policies -maxdepth 1 -name '*.rego' ! -name '*_test.rego' -exec cp {} charts/tiergate/files/policies/ \;
 
 clean:
-	rm -rf $(VENV) .state .mypy_cache .ruff_cache .pytest_cache $(TS)/node_modules $(TS)/dist
+	rm -rf dist $(VENV) .state .mypy_cache .ruff_cache .pytest_cache $(TS)/node_modules $(TS)/dist
