@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip --disable-pip-version-check --quiet
 
-.PHONY: venv nginx test check lint typecheck rego typescript pytest demo fmt bench chart-sync clean
+.PHONY: venv nginx promtool test check lint typecheck rego typescript pytest demo fmt bench chart-sync clean
 
 venv: $(STAMP)
 
@@ -45,7 +45,7 @@ $(TS)/node_modules/.installed: $(TS)/package-lock.json
 	$(NPM) ci
 	touch $@
 
-pytest: venv typescript nginx
+pytest: venv typescript nginx promtool
 	$(BIN)/pytest -q
 
 # Debian's nginx for tests/integration/ingress (the shipped deploy/nginx configs run in front of a real
@@ -57,6 +57,16 @@ nginx:
 	else SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nginx \
 	  || echo "nginx: apt-get install nginx failed; the ingress tests will skip"; fi
+
+# Debian's prometheus package for promtool: tests/integration/chart checks the chart's PrometheusRule
+# with `promtool check rules` and runs its unit tests (`promtool test rules`). Installed when missing
+# and apt-get is usable; else those tests skip and say so. The tests use only the promtool binary.
+promtool:
+	@if command -v promtool >/dev/null; then :; \
+	elif ! command -v apt-get >/dev/null; then echo "promtool: no apt-get here; install prometheus to run the alert tests"; \
+	else SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus \
+	  || echo "promtool: apt-get install prometheus failed; the alert tests will skip"; fi
 
 demo: venv
 	$(BIN)/python -m demo
