@@ -29,7 +29,7 @@ OBSERVABILITY = {
     "authzGateway": {"enabled": True, "podMonitor": {"enabled": True}},
     "networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabels": {"team": "observability"}}}]},
 }
-EXTRAS = {
+EXTRAS: dict[str, list[dict[str, Any]]] = {
     "volumes": [{"name": "ca", "configMap": {"name": "corp-ca"}}],
     "mounts": [{"name": "ca", "mountPath": "/etc/ssl/corp", "readOnly": True}],
     "containers": [{"name": "log-shipper", "image": "fluent/fluent-bit:3.1", "args": ["-c", "/etc/fb.conf"]}],
