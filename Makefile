@@ -9,7 +9,7 @@ PIP := $(BIN)/pip --disable-pip-version-check --quiet
 ARCH ?=
 IMAGE ?=
 
-.PHONY: venv lock audit dist nginx image image-tools image-for-tests test check lint typecheck rego typescript pytest demo fmt bench chart-sync clean
+.PHONY: venv lock audit dist nginx promtool image image-tools image-for-tests test check lint typecheck rego typescript pytest demo fmt bench chart-sync clean
 
 venv: $(STAMP)
 
@@ -82,7 +82,7 @@ $(TS)/node_modules/.installed: $(TS)/package-lock.json
 	$(NPM) ci
 	touch $@
 
-pytest: venv typescript nginx image-for-tests
+pytest: venv typescript nginx promtool image-for-tests
 	$(BIN)/pytest -q
 
 # Debian's nginx for tests/integration/ingress (the shipped deploy/nginx configs run in front of a real
@@ -117,6 +117,16 @@ image-tools:
 image-for-tests:
 	@if command -v podman >/dev/null || command -v apt-get >/dev/null; then $(MAKE) --no-print-directory image; \
 	else echo "image: no podman and no apt-get here; the image tests will skip"; fi
+
+# Debian's prometheus package for promtool: tests/integration/chart checks the chart's PrometheusRule
+# with `promtool check rules` and runs its unit tests (`promtool test rules`). Installed when missing
+# and apt-get is usable; else those tests skip and say so. The tests use only the promtool binary.
+promtool:
+	@if command -v promtool >/dev/null; then :; \
+	elif ! command -v apt-get >/dev/null; then echo "promtool: no apt-get here; install prometheus to run the alert tests"; \
+	else SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus \
+	  || echo "promtool: apt-get install prometheus failed; the alert tests will skip"; fi
 
 demo: venv
 	$(BIN)/python -m demo

@@ -30,8 +30,19 @@ from tiergate.sidecar.replica import damage
 from tiergate.sidecar.replica.follower import LONG_POLL_S, Follower
 from tiergate.sidecar.replica.store import ReplicaReader
 from tiergate.sidecar.settings import SidecarSettings
-from tiergate.sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, ROUTES, SETTINGS, Policies
+from tiergate.sidecar.state import (
+    DECISIONS,
+    FOLLOWER,
+    METRICS,
+    POLICIES,
+    READER,
+    ROUTES,
+    SETTINGS,
+    TRACING,
+    Policies,
+)
 from tiergate.sidecar.usage.ledger import UsageLedger
+from tiergate.tracing import tracing_for
 
 log = structlog.get_logger("tiergate.sidecar")
 
@@ -44,6 +55,10 @@ def create_app(settings: SidecarSettings, *, engine: PolicyEngine | None = None)
     # No middlewares: each route guards itself (tiergate/sidecar/api/guard.py), the hot check inline.
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
+    tracing = tracing_for("tiergate-sidecar", settings.otel_exporter_otlp_endpoint, os.environ)
+    if tracing is not None:  # else nothing of OpenTelemetry is imported or called
+        app[TRACING] = tracing
+        app.cleanup_ctx.append(_tracing_ctx)
     app.cleanup_ctx.append(_replica_ctx)
     if settings.daemon_url is not None:
         app.cleanup_ctx.append(_follower_ctx)
@@ -69,6 +84,12 @@ async def _freeze_startup_objects(app: web.Application) -> None:
     scan only what requests create, which keeps their pauses out of the latency tail."""
     gc.collect()
     gc.freeze()
+
+
+async def _tracing_ctx(app: web.Application) -> AsyncIterator[None]:
+    log.info("tracing_on", traces_url=app[TRACING].traces_url)
+    yield
+    await asyncio.to_thread(app[TRACING].shutdown)  # exports the last spans
 
 
 async def _replica_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -67,6 +67,9 @@ class SidecarSettings(BaseSettings):
     max_batch: Annotated[int, Field(ge=1, le=10_000)] = 1000
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = True
+    # OpenTelemetry (the tiergate[otel] extra): spans over OTLP/HTTP to this base URL (/v1/traces is
+    # appended); unset: OTEL_EXPORTER_OTLP_ENDPOINT, else no tracing at all.
+    otel_exporter_otlp_endpoint: AnyHttpUrl | None = None
     # Following a sync daemon: unset means static mode (a replica from import, usage not delivered).
     daemon_url: AnyHttpUrl | None = None
     feed_token: SecretStr | None = None

@@ -13,6 +13,7 @@ from tiergate.sidecar.policy.reload import PolicyReloader
 from tiergate.sidecar.replica.follower import Follower
 from tiergate.sidecar.replica.store import ReplicaReader
 from tiergate.sidecar.settings import SidecarSettings
+from tiergate.tracing import Tracing
 
 
 class Policies:
@@ -43,3 +44,4 @@ DECISIONS = web.AppKey("decisions", DecisionService)
 ROUTES = web.AppKey("routes", RouteResolver)
 METRICS = web.AppKey("metrics", SidecarMetrics)
 FOLLOWER = web.AppKey("follower", Follower)
+TRACING = web.AppKey("tracing", Tracing)  # only while an OTLP endpoint is configured

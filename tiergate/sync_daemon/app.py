@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -49,7 +50,9 @@ from tiergate.sync_daemon.stripe_sync.source import BillingSource
 from tiergate.sync_daemon.stripe_sync.stripe_source import StripeBilling
 from tiergate.sync_daemon.stripe_sync.translate import Translator
 from tiergate.sync_daemon.stripe_sync.webhook import receive_stripe_event
+from tiergate.sync_daemon.traces import TRACING, tracing_ctx, tracing_middleware
 from tiergate.sync_daemon.usage import add_usage_routes
+from tiergate.tracing import tracing_for
 from tiergate.web import error_middleware
 
 log = structlog.get_logger("tiergate.daemon")
@@ -110,8 +113,15 @@ def create_app(
     """`billing`, `actions` and `sink_http` (the Stripe meter sink's HTTP client) override the
     Stripe adapters built from the settings (tests pass their own)."""
     catalog = load_catalog(settings.plans)  # a bad catalog fails here, before the server binds
-    app = web.Application(middlewares=[error_middleware("daemon")], client_max_size=settings.max_body_bytes)
+    tracing = tracing_for("tiergate-sync-daemon", settings.otel_exporter_otlp_endpoint, os.environ)
+    middlewares = [error_middleware("daemon")]
+    if tracing is not None:  # else nothing of OpenTelemetry is imported or called
+        middlewares.insert(0, tracing_middleware(tracing))  # outermost: the span sees the error's status
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
+    if tracing is not None:
+        app[TRACING] = tracing
+        app.cleanup_ctx.append(tracing_ctx)
     app[CATALOG] = catalog
     app.cleanup_ctx.append(_services_ctx(billing))
     app.cleanup_ctx.append(_scheduler_ctx)

@@ -87,6 +87,9 @@ class DaemonSettings(MirrorSettings):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = True
+    # OpenTelemetry (the tiergate[otel] extra): spans over OTLP/HTTP to this base URL (/v1/traces is
+    # appended); unset: OTEL_EXPORTER_OTLP_ENDPOINT, else no tracing at all.
+    otel_exporter_otlp_endpoint: AnyHttpUrl | None = None
     # Usage sinks (off unless configured): each forwards the stored events with its own cursor.
     lago_api_url: AnyHttpUrl | None = None
     lago_api_key: SecretStr | None = None

@@ -46,6 +46,27 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: authz-gateway
 {{- end -}}
 
+{{- define "tiergate.serviceAccountName" -}}
+{{- if .v.serviceAccount.create -}}
+{{- default (include "tiergate.fullname" .) .v.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .v.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The NetworkPolicy peers that may scrape /metrics, as a YAML list (empty: none): the monitoring
+stack's namespace and pods while a ServiceMonitor/PodMonitor is rendered ("monitored"), and
+networkPolicy.metricsFrom always. Called with (dict "v" <values> "monitored" <bool>). */}}
+{{- define "tiergate.metricsPeers" -}}
+{{- $np := .v.networkPolicy -}}
+{{- $peers := list -}}
+{{- if .monitored -}}
+{{- $peers = append $peers (dict "namespaceSelector" $np.monitoring.namespaceSelector "podSelector" $np.monitoring.podSelector) -}}
+{{- end -}}
+{{- $peers = concat $peers ($np.metricsFrom | default list) -}}
+{{- toYaml $peers -}}
+{{- end -}}
+
 {{- define "tiergate.image" -}}
 {{- printf "%s:%s" .v.image.repository (required "tiergate: set image.tag" .v.image.tag | toString) -}}
 {{- end -}}
@@ -165,7 +186,9 @@ ephemeral), else "full" (the binary's default), also for a volume you add yourse
 {{- end -}}
 
 {{/*
-The sidecar container, as one list item for your pod spec's `containers:`.
+The sidecar container as one list item. Prefer tiergate.initContainers and tiergate.containers,
+which put it where sidecar.native says; with sidecar.native it carries `restartPolicy: Always`
+and a startup probe, and belongs in `initContainers:`.
   containers:
     - name: app
       ...
@@ -247,10 +270,25 @@ The sidecar container, as one list item for your pod spec's `containers:`.
     - name: tiergate-policies
       mountPath: /etc/tiergate/policies
       readOnly: true
+    {{- with $s.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- $ports := list -}}
   {{- if $s.diagnosticsPort }}
+  {{- $ports = append $ports (dict "name" "tg-diagnostics" "containerPort" (int $s.diagnosticsPort)) -}}
+  {{- end }}
+  {{- if hasKey . "tiergateExtraPorts" }}{{ $ports = concat $ports .tiergateExtraPorts }}{{ end }}
+  {{- with $ports }}
   ports:
-    - name: tg-diagnostics
-      containerPort: {{ $s.diagnosticsPort }}
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- if $s.native }}
+  # a native sidecar (an init container that keeps running): the app's containers start once
+  # this startup probe passes, so the app never calls a sidecar without a replica
+  restartPolicy: Always
+  startupProbe:
+    {{- include "tiergate.sidecarProbe" (dict "s" $s "path" "/readyz" "timeout" $s.startupProbe.timeoutSeconds) | nindent 4 }}
+    {{- toYaml $s.startupProbe | nindent 4 }}
   {{- end }}
   livenessProbe:
     {{- include "tiergate.sidecarProbe" (dict "s" $s "path" "/healthz" "timeout" $s.livenessProbe.timeoutSeconds) | nindent 4 }}
@@ -343,4 +381,41 @@ tiergate sidecar starts, so the first policy push finds it up.
   securityContext:
     {{- toYaml $o.securityContext | nindent 4 }}
 {{- end -}}
+{{- end -}}
+
+
+{{/*
+Everything tiergate puts in your pod's `initContainers:`: the OPA server (engine: opa, as a native
+sidecar) and, with sidecar.native, the tiergate sidecar itself (Kubernetes >= 1.29): the kubelet
+starts your app's containers only once its startup probe (/readyz) passes. Empty otherwise.
+  {{- with include "tiergate.initContainers" . }}
+  initContainers:
+    {{- . | nindent 8 }}
+  {{- end }}
+*/}}
+{{- define "tiergate.initContainers" -}}
+{{- $v := .Values -}}
+{{- if and (ne .Chart.Name "tiergate") (hasKey .Values "tiergate") }}{{ $v = .Values.tiergate }}{{ end -}}
+{{- $items := list -}}
+{{- with include "tiergate.opa" . }}{{ if $v.opa.nativeSidecar }}{{ $items = append $items . }}{{ end }}{{ end -}}
+{{- if $v.sidecar.native }}{{ $items = append $items (include "tiergate.sidecar" .) }}{{ end -}}
+{{- join "\n" $items -}}
+{{- end -}}
+
+{{/*
+Everything tiergate puts in your pod's `containers:` after your app: the tiergate sidecar unless
+sidecar.native (then it is in tiergate.initContainers), and the OPA server when engine: opa with
+opa.nativeSidecar false.
+  containers:
+    - name: app
+      ...
+    {{- include "tiergate.containers" . | nindent 8 }}
+*/}}
+{{- define "tiergate.containers" -}}
+{{- $v := .Values -}}
+{{- if and (ne .Chart.Name "tiergate") (hasKey .Values "tiergate") }}{{ $v = .Values.tiergate }}{{ end -}}
+{{- $items := list -}}
+{{- if not $v.sidecar.native }}{{ $items = append $items (include "tiergate.sidecar" .) }}{{ end -}}
+{{- with include "tiergate.opa" . }}{{ if not $v.opa.nativeSidecar }}{{ $items = append $items . }}{{ end }}{{ end -}}
+{{- join "\n" $items -}}
 {{- end -}}

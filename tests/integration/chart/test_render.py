@@ -39,14 +39,13 @@ RESTRICTED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
 
 
 def validate_objects(docs: list[dict[str, Any]]) -> None:
-    """Each object against the Kubernetes JSON schemas (strict: no unknown fields); the
-    ServiceMonitor (a CRD kubernetes-validate has no schema for) by its required shape."""
+    """Each object against the Kubernetes JSON schemas (strict: no unknown fields); the Prometheus
+    Operator's objects (CRDs kubernetes-validate has no schema for) by their required shape."""
     kv = need("kubernetes_validate")
     for doc in docs:
         name = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
         if doc["apiVersion"] == "monitoring.coreos.com/v1":
-            assert doc["kind"] == "ServiceMonitor" and doc["spec"]["selector"]["matchLabels"], name
-            assert doc["spec"]["endpoints"], name
+            check_monitoring_object(doc, name)
             continue
         try:
             kv.validate(doc, KUBE_VERSION, strict=True)
@@ -54,6 +53,25 @@ def validate_objects(docs: list[dict[str, Any]]) -> None:
             pytest.fail(
                 f"{name} is not a valid Kubernetes {KUBE_VERSION} object: {exc.message} at {list(exc.path)}"
             )
+
+
+def check_monitoring_object(doc: dict[str, Any], name: str) -> None:
+    """The fields the Prometheus Operator requires of a ServiceMonitor, PodMonitor or PrometheusRule."""
+    spec = doc["spec"]
+    if doc["kind"] == "ServiceMonitor":
+        assert spec["selector"]["matchLabels"] and spec["endpoints"], name
+        assert all(e["port"] and e["path"] for e in spec["endpoints"]), name
+    elif doc["kind"] == "PodMonitor":
+        assert spec["selector"]["matchLabels"] and spec["podMetricsEndpoints"], name
+        assert all(e["port"] and e["path"] for e in spec["podMetricsEndpoints"]), name
+    elif doc["kind"] == "PrometheusRule":
+        assert spec["groups"], name
+        for group in spec["groups"]:
+            assert group["name"] and group["rules"], name
+            for rule in group["rules"]:
+                assert isinstance(rule["expr"], str) and ("alert" in rule) != ("record" in rule), name
+    else:
+        pytest.fail(f"{name}: a monitoring.coreos.com object this chart does not make")
 
 
 def daemon_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -80,6 +98,7 @@ def test_defaults_render_valid_objects_with_one_daemon_on_a_pvc() -> None:
             "PodDisruptionBudget",  # minAvailable 0: never blocks a drain (ADR 18)
             "Secret",
             "Service",
+            "ServiceAccount",  # no token mounted: neither process calls the Kubernetes API
         ]
     )
     deployment = one(docs, "Deployment")

@@ -111,6 +111,14 @@ def test_default_values_match_the_schema() -> None:
         ({"catalog": {"policies": {"plans.yaml": "x"}}}, "plans.yaml"),
         ({"sidecar": {"daemonUrl": "tiergate:9190"}}, "tiergate:9190"),
         ({"tiergat": {}}, "tiergat"),
+        ({"networkPolicy": {"sidecarNamespaceSelector": "all"}}, "all"),
+        ({"prometheusRule": {"thresholds": {"replicaAgeSeconds": -5}}}, "-5"),
+        ({"prometheusRule": {"thresholds": {"replicaAge": 60}}}, "replicaAge"),
+        ({"authzGateway": {"podMonitor": {"enable": True}}}, "enable"),
+        ({"authzGateway": {"topologySpreadConstraints": [{"maxSkew": 1}]}}, "topologyKey"),
+        ({"sidecar": {"native": "yes"}}, "yes"),
+        ({"serviceAccount": {"annotations": {"a": 1}}}, "1"),
+        ({"daemon": {"extraVolumes": {"name": "x"}}}, "array"),
     ],
 )
 def test_schema_refuses_mistakes(override: dict[str, Any], needle: str) -> None:

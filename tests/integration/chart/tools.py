@@ -24,7 +24,9 @@ import yaml
 
 ROOT = Path(__file__).parents[3]
 CHART = ROOT / "charts" / "tiergate"
-KUBE_VERSION = "1.33"  # the Kubernetes API version objects are validated against
+KUBE_VERSION = (
+    "1.37"  # the Kubernetes API version objects are validated against (the newest kubernetes-validate ships)
+)
 
 INSTALL = {
     "helm_python": "helm-python-sdk==0.2.2",
@@ -69,13 +71,48 @@ def render(
         return rendered
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping names one key twice: PyYAML would keep the last, Flux and kustomize refuse it."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that a mapping with a key given twice is an error."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise DuplicateKeyError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, StrictLoader.construct_mapping)
+
+
+def load_all_strict(text: str) -> list[Any]:
+    """Every YAML document of `text`, refusing a duplicate mapping key anywhere."""
+    return list(yaml.load_all(text, Loader=StrictLoader))
+
+
 def documents(rendered: dict[str, str]) -> list[dict[str, Any]]:
-    """Every Kubernetes object of a render (NOTES.txt and empty documents left out)."""
+    """Every Kubernetes object of a render (NOTES.txt and empty documents left out), parsed by
+    the strict loader: a duplicate key fails the render as it fails Flux and kustomize."""
     found: list[dict[str, Any]] = []
     for path, text in sorted(rendered.items()):
         if path.endswith("NOTES.txt"):
             continue
-        for document in yaml.safe_load_all(text):
+        try:
+            parsed = load_all_strict(text)
+        except yaml.YAMLError as exc:
+            raise AssertionError(f"{path} is not valid YAML: {exc}") from exc
+        for document in parsed:
             if document is not None:
                 assert isinstance(document, dict), f"{path}: a document is not a mapping"
                 found.append(document)

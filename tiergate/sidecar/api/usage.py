@@ -17,11 +17,12 @@ from tiergate.sidecar.api.guard import guarded
 from tiergate.sidecar.api.reserve_body import reserve_body
 from tiergate.sidecar.policy.engine import PolicyBundle
 from tiergate.sidecar.settings import SidecarSettings
-from tiergate.sidecar.state import DECISIONS, METRICS, POLICIES, READER, SETTINGS
+from tiergate.sidecar.state import DECISIONS, METRICS, POLICIES, READER, SETTINGS, TRACING
 from tiergate.sidecar.usage.delivery import Delivery
 from tiergate.sidecar.usage.outbox import Outbox
 from tiergate.sidecar.usage.recorder import UsageRecorder, reserved_body
 from tiergate.sidecar.usage.static_mode import UndeliveredUsage, static_mode_warnings
+from tiergate.tracing import TRACEPARENT
 from tiergate.usage_events import MAX_EVENTS
 from tiergate.web import json_response, read_json_object, validate
 
@@ -61,7 +62,7 @@ async def record_one(request: web.Request) -> web.Response:
     body = validate(
         OneEvent, await read_json_object(request, request.app[SETTINGS].max_body_bytes, exact=True)
     )
-    results = await request.app[RECORDER].record([body.event], "event")
+    results = await _record(request, [body.event], "event")
     return json_response({"event": results[0]}, 202)
 
 
@@ -69,8 +70,24 @@ async def record_batch(request: web.Request) -> web.Response:
     body = validate(
         EventBatch, await read_json_object(request, request.app[SETTINGS].max_body_bytes, exact=True)
     )
-    results = await request.app[RECORDER].record(body.events, "events[{}]")
+    results = await _record(request, body.events, "events[{}]")
     return json_response({"events": results}, 202)
+
+
+async def _record(request: web.Request, raws: list[Any], where: str) -> list[dict[str, Any]]:
+    """Record; with tracing on, in a span under the caller's `traceparent`, which the accepted
+    events carry on to the daemon when delivered."""
+    if TRACING not in request.app:
+        return await request.app[RECORDER].record(raws, where)
+    parent = request.headers.get(TRACEPARENT)
+    with request.app[TRACING].span("usage.record", parent=parent, kind="server") as traceparent:
+        results = await request.app[RECORDER].record(raws, where)
+    if DELIVERY in request.app:
+        accepted = [
+            (r["external_customer_id"], r["transaction_id"]) for r in results if r["status"] == "accepted"
+        ]
+        request.app[DELIVERY].traces.remember(accepted, traceparent)
+    return results
 
 
 async def check_and_reserve(request: web.Request, body: dict[str, Any]) -> web.Response:
@@ -162,6 +179,7 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
             linger_s=settings.delivery_linger_s,
             backoff_max_s=settings.delivery_backoff_max_s,
             retention_s=settings.outbox_retention_s,
+            tracing=app.get(TRACING),
         )
         app[DELIVERY] = delivery
         delivery.start()

@@ -28,6 +28,8 @@ from tiergate.feed import refused_token
 from tiergate.periods import utc_now_text
 from tiergate.sidecar.usage.ledger import UsageLedger
 from tiergate.sidecar.usage.outbox import Outbox, OutboxRow
+from tiergate.sidecar.usage.traces import TraceMarks
+from tiergate.tracing import TRACEPARENT, Tracing
 
 log = structlog.get_logger("tiergate.delivery")
 
@@ -81,6 +83,7 @@ class Delivery:
         linger_s: float = 0.0,
         backoff_max_s: float = 10.0,
         retention_s: float = 3600.0,
+        tracing: Tracing | None = None,
     ) -> None:
         self.outbox = outbox
         self.pending = pending
@@ -94,6 +97,8 @@ class Delivery:
         self.backoff_max_s = backoff_max_s
         self.retention_s = retention_s
         self.status = DeliveryStatus()
+        self.tracing = tracing
+        self.traces = TraceMarks()  # filled by the usage handlers while tracing is on
         self._task: asyncio.Task[None] | None = None
         self._pruned_at = 0.0
         self._last_seq: int | None = None
@@ -187,14 +192,30 @@ class Delivery:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._send(session, rows)
+                if self.tracing is None:
+                    return await self._send(session, rows)
+                return await self._send_traced(self.tracing, session, rows)
         raise AssertionError("unreachable: tenacity retries forever")  # pragma: no cover
 
+    async def _send_traced(
+        self, tracing: Tracing, session: aiohttp.ClientSession, rows: Sequence[OutboxRow]
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """One attempt in a span: a child of the first event's trace, linked to the others'."""
+        traces = self.traces.of((row.key[0], row.transaction_id) for row in rows)
+        parent, links = (traces[0], traces[1:]) if traces else (None, [])
+        attributes = {"tiergate.events": len(rows)}
+        with tracing.span(
+            "usage.deliver", parent=parent, links=links, kind="client", attributes=attributes
+        ) as sent:
+            return await self._send(session, rows, traceparent=sent)
+
     async def _send(
-        self, session: aiohttp.ClientSession, rows: Sequence[OutboxRow]
+        self, session: aiohttp.ClientSession, rows: Sequence[OutboxRow], *, traceparent: str | None = None
     ) -> tuple[int, list[dict[str, Any]]]:
         body = b'{"events":[' + b",".join(row.text.encode() for row in rows) + b"]}"
         headers = {"Content-Type": "application/json"}
+        if traceparent is not None:
+            headers[TRACEPARENT] = traceparent
         async with session.post("/v1/usage/batch", data=body, headers=headers) as response:
             refused = refused_token(response.status, "/v1/usage/batch", token_sent=self.token is not None)
             if refused is not None:
@@ -229,6 +250,8 @@ class Delivery:
                     error=result.get("error"),
                 )
         self.outbox.confirm(rows, seq, rejected)
+        if self.tracing is not None:
+            self.traces.forget((row.key[0], row.transaction_id) for row in rows)
         self._last_seq = _highest(seq, self._last_seq)
         duplicates = sum(r.get("status") == "duplicate" for r in results)
         self.status.batches += 1
