@@ -45,7 +45,7 @@ from demo.processes import free_port
 
 NO_POLICY = """
 import orjson
-import tiergate.sidecar.policy.embedded as embedded
+import tiergate.policy.embedded as embedded
 _evaluate = embedded.EmbeddedEngine._evaluate
 ANSWER = b'{"allow":true,"reason":"ok","tier":"pro","limit":1000,"used":5,"remaining":995,"valid_until":null}'
 def _constant(self, loaded, path, input_json):

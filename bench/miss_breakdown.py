@@ -54,7 +54,7 @@ def features_together(engine: Any, document: dict[str, Any], blocks: int) -> dic
     import orjson
     import regorus
 
-    from tiergate.sidecar.policy.engine import DECISION_PATH
+    from tiergate.policy.engine import DECISION_PATH
 
     bundle = engine._loaded.bundle
     together = (
@@ -96,12 +96,13 @@ async def breakdown(replica: Path, keys_n: int, blocks: int, seed: int, together
     from aiohttp import web
 
     from tiergate.log import configure_logging
+    from tiergate.policy import document as policy_document
+    from tiergate.policy.engine import DECISION_PATH
     from tiergate.sidecar.app import create_app
     from tiergate.sidecar.decisions import policy_io
     from tiergate.sidecar.decisions.cache import DecisionCache, Materialised
     from tiergate.sidecar.decisions.service import DecisionService
     from tiergate.sidecar.metrics import SidecarMetrics
-    from tiergate.sidecar.policy.engine import DECISION_PATH
     from tiergate.sidecar.settings import SidecarSettings
     from tiergate.sidecar.state import POLICIES, READER
     from tiergate.sidecar.usage.ledger import UsageLedger
@@ -156,7 +157,7 @@ async def breakdown(replica: Path, keys_n: int, blocks: int, seed: int, together
 
         def document(i: int) -> dict[str, Any]:
             tenant, feature = keys[i]
-            return policy_io.build_input(
+            return policy_document.build_input(
                 tenant=tenant,
                 feature=feature,
                 quantity=1,
@@ -180,7 +181,7 @@ async def breakdown(replica: Path, keys_n: int, blocks: int, seed: int, together
             vm.set_input_json(text)
             outputs.append(vm.execute_entry_point(DECISION_PATH))
         raw = [orjson.loads(o) for o in outputs]
-        answers = [policy_io.parse_answer(r) for r in raw]
+        answers = [policy_document.parse_answer(r) for r in raw]
         materialised = [Materialised.of(a) for a in answers]
         denies = sum(not a.allow for a in answers) / len(answers)
         cache = DecisionCache(None, 0.0, max_bytes=1 << 40)
@@ -228,7 +229,7 @@ async def breakdown(replica: Path, keys_n: int, blocks: int, seed: int, together
             "regorus set_input_json": fastest_sync(set_input, keys_n, blocks),
             "regorus set_input_json + execute_entry_point": fastest_sync(set_and_run, keys_n, blocks),
             "orjson.loads(result)": fastest_sync(lambda i: orjson.loads(outputs[i]), keys_n, blocks),
-            "parse_answer": fastest_sync(lambda i: policy_io.parse_answer(raw[i]), keys_n, blocks),
+            "parse_answer": fastest_sync(lambda i: policy_document.parse_answer(raw[i]), keys_n, blocks),
             "Materialised.of": fastest_sync(lambda i: Materialised.of(answers[i]), keys_n, blocks),
             "expiry_epoch": fastest_sync(
                 lambda i: policy_io.expiry_epoch(answers[i].valid_until), keys_n, blocks

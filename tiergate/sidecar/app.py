@@ -14,6 +14,7 @@ import uvloop
 from aiohttp import web
 
 from tiergate.errors import PolicyError, ReplicaError, TierError
+from tiergate.policy.engine import PolicyEngine
 from tiergate.serve import Listener, serve
 from tiergate.sidecar.api.authz import add_authz_routes
 from tiergate.sidecar.api.check import add_routes
@@ -24,7 +25,6 @@ from tiergate.sidecar.decisions.cache import DecisionCache
 from tiergate.sidecar.decisions.service import DecisionService, RouteResolver
 from tiergate.sidecar.decisions.shadow import ShadowPolicy
 from tiergate.sidecar.metrics import SidecarMetrics
-from tiergate.sidecar.policy.engine import PolicyEngine
 from tiergate.sidecar.policy.reload import PolicyReloader
 from tiergate.sidecar.replica import damage
 from tiergate.sidecar.replica.follower import LONG_POLL_S, Follower
@@ -135,7 +135,7 @@ def _make_engine(settings: SidecarSettings) -> PolicyEngine:
         from tiergate.sidecar.policy.opa_server import OpaServerEngine
 
         return OpaServerEngine(str(settings.opa_url), timeout_s=settings.engine_timeout_s)
-    from tiergate.sidecar.policy.embedded import EmbeddedEngine
+    from tiergate.policy.embedded import EmbeddedEngine
 
     return EmbeddedEngine(compiled=settings.engine_vm)
 
@@ -197,7 +197,7 @@ async def _start_shadow(
     settings: SidecarSettings, decisions: DecisionService, live: PolicyReloader
 ) -> PolicyReloader:
     """The shadow bundle on an embedded engine of its own, hot-reloaded like the live one."""
-    from tiergate.sidecar.policy.embedded import EmbeddedEngine
+    from tiergate.policy.embedded import EmbeddedEngine
 
     assert settings.shadow_policies is not None
     engine = EmbeddedEngine(compiled=settings.engine_vm)

@@ -109,8 +109,8 @@ def plans_diff(
     with --impact who gains or loses each feature and who is over a new limit at current usage."""
     import json as json_module
 
+    from tiergate.policy.bundle import load_bundle
     from tiergate.sidecar.impact import price_changes, render_table, run_impact
-    from tiergate.sidecar.policy.bundle import load_bundle
 
     try:
         live = load_bundle(current_policies, current)

@@ -49,6 +49,7 @@ from tiergate.sync_daemon.stripe_sync.source import BillingSource
 from tiergate.sync_daemon.stripe_sync.stripe_source import StripeBilling
 from tiergate.sync_daemon.stripe_sync.translate import Translator
 from tiergate.sync_daemon.stripe_sync.webhook import receive_stripe_event
+from tiergate.sync_daemon.support.api import add_support_routes
 from tiergate.sync_daemon.usage import add_usage_routes
 from tiergate.web import error_middleware
 
@@ -126,6 +127,7 @@ def create_app(
     add_override_routes(app)
     add_outbound_routes(app)
     add_usage_routes(app, catalog)
+    add_support_routes(app)
     return app
 
 

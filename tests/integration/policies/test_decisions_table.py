@@ -10,8 +10,8 @@ import pytest
 import regorus
 
 from tiergate.catalog import load_catalog
-from tiergate.sidecar.policy.bundle import load_bundle
-from tiergate.sidecar.policy.embedded import EmbeddedEngine
+from tiergate.policy.bundle import load_bundle
+from tiergate.policy.embedded import EmbeddedEngine
 
 ROOT = Path(__file__).resolve().parents[3]
 NOW = "2026-11-24T10:00:00Z"

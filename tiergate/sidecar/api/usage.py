@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from tiergate.errors import BadRequestError, EngineUnavailableError
 from tiergate.models import FeatureName, Quantity, TenantId
+from tiergate.policy.engine import PolicyBundle
 from tiergate.sidecar.api.guard import guarded
 from tiergate.sidecar.api.reserve_body import reserve_body
-from tiergate.sidecar.policy.engine import PolicyBundle
 from tiergate.sidecar.settings import SidecarSettings
 from tiergate.sidecar.state import DECISIONS, METRICS, POLICIES, READER, SETTINGS
 from tiergate.sidecar.usage.delivery import Delivery

@@ -18,20 +18,13 @@ import structlog
 from tiergate.errors import PolicyError, ReplicaNotReadyError, TierError
 from tiergate.models import Decision, PolicyAnswer
 from tiergate.periods import rfc3339
+from tiergate.policy.document import PolicyAnswerError, build_input, parse_answer, policy_error_decision
+from tiergate.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyEngine
 from tiergate.sidecar.decisions.cache import DecisionCache, Materialised
 from tiergate.sidecar.decisions.decision_log import DecisionLog
-from tiergate.sidecar.decisions.policy_io import (
-    PolicyAnswerError,
-    account_document,
-    build_input,
-    expiry_epoch,
-    parse_answer,
-    period_for,
-    policy_error_decision,
-)
+from tiergate.sidecar.decisions.policy_io import account_document, expiry_epoch, period_for
 from tiergate.sidecar.decisions.shadow import ShadowPolicy
 from tiergate.sidecar.metrics import SidecarMetrics
-from tiergate.sidecar.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyEngine
 from tiergate.sidecar.replica.store import ReplicaMeta, ReplicaReader
 from tiergate.sidecar.usage.ledger import UsageLedger
 

@@ -13,8 +13,8 @@ import structlog
 import watchfiles
 
 from tiergate.errors import TierError
-from tiergate.sidecar.policy.bundle import load_bundle
-from tiergate.sidecar.policy.engine import PolicyBundle, PolicyEngine
+from tiergate.policy.bundle import load_bundle
+from tiergate.policy.engine import PolicyBundle, PolicyEngine
 
 log = structlog.get_logger(__name__)
 

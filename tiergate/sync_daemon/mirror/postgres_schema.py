@@ -256,12 +256,31 @@ DROP VIEW current_usage;
 CREATE INDEX usage_events_unnumbered ON usage_events (received_at, tenant, transaction_id) WHERE seq IS NULL;
 """
 
+# Account versions with their cause: the lineage behind a decision (the SQLite twin is m013).
+V6 = """
+CREATE TABLE account_versions (
+    id bigserial PRIMARY KEY,
+    tenant text NOT NULL,
+    version bigint NOT NULL,
+    body text,
+    cause text NOT NULL,
+    event_id text,
+    event_type text,
+    event_at text,
+    actor text,
+    at text NOT NULL
+);
+CREATE INDEX account_versions_by_tenant ON account_versions (tenant, id);
+CREATE INDEX account_versions_by_at ON account_versions (at);
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial", V1),
     (2, "exact_usage_values", V2),
     (3, "usage_gauges", V3),
     (4, "feed_numbered_after_commit", V4),
     (5, "current_usage_gauges_and_unnumbered_events", V5),
+    (6, "account_versions", V6),
 ]
 
 

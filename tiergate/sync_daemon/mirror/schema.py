@@ -331,3 +331,29 @@ def m012_current_usage_gauges(db: sqlite_utils.Database) -> None:
     # writer numbers events as it stores them, ADR 21.)
     db.execute("DROP VIEW current_usage")
     db.execute(CURRENT_USAGE_SQLITE_V2)
+
+
+ACCOUNT_VERSIONS = "account_versions"
+
+
+@MIGRATIONS()
+def m013_account_versions(db: sqlite_utils.Database) -> None:
+    # Each version of an account followers saw, with what caused it (a Stripe event, a reconcile
+    # run, a billing action): the lineage behind a decision. `body` is the feed's Account (NULL
+    # for a deletion). Retention keeps each tenant's newest row whatever its age.
+    db.execute(
+        f"""CREATE TABLE {ACCOUNT_VERSIONS} (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            tenant TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            body TEXT,
+            cause TEXT NOT NULL,
+            event_id TEXT,
+            event_type TEXT,
+            event_at TEXT,
+            actor TEXT,
+            at TEXT NOT NULL
+        )"""
+    )
+    db.execute(f"CREATE INDEX {ACCOUNT_VERSIONS}_by_tenant ON {ACCOUNT_VERSIONS} (tenant, id)")
+    db.execute(f"CREATE INDEX {ACCOUNT_VERSIONS}_by_at ON {ACCOUNT_VERSIONS} (at)")
