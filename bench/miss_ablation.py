@@ -59,7 +59,7 @@ import tiergate.sidecar.decisions.service as service
 from tiergate.models import PolicyAnswer
 ANSWER = PolicyAnswer(allow=True, reason="ok", tier="pro", limit=1000, used=5, remaining=995)
 async def _constant(self, tenant, feature, quantity, now, age):
-    return ANSWER
+    return ANSWER, None
 service.DecisionService._decide_fresh = _constant
 """
 NO_GC = "import gc\ngc.disable()\n"

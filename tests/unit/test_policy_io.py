@@ -150,7 +150,9 @@ def test_parse_answer_refuses_what_is_not_a_decision(answer: object, message: st
 
 
 def test_policy_error_is_a_deny_keeping_the_tier() -> None:
-    assert policy_error_decision("pro") == PolicyAnswer(False, "policy_error", "pro", None, 0, None, None, "pro")
+    assert policy_error_decision("pro") == PolicyAnswer(
+        False, "policy_error", "pro", None, 0, None, None, "pro"
+    )
 
 
 def test_parse_answer_keeps_the_paid_tier_beside_the_applied_one() -> None:

@@ -22,6 +22,7 @@ from tiergate.sidecar.api.guard import add_unrouted
 from tiergate.sidecar.api.listeners import AUTHZ_LISTENER_PORTS, DIAGNOSTICS_LISTENER_PORTS
 from tiergate.sidecar.api.usage import add_usage_routes
 from tiergate.sidecar.decisions.cache import DecisionCache
+from tiergate.sidecar.decisions.records import DecisionRecords
 from tiergate.sidecar.decisions.service import DecisionService, RouteResolver
 from tiergate.sidecar.decisions.shadow import ShadowPolicy
 from tiergate.sidecar.metrics import SidecarMetrics
@@ -167,6 +168,12 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
             settings.plans,
             on_reload=lambda revision: _reloaded(app, revision),
             on_failure=lambda error: metrics.reloads.labels("failed").inc(),
+        )
+        decisions.records = DecisionRecords(
+            int(settings.decision_record_mb * 1024 * 1024),
+            allow_sample=settings.decision_record_allow_sample,
+            ship_queue=settings.decision_record_ship_queue if settings.daemon_url else 0,
+            on_drop=metrics.decision_records_dropped.inc,
         )
         app[METRICS] = metrics
         app[DECISIONS] = decisions

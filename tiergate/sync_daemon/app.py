@@ -50,6 +50,7 @@ from tiergate.sync_daemon.stripe_sync.stripe_source import StripeBilling
 from tiergate.sync_daemon.stripe_sync.translate import Translator
 from tiergate.sync_daemon.stripe_sync.webhook import receive_stripe_event
 from tiergate.sync_daemon.support.api import add_support_routes
+from tiergate.sync_daemon.support.decisions import add_decision_routes
 from tiergate.sync_daemon.usage import add_usage_routes
 from tiergate.web import error_middleware
 
@@ -128,6 +129,7 @@ def create_app(
     add_outbound_routes(app)
     add_usage_routes(app, catalog)
     add_support_routes(app)
+    add_decision_routes(app)
     return app
 
 

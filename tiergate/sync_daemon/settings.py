@@ -67,6 +67,7 @@ class DaemonSettings(BaseSettings):
     closed_period_retention_days: Annotated[float, Field(gt=0)] = 400.0
     # Account versions (each with the Stripe event or action behind it): a tenant's newest stays.
     account_version_retention_days: Annotated[float, Field(gt=0)] = 90.0
+    decision_record_retention_days: Annotated[float, Field(gt=0)] = 14.0
     retention_interval_s: Annotated[float, Field(gt=0)] = 3600.0
     feed_max_wait_s: Annotated[float, Field(gt=0, le=30)] = 30.0
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
@@ -165,6 +166,7 @@ class DaemonSettings(BaseSettings):
             usage_events=timedelta(days=self.usage_event_retention_days),
             closed_periods=timedelta(days=self.closed_period_retention_days),
             account_versions=timedelta(days=self.account_version_retention_days),
+            decision_records=timedelta(days=self.decision_record_retention_days),
         )
 
     @field_validator("stripe_api_key")

@@ -172,6 +172,7 @@ async def test_retention_deletes_only_what_is_old_and_never_the_current_period(m
         "usage_counters": 1,
         "usage_periods": 0,
         "account_versions": 0,
+        "decision_records": 0,
     }
     left = await mirror.read(
         lambda sql: sql.execute("SELECT tenant, period_start FROM usage ORDER BY tenant").fetchall()

@@ -13,7 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from tiergate.errors import BadRequestError, TierError
+from tiergate.errors import BadRequestError, NotFoundError, TierError
 from tiergate.models import CheckRequest, Decision
 from tiergate.periods import rfc3339, utc_now
 from tiergate.policy.document import feature_sources
@@ -115,6 +115,19 @@ async def entitlements(request: web.Request) -> web.Response:
             "stale": first.stale if first else False,
         }
     )
+
+
+async def get_decision(request: web.Request) -> web.Response:
+    """A recent decision with the input it was made from (every deny, a sample of allows)."""
+    decision_id = request.match_info["decision_id"]
+    records = request.app[DECISIONS].records
+    found = records.get(decision_id) if records is not None else None
+    if found is None:
+        raise NotFoundError(
+            f"decision {decision_id[:100]!r} is not among this sidecar's recent records (every deny and "
+            "a sample of allows are kept within TIERGATE_DECISION_RECORD_MB; the daemon keeps denies longer)"
+        )
+    return json_response(found)
 
 
 def _feature_entry(decision: Decision) -> dict[str, Any]:
@@ -241,6 +254,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/check", guarded(check_post))
     app.router.add_post("/v1/check/batch", guarded(check_batch))
     app.router.add_get("/v1/entitlements/{tenant}", guarded(entitlements))
+    app.router.add_get("/v1/decisions/{decision_id}", guarded(get_decision))
     app.router.add_get("/healthz", guarded(healthz))
     app.router.add_get("/readyz", guarded(readyz))
     app.router.add_get("/metrics", guarded(metrics))

@@ -162,6 +162,7 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
             linger_s=settings.delivery_linger_s,
             backoff_max_s=settings.delivery_backoff_max_s,
             retention_s=settings.outbox_retention_s,
+            records=decisions.records,
         )
         app[DELIVERY] = delivery
         delivery.start()

@@ -10,7 +10,7 @@ import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 import structlog
@@ -23,9 +23,10 @@ from tiergate.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyEngine
 from tiergate.sidecar.decisions.cache import DecisionCache, Materialised
 from tiergate.sidecar.decisions.decision_log import DecisionLog
 from tiergate.sidecar.decisions.policy_io import account_document, expiry_epoch, period_for
+from tiergate.sidecar.decisions.records import DecisionRecords
 from tiergate.sidecar.decisions.shadow import ShadowPolicy
 from tiergate.sidecar.metrics import SidecarMetrics
-from tiergate.sidecar.replica.store import ReplicaMeta, ReplicaReader
+from tiergate.sidecar.replica.store import AccountRow, ReplicaMeta, ReplicaReader
 from tiergate.sidecar.usage.ledger import UsageLedger
 
 log = structlog.get_logger("tiergate.sidecar")
@@ -47,6 +48,13 @@ LOGGED_FIELDS = (
     "data_as_of",
     "stale",
 )
+
+
+class PolicyInput(NamedTuple):
+    """A policy input document and the replica row it was built from (None: no account)."""
+
+    document: dict[str, Any]
+    row: AccountRow | None
 
 
 class DecisionService:
@@ -98,6 +106,7 @@ class DecisionService:
         self._tail_key: tuple[str, str | None, bool] | None = None
         self._tail = b""
         self.shadow: ShadowPolicy | None = None  # TIERGATE_SHADOW_POLICIES: compared, never answering
+        self.records: DecisionRecords | None = None  # recent decisions with their input (explain)
         self._to_rematerialise: collections.deque[tuple[str, str, int]] = collections.deque()
         self._rematerialiser: asyncio.Task[None] | None = None
         self._adopt(reader.meta)
@@ -182,7 +191,7 @@ class DecisionService:
             now = self.clock()
             age = self.replica_age(now)
             epoch = self.cache.epoch
-            answer = await self._decide_fresh(tenant, feature, quantity, now, age)
+            answer, _ = await self._decide_fresh(tenant, feature, quantity, now, age)
             if answer.reason != "policy_error":
                 valid_until = expiry_epoch(answer.valid_until)
                 stale = self.is_stale(age)
@@ -207,7 +216,7 @@ class DecisionService:
         started = time.perf_counter()
         if self.not_ready is not None and self._as_of_epoch is None:
             return self._not_ready(tenant, feature, quantity, started)
-        stale, answer, fresh = await self._materialised(tenant, feature, quantity)
+        stale, answer, fresh, given = await self._materialised(tenant, feature, quantity)
         decision = Decision.of(
             fresh or answer.answer(),
             tenant=tenant,
@@ -221,6 +230,8 @@ class DecisionService:
         self.counts.count(answer.reason, answer.allow, time.perf_counter() - started)
         if self._logged(answer.allow):
             self._log(decision)
+        if self.records is not None and self.records.wants(answer.allow):
+            await self._record(decision.body(), given)
         return decision
 
     async def decide_json(self, tenant: str, feature: str, quantity: int = 1) -> bytes:
@@ -229,7 +240,7 @@ class DecisionService:
         started = time.perf_counter()
         if self.not_ready is not None and self._as_of_epoch is None:
             return orjson.dumps(self._not_ready(tenant, feature, quantity, started))
-        stale, answer, _ = await self._materialised(tenant, feature, quantity)
+        stale, answer, _, given = await self._materialised(tenant, feature, quantity)
         body = b"".join(
             (
                 answer.head,
@@ -247,13 +258,15 @@ class DecisionService:
         self.counts.count(answer.reason, answer.allow, time.perf_counter() - started)
         if self._logged(answer.allow):
             self._log_rendered(body)
+        if self.records is not None and self.records.wants(answer.allow):
+            await self._record(orjson.loads(body), given)
         return body
 
     async def _materialised(
         self, tenant: str, feature: str, quantity: int
-    ) -> tuple[bool, Materialised, PolicyAnswer | None]:
-        """(stale, the answer, the PolicyAnswer when it was evaluated now): from the cache, else
-        freshly decided and kept."""
+    ) -> tuple[bool, Materialised, PolicyAnswer | None, PolicyInput | None]:
+        """(stale, the answer, the PolicyAnswer and its input when it was evaluated now): from the
+        cache, else freshly decided and kept."""
         now = self.clock()
         age = self.replica_age(now)
         stale = self.is_stale(age)
@@ -263,10 +276,10 @@ class DecisionService:
         found = self.cache.get(tenant, feature, quantity, now, stale) if cacheable else None
         if found is not None:
             self.counts.hits += 1
-            return stale, found, None
+            return stale, found, None, None
         self.counts.misses += 1
         epoch = self.cache.epoch
-        fresh = await self._decide_fresh(tenant, feature, quantity, now, age)
+        fresh, given = await self._decide_fresh(tenant, feature, quantity, now, age)
         answer = Materialised.of(fresh)
         if cacheable and fresh.reason != "policy_error":
             self.cache.put(
@@ -279,7 +292,7 @@ class DecisionService:
                 stale=stale,
                 epoch=epoch,
             )
-        return stale, answer, fresh
+        return stale, answer, fresh, given
 
     def _next_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids)}"
@@ -323,8 +336,17 @@ class DecisionService:
 
     async def _decide_fresh(
         self, tenant: str, feature: str, quantity: int, now: float, age: float | None
-    ) -> PolicyAnswer:
+    ) -> tuple[PolicyAnswer, PolicyInput]:
         """Replica lookups plus pending usage (the ledger's read), then the policy."""
+        given = await self._input(tenant, feature, quantity, now, age)
+        answer = await self._evaluate(given.document, given.row.tier if given.row else None)
+        if self.shadow is not None:
+            await self.shadow.observe(given.document, answer)
+        return answer, given
+
+    async def _input(
+        self, tenant: str, feature: str, quantity: int, now: float, age: float | None
+    ) -> PolicyInput:
         now_text = self._now_rfc3339(now)
         row = self.reader.account(tenant)
         period = period_for(row, datetime.fromtimestamp(now, UTC), now_text)
@@ -340,10 +362,29 @@ class DecisionService:
             replica_age_s=age,
             overrides=self.reader.overrides(tenant),
         )
-        answer = await self._evaluate(document, row.tier if row else None)
-        if self.shadow is not None:
-            await self.shadow.observe(document, answer)
-        return answer
+        return PolicyInput(document, row)
+
+    async def _record(self, decision: dict[str, Any], given: PolicyInput | None) -> None:
+        """Keep the decision with its input (rebuilt now for an answer that came from the cache)."""
+        assert self.records is not None
+        if given is None:
+            now = self.clock()
+            given = await self._input(
+                decision["tenant"], decision["feature"], decision["quantity"], now, self.replica_age(now)
+            )
+        meta = self.reader.meta
+        self.records.keep(
+            decision["decision_id"],
+            {
+                "decision_id": decision["decision_id"],
+                "at": given.document["now"],
+                "decision": decision,
+                "input": given.document,
+                "policy_revision": decision["policy_revision"],
+                "replica": {"position": meta.position, "data_as_of": decision["data_as_of"]},
+                "account_version": given.row.version if given.row else None,
+            },
+        )
 
     async def _evaluate(self, document: dict[str, Any], tier: str | None) -> PolicyAnswer:
         try:

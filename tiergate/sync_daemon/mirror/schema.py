@@ -357,3 +357,26 @@ def m013_account_versions(db: sqlite_utils.Database) -> None:
     )
     db.execute(f"CREATE INDEX {ACCOUNT_VERSIONS}_by_tenant ON {ACCOUNT_VERSIONS} (tenant, id)")
     db.execute(f"CREATE INDEX {ACCOUNT_VERSIONS}_by_at ON {ACCOUNT_VERSIONS} (at)")
+
+
+DECISION_RECORDS = "decision_records"
+
+
+@MIGRATIONS()
+def m014_decision_records(db: sqlite_utils.Database) -> None:
+    # Deny records sidecars ship with their usage (the decision, its input, the replica position):
+    # what GET /v1/decisions/{decision_id} explains. Kept for TIERGATE_DECISION_RECORD_RETENTION_DAYS.
+    db.execute(
+        f"""CREATE TABLE {DECISION_RECORDS} (
+            decision_id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            feature TEXT NOT NULL,
+            allow INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            body TEXT NOT NULL,
+            at TEXT NOT NULL,
+            received_at TEXT NOT NULL
+        ) WITHOUT ROWID"""
+    )
+    db.execute(f"CREATE INDEX {DECISION_RECORDS}_by_tenant ON {DECISION_RECORDS} (tenant, at)")
+    db.execute(f"CREATE INDEX {DECISION_RECORDS}_by_received_at ON {DECISION_RECORDS} (received_at)")

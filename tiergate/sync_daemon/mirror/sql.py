@@ -23,6 +23,7 @@ from tiergate.sync_daemon.mirror.schema import (
     ACCOUNTS,
     CHANGES,
     CUSTOMERS,
+    DECISION_RECORDS,
     EVENTS,
     OVERRIDES,
     SINK_CURSORS,
@@ -280,6 +281,10 @@ def prune_rows(sql: Sql, retention: Retention, now: datetime) -> dict[str, int]:
             f"DELETE FROM {ACCOUNT_VERSIONS} WHERE at < ? AND id < "
             f"(SELECT max(newer.id) FROM {ACCOUNT_VERSIONS} newer WHERE newer.tenant = {ACCOUNT_VERSIONS}.tenant)",
             [rfc3339(now - retention.account_versions)],
+        ),
+        "decision_records": sql.execute(
+            f"DELETE FROM {DECISION_RECORDS} WHERE received_at < ?",
+            [rfc3339(now - retention.decision_records)],
         ),
     }
     return {name: int(cursor.rowcount) for name, cursor in counts.items()}

@@ -351,6 +351,7 @@ class Retention:
     usage_events: timedelta
     closed_periods: timedelta
     account_versions: timedelta = timedelta(days=90)
+    decision_records: timedelta = timedelta(days=14)
 
 
 class Mirror(Protocol):
