@@ -16,6 +16,7 @@ from tiergate.cli import subgroup
 from tiergate.cli_support import SETTINGS_FIELDS, serve, warn_unknown_settings
 from tiergate.errors import CatalogError, TierError
 from tiergate.settings_errors import describe_settings_error
+from tiergate.sidecar.cli_check import check
 
 if TYPE_CHECKING:
     from tiergate.sidecar.settings import SidecarSettings
@@ -28,6 +29,7 @@ def register(root: click.Group) -> None:
     root.add_command(policies)
     root.add_command(replica)
     root.add_command(healthcheck)
+    root.add_command(check)
     subgroup(root, "plans").add_command(plans_diff)
     subgroup(root, "usage").add_command(usage_quarantine)
     subgroup(root, "usage").add_command(usage_redeliver)

@@ -18,6 +18,7 @@ from tiergate.cli import subgroup
 from tiergate.cli_support import SETTINGS_FIELDS, one_line_errors, serve, warn_unknown_settings
 from tiergate.errors import TierError
 from tiergate.sync_daemon.cli_overrides import overrides
+from tiergate.sync_daemon.cli_support_tools import explain, tenant
 
 if TYPE_CHECKING:
     from tiergate.sync_daemon.settings import DaemonSettings
@@ -30,6 +31,8 @@ def register(root: click.Group) -> None:
     root.add_command(sync_command)
     root.add_command(mirror)
     root.add_command(overrides)
+    root.add_command(tenant)
+    root.add_command(explain)
     subgroup(root, "plans").add_command(plans_push)
     subgroup(root, "usage").add_command(usage_resend)
 

@@ -3,6 +3,8 @@ and the daemon explains it with the Stripe event behind the account version (bot
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from click.testing import CliRunner, Result
 from pydantic import SecretStr
 
 from tests.conftest import MirrorBackend
@@ -21,6 +24,7 @@ from tests.integration.usage.conftest import (
     start_daemon,
 )
 from tests.stripe_payloads import invoice_event, signed, subscription_event
+from tiergate.cli import main as root
 
 API_TOKEN = "api-token-for-decision-records-0123456789"
 API = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -157,3 +161,47 @@ async def test_records_that_are_not_records_are_counted_not_stored(daemon: Daemo
     assert (await _call(daemon, "POST", "/v1/decisions/batch", json=batch))[0] == 401
     assert (await _call(daemon, "GET", "/v1/decisions/abc-1"))[0] == 401
     assert (await _call(daemon, "GET", "/v1/decisions/nope", headers=API))[0] == 404
+
+
+async def _cli(*args: str) -> Result:
+    """The `tiergate` command, on a thread: the servers it calls run on this test's event loop."""
+    return await asyncio.to_thread(
+        CliRunner().invoke, root, list(args), env={"TIERGATE_API_TOKEN": API_TOKEN}
+    )
+
+
+async def test_the_cli_shows_tenants_checks_and_explains(
+    daemon: DaemonServer, make_sidecar: SidecarFactory
+) -> None:
+    event_id = await _overdue(daemon)
+    sidecar = await make_sidecar(daemon.url, decision_record_allow_sample=0.0)
+    await eventually(lambda: _paid(sidecar))
+    sidecar_url = str(sidecar.server.make_url("")).rstrip("/")
+    checked = await _cli("check", "t_alice", "sso", "--sidecar-url", sidecar_url)
+    assert checked.exit_code == 3, checked.output
+    assert "deny: payment_overdue (tier free, paid pro)" in checked.output
+    [decision_id] = re.findall(r"^decision (\S+) \(tiergate explain", checked.output, re.MULTILINE)
+
+    shown = await _cli("tenant", "show", "t_alice", "--daemon-url", daemon.url)
+    assert shown.exit_code == 0, shown.output
+    assert "tier free (paid: pro)" in shown.output and event_id in shown.output
+    found = await _cli("tenant", "search", "T_AL", "--daemon-url", daemon.url)
+    assert found.output.split()[:3] == ["t_alice", "pro", "past_due"]
+
+    async def shipped() -> bool:
+        return (await _call(daemon, "GET", f"/v1/decisions/{decision_id}", headers=API))[0] == 200
+
+    await eventually(shipped)
+    explained = await _cli("explain", decision_id, "--daemon-url", daemon.url)
+    assert explained.exit_code == 0, explained.output
+    assert f"came from Stripe event {event_id}" in explained.output
+    assert "same input, today's policy: deny (payment_overdue): the same" in explained.output
+    local = await _cli("explain", decision_id, "--sidecar-url", sidecar_url)
+    assert local.exit_code == 0 and '"status": "past_due"' in local.output
+
+    refused = await asyncio.to_thread(
+        CliRunner().invoke,
+        root,
+        ["tenant", "show", "t_alice", "--daemon-url", daemon.url, "--token", "wrong"],
+    )
+    assert refused.exit_code == 1 and "answered 401" in refused.output
