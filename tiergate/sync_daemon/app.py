@@ -37,6 +37,7 @@ from tiergate.sync_daemon.state import (
     APPLIER,
     BILLING,
     CATALOG,
+    FLEET,
     LEADER,
     METRICS,
     MIRROR,
@@ -50,7 +51,9 @@ from tiergate.sync_daemon.stripe_sync.stripe_source import StripeBilling
 from tiergate.sync_daemon.stripe_sync.translate import Translator
 from tiergate.sync_daemon.stripe_sync.webhook import receive_stripe_event
 from tiergate.sync_daemon.support.api import add_support_routes
+from tiergate.sync_daemon.support.console import add_console_routes
 from tiergate.sync_daemon.support.decisions import add_decision_routes
+from tiergate.sync_daemon.support.fleet import Fleet
 from tiergate.sync_daemon.usage import add_usage_routes
 from tiergate.web import error_middleware
 
@@ -115,6 +118,7 @@ def create_app(
     app = web.Application(middlewares=[error_middleware("daemon")], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[CATALOG] = catalog
+    app[FLEET] = Fleet()
     app.cleanup_ctx.append(_services_ctx(billing))
     app.cleanup_ctx.append(_scheduler_ctx)
     app.cleanup_ctx.append(billing_actions_ctx(actions))
@@ -130,6 +134,7 @@ def create_app(
     add_usage_routes(app, catalog)
     add_support_routes(app)
     add_decision_routes(app)
+    add_console_routes(app)
     return app
 
 
