@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip --disable-pip-version-check --quiet
 
-.PHONY: venv nginx test check lint typecheck rego typescript pytest demo fmt bench chart-sync clean
+.PHONY: venv nginx chromium test check lint typecheck rego typescript pytest demo fmt bench chart-sync clean
 
 venv: $(STAMP)
 
@@ -45,7 +45,7 @@ $(TS)/node_modules/.installed: $(TS)/package-lock.json
 	$(NPM) ci
 	touch $@
 
-pytest: venv typescript nginx
+pytest: venv typescript nginx chromium
 	$(BIN)/pytest -q
 
 # Debian's nginx for tests/integration/ingress (the shipped deploy/nginx configs run in front of a real
@@ -57,6 +57,16 @@ nginx:
 	else SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nginx \
 	  || echo "nginx: apt-get install nginx failed; the ingress tests will skip"; fi
+
+# Debian's Chromium for the console's browser test (tests/integration/console), driven by Playwright
+# from PyPI (a dev dependency); Playwright's own browser downloads are never used. Installed when
+# missing and apt-get is usable, like nginx; else that test skips and says so.
+chromium:
+	@if test -x /usr/bin/chromium; then :; \
+	elif ! command -v apt-get >/dev/null; then echo "chromium: no apt-get here; install chromium to run the browser test"; \
+	else SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium \
+	  || echo "chromium: apt-get install chromium failed; the browser test will skip"; fi
 
 demo: venv
 	$(BIN)/python -m demo

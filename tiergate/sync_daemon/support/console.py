@@ -323,9 +323,14 @@ def tenant_url(tenant: str) -> str:
     return "/console/tenants/" + quote(tenant, safe="")
 
 
-async def stylesheet(request: web.Request) -> web.Response:
-    css = resources.files("tiergate.sync_daemon.support").joinpath("static/console.css").read_text()
-    return web.Response(text=css, content_type="text/css", headers={"Cache-Control": "max-age=300"})
+def asset(name: str, content_type: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """One committed file of static/, served as it is (no CDN, nothing built)."""
+    text = resources.files("tiergate.sync_daemon.support").joinpath(f"static/{name}").read_text()
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(text=text, content_type=content_type, headers={"Cache-Control": "max-age=300"})
+
+    return serve
 
 
 def add_console_routes(app: web.Application) -> None:
@@ -339,4 +344,5 @@ def add_console_routes(app: web.Application) -> None:
     app.router.add_post("/console/tenants/{tenant}/overrides", add_override)
     app.router.add_post("/console/tenants/{tenant}/overrides/{feature}/remove", remove_override_action)
     app.router.add_get("/console/decisions/{decision_id}", decision_page)
-    app.router.add_get("/console/static/console.css", stylesheet)
+    app.router.add_get("/console/static/console.css", asset("console.css", "text/css"))
+    app.router.add_get("/console/static/favicon.svg", asset("favicon.svg", "image/svg+xml"))
