@@ -24,7 +24,7 @@ import yaml
 from tiergate.models import Account, UsageCounter
 from tiergate.periods import calendar_month
 from tiergate.policy.bundle import load_bundle
-from tiergate.sidecar.impact import run_impact
+from tiergate.sidecar.decisions.impact import run_impact
 from tiergate.sidecar.replica.store import ReplicaWriter, open_replica
 
 REPO = Path(__file__).resolve().parents[1]

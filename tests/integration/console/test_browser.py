@@ -69,7 +69,7 @@ async def browser_page() -> AsyncIterator[tuple[Any, list[str]]]:
             await browser.close()
 
 
-def _period() -> dict[str, int]:
+def _period() -> dict[str, Any]:
     now = datetime.now(UTC)
     return {
         "current_period_start": int((now - timedelta(days=3)).timestamp()),
@@ -214,11 +214,11 @@ async def test_support_in_a_real_browser(
 
 
 async def _paid(sidecar: SidecarClient, tier: str) -> bool:
-    return (await _answer(sidecar, "sso")).get("paid_tier") == tier
+    return bool((await _answer(sidecar, "sso")).get("paid_tier") == tier)
 
 
 async def _denied(sidecar: SidecarClient) -> bool:
-    return (await _answer(sidecar, "sso"))["reason"] == "payment_overdue"
+    return bool((await _answer(sidecar, "sso"))["reason"] == "payment_overdue")
 
 
 async def _allowed(sidecar: SidecarClient) -> bool:
