@@ -44,3 +44,27 @@ def test_the_shipping_queue_is_bounded_and_counts_what_it_drops() -> None:
     assert records.waiting == 3 and sum(dropped) == 3
     records.drop(records.take(1))
     assert records.dropped == 4 and records.waiting == 2
+
+
+def test_a_cached_deny_reuses_the_input_that_produced_the_same_answer() -> None:
+    records = DecisionRecords(1 << 20)
+    key = ("t_1", "sso", 1)
+    raw = records.remember(key, b"answer-a", {"now": "2026-12-01T00:00:00Z"}, 3)
+    assert records.recall(key, b"answer-a") == (raw, 3)
+    assert records.recall(key, b"answer-b") is None  # another answer: another input
+    assert records.recall(("t_1", "sso", 2), b"answer-a") is None
+    records.forget("t_1")  # the tenant's data changed
+    assert records.recall(key, b"answer-a") is None
+    records.remember(key, b"answer-a", {}, None)
+    records.forget(None)
+    assert records.recall(key, b"answer-a") is None
+
+
+def test_a_kept_record_splices_its_input() -> None:
+    records = DecisionRecords(1 << 20)
+    records.keep("d-1", {"decision_id": "d-1", "decision": {"allow": False}}, b'{"tenant":"t"}')
+    assert records.get("d-1") == {
+        "decision_id": "d-1",
+        "decision": {"allow": False},
+        "input": {"tenant": "t"},
+    }

@@ -198,7 +198,17 @@ def test_decision(
 ) -> None:
     decision = decide(engine, acct, feature, used)
     assert (decision["allow"], decision["reason"], decision["tier"]) == (allow, reason, tier)
-    assert set(decision) == {"allow", "reason", "tier", "limit", "used", "remaining", "valid_until"}
+    assert decision["paid_tier"] == (acct["tier"] if acct else None)
+    assert set(decision) == {
+        "allow",
+        "reason",
+        "tier",
+        "paid_tier",
+        "limit",
+        "used",
+        "remaining",
+        "valid_until",
+    }
 
 
 @pytest.mark.parametrize(

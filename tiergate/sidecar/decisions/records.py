@@ -15,6 +15,10 @@ from typing import Any
 import orjson
 
 SHIP_BATCH = 100  # records per POST to the daemon
+INPUTS_KEPT = 10_000  # tenants whose fresh denies' inputs are kept for the cached answers they produced
+
+Key = tuple[str, str, int]  # (tenant, feature, quantity)
+Kept = tuple[bytes, bytes, int | None]  # (the answer's bytes, the input's JSON, the account version)
 
 
 class DecisionRecords:
@@ -36,6 +40,11 @@ class DecisionRecords:
         self._queue: collections.deque[bytes] = collections.deque()
         self.ship_queue = ship_queue
         self.dropped = 0
+        # The input of each key's newest fresh deny, with the answer it produced: a cached deny
+        # with that same answer was decided from that same input (the cache drops an answer when
+        # the tenant's data or usage changes), so it is recorded without rebuilding the input.
+        # The decision service forgets a tenant's inputs whenever it drops the tenant's answers.
+        self._inputs: collections.OrderedDict[str, dict[tuple[str, int], Kept]] = collections.OrderedDict()
 
     def wants(self, allow: bool) -> bool:
         """Whether this decision is recorded: every deny, a sampled share of allows (off at 0 bytes)."""
@@ -43,8 +52,36 @@ class DecisionRecords:
             return False
         return not allow or (self.allow_sample > 0 and self._sample() < self.allow_sample)
 
-    def keep(self, decision_id: str, record: dict[str, Any]) -> None:
+    def remember(self, key: Key, answer: bytes, document: dict[str, Any], version: int | None) -> bytes:
+        """The input of a fresh deny (`answer`: its materialised bytes); returns the input's JSON."""
+        raw = orjson.dumps(document)
+        tenant, feature, quantity = key
+        self._inputs.setdefault(tenant, {})[(feature, quantity)] = (answer, raw, version)
+        self._inputs.move_to_end(tenant)
+        if len(self._inputs) > INPUTS_KEPT:
+            self._inputs.popitem(last=False)
+        return raw
+
+    def recall(self, key: Key, answer: bytes) -> tuple[bytes, int | None] | None:
+        """The input that produced this same answer for `key`, if it is still kept."""
+        tenant, feature, quantity = key
+        found = self._inputs.get(tenant, {}).get((feature, quantity))
+        if found is None or found[0] != answer:
+            return None
+        return found[1], found[2]
+
+    def forget(self, tenant: str | None) -> None:
+        """The tenant's data or usage changed (None: everyone's): its kept inputs no longer hold."""
+        if tenant is None:
+            self._inputs.clear()
+        else:
+            self._inputs.pop(tenant, None)
+
+    def keep(self, decision_id: str, record: dict[str, Any], input_raw: bytes | None = None) -> None:
+        """Keep `record`; `input_raw`, when given, is its `input` already as JSON."""
         raw = orjson.dumps(record)
+        if input_raw is not None:
+            raw = raw[:-1] + b',"input":' + input_raw + b"}"
         if len(raw) > self.max_bytes:
             return
         self._kept[decision_id] = raw

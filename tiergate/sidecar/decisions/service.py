@@ -135,9 +135,14 @@ class DecisionService:
     def _replica_changed(self, meta: ReplicaMeta, tenants: set[str] | None) -> None:
         """The reader saw a change: a new generation (an import, a snapshot) or `tenants` None
         replaces every answer; a feed batch drops its tenants' answers."""
+        if self.records is not None:
+            for tenant in [None] if tenants is None else tenants:
+                self.records.forget(tenant)
         if tenants is None or meta.generation != self._generation:
             self._generation = meta.generation
             self.cache.clear()
+            if self.records is not None:
+                self.records.forget(None)
         else:
             keys = [(t, *key) for t in tenants for key in self.cache.invalidate(t)]
             if keys:
@@ -148,6 +153,8 @@ class DecisionService:
         """Pending usage of `tenant`'s counter `code` (None: any) changed: drop every answer of the
         tenant, or only those about `code` when the policy declares that a decision reads its own
         feature's counter alone (`usage_scope := "feature"`, learned for the live revision)."""
+        if self.records is not None:
+            self.records.forget(tenant)
         scope, revision = self._usage_scope
         if code is not None and scope == "feature" and revision == self.engine.revision:
             self.cache.invalidate_feature(tenant, code)
@@ -231,7 +238,7 @@ class DecisionService:
         if self._logged(answer.allow):
             self._log(decision)
         if self.records is not None and self.records.wants(answer.allow):
-            await self._record(decision.body(), given)
+            await self._record(decision.body(), answer.head, given)
         return decision
 
     async def decide_json(self, tenant: str, feature: str, quantity: int = 1) -> bytes:
@@ -259,7 +266,7 @@ class DecisionService:
         if self._logged(answer.allow):
             self._log_rendered(body)
         if self.records is not None and self.records.wants(answer.allow):
-            await self._record(orjson.loads(body), given)
+            await self._record(orjson.loads(body), answer.head, given)
         return body
 
     async def _materialised(
@@ -364,26 +371,31 @@ class DecisionService:
         )
         return PolicyInput(document, row)
 
-    async def _record(self, decision: dict[str, Any], given: PolicyInput | None) -> None:
-        """Keep the decision with its input (rebuilt now for an answer that came from the cache)."""
-        assert self.records is not None
-        if given is None:
-            now = self.clock()
-            given = await self._input(
-                decision["tenant"], decision["feature"], decision["quantity"], now, self.replica_age(now)
-            )
-        meta = self.reader.meta
-        self.records.keep(
+    async def _record(self, decision: dict[str, Any], answer: bytes, given: PolicyInput | None) -> None:
+        """Keep the decision with its input: the one it was evaluated from, or for an answer from
+        the cache the input that produced it (rebuilt now when no longer kept)."""
+        records = self.records
+        assert records is not None
+        key = (decision["tenant"], decision["feature"], decision["quantity"])
+        recalled = records.recall(key, answer) if given is None else None
+        if recalled is None:
+            if given is None:
+                now = self.clock()
+                given = await self._input(*key, now, self.replica_age(now))
+            version = given.row.version if given.row else None
+            recalled = records.remember(key, answer, given.document, version), version
+        input_raw, version = recalled
+        records.keep(
             decision["decision_id"],
             {
                 "decision_id": decision["decision_id"],
-                "at": given.document["now"],
+                "at": self._now_rfc3339(self.clock()),
                 "decision": decision,
-                "input": given.document,
                 "policy_revision": decision["policy_revision"],
-                "replica": {"position": meta.position, "data_as_of": decision["data_as_of"]},
-                "account_version": given.row.version if given.row else None,
+                "replica": {"position": self.reader.meta.position, "data_as_of": decision["data_as_of"]},
+                "account_version": version,
             },
+            input_raw,
         )
 
     async def _evaluate(self, document: dict[str, Any], tier: str | None) -> PolicyAnswer:
