@@ -9,7 +9,7 @@ PIP := $(BIN)/pip --disable-pip-version-check --quiet
 ARCH ?=
 IMAGE ?=
 
-.PHONY: venv lock audit dist nginx promtool image image-tools image-for-tests test check lint typecheck rego typescript pytest demo fmt bench chart-sync clean
+.PHONY: venv lock audit dist nginx promtool chromium image image-tools image-for-tests test check lint typecheck rego typescript pytest demo fmt bench chart-sync clean
 
 venv: $(STAMP)
 
@@ -82,7 +82,7 @@ $(TS)/node_modules/.installed: $(TS)/package-lock.json
 	$(NPM) ci
 	touch $@
 
-pytest: venv typescript nginx promtool image-for-tests
+pytest: venv typescript nginx promtool chromium image-for-tests
 	$(BIN)/pytest -q
 
 # Debian's nginx for tests/integration/ingress (the shipped deploy/nginx configs run in front of a real
@@ -127,6 +127,16 @@ promtool:
 	else SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus \
 	  || echo "promtool: apt-get install prometheus failed; the alert tests will skip"; fi
+
+# Debian's Chromium for the console's browser test (tests/integration/console), driven by Playwright
+# from PyPI (a dev dependency); Playwright's own browser downloads are never used. Installed when
+# missing and apt-get is usable, like nginx; else that test skips and says so.
+chromium:
+	@if test -x /usr/bin/chromium; then :; \
+	elif ! command -v apt-get >/dev/null; then echo "chromium: no apt-get here; install chromium to run the browser test"; \
+	else SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium \
+	  || echo "chromium: apt-get install chromium failed; the browser test will skip"; fi
 
 demo: venv
 	$(BIN)/python -m demo

@@ -487,13 +487,14 @@ async def in_process(
 
     from tiergate.log import configure_logging
     from tiergate.models import CheckRequest
+    from tiergate.policy.document import build_input
+    from tiergate.policy.engine import DECISION_PATH
     from tiergate.sidecar.api.query import check_query
     from tiergate.sidecar.app import create_app
     from tiergate.sidecar.decisions.cache import DecisionCache
-    from tiergate.sidecar.decisions.policy_io import account_document, build_input, period_for
+    from tiergate.sidecar.decisions.policy_io import account_document, period_for
     from tiergate.sidecar.decisions.service import DecisionService
     from tiergate.sidecar.metrics import SidecarMetrics
-    from tiergate.sidecar.policy.engine import DECISION_PATH
     from tiergate.sidecar.settings import SidecarSettings
     from tiergate.sidecar.state import DECISIONS, POLICIES, READER, ROUTES
     from tiergate.sidecar.usage.ledger import UsageLedger
@@ -594,7 +595,7 @@ async def in_process(
         figures["engine"] = f"{settings.engine} (compiled VM: {settings.engine_vm})"
         bundle = app[POLICIES].reloader.bundle
         if settings.engine == "embedded" and bundle is not None:
-            from tiergate.sidecar.policy.embedded import EmbeddedEngine
+            from tiergate.policy.embedded import EmbeddedEngine
 
             other = EmbeddedEngine(compiled=not settings.engine_vm)
             await other.load(bundle)

@@ -11,7 +11,9 @@
 # data.plans: the catalog (plans/plans.yaml as Catalog.policy_data() gives it).
 #
 # Output, the `decision` document:
-#   {"allow", "reason", "tier", "limit", "used", "remaining", "valid_until"}
+#   {"allow", "reason", "tier", "paid_tier", "limit", "used", "remaining", "valid_until"}
+# `tier` is the tier applied; `paid_tier` the one the account pays for (null without an account):
+# they differ while a payment is overdue past its grace, a trial has expired, and so on.
 # Reasons are a fixed vocabulary: ok, not_in_plan, limit_exceeded, subscription_inactive,
 # payment_overdue, trial_expired, unknown_feature, replica_stale.
 #
@@ -41,6 +43,7 @@ stale_decision := {
 	"allow": false,
 	"reason": "replica_stale",
 	"tier": effective_tier,
+	"paid_tier": paid_tier,
 	"limit": null,
 	"used": used,
 	"remaining": null,
@@ -52,6 +55,7 @@ unknown_feature_decision := {
 	"allow": false,
 	"reason": "unknown_feature",
 	"tier": effective_tier,
+	"paid_tier": paid_tier,
 	"limit": null,
 	"used": used,
 	"remaining": null,
@@ -60,6 +64,7 @@ unknown_feature_decision := {
 
 feature_decision := object.union(final_answer, {
 	"tier": effective_tier,
+	"paid_tier": paid_tier,
 	"used": used,
 	"valid_until": valid_until,
 })
@@ -107,6 +112,11 @@ account := input.account if input.account != null
 subscribed_tier := account.tier if data.plans.tiers[account.tier]
 
 status := account.status if subscribed_tier
+
+# The tier the account pays for as Stripe says, even one the catalog no longer has.
+default paid_tier := null
+
+paid_tier := account.tier
 
 # `granted`: the subscribed tier applies right now.
 granted if {

@@ -88,11 +88,33 @@ test_decision_is_the_full_document if {
 		"allow": true,
 		"reason": "ok",
 		"tier": "free",
+		"paid_tier": null,
 		"limit": 100,
 		"used": 10,
 		"remaining": 90,
 		"valid_until": period_end,
 	}
+}
+
+# A denial names both tiers: the one applied and the one paid for.
+test_overdue_past_grace_names_the_paid_tier if {
+	d := decide(subscribed("reports", "pro", "past_due", {"past_due_since": "2026-10-01T00:00:00Z"}))
+	d.allow == false
+	d.reason == "payment_overdue"
+	d.tier == "free"
+	d.paid_tier == "pro"
+}
+
+test_paid_tier_is_named_even_when_the_catalog_dropped_it if {
+	d := decide(subscribed("dashboards", "retired_tier", "active", {}))
+	d.tier == "free"
+	d.paid_tier == "retired_tier"
+}
+
+test_active_subscription_pays_for_the_tier_it_gets if {
+	d := decide(subscribed("sso", "pro", "active", {}))
+	d.tier == "pro"
+	d.paid_tier == "pro"
 }
 
 # usage_scope := "feature" is a promise: no decision reads a counter other than its own feature's.

@@ -5,8 +5,11 @@ registers its settings' fields here)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -103,3 +106,23 @@ def describe_default(info: FieldInfo) -> str:
         return str(default).lower()
     text = str(default)
     return text if text else '""'
+
+
+def fetch(base: str, path: str, token: str | None, what: str) -> Any:
+    """GET one document; the server's error message, or why it could not be reached, exits 1."""
+    request = urllib.request.Request(base.rstrip("/") + path)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            try:
+                message = json.loads(exc.read())["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = exc.reason
+        click.echo(f"error: the {what} answered {exc.code}: {message}", err=True)
+    except (urllib.error.URLError, OSError) as exc:
+        click.echo(f"error: cannot reach the {what} at {base}: {getattr(exc, 'reason', exc)}", err=True)
+    sys.exit(1)

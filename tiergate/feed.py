@@ -7,6 +7,8 @@ them. Fields a newer daemon adds are ignored, so daemons can be upgraded before 
 from __future__ import annotations
 
 import math
+import os
+import socket
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
@@ -122,3 +124,12 @@ def refused_token(status: int, path: str, *, token_sent: bool) -> str | None:
         f"authentication failed: the daemon answered {status} to {path}: it does not accept this "
         "sidecar's TIERGATE_FEED_TOKEN; set it to one of the daemon's TIERGATE_FEED_TOKEN"
     )
+
+
+# Who follows: a sidecar names itself (its host, i.e. the pod, and process) on every feed request,
+# so the daemon's console can list the fleet with each follower's position and last contact.
+FOLLOWER_HEADER = "X-Tiergate-Follower"
+
+
+def follower_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"[:200]

@@ -115,6 +115,7 @@ class PolicyAnswer:
     used: int = 0
     remaining: int | None = None
     valid_until: str | None = None
+    paid_tier: str | None = None  # the tier the account pays for (`tier` is the one applied)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,6 +134,7 @@ class Decision:
     used: int = 0
     remaining: int | None = None
     valid_until: str | None = None
+    paid_tier: str | None = None  # the tier the account pays for (`tier` is the one applied)
     tenant: str
     feature: str
     quantity: int = 1
@@ -168,6 +170,7 @@ class Decision:
             used=answer.used,
             remaining=answer.remaining,
             valid_until=answer.valid_until,
+            paid_tier=answer.paid_tier,
             tenant=tenant,
             feature=feature,
             quantity=quantity,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tiergate.errors import CatalogError, PolicyError
-from tiergate.sidecar.policy.bundle import bundle_revision, load_bundle
+from tiergate.policy.bundle import bundle_revision, load_bundle
 
 PLANS = "default_tier: free\ntiers:\n  free: {rank: 0, features: {sso: false}}\n"
 MODULE = "package tiergate.entitlements\n\ndecision := {}\n"

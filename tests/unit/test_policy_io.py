@@ -8,15 +8,8 @@ from typing import Any
 import pytest
 
 from tiergate.models import PolicyAnswer
-from tiergate.sidecar.decisions.policy_io import (
-    PolicyAnswerError,
-    account_document,
-    build_input,
-    expiry_epoch,
-    parse_answer,
-    period_for,
-    policy_error_decision,
-)
+from tiergate.policy.document import PolicyAnswerError, build_input, parse_answer, policy_error_decision
+from tiergate.sidecar.decisions.policy_io import account_document, expiry_epoch, period_for
 from tiergate.sidecar.replica.store import AccountRow
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
@@ -157,7 +150,15 @@ def test_parse_answer_refuses_what_is_not_a_decision(answer: object, message: st
 
 
 def test_policy_error_is_a_deny_keeping_the_tier() -> None:
-    assert policy_error_decision("pro") == PolicyAnswer(False, "policy_error", "pro", None, 0, None, None)
+    assert policy_error_decision("pro") == PolicyAnswer(
+        False, "policy_error", "pro", None, 0, None, None, "pro"
+    )
+
+
+def test_parse_answer_keeps_the_paid_tier_beside_the_applied_one() -> None:
+    answer = parse_answer({"allow": False, "reason": "payment_overdue", "tier": "free", "paid_tier": "pro"})
+    assert (answer.tier, answer.paid_tier) == ("free", "pro")
+    assert parse_answer({"allow": True, "reason": "ok", "tier": "free", "paid_tier": 7}).paid_tier is None
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import uvloop
 from aiohttp import web
 
 from tiergate.errors import PolicyError, ReplicaError, TierError
+from tiergate.policy.engine import PolicyEngine
 from tiergate.serve import Listener, serve
 from tiergate.sidecar.api.authz import add_authz_routes
 from tiergate.sidecar.api.check import add_routes
@@ -21,10 +22,10 @@ from tiergate.sidecar.api.guard import add_unrouted
 from tiergate.sidecar.api.listeners import AUTHZ_LISTENER_PORTS, DIAGNOSTICS_LISTENER_PORTS
 from tiergate.sidecar.api.usage import add_usage_routes
 from tiergate.sidecar.decisions.cache import DecisionCache
+from tiergate.sidecar.decisions.records import DecisionRecords
 from tiergate.sidecar.decisions.service import DecisionService, RouteResolver
 from tiergate.sidecar.decisions.shadow import ShadowPolicy
 from tiergate.sidecar.metrics import SidecarMetrics
-from tiergate.sidecar.policy.engine import PolicyEngine
 from tiergate.sidecar.policy.reload import PolicyReloader
 from tiergate.sidecar.replica import damage
 from tiergate.sidecar.replica.follower import LONG_POLL_S, Follower
@@ -156,7 +157,7 @@ def _make_engine(settings: SidecarSettings) -> PolicyEngine:
         from tiergate.sidecar.policy.opa_server import OpaServerEngine
 
         return OpaServerEngine(str(settings.opa_url), timeout_s=settings.engine_timeout_s)
-    from tiergate.sidecar.policy.embedded import EmbeddedEngine
+    from tiergate.policy.embedded import EmbeddedEngine
 
     return EmbeddedEngine(compiled=settings.engine_vm)
 
@@ -189,6 +190,12 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
             on_reload=lambda revision: _reloaded(app, revision),
             on_failure=lambda error: metrics.reloads.labels("failed").inc(),
         )
+        decisions.records = DecisionRecords(
+            int(settings.decision_record_mb * 1024 * 1024),
+            allow_sample=settings.decision_record_allow_sample,
+            ship_queue=settings.decision_record_ship_queue if settings.daemon_url else 0,
+            on_drop=metrics.decision_records_dropped.inc,
+        )
         app[METRICS] = metrics
         app[DECISIONS] = decisions
         if FOLLOWER in app:
@@ -218,7 +225,7 @@ async def _start_shadow(
     settings: SidecarSettings, decisions: DecisionService, live: PolicyReloader
 ) -> PolicyReloader:
     """The shadow bundle on an embedded engine of its own, hot-reloaded like the live one."""
-    from tiergate.sidecar.policy.embedded import EmbeddedEngine
+    from tiergate.policy.embedded import EmbeddedEngine
 
     assert settings.shadow_policies is not None
     engine = EmbeddedEngine(compiled=settings.engine_vm)

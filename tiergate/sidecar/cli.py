@@ -18,6 +18,7 @@ from tiergate.cli import subgroup
 from tiergate.cli_support import SETTINGS_FIELDS, SettingsHelp, serve, warn_unknown_settings
 from tiergate.errors import CatalogError, TierError
 from tiergate.settings_errors import describe_settings_error
+from tiergate.sidecar.cli_check import check
 from tiergate.sidecar.decisions.impact_report import (
     FAIL_ON,
     needs_impact,
@@ -28,7 +29,7 @@ from tiergate.sidecar.decisions.impact_report import (
 )
 
 if TYPE_CHECKING:
-    from tiergate.sidecar.policy.engine import PolicyBundle
+    from tiergate.policy.engine import PolicyBundle
     from tiergate.sidecar.settings import SidecarSettings
 
 
@@ -39,6 +40,7 @@ def register(root: click.Group) -> None:
     root.add_command(policies)
     root.add_command(replica)
     root.add_command(healthcheck)
+    root.add_command(check)
     subgroup(root, "plans").add_command(plans_diff)
     subgroup(root, "usage").add_command(usage_quarantine)
     subgroup(root, "usage").add_command(usage_redeliver)
@@ -138,7 +140,7 @@ def plans_diff(
 
     Exit codes: 0 done, 1 an error, 2 a bad option, 3 a --fail-on change was found."""
     from tiergate.catalog_diff import price_changes
-    from tiergate.sidecar.policy.bundle import load_bundle
+    from tiergate.policy.bundle import load_bundle
 
     fail_on = _fail_on(fail_on_text, impact)
     try:

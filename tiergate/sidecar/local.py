@@ -21,10 +21,10 @@ from types import TracebackType
 from tiergate.amounts import Amount, add, negate
 from tiergate.errors import ReplicaError
 from tiergate.models import Decision
+from tiergate.policy.embedded import EmbeddedEngine
 from tiergate.sidecar.decisions.cache import DecisionCache
 from tiergate.sidecar.decisions.service import DecisionService
 from tiergate.sidecar.metrics import SidecarMetrics
-from tiergate.sidecar.policy.embedded import EmbeddedEngine
 from tiergate.sidecar.policy.reload import PolicyReloader
 from tiergate.sidecar.replica.store import ReplicaMeta, ReplicaReader
 from tiergate.sidecar.usage.ledger import Key, UsageLedger

@@ -73,6 +73,11 @@ class SidecarMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.decisions = DecisionCounts()
         self.registry.register(self.decisions)
+        self.decision_records_dropped = Counter(
+            "tiergate_decision_records_dropped",
+            "Deny records dropped before they reached the daemon (the shipping queue was full).",
+            registry=self.registry,
+        )
         self.engine_errors = Counter(
             "tiergate_engine_errors",
             "Policy evaluations that failed (answered as a policy_error deny).",

@@ -63,6 +63,12 @@ class SidecarSettings(BaseSettings):
     decision_cache_ttl_s: Annotated[float, Field(ge=0)] = 0.0
     decision_log_sample: Annotated[float, Field(ge=0, le=1)] = 0.01
     decision_log_denies: bool = True
+    # Recent decisions kept with their input for GET /v1/decisions/{id}: every deny and this share
+    # of allows, within a memory budget (0 turns recording off). Deny records also wait, at most
+    # decision_record_ship_queue of them, to be shipped to the daemon with the usage deliveries.
+    decision_record_mb: Annotated[float, Field(ge=0)] = 4.0
+    decision_record_allow_sample: Annotated[float, Field(ge=0, le=1)] = 0.01
+    decision_record_ship_queue: Annotated[int, Field(ge=0, le=1_000_000)] = 1000
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
     max_batch: Annotated[int, Field(ge=1, le=10_000)] = 1000
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -6,9 +6,9 @@ from typing import Any
 
 from aiohttp import web
 
+from tiergate.policy.engine import PolicyEngine
 from tiergate.sidecar.decisions.service import DecisionService, RouteResolver
 from tiergate.sidecar.metrics import SidecarMetrics
-from tiergate.sidecar.policy.engine import PolicyEngine
 from tiergate.sidecar.policy.reload import PolicyReloader
 from tiergate.sidecar.replica.follower import Follower
 from tiergate.sidecar.replica.store import ReplicaReader

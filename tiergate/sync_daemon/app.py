@@ -38,6 +38,7 @@ from tiergate.sync_daemon.state import (
     APPLIER,
     BILLING,
     CATALOG,
+    FLEET,
     LEADER,
     METRICS,
     MIRROR,
@@ -50,6 +51,10 @@ from tiergate.sync_daemon.stripe_sync.source import BillingSource
 from tiergate.sync_daemon.stripe_sync.stripe_source import StripeBilling
 from tiergate.sync_daemon.stripe_sync.translate import Translator
 from tiergate.sync_daemon.stripe_sync.webhook import receive_stripe_event
+from tiergate.sync_daemon.support.api import add_support_routes
+from tiergate.sync_daemon.support.console import add_console_routes
+from tiergate.sync_daemon.support.decisions import add_decision_routes
+from tiergate.sync_daemon.support.fleet import Fleet
 from tiergate.sync_daemon.traces import TRACING, tracing_ctx, tracing_middleware
 from tiergate.sync_daemon.usage import add_usage_routes
 from tiergate.tracing import tracing_for
@@ -123,6 +128,7 @@ def create_app(
         app[TRACING] = tracing
         app.cleanup_ctx.append(tracing_ctx)
     app[CATALOG] = catalog
+    app[FLEET] = Fleet()
     app.cleanup_ctx.append(_services_ctx(billing))
     app.cleanup_ctx.append(_scheduler_ctx)
     app.cleanup_ctx.append(billing_actions_ctx(actions))
@@ -136,6 +142,9 @@ def create_app(
     add_override_routes(app)
     add_outbound_routes(app)
     add_usage_routes(app, catalog)
+    add_support_routes(app)
+    add_decision_routes(app)
+    add_console_routes(app)
     return app
 
 

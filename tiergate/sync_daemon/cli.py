@@ -26,6 +26,7 @@ from tiergate.cli_support import (
 )
 from tiergate.errors import TierError
 from tiergate.sync_daemon.cli_overrides import overrides
+from tiergate.sync_daemon.cli_support_tools import explain, tenant
 
 if TYPE_CHECKING:
     from tiergate.sync_daemon.settings import DaemonSettings, UsageResendSettings
@@ -39,6 +40,8 @@ def register(root: click.Group) -> None:
     root.add_command(sync_command)
     root.add_command(mirror)
     root.add_command(overrides)
+    root.add_command(tenant)
+    root.add_command(explain)
     subgroup(root, "plans").add_command(plans_push)
     subgroup(root, "usage").add_command(usage_resend)
 

@@ -66,6 +66,12 @@ class DaemonSettings(MirrorSettings):
     feed_token: SecretStr
     # The billing API (/v1/checkout/sessions, /v1/subscriptions/...) answers 503 until this is set.
     api_token: SecretStr | None = None
+    # Support's read-only token (tenant lookups, decisions, the console's reading), and the console
+    # operator's (reading, plus overrides from the console). Each may list several, comma-separated.
+    console_token: SecretStr | None = None
+    console_operator_token: SecretStr | None = None
+    # The Rego policies the daemon evaluates read-only to show what a sidecar would answer.
+    policies: Path = Path("policies")
     # Hosts Checkout and the portal may send a customer back to (comma-separated; `*.example.com`
     # for subdomains). Empty: any http(s) URL, with a warning at start while the billing API is on.
     redirect_hosts: str = ""
@@ -82,6 +88,9 @@ class DaemonSettings(MirrorSettings):
     processed_event_retention_days: Annotated[float, Field(ge=4)] = 30.0
     usage_event_retention_days: Annotated[float, Field(gt=0)] = 90.0
     closed_period_retention_days: Annotated[float, Field(gt=0)] = 400.0
+    # Account versions (each with the Stripe event or action behind it): a tenant's newest stays.
+    account_version_retention_days: Annotated[float, Field(gt=0)] = 90.0
+    decision_record_retention_days: Annotated[float, Field(gt=0)] = 14.0
     retention_interval_s: Annotated[float, Field(gt=0)] = 3600.0
     feed_max_wait_s: Annotated[float, Field(gt=0, le=30)] = 30.0
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
@@ -137,7 +146,7 @@ class DaemonSettings(MirrorSettings):
     def webhook_endpoint_list(self) -> list[str]:
         return _split(self.webhook_endpoints)
 
-    @field_validator("feed_token", "api_token")
+    @field_validator("feed_token", "api_token", "console_token", "console_operator_token")
     @classmethod
     def _long_tokens(cls, tokens: SecretStr | None) -> SecretStr | None:
         # Each comma-separated token on its own: an empty one must not open the feed (with
@@ -166,6 +175,8 @@ class DaemonSettings(MirrorSettings):
             processed_events=timedelta(days=self.processed_event_retention_days),
             usage_events=timedelta(days=self.usage_event_retention_days),
             closed_periods=timedelta(days=self.closed_period_retention_days),
+            account_versions=timedelta(days=self.account_version_retention_days),
+            decision_records=timedelta(days=self.decision_record_retention_days),
         )
 
     @field_validator("stripe_api_key")

@@ -12,6 +12,7 @@ from tiergate.sync_daemon.settings import DaemonSettings
 from tiergate.sync_daemon.stripe_sync.apply import EventApplier
 from tiergate.sync_daemon.stripe_sync.reconcile import Reconciler
 from tiergate.sync_daemon.stripe_sync.source import BillingSource
+from tiergate.sync_daemon.support.fleet import Fleet
 
 SETTINGS = web.AppKey("settings", DaemonSettings)
 CATALOG = web.AppKey("catalog", Catalog)  # loaded once, before the server binds
@@ -21,3 +22,4 @@ APPLIER = web.AppKey("applier", EventApplier)
 METRICS = web.AppKey("metrics", DaemonMetrics)
 RECONCILER = web.AppKey("reconciler", Reconciler)
 LEADER = web.AppKey("leader", Leader)
+FLEET = web.AppKey("fleet", Fleet)  # the sidecars following this daemon's feed

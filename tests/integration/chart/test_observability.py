@@ -21,7 +21,7 @@ from tests.integration.chart.test_render import STRIPE
 from tests.integration.chart.tools import CHART, by_kind, documents, one, render
 from tiergate.sidecar.decisions.shadow import ShadowPolicy
 from tiergate.sidecar.metrics import SidecarMetrics
-from tiergate.sidecar.policy.embedded import EmbeddedEngine
+from tiergate.policy.embedded import EmbeddedEngine
 from tiergate.sidecar.replica.damage import ReplicaDamage
 from tiergate.sidecar.replica.follower import FollowerStatus
 from tiergate.sidecar.usage.ledger import UsageLedger

@@ -45,6 +45,9 @@ DAEMON_MANAGED = {
     "mirror_path": "fixed, on the mirror PVC",
     "mirror_url": "mirror.postgres (a Secret's key)",
     "plans": "fixed, the plans ConfigMap's directory",
+    "policies": "fixed, the policies ConfigMap's directory (read-only: support's lookups)",
+    "console_token": "secrets (consoleToken key, optional: absent unless set)",
+    "console_operator_token": "secrets (consoleOperatorToken key, optional: absent unless set)",
 }
 ROLES: list[tuple[str, type[BaseSettings], dict[str, str], str]] = [
     ("sidecar", SidecarSettings, SIDECAR_MANAGED, "_helpers.tpl"),

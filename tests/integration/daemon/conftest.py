@@ -66,6 +66,7 @@ def make_settings(mirror_path: Path, stripe_base: str, **overrides: Any) -> Daem
         "feed_token": SecretStr(FEED_TOKEN),
         "mirror_path": mirror_path,
         "plans": ROOT / "plans" / "plans.yaml",
+        "policies": ROOT / "policies",
         "reconcile_at_start": False,
         "reconcile_interval_s": 3600,
         **overrides,

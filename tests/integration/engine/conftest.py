@@ -17,9 +17,9 @@ from aiohttp.test_utils import TestServer
 
 from tests.opa_double import create_opa_double
 from tiergate.catalog import parse_catalog
-from tiergate.sidecar.policy.bundle import bundle_revision
-from tiergate.sidecar.policy.embedded import EmbeddedEngine
-from tiergate.sidecar.policy.engine import DECISION_PATH, PolicyBundle, PolicyEngine
+from tiergate.policy.bundle import bundle_revision
+from tiergate.policy.embedded import EmbeddedEngine
+from tiergate.policy.engine import DECISION_PATH, PolicyBundle, PolicyEngine
 from tiergate.sidecar.policy.opa_server import OpaServerEngine
 
 HERE = Path(__file__).parent

@@ -8,7 +8,7 @@ import pytest
 
 from tests.integration.engine.conftest import PLANS_YAML, TIER_REGO, make_bundle, tier_input
 from tiergate.errors import EngineUnavailableError, PolicyError
-from tiergate.sidecar.policy.engine import DECISION_PATH, PolicyEngine
+from tiergate.policy.engine import DECISION_PATH, PolicyEngine
 
 EXTRA_REGO = 'package tiergate.extra\n\nhello := "world"\n'
 BROKEN_REGO = "package tiergate.entitlements\n\ndecision := {\n"

@@ -8,9 +8,9 @@ import sys
 import threading
 from pathlib import Path
 
-from tiergate.sidecar.policy import embedded
-from tiergate.sidecar.policy.bundle import load_bundle
-from tiergate.sidecar.policy.embedded import EmbeddedEngine
+from tiergate.policy import embedded
+from tiergate.policy.bundle import load_bundle
+from tiergate.policy.embedded import EmbeddedEngine
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -13,8 +13,8 @@ from structlog.testing import capture_logs
 
 from tests.integration.engine.conftest import PLANS_YAML
 from tiergate.errors import CatalogError, PolicyError
-from tiergate.sidecar.policy.embedded import EmbeddedEngine
-from tiergate.sidecar.policy.engine import DECISION_PATH
+from tiergate.policy.embedded import EmbeddedEngine
+from tiergate.policy.engine import DECISION_PATH
 from tiergate.sidecar.policy.reload import PolicyReloader
 
 # The watcher reacts in ~0.2 s (100 ms debounce); this is only the point where a test gives up.

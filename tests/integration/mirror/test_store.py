@@ -166,7 +166,14 @@ async def test_retention_deletes_only_what_is_old_and_never_the_current_period(m
     await mirror.transact(fill)
     keep = timedelta(days=30)
     deleted = await mirror.prune(Retention(processed_events=keep, usage_events=keep, closed_periods=keep))
-    assert deleted == {"processed_events": 1, "usage_events": 2, "usage_counters": 1, "usage_periods": 0}
+    assert deleted == {
+        "processed_events": 1,
+        "usage_events": 2,
+        "usage_counters": 1,
+        "usage_periods": 0,
+        "account_versions": 0,
+        "decision_records": 0,
+    }
     left = await mirror.read(
         lambda sql: sql.execute("SELECT tenant, period_start FROM usage ORDER BY tenant").fetchall()
     )

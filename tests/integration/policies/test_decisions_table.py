@@ -10,8 +10,8 @@ import pytest
 import regorus
 
 from tiergate.catalog import load_catalog
-from tiergate.sidecar.policy.bundle import load_bundle
-from tiergate.sidecar.policy.embedded import EmbeddedEngine
+from tiergate.policy.bundle import load_bundle
+from tiergate.policy.embedded import EmbeddedEngine
 
 ROOT = Path(__file__).resolve().parents[3]
 NOW = "2026-11-24T10:00:00Z"
@@ -198,7 +198,17 @@ def test_decision(
 ) -> None:
     decision = decide(engine, acct, feature, used)
     assert (decision["allow"], decision["reason"], decision["tier"]) == (allow, reason, tier)
-    assert set(decision) == {"allow", "reason", "tier", "limit", "used", "remaining", "valid_until"}
+    assert decision["paid_tier"] == (acct["tier"] if acct else None)
+    assert set(decision) == {
+        "allow",
+        "reason",
+        "tier",
+        "paid_tier",
+        "limit",
+        "used",
+        "remaining",
+        "valid_until",
+    }
 
 
 @pytest.mark.parametrize(

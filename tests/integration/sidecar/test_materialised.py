@@ -20,12 +20,12 @@ import structlog
 from tiergate.feed import FeedAccount, FeedChange, FeedUsage
 from tiergate.models import Account, Decision, Status, UsageCounter
 from tiergate.periods import rfc3339
+from tiergate.policy.bundle import load_bundle
+from tiergate.policy.embedded import EmbeddedEngine
 from tiergate.sidecar.decisions.cache import DecisionCache
 from tiergate.sidecar.decisions.policy_io import period_for
 from tiergate.sidecar.decisions.service import DecisionService
 from tiergate.sidecar.metrics import SidecarMetrics
-from tiergate.sidecar.policy.bundle import load_bundle
-from tiergate.sidecar.policy.embedded import EmbeddedEngine
 from tiergate.sidecar.replica.store import ReplicaReader, ReplicaWriter, open_replica
 from tiergate.sidecar.usage.ledger import UsageLedger
 

@@ -13,9 +13,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from tiergate.errors import BadRequestError, TierError
+from tiergate.errors import BadRequestError, NotFoundError, TierError
 from tiergate.models import CheckRequest, Decision
 from tiergate.periods import rfc3339, utc_now
+from tiergate.policy.document import feature_sources
 from tiergate.sidecar.api.guard import PROCESS, guarded
 from tiergate.sidecar.api.listeners import listener_refusal
 from tiergate.sidecar.api.query import check_query
@@ -92,8 +93,11 @@ async def entitlements(request: web.Request) -> web.Response:
     features = request.app[POLICIES].features()
     decisions = {feature: await decide(tenant, feature, 1) for feature in sorted(features)}
     row = request.app[READER].account(tenant)
-    sources = value_sources(request.app[READER].overrides(tenant), rfc3339(utc_now()) or "")
-    sources = addon_sources(row, request.app[POLICIES].addon_features()) | sources  # an override wins
+    addons = json.loads(row.addons) if row is not None and row.addons else {}
+    overrides = request.app[READER].overrides(tenant)
+    sources = feature_sources(
+        overrides, addons, request.app[POLICIES].addon_features(), rfc3339(utc_now()) or ""
+    )
     first = next(iter(decisions.values()), None)
     return json_response(
         {
@@ -113,6 +117,19 @@ async def entitlements(request: web.Request) -> web.Response:
     )
 
 
+async def get_decision(request: web.Request) -> web.Response:
+    """A recent decision with the input it was made from (every deny, a sample of allows)."""
+    decision_id = request.match_info["decision_id"]
+    records = request.app[DECISIONS].records
+    found = records.get(decision_id) if records is not None else None
+    if found is None:
+        raise NotFoundError(
+            f"decision {decision_id[:100]!r} is not among this sidecar's recent records (every deny and "
+            "a sample of allows are kept within TIERGATE_DECISION_RECORD_MB; the daemon keeps denies longer)"
+        )
+    return json_response(found)
+
+
 def _feature_entry(decision: Decision) -> dict[str, Any]:
     return {
         "allow": decision.allow,
@@ -122,26 +139,6 @@ def _feature_entry(decision: Decision) -> dict[str, Any]:
         "remaining": decision.remaining,
         "valid_until": decision.valid_until,
     }
-
-
-def value_sources(overrides: dict[str, dict[str, Any]], now_text: str) -> dict[str, str]:
-    """Where each feature's value comes from, when not from the plan: an override in force.
-
-    RFC 3339 `Z` strings of whole seconds compare in time order, as the policy's instants do.
-    """
-    return {
-        feature: "override"
-        for feature, found in overrides.items()
-        if found.get("expires_at") is None or now_text < str(found["expires_at"])
-    }
-
-
-def addon_sources(row: AccountRow | None, addon_features: dict[str, set[str]]) -> dict[str, str]:
-    """The features an add-on the subscription holds changes (add-on -> its features in the catalog)."""
-    if row is None or not row.addons:
-        return {}
-    held = [name for name, quantity in json.loads(row.addons).items() if quantity > 0]
-    return {feature: "addon" for name in held for feature in addon_features.get(name, ())}
 
 
 def _pending_change(row: AccountRow | None) -> dict[str, Any] | None:
@@ -257,6 +254,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/check", guarded(check_post))
     app.router.add_post("/v1/check/batch", guarded(check_batch))
     app.router.add_get("/v1/entitlements/{tenant}", guarded(entitlements))
+    app.router.add_get("/v1/decisions/{decision_id}", guarded(get_decision))
     app.router.add_get("/healthz", guarded(healthz))
     app.router.add_get("/readyz", guarded(readyz))
     app.router.add_get("/metrics", guarded(metrics))

@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from tiergate.errors import BadRequestError, EngineUnavailableError
 from tiergate.models import FeatureName, Quantity, TenantId
+from tiergate.policy.engine import PolicyBundle
 from tiergate.sidecar.api.guard import guarded
 from tiergate.sidecar.api.reserve_body import reserve_body
-from tiergate.sidecar.policy.engine import PolicyBundle
 from tiergate.sidecar.settings import SidecarSettings
 from tiergate.sidecar.state import DECISIONS, METRICS, POLICIES, READER, SETTINGS, TRACING
 from tiergate.sidecar.usage.delivery import Delivery
@@ -180,6 +180,7 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
             backoff_max_s=settings.delivery_backoff_max_s,
             retention_s=settings.outbox_retention_s,
             tracing=app.get(TRACING),
+            records=decisions.records,
         )
         app[DELIVERY] = delivery
         delivery.start()

@@ -27,17 +27,11 @@ from tiergate.catalog_diff import price_changes
 from tiergate.errors import ReplicaError, TierError
 from tiergate.models import PolicyAnswer
 from tiergate.periods import rfc3339
+from tiergate.policy.document import PolicyAnswerError, build_input, parse_answer, policy_error_decision
+from tiergate.policy.embedded import EmbeddedEngine
+from tiergate.policy.engine import DECISION_PATH, PolicyBundle
 from tiergate.sidecar.decisions.impact_report import Change, FeatureImpact, ImpactReport
-from tiergate.sidecar.decisions.policy_io import (
-    PolicyAnswerError,
-    account_document,
-    build_input,
-    parse_answer,
-    period_for,
-    policy_error_decision,
-)
-from tiergate.sidecar.policy.embedded import EmbeddedEngine
-from tiergate.sidecar.policy.engine import DECISION_PATH, PolicyBundle
+from tiergate.sidecar.decisions.policy_io import account_document, period_for
 from tiergate.sidecar.replica.store import SELECT_ACCOUNTS, AccountRow
 
 CHUNK = 2_000  # tenants per worker task

@@ -10,7 +10,7 @@ import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -18,21 +18,15 @@ from tiergate.errors import PolicyError, ReplicaNotReadyError, TierError
 from tiergate.log import host_safe_logger
 from tiergate.models import Decision, PolicyAnswer
 from tiergate.periods import rfc3339
+from tiergate.policy.document import PolicyAnswerError, build_input, parse_answer, policy_error_decision
+from tiergate.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyEngine
 from tiergate.sidecar.decisions.cache import DecisionCache, Materialised
 from tiergate.sidecar.decisions.decision_log import DecisionLog
-from tiergate.sidecar.decisions.policy_io import (
-    PolicyAnswerError,
-    account_document,
-    build_input,
-    expiry_epoch,
-    parse_answer,
-    period_for,
-    policy_error_decision,
-)
+from tiergate.sidecar.decisions.policy_io import account_document, expiry_epoch, period_for
+from tiergate.sidecar.decisions.records import DecisionRecords
 from tiergate.sidecar.decisions.shadow import ShadowPolicy
 from tiergate.sidecar.metrics import SidecarMetrics
-from tiergate.sidecar.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyEngine
-from tiergate.sidecar.replica.store import ReplicaMeta, ReplicaReader
+from tiergate.sidecar.replica.store import AccountRow, ReplicaMeta, ReplicaReader
 from tiergate.sidecar.usage.ledger import UsageLedger
 
 log = host_safe_logger("tiergate.sidecar")  # also runs inside a host app (LocalDecisions)
@@ -54,6 +48,13 @@ LOGGED_FIELDS = (
     "data_as_of",
     "stale",
 )
+
+
+class PolicyInput(NamedTuple):
+    """A policy input document and the replica row it was built from (None: no account)."""
+
+    document: dict[str, Any]
+    row: AccountRow | None
 
 
 class DecisionService:
@@ -105,6 +106,7 @@ class DecisionService:
         self._tail_key: tuple[str, str | None, bool] | None = None
         self._tail = b""
         self.shadow: ShadowPolicy | None = None  # TIERGATE_SHADOW_POLICIES: compared, never answering
+        self.records: DecisionRecords | None = None  # recent decisions with their input (explain)
         self._to_rematerialise: collections.deque[tuple[str, str, int]] = collections.deque()
         self._rematerialiser: asyncio.Task[None] | None = None
         self._adopt(reader.meta)
@@ -133,9 +135,14 @@ class DecisionService:
     def _replica_changed(self, meta: ReplicaMeta, tenants: set[str] | None) -> None:
         """The reader saw a change: a new generation (an import, a snapshot) or `tenants` None
         replaces every answer; a feed batch drops its tenants' answers."""
+        if self.records is not None:
+            for tenant in [None] if tenants is None else tenants:
+                self.records.forget(tenant)
         if tenants is None or meta.generation != self._generation:
             self._generation = meta.generation
             self.cache.clear()
+            if self.records is not None:
+                self.records.forget(None)
         else:
             keys = [(t, *key) for t in tenants for key in self.cache.invalidate(t)]
             if keys:
@@ -146,6 +153,8 @@ class DecisionService:
         """Pending usage of `tenant`'s counter `code` (None: any) changed: drop every answer of the
         tenant, or only those about `code` when the policy declares that a decision reads its own
         feature's counter alone (`usage_scope := "feature"`, learned for the live revision)."""
+        if self.records is not None:
+            self.records.forget(tenant)
         scope, revision = self._usage_scope
         if code is not None and scope == "feature" and revision == self.engine.revision:
             self.cache.invalidate_feature(tenant, code)
@@ -189,7 +198,7 @@ class DecisionService:
             now = self.clock()
             age = self.replica_age(now)
             epoch = self.cache.epoch
-            answer = await self._decide_fresh(tenant, feature, quantity, now, age)
+            answer, _ = await self._decide_fresh(tenant, feature, quantity, now, age)
             if answer.reason != "policy_error":
                 valid_until = expiry_epoch(answer.valid_until)
                 stale = self.is_stale(age)
@@ -214,7 +223,7 @@ class DecisionService:
         started = time.perf_counter()
         if self.not_ready is not None and self._as_of_epoch is None:
             return self._not_ready(tenant, feature, quantity, started)
-        stale, answer, fresh = await self._materialised(tenant, feature, quantity)
+        stale, answer, fresh, given = await self._materialised(tenant, feature, quantity)
         decision = Decision.of(
             fresh or answer.answer(),
             tenant=tenant,
@@ -228,6 +237,8 @@ class DecisionService:
         self.counts.count(answer.reason, answer.allow, time.perf_counter() - started)
         if self._logged(answer.allow):
             self._log(decision)
+        if self.records is not None and self.records.wants(answer.allow):
+            await self._record(decision.body(), answer.head, given)
         return decision
 
     async def decide_json(self, tenant: str, feature: str, quantity: int = 1) -> bytes:
@@ -236,7 +247,7 @@ class DecisionService:
         started = time.perf_counter()
         if self.not_ready is not None and self._as_of_epoch is None:
             return orjson.dumps(self._not_ready(tenant, feature, quantity, started))
-        stale, answer, _ = await self._materialised(tenant, feature, quantity)
+        stale, answer, _, given = await self._materialised(tenant, feature, quantity)
         body = b"".join(
             (
                 answer.head,
@@ -254,13 +265,15 @@ class DecisionService:
         self.counts.count(answer.reason, answer.allow, time.perf_counter() - started)
         if self._logged(answer.allow):
             self._log_rendered(body)
+        if self.records is not None and self.records.wants(answer.allow):
+            await self._record(orjson.loads(body), answer.head, given)
         return body
 
     async def _materialised(
         self, tenant: str, feature: str, quantity: int
-    ) -> tuple[bool, Materialised, PolicyAnswer | None]:
-        """(stale, the answer, the PolicyAnswer when it was evaluated now): from the cache, else
-        freshly decided and kept."""
+    ) -> tuple[bool, Materialised, PolicyAnswer | None, PolicyInput | None]:
+        """(stale, the answer, the PolicyAnswer and its input when it was evaluated now): from the
+        cache, else freshly decided and kept."""
         now = self.clock()
         age = self.replica_age(now)
         stale = self.is_stale(age)
@@ -270,10 +283,10 @@ class DecisionService:
         found = self.cache.get(tenant, feature, quantity, now, stale) if cacheable else None
         if found is not None:
             self.counts.hits += 1
-            return stale, found, None
+            return stale, found, None, None
         self.counts.misses += 1
         epoch = self.cache.epoch
-        fresh = await self._decide_fresh(tenant, feature, quantity, now, age)
+        fresh, given = await self._decide_fresh(tenant, feature, quantity, now, age)
         answer = Materialised.of(fresh)
         if cacheable and fresh.reason != "policy_error":
             self.cache.put(
@@ -286,7 +299,7 @@ class DecisionService:
                 stale=stale,
                 epoch=epoch,
             )
-        return stale, answer, fresh
+        return stale, answer, fresh, given
 
     def _next_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids)}"
@@ -330,8 +343,17 @@ class DecisionService:
 
     async def _decide_fresh(
         self, tenant: str, feature: str, quantity: int, now: float, age: float | None
-    ) -> PolicyAnswer:
+    ) -> tuple[PolicyAnswer, PolicyInput]:
         """Replica lookups plus pending usage (the ledger's read), then the policy."""
+        given = await self._input(tenant, feature, quantity, now, age)
+        answer = await self._evaluate(given.document, given.row.tier if given.row else None)
+        if self.shadow is not None:
+            await self.shadow.observe(given.document, answer)
+        return answer, given
+
+    async def _input(
+        self, tenant: str, feature: str, quantity: int, now: float, age: float | None
+    ) -> PolicyInput:
         now_text = self._now_rfc3339(now)
         row = self.reader.account(tenant)
         period = period_for(row, datetime.fromtimestamp(now, UTC), now_text)
@@ -347,10 +369,34 @@ class DecisionService:
             replica_age_s=age,
             overrides=self.reader.overrides(tenant),
         )
-        answer = await self._evaluate(document, row.tier if row else None)
-        if self.shadow is not None:
-            await self.shadow.observe(document, answer)
-        return answer
+        return PolicyInput(document, row)
+
+    async def _record(self, decision: dict[str, Any], answer: bytes, given: PolicyInput | None) -> None:
+        """Keep the decision with its input: the one it was evaluated from, or for an answer from
+        the cache the input that produced it (rebuilt now when no longer kept)."""
+        records = self.records
+        assert records is not None
+        key = (decision["tenant"], decision["feature"], decision["quantity"])
+        recalled = records.recall(key, answer) if given is None else None
+        if recalled is None:
+            if given is None:
+                now = self.clock()
+                given = await self._input(*key, now, self.replica_age(now))
+            version = given.row.version if given.row else None
+            recalled = records.remember(key, answer, given.document, version), version
+        input_raw, version = recalled
+        records.keep(
+            decision["decision_id"],
+            {
+                "decision_id": decision["decision_id"],
+                "at": self._now_rfc3339(self.clock()),
+                "decision": decision,
+                "policy_revision": decision["policy_revision"],
+                "replica": {"position": self.reader.meta.position, "data_as_of": decision["data_as_of"]},
+                "account_version": version,
+            },
+            input_raw,
+        )
 
     async def _evaluate(self, document: dict[str, Any], tier: str | None) -> PolicyAnswer:
         try:

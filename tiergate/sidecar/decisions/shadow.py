@@ -18,8 +18,8 @@ from prometheus_client import CollectorRegistry, Counter
 from tiergate.errors import TierError
 from tiergate.log import host_safe_logger
 from tiergate.models import REASONS, PolicyAnswer
-from tiergate.sidecar.decisions.policy_io import PolicyAnswerError, parse_answer
-from tiergate.sidecar.policy.engine import DECISION_PATH, PolicyEngine
+from tiergate.policy.document import PolicyAnswerError, parse_answer
+from tiergate.policy.engine import DECISION_PATH, PolicyEngine
 
 log = host_safe_logger("tiergate.shadow")  # also runs inside a host app (LocalDecisions)
 

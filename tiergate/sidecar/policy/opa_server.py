@@ -14,7 +14,7 @@ from opa_client.errors import ConnectionsError, RegoParseError
 from yarl import URL
 
 from tiergate.errors import EngineUnavailableError, PolicyError, TierError
-from tiergate.sidecar.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyBundle
+from tiergate.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyBundle
 
 try:
     import orjson

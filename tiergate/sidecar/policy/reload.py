@@ -13,8 +13,8 @@ import watchfiles
 
 from tiergate.errors import TierError
 from tiergate.log import host_safe_logger
-from tiergate.sidecar.policy.bundle import load_bundle
-from tiergate.sidecar.policy.engine import PolicyBundle, PolicyEngine
+from tiergate.policy.bundle import load_bundle
+from tiergate.policy.engine import PolicyBundle, PolicyEngine
 
 log = host_safe_logger(__name__)  # also runs inside a host app (LocalDecisions)
 

@@ -36,11 +36,13 @@ import aiohttp
 import structlog
 
 from tiergate.feed import (
+    FOLLOWER_HEADER,
     KNOWN_KINDS,
     FeedAccount,
     FeedChange,
     FeedOverride,
     FeedUsage,
+    follower_name,
     refused_token,
     reported_lag,
 )
@@ -134,6 +136,7 @@ class Follower:
 
     async def _run(self) -> None:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        headers[FOLLOWER_HEADER] = follower_name()  # the daemon's fleet view names each follower
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=self.poll_wait_s + 10)
         async with aiohttp.ClientSession(self.daemon_url, headers=headers, timeout=timeout) as session:
             while True:

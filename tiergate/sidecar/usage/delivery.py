@@ -26,6 +26,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from tiergate.feed import refused_token
 from tiergate.periods import utc_now_text
+from tiergate.sidecar.decisions.records import DecisionRecords
 from tiergate.sidecar.usage.ledger import UsageLedger
 from tiergate.sidecar.usage.outbox import Outbox, OutboxRow
 from tiergate.sidecar.usage.traces import TraceMarks
@@ -84,6 +85,7 @@ class Delivery:
         backoff_max_s: float = 10.0,
         retention_s: float = 3600.0,
         tracing: Tracing | None = None,
+        records: DecisionRecords | None = None,
     ) -> None:
         self.outbox = outbox
         self.pending = pending
@@ -96,6 +98,7 @@ class Delivery:
         self.linger_s = linger_s
         self.backoff_max_s = backoff_max_s
         self.retention_s = retention_s
+        self.records = records  # deny records, shipped between usage batches
         self.status = DeliveryStatus()
         self.tracing = tracing
         self.traces = TraceMarks()  # filled by the usage handlers while tracing is on
@@ -127,6 +130,7 @@ class Delivery:
         timeout = aiohttp.ClientTimeout(total=30, sock_connect=5)
         async with aiohttp.ClientSession(self.daemon_url, headers=headers, timeout=timeout) as session:
             while True:
+                await self._ship_records(session)
                 rows = await self.outbox.next_batch(self._cap, self.max_bytes)
                 if not rows:
                     await self._idle()
@@ -151,6 +155,26 @@ class Delivery:
             self.pending.end_flight()
         await self.outbox.persist_answer(rows, seq, rejected)
         self._cap = min(self.batch_size, self._cap * 2)
+
+    async def _ship_records(self, session: aiohttp.ClientSession) -> None:
+        """Deny records to the daemon's POST /v1/decisions/batch, best effort: a failed shipment
+        waits for the next round (within the queue's bound), a refused one is dropped and counted."""
+        if self.records is None or not self.records.waiting:
+            return
+        batch = self.records.take()
+        body = b'{"decisions":[' + b",".join(batch) + b"]}"
+        try:
+            async with session.post(
+                "/v1/decisions/batch", data=body, headers={"Content-Type": "application/json"}
+            ) as response:
+                if 400 <= response.status < 500:
+                    self.records.drop(batch)
+                    log.warning("decision_records_refused", status=response.status, records=len(batch))
+                elif response.status != 200:
+                    raise DeliveryError(f"daemon answered {response.status} to /v1/decisions/batch")
+        except (aiohttp.ClientError, TimeoutError, OSError, DeliveryError) as exc:
+            self.records.give_back(batch)
+            log.warning("decision_records_not_shipped", error=str(exc), waiting=self.records.waiting)
 
     async def _refused(self, rows: Sequence[OutboxRow], error: str) -> None:
         """Split a refused batch; quarantine a refused single event so the rest can go on."""

@@ -16,9 +16,9 @@ from tiergate.catalog import Metric
 from tiergate.errors import BadRequestError, ConflictError
 from tiergate.models import Decision
 from tiergate.periods import rfc3339
+from tiergate.policy.engine import PolicyBundle
 from tiergate.sidecar.decisions.policy_io import period_for
 from tiergate.sidecar.decisions.service import DecisionService
-from tiergate.sidecar.policy.engine import PolicyBundle
 from tiergate.sidecar.replica.store import AccountRow, ReplicaReader
 from tiergate.sidecar.usage.ledger import UsageLedger
 from tiergate.sidecar.usage.outbox import Entry, Outbox, Reserved

@@ -49,7 +49,7 @@ from tiergate.sync_daemon.billing.rules import (
     sold_price,
 )
 from tiergate.sync_daemon.billing.stripe_actions import StripeBillingActions
-from tiergate.sync_daemon.mirror.store import CustomerLink, MirrorAccount, MirrorTxn
+from tiergate.sync_daemon.mirror.store import Cause, CustomerLink, MirrorAccount, MirrorTxn
 from tiergate.sync_daemon.state import APPLIER, CATALOG, MIRROR, SETTINGS
 from tiergate.web import json_response
 
@@ -347,6 +347,7 @@ async def _apply(
         log.info("action_applied", tenant=tenant, outcome=outcome)
 
     def settle(txn: MirrorTxn) -> MirrorAccount | None:
+        txn.cause = Cause("billing_action", event_type="pending_change_cleared")
         account = txn.account(tenant)
         if account is not None and clear_pending and account.pending_tier is not None:
             account = txn.put_account(
@@ -362,6 +363,7 @@ async def _apply(
 
 async def _set_pending(request: web.Request, tenant: str, target: Target, at: int) -> MirrorAccount:
     def put(txn: MirrorTxn) -> MirrorAccount:
+        txn.cause = Cause("billing_action", event_type="pending_change_scheduled")
         account = txn.account(tenant)
         assert account is not None
         when = datetime.fromtimestamp(at, UTC)

@@ -32,8 +32,9 @@ Row = Sequence[Any]
 # PostgreSQL's feed head (their numbers are carried over as positions, below).
 _BOOKKEEPING = frozenset({"_sqlite_migrations", "sqlite_sequence", "schema_migrations", "feed_head"})
 # Tables whose numbering continues where the source's stopped, even past their last rows: the
-# change feed (a follower's `since` stays valid; trimmed seqs are never reused) and the audit's ids.
-POSITIONED = ("changes", "override_audit")
+# change feed (a follower's `since` stays valid; trimmed seqs are never reused), the audit's and
+# the account versions' ids.
+POSITIONED = ("changes", "override_audit", "account_versions")
 _MODULUS = 2**128
 _CLAIM_WAIT_S = 5.0
 

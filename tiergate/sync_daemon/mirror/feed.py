@@ -12,9 +12,9 @@ import orjson
 from aiohttp import web
 
 from tiergate.errors import BadRequestError, FeedGapError
-from tiergate.feed import MIRROR_LAG_FIELD
+from tiergate.feed import FOLLOWER_HEADER, MIRROR_LAG_FIELD
 from tiergate.periods import utc_now_text
-from tiergate.sync_daemon.state import MIRROR, RECONCILER, SETTINGS
+from tiergate.sync_daemon.state import FLEET, MIRROR, RECONCILER, SETTINGS
 from tiergate.web import json_response, query_params, require_bearer
 
 MAX_CHANGES = 1000
@@ -71,6 +71,9 @@ async def feed_changes(request: web.Request) -> web.Response:
     # following a newer daemon.
     kinds = _kinds(request.query.get("kinds"))
     changes = [c for c in batch.changes if c["kind"] in kinds]
+    request.app[FLEET].saw(
+        request.headers.get(FOLLOWER_HEADER) or str(request.remote), str(request.remote), since
+    )
     body = {
         "changes": changes,
         "last_seq": batch.last_seq,

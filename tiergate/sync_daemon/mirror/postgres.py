@@ -150,6 +150,9 @@ class PostgresTxn(MirrorTxn):
     def upsert(self, table: str, row: dict[str, Any], key: str) -> None:
         self._pg.defer(*upsert_statement(table, row, key))
 
+    def write(self, sql: str, params: Sequence[Any]) -> None:
+        self._pg.defer(sql, params)
+
     def flush(self) -> None:
         self._pg.flush()
 

@@ -256,12 +256,48 @@ DROP VIEW current_usage;
 CREATE INDEX usage_events_unnumbered ON usage_events (received_at, tenant, transaction_id) WHERE seq IS NULL;
 """
 
+# Account versions with their cause: the lineage behind a decision (the SQLite twin is m013).
+V6 = """
+CREATE TABLE account_versions (
+    id bigserial PRIMARY KEY,
+    tenant text NOT NULL,
+    version bigint NOT NULL,
+    body text,
+    cause text NOT NULL,
+    event_id text,
+    event_type text,
+    event_at text,
+    actor text,
+    at text NOT NULL
+);
+CREATE INDEX account_versions_by_tenant ON account_versions (tenant, id);
+CREATE INDEX account_versions_by_at ON account_versions (at);
+"""
+
+# Deny records shipped by sidecars: what GET /v1/decisions/{decision_id} explains (SQLite: m014).
+V7 = """
+CREATE TABLE decision_records (
+    decision_id text PRIMARY KEY,
+    tenant text NOT NULL,
+    feature text NOT NULL,
+    allow integer NOT NULL,
+    reason text NOT NULL,
+    body text NOT NULL,
+    at text NOT NULL,
+    received_at text NOT NULL
+);
+CREATE INDEX decision_records_by_tenant ON decision_records (tenant, at);
+CREATE INDEX decision_records_by_received_at ON decision_records (received_at);
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial", V1),
     (2, "exact_usage_values", V2),
     (3, "usage_gauges", V3),
     (4, "feed_numbered_after_commit", V4),
     (5, "current_usage_gauges_and_unnumbered_events", V5),
+    (6, "account_versions", V6),
+    (7, "decision_records", V7),
 ]
 
 

@@ -331,3 +331,52 @@ def m012_current_usage_gauges(db: sqlite_utils.Database) -> None:
     # writer numbers events as it stores them, ADR 21.)
     db.execute("DROP VIEW current_usage")
     db.execute(CURRENT_USAGE_SQLITE_V2)
+
+
+ACCOUNT_VERSIONS = "account_versions"
+
+
+@MIGRATIONS()
+def m013_account_versions(db: sqlite_utils.Database) -> None:
+    # Each version of an account followers saw, with what caused it (a Stripe event, a reconcile
+    # run, a billing action): the lineage behind a decision. `body` is the feed's Account (NULL
+    # for a deletion). Retention keeps each tenant's newest row whatever its age.
+    db.execute(
+        f"""CREATE TABLE {ACCOUNT_VERSIONS} (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            tenant TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            body TEXT,
+            cause TEXT NOT NULL,
+            event_id TEXT,
+            event_type TEXT,
+            event_at TEXT,
+            actor TEXT,
+            at TEXT NOT NULL
+        )"""
+    )
+    db.execute(f"CREATE INDEX {ACCOUNT_VERSIONS}_by_tenant ON {ACCOUNT_VERSIONS} (tenant, id)")
+    db.execute(f"CREATE INDEX {ACCOUNT_VERSIONS}_by_at ON {ACCOUNT_VERSIONS} (at)")
+
+
+DECISION_RECORDS = "decision_records"
+
+
+@MIGRATIONS()
+def m014_decision_records(db: sqlite_utils.Database) -> None:
+    # Deny records sidecars ship with their usage (the decision, its input, the replica position):
+    # what GET /v1/decisions/{decision_id} explains. Kept for TIERGATE_DECISION_RECORD_RETENTION_DAYS.
+    db.execute(
+        f"""CREATE TABLE {DECISION_RECORDS} (
+            decision_id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            feature TEXT NOT NULL,
+            allow INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            body TEXT NOT NULL,
+            at TEXT NOT NULL,
+            received_at TEXT NOT NULL
+        ) WITHOUT ROWID"""
+    )
+    db.execute(f"CREATE INDEX {DECISION_RECORDS}_by_tenant ON {DECISION_RECORDS} (tenant, at)")
+    db.execute(f"CREATE INDEX {DECISION_RECORDS}_by_received_at ON {DECISION_RECORDS} (received_at)")

@@ -19,9 +19,11 @@ from tiergate.amounts import from_stored
 from tiergate.feed import usage_record
 from tiergate.periods import calendar_month, rfc3339
 from tiergate.sync_daemon.mirror.schema import (
+    ACCOUNT_VERSIONS,
     ACCOUNTS,
     CHANGES,
     CUSTOMERS,
+    DECISION_RECORDS,
     EVENTS,
     OVERRIDES,
     SINK_CURSORS,
@@ -274,6 +276,16 @@ def prune_rows(sql: Sql, retention: Retention, now: datetime) -> dict[str, int]:
             [periods_before, month_start],
         ),
         "usage_periods": sql.execute(f"DELETE FROM {USAGE_PERIODS} WHERE period_end < ?", [periods_before]),
+        # Never a tenant's newest version: the lineage of the state in force now.
+        "account_versions": sql.execute(
+            f"DELETE FROM {ACCOUNT_VERSIONS} WHERE at < ? AND id < "
+            f"(SELECT max(newer.id) FROM {ACCOUNT_VERSIONS} newer WHERE newer.tenant = {ACCOUNT_VERSIONS}.tenant)",
+            [rfc3339(now - retention.account_versions)],
+        ),
+        "decision_records": sql.execute(
+            f"DELETE FROM {DECISION_RECORDS} WHERE received_at < ?",
+            [rfc3339(now - retention.decision_records)],
+        ),
     }
     return {name: int(cursor.rowcount) for name, cursor in counts.items()}
 

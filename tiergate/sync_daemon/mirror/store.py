@@ -16,12 +16,12 @@ import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from tiergate.models import ACCOUNT_FIELDS, ENDED_STATUSES
 from tiergate.periods import parse_rfc3339, rfc3339, utc_now_text
-from tiergate.sync_daemon.mirror.schema import ACCOUNTS, CUSTOMERS, EVENTS
+from tiergate.sync_daemon.mirror.schema import ACCOUNT_VERSIONS, ACCOUNTS, CUSTOMERS, EVENTS
 
 T = TypeVar("T")
 
@@ -138,6 +138,29 @@ class CustomerLink:
     deleted_at: int | None = None
 
 
+@dataclass(frozen=True)
+class Cause:
+    """What made an account change: a Stripe event, a reconcile run, a billing action (lineage)."""
+
+    kind: str  # "stripe_event", "billing_action", "reconcile" or "unknown"
+    event_id: str | None = None
+    event_type: str | None = None
+    event_at: str | None = None  # RFC 3339: the event's `created`, or when the reconcile run started
+    actor: str | None = None
+
+    @classmethod
+    def stripe_event(cls, event_id: str, event_type: str, created: int) -> Cause:
+        """A webhook, or a billing action's answer from Stripe (applied through the webhook path)."""
+        kind = "billing_action" if event_id.startswith(BILLING_ACTION_PREFIX) else "stripe_event"
+        return cls(
+            kind, event_id, event_type, rfc3339(datetime.fromtimestamp(created, UTC)) if created else None
+        )
+
+
+BILLING_ACTION_PREFIX = "tiergate_action_"
+UNKNOWN_CAUSE = Cause("unknown")
+
+
 class MirrorTxn:
     """Reads and writes inside one write transaction (on the adapter's worker thread only).
 
@@ -156,6 +179,7 @@ class MirrorTxn:
         # under the tenant's lock, so a read-decide-write (`put_account`) never asks again.
         self._accounts: dict[str, MirrorAccount | None] = {}
         self._customers: dict[str, CustomerLink | None] = {}  # the same for customer links, by customer id
+        self.cause = UNKNOWN_CAUSE  # what the account versions this transaction writes are attributed to
 
     @property
     def appended(self) -> int:
@@ -235,7 +259,9 @@ class MirrorTxn:
         self.upsert(ACCOUNTS, stored.row(), "tenant")
         self._accounts[stored.tenant] = stored
         if version != (current.version if current else 0):
-            self.append(stored.tenant, "account", "upsert", stored.feed())
+            body = stored.feed()
+            self.append(stored.tenant, "account", "upsert", body)
+            self.record_version(stored.tenant, version, body)
         return stored
 
     def delete_account(self, tenant: str) -> bool:
@@ -244,11 +270,35 @@ class MirrorTxn:
         self.sql.execute(f"DELETE FROM {ACCOUNTS} WHERE tenant = ?", [tenant])
         self._accounts[tenant] = None
         self.append(tenant, "account", "delete", None)
+        self.record_version(tenant, 0, None)
         return True
+
+    def record_version(self, tenant: str, version: int, body: dict[str, Any] | None) -> None:
+        """Keep this version of the account (None: deleted) with the transaction's cause."""
+        cause = self.cause
+        self.write(
+            f"INSERT INTO {ACCOUNT_VERSIONS} (tenant, version, body, cause, event_id, event_type, event_at, "
+            "actor, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                tenant,
+                version,
+                json.dumps(body) if body is not None else None,
+                cause.kind,
+                cause.event_id,
+                cause.event_type,
+                cause.event_at,
+                cause.actor,
+                utc_now_text(),
+            ],
+        )
 
     def append(self, tenant: str, kind: str, op: str, body: dict[str, Any] | None) -> None:
         """Log a change for followers; it gets its seq when the transaction commits."""
         self.pending.append((tenant, kind, op, json.dumps(body) if body is not None else None))
+
+    def write(self, sql: str, params: Sequence[Any]) -> None:
+        """A write whose result nobody reads (PostgreSQL sends it with the next statement)."""
+        self.sql.execute(sql, params)
 
     def upsert(self, table: str, row: dict[str, Any], key: str) -> None:
         """Insert or replace one row by its primary key, `key` (columns comma-separated), on both backends."""
@@ -300,6 +350,8 @@ class Retention:
     processed_events: timedelta
     usage_events: timedelta
     closed_periods: timedelta
+    account_versions: timedelta = timedelta(days=90)
+    decision_records: timedelta = timedelta(days=14)
 
 
 class Mirror(Protocol):

@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from tiergate.errors import BillingUnavailableError
-from tiergate.sync_daemon.mirror.store import CustomerLink, MirrorAccount, MirrorTxn
+from tiergate.sync_daemon.mirror.store import Cause, CustomerLink, MirrorAccount, MirrorTxn
 from tiergate.sync_daemon.stripe_sync.parts import SyncParts
 from tiergate.sync_daemon.stripe_sync.translate import (
     CheckoutCompleted,
@@ -38,6 +38,9 @@ class EventMeta:
     id: str
     type: str
     created: int
+
+    def cause(self) -> Cause:
+        return Cause.stripe_event(self.id, self.type, self.created)
 
 
 def _tenant_in(txn: MirrorTxn, tenant: str | None, customer_id: str | None) -> str | None:
@@ -73,6 +76,7 @@ class EventApplier(SyncParts):
         def run(txn: MirrorTxn) -> str:
             if txn.seen(meta.id):
                 return "duplicate"
+            txn.cause = meta.cause()
             outcome = step(txn)
             txn.record_event(meta.id, meta.type, outcome)
             return outcome
@@ -95,6 +99,7 @@ class EventApplier(SyncParts):
         for an unlinked customer's tenant, or on a same-second tie (with `refetch`)."""
         if txn.seen(meta.id, customer_id=state.customer_id):
             return "duplicate", None
+        txn.cause = meta.cause()
         tenant = _tenant_in(txn, state.tenant, state.customer_id)
         if tenant is None:
             if self.refetch and state.customer_id is not None:

@@ -25,7 +25,7 @@ import structlog
 from tiergate.errors import BillingUnavailableError
 from tiergate.models import ENDED_STATUSES
 from tiergate.periods import utc_now_text
-from tiergate.sync_daemon.mirror.store import CustomerLink, MirrorAccount, MirrorTxn
+from tiergate.sync_daemon.mirror.store import Cause, CustomerLink, MirrorAccount, MirrorTxn
 from tiergate.sync_daemon.stripe_sync.parts import SyncParts
 from tiergate.sync_daemon.stripe_sync.translate import SubscriptionState, decide_subscription
 
@@ -223,7 +223,7 @@ class Reconciler(SyncParts):
         for start in range(0, len(repairs), _BATCH):
             batch = repairs[start : start + _BATCH]
             applied = await self.mirror.transact(
-                functools.partial(_apply_batch, batch=batch, announce=announce)
+                functools.partial(_apply_batch, batch=batch, announce=announce, run=summary.started_at)
             )
             for repair in applied:
                 if repair is None:
@@ -259,9 +259,10 @@ def repair_cause(repair: Repair, run: str) -> dict[str, Any]:
 Announce = Callable[[MirrorTxn, MirrorAccount | None, MirrorAccount, Repair], None]
 
 
-def _apply_batch(txn: MirrorTxn, batch: list[Repair], announce: Announce) -> list[Repair | None]:
+def _apply_batch(txn: MirrorTxn, batch: list[Repair], announce: Announce, run: str) -> list[Repair | None]:
     """Apply each repair to the row as it is now: a webhook may have landed since the diff."""
     done: list[Repair | None] = []
+    txn.cause = Cause("reconcile", event_at=run)
     for planned in batch:
         current = txn.account(planned.tenant)
         repair: Repair | None = planned

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tiergate.catalog import parse_catalog
 from tiergate.errors import CatalogError, PolicyError
-from tiergate.sidecar.policy.engine import PolicyBundle
+from tiergate.policy.engine import PolicyBundle
 
 REVISION_LENGTH = 12
 

@@ -20,7 +20,7 @@ os.environ["RUST_LIB_BACKTRACE"] = "0"
 import regorus
 
 from tiergate.errors import EngineUnavailableError, PolicyError
-from tiergate.sidecar.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyBundle
+from tiergate.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyBundle
 
 try:
     import orjson

@@ -1,0 +1,108 @@
+"""The policy's input document and its answer, pure: shared by the sidecar and the daemon's lookups."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from tiergate.amounts import Amount, policy_units
+from tiergate.models import PolicyAnswer
+from tiergate.periods import rfc3339
+
+
+def build_input(
+    *,
+    tenant: str,
+    feature: str,
+    quantity: int,
+    now_text: str,
+    account: dict[str, Any] | None,
+    usage: Mapping[str, Amount],
+    period: tuple[str, str],
+    replica_age_s: float | None,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The input document of policies/entitlements.rego (see docs/policies.md)."""
+    return {
+        "tenant": tenant,
+        "feature": feature,
+        "quantity": quantity,
+        "now": now_text,
+        "account": account,
+        # Whole units, never below zero (a correction may run ahead of the usage it corrects), a
+        # fraction rounded up: exact against whole limits and quantities (tiergate/amounts.py).
+        "usage": {code: policy_units(value) for code, value in usage.items()},
+        "period": {"start": period[0], "end": period[1]},
+        "replica": {"age_seconds": replica_age_s},
+        # The tenant's overrides, expired ones included: the policy says what applies (expires_at).
+        "overrides": overrides or {},
+    }
+
+
+_CANONICAL = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+
+
+class PolicyAnswerError(ValueError):
+    """The policy returned something that is not a decision document."""
+
+
+def parse_answer(answer: object) -> PolicyAnswer:
+    """Check the policy's `decision` document and normalise it; raises PolicyAnswerError."""
+    if not isinstance(answer, dict):
+        raise PolicyAnswerError(f"decision must be an object, got {type(answer).__name__}")
+    allow = answer.get("allow")
+    reason = answer.get("reason")
+    if not isinstance(allow, bool):
+        raise PolicyAnswerError(f"decision.allow must be a boolean, got {allow!r}")
+    if not isinstance(reason, str) or not reason:
+        raise PolicyAnswerError(f"decision.reason must be a non-empty string, got {reason!r}")
+    limit = answer.get("limit")
+    remaining = answer.get("remaining")
+    used = answer.get("used", 0)
+    tier = answer.get("tier")
+    paid_tier = answer.get("paid_tier")
+    return PolicyAnswer(
+        allow=allow,
+        reason=reason,
+        tier=tier if isinstance(tier, str) else None,
+        limit=limit if isinstance(limit, int) else None,
+        used=used if isinstance(used, int) else 0,
+        remaining=remaining if isinstance(remaining, int) else None,
+        valid_until=_time_or_none(answer.get("valid_until")),
+        paid_tier=paid_tier if isinstance(paid_tier, str) else None,
+    )
+
+
+def _time_or_none(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    # The shipped policy already writes the canonical form: re-formatting it would cost ~5 µs.
+    return value if _CANONICAL.fullmatch(value) else rfc3339(moment)
+
+
+def policy_error_decision(tier: str | None) -> PolicyAnswer:
+    """What callers get when the policy cannot answer: a deny, never an error (`tier`: the paid one)."""
+    return PolicyAnswer(allow=False, reason="policy_error", tier=tier, paid_tier=tier)
+
+
+def feature_sources(
+    overrides: Mapping[str, Mapping[str, Any]],
+    addons: Mapping[str, int],
+    addon_features: Mapping[str, set[str]],
+    now_text: str,
+) -> dict[str, str]:
+    """Where each feature's value comes from when not from the plan: an add-on the subscription
+    holds, or an override in force (which wins). `now_text` is RFC 3339 `Z` of whole seconds, so
+    it compares in time order with the overrides' `expires_at`, as the policy's instants do."""
+    held = [name for name, quantity in addons.items() if quantity > 0]
+    sources = {feature: "addon" for name in held for feature in addon_features.get(name, ())}
+    for feature, found in overrides.items():
+        if found.get("expires_at") is None or now_text < str(found["expires_at"]):
+            sources[feature] = "override"
+    return sources

@@ -1,0 +1,163 @@
+"""What a sidecar would answer for a tenant now, computed in the daemon from the mirror.
+
+The daemon loads the same Rego policies and catalog read-only on the embedded engine and builds
+the same input document (tiergate.policy.document) from the mirror's account, counters and
+overrides. It is used by support's reads only: no decision path goes through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from tiergate.amounts import Amount
+from tiergate.errors import TierError
+from tiergate.models import Account, PolicyAnswer
+from tiergate.periods import rfc3339, usage_period
+from tiergate.policy.bundle import load_bundle
+from tiergate.policy.document import (
+    PolicyAnswerError,
+    build_input,
+    feature_sources,
+    parse_answer,
+    policy_error_decision,
+)
+from tiergate.policy.embedded import EmbeddedEngine
+from tiergate.policy.engine import DECISION_PATH, PolicyBundle
+from tiergate.sync_daemon.mirror.lookup import TenantRecord
+from tiergate.usage_events import GAUGE_PERIOD_START
+
+log = structlog.get_logger("tiergate.support")
+
+ACCOUNT_DOCUMENT_FIELDS = (
+    "tier",
+    "status",
+    "quantity",
+    "current_period_start",
+    "current_period_end",
+    "trial_end",
+    "cancel_at_period_end",
+    "past_due_since",
+    "addons",
+)
+
+
+@dataclass(frozen=True)
+class TenantInput:
+    """The parts of a policy input that do not depend on the feature asked about."""
+
+    tenant: str
+    now_text: str
+    account: dict[str, Any] | None
+    usage: Mapping[str, Amount]
+    period: tuple[str, str]
+    overrides: dict[str, dict[str, Any]]
+
+    def document(self, feature: str, quantity: int = 1) -> dict[str, Any]:
+        return build_input(
+            tenant=self.tenant,
+            feature=feature,
+            quantity=quantity,
+            now_text=self.now_text,
+            account=self.account,
+            usage=self.usage,
+            period=self.period,
+            replica_age_s=0.0,
+            overrides=self.overrides,
+        )
+
+
+def tenant_input(record: TenantRecord, now: datetime) -> TenantInput:
+    """The sidecar's input from the mirror's rows (`now` in UTC, whole seconds)."""
+    feed = record.account.feed() if record.account is not None else None
+    account = Account.model_validate(feed) if feed is not None else None
+    start, end = usage_period(account, now)
+    period = (rfc3339(start) or "", rfc3339(end) or "")
+    usage = {**record.counters.get(GAUGE_PERIOD_START, {}), **record.counters.get(period[0], {})}
+    overrides = {
+        o.feature: {"value": o.feed()["value"], "expires_at": o.feed()["expires_at"]}
+        for o in record.overrides
+    }
+    return TenantInput(
+        tenant=record.tenant,
+        now_text=rfc3339(now) or "",
+        account={name: feed[name] for name in ACCOUNT_DOCUMENT_FIELDS} if feed is not None else None,
+        usage=usage,
+        period=period,
+        overrides=overrides,
+    )
+
+
+class PolicyAnswers:
+    """The live policies on the embedded engine, for support's reads (load once, at start)."""
+
+    def __init__(self, policies: Path, plans: Path) -> None:
+        self.policies = policies
+        self.plans = plans
+        self.engine = EmbeddedEngine(compiled=True, required=(DECISION_PATH,))
+        self.bundle: PolicyBundle | None = None
+        self.error: str | None = None
+
+    async def load(self) -> None:
+        """Load the bundle; a failure is kept (and shown in answers), never fatal to the daemon."""
+        try:
+            bundle = load_bundle(self.policies, self.plans)
+            await self.engine.load(bundle)
+        except TierError as exc:
+            self.error = exc.message
+            log.warning("support_policies_unavailable", policies=str(self.policies), error=exc.message)
+            return
+        self.bundle, self.error = bundle, None
+
+    async def close(self) -> None:
+        await self.engine.close()
+
+    @property
+    def revision(self) -> str | None:
+        return self.bundle.revision if self.bundle is not None else None
+
+    async def decide(self, facts: TenantInput, feature: str, quantity: int = 1) -> PolicyAnswer:
+        tier = facts.account["tier"] if facts.account else None
+        try:
+            return parse_answer(await self.engine.evaluate(DECISION_PATH, facts.document(feature, quantity)))
+        except (TierError, PolicyAnswerError):
+            return policy_error_decision(tier)
+
+    async def entitlements(self, record: TenantRecord, now: datetime | None = None) -> dict[str, Any]:
+        """Every catalog feature as a sidecar would answer it now, with where its value comes from."""
+        if self.bundle is None:
+            return {"policy_revision": None, "error": self.error, "features": {}}
+        moment = (now or datetime.now(UTC)).replace(microsecond=0)
+        facts = tenant_input(record, moment)
+        addon_features = {name: set(addon.features) for name, addon in self.bundle.catalog.addons.items()}
+        addons = facts.account["addons"] if facts.account else {}
+        sources = feature_sources(facts.overrides, addons, addon_features, facts.now_text)
+        features = {}
+        for feature in sorted(self.bundle.catalog.features):
+            answer = await self.decide(facts, feature)
+            features[feature] = {**answer_body(answer), "source": sources.get(feature, "plan")}
+        return {
+            "policy_revision": self.bundle.revision,
+            "error": None,
+            "now": facts.now_text,
+            "period": {"start": facts.period[0], "end": facts.period[1]},
+            "features": features,
+        }
+
+
+def answer_body(answer: PolicyAnswer) -> dict[str, Any]:
+    return {
+        "allow": answer.allow,
+        "reason": answer.reason,
+        "tier": answer.tier,
+        "paid_tier": answer.paid_tier,
+        "limit": answer.limit,
+        "used": answer.used,
+        "remaining": answer.remaining,
+        "valid_until": answer.valid_until,
+    }
