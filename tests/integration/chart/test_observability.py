@@ -19,9 +19,9 @@ from prometheus_client import CollectorRegistry
 
 from tests.integration.chart.test_render import STRIPE
 from tests.integration.chart.tools import CHART, by_kind, documents, one, render
+from tiergate.policy.embedded import EmbeddedEngine
 from tiergate.sidecar.decisions.shadow import ShadowPolicy
 from tiergate.sidecar.metrics import SidecarMetrics
-from tiergate.policy.embedded import EmbeddedEngine
 from tiergate.sidecar.replica.damage import ReplicaDamage
 from tiergate.sidecar.replica.follower import FollowerStatus
 from tiergate.sidecar.usage.ledger import UsageLedger
