@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from tiergate.bounded import ListenerSettings
 from tiergate.errors import SettingsError
 from tiergate.settings_errors import describe_settings_error
 from tiergate.sync_daemon.mirror.store import Retention
@@ -20,7 +21,7 @@ HOST_PATTERN = re.compile(r"(\*\.)?[A-Za-z0-9][A-Za-z0-9.-]{0,252}")  # a host n
 SECRET_KEY_PREFIXES = ("sk_", "rk_")
 
 
-class DaemonSettings(BaseSettings):
+class DaemonSettings(ListenerSettings):
     model_config = SettingsConfigDict(env_prefix="TIERGATE_", frozen=True, extra="ignore")
 
     stripe_api_key: SecretStr
