@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import orjson
 import structlog
@@ -36,6 +36,7 @@ log = structlog.get_logger("tiergate.listeners")
 
 SWEEP_EVERY_S = 0.25
 LOG_EVERY_S = 1.0
+LINGER_S = 2.0  # a refused connection's last chance to read its 503
 BOUNDS = ("header_timeout", "body_timeout", "idle_timeout", "connections")
 
 
@@ -67,7 +68,7 @@ class ListenerSettings(BaseSettings):
         )
 
 
-@dataclass
+@dataclass(eq=False)  # a registry keeps its collectors in a dict
 class BoundHits(Collector):
     """Bound hits by listener and bound: plain integers, Prometheus samples when scraped."""
 
@@ -130,15 +131,25 @@ def read_timeout(part: str, limit_s: float, setting: str) -> bytes:
 
 
 class RefusedConnection(asyncio.Protocol):
-    """A connection past the cap: one 503, then closed, without reading a byte."""
+    """A connection past the cap: one 503 and our side shut. What the client sends meanwhile is
+    discarded (closing with unread bytes would reset the connection before the 503 is read) until
+    it closes too, or for LINGER_S at most."""
 
     def __init__(self, answer: bytes) -> None:
         self._answer = answer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         transport.write(self._answer)
-        transport.close()
+        if transport.can_write_eof():
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(LINGER_S, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # discarded
+
+    def eof_received(self) -> bool:
+        return False  # the client is done too: close
 
 
 class Sweeper:
