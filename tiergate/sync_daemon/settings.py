@@ -63,6 +63,8 @@ class DaemonSettings(ListenerSettings):
     retention_interval_s: Annotated[float, Field(gt=0)] = 3600.0
     feed_max_wait_s: Annotated[float, Field(gt=0, le=30)] = 30.0
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
+    # A signed event dated further ahead of this daemon's clock is refused (400, counted, logged).
+    webhook_future_tolerance_s: Annotated[float, Field(ge=0, le=86400)] = 300.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = True
     # Usage sinks (off unless configured): each forwards the stored events with its own cursor.
