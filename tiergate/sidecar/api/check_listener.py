@@ -129,7 +129,12 @@ class CheckProtocol(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(RequestRefused(400, "bad_request", "protocol upgrades are not served here"))
+            # An `Upgrade` or a CONNECT: the request is answered as the main port answers it (not
+            # upgraded), and what follows is not HTTP/1.1 any more: close after the answer.
+            if self._request_started is None:
+                self._queue(_ready(b""), close_after=True)
+            else:
+                self._refuse(RequestRefused(400, "bad_request", "protocol upgrades are not served here"))
         except httptools.HttpParserError as exc:
             cause = exc.__context__
             if isinstance(cause, RequestRefused):
@@ -189,6 +194,7 @@ class CheckProtocol(asyncio.Protocol):
             self._refused = _header_problem(name, value)
 
     def on_headers_complete(self) -> None:
+        self._target[:] = origin_form(bytes(self._target))
         if self._refused is None:
             self._refused = _route_problem(bytes(self._target), self._parser.get_method())
 
@@ -259,6 +265,17 @@ class CheckProtocol(asyncio.Protocol):
         if self._reading and self._transport is not None:
             self._transport.pause_reading()
             self._reading = False
+
+
+def origin_form(target: bytes) -> bytes:
+    """The path and query of an absolute-form target (`http://host/v1/check?...`), as the main
+    port routes it; any other target unchanged."""
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return target
+    start = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+    path = rest[start:]
+    return path if path.startswith(b"/") else b"/" + path
 
 
 async def _ready(data: bytes) -> bytes:
