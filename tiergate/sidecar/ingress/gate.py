@@ -60,6 +60,13 @@ class IngressGate:
         self.metrics.authz.labels(str(verdict.status), verdict.reason).inc()
         return verdict
 
+    def refuse(self, exc: TierError) -> Verdict:
+        """The verdict on a call too malformed to reach `authorize` (counted and logged the same way)."""
+        log.warning("authz_malformed_call", error=exc.message, field=exc.field)
+        verdict = error_verdict(exc.status, exc.code, exc.message, exc.field)
+        self.metrics.authz.labels(str(verdict.status), verdict.reason).inc()
+        return verdict
+
     async def _authorize(self, headers: Mapping[str, str], method: str, path: str) -> Verdict:
         try:
             method, path = original_request(headers, method, path)
