@@ -256,12 +256,16 @@ DROP VIEW current_usage;
 CREATE INDEX usage_events_unnumbered ON usage_events (received_at, tenant, transaction_id) WHERE seq IS NULL;
 """
 
+# One index fewer per stored usage event (docs/adr/0032); the SQLite twin is m013.
+V6 = "DROP INDEX IF EXISTS usage_events_by_tenant_time;"
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial", V1),
     (2, "exact_usage_values", V2),
     (3, "usage_gauges", V3),
     (4, "feed_numbered_after_commit", V4),
     (5, "current_usage_gauges_and_unnumbered_events", V5),
+    (6, "one_index_fewer_per_event", V6),
 ]
 
 
