@@ -44,9 +44,9 @@ async def test_two_daemons_deliver_each_event_once(
 ) -> None:
     postgres_server.empty_mirror(postgres_url)
     port = free_port()
-    pg = {"mirror_url": SecretStr(postgres_url)}
-    first = await daemon(aiohttp_client, tmp_path / "a.db", hook_url(port), **pg)
-    second = await daemon(aiohttp_client, tmp_path / "b.db", hook_url(port), **pg)
+    pg = SecretStr(postgres_url)
+    first = await daemon(aiohttp_client, tmp_path / "a.db", hook_url(port), mirror_url=pg)
+    second = await daemon(aiohttp_client, tmp_path / "b.db", hook_url(port), mirror_url=pg)
     for n in range(EVENTS):  # nothing listens yet: the queue fills
         event = subscription_event("customer.subscription.created", event_id=f"evt_dup_{n}", tenant=f"t_{n}")
         assert await post(first if n % 2 else second, event) == "applied"
