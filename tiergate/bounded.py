@@ -30,7 +30,7 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 from pydantic import Field
-from pydantic_settings import BaseSettings
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = structlog.get_logger("tiergate.listeners")
 
@@ -52,6 +52,8 @@ class ListenerBounds:
 
 class ListenerSettings(BaseSettings):
     """The bounds settings both processes' settings classes inherit (one name, one meaning)."""
+
+    model_config = SettingsConfigDict(env_prefix="TIERGATE_", frozen=True, extra="ignore")
 
     # A request's headers, then its body, must arrive within these (408, then closed).
     header_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0

@@ -51,6 +51,8 @@ class MirrorSettings(BaseSettings):
 class DaemonSettings(MirrorSettings, ListenerSettings):
     """Everything the daemon reads; the mirror's location comes first (MirrorSettings)."""
 
+    model_config = SettingsConfigDict(env_prefix="TIERGATE_", frozen=True, extra="ignore")
+
     stripe_api_key: SecretStr
     stripe_api_base: AnyHttpUrl = AnyHttpUrl("https://api.stripe.com")
     stripe_webhook_secret: SecretStr
