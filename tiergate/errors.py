@@ -7,6 +7,7 @@ The HTTP status is the class's `status`; the JSON body is `{"error": {"code", "m
     ├── BadRequestError          400 bad_request            input that names its field
     ├── ReplicaError             400 invalid_replica        replica file or import document unusable
     ├── WebhookRejectedError     400 webhook_rejected       signature, timestamp or body not trusted
+    ├── InvalidTenantError       400 invalid_tenant         a tenant id breaks the rule (tiergate.models)
     ├── UnauthorizedError        401 unauthorized           missing or wrong bearer token
     ├── UnauthenticatedError     401 unauthenticated        ingress hook: no trusted tenant (header, JWT)
     ├── NotFoundError            404 not_found
@@ -151,6 +152,13 @@ class WebhookRejectedError(TierError):
     """A webhook whose signature, timestamp or body we cannot trust: 400, nothing stored."""
 
     code = "webhook_rejected"
+    status = 400
+
+
+class InvalidTenantError(TierError):
+    """A tenant id (e.g. from Stripe metadata) that breaks the one rule for tenant ids."""
+
+    code = "invalid_tenant"
     status = 400
 
 

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+)
 
 from tiergate.amounts import Amount, Counter
 
@@ -39,8 +48,36 @@ REASONS = (
 
 MAX_TENANT_LENGTH = 200
 MAX_FEATURE_LENGTH = 100
+# Control characters (C0, DEL, C1) in a tenant id are refused everywhere: a header cannot carry
+# them, a log line or a Stripe dashboard would hide them.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+TENANT_RULE = f"a tenant id is 1 to {MAX_TENANT_LENGTH} characters without control characters"
+
+
+def tenant_problem(tenant: str) -> str | None:
+    """Why `tenant` (already stripped) breaks the one rule for tenant ids that the daemon and the
+    sidecars apply (TENANT_RULE), or None."""
+    if not tenant:
+        return "must not be empty"
+    if len(tenant) > MAX_TENANT_LENGTH:
+        return f"longer than {MAX_TENANT_LENGTH} characters ({len(tenant)})"
+    control = _CONTROL.search(tenant)
+    if control is not None:
+        return f"holds the control character U+{ord(control.group()):04X} ({TENANT_RULE})"
+    return None
+
+
+def _valid_tenant(tenant: str) -> str:
+    problem = tenant_problem(tenant)
+    if problem is not None:
+        raise ValueError(problem)
+    return tenant
+
+
 TenantId = Annotated[
-    str, StringConstraints(min_length=1, max_length=MAX_TENANT_LENGTH, strip_whitespace=True)
+    str,
+    StringConstraints(min_length=1, max_length=MAX_TENANT_LENGTH, strip_whitespace=True),
+    AfterValidator(lambda tenant: _valid_tenant(tenant)),
 ]
 FeatureName = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_FEATURE_LENGTH, strip_whitespace=True)

@@ -1,7 +1,8 @@
-"""Runs an aiohttp application on its configured address: bind first, then start, then say so.
+"""Runs an aiohttp application on its configured addresses: bind first, then start, then say so.
 
 Both servers use it, so both answer a taken port the same way: one line naming the setting,
-before any start-up work (the follower, delivery, a snapshot) has begun.
+before any start-up work (the follower, delivery, a snapshot) has begun. Every listener is
+bounded (tiergate/bounded.py): header and body read time, idle keep-alive, connections.
 """
 
 from __future__ import annotations
@@ -10,13 +11,18 @@ import asyncio
 import contextlib
 import errno
 import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_runner import GracefulExit
 
+from tiergate.bounded import BoundHits, ListenerBounds, Sweeper, capped, read_timeout
 from tiergate.errors import ListenError
 
 log = structlog.get_logger("tiergate.serve")
@@ -30,6 +36,7 @@ class Listener:
     port: int
     host_setting: str
     port_setting: str
+    name: str = "main"  # the `listener` label of tiergate_listener_bounds_total
 
 
 def serve(
@@ -37,30 +44,196 @@ def serve(
     listeners: Sequence[Listener],
     *,
     process: str,
+    bounds: ListenerBounds,
+    hits: BoundHits,
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
 ) -> None:
     """Bind every listener, start the app, log `listening`, and serve until SIGINT or SIGTERM
     (on the loop `loop_factory` makes, e.g. uvloop's; the standard one by default)."""
-    sockets = [sock for listener in listeners for sock in bind(listener)]
+    sockets = [(listener.name, sock) for listener in listeners for sock in bind(listener)]
     with (
         asyncio.Runner(loop_factory=loop_factory) as runner,
         contextlib.suppress(GracefulExit, KeyboardInterrupt),
     ):
-        runner.run(_serve(app, sockets, process))
+        runner.run(_serve(app, sockets, process, bounds, hits))
 
 
-async def _serve(app: web.Application, sockets: list[socket.socket], process: str) -> None:
-    runner = web.AppRunner(app, access_log=None, handle_signals=True)
-    await runner.setup()
+async def _serve(
+    app: web.Application,
+    sockets: list[tuple[str, socket.socket]],
+    process: str,
+    bounds: ListenerBounds,
+    hits: BoundHits,
+) -> None:
+    runner = await start_bounded(app, sockets, bounds, hits)
     try:
-        for sock in sockets:
-            await web.SockSite(runner, sock).start()
-        for sock in sockets:
+        for _, sock in sockets:
             host, port = sock.getsockname()[:2]
             log.info("listening", process=process, address=_address(host, port))
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+
+
+class BoundedRunner(web.AppRunner):
+    """An AppRunner whose cleanup also stops the bound sweeper."""
+
+    def __init__(self, app: web.Application, bounds: ListenerBounds) -> None:
+        super().__init__(app, access_log=None, handle_signals=True, keepalive_timeout=bounds.idle_timeout_s)
+        self.sweeper = Sweeper()
+
+    async def cleanup(self) -> None:
+        self.sweeper.stop()
+        await super().cleanup()
+
+
+async def start_bounded(
+    app: web.Application,
+    sockets: Sequence[tuple[str, socket.socket]],
+    bounds: ListenerBounds,
+    hits: BoundHits,
+) -> BoundedRunner:
+    """Serve `app` on each (listener name, bound socket) under `bounds`; the caller cleans the
+    runner up."""
+    runner = BoundedRunner(app, bounds)
+    await runner.setup()
+    server = runner.server
+    assert server is not None
+    connections: dict[RequestHandler, BoundedConnection] = {}
+    parsed = server.request_factory
+
+    def request_factory(*args: Any, **kwargs: Any) -> web.BaseRequest:
+        _, payload, handler = args[:3]
+        connection = connections.get(handler)
+        if connection is not None:
+            connection.headers_parsed(payload)
+        return parsed(*args, **kwargs)
+
+    server.request_factory = request_factory
+    for name, sock in sockets:
+        await BoundedSite(runner, sock, name, bounds, hits, connections).start()
+    runner.sweeper.start("listener-bounds-sweep")
+    return runner
+
+
+class BoundedSite(web.SockSite):
+    """A SockSite whose connections are BoundedConnections, capped per listener."""
+
+    __slots__ = ("_bounds", "_connections", "_hits", "_listener", "_open")
+
+    def __init__(
+        self,
+        runner: BoundedRunner,
+        sock: socket.socket,
+        listener: str,
+        bounds: ListenerBounds,
+        hits: BoundHits,
+        connections: dict[RequestHandler, BoundedConnection],
+    ) -> None:
+        super().__init__(runner, sock, backlog=1024)
+        self._listener, self._bounds, self._hits = listener, bounds, hits
+        self._connections = connections
+        self._open: set[BoundedConnection] = set()
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        runner = self._runner
+        assert isinstance(runner, BoundedRunner) and runner.server is not None
+        server, sweeper = runner.server, runner.sweeper
+
+        def connect() -> asyncio.BaseProtocol:
+            return BoundedConnection(server(), self._listener, self._bounds, self._hits, self._track(sweeper))
+
+        factory = capped(self._listener, self._bounds, self._hits, lambda: len(self._open), connect)
+        self._server = await asyncio.get_running_loop().create_server(factory, sock=self._sock, backlog=1024)
+
+    def _track(self, sweeper: Sweeper) -> Callable[[BoundedConnection, bool], None]:
+        def track(connection: BoundedConnection, is_open: bool) -> None:
+            for registry in (self._open, sweeper.connections):
+                (registry.add if is_open else registry.discard)(connection)
+            if is_open:
+                self._connections[connection.handler] = connection
+            else:
+                self._connections.pop(connection.handler, None)
+
+        return track
+
+
+class BoundedConnection(asyncio.Protocol):
+    """aiohttp's connection handler, with the header and body clocks of tiergate/bounded.py."""
+
+    def __init__(
+        self,
+        handler: RequestHandler,
+        listener: str,
+        bounds: ListenerBounds,
+        hits: BoundHits,
+        track: Callable[[BoundedConnection, bool], None],
+    ) -> None:
+        self.handler = handler
+        self._listener, self._bounds, self._hits, self._track = listener, bounds, hits, track
+        self._transport: asyncio.Transport | None = None
+        self._headers_since: float | None = None  # a request's first byte, until its headers parse
+        self._body: StreamReader | None = None  # a body still arriving
+        self._body_since = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self._track(self, True)
+        self.handler.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._track(self, False)
+        self._transport = None
+        self.handler.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.handler.data_received(data)
+        if self._body is not None and not self._body.is_eof():
+            return
+        self._body = None
+        if self._headers_since is None:
+            self._headers_since = time.monotonic()
+
+    def eof_received(self) -> None:
+        self.handler.eof_received()
+
+    def pause_writing(self) -> None:
+        self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.handler.resume_writing()
+
+    def headers_parsed(self, payload: StreamReader) -> None:
+        """aiohttp has parsed a request's headers: the body clock (if any) takes over."""
+        self._headers_since = None
+        if not payload.is_eof():
+            self._body, self._body_since = payload, time.monotonic()
+
+    def sweep(self, now: float) -> None:
+        bounds = self._bounds
+        if self._headers_since is not None and now - self._headers_since > bounds.header_timeout_s:
+            self._time_out("header_timeout", "headers", bounds.header_timeout_s, "TIERGATE_HEADER_TIMEOUT_S")
+        elif (
+            self._body is not None
+            and not self._body.is_eof()
+            and now - self._body_since > bounds.body_timeout_s
+        ):
+            self._time_out("body_timeout", "body", bounds.body_timeout_s, "TIERGATE_BODY_TIMEOUT_S")
+
+    def _time_out(self, bound: str, part: str, limit_s: float, setting: str) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        self._headers_since = self._body = None
+        self._hits.hit(self._listener, bound, peer=_peer(transport))
+        transport.write(read_timeout(part, limit_s, setting))
+        transport.close()
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return _address(str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else "unknown"
 
 
 def bind(listener: Listener) -> list[socket.socket]:

@@ -72,6 +72,11 @@ def error_response(request: web.Request, exc: Exception, process: str) -> web.St
         body = error_body(code, f"{exc.reason}: {request.method} {request.path}")
         allow = exc.headers.get("Allow")  # a 405 says which methods the route takes
         return json_response(body, exc.status, {"Allow": allow} if allow is not None else None)
+    if isinstance(exc, ConnectionResetError):  # the client (or a listener bound) closed: no answer goes out
+        log.info("client_gone", method=request.method, path=request.path)
+        return json_response(
+            error_body("client_gone", "the connection closed before the request was read"), 400
+        )
     log.error("unhandled_error", method=request.method, path=request.path, exc_info=exc)
     return json_response(error_body("internal", f"internal error; see the {process}'s logs"), 500)
 

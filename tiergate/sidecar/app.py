@@ -13,6 +13,7 @@ import structlog
 import uvloop
 from aiohttp import web
 
+from tiergate.bounded import BOUND_HITS, BoundHits
 from tiergate.errors import PolicyError, ReplicaError, TierError
 from tiergate.policy.engine import PolicyEngine
 from tiergate.serve import Listener, serve
@@ -60,6 +61,7 @@ def create_app(settings: SidecarSettings, *, engine: PolicyEngine | None = None)
     if tracing is not None:  # else nothing of OpenTelemetry is imported or called
         app[TRACING] = tracing
         app.cleanup_ctx.append(_tracing_ctx)
+    app[BOUND_HITS] = BoundHits()
     app.cleanup_ctx.append(_replica_ctx)
     if settings.daemon_url is not None:
         app.cleanup_ctx.append(_follower_ctx)
@@ -197,6 +199,7 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
             on_drop=metrics.decision_records_dropped.inc,
         )
         app[METRICS] = metrics
+        metrics.registry.register(app[BOUND_HITS])
         app[DECISIONS] = decisions
         if FOLLOWER in app:
             metrics.watch_follower(app[FOLLOWER].status)
@@ -259,13 +262,23 @@ def run(settings: SidecarSettings) -> None:
     app = create_app(settings)
     listeners = [
         Listener(
-            settings.sidecar_host, settings.sidecar_port, "TIERGATE_SIDECAR_HOST", "TIERGATE_SIDECAR_PORT"
+            settings.sidecar_host,
+            settings.sidecar_port,
+            "TIERGATE_SIDECAR_HOST",
+            "TIERGATE_SIDECAR_PORT",
+            "main",
         )
     ]
     if settings.authz_host is not None:
         app[AUTHZ_LISTENER_PORTS] = frozenset({settings.authz_port})
         listeners.append(
-            Listener(settings.authz_host, settings.authz_port, "TIERGATE_AUTHZ_HOST", "TIERGATE_AUTHZ_PORT")
+            Listener(
+                settings.authz_host,
+                settings.authz_port,
+                "TIERGATE_AUTHZ_HOST",
+                "TIERGATE_AUTHZ_PORT",
+                "authz",
+            )
         )
     if settings.diagnostics_host is not None:
         app[DIAGNOSTICS_LISTENER_PORTS] = frozenset({settings.diagnostics_port})
@@ -275,7 +288,15 @@ def run(settings: SidecarSettings) -> None:
                 settings.diagnostics_port,
                 "TIERGATE_DIAGNOSTICS_HOST",
                 "TIERGATE_DIAGNOSTICS_PORT",
+                "diagnostics",
             )
         )
     loop_factory = uvloop.new_event_loop if settings.event_loop == "uvloop" else None
-    serve(app, listeners, process="sidecar", loop_factory=loop_factory)
+    serve(
+        app,
+        listeners,
+        process="sidecar",
+        bounds=settings.listener_bounds,
+        hits=app[BOUND_HITS],
+        loop_factory=loop_factory,
+    )

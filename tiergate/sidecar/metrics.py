@@ -169,7 +169,12 @@ class _FollowerCollector(Collector):
             "tiergate_follower_consecutive_failures", "Failed follower steps since the last success."
         )
         failing.add_metric([], float(self.status.consecutive_failures))
-        yield from (connected, failures, failing)
+        full = GaugeMetricFamily(
+            "tiergate_replica_disk_full",
+            "1 while the replica cannot be written because its volume is full (answers come from memory).",
+        )
+        full.add_metric([], 1.0 if self.status.disk_full else 0.0)
+        yield from (connected, failures, failing, full)
 
 
 class _DamageCollector(Collector):

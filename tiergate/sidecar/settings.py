@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from tiergate.bounded import ListenerSettings
 from tiergate.token_rules import checked_tokens
 
 
-class SidecarSettings(BaseSettings):
+class SidecarSettings(ListenerSettings):
     model_config = SettingsConfigDict(env_prefix="TIERGATE_", frozen=True, extra="ignore")
 
     sidecar_host: str = "127.0.0.1"

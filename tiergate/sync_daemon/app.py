@@ -16,6 +16,7 @@ import structlog
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from tiergate.bounded import BOUND_HITS, BoundHits
 from tiergate.catalog import Catalog, load_catalog
 from tiergate.serve import Listener, serve
 from tiergate.sync_daemon.billing.actions import BillingActions
@@ -129,6 +130,7 @@ def create_app(
         app.cleanup_ctx.append(tracing_ctx)
     app[CATALOG] = catalog
     app[FLEET] = Fleet()
+    app[BOUND_HITS] = BoundHits()
     app.cleanup_ctx.append(_services_ctx(billing))
     app.cleanup_ctx.append(_scheduler_ctx)
     app.cleanup_ctx.append(billing_actions_ctx(actions))
@@ -154,6 +156,7 @@ def _services_ctx(billing: BillingSource | None) -> Callable[[web.Application], 
             app[MIRROR] = services.mirror
             app[BILLING] = services.billing
             app[METRICS] = services.metrics
+            services.metrics.registry.register(app[BOUND_HITS])
             app[APPLIER] = services.applier
             app[RECONCILER] = services.reconciler
             services.metrics.mirror_lag.set_function(services.reconciler.lag.seconds)
@@ -257,6 +260,7 @@ def run_full_sync(
 def run(settings: DaemonSettings) -> None:
     """Serve until interrupted (blocking); binds TIERGATE_DAEMON_HOST:TIERGATE_DAEMON_PORT first."""
     listener = Listener(
-        settings.daemon_host, settings.daemon_port, "TIERGATE_DAEMON_HOST", "TIERGATE_DAEMON_PORT"
+        settings.daemon_host, settings.daemon_port, "TIERGATE_DAEMON_HOST", "TIERGATE_DAEMON_PORT", "daemon"
     )
-    serve(create_app(settings), [listener], process="sync_daemon")
+    app = create_app(settings)
+    serve(app, [listener], process="sync_daemon", bounds=settings.listener_bounds, hits=app[BOUND_HITS])

@@ -17,6 +17,13 @@ class DaemonMetrics:
             ["type", "outcome"],
             registry=self.registry,
         )
+        self.webhooks_refused = Counter(
+            "tiergate_webhooks_refused",
+            "Stripe webhooks answered 400 and not stored, by reason (signature, shape, created, "
+            "future, field).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.drift = Counter(
             "tiergate_mirror_drift",
             "Mirror fields the reconciler found different from Stripe and repaired.",

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tiergate.bounded import ListenerSettings
 from tiergate.errors import SettingsError
 from tiergate.settings_errors import describe_settings_error
 from tiergate.sync_daemon.mirror.store import Retention
@@ -47,8 +48,10 @@ class MirrorSettings(BaseSettings):
         return self.mirror_url.get_secret_value() if self.mirror_url else f"sqlite:{self.mirror_path}"
 
 
-class DaemonSettings(MirrorSettings):
+class DaemonSettings(MirrorSettings, ListenerSettings):
     """Everything the daemon reads; the mirror's location comes first (MirrorSettings)."""
+
+    model_config = SettingsConfigDict(env_prefix="TIERGATE_", frozen=True, extra="ignore")
 
     stripe_api_key: SecretStr
     stripe_api_base: AnyHttpUrl = AnyHttpUrl("https://api.stripe.com")
@@ -94,6 +97,8 @@ class DaemonSettings(MirrorSettings):
     retention_interval_s: Annotated[float, Field(gt=0)] = 3600.0
     feed_max_wait_s: Annotated[float, Field(gt=0, le=30)] = 30.0
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
+    # A signed event dated further ahead of this daemon's clock is refused (400, counted, logged).
+    webhook_future_tolerance_s: Annotated[float, Field(ge=0, le=86400)] = 300.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = True
     # OpenTelemetry (the tiergate[otel] extra): spans over OTLP/HTTP to this base URL (/v1/traces is

@@ -85,11 +85,21 @@ def _events(body: bytes) -> list[Any]:
 def _rejected(item: object, error: str) -> dict[str, Any]:
     source = item if isinstance(item, dict) else {}
     return {
-        "transaction_id": source.get("transaction_id"),
-        "external_customer_id": source.get("external_customer_id"),
+        "transaction_id": _echoed(source.get("transaction_id")),
+        "external_customer_id": _echoed(source.get("external_customer_id")),
         "status": "rejected",
         "error": error,
     }
+
+
+def _echoed(value: object) -> str | None:
+    """An identifier of a rejected event as text (a number of any size too), so the answer can
+    always be rendered; anything else is left out."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
 
 
 async def get_tenant_usage(request: web.Request) -> web.Response:

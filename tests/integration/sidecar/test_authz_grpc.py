@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
+from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 from google.rpc import code_pb2
 
@@ -98,3 +99,28 @@ async def test_denials_answer_like_the_http_hook(
         own = {name: value for name, value in headers.items() if not name.startswith("x-original")}
         http_headers = {"X-Original-URI": path, "X-Original-Method": method} | own
         assert (await served.get("/v1/authz", headers=http_headers)).status == http_status
+
+
+def raw_header_request(path: str, header_map: dict[str, bytes], headers: dict[str, str] | None = None) -> Any:
+    entries = [base_pb2.HeaderValue(key=k, raw_value=v) for k, v in header_map.items()]
+    http = attribute_context_pb2.AttributeContext.HttpRequest(
+        method="GET", path=path, headers=headers or {}, header_map=base_pb2.HeaderMap(headers=entries)
+    )
+    request = attribute_context_pb2.AttributeContext.Request(http=http)
+    return external_auth_pb2.CheckRequest(attributes=attribute_context_pb2.AttributeContext(request=request))
+
+
+@pytest.mark.parametrize("raw", [b"pro-\xffactive", b"\xfe\xff", b"caf\xe9"])
+async def test_a_header_value_that_is_not_utf8_is_a_400_naming_it(stub: Any, raw: bytes) -> None:
+    response = await stub.Check(raw_header_request("/api/reports", {"x-tenant-id": raw}))
+    assert response.status.code == code_pb2.INVALID_ARGUMENT
+    assert response.denied_response.status.code == 400
+    error = json.loads(response.denied_response.body)["error"]
+    assert error["field"] == "x-tenant-id" and "UTF-8" in error["message"], error
+
+
+async def test_header_map_wins_over_headers(stub: Any) -> None:
+    request = raw_header_request("/api/reports", {"x-tenant-id": b"pro-active"}, {"x-tenant-id": "nobody"})
+    response = await stub.Check(request)
+    assert response.status.code == code_pb2.OK
+    assert headers_of(response.ok_response.headers)["x-tiergate-tenant"] == "pro-active"

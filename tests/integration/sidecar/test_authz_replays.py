@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,9 @@ async def test_a_retry_counts_once_and_a_replay_never_passes_a_used_up_quota(cli
     assert [await call(client, "a"), await call(client, "a")] == [200, 200]
     assert await used(client) == 999  # the retry was not counted again
     assert await call(client, "b") == 200  # the last unit
+    assert await call(client, "b") == 200  # its retry: the same answer, not counted again
     assert [await call(client, "c"), await call(client, None)] == [429, 429]
+    assert [await call(client, "a"), await call(client, "b")] == [200, 200]  # still within the limit
     assert await used(client) == 1000
     # Usage from elsewhere (the app, another sidecar) takes the tenant past its limit: the replays of
     # requests that were counted within it are now refused too.
@@ -61,3 +64,14 @@ async def test_the_same_key_for_another_tenant_or_request_is_a_new_request(clien
     assert await call(client, "k", tenant="free-edge") == 200
     assert await used(client, "free-light") == before + 2
     assert await used(client, "free-edge") == 999
+
+
+async def test_a_retry_that_overlaps_its_original_gets_the_same_answer_counted_once(
+    client: SidecarClient,
+) -> None:
+    """A proxy retries on a timeout while the first attempt is still being decided: the last unit
+    is counted once, and both attempts get its answer."""
+    assert await call(client, "warm") == 200  # 999 used: one unit left
+    assert await asyncio.gather(*(call(client, "last") for _ in range(5))) == [200] * 5
+    assert await used(client) == 1000
+    assert await call(client, "after") == 429

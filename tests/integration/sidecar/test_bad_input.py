@@ -30,6 +30,8 @@ from tiergate.sidecar.state import DECISIONS
         ({"tenant": "t", "feature": "sso", "quantity": "1.5"}, "quantity"),
         ({"tenant": "t", "feature": "sso", "quantity": str(10**12)}, "quantity"),
         ({"tenant": "t" * 201, "feature": "sso"}, "tenant"),
+        ({"tenant": "tab\there", "feature": "sso"}, "tenant"),  # the one tenant id rule (tiergate.models)
+        ({"tenant": "nul\x00", "feature": "sso"}, "tenant"),
     ],
 )
 async def test_get_check_rejects(client: SidecarClient, params: dict[str, str], field: str) -> None:
@@ -201,3 +203,15 @@ async def test_a_large_batch_lets_other_checks_through(
 
     await asyncio.gather(batch(), single())
     assert finished == ["single", "batch"]
+
+
+@pytest.mark.parametrize("tenant", ["tab\there", "del\x7f", "t" * 201])
+async def test_a_tenant_id_breaking_the_rule_is_refused_on_every_path(
+    client: SidecarClient, tenant: str
+) -> None:
+    reserve = await client.post("/v1/check", json={"tenant": tenant, "feature": "sso", "reserve": True})
+    assert reserve.status == 400 and (await reserve.json())["error"]["field"] == "tenant"
+    if tenant.isprintable() or "\t" in tenant:  # a client refuses to send the other control characters
+        hook = {"X-Tenant-Id": tenant, "X-Original-URI": "/api/reports", "X-Original-Method": "GET"}
+        authz = await client.get("/v1/authz", headers=hook)
+        assert authz.status == 400 and (await authz.json())["error"]["field"] == "X-Tenant-Id"

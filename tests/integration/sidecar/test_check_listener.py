@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import json
 import random
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -221,3 +222,52 @@ async def test_many_connections_at_once_all_get_their_answers(served: SidecarCli
         got = await asyncio.gather(*(one(n) for n in range(500)))
     assert got == [f"c{n}" for n in range(500)]
     assert list(itertools.islice(got, 3)) == ["c0", "c1", "c2"]
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /v1/check?tenant=pro-active&feature=sso HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+        b"Upgrade: websocket\r\n\r\n",
+        b"GET /v1/check?tenant=pro-active&feature=sso HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+        b"Upgrade: h2c\r\n\r\nGET /v1/check?tenant=pro-active&feature=sso HTTP/1.1\r\n\r\n",
+        b"CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\n\r\n",
+        b"GET http://127.0.0.1/v1/check?tenant=pro-active&feature=sso HTTP/1.1\r\nHost: x\r\n"
+        b"Connection: close\r\n\r\n",
+        b"GET https://example.com:8443/v1/check?tenant=pro-active&feature=sso HTTP/1.1\r\n"
+        b"Host: example.com:8443\r\nConnection: close\r\n\r\n",
+    ],
+)
+async def test_one_answer_per_request_the_main_ports(served: SidecarClient, request_bytes: bytes) -> None:
+    """An upgrade request, a CONNECT and an absolute-form target: the main port's answers, once each."""
+    assert served.server.port is not None
+
+    def shape(raw: bytes) -> list[tuple[int, bool]]:
+        """Each answer's status, and whether it is pro-active's decision."""
+        heads = re.split(rb"(?=HTTP/1\.[01] \d{3} )", raw)[1:]
+        return [(int(head[9:12]), b'"tenant":"pro-active"' in head) for head in heads]
+
+    main = shape(await answers_until_quiet(served.server.port, request_bytes))
+    fast = shape(await answers_until_quiet(served.app[CHECK_LISTENER_PORT], request_bytes))
+    assert len(fast) == 1, fast
+    assert fast == main[:1]
+
+
+async def answers_until_quiet(port: int, data: bytes, quiet_s: float = 1.0) -> bytes:
+    """What a server sends until it closes or stays quiet for `quiet_s` (a keep-alive connection)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    received = b""
+    try:
+        writer.write(data)
+        await writer.drain()
+        for _ in range(100):  # bounded: 100 quiet windows at most
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), quiet_s)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            received += chunk
+    finally:
+        writer.close()
+    return received

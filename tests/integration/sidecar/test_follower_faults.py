@@ -100,8 +100,13 @@ async def test_a_full_disk_is_shown_and_the_follower_recovers(
     await eventually(failing_loudly)
     daemon = (await status(client))["daemon"]
     assert "full" in daemon["last_error"], daemon
+    # Answers come from memory: a full volume must not take the pod out of its Service. The body
+    # and a metric say so; the staleness budget still bounds how old the answers may get.
     ready = await client.get("/readyz")
-    assert ready.status == 503 and "follower" in (await ready.json())["failing"]
+    body = await ready.json()
+    assert ready.status == 200 and "follower" not in body["failing"], body
+    assert "disk is full" in body["warnings"]["disk_full"], body
+    assert await metric(client, "tiergate_replica_disk_full") == 1
     assert await metric(client, 'tiergate_follower_failures_total{kind="replica"}') >= 1
     assert await metric(client, "tiergate_follower_connected") == 0
     assert (await sso(client, "acme"))["allow"] is True  # still answering from what it has
@@ -111,6 +116,7 @@ async def test_a_full_disk_is_shown_and_the_follower_recovers(
     assert (await client.get("/readyz")).status == 200
     assert (await status(client))["daemon"]["failing"] is None
     assert await metric(client, "tiergate_follower_connected") == 1
+    assert await metric(client, "tiergate_replica_disk_full") == 0
 
 
 async def test_a_locked_replica_and_an_import_on_a_running_sidecar(

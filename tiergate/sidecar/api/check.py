@@ -191,9 +191,15 @@ def _follower_readiness(
     status: FollowerStatus, failing: dict[str, str], warnings: dict[str, str], *, repairing: bool
 ) -> None:
     """A replica this pod cannot write is this pod's fault: not ready (unless it is a damaged
-    file being replaced while the in-memory index answers). A daemon that is away is everyone's:
+    file being replaced while the in-memory index answers, or a full volume: answers still come
+    from memory, and the staleness budget bounds their age). A daemon that is away is everyone's:
     failing readiness in every pod at once would be an outage, so it is a warning."""
-    if status.failing == "replica" and not repairing:
+    if status.failing == "replica" and status.disk_full:
+        warnings["disk_full"] = (
+            f"the replica's disk is full ({status.last_error}); answering from memory, the replica "
+            "ages until space is freed"
+        )
+    elif status.failing == "replica" and not repairing:
         failing["follower"] = f"cannot update the replica: {status.last_error}"
     elif status.failing == "daemon":
         warnings["follower"] = f"the sync daemon is unreachable: {status.last_error}"

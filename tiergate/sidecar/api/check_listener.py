@@ -13,13 +13,15 @@ the rules: a parameter given twice, an empty or over-long tenant or feature, a q
 controls is bounded: the request target (8 KiB), each header (8 KiB), the header block (64 KiB,
 100 headers), a body (a check has none: 400), the time to send a request (TIERGATE_CHECK_REQUEST_TIMEOUT_S:
 408, then the connection is closed), pipelined requests in flight on one connection (reading
-pauses past 32) and idle keep-alive connections (closed after 75 s). Anything else is a 404 or
-405 in JSON that points at the main port.
+pauses past 32), idle keep-alive connections (closed after TIERGATE_IDLE_TIMEOUT_S) and open
+connections (TIERGATE_MAX_CONNECTIONS: one more is a 503, see tiergate/bounded.py). Anything else
+is a 404 or 405 in JSON that points at the main port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from http import HTTPStatus
@@ -30,6 +32,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from tiergate.bounded import BOUND_HITS, BoundHits, ListenerBounds, capped
 from tiergate.errors import BadRequestError, SettingsError, TierError
 from tiergate.sidecar.api.query import check_query
 from tiergate.sidecar.state import DECISIONS, SETTINGS
@@ -43,8 +46,8 @@ MAX_HEADER_BYTES = 8190  # one header's name and value, aiohttp's max_field_size
 MAX_HEADER_BLOCK_BYTES = 65536
 MAX_HEADERS = 100
 MAX_IN_FLIGHT = 32  # pipelined requests of one connection before reading pauses
-KEEPALIVE_S = 75.0  # aiohttp's keepalive_timeout
 SWEEP_EVERY_S = 1.0
+LISTENER = "check"  # the `listener` label of tiergate_listener_bounds_total
 
 CHECK_LISTENER_PORT = web.AppKey("check_listener_port", int)
 Decide = Callable[[str, str, int], Coroutine[Any, Any, bytes]]
@@ -88,9 +91,13 @@ def check_arguments(target: bytes) -> tuple[str, str, int]:
 class CheckProtocol(asyncio.Protocol):
     """One client connection: requests are parsed as bytes arrive and answered in order."""
 
-    def __init__(self, decide: Decide, request_timeout_s: float, connections: set[CheckProtocol]) -> None:
+    def __init__(
+        self, decide: Decide, bounds: ListenerBounds, hits: BoundHits, connections: set[CheckProtocol]
+    ) -> None:
         self._decide = decide
-        self._request_timeout_s = request_timeout_s
+        self._request_timeout_s = bounds.header_timeout_s
+        self._idle_timeout_s = bounds.idle_timeout_s
+        self._hits = hits
         self._connections = connections
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
@@ -122,7 +129,12 @@ class CheckProtocol(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(RequestRefused(400, "bad_request", "protocol upgrades are not served here"))
+            # An `Upgrade` or a CONNECT: the request is answered as the main port answers it (not
+            # upgraded), and what follows is not HTTP/1.1 any more: close after the answer.
+            if self._request_started is None:
+                self._queue(_ready(b""), close_after=True)
+            else:
+                self._refuse(RequestRefused(400, "bad_request", "protocol upgrades are not served here"))
         except httptools.HttpParserError as exc:
             cause = exc.__context__
             if isinstance(cause, RequestRefused):
@@ -139,10 +151,11 @@ class CheckProtocol(asyncio.Protocol):
         started = self._request_started
         if started is not None and now - started > self._request_timeout_s:
             limit = self._request_timeout_s
+            self._hits.hit(LISTENER, "header_timeout")
             self._refuse(
                 RequestRefused(408, "request_timeout", f"the request took over {limit:g} s to arrive")
             )
-        elif started is None and self._in_flight == 0 and now - self._last_active > KEEPALIVE_S:
+        elif started is None and self._in_flight == 0 and now - self._last_active > self._idle_timeout_s:
             self.close()
 
     def close(self) -> None:
@@ -181,6 +194,7 @@ class CheckProtocol(asyncio.Protocol):
             self._refused = _header_problem(name, value)
 
     def on_headers_complete(self) -> None:
+        self._target[:] = origin_form(bytes(self._target))
         if self._refused is None:
             self._refused = _route_problem(bytes(self._target), self._parser.get_method())
 
@@ -253,6 +267,17 @@ class CheckProtocol(asyncio.Protocol):
             self._reading = False
 
 
+def origin_form(target: bytes) -> bytes:
+    """The path and query of an absolute-form target (`http://host/v1/check?...`), as the main
+    port routes it; any other target unchanged."""
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return target
+    start = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+    path = rest[start:]
+    return path if path.startswith(b"/") else b"/" + path
+
+
 async def _ready(data: bytes) -> bytes:
     return data
 
@@ -304,10 +329,16 @@ async def check_listener_ctx(app: web.Application) -> AsyncIterator[None]:
     decisions = app[DECISIONS]
     connections: set[CheckProtocol] = set()
     loop = asyncio.get_running_loop()
-    timeout = settings.check_request_timeout_s
+    # A check has no body: the request timeout is the whole request's.
+    bounds = dataclasses.replace(settings.listener_bounds, header_timeout_s=settings.check_request_timeout_s)
+    hits = app[BOUND_HITS]
+
+    def connect() -> CheckProtocol:
+        return CheckProtocol(decisions.decide_json, bounds, hits, connections)
+
     try:
         server = await loop.create_server(
-            lambda: CheckProtocol(decisions.decide_json, timeout, connections),
+            capped(LISTENER, bounds, hits, lambda: len(connections), connect),
             settings.sidecar_host,
             settings.check_port,
             reuse_address=True,

@@ -6,12 +6,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from tiergate.errors import BadRequestError
-from tiergate.models import MAX_FEATURE_LENGTH, MAX_QUANTITY, MAX_TENANT_LENGTH
+from tiergate.models import MAX_FEATURE_LENGTH, MAX_QUANTITY, MAX_TENANT_LENGTH, tenant_problem
 
 
 def check_query(query: Mapping[str, str]) -> tuple[str, str, int]:
     """(tenant, feature, quantity) of a GET /v1/check; a BadRequestError names the bad field."""
     tenant = _text(query, "tenant", MAX_TENANT_LENGTH)
+    problem = tenant_problem(tenant)
+    if problem is not None:
+        raise BadRequestError(f"tenant: {problem}", field="tenant")
     feature = _text(query, "feature", MAX_FEATURE_LENGTH)
     raw = query.get("quantity")
     if raw is None:

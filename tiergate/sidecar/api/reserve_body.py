@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from tiergate.errors import BadRequestError
-from tiergate.models import MAX_FEATURE_LENGTH, MAX_QUANTITY, MAX_TENANT_LENGTH
+from tiergate.models import MAX_FEATURE_LENGTH, MAX_QUANTITY, MAX_TENANT_LENGTH, tenant_problem
 
 MAX_TRANSACTION_ID_LENGTH = 200
 FIELDS = ("tenant", "feature", "quantity", "reserve", "transaction_id")
@@ -52,6 +52,7 @@ def reserve_body(body: Mapping[str, object]) -> ReserveBody:
             and 0 < len(feature) <= MAX_FEATURE_LENGTH
             and 1 <= quantity <= MAX_QUANTITY
             and (transaction_id is None or 0 < len(transaction_id) <= MAX_TRANSACTION_ID_LENGTH)
+            and (tenant.isprintable() or tenant_problem(tenant) is None)
         ):
             return ReserveBody(tenant, feature, quantity, reserve, transaction_id)
     return _first_error(body)
@@ -60,6 +61,9 @@ def reserve_body(body: Mapping[str, object]) -> ReserveBody:
 def _first_error(body: Mapping[str, object]) -> ReserveBody:
     """Field by field, in the model's order: raises for the first bad one."""
     tenant = _text(body, "tenant", MAX_TENANT_LENGTH, strip=True)
+    problem = tenant_problem(tenant)
+    if problem is not None:
+        raise _bad("tenant", f"Value error, {problem}")
     feature = _text(body, "feature", MAX_FEATURE_LENGTH, strip=True)
     quantity = _quantity(body.get("quantity", 1))
     reserve = body.get("reserve")

@@ -3,6 +3,7 @@ ext_authz, or gRPC ext_authz): request -> tenant -> route -> feature and usage d
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from urllib.parse import quote
@@ -50,6 +51,8 @@ class IngressGate:
         self.reserve = reserve  # None: usage is decided but not recorded (TIERGATE_AUTHZ_RECORD_USAGE)
         self.request_id_header = request_id_header
         self.replays = replays if request_id_header else None
+        # Keyed requests being counted now: a retry that overlaps its original waits for its answer.
+        self._counting: dict[tuple[str, str, str, str], asyncio.Future[Decision]] = {}
 
     def proxy_headers(self) -> tuple[str, ...]:
         return (self.request_id_header,) if self.request_id_header else ()
@@ -57,6 +60,13 @@ class IngressGate:
     async def authorize(self, headers: Mapping[str, str], method: str, path: str) -> Verdict:
         """`headers` must look names up case-insensitively (aiohttp's and multidict's do)."""
         verdict = await self._authorize(headers, method, path)
+        self.metrics.authz.labels(str(verdict.status), verdict.reason).inc()
+        return verdict
+
+    def refuse(self, exc: TierError) -> Verdict:
+        """The verdict on a call too malformed to reach `authorize` (counted and logged the same way)."""
+        log.warning("authz_malformed_call", error=exc.message, field=exc.field)
+        verdict = error_verdict(exc.status, exc.code, exc.message, exc.field)
         self.metrics.authz.labels(str(verdict.status), verdict.reason).inc()
         return verdict
 
@@ -93,18 +103,41 @@ class IngressGate:
     ) -> Decision:
         """The route's usage, checked and recorded in one step (a reserve). A proxy's retry (same
         proxy-made request id, same tenant and request, within the window) is not counted again and
-        passes only while the limit still holds with the original unit counted: never deny -> allow."""
+        passes only while the limit still holds with the original unit counted: never deny -> allow.
+        A retry that arrives while its original is still being counted gets the original's answer."""
         if self.reserve is None:
             return await self.decisions.decide(tenant, metric, 1)
         key = headers.get(self.request_id_header) if self.request_id_header else None
-        if key and self.replays is not None and self.replays.counted(key, tenant, method, path):
+        if not key or self.replays is None:
+            return await self._reserve_one(tenant, metric)
+        if self.replays.counted(key, tenant, method, path):
             return await self.decisions.decide(tenant, metric, 0)
-        decision, reservation = await self.reserve(tenant, metric, 1, None)
-        if reservation.reserved:
-            decision = after_consuming(decision)
-        if key and self.replays is not None and decision.allow:
+        request = (key, tenant, method, path)
+        original = self._counting.get(request)
+        if original is not None:  # the proxy retried before the first attempt was answered
+            return await asyncio.shield(original)
+        answer: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self._counting[request] = answer
+        try:
+            decision = await self._reserve_one(tenant, metric)
+        except asyncio.CancelledError:
+            answer.cancel()
+            raise
+        except Exception as exc:
+            answer.set_exception(exc)
+            answer.exception()  # retrieved: a lone original must not log "never retrieved"
+            raise
+        finally:
+            del self._counting[request]
+        answer.set_result(decision)
+        if decision.allow:
             self.replays.remember(key, tenant, method, path)
         return decision
+
+    async def _reserve_one(self, tenant: str, metric: str) -> Decision:
+        assert self.reserve is not None
+        decision, reservation = await self.reserve(tenant, metric, 1, None)
+        return after_consuming(decision) if reservation.reserved else decision
 
 
 def header_safe(value: str) -> str:

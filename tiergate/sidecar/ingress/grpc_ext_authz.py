@@ -15,7 +15,7 @@ from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 from multidict import CIMultiDict
 
-from tiergate.errors import SettingsError
+from tiergate.errors import BadRequestError, SettingsError
 from tiergate.sidecar.api.authz import GATE
 from tiergate.sidecar.ingress.gate import IngressGate
 from tiergate.sidecar.ingress.hook import Verdict
@@ -36,17 +36,32 @@ OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 def hook_call(request: Any) -> tuple[CIMultiDict[str], str, str]:
     """(headers, method, path) for the gate. The original request is Envoy's own attributes, set
-    over any X-Original-* header the client sent; no path is a malformed call (the gate's 400)."""
+    over any X-Original-* header the client sent; no path is a malformed call (the gate's 400).
+
+    Envoy sends a request's headers either in `header_map` (with `encode_raw_headers`, bytes as
+    received) or in `headers`; should both carry a name, `header_map`'s values win. A value that
+    is not UTF-8 is a BadRequestError naming the header, as on /v1/authz (two different byte
+    strings must not both become the same U+FFFD tenant)."""
     http = request.attributes.request.http
-    headers: CIMultiDict[str] = CIMultiDict(http.headers)
+    headers: CIMultiDict[str] = CIMultiDict()
     for entry in http.header_map.headers:
-        headers.add(entry.key, entry.value or entry.raw_value.decode("utf-8", "replace"))
+        headers.add(entry.key, entry.value or _utf8(entry.key, entry.raw_value))
+    for name, value in http.headers.items():
+        if name not in headers:
+            headers[name] = value
     for name in ("X-Original-URI", "X-Original-Method", "X-Forwarded-Uri", "X-Forwarded-Method"):
         headers.popall(name, None)
     if http.path:
         headers["X-Original-URI"] = http.path
         headers["X-Original-Method"] = http.method
     return headers, http.method or "GET", "/v1/authz"
+
+
+def _utf8(name: str, raw: bytes) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise BadRequestError(f"header {name} is not valid UTF-8", field=name) from None
 
 
 def check_response(verdict: Verdict, client_headers: CIMultiDict[str]) -> Any:
@@ -89,7 +104,10 @@ class Authorization(external_auth_pb2_grpc.AuthorizationServicer):  # type: igno
         self.gate = gate
 
     async def Check(self, request: Any, context: Any) -> Any:
-        headers, method, path = hook_call(request)
+        try:
+            headers, method, path = hook_call(request)
+        except BadRequestError as exc:
+            return check_response(self.gate.refuse(exc), CIMultiDict())
         verdict = await self.gate.authorize(headers, method, path)
         return check_response(verdict, headers)
 

@@ -12,10 +12,10 @@ import jwt
 import structlog
 
 from tiergate.errors import BadRequestError, SettingsError, UnauthenticatedError
+from tiergate.models import TENANT_RULE, tenant_problem
 
 log = structlog.get_logger("tiergate.ingress")
 
-MAX_TENANT = 200
 MAX_TOKEN = 8192
 ASYMMETRIC = ("RS256", "ES256")
 JWKS_RECHECK_S = 10.0  # a rotated key file (a re-mounted Secret) is picked up within this
@@ -39,11 +39,9 @@ class HeaderIdentity:
             raise UnauthenticatedError(
                 f"no tenant: the {self.header} header is missing or empty", field=self.header
             )
-        if len(tenant) > MAX_TENANT:
-            raise BadRequestError(
-                f"{self.header}: a tenant id has at most {MAX_TENANT} characters, got {len(tenant)}",
-                field=self.header,
-            )
+        problem = tenant_problem(tenant)
+        if problem is not None:
+            raise BadRequestError(f"{self.header}: the tenant id {problem}", field=self.header)
         return tenant
 
 
@@ -88,10 +86,10 @@ class JwtIdentity:
         except jwt.PyJWTError as exc:
             raise UnauthenticatedError(f"bearer token rejected: {exc}", field="Authorization") from None
         tenant = claims.get(self.tenant_claim)
-        if not isinstance(tenant, str) or not tenant.strip() or len(tenant) > MAX_TENANT:
+        if not isinstance(tenant, str) or tenant_problem(tenant.strip()) is not None:
             raise UnauthenticatedError(
-                f"bearer token has no usable {self.tenant_claim!r} claim (a string of 1 to {MAX_TENANT}"
-                " characters; see TIERGATE_JWT_TENANT_CLAIM)",
+                f"bearer token has no usable {self.tenant_claim!r} claim ({TENANT_RULE}; see "
+                "TIERGATE_JWT_TENANT_CLAIM)",
                 field="Authorization",
             )
         return tenant.strip()

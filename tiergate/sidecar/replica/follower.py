@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import random
 import shutil
@@ -75,6 +76,8 @@ class FollowerStatus:
     # "daemon" (unreachable, a bad answer) or "replica" (this pod's own disk or file) while the
     # latest attempt failed; None once a step succeeds again.
     failing: str | None = None
+    # While the latest failure is this pod's volume being full: answers still come from memory.
+    disk_full: bool = False
     consecutive_failures: int = 0
     failures: dict[str, int] = field(default_factory=lambda: {"daemon": 0, "replica": 0})
     last_error: str | None = None
@@ -257,6 +260,7 @@ class Follower:
         if self.status.failing is not None:
             log.info("follower_recovered", after_failures=self.status.consecutive_failures)
         self.status.failing = None
+        self.status.disk_full = False
         self.status.consecutive_failures = 0
 
     def _failed(self, exc: BaseException) -> None:
@@ -264,6 +268,7 @@ class Follower:
         kind = failure_kind(exc)
         self.status.connected = False
         self.status.failing = kind
+        self.status.disk_full = is_disk_full(exc)
         self.status.consecutive_failures += 1
         self.status.failures[kind] += 1
         self.status.last_error = f"{type(exc).__name__}: {exc}"
@@ -289,6 +294,13 @@ class Follower:
 
     async def _on_writer(self, fn: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC from the OS, or SQLite's SQLITE_FULL ("database or disk is full")."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
 
 
 def failure_kind(exc: BaseException) -> str:

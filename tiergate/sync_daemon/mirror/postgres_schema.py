@@ -290,6 +290,9 @@ CREATE INDEX decision_records_by_tenant ON decision_records (tenant, at);
 CREATE INDEX decision_records_by_received_at ON decision_records (received_at);
 """
 
+# One index fewer per stored usage event (docs/adr/0032); the SQLite twin is m015.
+V8 = "DROP INDEX IF EXISTS usage_events_by_tenant_time;"
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial", V1),
     (2, "exact_usage_values", V2),
@@ -298,6 +301,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (5, "current_usage_gauges_and_unnumbered_events", V5),
     (6, "account_versions", V6),
     (7, "decision_records", V7),
+    (8, "one_index_fewer_per_event", V8),
 ]
 
 

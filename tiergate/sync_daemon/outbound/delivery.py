@@ -1,8 +1,10 @@
 """Delivers the outbound webhook queue: signed POSTs, retried with backoff, every attempt logged.
 
 At least once: a delivery is marked delivered only after a 2xx; a crash between the POST and the
-mark sends it again (receivers de-duplicate on the event id). After `max_attempts` a delivery is
-`failed` and stays in the log (GET /v1/webhooks/deliveries), counted in a metric.
+mark sends it again (receivers de-duplicate on the event id). Each attempt is claimed first (its
+next attempt pushed past the time the attempt can take), so daemons sharing one PostgreSQL mirror
+do not send the same delivery side by side. After `max_attempts` a delivery is `failed` and stays
+in the log (GET /v1/webhooks/deliveries), counted in a metric.
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ from tiergate.sync_daemon.outbound.events import (
     thresholds_reached,
     usage_limit,
 )
-from tiergate.sync_daemon.outbound.queue import Due, due, enqueue, first_time, next_due, record_attempt
+from tiergate.sync_daemon.outbound.queue import Due, claim, due, enqueue, first_time, next_due, record_attempt
 from tiergate.webhook_signature import HEADER, sign
 
 log = structlog.get_logger("tiergate.outbound")
 
 BATCH = 20
 MAX_BACKOFF_S = 3600.0
+CLAIM_MARGIN_S = 5.0  # beyond twice the POST's timeout: the attempt's own mark has time to commit
+ERROR_PAUSE_S = 1.0  # after a failure of the queue itself (e.g. a mirror connection lost)
 
 
 class Outbound:
@@ -112,6 +116,7 @@ class WebhookSender:
         self.max_attempts = max_attempts
         self.retry_base_s = retry_base_s
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.claim_s = 2 * timeout_s + CLAIM_MARGIN_S
         self.on_result = on_result
         self.poll_s = poll_s
 
@@ -121,15 +126,28 @@ class WebhookSender:
     async def run(self) -> None:
         async with aiohttp.ClientSession(timeout=self.timeout) as session:
             while True:
-                sent = await self.send_due(session)
+                try:
+                    sent = await self.send_due(session)
+                except Exception as exc:  # the queue's own storage: logged, retried, never the end of sending
+                    log.warning("webhook_queue_failed", error=f"{type(exc).__name__}: {exc}"[:500])
+                    await asyncio.sleep(ERROR_PAUSE_S)
+                    continue
                 if not sent:
                     await asyncio.sleep(self.poll_s)
 
     async def send_due(self, session: aiohttp.ClientSession) -> int:
+        """Attempt what is due and not claimed by another daemon; the number attempted."""
         batch = await self.mirror.read(lambda conn: due(conn, time.time(), BATCH))
+        sent = 0
         for item in batch:
-            await self._send(session, item)
-        return len(batch)
+            if await self._claim(item):
+                await self._send(session, item)
+                sent += 1
+        return sent
+
+    async def _claim(self, item: Due) -> bool:
+        now = time.time()
+        return await self.mirror.transact(lambda txn: claim(txn, item, now, now + self.claim_s))
 
     async def next_due(self) -> float | None:
         return await self.mirror.read(next_due)

@@ -66,6 +66,19 @@ def due(conn: Sql, now: float, limit: int) -> list[Due]:
     return [Due(event_id, endpoint, body.encode(), attempts) for event_id, endpoint, body, attempts in rows]
 
 
+def claim(txn: MirrorTxn, item: Due, now: float, until: float) -> bool:
+    """Take `item` for one attempt: push its next attempt to `until` if it is still due, so no
+    other daemon sending the same queue finds it due meanwhile. False: another daemon took it (or
+    it was delivered since it was read). A daemon that dies holding a claim leaves the delivery
+    pending: it is due again at `until`."""
+    cursor = txn.sql.execute(
+        f"UPDATE {OUTBOUND_DELIVERIES} SET next_attempt_at = ? "
+        "WHERE event_id = ? AND endpoint = ? AND status = 'pending' AND next_attempt_at <= ?",
+        [until, item.event_id, item.endpoint, now],
+    )
+    return bool(cursor.rowcount == 1)
+
+
 def next_due(conn: Sql) -> float | None:
     row = conn.execute(
         f"SELECT min(next_attempt_at) FROM {OUTBOUND_DELIVERIES} WHERE status = 'pending'"

@@ -57,7 +57,7 @@ class EventApplier(SyncParts):
     )  # ask Stripe on a same-second tie and for an unlinked customer's tenant
 
     async def handle(self, event: dict[str, Any]) -> str:
-        meta = EventMeta(str(event["id"]), str(event.get("type", "")), int(event.get("created") or 0))
+        meta = _meta(event)
         intent = self.translator.event(event)
         if isinstance(intent, SubscriptionState):
             return await self._subscription(meta, intent)
@@ -69,6 +69,10 @@ class EventApplier(SyncParts):
             return await self._checkout(meta, intent)
         assert isinstance(intent, Ignored)
         return await self._record(meta, lambda txn: "ignored")
+
+    async def record(self, event: dict[str, Any], outcome: str) -> str:
+        """Remember `event` as seen with `outcome`, changing nothing else (a seen id: `duplicate`)."""
+        return await self._record(_meta(event), lambda txn: outcome)
 
     async def _record(self, meta: EventMeta, step: Callable[[MirrorTxn], str]) -> str:
         """Run `step` and remember the event id in the same transaction; a seen id is a no-op."""
@@ -260,3 +264,7 @@ def _lookup(
 ) -> tuple[bool, str | None, MirrorAccount | None]:
     resolved = _tenant_in(txn, tenant, customer_id)
     return txn.seen(event_id), resolved, txn.account(resolved) if resolved else None
+
+
+def _meta(event: dict[str, Any]) -> EventMeta:
+    return EventMeta(str(event["id"]), str(event.get("type", "")), int(event.get("created") or 0))

@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from tiergate.errors import BillingUnavailableError
+from tiergate.errors import BillingUnavailableError, InvalidTenantError
 from tiergate.models import ENDED_STATUSES
 from tiergate.periods import utc_now_text
 from tiergate.sync_daemon.mirror.store import Cause, CustomerLink, MirrorAccount, MirrorTxn
@@ -209,7 +209,14 @@ class Reconciler(SyncParts):
             summary.subscriptions += 1
             if progress is not None:
                 progress(1)
-            state = self.translator.subscription(raw)
+            try:
+                state = self.translator.subscription(raw)
+            except InvalidTenantError as exc:
+                log.warning(
+                    "invalid_tenant", subscription_id=raw.get("id"), field=exc.field, reason=exc.message
+                )
+                summary.no_tenant += 1
+                continue
             tenant = state.tenant or customers.get(state.customer_id or "")
             if tenant is None:
                 summary.no_tenant += 1

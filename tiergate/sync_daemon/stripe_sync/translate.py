@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tiergate.catalog import Catalog
-from tiergate.models import ENDED_STATUSES
+from tiergate.errors import InvalidTenantError, WebhookRejectedError
+from tiergate.models import ENDED_STATUSES, tenant_problem
 from tiergate.sync_daemon.mirror.store import MirrorAccount
 
 SUBSCRIPTION_EVENTS = frozenset(
@@ -84,8 +85,20 @@ class Translator:
         self.metadata_key = metadata_key
 
     def event(self, event: dict[str, Any]) -> Intent:
+        """What `event` means; a WebhookRejectedError names a field of the wrong shape, an
+        InvalidTenantError a tenant id that breaks the rule."""
         kind = str(event.get("type", ""))
-        obj = (event.get("data") or {}).get("object") or {}
+        if kind not in HANDLED_EVENTS:
+            return Ignored(f"event type {kind!r} is not one the mirror uses")
+        obj = _object_of(event)
+        try:
+            return self._intent(kind, obj)
+        except StripeFieldError as exc:
+            raise WebhookRejectedError(str(exc), field=f"data.object.{exc.field}") from None
+
+    def _intent(self, kind: str, obj: dict[str, Any]) -> Intent:
+        if kind in (SUBSCRIPTION_EVENTS | CUSTOMER_EVENTS) and _text(obj.get("id")) is None:
+            raise StripeFieldError("id", f"data.object.id={obj.get('id')!r}: expected the object's id")
         if kind in SUBSCRIPTION_EVENTS:
             return self.subscription(obj)
         if kind in CUSTOMER_EVENTS:
@@ -93,9 +106,10 @@ class Translator:
         if kind in PAYMENT_EVENTS:
             return self._payment(obj, failed=kind == "invoice.payment_failed")
         if kind in CHECKOUT_EVENTS:
-            tenant = _text(obj.get("client_reference_id")) or self._tenant_of(obj)
+            reference = _checked_tenant(_text(obj.get("client_reference_id")), "client_reference_id")
+            tenant = reference or self._tenant_of(obj)
             return CheckoutCompleted(_id_of(obj.get("customer")), tenant, _id_of(obj.get("subscription")))
-        return Ignored(f"event type {kind!r} is not one the mirror uses")
+        raise AssertionError(kind)  # HANDLED_EVENTS is the union of the kinds above
 
     def subscription(self, sub: dict[str, Any]) -> SubscriptionState:
         item = self._main_item(sub)
@@ -111,14 +125,16 @@ class Translator:
             price_id=price_id,
             unmapped_price=not mapped,
             status=str(sub.get("status") or "incomplete"),
-            quantity=int(item.get("quantity") or sub.get("quantity") or 1),
+            quantity=_count(item.get("quantity") or sub.get("quantity") or 1, "quantity"),
             current_period_start=from_epoch(
-                item.get("current_period_start") or sub.get("current_period_start")
+                item.get("current_period_start") or sub.get("current_period_start"), "current_period_start"
             ),
-            current_period_end=from_epoch(item.get("current_period_end") or sub.get("current_period_end")),
-            trial_end=from_epoch(sub.get("trial_end")),
+            current_period_end=from_epoch(
+                item.get("current_period_end") or sub.get("current_period_end"), "current_period_end"
+            ),
+            trial_end=from_epoch(sub.get("trial_end"), "trial_end"),
             cancel_at_period_end=bool(sub.get("cancel_at_period_end")),
-            canceled_at=from_epoch(sub.get("canceled_at")),
+            canceled_at=from_epoch(sub.get("canceled_at"), "canceled_at"),
             addons=self._addons(sub, item),
         )
 
@@ -130,7 +146,7 @@ class Translator:
                 continue
             addon = next((self.catalog.addon_for_lookup_key(k) for k in _price_keys(item) if k), None)
             if addon is not None:
-                found[addon] = found.get(addon, 0) + int(item.get("quantity") or 1)
+                found[addon] = found.get(addon, 0) + _count(item.get("quantity") or 1, "items.quantity")
         return tuple(sorted(found.items()))
 
     def _main_item(self, sub: dict[str, Any]) -> dict[str, Any]:
@@ -161,13 +177,15 @@ class Translator:
         details = ((invoice.get("parent") or {}).get("subscription_details")) or {}
         subscription = _id_of(details.get("subscription")) or _id_of(invoice.get("subscription"))
         tenant = self._tenant_of(details) or self._tenant_of(invoice)
-        attempts = int(invoice.get("attempt_count") or (1 if failed else 0))
+        attempts = _count(invoice.get("attempt_count") or (1 if failed else 0), "attempt_count")
         return PaymentOutcome(_id_of(invoice.get("customer")), subscription, tenant, failed, attempts)
 
     def _tenant_of(self, obj: Any) -> str | None:
         if not isinstance(obj, dict):
             return None
-        return _text((obj.get("metadata") or {}).get(self.metadata_key))
+        metadata = obj.get("metadata")
+        tenant = _text(metadata.get(self.metadata_key)) if isinstance(metadata, dict) else None
+        return _checked_tenant(tenant, f"metadata.{self.metadata_key}")
 
 
 # -- ordering and merging -------------------------------------------------------------------
@@ -242,10 +260,56 @@ def _price_keys(item: dict[str, Any]) -> list[str | None]:
     return [_text(price)]
 
 
-def from_epoch(value: Any) -> datetime | None:
-    if value is None or isinstance(value, bool):
+MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z, datetime's last second
+
+
+class StripeFieldError(ValueError):
+    """A Stripe object's field of the wrong type or range (`field` is its path in the object)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def from_epoch(value: Any, field: str = "timestamp") -> datetime | None:
+    """Unix seconds (an integer) as a UTC datetime; None stays None; anything else is a StripeFieldError."""
+    if value is None:
         return None
-    return datetime.fromtimestamp(int(value), UTC)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EPOCH:
+        raise StripeFieldError(field, f"{field}={value!r} is not Unix seconds (an integer)")
+    return datetime.fromtimestamp(value, UTC)
+
+
+def _count(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+        raise StripeFieldError(field, f"{field}={value!r} is not a count (an integer from 0)")
+    return value
+
+
+def _object_of(event: dict[str, Any]) -> dict[str, Any]:
+    data = event.get("data")
+    if not isinstance(data, dict):
+        raise WebhookRejectedError(
+            f"the event's data is {type(data).__name__}: expected an object", field="data"
+        )
+    obj = data.get("object")
+    if not isinstance(obj, dict):
+        shown = "null" if obj is None else type(obj).__name__
+        raise WebhookRejectedError(
+            f"data.object is {shown}: expected the event's object", field="data.object"
+        )
+    return obj
+
+
+def _checked_tenant(tenant: str | None, field: str) -> str | None:
+    """A tenant id from Stripe, stripped, under the rule the sidecars apply; else InvalidTenantError."""
+    if tenant is None:
+        return None
+    tenant = tenant.strip()
+    problem = tenant_problem(tenant)
+    if problem is not None:
+        raise InvalidTenantError(f"{field}: the tenant id {problem}", field=field)
+    return tenant
 
 
 def _id_of(value: Any) -> str | None:
