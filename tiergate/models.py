@@ -35,6 +35,7 @@ REASONS = (
     "replica_stale",
     "policy_error",
     "replica_not_ready",
+    "license_expired",
 )
 
 MAX_TENANT_LENGTH = 200
@@ -115,6 +116,8 @@ class PolicyAnswer:
     used: int = 0
     remaining: int | None = None
     valid_until: str | None = None
+    # A signed license past its not-after date and still in grace: when the grace ends.
+    license_grace_until: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,6 +136,7 @@ class Decision:
     used: int = 0
     remaining: int | None = None
     valid_until: str | None = None
+    license_grace_until: str | None = None
     tenant: str
     feature: str
     quantity: int = 1
@@ -168,6 +172,7 @@ class Decision:
             used=answer.used,
             remaining=answer.remaining,
             valid_until=answer.valid_until,
+            license_grace_until=answer.license_grace_until,
             tenant=tenant,
             feature=feature,
             quantity=quantity,

@@ -11,6 +11,7 @@ from tiergate.sidecar.metrics import SidecarMetrics
 from tiergate.sidecar.policy.engine import PolicyEngine
 from tiergate.sidecar.policy.reload import PolicyReloader
 from tiergate.sidecar.replica.follower import Follower
+from tiergate.sidecar.replica.license_source import LicenseSource
 from tiergate.sidecar.replica.store import ReplicaReader
 from tiergate.sidecar.settings import SidecarSettings
 
@@ -43,3 +44,4 @@ DECISIONS = web.AppKey("decisions", DecisionService)
 ROUTES = web.AppKey("routes", RouteResolver)
 METRICS = web.AppKey("metrics", SidecarMetrics)
 FOLLOWER = web.AppKey("follower", Follower)
+LICENSE = web.AppKey("license", LicenseSource)

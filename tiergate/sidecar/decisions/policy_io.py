@@ -64,6 +64,7 @@ def build_input(
     period: tuple[str, str],
     replica_age_s: float | None,
     overrides: Mapping[str, Any] | None = None,
+    license: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The input document of policies/entitlements.rego (see docs/policies.md)."""
     return {
@@ -79,6 +80,8 @@ def build_input(
         "replica": {"age_seconds": replica_age_s},
         # The tenant's overrides, expired ones included: the policy says what applies (expires_at).
         "overrides": overrides or {},
+        # The signed license the tenant's account comes from: its dates (null: no license).
+        "license": license,
     }
 
 
@@ -111,6 +114,7 @@ def parse_answer(answer: object) -> PolicyAnswer:
         used=used if isinstance(used, int) else 0,
         remaining=remaining if isinstance(remaining, int) else None,
         valid_until=_time_or_none(answer.get("valid_until")),
+        license_grace_until=_time_or_none(answer.get("license_grace_until")),
     )
 
 
