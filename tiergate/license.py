@@ -131,7 +131,11 @@ class License:
     def describe(self) -> dict[str, Any]:
         """Everything a person checking the file wants to see (`tiergate license show`)."""
         overrides = {name: value_document(value) for name, value in self.claims.overrides.items()}
-        return self.facts() | {"seats": self.claims.seats, "period": self.claims.period, "overrides": overrides}
+        return self.facts() | {
+            "seats": self.claims.seats,
+            "period": self.claims.period,
+            "overrides": overrides,
+        }
 
 
 # -- keys ------------------------------------------------------------------------------------------
@@ -255,7 +259,7 @@ def parse_override(text: str) -> tuple[str, bool | dict[str, Any]]:
     else:
         raise ValueError(f"{text!r}: the value must be true, false, a whole number (a limit) or unlimited")
     _FEATURE_VALUE.validate_python(value)
-    return feature.strip(), value  # type: ignore[return-value]  # one of the two shapes checked above
+    return feature.strip(), value
 
 
 # -- verifying -------------------------------------------------------------------------------------
@@ -330,7 +334,8 @@ def parse_claims(payload: Mapping[str, Any]) -> LicenseClaims:
         claims = LicenseClaims.model_validate(payload)
     except ValidationError as exc:
         problems = "; ".join(
-            f"claim {'.'.join(str(p) for p in err['loc'])!r}: {err['msg']}" for err in exc.errors(include_url=False)
+            f"claim {'.'.join(str(p) for p in err['loc'])!r}: {err['msg']}"
+            for err in exc.errors(include_url=False)
         )
         raise LicenseError(f"the license has malformed claims: {problems}") from None
     if claims.exp <= claims.iat:

@@ -105,7 +105,7 @@ def license_issue(
             grace=grace_s,
             customer=customer,
             overrides=features,
-            period=period,  # type: ignore[arg-type]  # click.Choice checked it
+            period=period,
         )
         if claims.exp <= claims.iat:
             raise click.BadParameter(f"{not_after} is already past", param_hint="--not-after")

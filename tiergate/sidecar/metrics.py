@@ -222,7 +222,9 @@ class _LicenseCollector(Collector):
             "tiergate_license_refusals", "License files refused (at run time).", value=float(status.refusals)
         )
         yield CounterMetricFamily(
-            "tiergate_license_loads", "Licenses verified and installed (the first, then renewals).", value=float(status.loads)
+            "tiergate_license_loads",
+            "Licenses verified and installed (the first, then renewals).",
+            value=float(status.loads),
         )
         yield GaugeMetricFamily(
             "tiergate_license_clock_behind",

@@ -121,6 +121,7 @@ def _feature_entry(decision: Decision) -> dict[str, Any]:
         "used": decision.used,
         "remaining": decision.remaining,
         "valid_until": decision.valid_until,
+        "license_grace_until": decision.license_grace_until,
     }
 
 
@@ -215,7 +216,7 @@ async def status(request: web.Request) -> web.Response:
     following = FOLLOWER in request.app
     follower = request.app[FOLLOWER] if following else None
     backlog = request.app[OUTBOX].backlog if OUTBOX in request.app else 0
-    license = request.app[LICENSE] if LICENSE in request.app else None
+    license = request.app.get(LICENSE)
     mode = "following" if following else "license" if license else "static"
     warnings = static_mode_warnings(reader.count_accounts(), backlog, licensed=license is not None)
     return json_response(
