@@ -49,6 +49,7 @@ stale_decision := {
 	"remaining": null,
 	# Staleness ends when the replica catches up, not at a known time: never cache this answer.
 	"valid_until": format_instant(now_ns),
+	"license_grace_until": license_grace_until,
 }
 
 unknown_feature_decision := {
@@ -59,6 +60,7 @@ unknown_feature_decision := {
 	"used": used,
 	"remaining": null,
 	"valid_until": valid_until,
+	"license_grace_until": license_grace_until,
 }
 
 # A license past its grace: nothing is allowed until a renewed license is installed, which is
