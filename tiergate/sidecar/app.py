@@ -126,13 +126,13 @@ def _license_source(settings: SidecarSettings) -> LicenseSource | None:
 
 
 def _set_aside_if_damaged(settings: SidecarSettings) -> tuple[str, Path] | None:
-    """Following a daemon, a damaged replica is moved aside and downloaded again; in static mode
-    there is nowhere to download it from, so the sidecar refuses to start. Returns what was found
-    and where the file went."""
+    """Following a daemon, a damaged replica is moved aside and downloaded again (on a signed
+    license, written again from it); in static mode there is nowhere to get it from, so the sidecar
+    refuses to start. Returns what was found and where the file went."""
     found = damage.problem(settings.replica_path)
     if found is None:
         return None
-    if settings.daemon_url is None:
+    if settings.daemon_url is None and settings.license_path is None:
         raise ReplicaError(
             f"replica {settings.replica_path} is damaged ({found}); restore it with "
             "`tiergate replica import <backup.json>`, or set TIERGATE_DAEMON_URL to download it"

@@ -1,10 +1,11 @@
-"""A signed license under a controlled clock: the sidecar's own pieces (the license source, the
-replica, the decision service with its materialised answers, the real policies on the embedded
-engine) with the clock in the test's hands, walked through validity, grace, expiry, and a clock
-set before the license's issue time."""
+"""A signed license in the sidecar's own pieces (the license source, the replica, the decision
+service with its materialised answers, the real policies on the embedded engine) with the clock
+in the test's hands: validity, grace, expiry, a clock set before the license's issue time, and an
+import that tries to replace the licensed account."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,14 +14,14 @@ import pytest
 from structlog.testing import capture_logs
 
 from tiergate.license import LicenseClaims, issue, load_private_key, write_key_pair
-from tiergate.models import Decision
+from tiergate.models import Account, Decision
 from tiergate.sidecar.decisions.cache import DecisionCache
 from tiergate.sidecar.decisions.service import DecisionService
 from tiergate.sidecar.metrics import SidecarMetrics
 from tiergate.sidecar.policy.bundle import load_bundle
 from tiergate.sidecar.policy.embedded import EmbeddedEngine
 from tiergate.sidecar.replica.license_source import LicenseSource
-from tiergate.sidecar.replica.store import ReplicaReader
+from tiergate.sidecar.replica.store import ReplicaReader, ReplicaWriter, open_replica
 from tiergate.sidecar.usage.ledger import UsageLedger
 
 ROOT = Path(__file__).parents[3]
@@ -49,7 +50,8 @@ class Licensed:
         self.reader = reader
 
     async def check(self, feature: str, quantity: int = 1) -> Decision:
-        self.reader.refresh()
+        # Off the loop, a new generation is read at once (on it, a background reload would be).
+        await asyncio.to_thread(self.reader.refresh)
         return await self.service.decide("acme", feature, quantity)
 
 
@@ -135,3 +137,22 @@ async def test_a_clock_before_the_issue_time_is_reported_and_extends_nothing(
     clock.set(ISSUED + timedelta(days=1))
     it.source.poll()
     assert it.source.status.clock_behind is False
+
+
+async def test_an_import_over_a_licensed_replica_is_undone_at_the_next_poll(
+    licensed: tuple[Licensed, Clock], tmp_path: Path
+) -> None:
+    it, _ = licensed
+    db = open_replica(tmp_path / "replica.db")
+    ReplicaWriter(db).replace_all(  # what `tiergate replica import` of an edited account does
+        [Account(tenant="acme", tier="enterprise", status="active", quantity=500)], [], data_as_of=ISSUED
+    )
+    db.close()
+    assert (await it.check("audit_log")).allow is True  # enterprise, and no license dates any more
+    with capture_logs() as logs:
+        assert it.source.poll() is True
+    assert [e["event"] for e in logs] == ["license_reinstalled", "license_renewed"]
+    back = await it.check("audit_log")
+    assert (back.allow, back.tier) == (False, "pro")
+    assert it.reader.meta.license is not None and it.reader.meta.license["id"] == "lic_clock"
+    assert it.source.poll() is False  # nothing changed since

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import structlog
 from tiergate.errors import LicenseError
 from tiergate.license import License, load_public_keys, verify
 from tiergate.periods import rfc3339
-from tiergate.sidecar.replica.store import ReplicaWriter, open_replica
+from tiergate.sidecar.replica.store import ReplicaWriter, open_replica, read_meta
 
 log = structlog.get_logger("tiergate.license")
 
@@ -63,6 +64,7 @@ class LicenseSource:
         self.clock = clock
         self.status = LicenseStatus()
         self._seen: str | None = None  # the fingerprint of the files last examined
+        self._generation: int | None = None  # the replica's generation our last install wrote
 
     def start(self) -> License:
         """Verify and install the license before the sidecar answers; raises LicenseError (the
@@ -83,6 +85,8 @@ class LicenseSource:
         return installed
 
     def _poll(self) -> bool:
+        if self._replaced_behind_our_back():
+            return True
         try:
             fingerprint, token = self._read_files()
         except LicenseError as exc:
@@ -141,6 +145,32 @@ class LicenseSource:
         except LicenseError as exc:
             raise LicenseError(f"license {self.license_path} refused: {exc.message}") from None
 
+    def _replaced_behind_our_back(self) -> bool:
+        """The replica's content is the license's alone: when something else replaced it (a
+        `tiergate replica import`), the license in force is written again."""
+        license = self.status.license
+        if license is None or self._replica_generation() == self._generation:
+            return False
+        log.warning(
+            "license_reinstalled",
+            license_id=license.claims.lid,
+            reason="the replica was replaced by something other than the license (an import?)",
+        )
+        self._install(license)
+        return True
+
+    def _replica_generation(self) -> int | None:
+        try:
+            conn = sqlite3.connect(f"file:{self.replica_path}?mode=ro", uri=True, timeout=self.busy_timeout_s)
+        except sqlite3.Error:
+            return None
+        try:
+            return read_meta(conn).generation
+        except sqlite3.Error:
+            return None
+        finally:
+            conn.close()
+
     def _install(self, license: License) -> None:
         db = open_replica(self.replica_path, self.busy_timeout_s)
         try:
@@ -152,6 +182,7 @@ class LicenseSource:
                 overrides=license.overrides(),
                 license=license.facts(),
             )
+            self._generation = read_meta(db.conn).generation
         finally:
             db.close()
         renewed = self.status.license is not None
