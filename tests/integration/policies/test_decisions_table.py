@@ -198,7 +198,16 @@ def test_decision(
 ) -> None:
     decision = decide(engine, acct, feature, used)
     assert (decision["allow"], decision["reason"], decision["tier"]) == (allow, reason, tier)
-    assert set(decision) == {"allow", "reason", "tier", "limit", "used", "remaining", "valid_until", "license_grace_until"}
+    assert set(decision) == {
+        "allow",
+        "reason",
+        "tier",
+        "limit",
+        "used",
+        "remaining",
+        "valid_until",
+        "license_grace_until",
+    }
 
 
 @pytest.mark.parametrize(
