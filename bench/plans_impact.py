@@ -23,7 +23,7 @@ import yaml
 
 from tiergate.models import Account, UsageCounter
 from tiergate.periods import calendar_month
-from tiergate.sidecar.impact import run_impact
+from tiergate.sidecar.decisions.impact import run_impact
 from tiergate.sidecar.policy.bundle import load_bundle
 from tiergate.sidecar.replica.store import ReplicaWriter, open_replica
 

@@ -1,5 +1,6 @@
-"""What every process's commands share: serving with one-line start-up errors, and the warning for
-a TIERGATE_* variable that no process reads (each process registers its settings' fields here)."""
+"""What every process's commands share: serving with one-line start-up errors, a `--help` that lists
+the settings, and the warning for a TIERGATE_* variable that no process reads (each process
+registers its settings' fields here)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,23 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from tiergate.errors import TierError
 from tiergate.settings_errors import unknown_settings
 
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+    from pydantic.fields import FieldInfo
+
+OPERATOR_GUIDE = "docs/operator.md"
+
 # process name -> its settings' field names; filled by each process's `register` (tiergate.cli).
 SETTINGS_FIELDS: dict[str, Callable[[], Iterable[str]]] = {}
+# TIERGATE_* variables only commands read (TIERGATE_ACTOR for `overrides`): no process warns of them.
+COMMAND_VARIABLES: set[str] = set()
 
 
 def serve(run: Callable[[], None], *, json: bool, level: str, process: str) -> None:
@@ -52,6 +62,7 @@ def unknown_settings_of(process: str) -> list[tuple[str, str | None]]:
     process's, when it is one of those)."""
     own = list(SETTINGS_FIELDS[process]())
     other = [field for name, fields in SETTINGS_FIELDS.items() if name != process for field in fields()]
+    other += sorted(COMMAND_VARIABLES)
     return unknown_settings(os.environ, own, other)
 
 
@@ -59,3 +70,36 @@ def warn_unknown_settings(process: str) -> None:
     for variable, closest in unknown_settings_of(process):
         hint = f"; did you mean {closest}?" if closest else ""
         click.echo(f"warning: {variable} is not a tiergate setting and is ignored{hint}", err=True)
+
+
+class SettingsHelp(click.Command):
+    """A process's command whose `--help` ends with every TIERGATE_* setting it reads and its default."""
+
+    def __init__(self, *args: Any, settings: Callable[[], type[BaseModel]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.settings = settings
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        with formatter.section(f"Settings (environment variables; {OPERATOR_GUIDE} says what each means)"):
+            formatter.write_dl(settings_rows(self.settings()), col_max=48)
+
+
+def settings_rows(settings: type[BaseModel]) -> list[tuple[str, str]]:
+    """(TIERGATE_NAME, its default) for every field of a settings class, in declaration order."""
+    return [
+        (f"TIERGATE_{name.upper()}", describe_default(info)) for name, info in settings.model_fields.items()
+    ]
+
+
+def describe_default(info: FieldInfo) -> str:
+    """A field's default as an operator would write it: `required`, `unset`, `true`, `9191`, `""`."""
+    if info.is_required():
+        return "required"
+    default = info.get_default(call_default_factory=True)
+    if default is None:
+        return "unset"
+    if isinstance(default, bool):
+        return str(default).lower()
+    text = str(default)
+    return text if text else '""'

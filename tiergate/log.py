@@ -60,3 +60,40 @@ def json_lines() -> JsonLines | None:
     if lines is None or tuple(structlog.get_config()["processors"]) != lines.processors:
         return None
     return lines
+
+
+class HostSafeLogger:
+    """A logger for sidecar code that also runs inside a host app's process (`LocalDecisions`).
+
+    While structlog is configured (both processes do it at start; a host app may) it is structlog's
+    logger of that name. Otherwise its events go to the standard library's logger of that name,
+    rendered as `key=value` text, so the host's `logging` set-up decides where they go (by default
+    warnings and errors to stderr, nothing to stdout) instead of structlog's default printer.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._configured: Any = structlog.get_logger(name)
+        self._stdlib: Any = None
+
+    def _target(self) -> Any:
+        if structlog.is_configured():
+            return self._configured
+        if self._stdlib is None:
+            self._stdlib = structlog.wrap_logger(
+                logging.getLogger(self.name),
+                processors=[
+                    structlog.stdlib.filter_by_level,
+                    structlog.processors.KeyValueRenderer(key_order=["event"]),
+                ],
+                wrapper_class=structlog.stdlib.BoundLogger,
+            )
+        return self._stdlib
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self._target(), attribute)
+
+
+def host_safe_logger(name: str) -> Any:
+    """`HostSafeLogger(name)`, typed as loosely as structlog's own `get_logger`."""
+    return HostSafeLogger(name)

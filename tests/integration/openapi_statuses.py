@@ -22,6 +22,7 @@ import ast
 import inspect
 import textwrap
 from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import Any
 
 from aiohttp import web
@@ -31,11 +32,34 @@ from tiergate.errors import TierError
 PACKAGES = ("tiergate.",)
 BODY_READERS = frozenset({"read", "text", "json", "post", "multipart"})
 RESPONSE_BUILDERS = frozenset({"json_response", "Response", "StreamResponse"})
+DEFAULT_STATUS = 200  # what each of those answers when given no status
+# The check listener's own: `response(status, body, ...)` and `RequestRefused(status, code, ...)`.
+STATUS_FIRST_BUILDERS = frozenset({"response", "RequestRefused"})
 
 
 def handler_statuses(handler: Callable[..., Any]) -> set[int]:
-    """Every status the analysis finds below `handler` (2xx and 3xx included)."""
-    return set(_statuses(inspect.unwrap(handler), None))
+    """Every status the analysis finds below `handler` (2xx and 3xx included), and below each
+    wrapper around it (the sidecar's `guarded`: listener refusals, header checks)."""
+    found: set[int] = set()
+    layer: Callable[..., Any] | None = handler
+    while layer is not None:
+        found |= _statuses(layer, None)
+        layer = getattr(layer, "__wrapped__", None)
+    return found
+
+
+def module_statuses(module: ModuleType) -> set[int]:
+    """Every status the functions and methods of MODULE answer: for a listener that is not an
+    aiohttp app (the sidecar's check listener speaks HTTP/1.1 itself)."""
+    found: set[int] = set()
+    for value in vars(module).values():
+        if inspect.isfunction(value) and value.__module__ == module.__name__:
+            found |= _statuses(value, None)
+        elif inspect.isclass(value) and value.__module__ == module.__name__:
+            for member in vars(value).values():
+                if inspect.isfunction(member):
+                    found |= _statuses(member, value)
+    return found
 
 
 def middleware_statuses(app: web.Application) -> set[int]:
@@ -82,7 +106,8 @@ class _Walker:
         self.types: dict[str, type] = {}  # local names bound to `request.app[KEY]`
         self.literals: dict[str, set[int]] = {}  # local names bound to literal ints
         try:
-            self.tree: ast.AST = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+            # The code's own source: `getsource(fn)` would follow `__wrapped__` past a wrapper.
+            self.tree: ast.AST = ast.parse(textwrap.dedent(inspect.getsource(getattr(fn, "__code__", fn))))
         except (OSError, TypeError):  # no source (a builtin, a C extension)
             self.tree = ast.Module(body=[], type_ignores=[])
         self.caught = _caught_inside_try(self.tree, self._resolve)
@@ -122,6 +147,8 @@ class _Walker:
         name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
         if name in RESPONSE_BUILDERS:
             found |= self._response_status(call)
+        if name in STATUS_FIRST_BUILDERS and call.args:
+            found |= _int_literals(call.args[0])
         if self._reads_the_body(call):
             found.add(web.HTTPRequestEntityTooLarge.status_code)
         for target, owner in self._callees(func):
@@ -140,6 +167,8 @@ class _Walker:
         exprs = [kw.value for kw in call.keywords if kw.arg == "status"]
         if len(call.args) >= 2:
             exprs.append(call.args[1])
+        if not exprs and not any(kw.arg is None for kw in call.keywords):
+            return {DEFAULT_STATUS}  # no status given (nor **kwargs that could hold one): 200
         found: set[int] = set()
         for expr in exprs:
             found |= _int_literals(expr)

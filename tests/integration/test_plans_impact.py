@@ -13,9 +13,10 @@ from click.testing import CliRunner
 
 from tests.integration.sidecar.conftest import ACCOUNTS, USAGE, write_replica
 from tiergate.catalog import load_catalog
+from tiergate.catalog_diff import price_changes
 from tiergate.cli import main
 from tiergate.models import PolicyAnswer
-from tiergate.sidecar.impact import classify, price_changes
+from tiergate.sidecar.decisions.impact import classify
 
 ROOT = Path(__file__).parents[2]
 

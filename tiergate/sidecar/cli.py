@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TextIO
@@ -14,12 +16,21 @@ from pydantic import ValidationError
 
 from tiergate.catalog import Catalog, load_catalog
 from tiergate.cli import subgroup
-from tiergate.cli_support import SETTINGS_FIELDS, serve, warn_unknown_settings
+from tiergate.cli_support import SETTINGS_FIELDS, SettingsHelp, serve, warn_unknown_settings
 from tiergate.errors import CatalogError, TierError
 from tiergate.settings_errors import describe_settings_error
 from tiergate.sidecar.cli_license import register_license_commands
+from tiergate.sidecar.decisions.impact_report import (
+    FAIL_ON,
+    needs_impact,
+    parse_fail_on,
+    price_lines,
+    render_table,
+    tripped,
+)
 
 if TYPE_CHECKING:
+    from tiergate.sidecar.policy.engine import PolicyBundle
     from tiergate.sidecar.settings import SidecarSettings
 
 
@@ -36,15 +47,19 @@ def register(root: click.Group) -> None:
     register_license_commands(root, subgroup(root, "usage"))
 
 
-def _settings_fields() -> list[str]:
+def _settings_class() -> type[SidecarSettings]:
     from tiergate.sidecar.settings import SidecarSettings
 
-    return list(SidecarSettings.model_fields)
+    return SidecarSettings
 
 
-@click.command("sidecar")
+def _settings_fields() -> list[str]:
+    return list(_settings_class().model_fields)
+
+
+@click.command("sidecar", cls=SettingsHelp, settings=_settings_class)
 def sidecar_command() -> None:
-    """Run the sidecar (settings from TIERGATE_* variables)."""
+    """Run the sidecar: entitlement checks on 127.0.0.1 from its replica (settings below)."""
     from tiergate.sidecar.app import run
 
     settings = sidecar_settings(warn=False)
@@ -73,6 +88,8 @@ def sidecar_settings(*, warn: bool = True) -> SidecarSettings:
 @click.option(
     "--current",
     type=click.Path(path_type=Path, dir_okay=False),
+    envvar="TIERGATE_PLANS",
+    show_envvar=True,
     default=Path("plans/plans.yaml"),
     show_default=True,
     help="The live catalog.",
@@ -86,6 +103,8 @@ def sidecar_settings(*, warn: bool = True) -> SidecarSettings:
 @click.option(
     "--current-policies",
     type=click.Path(path_type=Path, file_okay=False),
+    envvar="TIERGATE_POLICIES",
+    show_envvar=True,
     default=Path("policies"),
     show_default=True,
     help="The live policy directory.",
@@ -98,6 +117,14 @@ def sidecar_settings(*, warn: bool = True) -> SidecarSettings:
 )
 @click.option("--workers", type=click.IntRange(min=1), help="Worker processes (default: one per CPU).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for CI).")
+@click.option(
+    "--fail-on",
+    "fail_on_text",
+    metavar="KINDS",
+    help="Exit 3 when the diff finds any of these (comma-separated): "
+    + "; ".join(f"{kind}: {what}" for kind, what in FAIL_ON.items())
+    + ". All but price need --impact.",
+)
 def plans_diff(
     candidate: Path,
     current: Path,
@@ -107,36 +134,67 @@ def plans_diff(
     replica: Path | None,
     workers: int | None,
     as_json: bool,
+    fail_on_text: str | None,
 ) -> None:
     """What CANDIDATE (a catalog, with --policies a policy directory too) changes: prices, and
-    with --impact who gains or loses each feature and who is over a new limit at current usage."""
-    import json as json_module
+    with --impact who gains or loses each feature and who is over a new limit at current usage.
 
-    from tiergate.sidecar.impact import price_changes, render_table, run_impact
+    Exit codes: 0 done, 1 an error, 2 a bad option, 3 a --fail-on change was found."""
+    from tiergate.catalog_diff import price_changes
     from tiergate.sidecar.policy.bundle import load_bundle
 
+    fail_on = _fail_on(fail_on_text, impact)
     try:
         live = load_bundle(current_policies, current)
         trial = load_bundle(candidate_policies or current_policies, candidate)
         if impact:
-            path = replica or sidecar_settings().replica_path
-            report = run_impact(path, live, trial, workers=workers)
-            click.echo(json_module.dumps(report.to_json(), indent=2) if as_json else render_table(report))
+            _impact_diff(live, trial, replica or sidecar_settings().replica_path, workers, as_json, fail_on)
             return
     except TierError as exc:
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(1)
     prices = price_changes(live.catalog, trial.catalog, {})
     if as_json:
-        click.echo(json_module.dumps({"prices": [p.__dict__ for p in prices]}, indent=2))
-        return
-    for change in prices:
-        click.echo(f"price {change.tier}/{change.interval}: {change.current} -> {change.candidate}")
-    if not prices:
-        click.echo("prices: unchanged (add --impact to evaluate every tenant of the replica)")
+        click.echo(json.dumps({"prices": [p.__dict__ for p in prices]}, indent=2))
+    else:
+        click.echo("\n".join(price_lines(prices, with_tenants=False)))
+        if not prices:
+            click.echo("(add --impact to evaluate every tenant of the replica)")
+    _gate(fail_on, {}, len(prices))
 
 
-# -- policies ------------------------------------------------------------------------------
+def _fail_on(text: str | None, impact: bool) -> tuple[str, ...]:
+    if text is None:
+        return ()
+    try:
+        kinds = parse_fail_on(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--fail-on") from None
+    if not impact and "any" not in text and needs_impact(kinds):
+        raise click.UsageError(f"--fail-on {','.join(needs_impact(kinds))} needs --impact")
+    return kinds if impact else tuple(k for k in kinds if k == "price")
+
+
+def _impact_diff(
+    live: PolicyBundle,
+    trial: PolicyBundle,
+    replica_path: Path,
+    workers: int | None,
+    as_json: bool,
+    fail_on: tuple[str, ...],
+) -> None:
+    from tiergate.sidecar.decisions.impact import run_impact
+
+    report = run_impact(replica_path, live, trial, workers=workers)
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else render_table(report))
+    _gate(fail_on, report.totals(), len(report.prices))
+
+
+def _gate(fail_on: tuple[str, ...], totals: Mapping[str, int], prices: int) -> None:
+    found = tripped(fail_on, totals, prices)
+    if found:
+        click.echo(f"fail-on: {'; '.join(found)}", err=True)
+        sys.exit(3)
 
 
 # -- policies ------------------------------------------------------------------------------
@@ -164,9 +222,6 @@ def policies_test(directory: Path, engine: Literal["embedded", "opa-reference"])
     click.echo(f"[{engine}]")
     click.echo(text)
     sys.exit(code)
-
-
-# -- replica -------------------------------------------------------------------------------
 
 
 # -- replica -------------------------------------------------------------------------------
@@ -231,8 +286,6 @@ def _catalog(path: Path) -> Catalog:
 @click.argument("file", type=click.File("w"), default="-")
 def replica_export(file: TextIO) -> None:
     """Write the replica's content to FILE as JSON ('-' for stdout); exit 1 when there is none."""
-    import json
-
     from tiergate.sidecar.replica.store import ReplicaWriter, open_replica, read_meta
 
     settings = sidecar_settings()
@@ -292,7 +345,6 @@ def usage_redeliver(url: str | None, ids: tuple[int, ...], everything: bool) -> 
 
 
 def _sidecar_call(url: str | None, path: str, body: object = None) -> dict[str, Any]:
-    import json
     import urllib.error
     import urllib.request
 

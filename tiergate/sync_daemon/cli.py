@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -15,17 +16,25 @@ import click
 
 from tiergate.catalog import load_catalog
 from tiergate.cli import subgroup
-from tiergate.cli_support import SETTINGS_FIELDS, one_line_errors, serve, warn_unknown_settings
+from tiergate.cli_support import (
+    COMMAND_VARIABLES,
+    SETTINGS_FIELDS,
+    SettingsHelp,
+    one_line_errors,
+    serve,
+    warn_unknown_settings,
+)
 from tiergate.errors import TierError
 from tiergate.sync_daemon.cli_overrides import overrides
 
 if TYPE_CHECKING:
-    from tiergate.sync_daemon.settings import DaemonSettings
+    from tiergate.sync_daemon.settings import DaemonSettings, UsageResendSettings
 
 
 def register(root: click.Group) -> None:
     """Add the daemon's commands to ROOT (the `tiergate.commands` entry point)."""
     SETTINGS_FIELDS["sync_daemon"] = _settings_fields
+    COMMAND_VARIABLES.add("actor")  # `overrides` reads TIERGATE_ACTOR
     root.add_command(sync_daemon_command)
     root.add_command(sync_command)
     root.add_command(mirror)
@@ -34,15 +43,19 @@ def register(root: click.Group) -> None:
     subgroup(root, "usage").add_command(usage_resend)
 
 
-def _settings_fields() -> list[str]:
+def _settings_class() -> type[DaemonSettings]:
     from tiergate.sync_daemon.settings import DaemonSettings
 
-    return list(DaemonSettings.model_fields)
+    return DaemonSettings
 
 
-@click.command("sync-daemon")
+def _settings_fields() -> list[str]:
+    return list(_settings_class().model_fields)
+
+
+@click.command("sync-daemon", cls=SettingsHelp, settings=_settings_class)
 def sync_daemon_command() -> None:
-    """Run the sync daemon: Stripe webhooks, reconciliation, the replica feed."""
+    """Run the sync daemon: Stripe webhooks, reconciliation, the replica feed (settings below)."""
     from tiergate.sync_daemon.app import run
 
     settings = daemon_settings(warn=False)
@@ -77,11 +90,11 @@ def plans_push(path: Path | None, dry_run: bool) -> None:
     from tiergate.sync_daemon.billing.stripe_catalog import run_push
 
     settings = daemon_settings()
-    source = "argument" if path else "TIERGATE_PLANS"
-    path = path or settings.plans
     click.echo(
-        f"{'planning' if dry_run else 'pushing'} catalog {path} (from {source}) to {settings.stripe_base}"
+        f"{'planning' if dry_run else 'pushing'} catalog {path or settings.plans} "
+        f"({_catalog_source(path)}) to {settings.stripe_base}"
     )
+    path = path or settings.plans
     try:
         changes, result, legacy = run_push(settings, load_catalog(path), dry_run=dry_run)
     except TierError as exc:
@@ -97,12 +110,20 @@ def plans_push(path: Path | None, dry_run: bool) -> None:
         click.echo(f"{len(result.done)} changes made, {len(result.skipped)} skipped")
 
 
+def _catalog_source(path: Path | None) -> str:
+    """Where the pushed catalog's path came from, as the first line of `plans push` says it."""
+    if path is not None:
+        return "from argument"
+    if os.environ.get("TIERGATE_PLANS"):
+        return "from TIERGATE_PLANS"
+    return "the default: TIERGATE_PLANS is unset"
+
+
 @click.command("sync")
-@click.option(
-    "--full", is_flag=True, required=True, help="List every Stripe subscription and repair the mirror."
-)
+@click.option("--full", is_flag=True, hidden=True, help="Accepted for older scripts: every sync is full.")
 def sync_command(full: bool) -> None:
-    """Reconcile the mirror with Stripe once, with a progress bar and a summary."""
+    """Reconcile the mirror with Stripe once: list every Stripe subscription and repair what the
+    mirror holds, with a progress bar and a summary."""
     from tiergate.log import configure_logging
     from tiergate.sync_daemon.app import run_full_sync
 
@@ -122,9 +143,6 @@ def sync_command(full: bool) -> None:
     if not summary.ok:
         click.echo(f"error: {summary.error}", err=True)
         sys.exit(1)
-
-
-# -- mirror --------------------------------------------------------------------------------
 
 
 # -- mirror --------------------------------------------------------------------------------
@@ -209,9 +227,6 @@ def _copy_progress() -> Iterator[_CopyProgress]:
         progress.close()
 
 
-# -- usage ---------------------------------------------------------------------------------
-
-
 # -- usage resend --------------------------------------------------------------------------
 
 
@@ -239,15 +254,25 @@ def usage_resend(sink: str, since: str) -> None:
     if moment is None or moment.tzinfo is None:
         click.echo(f"error: --since {since!r} is not an RFC 3339 time with an offset", err=True)
         sys.exit(2)
-    settings = daemon_settings()
+    settings = _resend_settings()
     try:
         before, after = resend(settings.mirror_location, sink, moment)
     except TierError as exc:
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(1)
     click.echo(f"{sink}: cursor {before} -> {after}; {max(before - after, 0)} events will be sent again")
+    off = settings.sink_off(sink)
+    if off:
+        click.echo(f"warning: {off}: nothing will be sent until it is, by a daemon that has it", err=True)
 
 
-_SIDECAR_URL = click.option(
-    "--url", help="The sidecar's base URL (default: from TIERGATE_SIDECAR_HOST and TIERGATE_SIDECAR_PORT)."
-)
+def _resend_settings() -> UsageResendSettings:
+    """Only the mirror's location (and the sinks' switches): no Stripe key to rewind a cursor."""
+    from tiergate.sync_daemon.settings import load_resend_settings
+
+    warn_unknown_settings("sync_daemon")
+    try:
+        return load_resend_settings()
+    except TierError as exc:
+        click.echo(exc.message, err=True)
+        sys.exit(2)

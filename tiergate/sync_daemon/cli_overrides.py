@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import re
 import sys
@@ -46,6 +47,24 @@ def expiry(expires_at: str | None, lasting: str | None, now: datetime) -> str | 
     return expires_at
 
 
+def os_user() -> str | None:
+    """Who runs the command, as the OS knows them (None when it cannot say, e.g. a uid without a name)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
+
+
+_ACTOR = click.option(
+    "--actor",
+    envvar="TIERGATE_ACTOR",
+    show_envvar=True,
+    default=os_user,
+    show_default="the OS user",
+    help="Who asks (kept in the audit trail).",
+)
+
+
 def _options(fn: Any) -> Any:
     fn = click.option(
         "--daemon-url", envvar="TIERGATE_DAEMON_URL", default="http://127.0.0.1:9190", show_default=True
@@ -67,7 +86,7 @@ def overrides() -> None:
 @click.option("--reason", required=True, help="Why: kept in the audit trail.")
 @click.option("--expires-at", help="RFC 3339 time the override ends, e.g. 2026-12-31T00:00:00Z.")
 @click.option("--for", "lasting", help="How long it lasts from now: 30m, 12h, 14d, 2w.")
-@click.option("--actor", help="Who asks (kept in the audit trail).")
+@_ACTOR
 @_options
 def overrides_set(
     tenant: str,
@@ -96,7 +115,7 @@ def overrides_set(
 @click.argument("tenant")
 @click.argument("feature")
 @click.option("--reason", default="removed", show_default=True)
-@click.option("--actor")
+@_ACTOR
 @_options
 def overrides_rm(
     tenant: str, feature: str, reason: str, actor: str | None, daemon_url: str, token: str

@@ -20,8 +20,35 @@ HOST_PATTERN = re.compile(r"(\*\.)?[A-Za-z0-9][A-Za-z0-9.-]{0,252}")  # a host n
 SECRET_KEY_PREFIXES = ("sk_", "rk_")
 
 
-class DaemonSettings(BaseSettings):
+class MirrorSettings(BaseSettings):
+    """Where the mirror is: all that the commands working on it directly need (`usage resend`)."""
+
     model_config = SettingsConfigDict(env_prefix="TIERGATE_", frozen=True, extra="ignore")
+
+    mirror_path: Path = Path(".state/mirror.db")
+    # postgresql://user:password@host:5432/db?sslmode=verify-full selects PostgreSQL (schema
+    # `tiergate`) instead of the SQLite file; libpq's PG* variables fill in what the URL leaves out.
+    mirror_url: SecretStr | None = None
+
+    @field_validator("mirror_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None  # an empty variable (a chart value left blank) means SQLite
+        if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                "must start with postgresql:// (unset it to use the SQLite file at TIERGATE_MIRROR_PATH)"
+            )
+        return value
+
+    @property
+    def mirror_location(self) -> str:
+        """Where the mirror is: the PostgreSQL URL when set, else `sqlite:PATH`."""
+        return self.mirror_url.get_secret_value() if self.mirror_url else f"sqlite:{self.mirror_path}"
+
+
+class DaemonSettings(MirrorSettings):
+    """Everything the daemon reads; the mirror's location comes first (MirrorSettings)."""
 
     stripe_api_key: SecretStr
     stripe_api_base: AnyHttpUrl = AnyHttpUrl("https://api.stripe.com")
@@ -32,10 +59,6 @@ class DaemonSettings(BaseSettings):
     tenant_metadata_key: Annotated[str, Field(min_length=1, max_length=40)] = "tenant_id"
     daemon_host: str = "127.0.0.1"
     daemon_port: Annotated[int, Field(ge=0, le=65535)] = 9190
-    mirror_path: Path = Path(".state/mirror.db")
-    # postgresql://user:password@host:5432/db?sslmode=verify-full selects PostgreSQL (schema
-    # `tiergate`) instead of the SQLite file; libpq's PG* variables fill in what the URL leaves out.
-    mirror_url: SecretStr | None = None
     mirror_pool_size: Annotated[int, Field(ge=1, le=100)] = 8
     # With PostgreSQL one daemon (an advisory lock's holder) runs the scheduled jobs; the others
     # try to take over this often.
@@ -135,22 +158,6 @@ class DaemonSettings(BaseSettings):
     def redirect_host_list(self) -> list[str]:
         return _split(self.redirect_hosts)
 
-    @field_validator("mirror_url")
-    @classmethod
-    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None or value.get_secret_value() == "":
-            return None  # an empty variable (a chart value left blank) means SQLite
-        if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
-            raise ValueError(
-                "must start with postgresql:// (unset it to use the SQLite file at TIERGATE_MIRROR_PATH)"
-            )
-        return value
-
-    @property
-    def mirror_location(self) -> str:
-        """Where the mirror is: the PostgreSQL URL when set, else `sqlite:PATH`."""
-        return self.mirror_url.get_secret_value() if self.mirror_url else f"sqlite:{self.mirror_path}"
-
     def retention(self) -> Retention:
         return Retention(
             processed_events=timedelta(days=self.processed_event_retention_days),
@@ -187,5 +194,29 @@ def load_settings() -> DaemonSettings:
     """Read the environment once; a bad or missing variable is a SettingsError naming it."""
     try:
         return DaemonSettings()
+    except ValidationError as exc:
+        raise SettingsError(describe_settings_error(exc)) from None
+
+
+class UsageResendSettings(MirrorSettings):
+    """`tiergate usage resend`: the mirror, and whether each sink is switched on (to warn if not)."""
+
+    lago_api_url: AnyHttpUrl | None = None
+    lago_api_key: SecretStr | None = None
+    stripe_meter_sink: bool = False
+
+    def sink_off(self, sink: str) -> str | None:
+        """Why SINK sends nothing until configured, or None when it is on."""
+        if sink == "lago" and (self.lago_api_url is None or self.lago_api_key is None):
+            return "the lago sink is not configured (TIERGATE_LAGO_API_URL and TIERGATE_LAGO_API_KEY)"
+        if sink == "stripe_meters" and not self.stripe_meter_sink:
+            return "the stripe_meters sink is off (TIERGATE_STRIPE_METER_SINK)"
+        return None
+
+
+def load_resend_settings() -> UsageResendSettings:
+    """The mirror's location and the sinks' switches; a bad variable is a SettingsError naming it."""
+    try:
+        return UsageResendSettings()
     except ValidationError as exc:
         raise SettingsError(describe_settings_error(exc)) from None

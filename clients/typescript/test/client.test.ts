@@ -97,6 +97,56 @@ describe("faults", () => {
   });
 });
 
+describe("checkUrl", () => {
+  const checkListener = process.env["TIERGATE_TEST_CHECK_LISTENER"];
+  if (!checkListener) throw new Error("TIERGATE_TEST_CHECK_LISTENER is not set: run these tests through pytest");
+
+  test("checks go to the check listener, every other call to baseUrl", async () => {
+    const closed = await closedPort();
+    const split = new TiergateClient({ baseUrl: `http://127.0.0.1:${closed}`, checkUrl: `${checkListener}/`, timeoutMs: 5000 });
+    assert.equal(split.checkUrl, checkListener);
+    const odd = "a/b?c=d&e f#g%2F";
+    const viaListener = await split.check("pro-active", "sso");
+    assert.deepEqual([viaListener.allow, viaListener.reason, viaListener.tier], [true, "ok", "pro"]);
+    assert.equal((await split.check(odd, "sso")).tenant, odd); // the query is encoded
+    const main = await client.check("pro-active", "api_calls", 2);
+    const listener = await split.check("pro-active", "api_calls", 2);
+    assert.deepEqual([listener.allow, listener.reason, listener.limit], [main.allow, main.reason, main.limit]);
+    await assert.rejects(split.entitlements("pro-active"), SidecarUnreachableError); // baseUrl is closed
+  });
+
+  test("a bad quantity is the check listener's 400 naming the field", async () => {
+    const split = new TiergateClient({ baseUrl: sidecar, checkUrl: checkListener, timeoutMs: 5000 });
+    await assert.rejects(split.check("pro-active", "sso", 0), (error: unknown) => {
+      assert.ok(error instanceof SidecarRejectedError);
+      assert.deepEqual([error.status, error.field], [400, "quantity"]);
+      return true;
+    });
+  });
+
+  test("a check listener that is down follows the fail policy", async () => {
+    const down = `http://127.0.0.1:${await closedPort()}`;
+    const split = new TiergateClient({ baseUrl: sidecar, checkUrl: down, failPolicy: { default: "fail_open" } });
+    const decision = await split.check("nobody", "sso");
+    assert.deepEqual([decision.allow, decision.reason], [true, UNREACHABLE]);
+    assert.equal((await split.entitlements("pro-active")).tier, "pro"); // baseUrl still answers
+  });
+
+  test("checkUrl is validated like baseUrl", () => {
+    for (const bad of ["https://127.0.0.1:9192", "127.0.0.1:9192", "http://127.0.0.1:9192/v1"]) {
+      assert.throws(() => new TiergateClient({ checkUrl: bad }), /checkUrl .* must be http:\/\/host/);
+    }
+  });
+});
+
+async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = (server.address() as { port: number }).port;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
 describe("express", () => {
   test("requireFeature gates a route", async () => {
     const app = express();

@@ -190,7 +190,11 @@ async def _limit(sidecar: Client, limit: int) -> bool:
 
 
 async def test_the_cli_sets_lists_and_removes_through_the_daemon(billing: Billing) -> None:
-    env = {"TIERGATE_DAEMON_URL": str(billing.client.make_url("/")), "TIERGATE_API_TOKEN": API_TOKEN}
+    env = {
+        "TIERGATE_DAEMON_URL": str(billing.client.make_url("/")),
+        "TIERGATE_API_TOKEN": API_TOKEN,
+        "TIERGATE_ACTOR": "ops-bot",  # who the audit trail names when --actor is not given
+    }
 
     def run(*args: str) -> Result:
         return CliRunner().invoke(main, ["overrides", *args], env=env)
@@ -209,7 +213,7 @@ async def test_the_cli_sets_lists_and_removes_through_the_daemon(billing: Billin
     assert listed.exit_code == 0
     lines = printed(listed)
     assert lines[0].startswith('api_calls = {"limit": 5000000} until ') and lines[0].endswith(
-        "# deal #42 (-)"
+        "# deal #42 (ops-bot)"
     )
     assert lines[1] == "sso = true  # pilot (ana)"
     assert lines[2].endswith("set sso true: pilot (ana)")

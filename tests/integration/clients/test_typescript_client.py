@@ -25,7 +25,11 @@ def node() -> str:
 
 
 def test_typescript_client_suite(sidecar: RunningSidecar) -> None:
-    env = {**os.environ, "TIERGATE_TEST_SIDECAR": sidecar.url}
+    env = {
+        **os.environ,
+        "TIERGATE_TEST_SIDECAR": sidecar.url,
+        "TIERGATE_TEST_CHECK_LISTENER": sidecar.check_url,
+    }
     run = subprocess.run(
         [node(), "--test", "--test-force-exit", "--test-reporter=spec", "dist/test/"],
         cwd=PACKAGE,

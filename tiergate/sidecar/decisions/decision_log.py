@@ -15,11 +15,9 @@ import asyncio
 import logging
 from typing import Any
 
-import structlog
+from tiergate.log import JsonLines, host_safe_logger, json_lines
 
-from tiergate.log import JsonLines, json_lines
-
-log = structlog.get_logger("tiergate.sidecar")
+log = host_safe_logger("tiergate.sidecar")  # also runs inside a host app (LocalDecisions)
 
 FLUSH_BYTES = 64 * 1024
 EVENT = "decision"

@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
-import structlog
 
 from tiergate.errors import PolicyError, ReplicaNotReadyError, TierError
+from tiergate.log import host_safe_logger
 from tiergate.models import Decision, PolicyAnswer
 from tiergate.periods import rfc3339
 from tiergate.sidecar.decisions.cache import DecisionCache, Materialised
@@ -35,7 +35,7 @@ from tiergate.sidecar.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyEngi
 from tiergate.sidecar.replica.store import ReplicaMeta, ReplicaReader
 from tiergate.sidecar.usage.ledger import UsageLedger
 
-log = structlog.get_logger("tiergate.sidecar")
+log = host_safe_logger("tiergate.sidecar")  # also runs inside a host app (LocalDecisions)
 
 # The policy's declaration of what a decision reads of input.usage ("feature": its own counter).
 USAGE_SCOPE_PATH = "data.tiergate.entitlements.usage_scope"

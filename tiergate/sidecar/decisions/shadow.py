@@ -13,15 +13,15 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import structlog
 from prometheus_client import CollectorRegistry, Counter
 
 from tiergate.errors import TierError
+from tiergate.log import host_safe_logger
 from tiergate.models import REASONS, PolicyAnswer
 from tiergate.sidecar.decisions.policy_io import PolicyAnswerError, parse_answer
 from tiergate.sidecar.policy.engine import DECISION_PATH, PolicyEngine
 
-log = structlog.get_logger("tiergate.shadow")
+log = host_safe_logger("tiergate.shadow")  # also runs inside a host app (LocalDecisions)
 
 OTHER = "other"  # label for a feature outside both catalogs or a reason outside the vocabulary
 

@@ -9,14 +9,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import structlog
 import watchfiles
 
 from tiergate.errors import TierError
+from tiergate.log import host_safe_logger
 from tiergate.sidecar.policy.bundle import load_bundle
 from tiergate.sidecar.policy.engine import PolicyBundle, PolicyEngine
 
-log = structlog.get_logger(__name__)
+log = host_safe_logger(__name__)  # also runs inside a host app (LocalDecisions)
 
 DEBOUNCE_MS = 100
 RETRY_WATCH_S = 1.0

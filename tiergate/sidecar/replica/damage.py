@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import structlog
-
+from tiergate.log import host_safe_logger
 from tiergate.periods import utc_now_text
 
-log = structlog.get_logger("tiergate.replica")
+log = host_safe_logger("tiergate.replica")  # also runs inside a host app (LocalDecisions)
 
 SIDE_FILES = ("-wal", "-shm")  # SQLite's write-ahead log and its index travel with the file
 DAMAGE_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import sqlite_utils
-import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 
 from tiergate.amounts import Amount, from_stored, stored
 from tiergate.errors import ReplicaError, ReplicaNotReadyError, dotted_location
 from tiergate.feed import KNOWN_KINDS, FeedChange, FeedOverride
+from tiergate.log import host_safe_logger
 from tiergate.models import ACCOUNT_FIELDS, Account, UsageCounter
 from tiergate.periods import rfc3339
 from tiergate.sidecar.replica.damage import ReplicaDamage
@@ -31,7 +31,7 @@ from tiergate.sidecar.replica.index import ReplicaIndex
 from tiergate.sidecar.replica.rows import AccountRow as AccountRow  # re-exported: the callers' import
 from tiergate.usage_events import GAUGE_PERIOD_START
 
-log = structlog.get_logger("tiergate.replica")
+log = host_safe_logger("tiergate.replica")  # also runs inside a host app (LocalDecisions)
 
 MIGRATIONS = sqlite_utils.Migrations("tiergate_replica")
 
@@ -256,7 +256,7 @@ class ReplicaWriter:
         conn = self.db.conn
         accounts = [
             _exported(row.to_account())
-            for row in (AccountRow(*r) for r in conn.execute(_SELECT_ACCOUNTS + " ORDER BY tenant"))
+            for row in (AccountRow(*r) for r in conn.execute(SELECT_ACCOUNTS + " ORDER BY tenant"))
         ]
         usage = [
             {"tenant": t, "code": c, "period_start": p, "value": v}
@@ -300,7 +300,7 @@ def _exported(account: Account) -> dict[str, Any]:
 _OMITTED_WHEN_NULL = frozenset({"pending_tier", "pending_interval", "pending_at", "subscription_id"})
 
 
-_SELECT_ACCOUNTS = "SELECT " + ", ".join(ACCOUNT_COLUMNS) + " FROM accounts"
+SELECT_ACCOUNTS = "SELECT " + ", ".join(ACCOUNT_COLUMNS) + " FROM accounts"
 _UPSERT_ACCOUNT = (
     f"INSERT OR REPLACE INTO accounts ({', '.join(ACCOUNT_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(ACCOUNT_COLUMNS))})"
@@ -572,7 +572,7 @@ class ReplicaReader:
     def account(self, tenant: str) -> AccountRow | None:
         if self._in_memory:
             return self.index.account(tenant)
-        row = self._conn.execute(_SELECT_ACCOUNTS + " WHERE tenant = ?", (tenant,)).fetchone()
+        row = self._conn.execute(SELECT_ACCOUNTS + " WHERE tenant = ?", (tenant,)).fetchone()
         return AccountRow(*row) if row is not None else None
 
     def usage(self, tenant: str, period_start: str) -> dict[str, Amount]:
@@ -658,7 +658,7 @@ class ReplicaReader:
             where = f" WHERE tenant IN ({', '.join('?' * len(chunk))})"
             self.index.replace_tenants(
                 chunk,
-                [AccountRow(*row) for row in conn.execute(_SELECT_ACCOUNTS + where, chunk)],
+                [AccountRow(*row) for row in conn.execute(SELECT_ACCOUNTS + where, chunk)],
                 conn.execute(_SELECT_USAGE + where, chunk).fetchall(),
                 _overrides_by_tenant(conn.execute(_SELECT_OVERRIDES + where, chunk)),
             )
@@ -704,7 +704,7 @@ def _load_index(index: ReplicaIndex, conn: sqlite3.Connection) -> None:
     """The whole file into `index`, streamed in primary-key order (the index merges accounts and
     counters tenant by tenant, so no intermediate copy of either table is held)."""
     index.replace_all(
-        (AccountRow(*row) for row in conn.execute(_SELECT_ACCOUNTS + " ORDER BY tenant")),
+        (AccountRow(*row) for row in conn.execute(SELECT_ACCOUNTS + " ORDER BY tenant")),
         conn.execute(_SELECT_USAGE + " ORDER BY tenant, period_start, code"),
         _overrides_by_tenant(conn.execute(_SELECT_OVERRIDES)),
     )

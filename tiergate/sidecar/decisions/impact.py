@@ -16,17 +16,18 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from tiergate.amounts import Amount, from_stored
-from tiergate.catalog import Catalog
+from tiergate.catalog_diff import price_changes
 from tiergate.errors import ReplicaError, TierError
 from tiergate.models import PolicyAnswer
 from tiergate.periods import rfc3339
+from tiergate.sidecar.decisions.impact_report import Change, FeatureImpact, ImpactReport
 from tiergate.sidecar.decisions.policy_io import (
     PolicyAnswerError,
     account_document,
@@ -37,11 +38,8 @@ from tiergate.sidecar.decisions.policy_io import (
 )
 from tiergate.sidecar.policy.embedded import EmbeddedEngine
 from tiergate.sidecar.policy.engine import DECISION_PATH, PolicyBundle
-from tiergate.sidecar.replica.store import _SELECT_ACCOUNTS, AccountRow
+from tiergate.sidecar.replica.store import SELECT_ACCOUNTS, AccountRow
 
-Change = Literal["gain", "lose", "over_limit", "limit_changed"]
-CHANGES: tuple[Change, ...] = ("gain", "lose", "over_limit", "limit_changed")
-EXAMPLES = 10  # tenant ids kept per feature and kind of change
 CHUNK = 2_000  # tenants per worker task
 
 
@@ -50,60 +48,6 @@ class TenantState:
     tenant: str
     account: AccountRow | None
     usage: Mapping[str, Mapping[str, Amount]]  # period_start -> code -> value
-
-
-@dataclass
-class FeatureImpact:
-    counts: Counter[str] = field(default_factory=Counter)
-    examples: dict[str, list[str]] = field(default_factory=dict)
-
-    def add(self, change: Change, tenant: str) -> None:
-        self.counts[change] += 1
-        kept = self.examples.setdefault(change, [])
-        if len(kept) < EXAMPLES:
-            kept.append(tenant)
-
-    def merge(self, other: FeatureImpact) -> None:
-        self.counts.update(other.counts)
-        for change, tenants in other.examples.items():
-            kept = self.examples.setdefault(change, [])
-            kept.extend(tenants[: EXAMPLES - len(kept)])
-
-
-@dataclass(frozen=True)
-class PriceChange:
-    tier: str
-    interval: str
-    current: dict[str, Any] | None
-    candidate: dict[str, Any] | None
-    tenants: int  # accounts on this tier now
-
-
-@dataclass
-class ImpactReport:
-    tenants: int
-    now: str
-    current_revision: str
-    candidate_revision: str
-    features: dict[str, FeatureImpact]
-    prices: list[PriceChange]
-    seconds: float = 0.0
-    cpu_seconds: float = 0.0  # spent evaluating, summed over the workers
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "tenants": self.tenants,
-            "now": self.now,
-            "current": {"revision": self.current_revision},
-            "candidate": {"revision": self.candidate_revision},
-            "features": {
-                name: {**{c: impact.counts.get(c, 0) for c in CHANGES}, "examples": impact.examples}
-                for name, impact in sorted(self.features.items())
-            },
-            "prices": [p.__dict__ for p in self.prices],
-            "seconds": round(self.seconds, 2),
-            "cpu_seconds": round(self.cpu_seconds, 2),
-        }
 
 
 def classify(current: PolicyAnswer, candidate: PolicyAnswer) -> Change | None:
@@ -117,30 +61,13 @@ def classify(current: PolicyAnswer, candidate: PolicyAnswer) -> Change | None:
     return None
 
 
-def price_changes(
-    current: Catalog, candidate: Catalog, tenants_per_tier: Mapping[str, int]
-) -> list[PriceChange]:
-    """Every (tier, interval) whose Stripe price differs: added, removed or changed."""
-    changes = []
-    for tier in sorted(set(current.tiers) | set(candidate.tiers)):
-        before = current.tiers[tier].prices if tier in current.tiers else {}
-        after = candidate.tiers[tier].prices if tier in candidate.tiers else {}
-        for interval in sorted(set(before) | set(after)):
-            old, new = before.get(interval), after.get(interval)
-            old_json = old.model_dump(mode="json") if old else None
-            new_json = new.model_dump(mode="json") if new else None
-            if old_json != new_json:
-                changes.append(PriceChange(tier, interval, old_json, new_json, tenants_per_tier.get(tier, 0)))
-    return changes
-
-
 def read_tenants(replica: Path) -> list[TenantState]:
     """Every tenant with an account or a usage counter, read once through a read-only connection."""
     if not replica.is_file():
         raise ReplicaError(f"replica {replica} does not exist (TIERGATE_REPLICA_PATH or --replica)")
     conn = sqlite3.connect(f"file:{replica}?mode=ro", uri=True)
     try:
-        accounts = {row[0]: AccountRow(*row) for row in conn.execute(_SELECT_ACCOUNTS)}
+        accounts = {row[0]: AccountRow(*row) for row in conn.execute(SELECT_ACCOUNTS)}
         usage: dict[str, dict[str, dict[str, Amount]]] = {}
         for tenant, code, period_start, value in conn.execute(
             "SELECT tenant, code, period_start, value FROM usage"
@@ -285,32 +212,3 @@ def _impact_of(tenants: Sequence[TenantState]) -> tuple[dict[str, FeatureImpact]
             if change is not None:
                 impacts[feature].add(change, state.tenant)
     return impacts, time.process_time() - cpu
-
-
-def render_table(report: ImpactReport) -> str:
-    lines = [
-        f"{report.tenants:,} tenants at {report.now}: bundle {report.current_revision} -> "
-        f"{report.candidate_revision} ({report.seconds:.1f} s)",
-        "",
-        f"{'feature':<20}{'gain':>10}{'lose':>10}{'over new limit':>16}{'limit changed':>15}",
-    ]
-    for name, impact in sorted(report.features.items()):
-        counts = [impact.counts.get(c, 0) for c in CHANGES]
-        lines.append(
-            f"{name:<20}" + "".join(f"{n:>{w},}" for n, w in zip(counts, (10, 10, 16, 15), strict=True))
-        )
-    lines.append("")
-    if not report.prices:
-        lines.append("prices: unchanged")
-    for change in report.prices:
-        lines.append(
-            f"price {change.tier}/{change.interval}: {_price(change.current)} -> {_price(change.candidate)} "
-            f"({change.tenants:,} accounts on {change.tier})"
-        )
-    return "\n".join(lines)
-
-
-def _price(price: Mapping[str, Any] | None) -> str:
-    if price is None:
-        return "none"
-    return f"{price['unit_amount'] / 100:.2f} {price['currency']} ({price['lookup_key']})"
