@@ -93,6 +93,7 @@ test_decision_is_the_full_document if {
 		"used": 10,
 		"remaining": 90,
 		"valid_until": period_end,
+		"license_grace_until": null,
 	}
 }
 
@@ -607,4 +608,67 @@ test_seats_are_what_was_bought_capped_by_the_tier if {
 test_an_override_beats_seats_bought if {
 	doc := with_usage(subscribed("seats", "pro", "active", {"quantity": 5}), {"seats": 5})
 	sell(with_override(doc, "seats", {"limit": 50}, null)).allow == true
+}
+
+# -- signed offline licenses ---------------------------------------------------------------------
+
+license_facts := {
+	"id": "lic-1",
+	"issued_at": "2026-01-01T00:00:00Z",
+	"not_after": "2026-12-01T00:00:00Z",
+	"grace_until": "2026-12-15T00:00:00Z",
+}
+
+# An enterprise tenant whose account comes from the license above, decided at `at`.
+licensed(feature, at) := object.union(subscribed(feature, "enterprise", "active", {}), {
+	"now": at,
+	"license": license_facts,
+	"period": {"start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z"},
+})
+
+test_a_license_in_force_decides_as_its_account_alone if {
+	alone := subscribed("sso", "enterprise", "active", {})
+	decide(licensed("sso", now)) == decide(alone)
+	decide(licensed("sso", now)).license_grace_until == null
+}
+
+test_a_license_in_grace_still_allows_and_says_until_when if {
+	d := decide(licensed("sso", "2026-12-03T00:00:00Z"))
+	d.allow == true
+	d.reason == "ok"
+	d.tier == "enterprise"
+	d.license_grace_until == "2026-12-15T00:00:00Z"
+	d.valid_until == "2026-12-15T00:00:00Z" # the answer changes when the grace ends
+}
+
+test_a_license_in_grace_keeps_its_limits if {
+	doc := object.union(licensed("api_calls", "2026-12-03T00:00:00Z"), {"account": object.union(
+		licensed("api_calls", now).account,
+		{"tier": "pro"},
+	)})
+	full := decide(with_usage(doc, {"api_calls": 1000}))
+	full.allow == false
+	full.reason == "limit_exceeded"
+	full.license_grace_until == "2026-12-15T00:00:00Z"
+}
+
+test_a_license_past_its_grace_denies_every_feature if {
+	every feature in ["sso", "dashboards", "api_calls", "made_up"] {
+		d := decide(licensed(feature, "2026-12-15T00:00:00Z"))
+		d.allow == false
+		d.reason == "license_expired"
+		d.valid_until == null
+		d.license_grace_until == "2026-12-15T00:00:00Z"
+	}
+}
+
+test_the_not_after_date_bounds_an_answer_before_it if {
+	d := decide(object.union(licensed("sso", "2026-11-30T12:00:00Z"), {"period": {"start": "2026-11-01T00:00:00Z", "end": "2027-01-01T00:00:00Z"}}))
+	d.valid_until == "2026-12-01T00:00:00Z"
+}
+
+test_a_license_belongs_to_its_tenant_only if {
+	d := decide(request_with("dashboards", {"now": "2027-01-01T00:00:00Z", "license": null}))
+	d.allow == true
+	d.license_grace_until == null
 }

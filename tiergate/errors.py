@@ -25,6 +25,7 @@ The HTTP status is the class's `status`; the JSON body is `{"error": {"code", "m
     ├── CatalogError             500 invalid_catalog        plans.yaml (at start: the process exits)
     ├── PolicyError              500 policy_error           Rego failed to load or evaluate
     ├── SettingsError            500 invalid_settings       a TIERGATE_* variable (at start)
+    ├── LicenseError             500 invalid_license        a signed license refused (at start: the sidecar exits)
     ├── ListenError              500 cannot_listen          a server's port is taken (at start)
     ├── SidecarUnreachableError  503 sidecar_unreachable    (client) no usable answer from the sidecar
     └── SidecarRejectedError     4xx (the sidecar's code)   (client) the sidecar refused a call
@@ -83,6 +84,12 @@ class ReplicaError(TierError):
 
 class SettingsError(TierError):
     code = "invalid_settings"
+
+
+class LicenseError(TierError):
+    """A signed offline license that does not verify, lacks a claim, or cannot be read."""
+
+    code = "invalid_license"
 
 
 class ReplicaNotReadyError(TierError):

@@ -44,6 +44,7 @@ REASONS = (
     "replica_stale",
     "policy_error",
     "replica_not_ready",
+    "license_expired",
 )
 
 MAX_TENANT_LENGTH = 200
@@ -153,6 +154,8 @@ class PolicyAnswer:
     remaining: int | None = None
     valid_until: str | None = None
     paid_tier: str | None = None  # the tier the account pays for (`tier` is the one applied)
+    # A signed license past its not-after date and still in grace: when the grace ends.
+    license_grace_until: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,6 +175,7 @@ class Decision:
     remaining: int | None = None
     valid_until: str | None = None
     paid_tier: str | None = None  # the tier the account pays for (`tier` is the one applied)
+    license_grace_until: str | None = None
     tenant: str
     feature: str
     quantity: int = 1
@@ -208,6 +212,7 @@ class Decision:
             remaining=answer.remaining,
             valid_until=answer.valid_until,
             paid_tier=answer.paid_tier,
+            license_grace_until=answer.license_grace_until,
             tenant=tenant,
             feature=feature,
             quantity=quantity,

@@ -7,7 +7,7 @@ import tracemalloc
 
 import orjson
 
-from tiergate.models import Decision, PolicyAnswer
+from tiergate.models import REASONS, Decision, PolicyAnswer
 from tiergate.sidecar.decisions.cache import DecisionCache, Materialised
 
 ANSWER = Materialised.of(PolicyAnswer(allow=True, reason="ok", tier="pro"))
@@ -183,4 +183,4 @@ def test_a_policy_inventing_reasons_is_cached_up_to_the_outcome_table() -> None:
         cache.put("t", f"f{n}", 1, answer, now=1.0, valid_until=None, stale=False, epoch=cache.epoch)
     assert cache.get("t", "f0", 1, 2.0, False) is not None
     assert cache.get("t", "f299", 1, 2.0, False) is None  # past 256 reasons: decided each time
-    assert len(cache) == 256 - 10  # the 10 built-in reasons take the first places
+    assert len(cache) == 256 - len(REASONS)  # the built-in reasons take the first places

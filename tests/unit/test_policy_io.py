@@ -76,6 +76,7 @@ def test_build_input_has_the_documented_shape_and_copies_usage() -> None:
         "period": {"start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z"},
         "replica": {"age_seconds": 0.5},
         "overrides": {},
+        "license": None,
     }
     document["usage"]["api_calls"] = 8
     assert usage == {"api_calls": 7}, "the policy's input must not alias the caller's counters"

@@ -23,6 +23,7 @@ def build_input(
     period: tuple[str, str],
     replica_age_s: float | None,
     overrides: Mapping[str, Any] | None = None,
+    license: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The input document of policies/entitlements.rego (see docs/policies.md)."""
     return {
@@ -38,6 +39,8 @@ def build_input(
         "replica": {"age_seconds": replica_age_s},
         # The tenant's overrides, expired ones included: the policy says what applies (expires_at).
         "overrides": overrides or {},
+        # The signed license the tenant's account comes from: its dates (null: no license).
+        "license": license,
     }
 
 
@@ -72,6 +75,7 @@ def parse_answer(answer: object) -> PolicyAnswer:
         remaining=remaining if isinstance(remaining, int) else None,
         valid_until=_time_or_none(answer.get("valid_until")),
         paid_tier=paid_tier if isinstance(paid_tier, str) else None,
+        license_grace_until=_time_or_none(answer.get("license_grace_until")),
     )
 
 

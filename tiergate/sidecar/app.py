@@ -30,11 +30,13 @@ from tiergate.sidecar.metrics import SidecarMetrics
 from tiergate.sidecar.policy.reload import PolicyReloader
 from tiergate.sidecar.replica import damage
 from tiergate.sidecar.replica.follower import LONG_POLL_S, Follower
+from tiergate.sidecar.replica.license_source import LicenseSource, key_paths
 from tiergate.sidecar.replica.store import ReplicaReader
 from tiergate.sidecar.settings import SidecarSettings
 from tiergate.sidecar.state import (
     DECISIONS,
     FOLLOWER,
+    LICENSE,
     METRICS,
     POLICIES,
     READER,
@@ -99,33 +101,53 @@ async def _replica_ctx(app: web.Application) -> AsyncIterator[None]:
     """The reader, and the one task that looks for other processes' commits (an import)."""
     settings = app[SETTINGS]
     found = _set_aside_if_damaged(settings)
+    license = _license_source(settings)
+    if license is not None:
+        license.start()  # a license that does not verify stops the start-up, naming the reason
+        app[LICENSE] = license
     reader = ReplicaReader(settings.replica_path)
     if found is not None:
         reader.damage.found_at_start(*found)
     app[READER] = reader
-    if settings.daemon_url is None and reader.meta.data_as_of is None and reader.count_accounts() == 0:
+    unimported = reader.meta.data_as_of is None and reader.count_accounts() == 0
+    if license is None and settings.daemon_url is None and unimported:
         log.warning(
             "static_mode_without_data",
             replica=str(settings.replica_path),
             hint="no TIERGATE_DAEMON_URL and an empty replica: every tenant gets the default tier; "
             "set TIERGATE_DAEMON_URL or run `tiergate replica import`",
         )
-    watch = asyncio.create_task(reader.watch(), name="replica-watch")
+    tasks = [asyncio.create_task(reader.watch(), name="replica-watch")]
+    if license is not None:
+        every_s = settings.license_check_every_s
+        tasks.append(asyncio.create_task(license.watch(every_s), name="license-watch"))
     yield
-    watch.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watch
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     reader.close()
 
 
+def _license_source(settings: SidecarSettings) -> LicenseSource | None:
+    if settings.license_path is None or settings.license_public_keys is None:
+        return None
+    return LicenseSource(
+        settings.license_path,
+        key_paths(settings.license_public_keys),
+        settings.replica_path,
+        busy_timeout_s=settings.replica_busy_timeout_s,
+    )
+
+
 def _set_aside_if_damaged(settings: SidecarSettings) -> tuple[str, Path] | None:
-    """Following a daemon, a damaged replica is moved aside and downloaded again; in static mode
-    there is nowhere to download it from, so the sidecar refuses to start. Returns what was found
-    and where the file went."""
+    """Following a daemon, a damaged replica is moved aside and downloaded again (on a signed
+    license, written again from it); in static mode there is nowhere to get it from, so the sidecar
+    refuses to start. Returns what was found and where the file went."""
     found = damage.problem(settings.replica_path)
     if found is None:
         return None
-    if settings.daemon_url is None:
+    if settings.daemon_url is None and settings.license_path is None:
         raise ReplicaError(
             f"replica {settings.replica_path} is damaged ({found}); restore it with "
             "`tiergate replica import <backup.json>`, or set TIERGATE_DAEMON_URL to download it"
@@ -205,6 +227,8 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
             metrics.watch_follower(app[FOLLOWER].status)
             metrics.watch_lag(app[FOLLOWER].seconds_since_contact, lambda: app[FOLLOWER].status.daemon_lag_s)
         metrics.watch_damage(app[READER].damage)
+        if LICENSE in app:
+            metrics.watch_license(app[LICENSE])
         app[ROUTES] = RouteResolver(engine)
         app[POLICIES] = Policies(engine, reloader)
         await reloader.start()

@@ -1,5 +1,6 @@
 """The sidecar's commands: `tiergate sidecar`, `policies test`, `replica import|export`, `plans diff`,
-`usage quarantine|redeliver` and `healthcheck`, added to the root command by `register`."""
+`usage quarantine|redeliver` and `healthcheck`, added to the root command by `register` (with
+`license ...` and `usage export` from cli_license)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tiergate.cli_support import SETTINGS_FIELDS, SettingsHelp, serve, warn_unkn
 from tiergate.errors import CatalogError, TierError
 from tiergate.settings_errors import describe_settings_error
 from tiergate.sidecar.cli_check import check
+from tiergate.sidecar.cli_license import register_license_commands
 from tiergate.sidecar.decisions.impact_report import (
     FAIL_ON,
     needs_impact,
@@ -44,6 +46,7 @@ def register(root: click.Group) -> None:
     subgroup(root, "plans").add_command(plans_diff)
     subgroup(root, "usage").add_command(usage_quarantine)
     subgroup(root, "usage").add_command(usage_redeliver)
+    register_license_commands(root, subgroup(root, "usage"))
 
 
 def _settings_class() -> type[SidecarSettings]:

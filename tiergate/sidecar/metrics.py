@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from tiergate.sidecar.replica.damage import ReplicaDamage
     from tiergate.sidecar.replica.follower import FollowerStatus
+    from tiergate.sidecar.replica.license_source import LicenseSource
     from tiergate.sidecar.usage.outbox import Outbox
 
 DECISION_BUCKETS = (25e-6, 50e-6, 100e-6, 200e-6, 400e-6, 800e-6, 1.6e-3, 3.2e-3, 6.4e-3, 0.0128, 0.05)
@@ -125,6 +126,9 @@ class SidecarMetrics:
     def watch_damage(self, damage: ReplicaDamage) -> None:
         self.registry.register(_DamageCollector(damage))
 
+    def watch_license(self, source: LicenseSource) -> None:
+        self.registry.register(_LicenseCollector(source))
+
     def watch_outbox(self, outbox: Outbox) -> None:
         """Usage delivery's health, read from the outbox at each scrape."""
         backlog = Gauge(
@@ -198,4 +202,42 @@ class _DamageCollector(Collector):
             "tiergate_replica_damage_recovered",
             "Replicas downloaded again and loaded after damage found at run time.",
             value=float(self.damage.recoveries),
+        )
+
+
+class _LicenseCollector(Collector):
+    """The signed license, read at each scrape: its dates, refusals, and a clock behind it."""
+
+    def __init__(self, source: LicenseSource) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        status, license = self.source.status, self.source.status.license
+        yield GaugeMetricFamily(
+            "tiergate_license_not_after_timestamp_seconds",
+            "When the license in force reaches its not-after date (Unix seconds; grace follows).",
+            value=float(license.claims.exp) if license else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "tiergate_license_grace_until_timestamp_seconds",
+            "When the license in force stops allowing anything (Unix seconds).",
+            value=license.grace_until.timestamp() if license else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "tiergate_license_refused",
+            "1 while the license file on disk does not verify and the last good license stays in force.",
+            value=1.0 if status.last_error is not None else 0.0,
+        )
+        yield CounterMetricFamily(
+            "tiergate_license_refusals", "License files refused (at run time).", value=float(status.refusals)
+        )
+        yield CounterMetricFamily(
+            "tiergate_license_loads",
+            "Licenses verified and installed (the first, then renewals).",
+            value=float(status.loads),
+        )
+        yield GaugeMetricFamily(
+            "tiergate_license_clock_behind",
+            "1 while the system clock is earlier than the license's issue time.",
+            value=1.0 if status.clock_behind else 0.0,
         )

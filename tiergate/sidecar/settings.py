@@ -85,6 +85,12 @@ class SidecarSettings(ListenerSettings):
     # a 503 (the caller's own fallback decides).
     not_ready_answer: Literal["deny", "unavailable"] = "deny"
     follower_backoff_max_s: Annotated[float, Field(gt=0, le=300)] = 15.0
+    # Self-hosted installs: a signed offline license (tiergate/license.py) is the replica's source
+    # instead of a daemon; verified against each comma-separated public key (several: a rotation),
+    # and both files re-read every license_check_every_s for a renewal.
+    license_path: Path | None = None
+    license_public_keys: str | None = None
+    license_check_every_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     # How long a replica write waits for another writer (`tiergate replica import`) before the
     # follower counts a failure and retries.
     replica_busy_timeout_s: Annotated[float, Field(ge=0, le=300)] = 10.0
@@ -109,6 +115,23 @@ class SidecarSettings(ListenerSettings):
     def _long_tokens(cls, tokens: SecretStr | None) -> SecretStr | None:
         # Each of the comma-separated tokens (the first is sent, the rest are a rotation's).
         return checked_tokens(tokens)
+
+    @model_validator(mode="after")
+    def _one_source_of_accounts(self) -> SidecarSettings:
+        keys = [k for k in (self.license_public_keys or "").split(",") if k.strip()]
+        if self.license_path is not None and not keys:
+            raise ValueError(
+                "TIERGATE_LICENSE_PATH needs TIERGATE_LICENSE_PUBLIC_KEYS (the comma-separated paths of "
+                "the public keys that may have signed it)"
+            )
+        if self.license_path is None and keys:
+            raise ValueError("TIERGATE_LICENSE_PUBLIC_KEYS is set but TIERGATE_LICENSE_PATH is not")
+        if self.license_path is not None and self.daemon_url is not None:
+            raise ValueError(
+                "TIERGATE_LICENSE_PATH and TIERGATE_DAEMON_URL are both set: the replica's accounts come "
+                "from a signed license or from a sync daemon, not both; unset one"
+            )
+        return self
 
     @model_validator(mode="after")
     def _ingress_is_consistent(self) -> SidecarSettings:

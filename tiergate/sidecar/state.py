@@ -11,6 +11,7 @@ from tiergate.sidecar.decisions.service import DecisionService, RouteResolver
 from tiergate.sidecar.metrics import SidecarMetrics
 from tiergate.sidecar.policy.reload import PolicyReloader
 from tiergate.sidecar.replica.follower import Follower
+from tiergate.sidecar.replica.license_source import LicenseSource
 from tiergate.sidecar.replica.store import ReplicaReader
 from tiergate.sidecar.settings import SidecarSettings
 from tiergate.tracing import Tracing
@@ -45,3 +46,4 @@ ROUTES = web.AppKey("routes", RouteResolver)
 METRICS = web.AppKey("metrics", SidecarMetrics)
 FOLLOWER = web.AppKey("follower", Follower)
 TRACING = web.AppKey("tracing", Tracing)  # only while an OTLP endpoint is configured
+LICENSE = web.AppKey("license", LicenseSource)

@@ -170,6 +170,16 @@ Labels for your pod template: the NetworkPolicy admits pods carrying them to the
 {{- toYaml $v.sidecarPodLabels -}}
 {{- end -}}
 
+{{/* TIERGATE_LICENSE_PUBLIC_KEYS: each of license.publicKeys (keys of the Secret) as a path in
+its mounted directory, comma-separated. Called with the license values. */}}
+{{- define "tiergate.licensePublicKeys" -}}
+{{- $paths := list -}}
+{{- range (required "tiergate: license.publicKeys must name at least one key of the license Secret" .publicKeys) }}
+{{- $paths = append $paths (printf "/etc/tiergate/license/%s" .) -}}
+{{- end -}}
+{{- join "," $paths -}}
+{{- end -}}
+
 {{/* The outbox's volume source from sidecar.outboxVolume: Helm merges a user's source into the
 default emptyDir, so a source of another kind replaces it (rather than rendering two). */}}
 {{- define "tiergate.outboxVolumeSource" -}}
@@ -229,6 +239,14 @@ and a startup probe, and belongs in `initContainers:`.
     - name: TIERGATE_OPA_URL
       value: {{ printf "http://127.0.0.1:%v" (int $v.opa.port) | quote }}
     {{- end }}
+    {{- $license := $v.license | default dict }}
+    {{- if $license.secretName }}
+    # a signed license from the Secret license.secretName is the replica's source: no daemon
+    - name: TIERGATE_LICENSE_PATH
+      value: {{ printf "/etc/tiergate/license/%s" $license.licenseKey | quote }}
+    - name: TIERGATE_LICENSE_PUBLIC_KEYS
+      value: {{ include "tiergate.licensePublicKeys" $license | quote }}
+    {{- else }}
     - name: TIERGATE_DAEMON_URL
       value: {{ include "tiergate.daemonUrl" $c | quote }}
     - name: TIERGATE_FEED_TOKEN
@@ -236,6 +254,7 @@ and a startup probe, and belongs in `initContainers:`.
         secretKeyRef:
           name: {{ include "tiergate.secretName" $c }}
           key: {{ $v.secrets.keys.feedToken }}
+    {{- end }}
     - name: TIERGATE_JWT_SECRET
       valueFrom:
         secretKeyRef:
@@ -270,6 +289,11 @@ and a startup probe, and belongs in `initContainers:`.
     - name: tiergate-policies
       mountPath: /etc/tiergate/policies
       readOnly: true
+    {{- if ($v.license | default dict).secretName }}
+    - name: tiergate-license
+      mountPath: /etc/tiergate/license
+      readOnly: true
+    {{- end }}
     {{- with $s.extraVolumeMounts }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -309,7 +333,8 @@ emptyDir by default: it survives container restarts, not the pod's deletion; ano
 replaces it, and null leaves the `tiergate-outbox` volume to you, e.g. a StatefulSet
 volumeClaimTemplate), a /tmp emptyDir
 (read-only root filesystem), the catalog and policies ConfigMaps as directories (no subPath:
-subPath mounts never see ConfigMap updates, which would defeat hot reload).
+subPath mounts never see ConfigMap updates, which would defeat hot reload), and with
+license.secretName the license Secret as a directory (a renewal reaches the sidecar the same way).
   volumes:
     {{- include "tiergate.sidecarVolumes" . | nindent 8 }}
 */}}
@@ -333,6 +358,11 @@ subPath mounts never see ConfigMap updates, which would defeat hot reload).
 - name: tiergate-policies
   configMap:
     name: {{ include "tiergate.policiesConfigMap" $c }}
+{{- with ($v.license | default dict).secretName }}
+- name: tiergate-license
+  secret:
+    secretName: {{ . }}
+{{- end }}
 {{- end -}}
 
 {{/*

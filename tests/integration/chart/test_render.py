@@ -548,3 +548,41 @@ def _merge_values(base: dict[str, Any], override: dict[str, Any]) -> dict[str, A
             else value
         )
     return merged
+
+
+def test_a_license_secret_replaces_the_daemon_for_the_sidecar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    license = {"secretName": "acme-license", "licenseKey": "acme.jwt", "publicKeys": ["old.pub", "new.pub"]}
+    values = {
+        "daemon": {"enabled": False},
+        "license": license,
+        "sidecar": {"settings": {"license_check_every_s": 5}},
+    }
+    docs = documents(render({"tiergate": values}, chart=app_chart(tmp_path)))
+    validate_objects(docs)
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "ConfigMap", "Deployment"]  # no daemon, no Secret
+    spec = app_deployment(docs)["spec"]["template"]["spec"]
+    sidecar = spec["containers"][1]
+    env = env_of(sidecar)
+    assert "TIERGATE_DAEMON_URL" not in env and "TIERGATE_FEED_TOKEN" not in env
+    assert env["TIERGATE_LICENSE_PATH"]["value"] == "/etc/tiergate/license/acme.jwt"
+    assert (
+        env["TIERGATE_LICENSE_PUBLIC_KEYS"]["value"]
+        == "/etc/tiergate/license/old.pub,/etc/tiergate/license/new.pub"
+    )
+    [mount] = [m for m in sidecar["volumeMounts"] if m["mountPath"] == "/etc/tiergate/license"]
+    assert mount["readOnly"] is True and "subPath" not in mount  # a renewed Secret reaches the file
+    [volume] = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"] == {"secretName": "acme-license"}
+    settings = _parse(SidecarSettings, env, monkeypatch)
+    assert settings.license_path == Path("/etc/tiergate/license/acme.jwt")
+    assert settings.license_check_every_s == 5
+    assert settings.daemon_url is None
+    # without a license the sidecar follows the daemon and mounts no license volume
+    plain = documents(
+        render({"tiergate": {**STRIPE, "daemon": {"enabled": True}}}, chart=app_chart(tmp_path / "2"))
+    )
+    plain_spec = app_deployment(plain)["spec"]["template"]["spec"]
+    assert "TIERGATE_LICENSE_PATH" not in env_of(plain_spec["containers"][1])
+    assert all("secret" not in v for v in plain_spec["volumes"])

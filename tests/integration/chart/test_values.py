@@ -32,6 +32,8 @@ SIDECAR_MANAGED = {
     "jwt_secret": "secrets (jwtSecret key, optional: absent unless set)",
     "diagnostics_host": "the pod IP (downward API) while sidecar.diagnosticsPort is set",
     "diagnostics_port": "sidecar.diagnosticsPort",
+    "license_path": "license.secretName and license.licenseKey (the Secret mounted read-only)",
+    "license_public_keys": "license.publicKeys (keys of the same Secret)",
 }
 DAEMON_MANAGED = {
     "stripe_api_key": "secrets (stripeApiKey key)",

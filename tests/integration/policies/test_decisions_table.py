@@ -208,6 +208,7 @@ def test_decision(
         "used",
         "remaining",
         "valid_until",
+        "license_grace_until",
     }
 
 

@@ -23,7 +23,7 @@ from tiergate.sidecar.api.query import check_query
 from tiergate.sidecar.api.usage import OUTBOX, check_and_reserve, usage_status
 from tiergate.sidecar.replica.follower import FollowerStatus
 from tiergate.sidecar.replica.store import AccountRow
-from tiergate.sidecar.state import DECISIONS, FOLLOWER, METRICS, POLICIES, READER, SETTINGS
+from tiergate.sidecar.state import DECISIONS, FOLLOWER, LICENSE, METRICS, POLICIES, READER, SETTINGS
 from tiergate.sidecar.usage.static_mode import static_mode_warnings
 from tiergate.web import (
     check_headers,
@@ -138,6 +138,7 @@ def _feature_entry(decision: Decision) -> dict[str, Any]:
         "used": decision.used,
         "remaining": decision.remaining,
         "valid_until": decision.valid_until,
+        "license_grace_until": decision.license_grace_until,
     }
 
 
@@ -182,6 +183,8 @@ async def readyz(request: web.Request) -> web.Response:
         )
     if FOLLOWER in request.app:
         _follower_readiness(request.app[FOLLOWER].status, failing, warnings, repairing=damage.active)
+    if LICENSE in request.app:  # a refused renewal leaves the last good license serving: ready
+        warnings.update(request.app[LICENSE].warnings())
     ready = not failing
     body = {"ready": ready, "ok": ok, "failing": failing, "warnings": warnings, "policy": policy}
     return json_response(body, 200 if ready else 503)
@@ -216,10 +219,14 @@ async def status(request: web.Request) -> web.Response:
     following = FOLLOWER in request.app
     follower = request.app[FOLLOWER] if following else None
     backlog = request.app[OUTBOX].backlog if OUTBOX in request.app else 0
+    license = request.app.get(LICENSE)
+    mode = "following" if following else "license" if license else "static"
+    warnings = static_mode_warnings(reader.count_accounts(), backlog, licensed=license is not None)
     return json_response(
         {
-            "mode": "following" if following else "static",
-            "warnings": [] if following else static_mode_warnings(reader.count_accounts(), backlog),
+            "mode": mode,
+            "warnings": [] if following else warnings,
+            "license": license.as_dict() if license else None,
             "replica": {
                 "path": str(reader.path),
                 "data_as_of": rfc3339(reader.meta.data_as_of),

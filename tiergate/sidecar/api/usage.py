@@ -184,6 +184,9 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         app[DELIVERY] = delivery
         delivery.start()
+    elif settings.license_path is not None:  # usage stays here by design: `tiergate usage export`
+        for line in static_mode_warnings(reader.count_accounts(), outbox.backlog, licensed=True):
+            log.info("license_mode", note=line)
     else:
         app[RECORDER].on_backlog = UndeliveredUsage(str(outbox.path))
         for warning in static_mode_warnings(reader.count_accounts(), outbox.backlog):

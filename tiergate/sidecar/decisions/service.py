@@ -103,6 +103,8 @@ class DecisionService:
         self._generation = reader.meta.generation
         self._as_of_epoch: float | None = None
         self._as_of_text: str | None = None
+        self._license: dict[str, Any] | None = None
+        self._license_issued_epoch = 0.0
         self._tail_key: tuple[str, str | None, bool] | None = None
         self._tail = b""
         self.shadow: ShadowPolicy | None = None  # TIERGATE_SHADOW_POLICIES: compared, never answering
@@ -217,6 +219,18 @@ class DecisionService:
     def _adopt(self, meta: ReplicaMeta) -> None:
         self._as_of_epoch = meta.data_as_of.timestamp() if meta.data_as_of else None
         self._as_of_text = rfc3339(meta.data_as_of)
+        self._license = meta.license
+        issued_at = meta.license.get("issued_at") if meta.license else None
+        self._license_issued_epoch = datetime.fromisoformat(issued_at).timestamp() if issued_at else 0.0
+
+    def _license_of(self, tenant: str, now: float) -> tuple[dict[str, Any] | None, float]:
+        """The license the tenant's account comes from (None: none), and the time to decide at:
+        a clock behind the license's issue time is not believed (it would only reopen past usage
+        periods), so the license's tenant is decided as at the issue time at the earliest."""
+        license = self._license
+        if license is None or license.get("tenant") != tenant:
+            return None, now
+        return license, max(now, self._license_issued_epoch)
 
     async def decide(self, tenant: str, feature: str, quantity: int = 1) -> Decision:
         """One decision as an object (batches, entitlements, authz, reserve)."""
@@ -354,6 +368,7 @@ class DecisionService:
     async def _input(
         self, tenant: str, feature: str, quantity: int, now: float, age: float | None
     ) -> PolicyInput:
+        license, now = self._license_of(tenant, now)
         now_text = self._now_rfc3339(now)
         row = self.reader.account(tenant)
         period = period_for(row, datetime.fromtimestamp(now, UTC), now_text)
@@ -368,6 +383,7 @@ class DecisionService:
             period=period,
             replica_age_s=age,
             overrides=self.reader.overrides(tenant),
+            license=license,
         )
         return PolicyInput(document, row)
 

@@ -122,6 +122,8 @@ class ReplicaMeta(NamedTuple):
     position: int | None
     generation: int
     source: str | None
+    # A signed license's facts when the content came from one (tiergate.license.License.facts).
+    license: dict[str, Any] | None = None
 
 
 BUSY_TIMEOUT_S = 10.0  # how long a statement waits for another connection's lock
@@ -183,10 +185,12 @@ class ReplicaWriter:
         source: str = "import",
         expect_accounts: int | None = None,
         overrides: Iterable[FeedOverride] = (),
+        license: dict[str, Any] | None = None,
     ) -> tuple[int, int]:
         """Swap the whole content atomically; returns (accounts, usage counters) written.
 
         With `expect_accounts`, a different count rolls everything back (a truncated snapshot).
+        `license`: the facts of the signed license the content comes from (None: none).
         """
         conn = self.db.conn
         with self.db.atomic():
@@ -205,6 +209,7 @@ class ReplicaWriter:
                 position=None if position is None else str(position),
                 generation=str(generation),
                 source=source,
+                license=None if license is None else json.dumps(license, sort_keys=True),
             )
         return n_accounts, n_usage
 
@@ -343,6 +348,7 @@ def read_meta(conn: sqlite3.Connection) -> ReplicaMeta:
         position=int(position) if position is not None else None,
         generation=int(values.get("generation", 0)),
         source=values.get("source"),
+        license=json.loads(values["license"]) if values.get("license") else None,
     )
 
 

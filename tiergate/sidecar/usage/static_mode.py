@@ -10,8 +10,14 @@ log = structlog.get_logger("tiergate.sidecar")
 NO_DAEMON = "no TIERGATE_DAEMON_URL: static mode, answering from the replica as imported"
 
 
-def static_mode_warnings(accounts: int, backlog: int) -> list[str]:
+LICENSED = "a signed license (TIERGATE_LICENSE_PATH) is the replica's source; no daemon"
+
+
+def static_mode_warnings(accounts: int, backlog: int, *, licensed: bool = False) -> list[str]:
     """What an operator should know about a sidecar that follows no daemon (pure)."""
+    if licensed:
+        held = f"{backlog} accepted usage events are in the outbox" if backlog else "no usage recorded yet"
+        return [LICENSED, f"{held}: `tiergate usage export` writes them out for billing"]
     warnings = [NO_DAEMON]
     if accounts == 0:
         warnings.append(

@@ -7,15 +7,17 @@
 #    "usage": {"<metric code>": used so far in `period`},
 #    "period": {"start", "end"},          # the billing period `usage` belongs to
 #    "replica": {"age_seconds"},
-#    "overrides": {"<feature>": {"value": true | false | {"limit": N} | {}, "expires_at": null | time}}}
+#    "overrides": {"<feature>": {"value": true | false | {"limit": N} | {}, "expires_at": null | time}},
+#    "license": null | {"id", "issued_at", "not_after", "grace_until", ...}}  # a signed offline license
 # data.plans: the catalog (plans/plans.yaml as Catalog.policy_data() gives it).
 #
 # Output, the `decision` document:
-#   {"allow", "reason", "tier", "paid_tier", "limit", "used", "remaining", "valid_until"}
+#   {"allow", "reason", "tier", "paid_tier", "limit", "used", "remaining", "valid_until", "license_grace_until"}
 # `tier` is the tier applied; `paid_tier` the one the account pays for (null without an account):
 # they differ while a payment is overdue past its grace, a trial has expired, and so on.
+# `license_grace_until`: with a signed license past its not-after date and still in grace, when the grace ends.
 # Reasons are a fixed vocabulary: ok, not_in_plan, limit_exceeded, subscription_inactive,
-# payment_overdue, trial_expired, unknown_feature, replica_stale.
+# payment_overdue, trial_expired, unknown_feature, replica_stale, license_expired.
 #
 # Portability: this policy runs on the embedded engine (regorus) and on OPA, and must answer the
 # same on both (`tiergate policies test --engine opa-reference`). Month arithmetic is done in Python
@@ -35,6 +37,8 @@ max_replica_age_seconds := null
 
 decision := stale_decision if {
 	replica_stale
+} else := license_expired_decision if {
+	license_expired
 } else := unknown_feature_decision if {
 	not known_feature
 } else := feature_decision
@@ -49,6 +53,7 @@ stale_decision := {
 	"remaining": null,
 	# Staleness ends when the replica catches up, not at a known time: never cache this answer.
 	"valid_until": format_instant(now_ns),
+	"license_grace_until": license_grace_until,
 }
 
 unknown_feature_decision := {
@@ -60,6 +65,20 @@ unknown_feature_decision := {
 	"used": used,
 	"remaining": null,
 	"valid_until": valid_until,
+	"license_grace_until": license_grace_until,
+}
+
+# A license past its grace: nothing is allowed until a renewed license is installed, which is
+# not a known time (valid_until null: the renewal itself clears the sidecar's answers).
+license_expired_decision := {
+	"allow": false,
+	"reason": "license_expired",
+	"tier": effective_tier,
+	"limit": null,
+	"used": used,
+	"remaining": null,
+	"valid_until": null,
+	"license_grace_until": license.grace_until,
 }
 
 feature_decision := object.union(final_answer, {
@@ -67,6 +86,7 @@ feature_decision := object.union(final_answer, {
 	"paid_tier": paid_tier,
 	"used": used,
 	"valid_until": valid_until,
+	"license_grace_until": license_grace_until,
 })
 
 # -- the request ---------------------------------------------------------------------------------
@@ -324,6 +344,28 @@ override_in_force(found) if {
 	now_ns < time.parse_rfc3339_ns(found.expires_at)
 }
 
+# -- signed offline licenses ---------------------------------------------------------------------
+
+# The license the tenant's account comes from (self-hosted installs), with its dates: until
+# not_after it is simply the account; from not_after until grace_until its answers still hold and
+# carry `license_grace_until`; from grace_until on every check is denied with `license_expired`.
+license := input.license if is_object(input.license)
+
+license_expired if {
+	license
+	now_ns >= time.parse_rfc3339_ns(license.grace_until)
+}
+
+license_in_grace if {
+	license
+	now_ns >= time.parse_rfc3339_ns(license.not_after)
+	not license_expired
+}
+
+default license_grace_until := null
+
+license_grace_until := license.grace_until if license_in_grace
+
 # -- how long the answer holds -------------------------------------------------------------------
 
 # The earliest future instant at which this answer may change by time alone; the sidecar caches
@@ -361,6 +403,13 @@ upcoming_changes contains t if {
 upcoming_changes contains t if {
 	override.expires_at != null
 	t := time.parse_rfc3339_ns(override.expires_at)
+}
+
+# The license reaches its not-after date (grace begins) or the end of its grace.
+upcoming_changes contains t if {
+	some moment in [license.not_after, license.grace_until]
+	t := time.parse_rfc3339_ns(moment)
+	t > now_ns
 }
 
 # With the fail-closed switch on, a fresh answer turns into replica_stale once the replica ages
