@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml requirements/dev.txt requ
 	$(PIP) install --require-hashes -r requirements/dev.txt
 	$(PIP) install --require-hashes --no-deps --ignore-requires-python -r requirements/opa-reference.txt
 	$(PIP) install --no-deps --no-build-isolation -e clients/python -e .
+	# xds-protos carries an older copy of OpenTelemetry's protos under the same path; pip installs
+	# alphabetically, so put opentelemetry-proto's own files back (its pin and hashes from the lock).
+	awk '/^opentelemetry-proto==/{p=1} p{print; if ($$0 !~ /\\$$/) exit}' requirements/dev.txt > $(VENV)/otel-proto.txt
+	$(PIP) install --require-hashes --no-deps --force-reinstall -r $(VENV)/otel-proto.txt
 	touch $(STAMP)
 
 # Refresh the lock after a change to a dependency in pyproject.toml or clients/python/pyproject.toml
