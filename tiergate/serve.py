@@ -12,6 +12,7 @@ import errno
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import structlog
 from aiohttp import web
@@ -20,6 +21,9 @@ from aiohttp.web_runner import GracefulExit
 from tiergate.errors import ListenError
 
 log = structlog.get_logger("tiergate.serve")
+
+# How a listener's bound socket is served once the app has started (aiohttp's SockSite by default).
+SiteFactory: TypeAlias = Callable[[web.AppRunner, socket.socket], web.BaseSite]
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class Listener:
     port: int
     host_setting: str
     port_setting: str
+    site: SiteFactory | None = None
 
 
 def serve(
@@ -41,7 +46,7 @@ def serve(
 ) -> None:
     """Bind every listener, start the app, log `listening`, and serve until SIGINT or SIGTERM
     (on the loop `loop_factory` makes, e.g. uvloop's; the standard one by default)."""
-    sockets = [sock for listener in listeners for sock in bind(listener)]
+    sockets = [(sock, listener.site) for listener in listeners for sock in bind(listener)]
     with (
         asyncio.Runner(loop_factory=loop_factory) as runner,
         contextlib.suppress(GracefulExit, KeyboardInterrupt),
@@ -49,13 +54,15 @@ def serve(
         runner.run(_serve(app, sockets, process))
 
 
-async def _serve(app: web.Application, sockets: list[socket.socket], process: str) -> None:
+async def _serve(
+    app: web.Application, sockets: list[tuple[socket.socket, SiteFactory | None]], process: str
+) -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=True)
     await runner.setup()
     try:
-        for sock in sockets:
-            await web.SockSite(runner, sock).start()
-        for sock in sockets:
+        for sock, site in sockets:
+            await (site or web.SockSite)(runner, sock).start()
+        for sock, _ in sockets:
             host, port = sock.getsockname()[:2]
             log.info("listening", process=process, address=_address(host, port))
         await asyncio.Event().wait()

@@ -17,6 +17,7 @@ from tiergate.errors import PolicyError, ReplicaError, TierError
 from tiergate.serve import Listener, serve
 from tiergate.sidecar.api.authz import add_authz_routes
 from tiergate.sidecar.api.check import add_routes
+from tiergate.sidecar.api.front import FrontSite
 from tiergate.sidecar.api.guard import add_unrouted
 from tiergate.sidecar.api.listeners import AUTHZ_LISTENER_PORTS, DIAGNOSTICS_LISTENER_PORTS
 from tiergate.sidecar.api.usage import add_usage_routes
@@ -231,7 +232,11 @@ def run(settings: SidecarSettings) -> None:
     app = create_app(settings)
     listeners = [
         Listener(
-            settings.sidecar_host, settings.sidecar_port, "TIERGATE_SIDECAR_HOST", "TIERGATE_SIDECAR_PORT"
+            settings.sidecar_host,
+            settings.sidecar_port,
+            "TIERGATE_SIDECAR_HOST",
+            "TIERGATE_SIDECAR_PORT",
+            site=FrontSite,  # GET /v1/check on the raw protocol, the rest through aiohttp
         )
     ]
     if settings.authz_host is not None:
