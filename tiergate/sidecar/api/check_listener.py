@@ -137,7 +137,8 @@ class CheckProtocol(asyncio.Protocol):
         if self._transport is None or self._last_request:
             return
         started = self._request_started
-        if started is not None and now - started > self._request_timeout_s:
+        # While reading is paused (answers draining) the client cannot finish its request: not its delay.
+        if started is not None and self._reading and now - started > self._request_timeout_s:
             limit = self._request_timeout_s
             self._refuse(
                 RequestRefused(408, "request_timeout", f"the request took over {limit:g} s to arrive")
@@ -229,6 +230,8 @@ class CheckProtocol(asyncio.Protocol):
         elif not self._reading and not self._last_request and self._in_flight < MAX_IN_FLIGHT:
             self._transport.resume_reading()
             self._reading = True
+            if self._request_started is not None:  # its time to arrive starts again
+                self._request_started = time.monotonic()
 
     async def _answer(self, target: bytes, keep_alive: bool) -> bytes:
         try:
