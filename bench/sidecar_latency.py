@@ -1026,7 +1026,9 @@ def main() -> None:
                 "check_cold", "check, cold (all)", tmp / "check_cold.txt", len(files["check_cold"]), 1, False
             ),
             # Requests alternate check / usage record: the hit ratio is the checks' (usage is no decision).
-            Scenario("metered", "metered (check+usage)", tmp / "metered.txt", len(files["metered"]), 0.5, False),
+            Scenario(
+                "metered", "metered (check+usage)", tmp / "metered.txt", len(files["metered"]), 0.5, False
+            ),
             Scenario("reserve", "check-and-reserve", tmp / "reserve.txt", len(files["reserve"]), 1, False),
             Scenario("batch_100", "batch of 100", tmp / "batch_100.txt", len(files["batch_100"]), 100, False),
             # A route with a feature and a usage code asks for two decisions; the average is ~1.3.

@@ -10,15 +10,16 @@ import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
+from tiergate.amounts import policy_units
 from tiergate.errors import PolicyError, ReplicaNotReadyError, TierError
 from tiergate.log import host_safe_logger
 from tiergate.models import Decision, PolicyAnswer
 from tiergate.periods import rfc3339
-from tiergate.sidecar.decisions.cache import DecisionCache, Materialised
+from tiergate.sidecar.decisions.cache import DecisionCache, Materialised, UsedBound
 from tiergate.sidecar.decisions.decision_log import DecisionLog
 from tiergate.sidecar.decisions.policy_io import (
     PolicyAnswerError,
@@ -28,6 +29,7 @@ from tiergate.sidecar.decisions.policy_io import (
     parse_answer,
     period_for,
     policy_error_decision,
+    used_bound,
 )
 from tiergate.sidecar.decisions.shadow import ShadowPolicy
 from tiergate.sidecar.metrics import SidecarMetrics
@@ -54,6 +56,13 @@ LOGGED_FIELDS = (
     "data_as_of",
     "stale",
 )
+
+
+class Fresh(NamedTuple):
+    """A decision evaluated now, with how far it holds as usage grows (None: until any change)."""
+
+    answer: PolicyAnswer
+    bound: UsedBound | None
 
 
 class DecisionService:
@@ -148,7 +157,7 @@ class DecisionService:
         feature's counter alone (`usage_scope := "feature"`, learned for the live revision)."""
         scope, revision = self._usage_scope
         if code is not None and scope == "feature" and revision == self.engine.revision:
-            self.cache.invalidate_feature(tenant, code)
+            self.cache.invalidate_feature(tenant, code, keep_bounded=True)
         else:
             self.cache.invalidate(tenant)
 
@@ -189,7 +198,7 @@ class DecisionService:
             now = self.clock()
             age = self.replica_age(now)
             epoch = self.cache.epoch
-            answer = await self._decide_fresh(tenant, feature, quantity, now, age)
+            answer, bound = await self._decide_fresh(tenant, feature, quantity, now, age)
             if answer.reason != "policy_error":
                 valid_until = expiry_epoch(answer.valid_until)
                 stale = self.is_stale(age)
@@ -197,7 +206,7 @@ class DecisionService:
                     tenant,
                     feature,
                     quantity,
-                    Materialised.of(answer),
+                    Materialised.of(answer, bound),
                     now=now,
                     valid_until=valid_until,
                     stale=stale,
@@ -268,13 +277,15 @@ class DecisionService:
         # of the tenant's usage awaits its answer, the overlay may have to wait: decide fresh.
         cacheable = not self.ledger.in_flight(tenant)
         found = self.cache.get(tenant, feature, quantity, now, stale) if cacheable else None
+        if found is not None and found.bound is not None:
+            found = await self._within_bound(tenant, feature, quantity, found, found.bound)
         if found is not None:
             self.counts.hits += 1
             return stale, found, None
         self.counts.misses += 1
         epoch = self.cache.epoch
-        fresh = await self._decide_fresh(tenant, feature, quantity, now, age)
-        answer = Materialised.of(fresh)
+        fresh, bound = await self._decide_fresh(tenant, feature, quantity, now, age)
+        answer = Materialised.of(fresh, bound)
         if cacheable and fresh.reason != "policy_error":
             self.cache.put(
                 tenant,
@@ -287,6 +298,18 @@ class DecisionService:
                 epoch=epoch,
             )
         return stale, answer, fresh
+
+    async def _within_bound(
+        self, tenant: str, feature: str, quantity: int, found: Materialised, bound: UsedBound
+    ) -> Materialised | None:
+        """A bounded answer rendered for the counter's value now, or None (and forgotten) once
+        the counter has passed the bound."""
+        usage = await self.ledger.usage(self.reader, tenant, bound.period_start)
+        used = policy_units(usage.get(feature, 0))
+        if used > bound.used_max:
+            self.cache.drop(tenant, feature, quantity)
+            return None
+        return found.with_used(used)
 
     def _next_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids)}"
@@ -330,7 +353,7 @@ class DecisionService:
 
     async def _decide_fresh(
         self, tenant: str, feature: str, quantity: int, now: float, age: float | None
-    ) -> PolicyAnswer:
+    ) -> Fresh:
         """Replica lookups plus pending usage (the ledger's read), then the policy."""
         now_text = self._now_rfc3339(now)
         row = self.reader.account(tenant)
@@ -347,19 +370,28 @@ class DecisionService:
             replica_age_s=age,
             overrides=self.reader.overrides(tenant),
         )
-        answer = await self._evaluate(document, row.tier if row else None)
+        answer, used_max = await self._evaluate(document, row.tier if row else None)
         if self.shadow is not None:
             await self.shadow.observe(document, answer)
-        return answer
+        return Fresh(answer, self._bound(used_max, answer, period[0]))
 
-    async def _evaluate(self, document: dict[str, Any], tier: str | None) -> PolicyAnswer:
+    def _bound(self, used_max: int | None, answer: PolicyAnswer, period_start: str) -> UsedBound | None:
+        """Kept only while the live policy reads no counter but the feature's own (`usage_scope`)."""
+        scope, revision = self._usage_scope
+        if used_max is None or scope != "feature" or revision != self.engine.revision:
+            return None
+        return UsedBound(used_max, answer.limit, period_start)
+
+    async def _evaluate(self, document: dict[str, Any], tier: str | None) -> tuple[PolicyAnswer, int | None]:
+        """The answer, and its `used_bound`."""
         try:
-            return parse_answer(await self.engine.evaluate(DECISION_PATH, document))
+            raw = await self.engine.evaluate(DECISION_PATH, document)
+            return parse_answer(raw), used_bound(raw)
         except (TierError, PolicyAnswerError) as exc:
             kind = getattr(exc, "code", "bad_answer")
             self.metrics.engine_errors.labels(kind).inc()
             log.error("policy_evaluation_failed", kind=kind, error=str(exc), tenant=document["tenant"])
-            return policy_error_decision(tier)
+            return policy_error_decision(tier), None
 
     def _now_rfc3339(self, now: float) -> str:
         second = int(now)
