@@ -1,5 +1,6 @@
 """The real `tiergate sidecar` process (uvloop, as deployed): GET /v1/check on its main port is
-answered on the raw path, and every other route by aiohttp on the same connection."""
+answered on the raw path, and every other route by aiohttp on the same connection, which comes
+back to the raw path for the next check."""
 
 from __future__ import annotations
 
@@ -27,5 +28,5 @@ def test_the_main_port_answers_checks_raw_and_the_rest_through_aiohttp(sidecar: 
             seen.append((answer.status, answer.getheader("Server") is not None, body.get("allow")))
     finally:
         connection.close()
-    # raw until the first other route; from there on aiohttp serves the connection
-    assert seen == [(200, False, True), (200, False, True), (200, True, None), (200, True, True)]
+    # checks on the raw path, the other route through aiohttp, then the raw path again
+    assert seen == [(200, False, True), (200, False, True), (200, True, None), (200, False, True)]

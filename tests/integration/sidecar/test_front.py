@@ -4,6 +4,7 @@ one socket — compared over real sockets with the same app served by aiohttp al
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import socket
 from collections.abc import AsyncIterator
@@ -137,6 +138,42 @@ async def test_other_routes_are_aiohttps_on_the_same_connection(ports: Ports) ->
     assert servers == [False, False, True, True, True, True, True]
 
 
+async def test_a_connection_comes_back_to_the_raw_path_between_requests(ports: Ports) -> None:
+    """One request at a time on one connection, as an app's client sends them: each check after
+    another route's answer is on the raw path again, and every answer is right."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", ports.front)
+    body = (
+        b'{"event": {"transaction_id": "tx-%d", "external_customer_id": "pro-active", "code": "api_calls"}}'
+    )
+    steps = []
+    try:
+        for n in range(6):
+            requests = [
+                (b"GET /v1/check?tenant=pro-active&feature=api_calls HTTP/1.1\r\nHost: x\r\n\r\n", False),
+                (
+                    b"POST /v1/usage HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body % n), body % n),
+                    True,
+                ),
+                (b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n", True),
+            ]
+            for request, by_aiohttp in requests:
+                writer.write(request)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+                headers = dict(
+                    line.split(": ", 1) for line in head.decode().split("\r\n")[1:] if ": " in line
+                )
+                payload = json.loads(await reader.readexactly(int(headers["Content-Length"])))
+                steps.append((int(head.split()[1]), "Server" in headers, by_aiohttp, payload))
+    finally:
+        writer.close()
+    assert [(status, server) for status, server, _, _ in steps] == [
+        (status, by_aiohttp) for status, by_aiohttp in [(200, False), (202, True), (404, True)] * 6
+    ]
+    used = [payload["used"] for status, _, _, payload in steps if status == 200]
+    assert used == sorted(used) and used[-1] > used[0]  # the usage recorded shows in later checks
+
+
 ODD_REQUESTS = [
     b"GET /v1/check?tenant=a&feature=sso HTTP/1.1\r\nHost: x\r\nX-Bad: \xff\xfe\r\n\r\n",
     b"GET /v1/check?tenant=a&feature=sso HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
@@ -172,8 +209,6 @@ def _readable(raw: bytes) -> list[tuple[int, dict[str, str], dict[str, Any]]]:
 
 
 def _split(raw: bytes) -> list[tuple[int, dict[str, str], Any]]:
-    import json
-
     out = []
     while raw.startswith(b"HTTP/"):
         head, _, rest = raw.partition(b"\r\n\r\n")

@@ -3,10 +3,11 @@
 Every connection to TIERGATE_SIDECAR_PORT starts on `FrontProtocol`, the check listener's
 protocol (tiergate/sidecar/api/check_listener.py) with its own framing: it reads one request head
 at a time and answers it there when it is a `GET /v1/check` that parses cleanly, with no body and
-no upgrade. The first request that is anything else (another route, a body, a malformed or
-over-long head) hands the connection, from that request's first byte, to aiohttp's own request
-handler, after the answers already queued are written; aiohttp serves it, and every later request
-on that connection, as it would without the front. So the answers, limits and errors of every
+no upgrade. A request that is anything else (another route, a body, a malformed or over-long
+head) lends the connection, from that request's first byte, to aiohttp's own request handler once
+the answers queued before it are written; aiohttp serves it and what follows, as it would without
+the front, until a check arrives after whole requests it has answered: then the front takes the
+connection back (tiergate/sidecar/api/front_relay.py). So the answers, limits and errors of every
 other route and every odd request are aiohttp's own (docs/adr/0039-one-port-at-the-floor.md).
 """
 
@@ -28,6 +29,7 @@ from tiergate.sidecar.api.check_listener import (
     RequestRefused,
     sweep,
 )
+from tiergate.sidecar.api.front_relay import Boundaries, Relay, idle
 from tiergate.sidecar.state import DECISIONS, SETTINGS
 
 FAST_PREFIXES = (b"GET /v1/check?", b"GET /v1/check ")
@@ -70,8 +72,17 @@ class FrontProtocol(CheckProtocol):
         self._completed = False  # the head fed was a whole request, answered
         self._handing_over = False
         self._upgrade = False  # the request asks for a protocol upgrade
+        self._handler: asyncio.Protocol | None = None  # aiohttp's, while it serves the connection
+        self._relay: Relay | None = None
+        self._boundaries = Boundaries()
 
     def data_received(self, data: bytes) -> None:
+        if self._handler is not None:
+            if not self._may_take_back(self._handler, data):
+                self._boundaries.feed(data)
+                self._handler.data_received(data)
+                return
+            self._take_back()
         if self._last_request:
             return
         self._buffer += data
@@ -81,6 +92,23 @@ class FrontProtocol(CheckProtocol):
 
     def eof_received(self) -> bool | None:
         return None  # the transport closes; queued answers are dropped with it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._handler is not None:
+            self._handler.connection_lost(exc)
+        super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._handler is not None:
+            self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._handler is not None:
+            self._handler.resume_writing()
+
+    def sweep(self, now: float) -> None:
+        if self._handler is None:  # else aiohttp's own timers apply
+            super().sweep(now)
 
     def _advance(self) -> None:
         """Answer every whole check head buffered; hand over at the first request that is not one."""
@@ -149,19 +177,37 @@ class FrontProtocol(CheckProtocol):
             previous.add_done_callback(lambda _: self._switch())
 
     def _switch(self) -> None:
-        """Give the transport, and the bytes from the current request on, to aiohttp's handler."""
+        """Lend the connection, and the bytes from the current request on, to aiohttp's handler."""
         transport = self._transport
-        self._connections.discard(self)
         if transport is None or transport.is_closing():
             return
-        handler = self._fallback()
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
+        self._relay, self._boundaries = Relay(transport), Boundaries()
+        handler = self._handler = self._fallback()
+        handler.connection_made(self._relay)
         data, self._buffer = bytes(self._buffer), bytearray()
-        self._transport = None
+        self._parser = httptools.HttpRequestParser(self)  # a fresh one for when the connection comes back
+        self._fed, self._completed, self._handing_over = 0, False, False
+        self._reading = True
         transport.resume_reading()
         if data:
+            self._boundaries.feed(data)
             handler.data_received(data)
+
+    def _may_take_back(self, handler: asyncio.Protocol, data: bytes) -> bool:
+        """`data` starts a check, after whole requests that aiohttp has answered."""
+        boundaries = self._boundaries
+        return boundaries.between and not boundaries.broken and fast_prefix(data) is True and idle(handler)
+
+    def _take_back(self) -> None:
+        """aiohttp's handler lets go: it is told the connection is gone, through a detached relay."""
+        handler, relay = self._handler, self._relay
+        self._handler = self._relay = None
+        if relay is not None:
+            relay.detach()
+        if handler is not None:
+            handler.connection_lost(None)
+        if self._transport is not None:
+            self._transport.resume_reading()
 
 
 class FrontSite(web.BaseSite):
