@@ -11,7 +11,8 @@
 # data.plans: the catalog (plans/plans.yaml as Catalog.policy_data() gives it).
 #
 # Output, the `decision` document:
-#   {"allow", "reason", "tier", "limit", "used", "remaining", "valid_until"}
+#   {"allow", "reason", "tier", "limit", "used", "remaining", "valid_until"}, and "used_bound" on a
+#   metered allow (the answer holds while the feature's counter stays at or below it)
 # Reasons are a fixed vocabulary: ok, not_in_plan, limit_exceeded, subscription_inactive,
 # payment_overdue, trial_expired, unknown_feature, replica_stale.
 #
@@ -281,8 +282,10 @@ verdict(value) := metered(value.limit) if {
 	value.limit != null
 }
 
-# Metered: `quantity` more must fit in what is left of the limit this period.
-metered(limit) := allowed(limit) if used + quantity <= limit
+# Metered: `quantity` more must fit in what is left of the limit this period. The answer holds
+# while `used` stays at or below `used_bound` (the sidecar keeps it through usage recorded meanwhile,
+# with `used` and `remaining` rendered from the live counter; docs/policies.md).
+metered(limit) := object.union(allowed(limit), {"used_bound": limit - quantity}) if used + quantity <= limit
 
 metered(limit) := denied("limit_exceeded", limit, remaining(limit)) if used + quantity > limit
 
