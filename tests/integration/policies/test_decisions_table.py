@@ -198,7 +198,11 @@ def test_decision(
 ) -> None:
     decision = decide(engine, acct, feature, used)
     assert (decision["allow"], decision["reason"], decision["tier"]) == (allow, reason, tier)
-    assert set(decision) == {"allow", "reason", "tier", "limit", "used", "remaining", "valid_until"}
+    shape = {"allow", "reason", "tier", "limit", "used", "remaining", "valid_until"}
+    metered_allow = allow and decision["limit"] is not None
+    assert set(decision) == (shape | {"used_bound"} if metered_allow else shape)
+    if metered_allow:  # the answer holds while used + quantity fits the limit (docs/policies.md)
+        assert decision["used_bound"] == decision["limit"] - 1
 
 
 @pytest.mark.parametrize(
