@@ -1,11 +1,11 @@
 # syntax=docker/dockerfile:1
 # One image for both roles: `tiergate sidecar` (the default CMD) and `tiergate sync-daemon`.
 #
-#   docker build -t tiergate:0.1.0 .
-#   docker run --read-only -v tiergate-state:/var/lib/tiergate tiergate:0.1.0            # sidecar
+#   docker build -t tiergate:0.4.0 .
+#   docker run --read-only -v tiergate-state:/var/lib/tiergate tiergate:0.4.0            # sidecar
 #   docker run --read-only -v tiergate-state:/var/lib/tiergate -e TIERGATE_DAEMON_HOST=0.0.0.0 \
 #       -e TIERGATE_STRIPE_API_KEY=... -e TIERGATE_STRIPE_WEBHOOK_SECRET=... -e TIERGATE_FEED_TOKEN=... \
-#       -p 9190:9190 tiergate:0.1.0 sync-daemon
+#       -p 9190:9190 tiergate:0.4.0 sync-daemon
 #
 # The embedded Rego engine (gordon-to-regorus) publishes an x86_64 manylinux_2_34 wheel only, so
 # the image is linux/amd64 (Debian bookworm's glibc 2.36 satisfies manylinux_2_34).
@@ -42,7 +42,7 @@ FROM --platform=linux/amd64 ${PYTHON_IMAGE}
 ARG TIERGATE_UID=10001
 LABEL org.opencontainers.image.title="tiergate" \
       org.opencontainers.image.description="Stripe billing turned into fast, local allow/deny answers: sync daemon and sidecar" \
-      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.version="0.4.0" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # A fixed, non-root UID/GID (Kubernetes runAsNonRoot needs a numeric user to verify).

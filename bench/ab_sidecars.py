@@ -23,14 +23,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from harness import REPO, free_port, load_average, process_cpu_s
 from sidecar_latency import (  # bench/ is on sys.path: this file runs as a script
     CHECK_FEATURES,
     METERED_FEATURE,
-    REPO,
     authz_lines,
     check_lines,
-    cpu_seconds,
-    load_average,
     make_replica,
     pick_generator,
     reserve_lines,
@@ -40,7 +38,6 @@ from sidecar_latency import (  # bench/ is on sys.path: this file runs as a scri
     zipf_lines,
 )
 
-from demo.processes import free_port
 from tiergate.catalog import load_catalog
 
 
@@ -123,9 +120,9 @@ def main() -> None:
                     row: dict[str, Any] = {"load": load_average()}
                     for name, process, url in order if n % 2 == 0 else order[::-1]:
                         c1 = generator.run(url, files[key], 1, args.duration, offset=n * 997)
-                        before = cpu_seconds(process.pid)
+                        before = process_cpu_s(process.pid)
                         c32 = generator.run(url, files[key], 32, args.duration, offset=n * 1999)
-                        cpu = cpu_seconds(process.pid) - before
+                        cpu = process_cpu_s(process.pid) - before
                         row[name] = {
                             "p50_us": c1["p50_us"],
                             "p99_us": c1["p99_us"],

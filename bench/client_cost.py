@@ -29,6 +29,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from harness import process_cpu_s
+
 from demo.processes import Process, free_port, tiergate_command
 from tiergate.client import AsyncTiergateClient, TiergateClient
 from tiergate.models import Account
@@ -61,24 +63,16 @@ def write_replica(path: Path) -> None:
 Check = Callable[[str, str], Awaitable[object]]
 
 
-def sidecar_cpu_s(pid: int | None) -> float:
-    """The sidecar process's CPU seconds so far (utime + stime from /proc), 0 without a pid."""
-    if pid is None:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def one_round(check: Check, checks: int, pid: int | None) -> tuple[float, float, float]:
     """Wall, app CPU and sidecar CPU per check (µs) of `checks` checks one at a time."""
-    wall, cpu, side = time.perf_counter(), time.process_time(), sidecar_cpu_s(pid)
+    wall, cpu, side = time.perf_counter(), time.process_time(), (process_cpu_s(pid) if pid else 0.0)
     for i in range(checks):
         tenant, feature = PAIRS[i % len(PAIRS)]
         await check(tenant, feature)
     return (
         (time.perf_counter() - wall) / checks * 1e6,
         (time.process_time() - cpu) / checks * 1e6,
-        (sidecar_cpu_s(pid) - side) / checks * 1e6,
+        ((process_cpu_s(pid) if pid else 0.0) - side) / checks * 1e6,
     )
 
 

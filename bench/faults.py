@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from harness import REPO
 
 from demo.processes import Process, free_port, tiergate_command
 
-REPO = Path(__file__).resolve().parents[1]
 TOKEN = "bench-faults-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 RESULTS = REPO / "bench" / "results" / "faults.json"

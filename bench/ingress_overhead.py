@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from harness import percentiles_ms
 
-from demo.processes import Process, free_port  # noqa: E402
-from tests.integration.ingress.conftest import API_KEYS, start_sidecar  # noqa: E402
-from tests.integration.ingress.nginx import main_config, nginx_binary, serve_app, start_nginx  # noqa: E402
+from demo.processes import Process, free_port
+from tests.integration.ingress.conftest import API_KEYS, start_sidecar
+from tests.integration.ingress.nginx import main_config, nginx_binary, serve_app, start_nginx
 
 PLAIN_SITE = 'upstream app {{ server 127.0.0.1:{app}; keepalive 16; }}\nserver {{ listen 127.0.0.1:{port}; location / {{ proxy_http_version 1.1; proxy_set_header Connection ""; proxy_pass http://app; }} }}\n'
 
@@ -55,15 +52,6 @@ def timings(port: int, path: str, headers: dict[str, str], count: int) -> list[f
     return out
 
 
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-
-    def pick(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
-
-    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "mean": statistics.fmean(ordered) * 1e3}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -90,13 +78,13 @@ def main() -> None:
                 samples["hook+reserve"] += timings(
                     gated_port, "/api/v1/things", metered, per_round // 10
                 )  # free: 990 left
-            base = percentiles(samples["plain"])
+            base = percentiles_ms(samples["plain"])
             for name, values in samples.items():
-                figures = percentiles(values)
-                ratio = figures["p50"] / base["p50"]
+                figures = percentiles_ms(values)
+                ratio = figures["p50_ms"] / base["p50_ms"]
                 print(
-                    f"{name:13} n={len(values):5}  p50 {figures['p50']:.3f} ms  p90 {figures['p90']:.3f} ms"
-                    f"  p99 {figures['p99']:.3f} ms  p50 vs plain x{ratio:.2f}"
+                    f"{name:13} n={len(values):5}  p50 {figures['p50_ms']:.2f} ms  p90 {figures['p90_ms']:.2f} ms"
+                    f"  p99 {figures['p99_ms']:.2f} ms  p50 vs plain x{ratio:.2f}"
                 )
         finally:
             gated.stop()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from harness import percentile
 
 
 @dataclass(frozen=True)
@@ -42,14 +43,6 @@ def read_requests(path: Path) -> list[Request]:
     if not requests:
         raise SystemExit(f"{path}: no requests")
     return requests
-
-
-def percentile(sorted_values: list[int], p: float) -> int:
-    """Nearest-rank percentile of an ascending list (what wrk's histogram reports too)."""
-    if not sorted_values:
-        return 0
-    rank = max(1, -(-len(sorted_values) * p // 100))  # ceil(n * p / 100)
-    return sorted_values[int(rank) - 1]
 
 
 async def run_load(

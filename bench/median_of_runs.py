@@ -14,21 +14,14 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from harness import median, ratio
+
 COLUMNS = (
     ("p50 µs", "c1", "p50_us"),
     ("p99 µs", "c1", "p99_us"),
     ("req/s @32", "c32", "rps"),
     ("CPU µs/req @32", "c32", "server_cpu_us_per_request"),
 )
-
-
-def median(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return round(statistics.median(present), 2) if present else None
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or not b else a / b
 
 
 def table(runs: list[dict[str, Any]]) -> str:

@@ -1,4 +1,4 @@
-"""The mirror on SQLite vs PostgreSQL, one daemon vs two (issue 12); prints figures, asserts nothing.
+"""The mirror on SQLite vs PostgreSQL, one daemon vs two ; prints figures, asserts nothing.
 
     .venv/bin/python bench/pg_bench.py [--quick] [--rounds N] [--postgres URL] [--daemon-cpus 0.5]
 
@@ -14,7 +14,7 @@ in that order, `--rounds` times; every configuration starts on an empty mirror. 
 within the run (median of rounds). Where the time goes: the CPU seconds each part spent per event
 (the daemons, the PostgreSQL backends serving this database, this load generator) read from
 /proc, and how busy that kept the machine's CPUs. The machine is shared: the load average is printed.
-`--daemon-cpus C` puts each daemon in a cgroup with a CPU quota of C CPUs (bench/cpu_quota.py), as a
+`--daemon-cpus C` puts each daemon in a cgroup with a CPU quota of C CPUs (`harness.CpuQuota`), as a
 pod's CPU limit does: then one daemon and two each get the same CPU, and two-vs-one measures the
 design instead of the 2 cores the daemons share with PostgreSQL and the load generator here.
 """
@@ -28,7 +28,6 @@ import os
 import random
 import resource
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -40,37 +39,34 @@ from typing import Any
 
 import aiohttp
 import psycopg
-
-REPO = Path(__file__).resolve().parent.parent
-for path in (REPO, REPO / "bench"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from cpu_quota import CpuQuota  # noqa: E402
-from sync_bench import (  # noqa: E402 - after the path set-up
+from harness import (
     RESULTS,
-    TOKEN,
+    CpuQuota,
     Server,
-    _spawn,
-    daemon_env,
+    free_port,
     machine,
-    measure_visibility,
     percentiles_ms,
+    process_cpu_s,
+    spawn,
+    table,
+    tiergate_command,
+)
+from sync_bench import (
+    TOKEN,
+    daemon_env,
+    measure_visibility,
     post_all,
     signed_intake_events,
     start_sidecar,
-    table,
 )
 
-from demo.processes import free_port, tiergate_command  # noqa: E402
-from tests import postgres_server  # noqa: E402
+from tests import postgres_server
 
 CONFIGS = (("sqlite", 1), ("postgresql", 1), ("postgresql", 2))
 INTAKE_CONNECTIONS = 16
 INGEST_CONNECTIONS = 4
 INGEST_BATCH = 100
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 # -- processes and CPU accounting ------------------------------------------------------------
@@ -83,16 +79,7 @@ def start_daemon(tmp: Path, name: str, pg_url: str | None) -> Server:
         "TIERGATE_STRIPE_REFETCH": "false",
         **({"TIERGATE_MIRROR_URL": pg_url} if pg_url else {}),
     }
-    return _spawn(f"daemon-{name}", tiergate_command("sync-daemon"), env, tmp, f"http://127.0.0.1:{port}")
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of one process (all its threads), 0 when it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    return spawn(f"daemon-{name}", tiergate_command("sync-daemon"), env, tmp, f"http://127.0.0.1:{port}")
 
 
 def backend_pids(pg_url: str) -> list[int]:

@@ -41,19 +41,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from harness import REPO, free_port, rss_kib
 from sidecar_latency import (
     CHECK_FEATURES,
-    REPO,
     WRK_SCRIPT,
     check_lines,
     http_get,
     make_replica,
-    rss_kib,
     stop,
     wait_ready,
 )
 
-from demo.processes import free_port
 from tiergate.catalog import load_catalog
 from tiergate.feed import FeedAccount, FeedUsage
 from tiergate.periods import rfc3339

@@ -15,7 +15,7 @@ What it does:
    (else bench/loadgen.py, a Python load generator, and says so);
 4. times the decision service in process (cache hit, cache miss, engine eval alone, and the
    pieces of the hit path);
-5. prints a table with the ratios to the baseline and the targets of issue 2, and writes the
+5. prints a table with the ratios to the baseline and the targets, and writes the
    same figures to bench/results/sidecar_latency.json.
 
 Nothing here asserts on wall-clock time: it prints figures.
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -46,23 +47,25 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, BinaryIO, get_args
 
-from demo.processes import free_port
+import harness
+from harness import REPO, cpu_busy, free_port, load_average, process_cpu_s, rss_kib
+
 from tiergate.catalog import Catalog, Quota, load_catalog
 from tiergate.models import Status
 from tiergate.periods import calendar_month, rfc3339
 
-REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
+ratio = functools.partial(harness.ratio, digits=2)  # figures in the results: two decimals
 RESULTS = BENCH / "results" / "sidecar_latency.json"
 WRK_SCRIPT = BENCH / "wrk_requests.lua"
 LOADGEN = BENCH / "loadgen.py"
 BASELINE = BENCH / "baseline_server.py"
 FLOOR = BENCH / "floor_server.py"
 
-# Targets of issue 15 (for the single check): printed next to the figures, never asserted.
+# Targets (for the single check): printed next to the figures, never asserted.
 TARGET_P50_RATIO = 1.3
 TARGET_RPS_RATIO = 0.8
-TARGET_P99_RATIO = 1.5  # issue 15: p99 at 1 connection against the baseline's p99
+TARGET_P99_RATIO = 1.5  # p99 at 1 connection against the baseline's p99
 
 # A plausible SaaS mix of Stripe subscription states (weights; unknown states get 1).
 STATUS_WEIGHTS = {
@@ -294,16 +297,6 @@ def stop(process: Popen) -> None:
             process.wait()
 
 
-def rss_kib(pid: int) -> dict[str, int]:
-    """VmRSS (now) and VmHWM (peak) from /proc/<pid>/status, in KiB."""
-    figures = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            figures[key] = int(value.split()[0])
-    return figures
-
-
 def scrape(base_url: str) -> dict[str, float]:
     """The sidecar's Prometheus samples, keyed `name{labels}`."""
     status, body = http_get(base_url + "/metrics")
@@ -337,23 +330,6 @@ def pinned(cpus: set[int] | None) -> Callable[[], None] | None:
         os.sched_setaffinity(0, cpus)
 
     return pin
-
-
-def load_average() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
-
-
-def cpu_busy(seconds: float = 1.0) -> float:
-    """Share of the machine's CPU time that was not idle over `seconds` (from /proc/stat)."""
-
-    def sample() -> tuple[int, int]:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(values), values[3] + values[4]  # total, idle + iowait
-
-    total0, idle0 = sample()
-    time.sleep(seconds)
-    total1, idle1 = sample()
-    return round(1 - (idle1 - idle0) / max(total1 - total0, 1), 3)
 
 
 @dataclass(frozen=True)
@@ -439,12 +415,6 @@ class Target:
         return self.metrics_url or self.url
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used (from /proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(
     generator: Generator, scenario: Scenario, target: Target, duration_s: float, warmup_s: float
 ) -> dict[str, Any]:
@@ -457,10 +427,10 @@ def measure(
     for label, connections, offset in (("c1", 1, n // 8), ("c32", 32, n // 2)):
         if target.is_sidecar:
             samples.append(scrape(target.scraped))
-        cpu_before = cpu_seconds(target.pid)
+        cpu_before = process_cpu_s(target.pid)
         result[label] = generator.run(target.url, scenario.requests, connections, duration_s, offset)
         # Server CPU per request: what bounds requests/s once the server's one core is busy.
-        cpu = cpu_seconds(target.pid) - cpu_before
+        cpu = process_cpu_s(target.pid) - cpu_before
         requests = result[label]["requests"]
         result[label]["server_cpu_us_per_request"] = round(cpu * 1e6 / requests, 1) if requests else None
         if target.is_sidecar:
@@ -605,7 +575,7 @@ async def in_process(
             )
         if denied:
             figures["decide_cache_hit_deny_logged"] = await time_async(lambda: service.decide(*denied), n)
-        if hasattr(service, "decide_json"):  # GET /v1/check's path since issue 15 (rendered answers)
+        if hasattr(service, "decide_json"):  # GET /v1/check's path (rendered answers)
             figures["decide_json_cache_hit"] = await time_async(
                 lambda: service.decide_json(tenant, feature), n
             )
@@ -702,10 +672,6 @@ async def in_process(
 
 
 # -- report ----------------------------------------------------------------------------------
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 2) if a and b else None
 
 
 def verdict(ok: bool | None) -> str:
@@ -912,6 +878,8 @@ def parse_args() -> argparse.Namespace:
         parser.error(f"--scenarios: unknown {unknown}; choose from {', '.join(SCENARIO_KEYS)}")
     if args.quick:
         args.tenants, args.duration = min(args.tenants, 2000), 1.0
+        if args.output == RESULTS:  # a smoke run keeps the figures docs/performance.md cites
+            args.output = Path(tempfile.gettempdir()) / RESULTS.name
     args.hot_tenants = min(args.hot_tenants, args.tenants)
     return args
 

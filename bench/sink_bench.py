@@ -17,19 +17,16 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from harness import REPO
 
 from demo.processes import Process, free_port, tiergate_command
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # the Lago double lives with the tests, which are not installed
-from tests.lago_double import API_KEY, LagoDouble, start_lago  # noqa: E402
+from tests.lago_double import API_KEY, LagoDouble, start_lago
 
 RESULTS = REPO / "bench" / "results" / "sink_bench.json"
 TOKEN = "bench-feed-token"

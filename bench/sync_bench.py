@@ -1,4 +1,4 @@
-"""Sync daemon and sidecar-follower figures (issue 3), each against real processes; prints figures.
+"""Sync daemon and sidecar-follower figures, each against real processes; prints figures.
 
     .venv/bin/python bench/sync_bench.py webhooks   [--quick]   # intake throughput, signed events over HTTP
     .venv/bin/python bench/sync_bench.py visibility [--quick]   # webhook -> sidecar decision delay
@@ -26,38 +26,26 @@ import asyncio
 import cProfile
 import io
 import json
-import os
-import platform
 import pstats
 import random
-import signal
 import sqlite3
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from harness import REPO, RESULTS, Server, free_port, machine, percentiles_ms, spawn, table, tiergate_command
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # `tests.stripe_payloads` builds the signed events
-    sys.path.insert(0, str(REPO))
+from tests.stripe_payloads import SECRET, signed, subscription_event
+from tiergate.periods import rfc3339
+from tiergate.sync_daemon.mirror.sqlite import SqliteMirror as Mirror
+from tiergate.sync_daemon.mirror.store import MirrorAccount
 
-from demo.processes import free_port, http_status, tiergate_command  # noqa: E402
-from tests.stripe_payloads import SECRET, signed, subscription_event  # noqa: E402
-from tiergate.periods import rfc3339  # noqa: E402
-from tiergate.sync_daemon.mirror.sqlite import SqliteMirror as Mirror  # noqa: E402
-from tiergate.sync_daemon.mirror.store import MirrorAccount  # noqa: E402
-
-RESULTS = REPO / "bench" / "results"
 TOKEN = "bench-feed-token"
 UNREACHABLE_STRIPE = "http://127.0.0.1:9"  # nothing the daemon needs from Stripe in these runs
 TIERS = {"starter": "starter_month", "pro": "pro_month"}
@@ -66,60 +54,6 @@ RSS_TARGET_MB = 300.0
 
 
 # -- processes -------------------------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-    url: str
-
-    def wait(self, path: str, timeout_s: float = 600.0) -> float:
-        """Seconds until `path` answers 200 (the server's exit or a timeout ends the run)."""
-        started = time.monotonic()
-        while time.monotonic() - started < timeout_s:
-            if self.popen.poll() is not None:
-                raise SystemExit(f"{self.name} exited with {self.popen.returncode}:\n{self.tail()}")
-            if http_status(self.url + path) == 200:
-                return time.monotonic() - started
-            time.sleep(0.02)
-        raise SystemExit(f"{self.name}: {path} not 200 within {timeout_s:.0f} s\n{self.tail()}")
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
-
-    def rss_mb(self) -> dict[str, float]:
-        figures = {}
-        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                figures[key] = round(int(value.split()[0]) / 1024, 1)
-        return figures
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)  # run_app shuts down cleanly on SIGINT
-            try:
-                self.popen.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-
-
-def _spawn(name: str, argv: list[str], env: dict[str, str], tmp: Path, url: str) -> Server:
-    log = tmp / f"{name}.log"
-    base = {k: v for k, v in os.environ.items() if not k.startswith("TIERGATE_")}
-    with log.open("wb") as out:
-        popen = subprocess.Popen(
-            argv,
-            env={**base, "TIERGATE_LOG_LEVEL": "warning", **env},
-            cwd=tmp,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    return Server(name, popen, log, url)
 
 
 def daemon_env(mirror: Path, port: int) -> dict[str, str]:
@@ -141,7 +75,7 @@ def daemon_env(mirror: Path, port: int) -> dict[str, str]:
 def start_daemon(tmp: Path, mirror: Path) -> Server:
     port = free_port()
     env = daemon_env(mirror, port)
-    server = _spawn("daemon", tiergate_command("sync-daemon"), env, tmp, f"http://127.0.0.1:{port}")
+    server = spawn("daemon", tiergate_command("sync-daemon"), env, tmp, f"http://127.0.0.1:{port}")
     server.wait("/healthz")
     return server
 
@@ -159,52 +93,19 @@ def start_sidecar(tmp: Path, daemon: Server, replica: Path, **extra: str) -> Ser
         "TIERGATE_DECISION_LOG_DENIES": "false",
         **extra,
     }
-    return _spawn("sidecar", tiergate_command("sidecar"), env, tmp, f"http://127.0.0.1:{port}")
+    return spawn("sidecar", tiergate_command("sidecar"), env, tmp, f"http://127.0.0.1:{port}")
 
 
 # -- figures ---------------------------------------------------------------------------------
 
 
-def percentiles_ms(samples_s: list[float]) -> dict[str, float]:
-    ordered = sorted(samples_s)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
-
-    return {
-        "n": len(ordered),
-        "p50_ms": at(0.50),
-        "p90_ms": at(0.90),
-        "p99_ms": at(0.99),
-        "max_ms": round(ordered[-1] * 1000, 2),
-        "mean_ms": round(statistics.fmean(ordered) * 1000, 2),
-    }
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
-
-
 def write(name: str, figures: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"sync_{name}.json"
+    """bench/results/sync_NAME.json; a --quick run's figures go to the temporary directory."""
+    folder = Path(tempfile.gettempdir()) if figures.get("quick") else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"sync_{name}.json"
     path.write_text(json.dumps({"machine": machine(), **figures}, indent=2) + "\n")
     return path
-
-
-def table(title: str, header: list[str], rows: list[list[Any]]) -> None:
-    cells = [header, *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    print(f"\n{title}")
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in cells[1:]:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
 
 
 # -- signed events ---------------------------------------------------------------------------

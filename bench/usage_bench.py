@@ -28,10 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from harness import REPO, free_port
 
-from demo.processes import free_port
-
-REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "usage_bench_full.json"
 TIERGATE = Path(sys.executable).with_name("tiergate")
 TOKEN = "bench-feed-token"

@@ -1,3 +1,3 @@
 """tiergate: Stripe billing turned into fast, local allow/deny answers."""
 
-__version__ = "0.1.0"
+__version__ = "0.4.0"

@@ -273,7 +273,7 @@ def test_sidecar_template_in_an_app_pod(tmp_path: Path, monkeypatch: pytest.Monk
     assert (app["name"], sidecar["name"]) == ("app", "tiergate")
     assert sidecar["args"] == ["sidecar"]
     daemon = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "rel-tiergate"]
-    assert sidecar["image"] == daemon_container(daemon)["image"] == "tiergate:0.1.0"
+    assert sidecar["image"] == daemon_container(daemon)["image"] == "tiergate:0.4.0"
     env = env_of(sidecar)
     assert env["TIERGATE_DAEMON_URL"]["value"] == DAEMON_URL
     assert env["TIERGATE_FEED_TOKEN"]["valueFrom"]["secretKeyRef"] == {
