@@ -48,7 +48,7 @@ def tenant_show(name: str, token: str | None, daemon_url: str, as_json: bool) ->
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 200))
 @_daemon_options
 def tenant_search(query: str, limit: int, token: str | None, daemon_url: str, as_json: bool) -> None:
-    """Tenants whose id, Stripe customer id or subscription id starts with QUERY."""
+    """Tenants whose id, Stripe customer id, subscription id or customer email starts with QUERY."""
     found = fetch(daemon_url, f"/v1/tenants?q={_quoted(query)}&limit={limit}", token, "daemon")
     if as_json:
         click.echo(json.dumps(found, indent=2))
@@ -58,7 +58,8 @@ def tenant_search(query: str, limit: int, token: str | None, daemon_url: str, as
     for row in found["tenants"]:
         click.echo(
             f"{row['tenant']:<30} {row['tier'] or '-':<12} {row['status'] or '-':<10} "
-            f"{row['stripe_customer_id'] or '-':<22} {row['subscription_id'] or '-'}"
+            f"{row['stripe_customer_id'] or '-':<22} {row['subscription_id'] or '-':<22} "
+            f"{', '.join(row.get('emails') or []) or '-'}"
         )
 
 
