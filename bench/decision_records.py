@@ -101,7 +101,9 @@ async def main() -> None:
         shipped = await per_call_us(lambda: _ship(records), max(1, n // 100))
     print(f"cached deny, in process (mean µs a call, median of 5 rounds of {n}):")
     print(f"  decide       records off {off:7.2f}   on {on:7.2f}   ratio on/off {on / off:5.2f}")
-    print(f"  decide_json  records off {off_json:7.2f}   on {on_json:7.2f}   ratio on/off {on_json / off_json:5.2f}")
+    print(
+        f"  decide_json  records off {off_json:7.2f}   on {on_json:7.2f}   ratio on/off {on_json / off_json:5.2f}"
+    )
     print(f"  reading a record back {read:7.2f} µs; taking a shipment of 100 {shipped:8.2f} µs")
 
 

@@ -128,7 +128,7 @@ def test_customer_email_from_a_customer_event_or_an_expanded_customer(
     assert isinstance(seen, CustomerSeen) and seen.email == expected
     state = T.event(subscription_event("customer.subscription.created", customer=customer))
     assert isinstance(state, SubscriptionState) and state.email == expected
-    assert T.event(subscription_event("customer.subscription.created")).email is None  # an id only
+    assert T.subscription(subscription_event("customer.subscription.created")["data"]["object"]).email is None
 
 
 def test_email_changes_lists_only_linked_customers_whose_email_differs() -> None:
@@ -224,6 +224,14 @@ def test_diff_repairs_drift_and_reports_fields() -> None:
     assert repair.differences["quantity"] == (1, 4)
     assert repair.after.past_due_since == listed.current_period_start
     assert repair.before == current
+
+
+def test_diff_repairs_add_on_drift_since_the_policy_reads_add_ons() -> None:
+    current = _applied()
+    listed = dataclasses.replace(_state(), addons=(("extra_storage", 2),))
+    (repair,) = diff_subscriptions([current], [listed], as_of=CREATED + 50)
+    assert repair.differences == {"addons": ((), (("extra_storage", 2),))}
+    assert repair.after.addons == (("extra_storage", 2),)
 
 
 def test_diff_nothing_when_equal_and_clears_needs_reconcile() -> None:

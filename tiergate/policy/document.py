@@ -2,14 +2,53 @@
 
 from __future__ import annotations
 
+import json
+import operator
 import re
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from tiergate.amounts import Amount, policy_units
 from tiergate.models import PolicyAnswer
 from tiergate.periods import rfc3339
+
+# What the policy reads of an account (input.account, docs/policies.md): the one list of it.
+POLICY_ACCOUNT_FIELDS = (
+    "tier",
+    "status",
+    "quantity",
+    "current_period_start",
+    "current_period_end",
+    "trial_end",
+    "cancel_at_period_end",
+    "past_due_since",
+    "addons",
+)
+_FROM_ITEMS = operator.itemgetter(*POLICY_ACCOUNT_FIELDS)
+_FROM_ATTRIBUTES = operator.attrgetter(*POLICY_ACCOUNT_FIELDS)
+
+
+def policy_account(account: Mapping[str, Any] | NamedTuple | None) -> dict[str, Any] | None:
+    """input.account from an account as it is stored: the feed's Account document (a dict: the
+    mirror's, a license's) or a replica row (a NamedTuple of the same names). Times stay the
+    RFC 3339 text they are stored as; the flag becomes a boolean (a row's 0/1); add-ons a mapping
+    (a row's JSON text, or NULL for none)."""
+    if account is None:
+        return None
+    values = _FROM_ITEMS(account) if isinstance(account, dict) else _FROM_ATTRIBUTES(account)
+    tier, status, quantity, start, end, trial_end, cancel, past_due_since, addons = values
+    return {  # POLICY_ACCOUNT_FIELDS, in order (a unit test holds the two together)
+        "tier": tier,
+        "status": status,
+        "quantity": quantity,
+        "current_period_start": start,
+        "current_period_end": end,
+        "trial_end": trial_end,
+        "cancel_at_period_end": bool(cancel),
+        "past_due_since": past_due_since,
+        "addons": json.loads(addons) if isinstance(addons, str) else dict(addons or {}),
+    }
 
 
 def build_input(

@@ -25,25 +25,20 @@ import structlog
 from tiergate.errors import BillingUnavailableError, InvalidTenantError
 from tiergate.models import ENDED_STATUSES
 from tiergate.periods import utc_now_text
+from tiergate.policy.document import POLICY_ACCOUNT_FIELDS
 from tiergate.sync_daemon.mirror.store import Cause, CustomerLink, MirrorAccount, MirrorTxn
 from tiergate.sync_daemon.stripe_sync.parts import SyncParts
 from tiergate.sync_daemon.stripe_sync.translate import SubscriptionState, decide_subscription
 
 log = structlog.get_logger("tiergate.reconcile")
 
+# Every field the policy reads (add-ons included), and the rest of what Stripe lists.
 COMPARED = (
+    *POLICY_ACCOUNT_FIELDS,
     "subscription_id",
     "stripe_customer_id",
-    "tier",
     "interval",
-    "status",
-    "quantity",
-    "current_period_start",
-    "current_period_end",
-    "trial_end",
-    "cancel_at_period_end",
     "canceled_at",
-    "past_due_since",
     "unmapped_price",
 )
 _DUNNING = frozenset({"past_due", "unpaid"})
