@@ -149,3 +149,36 @@ def feature_sources(
         if found.get("expires_at") is None or now_text < str(found["expires_at"]):
             sources[feature] = "override"
     return sources
+
+
+# What each rule of the shipped policy's `decided_by` means, for a person (policies/entitlements.rego).
+RULES = {
+    "replica_stale": "the replica was older than the policy's max_replica_age_seconds",
+    "license_expired": "the signed license's grace period had ended",
+    "known_feature": "no tier of the catalog names {feature}",
+    "override": "the tenant's override of {feature} (an override wins over every tier)",
+    "restriction": "the account is {status}: the {tier} tier applied instead of the paid {paid} tier, "
+    "which would have allowed {feature}",
+    "metered": "the {tier} tier's limit on {feature} this period",
+    "tier_value": "what the {tier} tier says of {feature}",
+}
+
+
+def explain_rule(found: object, decision: Mapping[str, Any], document: Mapping[str, Any]) -> dict[str, Any]:
+    """`decided_by`'s answer for a recorded decision, with a sentence for a person. A policy that
+    has no `decided_by` (None) or answers something else is said so, never guessed at."""
+    if not isinstance(found, dict) or not isinstance(found.get("rule"), str):
+        shown = "no decided_by rule" if found is None else f"decided_by gave {type(found).__name__}"
+        return {"rule": None, "text": f"the policy does not say which rule decided ({shown})"}
+    rule, tier = found["rule"], found.get("tier")
+    addons = [str(name) for name in found.get("addons") or [] if isinstance(name, str)]
+    account = document.get("account") or {}
+    text = RULES.get(rule, f"the policy's rule {rule}").format(
+        feature=decision.get("feature"),
+        tier=tier,
+        status=account.get("status"),
+        paid=decision.get("paid_tier") or account.get("tier"),
+    )
+    if addons:
+        text += f", with the add-on{'s' if len(addons) > 1 else ''} {', '.join(addons)}"
+    return {"rule": rule, "tier": tier if isinstance(tier, str) else None, "addons": addons, "text": text}

@@ -121,21 +121,24 @@ def render_tenant(view: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_record(record: dict[str, Any]) -> str:
+def render_record(record: dict[str, Any], decided_by: dict[str, Any] | None = None) -> str:
     decision = record["decision"]
-    return "\n".join(
-        [
-            f"{record['decision_id']} at {record['at']}: {decision['tenant']} / {decision['feature']} -> "
-            f"{'allow' if decision['allow'] else 'deny'} ({decision['reason']})",
-            f"  tier {decision['tier']}, paid {decision.get('paid_tier') or 'none'}; policy {record['policy_revision']}, "
-            f"replica position {record['replica']['position']}, account version {record['account_version']}",
-            "  input: " + json.dumps(record["input"], sort_keys=True),
-        ]
-    )
+    lines = [
+        f"{record['decision_id']} at {record['at']}: {decision['tenant']} / {decision['feature']} -> "
+        f"{'allow' if decision['allow'] else 'deny'} ({decision['reason']})",
+        f"  tier {decision['tier']}, paid {decision.get('paid_tier') or 'none'}; policy {record['policy_revision']}, "
+        f"replica position {record['replica']['position']}, account version {record['account_version']}",
+    ]
+    decided_by = decided_by or record.get("decided_by")
+    if decided_by:
+        rule = f"rule {decided_by['rule']}: " if decided_by.get("rule") else ""
+        lines.append(f"  decided by {rule}{decided_by['text']}")
+    lines.append("  input: " + json.dumps(record["input"], sort_keys=True))
+    return "\n".join(lines)
 
 
 def render_explanation(explained: dict[str, Any]) -> str:
-    lines = [render_record(explained["record"])]
+    lines = [render_record(explained["record"], explained["today"].get("decided_by"))]
     lineage = explained["lineage"]
     event = lineage["stripe_event"]
     version = lineage["account_version"]

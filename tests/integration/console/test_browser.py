@@ -206,6 +206,8 @@ async def test_support_in_a_real_browser(
     await page.get_by_role("link", name=re.compile(r"sso: payment_overdue")).first.click()
     await page.wait_for_url(re.compile(r"/console/decisions/"))
     assert "Stripe event evt_overdue" in (await page.text_content("#stripe-event") or "")
+    decided_by = await page.text_content("#decided-by") or ""
+    assert "rule restriction: the account is past_due: the free tier applied" in decided_by
     await _shot(page, "decision")
     missing = await _controls(page) - await _tab_through(page)
     assert missing == set(), f"not reachable by keyboard: {missing}"
