@@ -13,17 +13,19 @@ from tiergate.amounts import Amount, policy_units
 from tiergate.models import PolicyAnswer
 from tiergate.periods import rfc3339
 
-# What the policy reads of an account (input.account, docs/policies.md): the one list of it.
-POLICY_ACCOUNT_FIELDS = (
-    "tier",
-    "status",
-    "quantity",
-    "current_period_start",
-    "current_period_end",
-    "trial_end",
-    "cancel_at_period_end",
-    "past_due_since",
-    "addons",
+# What the policy reads of an account (input.account, docs/policies.md), in order: the one list of it.
+POLICY_ACCOUNT_FIELDS = tuple(
+    [
+        "tier",
+        "status",
+        "quantity",
+        "current_period_start",
+        "current_period_end",
+        "trial_end",
+        "cancel_at_period_end",
+        "past_due_since",
+        "addons",
+    ]
 )
 _FROM_ITEMS = operator.itemgetter(*POLICY_ACCOUNT_FIELDS)
 _FROM_ATTRIBUTES = operator.attrgetter(*POLICY_ACCOUNT_FIELDS)

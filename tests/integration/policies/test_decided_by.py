@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import regorus
 
-from tests.integration.policies.test_decisions_table import DECISIONS, NOW, PERIOD, ROOT
+from tests.integration.policies.test_decisions_table import DECISIONS, ROOT, document
 from tiergate.catalog import load_catalog
 from tiergate.policy.bundle import load_bundle
 from tiergate.policy.document import explain_rule
@@ -22,21 +22,6 @@ opa_bindings = pytest.importorskip(
 )
 
 RESTRICTIONS = {"payment_overdue", "trial_expired", "subscription_inactive"}
-
-
-def document(acct: dict[str, Any] | None, feature: str, used: int) -> dict[str, Any]:
-    return {
-        "tenant": "t_1",
-        "feature": feature,
-        "quantity": 1,
-        "now": NOW,
-        "account": acct,
-        "usage": {feature: used} if used else {},
-        "period": PERIOD,
-        "replica": {"age_seconds": 0.5},
-        "overrides": {},
-        "license": None,
-    }
 
 
 @pytest.fixture(scope="module")
