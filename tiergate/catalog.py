@@ -41,6 +41,15 @@ class Metric(_Strict):
     # Fractions of a tenant's limit that send `usage.threshold_crossed` (outbound webhooks), once
     # per tenant, metric, period and threshold: [0.8, 1.0] warns at 80 % and at the limit.
     alerts: list[Annotated[float, Field(gt=0, le=10)]] = Field(default_factory=list)
+    # `local`: each sidecar decides from its own view (exact per pod). `leased`: the daemon leases
+    # slices of what is left to the sidecars, so reserves are exact across pods (docs/adr/0045).
+    enforcement: Literal["local", "leased"] = "local"
+
+    @model_validator(mode="after")
+    def _leased_adds_up(self) -> Metric:
+        if self.enforcement == "leased" and self.aggregation == "latest":
+            raise ValueError("enforcement 'leased' needs a metric that adds up (count or sum), not a gauge")
+        return self
 
     @model_validator(mode="after")
     def _sum_needs_field(self) -> Metric:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 LIMIT = 2
 HOLDERS = 2
@@ -63,7 +63,7 @@ def free(state: State) -> int:
     return LIMIT - len(state.counted) - outstanding
 
 
-def _holder(state: State, h: int, **changes: object) -> State:
+def _holder(state: State, h: int, **changes: Any) -> State:
     holders = list(state.holders)
     holders[h] = holders[h]._replace(**changes)
     return state._replace(holders=tuple(holders))

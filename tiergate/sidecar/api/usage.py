@@ -16,6 +16,9 @@ from tiergate.models import FeatureName, Quantity, TenantId
 from tiergate.policy.engine import PolicyBundle
 from tiergate.sidecar.api.guard import guarded
 from tiergate.sidecar.api.reserve_body import reserve_body
+from tiergate.sidecar.leases.client import HttpLeaseClient
+from tiergate.sidecar.leases.holder import Leases
+from tiergate.sidecar.leases.metrics import LeaseMetrics
 from tiergate.sidecar.settings import SidecarSettings
 from tiergate.sidecar.state import DECISIONS, METRICS, POLICIES, READER, SETTINGS, TRACING
 from tiergate.sidecar.usage.delivery import Delivery
@@ -31,6 +34,7 @@ log = structlog.get_logger("tiergate.sidecar")
 RECORDER = web.AppKey("usage_recorder", UsageRecorder)
 OUTBOX = web.AppKey("usage_outbox", Outbox)
 DELIVERY = web.AppKey("usage_delivery", Delivery)
+LEASES = web.AppKey("quota_leases", Leases)
 
 
 class OneEvent(BaseModel):
@@ -117,6 +121,7 @@ def usage_status(app: web.Application) -> dict[str, Any] | None:
         "commits_deferred": outbox.loop_commits_deferred,
         "pending": app[RECORDER].ledger.stats(),
         "delivery": app[DELIVERY].status.as_dict() if DELIVERY in app else None,
+        "leases": app[LEASES].status() if LEASES in app else None,
     }
 
 
@@ -184,6 +189,14 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         app[DELIVERY] = delivery
         delivery.start()
+        leases = app[LEASES] = Leases(
+            HttpLeaseClient(str(settings.daemon_url), settings.sent_feed_token),
+            wait_s=settings.lease_wait_ms / 1000,
+        )
+        app[RECORDER].leases = leases
+        delivery.on_answered = leases.delivered
+        app[METRICS].registry.register(LeaseMetrics(leases))
+        leases.start()
     elif settings.license_path is not None:  # usage stays here by design: `tiergate usage export`
         for line in static_mode_warnings(reader.count_accounts(), outbox.backlog, licensed=True):
             log.info("license_mode", note=line)
@@ -194,6 +207,9 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        if LEASES in app:
+            await app[LEASES].close()
+            await app[LEASES].client.close()
         if DELIVERY in app:
             await app[DELIVERY].stop()
         await outbox.close()

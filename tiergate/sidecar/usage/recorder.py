@@ -19,6 +19,7 @@ from tiergate.periods import rfc3339
 from tiergate.policy.engine import PolicyBundle
 from tiergate.sidecar.decisions.policy_io import period_for
 from tiergate.sidecar.decisions.service import DecisionService
+from tiergate.sidecar.leases.holder import Leases
 from tiergate.sidecar.replica.store import AccountRow, ReplicaReader
 from tiergate.sidecar.usage.ledger import UsageLedger
 from tiergate.sidecar.usage.outbox import Entry, Outbox, Reserved
@@ -68,6 +69,8 @@ class UsageRecorder:
         self._locks = [asyncio.Lock() for _ in range(LOCK_STRIPES)]
         self._id_prefix = os.urandom(8).hex()
         self._ids = itertools.count(1)
+        # Following a daemon: reserves of `enforcement: leased` metrics draw from its leases.
+        self.leases: Leases | None = None
 
     async def record(self, raws: Sequence[object], where: str) -> list[dict[str, Any]]:
         """Validate all, then commit all (202 semantics); `where` names the field in errors."""
@@ -122,9 +125,18 @@ class UsageRecorder:
             decision = await self.decisions.decide(tenant, feature, quantity)
             if not decision.allow:
                 return decision, Reservation(tid, False, False)
+            leased = self.leases if metric.enforcement == "leased" else None
+            if leased is not None and not await leased.take(tenant, feature, quantity):
+                return dataclasses.replace(decision, allow=False, reason="quota_unavailable"), Reservation(
+                    tid, False, False
+                )
             entries = self._reservation_entries(tenant, feature, quantity, tid, counted, metric)
             if transaction_id is not None:  # the caller's own id: it may come back after pruning
                 entries[0] = dataclasses.replace(entries[0], reserved_quantity=quantity)
+            if leased is not None:  # their acknowledgements let the daemon free the units
+                leased.spent_as(
+                    tenant, feature, ((e.event.transaction_id, int(e.event.value)) for e in entries)
+                )
             for entry in entries:  # counted now, under the lock: the next reserve sees it
                 self.ledger.add(entry.key, entry.event.value)
         # Counting dropped the tenant's answers: the next reserve of the same kind finds it decided.

@@ -1,0 +1,81 @@
+"""One lease as its holder keeps it (pure: no I/O, the clock passed in).
+
+All counts are cumulative for the lease: `granted` (the highest the daemon answered), `spent`
+(units this sidecar allowed), `acked` (spent units the daemon acknowledged counting). What can
+still be spent is `granted - spent`; the daemon is told `acked`, never `spent`, so it never frees
+a unit whose usage has not reached it (tests/unit/test_lease_model.py shows why).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import dataclass, field
+
+RATE_WINDOW_S = 10.0  # recent spend rate: units over the last this many seconds
+DEADLINE_SHARE = 0.8  # a lease is spent from until this share of its TTL after the daemon's answer
+REFILL_AHEAD_S = 1.0  # ask for about this many seconds of spend at the recent rate
+LOW_WATER_S = 0.25  # refill ahead of need when less than this many seconds of spend remain
+
+
+def new_holder_id() -> str:
+    """A lease's holder name: random per lease, so a restarted or lapsed holder never reuses one."""
+    return os.urandom(8).hex()
+
+
+@dataclass
+class Slice:
+    tenant: str
+    code: str
+    window: str | None = None  # the usage period's start the daemon leased (None: not asked yet)
+    holder: str = field(default_factory=new_holder_id)
+    granted: int = 0
+    spent: int = 0
+    acked: int = 0
+    unlimited: bool = False
+    deadline: float = 0.0  # monotonic: no spending at or after it
+    exhausted: bool = False  # the daemon's last answer left nothing free for anyone
+    last_used: float = 0.0
+    spends: deque[tuple[float, int]] = field(default_factory=deque)
+
+    def available(self, now: float) -> int:
+        if now >= self.deadline:
+            return 0
+        return self.granted - self.spent
+
+    def usable(self, now: float, quantity: int) -> bool:
+        return now < self.deadline and (self.unlimited or self.available(now) >= quantity)
+
+    def spend(self, now: float, quantity: int) -> None:
+        self.spent += quantity
+        self.last_used = now
+        self.spends.append((now, quantity))
+
+    def rate(self, now: float) -> float:
+        while self.spends and self.spends[0][0] < now - RATE_WINDOW_S:
+            self.spends.popleft()
+        return sum(q for _, q in self.spends) / RATE_WINDOW_S
+
+    def want(self, now: float, need: int) -> int:
+        """Units to hold after the refill: what a check waits for plus about a second of spend."""
+        return max(need, round(self.rate(now) * REFILL_AHEAD_S) + need, 1)
+
+    def low(self, now: float) -> bool:
+        """Worth refilling ahead of need (off the request path)."""
+        if self.unlimited or self.exhausted:
+            return False
+        return self.available(now) <= self.rate(now) * LOW_WATER_S
+
+    def answered(self, sent_at: float, window_left_s: float, answer: dict[str, object]) -> None:
+        """Adopt the daemon's answer to a request sent at `sent_at` (monotonic); `window_left_s`:
+        how long the leased window still runs (its units count in no later window)."""
+        self.window = str(answer["window"])
+        self.unlimited = bool(answer.get("unlimited"))
+        granted, free, ttl_s = answer.get("granted", 0), answer.get("free", 0), answer.get("ttl_s", 0)
+        self.granted = max(self.granted, granted if isinstance(granted, int) else 0)
+        self.exhausted = isinstance(free, int) and free <= 0
+        lease_s = float(ttl_s) * DEADLINE_SHARE if isinstance(ttl_s, int | float) else 0.0
+        self.deadline = max(self.deadline, sent_at + min(lease_s, window_left_s))
+
+    def ack(self, units: int) -> None:
+        self.acked += units
