@@ -14,8 +14,8 @@ import socket
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,7 @@ class Sidecar:
 
 def start_sidecar(home: Path, daemon_url: str, plans: Path) -> Sidecar:
     port = free_port()
+    home.mkdir(parents=True, exist_ok=True)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("TIERGATE_")},
         "TIERGATE_SIDECAR_PORT": str(port),
@@ -81,7 +82,10 @@ def start_sidecar(home: Path, daemon_url: str, plans: Path) -> Sidecar:
         "TIERGATE_LOG_LEVEL": "warning",
     }
     process = subprocess.Popen(
-        [str(TIERGATE), "sidecar"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [str(TIERGATE), "sidecar"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     return Sidecar(f"http://127.0.0.1:{port}", process, home, daemon_url, plans)
 
@@ -94,8 +98,10 @@ async def ready(session: aiohttp.ClientSession, sidecar: Sidecar) -> bool:
         return False
 
 
-@contextmanager
-def sidecars_following(tmp_path: Path, daemon_urls: list[str], plans: Path) -> Iterator[list[Sidecar]]:
+@asynccontextmanager
+async def sidecars_following(
+    tmp_path: Path, daemon_urls: list[str], plans: Path
+) -> AsyncIterator[list[Sidecar]]:
     started = [
         start_sidecar(tmp_path / f"sidecar{n}", daemon_urls[n % len(daemon_urls)], plans)
         for n in range(SIDECARS)
@@ -103,15 +109,17 @@ def sidecars_following(tmp_path: Path, daemon_urls: list[str], plans: Path) -> I
     try:
         yield started
     finally:
-        for sidecar in started:
-            if sidecar.process.poll() is None:
-                sidecar.process.send_signal(signal.SIGTERM)
-        for sidecar in started:
-            try:
-                sidecar.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                sidecar.process.kill()
-                sidecar.process.wait(timeout=10)
+        await asyncio.gather(*(stop(sidecar) for sidecar in started))
+
+
+async def stop(sidecar: Sidecar) -> None:
+    """SIGTERM, waited for off the loop: an in-process daemon answers the leases given back."""
+    if sidecar.process.poll() is None:
+        sidecar.process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.to_thread(sidecar.process.wait, 15)
+    except subprocess.TimeoutExpired:
+        sidecar.kill()
 
 
 @asynccontextmanager
@@ -167,17 +175,19 @@ async def all_ready(session: aiohttp.ClientSession, sidecars: list[Sidecar]) -> 
 async def test_four_sidecars_allow_exactly_the_limit(tmp_path: Path) -> None:
     """One daemon (SQLite), 4 sidecars: exactly 100 of 1,000 in each of 5 runs (bench/leases.py runs 20)."""
     plans = leased_catalog(tmp_path)
-    async with daemons(tmp_path, None, 1, plans) as (daemon,):
-        with sidecars_following(tmp_path, [daemon.url], plans) as sidecars:
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=400)) as session:
-                await all_ready(session, sidecars)
-                for run in range(5):
-                    tenant = f"t_lease_{run}"
-                    answers = await burst(session, sidecars, tenant)
-                    reasons = Counter(a["reason"] for a in answers if not a["allow"])
-                    assert allowed(answers) == LIMIT, reasons
-                    assert set(reasons) <= {"quota_unavailable", "limit_exceeded"}
-                    await eventually(lambda t=tenant: _equals(counted(daemon, t), LIMIT))  # type: ignore[misc]
+    async with (
+        daemons(tmp_path, None, 1, plans) as (daemon,),
+        sidecars_following(tmp_path, [daemon.url], plans) as sidecars,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=400)) as session,
+    ):
+        await all_ready(session, sidecars)
+        for run in range(5):
+            tenant = f"t_lease_{run}"
+            answers = await burst(session, sidecars, tenant)
+            reasons = Counter(a["reason"] for a in answers if not a["allow"])
+            assert allowed(answers) == LIMIT, reasons
+            assert set(reasons) <= {"quota_unavailable", "limit_exceeded"}
+            await eventually(lambda t=tenant: _equals(counted(daemon, t), LIMIT))  # type: ignore[misc]
 
 
 async def _equals(value: Any, expected: int) -> bool:
@@ -190,15 +200,17 @@ async def test_two_daemons_on_postgresql_agree(tmp_path: Path, postgres_url: str
     postgres_server.empty_mirror(postgres_url)
     backend = MirrorBackend("postgresql", tmp_path / "mirror.db", postgres_url)
     plans = leased_catalog(tmp_path)
-    async with daemons(tmp_path, backend, 2, plans) as pair:
-        with sidecars_following(tmp_path, [d.url for d in pair], plans) as sidecars:
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=400)) as session:
-                await all_ready(session, sidecars)
-                for run in range(5):
-                    tenant = f"t_pg_lease_{run}"
-                    answers = await burst(session, sidecars, tenant)
-                    assert allowed(answers) == LIMIT, Counter(a["reason"] for a in answers)
-                    await eventually(lambda t=tenant: _equals(counted(pair[0], t), LIMIT))  # type: ignore[misc]
+    async with (
+        daemons(tmp_path, backend, 2, plans) as pair,
+        sidecars_following(tmp_path, [d.url for d in pair], plans) as sidecars,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=400)) as session,
+    ):
+        await all_ready(session, sidecars)
+        for run in range(5):
+            tenant = f"t_pg_lease_{run}"
+            answers = await burst(session, sidecars, tenant)
+            assert allowed(answers) == LIMIT, Counter(a["reason"] for a in answers)
+            await eventually(lambda t=tenant: _equals(counted(pair[0], t), LIMIT))  # type: ignore[misc]
 
 
 async def reserve_or_lost(
@@ -215,35 +227,33 @@ async def reserve_or_lost(
 async def test_a_sidecar_killed_mid_run_never_overshoots_and_its_units_come_back(tmp_path: Path) -> None:
     plans = leased_catalog(tmp_path)
     ttl_s = 4.0
-    async with daemons(tmp_path, None, 1, plans, lease_ttl_s=ttl_s) as (daemon,):
-        with sidecars_following(tmp_path, [daemon.url], plans) as sidecars:
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=400)) as session:
-                await all_ready(session, sidecars)
-                tenant = "t_lease_k9"
-                victim = sidecars[0]
-                calls = [
-                    reserve_or_lost(session, sidecars[n % SIDECARS], tenant, f"{tenant}-{n}")
-                    for n in range(RESERVES)
-                ]
-                running = asyncio.gather(*calls)
-                await eventually(lambda: _leases_held(daemon, tenant), within=10)
-                victim.kill()
-                first = [a for a in await running if a is not None]
-                assert allowed(first) <= LIMIT
-                # The pod comes back on its volume: its outbox delivers what it recorded.
-                sidecars[0] = start_sidecar(victim.home, victim.daemon_url, victim.plans)
-                await all_ready(session, sidecars)
-                await asyncio.sleep(ttl_s)  # the killed holder's lease expires; its units are free again
-                second = await asyncio.gather(
-                    *(
-                        reserve(session, sidecars[n % SIDECARS], tenant, f"{tenant}-again-{n}")
-                        for n in range(200)
-                    )
-                )
-                assert allowed(first) + allowed(second) <= LIMIT
-                await eventually(lambda: _equals(counted(daemon, tenant), LIMIT))
-                await asyncio.sleep(0.5)
-                assert await counted(daemon, tenant) == LIMIT  # and stays there: nothing counted twice
+    async with (
+        daemons(tmp_path, None, 1, plans, lease_ttl_s=ttl_s) as (daemon,),
+        sidecars_following(tmp_path, [daemon.url], plans) as sidecars,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=400)) as session,
+    ):
+        await all_ready(session, sidecars)
+        tenant = "t_lease_k9"
+        victim = sidecars[0]
+        calls = [
+            reserve_or_lost(session, sidecars[n % SIDECARS], tenant, f"{tenant}-{n}") for n in range(RESERVES)
+        ]
+        running = asyncio.gather(*calls)
+        await eventually(lambda: _leases_held(daemon, tenant), within=10)
+        victim.kill()
+        first = [a for a in await running if a is not None]
+        assert allowed(first) <= LIMIT
+        # The pod comes back on its volume: its outbox delivers what it recorded.
+        sidecars[0] = start_sidecar(victim.home, victim.daemon_url, victim.plans)
+        await all_ready(session, sidecars)
+        await asyncio.sleep(ttl_s)  # the killed holder's lease expires; its units are free again
+        second = await asyncio.gather(
+            *(reserve(session, sidecars[n % SIDECARS], tenant, f"{tenant}-again-{n}") for n in range(200))
+        )
+        assert allowed(first) + allowed(second) <= LIMIT
+        await eventually(lambda: _equals(counted(daemon, tenant), LIMIT))
+        await asyncio.sleep(0.5)
+        assert await counted(daemon, tenant) == LIMIT  # and stays there: nothing counted twice
 
 
 async def _leases_held(daemon: DaemonServer, tenant: str) -> bool:
@@ -266,34 +276,66 @@ async def test_with_the_daemon_stopped_sidecars_spend_only_what_they_hold(tmp_pa
     port = free_port()
     (tmp_path / "daemon").mkdir()
     daemon = await start_daemon(tmp_path / "daemon", port=port, plans=plans)
-    with sidecars_following(tmp_path, [daemon.url], plans) as sidecars:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=400)) as session:
-            await all_ready(session, sidecars)
-            tenant = "t_lease_outage"
-            # A steady trickle on every sidecar: each holds a slice sized by its rate.
-            warm = []
-            for n in range(40):
-                warm.append(await reserve(session, sidecars[n % SIDECARS], tenant, f"{tenant}-warm-{n}"))
-            held = [await lease_units(session, sidecar) for sidecar in sidecars]
-            assert all(units > 0 for units in held)  # each holds a slice sized by its recent rate
-            await daemon.server.close()
-            during = await asyncio.gather(
-                *(reserve(session, sidecars[n % SIDECARS], tenant, f"{tenant}-{n}") for n in range(RESERVES))
-            )
-            for n in range(SIDECARS):
-                mine = [a for i, a in enumerate(during) if i % SIDECARS == n]
-                assert allowed(mine) <= held[n]
-            assert allowed(during) == sum(held)  # they spend what they hold, and nothing more
-            reasons = {a["reason"] for a in during if not a["allow"]}
-            assert reasons <= {"quota_unavailable"}
-            assert allowed(warm) + allowed(during) <= LIMIT
-            status = await (await session.get(sidecars[0].url + "/v1/status")).json()
-            assert status["usage"]["leases"]["refill_failures"] >= 1  # the outage is visible
-            metrics = await (await session.get(sidecars[0].url + "/metrics")).text()
-            assert "tiergate_lease_quota_unavailable_total" in metrics
-            restarted = await start_daemon(tmp_path / "daemon", port=port, plans=plans)
-            try:
-                total = allowed(warm) + allowed(during)
-                await eventually(lambda: _equals(counted(restarted, tenant), total))
-            finally:
-                await restarted.server.close()
+    async with (
+        sidecars_following(tmp_path, [daemon.url], plans) as sidecars,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=400)) as session,
+    ):
+        await all_ready(session, sidecars)
+        tenant = "t_lease_outage"
+        # A steady trickle on every sidecar: each holds a slice sized by its rate.
+        warm = []
+        for n in range(40):
+            warm.append(await reserve(session, sidecars[n % SIDECARS], tenant, f"{tenant}-warm-{n}"))
+        await daemon.server.close()  # then no refill can land: what each holds is fixed
+        held = [await lease_units(session, sidecar) for sidecar in sidecars]
+        assert all(units > 0 for units in held)  # each holds a slice sized by its recent rate
+        during = await asyncio.gather(
+            *(reserve(session, sidecars[n % SIDECARS], tenant, f"{tenant}-{n}") for n in range(RESERVES))
+        )
+        for n in range(SIDECARS):
+            mine = [a for i, a in enumerate(during) if i % SIDECARS == n]
+            assert allowed(mine) <= held[n]
+        assert allowed(during) == sum(held)  # they spend what they hold, and nothing more
+        reasons = {a["reason"] for a in during if not a["allow"]}
+        assert reasons <= {"quota_unavailable"}
+        assert allowed(warm) + allowed(during) <= LIMIT
+        status = await (await session.get(sidecars[0].url + "/v1/status")).json()
+        assert status["usage"]["leases"]["refill_failures"] >= 1  # the outage is visible
+        metrics = await (await session.get(sidecars[0].url + "/metrics")).text()
+        assert "tiergate_lease_quota_unavailable_total" in metrics
+        restarted = await start_daemon(tmp_path / "daemon", port=port, plans=plans)
+        try:
+            total = allowed(warm) + allowed(during)
+            await eventually(lambda: _equals(counted(restarted, tenant), total))
+        finally:
+            await restarted.server.close()
+
+
+@pytest.mark.slow
+async def test_a_sidecar_shut_down_gives_its_slice_back(tmp_path: Path) -> None:
+    plans = leased_catalog(tmp_path)
+    async with daemons(tmp_path, None, 1, plans) as (daemon,):
+        sidecar = start_sidecar(tmp_path / "sidecar", daemon.url, plans)
+        try:
+            async with aiohttp.ClientSession() as session:
+                await all_ready(session, [sidecar])
+                tenant = "t_lease_release"
+                for n in range(3):
+                    assert (await reserve(session, sidecar, tenant, f"{tenant}-{n}"))["allow"]
+                assert await lease_units(session, sidecar) > 0  # it holds more than it spent
+
+                async def all_acknowledged() -> bool:
+                    async with session.get(sidecar.url + "/v1/status") as response:
+                        return bool((await response.json())["usage"]["leases"]["awaiting_ack"] == 0)
+
+                await eventually(all_acknowledged)
+                sidecar.process.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(sidecar.process.wait, 15)  # the daemon answers meanwhile
+                await eventually(lambda: _no_leases(daemon, tenant), within=5)
+        finally:
+            if sidecar.process.poll() is None:
+                sidecar.kill()
+
+
+async def _no_leases(daemon: DaemonServer, tenant: str) -> bool:
+    return not await _leases_held(daemon, tenant)

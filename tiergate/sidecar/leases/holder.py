@@ -133,7 +133,8 @@ class Leases:
             log.warning("lease_exchange_failed", tenant=lease.tenant, code=lease.code, error=str(exc))
             return
         finally:
-            self._refills.pop((lease.tenant, lease.code), None)
+            if self._refills.get((lease.tenant, lease.code)) is asyncio.current_task():
+                del self._refills[(lease.tenant, lease.code)]
         self.stats.refills += 1
         self.stats.timed(self.clock() - sent_at)
         window_left_s = float(answer.get("window_end_epoch", now_wall + 1e9)) - now_wall

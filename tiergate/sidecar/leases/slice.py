@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 RATE_WINDOW_S = 10.0  # recent spend rate: units over the last this many seconds
 DEADLINE_SHARE = 0.8  # a lease is spent from until this share of its TTL after the daemon's answer
-REFILL_AHEAD_S = 1.0  # ask for about this many seconds of spend at the recent rate
-LOW_WATER_S = 0.25  # refill ahead of need when less than this many seconds of spend remain
+REFILL_AHEAD_S = 10.0  # ask for about this many seconds of spend at the recent rate
+LOW_WATER_S = 1.0  # refill ahead of need when less than this many seconds of spend remain
+MIN_WANT = 4  # the least a holder asks for while units are plentiful (the daemon shrinks it near the end)
 
 
 def new_holder_id() -> str:
@@ -37,6 +38,7 @@ class Slice:
     exhausted: bool = False  # the daemon's last answer left nothing free for anyone
     last_used: float = 0.0
     spends: deque[tuple[float, int]] = field(default_factory=deque)
+    recent: int = 0  # the units in `spends`
 
     def available(self, now: float) -> int:
         if now >= self.deadline:
@@ -50,21 +52,22 @@ class Slice:
         self.spent += quantity
         self.last_used = now
         self.spends.append((now, quantity))
+        self.recent += quantity
 
     def rate(self, now: float) -> float:
         while self.spends and self.spends[0][0] < now - RATE_WINDOW_S:
-            self.spends.popleft()
-        return sum(q for _, q in self.spends) / RATE_WINDOW_S
+            self.recent -= self.spends.popleft()[1]
+        return self.recent / RATE_WINDOW_S
 
     def want(self, now: float, need: int) -> int:
-        """Units to hold after the refill: what a check waits for plus about a second of spend."""
-        return max(need, round(self.rate(now) * REFILL_AHEAD_S) + need, 1)
+        """Units to ask for: what a check waits for plus a few seconds of spend at the recent rate."""
+        return need + max(MIN_WANT, round(self.rate(now) * REFILL_AHEAD_S))
 
     def low(self, now: float) -> bool:
         """Worth refilling ahead of need (off the request path)."""
         if self.unlimited or self.exhausted:
             return False
-        return self.available(now) <= self.rate(now) * LOW_WATER_S
+        return self.available(now) <= max(1.0, self.rate(now) * LOW_WATER_S)
 
     def answered(self, sent_at: float, window_left_s: float, answer: dict[str, object]) -> None:
         """Adopt the daemon's answer to a request sent at `sent_at` (monotonic); `window_left_s`:
