@@ -75,3 +75,17 @@ async def test_grants_never_pass_the_limit_and_a_lost_answer_is_made_good(daemon
     assert granted == LIMIT  # every unit is leased once, to someone, and no more
     _, released = await post(daemon_url, {**GOOD, "want": 0, "release": True})
     assert released["granted"] == 0 and released["free"] == again["granted"]
+
+
+async def test_the_daemon_shows_what_is_leased(daemon_url: str) -> None:
+    status, answer = await post(daemon_url, GOOD)
+    assert status == 200 and answer["granted"] >= 1
+    async with aiohttp.ClientSession(headers=AUTH) as session:
+        async with session.get(daemon_url + "/v1/status") as response:
+            leases = (await response.json())["leases"]
+        assert leases == {"live": 1, "units": answer["granted"]}
+        async with session.get(daemon_url + "/v1/leases/t_req") as response:
+            (lease,) = (await response.json())["leases"]
+        assert lease["holder"] == "h1" and lease["holds"] == answer["granted"] and lease["expires_in_s"] > 0
+        async with session.get(daemon_url + "/metrics") as response:
+            assert 'tiergate_lease_exchanges_total{outcome="granted"} 1.0' in await response.text()

@@ -19,11 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tiergate.errors import BadRequestError, EngineUnavailableError
 from tiergate.sync_daemon.leases.sizing import Ask
-from tiergate.sync_daemon.leases.store import Granted, Pool, exchange, outstanding
+from tiergate.sync_daemon.leases.store import Granted, Pool, exchange, outstanding, totals
 from tiergate.sync_daemon.mirror.lookup import TenantRecord, read_account, read_counters
 from tiergate.sync_daemon.mirror.overrides import tenant_overrides
 from tiergate.sync_daemon.mirror.store import Sql
-from tiergate.sync_daemon.state import CATALOG, MIRROR, SETTINGS
+from tiergate.sync_daemon.state import CATALOG, METRICS, MIRROR, SETTINGS
 from tiergate.sync_daemon.support.answers import tenant_input
 from tiergate.sync_daemon.support.api import ANSWERS
 from tiergate.web import json_response, require_bearer, validate
@@ -77,6 +77,17 @@ async def post_lease(request: web.Request) -> web.Response:
     granted: Granted = await request.app[MIRROR].transact(
         lambda txn: exchange(txn, pool, units, limit, time.time(), ttl_s)
     )
+    outcome = (
+        "release"
+        if ask.release
+        else "granted"
+        if granted.added
+        else "renewed"
+        if ask.want == 0
+        else "none_free"
+    )
+    request.app[METRICS].lease_exchanges.labels(outcome).inc()
+    request.app[METRICS].leases_expired.inc(granted.expired)
     return json_response(
         {
             "holder": ask.holder,
@@ -136,6 +147,13 @@ async def get_leases(request: web.Request) -> web.Response:
     now = time.time()
     found = await request.app[MIRROR].read(lambda sql: outstanding(sql, tenant, now))
     return json_response({"tenant": tenant, "leases": found})
+
+
+async def lease_totals(app: web.Application) -> dict[str, int]:
+    """Live leases and the units they hold, across tenants (the daemon's /v1/status)."""
+    now = time.time()
+    live, units = await app[MIRROR].read(lambda sql: totals(sql, now))
+    return {"live": live, "units": units}
 
 
 def add_lease_routes(app: web.Application, ttl_s: float) -> None:
