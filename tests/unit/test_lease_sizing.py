@@ -43,19 +43,22 @@ def test_release_returns_what_is_unspent_and_keeps_what_is_not_counted_yet() -> 
 
 def test_a_slice_spends_only_what_was_granted_before_its_deadline() -> None:
     lease = Slice("t", "exports")
-    assert not lease.usable(0.0, 1)  # nothing asked yet
-    lease.answered(100.0, 1e9, {"window": "2026-12-01T00:00:00Z", "granted": 3, "free": 7, "ttl_s": 30})
-    assert lease.usable(101.0, 3) and not lease.usable(101.0, 4)
+    window = {"window": "2026-12-01T00:00:00Z", "window_end_epoch": 4e9, "ttl_s": 30}
+    assert not lease.usable(0.0, 0.0, 1)  # nothing asked yet
+    lease.answered(100.0, {**window, "granted": 3, "free": 7})
+    assert lease.usable(101.0, 0.0, 3) and not lease.usable(101.0, 0.0, 4)
     lease.spend(101.0, 3)
-    assert lease.available(101.0) == 0
-    lease.answered(102.0, 1e9, {"window": "2026-12-01T00:00:00Z", "granted": 2, "free": 0, "ttl_s": 30})
+    assert lease.available(101.0, 0.0) == 0
+    lease.answered(102.0, {**window, "granted": 2, "free": 0})
     assert lease.granted == 3  # an older, smaller cumulative grant arriving late changes nothing
     assert lease.exhausted
-    lease.answered(103.0, 1e9, {"window": "2026-12-01T00:00:00Z", "granted": 5, "free": 0, "ttl_s": 30})
-    assert not lease.usable(103.0 + 30 * DEADLINE_SHARE, 1)  # past the deadline: the daemon may expire it
+    lease.answered(103.0, {**window, "granted": 5, "free": 0})
+    assert not lease.usable(
+        103.0 + 30 * DEADLINE_SHARE, 0.0, 1
+    )  # past the deadline: the daemon may expire it
 
 
 def test_a_slice_stops_at_the_end_of_its_window() -> None:
     lease = Slice("t", "exports")
-    lease.answered(0.0, 5.0, {"window": "w", "granted": 10, "free": 90, "ttl_s": 30})
-    assert lease.usable(4.9, 1) and not lease.usable(5.0, 1)
+    lease.answered(0.0, {"window": "w", "window_end_epoch": 1000.0, "granted": 10, "free": 90, "ttl_s": 30})
+    assert lease.usable(1.0, 999.9, 1) and not lease.usable(1.0, 1000.0, 1)

@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from tiergate.catalog import Catalog
 from tiergate.errors import BadRequestError, EngineUnavailableError
 from tiergate.models import FeatureName, Quantity, TenantId
 from tiergate.policy.engine import PolicyBundle
@@ -172,6 +173,7 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
     app[METRICS].watch_outbox(outbox)
     app[OUTBOX] = outbox
     app[RECORDER] = UsageRecorder(outbox, ledger, decisions, reader, lambda: _bundle(app))
+    decisions.catalog = lambda: _catalog(app)
     if settings.daemon_url is not None:
         delivery = Delivery(
             outbox,
@@ -192,6 +194,7 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
         leases = app[LEASES] = Leases(
             HttpLeaseClient(str(settings.daemon_url), settings.sent_feed_token),
             wait_s=settings.lease_wait_ms / 1000,
+            wall=lambda: decisions.clock(),  # the clock usage events are stamped with
         )
         app[RECORDER].leases = leases
         delivery.on_answered = leases.delivered
@@ -220,6 +223,11 @@ def _bundle(app: web.Application) -> PolicyBundle:
     if bundle is None:
         raise EngineUnavailableError("no catalog loaded yet: usage codes cannot be checked")
     return bundle
+
+
+def _catalog(app: web.Application) -> Catalog | None:
+    bundle = app[POLICIES].reloader.bundle
+    return bundle.catalog if bundle is not None else None
 
 
 def add_usage_routes(app: web.Application) -> None:

@@ -65,19 +65,19 @@ class Leases:
     async def take(self, tenant: str, code: str, quantity: int) -> bool:
         """Spend `quantity` from the tenant's lease of `code`, refilling once if it must."""
         lease = self._slice(tenant, code)
-        now = self.clock()
-        if not lease.usable(now, quantity):
+        now, wall = self.clock(), self.wall()
+        if not lease.usable(now, wall, quantity):
             self.stats.waits += 1
-            refill = self._refill(lease, need=quantity - max(0, lease.available(now)))
+            refill = self._refill(lease, need=quantity - lease.available(now, wall))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(refill), self.wait_s)
             lease = self._slice(tenant, code)  # a new window may have replaced it
-            now = self.clock()
-            if not lease.usable(now, quantity):
+            now, wall = self.clock(), self.wall()
+            if not lease.usable(now, wall, quantity):
                 self.stats.unavailable += 1
                 return False
         lease.spend(now, quantity)
-        if lease.low(now) and (tenant, code) not in self._refills:
+        if lease.low(now, wall) and (tenant, code) not in self._refills:
             self._refill(lease, need=0)
         return True
 
@@ -101,7 +101,7 @@ class Leases:
         daemon will expire it) is left to expire and a new holder starts from nothing."""
         key = (tenant, code)
         lease = self._slices.get(key)
-        lapsed = lease is not None and lease.window is not None and self.clock() >= lease.deadline
+        lapsed = lease is not None and lease.window is not None and not lease.live(self.clock(), self.wall())
         if lease is None or (lapsed and key not in self._refills):
             lease = self._slices[key] = Slice(tenant, code)
         return lease
@@ -121,7 +121,6 @@ class Leases:
             if self._slices.get((lease.tenant, lease.code)) is lease:
                 del self._slices[(lease.tenant, lease.code)]
         sent_at = self.clock()
-        now_wall = self.wall()
         want = 0 if release else lease.want(sent_at, need)
         try:
             answer = await self.client.exchange(
@@ -137,13 +136,12 @@ class Leases:
                 del self._refills[(lease.tenant, lease.code)]
         self.stats.refills += 1
         self.stats.timed(self.clock() - sent_at)
-        window_left_s = float(answer.get("window_end_epoch", now_wall + 1e9)) - now_wall
         current = self._slices.get((lease.tenant, lease.code))
         if lease.window is not None and answer["window"] != lease.window and current is lease:
             lease = self._slices[(lease.tenant, lease.code)] = Slice(
                 lease.tenant, lease.code, holder=lease.holder
             )
-        lease.answered(sent_at, window_left_s, answer)
+        lease.answered(sent_at, answer)
 
     async def _renew_forever(self) -> None:
         while True:
@@ -175,9 +173,9 @@ class Leases:
 
     def held(self) -> tuple[int, int]:
         """(leases held, units they can still spend)."""
-        now = self.clock()
+        now, wall = self.clock(), self.wall()
         held = [lease for lease in self._slices.values() if lease.window is not None and not lease.unlimited]
-        return len(held), sum(max(0, lease.available(now)) for lease in held)
+        return len(held), sum(max(0, lease.available(now, wall)) for lease in held)
 
     def status(self) -> dict[str, object]:
         held, units = self.held()

@@ -34,19 +34,21 @@ class Slice:
     spent: int = 0
     acked: int = 0
     unlimited: bool = False
-    deadline: float = 0.0  # monotonic: no spending at or after it
+    deadline: float = 0.0  # monotonic: no spending at or after it (the daemon may expire the lease)
+    window_end: float = 0.0  # wall clock, epoch seconds: its units count in no later window
     exhausted: bool = False  # the daemon's last answer left nothing free for anyone
     last_used: float = 0.0
     spends: deque[tuple[float, int]] = field(default_factory=deque)
     recent: int = 0  # the units in `spends`
 
-    def available(self, now: float) -> int:
-        if now >= self.deadline:
-            return 0
-        return self.granted - self.spent
+    def live(self, now: float, wall: float) -> bool:
+        return now < self.deadline and wall < self.window_end
 
-    def usable(self, now: float, quantity: int) -> bool:
-        return now < self.deadline and (self.unlimited or self.available(now) >= quantity)
+    def available(self, now: float, wall: float) -> int:
+        return self.granted - self.spent if self.live(now, wall) else 0
+
+    def usable(self, now: float, wall: float, quantity: int) -> bool:
+        return self.live(now, wall) and (self.unlimited or self.available(now, wall) >= quantity)
 
     def spend(self, now: float, quantity: int) -> None:
         self.spent += quantity
@@ -63,22 +65,23 @@ class Slice:
         """Units to ask for: what a check waits for plus a few seconds of spend at the recent rate."""
         return need + max(MIN_WANT, round(self.rate(now) * REFILL_AHEAD_S))
 
-    def low(self, now: float) -> bool:
+    def low(self, now: float, wall: float) -> bool:
         """Worth refilling ahead of need (off the request path)."""
         if self.unlimited or self.exhausted:
             return False
-        return self.available(now) <= max(1.0, self.rate(now) * LOW_WATER_S)
+        return self.available(now, wall) <= max(1.0, self.rate(now) * LOW_WATER_S)
 
-    def answered(self, sent_at: float, window_left_s: float, answer: dict[str, object]) -> None:
-        """Adopt the daemon's answer to a request sent at `sent_at` (monotonic); `window_left_s`:
-        how long the leased window still runs (its units count in no later window)."""
+    def answered(self, sent_at: float, answer: dict[str, object]) -> None:
+        """Adopt the daemon's answer to a request sent at `sent_at` (monotonic)."""
         self.window = str(answer["window"])
         self.unlimited = bool(answer.get("unlimited"))
         granted, free, ttl_s = answer.get("granted", 0), answer.get("free", 0), answer.get("ttl_s", 0)
+        end = answer.get("window_end_epoch", 0)
         self.granted = max(self.granted, granted if isinstance(granted, int) else 0)
         self.exhausted = isinstance(free, int) and free <= 0
+        self.window_end = float(end) if isinstance(end, int | float) else 0.0
         lease_s = float(ttl_s) * DEADLINE_SHARE if isinstance(ttl_s, int | float) else 0.0
-        self.deadline = max(self.deadline, sent_at + min(lease_s, window_left_s))
+        self.deadline = max(self.deadline, sent_at + lease_s)
 
     def ack(self, units: int) -> None:
         self.acked += units

@@ -17,7 +17,7 @@ from tiergate.errors import BadRequestError, ConflictError
 from tiergate.models import Decision
 from tiergate.periods import rfc3339
 from tiergate.policy.engine import PolicyBundle
-from tiergate.sidecar.decisions.policy_io import period_for
+from tiergate.sidecar.decisions.policy_io import period_for, window_for
 from tiergate.sidecar.decisions.service import DecisionService
 from tiergate.sidecar.leases.holder import Leases
 from tiergate.sidecar.replica.store import AccountRow, ReplicaReader
@@ -176,7 +176,8 @@ class UsageRecorder:
         self, tenant: str, code: str, quantity: int, tid: str, counted: bool, metric: Metric
     ) -> list[Entry]:
         at = datetime.fromtimestamp(self.decisions.clock(), UTC)
-        period_start = period_for(self.reader.account(tenant), at, rfc3339(at) or "")[0]
+        window = window_for(self.bundle().catalog, code, at)
+        period_start = (window or period_for(self.reader.account(tenant), at, rfc3339(at) or ""))[0]
         if not counted:
             props = {str(metric.field): quantity}
             return [Entry(ValidEvent(tenant, tid, code, at, quantity, props), period_start)]
@@ -187,6 +188,9 @@ class UsageRecorder:
     def _period(self, event: ValidEvent, rows: dict[str, AccountRow | None]) -> str:
         if event.gauge:
             return GAUGE_PERIOD_START  # never reset: read beside every period
+        window = window_for(self.bundle().catalog, event.code, event.at)
+        if window is not None:
+            return window[0]
         if event.tenant not in rows:
             rows[event.tenant] = self.reader.account(event.tenant)
         return period_for(rows[event.tenant], event.at, rfc3339(event.at) or "")[0]

@@ -9,6 +9,7 @@ lost on the way is made good by the next one.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
@@ -18,6 +19,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from tiergate.errors import BadRequestError, EngineUnavailableError
+from tiergate.periods import rfc3339
 from tiergate.sync_daemon.leases.sizing import Ask
 from tiergate.sync_daemon.leases.store import Granted, Pool, exchange, outstanding, totals
 from tiergate.sync_daemon.mirror.lookup import TenantRecord, read_account, read_counters
@@ -29,6 +31,19 @@ from tiergate.sync_daemon.support.api import ANSWERS
 from tiergate.web import json_response, require_bearer, validate
 
 LEASE_TTL_S = web.AppKey("lease_ttl_s", float)
+
+
+@dataclass
+class LeaseClock:
+    """The clock leases and windows are read on (a test sets `read` to walk through windows)."""
+
+    read: Callable[[], float] = time.time
+
+    def __call__(self) -> float:
+        return self.read()
+
+
+LEASE_CLOCK = web.AppKey("lease_clock", LeaseClock)
 MAX_UNITS = 10**12  # cumulative units a request may report: far above any limit, far below overflow
 Units = Annotated[int, Field(ge=0, le=MAX_UNITS)]
 
@@ -63,7 +78,8 @@ async def post_lease(request: web.Request) -> web.Response:
     if metric is None or metric.enforcement != "leased":
         leased = sorted(c for c, m in request.app[CATALOG].metrics.items() if m.enforcement == "leased")
         raise BadRequestError(f"{ask.code!r} is not a leased metric (leased: {leased})", field="code")
-    terms = await _terms(request.app, ask.tenant, ask.code)
+    now = request.app[LEASE_CLOCK]()
+    terms = await _terms(request.app, ask.tenant, ask.code, now)
     ttl_s = request.app[LEASE_TTL_S]
     window = {
         "window": terms.window,
@@ -75,7 +91,7 @@ async def post_lease(request: web.Request) -> web.Response:
     units = Ask(ask.holder, ask.acked, ask.spent, ask.want, ask.need, ask.rate, ask.release)
     limit = terms.limit
     granted: Granted = await request.app[MIRROR].transact(
-        lambda txn: exchange(txn, pool, units, limit, time.time(), ttl_s)
+        lambda txn: exchange(txn, pool, units, limit, now, ttl_s)
     )
     outcome = (
         "release"
@@ -111,7 +127,7 @@ def _parse(body: bytes) -> LeaseRequest:
     return validate(LeaseRequest, raw)
 
 
-async def _terms(app: web.Application, tenant: str, code: str) -> Terms:
+async def _terms(app: web.Application, tenant: str, code: str, now: float) -> Terms:
     answers = app[ANSWERS]
     if answers.bundle is None:
         raise EngineUnavailableError(
@@ -119,12 +135,15 @@ async def _terms(app: web.Application, tenant: str, code: str) -> Terms:
             "see TIERGATE_POLICIES and TIERGATE_PLANS"
         )
     record = await app[MIRROR].read(lambda sql: _facts(sql, tenant))
-    facts = tenant_input(record, datetime.now(UTC).replace(microsecond=0))
+    moment = datetime.fromtimestamp(now, UTC)
+    facts = tenant_input(record, moment.replace(microsecond=0))
     answer = await answers.decide(facts, code)
     if answer.reason == "policy_error":
         raise EngineUnavailableError(f"the policy gave no answer for {tenant!r} {code!r}: nothing to lease")
     limit = answer.limit if answer.allow or answer.reason == "limit_exceeded" else 0
-    return Terms(limit, facts.period[0], facts.period[1])
+    window = app[CATALOG].usage_window(code, moment)  # a metric's own window, else the period
+    start, end = (rfc3339(window[0]) or "", rfc3339(window[1]) or "") if window else facts.period
+    return Terms(limit, start, end)
 
 
 def _facts(sql: Sql, tenant: str) -> TenantRecord:
@@ -144,19 +163,20 @@ def _facts(sql: Sql, tenant: str) -> TenantRecord:
 async def get_leases(request: web.Request) -> web.Response:
     require_bearer(request, request.app[SETTINGS].feed_token.get_secret_value())
     tenant = request.match_info["tenant"]
-    now = time.time()
+    now = request.app[LEASE_CLOCK]()
     found = await request.app[MIRROR].read(lambda sql: outstanding(sql, tenant, now))
     return json_response({"tenant": tenant, "leases": found})
 
 
 async def lease_totals(app: web.Application) -> dict[str, int]:
     """Live leases and the units they hold, across tenants (the daemon's /v1/status)."""
-    now = time.time()
+    now = app[LEASE_CLOCK]()
     live, units = await app[MIRROR].read(lambda sql: totals(sql, now))
     return {"live": live, "units": units}
 
 
 def add_lease_routes(app: web.Application, ttl_s: float) -> None:
     app[LEASE_TTL_S] = ttl_s
+    app[LEASE_CLOCK] = LeaseClock()
     app.router.add_post("/v1/leases", post_lease)
     app.router.add_get("/v1/leases/{tenant}", get_leases)
