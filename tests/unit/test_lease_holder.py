@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from tiergate.client.gate import denial
+from tiergate.models import Decision, PolicyAnswer
 from tiergate.sidecar.leases.client import LeaseUnavailableError
 from tiergate.sidecar.leases.holder import Leases
 from tiergate.sidecar.leases.slice import Slice
@@ -70,3 +72,19 @@ async def test_acknowledged_units_are_reported_and_release_gives_back_the_rest()
     leases.delivered([("t", "a"), ("t", "b"), ("t", "unknown")])
     await leases.close()
     assert daemon.asked[-1] == {"acked": 2, "spent": 2, "want": 0, "need": 0, "release": True}
+
+
+def test_an_app_gate_answers_quota_unavailable_with_429_and_a_short_retry() -> None:
+    answer = PolicyAnswer(allow=False, reason="quota_unavailable", tier="free")
+    decision = Decision.of(
+        answer,
+        tenant="t",
+        feature="exports",
+        quantity=1,
+        decision_id="d",
+        policy_revision="r",
+        data_as_of=None,
+        stale=False,
+    )
+    denied = denial(decision)
+    assert denied is not None and denied.status == 429 and denied.headers == {"Retry-After": "1"}
