@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Context, Decimal, Inexact, InvalidOperation, Overflow
 from typing import Literal
 
@@ -21,6 +21,8 @@ Category = Literal["paid", "promotional"]
 CATEGORIES: tuple[Category, ...] = ("paid", "promotional")
 MAX_CREDITS = 10**12  # the largest amount one grant, pack or cost may carry
 _EXACT = Context(prec=80, traps=[Inexact, InvalidOperation, Overflow])
+_NEVER = datetime.max.replace(tzinfo=UTC)  # a grant without an expiry sorts after every expiry
+_ROUND_UP = Context(prec=80, rounding=ROUND_CEILING, traps=[InvalidOperation, Overflow])  # rounds on purpose
 
 
 def credit_amount(value: object, decimals: int = MAX_SCALE, *, positive: bool = True) -> Amount:
@@ -50,7 +52,7 @@ def subtract(left: Amount, right: Amount) -> Amount:
 def cost_of(unit_cost: Amount, quantity: Amount, decimals: int) -> Amount:
     """What `quantity` units cost at `unit_cost` each, rounded up to `decimals` digits."""
     product = _EXACT.multiply(Decimal(unit_cost), Decimal(quantity))
-    rounded = product.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_CEILING, context=_EXACT)
+    rounded = product.quantize(Decimal(1).scaleb(-decimals), context=_ROUND_UP)
     return exact(rounded)
 
 
@@ -71,14 +73,12 @@ class LiveGrant:
         return in_force and self.remaining > 0
 
 
-def burn_key(grant: LiveGrant) -> tuple[int, int, datetime, int, datetime, int]:
+def burn_key(grant: LiveGrant) -> tuple[int, datetime, int, datetime, int]:
     """Priority (lower first), then the soonest expiry (none last), then promotional before paid,
     then the oldest."""
-    never = 1 if grant.expires_at is None else 0
-    expiry = grant.expires_at or grant.effective_at
+    expiry = grant.expires_at or _NEVER
     return (
         grant.priority,
-        never,
         expiry,
         0 if grant.category == "promotional" else 1,
         grant.effective_at,

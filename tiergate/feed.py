@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 import os
 import socket
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from tiergate.amounts import Amount, Counter, policy_units, stored
+from tiergate.amounts import Amount, Counter, add, negate, policy_units, stored, total
 from tiergate.catalog import FeatureValue, Quota
 from tiergate.models import Account, TenantId, UsageCounter
 
@@ -72,6 +73,45 @@ def value_document(value: bool | Quota) -> bool | dict[str, Any]:
     return value if isinstance(value, bool) else value.model_dump(exclude_none=True)
 
 
+class FeedCreditGrant(BaseModel):
+    """What is left of one grant, and when it counts: from `effective_at` until `expires_at`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    remaining: Counter
+    effective_at: AwareDatetime
+    expires_at: AwareDatetime | None = None
+
+
+class FeedCredits(BaseModel):
+    """A tenant's state of one credit type (docs/credits.md): its unspent grants with their times,
+    so a follower knows the balance at any moment until the next change, and a debt (usage beyond
+    the balance) the next grant repays."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    tenant: TenantId
+    credit_type: str
+    debt: Counter = 0
+    grants: list[FeedCreditGrant] = []
+
+    def balance(self, now: datetime) -> Amount:
+        spendable = [
+            g.remaining
+            for g in self.grants
+            if g.effective_at <= now and (g.expires_at is None or now < g.expires_at)
+        ]
+        return add(total(spendable), negate(self.debt))
+
+    def next_expiry(self, now: datetime) -> datetime | None:
+        ends = [
+            g.expires_at
+            for g in self.grants
+            if g.expires_at is not None and g.effective_at <= now < g.expires_at
+        ]
+        return min(ends) if ends else None
+
+
 # The kinds this version applies. A newer daemon may send others: a sidecar skips them (and
 # still advances its position), so daemons can be upgraded before sidecars.
 KNOWN_KINDS = frozenset({"account", "usage", "override"})
@@ -93,6 +133,7 @@ class FeedChange(BaseModel):
     account: FeedAccount | None = None
     usage: FeedUsage | None = None
     override: FeedOverride | None = None
+    credits: FeedCredits | None = None
     feature: str | None = None
 
 

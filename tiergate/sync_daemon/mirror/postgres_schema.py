@@ -293,6 +293,54 @@ CREATE INDEX decision_records_by_received_at ON decision_records (received_at);
 # One index fewer per stored usage event (docs/adr/0032); the SQLite twin is m015.
 V8 = "DROP INDEX IF EXISTS usage_events_by_tenant_time;"
 
+# The credits ledger (docs/adr/0042-credits-ledger.md) and the feed's `credits` kind; the SQLite
+# twin is m016.
+V9 = """
+CREATE TABLE credit_grants (
+    id text PRIMARY KEY,
+    tenant text NOT NULL,
+    credit_type text NOT NULL,
+    amount numeric NOT NULL,
+    remaining numeric NOT NULL,
+    category text NOT NULL CHECK (category IN ('paid', 'promotional')),
+    priority integer NOT NULL,
+    effective_at text NOT NULL,
+    expires_at text,
+    source text NOT NULL CHECK (source IN ('plan', 'rollover', 'purchase', 'manual', 'stripe')),
+    source_ref text NOT NULL,
+    state text NOT NULL CHECK (state IN ('active', 'expired', 'voided')),
+    actor text,
+    reason text,
+    created bigint NOT NULL,
+    created_at text NOT NULL,
+    UNIQUE (tenant, source, source_ref)
+);
+CREATE INDEX credit_grants_by_tenant ON credit_grants (tenant, credit_type, state);
+CREATE INDEX credit_grants_by_expiry ON credit_grants (state, expires_at);
+CREATE TABLE credit_entries (
+    id bigserial PRIMARY KEY,
+    tenant text NOT NULL,
+    credit_type text NOT NULL,
+    grant_id text,
+    kind text NOT NULL
+        CHECK (kind IN ('grant', 'debit', 'expire', 'void', 'rollover', 'overdraft', 'repay')),
+    amount numeric NOT NULL,
+    transaction_id text,
+    at text NOT NULL
+);
+CREATE INDEX credit_entries_by_tenant ON credit_entries (tenant, id);
+CREATE TABLE credit_debits (
+    tenant text NOT NULL,
+    transaction_id text NOT NULL,
+    credit_type text NOT NULL,
+    amount numeric NOT NULL,
+    at text NOT NULL,
+    PRIMARY KEY (tenant, transaction_id)
+);
+ALTER TABLE changes DROP CONSTRAINT changes_kind_check;
+ALTER TABLE changes ADD CONSTRAINT changes_kind_check CHECK (kind IN ('account', 'usage', 'override', 'credits'));
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial", V1),
     (2, "exact_usage_values", V2),
@@ -302,6 +350,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (6, "account_versions", V6),
     (7, "decision_records", V7),
     (8, "one_index_fewer_per_event", V8),
+    (9, "credits", V9),
 ]
 
 
