@@ -21,6 +21,7 @@ from tiergate.catalog import Catalog, load_catalog
 from tiergate.serve import Listener, serve
 from tiergate.sync_daemon.billing.actions import BillingActions
 from tiergate.sync_daemon.billing.api import add_billing_routes, billing_actions_ctx
+from tiergate.sync_daemon.credits.api import add_credit_routes
 from tiergate.sync_daemon.leader import Leader, PostgresLeader, SoleLeader, when_leading
 from tiergate.sync_daemon.metrics import DaemonMetrics
 from tiergate.sync_daemon.mirror.backends import mirror_for
@@ -142,6 +143,7 @@ def create_app(
     add_ops_routes(app)
     add_billing_routes(app)
     add_override_routes(app)
+    add_credit_routes(app)
     add_outbound_routes(app)
     add_usage_routes(app, catalog)
     add_support_routes(app)

@@ -11,6 +11,8 @@ from aiohttp import web
 from tiergate import exact_json
 from tiergate.catalog import Catalog
 from tiergate.errors import BadRequestError, NotFoundError
+from tiergate.sync_daemon.credits.events import balance_events, send
+from tiergate.sync_daemon.credits.usage import debit_usage
 from tiergate.sync_daemon.mirror.store import MirrorTxn
 from tiergate.sync_daemon.mirror.usage import (
     IngestResult,
@@ -20,7 +22,7 @@ from tiergate.sync_daemon.mirror.usage import (
     number_stored_events,
     tenant_usage,
 )
-from tiergate.sync_daemon.state import APPLIER, MIRROR, SETTINGS
+from tiergate.sync_daemon.state import APPLIER, CATALOG, MIRROR, SETTINGS
 from tiergate.sync_daemon.usage_query import encode_cursor, parse_query
 from tiergate.usage_events import EventError, ValidEvent, parse_event
 from tiergate.web import json_response, query_params, require_bearer
@@ -54,10 +56,14 @@ async def ingest_batch(request: web.Request) -> web.Response:
     events = [event for _, event in valid]
     outbound = request.app[APPLIER].outbound
 
+    catalog = request.app[CATALOG]
+
     def ingest(txn: MirrorTxn) -> IngestResult:
         result = ingest_events(txn, events, now)
+        moved = debit_usage(txn, catalog, events, result.inserted, now)  # credits, in the same commit
         if outbound is not None:  # alerts commit with the counters that reach them
             outbound.usage_changed(txn, result.counters)
+            send(txn, outbound.endpoints, [e for m in moved for e in balance_events(catalog, m)])
         return result
 
     # The seq at commit: every counted event (also one counted earlier, on any daemon) is at or below it.

@@ -149,9 +149,10 @@ async def test_void_takes_only_the_unspent_part(mirror: Mirror) -> None:
     voided_id = await give(mirror, grant("2.5", "a"))
     await mirror.transact(lambda txn: debit(txn, "t_1", AI, "tx", Decimal("1.25"), NOW))
     result = await mirror.transact(lambda txn: void_grant(txn, "t_1", voided_id, NOW))
-    assert result is not None and result[1] == Decimal("1.25") and result[0].state == "voided"
+    assert result is not None and result.voided == Decimal("1.25") and result.grant.state == "voided"
+    assert result.moved is not None and (result.moved.before, result.moved.after) == (Decimal("1.25"), 0)
     again = await mirror.transact(lambda txn: void_grant(txn, "t_1", voided_id, NOW))
-    assert again is not None and again[1] == 0
+    assert again is not None and again.voided == 0 and again.moved is None
     assert await mirror.transact(lambda txn: void_grant(txn, "t_1", "cg_nope", NOW)) is None
     assert await balance_of(mirror) == 0
     await assert_ledger_rebuilds(mirror)

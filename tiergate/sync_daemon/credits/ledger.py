@@ -190,17 +190,23 @@ def expire_due(txn: MirrorTxn, now: datetime, limit: int = 500) -> list[tuple[Gr
     return done
 
 
-def void_grant(txn: MirrorTxn, tenant: str, grant_id: str, now: datetime) -> tuple[Grant, Amount] | None:
-    """Void the unspent part of a grant (what was spent stays spent); None: no such grant.
-    Voiding a grant that is no longer active changes nothing and voids 0."""
+@dataclass(frozen=True)
+class Voided:
+    grant: Grant  # as it is now (state `voided` when it was active)
+    voided: Amount  # the unspent part this void took: 0 when the grant was no longer active
+    moved: Moved | None  # the balance's change, None when nothing moved
+
+
+def void_grant(txn: MirrorTxn, tenant: str, grant_id: str, now: datetime) -> Voided | None:
+    """Void the unspent part of a grant (what was spent stays spent); None: no such grant."""
     txn.lock("credits", tenant)
     grant = _grant_by_id(txn.sql, tenant, grant_id)
     if grant is None:
         return None
     if grant.state != "active":
-        return grant, 0
-    _close(txn, grant, "void", "voided", now)
-    return replace(grant, remaining=0, state="voided"), grant.remaining
+        return Voided(grant, 0, None)
+    moved = _close(txn, grant, "void", "voided", now)
+    return Voided(replace(grant, remaining=0, state="voided"), grant.remaining, moved)
 
 
 def grant_by_ref(sql: Sql, tenant: str, source: Source, source_ref: str) -> Grant | None:
