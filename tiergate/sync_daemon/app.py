@@ -22,6 +22,7 @@ from tiergate.serve import Listener, serve
 from tiergate.sync_daemon.billing.actions import BillingActions
 from tiergate.sync_daemon.billing.api import add_billing_routes, billing_actions_ctx
 from tiergate.sync_daemon.credits.api import add_credit_routes
+from tiergate.sync_daemon.credits.jobs import CREDITS_SWEEP_S, sweep
 from tiergate.sync_daemon.leader import Leader, PostgresLeader, SoleLeader, when_leading
 from tiergate.sync_daemon.metrics import DaemonMetrics
 from tiergate.sync_daemon.mirror.backends import mirror_for
@@ -216,6 +217,11 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
         ),
         ("retention", functools.partial(run_retention, app), settings.retention_interval_s, [], None),
     ]
+    if app[CATALOG].credits:  # plan grants of new cycles, rollovers and expiries
+        endpoints = settings.webhook_endpoint_list
+        jobs.append(
+            ("credits", functools.partial(sweep, mirror, app[CATALOG], endpoints), CREDITS_SWEEP_S, [], None)
+        )
     if settings.webhook_endpoint_list:
         outbound = app[APPLIER].outbound
         assert outbound is not None

@@ -209,6 +209,19 @@ def void_grant(txn: MirrorTxn, tenant: str, grant_id: str, now: datetime) -> Voi
     return Voided(replace(grant, remaining=0, state="voided"), grant.remaining, moved)
 
 
+def take_for_rollover(txn: MirrorTxn, grant: Grant, part: Amount, now: datetime) -> Grant:
+    """Move `part` of an ended grant's leftover out (a `rollover` entry) for the next cycle's grant."""
+    _entry(txn.sql, grant.tenant, grant.credit_type, grant.id, "rollover", negate(part), None, now)
+    left = subtract(grant.remaining, part)
+    _set_remaining(txn.sql, grant.id, left, "active")
+    return replace(grant, remaining=left)
+
+
+def expire_grant(txn: MirrorTxn, grant: Grant, now: datetime) -> Moved:
+    """Expire one grant now (the caller holds the tenant's credits lock): its leftover goes."""
+    return _close(txn, grant, "expire", "expired", now)
+
+
 def grant_by_ref(sql: Sql, tenant: str, source: Source, source_ref: str) -> Grant | None:
     return _grant_by_ref(sql, tenant, source, source_ref)
 

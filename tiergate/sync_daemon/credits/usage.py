@@ -15,6 +15,7 @@ from tiergate.catalog import Catalog
 from tiergate.credits import cost_of
 from tiergate.models import ENDED_STATUSES
 from tiergate.sync_daemon.credits.ledger import Moved, debit
+from tiergate.sync_daemon.credits.plan_grants import grant_cycle
 from tiergate.sync_daemon.mirror.schema import ACCOUNTS
 from tiergate.sync_daemon.mirror.store import MirrorTxn, Sql
 from tiergate.usage_events import ValidEvent
@@ -29,6 +30,8 @@ def debit_usage(
     if not priced or not catalog.credits:
         return []
     tiers = _tiers(txn.sql, sorted({e.tenant for e in priced}), catalog)
+    for tenant in sorted(t for t, tier in tiers.items() if catalog.tiers[tier].grants):
+        grant_cycle(txn, catalog, tenant, now)  # a first use of the default tier meets its grant
     moved: list[Moved] = []
     for event in sorted(priced, key=lambda e: (e.tenant, e.transaction_id)):
         price = catalog.credit_cost(tiers[event.tenant], event.code)
