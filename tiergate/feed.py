@@ -114,14 +114,15 @@ class FeedCredits(BaseModel):
 
 # The kinds this version applies. A newer daemon may send others: a sidecar skips them (and
 # still advances its position), so daemons can be upgraded before sidecars.
-KNOWN_KINDS = frozenset({"account", "usage", "override"})
+KNOWN_KINDS = frozenset({"account", "usage", "override", "credits"})
 
 
 class FeedChange(BaseModel):
     """One entry of the daemon's change feed (`GET /v1/feed/changes`).
 
     `override` entries are keyed by (tenant, `feature`): an upsert carries the override, a delete
-    only names it.
+    only names it. `credits` entries are keyed by (tenant, credit type): an upsert replaces the
+    type's state.
     """
 
     model_config = ConfigDict(extra="ignore")

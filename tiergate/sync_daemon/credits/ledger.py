@@ -10,6 +10,7 @@ followers as a `credits` change carrying that type's balance (tiergate/feed.py F
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -19,7 +20,7 @@ from typing import Any, Literal
 from tiergate.amounts import Amount, add, from_stored, negate, stored, total
 from tiergate.credits import Category, LiveGrant, allocate, balance, next_expiry, subtract
 from tiergate.periods import parse_rfc3339, rfc3339
-from tiergate.sync_daemon.mirror.schema import CREDIT_DEBITS, CREDIT_ENTRIES, CREDIT_GRANTS
+from tiergate.sync_daemon.mirror.schema import CREDIT_DEBITS, CREDIT_ENTRIES, CREDIT_GRANTS, CREDIT_STATES
 from tiergate.sync_daemon.mirror.store import MirrorTxn, Sql
 
 Source = Literal["plan", "rollover", "purchase", "manual", "stripe"]
@@ -358,7 +359,13 @@ def _balance_of(sql: Sql, tenant: str, credit_type: str, now: datetime) -> Amoun
 def _log(txn: MirrorTxn, tenant: str, credit_type: str, now: datetime) -> Amount:
     """Log the type's state for followers; the balance after the change."""
     state = type_balance(txn.sql, tenant, credit_type, now)
-    txn.append(tenant, "credits", "upsert", state.feed(tenant))
+    body = state.feed(tenant)
+    txn.upsert(
+        CREDIT_STATES,
+        {"tenant": tenant, "credit_type": credit_type, "body": json.dumps(body)},
+        "tenant, credit_type",
+    )
+    txn.append(tenant, "credits", "upsert", body)
     return state.balance
 
 

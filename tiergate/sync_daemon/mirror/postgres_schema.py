@@ -337,6 +337,12 @@ CREATE TABLE credit_debits (
     at text NOT NULL,
     PRIMARY KEY (tenant, transaction_id)
 );
+CREATE TABLE credit_states (
+    tenant text NOT NULL,
+    credit_type text NOT NULL,
+    body text NOT NULL,
+    PRIMARY KEY (tenant, credit_type)
+);
 ALTER TABLE changes DROP CONSTRAINT changes_kind_check;
 ALTER TABLE changes ADD CONSTRAINT changes_kind_check CHECK (kind IN ('account', 'usage', 'override', 'credits'));
 """

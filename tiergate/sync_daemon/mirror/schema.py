@@ -395,6 +395,7 @@ def m015_one_index_fewer_per_event(db: sqlite_utils.Database) -> None:
 CREDIT_GRANTS = "credit_grants"
 CREDIT_ENTRIES = "credit_entries"
 CREDIT_DEBITS = "credit_debits"
+CREDIT_STATES = "credit_states"
 
 
 @MIGRATIONS()
@@ -448,6 +449,16 @@ def m016_credits(db: sqlite_utils.Database) -> None:
             amount NOT NULL,
             at TEXT NOT NULL,
             PRIMARY KEY (tenant, transaction_id)
+        ) WITHOUT ROWID"""
+    )
+    # Each tenant's state of each credit type as followers receive it (the last `credits` change's
+    # body): what a snapshot sends, derived from the grants like their `remaining`.
+    db.execute(
+        f"""CREATE TABLE {CREDIT_STATES} (
+            tenant TEXT NOT NULL,
+            credit_type TEXT NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (tenant, credit_type)
         ) WITHOUT ROWID"""
     )
     _changes_learn_kind(db, "credits")
