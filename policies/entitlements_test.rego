@@ -94,6 +94,7 @@ test_decision_is_the_full_document if {
 		"remaining": 90,
 		"valid_until": period_end,
 		"license_grace_until": null,
+		"credits": null,
 	}
 }
 
@@ -671,4 +672,92 @@ test_a_license_belongs_to_its_tenant_only if {
 	d := decide(request_with("dashboards", {"now": "2027-01-01T00:00:00Z", "license": null}))
 	d.allow == true
 	d.license_grace_until == null
+}
+
+# -- credits: the sidecar computes each check exactly; the policy picks the one that applies -----------
+
+credit_plans := object.union(fixture_plans, {
+	"credits": {"ai_credits": {"decimals": 2}},
+	"tiers": {
+		"free": {"rank": 0, "features": {"tokens": {"credits": {"ai_credits": "0.03"}}, "images": false}},
+		"pro": {"rank": 10, "grace_days": 7, "features": {
+			"tokens": {"credits": {"ai_credits": "0.01"}},
+			"images": {"limit": 5, "credits": {"ai_credits": 2}},
+		}},
+	},
+})
+
+credit_check(balance, cost, sufficient) := {
+	"type": "ai_credits",
+	"balance": balance,
+	"cost": cost,
+	"sufficient": sufficient,
+	"changes_at": null,
+}
+
+decide_credits(doc) := d if {
+	d := entitlements.decision with input as doc with data.plans as credit_plans
+}
+
+test_credits_allow_when_the_check_is_sufficient if {
+	d := decide_credits(request_with("tokens", {"credits": {"tiers": {
+		"free": credit_check("12.5", "0.03", true),
+		"pro": credit_check("12.5", "0.01", true),
+	}}}))
+	d.allow == true
+	d.reason == "ok"
+	d.credits == {"type": "ai_credits", "balance": "12.5", "cost": "0.03"}
+}
+
+test_credits_deny_with_insufficient_credits_on_the_applied_tier if {
+	d := decide_credits(object.union(
+		subscribed("tokens", "pro", "active", {}),
+		{"credits": {"tiers": {"free": credit_check("0.02", "0.03", false), "pro": credit_check("0.02", "0.01", true)}}},
+	))
+	d.allow == true
+	d.credits.cost == "0.01"
+	overdue := decide_credits(object.union(
+		subscribed("tokens", "pro", "past_due", {"past_due_since": "2026-10-01T00:00:00Z"}),
+		{"credits": {"tiers": {"free": credit_check("0.02", "0.03", false), "pro": credit_check("0.02", "0.01", true)}}},
+	))
+	overdue.allow == false
+	overdue.reason == "insufficient_credits" # the applied tier (free) prices it at 0.03
+	overdue.tier == "free"
+}
+
+test_a_plan_denial_stays_the_plans if {
+	d := decide_credits(object.union(
+		subscribed("images", "pro", "active", {}),
+		{"usage": {"images": 5}, "credits": {"tiers": {"pro": credit_check(100, 2, true)}}},
+	))
+	d.allow == false
+	d.reason == "limit_exceeded"
+	free := decide_credits(request_with("images", {"credits": {"tiers": {"pro": credit_check(0, 2, false)}}}))
+	free.reason == "not_in_plan"
+	free.credits == null
+}
+
+test_an_override_without_credits_lifts_the_price if {
+	d := decide_credits(request_with("tokens", {
+		"overrides": {"tokens": {"value": {}, "expires_at": null}},
+		"credits": {"tiers": {"free": credit_check(0, "0.03", false)}},
+	}))
+	d.allow == true
+	d.credits == null
+}
+
+test_an_override_with_credits_is_checked_at_its_price if {
+	d := decide_credits(request_with("tokens", {
+		"overrides": {"tokens": {"value": {"credits": {"ai_credits": 1}}, "expires_at": null}},
+		"credits": {"tiers": {"free": credit_check(5, "0.03", true)}, "override": credit_check(0, 1, false)},
+	}))
+	d.allow == false
+	d.reason == "insufficient_credits"
+	d.credits.cost == 1
+}
+
+test_a_grant_that_expires_bounds_the_answer if {
+	check := object.union(credit_check(5, "0.03", true), {"changes_at": "2026-11-25T00:00:00Z"})
+	d := decide_credits(request_with("tokens", {"credits": {"tiers": {"free": check}}}))
+	d.valid_until == "2026-11-25T00:00:00Z"
 }

@@ -103,6 +103,16 @@ class FeedCredits(BaseModel):
         ]
         return add(total(spendable), negate(self.debt))
 
+    def next_change(self, now: datetime) -> datetime | None:
+        """The next moment the balance changes by time alone: a grant takes effect or expires."""
+        moments = [
+            moment
+            for g in self.grants
+            for moment in (g.effective_at, g.expires_at)
+            if moment is not None and moment > now
+        ]
+        return min(moments) if moments else None
+
     def next_expiry(self, now: datetime) -> datetime | None:
         ends = [
             g.expires_at

@@ -24,9 +24,10 @@ def build_input(
     replica_age_s: float | None,
     overrides: Mapping[str, Any] | None = None,
     license: Mapping[str, Any] | None = None,
+    credits: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The input document of policies/entitlements.rego (see docs/policies.md)."""
-    return {
+    document = {
         "tenant": tenant,
         "feature": feature,
         "quantity": quantity,
@@ -42,9 +43,24 @@ def build_input(
         # The signed license the tenant's account comes from: its dates (null: no license).
         "license": license,
     }
+    if credits is not None:  # a credit-priced feature: the exact checks (docs/credits.md)
+        document["credits"] = credits
+    return document
 
 
 _CANONICAL = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+
+
+def _credits_or_none(value: object) -> dict[str, Any] | None:
+    """The answer's `credits` ({type, balance, cost}), as the policy gave it; None otherwise."""
+    if not isinstance(value, dict):
+        return None
+    kept = {k: value.get(k) for k in ("type", "balance", "cost")}
+    if not isinstance(kept["type"], str):
+        return None
+    if not all(isinstance(kept[k], int | str) and not isinstance(kept[k], bool) for k in ("balance", "cost")):
+        return None
+    return kept
 
 
 class PolicyAnswerError(ValueError):
@@ -76,6 +92,7 @@ def parse_answer(answer: object) -> PolicyAnswer:
         valid_until=_time_or_none(answer.get("valid_until")),
         paid_tier=paid_tier if isinstance(paid_tier, str) else None,
         license_grace_until=_time_or_none(answer.get("license_grace_until")),
+        credits=_credits_or_none(answer.get("credits")),
     )
 
 

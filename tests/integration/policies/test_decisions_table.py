@@ -209,6 +209,7 @@ def test_decision(
         "remaining",
         "valid_until",
         "license_grace_until",
+        "credits",
     }
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal, NamedTuple
 
 import orjson
 
+from tiergate.catalog import Catalog, Quota
 from tiergate.errors import PolicyError, ReplicaNotReadyError, TierError
 from tiergate.log import host_safe_logger
 from tiergate.models import Decision, PolicyAnswer
@@ -21,6 +22,7 @@ from tiergate.periods import rfc3339
 from tiergate.policy.document import PolicyAnswerError, build_input, parse_answer, policy_error_decision
 from tiergate.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyEngine
 from tiergate.sidecar.decisions.cache import DecisionCache, Materialised
+from tiergate.sidecar.decisions.credits_input import HeldCredits, credit_priced, credits_input, no_holds
 from tiergate.sidecar.decisions.decision_log import DecisionLog
 from tiergate.sidecar.decisions.policy_io import account_document, expiry_epoch, period_for
 from tiergate.sidecar.decisions.records import DecisionRecords
@@ -114,6 +116,9 @@ class DecisionService:
         self._adopt(reader.meta)
         reader.subscribe(self._replica_changed)
         self._usage_scope: tuple[str | None, str | None] = (None, None)  # (scope, of this revision)
+        # The live bundle's catalog (credit prices); the holds' credits (docs/credits.md).
+        self.catalog: Callable[[], Catalog | None] = lambda: None
+        self.held_credits: HeldCredits = no_holds
         ledger.subscribe_usage(self._usage_changed)  # pending usage changes its tenant's answers
 
     def replica_age(self, now: float | None = None) -> float | None:
@@ -158,7 +163,10 @@ class DecisionService:
         if self.records is not None:
             self.records.forget(tenant)
         scope, revision = self._usage_scope
-        if code is not None and scope == "feature" and revision == self.engine.revision:
+        catalog = self.catalog()
+        if code is not None and catalog is not None and credit_priced(catalog, code):
+            self.cache.invalidate(tenant)  # the balance every credit-priced feature reads moved
+        elif code is not None and scope == "feature" and revision == self.engine.revision:
             self.cache.invalidate_feature(tenant, code)
         else:
             self.cache.invalidate(tenant)
@@ -373,6 +381,7 @@ class DecisionService:
         row = self.reader.account(tenant)
         period = period_for(row, datetime.fromtimestamp(now, UTC), now_text)
         usage = await self.ledger.usage(self.reader, tenant, period[0])
+        overrides = self.reader.overrides(tenant)
         document = build_input(
             tenant=tenant,
             feature=feature,
@@ -382,10 +391,40 @@ class DecisionService:
             usage=usage,
             period=period,
             replica_age_s=age,
-            overrides=self.reader.overrides(tenant),
+            overrides=overrides,
             license=license,
+            credits=self._credits(tenant, feature, quantity, row, period[0], overrides, now),
         )
         return PolicyInput(document, row)
+
+    def _credits(
+        self,
+        tenant: str,
+        feature: str,
+        quantity: int,
+        row: AccountRow | None,
+        period_start: str,
+        overrides: dict[str, Any],
+        now: float,
+    ) -> dict[str, Any] | None:
+        """`input.credits` when the catalog prices the feature in credits (see credits_input)."""
+        catalog = self.catalog()
+        if catalog is None or not catalog.credits:
+            return None
+        found = overrides.get(feature)
+        override = _quota(found.get("value")) if isinstance(found, dict) else None
+        return credits_input(
+            catalog,
+            tenant=tenant,
+            feature=feature,
+            quantity=quantity,
+            account_tier=row.tier if row is not None else None,
+            states=self.reader.credits(tenant),
+            pending=lambda code: self.ledger.total(tenant, code, period_start),
+            held=self.held_credits,
+            override_value=override,
+            now=datetime.fromtimestamp(now, UTC),
+        )
 
     async def _record(self, decision: dict[str, Any], answer: bytes, given: PolicyInput | None) -> None:
         """Keep the decision with its input: the one it was evaluated from, or for an answer from
@@ -437,6 +476,15 @@ class DecisionService:
         """The same line from a rendered decision, without building the object."""
         fields = orjson.loads(body)
         self.decision_log.line({name: fields[name] for name in LOGGED_FIELDS})
+
+
+def _quota(value: object) -> Quota | None:
+    if not isinstance(value, dict):
+        return None
+    try:
+        return Quota.model_validate(value)
+    except ValueError:
+        return None
 
 
 class RouteResolver:
