@@ -82,6 +82,28 @@ def credits_input(
     return document
 
 
+def balances(
+    catalog: Catalog,
+    *,
+    tenant: str,
+    account_tier: str | None,
+    states: Mapping[str, FeedCredits],
+    pending: Callable[[str], Amount],
+    held: HeldCredits,
+    now: datetime,
+) -> dict[str, dict[str, Any]]:
+    """Each credit type the tenant holds: what is available now (as a check would count it) and
+    the next expiry, for /v1/entitlements."""
+    tier = account_tier if account_tier in catalog.tiers else catalog.default_tier
+    found: dict[str, dict[str, Any]] = {}
+    for credit_type, state in sorted(states.items()):
+        decimals = catalog.credits[credit_type].decimals if credit_type in catalog.credits else 6
+        used = _pending_credits(catalog, tier, credit_type, pending, decimals)
+        available = subtract(subtract(state.balance(now), used), held(tenant, credit_type))
+        found[credit_type] = {"balance": stored(available), "next_expiry": rfc3339(state.next_expiry(now))}
+    return found
+
+
 def _pending_credits(
     catalog: Catalog, tier: str, credit_type: str, pending: Callable[[str], Amount], decimals: int
 ) -> Amount:

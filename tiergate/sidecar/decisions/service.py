@@ -22,7 +22,13 @@ from tiergate.periods import rfc3339
 from tiergate.policy.document import PolicyAnswerError, build_input, parse_answer, policy_error_decision
 from tiergate.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyEngine
 from tiergate.sidecar.decisions.cache import DecisionCache, Materialised
-from tiergate.sidecar.decisions.credits_input import HeldCredits, credit_priced, credits_input, no_holds
+from tiergate.sidecar.decisions.credits_input import (
+    HeldCredits,
+    balances,
+    credit_priced,
+    credits_input,
+    no_holds,
+)
 from tiergate.sidecar.decisions.decision_log import DecisionLog
 from tiergate.sidecar.decisions.policy_io import account_document, expiry_epoch, period_for
 from tiergate.sidecar.decisions.records import DecisionRecords
@@ -424,6 +430,26 @@ class DecisionService:
             held=self.held_credits,
             override_value=override,
             now=datetime.fromtimestamp(now, UTC),
+        )
+
+    async def credit_balances(self, tenant: str) -> dict[str, dict[str, Any]]:
+        """The tenant's credit balances as checks count them now (pending usage and holds taken)."""
+        catalog = self.catalog()
+        states = self.reader.credits(tenant)
+        if catalog is None or not states:
+            return {}
+        moment = datetime.fromtimestamp(self.clock(), UTC)
+        row = self.reader.account(tenant)
+        period = period_for(row, moment, self._now_rfc3339(self.clock()))
+        await self.ledger.usage(self.reader, tenant, period[0])  # settles what the replica includes
+        return balances(
+            catalog,
+            tenant=tenant,
+            account_tier=row.tier if row is not None else None,
+            states=states,
+            pending=lambda code: self.ledger.total(tenant, code, period[0]),
+            held=self.held_credits,
+            now=moment,
         )
 
     async def _record(self, decision: dict[str, Any], answer: bytes, given: PolicyInput | None) -> None:
