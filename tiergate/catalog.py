@@ -117,15 +117,25 @@ class CheckoutOptions(_Strict):
     billing_address_collection: Literal["auto", "required"] | None = None
 
 
+class StripeGrants(_Strict):
+    """Stripe billing credit grants in `currency` mirror as this type: `per_minor_unit` credits for
+    each minor unit (cent) of the grant's monetary amount."""
+
+    currency: Currency
+    per_minor_unit: Credits
+
+
 class CreditType(_Strict):
     """A kind of credit tenants hold a balance of (`ai_credits: {name: AI credits, decimals: 2}`).
 
     `balance_low`: balances that send `credits.balance_low` when a tenant's balance falls below
-    them (outbound webhooks), once per crossing."""
+    them (outbound webhooks), once per crossing. `stripe_grants`: Stripe billing credit grants that
+    become grants of this type (docs/credits.md)."""
 
     name: str | None = None
     decimals: Annotated[int, Field(ge=0, le=MAX_SCALE)] = 0
     balance_low: list[Credits] = Field(default_factory=list, max_length=10)
+    stripe_grants: StripeGrants | None = None
 
 
 class Rollover(_Strict):
@@ -233,6 +243,17 @@ class Catalog(_Strict):
                 if price.lookup_key == key:
                     return tier_name, interval
         return None
+
+    def credit_type_for_stripe(self, currency: str) -> str | None:
+        """The credit type Stripe credit grants in `currency` mirror as (the first that names it)."""
+        return next(
+            (
+                name
+                for name, kind in self.credits.items()
+                if kind.stripe_grants and kind.stripe_grants.currency == currency
+            ),
+            None,
+        )
 
     def pack_for_lookup_key(self, key: str) -> str | None:
         return next((name for name, pack in self.packs.items() if pack.price.lookup_key == key), None)

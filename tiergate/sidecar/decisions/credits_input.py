@@ -28,6 +28,21 @@ def no_holds(tenant: str, credit_type: str) -> Amount:
     return 0
 
 
+def hold_cost(
+    catalog: Catalog, tier: str | None, feature: str, quantity: Amount
+) -> tuple[str, Amount] | None:
+    """(credit type, credits) that holding `quantity` of `feature` takes on `tier` (the default
+    tier's price without one); None when the feature is not credit-priced there. For the holds:
+    their sum per type is what `DecisionService.held_credits` answers."""
+    applied = tier if tier in catalog.tiers else catalog.default_tier
+    price = catalog.credit_cost(applied, feature)
+    if price is None:
+        return None
+    credit_type, unit_cost = price
+    decimals = catalog.credits[credit_type].decimals if credit_type in catalog.credits else 6
+    return credit_type, cost_of(unit_cost, quantity, decimals)
+
+
 def credit_priced(catalog: Catalog, feature: str) -> bool:
     """Whether any tier prices `feature` in credits (its answers depend on balances)."""
     return any(catalog.credit_cost(tier, feature) is not None for tier in catalog.tiers)

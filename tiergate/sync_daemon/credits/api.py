@@ -168,7 +168,7 @@ async def post_void(request: web.Request) -> web.Response:
     authorize(request)
     tenant = path_tenant(request)
     grant_id = request.match_info["grant_id"]
-    body = await parse_body(request, VoidRequest) if request.can_read_body else VoidRequest()
+    body = await parse_body(request, VoidRequest, empty_ok=True)
     now = datetime.now(UTC)
     catalog, outbound = request.app[CATALOG], request.app[APPLIER].outbound
 

@@ -27,7 +27,7 @@ Source = Literal["plan", "rollover", "purchase", "manual", "stripe"]
 State = Literal["active", "expired", "voided"]
 _GRANT_COLUMNS = (
     "id, tenant, credit_type, amount, remaining, category, priority, effective_at, expires_at, "
-    "source, source_ref, state, actor, reason, created, created_at"
+    "source, source_ref, state, actor, reason, created, created_at, external_ref"
 )
 
 
@@ -47,6 +47,7 @@ class NewGrant:
     expires_at: datetime | None = None
     actor: str | None = None
     reason: str | None = None
+    external_ref: str | None = None  # the payment (intent) behind a purchase: what a refund names
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class Grant:
     reason: str | None
     created: int
     created_at: str
+    external_ref: str | None = None
 
     def live(self) -> LiveGrant:
         return LiveGrant(
@@ -134,9 +136,10 @@ def add_grant(txn: MirrorTxn, new: NewGrant, now: datetime) -> tuple[Grant, bool
         new.reason,
         created,
         rfc3339(now) or "",
+        new.external_ref,
     )
     txn.sql.execute(
-        f"INSERT INTO {CREDIT_GRANTS} ({_GRANT_COLUMNS}) VALUES ({', '.join('?' for _ in range(16))})",
+        f"INSERT INTO {CREDIT_GRANTS} ({_GRANT_COLUMNS}) VALUES ({', '.join('?' for _ in range(17))})",
         _grant_row(grant),
     )
     grant = _repay_debt(txn.sql, grant, now)
@@ -198,16 +201,62 @@ class Voided:
     moved: Moved | None  # the balance's change, None when nothing moved
 
 
-def void_grant(txn: MirrorTxn, tenant: str, grant_id: str, now: datetime) -> Voided | None:
-    """Void the unspent part of a grant (what was spent stays spent); None: no such grant."""
+def void_grant(
+    txn: MirrorTxn,
+    tenant: str,
+    grant_id: str,
+    now: datetime,
+    *,
+    at_most: Amount | None = None,
+    note: str | None = None,
+) -> Voided | None:
+    """Void the unspent part of a grant, or at most `at_most` of it (a partial refund): what was
+    spent stays spent; None: no such grant. `note` names the cause in the entry (a refund's)."""
     txn.lock("credits", tenant)
     grant = _grant_by_id(txn.sql, tenant, grant_id)
     if grant is None:
         return None
     if grant.state != "active":
         return Voided(grant, 0, None)
-    moved = _close(txn, grant, "void", "voided", now)
-    return Voided(replace(grant, remaining=0, state="voided"), grant.remaining, moved)
+    if at_most is None or at_most >= grant.remaining:
+        moved = _close(txn, grant, "void", "voided", now, note)
+        return Voided(replace(grant, remaining=0, state="voided"), grant.remaining, moved)
+    if at_most <= 0:
+        return Voided(grant, 0, None)
+    before = _balance_of(txn.sql, tenant, grant.credit_type, now)
+    _entry(txn.sql, tenant, grant.credit_type, grant.id, "void", negate(at_most), note, now)
+    left = subtract(grant.remaining, at_most)
+    _set_remaining(txn.sql, grant.id, left, "active")
+    after = _log(txn, tenant, grant.credit_type, now)
+    return Voided(replace(grant, remaining=left), at_most, Moved(tenant, grant.credit_type, before, after))
+
+
+def voided_for(sql: Sql, grant_id: str, note: str) -> Amount:
+    """What `note`'s voids (e.g. one payment's refunds) took from a grant so far."""
+    rows = sql.execute(
+        f"SELECT amount FROM {CREDIT_ENTRIES} WHERE grant_id = ? AND kind = 'void' AND transaction_id = ?",
+        [grant_id, note],
+    ).fetchall()
+    return negate(total(from_stored(row[0]) for row in rows))
+
+
+def grants_paid_by(sql: Sql, external_ref: str) -> list[Grant]:
+    rows = sql.execute(
+        f"SELECT {_GRANT_COLUMNS} FROM {CREDIT_GRANTS} WHERE external_ref = ? ORDER BY created",
+        [external_ref],
+    ).fetchall()
+    return [_grant(row) for row in rows]
+
+
+def set_expiry(txn: MirrorTxn, grant: Grant, expires_at: datetime | None, now: datetime) -> Grant:
+    """A new expiry for an active grant (a Stripe credit grant's update)."""
+    if grant.state != "active" or grant.expires_at == expires_at:
+        return grant
+    txn.sql.execute(
+        f"UPDATE {CREDIT_GRANTS} SET expires_at = ? WHERE id = ?", [rfc3339(expires_at), grant.id]
+    )
+    _log(txn, grant.tenant, grant.credit_type, now)
+    return replace(grant, expires_at=expires_at)
 
 
 def take_for_rollover(txn: MirrorTxn, grant: Grant, part: Amount, now: datetime) -> Grant:
@@ -322,11 +371,16 @@ def rebuilt_remaining(sql: Sql, tenant: str) -> dict[str, Amount]:
 
 
 def _close(
-    txn: MirrorTxn, grant: Grant, kind: Literal["expire", "void"], state: State, now: datetime
+    txn: MirrorTxn,
+    grant: Grant,
+    kind: Literal["expire", "void"],
+    state: State,
+    now: datetime,
+    note: str | None = None,
 ) -> Moved:
     before = _balance_of(txn.sql, grant.tenant, grant.credit_type, now)
     if grant.remaining != 0:
-        _entry(txn.sql, grant.tenant, grant.credit_type, grant.id, kind, negate(grant.remaining), None, now)
+        _entry(txn.sql, grant.tenant, grant.credit_type, grant.id, kind, negate(grant.remaining), note, now)
     _set_remaining(txn.sql, grant.id, 0, state)
     after = _log(txn, grant.tenant, grant.credit_type, now)
     return Moved(grant.tenant, grant.credit_type, before, after)
@@ -427,6 +481,7 @@ def _grant_row(grant: Grant) -> list[Any]:
         grant.reason,
         grant.created,
         grant.created_at,
+        grant.external_ref,
     ]
 
 
@@ -451,4 +506,5 @@ def _grant(row: Sequence[Any]) -> Grant:
         reason=values[13],
         created=int(values[14]),
         created_at=str(values[15]),
+        external_ref=values[16],
     )

@@ -308,6 +308,7 @@ CREATE TABLE credit_grants (
     expires_at text,
     source text NOT NULL CHECK (source IN ('plan', 'rollover', 'purchase', 'manual', 'stripe')),
     source_ref text NOT NULL,
+    external_ref text,
     state text NOT NULL CHECK (state IN ('active', 'expired', 'voided')),
     actor text,
     reason text,
@@ -317,6 +318,13 @@ CREATE TABLE credit_grants (
 );
 CREATE INDEX credit_grants_by_tenant ON credit_grants (tenant, credit_type, state);
 CREATE INDEX credit_grants_by_expiry ON credit_grants (state, expires_at);
+CREATE INDEX credit_grants_by_external_ref ON credit_grants (external_ref);
+CREATE TABLE credit_refunds (
+    payment_ref text PRIMARY KEY,
+    refunded bigint NOT NULL,
+    paid bigint NOT NULL,
+    at text NOT NULL
+);
 CREATE TABLE credit_entries (
     id bigserial PRIMARY KEY,
     tenant text NOT NULL,

@@ -396,6 +396,7 @@ CREDIT_GRANTS = "credit_grants"
 CREDIT_ENTRIES = "credit_entries"
 CREDIT_DEBITS = "credit_debits"
 CREDIT_STATES = "credit_states"
+CREDIT_REFUNDS = "credit_refunds"
 
 
 @MIGRATIONS()
@@ -417,6 +418,7 @@ def m016_credits(db: sqlite_utils.Database) -> None:
             expires_at TEXT,
             source TEXT NOT NULL CHECK (source IN ('plan', 'rollover', 'purchase', 'manual', 'stripe')),
             source_ref TEXT NOT NULL,
+            external_ref TEXT,
             state TEXT NOT NULL CHECK (state IN ('active', 'expired', 'voided')),
             actor TEXT,
             reason TEXT,
@@ -427,6 +429,7 @@ def m016_credits(db: sqlite_utils.Database) -> None:
     )
     db.execute(f"CREATE INDEX {CREDIT_GRANTS}_by_tenant ON {CREDIT_GRANTS} (tenant, credit_type, state)")
     db.execute(f"CREATE INDEX {CREDIT_GRANTS}_by_expiry ON {CREDIT_GRANTS} (state, expires_at)")
+    db.execute(f"CREATE INDEX {CREDIT_GRANTS}_by_external_ref ON {CREDIT_GRANTS} (external_ref)")
     db.execute(
         f"""CREATE TABLE {CREDIT_ENTRIES} (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -449,6 +452,16 @@ def m016_credits(db: sqlite_utils.Database) -> None:
             amount NOT NULL,
             at TEXT NOT NULL,
             PRIMARY KEY (tenant, transaction_id)
+        ) WITHOUT ROWID"""
+    )
+    # Refunds of a purchase's payment seen before its grant (a reordered webhook): the grant applies
+    # them when it is made. `refunded` and `paid` are the charge's minor units.
+    db.execute(
+        f"""CREATE TABLE {CREDIT_REFUNDS} (
+            payment_ref TEXT PRIMARY KEY,
+            refunded INTEGER NOT NULL,
+            paid INTEGER NOT NULL,
+            at TEXT NOT NULL
         ) WITHOUT ROWID"""
     )
     # Each tenant's state of each credit type as followers receive it (the last `credits` change's
