@@ -687,38 +687,34 @@ credit_plans := object.union(fixture_plans, {
 	},
 })
 
-credit_check(balance, cost, sufficient) := {
-	"type": "ai_credits",
+check(cost, sufficient) := {"type": "ai_credits", "cost": cost, "sufficient": sufficient}
+
+# input.credits: the tiers' (and an override's) checks, and the balance of ai_credits.
+credits_of(checks, balance, changes_at) := object.union(checks, {"balances": {"ai_credits": {
 	"balance": balance,
-	"cost": cost,
-	"sufficient": sufficient,
-	"changes_at": null,
-}
+	"changes_at": changes_at,
+}}})
 
 decide_credits(doc) := d if {
 	d := entitlements.decision with input as doc with data.plans as credit_plans
 }
 
 test_credits_allow_when_the_check_is_sufficient if {
-	d := decide_credits(request_with("tokens", {"credits": {"tiers": {
-		"free": credit_check("12.5", "0.03", true),
-		"pro": credit_check("12.5", "0.01", true),
-	}}}))
+	checks := {"tiers": {"free": check("0.03", true), "pro": check("0.01", true)}}
+	d := decide_credits(request_with("tokens", {"credits": credits_of(checks, "12.5", null)}))
 	d.allow == true
 	d.reason == "ok"
 	d.credits == {"type": "ai_credits", "balance": "12.5", "cost": "0.03"}
 }
 
-test_credits_deny_with_insufficient_credits_on_the_applied_tier if {
-	d := decide_credits(object.union(
-		subscribed("tokens", "pro", "active", {}),
-		{"credits": {"tiers": {"free": credit_check("0.02", "0.03", false), "pro": credit_check("0.02", "0.01", true)}}},
-	))
+test_credits_are_checked_at_the_applied_tiers_price if {
+	checks := credits_of({"tiers": {"free": check("0.03", false), "pro": check("0.01", true)}}, "0.02", null)
+	d := decide_credits(object.union(subscribed("tokens", "pro", "active", {}), {"credits": checks}))
 	d.allow == true
 	d.credits.cost == "0.01"
 	overdue := decide_credits(object.union(
 		subscribed("tokens", "pro", "past_due", {"past_due_since": "2026-10-01T00:00:00Z"}),
-		{"credits": {"tiers": {"free": credit_check("0.02", "0.03", false), "pro": credit_check("0.02", "0.01", true)}}},
+		{"credits": checks},
 	))
 	overdue.allow == false
 	overdue.reason == "insufficient_credits" # the applied tier (free) prices it at 0.03
@@ -728,11 +724,11 @@ test_credits_deny_with_insufficient_credits_on_the_applied_tier if {
 test_a_plan_denial_stays_the_plans if {
 	d := decide_credits(object.union(
 		subscribed("images", "pro", "active", {}),
-		{"usage": {"images": 5}, "credits": {"tiers": {"pro": credit_check(100, 2, true)}}},
+		{"usage": {"images": 5}, "credits": credits_of({"tiers": {"pro": check(2, true)}}, 100, null)},
 	))
 	d.allow == false
 	d.reason == "limit_exceeded"
-	free := decide_credits(request_with("images", {"credits": {"tiers": {"pro": credit_check(0, 2, false)}}}))
+	free := decide_credits(request_with("images", {"credits": credits_of({"tiers": {"pro": check(2, false)}}, 0, null)}))
 	free.reason == "not_in_plan"
 	free.credits == null
 }
@@ -740,24 +736,25 @@ test_a_plan_denial_stays_the_plans if {
 test_an_override_without_credits_lifts_the_price if {
 	d := decide_credits(request_with("tokens", {
 		"overrides": {"tokens": {"value": {}, "expires_at": null}},
-		"credits": {"tiers": {"free": credit_check(0, "0.03", false)}},
+		"credits": credits_of({"tiers": {"free": check("0.03", false)}}, 0, null),
 	}))
 	d.allow == true
 	d.credits == null
 }
 
 test_an_override_with_credits_is_checked_at_its_price if {
+	checks := {"tiers": {"free": check("0.03", true)}, "override": check(1, false)}
 	d := decide_credits(request_with("tokens", {
 		"overrides": {"tokens": {"value": {"credits": {"ai_credits": 1}}, "expires_at": null}},
-		"credits": {"tiers": {"free": credit_check(5, "0.03", true)}, "override": credit_check(0, 1, false)},
+		"credits": credits_of(checks, "0.5", null),
 	}))
 	d.allow == false
 	d.reason == "insufficient_credits"
-	d.credits.cost == 1
+	d.credits == {"type": "ai_credits", "balance": "0.5", "cost": 1}
 }
 
 test_a_grant_that_expires_bounds_the_answer if {
-	check := object.union(credit_check(5, "0.03", true), {"changes_at": "2026-11-25T00:00:00Z"})
-	d := decide_credits(request_with("tokens", {"credits": {"tiers": {"free": check}}}))
+	checks := credits_of({"tiers": {"free": check("0.03", true)}}, 5, "2026-11-25T00:00:00Z")
+	d := decide_credits(request_with("tokens", {"credits": checks}))
 	d.valid_until == "2026-11-25T00:00:00Z"
 }

@@ -12,11 +12,12 @@ import socket
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, PrivateAttr
 
 from tiergate.amounts import Amount, Counter, add, negate, policy_units, stored, total
 from tiergate.catalog import FeatureValue, Quota
 from tiergate.models import Account, TenantId, UsageCounter
+from tiergate.periods import rfc3339
 
 
 class FeedAccount(Account):
@@ -94,6 +95,17 @@ class FeedCredits(BaseModel):
     credit_type: str
     debt: Counter = 0
     grants: list[FeedCreditGrant] = []
+    # (from, until, balance, its text, `until` as RFC 3339): the balance holds until the next change
+    _memo: tuple[datetime, datetime | None, Amount, int | str, str | None] | None = PrivateAttr(default=None)
+
+    def at(self, now: datetime) -> tuple[Amount, int | str, str | None]:
+        """(balance, its JSON form, the next change as RFC 3339) at `now`, computed once for every
+        moment until the next grant takes effect or expires (the decision path asks per check)."""
+        memo = self._memo
+        if memo is None or now < memo[0] or (memo[1] is not None and now >= memo[1]):
+            balance, until = self.balance(now), self.next_change(now)
+            memo = self._memo = (now, until, balance, stored(balance), rfc3339(until))
+        return memo[2], memo[3], memo[4]
 
     def balance(self, now: datetime) -> Amount:
         spendable = [

@@ -53,14 +53,12 @@ _CANONICAL = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 
 def _credits_or_none(value: object) -> dict[str, Any] | None:
     """The answer's `credits` ({type, balance, cost}), as the policy gave it; None otherwise."""
-    if not isinstance(value, dict):
+    if not isinstance(value, dict) or len(value) != 3:
         return None
-    kept = {k: value.get(k) for k in ("type", "balance", "cost")}
-    if not isinstance(kept["type"], str):
-        return None
-    if not all(isinstance(kept[k], int | str) and not isinstance(kept[k], bool) for k in ("balance", "cost")):
-        return None
-    return kept
+    kind, balance, cost = value.get("type"), value.get("balance"), value.get("cost")
+    if type(kind) is not str or type(balance) not in (int, str) or type(cost) not in (int, str):
+        return None  # (type(): a bool is not an amount)
+    return value
 
 
 class PolicyAnswerError(ValueError):

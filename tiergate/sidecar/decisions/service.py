@@ -23,9 +23,9 @@ from tiergate.policy.document import PolicyAnswerError, build_input, parse_answe
 from tiergate.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyEngine
 from tiergate.sidecar.decisions.cache import DecisionCache, Materialised
 from tiergate.sidecar.decisions.credits_input import (
+    CreditPrices,
     HeldCredits,
     balances,
-    credit_priced,
     credits_input,
     no_holds,
 )
@@ -125,6 +125,7 @@ class DecisionService:
         # The live bundle's catalog (credit prices); the holds' credits (docs/credits.md).
         self.catalog: Callable[[], Catalog | None] = lambda: None
         self.held_credits: HeldCredits = no_holds
+        self._prices: CreditPrices | None = None
         ledger.subscribe_usage(self._usage_changed)  # pending usage changes its tenant's answers
 
     def replica_age(self, now: float | None = None) -> float | None:
@@ -169,8 +170,8 @@ class DecisionService:
         if self.records is not None:
             self.records.forget(tenant)
         scope, revision = self._usage_scope
-        catalog = self.catalog()
-        if code is not None and catalog is not None and credit_priced(catalog, code):
+        prices = self.credit_prices()
+        if code is not None and prices is not None and prices.priced(code):
             self.cache.invalidate(tenant)  # the balance every credit-priced feature reads moved
         elif code is not None and scope == "feature" and revision == self.engine.revision:
             self.cache.invalidate_feature(tenant, code)
@@ -399,7 +400,7 @@ class DecisionService:
             replica_age_s=age,
             overrides=overrides,
             license=license,
-            credits=self._credits(tenant, feature, quantity, row, period[0], overrides, now),
+            credits=self._credits(tenant, feature, quantity, row, period, overrides, now),
         )
         return PolicyInput(document, row)
 
@@ -409,45 +410,55 @@ class DecisionService:
         feature: str,
         quantity: int,
         row: AccountRow | None,
-        period_start: str,
+        period: tuple[str, str],
         overrides: dict[str, Any],
         now: float,
     ) -> dict[str, Any] | None:
         """`input.credits` when the catalog prices the feature in credits (see credits_input)."""
-        catalog = self.catalog()
-        if catalog is None or not catalog.credits:
+        prices = self.credit_prices()
+        if prices is None:
             return None
         found = overrides.get(feature)
         override = _quota(found.get("value")) if isinstance(found, dict) else None
         return credits_input(
-            catalog,
+            prices,
             tenant=tenant,
             feature=feature,
             quantity=quantity,
             account_tier=row.tier if row is not None else None,
             states=self.reader.credits(tenant),
-            pending=lambda code: self.ledger.total(tenant, code, period_start),
+            pending=self.ledger.pending(tenant, period[0]),
             held=self.held_credits,
             override_value=override,
             now=datetime.fromtimestamp(now, UTC),
+            period_end=period[1],
         )
+
+    def credit_prices(self) -> CreditPrices | None:
+        """The live catalog's credit prices (None: it sells no credits), indexed once per catalog."""
+        catalog = self.catalog()
+        if catalog is None or not catalog.credits:
+            return None
+        if self._prices is None or self._prices.catalog is not catalog:
+            self._prices = CreditPrices(catalog)
+        return self._prices
 
     async def credit_balances(self, tenant: str) -> dict[str, dict[str, Any]]:
         """The tenant's credit balances as checks count them now (pending usage and holds taken)."""
-        catalog = self.catalog()
+        prices = self.credit_prices()
         states = self.reader.credits(tenant)
-        if catalog is None or not states:
+        if prices is None or not states:
             return {}
         moment = datetime.fromtimestamp(self.clock(), UTC)
         row = self.reader.account(tenant)
         period = period_for(row, moment, self._now_rfc3339(self.clock()))
         await self.ledger.usage(self.reader, tenant, period[0])  # settles what the replica includes
         return balances(
-            catalog,
+            prices,
             tenant=tenant,
             account_tier=row.tier if row is not None else None,
             states=states,
-            pending=lambda code: self.ledger.total(tenant, code, period[0]),
+            pending=self.ledger.pending(tenant, period[0]),
             held=self.held_credits,
             now=moment,
         )

@@ -9,9 +9,10 @@
 #    "replica": {"age_seconds"},
 #    "overrides": {"<feature>": {"value": true | false | {"limit": N} | {}, "expires_at": null | time}},
 #    "license": null | {"id", "issued_at", "not_after", "grace_until", ...},  # a signed offline license
-#    "credits": {"tiers": {"<tier>": check}, "override": check}}  # only for a credit-priced feature
-#      check: {"type", "balance", "cost", "sufficient", "changes_at"}: computed exactly by the
-#      sidecar (balance - pending local usage - holds >= cost x quantity); amounts are integers or
+#    "credits": {"tiers": {"<tier>": check}, "override": check,     # only for a credit-priced feature
+#                "balances": {"<credit type>": {"balance", "changes_at"}}}}
+#      check: {"type", "cost", "sufficient"}, computed exactly by the sidecar (balance available,
+#      i.e. less pending local usage and holds, >= cost x quantity); amounts are integers or
 #      decimal strings, never to be compared here (the engines' numbers are binary doubles).
 # data.plans: the catalog (plans/plans.yaml as Catalog.policy_data() gives it).
 #
@@ -372,9 +373,11 @@ credited_answer := object.union(final_answer, {"allow": false, "reason": "insuff
 
 default credits_answer := null
 
-credits_answer := {"type": credit_check.type, "balance": credit_check.balance, "cost": credit_check.cost} if {
+credits_answer := {"type": credit_check.type, "balance": credit_balance.balance, "cost": credit_check.cost} if {
 	credit_check
 }
+
+credit_balance := input.credits.balances[credit_check.type]
 
 # -- signed offline licenses ---------------------------------------------------------------------
 
@@ -439,8 +442,8 @@ upcoming_changes contains t if {
 
 # A credit grant takes effect or expires: the balance changes by time alone.
 upcoming_changes contains t if {
-	credit_check.changes_at != null
-	t := time.parse_rfc3339_ns(credit_check.changes_at)
+	credit_balance.changes_at != null
+	t := time.parse_rfc3339_ns(credit_balance.changes_at)
 	t > now_ns
 }
 
