@@ -14,7 +14,6 @@ from typing import Any
 import structlog
 
 from tiergate.catalog import Catalog
-from tiergate.credits import subtract
 from tiergate.models import ENDED_STATUSES
 from tiergate.periods import rfc3339
 from tiergate.sync_daemon.credits.events import Event, balance_events, expired_event, granted_event, send
@@ -84,9 +83,8 @@ def expire_now(txn: MirrorTxn, catalog: Catalog, endpoints: list[str], now: date
     expired = expire_due(txn, now, EXPIRE_BATCH)
     events: list[Event] = []
     for grant, moved in expired:
-        took = subtract(moved.before, moved.after)
-        if took:
-            events.append(expired_event(grant, took, moved))
+        if grant.remaining:
+            events.append(expired_event(grant, grant.remaining, moved))
         events += balance_events(catalog, moved)
     send(txn, endpoints, events)
     return len(expired)

@@ -176,7 +176,10 @@ def debit(
 
 
 def expire_due(txn: MirrorTxn, now: datetime, limit: int = 500) -> list[tuple[Grant, Moved]]:
-    """Expire grants whose `expires_at` has come: what was left of each leaves the balance."""
+    """Expire grants whose `expires_at` has come: what was left of each leaves the balance.
+
+    Each comes back as it was before (its `remaining`: what expired) with the balance's move at
+    its expiry: from what it was with the grant to what it is without."""
     due = txn.sql.execute(
         f"SELECT {_GRANT_COLUMNS} FROM {CREDIT_GRANTS} WHERE state = 'active' AND expires_at <= ? "
         "ORDER BY expires_at, id LIMIT ?",
@@ -189,8 +192,8 @@ def expire_due(txn: MirrorTxn, now: datetime, limit: int = 500) -> list[tuple[Gr
         fresh = _grant_by_id(txn.sql, grant.tenant, grant.id)
         if fresh is None or fresh.state != "active":
             continue  # another daemon expired it first
-        moved = _close(txn, fresh, "expire", "expired", now)
-        done.append((replace(fresh, remaining=0, state="expired"), moved))
+        after = _close(txn, fresh, "expire", "expired", now).after
+        done.append((fresh, Moved(fresh.tenant, fresh.credit_type, add(after, fresh.remaining), after)))
     return done
 
 
