@@ -11,7 +11,7 @@ from aiohttp import web
 from tiergate import exact_json
 from tiergate.catalog import Catalog
 from tiergate.errors import BadRequestError, NotFoundError
-from tiergate.sync_daemon.credits.events import balance_events, send
+from tiergate.sync_daemon.credits.top_ups import after_moves
 from tiergate.sync_daemon.credits.usage import debit_usage
 from tiergate.sync_daemon.mirror.store import MirrorTxn
 from tiergate.sync_daemon.mirror.usage import (
@@ -63,7 +63,7 @@ async def ingest_batch(request: web.Request) -> web.Response:
         moved = debit_usage(txn, catalog, events, result.inserted, now)  # credits, in the same commit
         if outbound is not None:  # alerts commit with the counters that reach them
             outbound.usage_changed(txn, result.counters)
-            send(txn, outbound.endpoints, [e for m in moved for e in balance_events(catalog, m)])
+        after_moves(txn, catalog, outbound.endpoints if outbound is not None else [], moved, now)
         return result
 
     # The seq at commit: every counted event (also one counted earlier, on any daemon) is at or below it.

@@ -21,7 +21,7 @@ from tiergate.catalog import Catalog
 from tiergate.credits import credit_amount
 from tiergate.errors import BadRequestError, ConflictError, NotFoundError
 from tiergate.sync_daemon.billing.auth import authorize, parse_body, path_tenant
-from tiergate.sync_daemon.credits.events import balance_events, granted_event, send
+from tiergate.sync_daemon.credits.events import granted_event, send
 from tiergate.sync_daemon.credits.ledger import (
     Grant,
     NewGrant,
@@ -32,6 +32,14 @@ from tiergate.sync_daemon.credits.ledger import (
     tenant_balances,
     type_balance,
     void_grant,
+)
+from tiergate.sync_daemon.credits.top_ups import (
+    TopUpRule,
+    after_moves,
+    remove_rule,
+    rules_of,
+    runs_of,
+    set_rule,
 )
 from tiergate.sync_daemon.mirror.store import MirrorTxn
 from tiergate.sync_daemon.state import APPLIER, CATALOG, MIRROR
@@ -55,6 +63,13 @@ class GrantRequest(BaseModel):
     expires_at: AwareDatetime | None = None
     reason: Annotated[str, Field(min_length=1, max_length=500)]
     actor: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+
+
+class TopUpRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pack: Annotated[str, Field(min_length=1, max_length=63)]
+    below: int | str  # exact, at least 0, to the type's decimals
 
 
 class VoidRequest(BaseModel):
@@ -150,7 +165,68 @@ async def get_credits(request: web.Request) -> web.Response:
     tenant = path_tenant(request)
     now = datetime.now(UTC)
     balances = await request.app[MIRROR].read(lambda sql: tenant_balances(sql, tenant, now))
-    return json_response({"tenant": tenant, "credits": [b.render() for b in balances]})
+    rules = await request.app[MIRROR].read(lambda sql: rules_of(sql, tenant))
+    runs = await request.app[MIRROR].read(lambda sql: runs_of(sql, tenant))
+    top_ups = [{"credit_type": r.credit_type, "below": stored(r.below), "pack": r.pack} for r in rules]
+    answer = {
+        "tenant": tenant,
+        "credits": [b.render() for b in balances],
+        "top_ups": top_ups,
+        "top_up_runs": runs,
+    }
+    return json_response(answer)
+
+
+def wanted_top_up(tenant: str, credit_type: str, body: TopUpRequest, catalog: Catalog) -> TopUpRule:
+    """The automatic top-up a request asks for, or BadRequestError naming the field (pure)."""
+    kind = catalog.credits.get(credit_type)
+    if kind is None:
+        raise BadRequestError(
+            f"credit type {credit_type!r} is not in the catalog (known: {sorted(catalog.credits)})",
+            field="credit_type",
+        )
+    pack = catalog.packs.get(body.pack)
+    if pack is None or pack.credits != credit_type:
+        sold = sorted(name for name, p in catalog.packs.items() if p.credits == credit_type)
+        raise BadRequestError(
+            f"pack {body.pack!r} is not a pack of {credit_type!r} (known: {sold})", field="pack"
+        )
+    try:
+        below = credit_amount(body.below, kind.decimals, positive=False)
+    except AmountError as exc:
+        raise BadRequestError(f"below {exc}", field="below") from None
+    if below < 0:
+        raise BadRequestError(f"below must be at least 0, got {body.below!r}", field="below")
+    return TopUpRule(tenant, credit_type, below, body.pack)
+
+
+async def put_top_up(request: web.Request) -> web.Response:
+    authorize(request)
+    tenant = path_tenant(request)
+    body = await parse_body(request, TopUpRequest)
+    rule = wanted_top_up(tenant, request.match_info["credit_type"], body, request.app[CATALOG])
+    now = datetime.now(UTC)
+    await request.app[MIRROR].transact(lambda txn: set_rule(txn, rule, now))
+    log.info(
+        "credits_top_up_set",
+        tenant=tenant,
+        credit_type=rule.credit_type,
+        below=str(rule.below),
+        pack=rule.pack,
+    )
+    return json_response(
+        {"tenant": tenant, "credit_type": rule.credit_type, "below": stored(rule.below), "pack": rule.pack}
+    )
+
+
+async def delete_top_up(request: web.Request) -> web.Response:
+    authorize(request)
+    tenant = path_tenant(request)
+    credit_type = request.match_info["credit_type"]
+    removed = await request.app[MIRROR].transact(lambda txn: remove_rule(txn, tenant, credit_type))
+    if not removed:
+        raise NotFoundError(f"tenant {tenant!r} has no automatic top-up of {credit_type!r}")
+    return json_response({"tenant": tenant, "credit_type": credit_type, "removed": True})
 
 
 async def get_ledger(request: web.Request) -> web.Response:
@@ -174,8 +250,8 @@ async def post_void(request: web.Request) -> web.Response:
 
     def void(txn: MirrorTxn) -> Voided | None:
         found = void_grant(txn, tenant, grant_id, now)
-        if found is not None and found.moved is not None and outbound is not None:
-            send(txn, outbound.endpoints, balance_events(catalog, found.moved))
+        if found is not None and found.moved is not None:
+            after_moves(txn, catalog, outbound.endpoints if outbound is not None else [], [found.moved], now)
         return found
 
     found = await request.app[MIRROR].transact(void)
@@ -207,3 +283,5 @@ def add_credit_routes(app: web.Application) -> None:
     app.router.add_get("/v1/tenants/{tenant}/credits/ledger", get_ledger)
     app.router.add_post("/v1/tenants/{tenant}/credits/grants", post_grant)
     app.router.add_post("/v1/tenants/{tenant}/credits/grants/{grant_id}/void", post_void)
+    app.router.add_put("/v1/tenants/{tenant}/credits/top-ups/{credit_type}", put_top_up)
+    app.router.add_delete("/v1/tenants/{tenant}/credits/top-ups/{credit_type}", delete_top_up)

@@ -7,6 +7,7 @@ run, never blocks the others. Outbound events commit with the change they descri
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,9 +17,10 @@ import structlog
 from tiergate.catalog import Catalog
 from tiergate.models import ENDED_STATUSES
 from tiergate.periods import rfc3339
-from tiergate.sync_daemon.credits.events import Event, balance_events, expired_event, granted_event, send
+from tiergate.sync_daemon.credits.events import expired_event, granted_event, send
 from tiergate.sync_daemon.credits.ledger import expire_due
 from tiergate.sync_daemon.credits.plan_grants import grant_cycle
+from tiergate.sync_daemon.credits.top_ups import TopUpCharger, after_moves, charge_due
 from tiergate.sync_daemon.mirror.schema import ACCOUNTS, CREDIT_GRANTS
 from tiergate.sync_daemon.mirror.store import Mirror, MirrorTxn, Sql
 
@@ -33,9 +35,17 @@ class SweepResult:
     granted: int = 0
     expired: int = 0
     failed: list[str] = field(default_factory=list)
+    charged: int = 0  # automatic top-ups charged and granted
+    failed_charges: int = 0  # automatic top-ups declined (credits.top_up_failed)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"granted": self.granted, "expired": self.expired, "failed": len(self.failed)}
+        return {
+            "granted": self.granted,
+            "expired": self.expired,
+            "failed": len(self.failed),
+            "top_ups_charged": self.charged,
+            "top_ups_failed": self.failed_charges,
+        }
 
 
 def cycle_due(sql: Sql, catalog: Catalog, now: datetime) -> list[str]:
@@ -81,19 +91,22 @@ def expire_now(txn: MirrorTxn, catalog: Catalog, endpoints: list[str], now: date
     for row in due:
         cycle_for(txn, catalog, endpoints, str(row[0]), now)
     expired = expire_due(txn, now, EXPIRE_BATCH)
-    events: list[Event] = []
-    for grant, moved in expired:
-        if grant.remaining:
-            events.append(expired_event(grant, grant.remaining, moved))
-        events += balance_events(catalog, moved)
-    send(txn, endpoints, events)
+    send(txn, endpoints, [expired_event(g, g.remaining, m) for g, m in expired if g.remaining])
+    after_moves(txn, catalog, endpoints, [m for _, m in expired], now)
     return len(expired)
 
 
 async def sweep(
-    mirror: Mirror, catalog: Catalog, endpoints: list[str], now: datetime | None = None
+    mirror: Mirror,
+    catalog: Catalog,
+    endpoints: list[str],
+    now: datetime | None = None,
+    *,
+    charger: Callable[[], TopUpCharger | None] = lambda: None,
+    metadata_key: str = "tenant_id",
 ) -> SweepResult:
-    """One run of the job: the due cycles tenant by tenant, then the expiries in batches."""
+    """One run of the job: the due cycles tenant by tenant, the expiries in batches, then the
+    automatic top-ups the moves started (with a charger: the Stripe billing actions)."""
     moment = now or datetime.now(UTC)
     result = SweepResult()
     if not catalog.credits:
@@ -111,6 +124,10 @@ async def sweep(
         result.expired += expired
         if expired < EXPIRE_BATCH:
             break
-    if result.granted or result.expired or result.failed:
+    stripe = charger()
+    if stripe is not None and catalog.packs:
+        charged = await charge_due(mirror, catalog, stripe, endpoints, metadata_key, moment)
+        result.charged, result.failed_charges = charged["charged"], charged["failed"]
+    if result.granted or result.expired or result.failed or result.charged or result.failed_charges:
         log.info("credits_swept", **result.as_dict())
     return result

@@ -345,6 +345,26 @@ CREATE TABLE credit_debits (
     at text NOT NULL,
     PRIMARY KEY (tenant, transaction_id)
 );
+CREATE TABLE credit_top_ups (
+    tenant text NOT NULL,
+    credit_type text NOT NULL,
+    below numeric NOT NULL,
+    pack text NOT NULL,
+    updated_at text NOT NULL,
+    PRIMARY KEY (tenant, credit_type)
+);
+CREATE TABLE credit_top_up_runs (
+    id text PRIMARY KEY,
+    tenant text NOT NULL,
+    credit_type text NOT NULL,
+    pack text NOT NULL,
+    state text NOT NULL CHECK (state IN ('pending', 'charging', 'charged', 'failed')),
+    payment_ref text,
+    error text,
+    created_at text NOT NULL,
+    updated_at text NOT NULL
+);
+CREATE INDEX credit_top_up_runs_by_state ON credit_top_up_runs (state, updated_at);
 CREATE TABLE credit_states (
     tenant text NOT NULL,
     credit_type text NOT NULL,

@@ -397,6 +397,8 @@ CREDIT_ENTRIES = "credit_entries"
 CREDIT_DEBITS = "credit_debits"
 CREDIT_STATES = "credit_states"
 CREDIT_REFUNDS = "credit_refunds"
+CREDIT_TOP_UPS = "credit_top_ups"
+CREDIT_TOP_UP_RUNS = "credit_top_up_runs"
 
 
 @MIGRATIONS()
@@ -464,6 +466,32 @@ def m016_credits(db: sqlite_utils.Database) -> None:
             at TEXT NOT NULL
         ) WITHOUT ROWID"""
     )
+    # Automatic top-ups: a tenant's rule per credit type, and each run a crossing started (its id
+    # is the Stripe idempotency key: a retried charge is the same charge).
+    db.execute(
+        f"""CREATE TABLE {CREDIT_TOP_UPS} (
+            tenant TEXT NOT NULL,
+            credit_type TEXT NOT NULL,
+            below NOT NULL,
+            pack TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (tenant, credit_type)
+        ) WITHOUT ROWID"""
+    )
+    db.execute(
+        f"""CREATE TABLE {CREDIT_TOP_UP_RUNS} (
+            id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            credit_type TEXT NOT NULL,
+            pack TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'charging', 'charged', 'failed')),
+            payment_ref TEXT,
+            error TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        ) WITHOUT ROWID"""
+    )
+    db.execute(f"CREATE INDEX {CREDIT_TOP_UP_RUNS}_by_state ON {CREDIT_TOP_UP_RUNS} (state, updated_at)")
     # Each tenant's state of each credit type as followers receive it (the last `credits` change's
     # body): what a snapshot sends, derived from the grants like their `remaining`.
     db.execute(
