@@ -186,8 +186,8 @@ def expire_due(txn: MirrorTxn, now: datetime, limit: int = 500) -> list[tuple[Gr
         [rfc3339(now), limit],
     ).fetchall()
     done: list[tuple[Grant, Moved]] = []
-    for row in due:
-        grant = _grant(row)
+    # Tenants' locks in tenant order, as every other multi-tenant writer takes them (no deadlock).
+    for grant in sorted((_grant(row) for row in due), key=lambda g: (g.tenant, g.id)):
         txn.lock("credits", grant.tenant)
         fresh = _grant_by_id(txn.sql, grant.tenant, grant.id)
         if fresh is None or fresh.state != "active":
