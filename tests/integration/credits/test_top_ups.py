@@ -1,10 +1,11 @@
 """Automatic top-ups on both mirror backends: a crossing charges the saved card once (Stripe's
 idempotency key is the run), a success grants the pack once (its webhook finds it granted), a
-decline is a credits.top_up_failed and never a grant."""
+decline is a credits.top_up_failed and never a grant; a purchase whose webhooks were lost is
+granted by the purchases reconciliation, once."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from tests.stripe_payloads import load_event, signed
 from tiergate.catalog import load_catalog
 from tiergate.sync_daemon.app import create_app
 from tiergate.sync_daemon.billing.stripe_actions import StripeBillingActions
-from tiergate.sync_daemon.credits.jobs import sweep
+from tiergate.sync_daemon.credits.jobs import PurchaseReconciler, sweep
 from tiergate.sync_daemon.mirror.store import CustomerLink
 from tiergate.sync_daemon.state import MIRROR
 
@@ -143,3 +144,54 @@ async def test_a_bad_rule_is_a_400_naming_the_field(shop: Any) -> None:
         assert response.status == 400 and (await response.json())["error"]["field"] == field
     missing = await client.delete("/v1/tenants/t_1/credits/top-ups/ai_credits", headers=AUTH)
     assert missing.status == 404
+
+
+async def test_a_purchase_whose_webhooks_were_lost_is_granted_by_reconciliation_once(shop: Any) -> None:
+    client, fake, actions = shop
+
+    def session(session_id: str, status: str) -> dict[str, Any]:
+        return fixture(
+            "checkout.session",
+            id=session_id,
+            mode="payment",
+            payment_status=status,
+            customer="cus_1",
+            client_reference_id=None,
+            metadata={"credit_pack": "ai_5000"},  # the tenant from the customer's link
+            payment_intent=f"pi_{session_id}",
+            subscription=None,
+        )
+
+    fake.lists["checkout/sessions"] = [
+        session("cs_lost", "paid"),
+        session("cs_unpaid", "unpaid"),
+        fixture("checkout.session", mode="subscription"),
+    ]
+    reconciler = PurchaseReconciler()
+    now = datetime.now(UTC)
+    first = await sweep(client.app[MIRROR], CATALOG, [], now, charger=lambda: actions, reconciler=reconciler)
+    assert first.reconciled == 1
+    listed = fake.sent("GET", r"/v1/checkout/sessions")
+    assert len(listed) == 1 and listed[0].params["status"] == "complete"
+    again = await sweep(
+        client.app[MIRROR],
+        CATALOG,
+        [],
+        now + timedelta(minutes=20),
+        charger=lambda: actions,
+        reconciler=reconciler,
+    )
+    assert (
+        again.reconciled == 0 and len(fake.sent("GET", r"/v1/checkout/sessions")) == 2
+    )  # listed, nothing new
+    completed = load_event("checkout.session.completed") | {
+        "id": "evt_late",
+        "type": "checkout.session.completed",
+    }
+    completed["data"] = {"object": session("cs_lost", "paid")}
+    raw, headers = signed(completed)
+    assert (
+        await client.post("/webhooks/stripe", data=raw, headers=headers)
+    ).status == 200  # the late webhook
+    state = await credits(client)
+    assert state["credits"][0]["balance"] == 5000 and len(state["credits"][0]["grants"]) == 1

@@ -169,6 +169,16 @@ class StripeBillingActions:
             None if intent.status == "succeeded" else intent.status,
         )
 
+    async def completed_sessions(self, since: int) -> list[dict[str, Any]]:
+        """Checkout Sessions completed since `since` (Unix seconds), for purchase reconciliation."""
+        try:
+            page = await self._client.v1.checkout.sessions.list_async(
+                {"created": {"gte": since}, "status": "complete", "limit": 100}
+            )
+            return [session.to_dict() async for session in page.auto_paging_iter()]
+        except stripe.StripeError as exc:
+            raise stripe_failure("list completed Checkout sessions", exc, self._base) from exc
+
     async def create_portal_session(self, customer_id: str, return_url: str) -> dict[str, Any]:
         await self._require_prices("the customer portal")
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -20,6 +20,7 @@ from tiergate.periods import rfc3339
 from tiergate.sync_daemon.credits.events import expired_event, granted_event, send
 from tiergate.sync_daemon.credits.ledger import expire_due
 from tiergate.sync_daemon.credits.plan_grants import grant_cycle
+from tiergate.sync_daemon.credits.purchases import reconcile_purchase
 from tiergate.sync_daemon.credits.top_ups import TopUpCharger, after_moves, charge_due
 from tiergate.sync_daemon.mirror.schema import ACCOUNTS, CREDIT_GRANTS
 from tiergate.sync_daemon.mirror.store import Mirror, MirrorTxn, Sql
@@ -36,6 +37,7 @@ class SweepResult:
     expired: int = 0
     failed: list[str] = field(default_factory=list)
     charged: int = 0  # automatic top-ups charged and granted
+    reconciled: int = 0  # pack purchases granted from listing Checkout Sessions (webhooks lost)
     failed_charges: int = 0  # automatic top-ups declined (credits.top_up_failed)
 
     def as_dict(self) -> dict[str, Any]:
@@ -45,6 +47,7 @@ class SweepResult:
             "failed": len(self.failed),
             "top_ups_charged": self.charged,
             "top_ups_failed": self.failed_charges,
+            "purchases_reconciled": self.reconciled,
         }
 
 
@@ -104,9 +107,11 @@ async def sweep(
     *,
     charger: Callable[[], TopUpCharger | None] = lambda: None,
     metadata_key: str = "tenant_id",
+    reconciler: PurchaseReconciler | None = None,
 ) -> SweepResult:
-    """One run of the job: the due cycles tenant by tenant, the expiries in batches, then the
-    automatic top-ups the moves started (with a charger: the Stripe billing actions)."""
+    """One run of the job: the due cycles tenant by tenant, the expiries in batches, then, with a
+    charger (the Stripe billing actions), the automatic top-ups the moves started and the
+    reconciliation of pack purchases."""
     moment = now or datetime.now(UTC)
     result = SweepResult()
     if not catalog.credits:
@@ -128,6 +133,52 @@ async def sweep(
     if stripe is not None and catalog.packs:
         charged = await charge_due(mirror, catalog, stripe, endpoints, metadata_key, moment)
         result.charged, result.failed_charges = charged["charged"], charged["failed"]
-    if result.granted or result.expired or result.failed or result.charged or result.failed_charges:
+        if reconciler is not None:
+            result.reconciled = await reconciler.run(mirror, catalog, stripe, endpoints, metadata_key, moment)
+    if any(result.as_dict().values()):
         log.info("credits_swept", **result.as_dict())
     return result
+
+
+PURCHASES_LOOKBACK = timedelta(days=3)  # Stripe retries a webhook for three days
+
+
+@dataclass
+class PurchaseReconciler:
+    """Lists the paid pack sessions of the last three days, at most every `every`, and grants those
+    no webhook granted; each grants once whichever comes first, this or its webhook."""
+
+    every: timedelta = timedelta(minutes=15)
+    last: datetime | None = None
+
+    async def run(
+        self,
+        mirror: Mirror,
+        catalog: Catalog,
+        stripe: TopUpCharger,
+        endpoints: list[str],
+        metadata_key: str,
+        now: datetime,
+    ) -> int:
+        if self.last is not None and self.last <= now < self.last + self.every:
+            return 0
+        try:
+            sessions = await stripe.completed_sessions(int((now - PURCHASES_LOOKBACK).timestamp()))
+        except Exception:  # Stripe unreachable: the next pass lists again
+            log.exception("credits_purchase_reconcile_failed")
+            return 0
+        self.last = now
+        granted = 0
+        for session in sessions:
+            outcome = await mirror.transact(
+                functools.partial(
+                    reconcile_purchase,
+                    catalog=catalog,
+                    session=session,
+                    metadata_key=metadata_key,
+                    now=now,
+                    endpoints=endpoints,
+                )
+            )
+            granted += outcome == "granted"
+        return granted

@@ -335,3 +335,23 @@ def _minor(obj: dict[str, Any], field: str) -> int:
             field=f"data.object.{field}",
         )
     return value
+
+
+def reconcile_purchase(
+    txn: MirrorTxn,
+    catalog: Catalog,
+    session: dict[str, Any],
+    metadata_key: str,
+    now: datetime,
+    endpoints: Sequence[str],
+) -> str:
+    """A completed Checkout Session found by listing them (webhooks lost): granted once, like the
+    webhook would have (the session is the grant's key: a later webhook finds it granted)."""
+    intent = credit_intent("checkout.session.completed", session, metadata_key)
+    if not isinstance(intent, PackPurchase):
+        return "not_a_pack"
+    tenant = intent.tenant
+    if tenant is None and intent.customer_id is not None:
+        link = txn.customer(intent.customer_id)
+        tenant = link.tenant if link else None
+    return apply_credit_intent(txn, catalog, intent, tenant, now, endpoints)

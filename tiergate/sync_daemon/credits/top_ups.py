@@ -51,9 +51,13 @@ class Charge:
 
 
 class TopUpCharger(Protocol):
+    """What the credits job needs of Stripe: charging top-ups, and the sessions to reconcile."""
+
     async def charge(
         self, customer_id: str, amount: int, currency: str, metadata: dict[str, str], idempotency_key: str
     ) -> Charge: ...
+
+    async def completed_sessions(self, since: int) -> list[dict[str, Any]]: ...
 
 
 def set_rule(txn: MirrorTxn, rule: TopUpRule, now: datetime) -> None:
