@@ -101,7 +101,8 @@ class FeedCredits(BaseModel):
     def at(self, now: datetime) -> tuple[Amount, int | str, str | None]:
         """(balance, its JSON form, the next change as RFC 3339) at `now`, computed once for every
         moment until the next grant takes effect or expires (the decision path asks per check)."""
-        memo = self._memo
+        private = self.__pydantic_private__  # the memo, without pydantic's attribute lookup per check
+        memo = private.get("_memo") if private is not None else None
         if memo is None or now < memo[0] or (memo[1] is not None and now >= memo[1]):
             balance, until = self.balance(now), self.next_change(now)
             memo = self._memo = (now, until, balance, stored(balance), rfc3339(until))

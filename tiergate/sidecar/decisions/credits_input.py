@@ -95,7 +95,8 @@ def credits_input(
     now: datetime,
     period_end: str | None = None,
 ) -> dict[str, Any] | None:
-    """The checks of every way the feature may be priced; None when nothing prices it.
+    """The checks of every way the feature may be priced on a tier that can apply (the account's,
+    the default) or by an override; None when nothing prices it.
 
     `{"balances": {type: {"balance", "changes_at"}}, "tiers": {tier: check}, "override": check}`,
     a check being `{"type", "cost", "sufficient"}`. A balance is what is available: the replica's
@@ -122,7 +123,10 @@ def credits_input(
         need = prices.cost(credit_type, unit_cost, quantity)
         return {"type": credit_type, "cost": stored(need), "sufficient": amounts[credit_type] >= need}
 
-    document: dict[str, Any] = {"tiers": {tier: check(price) for tier, price in (sources or {}).items()}}
+    # Only the tiers that can apply: the subscribed one, or the default one (ended, restricted).
+    applicable = (pricing_tier, prices.default_tier)
+    tiers = {tier: check(price) for tier, price in (sources or {}).items() if tier in applicable}
+    document: dict[str, Any] = {"tiers": tiers}
     if override_price is not None:
         document["override"] = check(override_price)
     document["balances"] = available
