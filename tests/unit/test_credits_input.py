@@ -9,7 +9,7 @@ from typing import Any
 
 from tiergate.catalog import Quota, load_catalog
 from tiergate.feed import FeedCreditGrant, FeedCredits
-from tiergate.sidecar.decisions.credits_input import (
+from tiergate.policy.credits_input import (
     CreditPrices,
     balances,
     credits_input,

@@ -19,16 +19,16 @@ from tiergate.errors import PolicyError, ReplicaNotReadyError, TierError
 from tiergate.log import host_safe_logger
 from tiergate.models import Decision, PolicyAnswer
 from tiergate.periods import rfc3339
-from tiergate.policy.document import PolicyAnswerError, build_input, parse_answer, policy_error_decision
-from tiergate.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyEngine
-from tiergate.sidecar.decisions.cache import DecisionCache, Materialised
-from tiergate.sidecar.decisions.credits_input import (
+from tiergate.policy.credits_input import (
     CreditPrices,
     HeldCredits,
     balances,
     credits_input,
     no_holds,
 )
+from tiergate.policy.document import PolicyAnswerError, build_input, parse_answer, policy_error_decision
+from tiergate.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyEngine
+from tiergate.sidecar.decisions.cache import DecisionCache, Materialised
 from tiergate.sidecar.decisions.decision_log import DecisionLog
 from tiergate.sidecar.decisions.policy_io import account_document, expiry_epoch, period_for
 from tiergate.sidecar.decisions.records import DecisionRecords
