@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -116,3 +117,20 @@ async def test_the_api_token_is_required(credits_daemon: CreditsDaemon) -> None:
     assert response.status == 401
     response = await credits_daemon.client.post("/v1/tenants/t_1/credits/grants", json=GRANT)
     assert response.status == 401
+
+
+async def test_concurrent_retries_with_one_key_grant_once(credits_daemon: CreditsDaemon) -> None:
+    answers = await asyncio.gather(*(credits_daemon.grant("t_1", GRANT, key="race") for _ in range(12)))
+    assert sorted(status for status, _ in answers) == [200] * 11 + [201]
+    assert len({body["grant"]["id"] for _, body in answers}) == 1
+    assert await credits_daemon.balance("t_1") == "50.5"
+
+
+async def test_concurrent_usage_batches_debit_each_event_once(credits_daemon: CreditsDaemon) -> None:
+    await credits_daemon.grant("t_1", {**GRANT, "amount": 1000})
+    events = [
+        {"transaction_id": f"c-{i}", "external_customer_id": "t_1", "code": "images"} for i in range(60)
+    ]
+    batches = [events[i : i + 10] for i in range(0, 60, 10)] * 2  # every batch twice, all at once
+    await asyncio.gather(*(credits_daemon.usage(batch) for batch in batches))
+    assert await credits_daemon.balance("t_1") == 880  # 60 images x 2 credits
