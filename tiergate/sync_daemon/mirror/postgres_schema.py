@@ -375,6 +375,13 @@ ALTER TABLE changes DROP CONSTRAINT changes_kind_check;
 ALTER TABLE changes ADD CONSTRAINT changes_kind_check CHECK (kind IN ('account', 'usage', 'override', 'credits'));
 """
 
+# The Stripe customer's email and when it was set, for support's search (SQLite: m018). (Versions 9
+# and 10 are other changes'.)
+V11 = """
+ALTER TABLE customers ADD COLUMN email text;
+ALTER TABLE customers ADD COLUMN email_at bigint;
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial", V1),
     (2, "exact_usage_values", V2),
@@ -385,6 +392,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (7, "decision_records", V7),
     (8, "one_index_fewer_per_event", V8),
     (9, "credits", V9),
+    (11, "customer_email", V11),
 ]
 
 

@@ -531,3 +531,12 @@ def _changes_learn_kind(db: sqlite_utils.Database, kind: str) -> None:
         db.execute(index)
     db.execute("DELETE FROM sqlite_sequence WHERE name IN (?, 'changes_v3')", [CHANGES])
     db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", [CHANGES, top])
+
+
+@MIGRATIONS()
+def m018_customer_email(db: sqlite_utils.Database) -> None:
+    # The Stripe customer's email, for support's search (docs/console.md says what is kept):
+    # `email_at` is the `created` of the newest event (or the reconcile run) that set it, so an
+    # older event never overwrites a newer address. The PostgreSQL twin is V11.
+    db.execute(f"ALTER TABLE {CUSTOMERS} ADD COLUMN email TEXT")
+    db.execute(f"ALTER TABLE {CUSTOMERS} ADD COLUMN email_at INTEGER")
