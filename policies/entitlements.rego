@@ -8,16 +8,22 @@
 #    "period": {"start", "end"},          # the billing period `usage` belongs to
 #    "replica": {"age_seconds"},
 #    "overrides": {"<feature>": {"value": true | false | {"limit": N} | {}, "expires_at": null | time}},
-#    "license": null | {"id", "issued_at", "not_after", "grace_until", ...}}  # a signed offline license
+#    "license": null | {"id", "issued_at", "not_after", "grace_until", ...},  # a signed offline license
+#    "credits": {"tiers": {"<tier>": check}, "override": check,     # only for a credit-priced feature
+#                "balances": {"<credit type>": {"balance", "changes_at"}}}}
+#      check: {"type", "cost", "sufficient"}, computed exactly by the sidecar (balance available,
+#      i.e. less pending local usage and holds, >= cost x quantity); amounts are integers or
+#      decimal strings, never to be compared here (the engines' numbers are binary doubles).
 # data.plans: the catalog (plans/plans.yaml as Catalog.policy_data() gives it).
 #
 # Output, the `decision` document:
-#   {"allow", "reason", "tier", "paid_tier", "limit", "used", "remaining", "valid_until", "license_grace_until"}
+#   {"allow", "reason", "tier", "paid_tier", "limit", "used", "remaining", "valid_until", "license_grace_until",
+#    "credits"}   # credits: {"type", "balance", "cost"} for a credit-priced feature, else null
 # `tier` is the tier applied; `paid_tier` the one the account pays for (null without an account):
 # they differ while a payment is overdue past its grace, a trial has expired, and so on.
 # `license_grace_until`: with a signed license past its not-after date and still in grace, when the grace ends.
 # Reasons are a fixed vocabulary: ok, not_in_plan, limit_exceeded, subscription_inactive,
-# payment_overdue, trial_expired, unknown_feature, replica_stale, license_expired.
+# payment_overdue, trial_expired, unknown_feature, replica_stale, license_expired, insufficient_credits.
 #
 # Portability: this policy runs on the embedded engine (regorus) and on OPA, and must answer the
 # same on both (`tiergate policies test --engine opa-reference`). Month arithmetic is done in Python
@@ -54,6 +60,7 @@ stale_decision := {
 	# Staleness ends when the replica catches up, not at a known time: never cache this answer.
 	"valid_until": format_instant(now_ns),
 	"license_grace_until": license_grace_until,
+	"credits": null,
 }
 
 unknown_feature_decision := {
@@ -66,6 +73,7 @@ unknown_feature_decision := {
 	"remaining": null,
 	"valid_until": valid_until,
 	"license_grace_until": license_grace_until,
+	"credits": null,
 }
 
 # A license past its grace: nothing is allowed until a renewed license is installed, which is
@@ -79,14 +87,16 @@ license_expired_decision := {
 	"remaining": null,
 	"valid_until": null,
 	"license_grace_until": license.grace_until,
+	"credits": null,
 }
 
-feature_decision := object.union(final_answer, {
+feature_decision := object.union(credited_answer, {
 	"tier": effective_tier,
 	"paid_tier": paid_tier,
 	"used": used,
 	"valid_until": valid_until,
 	"license_grace_until": license_grace_until,
+	"credits": credits_answer,
 })
 
 # -- which rule decided ----------------------------------------------------------------------------
@@ -105,6 +115,8 @@ decided_by := {"rule": "replica_stale", "tier": effective_tier, "addons": []} if
 	override
 } else := {"rule": "restriction", "tier": effective_tier, "addons": []} if {
 	final_answer.reason == restriction
+} else := {"rule": "credits", "tier": effective_tier, "addons": []} if {
+	credited_answer.reason == "insufficient_credits"
 } else := {"rule": "metered", "tier": effective_tier, "addons": counted_addons} if {
 	final_answer.limit != null
 } else := {"rule": "tier_value", "tier": effective_tier, "addons": counted_addons}
@@ -370,6 +382,31 @@ override_in_force(found) if {
 	now_ns < time.parse_rfc3339_ns(found.expires_at)
 }
 
+# -- credits (docs/credits.md) -------------------------------------------------------------------
+
+# The check of the price that applies: the override's while one is in force (only when it prices
+# the feature in credits), else the applied tier's (only when that tier prices it).
+credit_check := input.credits.override if {
+	override
+	is_object(input.credits.override)
+} else := input.credits.tiers[effective_tier] if {
+	not override
+}
+
+# What the plan allows still needs the credits to pay for it; a denial stays the plan's.
+credited_answer := object.union(final_answer, {"allow": false, "reason": "insufficient_credits"}) if {
+	final_answer.allow == true
+	credit_check.sufficient == false
+} else := final_answer
+
+default credits_answer := null
+
+credits_answer := {"type": credit_check.type, "balance": credit_balance.balance, "cost": credit_check.cost} if {
+	credit_check
+}
+
+credit_balance := input.credits.balances[credit_check.type]
+
 # -- signed offline licenses ---------------------------------------------------------------------
 
 # The license the tenant's account comes from (self-hosted installs), with its dates: until
@@ -429,6 +466,13 @@ upcoming_changes contains t if {
 upcoming_changes contains t if {
 	override.expires_at != null
 	t := time.parse_rfc3339_ns(override.expires_at)
+}
+
+# A credit grant takes effect or expires: the balance changes by time alone.
+upcoming_changes contains t if {
+	credit_balance.changes_at != null
+	t := time.parse_rfc3339_ns(credit_balance.changes_at)
+	t > now_ns
 }
 
 # The license reaches its not-after date (grace begins) or the end of its grace.

@@ -94,6 +94,7 @@ test_decision_is_the_full_document if {
 		"remaining": 90,
 		"valid_until": period_end,
 		"license_grace_until": null,
+		"credits": null,
 	}
 }
 
@@ -671,6 +672,97 @@ test_a_license_belongs_to_its_tenant_only if {
 	d := decide(request_with("dashboards", {"now": "2027-01-01T00:00:00Z", "license": null}))
 	d.allow == true
 	d.license_grace_until == null
+}
+
+# -- credits: the sidecar computes each check exactly; the policy picks the one that applies -----------
+
+credit_plans := object.union(fixture_plans, {
+	"credits": {"ai_credits": {"decimals": 2}},
+	"tiers": {
+		"free": {"rank": 0, "features": {"tokens": {"credits": {"ai_credits": "0.03"}}, "images": false}},
+		"pro": {"rank": 10, "grace_days": 7, "features": {
+			"tokens": {"credits": {"ai_credits": "0.01"}},
+			"images": {"limit": 5, "credits": {"ai_credits": 2}},
+		}},
+	},
+})
+
+check(cost, sufficient) := {"type": "ai_credits", "cost": cost, "sufficient": sufficient}
+
+# input.credits: the tiers' (and an override's) checks, and the balance of ai_credits.
+credits_of(checks, balance, changes_at) := object.union(checks, {"balances": {"ai_credits": {
+	"balance": balance,
+	"changes_at": changes_at,
+}}})
+
+decide_credits(doc) := d if {
+	d := entitlements.decision with input as doc with data.plans as credit_plans
+}
+
+test_credits_allow_when_the_check_is_sufficient if {
+	checks := {"tiers": {"free": check("0.03", true), "pro": check("0.01", true)}}
+	d := decide_credits(request_with("tokens", {"credits": credits_of(checks, "12.5", null)}))
+	d.allow == true
+	d.reason == "ok"
+	d.credits == {"type": "ai_credits", "balance": "12.5", "cost": "0.03"}
+}
+
+test_credits_are_checked_at_the_applied_tiers_price if {
+	checks := credits_of({"tiers": {"free": check("0.03", false), "pro": check("0.01", true)}}, "0.02", null)
+	d := decide_credits(object.union(subscribed("tokens", "pro", "active", {}), {"credits": checks}))
+	d.allow == true
+	d.credits.cost == "0.01"
+	overdue := decide_credits(object.union(
+		subscribed("tokens", "pro", "past_due", {"past_due_since": "2026-10-01T00:00:00Z"}),
+		{"credits": checks},
+	))
+	overdue.allow == false
+	overdue.reason == "insufficient_credits" # the applied tier (free) prices it at 0.03
+	overdue.tier == "free"
+}
+
+test_a_plan_denial_stays_the_plans if {
+	d := decide_credits(object.union(
+		subscribed("images", "pro", "active", {}),
+		{"usage": {"images": 5}, "credits": credits_of({"tiers": {"pro": check(2, true)}}, 100, null)},
+	))
+	d.allow == false
+	d.reason == "limit_exceeded"
+	free := decide_credits(request_with("images", {"credits": credits_of({"tiers": {"pro": check(2, false)}}, 0, null)}))
+	free.reason == "not_in_plan"
+	free.credits == null
+}
+
+test_an_override_without_credits_lifts_the_price if {
+	d := decide_credits(request_with("tokens", {
+		"overrides": {"tokens": {"value": {}, "expires_at": null}},
+		"credits": credits_of({"tiers": {"free": check("0.03", false)}}, 0, null),
+	}))
+	d.allow == true
+	d.credits == null
+}
+
+test_an_override_with_credits_is_checked_at_its_price if {
+	checks := {"tiers": {"free": check("0.03", true)}, "override": check(1, false)}
+	d := decide_credits(request_with("tokens", {
+		"overrides": {"tokens": {"value": {"credits": {"ai_credits": 1}}, "expires_at": null}},
+		"credits": credits_of(checks, "0.5", null),
+	}))
+	d.allow == false
+	d.reason == "insufficient_credits"
+	d.credits == {"type": "ai_credits", "balance": "0.5", "cost": 1}
+}
+
+test_insufficient_credits_are_decided_by_the_credits_rule if {
+	doc := request_with("tokens", {"credits": credits_of({"tiers": {"free": check("0.03", false)}}, 0, null)})
+	r := entitlements.decided_by with input as doc with data.plans as credit_plans
+	r == {"rule": "credits", "tier": "free", "addons": []}
+}
+
+test_a_grant_that_expires_bounds_the_answer if {
+	checks := credits_of({"tiers": {"free": check("0.03", true)}}, 5, "2026-11-25T00:00:00Z")
+	d := decide_credits(request_with("tokens", {"credits": checks}))
+	d.valid_until == "2026-11-25T00:00:00Z"
 }
 
 # -- which rule decided (what `tiergate explain` names) ----------------------------------------------

@@ -63,6 +63,7 @@ ROUTES: list[tuple[str, str, str]] = [
     ("POST", r"/v1/products/(?P<id>[^/]+)", "product"),
     ("POST", r"/v1/billing/meters", "billing.meter"),
     ("POST", r"/v1/billing/meter_events", "billing.meter_event"),
+    ("POST", r"/v1/payment_intents", "payment_intent"),
 ]
 
 

@@ -14,11 +14,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     StringConstraints,
     ValidationError,
     model_validator,
 )
 
+from tiergate.amounts import MAX_SCALE, Amount, stored
+from tiergate.credits import credit_amount
 from tiergate.errors import CatalogError
 from tiergate.periods import Window, window_bounds
 
@@ -71,15 +74,27 @@ class Metric(_Strict):
         return self
 
 
+# An exact, positive amount of credits in the catalog: an int or a decimal string (never a float).
+Credits = Annotated[Amount, BeforeValidator(credit_amount), PlainSerializer(stored)]
+
+
 class Quota(_Strict):
     """`{limit: N}` allows N per billing period; `{}` is on and unlimited.
 
     `limit_by: quantity` makes the limit what the customer bought: the subscription's quantity
     (seats), capped by `limit` when both are given; a tenant without a subscription gets `limit`.
+    `credits: {type: cost}` makes each unit of a metered feature draw `cost` credits of `type`
+    (docs/credits.md); a check needs the balance besides any `limit`.
     """
 
     limit: Annotated[int, Field(ge=0)] | None = None
     limit_by: Literal["quantity"] | None = None
+    credits: Annotated[dict[Identifier, Credits], Field(min_length=1, max_length=1)] | None = None
+
+    @property
+    def credit_cost(self) -> tuple[str, Amount] | None:
+        """(credit type, cost of one unit) when the feature is credit-priced."""
+        return next(iter(self.credits.items())) if self.credits else None
 
 
 def _feature_value(value: object) -> object:
@@ -118,6 +133,57 @@ class CheckoutOptions(_Strict):
     billing_address_collection: Literal["auto", "required"] | None = None
 
 
+class StripeGrants(_Strict):
+    """Stripe billing credit grants in `currency` mirror as this type: `per_minor_unit` credits for
+    each minor unit (cent) of the grant's monetary amount."""
+
+    currency: Currency
+    per_minor_unit: Credits
+
+
+class CreditType(_Strict):
+    """A kind of credit tenants hold a balance of (`ai_credits: {name: AI credits, decimals: 2}`).
+
+    `balance_low`: balances that send `credits.balance_low` when a tenant's balance falls below
+    them (outbound webhooks), once per crossing. `stripe_grants`: Stripe billing credit grants that
+    become grants of this type (docs/credits.md)."""
+
+    name: str | None = None
+    decimals: Annotated[int, Field(ge=0, le=MAX_SCALE)] = 0
+    balance_low: list[Credits] = Field(default_factory=list, max_length=10)
+    stripe_grants: StripeGrants | None = None
+
+
+class Rollover(_Strict):
+    """How much of a cycle's unspent grant carries into the next cycle (at most `max`)."""
+
+    max: Credits
+
+
+class PlanGrant(_Strict):
+    """Credits a tier grants every cycle: `every: period` (the billing period) or `every: month`
+    (monthly, also inside an annual period). A cycle's grant expires when the cycle ends, less what
+    `rollover` carries over."""
+
+    credits: Identifier
+    amount: Credits
+    every: Literal["month", "period"] = "period"
+    rollover: Rollover | None = None
+    category: Literal["paid", "promotional"] = "paid"
+    priority: Annotated[int, Field(ge=0, le=100)] = 50
+
+
+class Pack(_Strict):
+    """A one-time purchase of credits (Checkout in payment mode); `plans push` creates its price."""
+
+    name: str | None = None
+    credits: Identifier
+    amount: Credits
+    price: Price
+    expires_days: Annotated[int, Field(ge=1, le=3650)] | None = None
+    priority: Annotated[int, Field(ge=0, le=100)] = 50
+
+
 class Tier(_Strict):
     rank: int
     name: str | None = None
@@ -125,6 +191,7 @@ class Tier(_Strict):
     trial_days: Annotated[int, Field(ge=0)] = 0
     grace_days: Annotated[int, Field(ge=0)] = 0
     features: dict[Identifier, FeatureValue] = Field(default_factory=dict)
+    grants: list[PlanGrant] = Field(default_factory=list, max_length=20)
 
 
 class AddonLimit(_Strict):
@@ -191,6 +258,8 @@ class Catalog(_Strict):
     routes: list[Route] = Field(default_factory=list)
     ingress: Ingress = Field(default_factory=Ingress)
     checkout: CheckoutOptions = Field(default_factory=CheckoutOptions)
+    credits: dict[Identifier, CreditType] = Field(default_factory=dict)
+    packs: dict[Identifier, Pack] = Field(default_factory=dict)
 
     def usage_window(self, code: str, moment: datetime) -> tuple[datetime, datetime] | None:
         """The window of `code`'s counter holding `moment`; None: it counts per billing period."""
@@ -209,6 +278,26 @@ class Catalog(_Strict):
                 if price.lookup_key == key:
                     return tier_name, interval
         return None
+
+    def credit_type_for_stripe(self, currency: str) -> str | None:
+        """The credit type Stripe credit grants in `currency` mirror as (the first that names it)."""
+        return next(
+            (
+                name
+                for name, kind in self.credits.items()
+                if kind.stripe_grants and kind.stripe_grants.currency == currency
+            ),
+            None,
+        )
+
+    def pack_for_lookup_key(self, key: str) -> str | None:
+        return next((name for name, pack in self.packs.items() if pack.price.lookup_key == key), None)
+
+    def credit_cost(self, tier: str, feature: str) -> tuple[str, Amount] | None:
+        """(credit type, cost of one unit) when `feature` is credit-priced in `tier`."""
+        found = self.tiers.get(tier)
+        value = found.features.get(feature) if found else None
+        return value.credit_cost if isinstance(value, Quota) else None
 
     def addon_for_lookup_key(self, key: str) -> str | None:
         for name, addon in self.addons.items():
@@ -256,6 +345,9 @@ def _cross_field_problems(raw: Mapping[str, Any]) -> list[tuple[str, str]]:
                 problems.append(
                     (f"addons.{name}.features.{changed}", f"{changed!r} is in no tier's features")
                 )
+    for name, pack in _mapping(raw.get("packs")).items():
+        problems += _price_problems(_mapping(_mapping(pack).get("price")), f"packs.{name}.price", seen_keys)
+    problems += credit_problems(raw)
     metrics = _mapping(raw.get("metrics"))
     routes = raw.get("routes")
     for i, route in enumerate(routes if isinstance(routes, list) else []):
@@ -269,6 +361,70 @@ def _cross_field_problems(raw: Mapping[str, Any]) -> list[tuple[str, str]]:
                 (f"routes[{i}].usage", f"{usage!r} is a gauge (latest): a request cannot add to it")
             )
     return problems
+
+
+def credit_problems(raw: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Credit types that are named but not declared, and amounts finer than their type keeps."""
+    types = _mapping(raw.get("credits"))
+    metrics = _mapping(raw.get("metrics"))
+    problems: list[tuple[str, str]] = []
+
+    def amount_problem(where: str, kind: object, value: object) -> None:
+        if not isinstance(kind, str):
+            return
+        if kind not in types:
+            problems.append((where, f"{kind!r} is not a credit type (known: {sorted(types)})"))
+            return
+        decimals = _mapping(types[kind]).get("decimals", 0)
+        if isinstance(decimals, int) and _too_fine(value, decimals):
+            problems.append((where, f"{value!r} has more than {decimals} decimals, what {kind!r} keeps"))
+
+    for name, kind in types.items():
+        for i, low in enumerate(_list(_mapping(kind).get("balance_low"))):
+            amount_problem(f"credits.{name}.balance_low[{i}]", name, low)
+    for tier_name, tier in _mapping(raw.get("tiers")).items():
+        for feature, value in _mapping(_mapping(tier).get("features")).items():
+            for kind, cost in _mapping(_mapping(value).get("credits")).items():
+                amount_problem(f"tiers.{tier_name}.features.{feature}.credits.{kind}", kind, cost)
+                if feature not in metrics:
+                    problems.append(
+                        (
+                            f"tiers.{tier_name}.features.{feature}.credits",
+                            f"{feature!r} is not a metric: only metered features draw credits",
+                        )
+                    )
+                elif _mapping(metrics[feature]).get("aggregation") == "latest":
+                    problems.append(
+                        (
+                            f"tiers.{tier_name}.features.{feature}.credits",
+                            f"{feature!r} is a gauge (latest): its events are not uses to charge",
+                        )
+                    )
+        for i, grant in enumerate(_list(_mapping(tier).get("grants"))):
+            kind = _mapping(grant).get("credits")
+            amount_problem(f"tiers.{tier_name}.grants[{i}].amount", kind, _mapping(grant).get("amount"))
+            rollover = _mapping(_mapping(grant).get("rollover"))
+            if "max" in rollover:
+                amount_problem(f"tiers.{tier_name}.grants[{i}].rollover.max", kind, rollover["max"])
+    for name, pack in _mapping(raw.get("packs")).items():
+        amount_problem(f"packs.{name}.amount", _mapping(pack).get("credits"), _mapping(pack).get("amount"))
+    return problems
+
+
+def _too_fine(value: object, decimals: int) -> bool:
+    try:
+        credit_amount(value, MAX_SCALE, positive=False)  # otherwise the schema names the problem
+    except ValueError:
+        return False
+    try:
+        credit_amount(value, decimals, positive=False)
+    except ValueError as exc:
+        return "digits after the decimal point" in str(exc)
+    return False
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _price_problems(price: Mapping[str, Any], where: str, seen_keys: dict[str, str]) -> list[tuple[str, str]]:
@@ -324,7 +480,11 @@ def load_catalog(path: Path) -> Catalog:
 
 def _dotted(loc: tuple[int | str, ...]) -> str:
     # pydantic reports union members ("bool", "Quota") as path parts: they are not fields.
-    parts = [p for p in loc if p not in ("bool", "Quota", "AddonLimit", "[key]")]
+    parts = [
+        p
+        for p in loc
+        if p not in ("bool", "Quota", "AddonLimit", "[key]", "function-before[credit_amount()]")
+    ]
     out = ""
     for part in parts:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))

@@ -79,9 +79,10 @@ def plans_check(path: Path | None) -> None:
         for field, message in exc.problems or [("", exc.message)]:
             click.echo(f"  {field or '<root>'}: {message}", err=True)
         sys.exit(1)
+    sold = f", {len(catalog.credits)} credit types, {len(catalog.packs)} packs" if catalog.credits else ""
     click.echo(
         f"{path}: ok ({len(catalog.tiers)} tiers, {len(catalog.features)} features, "
-        f"{len(catalog.metrics)} metrics, {len(catalog.routes)} routes; default tier {catalog.default_tier!r})"
+        f"{len(catalog.metrics)} metrics, {len(catalog.routes)} routes{sold}; default tier {catalog.default_tier!r})"
     )
 
 

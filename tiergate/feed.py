@@ -9,13 +9,15 @@ from __future__ import annotations
 import math
 import os
 import socket
+from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, PrivateAttr
 
-from tiergate.amounts import Amount, Counter, policy_units, stored
+from tiergate.amounts import Amount, Counter, add, negate, policy_units, stored, total
 from tiergate.catalog import FeatureValue, Quota
 from tiergate.models import Account, TenantId, UsageCounter
+from tiergate.periods import rfc3339
 
 
 class FeedAccount(Account):
@@ -72,16 +74,78 @@ def value_document(value: bool | Quota) -> bool | dict[str, Any]:
     return value if isinstance(value, bool) else value.model_dump(exclude_none=True)
 
 
+class FeedCreditGrant(BaseModel):
+    """What is left of one grant, and when it counts: from `effective_at` until `expires_at`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    remaining: Counter
+    effective_at: AwareDatetime
+    expires_at: AwareDatetime | None = None
+
+
+class FeedCredits(BaseModel):
+    """A tenant's state of one credit type (docs/credits.md): its unspent grants with their times,
+    so a follower knows the balance at any moment until the next change, and a debt (usage beyond
+    the balance) the next grant repays."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    tenant: TenantId
+    credit_type: str
+    debt: Counter = 0
+    grants: list[FeedCreditGrant] = []
+    # (from, until, balance, its text, `until` as RFC 3339): the balance holds until the next change
+    _memo: tuple[datetime, datetime | None, Amount, int | str, str | None] | None = PrivateAttr(default=None)
+
+    def at(self, now: datetime) -> tuple[Amount, int | str, str | None]:
+        """(balance, its JSON form, the next change as RFC 3339) at `now`, computed once for every
+        moment until the next grant takes effect or expires (the decision path asks per check)."""
+        private = self.__pydantic_private__  # the memo, without pydantic's attribute lookup per check
+        memo = private.get("_memo") if private is not None else None
+        if memo is None or now < memo[0] or (memo[1] is not None and now >= memo[1]):
+            balance, until = self.balance(now), self.next_change(now)
+            memo = self._memo = (now, until, balance, stored(balance), rfc3339(until))
+        return memo[2], memo[3], memo[4]
+
+    def balance(self, now: datetime) -> Amount:
+        spendable = [
+            g.remaining
+            for g in self.grants
+            if g.effective_at <= now and (g.expires_at is None or now < g.expires_at)
+        ]
+        return add(total(spendable), negate(self.debt))
+
+    def next_change(self, now: datetime) -> datetime | None:
+        """The next moment the balance changes by time alone: a grant takes effect or expires."""
+        moments = [
+            moment
+            for g in self.grants
+            for moment in (g.effective_at, g.expires_at)
+            if moment is not None and moment > now
+        ]
+        return min(moments) if moments else None
+
+    def next_expiry(self, now: datetime) -> datetime | None:
+        ends = [
+            g.expires_at
+            for g in self.grants
+            if g.expires_at is not None and g.effective_at <= now < g.expires_at
+        ]
+        return min(ends) if ends else None
+
+
 # The kinds this version applies. A newer daemon may send others: a sidecar skips them (and
 # still advances its position), so daemons can be upgraded before sidecars.
-KNOWN_KINDS = frozenset({"account", "usage", "override"})
+KNOWN_KINDS = frozenset({"account", "usage", "override", "credits"})
 
 
 class FeedChange(BaseModel):
     """One entry of the daemon's change feed (`GET /v1/feed/changes`).
 
     `override` entries are keyed by (tenant, `feature`): an upsert carries the override, a delete
-    only names it.
+    only names it. `credits` entries are keyed by (tenant, credit type): an upsert replaces the
+    type's state.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -93,6 +157,7 @@ class FeedChange(BaseModel):
     account: FeedAccount | None = None
     usage: FeedUsage | None = None
     override: FeedOverride | None = None
+    credits: FeedCredits | None = None
     feature: str | None = None
 
 

@@ -46,6 +46,7 @@ REASONS = (
     "replica_not_ready",
     "license_expired",
     "quota_unavailable",  # a leased metric: no unit in this sidecar's lease, none came in time
+    "insufficient_credits",
 )
 
 MAX_TENANT_LENGTH = 200
@@ -157,6 +158,8 @@ class PolicyAnswer:
     paid_tier: str | None = None  # the tier the account pays for (`tier` is the one applied)
     # A signed license past its not-after date and still in grace: when the grace ends.
     license_grace_until: str | None = None
+    # A credit-priced feature: {type, balance (what is available), cost (of this quantity)}.
+    credits: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -177,6 +180,7 @@ class Decision:
     valid_until: str | None = None
     paid_tier: str | None = None  # the tier the account pays for (`tier` is the one applied)
     license_grace_until: str | None = None
+    credits: dict[str, Any] | None = None
     tenant: str
     feature: str
     quantity: int = 1
@@ -214,6 +218,7 @@ class Decision:
             valid_until=answer.valid_until,
             paid_tier=answer.paid_tier,
             license_grace_until=answer.license_grace_until,
+            credits=answer.credits,
             tenant=tenant,
             feature=feature,
             quantity=quantity,

@@ -67,7 +67,7 @@ async def test_overrides_are_logged_and_in_the_snapshot(mirror_backend: MirrorBa
                     "expires_at": "2026-12-08T00:00:00Z",
                 },
             },
-            {"type": "end", "accounts": 0, "usage": 0, "overrides": 1},
+            {"type": "end", "accounts": 0, "usage": 0, "overrides": 1, "credits": 0},
         ]
     finally:
         await mirror.close()

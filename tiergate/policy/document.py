@@ -65,9 +65,10 @@ def build_input(
     replica_age_s: float | None,
     overrides: Mapping[str, Any] | None = None,
     license: Mapping[str, Any] | None = None,
+    credits: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The input document of policies/entitlements.rego (see docs/policies.md)."""
-    return {
+    document = {
         "tenant": tenant,
         "feature": feature,
         "quantity": quantity,
@@ -83,9 +84,22 @@ def build_input(
         # The signed license the tenant's account comes from: its dates (null: no license).
         "license": license,
     }
+    if credits is not None:  # a credit-priced feature: the exact checks (docs/credits.md)
+        document["credits"] = credits
+    return document
 
 
 _CANONICAL = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+
+
+def _credits_or_none(value: object) -> dict[str, Any] | None:
+    """The answer's `credits` ({type, balance, cost}), as the policy gave it; None otherwise."""
+    if not isinstance(value, dict) or len(value) != 3:
+        return None
+    kind, balance, cost = value.get("type"), value.get("balance"), value.get("cost")
+    if type(kind) is not str or type(balance) not in (int, str) or type(cost) not in (int, str):
+        return None  # (type(): a bool is not an amount)
+    return value
 
 
 class PolicyAnswerError(ValueError):
@@ -117,6 +131,7 @@ def parse_answer(answer: object) -> PolicyAnswer:
         valid_until=_time_or_none(answer.get("valid_until")),
         paid_tier=paid_tier if isinstance(paid_tier, str) else None,
         license_grace_until=_time_or_none(answer.get("license_grace_until")),
+        credits=_credits_or_none(answer.get("credits")),
     )
 
 
@@ -161,6 +176,7 @@ RULES = {
     "override": "the tenant's override of {feature} (an override wins over every tier)",
     "restriction": "the account is {status}: the {tier} tier applied instead of the paid {paid} tier, "
     "which would have allowed {feature}",
+    "credits": "the balance of credits the {tier} tier's price of {feature} draws on",
     "metered": "the {tier} tier's limit on {feature} this period",
     "tier_value": "what the {tier} tier says of {feature}",
 }

@@ -214,6 +214,7 @@ def _engine_ctx(override: PolicyEngine | None):  # type: ignore[no-untyped-def]
             on_reload=lambda revision: _reloaded(app, revision),
             on_failure=lambda error: metrics.reloads.labels("failed").inc(),
         )
+        decisions.catalog = lambda: reloader.bundle.catalog if reloader.bundle else None
         decisions.records = DecisionRecords(
             int(settings.decision_record_mb * 1024 * 1024),
             allow_sample=settings.decision_record_allow_sample,

@@ -266,7 +266,11 @@ def replica_import(file: BinaryIO, allow_unknown: bool) -> None:
         db = open_replica(settings.replica_path)
         as_of = document.data_as_of or datetime.now(UTC)
         n_accounts, n_usage = ReplicaWriter(db).replace_all(
-            document.accounts, document.usage, data_as_of=as_of, overrides=document.overrides
+            document.accounts,
+            document.usage,
+            data_as_of=as_of,
+            overrides=document.overrides,
+            credits=document.credits,
         )
         db.close()
     except TierError as exc:

@@ -130,7 +130,10 @@ class LocalDecisions:
             staleness_budget_s=self.staleness_budget_s,
         )
         reader.subscribe(self._replica_changed)
-        self._reloader = PolicyReloader(engine, self.policies, self.plans, on_reload=lambda _: cache.clear())
+        self._reloader = reloader = PolicyReloader(
+            engine, self.policies, self.plans, on_reload=lambda _: cache.clear()
+        )
+        self._service.catalog = lambda: reloader.bundle.catalog if reloader.bundle else None
         await self._reloader.start()
 
     def _replica_changed(self, meta: ReplicaMeta, tenants: set[str] | None) -> None:

@@ -20,7 +20,11 @@ from tiergate.bounded import BOUND_HITS, BoundHits
 from tiergate.catalog import Catalog, load_catalog
 from tiergate.serve import Listener, serve
 from tiergate.sync_daemon.billing.actions import BillingActions
-from tiergate.sync_daemon.billing.api import add_billing_routes, billing_actions_ctx
+from tiergate.sync_daemon.billing.api import ACTIONS, add_billing_routes, billing_actions_ctx
+from tiergate.sync_daemon.billing.stripe_actions import StripeBillingActions
+from tiergate.sync_daemon.credits.api import add_credit_routes
+from tiergate.sync_daemon.credits.jobs import CREDITS_SWEEP_S, sweep
+from tiergate.sync_daemon.credits.top_ups import TopUpCharger
 from tiergate.sync_daemon.leader import Leader, PostgresLeader, SoleLeader, when_leading
 from tiergate.sync_daemon.leases.api import add_lease_routes
 from tiergate.sync_daemon.metrics import DaemonMetrics
@@ -143,6 +147,7 @@ def create_app(
     add_ops_routes(app)
     add_billing_routes(app)
     add_override_routes(app)
+    add_credit_routes(app)
     add_outbound_routes(app)
     add_usage_routes(app, catalog)
     add_lease_routes(app, settings.lease_ttl_s)
@@ -216,6 +221,11 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
         ),
         ("retention", functools.partial(run_retention, app), settings.retention_interval_s, [], None),
     ]
+    if app[CATALOG].credits:  # plan grants of new cycles, rollovers and expiries
+        endpoints = settings.webhook_endpoint_list
+        jobs.append(
+            ("credits", functools.partial(sweep, mirror, app[CATALOG], endpoints), CREDITS_SWEEP_S, [], None)
+        )
     if settings.webhook_endpoint_list:
         outbound = app[APPLIER].outbound
         assert outbound is not None
@@ -235,6 +245,12 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     scheduler.shutdown(wait=False)
     await leader.stop()
+
+
+def _top_up_charger(app: web.Application) -> TopUpCharger | None:
+    """The Stripe billing actions charge automatic top-ups (None: billing actions not open)."""
+    actions = app.get(ACTIONS)
+    return actions if isinstance(actions, StripeBillingActions) else None
 
 
 async def run_retention(app: web.Application) -> dict[str, int]:

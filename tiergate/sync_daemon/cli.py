@@ -25,6 +25,7 @@ from tiergate.cli_support import (
     warn_unknown_settings,
 )
 from tiergate.errors import TierError
+from tiergate.sync_daemon.cli_credits import credits
 from tiergate.sync_daemon.cli_overrides import overrides
 from tiergate.sync_daemon.cli_support_tools import explain, tenant
 
@@ -35,11 +36,12 @@ if TYPE_CHECKING:
 def register(root: click.Group) -> None:
     """Add the daemon's commands to ROOT (the `tiergate.commands` entry point)."""
     SETTINGS_FIELDS["sync_daemon"] = _settings_fields
-    COMMAND_VARIABLES.add("actor")  # `overrides` reads TIERGATE_ACTOR
+    COMMAND_VARIABLES.add("actor")  # `overrides` and `credits` read TIERGATE_ACTOR
     root.add_command(sync_daemon_command)
     root.add_command(sync_command)
     root.add_command(mirror)
     root.add_command(overrides)
+    root.add_command(credits)
     root.add_command(tenant)
     root.add_command(explain)
     subgroup(root, "plans").add_command(plans_push)

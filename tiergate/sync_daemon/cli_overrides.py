@@ -55,7 +55,7 @@ def os_user() -> str | None:
         return None
 
 
-_ACTOR = click.option(
+ACTOR_OPTION = click.option(
     "--actor",
     envvar="TIERGATE_ACTOR",
     show_envvar=True,
@@ -65,7 +65,7 @@ _ACTOR = click.option(
 )
 
 
-def _options(fn: Any) -> Any:
+def daemon_options(fn: Any) -> Any:
     fn = click.option(
         "--daemon-url", envvar="TIERGATE_DAEMON_URL", default="http://127.0.0.1:9190", show_default=True
     )(fn)
@@ -86,8 +86,8 @@ def overrides() -> None:
 @click.option("--reason", required=True, help="Why: kept in the audit trail.")
 @click.option("--expires-at", help="RFC 3339 time the override ends, e.g. 2026-12-31T00:00:00Z.")
 @click.option("--for", "lasting", help="How long it lasts from now: 30m, 12h, 14d, 2w.")
-@_ACTOR
-@_options
+@ACTOR_OPTION
+@daemon_options
 def overrides_set(
     tenant: str,
     feature: str,
@@ -106,7 +106,7 @@ def overrides_set(
         body["expires_at"] = ends
     if actor:
         body["actor"] = actor
-    stored = _call("PUT", daemon_url, token, _path(tenant, feature), body)
+    stored = call_daemon("PUT", daemon_url, token, _path(tenant, feature), body)
     until = f" until {stored['expires_at']}" if stored.get("expires_at") else ""
     click.echo(f"{tenant}: {feature} = {json.dumps(stored['value'])}{until} ({stored['reason']})")
 
@@ -115,24 +115,24 @@ def overrides_set(
 @click.argument("tenant")
 @click.argument("feature")
 @click.option("--reason", default="removed", show_default=True)
-@_ACTOR
-@_options
+@ACTOR_OPTION
+@daemon_options
 def overrides_rm(
     tenant: str, feature: str, reason: str, actor: str | None, daemon_url: str, token: str
 ) -> None:
     """Remove TENANT's override of FEATURE: the tier decides again."""
     query = {"reason": reason, **({"actor": actor} if actor else {})}
-    _call("DELETE", daemon_url, token, _path(tenant, feature) + "?" + urllib.parse.urlencode(query))
+    call_daemon("DELETE", daemon_url, token, _path(tenant, feature) + "?" + urllib.parse.urlencode(query))
     click.echo(f"{tenant}: {feature} override removed")
 
 
 @overrides.command("ls")
 @click.argument("tenant")
 @click.option("--audit", is_flag=True, help="Also print the newest audit entries.")
-@_options
+@daemon_options
 def overrides_ls(tenant: str, audit: bool, daemon_url: str, token: str) -> None:
     """List TENANT's overrides (expired ones marked)."""
-    listed = _call("GET", daemon_url, token, _path(tenant))
+    listed = call_daemon("GET", daemon_url, token, _path(tenant))
     if not listed["overrides"]:
         click.echo(f"{tenant}: no overrides")
     for o in listed["overrides"]:
@@ -154,12 +154,21 @@ def _path(tenant: str, feature: str | None = None) -> str:
     return path + (f"/{urllib.parse.quote(feature, safe='')}" if feature else "")
 
 
-def _call(method: str, base: str, token: str, path: str, body: dict[str, Any] | None = None) -> Any:
+def call_daemon(
+    method: str,
+    base: str,
+    token: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Any:
     """One request to the daemon; its error message, or why it could not be reached, exits 1."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(base.rstrip("/") + path, data=data, method=method)
     request.add_header("Authorization", f"Bearer {token}")
     request.add_header("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())

@@ -11,6 +11,8 @@ from aiohttp import web
 from tiergate import exact_json
 from tiergate.catalog import Catalog
 from tiergate.errors import BadRequestError, NotFoundError
+from tiergate.sync_daemon.credits.top_ups import after_moves
+from tiergate.sync_daemon.credits.usage import debit_usage
 from tiergate.sync_daemon.mirror.store import MirrorTxn
 from tiergate.sync_daemon.mirror.usage import (
     IngestResult,
@@ -57,8 +59,10 @@ async def ingest_batch(request: web.Request) -> web.Response:
 
     def ingest(txn: MirrorTxn) -> IngestResult:
         result = ingest_events(txn, events, now, catalog)
+        moved = debit_usage(txn, catalog, events, result.inserted, now)  # credits, in the same commit
         if outbound is not None:  # alerts commit with the counters that reach them
             outbound.usage_changed(txn, result.counters)
+        after_moves(txn, catalog, outbound.endpoints if outbound is not None else [], moved, now)
         return result
 
     # The seq at commit: every counted event (also one counted earlier, on any daemon) is at or below it.

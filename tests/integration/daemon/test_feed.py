@@ -35,7 +35,7 @@ async def test_snapshot_lines(daemon: Daemon) -> None:
     assert lines[0]["type"] == "snapshot" and lines[0]["seq"] == 2 and lines[0]["data_as_of"].endswith("Z")
     accounts = [Account.model_validate(line["account"]) for line in lines[1:-1]]
     assert [a.tenant for a in accounts] == ["a", "b"] and accounts[0].tier == "pro"
-    assert lines[-1] == {"type": "end", "accounts": 2, "usage": 0, "overrides": 0}
+    assert lines[-1] == {"type": "end", "accounts": 2, "usage": 0, "overrides": 0, "credits": 0}
 
 
 async def test_changes_match_the_follower_contract(daemon: Daemon) -> None:

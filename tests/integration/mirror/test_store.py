@@ -118,7 +118,7 @@ async def test_snapshot_is_one_consistent_cut(mirror: Mirror) -> None:
     records += [r async for r in stream]
     assert records[0]["seq"] == 3
     assert [r["account"]["tenant"] for r in records if r["type"] == "account"] == ["a", "b", "c"]
-    assert records[-1] == {"type": "end", "accounts": 3, "usage": 0, "overrides": 0}
+    assert records[-1] == {"type": "end", "accounts": 3, "usage": 0, "overrides": 0, "credits": 0}
 
 
 async def test_reopen_keeps_position(mirror_backend: MirrorBackend) -> None:

@@ -212,6 +212,7 @@ def test_decision(
         "remaining",
         "valid_until",
         "license_grace_until",
+        "credits",
     }
 
 

@@ -111,6 +111,8 @@ async def entitlements(request: web.Request) -> web.Response:
                 name: {**_feature_entry(d), "source": sources.get(name, "plan")}
                 for name, d in decisions.items()
             },
+            # Credit balances as checks count them now, with the next expiry (docs/credits.md).
+            "credits": await request.app[DECISIONS].credit_balances(tenant),
             "policy_revision": first.policy_revision if first else None,
             "data_as_of": first.data_as_of if first else None,
             "stale": first.stale if first else False,
@@ -141,6 +143,7 @@ def _feature_entry(decision: Decision) -> dict[str, Any]:
         "remaining": decision.remaining,
         "valid_until": decision.valid_until,
         "license_grace_until": decision.license_grace_until,
+        **({"credits": decision.credits} if decision.credits is not None else {}),
     }
 
 

@@ -14,11 +14,18 @@ from typing import Any, Literal, NamedTuple
 
 import orjson
 
-from tiergate.catalog import Catalog
+from tiergate.catalog import Catalog, Quota
 from tiergate.errors import PolicyError, ReplicaNotReadyError, TierError
 from tiergate.log import host_safe_logger
 from tiergate.models import Decision, PolicyAnswer
 from tiergate.periods import rfc3339
+from tiergate.policy.credits_input import (
+    CreditPrices,
+    HeldCredits,
+    balances,
+    credits_input,
+    no_holds,
+)
 from tiergate.policy.document import PolicyAnswerError, build_input, parse_answer, policy_error_decision
 from tiergate.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyEngine
 from tiergate.sidecar.decisions.cache import DecisionCache, Materialised
@@ -110,14 +117,17 @@ class DecisionService:
         self._tail = b""
         self.shadow: ShadowPolicy | None = None  # TIERGATE_SHADOW_POLICIES: compared, never answering
         self.records: DecisionRecords | None = None  # recent decisions with their input (explain)
-        # The live catalog (set by the usage context): a metric with its own `window` is decided
-        # on that window's counter, and the window is the input's period (docs/adr/0047).
+        # The live bundle's catalog: a metric with its own `window` is decided on that window's
+        # counter, and the window is the input's period (docs/adr/0047); credit prices.
         self.catalog: Callable[[], Catalog | None] = lambda: None
         self._to_rematerialise: collections.deque[tuple[str, str, int]] = collections.deque()
         self._rematerialiser: asyncio.Task[None] | None = None
         self._adopt(reader.meta)
         reader.subscribe(self._replica_changed)
         self._usage_scope: tuple[str | None, str | None] = (None, None)  # (scope, of this revision)
+        # The holds' credits (docs/credits.md).
+        self.held_credits: HeldCredits = no_holds
+        self._prices: CreditPrices | None = None
         ledger.subscribe_usage(self._usage_changed)  # pending usage changes its tenant's answers
 
     def replica_age(self, now: float | None = None) -> float | None:
@@ -162,7 +172,10 @@ class DecisionService:
         if self.records is not None:
             self.records.forget(tenant)
         scope, revision = self._usage_scope
-        if code is not None and scope == "feature" and revision == self.engine.revision:
+        prices = self.credit_prices()
+        if code is not None and prices is not None and prices.priced(code):
+            self.cache.invalidate(tenant)  # the balance every credit-priced feature reads moved
+        elif code is not None and scope == "feature" and revision == self.engine.revision:
             self.cache.invalidate_feature(tenant, code)
         else:
             self.cache.invalidate(tenant)
@@ -381,6 +394,7 @@ class DecisionService:
         at = datetime.fromtimestamp(now, UTC)
         period = window_for(self.catalog(), feature, at) or period_for(row, at, now_text)
         usage = await self.ledger.usage(self.reader, tenant, period[0])
+        overrides = self.reader.overrides(tenant)
         document = build_input(
             tenant=tenant,
             feature=feature,
@@ -390,10 +404,70 @@ class DecisionService:
             usage=usage,
             period=period,
             replica_age_s=age,
-            overrides=self.reader.overrides(tenant),
+            overrides=overrides,
             license=license,
+            credits=self._credits(tenant, feature, quantity, row, period, overrides, now),
         )
         return PolicyInput(document, row)
+
+    def _credits(
+        self,
+        tenant: str,
+        feature: str,
+        quantity: int,
+        row: AccountRow | None,
+        period: tuple[str, str],
+        overrides: dict[str, Any],
+        now: float,
+    ) -> dict[str, Any] | None:
+        """`input.credits` when the catalog prices the feature in credits (see credits_input)."""
+        prices = self.credit_prices()
+        if prices is None:
+            return None
+        found = overrides.get(feature)
+        override = _quota(found.get("value")) if isinstance(found, dict) else None
+        return credits_input(
+            prices,
+            tenant=tenant,
+            feature=feature,
+            quantity=quantity,
+            account_tier=row.tier if row is not None else None,
+            states=self.reader.credits(tenant),
+            pending=self.ledger.pending(tenant, period[0]),
+            held=self.held_credits,
+            override_value=override,
+            now=datetime.fromtimestamp(now, UTC),
+            period_end=period[1],
+        )
+
+    def credit_prices(self) -> CreditPrices | None:
+        """The live catalog's credit prices (None: it sells no credits), indexed once per catalog."""
+        catalog = self.catalog()
+        if catalog is None or not catalog.credits:
+            return None
+        if self._prices is None or self._prices.catalog is not catalog:
+            self._prices = CreditPrices(catalog)
+        return self._prices
+
+    async def credit_balances(self, tenant: str) -> dict[str, dict[str, Any]]:
+        """The tenant's credit balances as checks count them now (pending usage and holds taken)."""
+        prices = self.credit_prices()
+        states = self.reader.credits(tenant)
+        if prices is None or not states:
+            return {}
+        moment = datetime.fromtimestamp(self.clock(), UTC)
+        row = self.reader.account(tenant)
+        period = period_for(row, moment, self._now_rfc3339(self.clock()))
+        await self.ledger.usage(self.reader, tenant, period[0])  # settles what the replica includes
+        return balances(
+            prices,
+            tenant=tenant,
+            account_tier=row.tier if row is not None else None,
+            states=states,
+            pending=self.ledger.pending(tenant, period[0]),
+            held=self.held_credits,
+            now=moment,
+        )
 
     async def _record(
         self,
@@ -444,6 +518,15 @@ class DecisionService:
         """The same line from a rendered decision, without building the object."""
         fields = orjson.loads(body)
         self.decision_log.line({name: fields[name] for name in LOGGED_FIELDS})
+
+
+def _quota(value: object) -> Quota | None:
+    if not isinstance(value, dict):
+        return None
+    try:
+        return Quota.model_validate(value)
+    except ValueError:
+        return None
 
 
 class RouteResolver:

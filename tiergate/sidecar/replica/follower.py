@@ -41,6 +41,7 @@ from tiergate.feed import (
     KNOWN_KINDS,
     FeedAccount,
     FeedChange,
+    FeedCredits,
     FeedOverride,
     FeedUsage,
     follower_name,
@@ -372,6 +373,7 @@ def _apply_snapshot(writer: ReplicaWriter, path: Path) -> dict[str, Any]:
         source="snapshot",
         expect_accounts=trailer.get("accounts"),
         overrides=(FeedOverride.model_validate(o) for o in records("override")),
+        credits=(FeedCredits.model_validate(c) for c in records("credits")),
     )
     return {"seq": int(header["seq"]), "accounts": n_accounts}
 

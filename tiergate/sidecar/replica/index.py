@@ -28,6 +28,7 @@ from operator import itemgetter
 from typing import Any
 
 from tiergate.amounts import Amount, from_stored, stored
+from tiergate.feed import FeedCredits
 from tiergate.sidecar.replica.rows import AccountRow
 from tiergate.usage_events import GAUGE_PERIOD_START
 
@@ -35,6 +36,7 @@ from tiergate.usage_events import GAUGE_PERIOD_START
 UsageRow = tuple[str, str, str, int | str]
 Counter = tuple[str, str, Amount]  # (period_start, code, exact value) of one tenant
 Overrides = dict[str, dict[str, Any]]  # feature -> {"value", "expires_at"}, as the policy reads them
+Credits = dict[str, FeedCredits]  # credit type -> the tenant's state of it (grants and debt)
 
 # -- the record of one tenant -----------------------------------------------------------------
 #   _HEAD: id length, offset of the counters, flags, tier, status, quantity, version, period
@@ -402,6 +404,7 @@ class ReplicaIndex:
         # Tenants whose rows the record cannot hold exactly (see the module's docstring).
         self._unpacked: dict[str, tuple[AccountRow | None, list[Counter]]] = {}
         self._overrides: dict[str, Overrides] = {}
+        self._credits: dict[str, Credits] = {}
         self._forget_last()
 
     def _forget_last(self) -> None:
@@ -447,6 +450,9 @@ class ReplicaIndex:
     def overrides(self, tenant: str) -> Overrides:
         return self._overrides.get(tenant) or {}
 
+    def credits(self, tenant: str) -> Credits:
+        return self._credits.get(tenant) or {}
+
     def __len__(self) -> int:
         """The number of accounts (tenants with counters only are not counted)."""
         return self._accounts + sum(1 for row, _ in self._unpacked.values() if row is not None)
@@ -457,7 +463,11 @@ class ReplicaIndex:
     # -- loading
 
     def replace_all(
-        self, accounts: Iterable[AccountRow], usage: Iterable[UsageRow], overrides: dict[str, Overrides]
+        self,
+        accounts: Iterable[AccountRow],
+        usage: Iterable[UsageRow],
+        overrides: dict[str, Overrides],
+        credits: dict[str, Credits] | None = None,
     ) -> None:
         """Everything, from rows in tenant order (the tables' primary key order)."""
         self._reset()
@@ -473,6 +483,7 @@ class ReplicaIndex:
         self._live = len(self._records)
         self._rebuild_table()
         self._overrides = overrides
+        self._credits = credits or {}
 
     def replace_tenants(
         self,
@@ -480,19 +491,22 @@ class ReplicaIndex:
         accounts: Iterable[AccountRow],
         usage: Iterable[UsageRow],
         overrides: dict[str, Overrides],
+        credits: dict[str, Credits] | None = None,
     ) -> None:
-        """`tenants`' rows are now `accounts`, `usage` and `overrides` (absent: gone)."""
+        """`tenants`' rows are now `accounts`, `usage`, `overrides` and `credits` (absent: gone)."""
         rows = {row.tenant: row for row in accounts}
         counters: dict[str, list[Counter]] = {}
         for tenant, period_start, code, value in usage:
             counters.setdefault(tenant, []).append((period_start, code, _amount(value)))
         for tenant in tenants:
             self._overrides.pop(tenant, None)
+            self._credits.pop(tenant, None)
             if tenant not in rows and tenant not in counters:
                 self._remove(tenant)
         for tenant in rows.keys() | counters.keys():
             self._store(tenant, rows.get(tenant), counters.get(tenant, []))
         self._overrides.update(overrides)
+        self._credits.update(credits or {})
 
     # -- the table
 

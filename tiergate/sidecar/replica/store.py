@@ -22,7 +22,7 @@ from pydantic_core import ErrorDetails
 
 from tiergate.amounts import Amount, from_stored, stored
 from tiergate.errors import ReplicaError, ReplicaNotReadyError, dotted_location
-from tiergate.feed import KNOWN_KINDS, FeedChange, FeedOverride
+from tiergate.feed import KNOWN_KINDS, FeedChange, FeedCredits, FeedOverride
 from tiergate.log import host_safe_logger
 from tiergate.models import ACCOUNT_FIELDS, Account, UsageCounter
 from tiergate.periods import rfc3339
@@ -117,6 +117,19 @@ def m007_gauge_as_of(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE usage ADD COLUMN as_of REAL")
 
 
+@MIGRATIONS()
+def m008_credits(db: sqlite_utils.Database) -> None:
+    # Each tenant's state of each credit type from the daemon (tiergate.feed.FeedCredits as JSON).
+    db.execute(
+        """CREATE TABLE credits (
+            tenant TEXT NOT NULL,
+            credit_type TEXT NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (tenant, credit_type)
+        ) WITHOUT ROWID"""
+    )
+
+
 class ReplicaMeta(NamedTuple):
     data_as_of: datetime | None
     position: int | None
@@ -186,6 +199,7 @@ class ReplicaWriter:
         expect_accounts: int | None = None,
         overrides: Iterable[FeedOverride] = (),
         license: dict[str, Any] | None = None,
+        credits: Iterable[FeedCredits] = (),
     ) -> tuple[int, int]:
         """Swap the whole content atomically; returns (accounts, usage counters) written.
 
@@ -197,9 +211,11 @@ class ReplicaWriter:
             conn.execute("DELETE FROM accounts")
             conn.execute("DELETE FROM usage")
             conn.execute("DELETE FROM overrides")
+            conn.execute("DELETE FROM credits")
             n_accounts = _insert_accounts(conn, (account_row(a) for a in accounts))
             n_usage = _insert_usage(conn, usage)
             conn.executemany(_UPSERT_OVERRIDE, (override_row(o) for o in overrides))
+            conn.executemany(_UPSERT_CREDITS, (credits_row(c) for c in credits))
             if expect_accounts is not None and n_accounts != expect_accounts:
                 raise ReplicaError(f"expected {expect_accounts} accounts, got {n_accounts}; nothing replaced")
             generation = self._read_meta(conn).generation + 1
@@ -244,6 +260,8 @@ class ReplicaWriter:
                         "DELETE FROM overrides WHERE tenant = ? AND feature = ?",
                         (change.tenant, change.feature),
                     )
+                elif change.kind == "credits" and change.credits is not None:
+                    conn.execute(_UPSERT_CREDITS, credits_row(change.credits))
             self._write_meta(conn, position=str(position), data_as_of=rfc3339(data_as_of), source="feed")
         return touched
 
@@ -274,6 +292,11 @@ class ReplicaWriter:
         ]
         if overrides:  # left out when empty: documents from before overrides round-trip unchanged
             document["overrides"] = overrides
+        credits = [
+            json.loads(body) for (body,) in conn.execute(_SELECT_CREDITS + " ORDER BY tenant, credit_type")
+        ]
+        if credits:  # likewise for documents from before credits
+            document["credits"] = credits
         return document
 
     @staticmethod
@@ -306,6 +329,22 @@ _UPSERT_ACCOUNT = (
     f"VALUES ({', '.join('?' * len(ACCOUNT_COLUMNS))})"
 )
 _UPSERT_OVERRIDE = "INSERT OR REPLACE INTO overrides (tenant, feature, value, expires_at) VALUES (?, ?, ?, ?)"
+
+
+_UPSERT_CREDITS = "INSERT OR REPLACE INTO credits (tenant, credit_type, body) VALUES (?, ?, ?)"
+_SELECT_CREDITS = "SELECT body FROM credits"
+
+
+def credits_row(state: FeedCredits) -> tuple[str, str, str]:
+    return state.tenant, state.credit_type, state.model_dump_json()
+
+
+def _credits_by_tenant(rows: Iterable[tuple[str]]) -> dict[str, dict[str, FeedCredits]]:
+    found: dict[str, dict[str, FeedCredits]] = {}
+    for (body,) in rows:
+        state = FeedCredits.model_validate_json(body)
+        found.setdefault(state.tenant, {})[state.credit_type] = state
+    return found
 
 
 def override_row(override: FeedOverride) -> tuple[str, str, str, str | None]:
@@ -633,6 +672,13 @@ class ReplicaReader:
         rows = self._conn.execute(_SELECT_OVERRIDES + " WHERE tenant = ?", (tenant,)).fetchall()
         return _overrides_by_tenant(rows).get(tenant, {})
 
+    def credits(self, tenant: str) -> dict[str, FeedCredits]:
+        """The tenant's state of each credit type it holds (grants with their times, and debt)."""
+        if self._in_memory:
+            return self.index.credits(tenant)
+        rows = self._conn.execute(_SELECT_CREDITS + " WHERE tenant = ?", (tenant,)).fetchall()
+        return _credits_by_tenant(rows).get(tenant, {})
+
     def close(self) -> None:
         self._conn.close()
 
@@ -661,6 +707,7 @@ class ReplicaReader:
                 [AccountRow(*row) for row in conn.execute(SELECT_ACCOUNTS + where, chunk)],
                 conn.execute(_SELECT_USAGE + where, chunk).fetchall(),
                 _overrides_by_tenant(conn.execute(_SELECT_OVERRIDES + where, chunk)),
+                _credits_by_tenant(conn.execute(_SELECT_CREDITS + where, chunk)),
             )
 
 
@@ -707,6 +754,7 @@ def _load_index(index: ReplicaIndex, conn: sqlite3.Connection) -> None:
         (AccountRow(*row) for row in conn.execute(SELECT_ACCOUNTS + " ORDER BY tenant")),
         conn.execute(_SELECT_USAGE + " ORDER BY tenant, period_start, code"),
         _overrides_by_tenant(conn.execute(_SELECT_OVERRIDES)),
+        _credits_by_tenant(conn.execute(_SELECT_CREDITS)),
     )
 
 
@@ -729,6 +777,7 @@ class ReplicaDocument(BaseModel):
     accounts: list[Account]
     usage: list[UsageCounter] = []
     overrides: list[FeedOverride] = []
+    credits: list[FeedCredits] = []
 
 
 def parse_replica_document(text: str | bytes, source: str = "document") -> ReplicaDocument:

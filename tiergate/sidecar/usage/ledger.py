@@ -38,6 +38,8 @@ class Gauge:
     seq: int | None = None
 
 
+_NOTHING: Mapping[str, Amount] = {}
+
 # Longest a decision waits for a usage delivery's answer when the replica may already hold it.
 FLIGHT_WAIT_S = 0.5
 
@@ -233,6 +235,10 @@ class UsageLedger:
 
     def total(self, tenant: str, code: str, period_start: str) -> Amount:
         return self._totals.get((tenant, period_start), {}).get(code, 0)
+
+    def pending(self, tenant: str, period_start: str) -> Mapping[str, Amount]:
+        """The tenant's pending totals of the period by code (empty: nothing pending); read-only."""
+        return self._totals.get((tenant, period_start)) or _NOTHING
 
     def stats(self) -> dict[str, int]:
         counters = sum(len(c) for c in self._totals.values()) + sum(len(g) for g in self._gauges.values())

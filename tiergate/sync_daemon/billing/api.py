@@ -49,6 +49,12 @@ from tiergate.sync_daemon.billing.rules import (
     sold_price,
 )
 from tiergate.sync_daemon.billing.stripe_actions import StripeBillingActions
+from tiergate.sync_daemon.credits.checkout import (
+    PackCheckoutRequest,
+    is_pack_checkout,
+    pack_checkout_params,
+    sold_pack,
+)
 from tiergate.sync_daemon.mirror.store import Cause, CustomerLink, MirrorAccount, MirrorTxn
 from tiergate.sync_daemon.state import APPLIER, CATALOG, MIRROR, SETTINGS
 from tiergate.web import json_response
@@ -62,6 +68,8 @@ ACTIONS = web.AppKey("billing_actions", BillingActions)
 
 async def create_checkout_session(request: web.Request) -> web.Response:
     authorize(request)
+    if is_pack_checkout(await request.read()):
+        return await create_pack_checkout(request)
     body = await parse_body(request, CheckoutRequest)
     allowed = request.app[SETTINGS].redirect_host_list
     check_redirect(body.success_url, "success_url", allowed)
@@ -111,6 +119,33 @@ async def create_checkout_session(request: web.Request) -> web.Response:
     log.info(
         "checkout_created", tenant=body.tenant, tier=body.tier, interval=body.interval, session=session["id"]
     )
+    return json_response({"id": session["id"], "url": session.get("url")}, status=201)
+
+
+async def create_pack_checkout(request: web.Request) -> web.Response:
+    """Checkout in payment mode for a credit pack (docs/credits.md)."""
+    body = await parse_body(request, PackCheckoutRequest)
+    allowed = request.app[SETTINGS].redirect_host_list
+    check_redirect(body.success_url, "success_url", allowed)
+    check_redirect(body.cancel_url, "cancel_url", allowed)
+    pack = sold_pack(request.app[CATALOG], body.pack)
+    _, customer = await request.app[MIRROR].transact(lambda txn: _account_and_customer(txn, body.tenant))
+    actions = request.app[ACTIONS]
+    price_id = await actions.price_for(pack.price.lookup_key)
+    if customer is None:
+        customer = await _new_customer(request, body.tenant)
+    params = pack_checkout_params(
+        tenant=body.tenant,
+        customer_id=customer,
+        price_id=price_id,
+        pack=body.pack,
+        success_url=body.success_url,
+        cancel_url=body.cancel_url,
+        metadata_key=request.app[SETTINGS].tenant_metadata_key,
+    )
+    key = idempotency_key("pack_checkout", body.tenant, request.headers.get("Idempotency-Key"), params)
+    session = await actions.create_checkout_session(params, key)
+    log.info("pack_checkout_created", tenant=body.tenant, pack=body.pack, session=session["id"])
     return json_response({"id": session["id"], "url": session.get("url")}, status=201)
 
 

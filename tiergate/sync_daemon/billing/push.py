@@ -15,13 +15,17 @@ from typing import Protocol
 
 from tiergate.catalog import Catalog, Price
 
-# Products of add-ons are keyed "addon:<name>" where tiers' are keyed by the tier's name.
+# Products of add-ons are keyed "addon:<name>", credit packs' "pack:<name>", tiers' the tier's name.
 ADDON_PREFIX = "addon:"
+PACK_PREFIX = "pack:"
+ONCE = "once"  # a pack's price is one-time: no recurring interval
 
 
 def what(key: str) -> str:
-    """A product key as people read it: `tier 'pro'` or `add-on 'extra_storage'`."""
-    return f"add-on {key.removeprefix(ADDON_PREFIX)!r}" if key.startswith(ADDON_PREFIX) else f"tier {key!r}"
+    """A product key as people read it: `tier 'pro'`, `add-on 'extra_storage'` or `pack 'ai_5000'`."""
+    if key.startswith(ADDON_PREFIX):
+        return f"add-on {key.removeprefix(ADDON_PREFIX)!r}"
+    return f"pack {key.removeprefix(PACK_PREFIX)!r}" if key.startswith(PACK_PREFIX) else f"tier {key!r}"
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,10 @@ def sellables(catalog: Catalog) -> list[Sellable]:
         )
         for name, addon in catalog.addons.items()
     ]
+    found += [
+        Sellable(PACK_PREFIX + name, pack.name or name, {ONCE: pack.price}, frozenset())
+        for name, pack in catalog.packs.items()
+    ]
     return found
 
 
@@ -76,7 +84,7 @@ class RemotePrice:
     lookup_key: str | None
     unit_amount: int | None
     currency: str
-    interval: str | None
+    interval: str | None  # None: a one-time price (a pack's)
     active: bool = True
     currency_options: tuple[tuple[str, int], ...] = ()  # other currencies, sorted: (currency, amount)
 
@@ -198,8 +206,15 @@ def plan_push(catalog: Catalog, remote: RemoteCatalog) -> list[Change]:
             holder = next((p for p in remote.prices if p.lookup_key == price.lookup_key), None)
             product = ours.get(tier_name)
             options = tuple(sorted(price.currency_options.items()))
+            if interval == ONCE and remote.legacy_plans:
+                changes.append(
+                    Unchangeable(
+                        price.lookup_key, "this Stripe (an emulator) has no one-time prices for packs"
+                    )
+                )
+                continue
             same = holder is not None and (
-                (holder.unit_amount, holder.currency, holder.interval)
+                (holder.unit_amount, holder.currency, holder.interval or ONCE)
                 == (price.unit_amount, price.currency, interval)
                 # Plans (an emulator) have no currency options: nothing to compare there.
                 and (remote.legacy_plans or holder.currency_options == options)

@@ -21,6 +21,7 @@ from tiergate.sync_daemon.billing.actions import (
     Preview,
     ScheduledChange,
 )
+from tiergate.sync_daemon.credits.top_ups import Charge
 
 # Stripe masks keys in its messages already; this catches anything an emulator or proxy echoes.
 _SECRET = re.compile(r"\b(sk|rk|pk|whsec)_(test_|live_)?[A-Za-z0-9*]+")
@@ -134,6 +135,49 @@ class StripeBillingActions:
         except stripe.StripeError as exc:
             raise stripe_failure("create a Checkout session", exc, self._base) from exc
         return session.to_dict()
+
+    async def charge(
+        self, customer_id: str, amount: int, currency: str, metadata: dict[str, str], idempotency_key: str
+    ) -> Charge:
+        """An automatic top-up: the customer's saved card charged off-session (credits/top_ups.py).
+        A decline is an answer (`succeeded` false); anything else raises and is retried."""
+        try:
+            methods = await self._client.v1.payment_methods.list_async({"customer": customer_id, "limit": 1})
+            if not methods.data:
+                return Charge(None, False, "the customer has no saved payment method")
+            intent = await self._client.v1.payment_intents.create_async(
+                {
+                    "amount": amount,
+                    "currency": currency,
+                    "customer": customer_id,
+                    "payment_method": methods.data[0].id,
+                    "off_session": True,
+                    "confirm": True,
+                    "metadata": metadata,
+                },
+                {"idempotency_key": idempotency_key},
+            )
+        except stripe.CardError as exc:
+            found: object = exc.error.payment_intent if exc.error is not None else None
+            reference = getattr(found, "id", None) or (found.get("id") if isinstance(found, dict) else None)
+            return Charge(str(reference) if reference else None, False, exc.user_message or str(exc))
+        except stripe.StripeError as exc:
+            raise stripe_failure("charge an automatic top-up", exc, self._base) from exc
+        return Charge(
+            str(intent.id),
+            intent.status == "succeeded",
+            None if intent.status == "succeeded" else intent.status,
+        )
+
+    async def completed_sessions(self, since: int) -> list[dict[str, Any]]:
+        """Checkout Sessions completed since `since` (Unix seconds), for purchase reconciliation."""
+        try:
+            page = await self._client.v1.checkout.sessions.list_async(
+                {"created": {"gte": since}, "status": "complete", "limit": 100}
+            )
+            return [session.to_dict() async for session in page.auto_paging_iter()]
+        except stripe.StripeError as exc:
+            raise stripe_failure("list completed Checkout sessions", exc, self._base) from exc
 
     async def create_portal_session(self, customer_id: str, return_url: str) -> dict[str, Any]:
         await self._require_prices("the customer portal")

@@ -11,6 +11,8 @@ import stripe
 from tiergate.catalog import Catalog
 from tiergate.sync_daemon.billing.push import (
     ADDON_PREFIX,
+    ONCE,
+    PACK_PREFIX,
     Change,
     CreateMeter,
     CreatePrice,
@@ -38,6 +40,7 @@ from tiergate.sync_daemon.settings import DaemonSettings
 
 TIER_KEY = "tier"  # product metadata naming the catalog tier: how a product is recognised as ours
 ADDON_KEY = "addon"  # ... or naming the catalog add-on
+PACK_KEY = "credit_pack"  # ... or naming the catalog's credit pack
 
 
 class StripeCatalogStore:
@@ -137,9 +140,10 @@ class StripeCatalogStore:
             price: dict[str, Any] = {
                 **common,
                 "unit_amount": change.unit_amount,
-                "recurring": {"interval": change.interval},
                 "lookup_key": change.lookup_key,
             }
+            if change.interval != ONCE:
+                price["recurring"] = {"interval": change.interval}
             if change.currency_options:
                 price["currency_options"] = {
                     currency: {"unit_amount": amount} for currency, amount in change.currency_options
@@ -221,12 +225,16 @@ def _key(p: dict[str, Any]) -> str | None:
     metadata = p.get("metadata") or {}
     if metadata.get(TIER_KEY):
         return str(metadata[TIER_KEY])
+    if metadata.get(PACK_KEY):
+        return PACK_PREFIX + str(metadata[PACK_KEY])
     return ADDON_PREFIX + str(metadata[ADDON_KEY]) if metadata.get(ADDON_KEY) else None
 
 
 def _metadata(key: str) -> dict[str, str]:
     if key.startswith(ADDON_PREFIX):
         return {ADDON_KEY: key.removeprefix(ADDON_PREFIX)}
+    if key.startswith(PACK_PREFIX):
+        return {PACK_KEY: key.removeprefix(PACK_PREFIX)}
     return {TIER_KEY: key}
 
 

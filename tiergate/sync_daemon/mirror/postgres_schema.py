@@ -293,6 +293,88 @@ CREATE INDEX decision_records_by_received_at ON decision_records (received_at);
 # One index fewer per stored usage event (docs/adr/0032); the SQLite twin is m015.
 V8 = "DROP INDEX IF EXISTS usage_events_by_tenant_time;"
 
+# The credits ledger (docs/adr/0042-credits-ledger.md) and the feed's `credits` kind; the SQLite
+# twin is m016.
+V9 = """
+CREATE TABLE credit_grants (
+    id text PRIMARY KEY,
+    tenant text NOT NULL,
+    credit_type text NOT NULL,
+    amount numeric NOT NULL,
+    remaining numeric NOT NULL,
+    category text NOT NULL CHECK (category IN ('paid', 'promotional')),
+    priority integer NOT NULL,
+    effective_at text NOT NULL,
+    expires_at text,
+    source text NOT NULL CHECK (source IN ('plan', 'rollover', 'purchase', 'manual', 'stripe')),
+    source_ref text NOT NULL,
+    external_ref text,
+    state text NOT NULL CHECK (state IN ('active', 'expired', 'voided')),
+    actor text,
+    reason text,
+    created bigint NOT NULL,
+    created_at text NOT NULL,
+    UNIQUE (tenant, source, source_ref)
+);
+CREATE INDEX credit_grants_by_tenant ON credit_grants (tenant, credit_type, state);
+CREATE INDEX credit_grants_by_expiry ON credit_grants (state, expires_at);
+CREATE INDEX credit_grants_by_external_ref ON credit_grants (external_ref);
+CREATE TABLE credit_refunds (
+    payment_ref text PRIMARY KEY,
+    refunded bigint NOT NULL,
+    paid bigint NOT NULL,
+    at text NOT NULL
+);
+CREATE TABLE credit_entries (
+    id bigserial PRIMARY KEY,
+    tenant text NOT NULL,
+    credit_type text NOT NULL,
+    grant_id text,
+    kind text NOT NULL
+        CHECK (kind IN ('grant', 'debit', 'expire', 'void', 'rollover', 'overdraft', 'repay')),
+    amount numeric NOT NULL,
+    transaction_id text,
+    at text NOT NULL
+);
+CREATE INDEX credit_entries_by_tenant ON credit_entries (tenant, id);
+CREATE TABLE credit_debits (
+    tenant text NOT NULL,
+    transaction_id text NOT NULL,
+    credit_type text NOT NULL,
+    amount numeric NOT NULL,
+    at text NOT NULL,
+    PRIMARY KEY (tenant, transaction_id)
+);
+CREATE TABLE credit_top_ups (
+    tenant text NOT NULL,
+    credit_type text NOT NULL,
+    below numeric NOT NULL,
+    pack text NOT NULL,
+    updated_at text NOT NULL,
+    PRIMARY KEY (tenant, credit_type)
+);
+CREATE TABLE credit_top_up_runs (
+    id text PRIMARY KEY,
+    tenant text NOT NULL,
+    credit_type text NOT NULL,
+    pack text NOT NULL,
+    state text NOT NULL CHECK (state IN ('pending', 'charging', 'charged', 'failed')),
+    payment_ref text,
+    error text,
+    created_at text NOT NULL,
+    updated_at text NOT NULL
+);
+CREATE INDEX credit_top_up_runs_by_state ON credit_top_up_runs (state, updated_at);
+CREATE TABLE credit_states (
+    tenant text NOT NULL,
+    credit_type text NOT NULL,
+    body text NOT NULL,
+    PRIMARY KEY (tenant, credit_type)
+);
+ALTER TABLE changes DROP CONSTRAINT changes_kind_check;
+ALTER TABLE changes ADD CONSTRAINT changes_kind_check CHECK (kind IN ('account', 'usage', 'override', 'credits'));
+"""
+
 # Quota leases (docs/adr/0045); the SQLite twin is m017_leases. Version 9 is the credits work's.
 V10 = """
 CREATE TABLE leases (
@@ -309,8 +391,7 @@ CREATE TABLE leases (
 CREATE INDEX leases_by_expiry ON leases (expires_at);
 """
 
-# The Stripe customer's email and when it was set, for support's search (SQLite: m018). (Version 9
-# is the credits work's.)
+# The Stripe customer's email and when it was set, for support's search (SQLite: m018).
 V11 = """
 ALTER TABLE customers ADD COLUMN email text;
 ALTER TABLE customers ADD COLUMN email_at bigint;
@@ -325,6 +406,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (6, "account_versions", V6),
     (7, "decision_records", V7),
     (8, "one_index_fewer_per_event", V8),
+    (9, "credits", V9),
     (10, "leases", V10),
     (11, "customer_email", V11),
 ]

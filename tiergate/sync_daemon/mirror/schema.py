@@ -5,6 +5,8 @@ A change to a table is a migration in BOTH lists: the two backends keep the same
 
 from __future__ import annotations
 
+import re
+
 import sqlite_utils
 
 from tiergate.usage_events import GAUGE_PERIOD_START
@@ -388,6 +390,147 @@ def m015_one_index_fewer_per_event(db: sqlite_utils.Database) -> None:
     # them in seq order: (tenant, seq) serves that); ~90 bytes an event (docs/adr/0032). The
     # PostgreSQL twin is V8.
     db.execute(f"DROP INDEX IF EXISTS {USAGE_EVENTS}_by_tenant_time")
+
+
+CREDIT_GRANTS = "credit_grants"
+CREDIT_ENTRIES = "credit_entries"
+CREDIT_DEBITS = "credit_debits"
+CREDIT_STATES = "credit_states"
+CREDIT_REFUNDS = "credit_refunds"
+CREDIT_TOP_UPS = "credit_top_ups"
+CREDIT_TOP_UP_RUNS = "credit_top_up_runs"
+
+
+@MIGRATIONS()
+def m016_credits(db: sqlite_utils.Database) -> None:
+    # The credits ledger (docs/adr/0042-credits-ledger.md): grants with what is left of them, the
+    # append-only entries every balance is derived from, and the usage transactions already
+    # debited (a replayed event debits once). Amount columns have no declared type (m010). The
+    # PostgreSQL twin is V9.
+    db.execute(
+        f"""CREATE TABLE {CREDIT_GRANTS} (
+            id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            credit_type TEXT NOT NULL,
+            amount NOT NULL,
+            remaining NOT NULL,
+            category TEXT NOT NULL CHECK (category IN ('paid', 'promotional')),
+            priority INTEGER NOT NULL,
+            effective_at TEXT NOT NULL,
+            expires_at TEXT,
+            source TEXT NOT NULL CHECK (source IN ('plan', 'rollover', 'purchase', 'manual', 'stripe')),
+            source_ref TEXT NOT NULL,
+            external_ref TEXT,
+            state TEXT NOT NULL CHECK (state IN ('active', 'expired', 'voided')),
+            actor TEXT,
+            reason TEXT,
+            created INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            UNIQUE (tenant, source, source_ref)
+        ) WITHOUT ROWID"""
+    )
+    db.execute(f"CREATE INDEX {CREDIT_GRANTS}_by_tenant ON {CREDIT_GRANTS} (tenant, credit_type, state)")
+    db.execute(f"CREATE INDEX {CREDIT_GRANTS}_by_expiry ON {CREDIT_GRANTS} (state, expires_at)")
+    db.execute(f"CREATE INDEX {CREDIT_GRANTS}_by_external_ref ON {CREDIT_GRANTS} (external_ref)")
+    db.execute(
+        f"""CREATE TABLE {CREDIT_ENTRIES} (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            tenant TEXT NOT NULL,
+            credit_type TEXT NOT NULL,
+            grant_id TEXT,
+            kind TEXT NOT NULL
+                CHECK (kind IN ('grant', 'debit', 'expire', 'void', 'rollover', 'overdraft', 'repay')),
+            amount NOT NULL,
+            transaction_id TEXT,
+            at TEXT NOT NULL
+        )"""
+    )
+    db.execute(f"CREATE INDEX {CREDIT_ENTRIES}_by_tenant ON {CREDIT_ENTRIES} (tenant, id)")
+    db.execute(
+        f"""CREATE TABLE {CREDIT_DEBITS} (
+            tenant TEXT NOT NULL,
+            transaction_id TEXT NOT NULL,
+            credit_type TEXT NOT NULL,
+            amount NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (tenant, transaction_id)
+        ) WITHOUT ROWID"""
+    )
+    # Refunds of a purchase's payment seen before its grant (a reordered webhook): the grant applies
+    # them when it is made. `refunded` and `paid` are the charge's minor units.
+    db.execute(
+        f"""CREATE TABLE {CREDIT_REFUNDS} (
+            payment_ref TEXT PRIMARY KEY,
+            refunded INTEGER NOT NULL,
+            paid INTEGER NOT NULL,
+            at TEXT NOT NULL
+        ) WITHOUT ROWID"""
+    )
+    # Automatic top-ups: a tenant's rule per credit type, and each run a crossing started (its id
+    # is the Stripe idempotency key: a retried charge is the same charge).
+    db.execute(
+        f"""CREATE TABLE {CREDIT_TOP_UPS} (
+            tenant TEXT NOT NULL,
+            credit_type TEXT NOT NULL,
+            below NOT NULL,
+            pack TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (tenant, credit_type)
+        ) WITHOUT ROWID"""
+    )
+    db.execute(
+        f"""CREATE TABLE {CREDIT_TOP_UP_RUNS} (
+            id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            credit_type TEXT NOT NULL,
+            pack TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'charging', 'charged', 'failed')),
+            payment_ref TEXT,
+            error TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        ) WITHOUT ROWID"""
+    )
+    db.execute(f"CREATE INDEX {CREDIT_TOP_UP_RUNS}_by_state ON {CREDIT_TOP_UP_RUNS} (state, updated_at)")
+    # Each tenant's state of each credit type as followers receive it (the last `credits` change's
+    # body): what a snapshot sends, derived from the grants like their `remaining`.
+    db.execute(
+        f"""CREATE TABLE {CREDIT_STATES} (
+            tenant TEXT NOT NULL,
+            credit_type TEXT NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (tenant, credit_type)
+        ) WITHOUT ROWID"""
+    )
+    _changes_learn_kind(db, "credits")
+
+
+def _changes_learn_kind(db: sqlite_utils.Database, kind: str) -> None:
+    # SQLite cannot alter a CHECK: rebuild the change log with its indexes, keeping every row and
+    # the AUTOINCREMENT position (a seq is never reused, even when trimmed), as m006 did.
+    table_sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", [CHANGES])
+    create = str(table_sql.fetchone()[0])
+    indexes = [
+        str(row[0])
+        for row in db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
+            [CHANGES],
+        ).fetchall()
+    ]
+    found = db.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", [CHANGES]).fetchone()
+    top = int(found[0]) if found else 0
+    rebuilt = create.replace("'override')", f"'override', '{kind}')", 1)
+    assert rebuilt != create, "the change log's kind CHECK is not where m016 expects it"
+    # After m006's rename SQLite keeps the name quoted: `CREATE TABLE "changes" (`.
+    db.execute(re.sub(r'^CREATE TABLE "?changes"?', "CREATE TABLE changes_v3", rebuilt, count=1))
+    columns = ", ".join(db[CHANGES].columns_dict)
+    db.execute(f"INSERT INTO changes_v3 ({columns}) SELECT {columns} FROM {CHANGES}")
+    db.execute(f"DROP TABLE {CHANGES}")
+    db.execute(f"ALTER TABLE changes_v3 RENAME TO {CHANGES}")
+    for index in indexes:
+        db.execute(index)
+    db.execute("DELETE FROM sqlite_sequence WHERE name IN (?, 'changes_v3')", [CHANGES])
+    db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", [CHANGES, top])
 
 
 LEASES = "leases"

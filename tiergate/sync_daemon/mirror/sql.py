@@ -22,6 +22,7 @@ from tiergate.sync_daemon.mirror.schema import (
     ACCOUNT_VERSIONS,
     ACCOUNTS,
     CHANGES,
+    CREDIT_STATES,
     CUSTOMERS,
     DECISION_RECORDS,
     EVENTS,
@@ -191,7 +192,7 @@ class SqlMirror:
             raise
         try:
             yield {"type": "snapshot", "seq": seq, "data_as_of": _now()}
-            counts = {"accounts": 0, "usage": 0, "overrides": 0}
+            counts = {"accounts": 0, "usage": 0, "overrides": 0, "credits": 0}
             for kind, query, params in (
                 ("account", f"SELECT * FROM {ACCOUNTS} ORDER BY tenant", []),
                 ("usage", _CURRENT_USAGE, [month_start]),
@@ -200,6 +201,7 @@ class SqlMirror:
                     f"SELECT tenant, feature, value, expires_at FROM {OVERRIDES} ORDER BY tenant, feature",
                     [],
                 ),
+                ("credits", f"SELECT body FROM {CREDIT_STATES} ORDER BY tenant, credit_type", []),
             ):
                 cursor = await loop.run_in_executor(self._readers, sql.execute, query, params)
                 names = column_names(cursor)
@@ -236,7 +238,7 @@ class SqlMirror:
         return ChangeBatch(changes, page_end, oldest if oldest is not None else last + 1)
 
 
-_COUNTS = {"account": "accounts", "usage": "usage", "override": "overrides"}
+_COUNTS = {"account": "accounts", "usage": "usage", "override": "overrides", "credits": "credits"}
 
 
 def _snapshot_body(kind: str, record: dict[str, Any]) -> dict[str, Any]:
@@ -244,6 +246,9 @@ def _snapshot_body(kind: str, record: dict[str, Any]) -> dict[str, Any]:
         return MirrorAccount.from_row(record).feed()
     if kind == "override":
         return {**record, "value": json.loads(record["value"])}
+    if kind == "credits":
+        body: dict[str, Any] = json.loads(record["body"])
+        return body
     value = from_stored(record["value"])
     return usage_record(record["tenant"], record["code"], record["period_start"], value, record["gauge_at"])
 

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
 from tiergate.errors import BillingUnavailableError
+from tiergate.sync_daemon.credits.purchases import (
+    CreditIntent,
+    PackPurchase,
+    apply_credit_intent,
+    credit_event,
+)
 from tiergate.sync_daemon.mirror.store import Cause, CustomerLink, MirrorAccount, MirrorTxn
 from tiergate.sync_daemon.stripe_sync.parts import SyncParts
 from tiergate.sync_daemon.stripe_sync.translate import (
@@ -58,6 +65,9 @@ class EventApplier(SyncParts):
 
     async def handle(self, event: dict[str, Any]) -> str:
         meta = _meta(event)
+        credit = credit_event(event, self.translator.metadata_key)
+        if credit is not None:  # a credit pack bought, a refund of one, a Stripe credit grant
+            return await self._record(meta, lambda txn: self._credits(txn, credit))
         intent = self.translator.event(event)
         if isinstance(intent, SubscriptionState):
             return await self._subscription(meta, intent)
@@ -209,6 +219,14 @@ class EventApplier(SyncParts):
             return None
         found: str | None = (customer.get("metadata") or {}).get(self.translator.metadata_key) or None
         return found
+
+    def _credits(self, txn: MirrorTxn, intent: CreditIntent) -> str:
+        customer = getattr(intent, "customer_id", None)
+        tenant = _tenant_in(txn, getattr(intent, "tenant", None), customer)
+        if isinstance(intent, PackPurchase) and tenant is not None and customer is not None:
+            txn.link_customer(CustomerLink(customer, tenant))
+        endpoints = self.outbound.endpoints if self.outbound is not None else []
+        return apply_credit_intent(txn, self.translator.catalog, intent, tenant, datetime.now(UTC), endpoints)
 
     # -- customers, payments, checkout ---------------------------------------------------------
 
