@@ -15,10 +15,12 @@ from tiergate.errors import BadRequestError, EngineUnavailableError
 from tiergate.models import FeatureName, Quantity, TenantId
 from tiergate.policy.engine import PolicyBundle
 from tiergate.sidecar.api.guard import guarded
+from tiergate.sidecar.api.holds import HOLDS, add_hold_routes
 from tiergate.sidecar.api.reserve_body import reserve_body
 from tiergate.sidecar.settings import SidecarSettings
 from tiergate.sidecar.state import DECISIONS, METRICS, POLICIES, READER, SETTINGS, TRACING
 from tiergate.sidecar.usage.delivery import Delivery
+from tiergate.sidecar.usage.holds import Holds
 from tiergate.sidecar.usage.outbox import Outbox
 from tiergate.sidecar.usage.recorder import UsageRecorder, reserved_body
 from tiergate.sidecar.usage.static_mode import UndeliveredUsage, static_mode_warnings
@@ -116,6 +118,7 @@ def usage_status(app: web.Application) -> dict[str, Any] | None:
         # synchronous=normal: appends that found the write lock taken and waited on the thread
         "commits_deferred": outbox.loop_commits_deferred,
         "pending": app[RECORDER].ledger.stats(),
+        "holds": app[HOLDS].status() if HOLDS in app else None,
         "delivery": app[DELIVERY].status.as_dict() if DELIVERY in app else None,
     }
 
@@ -167,6 +170,9 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
     app[METRICS].watch_outbox(outbox)
     app[OUTBOX] = outbox
     app[RECORDER] = UsageRecorder(outbox, ledger, decisions, reader, lambda: _bundle(app))
+    holds = Holds(outbox, app[RECORDER], retention_s=settings.outbox_reservation_id_retention_s)
+    await holds.open()  # its active holds counted again, before any request is answered
+    app[HOLDS] = holds
     if settings.daemon_url is not None:
         delivery = Delivery(
             outbox,
@@ -194,6 +200,7 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await holds.close()
         if DELIVERY in app:
             await app[DELIVERY].stop()
         await outbox.close()
@@ -212,3 +219,4 @@ def add_usage_routes(app: web.Application) -> None:
     app.router.add_post("/v1/usage/batch", guarded(record_batch))
     app.router.add_get("/v1/usage/quarantine", guarded(list_quarantine))
     app.router.add_post("/v1/usage/quarantine/redeliver", guarded(redeliver_quarantine))
+    add_hold_routes(app)

@@ -101,6 +101,31 @@ def m004_reservation_ids(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX pruned_reservations_age ON pruned_reservations (pruned_at)")
 
 
+@MIGRATIONS()
+def m005_holds(db: sqlite_utils.Database) -> None:
+    # Holds (tiergate/sidecar/usage/holds.py): a settle writes its usage events and the hold's
+    # new state in one transaction, so a crash leaves either the hold or its events, never both.
+    db.execute(
+        """CREATE TABLE holds (
+            hold_id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            transaction_id TEXT NOT NULL,
+            code TEXT NOT NULL,
+            period_start TEXT NOT NULL,
+            quantity INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            state TEXT NOT NULL,
+            settle_requested INTEGER,
+            settled_quantity INTEGER,
+            ended_at REAL,
+            UNIQUE (tenant, transaction_id)
+        )"""
+    )
+    db.execute("CREATE INDEX holds_active ON holds (expires_at) WHERE state = 'held'")
+    db.execute("CREATE INDEX holds_ended ON holds (ended_at) WHERE state != 'held'")
+
+
 @dataclass(frozen=True)
 class Entry:
     """An event and the period this sidecar counts it in."""
@@ -331,6 +356,21 @@ class Outbox:
         cutoff, ids_cutoff = now - retention_s, now - self.reservation_id_retention_s
         return await self._run(lambda: _prune(conn, position, cutoff, now, ids_cutoff))
 
+    async def transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn` in one write transaction on the writer thread (rolled back when it raises); for
+        the holds, which commit their own rows beside usage events (`insert_entries`)."""
+        conn = self._require()
+        return await self._run(lambda: _transaction(conn, fn))
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._require()
+        return await self._run(lambda: fn(conn))
+
+    def accepted(self, entries: Sequence[Entry], ids: Sequence[int | None]) -> None:
+        """Entries committed by `transact` (with `insert_entries`): count them and wake delivery."""
+        self._account(entries, False, iter(ids))
+        self.ready.set()
+
     # -- commits on the loop's thread (synchronous=NORMAL) ----------------------------------------
 
     def _append_on_loop(self, entries: Sequence[Entry], reserved: bool) -> list[bool] | None:
@@ -485,6 +525,17 @@ def _insert(
     return ids
 
 
+def _transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return result
+
+
 def _exists(conn: sqlite3.Connection, event: ValidEvent) -> bool:
     """The id is in the outbox, or was a reservation's whose rows were pruned."""
     key = (event.tenant, event.transaction_id)
@@ -514,6 +565,10 @@ def _insert_entries(conn: sqlite3.Connection, entries: Sequence[Entry], now: flo
         )
         ids.append(cursor.lastrowid if cursor.rowcount == 1 else None)
     return ids
+
+
+insert_entries = _insert_entries  # inside `Outbox.transact`: per entry its row, None for an id there
+id_taken = _exists  # inside `Outbox.transact`: the event's id is in the outbox (or a pruned reservation's)
 
 
 def _reservation(conn: sqlite3.Connection, tenant: str, transaction_id: str) -> Reserved | None:
