@@ -173,6 +173,7 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
     holds = Holds(outbox, app[RECORDER], retention_s=settings.outbox_reservation_id_retention_s)
     await holds.open()  # its active holds counted again, before any request is answered
     app[HOLDS] = holds
+    app[METRICS].watch_holds(holds)
     if settings.daemon_url is not None:
         delivery = Delivery(
             outbox,

@@ -83,7 +83,7 @@ def settle_quantity(held: int, asked: int, overage: Overage) -> int | None:
     return held if overage == "cap" else None
 
 
-def is_replayed_settle(hold: Hold, asked: int, overage: Overage) -> bool:
+def is_replayed_settle(hold: Hold, asked: int) -> bool:
     """A settle of a settled hold repeats the one that settled it (the same quantity asked, or what
     that one recorded)."""
     return hold.state == SETTLED and asked in (hold.settle_requested, hold.settled_quantity)
@@ -179,7 +179,7 @@ class Holds:
         async with self.recorder.lock(hold.tenant):
             await self._expire_if_due(hold)
             if hold.state != HELD:
-                if is_replayed_settle(hold, quantity, overage):
+                if is_replayed_settle(hold, quantity):
                     return hold, True
                 raise self._not_held(hold, f"settle {quantity}")
             recorded = await self._recorded(hold, quantity, overage)
