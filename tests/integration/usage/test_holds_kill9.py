@@ -36,9 +36,12 @@ def asked(n: int) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("sync", ["full", "normal"])
 async def test_kill_9_while_settling_loses_nothing_and_counts_nothing_twice(
-    daemon: DaemonServer, tmp_path: Path, unused_tcp_port: int
+    daemon: DaemonServer, tmp_path: Path, unused_tcp_port: int, sync: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # normal: commits on the event loop's own connection, no fsync (docs/adr/0022)
+    monkeypatch.setenv("TIERGATE_OUTBOX_SYNC", sync)
     base = f"http://127.0.0.1:{unused_tcp_port}"
     process = start_sidecar(tmp_path, unused_tcp_port, daemon.url)
 

@@ -56,7 +56,7 @@ class Hold:
     settled_quantity: int | None = None  # the quantity it recorded (overage: cap may lower it)
     ended_at: float | None = None
     # Resolved once the hold's row is committed: a replay of its creation waits for it.
-    committed: asyncio.Future[None] | None = field(default=None, compare=False, repr=False)
+    committed: asyncio.Future[Hold] | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> Key:
@@ -148,30 +148,29 @@ class Holds:
     async def create(
         self, tenant: str, feature: str, quantity: int, ttl_s: int, transaction_id: str | None
     ) -> tuple[Decision, Hold | None, bool]:
-        """Decide and, when allowed, hold `quantity`; (decision, hold or None, replayed)."""
+        """Decide and, when allowed, hold `quantity`; (decision, hold or None, replayed). One
+        commit: it also finds an earlier hold under the caller's id (then that one is answered)."""
         reservable_metric(self.recorder.bundle(), feature, quantity, "hold")
         await self.decisions.learn_usage_scope()
         tid = transaction_id or secrets.token_hex(16)
-        stored, taken = None, False
-        if transaction_id is not None and (tenant, tid) not in self._by_tid:
-            stored, taken = await self.outbox.read(lambda conn: _lookup(conn, tenant, tid))
         async with self.recorder.lock(tenant):
-            earlier = self._by_tid.get((tenant, tid)) or stored
-            if earlier is not None:
-                return await self._replayed_create(earlier, feature, quantity)
-            if taken:
-                raise ConflictError(
-                    f"transaction_id {tid!r} is already a usage event's: a hold settles under its "
-                    "own id (use a new transaction_id)",
-                    field="transaction_id",
-                )
-            decision = await self.decisions.decide(tenant, feature, quantity)
-            if not decision.allow:
-                return decision, None, False
-            hold = self._new_hold(tenant, feature, quantity, ttl_s, tid)
-            self._count(hold)  # under the lock: the next decision sees it
+            earlier = self._by_tid.get((tenant, tid))
+            if earlier is None:
+                decision = await self.decisions.decide(tenant, feature, quantity)
+                if not decision.allow and transaction_id is not None:
+                    earlier = await self._stored(tenant, tid)  # an ended hold's retry is not denied
+                if not decision.allow and earlier is None:
+                    return decision, None, False
+            if earlier is None:
+                hold = self._new_hold(tenant, feature, quantity, ttl_s, tid)
+                self._count(hold)  # under the lock: the next decision sees it
+        if earlier is not None:
+            return await self._replayed_create(earlier, feature, quantity)
         self.decisions.rematerialise_soon([(tenant, feature, quantity)])
-        return decision, await self._commit_new(hold), False
+        committed = await self._commit_new(hold, named=transaction_id is not None)
+        if committed is not hold:
+            return await self._replayed_create(committed, feature, quantity)
+        return decision, hold, False
 
     async def settle(self, hold_id: str, quantity: int, overage: Overage) -> tuple[Hold, bool]:
         """Record the hold's real usage (its transaction id); (hold, replayed)."""
@@ -225,27 +224,31 @@ class Holds:
     def _new_hold(self, tenant: str, feature: str, quantity: int, ttl_s: int, tid: str) -> Hold:
         now = self.clock()
         period_start = self.recorder.period_of(tenant, datetime.fromtimestamp(now, UTC))
-        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        committed: asyncio.Future[Hold] = asyncio.get_running_loop().create_future()
         return Hold(
             "h_" + secrets.token_hex(12), tenant, tid, feature, period_start, quantity, now, now + ttl_s,
             committed=committed,
         )  # fmt: skip
 
-    async def _commit_new(self, hold: Hold) -> Hold:
+    async def _commit_new(self, hold: Hold, *, named: bool) -> Hold:
+        """Commit a counted hold; the hold that holds its id (an earlier one, when `named` and the
+        outbox has one: this one is then uncounted, never written)."""
         assert hold.committed is not None
         try:
-            await self.outbox.transact(lambda conn: _insert_hold(conn, hold))
-        except sqlite3.IntegrityError:  # created and ended meanwhile by a concurrent replay
-            self._uncount(hold)
-            hold.committed.set_result(None)
-            return await self._find_by_tid(hold.tenant, hold.transaction_id)
+            earlier = await self.outbox.transact(lambda conn: _insert_hold(conn, hold, named))
         except Exception as exc:
             self._uncount(hold)
-            error = OutboxError(f"usage outbox {self.outbox.path} could not commit a hold: {exc}")
+            error = exc if isinstance(exc, ConflictError) else OutboxError(
+                f"usage outbox {self.outbox.path} could not commit a hold: {exc}"
+            )  # fmt: skip
             hold.committed.set_exception(error)
             hold.committed.exception()  # retrieved: replays waiting on it get it too
             raise error from exc
-        hold.committed.set_result(None)
+        if earlier is not None:
+            self._uncount(hold)
+            hold.committed.set_result(earlier)
+            return earlier
+        hold.committed.set_result(hold)
         self.created += 1
         self._wake.set()
         log.info(
@@ -253,18 +256,23 @@ class Holds:
         )
         return hold
 
+    async def _stored(self, tenant: str, tid: str) -> Hold | None:
+        return await self.outbox.read(
+            lambda conn: _load_one(conn, "tenant = ? AND transaction_id = ?", (tenant, tid))
+        )
+
     async def _replayed_create(
         self, hold: Hold, feature: str, quantity: int
     ) -> tuple[Decision, Hold | None, bool]:
         """The same transaction id again: the same hold (whatever became of it), or a conflict."""
+        if hold.committed is not None and not hold.committed.done():
+            hold = await asyncio.shield(hold.committed)  # the one the first request's commit found
         if (hold.code, hold.quantity) != (feature, quantity):
             raise ConflictError(
                 f"transaction_id {hold.transaction_id!r} already holds {hold.quantity} of {hold.code!r}; "
                 f"this request asks {quantity} of {feature!r} (use a new transaction_id)",
                 field="transaction_id",
             )
-        if hold.committed is not None and not hold.committed.done():
-            await asyncio.shield(hold.committed)
         decision = await self.decisions.decide(hold.tenant, feature, quantity)
         return dataclasses.replace(decision, allow=True, reason="ok"), hold, True
 
@@ -310,17 +318,10 @@ class Holds:
             hold = await self.outbox.read(lambda conn: _load_one(conn, "hold_id = ?", (hold_id,)))
         elif hold.committed is not None and not hold.committed.done():
             await asyncio.shield(hold.committed)  # still being created: act on it once it is durable
+            hold = self._active.get(hold_id)
         if hold is None:
             raise NotFoundError(f"no hold {hold_id!r} in this sidecar (ended holds are kept "
                                 f"{self.retention_s:.0f} s)", field="hold_id")  # fmt: skip
-        return hold
-
-    async def _find_by_tid(self, tenant: str, tid: str) -> Hold:
-        hold = await self.outbox.read(
-            lambda conn: _load_one(conn, "tenant = ? AND transaction_id = ?", (tenant, tid))
-        )
-        if hold is None:
-            raise OutboxError(f"hold with transaction_id {tid!r} vanished from {self.outbox.path}")
         return hold
 
     def _not_held(self, hold: Hold, what: str) -> ConflictError:
@@ -442,20 +443,27 @@ def _load_one(conn: sqlite3.Connection, where: str, args: tuple[str, ...]) -> Ho
     return None if row is None else _row_hold(row)
 
 
-def _lookup(conn: sqlite3.Connection, tenant: str, tid: str) -> tuple[Hold | None, bool]:
-    """The hold with this id, and whether a usage event already has the id."""
-    hold = _load_one(conn, "tenant = ? AND transaction_id = ?", (tenant, tid))
-    taken = conn.execute(
-        "SELECT 1 FROM outbox WHERE tenant = ? AND transaction_id = ? "
-        "UNION ALL SELECT 1 FROM pruned_reservations WHERE tenant = ? AND transaction_id = ?",
-        (tenant, tid, tenant, tid),
-    ).fetchone()
-    return hold, taken is not None
-
-
-def _insert_hold(conn: sqlite3.Connection, hold: Hold) -> None:
+def _insert_hold(conn: sqlite3.Connection, hold: Hold, named: bool) -> Hold | None:
+    """Write the hold; with the caller's own id, first the hold that already has it (returned,
+    nothing written), or a 409 when a usage event has it."""
+    if named:
+        earlier = _load_one(conn, "tenant = ? AND transaction_id = ?", (hold.tenant, hold.transaction_id))
+        if earlier is not None:
+            return earlier
+        taken = conn.execute(
+            "SELECT 1 FROM outbox WHERE tenant = ? AND transaction_id = ? "
+            "UNION ALL SELECT 1 FROM pruned_reservations WHERE tenant = ? AND transaction_id = ?",
+            (hold.tenant, hold.transaction_id) * 2,
+        ).fetchone()
+        if taken is not None:
+            raise ConflictError(
+                f"transaction_id {hold.transaction_id!r} is already a usage event's: a hold settles "
+                "under its own id (use a new transaction_id)",
+                field="transaction_id",
+            )
     values = dataclasses.astuple(dataclasses.replace(hold, committed=None))[:12]
     conn.execute(f"INSERT INTO holds ({_COLUMNS}) VALUES ({', '.join('?' * 12)})", values)
+    return None
 
 
 def _settle(conn: sqlite3.Connection, ended: Hold, entries: Sequence[Entry], now: float) -> list[int | None]:

@@ -358,7 +358,22 @@ class Outbox:
 
     async def transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """`fn` in one write transaction on the writer thread (rolled back when it raises); for
-        the holds, which commit their own rows beside usage events (`insert_entries`)."""
+        the holds, which commit their own rows beside usage events (`insert_entries`). With
+        synchronous=NORMAL on the loop's own connection when the write lock is free, as appends do."""
+        if (
+            self._loop_conn is not None
+            and not self._queue
+            and (self._flusher is None or self._flusher.done())
+        ):
+            try:
+                result = _transaction(self._loop_conn, fn)
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
+                    raise
+                self.loop_commits_deferred += 1
+            else:
+                self._loop_committed()
+                return result
         conn = self._require()
         return await self._run(lambda: _transaction(conn, fn))
 
@@ -389,13 +404,16 @@ class Outbox:
             self._write_failed(exc, [(entries, reserved)])
         flags = self._account(entries, reserved, iter(ids))
         self.ready.set()
+        self._loop_committed()
+        return flags
+
+    def _loop_committed(self) -> None:
         self._loop_commits += 1
         if self._loop_commits % CHECKPOINT_EVERY == 0 and (
             self._checkpoint is None or self._checkpoint.done()
         ):
             # The loop's connection never checkpoints (that would fsync on the loop): the thread does.
             self._checkpoint = asyncio.create_task(self._run_checkpoint(), name="outbox-checkpoint")
-        return flags
 
     def _write_failed(self, exc: Exception, groups: Sequence[tuple[Sequence[Entry], bool]]) -> NoReturn:
         log.error("outbox_write_failed", error=str(exc), path=str(self.path))
