@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.integration.usage.conftest import (
@@ -16,6 +17,7 @@ from tests.integration.usage.conftest import (
     usage_status,
     used,
 )
+from tiergate.sidecar.api.check_listener import CHECK_LISTENER_PORT
 
 SidecarClient = Any
 TENANT = "t_hold"
@@ -243,3 +245,26 @@ async def test_settled_usage_reaches_the_daemon_once(
 async def settled_or_holding(sidecar: SidecarClient) -> bool:
     status = await usage_status(sidecar)
     return bool(status["backlog"] == 0 and status["pending"]["awaiting_feed"] == 0)
+
+
+async def test_the_check_listeners_answers_follow_holds(make_sidecar: SidecarFactory) -> None:
+    """The check listener's materialised answers are dropped when a hold is created, settled or
+    released, like the main port's (they read the same pending usage)."""
+    sidecar = await make_sidecar(None, check_port=0)
+    url = f"http://127.0.0.1:{sidecar.app[CHECK_LISTENER_PORT]}/v1/check?tenant={TENANT}&feature=exports"
+    async with aiohttp.ClientSession() as session:
+
+        async def used_there() -> int:
+            async with session.get(url) as response:
+                return int((await response.json())["used"])
+
+        for _ in range(3):  # hot: materialised
+            assert await used_there() == 0
+        _, first = await hold(sidecar, quantity=4)
+        assert await used_there() == 4
+        await settle(sidecar, first["hold_id"], 1)
+        assert await used_there() == 1
+        _, second = await hold(sidecar, quantity=5)
+        assert await used_there() == 6
+        await call(sidecar, "DELETE", f"/v1/holds/{second['hold_id']}")
+        assert await used_there() == 1
