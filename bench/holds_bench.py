@@ -8,7 +8,8 @@ Starts `tiergate sidecar` (static mode: no daemon, so delivery does not compete)
 loopback port, then measures from this process at one connection, interleaved round by round so a
 busy machine moves every figure alike: `POST /v1/check`, check-and-reserve, `POST /v1/holds`,
 `POST /v1/holds/{id}/settle`, and the round trip (the two calls back to back). Ratios are p50s
-against the check's p50 of the same run.
+against the check's p50 of the same run. Writes bench/results/holds_bench_{full,normal}.json
+(not with `--quick`).
 """
 
 from __future__ import annotations
@@ -125,7 +126,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sync", choices=("full", "normal"), default="full")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.quick, args.sync)), indent=2))
+    figures = asyncio.run(run(args.quick, args.sync))
+    figures["cpus"] = os.cpu_count()
+    figures["load_average"] = os.getloadavg()[0]
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if not args.quick:
+        (REPO / "bench" / "results" / f"holds_bench_{args.sync}.json").write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ that holds nothing."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,6 +19,7 @@ from tests.integration.usage.conftest import (
     used,
 )
 from tiergate.sidecar.api.check_listener import CHECK_LISTENER_PORT
+from tiergate.sidecar.local import LocalDecisions
 
 SidecarClient = Any
 TENANT = "t_hold"
@@ -268,3 +270,19 @@ async def test_the_check_listeners_answers_follow_holds(make_sidecar: SidecarFac
         assert await used_there() == 6
         await call(sidecar, "DELETE", f"/v1/holds/{second['hold_id']}")
         assert await used_there() == 1
+
+
+async def test_local_decisions_in_the_app_count_the_sidecars_holds(
+    make_sidecar: SidecarFactory, tmp_path: Path
+) -> None:
+    sidecar = await make_sidecar(None)
+    _, held = await hold(sidecar, quantity=7)
+    async with LocalDecisions(
+        replica_path=tmp_path / "sidecar" / "replica.db",
+        plans=tmp_path / "plans.yaml",
+        policies=tmp_path / "policies",
+    ) as local:
+        assert (await local.check(TENANT, "exports", 4)).reason == "limit_exceeded"  # 7 held + 4 > 10
+        await settle(sidecar, held["hold_id"], 2)
+        assert (await local.check(TENANT, "exports", 4)).allow
+        assert (await local.check(TENANT, "exports")).used == 2

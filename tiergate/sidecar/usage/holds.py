@@ -438,6 +438,18 @@ def _load_active(conn: sqlite3.Connection) -> list[Hold]:
     return [_row_hold(row) for row in rows]
 
 
+def held_totals(conn: sqlite3.Connection) -> list[tuple[Key, int]]:
+    """What the active holds take, per counter: for a reader of the sidecar's outbox in another
+    process (tiergate/sidecar/local.py); nothing from a file the sidecar has not migrated yet."""
+    try:
+        rows = conn.execute(
+            "SELECT tenant, code, period_start, sum(quantity) FROM holds WHERE state = 'held' GROUP BY 1, 2, 3"
+        ).fetchall()
+    except sqlite3.OperationalError:  # no holds table yet
+        return []
+    return [((tenant, code, period_start), int(total)) for tenant, code, period_start, total in rows]
+
+
 def _load_one(conn: sqlite3.Connection, where: str, args: tuple[str, ...]) -> Hold | None:
     row = conn.execute(f"SELECT {_COLUMNS} FROM holds WHERE {where}", args).fetchone()
     return None if row is None else _row_hold(row)
@@ -461,8 +473,11 @@ def _insert_hold(conn: sqlite3.Connection, hold: Hold, named: bool) -> Hold | No
                 "under its own id (use a new transaction_id)",
                 field="transaction_id",
             )
-    values = dataclasses.astuple(dataclasses.replace(hold, committed=None))[:12]
-    conn.execute(f"INSERT INTO holds ({_COLUMNS}) VALUES ({', '.join('?' * 12)})", values)
+    values = (
+        hold.hold_id, hold.tenant, hold.transaction_id, hold.code, hold.period_start, hold.quantity,
+        hold.created_at, hold.expires_at, hold.state, hold.settle_requested, hold.settled_quantity, hold.ended_at,
+    )  # fmt: skip
+    conn.execute(f"INSERT INTO holds ({_COLUMNS}) VALUES ({', '.join('?' * len(values))})", values)
     return None
 
 
