@@ -286,3 +286,19 @@ async def test_local_decisions_in_the_app_count_the_sidecars_holds(
         await settle(sidecar, held["hold_id"], 2)
         assert (await local.check(TENANT, "exports", 4)).allow
         assert (await local.check(TENANT, "exports")).used == 2
+
+
+async def test_an_id_taken_by_usage_refuses_the_hold_or_its_settle(make_sidecar: SidecarFactory) -> None:
+    sidecar = await make_sidecar(None)
+    event = {"transaction_id": "taken", "external_customer_id": TENANT, "code": "exports"}
+    assert (await call(sidecar, "POST", "/v1/usage", {"event": event}))[0] == 202
+    status, refused = await hold(sidecar, quantity=2, transaction_id="taken")
+    assert status == 409 and refused["error"]["field"] == "transaction_id"
+    _, held = await hold(sidecar, quantity=2, transaction_id="late")
+    late = {**event, "transaction_id": "late"}  # recorded by someone else after the hold was made
+    assert (await call(sidecar, "POST", "/v1/usage", {"event": late}))[0] == 202
+    status, refused = await settle(sidecar, held["hold_id"], 1)
+    assert status == 409 and refused["error"]["field"] == "transaction_id"
+    assert (await call(sidecar, "GET", f"/v1/holds/{held['hold_id']}"))[1]["state"] == "held"
+    assert await used(sidecar, TENANT, "exports") == 1 + 2 + 1  # nothing settled, nothing lost
+    assert (await usage_status(sidecar))["backlog"] == 2

@@ -28,7 +28,7 @@ from tiergate.errors import ConflictError, NotFoundError, OutboxError, OverageRe
 from tiergate.models import Decision
 from tiergate.periods import rfc3339
 from tiergate.sidecar.usage.ledger import Key
-from tiergate.sidecar.usage.outbox import Entry, Outbox, id_taken, insert_entries
+from tiergate.sidecar.usage.outbox import Entry, Outbox, insert_entries
 from tiergate.sidecar.usage.recorder import UsageRecorder, reservable_metric, usage_entries
 
 log = structlog.get_logger("tiergate.holds")
@@ -483,13 +483,13 @@ def _insert_hold(conn: sqlite3.Connection, hold: Hold, named: bool) -> Hold | No
 
 def _settle(conn: sqlite3.Connection, ended: Hold, entries: Sequence[Entry], now: float) -> list[int | None]:
     """The hold's events and its end, one transaction (inside `Outbox.transact`)."""
-    if entries and id_taken(conn, entries[0].event):
+    ids = insert_entries(conn, entries, now)
+    if ids and ids[0] is None:  # raised inside the transaction: it rolls back
         raise ConflictError(
             f"transaction_id {ended.transaction_id!r} of hold {ended.hold_id!r} was recorded by "
             "another usage event meanwhile: nothing settled (release the hold)",
             field="transaction_id",
         )
-    ids = insert_entries(conn, entries, now)
     _end_holds(conn, [ended])
     return ids
 

@@ -586,7 +586,6 @@ def _insert_entries(conn: sqlite3.Connection, entries: Sequence[Entry], now: flo
 
 
 insert_entries = _insert_entries  # inside `Outbox.transact`: per entry its row, None for an id there
-id_taken = _exists  # inside `Outbox.transact`: the event's id is in the outbox (or a pruned reservation's)
 
 
 def _reservation(conn: sqlite3.Connection, tenant: str, transaction_id: str) -> Reserved | None:
