@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tiergate.sidecar.usage.holds import Hold, Overage, is_replayed_settle, settle_quantity
+from tiergate.sidecar.usage.hold_store import Hold
+from tiergate.sidecar.usage.holds import Overage, is_replayed_settle, settle_quantity
 
 
 @pytest.mark.parametrize(

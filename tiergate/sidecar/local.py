@@ -27,7 +27,7 @@ from tiergate.sidecar.decisions.service import DecisionService
 from tiergate.sidecar.metrics import SidecarMetrics
 from tiergate.sidecar.policy.reload import PolicyReloader
 from tiergate.sidecar.replica.store import ReplicaMeta, ReplicaReader
-from tiergate.sidecar.usage.holds import held_totals
+from tiergate.sidecar.usage.hold_store import held_totals
 from tiergate.sidecar.usage.ledger import Key, UsageLedger
 from tiergate.sidecar.usage.outbox import _load, _load_gauges
 

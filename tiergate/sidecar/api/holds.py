@@ -11,7 +11,8 @@ from tiergate.errors import BadRequestError
 from tiergate.models import MAX_QUANTITY, FeatureName, Quantity, TenantId
 from tiergate.sidecar.api.guard import guarded
 from tiergate.sidecar.state import SETTINGS
-from tiergate.sidecar.usage.holds import DEFAULT_TTL_S, MAX_TTL_S, Hold, Holds, Overage
+from tiergate.sidecar.usage.hold_store import Hold
+from tiergate.sidecar.usage.holds import DEFAULT_TTL_S, MAX_TTL_S, Holds, Overage
 from tiergate.web import json_response, read_json_object, validate
 
 HOLDS = web.AppKey("holds", Holds)

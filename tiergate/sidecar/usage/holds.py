@@ -17,8 +17,7 @@ import dataclasses
 import heapq
 import secrets
 import sqlite3
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -26,53 +25,30 @@ import structlog
 
 from tiergate.errors import ConflictError, NotFoundError, OutboxError, OverageRejectedError
 from tiergate.models import Decision
-from tiergate.periods import rfc3339
-from tiergate.sidecar.usage.ledger import Key
-from tiergate.sidecar.usage.outbox import Entry, Outbox, insert_entries
+from tiergate.sidecar.usage.hold_store import (
+    EXPIRED,
+    HELD,
+    RELEASED,
+    SETTLED,
+    Hold,
+    end_holds,
+    insert_hold,
+    load_active,
+    load_one,
+    rfc3339_of,
+    set_expiry,
+    settle_rows,
+)
+from tiergate.sidecar.usage.outbox import Entry, Outbox
 from tiergate.sidecar.usage.recorder import UsageRecorder, reservable_metric, usage_entries
 
 log = structlog.get_logger("tiergate.holds")
 
-HELD, SETTLED, RELEASED, EXPIRED = "held", "settled", "released", "expired"
 Overage = Literal["reject", "cap", "allow"]
 DEFAULT_TTL_S = 300
 MAX_TTL_S = 86_400
 PRUNE_EVERY_S = 60.0  # how often ended holds past their retention are forgotten
 IDLE_SWEEP_S = 60.0  # the sweeper's longest sleep with no hold due sooner
-
-
-@dataclass
-class Hold:
-    hold_id: str
-    tenant: str
-    transaction_id: str
-    code: str
-    period_start: str
-    quantity: int
-    created_at: float
-    expires_at: float
-    state: str = HELD
-    settle_requested: int | None = None  # the quantity the settle asked for
-    settled_quantity: int | None = None  # the quantity it recorded (overage: cap may lower it)
-    ended_at: float | None = None
-    # Resolved once the hold's row is committed: a replay of its creation waits for it.
-    committed: asyncio.Future[Hold] | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def key(self) -> Key:
-        return (self.tenant, self.code, self.period_start)
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "hold_id": self.hold_id,
-            "transaction_id": self.transaction_id,
-            "tenant": self.tenant,
-            "feature": self.code,
-            "held": self.quantity,
-            "state": self.state,
-            "expires_at": _rfc3339(self.expires_at),
-            "settled_quantity": self.settled_quantity,
-        }
 
 
 def settle_quantity(held: int, asked: int, overage: Overage) -> int | None:
@@ -132,7 +108,7 @@ class Holds:
 
     async def open(self) -> None:
         """Count the active holds again (call after `Outbox.open`), and start the sweeper."""
-        for hold in await self.outbox.read(_load_active):
+        for hold in await self.outbox.read(load_active):
             self._count(hold)
         log.info("holds_opened", active=len(self._active))
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="holds-sweeper")
@@ -187,7 +163,7 @@ class Holds:
             ended = dataclasses.replace(
                 hold, state=SETTLED, settle_requested=quantity, settled_quantity=recorded, ended_at=now
             )
-            ids = await self._write(lambda conn: _settle(conn, ended, entries, now), "settle")
+            ids = await self._write(lambda conn: settle_rows(conn, ended, entries, now), "settle")
             self._end(hold, ended)  # the hold leaves the ledger and its events enter it, one step
             self.outbox.accepted(entries, ids)
         return hold, False
@@ -199,7 +175,7 @@ class Holds:
             if hold.state != HELD:
                 raise self._not_held(hold, "extend")
             expires_at = self.clock() + ttl_s
-            await self._write(lambda conn: _set_expiry(conn, hold.hold_id, expires_at), "extend")
+            await self._write(lambda conn: set_expiry(conn, hold.hold_id, expires_at), "extend")
             hold.expires_at = expires_at
             heapq.heappush(self._expiries, (expires_at, hold.hold_id))
         self._wake.set()
@@ -215,7 +191,7 @@ class Holds:
             if hold.state == SETTLED:
                 raise self._not_held(hold, "release")
             ended = dataclasses.replace(hold, state=RELEASED, ended_at=self.clock())
-            await self._write(lambda conn: _end_holds(conn, [ended]), "release")
+            await self._write(lambda conn: end_holds(conn, [ended]), "release")
             self._end(hold, ended)
         return hold, False
 
@@ -235,7 +211,7 @@ class Holds:
         outbox has one: this one is then uncounted, never written)."""
         assert hold.committed is not None
         try:
-            earlier = await self.outbox.transact(lambda conn: _insert_hold(conn, hold, named))
+            earlier = await self.outbox.transact(lambda conn: insert_hold(conn, hold, named))
         except Exception as exc:
             self._uncount(hold)
             error = exc if isinstance(exc, ConflictError) else OutboxError(
@@ -258,7 +234,7 @@ class Holds:
 
     async def _stored(self, tenant: str, tid: str) -> Hold | None:
         return await self.outbox.read(
-            lambda conn: _load_one(conn, "tenant = ? AND transaction_id = ?", (tenant, tid))
+            lambda conn: load_one(conn, "tenant = ? AND transaction_id = ?", (tenant, tid))
         )
 
     async def _replayed_create(
@@ -315,7 +291,7 @@ class Holds:
     async def find(self, hold_id: str) -> Hold:
         hold = self._active.get(hold_id)
         if hold is None:
-            hold = await self.outbox.read(lambda conn: _load_one(conn, "hold_id = ?", (hold_id,)))
+            hold = await self.outbox.read(lambda conn: load_one(conn, "hold_id = ?", (hold_id,)))
         elif hold.committed is not None and not hold.committed.done():
             await asyncio.shield(hold.committed)  # still being created: act on it once it is durable
             hold = self._active.get(hold_id)
@@ -325,7 +301,7 @@ class Holds:
         return hold
 
     def _not_held(self, hold: Hold, what: str) -> ConflictError:
-        when = _rfc3339(hold.ended_at) if hold.ended_at is not None else "?"
+        when = rfc3339_of(hold.ended_at) if hold.ended_at is not None else "?"
         return ConflictError(
             f"cannot {what}: hold {hold.hold_id!r} was {hold.state} at {when}"
             + (f" (recorded {hold.settled_quantity})" if hold.state == SETTLED else ""),
@@ -369,7 +345,7 @@ class Holds:
         """Under the tenant's lock: a hold past its expiry is expired for every caller, swept or not."""
         if hold.state == HELD and hold.expires_at <= self.clock() and hold.hold_id in self._active:
             ended = dataclasses.replace(hold, state=EXPIRED, ended_at=self.clock())
-            await self._write(lambda conn: _end_holds(conn, [ended]), "expire")
+            await self._write(lambda conn: end_holds(conn, [ended]), "expire")
             self._end(hold, ended)
 
     async def expire_due(self) -> int:
@@ -415,97 +391,3 @@ class Holds:
         await self.outbox.transact(
             lambda conn: conn.execute("DELETE FROM holds WHERE state != 'held' AND ended_at < ?", (cutoff,))
         )
-
-
-def _rfc3339(at: float) -> str | None:
-    return rfc3339(datetime.fromtimestamp(at, UTC))
-
-
-# -- SQL (on the outbox's writer thread) --------------------------------------------------------
-
-_COLUMNS = (
-    "hold_id, tenant, transaction_id, code, period_start, quantity, created_at, expires_at, "
-    "state, settle_requested, settled_quantity, ended_at"
-)
-
-
-def _row_hold(row: Sequence[Any]) -> Hold:
-    return Hold(*row)
-
-
-def _load_active(conn: sqlite3.Connection) -> list[Hold]:
-    rows = conn.execute(f"SELECT {_COLUMNS} FROM holds WHERE state = 'held'").fetchall()
-    return [_row_hold(row) for row in rows]
-
-
-def held_totals(conn: sqlite3.Connection) -> list[tuple[Key, int]]:
-    """What the active holds take, per counter: for a reader of the sidecar's outbox in another
-    process (tiergate/sidecar/local.py); nothing from a file the sidecar has not migrated yet."""
-    try:
-        rows = conn.execute(
-            "SELECT tenant, code, period_start, sum(quantity) FROM holds WHERE state = 'held' GROUP BY 1, 2, 3"
-        ).fetchall()
-    except sqlite3.OperationalError:  # no holds table yet
-        return []
-    return [((tenant, code, period_start), int(total)) for tenant, code, period_start, total in rows]
-
-
-def _load_one(conn: sqlite3.Connection, where: str, args: tuple[str, ...]) -> Hold | None:
-    row = conn.execute(f"SELECT {_COLUMNS} FROM holds WHERE {where}", args).fetchone()
-    return None if row is None else _row_hold(row)
-
-
-def _insert_hold(conn: sqlite3.Connection, hold: Hold, named: bool) -> Hold | None:
-    """Write the hold; with the caller's own id, first the hold that already has it (returned,
-    nothing written), or a 409 when a usage event has it."""
-    if named:
-        earlier = _load_one(conn, "tenant = ? AND transaction_id = ?", (hold.tenant, hold.transaction_id))
-        if earlier is not None:
-            return earlier
-        taken = conn.execute(
-            "SELECT 1 FROM outbox WHERE tenant = ? AND transaction_id = ? "
-            "UNION ALL SELECT 1 FROM pruned_reservations WHERE tenant = ? AND transaction_id = ?",
-            (hold.tenant, hold.transaction_id) * 2,
-        ).fetchone()
-        if taken is not None:
-            raise ConflictError(
-                f"transaction_id {hold.transaction_id!r} is already a usage event's: a hold settles "
-                "under its own id (use a new transaction_id)",
-                field="transaction_id",
-            )
-    values = (
-        hold.hold_id, hold.tenant, hold.transaction_id, hold.code, hold.period_start, hold.quantity,
-        hold.created_at, hold.expires_at, hold.state, hold.settle_requested, hold.settled_quantity, hold.ended_at,
-    )  # fmt: skip
-    conn.execute(f"INSERT INTO holds ({_COLUMNS}) VALUES ({', '.join('?' * len(values))})", values)
-    return None
-
-
-def _settle(conn: sqlite3.Connection, ended: Hold, entries: Sequence[Entry], now: float) -> list[int | None]:
-    """The hold's events and its end, one transaction (inside `Outbox.transact`)."""
-    ids = insert_entries(conn, entries, now)
-    if ids and ids[0] is None:  # raised inside the transaction: it rolls back
-        raise ConflictError(
-            f"transaction_id {ended.transaction_id!r} of hold {ended.hold_id!r} was recorded by "
-            "another usage event meanwhile: nothing settled (release the hold)",
-            field="transaction_id",
-        )
-    _end_holds(conn, [ended])
-    return ids
-
-
-def _end_holds(conn: sqlite3.Connection, holds: Sequence[Hold]) -> None:
-    for hold in holds:
-        cursor = conn.execute(
-            "UPDATE holds SET state = ?, settle_requested = ?, settled_quantity = ?, ended_at = ? "
-            "WHERE hold_id = ? AND state = 'held'",
-            (hold.state, hold.settle_requested, hold.settled_quantity, hold.ended_at, hold.hold_id),
-        )
-        if cursor.rowcount != 1:
-            raise ConflictError(f"hold {hold.hold_id!r} is no longer held in the outbox", field="hold_id")
-
-
-def _set_expiry(conn: sqlite3.Connection, hold_id: str, expires_at: float) -> None:
-    conn.execute(
-        "UPDATE holds SET expires_at = ? WHERE hold_id = ? AND state = 'held'", (expires_at, hold_id)
-    )
