@@ -19,6 +19,7 @@ from tests.integration.usage.conftest import (
     used,
 )
 from tiergate.sidecar.api.check_listener import CHECK_LISTENER_PORT
+from tiergate.sidecar.api.holds import HOLDS
 from tiergate.sidecar.local import LocalDecisions
 
 SidecarClient = Any
@@ -302,3 +303,14 @@ async def test_an_id_taken_by_usage_refuses_the_hold_or_its_settle(make_sidecar:
     assert (await call(sidecar, "GET", f"/v1/holds/{held['hold_id']}"))[1]["state"] == "held"
     assert await used(sidecar, TENANT, "exports") == 1 + 2 + 1  # nothing settled, nothing lost
     assert (await usage_status(sidecar))["backlog"] == 2
+
+
+async def test_shutdown_right_after_a_hold_wakes_the_sweeper_does_not_hang(
+    make_sidecar: SidecarFactory,
+) -> None:
+    """A cancellation that meets the sweeper's wake-up still stops it (asyncio.wait_for on 3.11
+    would swallow it, and the sidecar's shutdown would wait forever)."""
+    sidecar = await make_sidecar(None)
+    holds = sidecar.app[HOLDS]
+    await holds.create(TENANT, "exports", 1, 300, None)  # wakes the sweeper, in this very step
+    await asyncio.wait_for(holds.close(), 5)

@@ -12,7 +12,6 @@ docs/adr/0044-holds.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import heapq
 import secrets
@@ -116,8 +115,7 @@ class Holds:
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+            await asyncio.wait({self._sweeper})  # a cancellation of close() itself still propagates
 
     # -- the operations -----------------------------------------------------------------------
 
@@ -368,12 +366,18 @@ class Holds:
         return len(due)
 
     async def _sweep_forever(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()
             delay = self._expiries[0][0] - self.clock() if self._expiries else IDLE_SWEEP_S
             if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), min(delay, IDLE_SWEEP_S))
+                # Not asyncio.wait_for: on 3.11 it swallows a cancellation that meets a wake-up,
+                # and the sidecar's shutdown would wait on this task forever.
+                timer = loop.call_later(min(delay, IDLE_SWEEP_S), self._wake.set)
+                try:
+                    await self._wake.wait()
+                finally:
+                    timer.cancel()
             try:
                 await self.expire_due()
                 await self._prune_if_due()
