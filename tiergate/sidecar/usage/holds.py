@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import heapq
+import logging
 import secrets
 import sqlite3
 from collections.abc import Callable
@@ -225,7 +226,7 @@ class Holds:
         hold.committed.set_result(hold)
         self.created += 1
         self._wake.set()
-        log.info(
+        log.debug(  # one per hold: debug, like the decisions' own lines are sampled
             "hold_created", hold_id=hold.hold_id, tenant=hold.tenant, feature=hold.code, held=hold.quantity
         )
         return hold
@@ -334,8 +335,10 @@ class Holds:
         hold.state, hold.ended_at = ended.state, ended.ended_at
         hold.settle_requested, hold.settled_quantity = ended.settle_requested, ended.settled_quantity
         self.ended[hold.state] += 1
-        log.info(f"hold_{hold.state}", hold_id=hold.hold_id, tenant=hold.tenant, feature=hold.code,
-                 held=hold.quantity, recorded=hold.settled_quantity)  # fmt: skip
+        # An expiry is worth an operator's look (work that never settled); the others are routine.
+        log.log(logging.INFO if hold.state == EXPIRED else logging.DEBUG, f"hold_{hold.state}",
+                hold_id=hold.hold_id, tenant=hold.tenant, feature=hold.code, held=hold.quantity,
+                recorded=hold.settled_quantity)  # fmt: skip
 
     # -- expiry --------------------------------------------------------------------------------
 
