@@ -133,6 +133,9 @@ async def test_an_expired_hold_releases_itself_and_extend_pushes_expiry(make_sid
     assert (await call(sidecar, "POST", f"/v1/holds/{short['hold_id']}/extend", {"ttl_s": 5}))[0] == 409
     assert (await call(sidecar, "DELETE", f"/v1/holds/{short['hold_id']}"))[1]["replayed"] is True
     assert (await usage_status(sidecar))["holds"]["expired"] == 1
+    metrics = await (await sidecar.get("/metrics")).text()
+    assert 'tiergate_holds_ended_total{state="expired"} 1.0' in metrics
+    assert "tiergate_holds_active 1.0" in metrics  # the extended one
 
 
 async def test_concurrent_holds_never_exceed_the_limit(make_sidecar: SidecarFactory) -> None:
