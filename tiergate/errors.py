@@ -13,6 +13,7 @@ The HTTP status is the class's `status`; the JSON body is `{"error": {"code", "m
     ├── NotFoundError            404 not_found
     ├── NoSubscriptionError      409 no_subscription        billing action needs a subscription
     ├── ConflictError            409 conflict
+    │   └── OverageRejectedError 409 overage_rejected     a hold's settle beyond it that the limit refuses
     ├── FeedGapError             410 feed_gap               follower must re-snapshot
     ├── UnsupportedByStripeError 501 unsupported_by_stripe_api
     ├── StripeActionError        502 stripe_error           Stripe refused a billing action
@@ -148,6 +149,12 @@ class NoSubscriptionError(TierError):
 class ConflictError(TierError):
     code = "conflict"
     status = 409
+
+
+class OverageRejectedError(ConflictError):
+    """A settle asked more than its hold with `overage: reject`, and the limit has no room for the rest."""
+
+    code = "overage_rejected"
 
 
 class MirrorError(TierError):

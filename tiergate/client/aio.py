@@ -8,9 +8,9 @@ from typing import Any, TypeVar, Unpack
 import aiohttp
 
 from tiergate.client import calls
-from tiergate.client.base import Attempts, ClientBase, ReserveOptions, settle
-from tiergate.client.calls import Call, Entitlements, Reservation, UsageReceipt
-from tiergate.errors import SidecarUnreachableError
+from tiergate.client.base import Attempts, ClientBase, HoldOptions, HoldScopeBase, ReserveOptions, settle
+from tiergate.client.calls import Call, Entitlements, Hold, HoldState, Overage, Reservation, UsageReceipt
+from tiergate.errors import SidecarUnreachableError, TierError
 from tiergate.models import Decision
 
 T = TypeVar("T")
@@ -38,6 +38,29 @@ class AsyncTiergateClient(ClientBase):
         self, tenant: str, feature: str, quantity: int = 1, **options: Unpack[ReserveOptions]
     ) -> Reservation:
         return await self.run(self.reserve_call(tenant, feature, quantity, options), options.get("timeout_s"))
+
+    def hold(
+        self, tenant: str, feature: str, quantity: int = 1, **options: Unpack[HoldOptions]
+    ) -> AsyncHoldScope:
+        """`async with client.hold(...) as h:` holds `quantity` on entry (check `h.allow`); a clean
+        exit settles it (or what `h.record(n)` said), an exception releases it."""
+        return AsyncHoldScope(self, tenant, feature, quantity, options)
+
+    async def create_hold(
+        self, tenant: str, feature: str, quantity: int = 1, **options: Unpack[HoldOptions]
+    ) -> Hold:
+        return await self.run(self.hold_call(tenant, feature, quantity, options), options.get("timeout_s"))
+
+    async def settle_hold(
+        self, hold_id: str, quantity: int, *, overage: Overage = "reject", timeout_s: float | None = None
+    ) -> HoldState:
+        return await self.run(calls.settle_hold(hold_id, quantity, overage), timeout_s)
+
+    async def extend_hold(self, hold_id: str, ttl_s: int, *, timeout_s: float | None = None) -> HoldState:
+        return await self.run(calls.extend_hold(hold_id, ttl_s), timeout_s)
+
+    async def release_hold(self, hold_id: str, *, timeout_s: float | None = None) -> HoldState:
+        return await self.run(calls.release_hold(hold_id), timeout_s)
 
     async def entitlements(self, tenant: str, *, timeout_s: float | None = None) -> Entitlements:
         return await self.run(self.entitlements_call(tenant), timeout_s)
@@ -88,3 +111,28 @@ class AsyncTiergateClient(ClientBase):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class AsyncHoldScope(HoldScopeBase):
+    """`AsyncTiergateClient.hold`'s `async with` block."""
+
+    def __init__(
+        self, client: AsyncTiergateClient, tenant: str, feature: str, quantity: int, options: HoldOptions
+    ) -> None:
+        super().__init__(tenant, feature, quantity, options)
+        self.client = client
+
+    async def __aenter__(self) -> AsyncHoldScope:
+        self._hold = await self.client.create_hold(*self.args, **self.options)
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        call = self.end_call(failed=kind is not None)
+        if call is None:
+            return
+        try:
+            self.result = await self.client.run(call, self.options.get("timeout_s"))
+        except TierError as error:
+            if kind is None:
+                raise
+            self.release_failed(error)

@@ -11,8 +11,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict, TypeVar
 
 from tiergate.client import calls
-from tiergate.client.calls import Call, Endpoint, Entitlements, FailPolicy, Reservation, UsageReceipt
-from tiergate.errors import SidecarUnreachableError
+from tiergate.client.calls import (
+    Call,
+    Endpoint,
+    Entitlements,
+    FailPolicy,
+    Hold,
+    HoldState,
+    Overage,
+    Reservation,
+    UsageReceipt,
+)
+from tiergate.errors import SidecarUnreachableError, TierError
 from tiergate.models import Decision
 
 T = TypeVar("T")
@@ -28,6 +38,60 @@ class ReserveOptions(TypedDict, total=False):
 
     transaction_id: str | None  # the caller's idempotency key (default: a new one, fixed before any retry)
     timeout_s: float | None  # this call's bound (default: the client's `timeout_s`)
+
+
+class HoldOptions(TypedDict, total=False):
+    """`hold`'s keyword options."""
+
+    ttl_s: int | None  # seconds until the hold releases itself (default: the sidecar's, 300)
+    transaction_id: str | None  # idempotency key and the settled event's id (default: a new one)
+    overage: Overage  # the settle's rule beyond the hold: reject (default), cap, allow
+    timeout_s: float | None  # each call's bound (default: the client's `timeout_s`)
+
+
+class HoldScopeBase:
+    """What both clients' `hold()` scopes share: the hold, the quantity to settle at the end (the
+    held quantity unless `record` says otherwise), and the call that ends the block."""
+
+    def __init__(self, tenant: str, feature: str, quantity: int, options: HoldOptions) -> None:
+        self.args, self.options = (tenant, feature, quantity), options
+        self._hold: Hold | None = None
+        self.quantity: int | None = None
+        self.result: HoldState | None = None  # the settle's or release's answer, once the block ended
+
+    @property
+    def hold(self) -> Hold:
+        if self._hold is None:
+            raise RuntimeError("the hold is created when the `with` block is entered")
+        return self._hold
+
+    @property
+    def allow(self) -> bool:
+        return self.hold.allow
+
+    @property
+    def decision(self) -> Decision:
+        return self.hold.decision
+
+    def record(self, quantity: int) -> None:
+        """The quantity really used: settled when the block ends without an exception."""
+        if quantity < 0:
+            raise ValueError(f"a hold settles a quantity >= 0, got {quantity}")
+        self.quantity = quantity
+
+    def end_call(self, failed: bool) -> Call[HoldState] | None:
+        """Settle after a clean exit, release after an exception; None when nothing was held."""
+        state = self.hold.state
+        if state is None:
+            return None
+        if failed:
+            return calls.release_hold(state.hold_id)
+        quantity = state.held if self.quantity is None else self.quantity
+        return calls.settle_hold(state.hold_id, quantity, self.options.get("overage", "reject"))
+
+    def release_failed(self, error: TierError) -> None:
+        """The block's own exception matters more than a failed release: the hold expires anyway."""
+        log.warning("hold_release_failed hold_id=%s error=%s", self.hold.hold_id, error.message)
 
 
 class ClientBase:
@@ -76,6 +140,11 @@ class ClientBase:
         self, tenant: str, feature: str, quantity: int, options: ReserveOptions
     ) -> Call[Reservation]:
         return calls.reserve(self.fail_policy, tenant, feature, quantity, options.get("transaction_id"))
+
+    def hold_call(self, tenant: str, feature: str, quantity: int, options: HoldOptions) -> Call[Hold]:
+        return calls.hold(
+            self.fail_policy, tenant, feature, quantity, options.get("ttl_s"), options.get("transaction_id")
+        )
 
     @staticmethod
     def entitlements_call(tenant: str) -> Call[Entitlements]:

@@ -71,6 +71,43 @@ class Reservation:
         return self.decision.allow
 
 
+class HoldState(BaseModel):
+    """A hold as the sidecar keeps it: `held` (counting against the limit), then `settled`,
+    `released` or `expired`; `replayed` when the call repeated an earlier one."""
+
+    model_config = ConfigDict(frozen=True)
+
+    hold_id: str
+    transaction_id: str
+    tenant: str
+    feature: str
+    held: int
+    state: Literal["held", "settled", "released", "expired"]
+    expires_at: str | None = None
+    settled_quantity: int | None = None
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """POST /v1/holds: the decision and, when allowed, the hold (None: nothing held)."""
+
+    decision: Decision
+    transaction_id: str
+    state: HoldState | None
+
+    @property
+    def allow(self) -> bool:
+        return self.decision.allow
+
+    @property
+    def hold_id(self) -> str | None:
+        return None if self.state is None else self.state.hold_id
+
+
+Overage = Literal["reject", "cap", "allow"]
+
+
 class FeatureAccess(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -215,6 +252,49 @@ def reserve(
         )
 
     return Call("POST", "/v1/check", orjson.dumps(body), parse, unreachable)
+
+
+def hold(
+    policy: FailPolicy,
+    tenant: str,
+    feature: str,
+    quantity: int,
+    ttl_s: int | None,
+    transaction_id: str | None,
+) -> Call[Hold]:
+    """POST /v1/holds; with no answer, the fail policy's decision and nothing held."""
+    tid = transaction_id or new_transaction_id()
+    body: dict[str, Any] = {"tenant": tenant, "feature": feature, "quantity": quantity, "transaction_id": tid}
+    if ttl_s is not None:
+        body["ttl_s"] = ttl_s
+
+    def parse(raw: Any) -> Hold:
+        state = _model(HoldState, raw) if isinstance(raw, dict) and raw.get("hold_id") else None
+        return Hold(decision=_decision(raw), transaction_id=tid, state=state)
+
+    def unreachable() -> Hold:
+        return Hold(decision=policy.decision(tenant, feature, quantity), transaction_id=tid, state=None)
+
+    return Call("POST", "/v1/holds", orjson.dumps(body), parse, unreachable)
+
+
+def settle_hold(hold_id: str, quantity: int, overage: Overage = "reject") -> Call[HoldState]:
+    """Record the real quantity (the same call again answers `replayed`: safe to retry)."""
+    body = orjson.dumps({"quantity": quantity, "overage": overage})
+    return Call("POST", _hold_path(hold_id) + "/settle", body, lambda raw: _model(HoldState, raw))
+
+
+def extend_hold(hold_id: str, ttl_s: int) -> Call[HoldState]:
+    body = orjson.dumps({"ttl_s": ttl_s})
+    return Call("POST", _hold_path(hold_id) + "/extend", body, lambda raw: _model(HoldState, raw))
+
+
+def release_hold(hold_id: str) -> Call[HoldState]:
+    return Call("DELETE", _hold_path(hold_id), None, lambda raw: _model(HoldState, raw))
+
+
+def _hold_path(hold_id: str) -> str:
+    return "/v1/holds/" + quote(hold_id, safe="")
 
 
 def entitlements(tenant: str) -> Call[Entitlements]:

@@ -10,9 +10,9 @@ from typing import Any, TypeVar, Unpack
 from urllib.parse import SplitResult, urlsplit
 
 from tiergate.client import calls
-from tiergate.client.base import Attempts, ClientBase, ReserveOptions, settle
-from tiergate.client.calls import Call, Entitlements, Reservation, UsageReceipt
-from tiergate.errors import SidecarUnreachableError
+from tiergate.client.base import Attempts, ClientBase, HoldOptions, HoldScopeBase, ReserveOptions, settle
+from tiergate.client.calls import Call, Entitlements, Hold, HoldState, Overage, Reservation, UsageReceipt
+from tiergate.errors import SidecarUnreachableError, TierError
 from tiergate.models import Decision
 
 T = TypeVar("T")
@@ -77,6 +77,27 @@ class TiergateClient(ClientBase):
         """Check and, when allowed, record `quantity` of a metered feature in one step."""
         return self.run(self.reserve_call(tenant, feature, quantity, options), options.get("timeout_s"))
 
+    def hold(self, tenant: str, feature: str, quantity: int = 1, **options: Unpack[HoldOptions]) -> HoldScope:
+        """`with client.hold(...) as h:` holds `quantity` on entry (check `h.allow`); a clean exit
+        settles it (or what `h.record(n)` said), an exception releases it."""
+        return HoldScope(self, tenant, feature, quantity, options)
+
+    def create_hold(
+        self, tenant: str, feature: str, quantity: int = 1, **options: Unpack[HoldOptions]
+    ) -> Hold:
+        return self.run(self.hold_call(tenant, feature, quantity, options), options.get("timeout_s"))
+
+    def settle_hold(
+        self, hold_id: str, quantity: int, *, overage: Overage = "reject", timeout_s: float | None = None
+    ) -> HoldState:
+        return self.run(calls.settle_hold(hold_id, quantity, overage), timeout_s)
+
+    def extend_hold(self, hold_id: str, ttl_s: int, *, timeout_s: float | None = None) -> HoldState:
+        return self.run(calls.extend_hold(hold_id, ttl_s), timeout_s)
+
+    def release_hold(self, hold_id: str, *, timeout_s: float | None = None) -> HoldState:
+        return self.run(calls.release_hold(hold_id), timeout_s)
+
     def entitlements(self, tenant: str, *, timeout_s: float | None = None) -> Entitlements:
         return self.run(self.entitlements_call(tenant), timeout_s)
 
@@ -128,3 +149,28 @@ class TiergateClient(ClientBase):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class HoldScope(HoldScopeBase):
+    """`TiergateClient.hold`'s `with` block."""
+
+    def __init__(
+        self, client: TiergateClient, tenant: str, feature: str, quantity: int, options: HoldOptions
+    ) -> None:
+        super().__init__(tenant, feature, quantity, options)
+        self.client = client
+
+    def __enter__(self) -> HoldScope:
+        self._hold = self.client.create_hold(*self.args, **self.options)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        call = self.end_call(failed=kind is not None)
+        if call is None:
+            return
+        try:
+            self.result = self.client.run(call, self.options.get("timeout_s"))
+        except TierError as error:
+            if kind is None:
+                raise
+            self.release_failed(error)

@@ -27,6 +27,7 @@ from tiergate.sidecar.decisions.service import DecisionService
 from tiergate.sidecar.metrics import SidecarMetrics
 from tiergate.sidecar.policy.reload import PolicyReloader
 from tiergate.sidecar.replica.store import ReplicaMeta, ReplicaReader
+from tiergate.sidecar.usage.hold_store import held_totals
 from tiergate.sidecar.usage.ledger import Key, UsageLedger
 from tiergate.sidecar.usage.outbox import _load, _load_gauges
 
@@ -52,7 +53,12 @@ class OutboxLedger(UsageLedger):
         self._seen = seen
         unconfirmed, confirmed, _, _ = _load(conn, position)
         fresh: dict[Key, Amount] = {}
-        for key, value in [*unconfirmed, *(item for d in confirmed.values() for item in d.items())]:
+        pending = [
+            *unconfirmed,
+            *(item for d in confirmed.values() for item in d.items()),
+            *held_totals(conn),
+        ]
+        for key, value in pending:
             fresh[key] = add(fresh.get(key, 0), value)
         for key in self._counted.keys() | fresh.keys():
             delta = add(fresh.get(key, 0), negate(self._counted.get(key, 0)))

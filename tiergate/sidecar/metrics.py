@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from tiergate.sidecar.replica.damage import ReplicaDamage
     from tiergate.sidecar.replica.follower import FollowerStatus
     from tiergate.sidecar.replica.license_source import LicenseSource
+    from tiergate.sidecar.usage.holds import Holds
     from tiergate.sidecar.usage.outbox import Outbox
 
 DECISION_BUCKETS = (25e-6, 50e-6, 100e-6, 200e-6, 400e-6, 800e-6, 1.6e-3, 3.2e-3, 6.4e-3, 0.0128, 0.05)
@@ -149,6 +150,35 @@ class SidecarMetrics:
             registry=self.registry,
         )
         quarantined.set_function(lambda: float(outbox.quarantined))
+
+    def watch_holds(self, holds: Holds) -> None:
+        self.registry.register(_HoldsCollector(holds))
+
+
+class _HoldsCollector(Collector):
+    """The holds, read at each scrape: how many are active, how they ended, failed expiry sweeps."""
+
+    def __init__(self, holds: Holds) -> None:
+        self.holds = holds
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        active = GaugeMetricFamily("tiergate_holds_active", "Holds counting against limits now.")
+        active.add_metric([], self.holds.active)
+        yield active
+        created = CounterMetricFamily("tiergate_holds_created", "Holds created (replays not counted).")
+        created.add_metric([], self.holds.created)
+        yield created
+        ended = CounterMetricFamily(
+            "tiergate_holds_ended", "Holds ended, by how: settled, released, expired.", labels=["state"]
+        )
+        for state, count in sorted(self.holds.ended.items()):
+            ended.add_metric([state], count)
+        yield ended
+        failures = CounterMetricFamily(
+            "tiergate_holds_sweep_failures", "Expiry sweeps that could not commit (retried each second)."
+        )
+        failures.add_metric([], self.holds.sweep_failures)
+        yield failures
 
 
 class _FollowerCollector(Collector):

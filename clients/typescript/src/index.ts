@@ -21,6 +21,79 @@ export interface Reservation {
   reserved: boolean;
   replayed: boolean;
 }
+/** A hold as the sidecar keeps it: `held`, then `settled`, `released` or `expired`. */
+export type HoldState = Schemas["Hold"];
+export type Overage = "reject" | "cap" | "allow";
+export interface HoldOptions extends CallOptions {
+  /** Seconds until the hold releases itself (default: the sidecar's, 300; at most 86400). */
+  ttlS?: number;
+  /** Idempotency key, and the settled usage event's id (default: a new one, fixed before any retry). */
+  transactionId?: string;
+}
+
+/**
+ * A hold: `allow` and the decision; when allowed, `quantity` counts against the limit until
+ * `settle()` records the real amount, `release()` gives it back, or it expires. It is an
+ * `AsyncDisposable`: leaving an `await using` block without settling releases it.
+ *
+ *     await using hold = await client.hold("t_1", "gpt4_tokens", 1000);
+ *     if (!hold.allow) return deny(hold.decision);
+ *     await hold.settle(await runCompletion());   // a throw before this line releases the hold
+ */
+export class Hold implements AsyncDisposable {
+  /** The settle's or release's answer, once the hold ended through this object. */
+  result: HoldState | null = null;
+  private ending = false; // a settle or release was sent: leaving the block sends nothing more
+
+  constructor(
+    private readonly client: TiergateClient,
+    readonly decision: Decision,
+    readonly transactionId: string,
+    readonly state: HoldState | null,
+  ) {}
+
+  get allow(): boolean {
+    return this.decision.allow;
+  }
+
+  /** Null when nothing is held (denied, or no answer from the sidecar). */
+  get holdId(): string | null {
+    return this.state?.hold_id ?? null;
+  }
+
+  /** Record `quantity` (default: the held quantity); the same call again answers `replayed`. */
+  async settle(quantity?: number, options: CallOptions & { overage?: Overage } = {}): Promise<HoldState | null> {
+    if (this.state === null) return null;
+    this.ending = true;
+    this.result = await this.client.settleHold(this.state.hold_id, quantity ?? this.state.held, options);
+    return this.result;
+  }
+
+  async release(options: CallOptions = {}): Promise<HoldState | null> {
+    if (this.state === null) return null;
+    this.ending = true;
+    this.result = await this.client.releaseHold(this.state.hold_id, options);
+    return this.result;
+  }
+
+  async extend(ttlS: number, options: CallOptions = {}): Promise<HoldState | null> {
+    return this.state === null ? null : this.client.extendHold(this.state.hold_id, ttlS, options);
+  }
+
+  /**
+   * Leaving the block: release unless a settle or release was sent (a settle refused, e.g.
+   * `overage_rejected`, keeps the hold until it expires); a failed release is left to expiry.
+   */
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.state === null || this.ending) return;
+    try {
+      await this.release();
+    } catch (error) {
+      if (!(error instanceof SidecarUnreachableError || error instanceof SidecarRejectedError)) throw error;
+    }
+  }
+}
+
 export interface Check {
   tenant: string;
   feature: string;
@@ -147,6 +220,58 @@ export class TiergateClient {
     }
   }
 
+  /**
+   * Hold `quantity` of a metered feature now, settle the real amount later (see `Hold`). Denied,
+   * or with no answer from the sidecar (then the fail policy decides `allow`), nothing is held.
+   */
+  async hold(tenant: string, feature: string, quantity = 1, options: HoldOptions = {}): Promise<Hold> {
+    const transactionId = options.transactionId ?? newTransactionId();
+    const body: Record<string, unknown> = { tenant, feature, quantity, transaction_id: transactionId };
+    if (options.ttlS !== undefined) body["ttl_s"] = options.ttlS;
+    try {
+      const answer = (await this.call("POST", "/v1/holds", body, options)) as Partial<HoldState> | null;
+      const state = typeof answer?.hold_id === "string" ? (answer as HoldState) : null;
+      return new Hold(this, decision(answer), transactionId, state);
+    } catch (error) {
+      return new Hold(this, this.unreachable(error, tenant, feature, quantity), transactionId, null);
+    }
+  }
+
+  /**
+   * Run `work` inside a hold: its resolved number (default: the held quantity) is settled, a
+   * throw releases the hold and rethrows. Not called when the hold is denied.
+   */
+  async withHold(
+    tenant: string,
+    feature: string,
+    quantity: number,
+    work: (hold: Hold) => Promise<number | void>,
+    options: HoldOptions & { overage?: Overage } = {},
+  ): Promise<Hold> {
+    await using hold = await this.hold(tenant, feature, quantity, options);
+    if (!hold.allow) return hold;
+    const used = await work(hold);
+    await hold.settle(typeof used === "number" ? used : undefined, options);
+    return hold;
+  }
+
+  async settleHold(
+    holdId: string,
+    quantity: number,
+    options: CallOptions & { overage?: Overage } = {},
+  ): Promise<HoldState> {
+    const body = { quantity, overage: options.overage ?? "reject" };
+    return (await this.call("POST", `${holdPath(holdId)}/settle`, body, options)) as HoldState;
+  }
+
+  async extendHold(holdId: string, ttlS: number, options: CallOptions = {}): Promise<HoldState> {
+    return (await this.call("POST", `${holdPath(holdId)}/extend`, { ttl_s: ttlS }, options)) as HoldState;
+  }
+
+  async releaseHold(holdId: string, options: CallOptions = {}): Promise<HoldState> {
+    return (await this.call("DELETE", holdPath(holdId), undefined, options)) as HoldState;
+  }
+
   async entitlements(tenant: string, options: CallOptions = {}): Promise<Entitlements> {
     return (await this.call("GET", `/v1/entitlements/${encodeURIComponent(tenant)}`, undefined, options)) as Entitlements;
   }
@@ -249,6 +374,10 @@ function decision(raw: unknown): Decision {
     throw new SidecarUnreachableError("the sidecar's answer is unusable: not a decision");
   }
   return value as Decision;
+}
+
+function holdPath(holdId: string): string {
+  return `/v1/holds/${encodeURIComponent(holdId)}`;
 }
 
 function withTransactionId(event: UsageEvent): Schemas["UsageEvent"] {

@@ -5,13 +5,59 @@ import { after, describe, test } from "node:test";
 
 import express from "express";
 
-import { SidecarRejectedError, SidecarUnreachableError, TiergateClient, UNREACHABLE } from "../src/index.js";
+import { type Hold, SidecarRejectedError, SidecarUnreachableError, TiergateClient, UNREACHABLE } from "../src/index.js";
 import { requireFeature } from "../src/express.js";
 
 const sidecar = process.env["TIERGATE_TEST_SIDECAR"];
 if (!sidecar) throw new Error("TIERGATE_TEST_SIDECAR is not set: run these tests through pytest (make test)");
 const client = new TiergateClient({ baseUrl: sidecar, timeoutMs: 5000 });
 const fresh = () => `ts-${Math.random().toString(36).slice(2, 10)}`;
+
+describe("holds", () => {
+  test("an await using block settles what it records; leaving it early releases", async () => {
+    const tenant = fresh();
+    {
+      await using hold = await client.hold(tenant, "exports", 6, { ttlS: 60 });
+      assert.ok(hold.allow && hold.holdId);
+      assert.equal((await client.check(tenant, "exports")).used, 6);
+      const settled = await hold.settle(2);
+      assert.deepEqual([settled?.state, settled?.settled_quantity], ["settled", 2]);
+    }
+    assert.equal((await client.check(tenant, "exports")).used, 2);
+    let kept: Hold | undefined;
+    await assert.rejects(async () => {
+      await using hold = await client.hold(tenant, "exports", 4);
+      kept = hold;
+      throw new Error("boom");
+    }, /boom/);
+    assert.equal(kept?.result?.state, "released");
+    assert.equal((await client.check(tenant, "exports")).used, 2);
+  });
+
+  test("withHold settles the work's number, releases on a throw, skips the work when denied", async () => {
+    const tenant = fresh();
+    const done = await client.withHold(tenant, "api_calls", 10, async () => 7);
+    assert.equal(done.result?.settled_quantity, 7);
+    await assert.rejects(client.withHold(tenant, "api_calls", 5, async () => { throw new Error("no"); }), /no/);
+    let ran = false;
+    const denied = await client.withHold(tenant, "exports", 11, async () => { ran = true; });
+    assert.deepEqual([denied.allow, denied.holdId, ran], [false, null, false]);
+    assert.equal((await client.check(tenant, "api_calls")).used, 7);
+  });
+
+  test("the plain calls, a replay and a refused overage", async () => {
+    const tenant = fresh();
+    const hold = await client.hold(tenant, "exports", 2, { transactionId: `${tenant}-1` });
+    const again = await client.hold(tenant, "exports", 2, { transactionId: `${tenant}-1` });
+    assert.equal(again.holdId, hold.holdId);
+    assert.equal((await hold.extend(600))?.state, "held");
+    await assert.rejects(client.settleHold(hold.holdId ?? "", 20), (e: unknown) =>
+      e instanceof SidecarRejectedError && e.status === 409 && e.code === "overage_rejected");
+    assert.equal((await hold.settle(20, { overage: "cap" }))?.settled_quantity, 2);
+    await assert.rejects(client.releaseHold("h_" + "x".repeat(80)), (e: unknown) =>
+      e instanceof SidecarRejectedError && e.status === 400 && e.field === "hold_id");
+  });
+});
 
 describe("calls", () => {
   test("check answers the sidecar's decision", async () => {

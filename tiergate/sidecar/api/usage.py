@@ -16,6 +16,7 @@ from tiergate.errors import BadRequestError, EngineUnavailableError
 from tiergate.models import FeatureName, Quantity, TenantId
 from tiergate.policy.engine import PolicyBundle
 from tiergate.sidecar.api.guard import guarded
+from tiergate.sidecar.api.holds import HOLDS, add_hold_routes
 from tiergate.sidecar.api.reserve_body import reserve_body
 from tiergate.sidecar.leases.client import HttpLeaseClient
 from tiergate.sidecar.leases.holder import Leases
@@ -23,6 +24,7 @@ from tiergate.sidecar.leases.metrics import LeaseMetrics
 from tiergate.sidecar.settings import SidecarSettings
 from tiergate.sidecar.state import DECISIONS, METRICS, POLICIES, READER, SETTINGS, TRACING
 from tiergate.sidecar.usage.delivery import Delivery
+from tiergate.sidecar.usage.holds import Holds
 from tiergate.sidecar.usage.outbox import Outbox
 from tiergate.sidecar.usage.recorder import UsageRecorder, reserved_body
 from tiergate.sidecar.usage.static_mode import UndeliveredUsage, static_mode_warnings
@@ -121,6 +123,7 @@ def usage_status(app: web.Application) -> dict[str, Any] | None:
         # synchronous=normal: appends that found the write lock taken and waited on the thread
         "commits_deferred": outbox.loop_commits_deferred,
         "pending": app[RECORDER].ledger.stats(),
+        "holds": app[HOLDS].status() if HOLDS in app else None,
         "delivery": app[DELIVERY].status.as_dict() if DELIVERY in app else None,
         "leases": app[LEASES].status() if LEASES in app else None,
     }
@@ -174,6 +177,10 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
     app[OUTBOX] = outbox
     app[RECORDER] = UsageRecorder(outbox, ledger, decisions, reader, lambda: _bundle(app))
     decisions.catalog = lambda: _catalog(app)
+    holds = Holds(outbox, app[RECORDER], retention_s=settings.outbox_reservation_id_retention_s)
+    await holds.open()  # its active holds counted again, before any request is answered
+    app[HOLDS] = holds
+    app[METRICS].watch_holds(holds)
     if settings.daemon_url is not None:
         delivery = Delivery(
             outbox,
@@ -210,6 +217,7 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await holds.close()
         if LEASES in app:
             await app[LEASES].close()
             await app[LEASES].client.close()
@@ -236,3 +244,4 @@ def add_usage_routes(app: web.Application) -> None:
     app.router.add_post("/v1/usage/batch", guarded(record_batch))
     app.router.add_get("/v1/usage/quarantine", guarded(list_quarantine))
     app.router.add_post("/v1/usage/quarantine/redeliver", guarded(redeliver_quarantine))
+    add_hold_routes(app)

@@ -101,6 +101,31 @@ def m004_reservation_ids(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX pruned_reservations_age ON pruned_reservations (pruned_at)")
 
 
+@MIGRATIONS()
+def m005_holds(db: sqlite_utils.Database) -> None:
+    # Holds (tiergate/sidecar/usage/holds.py): a settle writes its usage events and the hold's
+    # new state in one transaction, so a crash leaves either the hold or its events, never both.
+    db.execute(
+        """CREATE TABLE holds (
+            hold_id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            transaction_id TEXT NOT NULL,
+            code TEXT NOT NULL,
+            period_start TEXT NOT NULL,
+            quantity INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            state TEXT NOT NULL,
+            settle_requested INTEGER,
+            settled_quantity INTEGER,
+            ended_at REAL,
+            UNIQUE (tenant, transaction_id)
+        )"""
+    )
+    db.execute("CREATE INDEX holds_active ON holds (expires_at) WHERE state = 'held'")
+    db.execute("CREATE INDEX holds_ended ON holds (ended_at) WHERE state != 'held'")
+
+
 @dataclass(frozen=True)
 class Entry:
     """An event and the period this sidecar counts it in."""
@@ -331,6 +356,36 @@ class Outbox:
         cutoff, ids_cutoff = now - retention_s, now - self.reservation_id_retention_s
         return await self._run(lambda: _prune(conn, position, cutoff, now, ids_cutoff))
 
+    async def transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn` in one write transaction on the writer thread (rolled back when it raises); for
+        the holds, which commit their own rows beside usage events (`insert_entries`). With
+        synchronous=NORMAL on the loop's own connection when the write lock is free, as appends do."""
+        if (
+            self._loop_conn is not None
+            and not self._queue
+            and (self._flusher is None or self._flusher.done())
+        ):
+            try:
+                result = _transaction(self._loop_conn, fn)
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
+                    raise
+                self.loop_commits_deferred += 1
+            else:
+                self._loop_committed()
+                return result
+        conn = self._require()
+        return await self._run(lambda: _transaction(conn, fn))
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._require()
+        return await self._run(lambda: fn(conn))
+
+    def accepted(self, entries: Sequence[Entry], ids: Sequence[int | None]) -> None:
+        """Entries committed by `transact` (with `insert_entries`): count them and wake delivery."""
+        self._account(entries, False, iter(ids))
+        self.ready.set()
+
     # -- commits on the loop's thread (synchronous=NORMAL) ----------------------------------------
 
     def _append_on_loop(self, entries: Sequence[Entry], reserved: bool) -> list[bool] | None:
@@ -349,13 +404,16 @@ class Outbox:
             self._write_failed(exc, [(entries, reserved)])
         flags = self._account(entries, reserved, iter(ids))
         self.ready.set()
+        self._loop_committed()
+        return flags
+
+    def _loop_committed(self) -> None:
         self._loop_commits += 1
         if self._loop_commits % CHECKPOINT_EVERY == 0 and (
             self._checkpoint is None or self._checkpoint.done()
         ):
             # The loop's connection never checkpoints (that would fsync on the loop): the thread does.
             self._checkpoint = asyncio.create_task(self._run_checkpoint(), name="outbox-checkpoint")
-        return flags
 
     def _write_failed(self, exc: Exception, groups: Sequence[tuple[Sequence[Entry], bool]]) -> NoReturn:
         log.error("outbox_write_failed", error=str(exc), path=str(self.path))
@@ -485,6 +543,17 @@ def _insert(
     return ids
 
 
+def _transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return result
+
+
 def _exists(conn: sqlite3.Connection, event: ValidEvent) -> bool:
     """The id is in the outbox, or was a reservation's whose rows were pruned."""
     key = (event.tenant, event.transaction_id)
@@ -514,6 +583,9 @@ def _insert_entries(conn: sqlite3.Connection, entries: Sequence[Entry], now: flo
         )
         ids.append(cursor.lastrowid if cursor.rowcount == 1 else None)
     return ids
+
+
+insert_entries = _insert_entries  # inside `Outbox.transact`: per entry its row, None for an id there
 
 
 def _reservation(conn: sqlite3.Connection, tenant: str, transaction_id: str) -> Reserved | None:

@@ -42,6 +42,40 @@ class Reservation:
     replayed: bool
 
 
+def reservable_metric(bundle: PolicyBundle, feature: str, quantity: int, what: str) -> Metric:
+    """The metric that `what` (reserve, hold, settle) may count `quantity` of, or a 400 naming why not."""
+    metrics = bundle.catalog.metrics
+    metric = metrics.get(feature)
+    if metric is None:
+        raise BadRequestError(
+            f"{what}: {feature!r} is not a metered feature (metrics: {sorted(metrics)})", field="feature"
+        )
+    if metric.aggregation == "latest":
+        raise BadRequestError(
+            f"{what}: {feature!r} is a gauge (aggregation latest): report the current value "
+            "with POST /v1/usage, and check without reserve",
+            field="feature",
+        )
+    if metric.aggregation != "sum" and quantity > MAX_EVENTS:
+        raise BadRequestError(
+            f"{what}: quantity {quantity} of a count metric exceeds {MAX_EVENTS} (one event each)",
+            field="quantity",
+        )
+    return metric
+
+
+def usage_entries(
+    tenant: str, code: str, quantity: int, tid: str, metric: Metric, at: datetime, period_start: str
+) -> list[Entry]:
+    """`quantity` of a metric as events: a sum metric's one event carries it in its field; a count
+    metric counts events, so N units are N events, the first with `tid`, then `tid/2` .. `tid/N`."""
+    if metric.aggregation == "sum":
+        props = {str(metric.field): quantity}
+        return [Entry(ValidEvent(tenant, tid, code, at, quantity, props), period_start)]
+    ids = [tid, *(f"{tid}/{n}" for n in range(2, quantity + 1))]
+    return [Entry(ValidEvent(tenant, i, code, at, 1, {}), period_start) for i in ids]
+
+
 def reserved_body(decision: Decision, reservation: Reservation) -> dict[str, Any]:
     """The check-and-reserve response: the decision plus what was reserved."""
     return {**decision.body(), "reservation": reservation}
@@ -97,31 +131,14 @@ class UsageRecorder:
         self, tenant: str, feature: str, quantity: int, transaction_id: str | None
     ) -> tuple[Decision, Reservation]:
         """Decide and, when allowed, count `quantity` before any other reserve of this tenant decides."""
-        metrics = self.bundle().catalog.metrics
-        metric = metrics.get(feature)
-        if metric is None:
-            raise BadRequestError(
-                f"reserve: {feature!r} is not a metered feature (metrics: {sorted(metrics)})", field="feature"
-            )
-        if metric.aggregation == "latest":
-            raise BadRequestError(
-                f"reserve: {feature!r} is a gauge (aggregation latest): report the current value "
-                "with POST /v1/usage, and check without reserve",
-                field="feature",
-            )
-        counted = metric.aggregation != "sum"
-        if counted and quantity > MAX_EVENTS:
-            raise BadRequestError(
-                f"reserve: quantity {quantity} of a count metric exceeds {MAX_EVENTS} (one event each)",
-                field="quantity",
-            )
+        metric = reservable_metric(self.bundle(), feature, quantity, "reserve")
         await self.decisions.learn_usage_scope()  # which answers the reservation changes
         tid = transaction_id or self._new_id()
         if transaction_id is not None:
             stored = await self.outbox.reservation(tenant, tid)
             if stored is not None:
                 return await self._replayed(tenant, feature, quantity, tid, stored)
-        async with self._locks[zlib.crc32(tenant.encode()) % LOCK_STRIPES]:
+        async with self.lock(tenant):
             decision = await self.decisions.decide(tenant, feature, quantity)
             if not decision.allow:
                 return decision, Reservation(tid, False, False)
@@ -130,7 +147,7 @@ class UsageRecorder:
                 return dataclasses.replace(decision, allow=False, reason="quota_unavailable"), Reservation(
                     tid, False, False
                 )
-            entries = self._reservation_entries(tenant, feature, quantity, tid, counted, metric)
+            entries = self._reservation_entries(tenant, feature, quantity, tid, metric)
             if transaction_id is not None:  # the caller's own id: it may come back after pruning
                 entries[0] = dataclasses.replace(entries[0], reserved_quantity=quantity)
             if leased is not None:  # their acknowledgements let the daemon free the units
@@ -173,17 +190,20 @@ class UsageRecorder:
             self.on_backlog(self.outbox.backlog)
 
     def _reservation_entries(
-        self, tenant: str, code: str, quantity: int, tid: str, counted: bool, metric: Metric
+        self, tenant: str, code: str, quantity: int, tid: str, metric: Metric
     ) -> list[Entry]:
         at = datetime.fromtimestamp(self.decisions.clock(), UTC)
+        return usage_entries(tenant, code, quantity, tid, metric, at, self.period_of(tenant, code, at))
+
+    def period_of(self, tenant: str, code: str, at: datetime) -> str:
+        """The start of the counter `at` falls in for `code`: its metric's own window (ADR 47), else
+        the tenant's billing period (its counters' key)."""
         window = window_for(self.bundle().catalog, code, at)
-        period_start = (window or period_for(self.reader.account(tenant), at, rfc3339(at) or ""))[0]
-        if not counted:
-            props = {str(metric.field): quantity}
-            return [Entry(ValidEvent(tenant, tid, code, at, quantity, props), period_start)]
-        # A count metric counts events: N units are N events, the first with the caller's id.
-        ids = [tid, *(f"{tid}/{n}" for n in range(2, quantity + 1))]
-        return [Entry(ValidEvent(tenant, i, code, at, 1, {}), period_start) for i in ids]
+        return (window or period_for(self.reader.account(tenant), at, rfc3339(at) or ""))[0]
+
+    def lock(self, tenant: str) -> asyncio.Lock:
+        """The lock a tenant's reserves and holds decide under (one of `LOCK_STRIPES`)."""
+        return self._locks[zlib.crc32(tenant.encode()) % LOCK_STRIPES]
 
     def _period(self, event: ValidEvent, rows: dict[str, AccountRow | None]) -> str:
         if event.gauge:
