@@ -68,6 +68,16 @@ class CreditPrices:
         return total
 
 
+def override_quota(value: object) -> Quota | None:
+    """An override's value (`{limit, credits}` as stored) as a Quota; None for true/false/invalid."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        return Quota.model_validate(value)
+    except ValueError:
+        return None
+
+
 def hold_cost(prices: CreditPrices, tier: str | None, feature: str, quantity: Amount) -> Price | None:
     """(credit type, credits) that holding `quantity` of `feature` takes on `tier` (the default
     tier's price without one); None when the feature is not credit-priced there. For the holds:

@@ -14,7 +14,7 @@ from typing import Any, Literal, NamedTuple
 
 import orjson
 
-from tiergate.catalog import Catalog, Quota
+from tiergate.catalog import Catalog
 from tiergate.errors import PolicyError, ReplicaNotReadyError, TierError
 from tiergate.log import host_safe_logger
 from tiergate.models import Decision, PolicyAnswer
@@ -25,6 +25,7 @@ from tiergate.policy.credits_input import (
     balances,
     credits_input,
     no_holds,
+    override_quota,
 )
 from tiergate.policy.document import PolicyAnswerError, build_input, parse_answer, policy_error_decision
 from tiergate.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyEngine
@@ -425,7 +426,7 @@ class DecisionService:
         if prices is None:
             return None
         found = overrides.get(feature)
-        override = _quota(found.get("value")) if isinstance(found, dict) else None
+        override = override_quota(found.get("value")) if isinstance(found, dict) else None
         return credits_input(
             prices,
             tenant=tenant,
@@ -518,15 +519,6 @@ class DecisionService:
         """The same line from a rendered decision, without building the object."""
         fields = orjson.loads(body)
         self.decision_log.line({name: fields[name] for name in LOGGED_FIELDS})
-
-
-def _quota(value: object) -> Quota | None:
-    if not isinstance(value, dict):
-        return None
-    try:
-        return Quota.model_validate(value)
-    except ValueError:
-        return None
 
 
 class RouteResolver:

@@ -354,12 +354,28 @@ def ledger_page(sql: Sql, tenant: str, after: int, limit: int) -> list[dict[str,
         "WHERE tenant = ? AND id > ? ORDER BY id LIMIT ?",
         [tenant, after, limit],
     ).fetchall()
-    names = ("id", "credit_type", "grant_id", "kind", "amount", "transaction_id", "at")
-    entries = [dict(zip(names, row, strict=True)) for row in rows]
-    for entry in entries:
-        entry["amount"] = stored(from_stored(entry["amount"]))
-        entry["id"] = int(entry["id"])
-    return entries
+    return [_entry_row(row) for row in rows]
+
+
+_ENTRY_NAMES = ("id", "credit_type", "grant_id", "kind", "amount", "transaction_id", "at")
+
+
+def _entry_row(row: Sequence[Any]) -> dict[str, Any]:
+    entry = dict(zip(_ENTRY_NAMES, row, strict=True))
+    entry["amount"] = stored(from_stored(entry["amount"]))
+    entry["id"] = int(entry["id"])
+    return entry
+
+
+def recent_entries(sql: Sql, tenant: str, limit: int, before: int | None = None) -> list[dict[str, Any]]:
+    """The tenant's newest `limit` entries (before entry `before`, when given), newest first."""
+    bound = "AND id < ? " if before is not None else ""
+    rows = sql.execute(
+        f"SELECT id, credit_type, grant_id, kind, amount, transaction_id, at FROM {CREDIT_ENTRIES} "
+        f"WHERE tenant = ? {bound}ORDER BY id DESC LIMIT ?",
+        [tenant, *([before] if before is not None else []), limit],
+    ).fetchall()
+    return [_entry_row(row) for row in rows]
 
 
 def rebuilt_remaining(sql: Sql, tenant: str) -> dict[str, Amount]:

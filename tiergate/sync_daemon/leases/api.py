@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tiergate.errors import BadRequestError, EngineUnavailableError
 from tiergate.periods import rfc3339
+from tiergate.sync_daemon.credits.ledger import tenant_balances
 from tiergate.sync_daemon.leases.sizing import Ask
 from tiergate.sync_daemon.leases.store import Granted, Pool, exchange, outstanding, totals
 from tiergate.sync_daemon.mirror.lookup import TenantRecord, read_account, read_counters
@@ -134,8 +135,8 @@ async def _terms(app: web.Application, tenant: str, code: str, now: float) -> Te
             f"the daemon's policies did not load ({answers.error}): no limit to lease against; "
             "see TIERGATE_POLICIES and TIERGATE_PLANS"
         )
-    record = await app[MIRROR].read(lambda sql: _facts(sql, tenant))
     moment = datetime.fromtimestamp(now, UTC)
+    record = await app[MIRROR].read(lambda sql: _facts(sql, tenant, moment))
     facts = tenant_input(record, moment.replace(microsecond=0))
     answer = await answers.decide(facts, code)
     if answer.reason == "policy_error":
@@ -146,7 +147,7 @@ async def _terms(app: web.Application, tenant: str, code: str, now: float) -> Te
     return Terms(limit, start, end)
 
 
-def _facts(sql: Sql, tenant: str) -> TenantRecord:
+def _facts(sql: Sql, tenant: str, now: datetime) -> TenantRecord:
     """What the policy reads of a tenant (the lookup's lineage and webhooks are not needed)."""
     return TenantRecord(
         tenant=tenant,
@@ -158,6 +159,7 @@ def _facts(sql: Sql, tenant: str) -> TenantRecord:
         override_audit=[],
         versions=[],
         webhooks=[],
+        credits=tuple(tenant_balances(sql, tenant, now)),
     )
 
 

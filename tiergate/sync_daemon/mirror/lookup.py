@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from tiergate.amounts import Amount, from_stored
+from tiergate.sync_daemon.credits.ledger import TypeBalance, recent_entries, tenant_balances
 from tiergate.sync_daemon.mirror.overrides import Override, tenant_audit, tenant_overrides
 from tiergate.sync_daemon.mirror.schema import (
     ACCOUNT_VERSIONS,
@@ -24,6 +26,7 @@ from tiergate.sync_daemon.mirror.store import MirrorAccount, Sql, column_names
 VERSIONS_SHOWN = 20
 WEBHOOKS_SHOWN = 20
 AUDIT_SHOWN = 20
+CREDIT_ENTRIES_SHOWN = 20
 
 
 @dataclass(frozen=True)
@@ -39,13 +42,23 @@ class TenantRecord:
     override_audit: list[dict[str, Any]]
     versions: list[dict[str, Any]]
     webhooks: list[dict[str, Any]]
+    credits: tuple[TypeBalance, ...] = ()  # per credit type: the balance and its active grants
+    credit_entries: tuple[dict[str, Any], ...] = ()  # the newest ledger entries, newest first
 
     @property
     def known(self) -> bool:
-        return bool(self.account or self.customers or self.counters or self.overrides or self.versions)
+        return bool(
+            self.account
+            or self.customers
+            or self.counters
+            or self.overrides
+            or self.versions
+            or self.credit_entries
+        )
 
 
-def read_tenant(sql: Sql, tenant: str) -> TenantRecord:
+def read_tenant(sql: Sql, tenant: str, now: datetime | None = None) -> TenantRecord:
+    """Everything about `tenant`; credit balances as they stand at `now` (default: the clock's)."""
     customers = sql.execute(
         f"SELECT customer_id, email, deleted_at FROM {CUSTOMERS} WHERE tenant = ? ORDER BY customer_id",
         [tenant],
@@ -60,6 +73,8 @@ def read_tenant(sql: Sql, tenant: str) -> TenantRecord:
         override_audit=tenant_audit(sql, tenant, AUDIT_SHOWN),
         versions=account_versions(sql, tenant, VERSIONS_SHOWN),
         webhooks=outbound_webhooks(sql, tenant, WEBHOOKS_SHOWN),
+        credits=tuple(tenant_balances(sql, tenant, now or datetime.now(UTC))),
+        credit_entries=tuple(recent_entries(sql, tenant, CREDIT_ENTRIES_SHOWN)),
     )
 
 

@@ -1,8 +1,11 @@
 """What a sidecar would answer for a tenant now, computed in the daemon from the mirror.
 
 The daemon loads the same Rego policies and catalog read-only on the embedded engine and builds
-the same input document (tiergate.policy.document) from the mirror's account, counters and
-overrides. It is used by support's reads only: no decision path goes through it.
+the same input document (tiergate.policy.document) from the mirror's account, counters, overrides
+and credit balances: a windowed metric (`window:`, ADR 47) is decided on its window's counter, a
+credit-priced feature with `input.credits` (tiergate.policy.credits_input) as a sidecar builds it.
+The mirror holds all usage it has ingested and knows no sidecar's unshipped usage or holds, so
+those count as none. It is used by support's reads only: no decision path goes through it.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ from typing import Any
 import structlog
 
 from tiergate.amounts import Amount
+from tiergate.catalog import Catalog
 from tiergate.errors import TierError
+from tiergate.feed import FeedCredits
 from tiergate.models import Account, PolicyAnswer
 from tiergate.periods import rfc3339, usage_period
 from tiergate.policy.bundle import load_bundle
+from tiergate.policy.credits_input import CreditPrices, credits_input, no_holds, override_quota
 from tiergate.policy.document import (
     PolicyAnswerError,
     build_input,
@@ -41,23 +47,60 @@ class TenantInput:
     """The parts of a policy input that do not depend on the feature asked about."""
 
     tenant: str
+    now: datetime
     now_text: str
     account: dict[str, Any] | None
-    usage: Mapping[str, Amount]
-    period: tuple[str, str]
+    counters: Mapping[str, Mapping[str, Amount]]  # period_start -> code -> value
+    period: tuple[str, str]  # the billing period
     overrides: dict[str, dict[str, Any]]
+    credits: Mapping[str, FeedCredits]  # credit type -> the mirror's balance
 
-    def document(self, feature: str, quantity: int = 1) -> dict[str, Any]:
+    def period_of(self, catalog: Catalog | None, feature: str) -> tuple[str, str]:
+        """The feature's own window holding now (`window:` in the catalog), else the billing period."""
+        window = catalog.usage_window(feature, self.now) if catalog is not None else None
+        return (rfc3339(window[0]) or "", rfc3339(window[1]) or "") if window else self.period
+
+    def usage(self, period_start: str) -> dict[str, Amount]:
+        return {**self.counters.get(GAUGE_PERIOD_START, {}), **self.counters.get(period_start, {})}
+
+    def document(
+        self,
+        feature: str,
+        quantity: int = 1,
+        catalog: Catalog | None = None,
+        prices: CreditPrices | None = None,
+    ) -> dict[str, Any]:
+        """The input a sidecar builds: the feature's window, and input.credits when it is priced."""
+        period = self.period_of(catalog, feature)
         return build_input(
             tenant=self.tenant,
             feature=feature,
             quantity=quantity,
             now_text=self.now_text,
             account=self.account,
-            usage=self.usage,
-            period=self.period,
+            usage=self.usage(period[0]),
+            period=period,
             replica_age_s=0.0,
             overrides=self.overrides,
+            credits=self.credits_of(prices, feature, quantity, period) if prices is not None else None,
+        )
+
+    def credits_of(
+        self, prices: CreditPrices, feature: str, quantity: int, period: tuple[str, str]
+    ) -> dict[str, Any] | None:
+        found = self.overrides.get(feature)
+        return credits_input(
+            prices,
+            tenant=self.tenant,
+            feature=feature,
+            quantity=quantity,
+            account_tier=self.account["tier"] if self.account else None,
+            states=self.credits,
+            pending={},
+            held=no_holds,
+            override_value=override_quota(found.get("value")) if found else None,
+            now=self.now,
+            period_end=period[1],
         )
 
 
@@ -66,19 +109,19 @@ def tenant_input(record: TenantRecord, now: datetime) -> TenantInput:
     feed = record.account.feed() if record.account is not None else None
     account = Account.model_validate(feed) if feed is not None else None
     start, end = usage_period(account, now)
-    period = (rfc3339(start) or "", rfc3339(end) or "")
-    usage = {**record.counters.get(GAUGE_PERIOD_START, {}), **record.counters.get(period[0], {})}
     overrides = {
         o.feature: {"value": o.feed()["value"], "expires_at": o.feed()["expires_at"]}
         for o in record.overrides
     }
     return TenantInput(
         tenant=record.tenant,
+        now=now,
         now_text=rfc3339(now) or "",
         account=policy_account(feed),
-        usage=usage,
-        period=period,
+        counters=record.counters,
+        period=(rfc3339(start) or "", rfc3339(end) or ""),
         overrides=overrides,
+        credits={b.credit_type: FeedCredits.model_validate(b.feed(record.tenant)) for b in record.credits},
     )
 
 
@@ -90,6 +133,7 @@ class PolicyAnswers:
         self.plans = plans
         self.engine = EmbeddedEngine(compiled=True, required=(DECISION_PATH,))
         self.bundle: PolicyBundle | None = None
+        self.prices: CreditPrices | None = None
         self.error: str | None = None
 
     async def load(self) -> None:
@@ -102,6 +146,7 @@ class PolicyAnswers:
             log.warning("support_policies_unavailable", policies=str(self.policies), error=exc.message)
             return
         self.bundle, self.error = bundle, None
+        self.prices = CreditPrices(bundle.catalog) if bundle.catalog.credits else None
 
     async def close(self) -> None:
         await self.engine.close()
@@ -112,8 +157,10 @@ class PolicyAnswers:
 
     async def decide(self, facts: TenantInput, feature: str, quantity: int = 1) -> PolicyAnswer:
         tier = facts.account["tier"] if facts.account else None
+        catalog = self.bundle.catalog if self.bundle is not None else None
+        document = facts.document(feature, quantity, catalog, self.prices)
         try:
-            return parse_answer(await self.engine.evaluate(DECISION_PATH, facts.document(feature, quantity)))
+            return parse_answer(await self.engine.evaluate(DECISION_PATH, document))
         except (TierError, PolicyAnswerError):
             return policy_error_decision(tier)
 
@@ -129,7 +176,13 @@ class PolicyAnswers:
         features = {}
         for feature in sorted(self.bundle.catalog.features):
             answer = await self.decide(facts, feature)
-            features[feature] = {**answer_body(answer), "source": sources.get(feature, "plan")}
+            window = self.bundle.catalog.usage_window(feature, moment)
+            features[feature] = {
+                **answer_body(answer),
+                "source": sources.get(feature, "plan"),
+                # A windowed metric's own window (its `used` is that window's counter); else null.
+                "window": {"start": rfc3339(window[0]), "end": rfc3339(window[1])} if window else None,
+            }
         return {
             "policy_revision": self.bundle.revision,
             "error": None,
@@ -149,4 +202,5 @@ def answer_body(answer: PolicyAnswer) -> dict[str, Any]:
         "used": answer.used,
         "remaining": answer.remaining,
         "valid_until": answer.valid_until,
+        "credits": answer.credits,  # a credit-priced feature: {type, balance, cost}
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -40,8 +41,8 @@ def authorize_read(request: web.Request) -> None:
 
 async def tenant_view(app: web.Application, tenant: str) -> dict[str, Any]:
     """The whole lookup as a document (the API's answer and the console's tenant page)."""
-    record = await app[MIRROR].read(lambda sql: read_tenant(sql, tenant))
     now = datetime.now(UTC).replace(microsecond=0)
+    record = await app[MIRROR].read(lambda sql: read_tenant(sql, tenant, now))
     entitlements = await app[ANSWERS].entitlements(record, now)
     return render_tenant(record, entitlements, now)
 
@@ -59,6 +60,7 @@ def render_tenant(record: TenantRecord, entitlements: dict[str, Any], now: datet
         "customer_emails": record.emails,
         "entitlements": entitlements,
         "counters": render_counters(record, entitlements),
+        "credits": render_credits(record),
         "overrides": [o.render(now) for o in record.overrides],
         "override_audit": record.override_audit,
         "stripe_events": [
@@ -108,15 +110,28 @@ def render_account(account: MirrorAccount | None) -> dict[str, Any] | None:
     }
 
 
+def render_credits(record: TenantRecord) -> dict[str, Any]:
+    """Each credit type's balance with its active grants, and the newest ledger entries (the
+    whole ledger pages at `ledger_url`)."""
+    return {
+        "balances": [balance.render() for balance in record.credits],
+        "latest_entries": list(record.credit_entries),
+        "ledger_url": f"/v1/tenants/{quote(record.tenant, safe='')}/credits/ledger",
+    }
+
+
 def render_counters(record: TenantRecord, entitlements: dict[str, Any]) -> list[dict[str, Any]]:
-    """The counters of the current usage period, each beside its feature's limit (when it has one)."""
+    """Every counter, each beside its feature's limit (when it has one); `current` marks those a
+    decision reads now: the billing period's, or a windowed metric's current window's."""
     period = entitlements.get("period") or {}
     features = entitlements["features"]
     counters = []
     for period_start, codes in sorted(record.counters.items(), reverse=True):
-        current = period_start == period.get("start")
         for code, value in sorted(codes.items()):
-            limit = features.get(code, {}).get("limit")
+            feature = features.get(code, {})
+            window = feature.get("window") or period
+            current = period_start == window.get("start")
+            limit = feature.get("limit")
             counters.append(
                 {
                     "code": code,

@@ -19,6 +19,7 @@ import structlog
 from aiohttp import web
 
 from tiergate.errors import BadRequestError, NotFoundError, TierError
+from tiergate.sync_daemon.credits.ledger import recent_entries
 from tiergate.sync_daemon.mirror.overrides import Override, remove_override, set_override
 from tiergate.sync_daemon.mirror.schema import DECISION_RECORDS, USAGE_EVENTS
 from tiergate.sync_daemon.mirror.store import Sql
@@ -48,6 +49,7 @@ HEADERS = {
     "Cache-Control": "no-store",
 }
 DENIALS_SHOWN = 20
+LEDGER_PAGE = 50  # credit ledger entries a console page shows
 Page = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
 
 
@@ -185,6 +187,35 @@ async def tenant_page(request: web.Request, session: Session) -> web.StreamRespo
         charts=charts,
         features=sorted(request.app[CATALOG].features),
     )
+
+
+@page
+async def credit_ledger_page(request: web.Request, session: Session) -> web.StreamResponse:
+    """The tenant's credit ledger, newest first, LEDGER_PAGE entries a page (`?before=` an entry id)."""
+    tenant = request.match_info["tenant"]
+    if not 0 < len(tenant) <= 200:
+        raise BadRequestError("the tenant must be 1 to 200 characters", field="tenant")
+    before = ledger_before(request.query.get("before"))
+    entries = await request.app[MIRROR].read(lambda sql: recent_entries(sql, tenant, LEDGER_PAGE, before))
+    older = entries[-1]["id"] if len(entries) == LEDGER_PAGE else None
+    return render(
+        "credit_ledger.html",
+        session=session,
+        tenant=tenant,
+        entries=entries,
+        before=before,
+        older=older,
+        page_size=LEDGER_PAGE,
+    )
+
+
+def ledger_before(text: str | None) -> int | None:
+    """`?before=`: an entry id (a whole number from 1), or none for the newest page."""
+    if text is None or text == "":
+        return None
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 2**62:
+        raise BadRequestError(f"before: give an entry id (a whole number), got {text[:50]!r}", field="before")
+    return int(text)
 
 
 def recent_denials(sql: Sql, tenant: str) -> list[dict[str, Any]]:
@@ -341,6 +372,7 @@ def add_console_routes(app: web.Application) -> None:
     app.router.add_post("/console/sign-out", sign_out)
     app.router.add_get("/console/fleet", fleet_page)
     app.router.add_get("/console/tenants/{tenant}", tenant_page)
+    app.router.add_get("/console/tenants/{tenant}/credits/ledger", credit_ledger_page)
     app.router.add_post("/console/tenants/{tenant}/overrides", add_override)
     app.router.add_post("/console/tenants/{tenant}/overrides/{feature}/remove", remove_override_action)
     app.router.add_get("/console/decisions/{decision_id}", decision_page)
