@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
+from tests.integration.credits.conftest import PLANS as CREDIT_PLANS
 from tests.integration.usage.conftest import (
     DaemonServer,
     SidecarClient,
@@ -39,6 +41,8 @@ ARGS = [
     "--no-first-run",
 ]
 OPERATOR = "console-operator-token-for-the-browser-01"
+API_TOKEN = "api-token-for-the-browser-test-0123456"
+ROOT = Path(__file__).parents[3]
 TENANT = "t_alice"
 
 async_api = pytest.importorskip("playwright.async_api", reason="playwright is not installed (make venv)")
@@ -216,6 +220,83 @@ async def test_support_in_a_real_browser(
     assert "Sidecars following this daemon" in await page.content()
     await _shot(page, "fleet")
     assert errors == []
+
+
+async def test_credits_in_a_real_browser(
+    tmp_path: Path, make_sidecar: SidecarFactory, browser_page: tuple[Any, list[str]]
+) -> None:
+    """A credit grant made through the API shows on the tenant page with its remaining and expiry,
+    the page's answer for a credit-priced feature is the following sidecar's, and the ledger page
+    is reachable by keyboard."""
+    page, errors = browser_page
+    shutil.copytree(ROOT / "policies", tmp_path / "policies")  # the sidecar sells credits too
+    shutil.copy(CREDIT_PLANS, tmp_path / "plans.yaml")
+    daemon = await start_daemon(
+        tmp_path,
+        plans=CREDIT_PLANS,
+        api_token=SecretStr(API_TOKEN),
+        console_operator_token=SecretStr(OPERATOR),
+    )
+    try:
+        expires = (datetime.now(UTC) + timedelta(days=30)).replace(microsecond=0)
+        grant = await _grant(
+            daemon, {"amount": "3.5", "reason": "sorry for the outage", "expires_at": expires}
+        )
+        sidecar = await make_sidecar(daemon.url)
+        await eventually(lambda: _check(sidecar, "images", "allow", True))
+        images = await _check_body(sidecar, "images")
+
+        await page.goto(daemon.url + "/console/sign-in")
+        await page.fill("#actor", "ana")
+        await page.fill("#token", OPERATOR)
+        await page.keyboard.press("Enter")
+        await page.wait_for_url(re.compile(r"/console$"))
+        await page.goto(daemon.url + f"/console/tenants/{TENANT}")
+        assert (await page.text_content("#credits-ai_credits .balance")) == "3.5"
+        row = await page.text_content("tr.grant") or ""
+        assert grant["id"] in row and "3.5 / 3.5" in row and expires.strftime("%Y-%m-%dT%H:%M:%SZ") in row
+        assert "sorry for the outage" in row
+        answer = await page.text_content("#feature-images") or ""
+        assert images["allow"] and images["credits"] == {"type": "ai_credits", "balance": "3.5", "cost": 2}
+        assert "allow" in answer and "2 / 3.5 ai_credits" in answer  # what the sidecar answered
+        await page.evaluate("document.getElementById('credits').scrollIntoView()")
+        await _shot(page, "credits")
+        missing = await _controls(page) - await _tab_through(page)
+        assert missing == set(), f"not reachable by keyboard: {missing}"
+
+        # The whole ledger, from the keyboard.
+        await page.focus("a[href$='/credits/ledger']")
+        async with page.expect_navigation():
+            await page.keyboard.press("Enter")
+        assert "/credits/ledger" in page.url
+        assert "grant" in (await page.text_content("tr.entry") or "")
+        assert errors == []
+    finally:
+        await daemon.server.close()
+
+
+async def _grant(daemon: DaemonServer, body: dict[str, Any]) -> dict[str, Any]:
+    wanted = {"credit_type": "ai_credits", **body, "expires_at": body["expires_at"].isoformat()}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{daemon.url}/v1/tenants/{TENANT}/credits/grants",
+            json=wanted,
+            headers={"Authorization": f"Bearer {API_TOKEN}"},
+        ) as response,
+    ):
+        assert response.status == 201, await response.text()
+        made: dict[str, Any] = (await response.json())["grant"]
+        return made
+
+
+async def _check_body(sidecar: SidecarClient, feature: str) -> dict[str, Any]:
+    body: dict[str, Any] = await (await sidecar.get(f"/v1/check?tenant={TENANT}&feature={feature}")).json()
+    return body
+
+
+async def _check(sidecar: SidecarClient, feature: str, field: str, value: Any) -> bool:
+    return bool((await _check_body(sidecar, feature)).get(field) == value)
 
 
 async def _paid(sidecar: SidecarClient, tier: str) -> bool:

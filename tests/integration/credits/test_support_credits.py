@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
@@ -115,12 +116,15 @@ async def test_a_windowed_metric_shows_its_windows_counter(daemon: CreditsDaemon
     await daemon.usage(_images("t_w", "new", 3))
     body = await _lookup(daemon, "t_w")
     images = body["entitlements"]["features"]["images"]
-    today, tomorrow = window_bounds(now, "day", UTC)
+    today, tomorrow = window_bounds(now, "day", ZoneInfo("UTC"))
     assert images["window"] == {"start": rfc3339(today), "end": rfc3339(tomorrow)}
     assert (images["used"], images["limit"], images["remaining"]) == (3, 5, 2)  # today's 3, not 5
     counters = {(c["period_start"], c["code"]): (c["value"], c["current"]) for c in body["counters"]}
     assert counters[(rfc3339(today), "images")] == (3, True)
     assert counters[(rfc3339(today - timedelta(days=1)), "images")] == (2, False)
+    await _console_session(daemon)
+    text = await (await daemon.client.get("/console/tenants/t_w")).text()
+    assert f"images: 3 of 5 in the window {rfc3339(today)} → {rfc3339(tomorrow)}" in text
 
 
 async def _console_session(daemon: CreditsDaemon) -> None:

@@ -238,6 +238,9 @@ def usage_by_day(sql: Sql, view: dict[str, Any]) -> list[dict[str, Any]]:
     for feature, answer in view["entitlements"]["features"].items():
         if answer["limit"] is None:
             continue
+        if answer.get("window"):  # counted per window: a chart over the period would mislead
+            charts.append({**_chart_head(feature, answer), "svg": None, "window": answer["window"]})
+            continue
         rows = sql.execute(
             f"SELECT substr(timestamp, 1, 10), SUM(value) FROM {USAGE_EVENTS} "
             "WHERE tenant = ? AND code = ? AND timestamp >= ? AND timestamp < ? GROUP BY substr(timestamp, 1, 10)",
@@ -246,14 +249,13 @@ def usage_by_day(sql: Sql, view: dict[str, Any]) -> list[dict[str, Any]]:
         daily = {str(day): float(total) for day, total in rows}
         totals = cumulative(days, daily)
         charts.append(
-            {
-                "feature": feature,
-                "used": answer["used"],
-                "limit": answer["limit"],
-                "svg": usage_chart(feature, days, totals, answer["limit"]),
-            }
+            {**_chart_head(feature, answer), "svg": usage_chart(feature, days, totals, answer["limit"])}
         )
     return charts
+
+
+def _chart_head(feature: str, answer: dict[str, Any]) -> dict[str, Any]:
+    return {"feature": feature, "used": answer["used"], "limit": answer["limit"], "window": None}
 
 
 def _day(text: str) -> date:
