@@ -69,6 +69,7 @@ def test_impact_names_who_gains_loses_and_is_over_a_new_limit(tmp_path: Path, ca
         "lose": 0,
         "over_limit": 0,
         "limit_changed": 0,
+        "cost_changed": 0,
         "examples": {},
     }
     (price,) = report["prices"]
@@ -159,6 +160,7 @@ def test_a_missing_replica_is_a_clear_error(tmp_path: Path, candidate: Path) -> 
         ((True, "ok", 10), (True, "ok", 20), "limit_changed"),
         ((False, "not_in_plan", None), (False, "payment_overdue", None), None),
         ((True, "ok", 10), (True, "ok", 10), None),
+        ((True, "ok", None), (False, "insufficient_credits", None), "over_limit"),
     ],
 )
 def test_classify(
@@ -181,3 +183,143 @@ def test_price_changes_lists_added_and_removed_prices(candidate: Path) -> None:
         ("enterprise", "year", True),
         ("pro", "month", False),
     ]
+
+
+CREDIT_PLANS = ROOT / "tests" / "integration" / "credits" / "plans.yaml"
+
+
+def _credit_replica(path: Path) -> None:
+    """Tenants of the credits catalog: two on pro, one free with credits, one free without."""
+    from tests.integration.sidecar.conftest import PERIOD
+
+    accounts = [
+        {"tenant": "pro-rich", "tier": "pro", "status": "active", **PERIOD},
+        {"tenant": "pro-poor", "tier": "pro", "status": "active", **PERIOD},
+        {"tenant": "pro-ended", "tier": "pro", "status": "canceled", **PERIOD},
+    ]
+    write_replica(path, accounts, [])
+    balances = {"pro-rich": "100", "pro-poor": "1.5", "free-rich": "100"}
+    with sqlite3.connect(path) as conn:
+        conn.executemany(
+            "INSERT INTO credits (tenant, credit_type, body) VALUES (?, 'ai_credits', ?)",
+            [
+                (
+                    tenant,
+                    json.dumps(
+                        {
+                            "tenant": tenant,
+                            "credit_type": "ai_credits",
+                            "debt": 0,
+                            "grants": [{"remaining": amount, "effective_at": "2020-01-01T00:00:00Z"}],
+                        }
+                    ),
+                )
+                for tenant, amount in balances.items()
+            ],
+        )
+
+
+def _credit_candidate(tmp_path: Path, change: Any) -> Path:
+    plans = yaml.safe_load(CREDIT_PLANS.read_text(encoding="utf-8"))
+    change(plans)
+    path = tmp_path / "candidate.yaml"
+    path.write_text(yaml.safe_dump(plans), encoding="utf-8")
+    return path
+
+
+def _credit_report(tmp_path: Path, candidate: Path, *extra: str) -> Any:
+    return run(
+        str(candidate),
+        "--current",
+        str(CREDIT_PLANS),
+        "--current-policies",
+        str(ROOT / "policies"),
+        "--impact",
+        "--replica",
+        str(tmp_path / "replica.db"),
+        "--workers",
+        "1",
+        *extra,
+    )
+
+
+def test_a_changed_credit_cost_counts_who_pays_more_and_who_can_no_longer_afford_it(tmp_path: Path) -> None:
+    _credit_replica(tmp_path / "replica.db")
+
+    def pricier_images(plans: dict[str, Any]) -> None:
+        plans["tiers"]["pro"]["features"]["images"] = {"credits": {"ai_credits": 2}}  # was 1
+
+    report = json.loads(_credit_report(tmp_path, _credit_candidate(tmp_path, pricier_images), "--json"))
+    images = report["features"]["images"]
+    # pro-rich pays 2 instead of 1; pro-poor (1.5 credits) could afford 1, not 2.
+    assert images["examples"] == {"cost_changed": ["pro-rich"], "over_limit": ["pro-poor"]}
+    assert (images["cost_changed"], images["over_limit"], images["lose"]) == (1, 1, 0)
+    # The free tier's price did not move: free-rich and the canceled account are not counted.
+    assert report["features"]["gpt4_tokens"]["cost_changed"] == 0
+    assert report["credits"] == {}  # no plan grant changed
+
+
+def test_a_changed_plan_grant_counts_the_tenants_it_reaches(tmp_path: Path) -> None:
+    _credit_replica(tmp_path / "replica.db")
+
+    def bigger_grant(plans: dict[str, Any]) -> None:
+        plans["tiers"]["pro"]["grants"][0]["amount"] = 2000
+
+    candidate = _credit_candidate(tmp_path, bigger_grant)
+    report = json.loads(_credit_report(tmp_path, candidate, "--json"))
+    # The live pro accounts; a canceled one is granted as the default tier, which grants nothing.
+    assert report["credits"] == {
+        "ai_credits": {"grant_changed": 2, "examples": {"grant_changed": ["pro-poor", "pro-rich"]}}
+    }
+    assert all(f["cost_changed"] == 0 for f in report["features"].values())
+    table = _credit_report(tmp_path, candidate)
+    assert "credits ai_credits: plan grants change for 2 tenants" in table
+    assert "ai_credits, plan grants changed: pro-poor, pro-rich" in table
+    gated = CliRunner().invoke(
+        main,
+        [
+            "plans",
+            "diff",
+            str(candidate),
+            "--current",
+            str(CREDIT_PLANS),
+            "--current-policies",
+            str(ROOT / "policies"),
+            "--impact",
+            "--replica",
+            str(tmp_path / "replica.db"),
+            "--workers",
+            "1",
+            "--fail-on",
+            "grant-changed",
+        ],
+    )
+    assert gated.exit_code == 3 and "grant-changed: 2" in gated.output
+
+
+def test_a_default_tier_grant_reaches_every_tenant_on_it(tmp_path: Path) -> None:
+    _credit_replica(tmp_path / "replica.db")
+
+    def free_grant(plans: dict[str, Any]) -> None:
+        plans["tiers"]["free"]["grants"] = [{"credits": "ai_credits", "amount": 10, "every": "month"}]
+
+    report = json.loads(_credit_report(tmp_path, _credit_candidate(tmp_path, free_grant), "--json"))
+    assert report["credits"]["ai_credits"]["examples"]["grant_changed"] == ["free-rich", "pro-ended"]
+
+
+@pytest.mark.parametrize(
+    ("current", "candidate", "change"),
+    [
+        ({"type": "ai_credits", "cost": 1}, {"type": "ai_credits", "cost": 2}, "cost_changed"),
+        ({"type": "ai_credits", "cost": 1}, {"type": "gems", "cost": 1}, "cost_changed"),
+        (None, {"type": "ai_credits", "cost": "0.5"}, "cost_changed"),
+        ({"type": "ai_credits", "cost": "0.5"}, {"type": "ai_credits", "cost": "0.5"}, None),
+    ],
+)
+def test_classify_a_credit_price(
+    current: dict[str, Any] | None, candidate: dict[str, Any] | None, change: str | None
+) -> None:
+    def answer(credits: dict[str, Any] | None) -> PolicyAnswer:
+        return PolicyAnswer(allow=True, reason="ok", tier="pro", credits=credits)
+
+    assert classify(answer(current), answer(candidate)) == change

@@ -139,7 +139,8 @@ def plans_diff(
     fail_on_text: str | None,
 ) -> None:
     """What CANDIDATE (a catalog, with --policies a policy directory too) changes: prices, and
-    with --impact who gains or loses each feature and who is over a new limit at current usage.
+    with --impact who gains or loses each feature, who is over a new limit at current usage (or
+    short of credits at a new price), whose credit price or plan grants of credits change.
 
     Exit codes: 0 done, 1 an error, 2 a bad option, 3 a --fail-on change was found."""
     from tiergate.catalog_diff import price_changes

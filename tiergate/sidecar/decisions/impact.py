@@ -1,7 +1,10 @@
 """`tiergate plans diff --impact`: a candidate catalog and/or policies against every tenant of a replica.
 
 Each tenant's decision for every feature is computed twice, with the live bundle and with the
-candidate, from the same input document the sidecar would build (`policy_io`), at one instant.
+candidate, from the same input document the sidecar would build (`policy_io`), at one instant:
+a credit-priced feature with `input.credits` priced by each bundle's own catalog, on the replica's
+balances. Besides answers, it counts the tenants whose credit price of a feature moves and those
+whose plan grants of a credit type (`grants:` of the tier that grants them) change.
 Identical documents are evaluated once per bundle (the tenant id is left out of the memo key
 unless a policy reads `input.tenant`), and the tenants are split over worker processes.
 """
@@ -17,23 +20,26 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from tiergate.amounts import Amount, from_stored
+from tiergate.catalog import Catalog
 from tiergate.catalog_diff import price_changes
 from tiergate.errors import ReplicaError, TierError
-from tiergate.models import PolicyAnswer
+from tiergate.feed import FeedCredits
+from tiergate.models import ENDED_STATUSES, PolicyAnswer
 from tiergate.periods import rfc3339
+from tiergate.policy.credits_input import CreditPrices, credits_input, no_holds, override_quota
 from tiergate.policy.document import PolicyAnswerError, build_input, parse_answer, policy_error_decision
 from tiergate.policy.embedded import EmbeddedEngine
 from tiergate.policy.engine import DECISION_PATH, PolicyBundle
 from tiergate.sidecar.decisions.impact_report import Change, FeatureImpact, ImpactReport
 from tiergate.sidecar.decisions.policy_io import account_document, period_for
-from tiergate.sidecar.replica.store import SELECT_ACCOUNTS, AccountRow, every_override
+from tiergate.sidecar.replica.store import SELECT_ACCOUNTS, AccountRow, credits_by_tenant, every_override
 
 CHUNK = 2_000  # tenants per worker task
 
@@ -44,22 +50,69 @@ class TenantState:
     account: AccountRow | None
     usage: Mapping[str, Mapping[str, Amount]]  # period_start -> code -> value
     overrides: Mapping[str, Any]  # feature -> {value, expires_at}, as the policy reads them
+    credits: Mapping[str, FeedCredits] = field(default_factory=dict)  # credit type -> balance
+
+
+# A deny a tenant could lift by using less or buying credits: over a limit, or short of credits.
+OVER = ("limit_exceeded", "insufficient_credits")
 
 
 def classify(current: PolicyAnswer, candidate: PolicyAnswer) -> Change | None:
     """How a tenant's answer for one feature changes; None when it does not (for this report)."""
     if current.allow and not candidate.allow:
-        return "over_limit" if candidate.reason == "limit_exceeded" else "lose"
+        return "over_limit" if candidate.reason in OVER else "lose"
     if candidate.allow and not current.allow:
         return "gain"
     if current.allow and current.limit != candidate.limit:
         return "limit_changed"
+    if credit_price(current) != credit_price(candidate):
+        return "cost_changed"
     return None
 
 
+def credit_price(answer: PolicyAnswer) -> tuple[str, str] | None:
+    """(credit type, cost of the quantity) a credit-priced answer names; None otherwise."""
+    found = answer.credits
+    return (str(found.get("type")), str(found.get("cost"))) if found else None
+
+
+def granting_tier(catalog: Catalog, row: AccountRow | None) -> str:
+    """The tier whose `grants:` a tenant receives: its subscribed one while live, else the default
+    (as the daemon's cycles decide, tiergate/sync_daemon/credits/plan_grants.py)."""
+    live = row is not None and row.status not in ENDED_STATUSES and row.tier in catalog.tiers
+    return row.tier if live and row is not None else catalog.default_tier
+
+
+def grant_schedules(catalog: Catalog, tier: str) -> dict[str, list[dict[str, Any]]]:
+    """The tier's plan grants by credit type, comparable between catalogs."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for grant in catalog.tiers[tier].grants if tier in catalog.tiers else ():
+        found.setdefault(grant.credits, []).append(grant.model_dump(mode="json"))
+    return found
+
+
+Schedules = Mapping[str, Mapping[str, list[dict[str, Any]]]]  # tier -> credit type -> its grants
+
+
+def every_schedule(catalog: Catalog) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    return {tier: grant_schedules(catalog, tier) for tier in catalog.tiers}
+
+
+def grants_moved(
+    current: tuple[Catalog, Schedules], candidate: tuple[Catalog, Schedules], row: AccountRow | None
+) -> list[str]:
+    """The credit types whose plan grants to this tenant differ between the catalogs (each with
+    its `every_schedule`)."""
+    before = current[1].get(granting_tier(current[0], row), {})
+    after = candidate[1].get(granting_tier(candidate[0], row), {})
+    if before == after:
+        return []
+    return sorted(kind for kind in set(before) | set(after) if before.get(kind) != after.get(kind))
+
+
 def read_tenants(replica: Path) -> list[TenantState]:
-    """Every tenant with an account, a usage counter or an override, read once through a read-only
-    connection."""
+    """Every tenant with an account, a usage counter, an override or credits, read once through a
+    read-only connection."""
     if not replica.is_file():
         raise ReplicaError(f"replica {replica} does not exist (TIERGATE_REPLICA_PATH or --replica)")
     conn = sqlite3.connect(f"file:{replica}?mode=ro", uri=True)
@@ -71,12 +124,16 @@ def read_tenants(replica: Path) -> list[TenantState]:
         ):
             usage.setdefault(tenant, {}).setdefault(period_start, {})[code] = from_stored(value)
         overrides = every_override(conn)
+        credits = credits_by_tenant(conn)
     except sqlite3.Error as exc:
         raise ReplicaError(f"cannot read replica {replica}: {exc}") from exc
     finally:
         conn.close()
-    names = sorted(set(accounts) | set(usage) | set(overrides))
-    return [TenantState(t, accounts.get(t), usage.get(t, {}), overrides.get(t, {})) for t in names]
+    names = sorted(set(accounts) | set(usage) | set(overrides) | set(credits))
+    return [
+        TenantState(t, accounts.get(t), usage.get(t, {}), overrides.get(t, {}), credits.get(t, {}))
+        for t in names
+    ]
 
 
 def run_impact(
@@ -88,7 +145,7 @@ def run_impact(
     features = sorted(current.catalog.features | candidate.catalog.features)
     chunks = [tenants[i : i + CHUNK] for i in range(0, len(tenants), CHUNK)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(chunks)))
-    results: list[tuple[dict[str, FeatureImpact], float]]
+    results: list[tuple[tuple[dict[str, FeatureImpact], dict[str, FeatureImpact]], float]]
     if workers == 1:
         _init_worker(current, candidate, features, now)
         try:
@@ -101,11 +158,14 @@ def run_impact(
         with pool:
             results = list(pool.map(_impact_of, chunks))
     merged = {name: FeatureImpact() for name in features}
+    grants: dict[str, FeatureImpact] = {}
     cpu_seconds = 0.0
-    for result, cpu in results:
+    for (result, moved), cpu in results:
         cpu_seconds += cpu
         for name, impact in result.items():
             merged[name].merge(impact)
+        for kind, impact in moved.items():
+            grants.setdefault(kind, FeatureImpact()).merge(impact)
     per_tier = Counter(t.account.tier for t in tenants if t.account is not None)
     return ImpactReport(
         tenants=len(tenants),
@@ -113,6 +173,7 @@ def run_impact(
         current_revision=current.revision,
         candidate_revision=candidate.revision,
         features=merged,
+        grants=grants,
         prices=price_changes(current.catalog, candidate.catalog, per_tier),
         seconds=time.perf_counter() - started,
         cpu_seconds=cpu_seconds,
@@ -128,18 +189,23 @@ class _Evaluator:
     def __init__(self, bundle: PolicyBundle) -> None:
         self.engine = EmbeddedEngine(compiled=True, required=(DECISION_PATH,))
         asyncio.run(self.engine.load(bundle))
+        self.schedules = (bundle.catalog, every_schedule(bundle.catalog))
+        self.prices = CreditPrices(bundle.catalog) if bundle.catalog.credits else None
         # Without a policy reading the tenant id, two tenants with equal inputs get equal answers.
         self.per_tenant = any("input.tenant" in source for source in bundle.modules.values())
         self.memo: dict[tuple[Any, ...], PolicyAnswer] = {}
 
     def decide(
-        self, key: tuple[Any, ...], document: Callable[[], dict[str, Any]], tier: str | None
+        self,
+        key: tuple[Any, ...],
+        document: Callable[[CreditPrices | None], dict[str, Any]],
+        tier: str | None,
     ) -> PolicyAnswer:
         answer = self.memo.get(key)
         if answer is None:
             if len(self.memo) >= MEMO_ENTRIES:
                 self.memo.clear()
-            answer = self.memo[key] = self._evaluate(document(), tier)
+            answer = self.memo[key] = self._evaluate(document(self.prices), tier)
         return answer
 
     def _evaluate(self, document: dict[str, Any], tier: str | None) -> PolicyAnswer:
@@ -176,13 +242,17 @@ def _drop_worker() -> None:
     _STATE = None
 
 
-def _impact_of(tenants: Sequence[TenantState]) -> tuple[dict[str, FeatureImpact], float]:
-    """The chunk's changes, and the CPU seconds this worker spent on them."""
+def _impact_of(
+    tenants: Sequence[TenantState],
+) -> tuple[tuple[dict[str, FeatureImpact], dict[str, FeatureImpact]], float]:
+    """The chunk's changes by feature and the plan grants moved by credit type, and the CPU
+    seconds this worker spent on them."""
     assert _STATE is not None, "worker not initialised"
     cpu = time.process_time()
     live, trial, features, now_text = _STATE
     now = datetime.fromisoformat(now_text)
     impacts = {name: FeatureImpact() for name in features}
+    grants: dict[str, FeatureImpact] = {}
     for state in tenants:
         row = state.account
         period = period_for(row, now, now_text)
@@ -190,20 +260,19 @@ def _impact_of(tenants: Sequence[TenantState]) -> tuple[dict[str, FeatureImpact]
         tier = row.tier if row else None
         # The memo key holds exactly what build_input reads (the account's decision fields).
         overridden = json.dumps(state.overrides, sort_keys=True) if state.overrides else ""
-        shared = (row[1:9] if row else None, period, tuple(sorted(usage.items())), overridden)
+        balances = tuple(sorted((kind, *c.at(now)[1:]) for kind, c in state.credits.items()))
+        shared = (row[1:9] if row else None, period, tuple(sorted(usage.items())), overridden, balances)
         account = account_document(row)
         for feature in features:
             document = partial(
-                build_input,
-                tenant=state.tenant,
-                feature=feature,
-                quantity=1,
-                now_text=now_text,
+                _document,
+                state,
+                feature,
+                now,
+                now_text,
                 account=account,
                 usage=usage,
                 period=period,
-                replica_age_s=0.0,
-                overrides=state.overrides,
             )
             key = (feature, *shared)
             before = live.decide((state.tenant, *key) if live.per_tenant else key, document, tier)
@@ -211,4 +280,50 @@ def _impact_of(tenants: Sequence[TenantState]) -> tuple[dict[str, FeatureImpact]
             change = classify(before, after)
             if change is not None:
                 impacts[feature].add(change, state.tenant)
-    return impacts, time.process_time() - cpu
+        for kind in grants_moved(live.schedules, trial.schedules, row):
+            grants.setdefault(kind, FeatureImpact()).add("grant_changed", state.tenant)
+    return (impacts, grants), time.process_time() - cpu
+
+
+def _document(
+    state: TenantState,
+    feature: str,
+    now: datetime,
+    now_text: str,
+    prices: CreditPrices | None,
+    *,
+    account: dict[str, Any] | None,
+    usage: Mapping[str, Amount],
+    period: tuple[str, str],
+) -> dict[str, Any]:
+    """The input a sidecar builds, `input.credits` priced by the bundle's catalog (`prices`)."""
+    found = state.overrides.get(feature)
+    credits = (
+        credits_input(
+            prices,
+            tenant=state.tenant,
+            feature=feature,
+            quantity=1,
+            account_tier=state.account.tier if state.account else None,
+            states=state.credits,
+            pending={},
+            held=no_holds,
+            override_value=override_quota(found.get("value")) if isinstance(found, dict) else None,
+            now=now,
+            period_end=period[1],
+        )
+        if prices is not None
+        else None
+    )
+    return build_input(
+        tenant=state.tenant,
+        feature=feature,
+        quantity=1,
+        now_text=now_text,
+        account=account,
+        usage=usage,
+        period=period,
+        replica_age_s=0.0,
+        overrides=state.overrides,
+        credits=credits,
+    )

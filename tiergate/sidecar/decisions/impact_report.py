@@ -10,16 +10,27 @@ from typing import Any, Literal
 
 from tiergate.catalog_diff import PriceChange, describe_price
 
-Change = Literal["gain", "lose", "over_limit", "limit_changed"]
-CHANGES: tuple[Change, ...] = ("gain", "lose", "over_limit", "limit_changed")
+Change = Literal["gain", "lose", "over_limit", "limit_changed", "cost_changed", "grant_changed"]
+# Per feature; `over_limit` is also a tenant short of credits at a new price, `cost_changed` one
+# whose credit price moves (type or cost) with the answer otherwise the same.
+CHANGES: tuple[Change, ...] = ("gain", "lose", "over_limit", "limit_changed", "cost_changed")
 EXAMPLES = 20  # tenant ids kept (and named in the table) per feature and kind of change
-HEADINGS = {"gain": "gain", "lose": "lose", "over_limit": "over new limit", "limit_changed": "limit changed"}
+HEADINGS = {
+    "gain": "gain",
+    "lose": "lose",
+    "over_limit": "over new limit",
+    "limit_changed": "limit changed",
+    "cost_changed": "cost changed",
+    "grant_changed": "plan grants changed",
+}
 
 # `--fail-on` choices: a kind of change (with --impact), a price change, or any of them.
 FAIL_ON: dict[str, str] = {
     "lose": "a tenant loses a feature it has now",
     "over-limit": "a tenant is over a new limit at its current usage",
     "limit-changed": "a tenant keeps a feature under another limit",
+    "cost-changed": "a tenant pays another credit price for a feature",
+    "grant-changed": "a tenant's plan grants of credits change",
     "gain": "a tenant gains a feature",
     "price": "a Stripe price is added, removed or changed",
     "any": "any of the above",
@@ -28,6 +39,8 @@ _FAIL_ON_CHANGE: dict[str, Change] = {
     "lose": "lose",
     "over-limit": "over_limit",
     "limit-changed": "limit_changed",
+    "cost-changed": "cost_changed",
+    "grant-changed": "grant_changed",
     "gain": "gain",
 }
 
@@ -58,6 +71,7 @@ class ImpactReport:
     candidate_revision: str
     features: dict[str, FeatureImpact]
     prices: list[PriceChange]
+    grants: dict[str, FeatureImpact] = field(default_factory=dict)  # credit type -> grant_changed
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # spent evaluating, summed over the workers
 
@@ -71,15 +85,22 @@ class ImpactReport:
                 name: {**{c: impact.counts.get(c, 0) for c in CHANGES}, "examples": impact.examples}
                 for name, impact in sorted(self.features.items())
             },
+            "credits": {
+                kind: {"grant_changed": impact.counts.get("grant_changed", 0), "examples": impact.examples}
+                for kind, impact in sorted(self.grants.items())
+            },
             "prices": [p.__dict__ for p in self.prices],
             "seconds": round(self.seconds, 2),
             "cpu_seconds": round(self.cpu_seconds, 2),
         }
 
     def totals(self) -> Counter[str]:
-        """Tenant-feature pairs per kind of change, over every feature."""
+        """Tenant-feature pairs per kind of change, over every feature (and tenant-credit type
+        pairs for `grant_changed`)."""
         total: Counter[str] = Counter()
         for impact in self.features.values():
+            total.update(impact.counts)
+        for impact in self.grants.values():  # tenant-credit type pairs
             total.update(impact.counts)
         return total
 
@@ -121,7 +142,8 @@ def render_table(report: ImpactReport) -> str:
     for name, impact in sorted(report.features.items()):
         counts = [impact.counts.get(c, 0) for c in CHANGES]
         lines.append(f"{name:<20}" + "".join(f"{n:>{w},}" for n, w in zip(counts, WIDTHS, strict=True)))
-    named = list(tenant_lines(report.features))
+    lines += grant_lines(report.grants)
+    named = list(tenant_lines(report.features)) + list(tenant_lines(report.grants, ("grant_changed",)))
     if named:
         lines += ["", "tenants:", *named]
     lines.append("")
@@ -129,13 +151,22 @@ def render_table(report: ImpactReport) -> str:
     return "\n".join(lines)
 
 
-WIDTHS = (10, 10, 16, 15)
+WIDTHS = (10, 10, 16, 15, 14)
 
 
-def tenant_lines(features: Mapping[str, FeatureImpact]) -> Iterable[str]:
+def grant_lines(grants: Mapping[str, FeatureImpact]) -> list[str]:
+    """`credits ai_credits: plan grants change for 12 tenants` per credit type, after a blank line."""
+    moved = [
+        f"credits {kind}: plan grants change for {impact.counts.get('grant_changed', 0):,} tenants"
+        for kind, impact in sorted(grants.items())
+    ]
+    return ["", *moved] if moved else []
+
+
+def tenant_lines(features: Mapping[str, FeatureImpact], changes: Iterable[Change] = CHANGES) -> Iterable[str]:
     """`  api_calls, over new limit: t1, t2 (and 38 more)` for each feature and change with tenants."""
     for name, impact in sorted(features.items()):
-        for change in CHANGES:
+        for change in changes:
             shown = impact.examples.get(change, [])
             if not shown:
                 continue

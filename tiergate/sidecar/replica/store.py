@@ -339,6 +339,11 @@ def credits_row(state: FeedCredits) -> tuple[str, str, str]:
     return state.tenant, state.credit_type, state.model_dump_json()
 
 
+def credits_by_tenant(conn: sqlite3.Connection) -> dict[str, dict[str, FeedCredits]]:
+    """Every tenant's credit balances in the replica (a full read: `plans diff --impact`)."""
+    return _credits_by_tenant(conn.execute(_SELECT_CREDITS))
+
+
 def _credits_by_tenant(rows: Iterable[tuple[str]]) -> dict[str, dict[str, FeedCredits]]:
     found: dict[str, dict[str, FeedCredits]] = {}
     for (body,) in rows:
