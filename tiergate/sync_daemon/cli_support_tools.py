@@ -112,13 +112,29 @@ def render_tenant(view: dict[str, Any]) -> str:
     for feature, answer in entitlements["features"].items():
         verdict = "allow" if answer["allow"] else "deny "
         limit = "" if answer["limit"] is None else f" {answer['used']}/{answer['limit']}"
-        lines.append(f"  {verdict} {feature:<16} {answer['reason']:<22}{limit} [{answer['source']}]")
+        price = answer.get("credits")
+        cost = f" {price['cost']} of {price['balance']} {price['type']}" if price else ""
+        lines.append(f"  {verdict} {feature:<16} {answer['reason']:<22}{limit}{cost} [{answer['source']}]")
+    lines += credit_lines(view.get("credits") or {})
     for version in view["versions"][:5]:
         cause = version["event_id"] or version["cause"]
         lines.append(
             f"  v{version['version']} {version['at']} {version['cause']}: {cause} {version['event_type'] or ''}".rstrip()
         )
     return "\n".join(lines)
+
+
+def credit_lines(credits: dict[str, Any]) -> list[str]:
+    """`  credits ai_credits: 3.5 available, 2 active grants, next expiry ...` per credit type."""
+    lines = []
+    for balance in credits.get("balances", []):
+        expiry = f", next expiry {balance['next_expiry']}" if balance["next_expiry"] else ""
+        debt = f", debt {balance['debt']}" if str(balance["debt"]) != "0" else ""
+        lines.append(
+            f"  credits {balance['credit_type']}: {balance['balance']} available, "
+            f"{len(balance['grants'])} active grants{expiry}{debt}"
+        )
+    return lines
 
 
 def render_record(record: dict[str, Any], decided_by: dict[str, Any] | None = None) -> str:

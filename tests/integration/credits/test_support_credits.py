@@ -19,6 +19,7 @@ from tests.integration.credits.conftest import API_TOKEN, AUTH, PLANS, CreditsDa
 from tests.integration.daemon.conftest import make_settings
 from tiergate.periods import rfc3339, window_bounds
 from tiergate.sync_daemon.app import create_app
+from tiergate.sync_daemon.cli_support_tools import render_tenant
 
 READER = "console-reader-token-for-credits-0123"
 EVIL = "<script>alert(1)</script>"
@@ -92,6 +93,9 @@ async def test_the_lookup_shows_balances_grants_the_ledger_and_the_sidecars_answ
     )
     assert features["gpt4_tokens"]["credits"] == {"type": "ai_credits", "balance": "3.5", "cost": "0.003"}
     assert features["api_calls"]["credits"] is None and features["api_calls"]["window"] is None
+    text = render_tenant(body)  # `tiergate tenant show`
+    assert "allow images           ok                     2/5 2 of 3.5 ai_credits [plan]" in text
+    assert f"credits ai_credits: 3.5 available, 1 active grants, next expiry {rfc3339(expires)}" in text
 
 
 async def test_without_enough_credits_the_lookup_denies_as_a_sidecar_would(daemon: CreditsDaemon) -> None:
