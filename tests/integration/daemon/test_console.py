@@ -81,6 +81,7 @@ async def test_a_reader_reads_but_cannot_change(daemon: Daemon) -> None:
     csrf = await _sign_in(daemon, READER)
     page = await (await daemon.client.get("/console/tenants/t_alice")).text()
     assert 'id="paid-tier">pro<' in page and "evt_alice_1" in page and "Add override" not in page
+    assert 'id="credits"' not in page and "Credits: cost" not in page  # this catalog sells none
     response = await daemon.client.post(
         "/console/tenants/t_alice/overrides",
         data={"csrf": csrf, "feature": "sso", "value": "true", "reason": "x"},

@@ -186,6 +186,7 @@ async def tenant_page(request: web.Request, session: Session) -> web.StreamRespo
         denials=denials,
         charts=charts,
         features=sorted(request.app[CATALOG].features),
+        sells_credits=bool(request.app[CATALOG].credits),  # else no credits column or section
     )
 
 
