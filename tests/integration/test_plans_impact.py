@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
@@ -17,6 +19,7 @@ from tiergate.catalog import load_catalog
 from tiergate.catalog_diff import price_changes
 from tiergate.cli import main
 from tiergate.models import PolicyAnswer
+from tiergate.periods import rfc3339, window_bounds
 from tiergate.sidecar.decisions.impact import classify
 
 ROOT = Path(__file__).parents[2]
@@ -323,3 +326,60 @@ def test_classify_a_credit_price(
         return PolicyAnswer(allow=True, reason="ok", tier="pro", credits=credits)
 
     assert classify(answer(current), answer(candidate)) == change
+
+
+def test_a_windowed_metric_is_counted_in_its_window(tmp_path: Path) -> None:
+    """`images` counted per UTC day: a lower limit reaches the tenant by today's count (3), not
+    by its billing period's counter (none: a windowed metric counts under its window's start)."""
+    from tests.integration.sidecar.conftest import PERIOD
+
+    now = datetime.now(UTC)
+    today = rfc3339(window_bounds(now, "day", ZoneInfo("UTC"))[0])
+    yesterday = rfc3339(window_bounds(now - timedelta(days=1), "day", ZoneInfo("UTC"))[0])
+    usage = [
+        {"tenant": "busy-today", "code": "images", "period_start": today, "value": 3},
+        {"tenant": "busy-yesterday", "code": "images", "period_start": yesterday, "value": 3},
+    ]
+    accounts = [{"tenant": "idle", "tier": "free", "status": "active", **PERIOD}]
+    write_replica(tmp_path / "replica.db", accounts, usage)
+    with sqlite3.connect(tmp_path / "replica.db") as conn:  # enough credits for an image each
+        conn.executemany(
+            "INSERT INTO credits (tenant, credit_type, body) VALUES (?, 'ai_credits', ?)",
+            [
+                (
+                    t,
+                    json.dumps(
+                        {
+                            "tenant": t,
+                            "credit_type": "ai_credits",
+                            "grants": [{"remaining": 100, "effective_at": "2020-01-01T00:00:00Z"}],
+                        }
+                    ),
+                )
+                for t in ("busy-today", "busy-yesterday", "idle")
+            ],
+        )
+    windowed = yaml.safe_load(CREDIT_PLANS.read_text(encoding="utf-8"))
+    windowed["metrics"]["images"]["window"] = "day"
+    current = tmp_path / "current.yaml"
+    current.write_text(yaml.safe_dump(windowed), encoding="utf-8")
+    windowed["tiers"]["free"]["features"]["images"]["limit"] = 2  # was 5 a day
+    candidate = tmp_path / "candidate.yaml"
+    candidate.write_text(yaml.safe_dump(windowed), encoding="utf-8")
+    report = json.loads(
+        run(
+            str(candidate),
+            "--current",
+            str(current),
+            "--current-policies",
+            str(ROOT / "policies"),
+            "--impact",
+            "--replica",
+            str(tmp_path / "replica.db"),
+            "--workers",
+            "1",
+            "--json",
+        )
+    )
+    images = report["features"]["images"]
+    assert images["examples"] == {"over_limit": ["busy-today"], "limit_changed": ["busy-yesterday", "idle"]}

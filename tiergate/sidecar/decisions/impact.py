@@ -3,7 +3,7 @@
 Each tenant's decision for every feature is computed twice, with the live bundle and with the
 candidate, from the same input document the sidecar would build (`policy_io`), at one instant:
 a credit-priced feature with `input.credits` priced by each bundle's own catalog, on the replica's
-balances. Besides answers, it counts the tenants whose credit price of a feature moves and those
+balances, and a windowed metric on its window's counter. Besides answers, it counts the tenants whose credit price of a feature moves and those
 whose plan grants of a credit type (`grants:` of the tier that grants them) change.
 Identical documents are evaluated once per bundle (the tenant id is left out of the memo key
 unless a policy reads `input.tenant`), and the tenants are split over worker processes.
@@ -189,6 +189,7 @@ class _Evaluator:
     def __init__(self, bundle: PolicyBundle) -> None:
         self.engine = EmbeddedEngine(compiled=True, required=(DECISION_PATH,))
         asyncio.run(self.engine.load(bundle))
+        self.catalog = bundle.catalog
         self.schedules = (bundle.catalog, every_schedule(bundle.catalog))
         self.prices = CreditPrices(bundle.catalog) if bundle.catalog.credits else None
         # Without a policy reading the tenant id, two tenants with equal inputs get equal answers.
@@ -257,32 +258,56 @@ def _impact_of(
         row = state.account
         period = period_for(row, now, now_text)
         usage = state.usage.get(period[0], {})
-        tier = row.tier if row else None
         # The memo key holds exactly what build_input reads (the account's decision fields).
         overridden = json.dumps(state.overrides, sort_keys=True) if state.overrides else ""
         balances = tuple(sorted((kind, *c.at(now)[1:]) for kind, c in state.credits.items()))
-        shared = (row[1:9] if row else None, period, tuple(sorted(usage.items())), overridden, balances)
-        account = account_document(row)
+        tenant = _Tenant(
+            state,
+            account_document(row),
+            row.tier if row else None,
+            period,
+            usage,
+            tuple(sorted(usage.items())),
+            (row[1:9] if row else None, overridden, balances),
+        )
         for feature in features:
-            document = partial(
-                _document,
-                state,
-                feature,
-                now,
-                now_text,
-                account=account,
-                usage=usage,
-                period=period,
-            )
-            key = (feature, *shared)
-            before = live.decide((state.tenant, *key) if live.per_tenant else key, document, tier)
-            after = trial.decide((state.tenant, *key) if trial.per_tenant else key, document, tier)
+            before = _decide(live, tenant, feature, now, now_text)
+            after = _decide(trial, tenant, feature, now, now_text)
             change = classify(before, after)
             if change is not None:
                 impacts[feature].add(change, state.tenant)
         for kind in grants_moved(live.schedules, trial.schedules, row):
             grants.setdefault(kind, FeatureImpact()).add("grant_changed", state.tenant)
     return (impacts, grants), time.process_time() - cpu
+
+
+@dataclass(frozen=True)
+class _Tenant:
+    """One tenant's parts of every input, computed once for all its features."""
+
+    state: TenantState
+    account: dict[str, Any] | None
+    tier: str | None
+    period: tuple[str, str]  # the billing period
+    usage: Mapping[str, Amount]  # its counters
+    usage_key: tuple[Any, ...]
+    fields: tuple[Any, ...]  # the rest of the memo key: account fields, overrides, balances
+
+
+def _decide(ev: _Evaluator, tenant: _Tenant, feature: str, now: datetime, now_text: str) -> PolicyAnswer:
+    """The bundle's answer; a metric with a window of its own in that bundle's catalog is decided
+    on the window's counter (ADR 47), as a sidecar does."""
+    period, usage, usage_key = tenant.period, tenant.usage, tenant.usage_key
+    window = ev.catalog.usage_window(feature, now)
+    if window is not None:
+        period = (rfc3339(window[0]) or "", rfc3339(window[1]) or "")
+        usage = tenant.state.usage.get(period[0], {})
+        usage_key = tuple(sorted(usage.items()))
+    document = partial(
+        _document, tenant.state, feature, now, now_text, account=tenant.account, usage=usage, period=period
+    )
+    key = (feature, period, usage_key, *tenant.fields)
+    return ev.decide((tenant.state.tenant, *key) if ev.per_tenant else key, document, tenant.tier)
 
 
 def _document(
