@@ -21,10 +21,8 @@ from tiergate.models import Decision, PolicyAnswer
 from tiergate.periods import rfc3339
 from tiergate.policy.credits_input import (
     CreditPrices,
-    HeldCredits,
     balances,
     credits_input,
-    no_holds,
 )
 from tiergate.policy.document import PolicyAnswerError, build_input, parse_answer, policy_error_decision
 from tiergate.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyEngine
@@ -125,8 +123,6 @@ class DecisionService:
         self._adopt(reader.meta)
         reader.subscribe(self._replica_changed)
         self._usage_scope: tuple[str | None, str | None] = (None, None)  # (scope, of this revision)
-        # The holds' credits (docs/credits.md).
-        self.held_credits: HeldCredits = no_holds
         self._prices: CreditPrices | None = None
         ledger.subscribe_usage(self._usage_changed)  # pending usage changes its tenant's answers
 
@@ -428,13 +424,11 @@ class DecisionService:
         override = _quota(found.get("value")) if isinstance(found, dict) else None
         return credits_input(
             prices,
-            tenant=tenant,
             feature=feature,
             quantity=quantity,
             account_tier=row.tier if row is not None else None,
             states=self.reader.credits(tenant),
-            pending=self.ledger.pending(tenant, period[0]),
-            held=self.held_credits,
+            pending=self.ledger.pending_in_all_periods(tenant),
             override_value=override,
             now=datetime.fromtimestamp(now, UTC),
             period_end=period[1],
@@ -461,11 +455,9 @@ class DecisionService:
         await self.ledger.usage(self.reader, tenant, period[0])  # settles what the replica includes
         return balances(
             prices,
-            tenant=tenant,
             account_tier=row.tier if row is not None else None,
             states=states,
-            pending=self.ledger.pending(tenant, period[0]),
-            held=self.held_credits,
+            pending=self.ledger.pending_in_all_periods(tenant),
             now=moment,
         )
 
