@@ -2,9 +2,10 @@
 while used, release at shutdown, and report what the daemon acknowledged counting.
 
 `take` runs under the recorder's per-tenant lock, so one tenant's reserves and holds meet their
-slice one at a time. A hold `draw`s its units and, when it ends, `assign`s them to the usage it
-recorded (acknowledged like a reserve's) and gives the rest back to the slice, if still live. A reserve that needs more than its slice holds starts (or joins) one refill and waits
-for it at most `wait_s`; no unit is ever spent that the daemon did not grant.
+slice one at a time. A reserve that needs more than its slice holds starts (or joins) one refill
+and waits for it at most `wait_s`; no unit is ever spent that the daemon did not grant. A hold
+`draw`s its units and, when it ends, `assign`s them to the usage it recorded (acknowledged like a
+reserve's) and gives the rest back to its slice while that one is live.
 """
 
 from __future__ import annotations
