@@ -6,6 +6,7 @@ a settle is debited exactly once at the daemon."""
 from __future__ import annotations
 
 import asyncio
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -91,3 +92,32 @@ async def test_holds_take_credits_once_give_them_back_and_settle_once(
         ]  # exactly once, whatever was replayed
     finally:
         await daemon.server.close()
+
+
+async def test_usage_of_an_earlier_period_takes_its_credits_until_the_daemon_counts_it(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    """A balance belongs to no period: usage this sidecar accepted for an earlier period (a late
+    event; likewise a hold made before the period's end) is taken from it as soon as accepted."""
+    daemon = await start_daemon(tmp_path, plans=PLANS, api_token=SecretStr(API_TOKEN))
+    try:
+        sidecar = await credits_sidecar(aiohttp_client, tmp_path, daemon)
+        await grant(daemon, "t_late", 10)
+
+        async def has(expected: Decimal) -> bool:
+            return await balance(sidecar, "t_late") == expected
+
+        await eventually(lambda: has(Decimal(10)))
+    finally:
+        await daemon.server.close()  # down: what is accepted now stays pending in the sidecar
+    late = time.time() - 40 * 86400  # in an earlier calendar month than now
+    event = {
+        "transaction_id": "late-1",
+        "external_customer_id": "t_late",
+        "code": "gpt4_tokens",
+        "timestamp": late,
+        "properties": {"tokens": 1000},
+    }
+    response = await sidecar.post("/v1/usage", json={"event": event})
+    assert response.status in (200, 202), await response.text()
+    assert await balance(sidecar, "t_late") == 7  # 1,000 x 0.003 taken at once
