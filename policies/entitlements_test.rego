@@ -94,6 +94,7 @@ test_decision_is_the_full_document if {
 		"remaining": 90,
 		"valid_until": period_end,
 		"license_grace_until": null,
+		"used_bound": 99,
 	}
 }
 
@@ -170,6 +171,25 @@ test_metered_up_to_the_limit_is_allowed if {
 	d.allow == true
 	d.reason == "ok"
 	d.remaining == 1
+}
+
+# used_bound: the allow holds while used stays at or below it, and is a deny just past it.
+test_a_metered_allow_holds_up_to_its_used_bound if {
+	d := decide(request_with("api_calls", {"quantity": 5, "usage": {"api_calls": 40}}))
+	d.used_bound == 95
+	every used in [0, 40, 94, 95] {
+		same := decide(request_with("api_calls", {"quantity": 5, "usage": {"api_calls": used}}))
+		[same.allow, same.reason, same.limit, same.used_bound] == [true, "ok", 100, 95]
+		same.remaining == 100 - used
+	}
+	decide(request_with("api_calls", {"quantity": 5, "usage": {"api_calls": 96}})).allow == false
+}
+
+test_only_a_metered_allow_has_a_used_bound if {
+	not decide(request_with("api_calls", {"usage": {"api_calls": 100}})).used_bound
+	not decide(request("dashboards")).used_bound
+	not decide(request("reports")).used_bound
+	not decide(subscribed("api_calls", "enterprise", "active", {})).used_bound
 }
 
 test_metered_at_the_limit_is_exceeded if {

@@ -79,6 +79,13 @@ def parse_answer(answer: object) -> PolicyAnswer:
     )
 
 
+def used_bound(answer: object) -> int | None:
+    """The decision's `used_bound`: its answer holds while the feature's own counter stays at or
+    below it (None when the policy does not say; docs/policies.md)."""
+    bound = answer.get("used_bound") if isinstance(answer, dict) else None
+    return bound if isinstance(bound, int) and not isinstance(bound, bool) else None
+
+
 def _time_or_none(value: object) -> str | None:
     if not isinstance(value, str):
         return None

@@ -3,7 +3,8 @@
 10,000 random checks over a hundred tenants of every tier and status, interleaved with feed
 batches (account and usage changes through the follower's path, the answers they drop re-decided
 in the background), usage recorded here (the ledger), a policy reload, and time passing (seconds, and jumps of days across period, trial and
-grace ends). Each check is asked of the sidecar's decision service (materialised answers) and of
+grace ends). Answers the policy bounds by usage (`used_bound`) survive usage recorded here until
+the bound is crossed, with `used` and `remaining` rendered from the live counter. Each check is asked of the sidecar's decision service (materialised answers) and of
 one that evaluates the policy every time; their answers must be equal.
 """
 
@@ -87,6 +88,7 @@ async def test_materialised_answers_equal_fresh_ones(tmp_path: Path) -> None:
         )
 
     materialised, fresh = service(100_000), service(0)
+    await materialised.learn_usage_scope()  # as the recorder does: bounded answers survive usage
     seq = 0
     for step in range(CHECKS):
         roll = rng.random()
@@ -114,11 +116,12 @@ async def test_materialised_answers_equal_fresh_ones(tmp_path: Path) -> None:
             reader.applied({tenant})
             if rng.random() < 0.5:
                 await asyncio.sleep(0)  # the dropped answers are re-decided in the background
-        elif roll < 0.05:  # usage accepted here, not in the replica yet
+        elif roll < 0.15:  # usage accepted here, not in the replica yet: mostly small, some large
             now = datetime.fromtimestamp(clock[0], UTC)
             start = period_for(reader.account(tenant), now, rfc3339(now) or "")[0]
-            ledger.add((tenant, rng.choice(METERED), start), rng.randint(1, 300))
-        elif roll < 0.0502:  # a policy reload (same policies: answers of the old revision go)
+            amount = rng.randint(1, 3) if rng.random() < 0.8 else rng.randint(1, 300)
+            ledger.add((tenant, rng.choice(METERED), start), amount)
+        elif roll < 0.1502:  # a policy reload (same policies: answers of the old revision go)
             materialised.cache.clear()
         clock[0] += rng.uniform(0, 2) if rng.random() < 0.99 else rng.uniform(0, 3 * 86400)
         feature, quantity = rng.choice(FEATURES), rng.choice((1, 1, 1, 1, 5, 400))
@@ -150,6 +153,54 @@ async def test_materialised_answers_equal_fresh_ones(tmp_path: Path) -> None:
     assert counts.hits > CHECKS * 0.15, f"only {counts.hits} of {CHECKS} checks were answered from memory"
     assert fresh.counts.hits == 0
     assert counts.rematerialised > 0, "no answer dropped by a feed batch was re-decided in the background"
+    await engine.close()
+    reader.close()
+    writer.db.close()
+
+
+async def test_metered_traffic_keeps_its_answers_until_the_limit(tmp_path: Path) -> None:
+    """Each check followed by one unit of usage for the same tenant and feature: answered from
+    memory until the limit is reached, equal to a fresh evaluation every time (deny past it)."""
+    path = tmp_path / "replica.db"
+    writer = ReplicaWriter(open_replica(path))
+    tenants = [f"m{i}" for i in range(10)]
+    writer.replace_all([], [], data_as_of=START, position=0)  # all on the default tier's limit
+    reader = ReplicaReader(path)
+    engine = EmbeddedEngine(compiled=True)
+    await engine.load(load_bundle(ROOT / "policies", ROOT / "plans" / "plans.yaml"))
+    ledger = UsageLedger()
+    services = [
+        DecisionService(
+            reader,
+            engine,
+            SidecarMetrics(replica_age=lambda: 0.0),
+            cache=DecisionCache(size, ttl_s=0.0),
+            ledger=ledger,
+            log_sample=0.0,
+            log_denies=False,
+            clock=lambda: START.timestamp(),
+        )
+        for size in (100_000, 0)
+    ]
+    materialised, fresh = services
+    await materialised.learn_usage_scope()
+    start = period_for(None, START, rfc3339(START) or "")[0]
+    rng = random.Random(26)
+    checks = denied = 0
+    for _ in range(3_000):
+        tenant = rng.choice(tenants)
+        quantity = rng.choice((1, 1, 5, 20))
+        body = orjson.loads(await materialised.decide_json(tenant, "api_calls", quantity))
+        want = orjson.loads(orjson.dumps(await fresh.decide(tenant, "api_calls", quantity)))
+        assert {**body, "decision_id": ""} == {**want, "decision_id": ""}
+        checks += 1
+        if body["allow"]:
+            ledger.add((tenant, "api_calls", start), quantity)
+        denied += not body["allow"]
+    assert body["limit"] is not None and denied > 100, "the limits were never reached"
+    counts = materialised.counts
+    # a miss per (tenant, quantity) key and per crossing of a bound; everything else from memory
+    assert counts.hits > checks * 0.9, f"{counts.hits} of {checks} from memory"
     await engine.close()
     reader.close()
     writer.db.close()

@@ -14,13 +14,20 @@ from typing import Any, Literal, NamedTuple
 
 import orjson
 
+from tiergate.amounts import policy_units
 from tiergate.errors import PolicyError, ReplicaNotReadyError, TierError
 from tiergate.log import host_safe_logger
 from tiergate.models import Decision, PolicyAnswer
 from tiergate.periods import rfc3339
-from tiergate.policy.document import PolicyAnswerError, build_input, parse_answer, policy_error_decision
+from tiergate.policy.document import (
+    PolicyAnswerError,
+    build_input,
+    parse_answer,
+    policy_error_decision,
+    used_bound,
+)
 from tiergate.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyEngine
-from tiergate.sidecar.decisions.cache import DecisionCache, Materialised
+from tiergate.sidecar.decisions.cache import DecisionCache, Materialised, UsedBound
 from tiergate.sidecar.decisions.decision_log import DecisionLog
 from tiergate.sidecar.decisions.policy_io import account_document, expiry_epoch, period_for
 from tiergate.sidecar.decisions.records import DecisionRecords
@@ -55,6 +62,15 @@ class PolicyInput(NamedTuple):
 
     document: dict[str, Any]
     row: AccountRow | None
+
+
+class Fresh(NamedTuple):
+    """A decision evaluated now, how far it holds as usage grows (None: until any change), and
+    the input it was evaluated from."""
+
+    answer: PolicyAnswer
+    bound: UsedBound | None
+    given: PolicyInput
 
 
 class DecisionService:
@@ -159,7 +175,7 @@ class DecisionService:
             self.records.forget(tenant)
         scope, revision = self._usage_scope
         if code is not None and scope == "feature" and revision == self.engine.revision:
-            self.cache.invalidate_feature(tenant, code)
+            self.cache.invalidate_feature(tenant, code, keep_bounded=True)
         else:
             self.cache.invalidate(tenant)
 
@@ -200,7 +216,7 @@ class DecisionService:
             now = self.clock()
             age = self.replica_age(now)
             epoch = self.cache.epoch
-            answer, _ = await self._decide_fresh(tenant, feature, quantity, now, age)
+            answer, bound, _ = await self._decide_fresh(tenant, feature, quantity, now, age)
             if answer.reason != "policy_error":
                 valid_until = expiry_epoch(answer.valid_until)
                 stale = self.is_stale(age)
@@ -208,7 +224,7 @@ class DecisionService:
                     tenant,
                     feature,
                     quantity,
-                    Materialised.of(answer),
+                    Materialised.of(answer, bound),
                     now=now,
                     valid_until=valid_until,
                     stale=stale,
@@ -295,13 +311,15 @@ class DecisionService:
         # of the tenant's usage awaits its answer, the overlay may have to wait: decide fresh.
         cacheable = not self.ledger.in_flight(tenant)
         found = self.cache.get(tenant, feature, quantity, now, stale) if cacheable else None
+        if found is not None and found.bound is not None:
+            found = await self._within_bound(tenant, feature, quantity, found, found.bound)
         if found is not None:
             self.counts.hits += 1
             return stale, found, None, None
         self.counts.misses += 1
         epoch = self.cache.epoch
-        fresh, given = await self._decide_fresh(tenant, feature, quantity, now, age)
-        answer = Materialised.of(fresh)
+        fresh, bound, given = await self._decide_fresh(tenant, feature, quantity, now, age)
+        answer = Materialised.of(fresh, bound)
         if cacheable and fresh.reason != "policy_error":
             self.cache.put(
                 tenant,
@@ -314,6 +332,18 @@ class DecisionService:
                 epoch=epoch,
             )
         return stale, answer, fresh, given
+
+    async def _within_bound(
+        self, tenant: str, feature: str, quantity: int, found: Materialised, bound: UsedBound
+    ) -> Materialised | None:
+        """A bounded answer rendered for the counter's value now, or None (and forgotten) once
+        the counter has passed the bound."""
+        usage = await self.ledger.usage(self.reader, tenant, bound.period_start)
+        used = policy_units(usage.get(feature, 0))
+        if used > bound.used_max:
+            self.cache.drop(tenant, feature, quantity)
+            return None
+        return found.with_used(used)
 
     def _next_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids)}"
@@ -357,13 +387,20 @@ class DecisionService:
 
     async def _decide_fresh(
         self, tenant: str, feature: str, quantity: int, now: float, age: float | None
-    ) -> tuple[PolicyAnswer, PolicyInput]:
+    ) -> Fresh:
         """Replica lookups plus pending usage (the ledger's read), then the policy."""
         given = await self._input(tenant, feature, quantity, now, age)
-        answer = await self._evaluate(given.document, given.row.tier if given.row else None)
+        answer, used_max = await self._evaluate(given.document, given.row.tier if given.row else None)
         if self.shadow is not None:
             await self.shadow.observe(given.document, answer)
-        return answer, given
+        return Fresh(answer, self._bound(used_max, answer, given.document["period"]["start"]), given)
+
+    def _bound(self, used_max: int | None, answer: PolicyAnswer, period_start: str) -> UsedBound | None:
+        """Kept only while the live policy reads no counter but the feature's own (`usage_scope`)."""
+        scope, revision = self._usage_scope
+        if used_max is None or scope != "feature" or revision != self.engine.revision:
+            return None
+        return UsedBound(used_max, answer.limit, period_start)
 
     async def _input(
         self, tenant: str, feature: str, quantity: int, now: float, age: float | None
@@ -414,14 +451,16 @@ class DecisionService:
             input_raw,
         )
 
-    async def _evaluate(self, document: dict[str, Any], tier: str | None) -> PolicyAnswer:
+    async def _evaluate(self, document: dict[str, Any], tier: str | None) -> tuple[PolicyAnswer, int | None]:
+        """The answer, and its `used_bound`."""
         try:
-            return parse_answer(await self.engine.evaluate(DECISION_PATH, document))
+            raw = await self.engine.evaluate(DECISION_PATH, document)
+            return parse_answer(raw), used_bound(raw)
         except (TierError, PolicyAnswerError) as exc:
             kind = getattr(exc, "code", "bad_answer")
             self.metrics.engine_errors.labels(kind).inc()
             log.error("policy_evaluation_failed", kind=kind, error=str(exc), tenant=document["tenant"])
-            return policy_error_decision(tier)
+            return policy_error_decision(tier), None
 
     def _now_rfc3339(self, now: float) -> str:
         second = int(now)
