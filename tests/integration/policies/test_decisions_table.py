@@ -199,7 +199,7 @@ def test_decision(
     decision = decide(engine, acct, feature, used)
     assert (decision["allow"], decision["reason"], decision["tier"]) == (allow, reason, tier)
     assert decision["paid_tier"] == (acct["tier"] if acct else None)
-    assert set(decision) == {
+    shape = {
         "allow",
         "reason",
         "tier",
@@ -210,6 +210,10 @@ def test_decision(
         "valid_until",
         "license_grace_until",
     }
+    metered_allow = allow and decision["limit"] is not None
+    assert set(decision) == (shape | {"used_bound"} if metered_allow else shape)
+    if metered_allow:  # the answer holds while used + quantity fits the limit (docs/policies.md)
+        assert decision["used_bound"] == decision["limit"] - 1
 
 
 @pytest.mark.parametrize(
