@@ -12,7 +12,8 @@
 # data.plans: the catalog (plans/plans.yaml as Catalog.policy_data() gives it).
 #
 # Output, the `decision` document:
-#   {"allow", "reason", "tier", "paid_tier", "limit", "used", "remaining", "valid_until", "license_grace_until"}
+#   {"allow", "reason", "tier", "paid_tier", "limit", "used", "remaining", "valid_until", "license_grace_until"},
+#   and "used_bound" on a metered allow (the answer holds while the feature's counter stays at or below it)
 # `tier` is the tier applied; `paid_tier` the one the account pays for (null without an account):
 # they differ while a payment is overdue past its grace, a trial has expired, and so on.
 # `license_grace_until`: with a signed license past its not-after date and still in grace, when the grace ends.
@@ -311,8 +312,10 @@ verdict(value) := metered(value.limit) if {
 	value.limit != null
 }
 
-# Metered: `quantity` more must fit in what is left of the limit this period.
-metered(limit) := allowed(limit) if used + quantity <= limit
+# Metered: `quantity` more must fit in what is left of the limit this period. The answer holds
+# while `used` stays at or below `used_bound` (the sidecar keeps it through usage recorded meanwhile,
+# with `used` and `remaining` rendered from the live counter; docs/policies.md).
+metered(limit) := object.union(allowed(limit), {"used_bound": limit - quantity}) if used + quantity <= limit
 
 metered(limit) := denied("limit_exceeded", limit, remaining(limit)) if used + quantity > limit
 
