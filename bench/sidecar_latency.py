@@ -89,6 +89,7 @@ SCENARIO_KEYS = (
     "check_zipf",
     "check_uniform",
     "check_cold",
+    "metered",
     "reserve",
     "batch_100",
     "authz",
@@ -206,6 +207,18 @@ def reserve_lines(tenants: list[str], metric: str, count: int, rng: random.Rando
         )
         for _ in range(count)
     ]
+
+
+def metered_lines(tenants: list[str], metric: str, count: int, rng: random.Random) -> list[str]:
+    """Metered traffic: each check of `metric` followed by one unit of it recorded (POST /v1/usage)
+    for the same tenant, as an app that checks, does the work, then reports it."""
+    lines = []
+    for n in range(count):
+        tenant = rng.choice(tenants)
+        event = {"transaction_id": f"bench-{n}", "external_customer_id": tenant, "code": metric}
+        lines.append(request_line("GET", f"/v1/check?tenant={tenant}&feature={metric}"))
+        lines.append(request_line("POST", "/v1/usage", json.dumps({"event": event}, separators=(",", ":"))))
+    return lines
 
 
 def cold_lines(tenants: list[str], features: list[str], rng: random.Random) -> list[str]:
@@ -958,6 +971,7 @@ def main() -> None:
             "check_zipf": zipf_lines(tenants, features, 200_000, rng),
             "check_uniform": check_lines(tenants, features, 200_000, rng),
             "check_cold": cold_lines(tenants, features, rng),
+            "metered": metered_lines(hot, METERED_FEATURE, 50_000, rng),
             "reserve": reserve_lines(hot, METERED_FEATURE, 20_000, rng),
             "batch_100": batch_lines(hot, features, 100, 500, rng),
             "authz": authz_lines(hot, routes, header, 20_000, rng),
@@ -979,6 +993,10 @@ def main() -> None:
             ),
             Scenario(
                 "check_cold", "check, cold (all)", tmp / "check_cold.txt", len(files["check_cold"]), 1, False
+            ),
+            # Requests alternate check / usage record: the hit ratio is the checks' (usage is no decision).
+            Scenario(
+                "metered", "metered (check+usage)", tmp / "metered.txt", len(files["metered"]), 0.5, False
             ),
             Scenario("reserve", "check-and-reserve", tmp / "reserve.txt", len(files["reserve"]), 1, False),
             Scenario("batch_100", "batch of 100", tmp / "batch_100.txt", len(files["batch_100"]), 100, False),
