@@ -210,10 +210,15 @@ def test_decision(
         "valid_until",
         "license_grace_until",
     }
+    over_limit = not allow and decision["limit"] is not None  # limit_exceeded, or its downgrade
     metered_allow = allow and decision["limit"] is not None
-    assert set(decision) == (shape | {"used_bound"} if metered_allow else shape)
+    assert set(decision) == shape | (
+        {"used_bound"} if metered_allow else {"used_floor"} if over_limit else set()
+    )
     if metered_allow:  # the answer holds while used + quantity fits the limit (docs/policies.md)
         assert decision["used_bound"] == decision["limit"] - 1
+    if over_limit:  # and the deny while used + quantity stays over it
+        assert decision["used_floor"] == decision["limit"]
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ one that evaluates the policy every time; their answers must be equal.
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -201,6 +202,53 @@ async def test_metered_traffic_keeps_its_answers_until_the_limit(tmp_path: Path)
     counts = materialised.counts
     # a miss per (tenant, quantity) key and per crossing of a bound; everything else from memory
     assert counts.hits > checks * 0.9, f"{counts.hits} of {checks} from memory"
+    await engine.close()
+    reader.close()
+    writer.db.close()
+
+
+async def test_answers_over_the_limit_hold_until_a_correction_brings_usage_back(tmp_path: Path) -> None:
+    """Usage recorded after denies too (an app that reports what it did anyway), and now and then
+    a correction that takes usage back under the limit: a deny over the limit (`used_floor`) is
+    answered from memory while usage grows and re-decided once a correction crosses its floor;
+    every answer equals a fresh evaluation."""
+    path = tmp_path / "replica.db"
+    writer = ReplicaWriter(open_replica(path))
+    writer.replace_all([], [], data_as_of=START, position=0)
+    reader = ReplicaReader(path)
+    engine = EmbeddedEngine(compiled=True)
+    await engine.load(load_bundle(ROOT / "policies", ROOT / "plans" / "plans.yaml"))
+    ledger = UsageLedger()
+    materialised, fresh = (
+        DecisionService(
+            reader,
+            engine,
+            SidecarMetrics(replica_age=lambda: 0.0),
+            cache=DecisionCache(size, ttl_s=0.0),
+            ledger=ledger,
+            log_sample=0.0,
+            log_denies=False,
+            clock=lambda: START.timestamp(),
+        )
+        for size in (100_000, 0)
+    )
+    await materialised.learn_usage_scope()
+    start = period_for(None, START, rfc3339(START) or "")[0]
+    rng = random.Random(39)
+    tenants = [f"o{i}" for i in range(5)]
+    used = dict.fromkeys(tenants, 0)
+    reasons: collections.Counter[tuple[bool, str]] = collections.Counter()
+    for step in range(2_000):
+        tenant = rng.choice(tenants)
+        body = orjson.loads(await materialised.decide_json(tenant, "api_calls", 1))
+        want = orjson.loads(orjson.dumps(await fresh.decide(tenant, "api_calls", 1)))
+        assert {**body, "decision_id": ""} == {**want, "decision_id": ""}, f"step {step}"
+        reasons[body["allow"], body["reason"]] += 1
+        amount = rng.choice((1, 5, 20)) if rng.random() > 0.02 else -min(used[tenant], rng.choice((30, 300)))
+        used[tenant] += amount
+        ledger.add((tenant, "api_calls", start), amount)
+    assert reasons[False, "limit_exceeded"] > 500 and reasons[True, "ok"] > 100, reasons
+    assert materialised.counts.hits > 2_000 * 0.8, f"{materialised.counts.hits} of 2000 from memory"
     await engine.close()
     reader.close()
     writer.db.close()

@@ -39,7 +39,8 @@ KEY_TUPLE_BYTES = 72
 # expiry (epoch seconds), flags (bit 0: stale, bit 1: allow, bit 2: bounded), the reason's index
 # in `_reasons`; a bounded entry then holds its bound, its limit and its period's start.
 _HEADER = struct.Struct("<dBB")
-_BOUND = struct.Struct("<qqB")  # used_bound, limit (_NO_LIMIT: null), the period start's length
+# used_floor, used_bound (USED_CEILING: none), limit (_NO_LIMIT: null), the period start's length
+_BOUND = struct.Struct("<qqqB")
 _STALE, _ALLOW, _BOUNDED = 1, 2, 4
 _NO_LIMIT = -(2**63)
 _FLAGS_AT = 8
@@ -50,10 +51,11 @@ Key = str | tuple[str, int]  # the feature alone for quantity 1 (the usual case:
 
 
 class UsedBound(NamedTuple):
-    """The policy's `used_bound`: the answer holds while the feature's counter for the period
-    starting at `period_start` stays at or below `used_max`; `used` and `remaining` (from
-    `limit`) are then rendered from the live counter."""
+    """The policy's `used_floor` and `used_bound`: the answer holds while the feature's counter
+    for the period starting at `period_start` stays within `used_min`..`used_max`; `used` and
+    `remaining` (from `limit`) are then rendered from the live counter."""
 
+    used_min: int
     used_max: int
     limit: int | None
     period_start: str
@@ -125,9 +127,10 @@ class DecisionCache:
             return None
         if not flags & _BOUNDED:
             return Materialised(bool(flags & _ALLOW), self._reasons[reason], packed[_HEADER.size :])
-        used_max, limit, length = _BOUND.unpack_from(packed, _HEADER.size)
+        used_min, used_max, limit, length = _BOUND.unpack_from(packed, _HEADER.size)
         at = _HEADER.size + _BOUND.size
-        bound = UsedBound(used_max, None if limit == _NO_LIMIT else limit, packed[at : at + length].decode())
+        start = packed[at : at + length].decode()
+        bound = UsedBound(used_min, used_max, None if limit == _NO_LIMIT else limit, start)
         return Materialised(bool(flags & _ALLOW), self._reasons[reason], packed[at + length :], bound)
 
     def drop(self, tenant: str, feature: str, quantity: int) -> None:
@@ -165,7 +168,7 @@ class DecisionCache:
         else:
             start = bound.period_start.encode()
             limit = _NO_LIMIT if bound.limit is None else bound.limit
-            extra = _BOUND.pack(bound.used_max, limit, len(start)) + start
+            extra = _BOUND.pack(bound.used_min, bound.used_max, limit, len(start)) + start
             packed = _HEADER.pack(expires, flags | _BOUNDED, reason) + extra + answer.head
         self._store(tenant, entry_key(feature, quantity), packed)
         self._evict()

@@ -24,7 +24,7 @@ from tiergate.policy.document import (
     build_input,
     parse_answer,
     policy_error_decision,
-    used_bound,
+    used_range,
 )
 from tiergate.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyEngine
 from tiergate.sidecar.decisions.cache import DecisionCache, Materialised, UsedBound
@@ -337,10 +337,10 @@ class DecisionService:
         self, tenant: str, feature: str, quantity: int, found: Materialised, bound: UsedBound
     ) -> Materialised | None:
         """A bounded answer rendered for the counter's value now, or None (and forgotten) once
-        the counter has passed the bound."""
+        the counter has left its range."""
         usage = await self.ledger.usage(self.reader, tenant, bound.period_start)
         used = policy_units(usage.get(feature, 0))
-        if used > bound.used_max:
+        if not bound.used_min <= used <= bound.used_max:
             self.cache.drop(tenant, feature, quantity)
             return None
         return found.with_used(used)
@@ -390,17 +390,19 @@ class DecisionService:
     ) -> Fresh:
         """Replica lookups plus pending usage (the ledger's read), then the policy."""
         given = await self._input(tenant, feature, quantity, now, age)
-        answer, used_max = await self._evaluate(given.document, given.row.tier if given.row else None)
+        answer, used = await self._evaluate(given.document, given.row.tier if given.row else None)
         if self.shadow is not None:
             await self.shadow.observe(given.document, answer)
-        return Fresh(answer, self._bound(used_max, answer, given.document["period"]["start"]), given)
+        return Fresh(answer, self._bound(used, answer, given.document["period"]["start"]), given)
 
-    def _bound(self, used_max: int | None, answer: PolicyAnswer, period_start: str) -> UsedBound | None:
+    def _bound(
+        self, used: tuple[int, int] | None, answer: PolicyAnswer, period_start: str
+    ) -> UsedBound | None:
         """Kept only while the live policy reads no counter but the feature's own (`usage_scope`)."""
         scope, revision = self._usage_scope
-        if used_max is None or scope != "feature" or revision != self.engine.revision:
+        if used is None or scope != "feature" or revision != self.engine.revision:
             return None
-        return UsedBound(used_max, answer.limit, period_start)
+        return UsedBound(*used, answer.limit, period_start)
 
     async def _input(
         self, tenant: str, feature: str, quantity: int, now: float, age: float | None
@@ -451,11 +453,13 @@ class DecisionService:
             input_raw,
         )
 
-    async def _evaluate(self, document: dict[str, Any], tier: str | None) -> tuple[PolicyAnswer, int | None]:
-        """The answer, and its `used_bound`."""
+    async def _evaluate(
+        self, document: dict[str, Any], tier: str | None
+    ) -> tuple[PolicyAnswer, tuple[int, int] | None]:
+        """The answer, and the range of `used` it holds for (`used_floor`..`used_bound`)."""
         try:
             raw = await self.engine.evaluate(DECISION_PATH, document)
-            return parse_answer(raw), used_bound(raw)
+            return parse_answer(raw), used_range(raw)
         except (TierError, PolicyAnswerError) as exc:
             kind = getattr(exc, "code", "bad_answer")
             self.metrics.engine_errors.labels(kind).inc()
