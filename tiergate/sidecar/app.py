@@ -276,7 +276,7 @@ async def _start_shadow(
 
 def _reloaded(app: web.Application, revision: str) -> None:
     app[METRICS].reloads.labels("ok").inc()
-    app[DECISIONS].cache.clear()  # answers of the previous revision
+    app[DECISIONS].rewarm()  # answers of the previous revision go; the recent ones are re-decided
     log.info("policy_reloaded", revision=revision)
 
 

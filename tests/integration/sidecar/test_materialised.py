@@ -13,10 +13,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
+import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pytest
 import structlog
 
 from tiergate.feed import FeedAccount, FeedChange, FeedUsage
@@ -24,6 +28,7 @@ from tiergate.models import Account, Decision, Status, UsageCounter
 from tiergate.periods import rfc3339
 from tiergate.policy.bundle import load_bundle
 from tiergate.policy.embedded import EmbeddedEngine
+from tiergate.sidecar.decisions import service as service_module
 from tiergate.sidecar.decisions.cache import DecisionCache
 from tiergate.sidecar.decisions.policy_io import period_for
 from tiergate.sidecar.decisions.service import DecisionService
@@ -252,6 +257,78 @@ async def test_answers_over_the_limit_hold_until_a_correction_brings_usage_back(
     await engine.close()
     reader.close()
     writer.db.close()
+
+
+async def test_after_a_snapshot_the_recent_answers_are_decided_again_in_the_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot (a new replica generation) drops every answer; the warm start re-decides the
+    most recently decided ones, newest first, from the new data and under its share of the loop's
+    time: the checks that follow are hits, equal to fresh evaluations of the new data."""
+    monkeypatch.setattr(service_module, "REMATERIALISE_MAX", 30)
+    monkeypatch.setattr(service_module, "REMATERIALISE_SLICE_S", EVAL_S * 2.5)
+    path = tmp_path / "replica.db"
+    writer = ReplicaWriter(open_replica(path))
+    rng = random.Random(41)
+    tenants = [f"w{i}" for i in range(40)]
+    writer.replace_all([random_account(rng, t, START) for t in tenants], [], data_as_of=START, position=0)
+    reader = ReplicaReader(path)
+    engine = SlowEngine(compiled=True)
+    await engine.load(load_bundle(ROOT / "policies", ROOT / "plans" / "plans.yaml"))
+    materialised, fresh = (
+        DecisionService(
+            reader,
+            engine,
+            SidecarMetrics(replica_age=lambda: 0.0),
+            cache=DecisionCache(size, ttl_s=0.0),
+            ledger=UsageLedger(),
+            log_sample=0.0,
+            log_denies=False,
+            clock=lambda: START.timestamp(),
+        )
+        for size in (100_000, 0)
+    )
+    for tenant in tenants:  # w39 is the most recently decided
+        await materialised.decide(tenant, "reports")
+    snapshot = [random_account(rng, t, START) for t in tenants]  # new tiers and statuses
+    writer.replace_all(snapshot, [], data_as_of=START, position=1)
+    adopted = asyncio.Event()
+    reader.subscribe(lambda meta, tenants: adopted.set() if tenants is None else None)
+    started = time.perf_counter()
+    reader.refresh()  # read whole on a thread; the answers go when it is adopted
+    await asyncio.wait_for(adopted.wait(), 30)
+    await materialised.wait_rematerialised()
+    elapsed = time.perf_counter() - started
+    assert materialised.counts.rematerialised == 30  # REMATERIALISE_MAX, the newest first
+    hits = materialised.counts.hits
+    for tenant in reversed(tenants[10:]):
+        got = orjson.loads(await materialised.decide_json(tenant, "reports"))
+        want = orjson.loads(orjson.dumps(await fresh.decide(tenant, "reports")))
+        assert {**got, "decision_id": ""} == {**want, "decision_id": ""}
+    assert materialised.counts.hits - hits == 30, "the 30 newest were not all answered from memory"
+    assert materialised.cache.get("w0", "reports", 1, START.timestamp(), False) is None  # the oldest
+    # The share: each evaluation here costs at least EVAL_S, so 30 of them at a quarter of the
+    # loop's time were spread over at least 4x their time (less the last slice, not followed by a pause).
+    work = 30 * EVAL_S
+    slack = service_module.REMATERIALISE_SLICE_S
+    # the documented share: a quarter of the loop
+    assert elapsed >= work * 4 - 3 * slack, f"{elapsed:.3f} s"
+    await engine.close()
+    reader.close()
+    writer.db.close()
+
+
+EVAL_S = 0.002
+
+
+class SlowEngine(EmbeddedEngine):
+    """regorus, each evaluation made to take at least EVAL_S of CPU (a policy that costs more)."""
+
+    async def evaluate(self, path: str, document: Mapping[str, Any]) -> Any:
+        until = time.perf_counter() + EVAL_S
+        while time.perf_counter() < until:
+            pass
+        return await super().evaluate(path, document)
 
 
 async def test_a_rendered_deny_logs_the_line_a_decided_one_does(tmp_path: Path) -> None:

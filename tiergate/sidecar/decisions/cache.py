@@ -247,6 +247,17 @@ class DecisionCache:
         entries = self._tenants.get(tenant)
         return entries is not None and entry_key(feature, quantity) in entries
 
+    def keys_newest_first(self, limit: int) -> list[tuple[str, str, int]]:
+        """Up to `limit` (tenant, feature, quantity) keys held, the most recently written tenant's
+        first (what a warm start re-decides after everything is dropped)."""
+        keys: list[tuple[str, str, int]] = []
+        for tenant in reversed(self._tenants):
+            for key in self._tenants[tenant]:
+                if len(keys) >= limit:
+                    return keys
+                keys.append((tenant, key, 1) if isinstance(key, str) else (tenant, *key))
+        return keys
+
     def clear(self) -> None:
         self.epoch += 1
         self._tenants.clear()

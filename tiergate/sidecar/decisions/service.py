@@ -40,8 +40,13 @@ log = host_safe_logger("tiergate.sidecar")  # also runs inside a host app (Local
 
 # The policy's declaration of what a decision reads of input.usage ("feature": its own counter).
 USAGE_SCOPE_PATH = "data.tiergate.entitlements.usage_scope"
-# Most answers waiting to be re-decided after feed batches dropped them.
+# Most answers waiting to be re-decided after feed batches dropped them, or after a snapshot or a
+# policy reload dropped them all (the warm start: the most recently decided first).
 REMATERIALISE_MAX = 10_000
+# The background re-decisions' share of the event loop's time: after each slice of work they
+# sleep so that live requests keep at least the rest (ADR 41).
+REMATERIALISE_CPU_SHARE = 0.25
+REMATERIALISE_SLICE_S = 0.005
 # A decision's log line, in this order.
 LOGGED_FIELDS = (
     "decision_id",
@@ -158,7 +163,7 @@ class DecisionService:
                 self.records.forget(tenant)
         if tenants is None or meta.generation != self._generation:
             self._generation = meta.generation
-            self.cache.clear()
+            self.rewarm()
             if self.records is not None:
                 self.records.forget(None)
         else:
@@ -207,30 +212,52 @@ class DecisionService:
                 return
             self._rematerialiser = loop.create_task(self._rematerialise(), name="rematerialise")
 
+    def rewarm(self) -> None:
+        """Drop every answer (a snapshot, an import, a policy reload) and re-decide in the
+        background the REMATERIALISE_MAX most recently decided, newest first: the first minute
+        after the change is not all misses."""
+        keys = self.cache.keys_newest_first(REMATERIALISE_MAX)
+        self.cache.clear()
+        self._to_rematerialise.clear()  # of the old data: those still asked are among `keys`
+        self.rematerialise_soon(keys)
+
+    async def wait_rematerialised(self) -> None:
+        """Wait until the background re-decisions queued so far are done (tests, benchmarks)."""
+        while self._rematerialiser is not None and not self._rematerialiser.done():
+            await asyncio.shield(self._rematerialiser)
+
     async def _rematerialise(self) -> None:
+        spent = 0.0
         while self._to_rematerialise:
             await asyncio.sleep(0)  # requests first: one evaluation between them at a time
-            tenant, feature, quantity = self._to_rematerialise.popleft()
-            if self.ledger.in_flight(tenant) or self.cache.holds(tenant, feature, quantity):
-                continue
-            now = self.clock()
-            age = self.replica_age(now)
-            epoch = self.cache.epoch
-            answer, bound, _ = await self._decide_fresh(tenant, feature, quantity, now, age)
-            if answer.reason != "policy_error":
-                valid_until = expiry_epoch(answer.valid_until)
-                stale = self.is_stale(age)
-                self.cache.put(
-                    tenant,
-                    feature,
-                    quantity,
-                    Materialised.of(answer, bound),
-                    now=now,
-                    valid_until=valid_until,
-                    stale=stale,
-                    epoch=epoch,
-                )
-                self.counts.rematerialised += 1
+            if spent >= REMATERIALISE_SLICE_S:  # then a pause: at most the share of the loop's time
+                await asyncio.sleep(spent * (1 - REMATERIALISE_CPU_SHARE) / REMATERIALISE_CPU_SHARE)
+                spent = 0.0
+            if not self._to_rematerialise:
+                break
+            started = time.perf_counter()
+            await self._rematerialise_one(*self._to_rematerialise.popleft())
+            spent += time.perf_counter() - started
+
+    async def _rematerialise_one(self, tenant: str, feature: str, quantity: int) -> None:
+        if self.ledger.in_flight(tenant) or self.cache.holds(tenant, feature, quantity):
+            return
+        now = self.clock()
+        age = self.replica_age(now)
+        epoch = self.cache.epoch
+        answer, bound, _ = await self._decide_fresh(tenant, feature, quantity, now, age)
+        if answer.reason != "policy_error":
+            self.cache.put(
+                tenant,
+                feature,
+                quantity,
+                Materialised.of(answer, bound),
+                now=now,
+                valid_until=expiry_epoch(answer.valid_until),
+                stale=self.is_stale(age),
+                epoch=epoch,
+            )
+            self.counts.rematerialised += 1
 
     def _adopt(self, meta: ReplicaMeta) -> None:
         self._as_of_epoch = meta.data_as_of.timestamp() if meta.data_as_of else None
