@@ -41,7 +41,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -454,6 +454,29 @@ def measure(
 # -- in process ------------------------------------------------------------------------------
 
 
+async def metered_check(service: Any, reader: Any, hot: list[str]) -> Callable[[], Awaitable[object]] | None:
+    """GET /v1/check's path for a metered allow, each call after one unit of the feature's usage
+    recorded (or taken back, alternately, to stay under the limit): the answer survives it."""
+    from tiergate.periods import rfc3339
+    from tiergate.sidecar.decisions.policy_io import period_for
+
+    now = datetime.now(UTC)
+    await service.learn_usage_scope()
+    for tenant in hot:
+        decision = await service.decide(tenant, METERED_FEATURE)
+        if decision.allow and decision.limit is not None and decision.remaining > 10:
+            start = period_for(reader.account(tenant), now, rfc3339(now) or "")[0]
+            return functools.partial(
+                _metered_check, service, (tenant, METERED_FEATURE, start), itertools.cycle((1, -1))
+            )
+    return None
+
+
+async def _metered_check(service: Any, key: tuple[str, str, str], steps: Iterator[int]) -> object:
+    service.ledger.add(key, next(steps))
+    return await service.decide_json(key[0], key[1])
+
+
 def per_call_us(samples_ns: list[int]) -> dict[str, float]:
     ordered = sorted(samples_ns)
     return {
@@ -584,6 +607,9 @@ async def in_process(
                 figures["decide_json_cache_hit_deny_logged"] = await time_async(
                     lambda: service.decide_json(*denied), n
                 )
+        metered = await metered_check(service, reader, hot)
+        if metered is not None:  # each check after a usage change of its feature (ADR 40)
+            figures["decide_json_metered_hit"] = await time_async(metered, n)
         figures["decide_cache_miss_same_key"] = await time_async(
             lambda: uncached.decide(tenant, feature), n // 4
         )
@@ -806,6 +832,7 @@ def print_table(scenarios: list[Scenario], results: dict[str, Any]) -> None:
             "decide_cache_hit_deny_logged",
             "decide_json_cache_hit",
             "decide_json_cache_hit_deny_logged",
+            "decide_json_metered_hit",
             "decide_cache_miss_same_key",
             "decide_cache_miss_mixed",
             "engine_eval",
@@ -817,6 +844,12 @@ def print_table(scenarios: list[Scenario], results: dict[str, Any]) -> None:
             if f is None:
                 continue
             print(f"  {name:<32} p50 {f['p50_us']:>7.2f}  p99 {f['p99_us']:>7.2f}  mean {f['mean_us']:>7.2f}")
+        plain, metered = inproc.get("decide_json_cache_hit"), inproc.get("decide_json_metered_hit")
+        if plain and metered:
+            ratio_metered = metered["mean_us"] / plain["mean_us"]
+            print(
+                f"  metered check (after a usage change) / plain check, mean: {ratio_metered:.2f} (target <= 1.2)"
+            )
         print("  hit path, piece by piece (mean):")
         for name, value in inproc["hit_path_pieces_us"].items():
             print(f"    {name:<52} {value:>6.2f}")
