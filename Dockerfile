@@ -35,7 +35,8 @@ RUN --mount=type=secret,id=ca \
 RUN python3 -m venv /opt/tiergate
 ENV PATH=/opt/tiergate/bin:$PATH
 
-# Every runtime dependency from the lock, hashes required (docs/adr/0025), then this repository's
+# Every runtime dependency from the lock, the otel extra's included (tracing needs no rebuild),
+# hashes required (docs/adr/0025), then this repository's
 # two projects without dependencies: tiergate-client (the clients and the core models) and tiergate.
 COPY requirements/runtime.txt requirements/runtime.txt
 RUN --mount=type=secret,id=ca \

@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml requirements/dev.txt requ
 	$(PIP) install --require-hashes -r requirements/dev.txt
 	$(PIP) install --require-hashes --no-deps --ignore-requires-python -r requirements/opa-reference.txt
 	$(PIP) install --no-deps --no-build-isolation -e clients/python -e .
-	# xds-protos carries an older copy of OpenTelemetry's protos under the same path; pip installs
-	# alphabetically, so put opentelemetry-proto's own files back (its pin and hashes from the lock).
+	# xds-protos (a dev dependency only: the tests' Envoy client, ADR 29) carries an older copy of
+	# OpenTelemetry's protos under the same path; pip installs alphabetically, so put
+	# opentelemetry-proto's own files back (its pin and hashes from the lock).
 	awk '/^opentelemetry-proto==/{p=1} p{print; if ($$0 !~ /\\$$/) exit}' requirements/dev.txt > $(VENV)/otel-proto.txt
 	$(PIP) install --require-hashes --no-deps --force-reinstall -r $(VENV)/otel-proto.txt
 	touch $(STAMP)
@@ -34,7 +35,7 @@ COMPILE = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --gene
 	--no-emit-package tiergate-client --custom-compile-command "make lock" $(UPGRADE)
 lock:
 	test -x $(BIN)/uv || { test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); $(PIP) install 'uv~=0.13.10'; }
-	$(COMPILE) pyproject.toml requirements/runtime.in -o requirements/runtime.txt
+	$(COMPILE) pyproject.toml --extra otel requirements/runtime.in -o requirements/runtime.txt
 	$(COMPILE) pyproject.toml --extra dev requirements/dev.in -o requirements/dev.txt
 	$(COMPILE) requirements/client.in -o requirements/client.txt
 	$(COMPILE) requirements/client-gates.in -o requirements/client-gates.txt

@@ -103,5 +103,10 @@ if [ "$ENGINE" = docker ]; then
 else
   podman save --quiet --format docker-archive -o "$OUT/tiergate-image.tar" "$IMAGE"
 fi
+# The image this one replaces under the same tag is left untagged: remove it, so rebuilds do not
+# fill the store (a container still using it keeps it; its build cache stays with the new one).
+if [ -f "$OUT/tiergate-image.id" ] && [ "$(cat "$OUT/tiergate-image.id")" != "$id" ]; then
+  $ENGINE rmi "$(cat "$OUT/tiergate-image.id")" >/dev/null 2>&1 || true
+fi
 mv "$OUT/tiergate-image.id.new" "$OUT/tiergate-image.id"
 echo "image/build.sh: $IMAGE ($id): $OUT/tiergate-image.tar, $OUT/tiergate-image.cdx.json" >&2

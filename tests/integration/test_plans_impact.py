@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,38 @@ def test_impact_names_who_gains_loses_and_is_over_a_new_limit(tmp_path: Path, ca
     assert (price["tier"], price["interval"], price["candidate"]["unit_amount"]) == ("pro", "month", 5900)
     assert price["tenants"] == sum(1 for a in ACCOUNTS if a["tier"] == "pro")
     assert report["tenants"] == len({a["tenant"] for a in ACCOUNTS} | {u["tenant"] for u in USAGE})
+
+
+def test_a_tenants_overrides_count_as_the_sidecar_would_count_them(tmp_path: Path, candidate: Path) -> None:
+    """pro-active's override of api_calls keeps it under the candidate's lower limit, and
+    starter-active's override already grants sso: neither is reported."""
+    replica = tmp_path / "replica.db"
+    write_replica(replica, ACCOUNTS, USAGE)
+    with sqlite3.connect(replica) as conn:
+        conn.executemany(
+            "INSERT INTO overrides (tenant, feature, value, expires_at) VALUES (?, ?, ?, NULL)",
+            [("pro-active", "api_calls", '{"limit":200000}'), ("starter-active", "sso", "true")],
+        )
+    report = json.loads(
+        run(
+            str(candidate),
+            "--current",
+            str(ROOT / "plans" / "plans.yaml"),
+            "--current-policies",
+            str(ROOT / "policies"),
+            "--impact",
+            "--replica",
+            str(replica),
+            "--workers",
+            "1",
+            "--json",
+        )
+    )
+    features = report["features"]
+    assert features["api_calls"]["over_limit"] == 0
+    assert "pro-active" not in features["api_calls"]["examples"].get("limit_changed", [])
+    assert features["sso"]["gain"] == 0
+    assert features["reports"]["examples"]["lose"] == ["starter-active"]  # no override there
 
 
 def test_a_candidate_policy_directory_and_the_table(tmp_path: Path) -> None:

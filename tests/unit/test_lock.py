@@ -17,7 +17,7 @@ OURS = {"tiergate", "tiergate-client"}
 
 # lock file -> the requirements it must satisfy (the lock's roots), as `make lock` compiles it
 LOCKS: dict[str, list[Requirement]] = {
-    "runtime.txt": requirements(SERVER) + requirements(CLIENT),
+    "runtime.txt": requirements(SERVER, "otel") + requirements(CLIENT),
     "dev.txt": requirements(SERVER, "dev") + requirements(CLIENT, "aio", "fastapi"),
     "client.txt": requirements(CLIENT),
     "client-gates.txt": requirements(CLIENT, "aio", "fastapi"),

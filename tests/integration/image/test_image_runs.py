@@ -147,3 +147,13 @@ def test_the_healthcheck_passes(stack: Stack, role: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr + container.logs()
     state = podman("inspect", "--format", "{{.State.Health.Status}}", container.name).stdout.strip()
     assert state == "healthy"
+
+
+def test_tracing_is_installed_and_envoys_protos_are_not(stack: Stack) -> None:
+    """The image holds the otel extra (OTLP tracing needs no rebuild) and no xds-protos: the sidecar
+    declares the ext_authz messages it needs (docs/adr/0029)."""
+    traced = "from tiergate.tracing import Tracing; Tracing('sync-daemon', 'http://127.0.0.1:9/v1/traces')"
+    result = stack.daemon.exec("python", "-c", traced)
+    assert result.returncode == 0, result.stderr
+    absent = "import importlib.util as u; print([m for m in ('envoy', 'xds', 'udpa') if u.find_spec(m)])"
+    assert stack.daemon.exec("python", "-c", absent).stdout.strip() == "[]"

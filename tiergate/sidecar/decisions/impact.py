@@ -9,6 +9,7 @@ unless a policy reads `input.tenant`), and the tenants are split over worker pro
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
 import os
 import sqlite3
@@ -32,7 +33,7 @@ from tiergate.policy.embedded import EmbeddedEngine
 from tiergate.policy.engine import DECISION_PATH, PolicyBundle
 from tiergate.sidecar.decisions.impact_report import Change, FeatureImpact, ImpactReport
 from tiergate.sidecar.decisions.policy_io import account_document, period_for
-from tiergate.sidecar.replica.store import SELECT_ACCOUNTS, AccountRow
+from tiergate.sidecar.replica.store import SELECT_ACCOUNTS, AccountRow, every_override
 
 CHUNK = 2_000  # tenants per worker task
 
@@ -42,6 +43,7 @@ class TenantState:
     tenant: str
     account: AccountRow | None
     usage: Mapping[str, Mapping[str, Amount]]  # period_start -> code -> value
+    overrides: Mapping[str, Any]  # feature -> {value, expires_at}, as the policy reads them
 
 
 def classify(current: PolicyAnswer, candidate: PolicyAnswer) -> Change | None:
@@ -56,7 +58,8 @@ def classify(current: PolicyAnswer, candidate: PolicyAnswer) -> Change | None:
 
 
 def read_tenants(replica: Path) -> list[TenantState]:
-    """Every tenant with an account or a usage counter, read once through a read-only connection."""
+    """Every tenant with an account, a usage counter or an override, read once through a read-only
+    connection."""
     if not replica.is_file():
         raise ReplicaError(f"replica {replica} does not exist (TIERGATE_REPLICA_PATH or --replica)")
     conn = sqlite3.connect(f"file:{replica}?mode=ro", uri=True)
@@ -67,12 +70,13 @@ def read_tenants(replica: Path) -> list[TenantState]:
             "SELECT tenant, code, period_start, value FROM usage"
         ):
             usage.setdefault(tenant, {}).setdefault(period_start, {})[code] = from_stored(value)
+        overrides = every_override(conn)
     except sqlite3.Error as exc:
         raise ReplicaError(f"cannot read replica {replica}: {exc}") from exc
     finally:
         conn.close()
-    names = sorted(set(accounts) | set(usage))
-    return [TenantState(t, accounts.get(t), usage.get(t, {})) for t in names]
+    names = sorted(set(accounts) | set(usage) | set(overrides))
+    return [TenantState(t, accounts.get(t), usage.get(t, {}), overrides.get(t, {})) for t in names]
 
 
 def run_impact(
@@ -185,7 +189,8 @@ def _impact_of(tenants: Sequence[TenantState]) -> tuple[dict[str, FeatureImpact]
         usage = state.usage.get(period[0], {})
         tier = row.tier if row else None
         # The memo key holds exactly what build_input reads (the account's decision fields).
-        shared = (row[1:9] if row else None, period, tuple(sorted(usage.items())))
+        overridden = json.dumps(state.overrides, sort_keys=True) if state.overrides else ""
+        shared = (row[1:9] if row else None, period, tuple(sorted(usage.items())), overridden)
         account = account_document(row)
         for feature in features:
             document = partial(
@@ -198,6 +203,7 @@ def _impact_of(tenants: Sequence[TenantState]) -> tuple[dict[str, FeatureImpact]
                 usage=usage,
                 period=period,
                 replica_age_s=0.0,
+                overrides=state.overrides,
             )
             key = (feature, *shared)
             before = live.decide((state.tenant, *key) if live.per_tenant else key, document, tier)

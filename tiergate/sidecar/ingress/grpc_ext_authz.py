@@ -9,14 +9,11 @@ from typing import Any
 
 import grpc
 from aiohttp import web
-from envoy.config.core.v3 import base_pb2
-from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
-from envoy.type.v3 import http_status_pb2
-from google.rpc import code_pb2, status_pb2
 from multidict import CIMultiDict
 
 from tiergate.errors import BadRequestError, SettingsError
 from tiergate.sidecar.api.authz import GATE
+from tiergate.sidecar.ingress import envoy_protos as envoy
 from tiergate.sidecar.ingress.gate import IngressGate
 from tiergate.sidecar.ingress.hook import Verdict
 from tiergate.sidecar.state import SETTINGS
@@ -24,14 +21,13 @@ from tiergate.sidecar.state import SETTINGS
 GRPC_PORT = web.AppKey("authz_grpc_port", int)  # the bound port (TIERGATE_AUTHZ_GRPC_PORT may be 0)
 # An HTTP status as the gRPC status Envoy logs and counts (the client gets the HTTP one).
 GRPC_CODES = {
-    200: code_pb2.OK,
-    400: code_pb2.INVALID_ARGUMENT,
-    401: code_pb2.UNAUTHENTICATED,
-    403: code_pb2.PERMISSION_DENIED,
-    429: code_pb2.RESOURCE_EXHAUSTED,
-    503: code_pb2.UNAVAILABLE,
+    200: envoy.GRPC_OK,
+    400: envoy.GRPC_INVALID_ARGUMENT,
+    401: envoy.GRPC_UNAUTHENTICATED,
+    403: envoy.GRPC_PERMISSION_DENIED,
+    429: envoy.GRPC_RESOURCE_EXHAUSTED,
+    503: envoy.GRPC_UNAVAILABLE,
 }
-OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
 def hook_call(request: Any) -> tuple[CIMultiDict[str], str, str]:
@@ -69,26 +65,24 @@ def check_response(verdict: Verdict, client_headers: CIMultiDict[str]) -> Any:
     X-Tiergate-* header is removed before the upstream. Deny: the hook's status, headers and body."""
     if verdict.allow:
         forged = sorted({n.lower() for n in client_headers if n.lower().startswith("x-tiergate-")})
-        ok = external_auth_pb2.OkHttpResponse(
+        ok = envoy.OkHttpResponse(
             headers=[_header(name, value) for name, value in verdict.headers.items()],
             headers_to_remove=[n for n in forged if n not in {k.lower() for k in verdict.headers}],
         )
-        return external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK), ok_response=ok)
+        return envoy.CheckResponse(status=envoy.Status(code=envoy.GRPC_OK), ok_response=ok)
     headers = verdict.headers | {"Content-Type": "application/json"}
-    denied = external_auth_pb2.DeniedHttpResponse(
-        status=http_status_pb2.HttpStatus(code=verdict.status),  # the HTTP code is the enum value
+    denied = envoy.DeniedHttpResponse(
+        status=envoy.HttpStatus(code=verdict.status),  # the HTTP code is the enum value
         headers=[_header(name, value) for name, value in headers.items()],
         body=json.dumps(verdict.body or {}, default=_as_json, separators=(",", ":")),
     )
-    code = GRPC_CODES.get(verdict.status, code_pb2.PERMISSION_DENIED)
-    return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=code, message=verdict.reason), denied_response=denied
-    )
+    code = GRPC_CODES.get(verdict.status, envoy.GRPC_PERMISSION_DENIED)
+    return envoy.CheckResponse(status=envoy.Status(code=code, message=verdict.reason), denied_response=denied)
 
 
 def _header(name: str, value: str) -> Any:
-    return base_pb2.HeaderValueOption(
-        header=base_pb2.HeaderValue(key=name, value=value), append_action=OVERWRITE
+    return envoy.HeaderValueOption(
+        header=envoy.HeaderValue(key=name, value=value), append_action=envoy.OVERWRITE_IF_EXISTS_OR_ADD
     )
 
 
@@ -99,11 +93,21 @@ def _as_json(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-class Authorization(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc] # generated, untyped
+class Authorization:
+    """Envoy's Authorization service: its one method, Check."""
+
     def __init__(self, gate: IngressGate) -> None:
         self.gate = gate
 
-    async def Check(self, request: Any, context: Any) -> Any:
+    def handler(self) -> grpc.GenericRpcHandler:
+        check = grpc.unary_unary_rpc_method_handler(
+            self.check,
+            request_deserializer=envoy.CheckRequest.FromString,
+            response_serializer=envoy.CheckResponse.SerializeToString,
+        )
+        return grpc.method_handlers_generic_handler(envoy.SERVICE, {"Check": check})
+
+    async def check(self, request: Any, context: Any) -> Any:
         try:
             headers, method, path = hook_call(request)
         except BadRequestError as exc:
@@ -116,7 +120,7 @@ async def grpc_ctx(app: web.Application) -> AsyncIterator[None]:
     """After the ingress gate's context; serves until the app stops."""
     settings = app[SETTINGS]
     server = grpc.aio.server()
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(Authorization(app[GATE]), server)
+    server.add_generic_rpc_handlers((Authorization(app[GATE]).handler(),))
     address = f"{settings.authz_grpc_host}:{settings.authz_grpc_port}"
     try:
         port = server.add_insecure_port(address)

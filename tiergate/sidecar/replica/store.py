@@ -771,3 +771,9 @@ def _duplicates(items: Iterator[str]) -> set[str]:
     for item in items:
         (twice if item in seen else seen).add(item)
     return twice
+
+
+def every_override(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+    """Every tenant's overrides in a replica file, as the policy reads them (tenant -> feature ->
+    {value, expires_at})."""
+    return _overrides_by_tenant(conn.execute(_SELECT_OVERRIDES))
