@@ -19,6 +19,7 @@ from tiergate.policy.engine import PolicyEngine
 from tiergate.serve import Listener, serve
 from tiergate.sidecar.api.authz import add_authz_routes
 from tiergate.sidecar.api.check import add_routes
+from tiergate.sidecar.api.front import front
 from tiergate.sidecar.api.guard import add_unrouted
 from tiergate.sidecar.api.listeners import AUTHZ_LISTENER_PORTS, DIAGNOSTICS_LISTENER_PORTS
 from tiergate.sidecar.api.usage import add_usage_routes
@@ -323,4 +324,6 @@ def run(settings: SidecarSettings) -> None:
         bounds=settings.listener_bounds,
         hits=app[BOUND_HITS],
         loop_factory=loop_factory,
+        # The main port answers plain checks on the raw path, everything else on aiohttp (ADR 39).
+        fronts={"main": front(lambda: app[DECISIONS].decide_json, settings.listener_bounds, app[BOUND_HITS])},
     )
