@@ -51,7 +51,8 @@ class FrontProtocol(asyncio.Protocol):
         lend: Callable[[], asyncio.Protocol],
         track: Track,
     ) -> None:
-        self._check = CheckProtocol(decide, bounds, hits, set())
+        self._decide, self._bounds, self._hits = decide, bounds, hits
+        self._check: CheckProtocol | None = None  # made on the first plain check
         self._lend, self._track = lend, track
         self._idle_timeout_s = bounds.idle_timeout_s
         self._transport: asyncio.Transport | None = None
@@ -63,17 +64,17 @@ class FrontProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self._track(self, True)
-        self._check.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._track(self, False)
-        self._check.connection_lost(exc)
+        if self._check is not None:
+            self._check.connection_lost(exc)
         self._transport = None
 
     def data_received(self, data: bytes) -> None:
         self._last_active = time.monotonic()
         self._buffer += data
-        if self._handing_over or self._check.closing:
+        if self._handing_over or (self._check is not None and self._check.closing):
             return
         buffer = self._buffer
         while buffer:
@@ -83,8 +84,9 @@ class FrontProtocol(asyncio.Protocol):
                 return
             request = bytes(buffer[: end + len(_HEAD_END)])
             del buffer[: end + len(_HEAD_END)]
-            self._check.data_received(request)
-            if self._check.closing:
+            check = self._checker()
+            check.data_received(request)
+            if check.closing:
                 buffer.clear()
                 return
 
@@ -98,10 +100,17 @@ class FrontProtocol(asyncio.Protocol):
     def sweep(self, now: float) -> None:
         """Close a connection idle on the front longer than TIERGATE_IDLE_TIMEOUT_S."""
         transport = self._transport
-        if transport is None or self._handing_over or self._check.answering:
+        if transport is None or self._handing_over or (self._check is not None and self._check.answering):
             return
         if now - self._last_active > self._idle_timeout_s:
             transport.close()
+
+    def _checker(self) -> CheckProtocol:
+        if self._check is None:
+            self._check = CheckProtocol(self._decide, self._bounds, self._hits, set())
+            assert self._transport is not None
+            self._check.connection_made(self._transport)
+        return self._check
 
     def _hand_over(self) -> None:
         if self._handing_over:
@@ -109,7 +118,10 @@ class FrontProtocol(asyncio.Protocol):
         self._handing_over = True
         if self._transport is not None:
             self._transport.pause_reading()
-        self._check.when_answered(self._lend_now)
+        if self._check is None:
+            self._lend_now()
+        else:
+            self._check.when_answered(self._lend_now)
 
     def _lend_now(self) -> None:
         transport = self._transport
