@@ -714,3 +714,81 @@ test_a_license_belongs_to_its_tenant_only if {
 	d.allow == true
 	d.license_grace_until == null
 }
+
+# -- which rule decided (what `tiergate explain` names) ----------------------------------------------
+
+decided(doc) := r if {
+	r := entitlements.decided_by with input as doc with data.plans as fixture_plans
+}
+
+decided_sold(doc) := r if {
+	r := entitlements.decided_by with input as doc with data.plans as selling_plans
+}
+
+overdue_pro := subscribed("reports", "pro", "past_due", {"past_due_since": "2026-11-10T00:00:00Z"})
+
+test_decided_by_names_the_rule_of_each_branch_of_the_decision if {
+	decided(request("teleport")) == {"rule": "known_feature", "tier": "free", "addons": []}
+	decided(with_override(overdue_pro, "reports", true, null)) == {"rule": "override", "tier": "free", "addons": []}
+	decided(overdue_pro) == {"rule": "restriction", "tier": "free", "addons": []}
+	decided(subscribed("reports", "pro", "unpaid", {})).rule == "restriction"
+	decided(request("reports")) == {"rule": "tier_value", "tier": "free", "addons": []}
+	decided(subscribed("reports", "pro", "active", {})) == {"rule": "tier_value", "tier": "pro", "addons": []}
+	decided(request_with("api_calls", {"usage": {"api_calls": 100}})) == {"rule": "metered", "tier": "free", "addons": []}
+	decided(licensed("sso", "2026-12-15T00:00:00Z")).rule == "license_expired"
+	stale := entitlements.decided_by with input as request_with("dashboards", {"replica": {"age_seconds": 120}})
+		with data.plans as fixture_plans
+		with data.tiergate.entitlements.max_replica_age_seconds as 60
+	stale.rule == "replica_stale"
+}
+
+# A restricted account whose paid tier would deny too: the default tier's own answer decided.
+test_decided_by_is_the_tier_when_the_restriction_changes_nothing if {
+	overdue_free_feature := subscribed("dashboards", "pro", "past_due", {"past_due_since": "2026-11-10T00:00:00Z"})
+	decided(overdue_free_feature) == {"rule": "tier_value", "tier": "free", "addons": []}
+	decide(overdue_free_feature).reason == "ok"
+}
+
+test_decided_by_names_the_addons_that_changed_the_answer if {
+	storage := subscribed("storage_gb", "pro", "active", {"addons": {"extra_storage": 2}})
+	decided_sold(storage) == {"rule": "metered", "tier": "pro", "addons": ["extra_storage"]}
+	decided_sold(subscribed("sso", "pro", "active", {"addons": {"sso_pack": 1}})).addons == ["sso_pack"]
+	# unlimited stays unlimited: the credits changed nothing
+	decided_sold(subscribed("reports", "pro", "active", {"addons": {"reports_credits": 3}})).addons == []
+	# not granted: the add-ons do not count
+	overdue := {"past_due_since": "2026-11-01T00:00:00Z", "addons": {"sso_pack": 1}}
+	decided_sold(subscribed("sso", "pro", "past_due", overdue)).addons == []
+}
+
+# `decided_by` follows `decision`: over every feature, tier and status, its tier is the decision's,
+# and its rule matches the decision's reason.
+test_decided_by_agrees_with_every_decision if {
+	every feature in ["api_calls", "dashboards", "reports", "exports", "sso", "made_up"] {
+		every tier in ["free", "pro", "enterprise"] {
+			every status in ["active", "trialing", "past_due", "unpaid", "canceled"] {
+				doc := with_usage(
+					subscribed(feature, tier, status, {"trial_end": "2026-11-20T00:00:00Z", "past_due_since": "2026-11-01T00:00:00Z"}),
+					{"api_calls": 1000},
+				)
+				d := decide(doc)
+				r := decided(doc)
+				r.tier == d.tier
+				rule_for_reason(d, r.rule)
+			}
+		}
+	}
+}
+
+rule_for_reason(d, "known_feature") if d.reason == "unknown_feature"
+
+rule_for_reason(d, "restriction") if d.reason in {"payment_overdue", "trial_expired", "subscription_inactive"}
+
+rule_for_reason(d, "metered") if {
+	d.reason in {"ok", "limit_exceeded"}
+	d.limit != null
+}
+
+rule_for_reason(d, "tier_value") if {
+	d.reason in {"ok", "not_in_plan"}
+	d.limit == null
+}

@@ -35,10 +35,18 @@ async def plans_client(base: str, api_key: str, product: str) -> AsyncIterator[s
 
 
 async def subscribe(
-    api: stripe.StripeClient, tenant: str, plan: str, quantity: int = 1, card: str = "pm_card_visa"
+    api: stripe.StripeClient,
+    tenant: str,
+    plan: str,
+    quantity: int = 1,
+    card: str = "pm_card_visa",
+    email: str | None = None,
 ) -> stripe.Subscription:
-    """customer (metadata tenant_id) -> `card` as default payment method -> subscription on a Plan."""
-    customer = await api.v1.customers.create_async({"metadata": {"tenant_id": tenant}})
+    """customer (metadata tenant_id, `email`) -> `card` as default payment method -> subscription on a Plan."""
+    fields: stripe.params.CustomerCreateParams = {"metadata": {"tenant_id": tenant}}
+    if email is not None:
+        fields["email"] = email
+    customer = await api.v1.customers.create_async(fields)
     method = await api.v1.payment_methods.attach_async(card, {"customer": customer.id})
     await api.v1.customers.update_async(
         customer.id, {"invoice_settings": {"default_payment_method": method.id}}

@@ -69,6 +69,32 @@ def invoice_event(name: str, *, tenant: str | None = "t_alice", **fields: Any) -
     return event
 
 
+def customer_event(
+    kind: str = "customer.created",
+    *,
+    event_id: str = "evt_customer",
+    created: int | None = None,
+    customer_id: str = "cus_fixtureAlice01",
+    tenant: str | None = "t_alice",
+    **fields: Any,
+) -> dict[str, Any]:
+    """A `customer.*` event (created, updated, deleted) whose object carries `fields` (e.g. email)."""
+    customer = {
+        "id": customer_id,
+        "object": "customer",
+        "email": None,
+        "metadata": {"tenant_id": tenant} if tenant is not None else {},
+        **fields,
+    }
+    return {
+        "id": event_id,
+        "object": "event",
+        "type": kind,
+        "created": created if created is not None else int(time.time()),
+        "data": {"object": customer},
+    }
+
+
 def with_object(event: dict[str, Any], **fields: Any) -> dict[str, Any]:
     out = copy.deepcopy(event)
     out["data"]["object"].update(fields)

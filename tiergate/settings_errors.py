@@ -4,11 +4,48 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Iterable, Mapping
 
 from pydantic import ValidationError
 
 SECRET_HINTS = ("key", "secret", "token", "password")
+URL_HINTS = ("url", "dsn", "endpoint")  # may carry a password: shown with it hidden
+_QUERY_SECRET = re.compile(r"(?i)((?:password|passwd|pwd|secret|token|key)=)[^&#]*")
+
+
+def redact_url(value: str) -> str:
+    """`value` (a URL, or what was meant as one) with any password hidden: what follows the user
+    name up to the last `@` (a password may hold `@`, `:` or `/`), and `password=` style query
+    parameters. Never raises, whatever the text."""
+    scheme, sep, rest = value.partition("://")
+    head = scheme + sep if sep else ""
+    if not sep:
+        rest = value
+    if "@" in rest:
+        credentials, _, after = rest.rpartition("@")
+        user, colon, _ = credentials.partition(":")
+        if "/" in user:  # an `@` past the authority (a path or query): nothing to hide before it
+            user, colon = credentials, ""
+        rest = f"{user}{':***' if colon else ''}@{after}"
+    return head + _QUERY_SECRET.sub(r"\1***", rest)
+
+
+def scrub_url(text: str, url: str) -> str:
+    """`text` (a driver's error message, which may quote the URL it was given) with `url` redacted
+    and its password nowhere."""
+    text = text.replace(url, redact_url(url))
+    password = _password_of(url)
+    return text.replace(password, "***") if password else text
+
+
+def _password_of(url: str) -> str | None:
+    rest = url.partition("://")[2] or url
+    credentials, at, _ = rest.rpartition("@")
+    user, colon, password = credentials.partition(":")
+    if not at or not colon or "/" in user or len(password) < 4:  # too short to hide without noise
+        return None
+    return password
 
 
 def describe_settings_error(exc: ValidationError, prefix: str = "TIERGATE_") -> str:
@@ -20,7 +57,13 @@ def describe_settings_error(exc: ValidationError, prefix: str = "TIERGATE_") -> 
         if value is None:
             lines.append(f"missing setting {name}: {message}")
             continue
-        shown = "<hidden>" if any(h in name.lower() for h in SECRET_HINTS) else repr(value)
+        lowered = name.lower()
+        if any(h in lowered for h in SECRET_HINTS):
+            shown = "<hidden>"
+        elif any(h in lowered for h in URL_HINTS):
+            shown = repr(redact_url(value))
+        else:
+            shown = repr(value)
         lines.append(f"invalid setting {name}={shown}: {message}")
     return "\n".join(lines)
 

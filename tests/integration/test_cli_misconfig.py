@@ -269,3 +269,46 @@ def test_sync_full_fails_in_one_line_naming_the_setting(
         "(TIERGATE_MIRROR_PATH): File exists"
     ) in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+PASSWORD = "hunter2-s3cret"
+
+
+@pytest.mark.usefixtures("daemon_env")
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"mysql://admin:{PASSWORD}@db:3306/x", "'mysql://admin:***@db:3306/x'"),
+        (f"postgres ql://u:{PASSWORD}@h/db", "'postgres ql://u:***@h/db'"),
+        (f"u:{PASSWORD}@h/db?password={PASSWORD}", "'u:***@h/db?password=***'"),
+    ],
+)
+def test_an_invalid_mirror_url_is_named_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, url: str, shown: str
+) -> None:
+    monkeypatch.setenv("TIERGATE_MIRROR_URL", url)
+    result = CliRunner().invoke(main, ["sync-daemon"])
+    assert result.exit_code == 2
+    assert f"invalid setting TIERGATE_MIRROR_URL={shown}: must start with postgresql://" in result.output
+    assert PASSWORD not in result.output
+
+
+@pytest.mark.usefixtures("daemon_env")
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://u:{PASSWORD}@[::1/db",  # libpq quotes a URI it cannot parse
+        f"postgresql://u:{PASSWORD}@127.0.0.1:notaport/db",
+        f"postgresql://u:{PASSWORD}@127.0.0.1:5432/db?bogus=1",
+    ],
+)
+def test_a_postgres_url_libpq_refuses_is_reported_without_its_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("TIERGATE_MIRROR_URL", url)
+    monkeypatch.setenv("TIERGATE_PLANS", str(ROOT / "plans" / "plans.yaml"))
+    result = CliRunner().invoke(main, ["sync", "--full"])
+    assert result.exit_code == 1, result.output
+    assert "error: PostgreSQL mirror at postgresql://u:***@" in result.output
+    assert PASSWORD not in result.output
+    assert PASSWORD not in repr(result.exception) and result.exception.__cause__ is None  # type: ignore[union-attr]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tiergate.sidecar.decisions.records import DecisionRecords
+import orjson
+
+from tiergate.models import Decision
+from tiergate.sidecar.decisions.records import PENDING_OVERHEAD, DecisionRecords, Pending
 
 
 def record(n: int, allow: bool = False, pad: int = 0) -> dict[str, Any]:
@@ -68,3 +71,55 @@ def test_a_kept_record_splices_its_input() -> None:
         "decision": {"allow": False},
         "input": {"tenant": "t"},
     }
+
+
+def _pending(decision: Any, input_raw: bytes, allow: bool = False) -> Pending:
+    return Pending(decision, allow, "2026-12-01T00:00:00Z", 42, 3, input_raw)
+
+
+def test_a_pending_record_keeps_references_and_renders_on_read_and_on_shipping() -> None:
+    decision = Decision(
+        allow=False,
+        reason="payment_overdue",
+        tier="free",
+        paid_tier="pro",
+        tenant="t_1",
+        feature="sso",
+        decision_id="d-1",
+        policy_revision="rev",
+        data_as_of="2026-12-01T00:00:00Z",
+    )
+    input_raw = b'{"tenant":"t_1","feature":"sso"}'
+    records = DecisionRecords(1 << 20)
+    first, second = _pending(decision, input_raw), _pending(orjson.dumps(decision.body()), input_raw)
+    records.keep_pending("d-1", first)
+    records.keep_pending("d-2", second)
+    assert first.input_raw is second.input_raw is input_raw  # shared, not copied
+    expected = {
+        "decision_id": "d-1",
+        "at": "2026-12-01T00:00:00Z",
+        "decision": decision.body(),
+        "policy_revision": "rev",
+        "replica": {"position": 42, "data_as_of": "2026-12-01T00:00:00Z"},
+        "account_version": 3,
+        "input": {"tenant": "t_1", "feature": "sso"},
+    }
+    assert records.get("d-1") == expected
+    assert records.get("d-2") == {**expected, "decision_id": "d-2"}  # from the rendered bytes: the same
+    shipped = [orjson.loads(raw) for raw in records.take()]
+    assert shipped == [expected, {**expected, "decision_id": "d-2"}]
+
+
+def test_pending_records_count_their_input_within_the_byte_budget() -> None:
+    input_raw = b'{"pad":"' + b"x" * 1000 + b'"}'
+    size = _pending(b"{}", input_raw).size
+    assert size == PENDING_OVERHEAD + len(input_raw)
+    records = DecisionRecords(size * 2, ship_queue=1)
+    decision = b'{"policy_revision":"r","data_as_of":null}'
+    for n in range(3):
+        records.keep_pending(f"d-{n}", _pending(decision, input_raw))
+    assert [records.get(f"d-{n}") is not None for n in range(3)] == [False, True, True]
+    assert records.bytes == size * 2
+    assert records.waiting == 1 and records.dropped == 2  # the queue's bound holds for pending ones too
+    records.keep_pending("allowed", _pending(decision, input_raw, allow=True))
+    assert records.waiting == 1  # an allow is never shipped

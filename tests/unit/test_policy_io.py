@@ -9,10 +9,12 @@ import pytest
 
 from tiergate.models import PolicyAnswer
 from tiergate.policy.document import (
+    POLICY_ACCOUNT_FIELDS,
     USED_CEILING,
     PolicyAnswerError,
     build_input,
     parse_answer,
+    policy_account,
     policy_error_decision,
     used_range,
 )
@@ -59,6 +61,16 @@ def test_account_document_is_what_the_policy_reads_and_nothing_more() -> None:
     }
     assert account_document(row()._replace(addons=None))["addons"] == {}  # type: ignore[index]  # a row gives a document
     assert account_document(None) is None
+
+
+def test_the_sidecar_and_the_daemon_give_the_policy_the_same_account() -> None:
+    """A replica row and the mirror's feed document of the same account: one view (the core's)."""
+    stored = row()
+    feed = stored.to_account().model_dump(mode="json")
+    from_row, from_feed = policy_account(stored), policy_account(feed)
+    assert from_row == from_feed
+    assert from_row is not None and tuple(from_row) == POLICY_ACCOUNT_FIELDS  # the documented order
+    assert policy_account({**feed, "addons": {}}) == {**from_row, "addons": {}}
 
 
 def test_build_input_has_the_documented_shape_and_copies_usage() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,9 +13,10 @@ import pytest
 from tests.stripe_payloads import invoice_event, load_event, recorded, subscription_event
 from tiergate.catalog import load_catalog
 from tiergate.sync_daemon.mirror.store import MirrorAccount
-from tiergate.sync_daemon.stripe_sync.reconcile import diff_subscriptions
+from tiergate.sync_daemon.stripe_sync.reconcile import diff_subscriptions, email_changes
 from tiergate.sync_daemon.stripe_sync.translate import (
     CheckoutCompleted,
+    CustomerEmail,
     CustomerSeen,
     Ignored,
     PaymentOutcome,
@@ -109,6 +111,41 @@ def test_event_kinds() -> None:
     assert isinstance(T.event(subscription_event("customer.subscription.trial_will_end")), SubscriptionState)
 
 
+@pytest.mark.parametrize(
+    ("customer", "expected"),
+    [
+        ({"id": "cus_1"}, None),  # no `email` key: the payload says nothing of it
+        ({"id": "cus_1", "email": None}, CustomerEmail(None)),
+        ({"id": "cus_1", "email": "  "}, CustomerEmail(None)),
+        ({"id": "cus_1", "email": " Ana@Example.com "}, CustomerEmail("Ana@Example.com")),
+    ],
+)
+def test_customer_email_from_a_customer_event_or_an_expanded_customer(
+    customer: dict[str, Any], expected: CustomerEmail | None
+) -> None:
+    event = {"id": "e", "type": "customer.updated", "data": {"object": {**customer, "metadata": {}}}}
+    seen = T.event(event)
+    assert isinstance(seen, CustomerSeen) and seen.email == expected
+    state = T.event(subscription_event("customer.subscription.created", customer=customer))
+    assert isinstance(state, SubscriptionState) and state.email == expected
+    assert T.subscription(subscription_event("customer.subscription.created")["data"]["object"]).email is None
+
+
+def test_email_changes_lists_only_linked_customers_whose_email_differs() -> None:
+    def listed(customer: str, email: CustomerEmail | None) -> SubscriptionState:
+        return dataclasses.replace(_state(), customer_id=customer, email=email)
+
+    states = [
+        listed("cus_same", CustomerEmail("a@x.io")),
+        listed("cus_new", CustomerEmail("b@x.io")),
+        listed("cus_gone", CustomerEmail(None)),
+        listed("cus_unexpanded", None),
+        listed("cus_unlinked", CustomerEmail("c@x.io")),
+    ]
+    known = {"cus_same": "a@x.io", "cus_new": "old@x.io", "cus_gone": "d@x.io", "cus_unexpanded": "e@x.io"}
+    assert email_changes(states, known) == {"cus_new": "b@x.io", "cus_gone": None}
+
+
 # -- ordering ---------------------------------------------------------------------------------
 
 CREATED = 1_767_225_601
@@ -187,6 +224,14 @@ def test_diff_repairs_drift_and_reports_fields() -> None:
     assert repair.differences["quantity"] == (1, 4)
     assert repair.after.past_due_since == listed.current_period_start
     assert repair.before == current
+
+
+def test_diff_repairs_add_on_drift_since_the_policy_reads_add_ons() -> None:
+    current = _applied()
+    listed = dataclasses.replace(_state(), addons=(("extra_storage", 2),))
+    (repair,) = diff_subscriptions([current], [listed], as_of=CREATED + 50)
+    assert repair.differences == {"addons": ((), (("extra_storage", 2),))}
+    assert repair.after.addons == (("extra_storage", 2),)
 
 
 def test_diff_nothing_when_equal_and_clears_needs_reconcile() -> None:

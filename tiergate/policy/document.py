@@ -2,14 +2,55 @@
 
 from __future__ import annotations
 
+import json
+import operator
 import re
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from tiergate.amounts import Amount, policy_units
 from tiergate.models import PolicyAnswer
 from tiergate.periods import rfc3339
+
+# What the policy reads of an account (input.account, docs/policies.md), in order: the one list of it.
+POLICY_ACCOUNT_FIELDS = tuple(
+    [
+        "tier",
+        "status",
+        "quantity",
+        "current_period_start",
+        "current_period_end",
+        "trial_end",
+        "cancel_at_period_end",
+        "past_due_since",
+        "addons",
+    ]
+)
+_FROM_ITEMS = operator.itemgetter(*POLICY_ACCOUNT_FIELDS)
+_FROM_ATTRIBUTES = operator.attrgetter(*POLICY_ACCOUNT_FIELDS)
+
+
+def policy_account(account: Mapping[str, Any] | NamedTuple | None) -> dict[str, Any] | None:
+    """input.account from an account as it is stored: the feed's Account document (a dict: the
+    mirror's, a license's) or a replica row (a NamedTuple of the same names). Times stay the
+    RFC 3339 text they are stored as; the flag becomes a boolean (a row's 0/1); add-ons a mapping
+    (a row's JSON text, or NULL for none)."""
+    if account is None:
+        return None
+    values = _FROM_ITEMS(account) if isinstance(account, dict) else _FROM_ATTRIBUTES(account)
+    tier, status, quantity, start, end, trial_end, cancel, past_due_since, addons = values
+    return {  # POLICY_ACCOUNT_FIELDS, in order (a unit test holds the two together)
+        "tier": tier,
+        "status": status,
+        "quantity": quantity,
+        "current_period_start": start,
+        "current_period_end": end,
+        "trial_end": trial_end,
+        "cancel_at_period_end": bool(cancel),
+        "past_due_since": past_due_since,
+        "addons": json.loads(addons) if isinstance(addons, str) else dict(addons or {}),
+    }
 
 
 def build_input(
@@ -129,3 +170,36 @@ def feature_sources(
         if found.get("expires_at") is None or now_text < str(found["expires_at"]):
             sources[feature] = "override"
     return sources
+
+
+# What each rule of the shipped policy's `decided_by` means, for a person (policies/entitlements.rego).
+RULES = {
+    "replica_stale": "the replica was older than the policy's max_replica_age_seconds",
+    "license_expired": "the signed license's grace period had ended",
+    "known_feature": "no tier of the catalog names {feature}",
+    "override": "the tenant's override of {feature} (an override wins over every tier)",
+    "restriction": "the account is {status}: the {tier} tier applied instead of the paid {paid} tier, "
+    "which would have allowed {feature}",
+    "metered": "the {tier} tier's limit on {feature} this period",
+    "tier_value": "what the {tier} tier says of {feature}",
+}
+
+
+def explain_rule(found: object, decision: Mapping[str, Any], document: Mapping[str, Any]) -> dict[str, Any]:
+    """`decided_by`'s answer for a recorded decision, with a sentence for a person. A policy that
+    has no `decided_by` (None) or answers something else is said so, never guessed at."""
+    if not isinstance(found, dict) or not isinstance(found.get("rule"), str):
+        shown = "no decided_by rule" if found is None else f"decided_by gave {type(found).__name__}"
+        return {"rule": None, "text": f"the policy does not say which rule decided ({shown})"}
+    rule, tier = found["rule"], found.get("tier")
+    addons = [str(name) for name in found.get("addons") or [] if isinstance(name, str)]
+    account = document.get("account") or {}
+    text = RULES.get(rule, f"the policy's rule {rule}").format(
+        feature=decision.get("feature"),
+        tier=tier,
+        status=account.get("status"),
+        paid=decision.get("paid_tier") or account.get("tier"),
+    )
+    if addons:
+        text += f", with the add-on{'s' if len(addons) > 1 else ''} {', '.join(addons)}"
+    return {"rule": rule, "tier": tier if isinstance(tier, str) else None, "addons": addons, "text": text}

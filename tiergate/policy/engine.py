@@ -8,8 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tiergate.catalog import Catalog
+from tiergate.errors import TierError
+from tiergate.policy.document import explain_rule
 
 DECISION_PATH = "data.tiergate.entitlements.decision"
+# Which rule decided, for explanations only (evaluated on a recorded input; a policy may lack it).
+DECIDED_BY_PATH = "data.tiergate.entitlements.decided_by"
 ROUTE_PATH = "data.tiergate.ingress.route"
 
 
@@ -46,3 +50,17 @@ class PolicyEngine(Protocol):
     async def ping(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+async def rule_that_decided(
+    engine: PolicyEngine, document: Mapping[str, Any], decision: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Which rule decided `decision`, asked of the policy's `decided_by` on its input (see
+    tiergate.policy.document.explain_rule); a policy without one is said so, not an error."""
+    revision = engine.revision
+    try:
+        found = await engine.evaluate(DECIDED_BY_PATH, document)
+    except TierError as exc:
+        said = {"rule": None, "text": f"the policy does not say which rule decided ({exc.message})"}
+        return {**said, "policy_revision": revision}
+    return {**explain_rule(found, decision, document), "policy_revision": revision}

@@ -48,7 +48,7 @@ def tenant_show(name: str, token: str | None, daemon_url: str, as_json: bool) ->
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 200))
 @_daemon_options
 def tenant_search(query: str, limit: int, token: str | None, daemon_url: str, as_json: bool) -> None:
-    """Tenants whose id, Stripe customer id or subscription id starts with QUERY."""
+    """Tenants whose id, Stripe customer id, subscription id or customer email starts with QUERY."""
     found = fetch(daemon_url, f"/v1/tenants?q={_quoted(query)}&limit={limit}", token, "daemon")
     if as_json:
         click.echo(json.dumps(found, indent=2))
@@ -58,7 +58,8 @@ def tenant_search(query: str, limit: int, token: str | None, daemon_url: str, as
     for row in found["tenants"]:
         click.echo(
             f"{row['tenant']:<30} {row['tier'] or '-':<12} {row['status'] or '-':<10} "
-            f"{row['stripe_customer_id'] or '-':<22} {row['subscription_id'] or '-'}"
+            f"{row['stripe_customer_id'] or '-':<22} {row['subscription_id'] or '-':<22} "
+            f"{', '.join(row.get('emails') or []) or '-'}"
         )
 
 
@@ -120,21 +121,24 @@ def render_tenant(view: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_record(record: dict[str, Any]) -> str:
+def render_record(record: dict[str, Any], decided_by: dict[str, Any] | None = None) -> str:
     decision = record["decision"]
-    return "\n".join(
-        [
-            f"{record['decision_id']} at {record['at']}: {decision['tenant']} / {decision['feature']} -> "
-            f"{'allow' if decision['allow'] else 'deny'} ({decision['reason']})",
-            f"  tier {decision['tier']}, paid {decision.get('paid_tier') or 'none'}; policy {record['policy_revision']}, "
-            f"replica position {record['replica']['position']}, account version {record['account_version']}",
-            "  input: " + json.dumps(record["input"], sort_keys=True),
-        ]
-    )
+    lines = [
+        f"{record['decision_id']} at {record['at']}: {decision['tenant']} / {decision['feature']} -> "
+        f"{'allow' if decision['allow'] else 'deny'} ({decision['reason']})",
+        f"  tier {decision['tier']}, paid {decision.get('paid_tier') or 'none'}; policy {record['policy_revision']}, "
+        f"replica position {record['replica']['position']}, account version {record['account_version']}",
+    ]
+    decided_by = decided_by or record.get("decided_by")
+    if decided_by:
+        rule = f"rule {decided_by['rule']}: " if decided_by.get("rule") else ""
+        lines.append(f"  decided by {rule}{decided_by['text']}")
+    lines.append("  input: " + json.dumps(record["input"], sort_keys=True))
+    return "\n".join(lines)
 
 
 def render_explanation(explained: dict[str, Any]) -> str:
-    lines = [render_record(explained["record"])]
+    lines = [render_record(explained["record"], explained["today"].get("decided_by"))]
     lineage = explained["lineage"]
     event = lineage["stripe_event"]
     version = lineage["account_version"]

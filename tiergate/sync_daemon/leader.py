@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 import structlog
 
+from tiergate.settings_errors import scrub_url
+
 log = structlog.get_logger("tiergate.leader")
 
 
@@ -86,7 +88,7 @@ class PostgresLeader:
                         await self._hold_or_try(conn)
                         await self._pause()
             except (psycopg.Error, OSError, TimeoutError) as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = f"{type(exc).__name__}: {scrub_url(str(exc), self._url)}"
                 log.warning("leader_connection_lost", error=self.last_error)
             self._set(False)
             await self._pause()

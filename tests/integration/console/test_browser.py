@@ -26,7 +26,7 @@ from tests.integration.usage.conftest import (
     eventually,
     start_daemon,
 )
-from tests.stripe_payloads import invoice_event, signed, subscription_event
+from tests.stripe_payloads import customer_event, invoice_event, signed, subscription_event
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -129,6 +129,7 @@ async def test_support_in_a_real_browser(
     await _webhook(
         daemon, subscription_event("customer.subscription.created", event_id="evt_starts_pro", **_period())
     )
+    await _webhook(daemon, customer_event("customer.updated", email="Alice.Liddell@Example.COM"))
     sidecar = await make_sidecar(daemon.url, decision_record_allow_sample=0.0)
     await eventually(lambda: _paid(sidecar, "pro"))
 
@@ -143,13 +144,15 @@ async def test_support_in_a_real_browser(
     await page.keyboard.press("Enter")
     await page.wait_for_url(re.compile(r"/console$"))
 
-    # Search, open the tenant.
-    await page.fill("#q", "t_al")
+    # Search by the start of the customer's email, in another case; open the tenant.
+    await page.fill("#q", "alice.liddell@example")
     await page.keyboard.press("Enter")
-    await page.wait_for_url(re.compile(r"q=t_al"))
+    await page.wait_for_url(re.compile(r"q=alice.liddell"))
     await _shot(page, "search")
+    assert "Alice.Liddell@Example.COM" in (await page.text_content("table") or "")
     await page.get_by_role("link", name=TENANT).click()
     assert await page.text_content("#paid-tier") == "pro"
+    assert "Alice.Liddell@Example.COM" in (await page.text_content("#customer-email") or "")
 
     # A webhook moves the tenant to enterprise: the page shows it on the next load.
     upgrade = subscription_event(
@@ -203,6 +206,8 @@ async def test_support_in_a_real_browser(
     await page.get_by_role("link", name=re.compile(r"sso: payment_overdue")).first.click()
     await page.wait_for_url(re.compile(r"/console/decisions/"))
     assert "Stripe event evt_overdue" in (await page.text_content("#stripe-event") or "")
+    decided_by = await page.text_content("#decided-by") or ""
+    assert "rule restriction: the account is past_due: the free tier applied" in decided_by
     await _shot(page, "decision")
     missing = await _controls(page) - await _tab_through(page)
     assert missing == set(), f"not reachable by keyboard: {missing}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -107,12 +108,18 @@ async def _applied(client: Any, event_ids: set[str]) -> None:
 async def test_full_sync_for_the_cli(
     tmp_path: Path, localstripe: str, stripe_api: stripe.StripeClient
 ) -> None:
-    await subscribe(stripe_api, "t_erin", "pro_month", quantity=3)
+    erin = await subscribe(stripe_api, "t_erin", "pro_month", quantity=3, email="Erin@Example.com")
     seen: list[int] = []
     settings = make_settings(tmp_path / "full.db", localstripe)
     summary = await asyncio.to_thread(run_full_sync, settings, progress=seen.append)
     assert (summary.ok, summary.subscriptions, summary.repairs, sum(seen)) == (True, 1, 1, 1)
     assert summary.drift["tier"] == 1
+    # The listing's expanded customer gives its email (no webhook reached this mirror).
+    assert summary.emails == 1
+    with sqlite3.connect(tmp_path / "full.db") as db:
+        assert db.execute("SELECT customer_id, email FROM customers").fetchall() == [
+            (erin.customer, "Erin@Example.com")
+        ]
 
 
 async def test_stripe_unreachable_is_a_failed_run_not_a_crash(tmp_path: Path, aiohttp_client: Any) -> None:

@@ -65,19 +65,22 @@ def account(tier: str, status: str, **fields: object) -> dict[str, Any]:
     }
 
 
+def document(acct: dict[str, Any] | None, feature: str, used: int = 0) -> dict[str, Any]:
+    """The input of one row: `feature` asked once at NOW, `used` of it so far."""
+    return {
+        "tenant": "t_1",
+        "feature": feature,
+        "quantity": 1,
+        "now": NOW,
+        "account": acct,
+        "usage": {feature: used} if used else {},
+        "period": PERIOD,
+        "replica": {"age_seconds": 0.5},
+    }
+
+
 def decide(engine: Any, acct: dict[str, Any] | None, feature: str, used: int = 0) -> dict[str, Any]:
-    engine.set_input(
-        {
-            "tenant": "t_1",
-            "feature": feature,
-            "quantity": 1,
-            "now": NOW,
-            "account": acct,
-            "usage": {feature: used} if used else {},
-            "period": PERIOD,
-            "replica": {"age_seconds": 0.5},
-        }
-    )
+    engine.set_input(document(acct, feature, used))
     decision: dict[str, Any] = engine.eval_rule("data.tiergate.entitlements.decision")
     return decision
 

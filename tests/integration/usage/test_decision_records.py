@@ -90,6 +90,14 @@ async def test_a_deny_is_explained_with_the_stripe_event_behind_it(
     assert local.status == 200
     record = await local.json()
     assert record["input"]["account"]["status"] == "past_due" and record["account_version"] >= 1
+    assert record["decided_by"] == {
+        "rule": "restriction",
+        "tier": "free",
+        "addons": [],
+        "text": "the account is past_due: the free tier applied instead of the paid pro tier, "
+        "which would have allowed sso",
+        "policy_revision": record["policy_revision"],
+    }
 
     async def shipped() -> bool:
         status, _ = await _call(daemon, "GET", f"/v1/decisions/{denied['decision_id']}", headers=API)
@@ -101,6 +109,7 @@ async def test_a_deny_is_explained_with_the_stripe_event_behind_it(
     assert explained["lineage"]["account_version"]["cause"] == "stripe_event"
     today = explained["today"]
     assert today["same_policy"] is True
+    assert today["decided_by"] == record["decided_by"]  # the daemon's engine names the same rule
     assert today["same_input"]["same"] is True and today["current_state"]["same"] is True
 
     # Support grants SSO: the same input still denies, today's state does not.
@@ -196,8 +205,10 @@ async def test_the_cli_shows_tenants_checks_and_explains(
     assert explained.exit_code == 0, explained.output
     assert f"came from Stripe event {event_id}" in explained.output
     assert "same input, today's policy: deny (payment_overdue): the same" in explained.output
+    assert "decided by rule restriction: the account is past_due: the free tier applied" in explained.output
     local = await _cli("explain", decision_id, "--sidecar-url", sidecar_url)
     assert local.exit_code == 0 and '"status": "past_due"' in local.output
+    assert "decided by rule restriction" in local.output
 
     refused = await asyncio.to_thread(
         CliRunner().invoke,

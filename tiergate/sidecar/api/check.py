@@ -17,6 +17,7 @@ from tiergate.errors import BadRequestError, NotFoundError, TierError
 from tiergate.models import CheckRequest, Decision
 from tiergate.periods import rfc3339, utc_now
 from tiergate.policy.document import feature_sources
+from tiergate.policy.engine import rule_that_decided
 from tiergate.sidecar.api.guard import PROCESS, guarded
 from tiergate.sidecar.api.listeners import listener_refusal
 from tiergate.sidecar.api.query import check_query
@@ -120,13 +121,14 @@ async def entitlements(request: web.Request) -> web.Response:
 async def get_decision(request: web.Request) -> web.Response:
     """A recent decision with the input it was made from (every deny, a sample of allows)."""
     decision_id = request.match_info["decision_id"]
-    records = request.app[DECISIONS].records
-    found = records.get(decision_id) if records is not None else None
+    service = request.app[DECISIONS]
+    found = service.records.get(decision_id) if service.records is not None else None
     if found is None:
         raise NotFoundError(
             f"decision {decision_id[:100]!r} is not among this sidecar's recent records (every deny and "
             "a sample of allows are kept within TIERGATE_DECISION_RECORD_MB; the daemon keeps denies longer)"
         )
+    found["decided_by"] = await rule_that_decided(service.engine, found["input"], found["decision"])
     return json_response(found)
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import functools
-import json
 from datetime import UTC, datetime
-from typing import Any
 
 from tiergate.models import ENDED_STATUSES
 from tiergate.periods import calendar_month, rfc3339, usage_period
+from tiergate.policy.document import policy_account
 from tiergate.sidecar.replica.store import AccountRow
 
 
@@ -34,20 +33,8 @@ def _calendar_month_text(year: int, month: int) -> tuple[str, str]:
     return rfc3339(start) or "", rfc3339(end) or ""
 
 
-def account_document(row: AccountRow | None) -> dict[str, Any] | None:
-    if row is None:
-        return None
-    return {
-        "tier": row.tier,
-        "status": row.status,
-        "quantity": row.quantity,
-        "current_period_start": row.current_period_start,
-        "current_period_end": row.current_period_end,
-        "trial_end": row.trial_end,
-        "cancel_at_period_end": bool(row.cancel_at_period_end),
-        "past_due_since": row.past_due_since,
-        "addons": json.loads(row.addons) if row.addons else {},
-    }
+# The sidecar's rows are one of the shapes the core's conversion reads (tiergate/policy/document.py).
+account_document = policy_account
 
 
 def expiry_epoch(valid_until: str | None) -> float | None:

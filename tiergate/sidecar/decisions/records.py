@@ -3,6 +3,11 @@
 `GET /v1/decisions/{decision_id}` reads them back; deny records also wait in a bounded queue for
 the usage delivery task to ship to the daemon (`POST /v1/decisions/batch`), which keeps them for
 support. When the queue is full the oldest record waiting is dropped and counted.
+
+A decision is kept as what it already is (`Pending`): the decision object or its rendered bytes,
+the time, the replica position, the account version, and a reference to its input's JSON (the
+same bytes object every cached deny of that answer shares). The record's JSON is put together
+only when it is read or shipped, never on the decision path (docs/adr/0046).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import collections
 import random
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -19,6 +24,58 @@ INPUTS_KEPT = 10_000  # tenants whose fresh denies' inputs are kept for the cach
 
 Key = tuple[str, str, int]  # (tenant, feature, quantity)
 Kept = tuple[bytes, bytes, int | None]  # (the answer's bytes, the input's JSON, the account version)
+PENDING_OVERHEAD = 1024  # bytes counted for a pending record besides its input (a generous bound)
+
+
+class DecisionBody(Protocol):
+    """tiergate.models.Decision (frozen): its JSON object on demand."""
+
+    def body(self) -> dict[str, Any]: ...
+
+
+class Pending:
+    """A decision waiting to become a record's JSON: only references, nothing copied or rendered."""
+
+    __slots__ = ("account_version", "allow", "at", "decision", "input_raw", "position")
+
+    def __init__(
+        self,
+        decision: DecisionBody | bytes,
+        allow: bool,
+        at: str,
+        position: int | None,
+        account_version: int | None,
+        input_raw: bytes,
+    ) -> None:
+        self.decision = decision  # a Decision, or the rendered decision's JSON
+        self.allow = allow
+        self.at = at
+        self.position = position
+        self.account_version = account_version
+        self.input_raw = input_raw
+
+    @property
+    def size(self) -> int:
+        return PENDING_OVERHEAD + len(self.input_raw)
+
+    def render(self, decision_id: str) -> bytes:
+        """The record as GET /v1/decisions/{id} answers it and the daemon stores it."""
+        decision = self.decision
+        body = orjson.loads(decision) if isinstance(decision, bytes) else decision.body()
+        record = {
+            "decision_id": decision_id,
+            "at": self.at,
+            "decision": body,
+            "policy_revision": body["policy_revision"],
+            "replica": {"position": self.position, "data_as_of": body["data_as_of"]},
+            "account_version": self.account_version,
+        }
+        return with_input(orjson.dumps(record), self.input_raw)
+
+
+def with_input(record_raw: bytes, input_raw: bytes) -> bytes:
+    """A record's JSON object with `"input": <input_raw>` as its last member."""
+    return record_raw[:-1] + b',"input":' + input_raw + b"}"
 
 
 class DecisionRecords:
@@ -35,9 +92,9 @@ class DecisionRecords:
         self.allow_sample = allow_sample
         self.on_drop = on_drop
         self._sample = sample
-        self._kept: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._kept: collections.OrderedDict[str, bytes | Pending] = collections.OrderedDict()
         self.bytes = 0
-        self._queue: collections.deque[bytes] = collections.deque()
+        self._queue: collections.deque[tuple[str, Pending] | bytes] = collections.deque()
         self.ship_queue = ship_queue
         self.dropped = 0
         # The input of each key's newest fresh deny, with the answer it produced: a cached deny
@@ -78,27 +135,41 @@ class DecisionRecords:
             self._inputs.pop(tenant, None)
 
     def keep(self, decision_id: str, record: dict[str, Any], input_raw: bytes | None = None) -> None:
-        """Keep `record`; `input_raw`, when given, is its `input` already as JSON."""
+        """Keep `record` as JSON now; `input_raw`, when given, is its `input` already as JSON."""
         raw = orjson.dumps(record)
         if input_raw is not None:
-            raw = raw[:-1] + b',"input":' + input_raw + b"}"
-        if len(raw) > self.max_bytes:
+            raw = with_input(raw, input_raw)
+        self._store(decision_id, raw, len(raw), allow=record["decision"]["allow"] is not False)
+
+    def keep_pending(self, decision_id: str, pending: Pending) -> None:
+        """Keep a decision as references; its JSON is made when it is read or shipped."""
+        self._store(decision_id, pending, pending.size, allow=pending.allow)
+
+    def _store(self, decision_id: str, kept: bytes | Pending, size: int, *, allow: bool) -> None:
+        if size > self.max_bytes:
             return
-        self._kept[decision_id] = raw
-        self.bytes += len(raw)
+        self._kept[decision_id] = kept
+        self.bytes += size
         while self.bytes > self.max_bytes:
             _, oldest = self._kept.popitem(last=False)
-            self.bytes -= len(oldest)
-        if record["decision"]["allow"] is False and self.ship_queue > 0:
-            self._enqueue([raw])
+            self.bytes -= _size(oldest)
+        if not allow and self.ship_queue > 0:
+            self._queue.append(kept if isinstance(kept, bytes) else (decision_id, kept))
+            if len(self._queue) > self.ship_queue:
+                self._trim()
 
     def get(self, decision_id: str) -> dict[str, Any] | None:
-        raw = self._kept.get(decision_id)
-        return None if raw is None else orjson.loads(raw)
+        kept = self._kept.get(decision_id)
+        if kept is None:
+            return None
+        found: dict[str, Any] = orjson.loads(kept if isinstance(kept, bytes) else kept.render(decision_id))
+        return found
 
     def take(self, limit: int = SHIP_BATCH) -> list[bytes]:
-        """The oldest deny records waiting to be shipped (the caller ships them or `give_back`s them)."""
-        return [self._queue.popleft() for _ in range(min(limit, len(self._queue)))]
+        """The oldest deny records waiting to be shipped, as JSON (the caller ships them or
+        `give_back`s them)."""
+        taken = [self._queue.popleft() for _ in range(min(limit, len(self._queue)))]
+        return [item if isinstance(item, bytes) else item[1].render(item[0]) for item in taken]
 
     def drop(self, records: Sequence[bytes]) -> None:
         """A shipment the daemon refused: never retried, counted as dropped."""
@@ -114,10 +185,6 @@ class DecisionRecords:
     def waiting(self) -> int:
         return len(self._queue)
 
-    def _enqueue(self, records: Sequence[bytes]) -> None:
-        self._queue.extend(records)
-        self._trim()
-
     def _trim(self) -> None:
         over = len(self._queue) - self.ship_queue
         if over > 0:
@@ -125,3 +192,7 @@ class DecisionRecords:
                 self._queue.popleft()
             self.dropped += over
             self.on_drop(over)
+
+
+def _size(kept: bytes | Pending) -> int:
+    return len(kept) if isinstance(kept, bytes) else kept.size

@@ -30,7 +30,7 @@ from tiergate.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyEngine
 from tiergate.sidecar.decisions.cache import DecisionCache, Materialised, UsedBound
 from tiergate.sidecar.decisions.decision_log import DecisionLog
 from tiergate.sidecar.decisions.policy_io import account_document, expiry_epoch, period_for
-from tiergate.sidecar.decisions.records import DecisionRecords
+from tiergate.sidecar.decisions.records import DecisionRecords, Key, Pending
 from tiergate.sidecar.decisions.shadow import ShadowPolicy
 from tiergate.sidecar.metrics import SidecarMetrics
 from tiergate.sidecar.replica.store import AccountRow, ReplicaMeta, ReplicaReader
@@ -295,7 +295,8 @@ class DecisionService:
         if self._logged(answer.allow):
             self._log(decision)
         if self.records is not None and self.records.wants(answer.allow):
-            await self._record(decision.body(), answer.head, given)
+            key = (tenant, feature, quantity)
+            await self._record(decision.decision_id, decision, key, answer.allow, answer.head, given)
         return decision
 
     async def decide_json(self, tenant: str, feature: str, quantity: int = 1) -> bytes:
@@ -305,6 +306,7 @@ class DecisionService:
         if self.not_ready is not None and self._as_of_epoch is None:
             return orjson.dumps(self._not_ready(tenant, feature, quantity, started))
         stale, answer, _, given = await self._materialised(tenant, feature, quantity)
+        decision_id = self._next_id()
         body = b"".join(
             (
                 answer.head,
@@ -315,7 +317,7 @@ class DecisionService:
                 b',"quantity":',
                 str(quantity).encode(),
                 b',"decision_id":"',
-                self._next_id().encode(),
+                decision_id.encode(),
                 self._lineage_tail(stale),
             )
         )
@@ -323,7 +325,8 @@ class DecisionService:
         if self._logged(answer.allow):
             self._log_rendered(body)
         if self.records is not None and self.records.wants(answer.allow):
-            await self._record(orjson.loads(body), answer.head, given)
+            key = (tenant, feature, quantity)
+            await self._record(decision_id, body, key, answer.allow, answer.head, given)
         return body
 
     async def _materialised(
@@ -453,12 +456,20 @@ class DecisionService:
         )
         return PolicyInput(document, row)
 
-    async def _record(self, decision: dict[str, Any], answer: bytes, given: PolicyInput | None) -> None:
-        """Keep the decision with its input: the one it was evaluated from, or for an answer from
-        the cache the input that produced it (rebuilt now when no longer kept)."""
+    async def _record(
+        self,
+        decision_id: str,
+        decision: Decision | bytes,
+        key: Key,
+        allow: bool,
+        answer: bytes,
+        given: PolicyInput | None,
+    ) -> None:
+        """Keep the decision (the object, or its rendered JSON) with its input: the one it was
+        evaluated from, or for an answer from the cache the input that produced it (rebuilt now
+        when no longer kept). Only references are kept: the record's JSON is made on read."""
         records = self.records
         assert records is not None
-        key = (decision["tenant"], decision["feature"], decision["quantity"])
         recalled = records.recall(key, answer) if given is None else None
         if recalled is None:
             if given is None:
@@ -467,18 +478,9 @@ class DecisionService:
             version = given.row.version if given.row else None
             recalled = records.remember(key, answer, given.document, version), version
         input_raw, version = recalled
-        records.keep(
-            decision["decision_id"],
-            {
-                "decision_id": decision["decision_id"],
-                "at": self._now_rfc3339(self.clock()),
-                "decision": decision,
-                "policy_revision": decision["policy_revision"],
-                "replica": {"position": self.reader.meta.position, "data_as_of": decision["data_as_of"]},
-                "account_version": version,
-            },
-            input_raw,
-        )
+        at = self._now_rfc3339(self.clock())
+        pending = Pending(decision, allow, at, self.reader.meta.position, version, input_raw)
+        records.keep_pending(decision_id, pending)
 
     async def _evaluate(
         self, document: dict[str, Any], tier: str | None

@@ -213,7 +213,7 @@ class PostgresEnd:
     def __init__(self, url: str) -> None:
         import psycopg
 
-        from tiergate.sync_daemon.mirror.postgres import redact
+        from tiergate.sync_daemon.mirror.postgres import redact, said
         from tiergate.sync_daemon.mirror.postgres_schema import SCHEMA, migrate
 
         self.where = redact(url)
@@ -221,7 +221,9 @@ class PostgresEnd:
             self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
             migrate(self.conn)
         except psycopg.Error as exc:
-            raise MirrorError(f"PostgreSQL mirror at {self.where} cannot be opened: {exc}") from exc
+            raise MirrorError(
+                f"PostgreSQL mirror at {self.where} cannot be opened: {said(exc, url)}"
+            ) from None  # its text quotes the URL
         self.conn.execute(f"SET search_path TO {SCHEMA}")
         self._schema = SCHEMA
 

@@ -33,6 +33,7 @@ class TenantRecord:
     tenant: str
     account: MirrorAccount | None
     customers: list[str]
+    emails: dict[str, str]  # customer id -> email, for the live customers whose email is known
     counters: dict[str, dict[str, Amount]]  # period_start -> code -> value
     overrides: list[Override]
     override_audit: list[dict[str, Any]]
@@ -45,15 +46,15 @@ class TenantRecord:
 
 
 def read_tenant(sql: Sql, tenant: str) -> TenantRecord:
+    customers = sql.execute(
+        f"SELECT customer_id, email, deleted_at FROM {CUSTOMERS} WHERE tenant = ? ORDER BY customer_id",
+        [tenant],
+    ).fetchall()
     return TenantRecord(
         tenant=tenant,
         account=read_account(sql, tenant),
-        customers=[
-            str(row[0])
-            for row in sql.execute(
-                f"SELECT customer_id FROM {CUSTOMERS} WHERE tenant = ? ORDER BY customer_id", [tenant]
-            ).fetchall()
-        ],
+        customers=[str(customer) for customer, _, _ in customers],
+        emails={str(c): str(email) for c, email, deleted_at in customers if email and deleted_at is None},
         counters=read_counters(sql, tenant),
         overrides=tenant_overrides(sql, tenant),
         override_audit=tenant_audit(sql, tenant, AUDIT_SHOWN),
@@ -133,31 +134,48 @@ def outbound_webhooks(sql: Sql, tenant: str, limit: int) -> list[dict[str, Any]]
     return found
 
 
+SEARCH_COLUMNS = ("tenant", "tier", "status", "stripe_customer_id", "subscription_id")
+EMAILS_SHOWN = 5  # per tenant found: a tenant has one customer, rarely a few
+
+
 def search_tenants(sql: Sql, query: str, limit: int) -> list[dict[str, Any]]:
-    """Tenants whose id, Stripe customer id or subscription id starts with `query` (any case)."""
+    """Tenants whose id, Stripe customer id, subscription id or customer email starts with `query`
+    (any case; an exact match is a prefix too), each with its customers' emails."""
     prefix = _like_prefix(query.lower())
     rows = sql.execute(
-        f"SELECT a.tenant, a.tier, a.status, a.stripe_customer_id, a.subscription_id FROM {ACCOUNTS} a "
-        "WHERE lower(a.tenant) LIKE ? ESCAPE '!' OR lower(a.stripe_customer_id) LIKE ? ESCAPE '!' "
-        "OR lower(a.subscription_id) LIKE ? ESCAPE '!' "
-        f"OR a.tenant IN (SELECT c.tenant FROM {CUSTOMERS} c WHERE lower(c.customer_id) LIKE ? ESCAPE '!') "
-        "ORDER BY a.tenant LIMIT ?",
-        [prefix, prefix, prefix, prefix, limit],
+        f"SELECT t.tenant, a.tier, a.status, a.stripe_customer_id, a.subscription_id FROM ("
+        f"SELECT tenant FROM {ACCOUNTS} WHERE lower(tenant) LIKE ? ESCAPE '!' "
+        "OR lower(stripe_customer_id) LIKE ? ESCAPE '!' OR lower(subscription_id) LIKE ? ESCAPE '!' "
+        f"UNION SELECT tenant FROM {CUSTOMERS} WHERE lower(tenant) LIKE ? ESCAPE '!' "
+        "OR lower(customer_id) LIKE ? ESCAPE '!' "
+        "OR (deleted_at IS NULL AND lower(email) LIKE ? ESCAPE '!')"
+        f") t LEFT JOIN {ACCOUNTS} a ON a.tenant = t.tenant ORDER BY t.tenant LIMIT ?",
+        [*[prefix] * 6, limit],
     ).fetchall()
-    names = ("tenant", "tier", "status", "stripe_customer_id", "subscription_id")
-    found = [dict(zip(names, row, strict=True)) for row in rows]
+    found = [dict(zip(SEARCH_COLUMNS, row, strict=True)) for row in rows]
     if not any(row["tenant"] == query for row in found) and _has_traces(sql, query):
-        found.insert(
-            0,
-            {
-                "tenant": query,
-                "tier": None,
-                "status": None,
-                "stripe_customer_id": None,
-                "subscription_id": None,
-            },
-        )
-    return found[:limit]
+        found.insert(0, dict.fromkeys(SEARCH_COLUMNS) | {"tenant": query})
+    found = found[:limit]
+    emails = _emails_of(sql, [row["tenant"] for row in found])
+    return [{**row, "emails": emails.get(row["tenant"], [])} for row in found]
+
+
+def _emails_of(sql: Sql, tenants: list[str]) -> dict[str, list[str]]:
+    """The live customers' known emails of each of `tenants` (at most EMAILS_SHOWN each)."""
+    if not tenants:
+        return {}
+    marks = ", ".join("?" for _ in tenants)
+    rows = sql.execute(
+        f"SELECT tenant, email FROM {CUSTOMERS} WHERE tenant IN ({marks}) AND deleted_at IS NULL "
+        "AND email IS NOT NULL ORDER BY tenant, customer_id",
+        tenants,
+    ).fetchall()
+    emails: dict[str, list[str]] = {}
+    for tenant, email in rows:
+        shown = emails.setdefault(str(tenant), [])
+        if len(shown) < EMAILS_SHOWN and email not in shown:
+            shown.append(str(email))
+    return emails
 
 
 def _has_traces(sql: Sql, tenant: str) -> bool:

@@ -34,7 +34,6 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
-from urllib.parse import urlsplit
 
 import psycopg
 import structlog
@@ -42,6 +41,7 @@ from psycopg import errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from tiergate.errors import MirrorError
+from tiergate.settings_errors import redact_url, scrub_url
 from tiergate.sync_daemon.mirror.postgres_schema import SCHEMA, migrate
 from tiergate.sync_daemon.mirror.schema import CHANGES
 from tiergate.sync_daemon.mirror.sql import SqlMirror
@@ -159,11 +159,12 @@ class PostgresTxn(MirrorTxn):
 
 def redact(url: str) -> str:
     """The URL without its password, for logs and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
+    return redact_url(url)
+
+
+def said(exc: BaseException, url: str) -> str:
+    """What the driver said, without the URL's password (libpq quotes a URI it cannot parse)."""
+    return scrub_url(str(exc), url)
 
 
 class PostgresMirror(SqlMirror):
@@ -200,7 +201,9 @@ class PostgresMirror(SqlMirror):
         try:
             await loop.run_in_executor(self._writer, self._open_sync)
         except (psycopg.Error, PoolTimeout) as exc:
-            raise MirrorError(f"PostgreSQL mirror at {self.where} cannot be opened: {exc}") from exc
+            raise MirrorError(
+                f"PostgreSQL mirror at {self.where} cannot be opened: {said(exc, self.url)}"
+            ) from None  # its text quotes the URL
         self.seq = await self.last_seq()
         self._listener = asyncio.create_task(self._listen(), name="mirror-listen")
         self._sweeper = asyncio.create_task(self._sweep(), name="mirror-sweep")
@@ -238,13 +241,13 @@ class PostgresMirror(SqlMirror):
             return self._write_on_a_connection(body, want_seq)
         except psycopg.OperationalError as exc:
             if body.finished or not _connection_lost(exc):
-                raise MirrorError(f"PostgreSQL mirror at {self.where}: {exc}") from exc
+                raise MirrorError(f"PostgreSQL mirror at {self.where}: {said(exc, self.url)}") from exc
             log.warning("mirror_connection_lost", error=str(exc), retry=True)
         try:
             self._pool.check()
             return self._write_on_a_connection(_Body(fn), want_seq)
         except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise MirrorError(f"PostgreSQL mirror at {self.where}: {exc}") from exc
+            raise MirrorError(f"PostgreSQL mirror at {self.where}: {said(exc, self.url)}") from exc
 
     def _write_on_a_connection(self, fn: _Body[T], want_seq: bool) -> tuple[T, int | None]:
         try:
@@ -259,7 +262,7 @@ class PostgresMirror(SqlMirror):
                     raise MirrorError(f"a mirror transaction kept conflicting after {_RETRIES} attempts")
                 return result, self._settle(PostgresSql(conn), logged, top, want_seq)
         except PoolTimeout as exc:
-            raise MirrorError(f"PostgreSQL mirror at {self.where}: {exc}") from exc
+            raise MirrorError(f"PostgreSQL mirror at {self.where}: {said(exc, self.url)}") from exc
 
     def _attempt(self, conn: Connection, fn: Callable[[MirrorTxn], T]) -> tuple[T, bool, int | None]:
         """One transaction: the result, whether it logged changes, and the head if it numbered them."""
@@ -309,7 +312,7 @@ class PostgresMirror(SqlMirror):
         try:
             conn = self._read_pool.getconn()
         except PoolTimeout as exc:
-            raise MirrorError(f"PostgreSQL mirror at {self.where}: {exc}") from exc
+            raise MirrorError(f"PostgreSQL mirror at {self.where}: {said(exc, self.url)}") from exc
         return PostgresSql(conn), functools.partial(self._read_pool.putconn, conn)
 
     def _last_seq(self, sql: Sql) -> int:

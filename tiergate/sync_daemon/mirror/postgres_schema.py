@@ -293,6 +293,13 @@ CREATE INDEX decision_records_by_received_at ON decision_records (received_at);
 # One index fewer per stored usage event (docs/adr/0032); the SQLite twin is m015.
 V8 = "DROP INDEX IF EXISTS usage_events_by_tenant_time;"
 
+# The Stripe customer's email and when it was set, for support's search (SQLite: m018). (Versions 9
+# and 10 are other changes'.)
+V11 = """
+ALTER TABLE customers ADD COLUMN email text;
+ALTER TABLE customers ADD COLUMN email_at bigint;
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial", V1),
     (2, "exact_usage_values", V2),
@@ -302,6 +309,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (6, "account_versions", V6),
     (7, "decision_records", V7),
     (8, "one_index_fewer_per_event", V8),
+    (11, "customer_email", V11),
 ]
 
 

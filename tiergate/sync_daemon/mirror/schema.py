@@ -388,3 +388,12 @@ def m015_one_index_fewer_per_event(db: sqlite_utils.Database) -> None:
     # them in seq order: (tenant, seq) serves that); ~90 bytes an event (docs/adr/0032). The
     # PostgreSQL twin is V8.
     db.execute(f"DROP INDEX IF EXISTS {USAGE_EVENTS}_by_tenant_time")
+
+
+@MIGRATIONS()
+def m018_customer_email(db: sqlite_utils.Database) -> None:
+    # The Stripe customer's email, for support's search (docs/console.md says what is kept):
+    # `email_at` is the `created` of the newest event (or the reconcile run) that set it, so an
+    # older event never overwrites a newer address. The PostgreSQL twin is V11.
+    db.execute(f"ALTER TABLE {CUSTOMERS} ADD COLUMN email TEXT")
+    db.execute(f"ALTER TABLE {CUSTOMERS} ADD COLUMN email_at INTEGER")

@@ -159,6 +159,14 @@ class SqlMirror:
             )
         )
 
+    async def customer_emails(self) -> dict[str, str | None]:
+        """Each live customer's email (None: none known), for reconciliation to compare."""
+        return await self.read(
+            lambda sql: dict(
+                sql.execute(f"SELECT customer_id, email FROM {CUSTOMERS} WHERE deleted_at IS NULL").fetchall()
+            )
+        )
+
     async def last_seq(self) -> int:
         return await self.read(self._last_seq)
 

@@ -248,6 +248,23 @@ class MirrorTxn:
         self.upsert(CUSTOMERS, dataclasses.asdict(link), "customer_id")
         self._customers[link.customer_id] = link
 
+    def note_customer_email(self, customer_id: str, email: str | None, at: int) -> bool:
+        """Keep a live customer's email as of `at` (an event's `created`, a reconcile's listing
+        time) unless a newer one is stored; True when a row took it. One statement, so two writers
+        cannot interleave a read and a write."""
+        cursor = self.sql.execute(
+            f"UPDATE {CUSTOMERS} SET email = ?, email_at = ? WHERE customer_id = ? AND deleted_at IS NULL "
+            "AND (email_at IS NULL OR email_at <= ?)",
+            [email, at, customer_id, at],
+        )
+        return cursor.rowcount > 0
+
+    def forget_customer_email(self, customer_id: str, at: int) -> None:
+        """A deleted customer's email is personal data the mirror no longer needs: drop it."""
+        self.sql.execute(
+            f"UPDATE {CUSTOMERS} SET email = NULL, email_at = ? WHERE customer_id = ?", [at, customer_id]
+        )
+
     def put_account(self, account: MirrorAccount) -> MirrorAccount:
         """Store; bump the version and log a change only when what followers see changed."""
         account = account.settled()
@@ -383,6 +400,7 @@ class Mirror(Protocol):
     async def changes_since(self, since: int, limit: int) -> ChangeBatch: ...
     async def accounts(self) -> list[MirrorAccount]: ...
     async def customers(self) -> dict[str, str]: ...
+    async def customer_emails(self) -> dict[str, str | None]: ...
     async def last_seq(self) -> int: ...
     def snapshot(self, chunk: int = 1000) -> AsyncIterator[dict[str, Any]]: ...
     async def ping(self) -> None: ...

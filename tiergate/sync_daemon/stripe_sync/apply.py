@@ -182,6 +182,8 @@ class EventApplier(SyncParts):
             self._changed(txn, meta, before, txn.put_account(account))
             if state.customer_id and link is None:
                 txn.link_customer(CustomerLink(state.customer_id, tenant))
+        if state.customer_id and state.email is not None:
+            txn.note_customer_email(state.customer_id, state.email.address, meta.created)
         return outcome
 
     async def _fresh(self, state: SubscriptionState) -> tuple[SubscriptionState, bool]:
@@ -217,10 +219,13 @@ class EventApplier(SyncParts):
             return "no_tenant"
         if seen.deleted:
             txn.link_customer(CustomerLink(seen.customer_id, tenant, deleted_at=meta.created))
+            txn.forget_customer_email(seen.customer_id, meta.created)
             return "deleted" if txn.delete_account(tenant) else "applied"
         if link is not None and link.deleted_at is not None and meta.created <= link.deleted_at:
             return "customer_deleted"
         txn.link_customer(CustomerLink(seen.customer_id, tenant))
+        if seen.email is not None:
+            txn.note_customer_email(seen.customer_id, seen.email.address, meta.created)
         return "applied"
 
     def _payment(self, txn: MirrorTxn, meta: EventMeta, payment: PaymentOutcome) -> str:

@@ -25,25 +25,20 @@ import structlog
 from tiergate.errors import BillingUnavailableError, InvalidTenantError
 from tiergate.models import ENDED_STATUSES
 from tiergate.periods import utc_now_text
+from tiergate.policy.document import POLICY_ACCOUNT_FIELDS
 from tiergate.sync_daemon.mirror.store import Cause, CustomerLink, MirrorAccount, MirrorTxn
 from tiergate.sync_daemon.stripe_sync.parts import SyncParts
 from tiergate.sync_daemon.stripe_sync.translate import SubscriptionState, decide_subscription
 
 log = structlog.get_logger("tiergate.reconcile")
 
+# Every field the policy reads (add-ons included), and the rest of what Stripe lists.
 COMPARED = (
+    *POLICY_ACCOUNT_FIELDS,
     "subscription_id",
     "stripe_customer_id",
-    "tier",
     "interval",
-    "status",
-    "quantity",
-    "current_period_start",
-    "current_period_end",
-    "trial_end",
-    "cancel_at_period_end",
     "canceled_at",
-    "past_due_since",
     "unmapped_price",
 )
 _DUNNING = frozenset({"past_due", "unpaid"})
@@ -140,6 +135,7 @@ class ReconcileSummary:
     no_tenant: int = 0
     repairs: int = 0
     raced: int = 0
+    emails: int = 0  # customers' emails the listing changed (they are not account fields: no drift)
     drift: dict[str, int] = field(default_factory=dict)
     error: str | None = None
 
@@ -187,6 +183,7 @@ class Reconciler(SyncParts):
             states = await self._list(summary, progress)
             repairs = diff_subscriptions(await self.mirror.accounts(), states, as_of=as_of)
             await self._apply(repairs, summary)
+            summary.emails = await self._note_emails(states, as_of)
             summary.ok = True
         except BillingUnavailableError as exc:
             summary.error = exc.message
@@ -245,6 +242,17 @@ class Reconciler(SyncParts):
             await asyncio.sleep(0)  # let webhook intake in between batches
         summary.drift = dict(drift)
 
+    async def _note_emails(self, states: Sequence[SubscriptionState], as_of: int) -> int:
+        """Keep the listed customers' emails where they differ from the mirror's (read after the
+        repairs, which link new customers); a newer webhook's address wins (`as_of`)."""
+        changes = list(email_changes(states, await self.mirror.customer_emails()).items())
+        noted = 0
+        for start in range(0, len(changes), _BATCH):
+            batch = changes[start : start + _BATCH]
+            noted += await self.mirror.transact(functools.partial(_note_batch, batch=batch, as_of=as_of))
+            await asyncio.sleep(0)
+        return noted
+
     def _announce(
         self, txn: MirrorTxn, before: MirrorAccount | None, after: MirrorAccount, repair: Repair, run: str
     ) -> None:
@@ -284,6 +292,27 @@ def _apply_batch(txn: MirrorTxn, batch: list[Repair], announce: Announce, run: s
             txn.link_customer(CustomerLink(customer, repair.tenant))
         done.append(repair)
     return done
+
+
+def email_changes(
+    states: Sequence[SubscriptionState], known: Mapping[str, str | None]
+) -> dict[str, str | None]:
+    """Customer id -> email for the linked customers whose listed email differs from `known`'s."""
+    changes: dict[str, str | None] = {}
+    for state in states:
+        customer, email = state.customer_id, state.email
+        if (
+            customer is not None
+            and customer in known
+            and email is not None
+            and known[customer] != email.address
+        ):
+            changes[customer] = email.address
+    return changes
+
+
+def _note_batch(txn: MirrorTxn, batch: list[tuple[str, str | None]], as_of: int) -> int:
+    return sum(txn.note_customer_email(customer, email, as_of) for customer, email in batch)
 
 
 def _printable(differences: dict[str, tuple[Any, Any]]) -> dict[str, list[str]]:

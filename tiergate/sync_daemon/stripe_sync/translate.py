@@ -46,6 +46,14 @@ class SubscriptionState:
     cancel_at_period_end: bool
     canceled_at: datetime | None
     addons: tuple[tuple[str, int], ...] = ()  # extra items whose price is a catalog add-on
+    email: CustomerEmail | None = None  # the expanded customer's email (None: not expanded)
+
+
+@dataclass(frozen=True)
+class CustomerEmail:
+    """A Stripe customer's email as one payload gave it (`address` None: the customer has none)."""
+
+    address: str | None
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ class CustomerSeen:
     customer_id: str
     tenant: str | None
     deleted: bool
+    email: CustomerEmail | None = None
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,9 @@ class Translator:
         if kind in SUBSCRIPTION_EVENTS:
             return self.subscription(obj)
         if kind in CUSTOMER_EVENTS:
-            return CustomerSeen(obj["id"], self._tenant_of(obj), deleted=kind == "customer.deleted")
+            deleted = kind == "customer.deleted"
+            email = None if deleted else customer_email(obj, "email")
+            return CustomerSeen(obj["id"], self._tenant_of(obj), deleted=deleted, email=email)
         if kind in PAYMENT_EVENTS:
             return self._payment(obj, failed=kind == "invoice.payment_failed")
         if kind in CHECKOUT_EVENTS:
@@ -136,6 +147,7 @@ class Translator:
             cancel_at_period_end=bool(sub.get("cancel_at_period_end")),
             canceled_at=from_epoch(sub.get("canceled_at"), "canceled_at"),
             addons=self._addons(sub, item),
+            email=customer_email(customer, "customer.email") if isinstance(customer, dict) else None,
         )
 
     def _addons(self, sub: dict[str, Any], main: dict[str, Any]) -> tuple[tuple[str, int], ...]:
@@ -310,6 +322,23 @@ def _checked_tenant(tenant: str | None, field: str) -> str | None:
     if problem is not None:
         raise InvalidTenantError(f"{field}: the tenant id {problem}", field=field)
     return tenant
+
+
+MAX_EMAIL_CHARS = 512  # Stripe's own limit on a customer's email
+
+
+def customer_email(customer: dict[str, Any], field: str) -> CustomerEmail | None:
+    """The customer object's email (None when the object has no `email` key, e.g. a partial one)."""
+    if "email" not in customer:
+        return None
+    value = customer["email"]
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return CustomerEmail(None)
+    if not isinstance(value, str) or len(value) > MAX_EMAIL_CHARS or not value.isprintable():
+        raise StripeFieldError(
+            field, f"{field}: expected an email address of at most {MAX_EMAIL_CHARS} printable characters"
+        )
+    return CustomerEmail(value.strip())
 
 
 def _id_of(value: Any) -> str | None:

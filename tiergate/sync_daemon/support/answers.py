@@ -25,6 +25,7 @@ from tiergate.policy.document import (
     build_input,
     feature_sources,
     parse_answer,
+    policy_account,
     policy_error_decision,
 )
 from tiergate.policy.embedded import EmbeddedEngine
@@ -33,18 +34,6 @@ from tiergate.sync_daemon.mirror.lookup import TenantRecord
 from tiergate.usage_events import GAUGE_PERIOD_START
 
 log = structlog.get_logger("tiergate.support")
-
-ACCOUNT_DOCUMENT_FIELDS = (
-    "tier",
-    "status",
-    "quantity",
-    "current_period_start",
-    "current_period_end",
-    "trial_end",
-    "cancel_at_period_end",
-    "past_due_since",
-    "addons",
-)
 
 
 @dataclass(frozen=True)
@@ -86,7 +75,7 @@ def tenant_input(record: TenantRecord, now: datetime) -> TenantInput:
     return TenantInput(
         tenant=record.tenant,
         now_text=rfc3339(now) or "",
-        account={name: feed[name] for name in ACCOUNT_DOCUMENT_FIELDS} if feed is not None else None,
+        account=policy_account(feed),
         usage=usage,
         period=period,
         overrides=overrides,

@@ -56,6 +56,7 @@ def render_tenant(record: TenantRecord, entitlements: dict[str, Any], now: datet
         "paid_tier": record.account.tier if record.account else None,
         "account": render_account(record.account),
         "customers": record.customers,
+        "customer_emails": record.emails,
         "entitlements": entitlements,
         "counters": render_counters(record, entitlements),
         "overrides": [o.render(now) for o in record.overrides],
@@ -137,7 +138,9 @@ def search_query(request: web.Request) -> tuple[str, int]:
     query = request.query.get("q", "").strip()
     if not query or len(query) > 200:
         raise BadRequestError(
-            "q must be 1 to 200 characters (a tenant, customer or subscription id)", field="q"
+            "q must be 1 to 200 characters (a tenant, Stripe customer or subscription id, or the start of "
+            "a customer's email)",
+            field="q",
         )
     raw_limit = request.query.get("limit", str(SEARCH_LIMIT))
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 200:

@@ -20,7 +20,7 @@ from aiohttp import web
 from tiergate.errors import BadRequestError, NotFoundError, TierError
 from tiergate.periods import utc_now_text
 from tiergate.policy.document import PolicyAnswerError, parse_answer
-from tiergate.policy.engine import DECISION_PATH
+from tiergate.policy.engine import DECISION_PATH, rule_that_decided
 from tiergate.sync_daemon.mirror.lookup import TenantRecord, read_tenant, version_at
 from tiergate.sync_daemon.mirror.schema import DECISION_RECORDS, USAGE_EVENTS
 from tiergate.sync_daemon.mirror.store import MirrorTxn, Sql
@@ -151,6 +151,8 @@ async def today(answers: PolicyAnswers, record: dict[str, Any], state: TenantRec
     return {
         "policy_revision": answers.revision,
         "same_policy": answers.revision == record.get("policy_revision"),
+        # Asked of today's policy on the recorded input: the rule of the decision when same_policy.
+        "decided_by": await rule_that_decided(answers.engine, record["input"], decision),
         "same_input": {**answer_body(replay), "same": _same(replay.allow, replay.reason, decision)},
         "current_state": {**answer_body(current), "same": _same(current.allow, current.reason, decision)},
     }

@@ -91,6 +91,32 @@ feature_decision := object.union(final_answer, {
 	"license_grace_until": license_grace_until,
 })
 
+# -- which rule decided ----------------------------------------------------------------------------
+
+# The rule whose answer the decision is, the tier it read and the add-ons that counted: what
+# `tiergate explain` and GET /v1/decisions/{id} name. Evaluated on a recorded input when a person
+# asks, never on a check. It follows `decision` and `final_answer` branch by branch; a policy that
+# changes those changes this too (policies/entitlements_test.rego holds the two together).
+decided_by := {"rule": "replica_stale", "tier": effective_tier, "addons": []} if {
+	replica_stale
+} else := {"rule": "license_expired", "tier": effective_tier, "addons": []} if {
+	license_expired
+} else := {"rule": "known_feature", "tier": effective_tier, "addons": []} if {
+	not known_feature
+} else := {"rule": "override", "tier": effective_tier, "addons": []} if {
+	override
+} else := {"rule": "restriction", "tier": effective_tier, "addons": []} if {
+	final_answer.reason == restriction
+} else := {"rule": "metered", "tier": effective_tier, "addons": counted_addons} if {
+	final_answer.limit != null
+} else := {"rule": "tier_value", "tier": effective_tier, "addons": counted_addons}
+
+# The add-ons that changed the feature's value (only on the tier the subscription grants).
+counted_addons := sort([name | some name, _ in addon_effects]) if {
+	granted
+	feature_value(subscribed_tier) != purchased(tier_value(subscribed_tier))
+} else := []
+
 # -- the request ---------------------------------------------------------------------------------
 
 now_ns := time.parse_rfc3339_ns(input.now)
