@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -18,6 +20,7 @@ from pydantic import (
 )
 
 from tiergate.errors import CatalogError
+from tiergate.periods import Window, window_bounds
 
 Interval = Literal["day", "week", "month", "year"]
 Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
@@ -41,6 +44,19 @@ class Metric(_Strict):
     # Fractions of a tenant's limit that send `usage.threshold_crossed` (outbound webhooks), once
     # per tenant, metric, period and threshold: [0.8, 1.0] warns at 80 % and at the limit.
     alerts: list[Annotated[float, Field(gt=0, le=10)]] = Field(default_factory=list)
+    # `local`: each sidecar decides from its own view (exact per pod). `leased`: the daemon leases
+    # slices of what is left to the sidecars, so reserves are exact across pods (docs/adr/0045).
+    enforcement: Literal["local", "leased"] = "local"
+    # A calendar window shorter than the billing period (in the catalog's `timezone`): the counter,
+    # the limit and the answer's valid_until follow it instead of the period (docs/adr/0047).
+    window: Window | None = None
+
+    @model_validator(mode="after")
+    def _leased_adds_up(self) -> Metric:
+        for name, value in (("enforcement 'leased'", self.enforcement == "leased"), ("window", self.window)):
+            if value and self.aggregation == "latest":
+                raise ValueError(f"{name} needs a metric that adds up (count or sum), not a gauge")
+        return self
 
     @model_validator(mode="after")
     def _sum_needs_field(self) -> Metric:
@@ -155,14 +171,33 @@ class Ingress(_Strict):
     unmatched: Literal["allow", "deny"] = "allow"
 
 
+def _zone(value: object) -> object:
+    if not isinstance(value, str):
+        raise ValueError(f"timezone is an IANA name like 'Europe/Paris'; got {value!r}")
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{value!r} is not an IANA time zone (like 'UTC' or 'Europe/Paris')") from None
+    return value
+
+
 class Catalog(_Strict):
     default_tier: Identifier
+    # The time zone metrics' calendar windows (`window: day`) are counted in.
+    timezone: Annotated[str, BeforeValidator(_zone)] = "UTC"
     metrics: dict[Identifier, Metric] = Field(default_factory=dict)
     tiers: dict[Identifier, Tier]
     addons: dict[Identifier, Addon] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
     ingress: Ingress = Field(default_factory=Ingress)
     checkout: CheckoutOptions = Field(default_factory=CheckoutOptions)
+
+    def usage_window(self, code: str, moment: datetime) -> tuple[datetime, datetime] | None:
+        """The window of `code`'s counter holding `moment`; None: it counts per billing period."""
+        metric = self.metrics.get(code)
+        if metric is None or metric.window is None:
+            return None
+        return window_bounds(moment, metric.window, ZoneInfo(self.timezone))
 
     @property
     def features(self) -> set[str]:

@@ -45,6 +45,7 @@ REASONS = (
     "policy_error",
     "replica_not_ready",
     "license_expired",
+    "quota_unavailable",  # a leased metric: no unit in this sidecar's lease, none came in time
 )
 
 MAX_TENANT_LENGTH = 200

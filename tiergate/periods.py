@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Literal
+from zoneinfo import ZoneInfo
 
 from tiergate.models import ENDED_STATUSES, Account
+
+Window = Literal["minute", "hour", "day", "month"]
 
 
 def utc_now() -> datetime:
@@ -73,3 +77,27 @@ def seconds_until(moment: datetime | None, now: datetime) -> int | None:
     if moment is None:
         return None
     return max(0, int((moment - now) / timedelta(seconds=1)))
+
+
+def window_bounds(moment: datetime, window: Window, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    """The calendar window (in `zone`) holding `moment`, as UTC instants: a metric's own window
+    shorter than the billing period (`window:` in the catalog, docs/adr/0047)."""
+    local = moment.astimezone(zone)
+    if window == "minute":
+        start = local.replace(second=0, microsecond=0)
+        return start.astimezone(UTC), (start + timedelta(minutes=1)).astimezone(UTC)
+    if window == "hour":
+        start = local.replace(minute=0, second=0, microsecond=0)
+        return start.astimezone(UTC), (start.astimezone(UTC) + timedelta(hours=1))
+    day = datetime(local.year, local.month, local.day, tzinfo=zone)
+    if window == "day":
+        following = day.date() + timedelta(days=1)
+        end = datetime(following.year, following.month, following.day, tzinfo=zone)
+        return day.astimezone(UTC), end.astimezone(UTC)
+    first = day.replace(day=1)
+    end = (
+        first.replace(year=first.year + 1, month=1)
+        if first.month == 12
+        else first.replace(month=first.month + 1)
+    )
+    return first.astimezone(UTC), end.astimezone(UTC)

@@ -26,14 +26,17 @@ class Denial:
 
 
 def denial(decision: Decision, now: datetime | None = None) -> Denial | None:
-    """None when allowed; else 429 over a limit (with Retry-After when known), 503 when the sidecar
-    gave no answer (fail_closed), 403 otherwise."""
+    """None when allowed; else 429 over a limit (with Retry-After when known) or for a leased quota
+    not available in time (Retry-After: 1), 503 when the sidecar gave no answer (fail_closed), 403
+    otherwise."""
     if decision.allow:
         return None
     body = {"allow": False, "reason": decision.reason, "feature": decision.feature, "tier": decision.tier}
     body["decision"] = decision.body()
     if decision.reason == UNREACHABLE:
         return Denial(503, {}, body)
+    if decision.reason == "quota_unavailable":  # a leased quota this pod could not cover in time
+        return Denial(429, {"Retry-After": "1"}, body)
     if decision.reason != "limit_exceeded":
         return Denial(403, {}, body)
     headers: dict[str, str] = {}

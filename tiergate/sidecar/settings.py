@@ -71,6 +71,9 @@ class SidecarSettings(ListenerSettings):
     decision_record_allow_sample: Annotated[float, Field(ge=0, le=1)] = 0.01
     decision_record_ship_queue: Annotated[int, Field(ge=0, le=1_000_000)] = 1000
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
+    # Quota leases (`enforcement: leased`): the longest a reserve waits for one refill of its
+    # lease before it is denied `quota_unavailable`.
+    lease_wait_ms: Annotated[int, Field(ge=0, le=10_000)] = 50
     max_batch: Annotated[int, Field(ge=1, le=10_000)] = 1000
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = True

@@ -22,6 +22,7 @@ from tiergate.serve import Listener, serve
 from tiergate.sync_daemon.billing.actions import BillingActions
 from tiergate.sync_daemon.billing.api import add_billing_routes, billing_actions_ctx
 from tiergate.sync_daemon.leader import Leader, PostgresLeader, SoleLeader, when_leading
+from tiergate.sync_daemon.leases.api import add_lease_routes
 from tiergate.sync_daemon.metrics import DaemonMetrics
 from tiergate.sync_daemon.mirror.backends import mirror_for
 from tiergate.sync_daemon.mirror.feed import feed_changes, feed_snapshot
@@ -144,6 +145,7 @@ def create_app(
     add_override_routes(app)
     add_outbound_routes(app)
     add_usage_routes(app, catalog)
+    add_lease_routes(app, settings.lease_ttl_s)
     add_support_routes(app)
     add_decision_routes(app)
     add_console_routes(app)

@@ -38,6 +38,17 @@ class DaemonMetrics:
         self.reconciles = Counter(
             "tiergate_reconcile_runs", "Reconciliation runs, by outcome.", ["outcome"], registry=self.registry
         )
+        self.lease_exchanges = Counter(
+            "tiergate_lease_exchanges",
+            "Quota lease exchanges with sidecars, by outcome (granted, none_free, renewed, release).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.leases_expired = Counter(
+            "tiergate_leases_expired",
+            "Quota leases that expired unrenewed (a sidecar killed or cut off) and returned their units.",
+            registry=self.registry,
+        )
         self.feed_seq = Gauge(
             "tiergate_feed_seq", "The newest sequence number in the change log.", registry=self.registry
         )

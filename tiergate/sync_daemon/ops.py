@@ -11,6 +11,7 @@ import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tiergate.sync_daemon.leases.api import lease_totals
 from tiergate.sync_daemon.sinks.service import sinks_status
 from tiergate.sync_daemon.state import LEADER, METRICS, MIRROR, RECONCILER, SETTINGS
 from tiergate.web import json_response, require_bearer
@@ -58,6 +59,7 @@ async def status(request: web.Request) -> web.Response:
             "mirror": {"backend": request.app[MIRROR].backend, "where": request.app[MIRROR].where},
             "leader": request.app[LEADER].status(),
             "sinks": sinks_status(request.app),
+            "leases": await lease_totals(request.app),
         }
     )
 

@@ -99,6 +99,8 @@ class DaemonSettings(MirrorSettings, ListenerSettings):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
     # A signed event dated further ahead of this daemon's clock is refused (400, counted, logged).
     webhook_future_tolerance_s: Annotated[float, Field(ge=0, le=86400)] = 300.0
+    # Quota leases (`enforcement: leased`): a lease not renewed for this long returns its units.
+    lease_ttl_s: Annotated[float, Field(ge=2, le=3600)] = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = True
     # OpenTelemetry (the tiergate[otel] extra): spans over OTLP/HTTP to this base URL (/v1/traces is

@@ -20,7 +20,7 @@ from tiergate.sync_daemon.mirror.usage import (
     number_stored_events,
     tenant_usage,
 )
-from tiergate.sync_daemon.state import APPLIER, MIRROR, SETTINGS
+from tiergate.sync_daemon.state import APPLIER, CATALOG, MIRROR, SETTINGS
 from tiergate.sync_daemon.usage_query import encode_cursor, parse_query
 from tiergate.usage_events import EventError, ValidEvent, parse_event
 from tiergate.web import json_response, query_params, require_bearer
@@ -53,9 +53,10 @@ async def ingest_batch(request: web.Request) -> web.Response:
         valid.append((index, event))
     events = [event for _, event in valid]
     outbound = request.app[APPLIER].outbound
+    catalog = request.app[CATALOG]
 
     def ingest(txn: MirrorTxn) -> IngestResult:
-        result = ingest_events(txn, events, now)
+        result = ingest_events(txn, events, now, catalog)
         if outbound is not None:  # alerts commit with the counters that reach them
             outbound.usage_changed(txn, result.counters)
         return result

@@ -11,11 +11,15 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from tiergate.catalog import Catalog
 from tiergate.errors import BadRequestError, EngineUnavailableError
 from tiergate.models import FeatureName, Quantity, TenantId
 from tiergate.policy.engine import PolicyBundle
 from tiergate.sidecar.api.guard import guarded
 from tiergate.sidecar.api.reserve_body import reserve_body
+from tiergate.sidecar.leases.client import HttpLeaseClient
+from tiergate.sidecar.leases.holder import Leases
+from tiergate.sidecar.leases.metrics import LeaseMetrics
 from tiergate.sidecar.settings import SidecarSettings
 from tiergate.sidecar.state import DECISIONS, METRICS, POLICIES, READER, SETTINGS, TRACING
 from tiergate.sidecar.usage.delivery import Delivery
@@ -31,6 +35,7 @@ log = structlog.get_logger("tiergate.sidecar")
 RECORDER = web.AppKey("usage_recorder", UsageRecorder)
 OUTBOX = web.AppKey("usage_outbox", Outbox)
 DELIVERY = web.AppKey("usage_delivery", Delivery)
+LEASES = web.AppKey("quota_leases", Leases)
 
 
 class OneEvent(BaseModel):
@@ -117,6 +122,7 @@ def usage_status(app: web.Application) -> dict[str, Any] | None:
         "commits_deferred": outbox.loop_commits_deferred,
         "pending": app[RECORDER].ledger.stats(),
         "delivery": app[DELIVERY].status.as_dict() if DELIVERY in app else None,
+        "leases": app[LEASES].status() if LEASES in app else None,
     }
 
 
@@ -167,6 +173,7 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
     app[METRICS].watch_outbox(outbox)
     app[OUTBOX] = outbox
     app[RECORDER] = UsageRecorder(outbox, ledger, decisions, reader, lambda: _bundle(app))
+    decisions.catalog = lambda: _catalog(app)
     if settings.daemon_url is not None:
         delivery = Delivery(
             outbox,
@@ -184,6 +191,15 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         app[DELIVERY] = delivery
         delivery.start()
+        leases = app[LEASES] = Leases(
+            HttpLeaseClient(str(settings.daemon_url), settings.sent_feed_token),
+            wait_s=settings.lease_wait_ms / 1000,
+            wall=lambda: decisions.clock(),  # the clock usage events are stamped with
+        )
+        app[RECORDER].leases = leases
+        delivery.on_answered = leases.delivered
+        app[METRICS].registry.register(LeaseMetrics(leases))
+        leases.start()
     elif settings.license_path is not None:  # usage stays here by design: `tiergate usage export`
         for line in static_mode_warnings(reader.count_accounts(), outbox.backlog, licensed=True):
             log.info("license_mode", note=line)
@@ -194,6 +210,9 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        if LEASES in app:
+            await app[LEASES].close()
+            await app[LEASES].client.close()
         if DELIVERY in app:
             await app[DELIVERY].stop()
         await outbox.close()
@@ -204,6 +223,11 @@ def _bundle(app: web.Application) -> PolicyBundle:
     if bundle is None:
         raise EngineUnavailableError("no catalog loaded yet: usage codes cannot be checked")
     return bundle
+
+
+def _catalog(app: web.Application) -> Catalog | None:
+    bundle = app[POLICIES].reloader.bundle
+    return bundle.catalog if bundle is not None else None
 
 
 def add_usage_routes(app: web.Application) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from datetime import UTC, datetime
 
+from tiergate.catalog import Catalog
 from tiergate.models import ENDED_STATUSES
 from tiergate.periods import calendar_month, rfc3339, usage_period
 from tiergate.policy.document import policy_account
@@ -25,6 +26,12 @@ def period_for(row: AccountRow | None, now: datetime, now_text: str) -> tuple[st
         return row.current_period_start, row.current_period_end
     start, end = usage_period(row.to_account(), now)  # ended (roll forward) or not started yet
     return rfc3339(start) or "", rfc3339(end) or ""
+
+
+def window_for(catalog: Catalog | None, code: str, now: datetime) -> tuple[str, str] | None:
+    """A metric's own window (`window:` in the catalog) holding `now`; None: the billing period."""
+    window = catalog.usage_window(code, now) if catalog is not None else None
+    return None if window is None else (rfc3339(window[0]) or "", rfc3339(window[1]) or "")
 
 
 @functools.cache

@@ -15,6 +15,7 @@ from typing import Any, Literal, NamedTuple
 import orjson
 
 from tiergate.amounts import policy_units
+from tiergate.catalog import Catalog
 from tiergate.errors import PolicyError, ReplicaNotReadyError, TierError
 from tiergate.log import host_safe_logger
 from tiergate.models import Decision, PolicyAnswer
@@ -29,7 +30,7 @@ from tiergate.policy.document import (
 from tiergate.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyEngine
 from tiergate.sidecar.decisions.cache import DecisionCache, Materialised, UsedBound
 from tiergate.sidecar.decisions.decision_log import DecisionLog
-from tiergate.sidecar.decisions.policy_io import account_document, expiry_epoch, period_for
+from tiergate.sidecar.decisions.policy_io import account_document, expiry_epoch, period_for, window_for
 from tiergate.sidecar.decisions.records import DecisionRecords, Key, Pending
 from tiergate.sidecar.decisions.shadow import ShadowPolicy
 from tiergate.sidecar.metrics import SidecarMetrics
@@ -130,6 +131,9 @@ class DecisionService:
         self._tail = b""
         self.shadow: ShadowPolicy | None = None  # TIERGATE_SHADOW_POLICIES: compared, never answering
         self.records: DecisionRecords | None = None  # recent decisions with their input (explain)
+        # The live catalog (set by the usage context): a metric with its own `window` is decided
+        # on that window's counter, and the window is the input's period (docs/adr/0047).
+        self.catalog: Callable[[], Catalog | None] = lambda: None
         self._to_rematerialise: collections.deque[tuple[str, str, int]] = collections.deque()
         self._rematerialiser: asyncio.Task[None] | None = None
         self._adopt(reader.meta)
@@ -440,7 +444,8 @@ class DecisionService:
         license, now = self._license_of(tenant, now)
         now_text = self._now_rfc3339(now)
         row = self.reader.account(tenant)
-        period = period_for(row, datetime.fromtimestamp(now, UTC), now_text)
+        at = datetime.fromtimestamp(now, UTC)
+        period = window_for(self.catalog(), feature, at) or period_for(row, at, now_text)
         usage = await self.ledger.usage(self.reader, tenant, period[0])
         document = build_input(
             tenant=tenant,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +102,8 @@ class Delivery:
         self.status = DeliveryStatus()
         self.tracing = tracing
         self.traces = TraceMarks()  # filled by the usage handlers while tracing is on
+        # Told the (tenant, transaction id) of every event the daemon answered for (quota leases).
+        self.on_answered: Callable[[Iterable[tuple[str, str]]], None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._pruned_at = 0.0
         self._last_seq: int | None = None
@@ -274,6 +276,8 @@ class Delivery:
                     error=result.get("error"),
                 )
         self.outbox.confirm(rows, seq, rejected)
+        if self.on_answered is not None:
+            self.on_answered((row.key[0], row.transaction_id) for row in rows)
         if self.tracing is not None:
             self.traces.forget((row.key[0], row.transaction_id) for row in rows)
         self._last_seq = _highest(seq, self._last_seq)

@@ -17,8 +17,9 @@ from tiergate.errors import BadRequestError, ConflictError
 from tiergate.models import Decision
 from tiergate.periods import rfc3339
 from tiergate.policy.engine import PolicyBundle
-from tiergate.sidecar.decisions.policy_io import period_for
+from tiergate.sidecar.decisions.policy_io import period_for, window_for
 from tiergate.sidecar.decisions.service import DecisionService
+from tiergate.sidecar.leases.holder import Leases
 from tiergate.sidecar.replica.store import AccountRow, ReplicaReader
 from tiergate.sidecar.usage.ledger import UsageLedger
 from tiergate.sidecar.usage.outbox import Entry, Outbox, Reserved
@@ -68,6 +69,8 @@ class UsageRecorder:
         self._locks = [asyncio.Lock() for _ in range(LOCK_STRIPES)]
         self._id_prefix = os.urandom(8).hex()
         self._ids = itertools.count(1)
+        # Following a daemon: reserves of `enforcement: leased` metrics draw from its leases.
+        self.leases: Leases | None = None
 
     async def record(self, raws: Sequence[object], where: str) -> list[dict[str, Any]]:
         """Validate all, then commit all (202 semantics); `where` names the field in errors."""
@@ -122,9 +125,18 @@ class UsageRecorder:
             decision = await self.decisions.decide(tenant, feature, quantity)
             if not decision.allow:
                 return decision, Reservation(tid, False, False)
+            leased = self.leases if metric.enforcement == "leased" else None
+            if leased is not None and not await leased.take(tenant, feature, quantity):
+                return dataclasses.replace(decision, allow=False, reason="quota_unavailable"), Reservation(
+                    tid, False, False
+                )
             entries = self._reservation_entries(tenant, feature, quantity, tid, counted, metric)
             if transaction_id is not None:  # the caller's own id: it may come back after pruning
                 entries[0] = dataclasses.replace(entries[0], reserved_quantity=quantity)
+            if leased is not None:  # their acknowledgements let the daemon free the units
+                leased.spent_as(
+                    tenant, feature, ((e.event.transaction_id, int(e.event.value)) for e in entries)
+                )
             for entry in entries:  # counted now, under the lock: the next reserve sees it
                 self.ledger.add(entry.key, entry.event.value)
         # Counting dropped the tenant's answers: the next reserve of the same kind finds it decided.
@@ -164,7 +176,8 @@ class UsageRecorder:
         self, tenant: str, code: str, quantity: int, tid: str, counted: bool, metric: Metric
     ) -> list[Entry]:
         at = datetime.fromtimestamp(self.decisions.clock(), UTC)
-        period_start = period_for(self.reader.account(tenant), at, rfc3339(at) or "")[0]
+        window = window_for(self.bundle().catalog, code, at)
+        period_start = (window or period_for(self.reader.account(tenant), at, rfc3339(at) or ""))[0]
         if not counted:
             props = {str(metric.field): quantity}
             return [Entry(ValidEvent(tenant, tid, code, at, quantity, props), period_start)]
@@ -175,6 +188,9 @@ class UsageRecorder:
     def _period(self, event: ValidEvent, rows: dict[str, AccountRow | None]) -> str:
         if event.gauge:
             return GAUGE_PERIOD_START  # never reset: read beside every period
+        window = window_for(self.bundle().catalog, event.code, event.at)
+        if window is not None:
+            return window[0]
         if event.tenant not in rows:
             rows[event.tenant] = self.reader.account(event.tenant)
         return period_for(rows[event.tenant], event.at, rfc3339(event.at) or "")[0]

@@ -56,6 +56,7 @@ _LOCK_CLASSES = {
     "tenant": 2,
     "usage_events": 3,
     "sink": 4,
+    "lease": 6,  # one (tenant, metric, window) of quota leases (5 is FEED_CUT's)
 }  # pg_advisory_xact_lock(class, hashtext(key))
 # pg_advisory_xact_lock_shared(FEED_CUT, 0) by every transaction that logs changes, held to its
 # commit; pg_advisory_lock(FEED_CUT, 0) (exclusive) for a moment by a snapshot's consistent cut.

@@ -293,8 +293,24 @@ CREATE INDEX decision_records_by_received_at ON decision_records (received_at);
 # One index fewer per stored usage event (docs/adr/0032); the SQLite twin is m015.
 V8 = "DROP INDEX IF EXISTS usage_events_by_tenant_time;"
 
-# The Stripe customer's email and when it was set, for support's search (SQLite: m018). (Versions 9
-# and 10 are other changes'.)
+# Quota leases (docs/adr/0045); the SQLite twin is m017_leases. Version 9 is the credits work's.
+V10 = """
+CREATE TABLE leases (
+    tenant text NOT NULL,
+    code text NOT NULL,
+    window_start text NOT NULL,
+    holder text NOT NULL,
+    granted bigint NOT NULL DEFAULT 0,
+    acked bigint NOT NULL DEFAULT 0,
+    rate double precision NOT NULL DEFAULT 0,
+    expires_at double precision NOT NULL,
+    PRIMARY KEY (tenant, code, window_start, holder)
+);
+CREATE INDEX leases_by_expiry ON leases (expires_at);
+"""
+
+# The Stripe customer's email and when it was set, for support's search (SQLite: m018). (Version 9
+# is the credits work's.)
 V11 = """
 ALTER TABLE customers ADD COLUMN email text;
 ALTER TABLE customers ADD COLUMN email_at bigint;
@@ -309,6 +325,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (6, "account_versions", V6),
     (7, "decision_records", V7),
     (8, "one_index_fewer_per_event", V8),
+    (10, "leases", V10),
     (11, "customer_email", V11),
 ]
 

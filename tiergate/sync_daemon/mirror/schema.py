@@ -390,6 +390,30 @@ def m015_one_index_fewer_per_event(db: sqlite_utils.Database) -> None:
     db.execute(f"DROP INDEX IF EXISTS {USAGE_EVENTS}_by_tenant_time")
 
 
+LEASES = "leases"
+
+
+@MIGRATIONS()
+def m017_leases(db: sqlite_utils.Database) -> None:
+    # Quota leases (docs/adr/0045): one row per holder (a sidecar's lease) of a (tenant, metric,
+    # window). `granted` and `acked` are cumulative units; what the lease still holds is
+    # granted - acked. The PostgreSQL twin is V10.
+    db.execute(
+        f"""CREATE TABLE {LEASES} (
+            tenant TEXT NOT NULL,
+            code TEXT NOT NULL,
+            window_start TEXT NOT NULL,
+            holder TEXT NOT NULL,
+            granted INTEGER NOT NULL DEFAULT 0,
+            acked INTEGER NOT NULL DEFAULT 0,
+            rate REAL NOT NULL DEFAULT 0,
+            expires_at REAL NOT NULL,
+            PRIMARY KEY (tenant, code, window_start, holder)
+        ) WITHOUT ROWID"""
+    )
+    db.execute(f"CREATE INDEX {LEASES}_by_expiry ON {LEASES} (expires_at)")
+
+
 @MIGRATIONS()
 def m018_customer_email(db: sqlite_utils.Database) -> None:
     # The Stripe customer's email, for support's search (docs/console.md says what is kept):

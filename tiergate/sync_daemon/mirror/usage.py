@@ -18,6 +18,7 @@ import orjson
 
 from tiergate import exact_json
 from tiergate.amounts import Amount, add, from_stored, stored
+from tiergate.catalog import Catalog
 from tiergate.feed import usage_record
 from tiergate.models import Account
 from tiergate.periods import parse_rfc3339, rfc3339
@@ -37,13 +38,16 @@ class IngestResult:
     counters: dict[Key, Amount]  # the new exact value of each counter this batch changed
 
 
-def ingest_events(txn: MirrorTxn, events: Sequence[ValidEvent], received_at: datetime) -> IngestResult:
+def ingest_events(
+    txn: MirrorTxn, events: Sequence[ValidEvent], received_at: datetime, catalog: Catalog | None = None
+) -> IngestResult:
     """Store the batch's new events and count exactly those this transaction stored.
 
     No lock spans the batch: ingests on every daemon run side by side and meet only on a row they
     share (a transaction id, a counter) and at the change feed's commit. On PostgreSQL the events
     get their seq after commit (`number_stored_events`); SQLite's one writer numbers them here.
-    Each statement covers the whole batch, so a batch is a handful of round trips.
+    Each statement covers the whole batch, so a batch is a handful of round trips. With
+    `catalog`, a metric with its own `window` counts in that window, not the billing period.
     """
     periods = _Periods(txn, {event.tenant for event in events})
     received = _receipt_times(received_at, len(events))
@@ -55,7 +59,8 @@ def ingest_events(txn: MirrorTxn, events: Sequence[ValidEvent], received_at: dat
         if key in first:
             continue
         first[key] = index
-        period_start = GAUGE_PERIOD_START if event.gauge else rfc3339(periods.of(event)[0]) or ""
+        window = catalog.usage_window(event.code, event.at) if catalog is not None else None
+        period_start = GAUGE_PERIOD_START if event.gauge else rfc3339((window or periods.of(event))[0]) or ""
         rows[key] = _event_row(event, period_start, received[index])
         placed.append((event, period_start))
     if txn.concurrent:
@@ -78,7 +83,8 @@ def ingest_events(txn: MirrorTxn, events: Sequence[ValidEvent], received_at: dat
                 readings[counter] = event
         else:
             deltas.append((counter, event.value))
-            periods.remember(event)
+            if catalog is None or catalog.usage_window(event.code, event.at) is None:
+                periods.remember(event)  # a window of its own is not a subscription period
     periods.record()
     counters = _add_all(txn, {counter: delta for counter, delta in aggregate(deltas).items() if delta})
     counters.update(_set_gauges(txn, readings))

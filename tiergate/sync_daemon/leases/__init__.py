@@ -1,0 +1,1 @@
+"""The daemon as the quota lease authority for `enforcement: leased` metrics (docs/adr/0045)."""
