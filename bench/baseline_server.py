@@ -61,6 +61,12 @@ async def authz(request: web.Request) -> web.Response:
     return web.Response(status=200 if tenant else 401, headers=headers)
 
 
+async def usage(request: web.Request) -> web.Response:
+    body = await request.json()
+    event = body.get("event", {}) if isinstance(body, dict) else {}
+    return web.json_response({"accepted": 1, "transaction_id": event.get("transaction_id")}, status=202)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "alive"})
 
@@ -71,6 +77,7 @@ def make_app() -> web.Application:
     app.router.add_post("/v1/check", check_post)
     app.router.add_post("/v1/check/batch", batch)
     app.router.add_route("*", "/v1/authz", authz)
+    app.router.add_post("/v1/usage", usage)
     app.router.add_get("/healthz", healthz)
     return app
 

@@ -41,7 +41,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -89,6 +89,7 @@ SCENARIO_KEYS = (
     "check_zipf",
     "check_uniform",
     "check_cold",
+    "metered",
     "reserve",
     "batch_100",
     "authz",
@@ -206,6 +207,18 @@ def reserve_lines(tenants: list[str], metric: str, count: int, rng: random.Rando
         )
         for _ in range(count)
     ]
+
+
+def metered_lines(tenants: list[str], metric: str, count: int, rng: random.Random) -> list[str]:
+    """Metered traffic: each check of `metric` followed by one unit of it recorded (POST /v1/usage)
+    for the same tenant, as an app that checks, does the work, then reports it."""
+    lines = []
+    for n in range(count):
+        tenant = rng.choice(tenants)
+        event = {"transaction_id": f"bench-{n}", "external_customer_id": tenant, "code": metric}
+        lines.append(request_line("GET", f"/v1/check?tenant={tenant}&feature={metric}"))
+        lines.append(request_line("POST", "/v1/usage", json.dumps({"event": event}, separators=(",", ":"))))
+    return lines
 
 
 def cold_lines(tenants: list[str], features: list[str], rng: random.Random) -> list[str]:
@@ -441,6 +454,29 @@ def measure(
 # -- in process ------------------------------------------------------------------------------
 
 
+async def metered_check(service: Any, reader: Any, hot: list[str]) -> Callable[[], Awaitable[object]] | None:
+    """GET /v1/check's path for a metered allow, each call after one unit of the feature's usage
+    recorded (or taken back, alternately, to stay under the limit): the answer survives it."""
+    from tiergate.periods import rfc3339
+    from tiergate.sidecar.decisions.policy_io import period_for
+
+    now = datetime.now(UTC)
+    await service.learn_usage_scope()
+    for tenant in hot:
+        decision = await service.decide(tenant, METERED_FEATURE)
+        if decision.allow and decision.limit is not None and decision.remaining > 10:
+            start = period_for(reader.account(tenant), now, rfc3339(now) or "")[0]
+            return functools.partial(
+                _metered_check, service, (tenant, METERED_FEATURE, start), itertools.cycle((1, -1))
+            )
+    return None
+
+
+async def _metered_check(service: Any, key: tuple[str, str, str], steps: Iterator[int]) -> object:
+    service.ledger.add(key, next(steps))
+    return await service.decide_json(key[0], key[1])
+
+
 def per_call_us(samples_ns: list[int]) -> dict[str, float]:
     ordered = sorted(samples_ns)
     return {
@@ -571,6 +607,9 @@ async def in_process(
                 figures["decide_json_cache_hit_deny_logged"] = await time_async(
                     lambda: service.decide_json(*denied), n
                 )
+        metered = await metered_check(service, reader, hot)
+        if metered is not None:  # each check after a usage change of its feature (ADR 40)
+            figures["decide_json_metered_hit"] = await time_async(metered, n)
         figures["decide_cache_miss_same_key"] = await time_async(
             lambda: uncached.decide(tenant, feature), n // 4
         )
@@ -793,6 +832,7 @@ def print_table(scenarios: list[Scenario], results: dict[str, Any]) -> None:
             "decide_cache_hit_deny_logged",
             "decide_json_cache_hit",
             "decide_json_cache_hit_deny_logged",
+            "decide_json_metered_hit",
             "decide_cache_miss_same_key",
             "decide_cache_miss_mixed",
             "engine_eval",
@@ -804,6 +844,12 @@ def print_table(scenarios: list[Scenario], results: dict[str, Any]) -> None:
             if f is None:
                 continue
             print(f"  {name:<32} p50 {f['p50_us']:>7.2f}  p99 {f['p99_us']:>7.2f}  mean {f['mean_us']:>7.2f}")
+        plain, metered = inproc.get("decide_json_cache_hit"), inproc.get("decide_json_metered_hit")
+        if plain and metered:
+            ratio_metered = metered["mean_us"] / plain["mean_us"]
+            print(
+                f"  metered check (after a usage change) / plain check, mean: {ratio_metered:.2f} (target <= 1.2)"
+            )
         print("  hit path, piece by piece (mean):")
         for name, value in inproc["hit_path_pieces_us"].items():
             print(f"    {name:<52} {value:>6.2f}")
@@ -958,6 +1004,7 @@ def main() -> None:
             "check_zipf": zipf_lines(tenants, features, 200_000, rng),
             "check_uniform": check_lines(tenants, features, 200_000, rng),
             "check_cold": cold_lines(tenants, features, rng),
+            "metered": metered_lines(hot, METERED_FEATURE, 50_000, rng),
             "reserve": reserve_lines(hot, METERED_FEATURE, 20_000, rng),
             "batch_100": batch_lines(hot, features, 100, 500, rng),
             "authz": authz_lines(hot, routes, header, 20_000, rng),
@@ -979,6 +1026,10 @@ def main() -> None:
             ),
             Scenario(
                 "check_cold", "check, cold (all)", tmp / "check_cold.txt", len(files["check_cold"]), 1, False
+            ),
+            # Requests alternate check / usage record: the hit ratio is the checks' (usage is no decision).
+            Scenario(
+                "metered", "metered (check+usage)", tmp / "metered.txt", len(files["metered"]), 0.5, False
             ),
             Scenario("reserve", "check-and-reserve", tmp / "reserve.txt", len(files["reserve"]), 1, False),
             Scenario("batch_100", "batch of 100", tmp / "batch_100.txt", len(files["batch_100"]), 100, False),

@@ -95,6 +95,7 @@ test_decision_is_the_full_document if {
 		"valid_until": period_end,
 		"license_grace_until": null,
 		"credits": null,
+		"used_bound": 99,
 	}
 }
 
@@ -171,6 +172,47 @@ test_metered_up_to_the_limit_is_allowed if {
 	d.allow == true
 	d.reason == "ok"
 	d.remaining == 1
+}
+
+# used_bound: the allow holds while used stays at or below it, and is a deny just past it.
+test_a_metered_allow_holds_up_to_its_used_bound if {
+	d := decide(request_with("api_calls", {"quantity": 5, "usage": {"api_calls": 40}}))
+	d.used_bound == 95
+	every used in [0, 40, 94, 95] {
+		same := decide(request_with("api_calls", {"quantity": 5, "usage": {"api_calls": used}}))
+		[same.allow, same.reason, same.limit, same.used_bound] == [true, "ok", 100, 95]
+		same.remaining == 100 - used
+	}
+	decide(request_with("api_calls", {"quantity": 5, "usage": {"api_calls": 96}})).allow == false
+}
+
+test_only_a_metered_allow_has_a_used_bound if {
+	not decide(request_with("api_calls", {"usage": {"api_calls": 100}})).used_bound
+	not decide(request("dashboards")).used_bound
+	not decide(request("reports")).used_bound
+	not decide(subscribed("api_calls", "enterprise", "active", {})).used_bound
+}
+
+# used_floor: the deny over the limit holds while used stays at or above it, and is an allow just below.
+test_a_deny_over_the_limit_holds_down_to_its_used_floor if {
+	d := decide(request_with("api_calls", {"quantity": 5, "usage": {"api_calls": 120}}))
+	d.used_floor == 96
+	every used in [96, 100, 120, 5000] {
+		same := decide(request_with("api_calls", {"quantity": 5, "usage": {"api_calls": used}}))
+		[same.allow, same.reason, same.limit, same.used_floor] == [false, "limit_exceeded", 100, 96]
+		same.remaining == max([100 - used, 0])
+	}
+	decide(request_with("api_calls", {"quantity": 5, "usage": {"api_calls": 95}})).allow == true
+}
+
+test_a_quantity_over_the_whole_limit_has_a_floor_of_zero if {
+	decide(request_with("api_calls", {"quantity": 500})).used_floor == 0
+}
+
+test_only_a_deny_over_the_limit_has_a_used_floor if {
+	not decide(request_with("api_calls", {"usage": {"api_calls": 40}})).used_floor
+	not decide(request("reports")).used_floor
+	not decide(request("teleport")).used_floor
 }
 
 test_metered_at_the_limit_is_exceeded if {

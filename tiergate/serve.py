@@ -12,7 +12,7 @@ import contextlib
 import errno
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,12 @@ class Listener:
     name: str = "main"  # the `listener` label of tiergate_listener_bounds_total
 
 
+Track = Callable[[Any, bool], None]  # (a connection, open?): counted against the cap, swept
+# A listener's front: given how to make the aiohttp connection it may hand the client to (already
+# tracked) and how to track itself, the protocol that first reads each new connection (ADR 39).
+Front = Callable[[Callable[[], asyncio.Protocol], Track], asyncio.Protocol]
+
+
 def serve(
     app: web.Application,
     listeners: Sequence[Listener],
@@ -47,15 +53,17 @@ def serve(
     bounds: ListenerBounds,
     hits: BoundHits,
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+    fronts: Mapping[str, Front] | None = None,
 ) -> None:
     """Bind every listener, start the app, log `listening`, and serve until SIGINT or SIGTERM
-    (on the loop `loop_factory` makes, e.g. uvloop's; the standard one by default)."""
+    (on the loop `loop_factory` makes, e.g. uvloop's; the standard one by default). `fronts`:
+    by listener name, a protocol that reads each connection before aiohttp does."""
     sockets = [(listener.name, sock) for listener in listeners for sock in bind(listener)]
     with (
         asyncio.Runner(loop_factory=loop_factory) as runner,
         contextlib.suppress(GracefulExit, KeyboardInterrupt),
     ):
-        runner.run(_serve(app, sockets, process, bounds, hits))
+        runner.run(_serve(app, sockets, process, bounds, hits, fronts or {}))
 
 
 async def _serve(
@@ -64,8 +72,9 @@ async def _serve(
     process: str,
     bounds: ListenerBounds,
     hits: BoundHits,
+    fronts: Mapping[str, Front],
 ) -> None:
-    runner = await start_bounded(app, sockets, bounds, hits)
+    runner = await start_bounded(app, sockets, bounds, hits, fronts)
     try:
         for _, sock in sockets:
             host, port = sock.getsockname()[:2]
@@ -92,9 +101,10 @@ async def start_bounded(
     sockets: Sequence[tuple[str, socket.socket]],
     bounds: ListenerBounds,
     hits: BoundHits,
+    fronts: Mapping[str, Front] | None = None,
 ) -> BoundedRunner:
-    """Serve `app` on each (listener name, bound socket) under `bounds`; the caller cleans the
-    runner up."""
+    """Serve `app` on each (listener name, bound socket) under `bounds`, behind the listener's
+    front if `fronts` names one; the caller cleans the runner up."""
     runner = BoundedRunner(app, bounds)
     await runner.setup()
     server = runner.server
@@ -111,7 +121,8 @@ async def start_bounded(
 
     server.request_factory = request_factory
     for name, sock in sockets:
-        await BoundedSite(runner, sock, name, bounds, hits, connections).start()
+        front = (fronts or {}).get(name)
+        await BoundedSite(runner, sock, name, bounds, hits, connections, front).start()
     runner.sweeper.start("listener-bounds-sweep")
     return runner
 
@@ -119,7 +130,7 @@ async def start_bounded(
 class BoundedSite(web.SockSite):
     """A SockSite whose connections are BoundedConnections, capped per listener."""
 
-    __slots__ = ("_bounds", "_connections", "_hits", "_listener", "_open")
+    __slots__ = ("_bounds", "_connections", "_front", "_hits", "_listener", "_open")
 
     def __init__(
         self,
@@ -129,11 +140,13 @@ class BoundedSite(web.SockSite):
         bounds: ListenerBounds,
         hits: BoundHits,
         connections: dict[RequestHandler, BoundedConnection],
+        front: Front | None = None,
     ) -> None:
         super().__init__(runner, sock, backlog=1024)
         self._listener, self._bounds, self._hits = listener, bounds, hits
         self._connections = connections
-        self._open: set[BoundedConnection] = set()
+        self._front = front
+        self._open: set[Any] = set()  # BoundedConnections, and fronts not yet handed over
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
@@ -141,16 +154,25 @@ class BoundedSite(web.SockSite):
         assert isinstance(runner, BoundedRunner) and runner.server is not None
         server, sweeper = runner.server, runner.sweeper
 
+        track = self._track(sweeper)
+
+        def bounded() -> BoundedConnection:
+            return BoundedConnection(server(), self._listener, self._bounds, self._hits, track)
+
+        front = self._front
+
         def connect() -> asyncio.BaseProtocol:
-            return BoundedConnection(server(), self._listener, self._bounds, self._hits, self._track(sweeper))
+            return bounded() if front is None else front(bounded, track)
 
         factory = capped(self._listener, self._bounds, self._hits, lambda: len(self._open), connect)
         self._server = await asyncio.get_running_loop().create_server(factory, sock=self._sock, backlog=1024)
 
-    def _track(self, sweeper: Sweeper) -> Callable[[BoundedConnection, bool], None]:
-        def track(connection: BoundedConnection, is_open: bool) -> None:
+    def _track(self, sweeper: Sweeper) -> Track:
+        def track(connection: Any, is_open: bool) -> None:
             for registry in (self._open, sweeper.connections):
                 (registry.add if is_open else registry.discard)(connection)
+            if not isinstance(connection, BoundedConnection):
+                return
             if is_open:
                 self._connections[connection.handler] = connection
             else:

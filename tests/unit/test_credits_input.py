@@ -1,4 +1,4 @@
-"""`input.credits` (pure): exact checks per applicable tier and override, pending usage and holds."""
+"""`input.credits` (pure): exact checks per applicable tier and override, pending usage (holds included)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from tiergate.policy.credits_input import (
     CreditPrices,
     balances,
     credits_input,
-    hold_cost,
-    no_holds,
 )
 
 ROOT = Path(__file__).parents[2]
@@ -35,13 +33,11 @@ STATE = FeedCredits(
 
 def checks(**given: Any) -> Any:
     values: dict[str, Any] = {
-        "tenant": "t",
         "feature": "gpt4_tokens",
         "quantity": 1000,
         "account_tier": "pro",
         "states": {"ai_credits": STATE},
         "pending": {},
-        "held": no_holds,
         "override_value": None,
         "now": NOW,
         **given,
@@ -67,12 +63,10 @@ def test_each_applicable_tier_is_checked_exactly_against_the_available_balance()
 
 
 def test_pending_usage_and_holds_leave_the_balance_as_the_daemon_will_debit() -> None:
-    found = checks(
-        pending={"images": 3, "gpt4_tokens": Decimal("250")}, held=lambda tenant, kind: Decimal("1.5")
-    )
-    # pro prices: 3 images x 1 + 250 x 0.002 = 3.5 pending; 9.5 - 3.5 - 1.5 = 4.5
+    found = checks(pending={"images": 3, "gpt4_tokens": Decimal("250")})  # holds are pending usage
+    # pro prices: 3 images x 1 + 250 x 0.002 = 3.5 pending; 9.5 - 3.5 = 6
     assert found is not None and found["balances"] == {
-        "ai_credits": {"balance": "4.5", "changes_at": "2026-12-09T00:00:00Z"}
+        "ai_credits": {"balance": 6, "changes_at": "2026-12-09T00:00:00Z"}
     }
     assert found["tiers"]["pro"]["sufficient"] is True
 
@@ -87,21 +81,13 @@ def test_the_period_end_bounds_answers_already() -> None:
     assert found is not None and found["balances"]["ai_credits"]["changes_at"] is None
 
 
-def test_balances_and_hold_costs() -> None:
+def test_balances() -> None:
     assert balances(
         PRICES,
-        tenant="t",
         account_tier=None,
         states={"ai_credits": STATE},
         pending={"images": 1},
-        held=no_holds,
         now=NOW,
     ) == {
         "ai_credits": {"balance": "7.5", "next_expiry": "2026-12-10T00:00:00Z"}  # free: an image costs 2
     }
-    assert hold_cost(PRICES, "pro", "images", 3) == ("ai_credits", 3)
-    assert hold_cost(PRICES, None, "gpt4_tokens", Decimal("0.5")) == (
-        "ai_credits",
-        Decimal("0.002"),
-    )  # 0.0015 up
-    assert hold_cost(PRICES, "pro", "api_calls", 1) is None

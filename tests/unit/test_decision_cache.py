@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import tracemalloc
 
 import orjson
 
 from tiergate.models import REASONS, Decision, PolicyAnswer
-from tiergate.sidecar.decisions.cache import DecisionCache, Materialised
+from tiergate.sidecar.decisions.cache import DecisionCache, Materialised, UsedBound
 
 ANSWER = Materialised.of(PolicyAnswer(allow=True, reason="ok", tier="pro"))
 
@@ -184,3 +185,28 @@ def test_a_policy_inventing_reasons_is_cached_up_to_the_outcome_table() -> None:
     assert cache.get("t", "f0", 1, 2.0, False) is not None
     assert cache.get("t", "f299", 1, 2.0, False) is None  # past 256 reasons: decided each time
     assert len(cache) == 256 - len(REASONS)  # the built-in reasons take the first places
+
+
+def test_a_bounded_answer_keeps_its_range_and_survives_usage_of_its_feature() -> None:
+    cache = DecisionCache(100, ttl_s=60.0)
+    answer = PolicyAnswer(allow=False, reason="limit_exceeded", tier="free", limit=100, used=120, remaining=0)
+    bound = UsedBound(96, 2**63 - 1, 100, "2026-12-01T00:00:00Z")
+    cache.put(
+        "t",
+        "f",
+        5,
+        Materialised.of(answer, bound),
+        now=100.0,
+        valid_until=None,
+        stale=False,
+        epoch=cache.epoch,
+    )
+    put(cache, "t", "f")  # an answer without a bound, same feature
+    found = cache.get("t", "f", 5, 100.0, False)
+    assert found is not None and found.bound == bound and found.answer() == answer
+    cache.invalidate_feature("t", "f", keep_bounded=True)
+    assert cache.get("t", "f", 1, 100.0, False) is None  # unbounded: dropped
+    kept = cache.get("t", "f", 5, 100.0, False)
+    assert kept is not None
+    assert kept.with_used(130).answer() == dataclasses.replace(answer, used=130)
+    assert kept.with_used(97).answer() == dataclasses.replace(answer, used=97, remaining=3)

@@ -88,3 +88,43 @@ def test_an_app_gate_answers_quota_unavailable_with_429_and_a_short_retry() -> N
     )
     denied = denial(decision)
     assert denied is not None and denied.status == 429 and denied.headers == {"Retry-After": "1"}
+
+
+async def test_a_hold_draws_its_units_and_assigns_them_to_its_usage_or_gives_them_back() -> None:
+    daemon = ScriptedDaemon([10])
+    leases = Leases(daemon, wait_s=0.05)
+    first = await leases.draw("t", "exports", 4)
+    second = await leases.draw("t", "exports", 3)
+    assert first is not None and second is not None and first.lease is second.lease
+    lease = first.lease
+    assert (lease.spent, lease.held) == (7, 7)
+    # Settled 2 of 4: two events are acknowledged against the lease, the other 2 units return.
+    leases.assign("t", [first], [("h1", 1), ("h1/2", 1)])
+    assert (lease.spent, lease.held) == (5, 3)
+    # A sum metric's one event over two draws (the hold's and an excess drawn at settle) is split;
+    # units beyond every draw (overage "allow") were never leased and are not acknowledged.
+    excess = await leases.draw("t", "exports", 2)
+    assert excess is not None
+    leases.assign("t", [second, excess], [("h2", 9)])
+    assert (lease.spent, lease.held) == (7, 0)
+    leases.delivered([("t", "h1"), ("t", "h1/2"), ("t", "h2")])
+    assert lease.acked == 7  # never more than was spent from the lease
+    # Released (no usage): every drawn unit returns, so the lease can give all of it again.
+    third = await leases.draw("t", "exports", 3)
+    assert third is not None
+    leases.assign("t", [third], [])
+    assert lease.spent == 7 and lease.available(leases.clock(), leases.wall()) == 3
+
+
+async def test_a_leased_hold_keeps_its_lease_renewed_and_units_of_a_lapsed_lease_stay_out() -> None:
+    daemon = ScriptedDaemon([5])
+    leases = Leases(daemon, wait_s=0.05)
+    drawn = await leases.draw("t", "exports", 2)
+    assert drawn is not None
+    drawn.lease.last_used -= 3600  # idle for an hour, but a hold still holds 2 of its units
+    drawn.lease.deadline = leases.clock() + 1  # near its deadline
+    await leases.renew()
+    assert daemon.asked[-1]["release"] is False  # renewed, not given back
+    drawn.lease.deadline = leases.clock() - 1  # lapsed (the daemon will expire it): replaced
+    leases.assign("t", [drawn], [])
+    assert drawn.lease.spent == 2  # not given back to a lease the daemon may have freed

@@ -10,11 +10,13 @@ import pytest
 from tiergate.models import PolicyAnswer
 from tiergate.policy.document import (
     POLICY_ACCOUNT_FIELDS,
+    USED_CEILING,
     PolicyAnswerError,
     build_input,
     parse_answer,
     policy_account,
     policy_error_decision,
+    used_range,
 )
 from tiergate.sidecar.decisions.policy_io import account_document, expiry_epoch, period_for
 from tiergate.sidecar.replica.store import AccountRow
@@ -189,3 +191,22 @@ def test_parse_answer_keeps_the_paid_tier_beside_the_applied_one() -> None:
 )
 def test_expiry_epoch(valid_until: str | None, expected: float | None) -> None:
     assert expiry_epoch(valid_until) == expected
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ({"allow": True, "used_bound": 95}, (0, 95)),
+        ({"allow": False, "used_floor": 96}, (96, USED_CEILING)),
+        ({"used_floor": 3, "used_bound": 7}, (3, 7)),
+        ({"allow": True}, None),  # says nothing: today's behaviour
+        ({"used_bound": -1}, None),
+        ({"used_bound": True}, None),
+        ({"used_bound": 1.5}, None),
+        ({"used_floor": 8, "used_bound": 7}, None),
+        ({"used_bound": 2**63}, None),
+        ([1], None),
+    ],
+)
+def test_used_range_is_whole_numbers_or_nothing(answer: object, expected: tuple[int, int] | None) -> None:
+    assert used_range(answer) == expected

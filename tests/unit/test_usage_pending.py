@@ -45,3 +45,22 @@ def test_remove_undoes_a_tentative_reservation() -> None:
     pending.remove(A, 1)
     assert pending.stats()["counters"] == 0
     assert pending.overlay("t", P, {}, position=None) == {}
+
+
+def test_pending_in_all_periods_sums_a_tenants_periods_for_credit_balances() -> None:
+    """A credit balance is no period's: a hold made before a period's end (it keeps that period's
+    key) still takes its credits after it, once, beside the new period's usage."""
+    pending = UsageLedger()
+    old = ("t", "images", "2026-02-01T00:00:00Z")
+    new = ("t", "images", P)
+    pending.add(old, 2)
+    assert pending.pending_in_all_periods("t") == {"images": 2}
+    pending.add(new, 3)
+    pending.add(A, 1)
+    assert pending.pending_in_all_periods("t") == {"images": 5, "api_calls": 1}
+    assert pending.pending_in_all_periods("other") == {}
+    pending.remove(old, 2)  # the hold ends: its period's key goes, the other stays
+    assert pending.pending_in_all_periods("t") == {"images": 3, "api_calls": 1}
+    pending.remove(new, 3)
+    pending.remove(A, 1)
+    assert pending.pending_in_all_periods("t") == {}

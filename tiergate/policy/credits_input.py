@@ -3,7 +3,8 @@
 The arithmetic is exact and done here, not in Rego (whose numbers are binary doubles, ADR 16):
 for each tier that prices the feature (and for an override that does), the check compares what is
 available, the replica's balance at this instant less the credits of usage this sidecar accepted
-that the replica does not include yet (pending) and of holds, with the cost of `quantity` units.
+that the replica does not include yet (pending: active holds are in it, docs/holds.md), with the
+cost of `quantity` units.
 The policy reads `input.credits.tiers[<the tier that applies>]` (or `.override`) and decides
 (policies/entitlements.rego, docs/credits.md). Amounts are JSON integers or decimal strings.
 
@@ -13,7 +14,7 @@ dictionary lookups and, per credit type, one balance (bench/credits_check.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -23,13 +24,7 @@ from tiergate.credits import cost_of, subtract
 from tiergate.feed import FeedCredits
 from tiergate.periods import rfc3339
 
-# (tenant, credit type) -> credits held by holds not yet settled (the holds' own view); 0 without.
-HeldCredits = Callable[[str, str], Amount]
 Price = tuple[str, Amount]  # (credit type, cost of one unit)
-
-
-def no_holds(tenant: str, credit_type: str) -> Amount:
-    return 0
 
 
 class CreditPrices:
@@ -78,29 +73,14 @@ def override_quota(value: object) -> Quota | None:
         return None
 
 
-def hold_cost(prices: CreditPrices, tier: str | None, feature: str, quantity: Amount) -> Price | None:
-    """(credit type, credits) that holding `quantity` of `feature` takes on `tier` (the default
-    tier's price without one); None when the feature is not credit-priced there. For the holds:
-    their sum per type is what `DecisionService.held_credits` answers."""
-    tiers = prices.by_feature.get(feature, {})
-    price = tiers.get(tier or "") or (
-        tiers.get(prices.default_tier) if tier not in prices.catalog.tiers else None
-    )
-    if price is None:
-        return None
-    return price[0], prices.cost(price[0], price[1], quantity)
-
-
 def credits_input(
     prices: CreditPrices,
     *,
-    tenant: str,
     feature: str,
     quantity: int,
     account_tier: str | None,
     states: Mapping[str, FeedCredits],
     pending: Mapping[str, Amount],
-    held: HeldCredits,
     override_value: object,
     now: datetime,
     period_end: str | None = None,
@@ -111,7 +91,8 @@ def credits_input(
     `{"balances": {type: {"balance", "changes_at"}}, "tiers": {tier: check}, "override": check}`,
     a check being `{"type", "cost", "sufficient"}`. A balance is what is available: the replica's
     at `now`, less the pending usage (`pending`: what this sidecar accepted that the replica
-    lacks, by code) priced as the daemon will debit it (on the account's tier), less the holds. A change
+    lacks and what its active holds take, by code, whatever their period) priced as the daemon will
+    debit it (on the account's tier). A change
     at or after `period_end` (which bounds every answer already) is left out."""
     sources = prices.by_feature.get(feature)
     override_price = override_value.credit_cost if isinstance(override_value, Quota) else None
@@ -125,7 +106,7 @@ def credits_input(
         credit_type, unit_cost = price
         if credit_type not in amounts:
             amounts[credit_type], available[credit_type] = _available(
-                prices, tenant, credit_type, states.get(credit_type), pricing_tier, pending, held, now
+                prices, credit_type, states.get(credit_type), pricing_tier, pending, now
             )
             changes_at = available[credit_type]["changes_at"]
             if changes_at is not None and period_end is not None and changes_at >= period_end:
@@ -145,19 +126,16 @@ def credits_input(
 
 def _available(
     prices: CreditPrices,
-    tenant: str,
     credit_type: str,
     state: FeedCredits | None,
     tier: str,
     pending: Mapping[str, Amount],
-    held: HeldCredits,
     now: datetime,
 ) -> tuple[Amount, dict[str, Any]]:
     balance, text, changes_at = state.at(now) if state is not None else (0, 0, None)
     used = prices.pending_credits(tier, credit_type, pending)
-    on_hold = held(tenant, credit_type)
-    if used or on_hold:
-        balance = subtract(subtract(balance, used), on_hold)
+    if used:
+        balance = subtract(balance, used)
         text = stored(balance)
     return balance, {"balance": text, "changes_at": changes_at}
 
@@ -165,11 +143,9 @@ def _available(
 def balances(
     prices: CreditPrices,
     *,
-    tenant: str,
     account_tier: str | None,
     states: Mapping[str, FeedCredits],
     pending: Mapping[str, Amount],
-    held: HeldCredits,
     now: datetime,
 ) -> dict[str, dict[str, Any]]:
     """Each credit type the tenant holds: what is available now (as a check would count it) and
@@ -178,6 +154,6 @@ def balances(
     found: dict[str, dict[str, Any]] = {}
     for credit_type, state in sorted(states.items()):
         used = prices.pending_credits(tier, credit_type, pending)
-        available = subtract(subtract(state.balance(now), used), held(tenant, credit_type))
+        available = subtract(state.balance(now), used)
         found[credit_type] = {"balance": stored(available), "next_expiry": rfc3339(state.next_expiry(now))}
     return found

@@ -135,6 +135,25 @@ def parse_answer(answer: object) -> PolicyAnswer:
     )
 
 
+USED_CEILING = 2**63 - 1  # no `used_bound`: no ceiling (kept in a signed 64-bit field)
+
+
+def used_range(answer: object) -> tuple[int, int] | None:
+    """(`used_floor`, `used_bound`) of a decision: its answer holds while the feature's own counter
+    stays within them; a side not given is open (0, USED_CEILING). None when the policy gives
+    neither, or one that is not a whole number in 0..USED_CEILING (docs/policies.md)."""
+    if not isinstance(answer, dict) or ("used_floor" not in answer and "used_bound" not in answer):
+        return None
+    floor, ceiling = answer.get("used_floor", 0), answer.get("used_bound", USED_CEILING)
+    if not (_whole(floor) and _whole(ceiling)) or floor > ceiling:
+        return None
+    return floor, ceiling
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= USED_CEILING
+
+
 def _time_or_none(value: object) -> str | None:
     if not isinstance(value, str):
         return None

@@ -19,6 +19,7 @@ from tiergate.policy.engine import PolicyEngine
 from tiergate.serve import Listener, serve
 from tiergate.sidecar.api.authz import add_authz_routes
 from tiergate.sidecar.api.check import add_routes
+from tiergate.sidecar.api.front import front
 from tiergate.sidecar.api.guard import add_unrouted
 from tiergate.sidecar.api.listeners import AUTHZ_LISTENER_PORTS, DIAGNOSTICS_LISTENER_PORTS
 from tiergate.sidecar.api.usage import add_usage_routes
@@ -277,7 +278,7 @@ async def _start_shadow(
 
 def _reloaded(app: web.Application, revision: str) -> None:
     app[METRICS].reloads.labels("ok").inc()
-    app[DECISIONS].cache.clear()  # answers of the previous revision
+    app[DECISIONS].rewarm()  # answers of the previous revision go; the recent ones are re-decided
     log.info("policy_reloaded", revision=revision)
 
 
@@ -324,4 +325,6 @@ def run(settings: SidecarSettings) -> None:
         bounds=settings.listener_bounds,
         hits=app[BOUND_HITS],
         loop_factory=loop_factory,
+        # The main port answers plain checks on the raw path, everything else on aiohttp (ADR 39).
+        fronts={"main": front(lambda: app[DECISIONS].decide_json, settings.listener_bounds, app[BOUND_HITS])},
     )

@@ -202,7 +202,7 @@ def test_decision(
     decision = decide(engine, acct, feature, used)
     assert (decision["allow"], decision["reason"], decision["tier"]) == (allow, reason, tier)
     assert decision["paid_tier"] == (acct["tier"] if acct else None)
-    assert set(decision) == {
+    shape = {
         "allow",
         "reason",
         "tier",
@@ -214,6 +214,15 @@ def test_decision(
         "license_grace_until",
         "credits",
     }
+    over_limit = not allow and decision["limit"] is not None  # limit_exceeded, or its downgrade
+    metered_allow = allow and decision["limit"] is not None
+    assert set(decision) == shape | (
+        {"used_bound"} if metered_allow else {"used_floor"} if over_limit else set()
+    )
+    if metered_allow:  # the answer holds while used + quantity fits the limit (docs/policies.md)
+        assert decision["used_bound"] == decision["limit"] - 1
+    if over_limit:  # and the deny while used + quantity stays over it
+        assert decision["used_floor"] == decision["limit"]
 
 
 @pytest.mark.parametrize(

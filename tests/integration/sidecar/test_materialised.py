@@ -3,18 +3,24 @@
 10,000 random checks over a hundred tenants of every tier and status, interleaved with feed
 batches (account and usage changes through the follower's path, the answers they drop re-decided
 in the background), usage recorded here (the ledger), a policy reload, and time passing (seconds, and jumps of days across period, trial and
-grace ends). Each check is asked of the sidecar's decision service (materialised answers) and of
+grace ends). Answers the policy bounds by usage (`used_bound`) survive usage recorded here until
+the bound is crossed, with `used` and `remaining` rendered from the live counter. Each check is asked of the sidecar's decision service (materialised answers) and of
 one that evaluates the policy every time; their answers must be equal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
+import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pytest
 import structlog
 
 from tiergate.feed import FeedAccount, FeedChange, FeedUsage
@@ -22,6 +28,7 @@ from tiergate.models import Account, Decision, Status, UsageCounter
 from tiergate.periods import rfc3339
 from tiergate.policy.bundle import load_bundle
 from tiergate.policy.embedded import EmbeddedEngine
+from tiergate.sidecar.decisions import service as service_module
 from tiergate.sidecar.decisions.cache import DecisionCache
 from tiergate.sidecar.decisions.policy_io import period_for
 from tiergate.sidecar.decisions.service import DecisionService
@@ -87,6 +94,7 @@ async def test_materialised_answers_equal_fresh_ones(tmp_path: Path) -> None:
         )
 
     materialised, fresh = service(100_000), service(0)
+    await materialised.learn_usage_scope()  # as the recorder does: bounded answers survive usage
     seq = 0
     for step in range(CHECKS):
         roll = rng.random()
@@ -114,11 +122,12 @@ async def test_materialised_answers_equal_fresh_ones(tmp_path: Path) -> None:
             reader.applied({tenant})
             if rng.random() < 0.5:
                 await asyncio.sleep(0)  # the dropped answers are re-decided in the background
-        elif roll < 0.05:  # usage accepted here, not in the replica yet
+        elif roll < 0.15:  # usage accepted here, not in the replica yet: mostly small, some large
             now = datetime.fromtimestamp(clock[0], UTC)
             start = period_for(reader.account(tenant), now, rfc3339(now) or "")[0]
-            ledger.add((tenant, rng.choice(METERED), start), rng.randint(1, 300))
-        elif roll < 0.0502:  # a policy reload (same policies: answers of the old revision go)
+            amount = rng.randint(1, 3) if rng.random() < 0.8 else rng.randint(1, 300)
+            ledger.add((tenant, rng.choice(METERED), start), amount)
+        elif roll < 0.1502:  # a policy reload (same policies: answers of the old revision go)
             materialised.cache.clear()
         clock[0] += rng.uniform(0, 2) if rng.random() < 0.99 else rng.uniform(0, 3 * 86400)
         feature, quantity = rng.choice(FEATURES), rng.choice((1, 1, 1, 1, 5, 400))
@@ -153,6 +162,173 @@ async def test_materialised_answers_equal_fresh_ones(tmp_path: Path) -> None:
     await engine.close()
     reader.close()
     writer.db.close()
+
+
+async def test_metered_traffic_keeps_its_answers_until_the_limit(tmp_path: Path) -> None:
+    """Each check followed by one unit of usage for the same tenant and feature: answered from
+    memory until the limit is reached, equal to a fresh evaluation every time (deny past it)."""
+    path = tmp_path / "replica.db"
+    writer = ReplicaWriter(open_replica(path))
+    tenants = [f"m{i}" for i in range(10)]
+    writer.replace_all([], [], data_as_of=START, position=0)  # all on the default tier's limit
+    reader = ReplicaReader(path)
+    engine = EmbeddedEngine(compiled=True)
+    await engine.load(load_bundle(ROOT / "policies", ROOT / "plans" / "plans.yaml"))
+    ledger = UsageLedger()
+    services = [
+        DecisionService(
+            reader,
+            engine,
+            SidecarMetrics(replica_age=lambda: 0.0),
+            cache=DecisionCache(size, ttl_s=0.0),
+            ledger=ledger,
+            log_sample=0.0,
+            log_denies=False,
+            clock=lambda: START.timestamp(),
+        )
+        for size in (100_000, 0)
+    ]
+    materialised, fresh = services
+    await materialised.learn_usage_scope()
+    start = period_for(None, START, rfc3339(START) or "")[0]
+    rng = random.Random(26)
+    checks = denied = 0
+    for _ in range(3_000):
+        tenant = rng.choice(tenants)
+        quantity = rng.choice((1, 1, 5, 20))
+        body = orjson.loads(await materialised.decide_json(tenant, "api_calls", quantity))
+        want = orjson.loads(orjson.dumps(await fresh.decide(tenant, "api_calls", quantity)))
+        assert {**body, "decision_id": ""} == {**want, "decision_id": ""}
+        checks += 1
+        if body["allow"]:
+            ledger.add((tenant, "api_calls", start), quantity)
+        denied += not body["allow"]
+    assert body["limit"] is not None and denied > 100, "the limits were never reached"
+    counts = materialised.counts
+    # a miss per (tenant, quantity) key and per crossing of a bound; everything else from memory
+    assert counts.hits > checks * 0.9, f"{counts.hits} of {checks} from memory"
+    await engine.close()
+    reader.close()
+    writer.db.close()
+
+
+async def test_answers_over_the_limit_hold_until_a_correction_brings_usage_back(tmp_path: Path) -> None:
+    """Usage recorded after denies too (an app that reports what it did anyway), and now and then
+    a correction that takes usage back under the limit: a deny over the limit (`used_floor`) is
+    answered from memory while usage grows and re-decided once a correction crosses its floor;
+    every answer equals a fresh evaluation."""
+    path = tmp_path / "replica.db"
+    writer = ReplicaWriter(open_replica(path))
+    writer.replace_all([], [], data_as_of=START, position=0)
+    reader = ReplicaReader(path)
+    engine = EmbeddedEngine(compiled=True)
+    await engine.load(load_bundle(ROOT / "policies", ROOT / "plans" / "plans.yaml"))
+    ledger = UsageLedger()
+    materialised, fresh = (
+        DecisionService(
+            reader,
+            engine,
+            SidecarMetrics(replica_age=lambda: 0.0),
+            cache=DecisionCache(size, ttl_s=0.0),
+            ledger=ledger,
+            log_sample=0.0,
+            log_denies=False,
+            clock=lambda: START.timestamp(),
+        )
+        for size in (100_000, 0)
+    )
+    await materialised.learn_usage_scope()
+    start = period_for(None, START, rfc3339(START) or "")[0]
+    rng = random.Random(39)
+    tenants = [f"o{i}" for i in range(5)]
+    used = dict.fromkeys(tenants, 0)
+    reasons: collections.Counter[tuple[bool, str]] = collections.Counter()
+    for step in range(2_000):
+        tenant = rng.choice(tenants)
+        body = orjson.loads(await materialised.decide_json(tenant, "api_calls", 1))
+        want = orjson.loads(orjson.dumps(await fresh.decide(tenant, "api_calls", 1)))
+        assert {**body, "decision_id": ""} == {**want, "decision_id": ""}, f"step {step}"
+        reasons[body["allow"], body["reason"]] += 1
+        amount = rng.choice((1, 5, 20)) if rng.random() > 0.02 else -min(used[tenant], rng.choice((30, 300)))
+        used[tenant] += amount
+        ledger.add((tenant, "api_calls", start), amount)
+    assert reasons[False, "limit_exceeded"] > 500 and reasons[True, "ok"] > 100, reasons
+    assert materialised.counts.hits > 2_000 * 0.8, f"{materialised.counts.hits} of 2000 from memory"
+    await engine.close()
+    reader.close()
+    writer.db.close()
+
+
+async def test_after_a_snapshot_the_recent_answers_are_decided_again_in_the_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot (a new replica generation) drops every answer; the warm start re-decides the
+    most recently decided ones, newest first, from the new data and under its share of the loop's
+    time: the checks that follow are hits, equal to fresh evaluations of the new data."""
+    monkeypatch.setattr(service_module, "REMATERIALISE_MAX", 30)
+    monkeypatch.setattr(service_module, "REMATERIALISE_SLICE_S", EVAL_S * 2.5)
+    path = tmp_path / "replica.db"
+    writer = ReplicaWriter(open_replica(path))
+    rng = random.Random(41)
+    tenants = [f"w{i}" for i in range(40)]
+    writer.replace_all([random_account(rng, t, START) for t in tenants], [], data_as_of=START, position=0)
+    reader = ReplicaReader(path)
+    engine = SlowEngine(compiled=True)
+    await engine.load(load_bundle(ROOT / "policies", ROOT / "plans" / "plans.yaml"))
+    materialised, fresh = (
+        DecisionService(
+            reader,
+            engine,
+            SidecarMetrics(replica_age=lambda: 0.0),
+            cache=DecisionCache(size, ttl_s=0.0),
+            ledger=UsageLedger(),
+            log_sample=0.0,
+            log_denies=False,
+            clock=lambda: START.timestamp(),
+        )
+        for size in (100_000, 0)
+    )
+    for tenant in tenants:  # w39 is the most recently decided
+        await materialised.decide(tenant, "reports")
+    snapshot = [random_account(rng, t, START) for t in tenants]  # new tiers and statuses
+    writer.replace_all(snapshot, [], data_as_of=START, position=1)
+    adopted = asyncio.Event()
+    reader.subscribe(lambda meta, tenants: adopted.set() if tenants is None else None)
+    started = time.perf_counter()
+    reader.refresh()  # read whole on a thread; the answers go when it is adopted
+    await asyncio.wait_for(adopted.wait(), 30)
+    await materialised.wait_rematerialised()
+    elapsed = time.perf_counter() - started
+    assert materialised.counts.rematerialised == 30  # REMATERIALISE_MAX, the newest first
+    hits = materialised.counts.hits
+    for tenant in reversed(tenants[10:]):
+        got = orjson.loads(await materialised.decide_json(tenant, "reports"))
+        want = orjson.loads(orjson.dumps(await fresh.decide(tenant, "reports")))
+        assert {**got, "decision_id": ""} == {**want, "decision_id": ""}
+    assert materialised.counts.hits - hits == 30, "the 30 newest were not all answered from memory"
+    assert materialised.cache.get("w0", "reports", 1, START.timestamp(), False) is None  # the oldest
+    # The share: each evaluation here costs at least EVAL_S, so 30 of them at a quarter of the
+    # loop's time were spread over at least 4x their time (less the last slice, not followed by a pause).
+    work = 30 * EVAL_S
+    slack = service_module.REMATERIALISE_SLICE_S
+    # the documented share: a quarter of the loop
+    assert elapsed >= work * 4 - 3 * slack, f"{elapsed:.3f} s"
+    await engine.close()
+    reader.close()
+    writer.db.close()
+
+
+EVAL_S = 0.002
+
+
+class SlowEngine(EmbeddedEngine):
+    """regorus, each evaluation made to take at least EVAL_S of CPU (a policy that costs more)."""
+
+    async def evaluate(self, path: str, document: Mapping[str, Any]) -> Any:
+        until = time.perf_counter() + EVAL_S
+        while time.perf_counter() < until:
+            pass
+        return await super().evaluate(path, document)
 
 
 async def test_a_rendered_deny_logs_the_line_a_decided_one_does(tmp_path: Path) -> None:

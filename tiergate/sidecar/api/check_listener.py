@@ -162,6 +162,23 @@ class CheckProtocol(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
+    @property
+    def closing(self) -> bool:
+        """No request after the last one read is answered (a `Connection: close`, a refusal)."""
+        return self._last_request
+
+    @property
+    def answering(self) -> bool:
+        return self._in_flight > 0
+
+    def when_answered(self, callback: Callable[[], object]) -> None:
+        """Call `callback` once every answer queued so far is written (now, when there is none)."""
+        tail = self._tail
+        if tail is None or tail.done():
+            callback()
+        else:
+            tail.add_done_callback(lambda _: callback())
+
     # -- httptools' callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:

@@ -36,12 +36,29 @@ DEFAULT_BUDGET_BYTES = 64 * 1024 * 1024
 ENTRY_OVERHEAD_BYTES = 40
 TENANT_OVERHEAD_BYTES = 250
 KEY_TUPLE_BYTES = 72
-# expiry (epoch seconds), flags (bit 0: stale, bit 1: allow), the reason's index in `_reasons`.
+# expiry (epoch seconds), flags (bit 0: stale, bit 1: allow, bit 2: bounded), the reason's index
+# in `_reasons`; a bounded entry then holds its bound, its limit and its period's start.
 _HEADER = struct.Struct("<dBB")
-_STALE, _ALLOW = 1, 2
+# used_floor, used_bound (USED_CEILING: none), limit (_NO_LIMIT: null), the period start's length
+_BOUND = struct.Struct("<qqqB")
+_STALE, _ALLOW, _BOUNDED = 1, 2, 4
+_NO_LIMIT = -(2**63)
+_FLAGS_AT = 8
+_USED, _REMAINING = b',"used":', b',"remaining":'  # in an answer's JSON, in this order
 _MAX_REASONS = 256  # one byte; a policy inventing more reasons than that is not cached past them
 
 Key = str | tuple[str, int]  # the feature alone for quantity 1 (the usual case: no tuple to keep)
+
+
+class UsedBound(NamedTuple):
+    """The policy's `used_floor` and `used_bound`: the answer holds while the feature's counter
+    for the period starting at `period_start` stays within `used_min`..`used_max`; `used` and
+    `remaining` (from `limit`) are then rendered from the live counter."""
+
+    used_min: int
+    used_max: int
+    limit: int | None
+    period_start: str
 
 
 class Materialised(NamedTuple):
@@ -51,13 +68,25 @@ class Materialised(NamedTuple):
     allow: bool
     reason: str
     head: bytes
+    bound: UsedBound | None = None
 
     @classmethod
-    def of(cls, answer: PolicyAnswer) -> Materialised:
-        return cls(answer.allow, answer.reason, orjson.dumps(answer)[:-1])
+    def of(cls, answer: PolicyAnswer, bound: UsedBound | None = None) -> Materialised:
+        return cls(answer.allow, answer.reason, orjson.dumps(answer)[:-1], bound)
 
     def answer(self) -> PolicyAnswer:
         return PolicyAnswer(**orjson.loads(self.head + b"}"))
+
+    def with_used(self, used: int) -> Materialised:
+        """The same answer with `used` and `remaining` for the counter's value now."""
+        assert self.bound is not None
+        limit = self.bound.limit
+        start = self.head.index(_USED) + len(_USED)
+        end = self.head.index(_REMAINING, start)
+        end = self.head.index(b",", end + len(_REMAINING))
+        remaining = b"null" if limit is None else str(max(limit - used, 0)).encode()
+        head = b"%s%d%s%s%s" % (self.head[:start], used, _REMAINING, remaining, self.head[end:])
+        return self._replace(head=head)
 
 
 def entry_key(feature: str, quantity: int) -> Key:
@@ -96,7 +125,21 @@ class DecisionCache:
         if expires <= now:
             self._drop(entries, key, packed)
             return None
-        return Materialised(bool(flags & _ALLOW), self._reasons[reason], packed[_HEADER.size :])
+        if not flags & _BOUNDED:
+            return Materialised(bool(flags & _ALLOW), self._reasons[reason], packed[_HEADER.size :])
+        used_min, used_max, limit, length = _BOUND.unpack_from(packed, _HEADER.size)
+        at = _HEADER.size + _BOUND.size
+        start = packed[at : at + length].decode()
+        bound = UsedBound(used_min, used_max, None if limit == _NO_LIMIT else limit, start)
+        return Materialised(bool(flags & _ALLOW), self._reasons[reason], packed[at + length :], bound)
+
+    def drop(self, tenant: str, feature: str, quantity: int) -> None:
+        """Forget one answer (its bound was crossed)."""
+        entries = self._tenants.get(tenant)
+        key = entry_key(feature, quantity)
+        packed = entries.get(key) if entries is not None else None
+        if entries is not None and packed is not None:
+            self._drop(entries, key, packed)
 
     def put(
         self,
@@ -119,7 +162,14 @@ class DecisionCache:
         if expires <= now or reason is None:
             return
         flags = (_STALE if stale else 0) | (_ALLOW if answer.allow else 0)
-        packed = _HEADER.pack(expires, flags, reason) + answer.head
+        bound = answer.bound
+        if bound is None:
+            packed = _HEADER.pack(expires, flags, reason) + answer.head
+        else:
+            start = bound.period_start.encode()
+            limit = _NO_LIMIT if bound.limit is None else bound.limit
+            extra = _BOUND.pack(bound.used_min, bound.used_max, limit, len(start)) + start
+            packed = _HEADER.pack(expires, flags | _BOUNDED, reason) + extra + answer.head
         self._store(tenant, entry_key(feature, quantity), packed)
         self._evict()
 
@@ -170,14 +220,22 @@ class DecisionCache:
         self._forget(entries)
         return [(key, 1) if isinstance(key, str) else key for key in entries]
 
-    def invalidate_feature(self, tenant: str, feature: str) -> list[tuple[str, int]]:
-        """Drop `tenant`'s answers about `feature` (every quantity), keep its others; returns the
-        (feature, quantity) keys dropped."""
+    def invalidate_feature(
+        self, tenant: str, feature: str, *, keep_bounded: bool = False
+    ) -> list[tuple[str, int]]:
+        """Drop `tenant`'s answers about `feature` (every quantity), keep its others (and, with
+        `keep_bounded`, those that hold up to a bound on the feature's counter, checked when
+        read); returns the (feature, quantity) keys dropped."""
         self.epoch += 1
         entries = self._tenants.get(tenant)
         if entries is None:
             return []
-        dropped = [key for key in entries if key == feature or (isinstance(key, tuple) and key[0] == feature)]
+        dropped = [
+            key
+            for key, packed in entries.items()
+            if (key == feature or (isinstance(key, tuple) and key[0] == feature))
+            and not (keep_bounded and packed[_FLAGS_AT] & _BOUNDED)
+        ]
         for key in dropped:
             self._drop(entries, key, entries[key])
         if not entries:
@@ -188,6 +246,17 @@ class DecisionCache:
     def holds(self, tenant: str, feature: str, quantity: int) -> bool:
         entries = self._tenants.get(tenant)
         return entries is not None and entry_key(feature, quantity) in entries
+
+    def keys_newest_first(self, limit: int) -> list[tuple[str, str, int]]:
+        """Up to `limit` (tenant, feature, quantity) keys held, the most recently written tenant's
+        first (what a warm start re-decides after everything is dropped)."""
+        keys: list[tuple[str, str, int]] = []
+        for tenant in reversed(self._tenants):
+            for key in self._tenants[tenant]:
+                if len(keys) >= limit:
+                    return keys
+                keys.append((tenant, key, 1) if isinstance(key, str) else (tenant, *key))
+        return keys
 
     def clear(self) -> None:
         self.epoch += 1

@@ -33,7 +33,7 @@ from tiergate.errors import ReplicaError, TierError
 from tiergate.feed import FeedCredits
 from tiergate.models import ENDED_STATUSES, PolicyAnswer
 from tiergate.periods import rfc3339
-from tiergate.policy.credits_input import CreditPrices, credits_input, no_holds, override_quota
+from tiergate.policy.credits_input import CreditPrices, credits_input, override_quota
 from tiergate.policy.document import PolicyAnswerError, build_input, parse_answer, policy_error_decision
 from tiergate.policy.embedded import EmbeddedEngine
 from tiergate.policy.engine import DECISION_PATH, PolicyBundle
@@ -326,13 +326,11 @@ def _document(
     credits = (
         credits_input(
             prices,
-            tenant=state.tenant,
             feature=feature,
             quantity=1,
             account_tier=state.account.tier if state.account else None,
             states=state.credits,
             pending={},
-            held=no_holds,
             override_value=override_quota(found.get("value")) if isinstance(found, dict) else None,
             now=now,
             period_end=period[1],

@@ -14,6 +14,7 @@ from typing import Any, Literal, NamedTuple
 
 import orjson
 
+from tiergate.amounts import policy_units
 from tiergate.catalog import Catalog
 from tiergate.errors import PolicyError, ReplicaNotReadyError, TierError
 from tiergate.log import host_safe_logger
@@ -21,15 +22,19 @@ from tiergate.models import Decision, PolicyAnswer
 from tiergate.periods import rfc3339
 from tiergate.policy.credits_input import (
     CreditPrices,
-    HeldCredits,
     balances,
     credits_input,
-    no_holds,
     override_quota,
 )
-from tiergate.policy.document import PolicyAnswerError, build_input, parse_answer, policy_error_decision
+from tiergate.policy.document import (
+    PolicyAnswerError,
+    build_input,
+    parse_answer,
+    policy_error_decision,
+    used_range,
+)
 from tiergate.policy.engine import DECISION_PATH, ROUTE_PATH, PolicyEngine
-from tiergate.sidecar.decisions.cache import DecisionCache, Materialised
+from tiergate.sidecar.decisions.cache import DecisionCache, Materialised, UsedBound
 from tiergate.sidecar.decisions.decision_log import DecisionLog
 from tiergate.sidecar.decisions.policy_io import account_document, expiry_epoch, period_for, window_for
 from tiergate.sidecar.decisions.records import DecisionRecords, Key, Pending
@@ -42,8 +47,13 @@ log = host_safe_logger("tiergate.sidecar")  # also runs inside a host app (Local
 
 # The policy's declaration of what a decision reads of input.usage ("feature": its own counter).
 USAGE_SCOPE_PATH = "data.tiergate.entitlements.usage_scope"
-# Most answers waiting to be re-decided after feed batches dropped them.
+# Most answers waiting to be re-decided after feed batches dropped them, or after a snapshot or a
+# policy reload dropped them all (the warm start: the most recently decided first).
 REMATERIALISE_MAX = 10_000
+# The background re-decisions' share of the event loop's time: after each slice of work they
+# sleep so that live requests keep at least the rest (ADR 41).
+REMATERIALISE_CPU_SHARE = 0.25
+REMATERIALISE_SLICE_S = 0.005
 # A decision's log line, in this order.
 LOGGED_FIELDS = (
     "decision_id",
@@ -64,6 +74,15 @@ class PolicyInput(NamedTuple):
 
     document: dict[str, Any]
     row: AccountRow | None
+
+
+class Fresh(NamedTuple):
+    """A decision evaluated now, how far it holds as usage grows (None: until any change), and
+    the input it was evaluated from."""
+
+    answer: PolicyAnswer
+    bound: UsedBound | None
+    given: PolicyInput
 
 
 class DecisionService:
@@ -126,8 +145,6 @@ class DecisionService:
         self._adopt(reader.meta)
         reader.subscribe(self._replica_changed)
         self._usage_scope: tuple[str | None, str | None] = (None, None)  # (scope, of this revision)
-        # The holds' credits (docs/credits.md).
-        self.held_credits: HeldCredits = no_holds
         self._prices: CreditPrices | None = None
         ledger.subscribe_usage(self._usage_changed)  # pending usage changes its tenant's answers
 
@@ -157,7 +174,7 @@ class DecisionService:
                 self.records.forget(tenant)
         if tenants is None or meta.generation != self._generation:
             self._generation = meta.generation
-            self.cache.clear()
+            self.rewarm()
             if self.records is not None:
                 self.records.forget(None)
         else:
@@ -177,7 +194,7 @@ class DecisionService:
         if code is not None and prices is not None and prices.priced(code):
             self.cache.invalidate(tenant)  # the balance every credit-priced feature reads moved
         elif code is not None and scope == "feature" and revision == self.engine.revision:
-            self.cache.invalidate_feature(tenant, code)
+            self.cache.invalidate_feature(tenant, code, keep_bounded=True)
         else:
             self.cache.invalidate(tenant)
 
@@ -209,30 +226,52 @@ class DecisionService:
                 return
             self._rematerialiser = loop.create_task(self._rematerialise(), name="rematerialise")
 
+    def rewarm(self) -> None:
+        """Drop every answer (a snapshot, an import, a policy reload) and re-decide in the
+        background the REMATERIALISE_MAX most recently decided, newest first: the first minute
+        after the change is not all misses."""
+        keys = self.cache.keys_newest_first(REMATERIALISE_MAX)
+        self.cache.clear()
+        self._to_rematerialise.clear()  # of the old data: those still asked are among `keys`
+        self.rematerialise_soon(keys)
+
+    async def wait_rematerialised(self) -> None:
+        """Wait until the background re-decisions queued so far are done (tests, benchmarks)."""
+        while self._rematerialiser is not None and not self._rematerialiser.done():
+            await asyncio.shield(self._rematerialiser)
+
     async def _rematerialise(self) -> None:
+        spent = 0.0
         while self._to_rematerialise:
             await asyncio.sleep(0)  # requests first: one evaluation between them at a time
-            tenant, feature, quantity = self._to_rematerialise.popleft()
-            if self.ledger.in_flight(tenant) or self.cache.holds(tenant, feature, quantity):
-                continue
-            now = self.clock()
-            age = self.replica_age(now)
-            epoch = self.cache.epoch
-            answer, _ = await self._decide_fresh(tenant, feature, quantity, now, age)
-            if answer.reason != "policy_error":
-                valid_until = expiry_epoch(answer.valid_until)
-                stale = self.is_stale(age)
-                self.cache.put(
-                    tenant,
-                    feature,
-                    quantity,
-                    Materialised.of(answer),
-                    now=now,
-                    valid_until=valid_until,
-                    stale=stale,
-                    epoch=epoch,
-                )
-                self.counts.rematerialised += 1
+            if spent >= REMATERIALISE_SLICE_S:  # then a pause: at most the share of the loop's time
+                await asyncio.sleep(spent * (1 - REMATERIALISE_CPU_SHARE) / REMATERIALISE_CPU_SHARE)
+                spent = 0.0
+            if not self._to_rematerialise:
+                break
+            started = time.perf_counter()
+            await self._rematerialise_one(*self._to_rematerialise.popleft())
+            spent += time.perf_counter() - started
+
+    async def _rematerialise_one(self, tenant: str, feature: str, quantity: int) -> None:
+        if self.ledger.in_flight(tenant) or self.cache.holds(tenant, feature, quantity):
+            return
+        now = self.clock()
+        age = self.replica_age(now)
+        epoch = self.cache.epoch
+        answer, bound, _ = await self._decide_fresh(tenant, feature, quantity, now, age)
+        if answer.reason != "policy_error":
+            self.cache.put(
+                tenant,
+                feature,
+                quantity,
+                Materialised.of(answer, bound),
+                now=now,
+                valid_until=expiry_epoch(answer.valid_until),
+                stale=self.is_stale(age),
+                epoch=epoch,
+            )
+            self.counts.rematerialised += 1
 
     def _adopt(self, meta: ReplicaMeta) -> None:
         self._as_of_epoch = meta.data_as_of.timestamp() if meta.data_as_of else None
@@ -316,13 +355,15 @@ class DecisionService:
         # of the tenant's usage awaits its answer, the overlay may have to wait: decide fresh.
         cacheable = not self.ledger.in_flight(tenant)
         found = self.cache.get(tenant, feature, quantity, now, stale) if cacheable else None
+        if found is not None and found.bound is not None:
+            found = await self._within_bound(tenant, feature, quantity, found, found.bound)
         if found is not None:
             self.counts.hits += 1
             return stale, found, None, None
         self.counts.misses += 1
         epoch = self.cache.epoch
-        fresh, given = await self._decide_fresh(tenant, feature, quantity, now, age)
-        answer = Materialised.of(fresh)
+        fresh, bound, given = await self._decide_fresh(tenant, feature, quantity, now, age)
+        answer = Materialised.of(fresh, bound)
         if cacheable and fresh.reason != "policy_error":
             self.cache.put(
                 tenant,
@@ -335,6 +376,18 @@ class DecisionService:
                 epoch=epoch,
             )
         return stale, answer, fresh, given
+
+    async def _within_bound(
+        self, tenant: str, feature: str, quantity: int, found: Materialised, bound: UsedBound
+    ) -> Materialised | None:
+        """A bounded answer rendered for the counter's value now, or None (and forgotten) once
+        the counter has left its range."""
+        usage = await self.ledger.usage(self.reader, tenant, bound.period_start)
+        used = policy_units(usage.get(feature, 0))
+        if not bound.used_min <= used <= bound.used_max:
+            self.cache.drop(tenant, feature, quantity)
+            return None
+        return found.with_used(used)
 
     def _next_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids)}"
@@ -378,13 +431,22 @@ class DecisionService:
 
     async def _decide_fresh(
         self, tenant: str, feature: str, quantity: int, now: float, age: float | None
-    ) -> tuple[PolicyAnswer, PolicyInput]:
+    ) -> Fresh:
         """Replica lookups plus pending usage (the ledger's read), then the policy."""
         given = await self._input(tenant, feature, quantity, now, age)
-        answer = await self._evaluate(given.document, given.row.tier if given.row else None)
+        answer, used = await self._evaluate(given.document, given.row.tier if given.row else None)
         if self.shadow is not None:
             await self.shadow.observe(given.document, answer)
-        return answer, given
+        return Fresh(answer, self._bound(used, answer, given.document["period"]["start"]), given)
+
+    def _bound(
+        self, used: tuple[int, int] | None, answer: PolicyAnswer, period_start: str
+    ) -> UsedBound | None:
+        """Kept only while the live policy reads no counter but the feature's own (`usage_scope`)."""
+        scope, revision = self._usage_scope
+        if used is None or scope != "feature" or revision != self.engine.revision:
+            return None
+        return UsedBound(*used, answer.limit, period_start)
 
     async def _input(
         self, tenant: str, feature: str, quantity: int, now: float, age: float | None
@@ -429,13 +491,11 @@ class DecisionService:
         override = override_quota(found.get("value")) if isinstance(found, dict) else None
         return credits_input(
             prices,
-            tenant=tenant,
             feature=feature,
             quantity=quantity,
             account_tier=row.tier if row is not None else None,
             states=self.reader.credits(tenant),
-            pending=self.ledger.pending(tenant, period[0]),
-            held=self.held_credits,
+            pending=self.ledger.pending_in_all_periods(tenant),
             override_value=override,
             now=datetime.fromtimestamp(now, UTC),
             period_end=period[1],
@@ -462,11 +522,9 @@ class DecisionService:
         await self.ledger.usage(self.reader, tenant, period[0])  # settles what the replica includes
         return balances(
             prices,
-            tenant=tenant,
             account_tier=row.tier if row is not None else None,
             states=states,
-            pending=self.ledger.pending(tenant, period[0]),
-            held=self.held_credits,
+            pending=self.ledger.pending_in_all_periods(tenant),
             now=moment,
         )
 
@@ -496,14 +554,18 @@ class DecisionService:
         pending = Pending(decision, allow, at, self.reader.meta.position, version, input_raw)
         records.keep_pending(decision_id, pending)
 
-    async def _evaluate(self, document: dict[str, Any], tier: str | None) -> PolicyAnswer:
+    async def _evaluate(
+        self, document: dict[str, Any], tier: str | None
+    ) -> tuple[PolicyAnswer, tuple[int, int] | None]:
+        """The answer, and the range of `used` it holds for (`used_floor`..`used_bound`)."""
         try:
-            return parse_answer(await self.engine.evaluate(DECISION_PATH, document))
+            raw = await self.engine.evaluate(DECISION_PATH, document)
+            return parse_answer(raw), used_range(raw)
         except (TierError, PolicyAnswerError) as exc:
             kind = getattr(exc, "code", "bad_answer")
             self.metrics.engine_errors.labels(kind).inc()
             log.error("policy_evaluation_failed", kind=kind, error=str(exc), tenant=document["tenant"])
-            return policy_error_decision(tier)
+            return policy_error_decision(tier), None
 
     def _now_rfc3339(self, now: float) -> str:
         second = int(now)

@@ -1,9 +1,11 @@
 """Leases held by this sidecar: take units for a reserve, refill off the request path, renew
 while used, release at shutdown, and report what the daemon acknowledged counting.
 
-`take` runs under the recorder's per-tenant lock, so one tenant's reserves meet their slice one
-at a time. A reserve that needs more than its slice holds starts (or joins) one refill and waits
-for it at most `wait_s`; no unit is ever spent that the daemon did not grant.
+`take` runs under the recorder's per-tenant lock, so one tenant's reserves and holds meet their
+slice one at a time. A reserve that needs more than its slice holds starts (or joins) one refill
+and waits for it at most `wait_s`; no unit is ever spent that the daemon did not grant. A hold
+`draw`s its units and, when it ends, `assign`s them to the usage it recorded (acknowledged like a
+reserve's) and gives the rest back to its slice while that one is live.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -40,6 +42,14 @@ class LeaseStats:
         self.refill_seconds_sum += seconds
 
 
+@dataclass
+class Drawn:
+    """Units a hold took from a slice (0 from an unlimited one)."""
+
+    lease: Slice
+    units: int
+
+
 class Leases:
     def __init__(
         self,
@@ -56,7 +66,7 @@ class Leases:
         self.stats = LeaseStats()
         self._slices: dict[tuple[str, str], Slice] = {}
         self._refills: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self._spent_by: dict[tuple[str, str], tuple[Slice, int]] = {}  # (tenant, tid) -> slice, units
+        self._spent_by: dict[tuple[str, str], list[tuple[Slice, int]]] = {}  # (tenant, tid) -> slices, units
         self._renewer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -87,14 +97,49 @@ class Leases:
         if lease is None or lease.unlimited:
             return
         for tid, value in units:
-            self._spent_by[(tenant, tid)] = (lease, value)
+            self._spent_by[(tenant, tid)] = [(lease, value)]
+
+    async def draw(self, tenant: str, code: str, quantity: int) -> Drawn | None:
+        """Take `quantity` for a hold (as `take`, under the tenant's lock); None: the lease cannot."""
+        if not await self.take(tenant, code, quantity):
+            return None
+        lease = self._slices[(tenant, code)]  # the slice `take` spent from: no await since
+        if lease.unlimited:
+            return Drawn(lease, 0)
+        lease.held += quantity
+        return Drawn(lease, quantity)
+
+    def assign(self, tenant: str, draws: Sequence[Drawn], events: Iterable[tuple[str, int]]) -> None:
+        """A hold ended: its drawn units go, in order, to the usage events it recorded (their
+        acknowledgements free them at the daemon, as a reserve's do); units beyond the draws were not
+        leased (`overage: allow`). Drawn units left over return to their slice while it is the live
+        one (the daemon still counts them out to this holder); otherwise they stay out until that
+        lease expires at the daemon: under-use, never an overshoot."""
+        left = [Drawn(d.lease, d.units) for d in draws if d.units]  # copies: spent down below
+        for d in draws:
+            d.lease.held -= d.units
+        for tid, value in events:
+            parts: list[tuple[Slice, int]] = []
+            while value and left:
+                units = min(value, left[0].units)
+                parts.append((left[0].lease, units))
+                value -= units
+                left[0].units -= units
+                if not left[0].units:
+                    left.pop(0)
+            if parts:
+                self._spent_by[(tenant, tid)] = parts
+        now, wall = self.clock(), self.wall()
+        for rest in left:
+            lease = rest.lease
+            if self._slices.get((lease.tenant, lease.code)) is lease and lease.live(now, wall):
+                lease.spent -= rest.units
 
     def delivered(self, events: Iterable[tuple[str, str]]) -> None:
         """(tenant, transaction id) the daemon answered for (counted, a duplicate, or refused)."""
         for key in events:
-            found = self._spent_by.pop(key, None)
-            if found is not None:
-                found[0].ack(found[1])
+            for lease, units in self._spent_by.pop(key, ()):
+                lease.ack(units)
 
     def _slice(self, tenant: str, code: str) -> Slice:
         """The tenant's current slice of `code`; a lapsed one (its deadline passed unrenewed: the
@@ -152,12 +197,13 @@ class Leases:
                 log.exception("lease_renewal_crashed")
 
     async def renew(self) -> None:
-        """Renew leases used since their last answer and near their deadline; release idle ones."""
+        """Renew leases near their deadline; release idle ones (a lease that active holds drew from
+        is renewed while they last: the daemon must not free their units before their usage)."""
         now = self.clock()
         for key, lease in list(self._slices.items()):
             if lease.unlimited or lease.window is None or key in self._refills:
                 continue
-            if now - lease.last_used > RENEW_EVERY_S * 5:
+            if now - lease.last_used > RENEW_EVERY_S * 5 and not lease.held:
                 await self._exchange(lease, 0, release=True)
             elif lease.deadline - now < RENEW_EVERY_S * 2:
                 await self._exchange(lease, 0)

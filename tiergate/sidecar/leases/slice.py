@@ -38,6 +38,7 @@ class Slice:
     window_end: float = 0.0  # wall clock, epoch seconds: its units count in no later window
     exhausted: bool = False  # the daemon's last answer left nothing free for anyone
     last_used: float = 0.0
+    held: int = 0  # spent units that active holds took: the lease is renewed, not released, meanwhile
     spends: deque[tuple[float, int]] = field(default_factory=deque)
     recent: int = 0  # the units in `spends`
 

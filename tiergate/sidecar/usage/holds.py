@@ -5,8 +5,10 @@ A hold counts against the limit from its creation: its quantity is pending usage
 usage events take its place in one outbox transaction, counted in the same loop step), released,
 or expires. Holds live in the outbox file (table `holds`, tiergate/sidecar/usage/outbox.py), so
 they survive a restart and kill -9: the active ones are counted again when the outbox opens.
-`held(tenant, code)` is what the active holds take from a tenant's allowance. See
-docs/adr/0044-holds.md.
+`held(tenant, code)` is what the active holds take from a tenant's allowance; a credit check sees
+it through the same pending usage. A hold of an `enforcement: leased` metric also draws its units
+from the sidecar's quota lease under the tenant's lock, as a reserve does (docs/adr/0045). See
+docs/adr/0044-holds-in-the-outbox.md.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import structlog
 
 from tiergate.errors import ConflictError, NotFoundError, OutboxError, OverageRejectedError
 from tiergate.models import Decision
+from tiergate.sidecar.leases.holder import Drawn
 from tiergate.sidecar.usage.hold_store import (
     EXPIRED,
     HELD,
@@ -78,6 +81,7 @@ class Holds:
         self._active: dict[str, Hold] = {}
         self._by_tid: dict[tuple[str, str], Hold] = {}
         self._held: dict[tuple[str, str], int] = {}
+        self._drawn: dict[str, list[Drawn]] = {}  # hold_id -> what it took from quota leases
         self._expiries: list[tuple[float, str]] = []  # (expires_at, hold_id); stale entries skipped
         self._wake = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
@@ -125,7 +129,7 @@ class Holds:
     ) -> tuple[Decision, Hold | None, bool]:
         """Decide and, when allowed, hold `quantity`; (decision, hold or None, replayed). One
         commit: it also finds an earlier hold under the caller's id (then that one is answered)."""
-        reservable_metric(self.recorder.bundle(), feature, quantity, "hold")
+        metric = reservable_metric(self.recorder.bundle(), feature, quantity, "hold")
         await self.decisions.learn_usage_scope()
         tid = transaction_id or secrets.token_hex(16)
         async with self.recorder.lock(tenant):
@@ -137,8 +141,12 @@ class Holds:
                 if not decision.allow and earlier is None:
                     return decision, None, False
             if earlier is None:
+                drawn = await self._draw(tenant, feature, quantity, leased=metric.enforcement == "leased")
+                if drawn is None:
+                    return dataclasses.replace(decision, allow=False, reason="quota_unavailable"), None, False
                 hold = self._new_hold(tenant, feature, quantity, ttl_s, tid)
                 self._count(hold)  # under the lock: the next decision sees it
+                self._drawn[hold.hold_id] = drawn
         if earlier is not None:
             return await self._replayed_create(earlier, feature, quantity)
         self.decisions.rematerialise_soon([(tenant, feature, quantity)])
@@ -156,14 +164,14 @@ class Holds:
                 if is_replayed_settle(hold, quantity):
                     return hold, True
                 raise self._not_held(hold, f"settle {quantity}")
-            recorded = await self._recorded(hold, quantity, overage)
+            recorded = await self._recorded(hold, quantity, overage)  # may draw the excess from a lease
             now = self.clock()
             entries = self._settle_entries(hold, recorded, now)
             ended = dataclasses.replace(
                 hold, state=SETTLED, settle_requested=quantity, settled_quantity=recorded, ended_at=now
             )
             ids = await self._write(lambda conn: settle_rows(conn, ended, entries, now), "settle")
-            self._end(hold, ended)  # the hold leaves the ledger and its events enter it, one step
+            self._end(hold, ended, entries)  # the hold leaves the ledger and its events enter it, one step
             self.outbox.accepted(entries, ids)
         return hold, False
 
@@ -261,14 +269,27 @@ class Holds:
             return recorded
         excess = quantity - hold.quantity
         decision = await self.decisions.decide(hold.tenant, hold.code, excess)
-        if not decision.allow:
+        leased = self.recorder.bundle().catalog.metrics[hold.code].enforcement == "leased"
+        drawn = await self._draw(hold.tenant, hold.code, excess, leased=leased) if decision.allow else None
+        if drawn is None:
+            reason = decision.reason if not decision.allow else "quota_unavailable"
             raise OverageRejectedError(
                 f"settle {quantity} of hold {hold.hold_id!r} (holding {hold.quantity}): the excess "
-                f"{excess} is refused ({decision.reason}, limit {decision.limit}, used {decision.used}); "
+                f"{excess} is refused ({reason}, limit {decision.limit}, used {decision.used}); "
                 'settle again with "overage": "cap" to record the held quantity, or "allow"',
                 field="quantity",
             )
+        self._drawn.setdefault(hold.hold_id, []).extend(drawn)
         return quantity
+
+    async def _draw(self, tenant: str, code: str, quantity: int, *, leased: bool) -> list[Drawn] | None:
+        """Under the tenant's lock: what a leased metric's hold takes from the lease (None: the lease
+        cannot give it, `quota_unavailable`); nothing to take for another metric."""
+        leases = self.recorder.leases
+        if not leased or leases is None:
+            return []
+        drawn = await leases.draw(tenant, code, quantity)
+        return None if drawn is None else [drawn]
 
     def _settle_entries(self, hold: Hold, recorded: int, now: float) -> list[Entry]:
         if not recorded:
@@ -317,9 +338,15 @@ class Holds:
         heapq.heappush(self._expiries, (hold.expires_at, hold.hold_id))
         self.ledger.add(hold.key, hold.quantity)
 
-    def _uncount(self, hold: Hold) -> None:
+    def _uncount(self, hold: Hold, entries: list[Entry] | None = None) -> None:
+        """The hold stops counting; what it drew from a lease goes to `entries` (its settled usage)
+        and the rest back to the lease."""
         if self._active.pop(hold.hold_id, None) is None:
             return
+        drawn = self._drawn.pop(hold.hold_id, None)
+        if drawn and self.recorder.leases is not None:
+            events = ((e.event.transaction_id, int(e.event.value)) for e in entries or ())
+            self.recorder.leases.assign(hold.tenant, drawn, events)
         self._by_tid.pop((hold.tenant, hold.transaction_id), None)
         held_key = (hold.tenant, hold.code)
         left = self._held.get(held_key, 0) - hold.quantity
@@ -329,9 +356,10 @@ class Holds:
             self._held.pop(held_key, None)
         self.ledger.remove(hold.key, hold.quantity)
 
-    def _end(self, hold: Hold, ended: Hold) -> None:
-        """A committed end: the hold object takes its final state and stops counting."""
-        self._uncount(hold)
+    def _end(self, hold: Hold, ended: Hold, entries: list[Entry] | None = None) -> None:
+        """A committed end: the hold object takes its final state and stops counting (`entries`:
+        the usage a settle recorded in its place)."""
+        self._uncount(hold, entries)
         hold.state, hold.ended_at = ended.state, ended.ended_at
         hold.settle_requested, hold.settled_quantity = ended.settle_requested, ended.settled_quantity
         self.ended[hold.state] += 1

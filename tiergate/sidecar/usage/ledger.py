@@ -51,7 +51,7 @@ class UsageLedger:
         # Told of every (tenant, code) whose totals change, so answers cached for it are dropped.
         self._listeners: list[Callable[[str, str | None], object]] = []
         self._totals: dict[tuple[str, str], dict[str, Amount]] = {}
-        self._periods: dict[str, int] = {}  # tenant -> how many of its (tenant, period) keys hold totals
+        self._periods: dict[str, set[str]] = {}  # tenant -> the period starts of its keys with totals
         # (seq, tie-breaker, deltas): confirmed by the daemon, waiting for the replica to reach seq.
         self._confirmed: list[tuple[int, int, dict[Key, Amount]]] = []
         self._ties = itertools.count()
@@ -112,7 +112,7 @@ class UsageLedger:
         codes = self._totals.get((tenant, period_start))
         if codes is None:
             codes = self._totals[(tenant, period_start)] = {}
-            self._periods[tenant] = self._periods.get(tenant, 0) + 1
+            self._periods.setdefault(tenant, set()).add(period_start)
         total = add(codes.get(code, 0), value)
         if total:
             codes[code] = total
@@ -120,10 +120,10 @@ class UsageLedger:
             codes.pop(code, None)
             if not codes:
                 del self._totals[(tenant, period_start)]
-                if self._periods[tenant] == 1:
+                periods = self._periods[tenant]
+                periods.discard(period_start)
+                if not periods:
                     del self._periods[tenant]
-                else:
-                    self._periods[tenant] -= 1
 
     def remove(self, key: Key, value: Amount) -> None:
         self.add(key, negate(value))
@@ -239,6 +239,21 @@ class UsageLedger:
     def pending(self, tenant: str, period_start: str) -> Mapping[str, Amount]:
         """The tenant's pending totals of the period by code (empty: nothing pending); read-only."""
         return self._totals.get((tenant, period_start)) or _NOTHING
+
+    def pending_in_all_periods(self, tenant: str) -> Mapping[str, Amount]:
+        """The tenant's pending totals by code, summed over every period (and window) they count in:
+        what a credit balance loses, which no period bounds (a hold keeps its creation's period, an
+        event reported late keeps its own); read-only."""
+        periods = self._periods.get(tenant)
+        if not periods:
+            return _NOTHING
+        if len(periods) == 1:
+            return self._totals[(tenant, next(iter(periods)))]
+        merged: dict[str, Amount] = {}
+        for period_start in periods:
+            for code, value in self._totals[(tenant, period_start)].items():
+                merged[code] = add(merged.get(code, 0), value)
+        return merged
 
     def stats(self) -> dict[str, int]:
         counters = sum(len(c) for c in self._totals.values()) + sum(len(g) for g in self._gauges.values())

@@ -25,7 +25,7 @@ from tiergate.feed import FeedCredits
 from tiergate.models import Account, PolicyAnswer
 from tiergate.periods import rfc3339, usage_period
 from tiergate.policy.bundle import load_bundle
-from tiergate.policy.credits_input import CreditPrices, credits_input, no_holds, override_quota
+from tiergate.policy.credits_input import CreditPrices, credits_input, override_quota
 from tiergate.policy.document import (
     PolicyAnswerError,
     build_input,
@@ -91,13 +91,11 @@ class TenantInput:
         found = self.overrides.get(feature)
         return credits_input(
             prices,
-            tenant=self.tenant,
             feature=feature,
             quantity=quantity,
             account_tier=self.account["tier"] if self.account else None,
             states=self.credits,
             pending={},
-            held=no_holds,
             override_value=override_quota(found.get("value")) if found else None,
             now=self.now,
             period_end=period[1],

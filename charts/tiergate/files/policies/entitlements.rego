@@ -19,6 +19,8 @@
 # Output, the `decision` document:
 #   {"allow", "reason", "tier", "paid_tier", "limit", "used", "remaining", "valid_until", "license_grace_until",
 #    "credits"}   # credits: {"type", "balance", "cost"} for a credit-priced feature, else null
+#   and "used_bound" on a metered allow (the answer holds while the feature's counter stays at or below it),
+#   "used_floor" on a deny over the limit (it holds while the counter stays at or above it)
 # `tier` is the tier applied; `paid_tier` the one the account pays for (null without an account):
 # they differ while a payment is overdue past its grace, a trial has expired, and so on.
 # `license_grace_until`: with a signed license past its not-after date and still in grace, when the grace ends.
@@ -349,10 +351,16 @@ verdict(value) := metered(value.limit) if {
 	value.limit != null
 }
 
-# Metered: `quantity` more must fit in what is left of the limit this period.
-metered(limit) := allowed(limit) if used + quantity <= limit
+# Metered: `quantity` more must fit in what is left of the limit this period. The answer holds
+# while `used` stays at or below `used_bound` (the sidecar keeps it through usage recorded meanwhile,
+# with `used` and `remaining` rendered from the live counter; docs/policies.md).
+metered(limit) := object.union(allowed(limit), {"used_bound": limit - quantity}) if used + quantity <= limit
 
-metered(limit) := denied("limit_exceeded", limit, remaining(limit)) if used + quantity > limit
+# A deny over the limit holds while `used` stays at or above `used_floor` (usage goes down only
+# by a correction, which then re-decides).
+metered(limit) := object.union(denied("limit_exceeded", limit, remaining(limit)), {"used_floor": max([limit - quantity + 1, 0])}) if {
+	used + quantity > limit
+}
 
 allowed(limit) := {"allow": true, "reason": "ok", "limit": limit, "remaining": remaining(limit)}
 
