@@ -1,4 +1,4 @@
-"""Fault run: each failure mode of docs/operator.md against real processes, expected vs observed.
+"""Fault run: each failure mode of docs/troubleshooting.md against real processes, expected vs observed.
 
 A sync daemon and sidecars run as `tiergate` processes on 127.0.0.1 (free ports, a temporary
 directory). Each scenario breaks something (the daemon away, a lowered body limit, a locked or

@@ -311,7 +311,7 @@ def main() -> int:
             f"   ready in {time.monotonic() - started:.1f} s: sidecar {stack.sidecar_url}, daemon {stack.daemon_url}"
         )
         asyncio.run(main_async(stack))
-        say("Done. The same calls work against real Stripe test mode: see docs/operator.md.")
+        say("Done. The same calls work against real Stripe test mode: see docs/billing.md.")
     except KeyboardInterrupt:
         print("\ninterrupted")
     finally:

@@ -341,5 +341,5 @@ def test_shell_completion_is_produced_and_documented() -> None:
     }
     words = subprocess.run([TIERGATE], env=env, capture_output=True, text=True, timeout=60, check=True)
     assert "plain,plans" in words.stdout.splitlines()
-    guide = (ROOT / "docs" / "operator.md").read_text(encoding="utf-8")
+    guide = (ROOT / "docs" / "settings.md").read_text(encoding="utf-8")
     assert 'eval "$(_TIERGATE_COMPLETE=bash_source tiergate)"' in guide

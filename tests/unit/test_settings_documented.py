@@ -1,4 +1,4 @@
-"""Every setting a process reads is documented in docs/operator.md."""
+"""Every setting a process reads is documented in docs/settings.md."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings
 from tiergate.sidecar.settings import SidecarSettings
 from tiergate.sync_daemon.settings import DaemonSettings
 
-OPERATOR_GUIDE = Path(__file__).parents[2] / "docs" / "operator.md"
+OPERATOR_GUIDE = Path(__file__).parents[2] / "docs" / "settings.md"
 
 
 @pytest.mark.parametrize("settings", [SidecarSettings, DaemonSettings])

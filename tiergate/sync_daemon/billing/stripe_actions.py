@@ -300,5 +300,5 @@ class StripeBillingActions:
         if await self.legacy():
             raise UnsupportedByStripeError(
                 f"the Stripe API at {self._base} has no Prices API (an emulator such as localstripe), "
-                f"so it cannot do {what}; use Stripe test mode (see docs/operator.md)"
+                f"so it cannot do {what}; use Stripe test mode (see docs/billing.md)"
             )
