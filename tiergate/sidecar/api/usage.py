@@ -11,7 +11,6 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from tiergate.catalog import Catalog
 from tiergate.errors import BadRequestError, EngineUnavailableError
 from tiergate.models import FeatureName, Quantity, TenantId
 from tiergate.policy.engine import PolicyBundle
@@ -176,7 +175,6 @@ async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
     app[METRICS].watch_outbox(outbox)
     app[OUTBOX] = outbox
     app[RECORDER] = UsageRecorder(outbox, ledger, decisions, reader, lambda: _bundle(app))
-    decisions.catalog = lambda: _catalog(app)
     holds = Holds(outbox, app[RECORDER], retention_s=settings.outbox_reservation_id_retention_s)
     await holds.open()  # its active holds counted again, before any request is answered
     app[HOLDS] = holds
@@ -231,11 +229,6 @@ def _bundle(app: web.Application) -> PolicyBundle:
     if bundle is None:
         raise EngineUnavailableError("no catalog loaded yet: usage codes cannot be checked")
     return bundle
-
-
-def _catalog(app: web.Application) -> Catalog | None:
-    bundle = app[POLICIES].reloader.bundle
-    return bundle.catalog if bundle is not None else None
 
 
 def add_usage_routes(app: web.Application) -> None:
